@@ -1,0 +1,47 @@
+//! `spot`: the one binary. Thin: each subcommand parses its flags and calls a crate.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod decode;
+mod emulate;
+mod encode;
+mod serve;
+
+/// Spot protocol tools: server, emulator and codecs for RFID / BLE readers.
+#[derive(Parser)]
+#[command(name = "spot", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: ingest from spots, keep the live state, serve the REST API.
+    Serve(serve::Args),
+    /// Emulate one or many spots against a server.
+    Emulate(emulate::Args),
+    /// Decode a spot event stream and print one compact JSON event per line.
+    Decode(decode::Args),
+    /// Read a JSON event stream and write it in the chosen encoding.
+    Encode(encode::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Emulate(args) => emulate::run(args),
+        Command::Decode(args) => decode::run(args),
+        Command::Encode(args) => encode::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spot: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

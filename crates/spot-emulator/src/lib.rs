@@ -1,0 +1,1 @@
+//! The spot emulator: the device side. PLACEHOLDER: being written.

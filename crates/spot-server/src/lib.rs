@@ -1,0 +1,1 @@
+//! The server: ingest → domain → store → outlets. PLACEHOLDER: being written.
