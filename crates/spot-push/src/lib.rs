@@ -1,0 +1,42 @@
+//! Push of the server's derived events to applications.
+//!
+//! # Flow
+//!
+//! ```text
+//! server commit ──► EventLog (server's events table)      ◄── Follower reads gaps / resumes
+//!        └────────► Hub::publish(Published) ──► one bounded queue per subscription
+//!                      ├─► SSE   GET /api/stream?topic_filter=F   (stream_router)
+//!                      ├─► WS    GET /api/ws                      (stream_router)
+//!                      ├─► MQTT  MqttOutlet::spawn                (external broker)
+//!                      └─► webhooks (subscriptions resource)
+//! ```
+//!
+//! # What the server does
+//!
+//! 1. Create one [`Hub`] (`Hub::new(HubConfig::default())`) at start.
+//! 2. Implement [`EventLog`] over its events log (`events_after(after_id, limit)`: events with
+//!    a larger id, increasing, at most `limit`), or use [`MemoryEventLog`].
+//! 3. After each store commit, for every derived event, in id order:
+//!    `hub.publish(Published::new(id, &topic, payload_json)?)`. Ids strictly increase; the
+//!    event must already be readable through the `EventLog`. `publish` never blocks.
+//! 4. Mount [`stream_router`] (an `axum::Router`; with plain hyper, call it as a tower
+//!    service and serve connections `with_upgrades()` so WebSocket upgrades work).
+//!
+//! # Main types
+//!
+//! - [`TopicFilter`]: the one MQTT-semantics matcher every outlet uses.
+//! - [`Published`]: an event (id, topic, JSON payload), envelope serialized once.
+//! - [`Hub`], [`Subscription`]: non-blocking fan-out with bounded queues and drop counters.
+//! - [`EventLog`], [`Follower`]: gap-free following with resumption from the log.
+
+pub mod follow;
+pub mod hub;
+pub mod stream;
+pub mod topic;
+
+pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
+pub use hub::{
+    Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError, Subscription,
+};
+pub use stream::{stream_router, StreamLimits, StreamState};
+pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};
