@@ -270,7 +270,18 @@ impl Hub {
         outlet: &str,
         filters: Vec<TopicFilter>,
     ) -> Result<Subscription, HubError> {
-        let (tx, rx) = mpsc::channel(self.inner.config.queue_capacity.max(1));
+        self.subscribe_with_capacity(outlet, filters, self.inner.config.queue_capacity)
+    }
+
+    /// Same as [`Hub::subscribe`] with a queue of `queue_capacity` events instead of
+    /// [`HubConfig::queue_capacity`] (e.g. a larger one for the MQTT outlet).
+    pub fn subscribe_with_capacity(
+        &self,
+        outlet: &str,
+        filters: Vec<TopicFilter>,
+        queue_capacity: usize,
+    ) -> Result<Subscription, HubError> {
+        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let shared = Arc::new(Shared {
             key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
             outlet: outlet.to_owned(),

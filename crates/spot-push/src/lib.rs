@@ -31,6 +31,7 @@
 
 pub mod follow;
 pub mod hub;
+pub mod mqtt;
 pub mod stream;
 pub mod topic;
 
@@ -38,5 +39,6 @@ pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
 pub use hub::{
     Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError, Subscription,
 };
+pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
 pub use stream::{stream_router, StreamLimits, StreamState};
 pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};
