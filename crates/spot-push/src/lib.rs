@@ -33,6 +33,7 @@ pub mod follow;
 pub mod hub;
 pub mod mqtt;
 pub mod stream;
+pub mod tail;
 pub mod topic;
 
 pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};

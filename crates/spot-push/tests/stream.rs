@@ -289,3 +289,100 @@ async fn ws_slow_consumer_loses_nothing_and_drops_are_counted() {
         assert_eq!(ws_recv(&mut ws).await["id"], want);
     }
 }
+
+#[tokio::test]
+async fn tail_follows_from_an_id_then_live() {
+    let server = Server::start(HubConfig::default()).await;
+    for id in 1..=3 {
+        server.commit(id, "items/1/created");
+    }
+    server.commit(4, "spots/1/connected/203");
+    let options = spot_push::tail::TailOptions {
+        server: format!("http://{}", server.url),
+        topic_filter: "items/#".into(),
+        after_id: Some(1),
+        reconnect_delay: std::time::Duration::from_millis(10),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follow = tokio::spawn(async move {
+        spot_push::tail::follow(&options, |e| tx.send(e).is_ok(), |_| {}).await
+    });
+    let event = rx.recv().await.expect("event");
+    assert_eq!((event.id, event.topic.as_str()), (2, "items/1/created"));
+    assert_eq!(event.payload, json!({"n": 2}));
+    assert_eq!(rx.recv().await.expect("event").id, 3);
+    server.commit(5, "items/2/created");
+    assert_eq!(rx.recv().await.expect("event").id, 5);
+    drop(rx);
+    server.commit(6, "items/2/created");
+    follow
+        .await
+        .expect("join")
+        .expect("ends when the consumer stops");
+}
+
+#[tokio::test]
+async fn tail_reconnects_with_last_event_id() {
+    use axum::http::HeaderMap;
+    // A stream that ends after one event: the second request must resume after it.
+    let router = axum::Router::new().route(
+        "/api/stream",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let after: u64 = headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let id = after + 1;
+            let body =
+                format!("id: {id}\ndata: {{\"id\":{id},\"topic\":\"t\",\"payload\":{{}}}}\n\n");
+            ([("content-type", "text/event-stream")], body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let options = spot_push::tail::TailOptions {
+        server: format!("http://{addr}"),
+        topic_filter: "#".into(),
+        after_id: Some(10),
+        reconnect_delay: std::time::Duration::from_millis(1),
+    };
+    let mut ids = Vec::new();
+    let mut reconnects = 0;
+    spot_push::tail::follow(
+        &options,
+        |e| {
+            ids.push(e.id);
+            ids.len() < 3
+        },
+        |_| reconnects += 1,
+    )
+    .await
+    .expect("follow");
+    assert_eq!(ids, [11, 12, 13]);
+    assert_eq!(reconnects, 2);
+}
+
+#[tokio::test]
+async fn tail_reports_a_refused_filter() {
+    let server = Server::start(HubConfig::default()).await;
+    let options = spot_push::tail::TailOptions {
+        server: format!("http://{}", server.url),
+        topic_filter: "a/#/b".into(),
+        after_id: None,
+        reconnect_delay: std::time::Duration::from_millis(1),
+    };
+    let err = spot_push::tail::follow(&options, |_| true, |_| {})
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            &err,
+            spot_push::tail::TailError::Refused { status: 400, .. }
+        ),
+        "{err}"
+    );
+}
