@@ -21,6 +21,11 @@
 //!    event must already be readable through the `EventLog`. `publish` never blocks.
 //! 4. Mount [`stream_router`] (an `axum::Router`; with plain hyper, call it as a tower
 //!    service and serve connections `with_upgrades()` so WebSocket upgrades work).
+//! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
+//!    (set `qos` from a `--mqtt-qos` flag; keep the returned handle alive).
+//! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
+//!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`).
+//! 7. Expose [`Hub::stats`] (and `MqttOutlet::stats`) at `/metrics`: drops are counted there.
 //!
 //! # Main types
 //!
@@ -28,6 +33,9 @@
 //! - [`Published`]: an event (id, topic, JSON payload), envelope serialized once.
 //! - [`Hub`], [`Subscription`]: non-blocking fan-out with bounded queues and drop counters.
 //! - [`EventLog`], [`Follower`]: gap-free following with resumption from the log.
+//! - [`MqttOutlet`]: publishing to an external broker.
+//! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
+//! - [`tail`]: the SSE client behind `spot tail`.
 
 pub mod follow;
 pub mod hub;
@@ -35,6 +43,7 @@ pub mod mqtt;
 pub mod stream;
 pub mod tail;
 pub mod topic;
+pub mod webhook;
 
 pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
 pub use hub::{
