@@ -21,12 +21,16 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 
 use crate::follow::{EventLog, Follower};
 use crate::hub::{Hub, HubError};
 use crate::topic::TopicFilter;
+
+/// Events written to a WebSocket before one flush (fewer when fewer are ready): one
+/// syscall and TCP segment for a burst instead of one per event.
+const WS_EVENTS_PER_FLUSH: usize = 256;
 
 /// Limits of the HTTP outlets.
 #[derive(Debug, Clone)]
@@ -230,7 +234,23 @@ async fn serve_ws(socket: WebSocket, mut follower: Follower, limits: StreamLimit
             event = follower.next() => {
                 match event {
                     Ok(Some(e)) => {
-                        if sink.send(Message::Text(e.envelope_json().into())).await.is_err() {
+                        // Queue this event and whatever else is ready, then flush once.
+                        if sink.feed(Message::Text(e.envelope_json().into())).await.is_err() {
+                            break;
+                        }
+                        let mut failed = false;
+                        for _ in 1..WS_EVENTS_PER_FLUSH {
+                            match follower.next().now_or_never() {
+                                Some(Ok(Some(e))) => {
+                                    if sink.feed(Message::Text(e.envelope_json().into())).await.is_err() {
+                                        failed = true;
+                                        break;
+                                    }
+                                }
+                                _ => break,
+                            }
+                        }
+                        if failed || sink.flush().await.is_err() {
                             break;
                         }
                     }
