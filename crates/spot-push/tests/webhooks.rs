@@ -365,3 +365,40 @@ async fn the_queue_survives_a_restart_and_events_missed_while_down_are_delivered
     }
     assert_eq!(keys, ["1", "2", "3", "4", "5"]);
 }
+
+#[tokio::test]
+async fn deliveries_older_than_the_hold_time_are_given_up_and_counted() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/hook", l.local_addr().expect("addr"))
+    };
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    // 0.00001 h = 36 ms.
+    let sub = s
+        .create(
+            json!({"topic_filter": "#", "target_url": dead, "target_retry": true,
+                       "database_hold_time_h": 0.00001}),
+        )
+        .await;
+    let id = sub["id"].as_i64().expect("id");
+    s.commit(1, "items/1/created");
+    for _ in 0..2000 {
+        let shown = s.webhooks.store().get(id).expect("get").expect("exists");
+        if shown.queued_count == 0
+            && shown
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("event 1 given up"))
+        {
+            assert!(shown.failed_count >= 1, "the give-up is counted");
+            assert_eq!(shown.delivered_count, 0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the delivery was never given up");
+}
