@@ -48,8 +48,18 @@ async fn a_json_stream_is_acknowledged_after_commit_and_receives_commands_at_onc
     let mut stream = TcpStream::connect(tcp).await.unwrap();
     let mut decoder = Decoder::new(Encoding::Json, Limits::default());
     let mut out = spot_create(500, 9);
-    out.extend(presence("create", "000000000000000000000500", "near", Some(1)));
-    out.extend(presence("update", "000000000000000000000500", "far", Some(2)));
+    out.extend(presence(
+        "create",
+        "000000000000000000000500",
+        "near",
+        Some(1),
+    ));
+    out.extend(presence(
+        "update",
+        "000000000000000000000500",
+        "far",
+        Some(2),
+    ));
     stream.write_all(&out).await.unwrap();
     read_until(&mut stream, &mut decoder, |e| ack_seq(e) == Some(2)).await;
     let (status, _) = get(server.http_addr(), "/api/spots/500").await;
@@ -78,9 +88,16 @@ async fn a_json_stream_is_acknowledged_after_commit_and_receives_commands_at_onc
 #[tokio::test]
 async fn a_stream_not_starting_with_spot_create_is_closed() {
     let (server, _dir) = start(|c| c.tcp_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    let mut stream = TcpStream::connect(server.tcp_addr().unwrap()).await.unwrap();
+    let mut stream = TcpStream::connect(server.tcp_addr().unwrap())
+        .await
+        .unwrap();
     stream
-        .write_all(&presence("create", "000000000000000000000001", "near", None))
+        .write_all(&presence(
+            "create",
+            "000000000000000000000001",
+            "near",
+            None,
+        ))
         .await
         .unwrap();
     let mut buf = [0u8; 64];
