@@ -1133,3 +1133,232 @@ pub fn unix_millis(t: std::time::SystemTime) -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spot_protocol::{Presence, SpotStatus};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn presence(action: Action, code: &str, proximity: Proximity) -> Event {
+        Event::new(EventKind::Presence(
+            action,
+            Presence {
+                item_code: Some(code.into()),
+                item_codetype: Some("EPC Gen2".into()),
+                proximity: Some(proximity),
+                ..Presence::default()
+            },
+        ))
+    }
+
+    fn topics(d: &Domain) -> Vec<String> {
+        d.events.iter().map(|e| e.topic.clone()).collect()
+    }
+
+    fn item(d: &Domain, code: &str) -> Item {
+        d.items
+            .values()
+            .find(|i| i.code_hex == code)
+            .unwrap()
+            .clone()
+    }
+
+    fn location_of(d: &Domain, serial: &str) -> String {
+        d.spot_by_serial(serial)
+            .unwrap()
+            .report_location
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_spot_is_created_on_first_sight_with_its_own_location() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.begin_stream("203", Some("35-42"), T0);
+        let spot = d.spot_by_serial("203").unwrap().clone();
+        assert_eq!(spot.request_counter, 1);
+        assert_eq!(spot.version.as_deref(), Some("35-42"));
+        assert!(spot.is_online);
+        let location = &d.locations[spot.report_location.as_ref().unwrap()];
+        assert_eq!(location.label, "spot203");
+        assert!(spot.id > location.id, "ids are chronological");
+        assert_eq!(topics(&d), vec![format!("spots/{}/connected/203", spot.id)]);
+    }
+
+    #[test]
+    fn presences_merge_per_location_the_strongest_wins_and_deletion_needs_every_reporter() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.begin_stream("1", None, T0);
+        d.begin_stream("2", None, T0);
+        let shared = location_of(&d, "1");
+        let mut body = Object::new();
+        body.insert("report_location".into(), shared.clone().into());
+        d.put("spots", "2", &body, T0).unwrap();
+        let code = "00000000000000000000000a";
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Far), T0);
+        d.apply_event(
+            "2",
+            &presence(Action::Create, code, Proximity::Immediate),
+            T0,
+        );
+        assert_eq!(d.presences.len(), 1);
+        let p = d.presences.values().next().unwrap().clone();
+        assert_eq!(p.proximity, "immediate");
+        assert_eq!(p.location, shared);
+        d.apply_event(
+            "2",
+            &presence(Action::Delete, code, Proximity::Immediate),
+            T0 + 1,
+        );
+        let p = d
+            .presences
+            .values()
+            .next()
+            .expect("spot 1 still reports it");
+        assert_eq!(p.proximity, "far");
+        assert!(item(&d, code).is_present);
+        d.apply_event("1", &presence(Action::Delete, code, Proximity::Far), T0 + 2);
+        assert!(d.presences.is_empty());
+        let i = item(&d, code);
+        assert!(!i.is_present);
+        assert_eq!(i.location.as_deref(), Some(shared.as_str()));
+        let t = topics(&d);
+        assert!(
+            t.iter()
+                .any(|t| t.contains("/changed-proximity/")
+                    && t.ends_with("/far/immediate/moved-away")),
+            "{t:?}"
+        );
+        assert!(t.last().unwrap().ends_with("/disappeared"));
+    }
+
+    #[test]
+    fn an_item_moves_to_the_location_of_its_strongest_presence() {
+        let mut d = Domain::new(DomainConfig::default());
+        let code = "00000000000000000000000b";
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Near), T0);
+        assert_eq!(item(&d, code).location, Some(location_of(&d, "1")));
+        d.apply_event(
+            "2",
+            &presence(Action::Create, code, Proximity::Immediate),
+            T0 + 5,
+        );
+        let i = item(&d, code);
+        let to = location_of(&d, "2");
+        assert_eq!(i.location.as_deref(), Some(to.as_str()));
+        assert_eq!(i.move_count, 1);
+        assert_eq!(i.time_moved, Some(T0 + 5));
+        assert!(topics(&d).contains(&format!("items/{}/moved-to/{to}", i.id)));
+    }
+
+    #[test]
+    fn a_silent_spot_goes_offline_and_its_presences_are_withdrawn() {
+        let mut d = Domain::new(DomainConfig::default());
+        let code = "00000000000000000000000c";
+        d.begin_stream("1", None, T0);
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Near), T0);
+        d.sweep(T0 + 60_000);
+        assert!(
+            d.spot_by_serial("1").unwrap().is_online,
+            "an open stream keeps it online"
+        );
+        d.end_stream("1", T0 + 1_000, true);
+        d.sweep(T0 + 10_999);
+        assert!(d.spot_by_serial("1").unwrap().is_online, "not yet 10 s");
+        d.sweep(T0 + 11_000);
+        let spot = d.spot_by_serial("1").unwrap().clone();
+        assert!(!spot.is_online);
+        assert!(d.presences.is_empty());
+        assert!(!item(&d, code).is_present);
+        assert!(topics(&d).contains(&format!("spots/{}/disconnected/1", spot.id)));
+        let changes = d.take_changes();
+        assert_eq!(changes.deletes.len(), 1, "the presence row is deleted");
+    }
+
+    #[test]
+    fn replays_are_dropped_until_the_epoch_changes() {
+        let mut d = Domain::new(DomainConfig::default());
+        let create = |epoch| {
+            Event::new(EventKind::Spot(
+                Action::Create,
+                SpotStatus {
+                    spot_id: Some("5".into()),
+                    seq_epoch: Some(epoch),
+                    ..SpotStatus::default()
+                },
+            ))
+        };
+        let mut p = presence(Action::Create, "00000000000000000000000d", Proximity::Far);
+        p.seq = Some(3);
+        assert_eq!(d.apply_event("5", &create(1), T0), Applied::Stored);
+        assert_eq!(d.apply_event("5", &p, T0), Applied::Stored);
+        assert_eq!(d.apply_event("5", &p, T0), Applied::Duplicate);
+        assert_eq!(d.acked_seq("5"), 3);
+        assert_eq!(d.apply_event("5", &create(2), T0), Applied::Stored);
+        assert_eq!(d.acked_seq("5"), 0);
+        assert_eq!(d.apply_event("5", &p, T0), Applied::Stored);
+        let changes = d.take_changes();
+        assert_eq!(changes.upstream.len(), 4, "the replay is not stored");
+        assert_eq!(d.spot_by_serial("5").unwrap().event_counter, 4);
+    }
+
+    #[test]
+    fn changes_hold_each_dirty_row_once_and_are_empty_after_taking() {
+        let mut d = Domain::new(DomainConfig::default());
+        for i in 0..10 {
+            d.apply_event(
+                "1",
+                &presence(
+                    Action::Update,
+                    "00000000000000000000000e",
+                    if i % 2 == 0 {
+                        Proximity::Far
+                    } else {
+                        Proximity::Near
+                    },
+                ),
+                T0 + i,
+            );
+        }
+        let changes = d.take_changes();
+        assert_eq!(changes.upstream.len(), 10);
+        let spots = changes
+            .upserts
+            .iter()
+            .filter(|(t, _, _)| *t == Table::Spots)
+            .count();
+        assert_eq!(spots, 1);
+        assert!(d.take_changes().is_empty());
+    }
+
+    #[test]
+    fn stored_rows_load_back_into_an_equal_state() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.apply_event(
+            "1",
+            &presence(Action::Create, "00000000000000000000000f", Proximity::Near),
+            T0,
+        );
+        let changes = d.take_changes();
+        let mut loaded = Domain::new(DomainConfig::default());
+        for table in Table::ALL {
+            let rows = changes
+                .upserts
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, id, doc)| (id.clone(), doc.clone()))
+                .collect();
+            loaded.load(table, rows, T0).unwrap();
+        }
+        for c in ["spots", "locations", "items", "presences"] {
+            assert_eq!(loaded.collection(c), d.collection(c), "{c}");
+        }
+        let next = loaded.ids.next(0);
+        assert!(
+            d.items.keys().all(|id| *id < next),
+            "new ids sort after loaded ones"
+        );
+    }
+}
