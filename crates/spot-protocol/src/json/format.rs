@@ -369,9 +369,15 @@ impl<'de> Scalar<'de> {
         }
     }
 
+    /// A date-time in years 0000–9999 (the range whose formatted form parses back: a leap
+    /// second or an offset can carry a parsed time just outside it).
     fn into_timestamp(self) -> Result<Timestamp, Self> {
+        const RANGE: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
         match &self {
-            Scalar::Str(s) => Timestamp::parse(s).ok_or(self),
+            Scalar::Str(s) => match Timestamp::parse(s) {
+                Some(t) if RANGE.contains(&t.as_millis()) => Ok(t),
+                _ => Err(self),
+            },
             _ => Err(self),
         }
     }
@@ -680,6 +686,23 @@ mod tests {
         assert_eq!(h.extra["time"], "yesterday");
         assert_eq!(h.extra["antenna"], 1.5);
         assert_eq!(h.extra["seq"], -1);
+    }
+
+    #[test]
+    fn times_outside_years_0000_to_9999_stay_verbatim_in_extra() {
+        for (time, typed) in [
+            ("0000-01-01T00:00:00Z", true),
+            ("9999-12-31T23:59:59.999Z", true),
+            ("9999-12-31T23:59:60Z", false),
+            ("0000-01-01T00:00:00+01:00", false),
+        ] {
+            let e = decode(&format!("[\"hit\",\"create\",{{\"time\":\"{time}\"}}]")).unwrap();
+            let EventKind::Hit(_, h) = &e.kind else {
+                panic!()
+            };
+            assert_eq!(h.time.is_some(), typed, "{time}");
+            assert_eq!(h.extra.contains_key("time"), !typed, "{time}");
+        }
     }
 
     #[test]
