@@ -186,6 +186,16 @@ fn sigterm_finishes_the_in_flight_post_then_exits_0() {
     ))
     .unwrap();
     s.write_all(&chunk(presence(1).as_bytes())).unwrap();
+    // The POST is in flight once its first event is visible (a connection whose request
+    // head was not read yet counts as idle and is simply closed).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(port, "/api/presences")["results"]
+        .as_array()
+        .is_none_or(|r| r.is_empty())
+    {
+        assert!(Instant::now() < deadline, "POST not applied");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()

@@ -47,8 +47,9 @@ pub enum CoreMsg {
     Events {
         /// Serial number.
         serial: String,
-        /// The events, in stream order.
-        events: Vec<Event>,
+        /// The events, in stream order, each with its JSON encoding
+        /// ([`crate::domain::encode_json`]).
+        events: Vec<(Event, String)>,
         /// Where to publish the acknowledged sequence after commit.
         ack: Option<watch::Sender<u64>>,
     },
@@ -132,8 +133,10 @@ pub fn run(
                         events,
                         ack,
                     } => {
-                        for event in &events {
-                            if domain.apply_event(&serial, event, now) == Applied::Duplicate {
+                        for (event, json) in events {
+                            if domain.apply_encoded(&serial, &event, json, now)
+                                == Applied::Duplicate
+                            {
                                 metrics.events_duplicate.fetch_add(1, Ordering::Relaxed);
                             }
                         }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use spot_protocol::{
     Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, Proximity,
@@ -171,7 +172,7 @@ pub struct PresenceRes {
 }
 
 /// One entry of the derived events log (spec §7 topics).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogEvent {
     /// Chronological id.
     pub id: String,
@@ -184,7 +185,7 @@ pub struct LogEvent {
     #[serde(with = "iso")]
     pub time_created: i64,
     /// The changed resource as it is after the change.
-    pub data: Value,
+    pub data: Box<RawValue>,
 }
 
 /// The tables of the store (one JSON document per row).
@@ -272,7 +273,7 @@ impl Default for DomainConfig {
         DomainConfig {
             offline_after_ms: 10_000,
             events_retention_ms: 24 * 3600 * 1000,
-            events_max_in_memory: 200_000,
+            events_max_in_memory: 100_000,
         }
     }
 }
@@ -328,7 +329,6 @@ pub struct Domain {
     deleted: HashSet<(Table, String)>,
     pending_upstream: Vec<UpstreamRow>,
     pending_log: Vec<(String, i64, String)>,
-    json: Encoder,
 }
 
 impl Domain {
@@ -350,7 +350,6 @@ impl Domain {
             deleted: HashSet::new(),
             pending_upstream: Vec::new(),
             pending_log: Vec::new(),
-            json: Encoder::new(Encoding::Json),
         }
     }
 
@@ -482,6 +481,18 @@ impl Domain {
     /// Applies one upstream event of the spot `serial` (which must have begun a stream or
     /// will be created now).
     pub fn apply_event(&mut self, serial: &str, event: &Event, now: i64) -> Applied {
+        self.apply_encoded(serial, event, encode_json(event), now)
+    }
+
+    /// [`Domain::apply_event`] with the event's JSON encoding ([`encode_json`]) made by the
+    /// caller (ingest tasks encode in parallel; the core only stores it).
+    pub fn apply_encoded(
+        &mut self,
+        serial: &str,
+        event: &Event,
+        event_json: String,
+        now: i64,
+    ) -> Applied {
         let spot_id = self.ensure_spot(serial, now);
         self.touch(&spot_id, now, event.timestamp().map(|t| t.0));
         if let EventKind::Spot(Action::Create, status) = &event.kind {
@@ -497,9 +508,6 @@ impl Domain {
                 return Applied::Duplicate;
             }
         }
-        let mut encoded = Vec::new();
-        self.json.encode(event, &mut encoded);
-        let event_json = String::from_utf8_lossy(trim_separator(&encoded)).into_owned();
         match &event.kind {
             EventKind::Spot(Action::Create, status) => {
                 let object = event_object(&event_json);
@@ -670,11 +678,12 @@ impl Domain {
         };
         self.dirty.insert((table, real_id.clone()));
         let value = self.get(collection, &real_id).unwrap_or(Value::Null);
+        let data = RawValue::from_string(value.to_string()).unwrap_or_else(|_| raw(&()));
         self.log(
             format!("{collection}/{real_id}/updated/put"),
             None,
             now,
-            value.clone(),
+            data,
         );
         Ok(value)
     }
@@ -816,7 +825,7 @@ impl Domain {
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot connected");
         let topic = format!("spots/{}/connected/{}", spot.id, spot.serial_number);
-        let data = serde_json::to_value(&*spot).unwrap_or(Value::Null);
+        let data = raw(&*spot);
         self.dirty.insert((Table::Spots, spot_id.to_string()));
         self.log(topic, time_event, now, data);
     }
@@ -829,7 +838,7 @@ impl Domain {
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
         let topic = format!("spots/{}/disconnected/{}", spot.id, spot.serial_number);
-        let data = serde_json::to_value(&*spot).unwrap_or(Value::Null);
+        let data = raw(&*spot);
         self.dirty.insert((Table::Spots, spot_id.to_string()));
         self.log(topic, None, now, data);
         let reported: Vec<String> = self
@@ -862,7 +871,7 @@ impl Domain {
             time_created: now,
             time_updated: now,
         };
-        let data = serde_json::to_value(&item).unwrap_or(Value::Null);
+        let data = raw(&item);
         self.items.insert(id.clone(), item);
         self.item_by_code.insert(key, id.clone());
         self.dirty.insert((Table::Items, id.clone()));
@@ -911,7 +920,7 @@ impl Domain {
                     time_created: now,
                     time_updated: now,
                 };
-                let data = serde_json::to_value(&presence).unwrap_or(Value::Null);
+                let data = raw(&presence);
                 self.presences.insert(id.clone(), presence);
                 self.presence_by_key.insert(key, id.clone());
                 self.presences_of_item
@@ -977,12 +986,7 @@ impl Domain {
             p.id, p.item, p.location, p.proximity
         );
         let item_id = p.item.clone();
-        self.log(
-            topic,
-            time_event,
-            now,
-            serde_json::to_value(&p).unwrap_or(Value::Null),
-        );
+        self.log(topic, time_event, now, raw(&p));
         self.recompute_item(&item_id, time_event, now);
     }
 
@@ -1017,7 +1021,7 @@ impl Domain {
             previous.as_str()
         );
         let item_id = p.item.clone();
-        let data = serde_json::to_value(&*p).unwrap_or(Value::Null);
+        let data = raw(&*p);
         self.log(topic, time_event, now, data);
         self.recompute_item(&item_id, time_event, now);
     }
@@ -1064,14 +1068,14 @@ impl Domain {
             return;
         }
         item.time_updated = now;
-        let data = serde_json::to_value(&*item).unwrap_or(Value::Null);
+        let data = raw(&*item);
         self.dirty.insert((Table::Items, item_id.to_string()));
         for topic in topics {
             self.log(topic, time_event, now, data.clone());
         }
     }
 
-    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: Value) {
+    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: Box<RawValue>) {
         let event = LogEvent {
             id: self.ids.next(now),
             topic,
@@ -1087,6 +1091,19 @@ impl Domain {
             self.events.pop_front();
         }
     }
+}
+
+/// The compact JSON encoding of an event, without the trailing separator (as stored).
+pub fn encode_json(event: &Event) -> String {
+    let mut encoded = Vec::new();
+    Encoder::new(Encoding::Json).encode(event, &mut encoded);
+    String::from_utf8_lossy(trim_separator(&encoded)).into_owned()
+}
+
+/// A resource as raw JSON (for the events log).
+fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
 }
 
 /// The object of an encoded event (`["r","a",{obj}]`), via serde_json.

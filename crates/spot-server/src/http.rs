@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::core::{CoreMsg, EndReply};
-use crate::domain::PutError;
+use crate::domain::{encode_json, PutError};
 use crate::Shared;
 
 /// Response body type.
@@ -390,11 +390,19 @@ impl Drop for StreamGuard {
 }
 
 /// Drains decoded events; logs, counts and skips malformed ones.
-fn drain(decoder: &mut Decoder, serial: &str, shared: &Shared, malformed: &mut u64) -> Vec<Event> {
+fn drain(
+    decoder: &mut Decoder,
+    serial: &str,
+    shared: &Shared,
+    malformed: &mut u64,
+) -> Vec<(Event, String)> {
     let mut events = Vec::new();
     while let Some(next) = decoder.next_event() {
         match next {
-            Ok(event) => events.push(event),
+            Ok(event) => {
+                let json = encode_json(&event);
+                events.push((event, json));
+            }
             Err(e) => {
                 *malformed += 1;
                 shared

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::CoreMsg;
-use crate::domain::unix_millis;
+use crate::domain::{encode_json, unix_millis};
 use crate::Shared;
 
 /// Read buffer per connection.
@@ -158,7 +158,13 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
         send(CoreMsg::Events {
             serial: serial.clone(),
-            events: std::mem::take(&mut pending),
+            events: std::mem::take(&mut pending)
+                .into_iter()
+                .map(|e| {
+                    let json = encode_json(&e);
+                    (e, json)
+                })
+                .collect(),
             ack: Some(ack_tx.clone()),
         })
         .await?;
@@ -175,7 +181,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
             let mut events = Vec::new();
             while let Some(next) = decoder.next_event() {
                 match next {
-                    Ok(e) => events.push(e),
+                    Ok(e) => {
+                        let json = encode_json(&e);
+                        events.push((e, json));
+                    }
                     Err(e) => {
                         shared
                             .metrics
