@@ -6,24 +6,39 @@
 //! transaction: what a group commit covers becomes durable all together or not at all.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
 use crate::domain::{Changes, Table};
 
-/// A storage failure: which operation and the SQLite message.
+/// A storage failure: which operation and the underlying error.
 #[derive(Debug, thiserror::Error)]
-#[error("store: {context}: {source}")]
-pub struct StoreError {
-    /// What was being done.
-    pub context: &'static str,
-    /// The SQLite error.
-    #[source]
-    pub source: rusqlite::Error,
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("store: {context}: {source}")]
+    Sqlite {
+        /// What was being done.
+        context: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The operating system refused (e.g. a thread could not start).
+    #[error("store: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError { context, source }
+    move |source| StoreError::Sqlite { context, source }
 }
 
 /// How hard a commit is pushed to disk.
@@ -39,6 +54,57 @@ pub enum Sync {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    _checkpointer: Checkpointer,
+}
+
+/// Copies the WAL back into the database from a second connection, every
+/// [`CHECKPOINT_EVERY`], so that the committing thread never pays for it (SQLite's
+/// automatic checkpoint runs inside a commit; it is switched off).
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Interval of the background checkpoint.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+impl Checkpointer {
+    fn start(dir: &Path) -> Result<Self, StoreError> {
+        let conn =
+            Connection::open(dir.join("spot.db")).map_err(ctx("open checkpoint connection"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("spot-checkpoint".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(CHECKPOINT_EVERY);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!("WAL checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|source| StoreError::Io {
+                context: "start checkpoint thread",
+                source,
+            })?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 impl Store {
@@ -52,6 +118,8 @@ impl Store {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous={sync};
+             PRAGMA wal_autocheckpoint=0;
+             PRAGMA cache_size=-65536;
              CREATE TABLE IF NOT EXISTS upstream_events (
                  id INTEGER PRIMARY KEY,
                  spot TEXT NOT NULL,
@@ -64,11 +132,16 @@ impl Store {
              CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS presences (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS events (
-                 id TEXT PRIMARY KEY, time_created INTEGER NOT NULL, doc TEXT NOT NULL);
+                 row INTEGER PRIMARY KEY, id TEXT NOT NULL,
+                 time_created INTEGER NOT NULL, doc TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS events_time ON events(time_created);"
         ))
         .map_err(ctx("create schema"))?;
-        Ok(Store { conn })
+        let checkpointer = Checkpointer::start(dir)?;
+        Ok(Store {
+            conn,
+            _checkpointer: checkpointer,
+        })
     }
 
     /// Every row of a resource table: (id, JSON document).
@@ -87,7 +160,7 @@ impl Store {
     pub fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT doc FROM events WHERE time_created >= ?1 ORDER BY id")
+            .prepare("SELECT doc FROM events WHERE time_created >= ?1 ORDER BY row")
             .map_err(ctx("load events"))?;
         let rows = stmt
             .query_map([since], |r| r.get(0))
@@ -132,9 +205,7 @@ impl Store {
                     .map_err(ctx("delete"))?;
             }
             let mut log = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO events (id, time_created, doc) VALUES (?1, ?2, ?3)",
-                )
+                .prepare_cached("INSERT INTO events (id, time_created, doc) VALUES (?1, ?2, ?3)")
                 .map_err(ctx("prepare event insert"))?;
             for (id, time, doc) in &changes.log {
                 log.execute(params![id, time, doc])
