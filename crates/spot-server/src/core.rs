@@ -1,12 +1,13 @@
-//! The core: the one owner of the [`Domain`] and the [`Store`], running on its own thread.
+//! The core: the one owner of the [`Domain`] and the [`Store`], on two threads of its own.
 //!
 //! Ingest tasks and the API send it [`CoreMsg`]s over one bounded channel (a full channel
 //! slows the senders down: backpressure, never a drop). The loop takes the first message,
 //! drains every other message already queued (up to [`MAX_MESSAGES_PER_COMMIT`]), applies
 //! them all to the domain under its write lock — so readers see events as soon as they
-//! arrive — then writes the whole batch in **one** transaction (group commit) and only then
-//! answers the waiters. A failed commit keeps the batch and retries: nothing is acknowledged
-//! before it is on disk.
+//! arrive — then hands the batch's changes to the writer stage (a second thread owning the
+//! [`Store`]), which writes it in **one** transaction (group commit) and only then answers
+//! the batch's waiters, while the apply stage already works on the next batch. A failed
+//! commit keeps the batch and retries: nothing is acknowledged before it is on disk.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -106,10 +107,40 @@ enum Waiter {
 /// The core loop; returns after [`CoreMsg::Shutdown`] or when every sender is gone, each
 /// time after a final commit.
 pub fn run(
-    mut rx: mpsc::Receiver<CoreMsg>,
+    rx: mpsc::Receiver<CoreMsg>,
     domain: Arc<RwLock<Domain>>,
-    mut store: Store,
+    store: Store,
     metrics: Arc<Metrics>,
+) {
+    // Two stages: this thread applies batch N+1 while the writer commits batch N. Waiters
+    // travel with their batch, so every answer still leaves after the commit covering it.
+    let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
+    std::thread::scope(|scope| {
+        let writer_metrics = metrics.clone();
+        scope.spawn(move || write(job_rx, store, writer_metrics));
+        apply(rx, &domain, &metrics, &jobs);
+        drop(jobs);
+    });
+    tracing::debug!("core stopped");
+}
+
+/// Work for the writer stage.
+enum Job {
+    /// Commit, then answer.
+    Commit {
+        changes: crate::domain::Changes,
+        waiters: Vec<Waiter>,
+        apply_time: Duration,
+    },
+    /// Drop stored events older than the cutoff.
+    Prune(i64),
+}
+
+fn apply(
+    mut rx: mpsc::Receiver<CoreMsg>,
+    domain: &RwLock<Domain>,
+    metrics: &Metrics,
+    jobs: &std::sync::mpsc::SyncSender<Job>,
 ) {
     let mut command_sinks: std::collections::HashMap<String, mpsc::Sender<Vec<Event>>> =
         std::collections::HashMap::new();
@@ -117,6 +148,7 @@ pub fn run(
     let mut stop = false;
     while let Some(first) = rx.blocking_recv() {
         let mut waiters = Vec::new();
+        let apply_started = std::time::Instant::now();
         let changes = {
             let mut domain = domain.write().unwrap_or_else(|e| e.into_inner());
             let now = unix_millis(SystemTime::now());
@@ -190,9 +222,7 @@ pub fn run(
                         ticks += 1;
                         domain.sweep(now);
                         if ticks.is_multiple_of(60) {
-                            if let Err(e) = store.prune(domain.retention_cutoff(now)) {
-                                tracing::warn!("retention: {e}");
-                            }
+                            let _ = jobs.send(Job::Prune(domain.retention_cutoff(now)));
                         }
                     }
                 }
@@ -202,12 +232,52 @@ pub fn run(
             }
             domain.take_changes()
         };
+        let apply_time = apply_started.elapsed();
+        let job = Job::Commit {
+            changes,
+            waiters,
+            apply_time,
+        };
+        if jobs.send(job).is_err() {
+            tracing::error!("writer stage gone; stopping");
+            break;
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Metrics>) {
+    for job in jobs {
+        let (changes, waiters, apply_time) = match job {
+            Job::Prune(cutoff) => {
+                if let Err(e) = store.prune(cutoff) {
+                    tracing::warn!("retention: {e}");
+                }
+                continue;
+            }
+            Job::Commit {
+                changes,
+                waiters,
+                apply_time,
+            } => (changes, waiters, apply_time),
+        };
         if !changes.is_empty() {
+            let started = std::time::Instant::now();
             while let Err(e) = store.commit(&changes) {
                 tracing::error!("commit failed, retrying (nothing acknowledged meanwhile): {e}");
                 std::thread::sleep(Duration::from_millis(200));
             }
             metrics.commits.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                upstream = changes.upstream.len(),
+                rows = changes.upserts.len() + changes.deletes.len() + changes.log.len(),
+                waiters = waiters.len(),
+                apply_ms = apply_time.as_secs_f64() * 1e3,
+                commit_ms = started.elapsed().as_secs_f64() * 1e3,
+                "group commit"
+            );
         }
         for waiter in waiters {
             match waiter {
@@ -222,11 +292,7 @@ pub fn run(
                 }
             }
         }
-        if stop {
-            break;
-        }
     }
-    tracing::debug!("core stopped");
 }
 
 /// Hands a spot's pending commands to its raw TCP stream, if it has one.
