@@ -117,7 +117,13 @@ pub fn run(
     let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
     std::thread::scope(|scope| {
         let writer_metrics = metrics.clone();
-        scope.spawn(move || write(job_rx, store, writer_metrics));
+        let writer = std::thread::Builder::new()
+            .name("spot-writer".into())
+            .spawn_scoped(scope, move || write(job_rx, store, writer_metrics));
+        if let Err(e) = writer {
+            tracing::error!("cannot start the writer thread: {e}");
+            return;
+        }
         apply(rx, &domain, &metrics, &jobs);
         drop(jobs);
     });

@@ -1028,6 +1028,17 @@ impl Domain {
 
     /// Item `location` = location of its strongest presence; `is_present`; moves.
     fn recompute_item(&mut self, item_id: &str, time_event: Option<i64>, now: i64) {
+        // Fast path: one presence, and the item is already present there.
+        if let (Some(set), Some(item)) =
+            (self.presences_of_item.get(item_id), self.items.get(item_id))
+        {
+            if set.len() == 1 && item.is_present {
+                let only = set.iter().next().and_then(|id| self.presences.get(id));
+                if only.is_some_and(|p| item.location.as_deref() == Some(p.location.as_str())) {
+                    return;
+                }
+            }
+        }
         let strongest = self.presences_of_item.get(item_id).and_then(|set| {
             set.iter()
                 .filter_map(|id| self.presences.get(id))
