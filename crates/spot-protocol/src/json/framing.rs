@@ -311,9 +311,8 @@ impl Framer {
         let blank = BLANK_LINE.find(window)?;
         let message = &window[..blank];
         let len = message.iter().rposition(|&b| !is_space(b))? + 1;
-        let mut openings = message[..len].iter().filter(|&&b| b == b'[' || b == b'{');
-        // `nth(max_depth)` is the first opening beyond the limit (stops there).
-        openings
+        // `nth(max_depth)` is the first opening beyond the limit (the search stops there).
+        memchr::memchr2_iter(b'[', b'{', &message[..len])
             .nth(self.limits.max_depth)
             .is_none()
             .then_some(start + len - 1)
