@@ -1,6 +1,8 @@
 //! Load generator for `spot serve`: many spots, each on its own keep-alive connection,
 //! POSTing chunked bodies of presence events with sequence numbers as fast as the server
 //! acknowledges them. Reports events/s and the time from end of body to `200` (p50/p99).
+//! With `--post-interval-ms N` each spot starts one POST every N ms (real spots: 1000), so
+//! the offered load is `spots × events-per-post × 1000 / N` events/s.
 //! With `--idle N --server-pid PID` it instead opens N spots that POST once and then stay
 //! connected idle, and reports the server's RSS growth per connection.
 //!
@@ -26,6 +28,7 @@ struct Opts {
     idle: usize,
     server_pid: Option<u32>,
     serial_base: u64,
+    post_interval_ms: u64,
 }
 
 fn opts() -> Opts {
@@ -38,6 +41,7 @@ fn opts() -> Opts {
         idle: 0,
         server_pid: None,
         serial_base: 100_000,
+        post_interval_ms: 0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -52,6 +56,7 @@ fn opts() -> Opts {
             "--idle" => o.idle = v.parse().unwrap_or_else(|_| bad()),
             "--server-pid" => o.server_pid = Some(v.parse().unwrap_or_else(|_| bad())),
             "--serial-base" => o.serial_base = v.parse().unwrap_or_else(|_| bad()),
+            "--post-interval-ms" => o.post_interval_ms = v.parse().unwrap_or_else(|_| bad()),
             other => panic!("unknown option {other}"),
         }
     }
@@ -216,12 +221,21 @@ async fn main() {
     for i in 0..o.spots {
         let (stop, events) = (stop.clone(), events.clone());
         let (addr, per_post, per_chunk) = (o.addr, o.events_per_post, o.events_per_chunk);
+        let interval = Duration::from_millis(o.post_interval_ms);
+        // Spread the spots' POST cycles over the interval, as real spots are.
+        let offset = interval.mul_f64(i as f64 / o.spots as f64);
         let serial = o.serial_base + i as u64;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut spot = Spot::connect(addr, serial).await.expect("connect");
+            tokio::time::sleep(offset).await;
             while !stop.load(Ordering::Relaxed) {
-                match spot.post(per_post, per_chunk).await {
+                let cycle = Instant::now();
+                let result = spot.post(per_post, per_chunk).await;
+                if let Some(rest) = interval.checked_sub(cycle.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+                match result {
                     Ok(l) => {
                         latencies.push(l);
                         events.fetch_add(per_post as u64, Ordering::Relaxed);

@@ -6,7 +6,8 @@
 //! `results_only`, `id_only`, `after_id`/`before_id`/`from_id`/`until_id` on ids,
 //! `after`/`before`/`from`/`until` on `time_created`, `skip`, and equality filters on any
 //! other field (dotted paths reach nested fields: `status.version=…`). The wrapped answer
-//! carries `results`, `limit`, `is_limited` and `url_next`.
+//! carries `results`, `limit`, `is_limited` and `url_next`. `populate` is refused (400) until
+//! it is implemented.
 
 use std::cmp::Ordering;
 
@@ -116,7 +117,7 @@ pub fn query(
             }
             "results_only" => results_only = parse_bool(k, v)?,
             "id_only" => id_only = parse_bool(k, v)?,
-            "populate" => {}
+            "populate" => return Err(bad(k, "is not supported yet")),
             "after_id" | "before_id" | "from_id" | "until_id" => {
                 docs.retain(|d| {
                     let id = d.get("id").and_then(Value::as_str).unwrap_or("");
@@ -307,6 +308,7 @@ mod tests {
             ("results_only=maybe", "results_only"),
             ("after=yesterday", "after"),
             ("a%20b=1", "a b"),
+            ("populate=item", "populate"),
         ] {
             let e = query(docs(3), &params(q), "/").unwrap_err();
             assert_eq!(e.param, param, "{q}");
