@@ -61,7 +61,8 @@ pub struct ServerLimits {
     /// Longest a POST body may take in total (never-ending bodies; spots end theirs after
     /// about 1 s). Default 300 s. Past it: `408`, connection closed.
     pub max_post_duration: Duration,
-    /// Most open connections (HTTP and TCP each). Default 20,000. Past it: HTTP gets `503`
+    /// Most open connections (HTTP and TCP each). Default 10,000 (stays under a 20,000 open
+    /// file limit with both listeners full). Past it: HTTP gets `503`
     /// and is closed; TCP is closed.
     pub max_connections: usize,
     /// Longest idle time of a raw TCP stream (spots send an alive signal every second).
@@ -85,7 +86,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(30),
             max_post_duration: Duration::from_secs(300),
-            max_connections: 20_000,
+            max_connections: 10_000,
             tcp_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             core_queue: 4096,
