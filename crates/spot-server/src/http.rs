@@ -351,7 +351,7 @@ fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding,
 }
 
 /// Whether a serial number is acceptable in a path (and as a key).
-fn valid_serial(serial: &str) -> bool {
+pub(crate) fn valid_serial(serial: &str) -> bool {
     !serial.is_empty()
         && serial.len() <= 64
         && serial

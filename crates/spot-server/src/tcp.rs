@@ -118,10 +118,14 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
         while let Some(next) = d.next_event() {
             let event = next.map_err(|e| format!("first event malformed: {e}"))?;
             if serial_and_version.is_none() {
-                serial_and_version = Some(
-                    serial_of(&event)
-                        .ok_or("the first event must be a spot create with spot_id")?,
-                );
+                let (serial, version) = serial_of(&event)
+                    .ok_or("the first event must be a spot create with spot_id")?;
+                if !crate::http::valid_serial(&serial) {
+                    return Err(format!(
+                        "bad spot_id {serial:?}: 1 to 64 letters, digits, '-' or '_'"
+                    ));
+                }
+                serial_and_version = Some((serial, version));
             }
             pending.push(event);
         }
