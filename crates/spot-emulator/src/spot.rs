@@ -82,7 +82,7 @@ impl SpotCounters {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandEffect {
     /// The config changed: buffer and send this `config update` (the changed keys).
-    EchoConfig(Event),
+    EchoConfig(Box<Event>),
     /// Download `url` (relative to the server), then [`Spot::install_firmware`] `version`.
     FetchFirmware {
         /// Path on the server.
@@ -219,7 +219,7 @@ impl Spot {
                         }
                     }
                 }
-                CommandEffect::EchoConfig(echo_event)
+                CommandEffect::EchoConfig(Box::new(echo_event))
             }
             EventKind::Firmware(Action::Update, fw) => self.apply_firmware(fw),
             _ => CommandEffect::Ignored(format!(
