@@ -2,8 +2,10 @@
 //!
 //! - [`population`]: the simulated tag population (sans-IO, seeded, `now` passed in).
 //! - [`spot`]: one spot's state machine: `spot create`, `config create`, events, commands.
+//! - [`buffer`]: the per-spot delivery buffer (seq numbering, acks, on-disk segments).
 //! - [`rng`]: the deterministic random generator both use.
 
+pub mod buffer;
 pub mod population;
 pub mod rng;
 pub mod spot;
