@@ -17,6 +17,8 @@ pub mod codec;
 pub mod event;
 pub mod json;
 pub mod pb;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 
 pub use codec::{DecodeError, DecodeErrorKind, Decoder, Encoder, Encoding, Limits};
