@@ -3,9 +3,11 @@
 //! - [`population`]: the simulated tag population (sans-IO, seeded, `now` passed in).
 //! - [`spot`]: one spot's state machine: `spot create`, `config create`, events, commands.
 //! - [`buffer`]: the per-spot delivery buffer (seq numbering, acks, on-disk segments).
+//! - [`wire`]: HTTP/1.1 bytes of the uplink: request head, chunks, response parser.
 //! - [`rng`]: the deterministic random generator both use.
 
 pub mod buffer;
 pub mod population;
 pub mod rng;
 pub mod spot;
+pub mod wire;
