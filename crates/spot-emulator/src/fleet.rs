@@ -134,28 +134,40 @@ pub fn prepare(
 }
 
 /// Runs every task to its end, printing a progress line to stderr when it is a terminal.
+/// Dropping the returned future (or aborting the task running it) aborts every spot.
 pub async fn run(tasks: Vec<SpotTask>, progress: bool) -> Summary {
     let started = Instant::now();
     let stats: Vec<Arc<SpotStats>> = tasks.iter().map(|t| t.stats()).collect();
-    let handles: Vec<_> = tasks.into_iter().map(|t| tokio::spawn(t.run())).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for t in tasks {
+        set.spawn(t.run());
+    }
     let show = progress && std::io::stderr().is_terminal();
-    let ticker = show.then(|| tokio::spawn(progress_line(stats.clone(), started)));
-    let mut reports = Vec::with_capacity(handles.len());
+    let ticker = show.then(|| AbortOnDrop(tokio::spawn(progress_line(stats, started))));
+    let mut reports = Vec::with_capacity(set.len());
     let mut panics = Vec::new();
-    for h in handles {
-        match h.await {
+    while let Some(joined) = set.join_next().await {
+        match joined {
             Ok(r) => reports.push(r),
             Err(e) => panics.push(e.to_string()),
         }
     }
-    if let Some(t) = ticker {
-        t.abort();
+    reports.sort_by_key(|r| r.serial);
+    if ticker.is_some() {
         eprintln!();
     }
     Summary {
         reports,
         panics,
         elapsed: started.elapsed(),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
