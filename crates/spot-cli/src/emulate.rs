@@ -85,6 +85,10 @@ pub struct Args {
     /// Largest reconnect delay in milliseconds (exponential from 100 ms, jittered).
     #[arg(long, default_value_t = 10_000)]
     backoff_max_ms: u64,
+    /// Inject a fault (repeatable): cut-mid-chunk:P, stall:P:MS, burst:P:N, malformed:P
+    /// (P per POST, or per event for malformed). Each is counted in the summary.
+    #[arg(long = "fault", value_name = "SPEC")]
+    faults: Vec<String>,
     /// Runtime worker threads (1 = everything on one core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -116,6 +120,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     uplink.drain_ms = (args.drain_s * 1000.0) as u64;
     uplink.backoff_max_ms = args.backoff_max_ms.max(uplink.backoff_min_ms);
     uplink.clock_offset_ms = (!args.no_clock).then_some(args.clock_skew_ms);
+    for spec in &args.faults {
+        uplink.faults.add(spec).map_err(anyhow::Error::msg)?;
+    }
+    anyhow::ensure!(
+        uplink.faults.malformed == 0.0 || uplink.encoding == spot_protocol::Encoding::Json,
+        "--fault malformed:P is only implemented for --encoding json"
+    );
     let cfg = FleetConfig {
         uplink,
         spots: args.spots,

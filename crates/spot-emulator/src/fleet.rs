@@ -219,6 +219,13 @@ fn counters_json(s: &SpotStats, h: &Histogram<u64>) -> Value {
         "firmware_updates": s.firmware_updates.load(Relaxed),
         "buffer_errors": s.buffer_errors.load(Relaxed),
         "bytes_sent": s.bytes_sent.load(Relaxed),
+        "faults": {
+            "cuts_mid_chunk": s.fault_cuts_mid_chunk.load(Relaxed),
+            "stalls": s.fault_stalls.load(Relaxed),
+            "bursts": s.fault_bursts.load(Relaxed),
+            "burst_events": s.fault_burst_events.load(Relaxed),
+            "malformed": s.fault_malformed.load(Relaxed),
+        },
         "ack_latency_ms": {
             "p50": ms(h.value_at_quantile(0.5)),
             "p99": ms(h.value_at_quantile(0.99)),
@@ -249,7 +256,12 @@ impl Summary {
                 commands_ignored,
                 firmware_updates,
                 buffer_errors,
-                bytes_sent
+                bytes_sent,
+                fault_cuts_mid_chunk,
+                fault_stalls,
+                fault_bursts,
+                fault_burst_events,
+                fault_malformed
             );
         }
         t

@@ -1,5 +1,6 @@
 //! The spot emulator: the device side of the spot protocol.
 //!
+//! - [`faults`]: fault injection specs (`--fault`).
 //! - [`fleet`]: many spots in one runtime, progress line and JSON [`fleet::Summary`].
 //! - [`population`]: the simulated tag population (sans-IO, seeded, `now` passed in).
 //! - [`spot`]: one spot's state machine: `spot create`, `config create`, events, commands.
@@ -9,6 +10,7 @@
 //! - [`rng`]: the deterministic random generator both use.
 
 pub mod buffer;
+pub mod faults;
 pub mod fleet;
 pub mod population;
 pub mod rng;

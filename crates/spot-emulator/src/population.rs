@@ -165,7 +165,8 @@ impl Population {
         }
     }
 
-    fn arrive(&mut self, now: Timestamp) -> Event {
+    /// A new item arrives now (`presence create`), whatever the weights say (bursts).
+    pub fn arrive(&mut self, now: Timestamp) -> Event {
         let mut code = String::new();
         if self.rng.chance(self.params.shared_share) {
             // A few tries to find a shared item not already here; else a fresh one.

@@ -198,6 +198,12 @@ impl Spot {
         event
     }
 
+    /// A new item arriving at `now`, outside the event rate (the burst fault).
+    pub fn arrival(&mut self, now: Timestamp) -> Event {
+        self.counters.presence_create_count += 1;
+        self.population.arrive(now)
+    }
+
     /// Applies one command from the server (spec §3.2).
     pub fn apply_command(&mut self, command: &Event) -> CommandEffect {
         match &command.kind {

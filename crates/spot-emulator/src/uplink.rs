@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::buffer::SpotBuffer;
+use crate::faults::{Faults, MALFORMED_JSON};
 use crate::rng::Rng;
 use crate::spot::{CommandEffect, Spot};
 use crate::wire::{self, ChunkSplit, Response, ResponseParser};
@@ -109,6 +110,8 @@ pub struct UplinkConfig {
     pub drain_ms: u64,
     /// Added to the spot's clock (clock-skew fault); `None` sends 1970 times (no clock).
     pub clock_offset_ms: Option<i64>,
+    /// Faults to inject.
+    pub faults: Faults,
 }
 
 impl UplinkConfig {
@@ -129,6 +132,7 @@ impl UplinkConfig {
             max_firmware_bytes: 64 << 20,
             drain_ms: 10_000,
             clock_offset_ms: Some(0),
+            faults: Faults::default(),
         }
     }
 }
@@ -162,6 +166,16 @@ pub struct SpotStats {
     pub buffer_errors: AtomicU64,
     /// Request bytes written.
     pub bytes_sent: AtomicU64,
+    /// Fault: connections cut in the middle of a chunk.
+    pub fault_cuts_mid_chunk: AtomicU64,
+    /// Fault: POSTs stalled.
+    pub fault_stalls: AtomicU64,
+    /// Fault: bursts of arrivals.
+    pub fault_bursts: AtomicU64,
+    /// Fault: events generated in bursts (also in `events_generated`).
+    pub fault_burst_events: AtomicU64,
+    /// Fault: malformed messages written.
+    pub fault_malformed: AtomicU64,
 }
 
 /// What one spot reports at the end.
@@ -379,6 +393,24 @@ impl SpotTask {
         self.flush();
     }
 
+    /// The burst fault: `n` arrivals at once (subject to the buffer's room).
+    fn burst(&mut self, n: u64, now: Instant) {
+        self.stats.fault_bursts.fetch_add(1, Relaxed);
+        let ts = self.wall_clock();
+        for _ in 0..n {
+            if self.buffer.is_full() {
+                self.stats
+                    .events_not_generated_buffer_full
+                    .fetch_add(1, Relaxed);
+                continue;
+            }
+            let event = self.spot.arrival(ts);
+            self.append(event, now);
+            self.stats.fault_burst_events.fetch_add(1, Relaxed);
+        }
+        self.flush();
+    }
+
     fn append(&mut self, mut event: Event, now: Instant) {
         let json = &mut self.json;
         match self.buffer.append(|seq| {
@@ -422,7 +454,14 @@ impl SpotTask {
         let start = sent_upto.saturating_add(1).saturating_sub(first) as usize;
         for r in records.iter().skip(start) {
             match encoder {
-                Encoder::Json(_) => body.extend_from_slice(&r.payload),
+                Encoder::Json(_) => {
+                    if self.cfg.faults.malformed > 0.0 && self.rng.chance(self.cfg.faults.malformed)
+                    {
+                        body.extend_from_slice(MALFORMED_JSON);
+                        self.stats.fault_malformed.fetch_add(1, Relaxed);
+                    }
+                    body.extend_from_slice(&r.payload)
+                }
                 _ => {
                     self.json_decoder.feed(&r.payload);
                     while let Some(item) = self.json_decoder.next_event() {
@@ -493,7 +532,19 @@ impl SpotTask {
                 first_post = false;
             }
             let post_start = Instant::now();
-            let post_end = post_start + Duration::from_millis(self.cfg.post_ms);
+            let mut post_end = post_start + Duration::from_millis(self.cfg.post_ms);
+            let faults = self.cfg.faults.clone();
+            let cut_at = (faults.cut_mid_chunk > 0.0 && self.rng.chance(faults.cut_mid_chunk))
+                .then(|| post_start + Duration::from_millis(self.rng.below(self.cfg.post_ms)));
+            let mut stall = faults
+                .stall
+                .filter(|(p, _)| self.rng.chance(*p))
+                .map(|(_, ms)| (post_start + Duration::from_millis(self.cfg.post_ms / 2), ms));
+            if let Some((p, n)) = faults.burst {
+                if self.rng.chance(p) {
+                    self.burst(n, post_start);
+                }
+            }
             self.generate(post_start);
             self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
             wire::push_chunks(&mut out, &body, self.cfg.chunk_split, &mut self.rng);
@@ -522,8 +573,25 @@ impl SpotTask {
                     }
                     self.generate(Instant::now());
                 }
+                if let Some((at, ms)) = stall {
+                    if Instant::now() >= at {
+                        stall = None;
+                        self.stats.fault_stalls.fetch_add(1, Relaxed);
+                        self.idle_until(Instant::now() + Duration::from_millis(ms))
+                            .await;
+                        post_end += Duration::from_millis(ms);
+                    }
+                }
                 body.clear();
                 self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
+                if cut_at.is_some_and(|at| Instant::now() >= at) && body.len() >= 2 {
+                    out.clear();
+                    out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                    out.extend_from_slice(&body[..body.len() / 2]);
+                    self.write(&mut wr, &out).await?;
+                    self.stats.fault_cuts_mid_chunk.fetch_add(1, Relaxed);
+                    return Err("fault injected: connection cut mid-chunk".into());
+                }
                 if !body.is_empty() {
                     out.clear();
                     wire::push_chunks(&mut out, &body, self.cfg.chunk_split, &mut self.rng);

@@ -399,3 +399,40 @@ async fn emulator_killed_and_restarted_with_its_buffer_loses_nothing() {
     assert_eq!(boots.first(), Some(&1));
     assert_eq!(boots.last(), Some(&2), "boot_count grows each run");
 }
+
+#[tokio::test]
+async fn injected_faults_are_counted_and_still_nothing_is_lost_or_doubled() {
+    let shared = Shared::default();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
+    let mut cfg = config(&server.url(), 2, 300.0, Some(1.5));
+    for spec in [
+        "cut-mid-chunk:0.4",
+        "stall:0.4:150",
+        "burst:0.4:300",
+        "malformed:0.05",
+    ] {
+        cfg.uplink.faults.add(spec).unwrap();
+    }
+    let (run, _, _stop) = start(&cfg);
+    let summary = run.await.unwrap();
+    let t = summary.total();
+    for (name, n) in [
+        ("cuts", &t.fault_cuts_mid_chunk),
+        ("stalls", &t.fault_stalls),
+        ("bursts", &t.fault_bursts),
+        ("malformed", &t.fault_malformed),
+    ] {
+        assert!(n.load(Relaxed) > 0, "no {name} injected");
+    }
+    assert!(t.fault_burst_events.load(Relaxed) >= 300);
+    let generated: Vec<u64> = summary
+        .reports
+        .iter()
+        .map(|r| r.stats.events_generated.load(Relaxed))
+        .collect();
+    assert_eq!(t.events_acked.load(Relaxed), generated.iter().sum::<u64>());
+    let st = shared.state.lock().unwrap();
+    assert_each_event_stored_once(&st, 200.., &generated);
+    let malformed_seen: u64 = st.spots.values().map(|l| l.malformed).sum();
+    assert!(malformed_seen > 0 && malformed_seen <= t.fault_malformed.load(Relaxed));
+}
