@@ -26,8 +26,12 @@ enum Split {
 #[derive(clap::Args)]
 pub struct Args {
     /// The server, `http://host[:port][/prefix]`.
-    #[arg(long)]
-    server: String,
+    #[arg(long, required_unless_present = "raw_tcp", conflicts_with = "raw_tcp")]
+    server: Option<String>,
+    /// Stream over plain TCP to HOST:PORT instead of HTTP (spec §4.2; acks come back as
+    /// `["ack","update",{"seq":N}]` events).
+    #[arg(long, value_name = "HOST:PORT")]
+    raw_tcp: Option<String>,
     /// Number of spots.
     #[arg(long, default_value_t = 1)]
     spots: u64,
@@ -107,8 +111,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (0.0..=1.0).contains(&args.shared_share),
         "--shared-share must be within 0..1"
     );
-    let server = ServerAddr::parse(&args.server).map_err(anyhow::Error::msg)?;
+    let server = match (&args.server, &args.raw_tcp) {
+        (Some(url), _) => ServerAddr::parse(url),
+        (None, Some(addr)) => ServerAddr::raw_tcp(addr),
+        (None, None) => Err("--server or --raw-tcp is required".into()),
+    }
+    .map_err(anyhow::Error::msg)?;
     let mut uplink = UplinkConfig::new(server);
+    uplink.raw_tcp = args.raw_tcp.is_some();
     uplink.encoding = args.encoding.encoding();
     uplink.post_ms = args.post_ms;
     uplink.tick_ms = args.tick_ms;

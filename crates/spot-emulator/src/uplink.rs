@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use spot_protocol::{Decoder, Encoder, Encoding, Event, Limits, Timestamp};
+use spot_protocol::{Decoder, Encoder, Encoding, Event, EventKind, Limits, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -46,6 +46,20 @@ pub struct ServerAddr {
 }
 
 impl ServerAddr {
+    /// A raw TCP address `host:port` (no HTTP).
+    pub fn raw_tcp(host_port: &str) -> Result<Self, String> {
+        match host_port.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(ServerAddr {
+                    connect: host_port.to_string(),
+                    host: host.to_string(),
+                    path_prefix: String::new(),
+                })
+            }
+            _ => Err(format!("{host_port}: expected HOST:PORT")),
+        }
+    }
+
     /// Parses an `http://` URL. `https://` is refused (not supported yet), as is anything else.
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = if let Some(rest) = url.strip_prefix("http://") {
@@ -112,6 +126,9 @@ pub struct UplinkConfig {
     pub clock_offset_ms: Option<i64>,
     /// Faults to inject.
     pub faults: Faults,
+    /// Stream over plain TCP (spec §4.2, acks as `["ack","update",{"seq":N}]` events)
+    /// instead of HTTP.
+    pub raw_tcp: bool,
 }
 
 impl UplinkConfig {
@@ -133,6 +150,7 @@ impl UplinkConfig {
             drain_ms: 10_000,
             clock_offset_ms: Some(0),
             faults: Faults::default(),
+            raw_tcp: false,
         }
     }
 }
@@ -281,7 +299,11 @@ impl SpotTask {
             let result = match connect {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    self.connection(stream, &mut failures).await
+                    if self.cfg.raw_tcp {
+                        self.raw_connection(stream, &mut failures).await
+                    } else {
+                        self.connection(stream, &mut failures).await
+                    }
                 }
                 Ok(Err(e)) => Err(format!("connect {}: {e}", self.cfg.server.connect)),
                 Err(_) => Err(format!("connect {}: timed out", self.cfg.server.connect)),
@@ -625,6 +647,111 @@ impl SpotTask {
             }
             if self.finished() {
                 return Ok(ConnectionEnd::Finished);
+            }
+        }
+    }
+
+    /// Serves one raw TCP connection: the stream of events, acks and commands coming back.
+    async fn raw_connection(
+        &mut self,
+        stream: TcpStream,
+        failures: &mut u32,
+    ) -> Result<ConnectionEnd, String> {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut encoder = Encoder::new(self.cfg.encoding);
+        let mut decoder = Decoder::new(self.cfg.encoding, Limits::default());
+        let mut sent_upto = self.buffer.acked();
+        let mut out = Vec::new();
+        if self.cfg.encoding == Encoding::Protobuf {
+            out.push(0); // the zero-length frame that marks a protobuf stream (contract)
+        }
+        let now = self.wall_clock();
+        encoder.encode(&self.spot.spot_create(now), &mut out);
+        encoder.encode(&self.spot.config_create(), &mut out);
+        self.generate(Instant::now());
+        self.take_unsent(&mut sent_upto, &mut encoder, &mut out);
+        self.write(&mut wr, &out).await?;
+        let mut read_buf = vec![0u8; 16 * 1024];
+        loop {
+            if self.finished() {
+                return Ok(ConnectionEnd::Finished);
+            }
+            let now = Instant::now();
+            let fast = self.cfg.rate <= 0.0;
+            let next = if fast {
+                now
+            } else {
+                now + Duration::from_millis(self.cfg.tick_ms)
+            };
+            tokio::select! {
+                _ = sleep_until(next) => {}
+                r = rd.read(&mut read_buf) => match r {
+                    Ok(0) => return Err("server closed the raw TCP connection".into()),
+                    Ok(n) => {
+                        decoder.feed(&read_buf[..n]);
+                        self.raw_incoming(&mut decoder, failures);
+                    }
+                    Err(e) => return Err(format!("read: {e}")),
+                },
+            }
+            let now = Instant::now();
+            if fast {
+                if self.check_stop(now) {
+                    self.generate_n(256, now);
+                }
+            } else {
+                self.generate(now);
+            }
+            out.clear();
+            self.take_unsent(&mut sent_upto, &mut encoder, &mut out);
+            if !out.is_empty() {
+                self.write(&mut wr, &out).await?;
+            }
+        }
+    }
+
+    /// Handles what the server wrote on a raw TCP connection: acks and commands.
+    fn raw_incoming(&mut self, decoder: &mut Decoder, failures: &mut u32) {
+        while let Some(item) = decoder.next_event() {
+            let event = match item {
+                Ok(e) => e,
+                Err(e) => {
+                    self.stats.commands_ignored.fetch_add(1, Relaxed);
+                    self.last_error = Some(format!("malformed message from server: {e}"));
+                    continue;
+                }
+            };
+            if let EventKind::Other(o) = &event.kind {
+                if o.resource_type == "ack" {
+                    if let Some(seq) = o.object.get("seq").and_then(|v| v.as_u64()) {
+                        *failures = 0;
+                        self.acked(seq, Instant::now());
+                    }
+                    continue;
+                }
+            }
+            match self.spot.apply_command(&event) {
+                CommandEffect::EchoConfig(echo) => {
+                    self.stats.commands_applied.fetch_add(1, Relaxed);
+                    self.append(*echo, Instant::now());
+                    self.flush();
+                }
+                CommandEffect::CountersReset => {
+                    self.stats.commands_applied.fetch_add(1, Relaxed);
+                    if let Err(e) = self.buffer.save_state(self.spot.counters()) {
+                        self.buffer_failed(e.to_string());
+                    }
+                }
+                CommandEffect::FetchFirmware { url, .. } => {
+                    self.stats.commands_ignored.fetch_add(1, Relaxed);
+                    self.last_error = Some(format!(
+                        "firmware {url}: downloads need the HTTP uplink, not raw TCP"
+                    ));
+                }
+                CommandEffect::Ignored(why) => {
+                    self.stats.commands_ignored.fetch_add(1, Relaxed);
+                    self.last_error = Some(why);
+                }
             }
         }
     }

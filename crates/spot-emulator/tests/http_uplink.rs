@@ -436,3 +436,61 @@ async fn injected_faults_are_counted_and_still_nothing_is_lost_or_doubled() {
     let malformed_seen: u64 = st.spots.values().map(|l| l.malformed).sum();
     assert!(malformed_seen > 0 && malformed_seen <= t.fault_malformed.load(Relaxed));
 }
+
+#[tokio::test]
+async fn raw_tcp_streams_events_and_takes_acks_and_commands_from_the_socket() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = config(&format!("http://{addr}"), 1, 300.0, Some(0.5));
+    cfg.uplink.server = ServerAddr::raw_tcp(&addr.to_string()).unwrap();
+    cfg.uplink.raw_tcp = true;
+    let (run, _, _stop) = start(&cfg);
+    let (mut sock, _) = listener.accept().await.unwrap();
+    let update = Config {
+        send_hits: Some(true),
+        ..Config::default()
+    };
+    let mut command = Vec::new();
+    spot_protocol::Encoder::new(Encoding::Json).encode(
+        &Event::new(EventKind::Config(Action::Update, update)),
+        &mut command,
+    );
+    sock.write_all(&command).await.unwrap();
+
+    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+    let mut events = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut last_ack = 0;
+    loop {
+        let n = sock.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        decoder.feed(&buf[..n]);
+        while let Some(e) = decoder.next_event() {
+            events.push(e.expect("well-formed event"));
+        }
+        let ack = seqs(&events).into_iter().max().unwrap_or(0);
+        if ack > last_ack {
+            last_ack = ack;
+            let frame = format!(
+                "[\"ack\",\"update\",{{\"seq\":{ack},\"time\":\"2026-01-01T00:00:00Z\"}}]\n\n"
+            );
+            sock.write_all(frame.as_bytes()).await.unwrap();
+        }
+    }
+    let summary = run.await.unwrap();
+    assert!(matches!(events[0].kind, EventKind::Spot(Action::Create, _)));
+    assert!(matches!(
+        events[1].kind,
+        EventKind::Config(Action::Create, _)
+    ));
+    let generated = total(&summary, |s| &s.events_generated);
+    assert_eq!(seqs(&events), (1..=generated).collect::<Vec<_>>());
+    assert_eq!(total(&summary, |s| &s.events_acked), generated);
+    assert_eq!(total(&summary, |s| &s.commands_applied), 1);
+    assert!(events.iter().any(
+        |e| matches!(&e.kind, EventKind::Config(Action::Update, c) if c.send_hits == Some(true))
+    ));
+    assert!(events.iter().any(|e| matches!(e.kind, EventKind::Hit(..))));
+}
