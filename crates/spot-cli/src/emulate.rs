@@ -89,6 +89,10 @@ pub struct Args {
     /// Largest reconnect delay in milliseconds (exponential from 100 ms, jittered).
     #[arg(long, default_value_t = 10_000)]
     backoff_max_ms: u64,
+    /// Also serve each spot's raw stream (spec §4.2) to whoever connects: spot i on this
+    /// address's port + i (port 0: any free port, printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    telnet: Option<std::net::SocketAddr>,
     /// Inject a fault (repeatable): cut-mid-chunk:P, stall:P:MS, burst:P:N, malformed:P
     /// (P per POST, or per event for malformed). Each is counted in the summary.
     #[arg(long = "fault", value_name = "SPEC")]
@@ -168,7 +172,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .context("starting the async runtime")?;
     let summary = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let tasks = fleet::prepare(&cfg, &stop_rx)?;
+        let mut tasks = fleet::prepare(&cfg, &stop_rx)?;
+        if let Some(addr) = args.telnet {
+            for (serial, bound) in fleet::bind_telnet(&mut tasks, addr)
+                .await
+                .with_context(|| format!("binding telnet on {addr}"))?
+            {
+                eprintln!("spot {serial}: telnet on {bound}");
+            }
+        }
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!(

@@ -133,6 +133,28 @@ pub fn prepare(
     Ok(tasks)
 }
 
+/// Binds a telnet service per spot: spot `i` (from 0) on `addr`'s port + `i` (port 0: any
+/// free port each). Returns each spot's serial and address.
+pub async fn bind_telnet(
+    tasks: &mut [SpotTask],
+    addr: std::net::SocketAddr,
+) -> std::io::Result<Vec<(u64, std::net::SocketAddr)>> {
+    let mut bound = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter_mut().enumerate() {
+        let mut a = addr;
+        if a.port() != 0 {
+            let port = u16::try_from(usize::from(a.port()) + i).map_err(|_| {
+                std::io::Error::other(format!("telnet port {} + {i} is over 65535", a.port()))
+            })?;
+            a.set_port(port);
+        }
+        let listener = tokio::net::TcpListener::bind(a).await?;
+        bound.push((task.serial(), listener.local_addr()?));
+        task.serve_telnet(listener);
+    }
+    Ok(bound)
+}
+
 /// Runs every task to its end, printing a progress line to stderr when it is a terminal.
 /// Dropping the returned future (or aborting the task running it) aborts every spot.
 pub async fn run(tasks: Vec<SpotTask>, progress: bool) -> Summary {
@@ -219,6 +241,11 @@ fn counters_json(s: &SpotStats, h: &Histogram<u64>) -> Value {
         "firmware_updates": s.firmware_updates.load(Relaxed),
         "buffer_errors": s.buffer_errors.load(Relaxed),
         "bytes_sent": s.bytes_sent.load(Relaxed),
+        "telnet": {
+            "clients": s.telnet_clients.load(Relaxed),
+            "refused": s.telnet_refused.load(Relaxed),
+            "events_skipped": s.telnet_events_skipped.load(Relaxed),
+        },
         "faults": {
             "cuts_mid_chunk": s.fault_cuts_mid_chunk.load(Relaxed),
             "stalls": s.fault_stalls.load(Relaxed),
@@ -261,7 +288,10 @@ impl Summary {
                 fault_stalls,
                 fault_bursts,
                 fault_burst_events,
-                fault_malformed
+                fault_malformed,
+                telnet_clients,
+                telnet_refused,
+                telnet_events_skipped
             );
         }
         t

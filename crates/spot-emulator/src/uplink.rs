@@ -24,7 +24,7 @@ use hdrhistogram::Histogram;
 use spot_protocol::{Decoder, Encoder, Encoding, Event, EventKind, Limits, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -32,6 +32,7 @@ use crate::buffer::SpotBuffer;
 use crate::faults::{Faults, MALFORMED_JSON};
 use crate::rng::Rng;
 use crate::spot::{CommandEffect, Spot};
+use crate::telnet::{self, TelnetFeed};
 use crate::wire::{self, ChunkSplit, Response, ResponseParser};
 
 /// Where the server is: parsed from `http://host[:port][/prefix]`.
@@ -194,6 +195,12 @@ pub struct SpotStats {
     pub fault_burst_events: AtomicU64,
     /// Fault: malformed messages written.
     pub fault_malformed: AtomicU64,
+    /// Telnet clients served.
+    pub telnet_clients: AtomicU64,
+    /// Telnet clients refused (too many).
+    pub telnet_refused: AtomicU64,
+    /// Events slow telnet clients skipped.
+    pub telnet_events_skipped: AtomicU64,
 }
 
 /// What one spot reports at the end.
@@ -238,6 +245,9 @@ pub struct SpotTask {
     last_error: Option<String>,
     /// The highest seq ever written to a connection (anything at or below is a resend).
     max_sent: u64,
+    /// The telnet service, when enabled: its feed, and its listener until `run` starts it.
+    telnet: Option<TelnetFeed>,
+    telnet_listener: Option<TcpListener>,
 }
 
 impl SpotTask {
@@ -276,7 +286,32 @@ impl SpotTask {
             last_error: None,
             // Recovered records may have been sent before the restart: count them as resends.
             max_sent: buffer_last_seq,
+            telnet: None,
+            telnet_listener: None,
         }
+    }
+
+    /// Also serves the telnet stream (spec §4.2) on `listener` while running.
+    pub fn serve_telnet(&mut self, listener: TcpListener) -> TelnetFeed {
+        let feed = TelnetFeed::new(self.stats.clone());
+        self.telnet = Some(feed.clone());
+        self.telnet_listener = Some(listener);
+        feed
+    }
+
+    fn telnet_hello(&mut self) {
+        if let Some(feed) = &self.telnet {
+            let mut hello = Vec::new();
+            let now = self.wall_clock();
+            self.json.encode(&self.spot.spot_create(now), &mut hello);
+            self.json.encode(&self.spot.config_create(), &mut hello);
+            feed.hello.send_replace(hello);
+        }
+    }
+
+    /// The spot's serial.
+    pub fn serial(&self) -> u64 {
+        self.spot.serial()
     }
 
     /// The live counters.
@@ -287,6 +322,13 @@ impl SpotTask {
     /// Runs the spot to the end and reports.
     pub async fn run(mut self) -> SpotReport {
         let mut failures: u32 = 0;
+        let _telnet = match (self.telnet.clone(), self.telnet_listener.take()) {
+            (Some(feed), Some(listener)) => {
+                self.telnet_hello();
+                Some(AbortOnDrop(tokio::spawn(telnet::serve(listener, feed))))
+            }
+            _ => None,
+        };
         loop {
             if self.finished() {
                 break;
@@ -442,6 +484,9 @@ impl SpotTask {
             out
         }) {
             Ok(seq) => {
+                if let (Some(feed), Some(r)) = (&self.telnet, self.buffer.records().back()) {
+                    feed.publish(&r.payload);
+                }
                 self.generated_at.push_back((seq, now));
                 self.stats.events_generated.fetch_add(1, Relaxed);
                 self.stats.events_buffered.fetch_add(1, Relaxed);
@@ -735,6 +780,7 @@ impl SpotTask {
                     self.stats.commands_applied.fetch_add(1, Relaxed);
                     self.append(*echo, Instant::now());
                     self.flush();
+                    self.telnet_hello();
                 }
                 CommandEffect::CountersReset => {
                     self.stats.commands_applied.fetch_add(1, Relaxed);
@@ -830,6 +876,7 @@ impl SpotTask {
                     self.stats.commands_applied.fetch_add(1, Relaxed);
                     self.append(*echo, Instant::now());
                     self.flush();
+                    self.telnet_hello();
                 }
                 CommandEffect::CountersReset => {
                     self.stats.commands_applied.fetch_add(1, Relaxed);
@@ -842,6 +889,7 @@ impl SpotTask {
                     self.fetch_firmware(&url, rd, wr, read_buf).await?;
                     let now = self.wall_clock();
                     self.spot.install_firmware(version, now);
+                    self.telnet_hello();
                     self.stats.firmware_updates.fetch_add(1, Relaxed);
                     if let Err(e) = self.buffer.save_state(self.spot.counters()) {
                         self.buffer_failed(e.to_string());
@@ -884,6 +932,14 @@ impl SpotTask {
             ));
         }
         Ok(())
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

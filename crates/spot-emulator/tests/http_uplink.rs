@@ -494,3 +494,49 @@ async fn raw_tcp_streams_events_and_takes_acks_and_commands_from_the_socket() {
     ));
     assert!(events.iter().any(|e| matches!(e.kind, EventKind::Hit(..))));
 }
+
+#[tokio::test]
+async fn telnet_serves_the_raw_stream_with_online_messages() {
+    let shared = Shared::default();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
+    let cfg = config(&server.url(), 1, 300.0, Some(0.6));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = fleet::prepare(&cfg, &stop_rx).unwrap();
+    let bound = fleet::bind_telnet(&mut tasks, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let run = tokio::spawn(fleet::run(tasks, false));
+    let mut client = tokio::net::TcpStream::connect(bound[0].1).await.unwrap();
+    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+    let mut events: Vec<Event> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let online =
+        |e: &Event| matches!(&e.kind, EventKind::Spot(Action::Update, s) if s.online == Some(true));
+    while events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Presence(..)))
+        .count()
+        < 20
+        || !events.iter().any(online)
+    {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "telnet closed early");
+        decoder.feed(&buf[..n]);
+        while let Some(e) = decoder.next_event() {
+            events.push(e.expect("well-formed"));
+        }
+    }
+    assert!(matches!(events[0].kind, EventKind::Spot(Action::Create, _)));
+    assert!(matches!(
+        events[1].kind,
+        EventKind::Config(Action::Create, _)
+    ));
+    let telnet_seqs = seqs(&events);
+    assert!(
+        telnet_seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none skipped"
+    );
+    drop(stop_tx);
+    let summary = run.await.unwrap();
+    assert_eq!(total(&summary, |s| &s.telnet_clients), 1);
+}
