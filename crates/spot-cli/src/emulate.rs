@@ -22,9 +22,16 @@ enum Split {
     Random,
 }
 
-/// Flags of `spot emulate`.
+/// Flags of `spot emulate` (boxed: they are many, and `Command` holds one of each).
 #[derive(clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    flags: Box<Flags>,
+}
+
+/// The flags themselves.
+#[derive(clap::Args)]
+struct Flags {
     /// The server, `http://host[:port][/prefix]`.
     #[arg(long, required_unless_present = "raw_tcp", conflicts_with = "raw_tcp")]
     server: Option<String>,
@@ -106,6 +113,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let args = *args.flags;
     anyhow::ensure!(args.rate >= 0.0, "--rate must be >= 0");
     anyhow::ensure!(
         args.post_ms > 0 && args.tick_ms > 0,
