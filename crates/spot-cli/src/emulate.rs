@@ -8,6 +8,7 @@ use anyhow::Context;
 use spot_emulator::buffer::BufferLimits;
 use spot_emulator::fleet::{self, FleetConfig};
 use spot_emulator::population::PopulationParams;
+use spot_emulator::replay::{Recording, ReplayTiming};
 use spot_emulator::uplink::{ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 
@@ -20,6 +21,15 @@ enum Split {
     Event,
     /// Random chunk lengths, cut anywhere.
     Random,
+}
+
+/// How a replay is paced.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Timing {
+    /// The recorded times.
+    Original,
+    /// --rate events per second.
+    Rate,
 }
 
 /// Flags of `spot emulate` (boxed: they are many, and `Command` holds one of each).
@@ -104,6 +114,13 @@ struct Flags {
     /// (P per POST, or per event for malformed). Each is counted in the summary.
     #[arg(long = "fault", value_name = "SPEC")]
     faults: Vec<String>,
+    /// Replay this recorded JSON stream (e.g. `spot decode` output or a telnet capture)
+    /// instead of simulating tags; each spot sends it once, then the run ends.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// Pace a replay as recorded (`original`) or at --rate (`rate`; 0 = as fast as possible).
+    #[arg(long, value_enum, default_value_t = Timing::Original)]
+    replay_timing: Timing,
     /// Runtime worker threads (1 = everything on one core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -149,7 +166,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         uplink.faults.malformed == 0.0 || uplink.encoding == spot_protocol::Encoding::Json,
         "--fault malformed:P is only implemented for --encoding json"
     );
+    let replay = match &args.replay {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let recording = Recording::parse(&bytes);
+            eprintln!(
+                "spot emulate: {}: {} events to replay, {} connection/alive messages skipped, {} malformed",
+                path.display(),
+                recording.events.len(),
+                recording.skipped,
+                recording.malformed
+            );
+            let timing = match args.replay_timing {
+                Timing::Original => ReplayTiming::Original,
+                Timing::Rate => ReplayTiming::Rate,
+            };
+            Some((std::sync::Arc::new(recording), timing))
+        }
+        None => None,
+    };
     let cfg = FleetConfig {
+        replay,
         uplink,
         spots: args.spots,
         first_serial: args.first_serial,

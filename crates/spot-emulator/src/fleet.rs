@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::buffer::{BufferError, BufferLimits, SpotBuffer};
 use crate::population::PopulationParams;
+use crate::replay::{Recording, Replay, ReplayTiming};
 use crate::rng::mix;
 use crate::spot::{Spot, SpotCounters};
 use crate::uplink::{SpotReport, SpotStats, SpotTask, UplinkConfig};
@@ -38,6 +39,8 @@ pub struct FleetConfig {
     pub buffer_dir: Option<PathBuf>,
     /// Bounds of each spot's buffer.
     pub buffer_limits: BufferLimits,
+    /// A recording every spot replays instead of simulating a population.
+    pub replay: Option<(Arc<Recording>, ReplayTiming)>,
 }
 
 /// Why a run could not start.
@@ -121,14 +124,18 @@ pub fn prepare(
             host,
             wall_clock(),
         );
-        tasks.push(SpotTask::new(
+        let mut task = SpotTask::new(
             spot,
             buffer,
             uplink.clone(),
             mix(seed),
             cfg.duration,
             stop.clone(),
-        ));
+        );
+        if let Some((recording, timing)) = &cfg.replay {
+            task.replay(Replay::new(recording.clone(), *timing));
+        }
+        tasks.push(task);
     }
     Ok(tasks)
 }

@@ -8,12 +8,14 @@
 //! - [`telnet`]: the spot's telnet service (raw stream + alive messages).
 //! - [`uplink`]: one spot's async HTTP connection loop ([`uplink::SpotTask`]).
 //! - [`wire`]: HTTP/1.1 bytes of the uplink: request head, chunks, response parser.
+//! - [`replay`]: replaying a recorded stream instead of the population.
 //! - [`rng`]: the deterministic random generator both use.
 
 pub mod buffer;
 pub mod faults;
 pub mod fleet;
 pub mod population;
+pub mod replay;
 pub mod rng;
 pub mod spot;
 pub mod telnet;

@@ -30,6 +30,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::buffer::SpotBuffer;
 use crate::faults::{Faults, MALFORMED_JSON};
+use crate::replay::{Replay, ReplayTiming};
 use crate::rng::Rng;
 use crate::spot::{CommandEffect, Spot};
 use crate::telnet::{self, TelnetFeed};
@@ -245,6 +246,8 @@ pub struct SpotTask {
     last_error: Option<String>,
     /// The highest seq ever written to a connection (anything at or below is a resend).
     max_sent: u64,
+    /// A recording replayed instead of the population.
+    replay: Option<Replay>,
     /// The telnet service, when enabled: its feed, and its listener until `run` starts it.
     telnet: Option<TelnetFeed>,
     telnet_listener: Option<TcpListener>,
@@ -286,6 +289,7 @@ impl SpotTask {
             last_error: None,
             // Recovered records may have been sent before the restart: count them as resends.
             max_sent: buffer_last_seq,
+            replay: None,
             telnet: None,
             telnet_listener: None,
         }
@@ -414,24 +418,39 @@ impl SpotTask {
         }
     }
 
-    /// Generates the events due at `now` into the buffer (rate mode only).
+    /// Generates the events due at `now` into the buffer (paced modes only).
     fn generate(&mut self, now: Instant) {
-        if self.cfg.rate <= 0.0 {
-            self.check_stop(now);
+        if !self.check_stop(now) || self.fast() {
             return;
         }
-        if !self.check_stop(now) {
-            return;
-        }
-        let elapsed = now.saturating_duration_since(self.gen_start).as_secs_f64();
-        let target = (elapsed * self.cfg.rate) as u64;
-        let due = target.saturating_sub(self.scheduled).min(100_000);
-        self.generate_n(due, now);
+        let elapsed = now.saturating_duration_since(self.gen_start);
+        let due = match &self.replay {
+            Some(r) if r.timing == ReplayTiming::Original => r.due(elapsed.as_millis() as i64),
+            _ => ((elapsed.as_secs_f64() * self.cfg.rate) as u64).saturating_sub(self.scheduled),
+        };
+        self.generate_n(due.min(100_000), now);
+    }
+
+    /// Events are generated as fast as the connection takes them (rate 0), not by the clock.
+    fn fast(&self) -> bool {
+        self.cfg.rate <= 0.0
+            && self
+                .replay
+                .as_ref()
+                .is_none_or(|r| r.timing == ReplayTiming::Rate)
+    }
+
+    /// Replays `replay` instead of simulating a population; the run ends with it.
+    pub fn replay(&mut self, replay: Replay) {
+        self.replay = Some(replay);
     }
 
     /// Turns generation off when the run is over; `true` while still generating.
     fn check_stop(&mut self, now: Instant) -> bool {
-        if self.generating && (*self.stop.borrow() || self.end.is_some_and(|e| now >= e)) {
+        let replayed = self.replay.as_ref().is_some_and(|r| r.is_over());
+        if self.generating
+            && (*self.stop.borrow() || self.end.is_some_and(|e| now >= e) || replayed)
+        {
             self.generating = false;
             self.drain_deadline = Some(now + Duration::from_millis(self.cfg.drain_ms));
         }
@@ -444,14 +463,24 @@ impl SpotTask {
         }
         let ts = self.wall_clock();
         for _ in 0..n {
-            self.scheduled += 1;
             if self.buffer.is_full() {
+                if self.replay.is_some() {
+                    break; // nothing of a recording is skipped: wait for room
+                }
+                self.scheduled += 1;
                 self.stats
                     .events_not_generated_buffer_full
                     .fetch_add(1, Relaxed);
                 continue;
             }
-            let event = self.spot.next_event(ts);
+            self.scheduled += 1;
+            let event = match &mut self.replay {
+                None => self.spot.next_event(ts),
+                Some(r) => match r.next_event() {
+                    Some(e) => e,
+                    None => break,
+                },
+            };
             self.append(event, now);
         }
         self.flush();
@@ -623,7 +652,7 @@ impl SpotTask {
                 if now >= post_end {
                     break;
                 }
-                if self.cfg.rate <= 0.0 {
+                if self.fast() {
                     if self.check_stop(now) {
                         self.generate_n(256, now);
                     }
@@ -722,7 +751,7 @@ impl SpotTask {
                 return Ok(ConnectionEnd::Finished);
             }
             let now = Instant::now();
-            let fast = self.cfg.rate <= 0.0;
+            let fast = self.fast();
             let next = if fast {
                 now
             } else {

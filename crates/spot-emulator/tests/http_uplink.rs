@@ -12,6 +12,7 @@ use serde_json::json;
 use spot_emulator::buffer::{BufferLimits, SpotBuffer};
 use spot_emulator::fleet::{self, FleetConfig, Summary};
 use spot_emulator::population::PopulationParams;
+use spot_emulator::replay::{Recording, ReplayTiming};
 use spot_emulator::spot::DEFAULT_FIRMWARE;
 use spot_emulator::uplink::{ServerAddr, SpotStats, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
@@ -38,6 +39,7 @@ fn config(url: &str, spots: u64, rate: f64, duration_s: Option<f64>) -> FleetCon
         population: PopulationParams::default(),
         buffer_dir: None,
         buffer_limits: BufferLimits::default(),
+        replay: None,
     }
 }
 
@@ -539,4 +541,29 @@ async fn telnet_serves_the_raw_stream_with_online_messages() {
     drop(stop_tx);
     let summary = run.await.unwrap();
     assert_eq!(total(&summary, |s| &s.telnet_clients), 1);
+}
+
+#[tokio::test]
+async fn replay_sends_the_recorded_events_then_ends() {
+    let shared = Shared::default();
+    let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
+    let bytes = std::fs::read("../../../shared/captures/vendor-telnet-spot201.txt").unwrap();
+    let recording = Arc::new(Recording::parse(&bytes));
+    let mut cfg = config(&server.url(), 1, 0.0, None);
+    cfg.replay = Some((recording.clone(), ReplayTiming::Rate));
+    let (run, _, _stop) = start(&cfg);
+    let summary = run.await.unwrap();
+    assert_eq!(total(&summary, |s| &s.events_generated), 5);
+    assert_eq!(total(&summary, |s| &s.events_acked), 5);
+    let st = shared.state.lock().unwrap();
+    let stored: Vec<Event> = st.spots[&200]
+        .events
+        .iter()
+        .filter(|e| e.seq.is_some())
+        .map(|e| Event {
+            seq: None,
+            ..e.clone()
+        })
+        .collect();
+    assert_eq!(stored, recording.events);
 }
