@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::buffer::SpotBuffer;
 use crate::faults::{Faults, MALFORMED_JSON};
@@ -118,6 +118,9 @@ pub struct UplinkConfig {
     pub connect_timeout_ms: u64,
     /// Give up waiting for a response (after the body ended) after this long.
     pub response_timeout_ms: u64,
+    /// Most event bytes written at once (default 256 KiB): a backlog after a reconnect goes
+    /// out over several ticks instead of as one huge write.
+    pub max_write_bytes: usize,
     /// Largest response body (commands) accepted: 1 MiB by default.
     pub max_response_body: u64,
     /// Largest firmware image downloaded: 64 MiB by default.
@@ -147,6 +150,7 @@ impl UplinkConfig {
             backoff_max_ms: 10_000,
             connect_timeout_ms: 5_000,
             response_timeout_ms: 30_000,
+            max_write_bytes: 256 << 10,
             max_response_body: 1 << 20,
             max_firmware_bytes: 64 << 20,
             drain_ms: 10_000,
@@ -337,13 +341,13 @@ impl SpotTask {
             if self.finished() {
                 break;
             }
-            let connect = timeout(
-                Duration::from_millis(self.cfg.connect_timeout_ms),
-                TcpStream::connect(&self.cfg.server.connect),
-            )
-            .await;
+            let cfg = self.cfg.clone();
+            let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
+            let connect = self
+                .generating_while(TcpStream::connect(&cfg.server.connect), deadline)
+                .await;
             let result = match connect {
-                Ok(Ok(stream)) => {
+                Some(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     if self.cfg.raw_tcp {
                         self.raw_connection(stream, &mut failures).await
@@ -351,8 +355,8 @@ impl SpotTask {
                         self.connection(stream, &mut failures).await
                     }
                 }
-                Ok(Err(e)) => Err(format!("connect {}: {e}", self.cfg.server.connect)),
-                Err(_) => Err(format!("connect {}: timed out", self.cfg.server.connect)),
+                Some(Err(e)) => Err(format!("connect {}: {e}", cfg.server.connect)),
+                None => Err(format!("connect {}: timed out", cfg.server.connect)),
             };
             match result {
                 Ok(ConnectionEnd::Finished) => break,
@@ -548,7 +552,11 @@ impl SpotTask {
             return;
         };
         let start = sent_upto.saturating_add(1).saturating_sub(first) as usize;
+        let limit = body.len() + self.cfg.max_write_bytes;
         for r in records.iter().skip(start) {
+            if body.len() >= limit {
+                break; // the rest goes in the next ticks
+            }
             match encoder {
                 Encoder::Json(_) => {
                     if self.cfg.faults.malformed > 0.0 && self.rng.chance(self.cfg.faults.malformed)
@@ -831,12 +839,45 @@ impl SpotTask {
         }
     }
 
+    /// Writes `bytes`, generating events while the socket is blocked; a write that makes
+    /// no progress for `response_timeout_ms` fails.
     async fn write(&mut self, wr: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
-        wr.write_all(bytes)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        self.stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
-        Ok(())
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.response_timeout_ms);
+        match self.generating_while(wr.write_all(bytes), deadline).await {
+            Some(Ok(())) => {
+                self.stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
+                Ok(())
+            }
+            Some(Err(e)) => Err(format!("write: {e}")),
+            None => Err(format!(
+                "write stalled for {} ms (server not reading)",
+                self.cfg.response_timeout_ms
+            )),
+        }
+    }
+
+    /// Awaits `fut`, generating events each tick meanwhile (a spot's tags do not wait for
+    /// the network); `None` if `deadline` passes first.
+    async fn generating_while<F: std::future::Future>(
+        &mut self,
+        fut: F,
+        deadline: Instant,
+    ) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            let next = (Instant::now() + Duration::from_millis(self.cfg.tick_ms)).min(deadline);
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                _ = sleep_until(next) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.generate(now);
+                }
+            }
+        }
     }
 
     /// Reads a response, generating events meanwhile.
