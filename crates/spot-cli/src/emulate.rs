@@ -240,7 +240,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         anyhow::Ok(fleet::run(tasks, !args.quiet).await)
     })?;
-    println!("{}", serde_json::to_string_pretty(&summary.to_json())?);
+    let mut json = summary.to_json();
+    json["settings"] = serde_json::json!({
+        "server": cfg.uplink.server.connect,
+        "transport": if cfg.uplink.raw_tcp { "raw-tcp" } else { "http" },
+        "encoding": cfg.uplink.encoding.media_type(),
+        "spots": cfg.spots,
+        "first_serial": cfg.first_serial,
+        "rate": cfg.uplink.rate,
+        "post_ms": cfg.uplink.post_ms,
+        "tick_ms": cfg.uplink.tick_ms,
+        "seed": cfg.seed,
+        "clock_offset_ms": cfg.uplink.clock_offset_ms,
+        "faults": {
+            "cut_mid_chunk": cfg.uplink.faults.cut_mid_chunk,
+            "stall": cfg.uplink.faults.stall,
+            "burst": cfg.uplink.faults.burst,
+            "malformed": cfg.uplink.faults.malformed,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(if summary.panics.is_empty() {
         ExitCode::SUCCESS
     } else {

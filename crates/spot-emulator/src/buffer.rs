@@ -23,8 +23,10 @@
 //! before any of them is sent: a record on the wire is then in the kernel's page cache and
 //! survives the emulator being killed (`kill -9`). Segments are fsync'd when rolled, the
 //! epoch when created; with [`BufferLimits::fsync`] every flush is fsync'd too (survives a
-//! power loss, costs a disk sync per flush). The `acked` file is not fsync'd: losing it only
-//! makes the spot resend events the server drops as replays.
+//! power loss, costs a disk sync per flush). The `acked` file is replaced without fsync on
+//! each ack (losing it only makes the spot resend events the server drops as replays), and
+//! with fsync (file and directory) before any segment is deleted, because then it is what
+//! keeps `seq` from restarting within the epoch.
 //!
 //! ## When full
 //! The buffer holds at most [`BufferLimits::max_bytes`] of unacknowledged records. When
@@ -376,20 +378,30 @@ impl SpotBuffer {
         let Some(disk) = &mut self.disk else {
             return Ok(());
         };
+        let mut doomed = Vec::new();
         // Every segment but the last ends where the next one starts.
         while disk.segments.len() >= 2 && disk.segments[1].first_seq <= acked + 1 {
-            if let Some(s) = disk.segments.pop_front() {
-                fs::remove_file(&s.path).map_err(io_err(&s.path))?;
-            }
+            doomed.extend(disk.segments.pop_front());
         }
         // The last one: when all is acked, drop it (if closed, or open but already large).
         let all_acked = acked + 1 == next_seq && disk.pending.is_empty();
         let current_len = disk.current.as_ref().map(|(_, len)| *len);
         if all_acked && disk.segments.len() == 1 && current_len.is_none_or(|len| len >= limit) {
             disk.current = None;
-            if let Some(s) = disk.segments.pop_front() {
-                fs::remove_file(&s.path).map_err(io_err(&s.path))?;
-            }
+            doomed.extend(disk.segments.pop_front());
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // Once segments are gone the watermark is what keeps `seq` from restarting inside
+        // the epoch (which would make the server drop new events as replays): make it
+        // durable first.
+        write_atomic(&disk.dir.join("acked"), acked.to_string().as_bytes(), true)?;
+        File::open(&disk.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&disk.dir))?;
+        for s in doomed {
+            fs::remove_file(&s.path).map_err(io_err(&s.path))?;
         }
         Ok(())
     }

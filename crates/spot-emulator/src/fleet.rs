@@ -122,7 +122,10 @@ pub fn prepare(
             cfg.population.clone(),
             seed,
             host,
-            wall_clock(),
+            match cfg.uplink.clock_offset_ms {
+                Some(offset) => Timestamp(wall_clock().0 + offset),
+                None => Timestamp(0), // no clock: 1970, like the spot's own times
+            },
         );
         let mut task = SpotTask::new(
             spot,

@@ -588,6 +588,13 @@ impl SpotTask {
 
     /// Handles one acknowledgement up to `ack`.
     fn acked(&mut self, ack: u64, now: Instant) {
+        let highest = self.buffer.next_seq() - 1;
+        if ack > highest {
+            self.last_error = Some(format!(
+                "server acknowledged seq {ack}, beyond the highest given out ({highest}) in epoch {}",
+                self.buffer.epoch()
+            ));
+        }
         match self.buffer.ack(ack) {
             Ok(n) => {
                 self.stats.events_acked.fetch_add(n as u64, Relaxed);
