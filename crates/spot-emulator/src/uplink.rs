@@ -252,6 +252,8 @@ pub struct SpotTask {
     max_sent: u64,
     /// A recording replayed instead of the population.
     replay: Option<Replay>,
+    /// Where each event ends in the body being built (for one chunk per event).
+    event_ends: Vec<usize>,
     /// The telnet service, when enabled: its feed, and its listener until `run` starts it.
     telnet: Option<TelnetFeed>,
     telnet_listener: Option<TcpListener>,
@@ -294,6 +296,7 @@ impl SpotTask {
             // Recovered records may have been sent before the restart: count them as resends.
             max_sent: buffer_last_seq,
             replay: None,
+            event_ends: Vec::new(),
             telnet: None,
             telnet_listener: None,
         }
@@ -564,7 +567,7 @@ impl SpotTask {
                         body.extend_from_slice(MALFORMED_JSON);
                         self.stats.fault_malformed.fetch_add(1, Relaxed);
                     }
-                    body.extend_from_slice(&r.payload)
+                    body.extend_from_slice(&r.payload);
                 }
                 _ => {
                     self.json_decoder.feed(&r.payload);
@@ -578,6 +581,7 @@ impl SpotTask {
                     }
                 }
             }
+            self.event_ends.push(body.len());
             *sent_upto = r.seq;
             if r.seq <= self.max_sent {
                 self.stats.events_resent.fetch_add(1, Relaxed);
@@ -636,10 +640,13 @@ impl SpotTask {
             );
             let mut encoder = Encoder::new(self.cfg.encoding);
             let mut body = Vec::new();
+            self.event_ends.clear();
             if first_post {
                 let now = self.wall_clock();
                 encoder.encode(&self.spot.spot_create(now), &mut body);
+                self.event_ends.push(body.len());
                 encoder.encode(&self.spot.config_create(), &mut body);
+                self.event_ends.push(body.len());
                 first_post = false;
             }
             let post_start = Instant::now();
@@ -658,7 +665,13 @@ impl SpotTask {
             }
             self.generate(post_start);
             self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
-            wire::push_chunks(&mut out, &body, self.cfg.chunk_split, &mut self.rng);
+            wire::push_chunks(
+                &mut out,
+                &body,
+                &self.event_ends,
+                self.cfg.chunk_split,
+                &mut self.rng,
+            );
             self.write(&mut wr, &out).await?;
             let mut parser = ResponseParser::new(16 * 1024, self.cfg.max_response_body, true);
             // The body: events as they happen, until post_ms has passed.
@@ -694,6 +707,7 @@ impl SpotTask {
                     }
                 }
                 body.clear();
+                self.event_ends.clear();
                 self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
                 if cut_at.is_some_and(|at| Instant::now() >= at) && body.len() >= 2 {
                     out.clear();
@@ -705,7 +719,13 @@ impl SpotTask {
                 }
                 if !body.is_empty() {
                     out.clear();
-                    wire::push_chunks(&mut out, &body, self.cfg.chunk_split, &mut self.rng);
+                    wire::push_chunks(
+                        &mut out,
+                        &body,
+                        &self.event_ends,
+                        self.cfg.chunk_split,
+                        &mut self.rng,
+                    );
                     self.write(&mut wr, &out).await?;
                 }
             }
@@ -759,6 +779,7 @@ impl SpotTask {
         encoder.encode(&self.spot.config_create(), &mut out);
         self.generate(Instant::now());
         self.take_unsent(&mut sent_upto, &mut encoder, &mut out);
+        self.event_ends.clear(); // no chunks on raw TCP
         self.write(&mut wr, &out).await?;
         let mut read_buf = vec![0u8; 16 * 1024];
         loop {
@@ -793,6 +814,7 @@ impl SpotTask {
             }
             out.clear();
             self.take_unsent(&mut sent_upto, &mut encoder, &mut out);
+            self.event_ends.clear();
             if !out.is_empty() {
                 self.write(&mut wr, &out).await?;
             }

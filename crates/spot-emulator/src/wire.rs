@@ -47,17 +47,35 @@ pub fn firmware_request(path_prefix: &str, url: &str, host: &str, version: &str)
 /// The zero-length chunk that ends a body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Appends `data` to `out` as chunks. An empty `data` writes nothing (a zero-length chunk
-/// would end the body).
-pub fn push_chunks(out: &mut Vec<u8>, data: &[u8], split: ChunkSplit, rng: &mut Rng) {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let n = match split {
-            ChunkSplit::Event => rest.len(),
-            ChunkSplit::Random => (1 + rng.below(256) as usize).min(rest.len()),
-        };
-        push_chunk(out, &rest[..n]);
-        rest = &rest[n..];
+/// Appends `data` to `out` as chunks: with [`ChunkSplit::Event`] one chunk per event, the
+/// events ending at the offsets `ends` (bytes after the last end form one more chunk).
+/// An empty `data` writes nothing (a zero-length chunk would end the body).
+pub fn push_chunks(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    ends: &[usize],
+    split: ChunkSplit,
+    rng: &mut Rng,
+) {
+    match split {
+        ChunkSplit::Event => {
+            let mut start = 0;
+            for &end in ends.iter().chain(std::iter::once(&data.len())) {
+                let end = end.min(data.len());
+                if end > start {
+                    push_chunk(out, &data[start..end]);
+                    start = end;
+                }
+            }
+        }
+        ChunkSplit::Random => {
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = (1 + rng.below(256) as usize).min(rest.len());
+                push_chunk(out, &rest[..n]);
+                rest = &rest[n..];
+            }
+        }
     }
 }
 
@@ -356,17 +374,18 @@ mod tests {
     #[test]
     fn chunks_carry_the_bytes_one_per_event_or_random() {
         let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let ends = [100, 2500, 4999];
         let mut rng = Rng::new(3);
-        for (split, min_chunks) in [(ChunkSplit::Event, 1), (ChunkSplit::Random, 20)] {
+        for (split, min_chunks) in [(ChunkSplit::Event, 4), (ChunkSplit::Random, 20)] {
             let mut out = Vec::new();
-            push_chunks(&mut out, &data, split, &mut rng);
-            push_chunks(&mut out, &[], split, &mut rng);
+            push_chunks(&mut out, &data, &ends, split, &mut rng);
+            push_chunks(&mut out, &[], &[], split, &mut rng);
             out.extend_from_slice(LAST_CHUNK);
             let (back, chunks) = dechunk(&out);
             assert_eq!(back, data);
             assert!(chunks >= min_chunks, "{split:?}: {chunks} chunks");
             if split == ChunkSplit::Event {
-                assert_eq!(chunks, 1);
+                assert_eq!(chunks, 4, "three events and the trailing byte");
             }
         }
     }

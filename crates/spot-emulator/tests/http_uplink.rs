@@ -132,6 +132,7 @@ async fn byte_stream_has_spec_head_chunk_framing_and_event_order() {
         let mut r = BufReader::new(sock);
         let mut events = Vec::new();
         let mut mid_event_cuts = 0;
+        let mut multi_event_chunks = 0;
         let mut posts = 0;
         while let Some((body, boundaries)) = read_raw_request(&mut r, 200).await {
             posts += 1;
@@ -139,6 +140,13 @@ async fn byte_stream_has_spec_head_chunk_framing_and_event_order() {
                 .iter()
                 .filter(|&&b| !body[..b].ends_with(b"\n\n"))
                 .count();
+            let mut start = 0;
+            for &end in &boundaries {
+                if body[start..end].windows(2).filter(|w| w == b"\n\n").count() > 1 {
+                    multi_event_chunks += 1;
+                }
+                start = end;
+            }
             let mut decoder = Decoder::new(Encoding::Json, Limits::default());
             decoder.feed(&body);
             decoder.finish();
@@ -176,7 +184,10 @@ async fn byte_stream_has_spec_head_chunk_framing_and_event_order() {
         );
         assert_eq!(total(&summary, |s| &s.events_acked), generated);
         match split {
-            ChunkSplit::Event => assert_eq!(mid_event_cuts, 0, "one chunk per event"),
+            ChunkSplit::Event => {
+                assert_eq!(mid_event_cuts, 0, "chunks end at event ends");
+                assert_eq!(multi_event_chunks, 0, "one chunk per event");
+            }
             ChunkSplit::Random => assert!(mid_event_cuts > 10, "random cuts: {mid_event_cuts}"),
         }
     }
