@@ -425,17 +425,21 @@ impl SpotTask {
         }
     }
 
-    /// Generates the events due at `now` into the buffer (paced modes only).
+    /// Generates the events due at `now` into the buffer (paced modes only). Past the end of
+    /// the run, the events due up to the end are still made (a late wake-up loses none).
     fn generate(&mut self, now: Instant) {
-        if !self.check_stop(now) || self.fast() {
+        if !self.generating || self.fast() {
+            self.check_stop(now);
             return;
         }
-        let elapsed = now.saturating_duration_since(self.gen_start);
+        let until = self.end.map_or(now, |end| now.min(end));
+        let elapsed = until.saturating_duration_since(self.gen_start);
         let due = match &self.replay {
             Some(r) if r.timing == ReplayTiming::Original => r.due(elapsed.as_millis() as i64),
             _ => ((elapsed.as_secs_f64() * self.cfg.rate) as u64).saturating_sub(self.scheduled),
         };
         self.generate_n(due.min(100_000), now);
+        self.check_stop(now);
     }
 
     /// Events are generated as fast as the connection takes them (rate 0), not by the clock.
