@@ -39,6 +39,7 @@
 
 pub mod follow;
 pub mod hub;
+pub mod mount;
 pub mod mqtt;
 pub mod stream;
 pub mod tail;
@@ -49,6 +50,7 @@ pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
 pub use hub::{
     Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError, Subscription,
 };
+pub use mount::{call_router, is_push_path};
 pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
 pub use stream::{stream_router, StreamLimits, StreamState};
 pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};
