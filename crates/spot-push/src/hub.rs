@@ -216,6 +216,27 @@ pub struct HubStats {
     pub outlets: Vec<OutletStats>,
 }
 
+impl HubStats {
+    /// Prometheus text lines: `spot_push_published_total`, `spot_push_last_event_id`, and per
+    /// outlet `spot_push_subscriptions`, `spot_push_queued`, `spot_push_dropped_total`.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = format!(
+            "spot_push_published_total {}\nspot_push_last_event_id {}\n",
+            self.published_total, self.last_id
+        );
+        for o in &self.outlets {
+            let outlet = o.outlet.replace(['"', '\\', '\n'], "_");
+            out.push_str(&format!(
+                "spot_push_subscriptions{{outlet=\"{outlet}\"}} {}\n\
+                 spot_push_queued{{outlet=\"{outlet}\"}} {}\n\
+                 spot_push_dropped_total{{outlet=\"{outlet}\"}} {}\n",
+                o.subscriptions, o.queued, o.dropped_total
+            ));
+        }
+        out
+    }
+}
+
 impl Hub {
     /// A hub with the given limits.
     pub fn new(config: HubConfig) -> Self {
@@ -507,6 +528,12 @@ mod tests {
                 queued: 2,
                 dropped_total: 3
             }]
+        );
+        assert_eq!(
+            stats.render_prometheus(),
+            "spot_push_published_total 5\nspot_push_last_event_id 5\n\
+             spot_push_subscriptions{outlet=\"sse\"} 1\nspot_push_queued{outlet=\"sse\"} 2\n\
+             spot_push_dropped_total{outlet=\"sse\"} 3\n"
         );
         assert_eq!(sub.try_recv().map(|e| e.id()), Some(1));
         drop(sub);

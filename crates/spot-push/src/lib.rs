@@ -17,15 +17,18 @@
 //! 2. Implement [`EventLog`] over its events log (`events_after(after_id, limit)`: events with
 //!    a larger id, increasing, at most `limit`), or use [`MemoryEventLog`].
 //! 3. After each store commit, for every derived event, in id order:
-//!    `hub.publish(Published::new(id, &topic, payload_json)?)`. Ids strictly increase; the
-//!    event must already be readable through the `EventLog`. `publish` never blocks.
-//! 4. Mount [`stream_router`] (an `axum::Router`; with plain hyper, call it as a tower
-//!    service and serve connections `with_upgrades()` so WebSocket upgrades work).
+//!    `hub.publish(Published::new(id, &topic, payload_json)?)` (or `Published::from_value`).
+//!    Ids start at 1 and strictly increase; the event must already be readable through the
+//!    `EventLog`. `publish` never blocks. Build topics with [`topics`] (spec §7 spelling) and
+//!    payloads with [`topics::event_payload`] (`resource`, `time_event`, `time_created`).
+//! 4. Mount [`stream_router`] (an `axum::Router`). On plain hyper: for paths where
+//!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
+//!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
 //! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
 //!    (set `qos` from a `--mqtt-qos` flag; keep the returned handle alive).
 //! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
 //!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`).
-//! 7. Expose [`Hub::stats`] (and `MqttOutlet::stats`) at `/metrics`: drops are counted there.
+//! 7. Append `hub.stats().render_prometheus()` to `/metrics`: drops are counted there.
 //!
 //! # Main types
 //!
@@ -44,6 +47,7 @@ pub mod mqtt;
 pub mod stream;
 pub mod tail;
 pub mod topic;
+pub mod topics;
 pub mod webhook;
 
 pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
