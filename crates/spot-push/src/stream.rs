@@ -41,6 +41,9 @@ pub struct StreamLimits {
     pub max_filters_per_connection: usize,
     /// Interval of SSE keep-alive comments (keeps proxies from closing idle streams).
     pub sse_keep_alive: Duration,
+    /// A WebSocket client that takes longer than this to accept a burst of events (its
+    /// socket stays full) is disconnected; it can resume with `after_id`.
+    pub ws_send_timeout: Duration,
 }
 
 impl Default for StreamLimits {
@@ -49,6 +52,7 @@ impl Default for StreamLimits {
             max_ws_message_bytes: 64 * 1024,
             max_filters_per_connection: 64,
             sse_keep_alive: Duration::from_secs(15),
+            ws_send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -235,23 +239,28 @@ async fn serve_ws(socket: WebSocket, mut follower: Follower, limits: StreamLimit
                 match event {
                     Ok(Some(e)) => {
                         // Queue this event and whatever else is ready, then flush once.
-                        if sink.feed(Message::Text(e.envelope_json().into())).await.is_err() {
-                            break;
-                        }
-                        let mut failed = false;
-                        for _ in 1..WS_EVENTS_PER_FLUSH {
-                            match follower.next().now_or_never() {
-                                Some(Ok(Some(e))) => {
-                                    if sink.feed(Message::Text(e.envelope_json().into())).await.is_err() {
-                                        failed = true;
-                                        break;
+                        let burst = async {
+                            sink.feed(Message::Text(e.envelope_json().into())).await?;
+                            for _ in 1..WS_EVENTS_PER_FLUSH {
+                                match follower.next().now_or_never() {
+                                    Some(Ok(Some(e))) => {
+                                        sink.feed(Message::Text(e.envelope_json().into())).await?;
                                     }
+                                    _ => break,
                                 }
-                                _ => break,
                             }
-                        }
-                        if failed || sink.flush().await.is_err() {
-                            break;
+                            sink.flush().await
+                        };
+                        match tokio::time::timeout(limits.ws_send_timeout, burst).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "websocket send failed");
+                                break;
+                            }
+                            Err(_) => {
+                                tracing::info!("websocket client too slow; disconnected");
+                                break;
+                            }
                         }
                     }
                     Ok(None) => break,

@@ -17,15 +17,23 @@ struct Server {
 
 impl Server {
     async fn start(config: HubConfig) -> Self {
+        Self::start_with(
+            config,
+            StreamLimits {
+                max_filters_per_connection: 2,
+                ..StreamLimits::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_with(config: HubConfig, limits: StreamLimits) -> Self {
         let hub = Hub::new(config);
         let log = Arc::new(MemoryEventLog::new(100_000));
         let router = stream_router(StreamState {
             hub: hub.clone(),
             log: log.clone(),
-            limits: StreamLimits {
-                max_filters_per_connection: 2,
-                ..StreamLimits::default()
-            },
+            limits,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -385,4 +393,46 @@ async fn tail_reports_a_refused_filter() {
         ),
         "{err}"
     );
+}
+
+/// A client that never reads: once its socket is full for `ws_send_timeout`, the server
+/// disconnects it (and its hub subscription ends) instead of holding it forever.
+#[tokio::test]
+async fn ws_stalled_reader_is_disconnected() {
+    let server = Server::start_with(
+        HubConfig::default(),
+        StreamLimits {
+            ws_send_timeout: std::time::Duration::from_millis(200),
+            ..StreamLimits::default()
+        },
+    )
+    .await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "#"}));
+    let big = "x".repeat(64 * 1024);
+    let ws_subscriptions = |hub: &Hub| {
+        hub.stats()
+            .outlets
+            .iter()
+            .find(|o| o.outlet == "ws")
+            .map_or(0, |o| o.subscriptions)
+    };
+    // 64 MiB in total: more than loopback socket buffers hold.
+    for id in 1..=1024 {
+        let event =
+            Published::from_value(id, "items/1/created", &json!({ "big": big })).expect("event");
+        server.log.append(event.clone());
+        server.hub.publish(event);
+        if id % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..1000 {
+        if ws_subscriptions(&server.hub) == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the stalled client was never disconnected");
 }
