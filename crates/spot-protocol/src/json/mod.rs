@@ -1,34 +1,68 @@
-//! The JSON encoding (spec §2.1). PLACEHOLDER: being written; the API below is the contract.
+//! The JSON encoding, `text/x-intellifi-events` (spec §2.1): [`JsonDecoder`] and
+//! [`JsonEncoder`].
+//!
+//! Framing (where a message starts and ends, resynchronisation, limits) lives in `framing`;
+//! the mapping of one message onto the typed model in `format`. The decoder yields each
+//! event as soon as its closing `]` has arrived, identically for every way the stream is
+//! split into chunks.
+
+mod format;
+mod framing;
 
 use crate::codec::{DecodeError, Limits};
 use crate::event::Event;
 
-/// Streaming JSON decoder.
+use framing::{Frame, Framer};
+
+/// Streaming JSON decoder: [`feed`](Self::feed) bytes as they arrive, then call
+/// [`next_event`](Self::next_event) until it returns `None`; at the end of the stream call
+/// [`finish`](Self::finish) and drain once more.
+///
+/// Each `Err` is one malformed message (with its stream offset); the decoder has already
+/// skipped to the next blank line and goes on with the rest. Memory is bounded by
+/// [`Limits::max_message_bytes`] plus the bytes of one [`feed`](Self::feed).
 #[derive(Debug)]
 pub struct JsonDecoder {
-    _limits: Limits,
+    framer: Framer,
 }
 
 impl JsonDecoder {
     /// A decoder with the given limits.
     pub fn new(limits: Limits) -> Self {
-        JsonDecoder { _limits: limits }
+        JsonDecoder {
+            framer: Framer::new(limits),
+        }
     }
-    /// Appends bytes.
-    pub fn feed(&mut self, _bytes: &[u8]) {
-        todo!("JSON decoder")
+
+    /// Appends bytes received from the transport. Boundaries carry no meaning.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.framer.feed(bytes);
     }
-    /// Next event, error, or `None` for "need more".
+
+    /// The next event or malformed message; `None` when more bytes are needed (or, after
+    /// [`finish`](Self::finish), when the stream is exhausted).
     pub fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
-        todo!("JSON decoder")
+        let (offset, decoded) = match self.framer.next_frame()? {
+            Frame::Error(e) => return Some(Err(e)),
+            Frame::Message { offset, bytes } => (offset, format::decode_event(bytes)),
+        };
+        Some(decoded.map_err(|kind| {
+            self.framer.resync();
+            DecodeError { offset, kind }
+        }))
     }
-    /// End of stream.
+
+    /// Marks the end of the stream: an unfinished message becomes a
+    /// [`Truncated`](crate::DecodeErrorKind::Truncated) error on the next
+    /// [`next_event`](Self::next_event).
     pub fn finish(&mut self) {
-        todo!("JSON decoder")
+        self.framer.finish();
     }
 }
 
-/// JSON encoder: compact (one line per event, `\n\n` after each) or pretty.
+/// JSON encoder: compact (the whole event on one line, `\n\n` after it) or pretty (one key
+/// per line, `\n\n` after the event). Typed fields come first in the order of their struct,
+/// then `extra` in its order; `seq` comes first. Both forms decode back to equal events.
 #[derive(Debug, Default)]
 pub struct JsonEncoder {
     pretty: bool,
@@ -39,13 +73,14 @@ impl JsonEncoder {
     pub fn new() -> Self {
         JsonEncoder { pretty: false }
     }
+
     /// Human-readable form (indented object, still one `\n\n` per event).
     pub fn pretty() -> Self {
         JsonEncoder { pretty: true }
     }
+
     /// Appends one message.
-    pub fn encode(&mut self, _event: &Event, _out: &mut Vec<u8>) {
-        let _ = self.pretty;
-        todo!("JSON encoder")
+    pub fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
+        format::encode_event(event, self.pretty, out);
     }
 }
