@@ -230,10 +230,25 @@ impl MessageDecoder {
         }
     }
 
-    /// The event an envelope (times absolute) carries; errors name the field.
-    pub(crate) fn event(&mut self, frame: proto::Frame) -> Result<Event, String> {
+    /// The event an envelope carries, given its event timestamp as restored by the stream
+    /// layer (it replaces the delta in field 9); errors name the field.
+    pub(crate) fn event(
+        &mut self,
+        frame: proto::Frame,
+        time: Option<i64>,
+    ) -> Result<Event, String> {
         let action = || action_from_proto(frame.action);
-        let kind = match frame.event {
+        let mut event = frame.event;
+        if let Some(time) = time {
+            match &mut event {
+                Some(Msg::Spot(s)) => s.time = Some(time),
+                Some(Msg::Presence(p)) => p.time_last = Some(time),
+                Some(Msg::Hit(h)) => h.time = Some(time),
+                // Messages whose field 9 this version ignores.
+                _ => {}
+            }
+        }
+        let kind = match event {
             Some(Msg::Spot(s)) => EventKind::Spot(action()?, self.spot(s)?),
             Some(Msg::Config(c)) => EventKind::Config(action()?, self.config(c)?),
             Some(Msg::Presence(p)) => EventKind::Presence(action()?, self.presence(p)?),
@@ -614,7 +629,7 @@ mod tests {
             ),
         ];
         for (frame, expected) in cases {
-            let err = dec.event(frame).unwrap_err();
+            let err = dec.event(frame, None).unwrap_err();
             assert!(
                 err.starts_with(expected),
                 "{err:?} should start with {expected:?}"

@@ -4,7 +4,9 @@
 //! Three layers, each its own module:
 //! - framing ([`frame`]): varint length prefix, zero-length frames skipped, limits;
 //! - stream ([`stream`]): field 9 of the event message delta-coded against the previous
-//!   event's, found by walking the wire format without knowing the message type;
+//!   event's, found by walking the wire format without knowing the message type (the
+//!   decoder restores the value and hands it to the message layer instead of rewriting the
+//!   frame's bytes);
 //! - message ([`message`]): [`Event`] ↔ the prost-generated envelope, item codes through the
 //!   per-stream table ([`items`]).
 //!
@@ -35,7 +37,6 @@ pub struct PbDecoder {
     frames: frame::FrameReader,
     times: stream::TimestampDelta,
     messages: message::MessageDecoder,
-    scratch: Vec<u8>,
 }
 
 impl PbDecoder {
@@ -52,7 +53,6 @@ impl PbDecoder {
             frames: frame::FrameReader::new(limits.max_message_bytes),
             times: stream::TimestampDelta::default(),
             messages: message::MessageDecoder::new(slots, limits.max_depth),
-            scratch: Vec::new(),
         }
     }
 
@@ -73,16 +73,15 @@ impl PbDecoder {
             offset: at.offset,
             kind: DecodeErrorKind::Protobuf(reason),
         };
-        let restored = match self.times.decode(body, &mut self.scratch) {
-            Ok(Some(restored)) => restored,
-            Ok(None) => body,
+        let time = match self.times.restore(body) {
+            Ok(time) => time,
             Err(reason) => return Some(Err(error(reason))),
         };
-        let envelope = match proto::Frame::decode(restored) {
+        let envelope = match proto::Frame::decode(body) {
             Ok(f) => f,
             Err(e) => return Some(Err(error(e.to_string()))),
         };
-        Some(self.messages.event(envelope).map_err(error))
+        Some(self.messages.event(envelope, time).map_err(error))
     }
 
     /// Marks the end of the stream: a trailing partial frame becomes a

@@ -10,6 +10,9 @@ pub(crate) const WIRE_LEN: u8 = 2;
 /// Wire type 5: 4 bytes.
 pub(crate) const WIRE_FIXED32: u8 = 5;
 
+/// The largest field number protobuf allows (2^29 - 1).
+pub(crate) const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
+
 /// The longest varint: 10 bytes carry 64 bits.
 pub(crate) const MAX_VARINT_BYTES: usize = 10;
 
@@ -23,7 +26,13 @@ pub(crate) enum VarintError {
 }
 
 /// Reads a varint at the start of `bytes`: its value and how many bytes it took.
+#[inline(always)]
 pub(crate) fn read_varint(bytes: &[u8]) -> Result<(u64, usize), VarintError> {
+    if let Some(&b) = bytes.first() {
+        if b < 0x80 {
+            return Ok((u64::from(b), 1));
+        }
+    }
     let mut value = 0u64;
     for (i, &b) in bytes.iter().enumerate().take(MAX_VARINT_BYTES) {
         if i == MAX_VARINT_BYTES - 1 && b > 1 {
@@ -84,46 +93,105 @@ pub(crate) struct Field {
     pub varint: u64,
 }
 
-/// Reads the field starting at `at` in the complete message `msg`. Errors name the problem.
-pub(crate) fn next_field(msg: &[u8], at: usize) -> Result<Field, String> {
-    let rest = &msg[at..];
+/// Why a field could not be read: small and `Copy`, so the walk stays cheap; rendered as
+/// text only when a frame is rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldError {
+    /// The key's varint is cut or overlong.
+    Key { at: usize, problem: VarintError },
+    /// Field number 0 or above the protobuf maximum.
+    Number { at: usize, number: u64 },
+    /// The value's varint (wire type 0) or length (wire type 2) is cut or overlong.
+    Value {
+        at: usize,
+        number: u64,
+        problem: VarintError,
+    },
+    /// The value runs past the end of its message.
+    PastEnd { at: usize, number: u64 },
+    /// Wire types 3, 4 (groups), 6 and 7.
+    WireType {
+        at: usize,
+        number: u64,
+        wire_type: u8,
+    },
+}
+
+impl std::fmt::Display for FieldError {
+    #[cold]
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            FieldError::Key { at, problem } => {
+                write!(f, "field key at {at}: {}", varint_problem(problem))
+            }
+            FieldError::Number { at, number } => {
+                write!(f, "field number {number} at {at} is out of range")
+            }
+            FieldError::Value {
+                at,
+                number,
+                problem,
+            } => write!(f, "field {number} at {at}: {}", varint_problem(problem)),
+            FieldError::PastEnd { at, number } => {
+                write!(
+                    f,
+                    "field {number} at {at}: runs past the end of its message"
+                )
+            }
+            FieldError::WireType {
+                at,
+                number,
+                wire_type,
+            } => write!(
+                f,
+                "field {number} at {at}: wire type {wire_type} is not supported"
+            ),
+        }
+    }
+}
+
+/// Reads the field starting at `at` in the complete message `msg`.
+#[inline(always)]
+pub(crate) fn next_field(msg: &[u8], at: usize) -> Result<Field, FieldError> {
     let (key, key_len) =
-        read_varint(rest).map_err(|e| format!("field key at {at}: {}", varint_problem(e)))?;
+        read_varint(&msg[at..]).map_err(|problem| FieldError::Key { at, problem })?;
     let number = key >> 3;
     let wire_type = (key & 7) as u8;
-    if number == 0 || number > u64::from(u32::MAX >> 3) {
-        return Err(format!("field number {number} at {at} is out of range"));
+    if number == 0 || number > MAX_FIELD_NUMBER {
+        return Err(FieldError::Number { at, number });
     }
     let value_start = at + key_len;
     let rest = &msg[value_start..];
+    let value_error = |problem| FieldError::Value {
+        at,
+        number,
+        problem,
+    };
     let (varint, value_start, end) = match wire_type {
         WIRE_VARINT => {
-            let (v, n) = read_varint(rest)
-                .map_err(|e| format!("field {number} at {at}: varint {}", varint_problem(e)))?;
+            let (v, n) = read_varint(rest).map_err(value_error)?;
             (v, value_start, value_start + n)
         }
         WIRE_FIXED64 | WIRE_FIXED32 => {
             let n = if wire_type == WIRE_FIXED64 { 8 } else { 4 };
             if rest.len() < n {
-                return Err(format!("field {number} at {at}: message ends inside it"));
+                return Err(FieldError::PastEnd { at, number });
             }
             (0, value_start, value_start + n)
         }
         WIRE_LEN => {
-            let (len, n) = read_varint(rest)
-                .map_err(|e| format!("field {number} at {at}: length {}", varint_problem(e)))?;
-            let body = &rest[n..];
-            if len > body.len() as u64 {
-                return Err(format!(
-                    "field {number} at {at}: length {len} runs past the end of its message"
-                ));
+            let (len, n) = read_varint(rest).map_err(value_error)?;
+            if len > (rest.len() - n) as u64 {
+                return Err(FieldError::PastEnd { at, number });
             }
             (len, value_start + n, value_start + n + len as usize)
         }
-        other => {
-            return Err(format!(
-                "field {number} at {at}: wire type {other} is not supported"
-            ))
+        _ => {
+            return Err(FieldError::WireType {
+                at,
+                number,
+                wire_type,
+            })
         }
     };
     Ok(Field {
@@ -138,8 +206,8 @@ pub(crate) fn next_field(msg: &[u8], at: usize) -> Result<Field, String> {
 
 fn varint_problem(e: VarintError) -> &'static str {
     match e {
-        VarintError::Incomplete => "runs past the end of its message",
-        VarintError::Overlong => "is longer than 10 bytes or exceeds 64 bits",
+        VarintError::Incomplete => "varint runs past the end of its message",
+        VarintError::Overlong => "varint is longer than 10 bytes or exceeds 64 bits",
     }
 }
 
@@ -164,13 +232,11 @@ mod tests {
 
     #[test]
     fn next_field_rejects_groups_and_lengths_past_the_end() {
-        assert!(next_field(&[0x0b], 0).unwrap_err().contains("wire type 3"));
-        assert!(next_field(&[0x0a, 0x05, 1, 2], 0)
-            .unwrap_err()
-            .contains("runs past the end"));
-        assert!(next_field(&[0x00, 0x01], 0)
-            .unwrap_err()
-            .contains("field number 0"));
+        let text = |bytes: &[u8]| next_field(bytes, 0).unwrap_err().to_string();
+        assert!(text(&[0x0b]).contains("wire type 3"));
+        assert!(text(&[0x0a, 0x05, 1, 2]).contains("runs past the end"));
+        assert!(text(&[0x00, 0x01]).contains("field number 0"));
+        assert!(text(&[0x08, 0x80]).contains("field 1 at 0: varint runs past the end"));
     }
 
     proptest! {
