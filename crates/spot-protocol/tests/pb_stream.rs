@@ -322,3 +322,37 @@ fn a_garbage_frame_costs_one_result_and_keeps_the_events_around_it() {
         },
     );
 }
+
+#[test]
+fn an_event_type_from_a_newer_sender_is_one_error_and_keeps_the_timestamps_in_step() {
+    let hit = |ms: i64| {
+        Event::new(spot_protocol::EventKind::Hit(
+            spot_protocol::Action::Create,
+            spot_protocol::Hit {
+                time: Some(spot_protocol::Timestamp(ms)),
+                antenna: Some(1),
+                ..Default::default()
+            },
+        ))
+    };
+    let mut enc = PbEncoder::new();
+    let mut first = Vec::new();
+    enc.encode(&hit(1_000), &mut first);
+    // A frame of a future event type (envelope field 20) with its field 9: built from a hit
+    // frame by giving its event message the key of field 20.
+    let mut future_hit = Vec::new();
+    enc.encode(&hit(1_500), &mut future_hit);
+    assert_eq!(future_hit[1], 0x32, "envelope field 6, wire type 2");
+    let mut future = vec![future_hit[0] + 1, 0xa2, 0x01];
+    future.extend_from_slice(&future_hit[2..]);
+    let mut last = Vec::new();
+    enc.encode(&hit(1_700), &mut last);
+
+    let got = decode(&[first, future, last].concat());
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], Ok(hit(1_000)));
+    let err = got[1].as_ref().unwrap_err().to_string();
+    assert!(err.contains("no event message this version knows"), "{err}");
+    // The unknown message's field 9 (+500) was applied, so +200 lands on 1 700.
+    assert_eq!(got[2], Ok(hit(1_700)));
+}

@@ -496,7 +496,7 @@ fn codetype_from_proto(
 
 /// A code of an even number (≥ 2) of hex digits, all letters of one case, as bytes; and
 /// whether its letters are upper case. `None` for any other code.
-pub(crate) fn hex_bytes(code: &str) -> Option<(Vec<u8>, bool)> {
+fn hex_bytes(code: &str) -> Option<(Vec<u8>, bool)> {
     let b = code.as_bytes();
     if b.is_empty() || b.len() & 1 == 1 {
         return None;
