@@ -95,7 +95,7 @@ fn code_type() -> impl Strategy<Value = String> {
 }
 
 /// Any `spot` object.
-pub fn spot_status() -> impl Strategy<Value = SpotStatus> {
+pub fn spot_status() -> BoxedStrategy<SpotStatus> {
     (
         (
             option::of("[0-9]{1,6}"),
@@ -143,10 +143,11 @@ pub fn spot_status() -> impl Strategy<Value = SpotStatus> {
                 extra,
             },
         )
+        .boxed()
 }
 
 /// Any `config` object.
-pub fn config() -> impl Strategy<Value = Config> {
+pub fn config() -> BoxedStrategy<Config> {
     (
         option::of(any::<i64>()),
         option::of(any::<bool>()),
@@ -181,10 +182,11 @@ pub fn config() -> impl Strategy<Value = Config> {
                 extra,
             },
         )
+        .boxed()
 }
 
 /// Any `presence` object.
-pub fn presence() -> impl Strategy<Value = Presence> {
+pub fn presence() -> BoxedStrategy<Presence> {
     (
         option::of(item_code()),
         option::of(code_type()),
@@ -215,10 +217,11 @@ pub fn presence() -> impl Strategy<Value = Presence> {
                 }
             },
         )
+        .boxed()
 }
 
 /// Any `hit` object.
-pub fn hit() -> impl Strategy<Value = Hit> {
+pub fn hit() -> BoxedStrategy<Hit> {
     (
         option::of(timestamp()),
         option::of(item_code()),
@@ -237,10 +240,11 @@ pub fn hit() -> impl Strategy<Value = Hit> {
                 extra,
             },
         )
+        .boxed()
 }
 
 /// Any `firmware` object.
-pub fn firmware() -> impl Strategy<Value = Firmware> {
+pub fn firmware() -> BoxedStrategy<Firmware> {
     (
         option::of(text()),
         option::of(text()),
@@ -253,10 +257,11 @@ pub fn firmware() -> impl Strategy<Value = Firmware> {
             reset_counters,
             extra,
         })
+        .boxed()
 }
 
 /// An event of a resource type or action the model does not know.
-pub fn other_event() -> impl Strategy<Value = OtherEvent> {
+pub fn other_event() -> BoxedStrategy<OtherEvent> {
     (
         prop_oneof!["[a-z_]{1,10}", text()],
         prop_oneof!["[a-z_]{1,10}", text()],
@@ -276,10 +281,11 @@ pub fn other_event() -> impl Strategy<Value = OtherEvent> {
             action,
             object: object.into_iter().collect(),
         })
+        .boxed()
 }
 
 /// Any event, presences and hits the most likely as on a real stream.
-pub fn event() -> impl Strategy<Value = Event> {
+pub fn event() -> BoxedStrategy<Event> {
     let kind = prop_oneof![
         1 => (action(), spot_status()).prop_map(|(a, s)| EventKind::Spot(a, s)),
         1 => (action(), config()).prop_map(|(a, c)| EventKind::Config(a, c)),
@@ -288,18 +294,39 @@ pub fn event() -> impl Strategy<Value = Event> {
         1 => (action(), firmware()).prop_map(|(a, f)| EventKind::Firmware(a, f)),
         1 => other_event().prop_map(EventKind::Other),
     ];
-    (option::of(any::<u64>()), kind).prop_map(|(seq, kind)| {
-        // `seq` is lifted out of known events only; an unknown event keeps it in its object.
-        let seq = if matches!(kind, EventKind::Other(_)) {
-            None
-        } else {
-            seq
-        };
-        Event { seq, kind }
-    })
+    (option::of(any::<u64>()), kind)
+        .prop_map(|(seq, kind)| {
+            // `seq` is lifted out of known events only; an unknown event keeps it in its object.
+            let seq = if matches!(kind, EventKind::Other(_)) {
+                None
+            } else {
+                seq
+            };
+            Event { seq, kind }
+        })
+        .boxed()
 }
 
 /// A stream of events.
 pub fn events(max: usize) -> impl Strategy<Value = Vec<Event>> {
     vec(event(), 0..max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    /// Regression: generating events overflowed the default 2 MiB test-thread stack in debug
+    /// builds before the strategies were boxed.
+    #[test]
+    fn generating_events_fits_the_default_test_stack() {
+        let mut runner = TestRunner::deterministic();
+        let strategy = events(32);
+        for _ in 0..64 {
+            let stream = strategy.new_tree(&mut runner).unwrap().current();
+            assert!(stream.len() < 32);
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use spot_protocol::{Action, EventKind, Proximity, Timestamp};
 use support::*;
 
-const EVERY_SPLIT_MAX: usize = 12 * 1024;
+const EVERY_SPLIT_MAX: usize = 6 * 1024;
 
 struct Fixture {
     name: String,

@@ -42,18 +42,6 @@ fn cuts(len: usize, fractions: &[f64]) -> Vec<usize> {
     cuts
 }
 
-/// The strategies of `spot_protocol::testing` build deep value trees that overflow the
-/// default 2 MiB test-thread stack in debug builds; each property runs on a bigger stack.
-fn with_big_stack(property: impl FnOnce() + Send + 'static) {
-    let runner = std::thread::Builder::new()
-        .stack_size(64 * 1024 * 1024)
-        .spawn(property)
-        .expect("spawn the property thread");
-    if let Err(panic) = runner.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: 256,
@@ -63,92 +51,84 @@ fn config() -> ProptestConfig {
 
 #[test]
 fn any_split_of_a_stream_decodes_to_the_same_events() {
-    with_big_stack(|| {
-        proptest!(config(), |(events in testing::events(12), pretty in vec(any::<bool>(), 1..4), fractions in vec(0.0..1.0f64, 0..40))| {
-            let bytes = encode_stream(&events, &pretty);
-            let whole = oks(decode_whole(&bytes));
-            prop_assert_eq!(&whole, &events);
-            prop_assert_eq!(oks(decode_cut(&bytes, &cuts(bytes.len(), &fractions))), events);
-        });
+    proptest!(config(), |(events in testing::events(12), pretty in vec(any::<bool>(), 1..4), fractions in vec(0.0..1.0f64, 0..40))| {
+        let bytes = encode_stream(&events, &pretty);
+        let whole = oks(decode_whole(&bytes));
+        prop_assert_eq!(&whole, &events);
+        prop_assert_eq!(oks(decode_cut(&bytes, &cuts(bytes.len(), &fractions))), events);
     });
 }
 
 #[test]
 fn compact_and_pretty_round_trip_even_fed_bytewise() {
-    with_big_stack(|| {
-        proptest!(config(), |(event in testing::event())| {
-            for mut encoder in [JsonEncoder::new(), JsonEncoder::pretty()] {
-                let mut bytes = Vec::new();
-                encoder.encode(&event, &mut bytes);
-                prop_assert!(bytes.ends_with(b"\n\n"));
-                let body = &bytes[..bytes.len() - 2];
-                prop_assert!(!body.windows(2).any(|w| w == b"\n\n"), "no blank line inside");
-                prop_assert_eq!(oks(decode_bytewise(&bytes)), vec![event.clone()]);
-            }
-            let mut compact = Vec::new();
-            JsonEncoder::new().encode(&event, &mut compact);
-            prop_assert!(!compact[..compact.len() - 2].contains(&b'\n'), "compact is one line");
-        });
+    proptest!(config(), |(event in testing::event())| {
+        for mut encoder in [JsonEncoder::new(), JsonEncoder::pretty()] {
+            let mut bytes = Vec::new();
+            encoder.encode(&event, &mut bytes);
+            prop_assert!(bytes.ends_with(b"\n\n"));
+            let body = &bytes[..bytes.len() - 2];
+            prop_assert!(!body.windows(2).any(|w| w == b"\n\n"), "no blank line inside");
+            prop_assert_eq!(oks(decode_bytewise(&bytes)), vec![event.clone()]);
+        }
+        let mut compact = Vec::new();
+        JsonEncoder::new().encode(&event, &mut compact);
+        prop_assert!(!compact[..compact.len() - 2].contains(&b'\n'), "compact is one line");
     });
 }
 
 #[test]
 fn garbage_between_events_never_loses_the_events_around_it() {
-    with_big_stack(|| {
-        proptest!(config(), |(
-            items in vec((testing::event(), proptest::option::of(vec(any::<u8>(), 0..40))), 0..10),
-            fractions in vec(0.0..1.0f64, 0..10),
-        )| {
-            let mut bytes = Vec::new();
-            let mut expected = Vec::new();
-            for (event, garbage) in &items {
-                JsonEncoder::new().encode(event, &mut bytes);
-                expected.push(event.clone());
-                if let Some(garbage) = garbage {
-                    bytes.extend_from_slice(garbage);
-                    bytes.extend_from_slice(b"\n\n");
-                }
+    proptest!(config(), |(
+        items in vec((testing::event(), proptest::option::of(vec(any::<u8>(), 0..40))), 0..10),
+        fractions in vec(0.0..1.0f64, 0..10),
+    )| {
+        let mut bytes = Vec::new();
+        let mut expected = Vec::new();
+        for (event, garbage) in &items {
+            JsonEncoder::new().encode(event, &mut bytes);
+            expected.push(event.clone());
+            if let Some(garbage) = garbage {
+                bytes.extend_from_slice(garbage);
+                bytes.extend_from_slice(b"\n\n");
             }
-            let results = decode_cut(&bytes, &cuts(bytes.len(), &fractions));
-            prop_assert!(results == decode_whole(&bytes), "split-independent");
-            // Every valid event comes out, in order (garbage may decode to extra events).
-            let mut wanted = expected.iter().peekable();
-            for event in results.iter().flatten() {
-                if wanted.peek() == Some(&event) {
-                    wanted.next();
-                }
+        }
+        let results = decode_cut(&bytes, &cuts(bytes.len(), &fractions));
+        prop_assert!(results == decode_whole(&bytes), "split-independent");
+        // Every valid event comes out, in order (garbage may decode to extra events).
+        let mut wanted = expected.iter().peekable();
+        for event in results.iter().flatten() {
+            if wanted.peek() == Some(&event) {
+                wanted.next();
             }
-            prop_assert!(wanted.peek().is_none(), "lost {:?}", wanted.peek());
-        });
+        }
+        prop_assert!(wanted.peek().is_none(), "lost {:?}", wanted.peek());
     });
 }
 
 #[test]
 fn a_malformed_message_is_one_error_at_its_offset() {
-    with_big_stack(|| {
-        proptest!(config(), |(before in testing::events(4), after in testing::events(4), bad in prop_oneof![ Just(&b"[1,2,3]"[..]), Just(&b"[\"spot\",\"create\",{\"a\":}]"[..]), Just(&b"[\"spot\",\"create\",{\"a\":1"[..]), Just(&b"[\"spot\",\"create\",\"x\"]"[..]), Just(&b"{\"spot_id\":201}"[..]), Just(&b"[\"unterminated"[..]), Just(&b"\xff\xfe binary"[..]), Just(&b"[\"a\",\"b\",{}] trailing"[..]), ], fractions in vec(0.0..1.0f64, 0..10))| {
-            let mut bytes = encode_stream(&before, &[false, true]);
-            let offset = bytes.len() as u64;
-            bytes.extend_from_slice(bad);
-            bytes.extend_from_slice(b"\n\n");
-            bytes.extend_from_slice(&encode_stream(&after, &[true, false]));
-            let results = decode_cut(&bytes, &cuts(bytes.len(), &fractions));
-            let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-            prop_assert_eq!(errors.len(), 1, "{:?}", errors);
-            // A trailing-garbage message is a valid event followed by garbage.
-            let error_offset = if bad.starts_with(b"[\"a\"") {
-                offset + 13
-            } else {
-                offset
-            };
-            prop_assert_eq!(errors[0].offset, error_offset);
-            let events: Vec<Event> = results.into_iter().flatten().collect();
-            let mut expected = before.clone();
-            if bad.starts_with(b"[\"a\"") {
-                expected.push(oks(decode_whole(b"[\"a\",\"b\",{}]")).remove(0));
-            }
-            expected.extend(after);
-            prop_assert_eq!(events, expected);
-        });
+    proptest!(config(), |(before in testing::events(4), after in testing::events(4), bad in prop_oneof![ Just(&b"[1,2,3]"[..]), Just(&b"[\"spot\",\"create\",{\"a\":}]"[..]), Just(&b"[\"spot\",\"create\",{\"a\":1"[..]), Just(&b"[\"spot\",\"create\",\"x\"]"[..]), Just(&b"{\"spot_id\":201}"[..]), Just(&b"[\"unterminated"[..]), Just(&b"\xff\xfe binary"[..]), Just(&b"[\"a\",\"b\",{}] trailing"[..]), ], fractions in vec(0.0..1.0f64, 0..10))| {
+        let mut bytes = encode_stream(&before, &[false, true]);
+        let offset = bytes.len() as u64;
+        bytes.extend_from_slice(bad);
+        bytes.extend_from_slice(b"\n\n");
+        bytes.extend_from_slice(&encode_stream(&after, &[true, false]));
+        let results = decode_cut(&bytes, &cuts(bytes.len(), &fractions));
+        let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        prop_assert_eq!(errors.len(), 1, "{:?}", errors);
+        // A trailing-garbage message is a valid event followed by garbage.
+        let error_offset = if bad.starts_with(b"[\"a\"") {
+            offset + 13
+        } else {
+            offset
+        };
+        prop_assert_eq!(errors[0].offset, error_offset);
+        let events: Vec<Event> = results.into_iter().flatten().collect();
+        let mut expected = before.clone();
+        if bad.starts_with(b"[\"a\"") {
+            expected.push(oks(decode_whole(b"[\"a\",\"b\",{}]")).remove(0));
+        }
+        expected.extend(after);
+        prop_assert_eq!(events, expected);
     });
 }

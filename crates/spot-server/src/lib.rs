@@ -1,1 +1,335 @@
-//! The server: ingest → domain → store → outlets. PLACEHOLDER: being written.
+//! The spot server: ingest → domain → store → (later) outlets.
+//!
+//! - [`Server::bind`] opens the store (`<data>/spot.db`, SQLite in WAL mode), loads the state,
+//!   binds the HTTP listener (and the raw TCP one), and returns the bound addresses; tests
+//!   bind port 0 and run it in-process. [`Server::shutdown`] stops accepting, lets in-flight
+//!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns.
+//! - [`http`]: `POST /api/spots/{serial}/events[/]` streaming ingest, the REST API, `/metrics`.
+//! - [`tcp`]: raw TCP ingest (`--tcp-listen`).
+//! - [`core`]: the one thread owning the [`domain::Domain`] and the [`store::Store`]; group
+//!   commit; a `200` leaves only after its events are committed.
+//! - [`domain`]: spots, locations, items, presences and the derived events log (spec §7).
+//! - [`api`]: collection queries (filters, sort, paging).
+
+pub mod api;
+pub mod core;
+pub mod domain;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod store;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::core::CoreMsg;
+use crate::domain::{unix_millis, Domain, DomainConfig, Table};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+pub use crate::store::Sync as SyncMode;
+
+/// Every bound of the server, with its reason. All configurable.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest single event (bytes of its encoding). Default 64 KiB: a full `config create`
+    /// is under 2 KiB. A larger event is skipped and counted like a malformed one.
+    pub max_message_bytes: usize,
+    /// Deepest nesting of one event. Default 32 (real events nest 4 deep).
+    pub max_depth: usize,
+    /// Largest POST body. Default 64 MiB (a 1 s POST carries a few KiB; a spot flushing a
+    /// long offline buffer more). Past it: `413`, connection closed.
+    pub max_body_bytes: u64,
+    /// Largest REST request body (PUT). Default 1 MiB. Past it: `413`.
+    pub max_api_body_bytes: u64,
+    /// Most header lines in a request. Default 64. Past it: `431` (hyper).
+    pub max_headers: usize,
+    /// Most bytes of request line + headers. Default 16 KiB. Past it: `431` (hyper).
+    pub max_header_bytes: usize,
+    /// Time to receive a request's headers, also the idle time allowed on a keep-alive
+    /// connection between requests. Default 30 s. Past it: the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest gap between two pieces of a request body (slow senders). Default 30 s.
+    /// Past it: `408`, connection closed.
+    pub body_idle_timeout: Duration,
+    /// Longest a POST body may take in total (never-ending bodies; spots end theirs after
+    /// about 1 s). Default 300 s. Past it: `408`, connection closed.
+    pub max_post_duration: Duration,
+    /// Most open connections (HTTP and TCP each). Default 10,000 (stays under a 20,000 open
+    /// file limit with both listeners full). Past it: HTTP gets `503`
+    /// and is closed; TCP is closed.
+    pub max_connections: usize,
+    /// Longest idle time of a raw TCP stream (spots send an alive signal every second).
+    /// Default 60 s.
+    pub tcp_idle_timeout: Duration,
+    /// How long shutdown waits for in-flight requests. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Messages queued to the core before senders wait. Default 4096.
+    pub core_queue: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_message_bytes: 64 * 1024,
+            max_depth: 32,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_api_body_bytes: 1024 * 1024,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
+            max_post_duration: Duration::from_secs(300),
+            max_connections: 10_000,
+            tcp_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            core_queue: 4096,
+        }
+    }
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP address (default `0.0.0.0:8080`).
+    pub listen: SocketAddr,
+    /// Raw TCP ingest address (off by default).
+    pub tcp_listen: Option<SocketAddr>,
+    /// Data directory (default `./spot-data`), created if missing.
+    pub data_dir: PathBuf,
+    /// A spot without traffic for this long goes offline (default 10 s).
+    pub offline_after: Duration,
+    /// How long derived and upstream events are kept (default 24 h).
+    pub events_retention: Duration,
+    /// fsync policy of commits (default [`SyncMode::Full`]).
+    pub sync: SyncMode,
+    /// Bounds.
+    pub limits: ServerLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tcp_listen: None,
+            data_dir: PathBuf::from("spot-data"),
+            offline_after: Duration::from_secs(10),
+            events_retention: Duration::from_secs(24 * 3600),
+            sync: SyncMode::Full,
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database could not be opened or loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored row does not parse.
+    #[error("corrupt stored state: {0}")]
+    Corrupt(String),
+    /// A listener could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Sender to the core.
+    pub core: mpsc::Sender<CoreMsg>,
+    /// The live state (read side; the core writes).
+    pub domain: Arc<RwLock<Domain>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Bounds.
+    pub limits: ServerLimits,
+    /// HTTP connection slots.
+    pub http_slots: Arc<Semaphore>,
+    /// TCP connection slots.
+    pub tcp_slots: Arc<Semaphore>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    http_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    connections_done: mpsc::Receiver<()>,
+    core_thread: std::thread::JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the store, loads the state, binds the listeners and starts serving.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.data_dir, config.sync)?;
+        let now = unix_millis(SystemTime::now());
+        let mut domain = Domain::new(DomainConfig {
+            offline_after_ms: config.offline_after.as_millis() as i64,
+            events_retention_ms: config.events_retention.as_millis() as i64,
+            ..DomainConfig::default()
+        });
+        for table in Table::ALL {
+            domain
+                .load(table, store.load(table)?, now)
+                .map_err(ServerError::Corrupt)?;
+        }
+        domain
+            .load_events(store.load_events(domain.retention_cutoff(now))?)
+            .map_err(ServerError::Corrupt)?;
+        let domain = Arc::new(RwLock::new(domain));
+        let metrics = Arc::new(Metrics::default());
+        let (core_tx, core_rx) = mpsc::channel(config.limits.core_queue.max(1));
+        let core_thread = {
+            let domain = domain.clone();
+            let metrics = metrics.clone();
+            std::thread::Builder::new()
+                .name("spot-core".into())
+                .spawn(move || core::run(core_rx, domain, store, metrics))
+                .map_err(|source| ServerError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?
+        };
+        let http_listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let tcp_listener = match config.tcp_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let shared = Arc::new(Shared {
+            core: core_tx,
+            domain,
+            metrics,
+            http_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            limits: config.limits.clone(),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (done_tx, connections_done) = mpsc::channel(1);
+        let mut tasks = vec![tokio::spawn(http::serve(
+            http_listener,
+            shared.clone(),
+            shutdown_rx.clone(),
+            done_tx.clone(),
+        ))];
+        if let Some(listener) = tcp_listener {
+            tasks.push(tokio::spawn(tcp::serve(
+                listener,
+                shared.clone(),
+                shutdown_rx.clone(),
+                done_tx.clone(),
+            )));
+        }
+        drop(done_tx);
+        {
+            let core = shared.core.clone();
+            let mut shutdown_rx = shutdown_rx;
+            tasks.push(tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {
+                            if core.send(CoreMsg::Tick).await.is_err() { break; }
+                        }
+                        _ = shutdown_rx.changed() => break,
+                    }
+                }
+            }));
+        }
+        Ok(Server {
+            http_addr,
+            tcp_addr,
+            shutdown,
+            tasks,
+            connections_done,
+            core_thread,
+            shared,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound raw TCP address, when enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The shared state (for tests and a later push layer).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful stop: no new connections, in-flight POSTs finish (at most
+    /// [`ServerLimits::shutdown_grace`]), the last batch is committed.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        let grace = self.shared.limits.shutdown_grace;
+        if tokio::time::timeout(grace, self.connections_done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: connections still open after {grace:?}; closing them");
+        }
+        let Server {
+            shared,
+            core_thread,
+            ..
+        } = self;
+        // Connection tasks that outlived the grace period may still hold a core sender: stop
+        // the core explicitly (their later sends fail and they answer 503).
+        let _ = shared.core.send(CoreMsg::Shutdown).await;
+        drop(shared);
+        let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
+    }
+}

@@ -10,7 +10,6 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
-use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -25,14 +24,27 @@ use crate::time::Timestamp;
 
 /// Decodes one complete message (the bytes from its `[` to its `]`).
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, DecodeErrorKind> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let event = (&mut de)
-        .deserialize_seq(EventVisitor)
-        .and_then(|event| de.end().map(|()| event));
-    event.map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => DecodeErrorKind::NotAnEvent(e.to_string()),
-        _ => DecodeErrorKind::Syntax(e.to_string()),
-    })
+    // The visitors fill this event in place: an `Event` is a few hundred bytes, and
+    // returning it through every serde layer would copy it at each.
+    let mut event = Event::new(EventKind::Other(OtherEvent::default()));
+    // One UTF-8 check of the whole message is cheaper than serde_json's check of each string.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        DecodeErrorKind::Syntax(format!(
+            "invalid UTF-8 at byte {} of the message",
+            e.valid_up_to()
+        ))
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let decoded = (&mut de)
+        .deserialize_seq(EventVisitor { event: &mut event })
+        .and_then(|()| de.end());
+    match decoded {
+        Ok(()) => Ok(event),
+        Err(e) => Err(match e.classify() {
+            serde_json::error::Category::Data => DecodeErrorKind::NotAnEvent(e.to_string()),
+            _ => DecodeErrorKind::Syntax(e.to_string()),
+        }),
+    }
 }
 
 /// Appends one message: compact (the whole event on one line) or pretty (one key per line),
@@ -87,16 +99,18 @@ impl Resource {
     }
 }
 
-struct EventVisitor;
+struct EventVisitor<'a> {
+    event: &'a mut Event,
+}
 
-impl<'de> Visitor<'de> for EventVisitor {
-    type Value = Event;
+impl<'de> Visitor<'de> for EventVisitor<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an event array [\"<resource_type>\",\"<action>\",{...}]")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Event, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let resource = seq
             .next_element_seed(TextSeed("the resource type (a string)"))?
             .ok_or_else(|| {
@@ -109,11 +123,12 @@ impl<'de> Visitor<'de> for EventVisitor {
             })?;
         let known = Resource::parse(&resource).zip(Action::parse(&action));
         let seed = ObjectSeed {
+            event: self.event,
             known,
             resource,
             action,
         };
-        let event = seq.next_element_seed(seed)?.ok_or_else(|| {
+        seq.next_element_seed(seed)?.ok_or_else(|| {
             de::Error::custom("array of 2 elements: expected [resource_type, action, {...}]")
         })?;
         if seq.next_element::<IgnoredAny>()?.is_some() {
@@ -121,7 +136,7 @@ impl<'de> Visitor<'de> for EventVisitor {
                 "array of more than 3 elements: expected [resource_type, action, {...}]",
             ));
         }
-        Ok(event)
+        Ok(())
     }
 }
 
@@ -155,43 +170,47 @@ impl<'de> Visitor<'de> for TextVisitor {
     }
 }
 
-/// The third element, read as the typed object of a known event or verbatim otherwise.
-struct ObjectSeed<'de> {
+/// The third element, read into the typed object of a known event or verbatim otherwise.
+struct ObjectSeed<'a, 'de> {
+    event: &'a mut Event,
     known: Option<(Resource, Action)>,
     resource: Cow<'de, str>,
     action: Cow<'de, str>,
 }
 
-impl<'de> DeserializeSeed<'de> for ObjectSeed<'de> {
-    type Value = Event;
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, 'de> {
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Event, D::Error> {
-        fn typed<'de, T: TypedObject, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<(T, Option<u64>), D::Error> {
-            d.deserialize_map(TypedVisitor(PhantomData))
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let Event { seq, kind } = self.event;
+        /// Puts a default object of the variant in place, then fills it from the map.
+        macro_rules! typed {
+            ($variant:ident, $action:expr) => {{
+                *kind = EventKind::$variant($action, Default::default());
+                match kind {
+                    EventKind::$variant(_, object) => {
+                        d.deserialize_map(TypedVisitor { object, seq })
+                    }
+                    _ => unreachable!("the variant was just set"),
+                }
+            }};
         }
-        let (kind, seq) = match self.known {
-            Some((Resource::Spot, a)) => typed(d).map(|(o, s)| (EventKind::Spot(a, o), s))?,
-            Some((Resource::Config, a)) => typed(d).map(|(o, s)| (EventKind::Config(a, o), s))?,
-            Some((Resource::Presence, a)) => {
-                typed(d).map(|(o, s)| (EventKind::Presence(a, o), s))?
-            }
-            Some((Resource::Hit, a)) => typed(d).map(|(o, s)| (EventKind::Hit(a, o), s))?,
-            Some((Resource::Firmware, a)) => {
-                typed(d).map(|(o, s)| (EventKind::Firmware(a, o), s))?
-            }
+        match self.known {
+            Some((Resource::Spot, a)) => typed!(Spot, a),
+            Some((Resource::Config, a)) => typed!(Config, a),
+            Some((Resource::Presence, a)) => typed!(Presence, a),
+            Some((Resource::Hit, a)) => typed!(Hit, a),
+            Some((Resource::Firmware, a)) => typed!(Firmware, a),
             None => {
                 let object = d.deserialize_map(OtherObjectVisitor)?;
-                let other = OtherEvent {
+                *kind = EventKind::Other(OtherEvent {
                     resource_type: self.resource.into_owned(),
                     action: self.action.into_owned(),
                     object,
-                };
-                (EventKind::Other(other), None)
+                });
+                Ok(())
             }
-        };
-        Ok(Event { seq, kind })
+        }
     }
 }
 
@@ -224,32 +243,34 @@ trait TypedObject: Default {
     fn write_fields(&self, obj: &mut ObjectWriter<'_>);
 }
 
-struct TypedVisitor<T>(PhantomData<T>);
+/// Fills a typed object (and the event's `seq`) from a JSON object.
+struct TypedVisitor<'a, T> {
+    object: &'a mut T,
+    seq: &'a mut Option<u64>,
+}
 
-impl<'de, T: TypedObject> Visitor<'de> for TypedVisitor<T> {
-    type Value = (T, Option<u64>);
+impl<'de, T: TypedObject> Visitor<'de> for TypedVisitor<'_, T> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("the event's object {...} as third element")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = T::default();
-        let mut seq = None;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key_seed(TextSeed("a key"))? {
             let value: Scalar<'de> = map.next_value()?;
             let rejected = if key == "seq" {
-                value.into_u64().map(|n| seq = Some(n))
+                value.into_u64().map(|n| *self.seq = Some(n))
             } else {
-                object.take(&key, value)
+                self.object.take(&key, value)
             };
             if let Err(value) = rejected {
-                object
+                self.object
                     .extra_mut()
                     .insert(key.into_owned(), value.into_value());
             }
         }
-        Ok((object, seq))
+        Ok(())
     }
 }
 

@@ -42,14 +42,27 @@ impl JsonDecoder {
     /// The next event or malformed message; `None` when more bytes are needed (or, after
     /// [`finish`](Self::finish), when the stream is exhausted).
     pub fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
-        let (offset, decoded) = match self.framer.next_frame()? {
-            Frame::Error(e) => return Some(Err(e)),
-            Frame::Message { offset, bytes } => (offset, format::decode_event(bytes)),
-        };
-        Some(decoded.map_err(|kind| {
-            self.framer.resync();
-            DecodeError { offset, kind }
-        }))
+        loop {
+            let (offset, tentative, decoded) = match self.framer.next_frame()? {
+                Frame::Error(e) => return Some(Err(e)),
+                Frame::Message {
+                    offset,
+                    bytes,
+                    tentative,
+                } => (offset, tentative, format::decode_event(bytes)),
+            };
+            return Some(match decoded {
+                Ok(event) => Ok(event),
+                Err(_) if tentative => {
+                    self.framer.rescan();
+                    continue;
+                }
+                Err(kind) => {
+                    self.framer.resync();
+                    Err(DecodeError { offset, kind })
+                }
+            });
+        }
     }
 
     /// Marks the end of the stream: an unfinished message becomes a

@@ -1,0 +1,217 @@
+//! `spot serve` as a process: kill -9 loses no acknowledged event; SIGTERM finishes the
+//! in-flight POST and exits 0.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_server(data: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn spot serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Reads one response (the server always sends Content-Length); returns (status, head, body).
+fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            while buf.len() < end + 4 + len {
+                let n = stream.read(&mut tmp)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            return Ok((status, head, buf[end + 4..end + 4 + len].to_vec()));
+        }
+        let n = stream.read(&mut tmp)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+const HEAD: &str = "POST /api/spots/900/events/ HTTP/1.1\r\nHost: t\r\n\
+                    Transfer-Encoding: chunked\r\nContent-Type: text/x-intellifi-events\r\n\r\n";
+
+fn code(seq: u64) -> String {
+    format!("{seq:024x}")
+}
+
+fn presence(seq: u64) -> String {
+    format!(
+        "[\"presence\",\"create\",{{\"item_code\":\"{}\",\"item_codetype\":\"EPC Gen2\",\
+         \"proximity\":\"near\",\"seq\":{seq}}}]\n\n",
+        code(seq)
+    )
+}
+
+fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (status, _, body) = read_response(&mut s).unwrap();
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[test]
+fn kill_9_then_restart_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = spawn_server(dir.path(), port);
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let acked = acked.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.set_nodelay(true)?;
+            let mut seq = 0;
+            let mut first = true;
+            while !stop.load(Ordering::Relaxed) {
+                let mut req = HEAD.as_bytes().to_vec();
+                if first {
+                    req.extend(chunk(
+                        b"[\"spot\",\"create\",{\"spot_id\":900,\"seq_epoch\":77}]\n\n",
+                    ));
+                    first = false;
+                }
+                for _ in 0..50 {
+                    seq += 1;
+                    req.extend(chunk(presence(seq).as_bytes()));
+                }
+                req.extend_from_slice(b"0\r\n\r\n");
+                s.write_all(&req)?;
+                let (status, head, _) = read_response(&mut s)?;
+                assert_eq!(status, 200);
+                let ack: u64 = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-spot-ack:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("X-Spot-Ack");
+                assert_eq!(ack, seq, "a 200 acknowledges the whole POST");
+                acked.store(ack, Ordering::SeqCst);
+            }
+            Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) < 1_000 {
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(!client.is_finished(), "client failed: {:?}", client.join());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill().expect("kill -9"); // SIGKILL on Unix
+    server.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let _ = client.join(); // it fails on the dead connection
+    let last_ack = acked.load(Ordering::SeqCst);
+    assert!(last_ack >= 1_000);
+
+    let mut server = spawn_server(dir.path(), port);
+    let spot = get_json(port, "/api/spots/900");
+    assert!(
+        spot["acked_seq"].as_u64().unwrap() >= last_ack,
+        "stored {} < acknowledged {last_ack}",
+        spot["acked_seq"]
+    );
+    let items = get_json(
+        port,
+        "/api/items?limit=10000&results_only=true&sort=code_hex",
+    );
+    let codes: std::collections::HashSet<String> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code_hex"].as_str().unwrap().to_string())
+        .collect();
+    for seq in 1..=last_ack {
+        assert!(codes.contains(&code(seq)), "acknowledged event {seq} lost");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn sigterm_finishes_the_in_flight_post_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = spawn_server(dir.path(), port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(HEAD.as_bytes()).unwrap();
+    s.write_all(&chunk(
+        b"[\"spot\",\"create\",{\"spot_id\":900,\"seq_epoch\":1}]\n\n",
+    ))
+    .unwrap();
+    s.write_all(&chunk(presence(1).as_bytes())).unwrap();
+    // The POST is in flight once its first event is visible (a connection whose request
+    // head was not read yet counts as idle and is simply closed).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get_json(port, "/api/presences")["results"]
+        .as_array()
+        .is_none_or(|r| r.is_empty())
+    {
+        assert!(Instant::now() < deadline, "POST not applied");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Wait until the server stopped accepting, then finish the POST.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.write_all(&chunk(presence(2).as_bytes())).unwrap();
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let (status, head, _) = read_response(&mut s).unwrap();
+    assert_eq!(status, 200);
+    assert!(head.contains("x-spot-ack: 2"), "{head}");
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}

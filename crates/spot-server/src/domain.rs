@@ -1,0 +1,1392 @@
+//! The live state of spec §7 — spots, locations, items, presences and the derived events
+//! log — as plain data changed by plain functions. No sockets, no clock (`now` is passed in),
+//! no database: every change is remembered as a dirty row, and [`Domain::take_changes`] hands
+//! the core one [`Changes`] set per group commit (see [`crate::store`]).
+//!
+//! Call order for one upstream stream (HTTP POST or TCP connection):
+//! [`Domain::begin_stream`] → [`Domain::apply_event`]* → [`Domain::end_stream`] (which hands
+//! out the spot's pending commands). [`Domain::sweep`] runs periodically and takes spots
+//! offline after `offline_after` without traffic, deleting their presences.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use spot_protocol::{
+    Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, Proximity,
+};
+
+use crate::ids::IdGen;
+
+/// Serde helpers: times are Unix milliseconds in memory and ISO 8601 strings in JSON.
+mod iso {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use spot_protocol::Timestamp;
+
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Timestamp(*ms))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse(&text)
+            .map(|t| t.0)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a time: {text:?}")))
+    }
+    pub mod opt {
+        use super::*;
+        pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => s.collect_str(&Timestamp(*ms)),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                None => Ok(None),
+                Some(text) => Timestamp::parse(&text)
+                    .map(|t| Some(t.0))
+                    .ok_or_else(|| serde::de::Error::custom(format!("not a time: {text:?}"))),
+            }
+        }
+    }
+}
+
+/// One spot (reader), keyed by its chronological `id`, found by `serial_number`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Spot {
+    /// Chronological id.
+    pub id: String,
+    /// The serial number the spot sends (`spot_id`), as decimal text.
+    pub serial_number: String,
+    /// The object of the last `spot create`.
+    pub status: Object,
+    /// `config create`, merged with every later `config update`.
+    pub config: Object,
+    /// True while the spot streams; false after `offline_after` without traffic.
+    pub is_online: bool,
+    /// POSTs (and TCP connections) received.
+    pub request_counter: u64,
+    /// Distinct upstream events accepted (replays not counted).
+    pub event_counter: u64,
+    /// Firmware version, from `User-Agent` or `spot create`.
+    pub version: Option<String>,
+    /// Written by an application; sent as a `config update` command, then cleared.
+    pub config_request: Option<Object>,
+    /// Written by an application; sent as a `firmware update` command, then cleared.
+    pub firmware_request: Option<Object>,
+    /// The location its presences are reported to.
+    pub report_location: Option<String>,
+    /// Per-antenna report locations (settable; antenna presences are a later extension).
+    pub antenna_report_locations: Object,
+    /// Epoch of the spot's sequence counter (delivery contract).
+    pub seq_epoch: Option<u64>,
+    /// Highest sequence stored in the current epoch (0: none).
+    pub acked_seq: u64,
+    /// Created.
+    #[serde(with = "iso")]
+    pub time_created: i64,
+    /// Last changed.
+    #[serde(with = "iso")]
+    pub time_updated: i64,
+    /// Last POST or connection.
+    #[serde(with = "iso::opt")]
+    pub time_last_request: Option<i64>,
+    /// Streams (POSTs, TCP connections) open right now.
+    #[serde(skip)]
+    pub open_streams: u32,
+    /// Server time of the last byte of traffic.
+    #[serde(skip)]
+    pub last_traffic: i64,
+}
+
+/// A place spots report to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Location {
+    /// Chronological id.
+    pub id: String,
+    /// Human label; `spot<serial>` for a spot's default location.
+    pub label: String,
+    /// Free-form application data.
+    pub custom: Value,
+    /// Created.
+    #[serde(with = "iso")]
+    pub time_created: i64,
+    /// Last changed.
+    #[serde(with = "iso")]
+    pub time_updated: i64,
+}
+
+/// A tagged thing, unique by `code_hex` + `technology`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    /// Chronological id.
+    pub id: String,
+    /// The item code (hex).
+    pub code_hex: String,
+    /// The code type, e.g. `EPC Gen2`.
+    pub technology: String,
+    /// Human label.
+    pub label: Value,
+    /// Free-form application data.
+    pub custom: Value,
+    /// Whether any presence exists for it.
+    pub is_present: bool,
+    /// Location of its strongest presence; the last known one when gone.
+    pub location: Option<String>,
+    /// How often `location` changed.
+    pub move_count: u64,
+    /// When `location` last changed.
+    #[serde(with = "iso::opt")]
+    pub time_moved: Option<i64>,
+    /// Created.
+    #[serde(with = "iso")]
+    pub time_created: i64,
+    /// Last changed.
+    #[serde(with = "iso")]
+    pub time_updated: i64,
+}
+
+/// An item at a location, merged over every spot reporting there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PresenceRes {
+    /// Chronological id.
+    pub id: String,
+    /// Item id.
+    pub item: String,
+    /// Location id.
+    pub location: String,
+    /// The strongest proximity of the reporting spots.
+    pub proximity: String,
+    /// Reporting spot id → its proximity.
+    pub reporters: BTreeMap<String, String>,
+    /// The device's time of the last report (`time_last`).
+    #[serde(with = "iso::opt")]
+    pub time_event: Option<i64>,
+    /// Created.
+    #[serde(with = "iso")]
+    pub time_created: i64,
+    /// Last changed.
+    #[serde(with = "iso")]
+    pub time_updated: i64,
+}
+
+/// One entry of the derived events log (spec §7 topics).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEvent {
+    /// Chronological id.
+    pub id: String,
+    /// `resource/id/action/arguments…`.
+    pub topic: String,
+    /// The device's time, where the change came from a device event.
+    #[serde(with = "iso::opt")]
+    pub time_event: Option<i64>,
+    /// Server time.
+    #[serde(with = "iso")]
+    pub time_created: i64,
+    /// The changed resource as it is after the change.
+    pub data: Box<RawValue>,
+}
+
+/// The tables of the store (one JSON document per row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Spots.
+    Spots,
+    /// Locations.
+    Locations,
+    /// Items.
+    Items,
+    /// Presences.
+    Presences,
+}
+
+impl Table {
+    /// All tables, in load order.
+    pub const ALL: [Table; 4] = [
+        Table::Spots,
+        Table::Locations,
+        Table::Items,
+        Table::Presences,
+    ];
+
+    /// SQL table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Spots => "spots",
+            Table::Locations => "locations",
+            Table::Items => "items",
+            Table::Presences => "presences",
+        }
+    }
+}
+
+/// One accepted upstream event, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRow {
+    /// The spot's serial number.
+    pub serial: String,
+    /// Its sequence key, if any.
+    pub seq: Option<u64>,
+    /// Server time of receipt.
+    pub time_received: i64,
+    /// The event in the JSON encoding.
+    pub event_json: String,
+}
+
+/// Everything one group commit writes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Upstream events accepted.
+    pub upstream: Vec<UpstreamRow>,
+    /// Rows to insert or replace: table, id, JSON document.
+    pub upserts: Vec<(Table, String, String)>,
+    /// Rows to delete.
+    pub deletes: Vec<(Table, String)>,
+    /// Derived events: id, time_created, JSON document.
+    pub log: Vec<(String, i64, String)>,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_empty()
+            && self.upserts.is_empty()
+            && self.deletes.is_empty()
+            && self.log.is_empty()
+    }
+}
+
+/// Settings of the domain.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// A spot without traffic for this long (ms) and no open stream goes offline.
+    pub offline_after_ms: i64,
+    /// Derived events older than this (ms) are dropped.
+    pub events_retention_ms: i64,
+    /// At most this many derived events are kept in memory (oldest dropped first).
+    pub events_max_in_memory: usize,
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        DomainConfig {
+            offline_after_ms: 10_000,
+            events_retention_ms: 24 * 3600 * 1000,
+            events_max_in_memory: 100_000,
+        }
+    }
+}
+
+/// What [`Domain::apply_event`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// New: applied and to be stored.
+    Stored,
+    /// A replay (seq at or below the acknowledged one): acknowledged, not applied again.
+    Duplicate,
+}
+
+/// A REST change that cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutError {
+    /// No such resource.
+    #[error("{collection} {id:?} not found")]
+    NotFound {
+        /// The collection.
+        collection: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// The collection does not accept PUT.
+    #[error("PUT is not allowed on {0}")]
+    MethodNotAllowed(String),
+    /// A field that cannot be set, or a value of the wrong type.
+    #[error("field {field:?}: {reason}")]
+    BadField {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The whole live state. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Domain {
+    config: DomainConfig,
+    ids: IdGen,
+    spots: BTreeMap<String, Spot>,
+    spot_by_serial: HashMap<String, String>,
+    locations: BTreeMap<String, Location>,
+    items: BTreeMap<String, Item>,
+    item_by_code: HashMap<(String, String), String>,
+    presences: BTreeMap<String, PresenceRes>,
+    presence_by_key: HashMap<(String, String), String>,
+    presences_of_item: HashMap<String, HashSet<String>>,
+    events: VecDeque<LogEvent>,
+    dirty: HashSet<(Table, String)>,
+    deleted: HashSet<(Table, String)>,
+    pending_upstream: Vec<UpstreamRow>,
+    pending_log: Vec<(String, i64, String)>,
+}
+
+impl Domain {
+    /// An empty state.
+    pub fn new(config: DomainConfig) -> Self {
+        Domain {
+            config,
+            ids: IdGen::default(),
+            spots: BTreeMap::new(),
+            spot_by_serial: HashMap::new(),
+            locations: BTreeMap::new(),
+            items: BTreeMap::new(),
+            item_by_code: HashMap::new(),
+            presences: BTreeMap::new(),
+            presence_by_key: HashMap::new(),
+            presences_of_item: HashMap::new(),
+            events: VecDeque::new(),
+            dirty: HashSet::new(),
+            deleted: HashSet::new(),
+            pending_upstream: Vec::new(),
+            pending_log: Vec::new(),
+        }
+    }
+
+    /// Loads stored rows (as written by [`Domain::take_changes`]). Spots that were online get
+    /// `offline_after` from `now` to come back before [`Domain::sweep`] takes them offline.
+    pub fn load(
+        &mut self,
+        table: Table,
+        rows: Vec<(String, String)>,
+        now: i64,
+    ) -> Result<(), String> {
+        for (id, doc) in rows {
+            self.ids.observe(&id);
+            let bad = |e: serde_json::Error| format!("{} row {id}: {e}", table.name());
+            match table {
+                Table::Spots => {
+                    let mut s: Spot = serde_json::from_str(&doc).map_err(bad)?;
+                    s.last_traffic = now;
+                    self.spot_by_serial
+                        .insert(s.serial_number.clone(), s.id.clone());
+                    self.spots.insert(s.id.clone(), s);
+                }
+                Table::Locations => {
+                    let l: Location = serde_json::from_str(&doc).map_err(bad)?;
+                    self.locations.insert(l.id.clone(), l);
+                }
+                Table::Items => {
+                    let i: Item = serde_json::from_str(&doc).map_err(bad)?;
+                    self.item_by_code
+                        .insert((i.code_hex.clone(), i.technology.clone()), i.id.clone());
+                    self.items.insert(i.id.clone(), i);
+                }
+                Table::Presences => {
+                    let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
+                    self.presence_by_key
+                        .insert((p.item.clone(), p.location.clone()), p.id.clone());
+                    self.presences_of_item
+                        .entry(p.item.clone())
+                        .or_default()
+                        .insert(p.id.clone());
+                    self.presences.insert(p.id.clone(), p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads stored derived events (oldest first).
+    pub fn load_events(&mut self, docs: Vec<String>) -> Result<(), String> {
+        for doc in docs {
+            let e: LogEvent =
+                serde_json::from_str(&doc).map_err(|err| format!("events row: {err}"))?;
+            self.ids.observe(&e.id);
+            self.events.push_back(e);
+        }
+        while self.events.len() > self.config.events_max_in_memory {
+            self.events.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The spot with this serial number.
+    pub fn spot_by_serial(&self, serial: &str) -> Option<&Spot> {
+        self.spot_by_serial
+            .get(serial)
+            .and_then(|id| self.spots.get(id))
+    }
+
+    /// A spot opened a stream (POST or TCP connection): creates it on first sight, counts
+    /// the request, records the version from `User-Agent`.
+    pub fn begin_stream(&mut self, serial: &str, version: Option<&str>, now: i64) {
+        let id = self.ensure_spot(serial, now);
+        self.touch(&id, now, None);
+        if let Some(spot) = self.spots.get_mut(&id) {
+            spot.open_streams += 1;
+            spot.request_counter += 1;
+            spot.time_last_request = Some(now);
+            if let Some(v) = version {
+                spot.version = Some(v.to_string());
+            }
+            self.dirty.insert((Table::Spots, id));
+        }
+    }
+
+    /// The stream ended (or broke). With `take_commands`, returns the spot's pending
+    /// commands and clears them (they count as handed over).
+    pub fn end_stream(&mut self, serial: &str, now: i64, take_commands: bool) -> Vec<Event> {
+        let Some(id) = self.spot_by_serial.get(serial).cloned() else {
+            return Vec::new();
+        };
+        if let Some(spot) = self.spots.get_mut(&id) {
+            spot.open_streams = spot.open_streams.saturating_sub(1);
+            spot.last_traffic = now;
+        }
+        if take_commands {
+            self.take_commands(serial, now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The highest sequence stored for the spot in its current epoch (0: none or unknown).
+    pub fn acked_seq(&self, serial: &str) -> u64 {
+        self.spot_by_serial(serial).map_or(0, |s| s.acked_seq)
+    }
+
+    /// Takes the spot's pending commands (clearing `config_request` / `firmware_request`).
+    pub fn take_commands(&mut self, serial: &str, now: i64) -> Vec<Event> {
+        let Some(id) = self.spot_by_serial.get(serial).cloned() else {
+            return Vec::new();
+        };
+        let Some(spot) = self.spots.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut commands = Vec::new();
+        if let Some(obj) = spot.config_request.take() {
+            commands.push(command_event("config", obj));
+        }
+        if let Some(obj) = spot.firmware_request.take() {
+            commands.push(command_event("firmware", obj));
+        }
+        if !commands.is_empty() {
+            spot.time_updated = now;
+            self.dirty.insert((Table::Spots, id));
+        }
+        commands
+    }
+
+    /// Applies one upstream event of the spot `serial` (which must have begun a stream or
+    /// will be created now).
+    pub fn apply_event(&mut self, serial: &str, event: &Event, now: i64) -> Applied {
+        self.apply_encoded(serial, event, encode_json(event), now)
+    }
+
+    /// [`Domain::apply_event`] with the event's JSON encoding ([`encode_json`]) made by the
+    /// caller (ingest tasks encode in parallel; the core only stores it).
+    pub fn apply_encoded(
+        &mut self,
+        serial: &str,
+        event: &Event,
+        event_json: String,
+        now: i64,
+    ) -> Applied {
+        let spot_id = self.ensure_spot(serial, now);
+        self.touch(&spot_id, now, event.timestamp().map(|t| t.0));
+        if let EventKind::Spot(Action::Create, status) = &event.kind {
+            if let Some(spot) = self.spots.get_mut(&spot_id) {
+                if status.seq_epoch.is_some() && status.seq_epoch != spot.seq_epoch {
+                    spot.seq_epoch = status.seq_epoch;
+                    spot.acked_seq = 0;
+                }
+            }
+        }
+        if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(&spot_id)) {
+            if seq <= spot.acked_seq {
+                return Applied::Duplicate;
+            }
+        }
+        match &event.kind {
+            EventKind::Spot(Action::Create, status) => {
+                let object = event_object(&event_json);
+                if let Some(spot) = self.spots.get_mut(&spot_id) {
+                    spot.status = object;
+                    if let Some(v) = &status.version {
+                        spot.version = Some(v.clone());
+                    }
+                    spot.time_updated = now;
+                }
+            }
+            EventKind::Config(action, _) => {
+                let object = event_object(&event_json);
+                if let Some(spot) = self.spots.get_mut(&spot_id) {
+                    if *action == Action::Create {
+                        spot.config = object;
+                    } else {
+                        for (k, v) in object {
+                            if k != "seq" {
+                                spot.config.insert(k, v);
+                            }
+                        }
+                    }
+                    spot.time_updated = now;
+                }
+            }
+            EventKind::Presence(action, p) => {
+                if let Some(code) = &p.item_code {
+                    let tech = p.item_codetype.clone().unwrap_or_default();
+                    let proximity = p.proximity.unwrap_or(Proximity::Far);
+                    let time_event = p.time_last.map(|t| t.0);
+                    self.apply_presence(&spot_id, *action, code, &tech, proximity, time_event, now);
+                }
+            }
+            EventKind::Hit(_, h) => {
+                if let Some(code) = &h.item_code {
+                    let tech = h.item_codetype.clone().unwrap_or_default();
+                    self.ensure_item(code, &tech, now, h.time.map(|t| t.0));
+                }
+            }
+            _ => {}
+        }
+        if let Some(spot) = self.spots.get_mut(&spot_id) {
+            if let Some(seq) = event.seq {
+                spot.acked_seq = spot.acked_seq.max(seq);
+            }
+            spot.event_counter += 1;
+        }
+        self.dirty.insert((Table::Spots, spot_id));
+        self.pending_upstream.push(UpstreamRow {
+            serial: serial.to_string(),
+            seq: event.seq,
+            time_received: now,
+            event_json,
+        });
+        Applied::Stored
+    }
+
+    /// Takes spots offline that have no open stream and no traffic for `offline_after`,
+    /// deleting the presences they reported; prunes the events log.
+    pub fn sweep(&mut self, now: i64) {
+        let stale: Vec<String> = self
+            .spots
+            .values()
+            .filter(|s| {
+                s.is_online
+                    && s.open_streams == 0
+                    && now - s.last_traffic >= self.config.offline_after_ms
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for id in stale {
+            self.go_offline(&id, now);
+        }
+        let cutoff = now - self.config.events_retention_ms;
+        while self.events.front().is_some_and(|e| e.time_created < cutoff) {
+            self.events.pop_front();
+        }
+    }
+
+    /// The cutoff below which stored derived and upstream events may be pruned.
+    pub fn retention_cutoff(&self, now: i64) -> i64 {
+        now - self.config.events_retention_ms
+    }
+
+    /// Changes a resource through the API (`PUT /api/<collection>/<id>`); returns it.
+    pub fn put(
+        &mut self,
+        collection: &str,
+        id: &str,
+        body: &Object,
+        now: i64,
+    ) -> Result<Value, PutError> {
+        let not_found = || PutError::NotFound {
+            collection: collection.to_string(),
+            id: id.to_string(),
+        };
+        let bad = |field: &str, reason: &str| PutError::BadField {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        let (table, real_id) = match collection {
+            "spots" => {
+                let real_id = self.resolve_spot_id(id).ok_or_else(not_found)?;
+                // Validate everything before changing anything.
+                for (k, v) in body {
+                    match k.as_str() {
+                        "config_request" | "firmware_request" | "antenna_report_locations"
+                            if v.is_object() || v.is_null() => {}
+                        "config_request" | "firmware_request" | "antenna_report_locations" => {
+                            return Err(bad(k, "must be an object or null"))
+                        }
+                        "report_location" => match v.as_str() {
+                            Some(l) if self.locations.contains_key(l) => {}
+                            _ => return Err(bad(k, "must be the id of an existing location")),
+                        },
+                        _ => return Err(bad(k, "cannot be set")),
+                    }
+                }
+                let spot = self.spots.get_mut(&real_id).ok_or_else(not_found)?;
+                for (k, v) in body {
+                    match k.as_str() {
+                        "config_request" => spot.config_request = v.as_object().cloned(),
+                        "firmware_request" => spot.firmware_request = v.as_object().cloned(),
+                        "antenna_report_locations" => {
+                            spot.antenna_report_locations =
+                                v.as_object().cloned().unwrap_or_default()
+                        }
+                        "report_location" => spot.report_location = v.as_str().map(String::from),
+                        _ => {}
+                    }
+                }
+                spot.time_updated = now;
+                (Table::Spots, real_id)
+            }
+            "locations" | "items" => {
+                for (k, v) in body {
+                    match k.as_str() {
+                        "custom" => {}
+                        "label" if v.is_string() || v.is_null() => {}
+                        "label" => return Err(bad(k, "must be a string or null")),
+                        _ => return Err(bad(k, "cannot be set")),
+                    }
+                }
+                if collection == "locations" {
+                    let l = self.locations.get_mut(id).ok_or_else(not_found)?;
+                    for (k, v) in body {
+                        match k.as_str() {
+                            "label" => l.label = v.as_str().unwrap_or_default().to_string(),
+                            _ => l.custom = v.clone(),
+                        }
+                    }
+                    l.time_updated = now;
+                    (Table::Locations, id.to_string())
+                } else {
+                    let i = self.items.get_mut(id).ok_or_else(not_found)?;
+                    for (k, v) in body {
+                        match k.as_str() {
+                            "label" => i.label = v.clone(),
+                            _ => i.custom = v.clone(),
+                        }
+                    }
+                    i.time_updated = now;
+                    (Table::Items, id.to_string())
+                }
+            }
+            _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
+        };
+        self.dirty.insert((table, real_id.clone()));
+        let value = self.get(collection, &real_id).unwrap_or(Value::Null);
+        let data = RawValue::from_string(value.to_string()).unwrap_or_else(|_| raw(&()));
+        self.log(
+            format!("{collection}/{real_id}/updated/put"),
+            None,
+            now,
+            data,
+        );
+        Ok(value)
+    }
+
+    /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
+    pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
+        fn all<T: Serialize>(m: &BTreeMap<String, T>) -> Vec<Value> {
+            m.values()
+                .filter_map(|v| serde_json::to_value(v).ok())
+                .collect()
+        }
+        Some(match collection {
+            "spots" => all(&self.spots),
+            "locations" => all(&self.locations),
+            "items" => all(&self.items),
+            "presences" => all(&self.presences),
+            "events" => self
+                .events
+                .iter()
+                .filter_map(|v| serde_json::to_value(v).ok())
+                .collect(),
+            _ => return None,
+        })
+    }
+
+    /// One resource as JSON (spots also by serial number).
+    pub fn get(&self, collection: &str, id: &str) -> Option<Value> {
+        match collection {
+            "spots" => self
+                .resolve_spot_id(id)
+                .and_then(|id| self.spots.get(&id))
+                .and_then(|v| serde_json::to_value(v).ok()),
+            "locations" => self
+                .locations
+                .get(id)
+                .and_then(|v| serde_json::to_value(v).ok()),
+            "items" => self
+                .items
+                .get(id)
+                .and_then(|v| serde_json::to_value(v).ok()),
+            "presences" => self
+                .presences
+                .get(id)
+                .and_then(|v| serde_json::to_value(v).ok()),
+            "events" => self
+                .events
+                .binary_search_by(|e| e.id.as_str().cmp(id))
+                .ok()
+                .and_then(|i| serde_json::to_value(&self.events[i]).ok()),
+            _ => None,
+        }
+    }
+
+    /// Everything changed since the last call, rendered as rows.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = Changes {
+            upstream: std::mem::take(&mut self.pending_upstream),
+            log: std::mem::take(&mut self.pending_log),
+            ..Changes::default()
+        };
+        for (table, id) in self.dirty.drain() {
+            let doc = match table {
+                Table::Spots => self.spots.get(&id).map(serde_json::to_string),
+                Table::Locations => self.locations.get(&id).map(serde_json::to_string),
+                Table::Items => self.items.get(&id).map(serde_json::to_string),
+                Table::Presences => self.presences.get(&id).map(serde_json::to_string),
+            };
+            if let Some(Ok(doc)) = doc {
+                changes.upserts.push((table, id, doc));
+            }
+        }
+        changes.deletes = self.deleted.drain().collect();
+        changes
+    }
+
+    fn resolve_spot_id(&self, id: &str) -> Option<String> {
+        if self.spots.contains_key(id) {
+            Some(id.to_string())
+        } else {
+            self.spot_by_serial.get(id).cloned()
+        }
+    }
+
+    fn ensure_spot(&mut self, serial: &str, now: i64) -> String {
+        if let Some(id) = self.spot_by_serial.get(serial) {
+            return id.clone();
+        }
+        let location_id = self.ids.next(now);
+        self.locations.insert(
+            location_id.clone(),
+            Location {
+                id: location_id.clone(),
+                label: format!("spot{serial}"),
+                custom: Value::Null,
+                time_created: now,
+                time_updated: now,
+            },
+        );
+        self.dirty.insert((Table::Locations, location_id.clone()));
+        let id = self.ids.next(now);
+        self.spots.insert(
+            id.clone(),
+            Spot {
+                id: id.clone(),
+                serial_number: serial.to_string(),
+                status: Object::new(),
+                config: Object::new(),
+                is_online: false,
+                request_counter: 0,
+                event_counter: 0,
+                version: None,
+                config_request: None,
+                firmware_request: None,
+                report_location: Some(location_id),
+                antenna_report_locations: Object::new(),
+                seq_epoch: None,
+                acked_seq: 0,
+                time_created: now,
+                time_updated: now,
+                time_last_request: None,
+                open_streams: 0,
+                last_traffic: now,
+            },
+        );
+        self.spot_by_serial.insert(serial.to_string(), id.clone());
+        self.dirty.insert((Table::Spots, id.clone()));
+        id
+    }
+
+    fn touch(&mut self, spot_id: &str, now: i64, time_event: Option<i64>) {
+        let Some(spot) = self.spots.get_mut(spot_id) else {
+            return;
+        };
+        spot.last_traffic = now;
+        if spot.is_online {
+            return;
+        }
+        spot.is_online = true;
+        spot.time_updated = now;
+        tracing::info!(spot = %spot.serial_number, "spot connected");
+        let topic = format!("spots/{}/connected/{}", spot.id, spot.serial_number);
+        let data = raw(&*spot);
+        self.dirty.insert((Table::Spots, spot_id.to_string()));
+        self.log(topic, time_event, now, data);
+    }
+
+    fn go_offline(&mut self, spot_id: &str, now: i64) {
+        let Some(spot) = self.spots.get_mut(spot_id) else {
+            return;
+        };
+        spot.is_online = false;
+        spot.time_updated = now;
+        tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
+        let topic = format!("spots/{}/disconnected/{}", spot.id, spot.serial_number);
+        let data = raw(&*spot);
+        self.dirty.insert((Table::Spots, spot_id.to_string()));
+        self.log(topic, None, now, data);
+        let reported: Vec<String> = self
+            .presences
+            .values()
+            .filter(|p| p.reporters.contains_key(spot_id))
+            .map(|p| p.id.clone())
+            .collect();
+        for presence_id in reported {
+            self.withdraw(spot_id, &presence_id, None, now);
+        }
+    }
+
+    fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> String {
+        let key = (code.to_string(), tech.to_string());
+        if let Some(id) = self.item_by_code.get(&key) {
+            return id.clone();
+        }
+        let id = self.ids.next(now);
+        let item = Item {
+            id: id.clone(),
+            code_hex: code.to_string(),
+            technology: tech.to_string(),
+            label: Value::Null,
+            custom: Value::Null,
+            is_present: false,
+            location: None,
+            move_count: 0,
+            time_moved: None,
+            time_created: now,
+            time_updated: now,
+        };
+        let data = raw(&item);
+        self.items.insert(id.clone(), item);
+        self.item_by_code.insert(key, id.clone());
+        self.dirty.insert((Table::Items, id.clone()));
+        self.log(format!("items/{id}/created"), time_event, now, data);
+        id
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_presence(
+        &mut self,
+        spot_id: &str,
+        action: Action,
+        code: &str,
+        tech: &str,
+        proximity: Proximity,
+        time_event: Option<i64>,
+        now: i64,
+    ) {
+        let item_id = self.ensure_item(code, tech, now, time_event);
+        let Some(location_id) = self
+            .spots
+            .get(spot_id)
+            .and_then(|s| s.report_location.clone())
+        else {
+            return;
+        };
+        let key = (item_id.clone(), location_id.clone());
+        let existing = self.presence_by_key.get(&key).cloned();
+        match (action, existing) {
+            (Action::Delete, Some(presence_id)) => {
+                self.withdraw(spot_id, &presence_id, time_event, now);
+            }
+            (Action::Delete, None) => {}
+            (_, None) => {
+                let id = self.ids.next(now);
+                let presence = PresenceRes {
+                    id: id.clone(),
+                    item: item_id.clone(),
+                    location: location_id.clone(),
+                    proximity: proximity.as_str().to_string(),
+                    reporters: BTreeMap::from([(
+                        spot_id.to_string(),
+                        proximity.as_str().to_string(),
+                    )]),
+                    time_event,
+                    time_created: now,
+                    time_updated: now,
+                };
+                let data = raw(&presence);
+                self.presences.insert(id.clone(), presence);
+                self.presence_by_key.insert(key, id.clone());
+                self.presences_of_item
+                    .entry(item_id.clone())
+                    .or_default()
+                    .insert(id.clone());
+                self.dirty.insert((Table::Presences, id.clone()));
+                self.deleted.remove(&(Table::Presences, id.clone()));
+                self.log(
+                    format!(
+                        "presences/{id}/created/{item_id}/{location_id}/{}",
+                        proximity.as_str()
+                    ),
+                    time_event,
+                    now,
+                    data,
+                );
+                self.recompute_item(&item_id, time_event, now);
+            }
+            (_, Some(presence_id)) => {
+                let Some(p) = self.presences.get_mut(&presence_id) else {
+                    return;
+                };
+                p.reporters
+                    .insert(spot_id.to_string(), proximity.as_str().to_string());
+                p.time_event = time_event.or(p.time_event);
+                self.dirty.insert((Table::Presences, presence_id.clone()));
+                self.reproximate(&presence_id, time_event, now);
+            }
+        }
+    }
+
+    /// The spot no longer reports the presence: drop its contribution; delete the presence
+    /// when nobody reports it any more.
+    fn withdraw(&mut self, spot_id: &str, presence_id: &str, time_event: Option<i64>, now: i64) {
+        let Some(p) = self.presences.get_mut(presence_id) else {
+            return;
+        };
+        p.reporters.remove(spot_id);
+        if !p.reporters.is_empty() {
+            self.dirty
+                .insert((Table::Presences, presence_id.to_string()));
+            self.reproximate(presence_id, time_event, now);
+            return;
+        }
+        let Some(p) = self.presences.remove(presence_id) else {
+            return;
+        };
+        self.presence_by_key
+            .remove(&(p.item.clone(), p.location.clone()));
+        if let Some(set) = self.presences_of_item.get_mut(&p.item) {
+            set.remove(presence_id);
+            if set.is_empty() {
+                self.presences_of_item.remove(&p.item);
+            }
+        }
+        self.dirty
+            .remove(&(Table::Presences, presence_id.to_string()));
+        self.deleted
+            .insert((Table::Presences, presence_id.to_string()));
+        let topic = format!(
+            "presences/{}/deleted/{}/{}/{}",
+            p.id, p.item, p.location, p.proximity
+        );
+        let item_id = p.item.clone();
+        self.log(topic, time_event, now, raw(&p));
+        self.recompute_item(&item_id, time_event, now);
+    }
+
+    /// Recomputes a presence's proximity from its reporters; logs a change.
+    fn reproximate(&mut self, presence_id: &str, time_event: Option<i64>, now: i64) {
+        let Some(p) = self.presences.get_mut(presence_id) else {
+            return;
+        };
+        let strongest = p
+            .reporters
+            .values()
+            .filter_map(|v| Proximity::parse(v))
+            .max()
+            .unwrap_or(Proximity::Far);
+        let previous = Proximity::parse(&p.proximity).unwrap_or(Proximity::Far);
+        p.time_updated = now;
+        if strongest == previous {
+            return;
+        }
+        p.proximity = strongest.as_str().to_string();
+        let direction = if strongest > previous {
+            "moved-closer"
+        } else {
+            "moved-away"
+        };
+        let topic = format!(
+            "presences/{}/changed-proximity/{}/{}/{}/{}/{direction}",
+            p.id,
+            p.item,
+            p.location,
+            strongest.as_str(),
+            previous.as_str()
+        );
+        let item_id = p.item.clone();
+        let data = raw(&*p);
+        self.log(topic, time_event, now, data);
+        self.recompute_item(&item_id, time_event, now);
+    }
+
+    /// Item `location` = location of its strongest presence; `is_present`; moves.
+    fn recompute_item(&mut self, item_id: &str, time_event: Option<i64>, now: i64) {
+        // Fast path: one presence, and the item is already present there.
+        if let (Some(set), Some(item)) =
+            (self.presences_of_item.get(item_id), self.items.get(item_id))
+        {
+            if set.len() == 1 && item.is_present {
+                let only = set.iter().next().and_then(|id| self.presences.get(id));
+                if only.is_some_and(|p| item.location.as_deref() == Some(p.location.as_str())) {
+                    return;
+                }
+            }
+        }
+        let strongest = self.presences_of_item.get(item_id).and_then(|set| {
+            set.iter()
+                .filter_map(|id| self.presences.get(id))
+                .max_by(|a, b| {
+                    let pa = Proximity::parse(&a.proximity);
+                    let pb = Proximity::parse(&b.proximity);
+                    pa.cmp(&pb).then(a.time_updated.cmp(&b.time_updated))
+                })
+                .map(|p| p.location.clone())
+        });
+        let Some(item) = self.items.get_mut(item_id) else {
+            return;
+        };
+        let mut topics = Vec::new();
+        match strongest {
+            Some(location) => {
+                if !item.is_present {
+                    item.is_present = true;
+                    topics.push(format!("items/{item_id}/appeared"));
+                }
+                if item.location.as_deref() != Some(location.as_str()) {
+                    if item.location.is_some() {
+                        item.move_count += 1;
+                        item.time_moved = Some(now);
+                        topics.push(format!("items/{item_id}/moved-to/{location}"));
+                    }
+                    item.location = Some(location);
+                }
+            }
+            None => {
+                if item.is_present {
+                    item.is_present = false;
+                    topics.push(format!("items/{item_id}/disappeared"));
+                }
+            }
+        }
+        if topics.is_empty() {
+            return;
+        }
+        item.time_updated = now;
+        let data = raw(&*item);
+        self.dirty.insert((Table::Items, item_id.to_string()));
+        for topic in topics {
+            self.log(topic, time_event, now, data.clone());
+        }
+    }
+
+    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: Box<RawValue>) {
+        let event = LogEvent {
+            id: self.ids.next(now),
+            topic,
+            time_event,
+            time_created: now,
+            data,
+        };
+        if let Ok(doc) = serde_json::to_string(&event) {
+            self.pending_log.push((event.id.clone(), now, doc));
+        }
+        self.events.push_back(event);
+        while self.events.len() > self.config.events_max_in_memory {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// The compact JSON encoding of an event, without the trailing separator (as stored).
+pub fn encode_json(event: &Event) -> String {
+    let mut encoded = Vec::new();
+    Encoder::new(Encoding::Json).encode(event, &mut encoded);
+    String::from_utf8_lossy(trim_separator(&encoded)).into_owned()
+}
+
+/// A resource as raw JSON (for the events log).
+fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+/// The object of an encoded event (`["r","a",{obj}]`), via serde_json.
+fn event_object(encoded: &str) -> Object {
+    match serde_json::from_str::<Value>(encoded) {
+        Ok(Value::Array(mut parts)) if parts.len() == 3 => match parts.pop() {
+            Some(Value::Object(mut o)) => {
+                o.remove("seq");
+                o
+            }
+            _ => Object::new(),
+        },
+        _ => Object::new(),
+    }
+}
+
+fn trim_separator(bytes: &[u8]) -> &[u8] {
+    let mut end = bytes.len();
+    while end > 0 && bytes[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+/// A downstream command (`<resource> update`) with the given object, typed by the codec.
+fn command_event(resource: &str, object: Object) -> Event {
+    let text = json!([resource, "update", Value::Object(object.clone())]).to_string() + "\n\n";
+    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+    decoder.feed(text.as_bytes());
+    decoder.finish();
+    match decoder.next_event() {
+        Some(Ok(event)) => event,
+        _ => Event::new(EventKind::Other(spot_protocol::OtherEvent {
+            resource_type: resource.to_string(),
+            action: "update".to_string(),
+            object,
+        })),
+    }
+}
+
+/// Unix milliseconds of a [`std::time::SystemTime`].
+pub fn unix_millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spot_protocol::{Presence, SpotStatus};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn presence(action: Action, code: &str, proximity: Proximity) -> Event {
+        Event::new(EventKind::Presence(
+            action,
+            Presence {
+                item_code: Some(code.into()),
+                item_codetype: Some("EPC Gen2".into()),
+                proximity: Some(proximity),
+                ..Presence::default()
+            },
+        ))
+    }
+
+    fn topics(d: &Domain) -> Vec<String> {
+        d.events.iter().map(|e| e.topic.clone()).collect()
+    }
+
+    fn item(d: &Domain, code: &str) -> Item {
+        d.items
+            .values()
+            .find(|i| i.code_hex == code)
+            .unwrap()
+            .clone()
+    }
+
+    fn location_of(d: &Domain, serial: &str) -> String {
+        d.spot_by_serial(serial)
+            .unwrap()
+            .report_location
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_spot_is_created_on_first_sight_with_its_own_location() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.begin_stream("203", Some("35-42"), T0);
+        let spot = d.spot_by_serial("203").unwrap().clone();
+        assert_eq!(spot.request_counter, 1);
+        assert_eq!(spot.version.as_deref(), Some("35-42"));
+        assert!(spot.is_online);
+        let location = &d.locations[spot.report_location.as_ref().unwrap()];
+        assert_eq!(location.label, "spot203");
+        assert!(spot.id > location.id, "ids are chronological");
+        assert_eq!(topics(&d), vec![format!("spots/{}/connected/203", spot.id)]);
+    }
+
+    #[test]
+    fn presences_merge_per_location_the_strongest_wins_and_deletion_needs_every_reporter() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.begin_stream("1", None, T0);
+        d.begin_stream("2", None, T0);
+        let shared = location_of(&d, "1");
+        let mut body = Object::new();
+        body.insert("report_location".into(), shared.clone().into());
+        d.put("spots", "2", &body, T0).unwrap();
+        let code = "00000000000000000000000a";
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Far), T0);
+        d.apply_event(
+            "2",
+            &presence(Action::Create, code, Proximity::Immediate),
+            T0,
+        );
+        assert_eq!(d.presences.len(), 1);
+        let p = d.presences.values().next().unwrap().clone();
+        assert_eq!(p.proximity, "immediate");
+        assert_eq!(p.location, shared);
+        d.apply_event(
+            "2",
+            &presence(Action::Delete, code, Proximity::Immediate),
+            T0 + 1,
+        );
+        let p = d
+            .presences
+            .values()
+            .next()
+            .expect("spot 1 still reports it");
+        assert_eq!(p.proximity, "far");
+        assert!(item(&d, code).is_present);
+        d.apply_event("1", &presence(Action::Delete, code, Proximity::Far), T0 + 2);
+        assert!(d.presences.is_empty());
+        let i = item(&d, code);
+        assert!(!i.is_present);
+        assert_eq!(i.location.as_deref(), Some(shared.as_str()));
+        let t = topics(&d);
+        assert!(
+            t.iter()
+                .any(|t| t.contains("/changed-proximity/")
+                    && t.ends_with("/far/immediate/moved-away")),
+            "{t:?}"
+        );
+        assert!(t.last().unwrap().ends_with("/disappeared"));
+    }
+
+    #[test]
+    fn an_item_moves_to_the_location_of_its_strongest_presence() {
+        let mut d = Domain::new(DomainConfig::default());
+        let code = "00000000000000000000000b";
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Near), T0);
+        assert_eq!(item(&d, code).location, Some(location_of(&d, "1")));
+        d.apply_event(
+            "2",
+            &presence(Action::Create, code, Proximity::Immediate),
+            T0 + 5,
+        );
+        let i = item(&d, code);
+        let to = location_of(&d, "2");
+        assert_eq!(i.location.as_deref(), Some(to.as_str()));
+        assert_eq!(i.move_count, 1);
+        assert_eq!(i.time_moved, Some(T0 + 5));
+        assert!(topics(&d).contains(&format!("items/{}/moved-to/{to}", i.id)));
+    }
+
+    #[test]
+    fn a_silent_spot_goes_offline_and_its_presences_are_withdrawn() {
+        let mut d = Domain::new(DomainConfig::default());
+        let code = "00000000000000000000000c";
+        d.begin_stream("1", None, T0);
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Near), T0);
+        d.sweep(T0 + 60_000);
+        assert!(
+            d.spot_by_serial("1").unwrap().is_online,
+            "an open stream keeps it online"
+        );
+        d.end_stream("1", T0 + 1_000, true);
+        d.sweep(T0 + 10_999);
+        assert!(d.spot_by_serial("1").unwrap().is_online, "not yet 10 s");
+        d.sweep(T0 + 11_000);
+        let spot = d.spot_by_serial("1").unwrap().clone();
+        assert!(!spot.is_online);
+        assert!(d.presences.is_empty());
+        assert!(!item(&d, code).is_present);
+        assert!(topics(&d).contains(&format!("spots/{}/disconnected/1", spot.id)));
+        let changes = d.take_changes();
+        assert_eq!(changes.deletes.len(), 1, "the presence row is deleted");
+    }
+
+    #[test]
+    fn replays_are_dropped_until_the_epoch_changes() {
+        let mut d = Domain::new(DomainConfig::default());
+        let create = |epoch| {
+            Event::new(EventKind::Spot(
+                Action::Create,
+                SpotStatus {
+                    spot_id: Some("5".into()),
+                    seq_epoch: Some(epoch),
+                    ..SpotStatus::default()
+                },
+            ))
+        };
+        let mut p = presence(Action::Create, "00000000000000000000000d", Proximity::Far);
+        p.seq = Some(3);
+        assert_eq!(d.apply_event("5", &create(1), T0), Applied::Stored);
+        assert_eq!(d.apply_event("5", &p, T0), Applied::Stored);
+        assert_eq!(d.apply_event("5", &p, T0), Applied::Duplicate);
+        assert_eq!(d.acked_seq("5"), 3);
+        assert_eq!(d.apply_event("5", &create(2), T0), Applied::Stored);
+        assert_eq!(d.acked_seq("5"), 0);
+        assert_eq!(d.apply_event("5", &p, T0), Applied::Stored);
+        let changes = d.take_changes();
+        assert_eq!(changes.upstream.len(), 4, "the replay is not stored");
+        assert_eq!(d.spot_by_serial("5").unwrap().event_counter, 4);
+    }
+
+    #[test]
+    fn changes_hold_each_dirty_row_once_and_are_empty_after_taking() {
+        let mut d = Domain::new(DomainConfig::default());
+        for i in 0..10 {
+            d.apply_event(
+                "1",
+                &presence(
+                    Action::Update,
+                    "00000000000000000000000e",
+                    if i % 2 == 0 {
+                        Proximity::Far
+                    } else {
+                        Proximity::Near
+                    },
+                ),
+                T0 + i,
+            );
+        }
+        let changes = d.take_changes();
+        assert_eq!(changes.upstream.len(), 10);
+        let spots = changes
+            .upserts
+            .iter()
+            .filter(|(t, _, _)| *t == Table::Spots)
+            .count();
+        assert_eq!(spots, 1);
+        assert!(d.take_changes().is_empty());
+    }
+
+    #[test]
+    fn stored_rows_load_back_into_an_equal_state() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.apply_event(
+            "1",
+            &presence(Action::Create, "00000000000000000000000f", Proximity::Near),
+            T0,
+        );
+        let changes = d.take_changes();
+        let mut loaded = Domain::new(DomainConfig::default());
+        for table in Table::ALL {
+            let rows = changes
+                .upserts
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, id, doc)| (id.clone(), doc.clone()))
+                .collect();
+            loaded.load(table, rows, T0).unwrap();
+        }
+        for c in ["spots", "locations", "items", "presences"] {
+            assert_eq!(loaded.collection(c), d.collection(c), "{c}");
+        }
+        let next = loaded.ids.next(0);
+        assert!(
+            d.items.keys().all(|id| *id < next),
+            "new ids sort after loaded ones"
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! Raw TCP ingest (spec §4.2, delivery contract): a spot streams its encoding on a plain
+//! socket. Encoding detection: the first byte `0x00` (a zero-length protobuf frame, which the
+//! protobuf decoder skips) means protobuf; anything else is JSON. The first event must be a
+//! `spot create` naming the serial (`spot_id`); otherwise the connection is closed.
+//!
+//! Written back on the same socket, in the stream's encoding: after every commit covering
+//! the connection's events an `["ack","update",{"seq":N,"time":"…"}]`, and the spot's
+//! commands as soon as they are queued.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use spot_protocol::{
+    Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, OtherEvent, Timestamp,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::core::CoreMsg;
+use crate::domain::{encode_json, unix_millis};
+use crate::Shared;
+
+/// Read buffer per connection.
+const READ_BUFFER: usize = 16 * 1024;
+/// Command batches queued per connection before commands stay queued on the spot.
+const COMMAND_QUEUE: usize = 16;
+
+/// Accepts raw TCP spot streams until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("tcp accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = shared.tcp_slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "tcp: too many connections, closing");
+            continue;
+        };
+        let shared = shared.clone();
+        let done = done.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = handle(stream, &shared) => if let Err(e) = r {
+                    tracing::info!(%peer, "tcp stream ended: {e}");
+                },
+                _ = shutdown.changed() => {}
+            }
+            drop(permit);
+            drop(done);
+        });
+    }
+}
+
+/// The first event, when it is a `spot create` with a serial.
+fn serial_of(event: &Event) -> Option<(String, Option<String>)> {
+    match &event.kind {
+        EventKind::Spot(Action::Create, status) => status
+            .spot_id
+            .clone()
+            .map(|serial| (serial, status.version.clone())),
+        _ => None,
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
+    let limits = &shared.limits;
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut first_read = true;
+    let mut decoder: Option<Decoder> = None;
+    let mut encoding = Encoding::Json;
+    let mut pending: Vec<Event> = Vec::new();
+    let mut serial_and_version = None;
+    // Until the first event names the spot, bytes must arrive within the header timeout.
+    while serial_and_version.is_none() {
+        let n = tokio::time::timeout(limits.header_read_timeout, stream.read(&mut buf))
+            .await
+            .map_err(|_| "no spot create within the header timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before a spot create".into());
+        }
+        if first_read {
+            first_read = false;
+            encoding = if buf[0] == 0 {
+                Encoding::Protobuf
+            } else {
+                Encoding::Json
+            };
+            decoder = Some(Decoder::new(
+                encoding,
+                Limits {
+                    max_message_bytes: limits.max_message_bytes,
+                    max_depth: limits.max_depth,
+                },
+            ));
+        }
+        let Some(d) = decoder.as_mut() else {
+            return Err("no decoder".into());
+        };
+        d.feed(&buf[..n]);
+        while let Some(next) = d.next_event() {
+            let event = next.map_err(|e| format!("first event malformed: {e}"))?;
+            if serial_and_version.is_none() {
+                let (serial, version) = serial_of(&event)
+                    .ok_or("the first event must be a spot create with spot_id")?;
+                if !crate::http::valid_serial(&serial) {
+                    return Err(format!(
+                        "bad spot_id {serial:?}: 1 to 64 letters, digits, '-' or '_'"
+                    ));
+                }
+                serial_and_version = Some((serial, version));
+            }
+            pending.push(event);
+        }
+    }
+    let (Some((serial, version)), Some(mut decoder)) = (serial_and_version, decoder) else {
+        return Err("no spot create".into());
+    };
+    tracing::info!(spot = %serial, ?encoding, "tcp stream opened");
+    let (mut reader, writer) = stream.into_split();
+    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let send = |msg| async {
+        shared
+            .core
+            .send(msg)
+            .await
+            .map_err(|_| "server stopping".to_string())
+    };
+    send(CoreMsg::Begin {
+        serial: serial.clone(),
+        version,
+    })
+    .await?;
+    send(CoreMsg::AttachCommands {
+        serial: serial.clone(),
+        sink: command_tx,
+    })
+    .await?;
+    let writer_task = tokio::spawn(write_back(writer, encoding, ack_rx, command_rx));
+    let result = async {
+        shared
+            .metrics
+            .events_received
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        send(CoreMsg::Events {
+            serial: serial.clone(),
+            events: std::mem::take(&mut pending)
+                .into_iter()
+                .map(|e| {
+                    let json = encode_json(&e);
+                    (e, json)
+                })
+                .collect(),
+            ack: Some(ack_tx.clone()),
+        })
+        .await?;
+        loop {
+            let n = tokio::time::timeout(limits.tcp_idle_timeout, reader.read(&mut buf))
+                .await
+                .map_err(|_| format!("idle for {:?}", limits.tcp_idle_timeout))?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                decoder.finish();
+            } else {
+                decoder.feed(&buf[..n]);
+            }
+            let mut events = Vec::new();
+            while let Some(next) = decoder.next_event() {
+                match next {
+                    Ok(e) => {
+                        let json = encode_json(&e);
+                        events.push((e, json));
+                    }
+                    Err(e) => {
+                        shared
+                            .metrics
+                            .events_malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(spot = %serial, offset = e.offset, "malformed event skipped: {}", e.kind);
+                    }
+                }
+            }
+            if !events.is_empty() {
+                shared
+                    .metrics
+                    .events_received
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                send(CoreMsg::Events {
+                    serial: serial.clone(),
+                    events,
+                    ack: Some(ack_tx.clone()),
+                })
+                .await?;
+            }
+            if n == 0 {
+                return Ok::<(), String>(());
+            }
+        }
+    }
+    .await;
+    let _ = send(CoreMsg::DetachCommands {
+        serial: serial.clone(),
+    })
+    .await;
+    let (reply, rx) = oneshot::channel();
+    let _ = send(CoreMsg::Sync {
+        serial: serial.clone(),
+        end_stream: true,
+        take_commands: false,
+        reply,
+    })
+    .await;
+    let _ = rx.await;
+    drop(ack_tx);
+    let _ = writer_task.await;
+    tracing::info!(spot = %serial, "tcp stream closed");
+    result
+}
+
+/// Writes acks (after commits) and commands (when queued) in the stream's encoding.
+async fn write_back(
+    mut writer: OwnedWriteHalf,
+    encoding: Encoding,
+    mut acks: watch::Receiver<u64>,
+    mut commands: mpsc::Receiver<Vec<Event>>,
+) {
+    let mut encoder = Encoder::new(encoding);
+    let mut out = Vec::new();
+    if encoding == Encoding::Protobuf {
+        out.push(0); // the stream marker, as the spot sends it
+    }
+    loop {
+        tokio::select! {
+            changed = acks.changed() => {
+                if changed.is_err() { break; }
+                let seq = *acks.borrow_and_update();
+                encoder.encode(&ack_event(seq, unix_millis(SystemTime::now())), &mut out);
+            }
+            batch = commands.recv() => match batch {
+                Some(batch) => for c in &batch { encoder.encode(c, &mut out) },
+                None => break,
+            },
+        }
+        if writer.write_all(&out).await.is_err() {
+            break;
+        }
+        out.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// `["ack","update",{"seq":N,"time":"…"}]`.
+pub fn ack_event(seq: u64, now_ms: i64) -> Event {
+    let mut object = Object::new();
+    object.insert("seq".into(), seq.into());
+    object.insert("time".into(), Timestamp(now_ms).to_string().into());
+    Event::new(EventKind::Other(OtherEvent {
+        resource_type: "ack".into(),
+        action: "update".into(),
+        object,
+    }))
+}

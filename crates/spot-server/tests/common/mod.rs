@@ -1,0 +1,276 @@
+//! Test support: an in-process server on port 0, a raw HTTP/1.1 connection for byte-exact
+//! requests (chunk boundaries, floods, slow senders), and a hyper client for ordinary use.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use serde_json::Value;
+use spot_server::{Server, ServerConfig, SyncMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// A server on 127.0.0.1:0 with a fresh data directory, configured by `tweak`.
+pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        sync: SyncMode::Normal,
+        ..ServerConfig::default()
+    };
+    tweak(&mut config);
+    let server = Server::bind(config).await.expect("server starts");
+    (server, dir)
+}
+
+/// The protocol crate's golden fixtures.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../spot-protocol/tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The de-chunked body of the vendor capture (spot 203: spot create, config create, presence).
+pub fn vendor_body() -> Vec<u8> {
+    let raw = fixture("vendor-http-spot203.http");
+    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut rest = &raw[start..];
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.iter().position(|&b| b == b'\n').unwrap();
+        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap().trim();
+        let size = usize::from_str_radix(size_text, 16).unwrap();
+        rest = &rest[line_end + 1..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size..];
+        // The chunk data is followed by CRLF (or LF in the capture).
+        while rest.first() == Some(&b'\r') || rest.first() == Some(&b'\n') {
+            rest = &rest[1..];
+        }
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A raw HTTP/1.1 connection (test-only: reads responses with Content-Length bodies, which
+/// is all the server sends).
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Starts a chunked POST of events for `serial`.
+    pub async fn post_head(&mut self, serial: &str, extra_headers: &str) {
+        let head = format!(
+            "POST /api/spots/{serial}/events/ HTTP/1.1\r\nHost: test\r\n\
+             User-Agent: spot/test-1\r\nTransfer-Encoding: chunked\r\n\
+             Content-Type: text/x-intellifi-events\r\n{extra_headers}\r\n"
+        );
+        self.send(head.as_bytes()).await;
+    }
+
+    /// Sends one chunk (non-empty).
+    pub async fn chunk(&mut self, data: &[u8]) {
+        assert!(!data.is_empty());
+        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        self.send(&out).await;
+    }
+
+    /// Ends the chunked body.
+    pub async fn end(&mut self) {
+        self.send(b"0\r\n\r\n").await;
+    }
+
+    /// A whole chunked POST, one chunk per element of `chunks`; returns the response.
+    pub async fn post(&mut self, serial: &str, chunks: &[&[u8]]) -> Resp {
+        self.post_head(serial, "").await;
+        for c in chunks.iter().filter(|c| !c.is_empty()) {
+            self.chunk(c).await;
+        }
+        self.end().await;
+        self.response().await.expect("a response")
+    }
+
+    /// Reads one response; `None` if the connection closed first.
+    pub async fn response(&mut self) -> Option<Resp> {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let mut lines = head.split("\r\n");
+                let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    if !self.fill().await {
+                        return None;
+                    }
+                }
+                let body = self.buf[end + 4..end + 4 + len].to_vec();
+                self.buf.drain(..end + 4 + len);
+                return Some(Resp {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (EOF or reset) without sending anything.
+    pub async fn closed_without_response(&mut self) -> bool {
+        let mut tmp = [0u8; 1024];
+        match self.stream.read(&mut tmp).await {
+            Ok(0) | Err(_) => true,
+            Ok(_) => false,
+        }
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut tmp = [0u8; 8192];
+        match self.stream.read(&mut tmp).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                true
+            }
+        }
+    }
+}
+
+/// A request body fed through a channel: a real streaming (chunked) body for hyper.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A hyper client connection (real HTTP client).
+pub async fn client<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// GET (or other body-less method) with the hyper client; returns status and JSON.
+pub async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut send = client::<http_body_util::Full<Bytes>>(addr).await;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "test")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = send.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    call(addr, "GET", path, None).await
+}
+
+/// One JSON event frame.
+pub fn event(resource: &str, action: &str, object: Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&serde_json::json!([resource, action, object])).unwrap();
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+/// A `spot create` with a sequence epoch.
+pub fn spot_create(serial: u64, epoch: u64) -> Vec<u8> {
+    event(
+        "spot",
+        "create",
+        serde_json::json!({"spot_id": serial, "version": "test-1", "seq_epoch": epoch}),
+    )
+}
+
+/// A `presence create` with a sequence number.
+pub fn presence(action: &str, code: &str, proximity: &str, seq: Option<u64>) -> Vec<u8> {
+    let mut obj = serde_json::json!({
+        "item_code": code, "item_codetype": "EPC Gen2",
+        "time_started": "2024-01-01T00:00:00Z", "time_last": "2024-01-01T00:00:01Z",
+        "proximity": proximity, "hold_delay_s": 4
+    });
+    if let Some(seq) = seq {
+        obj["seq"] = seq.into();
+    }
+    event("presence", action, obj)
+}

@@ -1,0 +1,167 @@
+//! The REST API over loopback: collections, single resources, PUTs, errors, paging.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn seeded(items: usize) -> (spot_server::Server, tempfile::TempDir) {
+    let (server, dir) = start(|_| {}).await;
+    let mut conn = Raw::connect(server.http_addr()).await;
+    let mut body = spot_create(300, 1);
+    for i in 0..items {
+        body.extend(presence("create", &format!("{i:024x}"), "near", None));
+    }
+    assert_eq!(conn.post("300", &[&body]).await.status, 200);
+    (server, dir)
+}
+
+#[tokio::test]
+async fn following_url_next_with_sort_id_lists_every_item_once() {
+    let (server, _dir) = seeded(25).await;
+    let addr = server.http_addr();
+    let mut path = "/api/items?sort=id&limit=10".to_string();
+    let mut codes = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = get(addr, &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for item in page["results"].as_array().unwrap() {
+            codes.push(item["code_hex"].as_str().unwrap().to_string());
+        }
+        match page["url_next"].as_str() {
+            Some(next) => path = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..25).map(|i| format!("{i:024x}")).collect();
+    assert_eq!(codes, expected);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn filters_results_only_and_id_only_shape_the_answer() {
+    let (server, _dir) = seeded(3).await;
+    let addr = server.http_addr();
+    let (_, ids) = get(addr, "/api/items?results_only=true&id_only=true").await;
+    assert_eq!(ids.as_array().unwrap().len(), 3);
+    assert!(ids[0].is_string());
+    let (_, spots) = get(addr, "/api/spots?serial_number=300&results_only=true").await;
+    assert_eq!(spots.as_array().unwrap().len(), 1);
+    let (_, none) = get(addr, "/api/spots?serial_number=301&results_only=true").await;
+    assert_eq!(none, json!([]));
+    let item = ids[0].as_str().unwrap();
+    let (_, presences) = get(addr, &format!("/api/presences?item={item}")).await;
+    assert_eq!(presences["results"].as_array().unwrap().len(), 1);
+    let (_, present) = get(addr, "/api/items?is_present=true&limit=2").await;
+    assert_eq!(present["is_limited"], true);
+    assert_eq!(present["limit"], 2);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (status, v) = get(addr, "/api/things").await;
+    assert_eq!((status, v["error"].is_string()), (404, true));
+    let (status, _) = get(addr, "/api/items/ffffffffffffffff").await;
+    assert_eq!(status, 404);
+    let (status, v) = get(addr, "/api/items?limit=lots").await;
+    assert_eq!(status, 400);
+    assert_eq!(v["parameter"], "limit");
+    let (status, _) = call(addr, "DELETE", "/api/items", None).await;
+    assert_eq!(status, 405);
+    let (status, _) = call(addr, "PUT", "/api/presences/x", Some(json!({}))).await;
+    assert_eq!(status, 405);
+    let (status, v) = call(
+        addr,
+        "PUT",
+        "/api/spots/300",
+        Some(json!({"serial_number": "1"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["field"], "serial_number");
+    let (status, v) = call(
+        addr,
+        "PUT",
+        "/api/spots/300",
+        Some(json!({"report_location": "nowhere"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["field"].clone()),
+        (400, json!("report_location"))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn labels_and_custom_data_are_settable_and_logged_as_api_changes() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (_, spot) = get(addr, "/api/spots/300").await;
+    let location = spot["report_location"].as_str().unwrap().to_string();
+    let (status, v) = call(
+        addr,
+        "PUT",
+        &format!("/api/locations/{location}"),
+        Some(json!({"label": "dock 1", "custom": {"floor": 2}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["label"], "dock 1");
+    let (_, items) = get(addr, "/api/items?results_only=true&id_only=true").await;
+    let item = items[0].as_str().unwrap().to_string();
+    let (status, v) = call(
+        addr,
+        "PUT",
+        &format!("/api/items/{item}"),
+        Some(json!({"label": "pallet"})),
+    )
+    .await;
+    assert_eq!((status, v["label"].clone()), (200, json!("pallet")));
+    let (_, events) = get(addr, "/api/events?results_only=true&limit=2").await;
+    let topics: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["topic"].as_str())
+        .collect();
+    assert_eq!(
+        topics,
+        vec![
+            format!("items/{item}/updated/put"),
+            format!("locations/{location}/updated/put")
+        ]
+    );
+    let (_, one) = get(addr, &format!("/api/locations/{location}")).await;
+    assert_eq!(one["custom"], json!({"floor": 2}));
+    let (_, spots) = get(addr, "/api/spots?results_only=true").await;
+    assert_eq!(spots[0]["is_online"], Value::Bool(true));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let (server, dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let (_, before) = get(addr, "/api/items?sort=id").await;
+    server.shutdown().await;
+    let config = spot_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        sync: spot_server::SyncMode::Normal,
+        ..spot_server::ServerConfig::default()
+    };
+    let server = spot_server::Server::bind(config).await.unwrap();
+    let (_, after) = get(server.http_addr(), "/api/items?sort=id").await;
+    assert_eq!(before, after);
+    let (_, spot) = get(server.http_addr(), "/api/spots/300").await;
+    assert_eq!(spot["request_counter"], 1);
+    assert_eq!(spot["event_counter"], 3);
+    server.shutdown().await;
+}
