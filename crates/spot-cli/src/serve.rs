@@ -48,10 +48,23 @@ pub struct Args {
     /// Most open connections (HTTP and raw TCP each).
     #[arg(long, env = "SPOT_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections)]
     max_connections: usize,
+    /// Publish every derived event to this MQTT broker: `mqtt://HOST[:PORT][/prefix]`.
+    #[arg(long, env = "SPOT_MQTT")]
+    mqtt: Option<String>,
+    /// QoS of the MQTT publishes.
+    #[arg(long, env = "SPOT_MQTT_QOS", default_value = "1", value_parser = ["0", "1", "2"])]
+    mqtt_qos: String,
 }
 
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("--{name} {value}: not a duration"))
+}
+
+fn mqtt_config(url: Option<&str>, qos: &str) -> anyhow::Result<Option<spot_push::MqttConfig>> {
+    let Some(url) = url else { return Ok(None) };
+    let mut config = spot_push::MqttConfig::from_url(url).context("--mqtt")?;
+    config.qos = qos.parse().context("--mqtt-qos")?;
+    Ok(Some(config))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -84,6 +97,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             body_idle_timeout: secs("body-idle-timeout", args.body_idle_timeout)?,
             max_connections: args.max_connections,
             ..ServerLimits::default()
+        },
+        push: spot_server::push::PushConfig {
+            mqtt: mqtt_config(args.mqtt.as_deref(), &args.mqtt_qos)?,
+            ..Default::default()
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -80,9 +80,10 @@ pub async fn serve(
             TokioIo::new(stream),
             service_fn(move |req| {
                 let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared).await) }
+                async move { Ok::<_, Infallible>(crate::push::serve(req, &shared).await) }
             }),
         );
+        let conn = conn.with_upgrades(); // WebSocket (push)
         let mut shutdown = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
@@ -146,7 +147,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     resp
 }
 
-async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+pub(crate) async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segments: Vec<String> = path
         .trim_matches('/')
@@ -165,7 +166,7 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         }
         ["metrics"] => match *req.method() {
             Method::GET => {
-                let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+                let mut resp = Response::new(Full::new(Bytes::from(crate::push::metrics(shared))));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),

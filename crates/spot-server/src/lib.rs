@@ -17,6 +17,7 @@ pub mod domain;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod push;
 pub mod store;
 pub mod tcp;
 
@@ -111,6 +112,8 @@ pub struct ServerConfig {
     pub sync: SyncMode,
     /// Bounds.
     pub limits: ServerLimits,
+    /// Push to applications (WebSocket, SSE, webhooks, MQTT).
+    pub push: push::PushConfig,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +126,7 @@ impl Default for ServerConfig {
             events_retention: Duration::from_secs(24 * 3600),
             sync: SyncMode::Full,
             limits: ServerLimits::default(),
+            push: push::PushConfig::default(),
         }
     }
 }
@@ -144,6 +148,9 @@ pub enum ServerError {
     /// A stored row does not parse.
     #[error("corrupt stored state: {0}")]
     Corrupt(String),
+    /// The push layer could not start.
+    #[error(transparent)]
+    Push(#[from] push::PushError),
     /// A listener could not be bound.
     #[error("bind {addr}: {source}")]
     Bind {
@@ -169,6 +176,8 @@ pub struct Shared {
     pub http_slots: Arc<Semaphore>,
     /// TCP connection slots.
     pub tcp_slots: Arc<Semaphore>,
+    /// The push layer (hub, outlets, their router).
+    pub push: push::Push,
 }
 
 /// A running server.
@@ -190,7 +199,9 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&config.data_dir, config.sync)?;
+        let mut store = Store::open(&config.data_dir, config.sync)?;
+        let push = push::Push::start(&config.data_dir, &config.push)?;
+        store.set_publisher(push.publisher());
         let now = unix_millis(SystemTime::now());
         let mut domain = Domain::new(DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
@@ -248,6 +259,7 @@ impl Server {
             http_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             limits: config.limits.clone(),
+            push,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, connections_done) = mpsc::channel(1);
@@ -329,6 +341,7 @@ impl Server {
         // Connection tasks that outlived the grace period may still hold a core sender: stop
         // the core explicitly (their later sends fail and they answer 503).
         let _ = shared.core.send(CoreMsg::Shutdown).await;
+        shared.push.shutdown();
         drop(shared);
         let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
     }

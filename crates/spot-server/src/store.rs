@@ -55,6 +55,7 @@ pub enum Sync {
 pub struct Store {
     conn: Connection,
     _checkpointer: Checkpointer,
+    publisher: Option<crate::push::Publisher>,
 }
 
 /// Copies the WAL back into the database from a second connection, every
@@ -141,6 +142,7 @@ impl Store {
         Ok(Store {
             conn,
             _checkpointer: checkpointer,
+            publisher: None,
         })
     }
 
@@ -169,9 +171,15 @@ impl Store {
             .map_err(ctx("load events row"))
     }
 
+    /// After each commit, hands its derived events (and their last row) to `publisher`.
+    pub fn set_publisher(&mut self, publisher: crate::push::Publisher) {
+        self.publisher = Some(publisher);
+    }
+
     /// Writes one group commit in one transaction.
     pub fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
+        let mut last_event_row = 0;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -210,15 +218,24 @@ impl Store {
             for (id, time, doc) in &changes.log {
                 log.execute(params![id, time, doc])
                     .map_err(ctx("insert event"))?;
+                last_event_row = tx.last_insert_rowid();
             }
         }
-        tx.commit().map_err(ctx("commit"))
+        tx.commit().map_err(ctx("commit"))?;
+        if let Some(publisher) = &self.publisher {
+            publisher.committed(&changes.log, last_event_row);
+        }
+        Ok(())
     }
 
     /// Deletes derived and upstream events older than `cutoff` (Unix ms).
     pub fn prune(&mut self, cutoff: i64) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM events WHERE time_created < ?1", [cutoff])
+            .execute(
+                // The newest row stays: rowids (the pushed event ids) never restart.
+                "DELETE FROM events WHERE time_created < ?1 AND row < (SELECT max(row) FROM events)",
+                [cutoff],
+            )
             .map_err(ctx("prune events"))?;
         self.conn
             .execute(
@@ -287,6 +304,7 @@ mod tests {
         assert_eq!(store.load_events(0).unwrap().len(), 1);
         store.prune(2_000).unwrap();
         assert!(store.upstream_events("203").unwrap().is_empty());
-        assert!(store.load_events(0).unwrap().is_empty());
+        // The newest event row survives pruning, so event ids never restart.
+        assert_eq!(store.load_events(0).unwrap().len(), 1);
     }
 }

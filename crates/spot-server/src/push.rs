@@ -1,0 +1,337 @@
+//! The push layer wired into the server: the derived events log as a [`spot_push::EventLog`],
+//! the [`Publisher`] that hands every committed derived event to the [`Hub`], and the
+//! outlets (`/api/ws`, `/api/stream`, `/api/subscriptions[/{id}]`, MQTT) with their metrics.
+//!
+//! Event ids: the pushed `id` is the `row` (SQLite rowid) of the event in the `events`
+//! table. The store's writer is the only writer, so the rows of one commit are consecutive
+//! and end at the last inserted one; the store's prune keeps the newest row, so ids keep
+//! increasing across restarts. The REST API's string ids stay as they are.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use spot_push::webhook::{WebhookConfig, WebhookError, WebhookStore, Webhooks};
+use spot_push::{
+    stream_router, BoxFuture, EventLog, Hub, HubConfig, HubError, LogError, MqttConfig, MqttOutlet,
+    Published, StreamLimits, StreamState,
+};
+
+/// Settings of the push layer.
+#[derive(Debug, Clone, Default)]
+pub struct PushConfig {
+    /// Queue sizes and the subscription limit of the hub.
+    pub hub: HubConfig,
+    /// Limits of the WebSocket and SSE outlets.
+    pub stream: StreamLimits,
+    /// Webhook delivery settings.
+    pub webhooks: WebhookConfig,
+    /// Publish to this MQTT broker (`--mqtt`); off when `None`.
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// Why the push layer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The events log could not be opened for reading.
+    #[error("push: events log {path}: {source}")]
+    Log {
+        /// The database.
+        path: String,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The webhook subscriptions could not be opened or started.
+    #[error("push: webhooks: {0}")]
+    Webhooks(#[from] WebhookError),
+    /// The webhook store could not be opened.
+    #[error("push: webhook store: {0}")]
+    WebhookStore(#[from] spot_push::webhook::StoreError),
+    /// The hub refused an outlet.
+    #[error("push: {0}")]
+    Hub(#[from] HubError),
+}
+
+/// The stored JSON of a derived event ([`crate::domain::LogEvent`]), borrowed.
+#[derive(Deserialize)]
+struct StoredEvent<'a> {
+    #[serde(borrow)]
+    topic: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    time_event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time_created: &'a RawValue,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// The pushed form of a stored derived event: its topic and the payload of
+/// [`spot_push::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
+/// from the stored JSON without re-parsing the resource.
+pub fn to_published(id: u64, doc: &str) -> Result<Published, String> {
+    let event: StoredEvent<'_> =
+        serde_json::from_str(doc).map_err(|e| format!("event row {id}: {e}"))?;
+    let time_event = event.time_event.map_or("null", RawValue::get);
+    let payload = format!(
+        r#"{{"resource":{},"time_event":{},"time_created":{}}}"#,
+        event.data.get(),
+        time_event,
+        event.time_created.get()
+    );
+    Published::new(id, &event.topic, payload).map_err(|e| e.to_string())
+}
+
+/// The server's `events` table read through its own read-only connection (WAL: reads never
+/// wait for the writer).
+pub struct SqliteEventLog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteEventLog {
+    /// Opens `<data_dir>/spot.db` read-only (the store must have created it).
+    pub fn open(data_dir: &Path) -> Result<Self, PushError> {
+        let path = data_dir.join("spot.db");
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| PushError::Log {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn read(conn: &Connection, after_id: u64, limit: usize) -> Result<Vec<Published>, LogError> {
+        let mut stmt = conn
+            .prepare_cached("SELECT row, doc FROM events WHERE row > ?1 ORDER BY row LIMIT ?2")
+            .map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
+        let rows = stmt
+            .query_map(rusqlite::params![after_id as i64, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, doc) = row.map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
+            match to_published(id, &doc) {
+                Ok(p) => out.push(p),
+                // One bad row is one skipped event, not a broken stream.
+                Err(e) => tracing::warn!("events log: skipped: {e}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EventLog for SqliteEventLog {
+    fn events_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Published>, LogError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                Self::read(&conn, after_id, limit)
+            })
+            .await
+            .map_err(|e| LogError(format!("events log task: {e}")))?
+        })
+    }
+}
+
+/// Called by the store after each commit: publishes the commit's derived events.
+#[derive(Clone)]
+pub struct Publisher {
+    hub: Hub,
+}
+
+impl Publisher {
+    /// `log` are the derived events of a commit (id, time, JSON document) in insertion
+    /// order; `last_row` the row of the last one. Never blocks.
+    pub fn committed(&self, log: &[(String, i64, String)], last_row: i64) {
+        let first = last_row - log.len() as i64 + 1;
+        for (i, (_, _, doc)) in log.iter().enumerate() {
+            let id = (first + i as i64).max(0) as u64;
+            match to_published(id, doc) {
+                Ok(event) => self.hub.publish(event),
+                Err(e) => tracing::warn!("push: event not published: {e}"),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publisher")
+    }
+}
+
+/// Answers one HTTP request: push paths with the push router (WebSocket upgrades included),
+/// everything else with the server's own routes.
+pub async fn serve(
+    req: hyper::Request<hyper::body::Incoming>,
+    shared: &crate::Shared,
+) -> hyper::Response<axum::body::Body> {
+    if spot_push::is_push_path(req.uri().path()) {
+        return spot_push::call_router(shared.push.router(), req).await;
+    }
+    crate::http::route(req, shared)
+        .await
+        .map(axum::body::Body::new)
+}
+
+/// The `/metrics` text: the server's counters, then the push layer's.
+pub fn metrics(shared: &crate::Shared) -> String {
+    shared.metrics.render() + &shared.push.render_metrics()
+}
+
+/// The running push layer.
+pub struct Push {
+    hub: Hub,
+    router: axum::Router,
+    webhooks: Arc<Webhooks>,
+    mqtt: Option<MqttOutlet>,
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Push")
+            .field("mqtt", &self.mqtt.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Push {
+    /// Starts the hub and the outlets over `<data_dir>/spot.db` (already created by the
+    /// store); webhook subscriptions live in `<data_dir>/webhooks.db`. Needs a tokio runtime.
+    pub fn start(data_dir: &Path, config: &PushConfig) -> Result<Self, PushError> {
+        let hub = Hub::new(config.hub.clone());
+        let log: Arc<dyn EventLog> = Arc::new(SqliteEventLog::open(data_dir)?);
+        let webhooks = Webhooks::start(
+            WebhookStore::open(&data_dir.join("webhooks.db"))?,
+            &hub,
+            log.clone(),
+            config.webhooks.clone(),
+        )?;
+        let router = stream_router(StreamState {
+            hub: hub.clone(),
+            log: log.clone(),
+            limits: config.stream.clone(),
+        })
+        .merge(webhooks.router());
+        let mqtt = match &config.mqtt {
+            Some(mqtt) => Some(MqttOutlet::spawn(mqtt.clone(), &hub, Some(log))?),
+            None => None,
+        };
+        Ok(Self {
+            hub,
+            router,
+            webhooks,
+            mqtt,
+        })
+    }
+
+    /// The hook for the store.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            hub: self.hub.clone(),
+        }
+    }
+
+    /// The hub (for tests and in-process consumers).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The router of `/api/ws`, `/api/stream`, `/api/subscriptions[/{id}]`.
+    pub fn router(&self) -> &axum::Router {
+        &self.router
+    }
+
+    /// Prometheus lines of the hub (per-outlet queues and drops) and the MQTT outlet.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.hub.stats().render_prometheus();
+        if let Some(mqtt) = &self.mqtt {
+            let s = mqtt.stats();
+            out.push_str(&format!(
+                "spot_push_mqtt_connected {}\nspot_push_mqtt_sent_total {}\n\
+                 spot_push_mqtt_acked_total {}\nspot_push_mqtt_connection_errors_total {}\n\
+                 spot_push_mqtt_too_large_total {}\n",
+                u8::from(s.connected),
+                s.sent_total,
+                s.acked_total,
+                s.connection_errors_total,
+                s.too_large_total
+            ));
+        }
+        out
+    }
+
+    /// Stops the webhook workers (queued deliveries stay stored).
+    pub fn shutdown(&self) {
+        self.webhooks.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn a_stored_event_becomes_the_topic_and_the_spec_payload() {
+        let doc = r#"{"id":"0001","topic":"items/0001/created","time_event":"2024-01-01T00:00:01.000Z","time_created":"2026-11-24T21:00:00.002Z","data":{"id":"0001","label":null}}"#;
+        let p = to_published(7, doc).expect("valid");
+        assert_eq!(p.id(), 7);
+        assert_eq!(p.topic(), "items/0001/created");
+        let payload: Value = serde_json::from_str(p.payload_json()).expect("json");
+        assert_eq!(
+            payload,
+            spot_push::topics::event_payload(
+                json!({"id": "0001", "label": null}),
+                Some("2024-01-01T00:00:01.000Z"),
+                "2026-11-24T21:00:00.002Z"
+            )
+        );
+        let no_device_time = r#"{"id":"2","topic":"spots/1/connected/7","time_event":null,"time_created":"2026-11-24T21:00:00.002Z","data":{}}"#;
+        let p = to_published(8, no_device_time).expect("valid");
+        let payload: Value = serde_json::from_str(p.payload_json()).expect("json");
+        assert_eq!(payload["time_event"], Value::Null);
+    }
+
+    #[test]
+    fn a_bad_row_is_an_error_naming_the_event() {
+        let e = to_published(9, "{").expect_err("not JSON");
+        assert!(e.contains("event row 9"), "{e}");
+        let e = to_published(10, r#"{"topic":"a/+","time_created":"t","data":{}}"#)
+            .expect_err("wildcard topic");
+        assert!(e.contains("10"), "{e}");
+    }
+
+    #[test]
+    fn one_commit_maps_to_consecutive_ids_ending_at_the_last_row() {
+        let hub = Hub::new(HubConfig::default());
+        let mut sub = hub
+            .subscribe("test", vec![spot_push::TopicFilter::new("#").expect("f")])
+            .expect("sub");
+        let doc = |topic: &str| {
+            format!(r#"{{"topic":"{topic}","time_event":null,"time_created":"t","data":{{}}}}"#)
+        };
+        let log = vec![
+            ("a".to_string(), 0, doc("items/1/created")),
+            ("b".to_string(), 0, doc("items/1/appeared")),
+        ];
+        Publisher { hub: hub.clone() }.committed(&log, 42);
+        let first = sub.try_recv().expect("first");
+        let second = sub.try_recv().expect("second");
+        assert_eq!((first.id(), first.topic()), (41, "items/1/created"));
+        assert_eq!((second.id(), second.topic()), (42, "items/1/appeared"));
+    }
+}

@@ -1,0 +1,328 @@
+//! Push wired into the real server: a spot POSTs a presence and applications receive the
+//! derived event over WebSocket, SSE (with `Last-Event-ID` resumption), MQTT (a real
+//! mosquitto) and a webhook subscription created through the REST API.
+
+mod common;
+#[path = "../../spot-push/tests/support/mosquitto.rs"]
+mod mosquitto;
+
+use std::net::SocketAddr;
+
+use common::{get, presence, spot_create, start, Raw};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use spot_push::tail::SseParser;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client subscribed to `filter` (after the server's acknowledgement).
+async fn ws_subscribe(addr: SocketAddr, filter: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .expect("WebSocket upgrade");
+    ws.send(Message::text(json!({ "subscribe": filter }).to_string()))
+        .await
+        .expect("send");
+    let ack = ws.next().await.expect("open").expect("frame");
+    assert_eq!(
+        ack.to_text().expect("text"),
+        json!({ "subscribed": filter }).to_string()
+    );
+    ws
+}
+
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let frame = ws.next().await.expect("open").expect("frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).expect("JSON event");
+        }
+    }
+}
+
+/// The spot `serial` POSTs a `spot create` and a presence of `code`.
+async fn post_presence(addr: SocketAddr, serial: &str, code: &str) {
+    let mut spot = Raw::connect(addr).await;
+    let resp = spot
+        .post(
+            serial,
+            &[
+                &spot_create(serial.parse().expect("numeric serial"), 1),
+                &presence("create", code, "near", None),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+}
+
+/// Checks `event` is the `presences/<id>/created/<item>/<location>/near` of item `code`
+/// with the resource as the REST API shows it.
+async fn assert_presence_created(addr: SocketAddr, event: &Value, code: &str) {
+    let (_, items) = get(addr, "/api/items?results_only=true").await;
+    let item = items
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["code_hex"] == code)
+        .expect("item of the code")
+        .clone();
+    let payload = &event["payload"];
+    let resource = &payload["resource"];
+    let presence_id = resource["id"].as_str().expect("presence id");
+    let location = item["location"].as_str().expect("item location");
+    assert_eq!(
+        event["topic"],
+        format!(
+            "presences/{presence_id}/created/{}/{location}/near",
+            item["id"].as_str().expect("item id")
+        )
+    );
+    let (status, stored) = get(addr, &format!("/api/presences/{presence_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(resource["item"], stored["item"]);
+    assert_eq!(resource["location"], stored["location"]);
+    assert_eq!(resource["proximity"], "near");
+    assert_eq!(payload["time_event"], "2024-01-01T00:00:01Z");
+    assert!(payload["time_created"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert!(event["id"].as_u64().is_some_and(|id| id >= 1), "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_receives_the_presence_a_spot_posts() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    let mut ws = ws_subscribe(addr, "presences/#").await;
+    post_presence(addr, "203", "e2801100").await;
+    let event = ws_next(&mut ws).await;
+    assert_presence_created(addr, &event, "e2801100").await;
+    drop(ws);
+    server.shutdown().await;
+}
+
+/// An SSE stream read with reqwest: (id, event) pairs.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    parser: SseParser,
+    ready: std::collections::VecDeque<(u64, Value)>,
+}
+
+impl Sse {
+    async fn open(addr: SocketAddr, filter: &str, last_event_id: Option<u64>) -> Sse {
+        let mut request = reqwest::Client::new().get(format!(
+            "http://{addr}/api/stream?topic_filter={}",
+            filter.replace('#', "%23")
+        ));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.expect("SSE request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Sse {
+            body: Box::pin(response.bytes_stream()),
+            parser: SseParser::new(),
+            ready: Default::default(),
+        }
+    }
+
+    async fn next(&mut self) -> (u64, Value) {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return e;
+            }
+            let chunk = self.body.next().await.expect("stream open").expect("chunk");
+            for message in self.parser.push(&chunk).expect("SSE") {
+                if message.data.is_empty() {
+                    continue; // keep-alive
+                }
+                let id = message.id.as_deref().expect("id").parse().expect("u64 id");
+                let event = serde_json::from_str(&message.data).expect("JSON");
+                self.ready.push_back((id, event));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_resumes_with_last_event_id_without_losses() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    // The reference: a WebSocket client connected all along.
+    let mut reference = ws_subscribe(addr, "presences/#").await;
+    let mut sse = Sse::open(addr, "presences/#", None).await;
+    post_presence(addr, "203", "aa01").await;
+    let (first_id, first) = sse.next().await;
+    assert_presence_created(addr, &first, "aa01").await;
+    assert_eq!(first_id, first["id"].as_u64().expect("id"));
+    assert_eq!(ws_next(&mut reference).await, first);
+    drop(sse); // the client goes away…
+    post_presence(addr, "203", "aa02").await;
+    post_presence(addr, "204", "aa03").await;
+    let missed = vec![ws_next(&mut reference).await, ws_next(&mut reference).await];
+    // …and comes back with the last id it saw.
+    let mut sse = Sse::open(addr, "presences/#", Some(first_id)).await;
+    for expected in &missed {
+        let (id, event) = sse.next().await;
+        assert_eq!(&event, expected);
+        assert_eq!(id, expected["id"].as_u64().expect("id"));
+    }
+    assert_presence_created(addr, &missed[0], "aa02").await;
+    assert_presence_created(addr, &missed[1], "aa03").await;
+    // Then live again.
+    post_presence(addr, "204", "aa04").await;
+    let live = ws_next(&mut reference).await;
+    assert_eq!(sse.next().await.1, live);
+    drop((sse, reference));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mqtt_subscriber_receives_the_presence() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let port = mosquitto::free_port();
+    let _broker = mosquitto::Broker::start(broker_dir.path(), port).await;
+    let mut received = mosquitto::subscriber(port, "site/presences/#").await;
+    let (server, _dir) = start(|config| {
+        let mut mqtt =
+            spot_push::MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}/site")).expect("url");
+        mqtt.client_id = "spot-server-push-test".into();
+        config.push.mqtt = Some(mqtt);
+    })
+    .await;
+    let addr = server.http_addr();
+    let mut ws = ws_subscribe(addr, "presences/#").await;
+    post_presence(addr, "203", "bb01").await;
+    let (topic, payload, qos) = received.recv().await.expect("MQTT message");
+    let event = ws_next(&mut ws).await;
+    assert_eq!(
+        topic,
+        format!("site/{}", event["topic"].as_str().expect("topic"))
+    );
+    assert_eq!(payload, event["payload"]);
+    assert_eq!(qos, rumqttc::QoS::AtLeastOnce);
+    assert_presence_created(addr, &event, "bb01").await;
+    let (_, metrics) = metrics(addr).await;
+    assert!(
+        metrics.contains("spot_push_subscriptions{outlet=\"mqtt\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("spot_push_mqtt_connected 1"), "{metrics}");
+    drop(ws);
+    server.shutdown().await;
+}
+
+async fn metrics(addr: SocketAddr) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("text"))
+}
+
+/// A local webhook target: every POST body and its idempotency key.
+async fn webhook_target() -> (String, mpsc::UnboundedReceiver<(String, Value)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send((key, serde_json::from_str(&body).unwrap_or(Value::Null)));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/hook"), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_subscription_created_through_the_api_receives_the_presence() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    let (target, mut hooks) = webhook_target().await;
+    let created = reqwest::Client::new()
+        .post(format!("http://{addr}/api/subscriptions"))
+        .header("content-type", "application/json")
+        .body(
+            json!({
+                "topic_filter": "presences/+/created/#",
+                "description": "test",
+                "target_url": target,
+                "target_retry": true,
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("create subscription");
+    assert_eq!(created.status(), 201);
+    let subscription: Value =
+        serde_json::from_str(&created.text().await.expect("body")).expect("JSON");
+    let mut ws = ws_subscribe(addr, "presences/#").await;
+    post_presence(addr, "203", "cc01").await;
+    let (key, body) = hooks.recv().await.expect("webhook delivery");
+    let event = ws_next(&mut ws).await;
+    assert_eq!(body, event);
+    assert_eq!(key, event["id"].to_string());
+    assert_presence_created(addr, &body, "cc01").await;
+    let id = &subscription["id"];
+    // The count is written after the target answered: poll the resource until it shows.
+    let shown = loop {
+        let response = reqwest::get(format!("http://{addr}/api/subscriptions/{id}"))
+            .await
+            .expect("get");
+        let shown: Value =
+            serde_json::from_str(&response.text().await.expect("body")).expect("JSON");
+        if shown["delivered_count"] == 1 {
+            break shown;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(shown["failed_count"], 0);
+    drop(ws);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_keep_increasing_across_a_restart_and_resume_reads_the_stored_log() {
+    let (server, dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    let mut ws = ws_subscribe(addr, "presences/#").await;
+    post_presence(addr, "203", "dd01").await;
+    let before = ws_next(&mut ws).await;
+    drop(ws);
+    server.shutdown().await;
+    let config = spot_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_path_buf(),
+        sync: spot_server::SyncMode::Normal,
+        ..spot_server::ServerConfig::default()
+    };
+    let server = spot_server::Server::bind(config).await.expect("restart");
+    let addr = server.http_addr();
+    let mut sse = Sse::open(addr, "presences/#", Some(0)).await;
+    let (id, replayed) = sse.next().await;
+    assert_eq!(replayed, before, "resumed from the stored log");
+    assert_eq!(id, before["id"].as_u64().expect("id"));
+    post_presence(addr, "203", "dd02").await;
+    let (after_id, after) = sse.next().await;
+    assert_presence_created(addr, &after, "dd02").await;
+    assert!(after_id > id, "{after_id} > {id}");
+    drop(sse);
+    server.shutdown().await;
+}
