@@ -3,7 +3,9 @@
 //!
 //! Topic levels built from outside data (resource types, actions from a spot) have `/`,
 //! `+`, `#` and NUL replaced by `_`, so they always form a valid topic name of the intended
-//! number of levels.
+//! number of levels. Resource ids are anything printable (the server's are hex strings).
+
+use std::fmt::Display;
 
 use serde_json::{json, Value};
 
@@ -12,37 +14,42 @@ fn level(text: &str) -> String {
 }
 
 /// `spots/<id>/connected/<serial>`
-pub fn spot_connected(id: i64, serial: &str) -> String {
+pub fn spot_connected(id: impl Display, serial: &str) -> String {
     format!("spots/{id}/connected/{}", level(serial))
 }
 
 /// `spots/<id>/disconnected/<serial>`
-pub fn spot_disconnected(id: i64, serial: &str) -> String {
+pub fn spot_disconnected(id: impl Display, serial: &str) -> String {
     format!("spots/{id}/disconnected/{}", level(serial))
 }
 
 /// `items/<id>/created`
-pub fn item_created(id: i64) -> String {
+pub fn item_created(id: impl Display) -> String {
     format!("items/{id}/created")
 }
 
 /// `items/<id>/appeared`
-pub fn item_appeared(id: i64) -> String {
+pub fn item_appeared(id: impl Display) -> String {
     format!("items/{id}/appeared")
 }
 
 /// `items/<id>/disappeared`
-pub fn item_disappeared(id: i64) -> String {
+pub fn item_disappeared(id: impl Display) -> String {
     format!("items/{id}/disappeared")
 }
 
 /// `items/<id>/moved-to/<location-id>`
-pub fn item_moved_to(id: i64, location_id: i64) -> String {
+pub fn item_moved_to(id: impl Display, location_id: impl Display) -> String {
     format!("items/{id}/moved-to/{location_id}")
 }
 
 /// `presences/<id>/created/<item-id>/<location-id>/<proximity>`
-pub fn presence_created(id: i64, item_id: i64, location_id: i64, proximity: &str) -> String {
+pub fn presence_created(
+    id: impl Display,
+    item_id: impl Display,
+    location_id: impl Display,
+    proximity: &str,
+) -> String {
     format!(
         "presences/{id}/created/{item_id}/{location_id}/{}",
         level(proximity)
@@ -50,7 +57,12 @@ pub fn presence_created(id: i64, item_id: i64, location_id: i64, proximity: &str
 }
 
 /// `presences/<id>/deleted/<item-id>/<location-id>/<proximity>`
-pub fn presence_deleted(id: i64, item_id: i64, location_id: i64, proximity: &str) -> String {
+pub fn presence_deleted(
+    id: impl Display,
+    item_id: impl Display,
+    location_id: impl Display,
+    proximity: &str,
+) -> String {
     format!(
         "presences/{id}/deleted/{item_id}/{location_id}/{}",
         level(proximity)
@@ -69,9 +81,9 @@ fn closeness(proximity: &str) -> u8 {
 
 /// `presences/<id>/changed-proximity/<item-id>/<location-id>/<new>/<previous>/<moved-closer|moved-away>`
 pub fn presence_changed_proximity(
-    id: i64,
-    item_id: i64,
-    location_id: i64,
+    id: impl Display,
+    item_id: impl Display,
+    location_id: impl Display,
     new: &str,
     previous: &str,
 ) -> String {
@@ -88,7 +100,7 @@ pub fn presence_changed_proximity(
 }
 
 /// `<resource>/<id>/<created|updated|deleted>/<http-method>` for changes made through the API.
-pub fn api_change(resource: &str, id: i64, action: &str, http_method: &str) -> String {
+pub fn api_change(resource: &str, id: impl Display, action: &str, http_method: &str) -> String {
     format!(
         "{}/{id}/{}/{}",
         level(resource),
@@ -98,7 +110,7 @@ pub fn api_change(resource: &str, id: i64, action: &str, http_method: &str) -> S
 }
 
 /// `spots/<id>/events/<resource_type>/<action>`: a raw spot event (optional).
-pub fn raw_spot_event(spot_id: i64, resource_type: &str, action: &str) -> String {
+pub fn raw_spot_event(spot_id: impl Display, resource_type: &str, action: &str) -> String {
     format!(
         "spots/{spot_id}/events/{}/{}",
         level(resource_type),

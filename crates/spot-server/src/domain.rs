@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use spot_protocol::{
     Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, Proximity,
 };
+use spot_push::topics;
 
 use crate::ids::IdGen;
 
@@ -679,12 +680,8 @@ impl Domain {
         self.dirty.insert((table, real_id.clone()));
         let value = self.get(collection, &real_id).unwrap_or(Value::Null);
         let data = RawValue::from_string(value.to_string()).unwrap_or_else(|_| raw(&()));
-        self.log(
-            format!("{collection}/{real_id}/updated/put"),
-            None,
-            now,
-            data,
-        );
+        let topic = topics::api_change(collection, &real_id, "updated", "PUT");
+        self.log(topic, None, now, data);
         Ok(value)
     }
 
@@ -824,7 +821,7 @@ impl Domain {
         spot.is_online = true;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot connected");
-        let topic = format!("spots/{}/connected/{}", spot.id, spot.serial_number);
+        let topic = topics::spot_connected(&spot.id, &spot.serial_number);
         let data = raw(&*spot);
         self.dirty.insert((Table::Spots, spot_id.to_string()));
         self.log(topic, time_event, now, data);
@@ -837,7 +834,7 @@ impl Domain {
         spot.is_online = false;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
-        let topic = format!("spots/{}/disconnected/{}", spot.id, spot.serial_number);
+        let topic = topics::spot_disconnected(&spot.id, &spot.serial_number);
         let data = raw(&*spot);
         self.dirty.insert((Table::Spots, spot_id.to_string()));
         self.log(topic, None, now, data);
@@ -875,7 +872,7 @@ impl Domain {
         self.items.insert(id.clone(), item);
         self.item_by_code.insert(key, id.clone());
         self.dirty.insert((Table::Items, id.clone()));
-        self.log(format!("items/{id}/created"), time_event, now, data);
+        self.log(topics::item_created(&id), time_event, now, data);
         id
     }
 
@@ -930,10 +927,7 @@ impl Domain {
                 self.dirty.insert((Table::Presences, id.clone()));
                 self.deleted.remove(&(Table::Presences, id.clone()));
                 self.log(
-                    format!(
-                        "presences/{id}/created/{item_id}/{location_id}/{}",
-                        proximity.as_str()
-                    ),
+                    topics::presence_created(&id, &item_id, &location_id, proximity.as_str()),
                     time_event,
                     now,
                     data,
@@ -981,10 +975,7 @@ impl Domain {
             .remove(&(Table::Presences, presence_id.to_string()));
         self.deleted
             .insert((Table::Presences, presence_id.to_string()));
-        let topic = format!(
-            "presences/{}/deleted/{}/{}/{}",
-            p.id, p.item, p.location, p.proximity
-        );
+        let topic = topics::presence_deleted(&p.id, &p.item, &p.location, &p.proximity);
         let item_id = p.item.clone();
         self.log(topic, time_event, now, raw(&p));
         self.recompute_item(&item_id, time_event, now);
@@ -1007,18 +998,12 @@ impl Domain {
             return;
         }
         p.proximity = strongest.as_str().to_string();
-        let direction = if strongest > previous {
-            "moved-closer"
-        } else {
-            "moved-away"
-        };
-        let topic = format!(
-            "presences/{}/changed-proximity/{}/{}/{}/{}/{direction}",
-            p.id,
-            p.item,
-            p.location,
+        let topic = topics::presence_changed_proximity(
+            &p.id,
+            &p.item,
+            &p.location,
             strongest.as_str(),
-            previous.as_str()
+            previous.as_str(),
         );
         let item_id = p.item.clone();
         let data = raw(&*p);
@@ -1057,13 +1042,13 @@ impl Domain {
             Some(location) => {
                 if !item.is_present {
                     item.is_present = true;
-                    topics.push(format!("items/{item_id}/appeared"));
+                    topics.push(topics::item_appeared(item_id));
                 }
                 if item.location.as_deref() != Some(location.as_str()) {
                     if item.location.is_some() {
                         item.move_count += 1;
                         item.time_moved = Some(now);
-                        topics.push(format!("items/{item_id}/moved-to/{location}"));
+                        topics.push(topics::item_moved_to(item_id, &location));
                     }
                     item.location = Some(location);
                 }
@@ -1071,7 +1056,7 @@ impl Domain {
             None => {
                 if item.is_present {
                     item.is_present = false;
-                    topics.push(format!("items/{item_id}/disappeared"));
+                    topics.push(topics::item_disappeared(item_id));
                 }
             }
         }
