@@ -323,6 +323,7 @@ impl Server {
     /// [`ServerLimits::shutdown_grace`]), the last batch is committed.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        self.shared.push.close_streams();
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }

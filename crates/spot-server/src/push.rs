@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
 use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -180,7 +181,19 @@ pub async fn serve(
     shared: &crate::Shared,
 ) -> hyper::Response<axum::body::Body> {
     if spot_push::is_push_path(req.uri().path()) {
-        return spot_push::call_router(shared.push.router(), req).await;
+        let sse = req.uri().path() == "/api/stream";
+        let response = spot_push::call_router(shared.push.router(), req).await;
+        if !sse {
+            return response;
+        }
+        // An event stream never ends by itself: end it when the server stops, so that
+        // graceful shutdown does not wait for `shutdown_grace` (clients resume by id).
+        let mut closing = shared.push.closing.subscribe();
+        return response.map(|body| {
+            axum::body::Body::from_stream(body.into_data_stream().take_until(async move {
+                let _ = closing.wait_for(|closed| *closed).await;
+            }))
+        });
     }
     crate::http::route(req, shared)
         .await
@@ -198,6 +211,8 @@ pub struct Push {
     router: axum::Router,
     webhooks: Arc<Webhooks>,
     mqtt: Option<MqttOutlet>,
+    /// Set when the server stops: ends the SSE streams.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Push {
@@ -235,6 +250,7 @@ impl Push {
             router,
             webhooks,
             mqtt,
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -272,6 +288,11 @@ impl Push {
             ));
         }
         out
+    }
+
+    /// Ends the open event streams (the server is stopping).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Stops the webhook workers (queued deliveries stay stored).

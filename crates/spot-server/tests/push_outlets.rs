@@ -326,3 +326,27 @@ async fn event_ids_keep_increasing_across_a_restart_and_resume_reads_the_stored_
     drop(sse);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_event_streams_instead_of_waiting_for_the_grace_period() {
+    let (server, _dir) = start(|config| {
+        config.limits.shutdown_grace = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let addr = server.http_addr();
+    let mut sse = Sse::open(addr, "#", None).await;
+    post_presence(addr, "203", "ee01").await;
+    sse.next().await;
+    let stopping = tokio::spawn(server.shutdown());
+    // Guard only (no timing claim): without the fix this would wait for the 1 h grace.
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(chunk) = sse.body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+        stopping.await.expect("shutdown task");
+    })
+    .await
+    .expect("the stream ended and the server stopped");
+}
