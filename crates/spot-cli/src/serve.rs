@@ -48,6 +48,10 @@ pub struct Args {
     /// Most open connections (HTTP and raw TCP each).
     #[arg(long, env = "SPOT_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections)]
     max_connections: usize,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
+    /// remaining connections. A second signal stops at once.
+    #[arg(long, env = "SPOT_SHUTDOWN_GRACE", default_value_t = 10.0)]
+    shutdown_grace: f64,
 }
 
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -83,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             header_read_timeout: secs("header-timeout", args.header_timeout)?,
             body_idle_timeout: secs("body-idle-timeout", args.body_idle_timeout)?,
             max_connections: args.max_connections,
+            shutdown_grace: secs("shutdown-grace", args.shutdown_grace)?,
             ..ServerLimits::default()
         },
     };
@@ -92,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
+        let grace = config.limits.shutdown_grace;
         let server = Server::bind(config).await?;
         tracing::info!(
             "spot server {} ready: HTTP on http://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}; data in {}",
@@ -103,25 +109,52 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default(),
             data_dir.display()
         );
-        wait_for_stop_signal().await?;
-        tracing::info!("stopping: no new connections, finishing in-flight requests");
-        server.shutdown().await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
+        let mut stop = StopSignals::new()?;
+        stop.recv().await?;
+        tracing::info!(
+            "stopping: no new connections, finishing in-flight requests (at most {:?}; a second signal stops at once)",
+            grace
+        );
+        tokio::select! {
+            _ = server.shutdown() => {
+                tracing::info!("stopped");
+                Ok(ExitCode::SUCCESS)
+            }
+            r = stop.recv() => {
+                r?;
+                // Safe for the data: SQLite's WAL is crash-proof and spots keep every
+                // unacknowledged event.
+                tracing::warn!("second stop signal: exiting without waiting");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Ctrl-C and SIGTERM, each delivery observed (the handlers stay installed, so a signal
+/// during the shutdown is seen rather than ignored).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
         tokio::select! {
             r = tokio::signal::ctrl_c() => r.context("Ctrl-C handler")?,
-            _ = term.recv() => {}
+            _ = self.term.recv() => {}
         }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
+        Ok(())
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
-    Ok(())
 }

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 
 use crate::core::{CoreMsg, EndReply};
 use crate::domain::{encode_json, PutError};
-use crate::Shared;
+use crate::tcp::reached;
+use crate::{Phase, Shared};
 
 /// Response body type.
 pub type Body = Full<Bytes>;
@@ -43,7 +44,7 @@ pub const REJECTED_HEADER: &str = "x-spot-rejected";
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
 ) {
     let limits = &shared.limits;
@@ -91,9 +92,14 @@ pub async fn serve(
                 r = conn.as_mut() => if let Err(e) = r {
                     tracing::debug!(%peer, "connection ended: {e}");
                 },
-                _ = shutdown.changed() => {
+                _ = reached(&mut shutdown, Phase::Draining) => {
+                    // In-flight requests finish (answered with `Connection: close`), idle
+                    // connections close now; after the grace period the rest is dropped.
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = reached(&mut shutdown, Phase::Closing) => {}
+                    }
                 }
             }
             drop(permit);
