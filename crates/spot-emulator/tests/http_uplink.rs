@@ -583,7 +583,6 @@ async fn replay_sends_the_recorded_events_then_ends() {
 }
 
 #[tokio::test]
-#[ignore = "needs the protobuf codec in main (branch pb); passes with it merged"]
 async fn protobuf_encoding_carries_events_and_commands() {
     for raw_tcp in [false, true] {
         let shared = Shared::default();
