@@ -21,6 +21,15 @@ pub struct Args {
     /// Raw TCP ingest address (off unless given).
     #[arg(long, env = "SPOT_TCP_LISTEN")]
     tcp_listen: Option<SocketAddr>,
+    /// A spot telnet service to dial and ingest (spec §4.2), redialled with backoff.
+    /// Repeatable; the environment variable takes a comma-separated list.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "SPOT_PULL",
+        value_delimiter = ','
+    )]
+    pull: Vec<String>,
     /// Seconds without traffic after which a spot is offline.
     #[arg(long, env = "SPOT_OFFLINE_AFTER", default_value_t = 10.0)]
     offline_after: f64,
@@ -69,6 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = ServerConfig {
         listen: args.listen,
         tcp_listen: args.tcp_listen,
+        pull: args.pull,
+        pull_backoff: Default::default(),
         data_dir: args.data,
         offline_after: secs("offline-after", args.offline_after)?,
         events_retention: secs(
@@ -98,15 +109,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
         let grace = config.limits.shutdown_grace;
+        let pull = config.pull.clone();
         let server = Server::bind(config).await?;
         tracing::info!(
-            "spot server {} ready: HTTP on http://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}; data in {}",
+            "spot server {} ready: HTTP on http://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}{}; data in {}",
             env!("CARGO_PKG_VERSION"),
             server.http_addr(),
             server
                 .tcp_addr()
                 .map(|a| format!(", raw TCP on {a}"))
                 .unwrap_or_default(),
+            if pull.is_empty() { String::new() } else { format!(", pulling {}", pull.join(", ")) },
             data_dir.display()
         );
         let mut stop = StopSignals::new()?;

@@ -6,6 +6,7 @@
 //!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns.
 //! - [`http`]: `POST /api/spots/{serial}/events[/]` streaming ingest, the REST API, `/metrics`.
 //! - [`tcp`]: raw TCP ingest (`--tcp-listen`).
+//! - [`pull`]: dialling spots' telnet services (`--pull`), ingested like raw TCP.
 //! - [`core`]: the one thread owning the [`domain::Domain`] and the [`store::Store`]; group
 //!   commit; a `200` leaves only after its events are committed.
 //! - [`domain`]: spots, locations, items, presences and the derived events log (spec §7).
@@ -17,6 +18,7 @@ pub mod domain;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod pull;
 pub mod store;
 pub mod tcp;
 
@@ -101,6 +103,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Raw TCP ingest address (off by default).
     pub tcp_listen: Option<SocketAddr>,
+    /// Spots' telnet services (`HOST:PORT`) the server dials and ingests (none by default).
+    pub pull: Vec<String>,
+    /// Redial delays of `pull`.
+    pub pull_backoff: pull::PullBackoff,
     /// Data directory (default `./spot-data`), created if missing.
     pub data_dir: PathBuf,
     /// A spot without traffic for this long goes offline (default 10 s).
@@ -118,6 +124,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tcp_listen: None,
+            pull: Vec::new(),
+            pull_backoff: pull::PullBackoff::default(),
             data_dir: PathBuf::from("spot-data"),
             offline_after: Duration::from_secs(10),
             events_retention: Duration::from_secs(24 * 3600),
@@ -326,6 +334,16 @@ impl Server {
                 shutdown_rx.clone(),
                 done_tx.clone(),
             )));
+        }
+        // Like connection tasks: awaited through `done`, within the shutdown grace.
+        for target in &config.pull {
+            tokio::spawn(pull::run(
+                target.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+                config.pull_backoff,
+                done_tx.clone(),
+            ));
         }
         drop(done_tx);
         {

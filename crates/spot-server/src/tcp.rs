@@ -55,7 +55,7 @@ pub async fn serve(
         let done = done.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = ingest(stream, &shared, shutdown).await {
+            if let Err(e) = ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
                 tracing::info!(%peer, "tcp stream ended: {e}");
             }
             drop(permit);
@@ -82,6 +82,16 @@ pub(crate) async fn reached(shutdown: &mut watch::Receiver<Phase>, phase: Phase)
     }
 }
 
+/// What the server writes back on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteBack {
+    /// Acks after commits and the spot's commands (a spot streaming to `--tcp-listen`).
+    AcksAndCommands,
+    /// Nothing: a spot's telnet service (`--pull`) is a one-way debugging stream; the
+    /// spot's commands stay queued for its own uplink.
+    Nothing,
+}
+
 /// Ingests one spot stream (accepted on `--tcp-listen` or dialled by `--pull`) until it
 /// ends, fails, or the server drains: then the events received so far are committed, the
 /// last ack is written and the stream is closed. When the server force-closes (after the
@@ -90,13 +100,14 @@ pub async fn ingest<S>(
     stream: S,
     shared: &Shared,
     mut shutdown: watch::Receiver<Phase>,
+    write_back: WriteBack,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let mut force = shutdown.clone();
     tokio::select! {
-        r = handle(stream, shared, &mut shutdown) => r,
+        r = handle(stream, shared, &mut shutdown, write_back) => r,
         _ = reached(&mut force, Phase::Closing) => Err("server stopped".into()),
     }
 }
@@ -105,6 +116,7 @@ async fn handle<S>(
     stream: S,
     shared: &Shared,
     shutdown: &mut watch::Receiver<Phase>,
+    write_back: WriteBack,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -180,12 +192,18 @@ where
         version,
     })
     .await?;
-    send(CoreMsg::AttachCommands {
-        serial: serial.clone(),
-        sink: command_tx,
-    })
-    .await?;
-    let writer_task = tokio::spawn(write_back(writer, encoding, ack_rx, command_rx));
+    let writer_task = if write_back == WriteBack::AcksAndCommands {
+        send(CoreMsg::AttachCommands {
+            serial: serial.clone(),
+            sink: command_tx,
+        })
+        .await?;
+        Some(tokio::spawn(write_acks_and_commands(
+            writer, encoding, ack_rx, command_rx,
+        )))
+    } else {
+        None
+    };
     let result = async {
         shared
             .metrics
@@ -250,10 +268,12 @@ where
         }
     }
     .await;
-    let _ = send(CoreMsg::DetachCommands {
-        serial: serial.clone(),
-    })
-    .await;
+    if writer_task.is_some() {
+        let _ = send(CoreMsg::DetachCommands {
+            serial: serial.clone(),
+        })
+        .await;
+    }
     let (reply, rx) = oneshot::channel();
     let _ = send(CoreMsg::Sync {
         serial: serial.clone(),
@@ -264,13 +284,15 @@ where
     .await;
     let _ = rx.await;
     drop(ack_tx);
-    let _ = writer_task.await;
+    if let Some(writer_task) = writer_task {
+        let _ = writer_task.await;
+    }
     tracing::info!(spot = %serial, "tcp stream closed");
     result
 }
 
 /// Writes acks (after commits) and commands (when queued) in the stream's encoding.
-async fn write_back<W: AsyncWrite>(
+async fn write_acks_and_commands<W: AsyncWrite>(
     writer: W,
     encoding: Encoding,
     mut acks: watch::Receiver<u64>,
