@@ -325,3 +325,44 @@ fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_da
     third.kill().unwrap();
     third.wait().unwrap();
 }
+
+#[test]
+fn an_environment_variable_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_port, env_port) = (free_port(), free_port());
+    let config = dir.path().join("spot.toml");
+    let data = dir.path().join("from-file");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\ndata = {:?}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SPOT_LISTEN", format!("127.0.0.1:{env_port}"))
+        .env_remove("SPOT_DATA")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", env_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not listening on the env address"
+        );
+        assert!(server.try_wait().unwrap().is_none(), "server exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(TcpStream::connect(("127.0.0.1", file_port)).is_err());
+    assert!(
+        data.join("spot.db").exists(),
+        "data directory from the file"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
