@@ -8,6 +8,7 @@ mod decode;
 mod emulate;
 mod encode;
 mod serve;
+mod tail;
 
 /// Spot protocol tools: server, emulator and codecs for RFID / BLE readers.
 #[derive(Parser)]
@@ -27,6 +28,8 @@ enum Command {
     Decode(decode::Args),
     /// Read a JSON event stream and write it in the chosen encoding.
     Encode(encode::Args),
+    /// Follow the server's event stream: one event per line (JSON lines when piped).
+    Tail(tail::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Emulate(args) => emulate::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Tail(args) => tail::run(args),
     };
     match result {
         Ok(code) => code,

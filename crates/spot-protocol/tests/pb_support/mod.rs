@@ -8,45 +8,29 @@ use spot_protocol::{testing, DecodeError, Event, Limits};
 
 pub type Results = Vec<Result<Event, DecodeError>>;
 
-/// Generating `testing::events` needs a little more than the 2 MiB of a test thread in
-/// debug builds, so generation and checks run on a thread with a larger stack.
-pub fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let thread = std::thread::Builder::new()
-        .stack_size(32 << 20)
-        .spawn(f)
-        .expect("spawn a test thread");
-    thread
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Runs a property over `cases` values of the strategy `make()` builds (on a big stack).
+/// Runs a property over `cases` values of the strategy `make()` builds.
 pub fn property<S, F>(cases: u32, make: impl FnOnce() -> S + Send + 'static, test: F)
 where
     S: Strategy,
     F: Fn(S::Value) -> Result<(), TestCaseError> + Send + 'static,
 {
-    on_big_stack(move || {
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        if let Err(e) = runner.run(&make(), test) {
-            panic!("{e}");
-        }
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
     });
+    if let Err(e) = runner.run(&make(), test) {
+        panic!("{e}");
+    }
 }
 
 /// A fixed stream of `n` model events (proptest's deterministic runner).
 pub fn fixed_events(n: usize) -> Vec<Event> {
-    on_big_stack(move || {
-        let mut runner = TestRunner::deterministic();
-        proptest::collection::vec(testing::event(), n)
-            .new_tree(&mut runner)
-            .expect("strategy")
-            .current()
-    })
+    let mut runner = TestRunner::deterministic();
+    proptest::collection::vec(testing::event(), n)
+        .new_tree(&mut runner)
+        .expect("strategy")
+        .current()
 }
 
 pub fn encode(events: &[Event]) -> Vec<u8> {
