@@ -187,7 +187,7 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         ["api", collection, id] => {
             let (collection, id) = (collection.to_string(), id.to_string());
             match *req.method() {
-                Method::GET => get_one(&collection, &id, shared),
+                Method::GET => get_one(&req, &collection, &id, shared),
                 Method::PUT => put(req, collection, id, shared).await,
                 _ => method_not_allowed("GET, PUT"),
             }
@@ -216,7 +216,11 @@ fn list(req: &Request<Incoming>, collection: &str, path: &str, shared: &Shared) 
             Value::Null,
         );
     };
-    match crate::api::query(docs, &params, path) {
+    let lookup = |collection: &str, id: &str| {
+        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+        domain.get(collection, id)
+    };
+    match crate::api::query(collection, docs, &params, path, &lookup) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
@@ -226,9 +230,25 @@ fn list(req: &Request<Incoming>, collection: &str, path: &str, shared: &Shared) 
     }
 }
 
-fn get_one(collection: &str, id: &str, shared: &Shared) -> Response<Body> {
+/// One document; `populate` works as on the collection.
+fn get_one(req: &Request<Incoming>, collection: &str, id: &str, shared: &Shared) -> Response<Body> {
+    let mut fields = Vec::new();
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if k == "populate" {
+            match crate::api::populate_fields(collection, &v) {
+                Ok(f) => fields.extend(f),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        e.to_string(),
+                        json!({ "parameter": e.param }),
+                    )
+                }
+            }
+        }
+    }
     let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
-    if domain.collection(collection).is_none() {
+    if !crate::api::COLLECTIONS.contains(&collection) {
         return error(
             StatusCode::NOT_FOUND,
             format!("no collection {collection:?}"),
@@ -236,7 +256,12 @@ fn get_one(collection: &str, id: &str, shared: &Shared) -> Response<Body> {
         );
     }
     match domain.get(collection, id) {
-        Some(v) => json_response(StatusCode::OK, &v),
+        Some(v) => {
+            let mut docs = [v];
+            crate::api::populate(&mut docs, &fields, &|c, id| domain.get(c, id));
+            let [v] = docs;
+            json_response(StatusCode::OK, &v)
+        }
         None => error(
             StatusCode::NOT_FOUND,
             format!("{collection} {id:?} not found"),
