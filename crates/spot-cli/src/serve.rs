@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use spot_server::{Server, ServerConfig, ServerLimits, SyncMode};
+use spot_server::{Server, ServerConfig, ServerLimits, SyncMode, TlsFiles};
 
 /// Settings of `spot serve`: the flags, and the keys of the `--config` file.
 #[derive(clap::Args, Deserialize, Debug, Default, Clone, PartialEq)]
@@ -37,6 +37,12 @@ pub struct Args {
     /// Raw TCP ingest address (off unless given).
     #[arg(long, env = "SPOT_TCP_LISTEN")]
     tcp_listen: Option<SocketAddr>,
+    /// Serve HTTPS on --listen with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "SPOT_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SPOT_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// A spot telnet service to dial and ingest (spec §4.2), redialled with backoff.
     /// Repeatable; the environment variable takes a comma-separated list, the file a list.
     #[arg(
@@ -88,6 +94,8 @@ impl Args {
             listen: self.listen.or(lower.listen),
             data: self.data.or(lower.data),
             tcp_listen: self.tcp_listen.or(lower.tcp_listen),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
             pull: if self.pull.is_empty() {
                 lower.pull
             } else {
@@ -127,9 +135,15 @@ impl Args {
             Some(v) => secs(name, v),
             None => Ok(default),
         };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("tls-cert and tls-key go together: give both or neither"),
+        };
         Ok(ServerConfig {
             listen: self.listen.unwrap_or(defaults.listen),
             tcp_listen: self.tcp_listen,
+            tls,
             pull: self.pull,
             pull_backoff: defaults.pull_backoff,
             data_dir: self.data.unwrap_or(defaults.data_dir),
@@ -196,8 +210,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let pull = config.pull.clone();
         let server = Server::bind(config).await?;
         tracing::info!(
-            "spot server {} ready: HTTP on http://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}{}; data in {}",
+            "spot server {} ready: HTTP on {}://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}{}; data in {}",
             env!("CARGO_PKG_VERSION"),
+            if server.is_https() { "https" } else { "http" },
             server.http_addr(),
             server
                 .tcp_addr()
@@ -312,6 +327,27 @@ mod tests {
         let (_f, path) = file("pull = [\"10.0.0.5:23\"]\n");
         let args = parse(&["--config", &path, "--pull", "a:1", "--pull", "b:2"]);
         assert_eq!(args.with_file().unwrap().pull, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let (_f, path) = file("tls-cert = \"/etc/spot/cert.pem\"\n");
+        let err = parse(&["--config", &path])
+            .with_file()
+            .and_then(Args::server_config)
+            .unwrap_err();
+        assert!(err.to_string().contains("give both"), "{err}");
+        let config = parse(&["--config", &path, "--tls-key", "/k.pem"])
+            .with_file()
+            .and_then(Args::server_config)
+            .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/etc/spot/cert.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
     }
 
     #[test]

@@ -40,12 +40,14 @@ pub const ACK_HEADER: &str = "x-spot-ack";
 /// The header counting the messages of this POST that were skipped as malformed.
 pub const REJECTED_HEADER: &str = "x-spot-rejected";
 
-/// Accepts HTTP connections until `shutdown`; each connection task holds a `done` sender.
+/// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown`; each connection task
+/// holds a `done` sender.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let limits = &shared.limits;
     let mut builder = http1::Builder::new();
@@ -76,29 +78,27 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service_shared = shared.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared).await) }
-            }),
-        );
+        let (shared, builder, tls) = (shared.clone(), builder.clone(), tls.clone());
         let mut shutdown = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, "connection ended: {e}");
-                },
-                _ = reached(&mut shutdown, Phase::Draining) => {
-                    // In-flight requests finish (answered with `Connection: close`), idle
-                    // connections close now; after the grace period the rest is dropped.
-                    conn.as_mut().graceful_shutdown();
+            match tls {
+                None => serve_connection(stream, peer, builder, shared, shutdown).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like the request head it precedes.
+                    let handshake = tokio::time::timeout(
+                        shared.limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    );
                     tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = reached(&mut shutdown, Phase::Closing) => {}
+                        r = handshake => match r {
+                            Ok(Ok(stream)) => {
+                                serve_connection(stream, peer, builder, shared, shutdown).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                        _ = reached(&mut shutdown, Phase::Draining) => {}
                     }
                 }
             }
@@ -106,6 +106,71 @@ pub async fn serve(
             drop(done);
         });
     }
+}
+
+/// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
+async fn serve_connection<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    builder: http1::Builder,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<Phase>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(route(req, &shared).await) }
+        }),
+    );
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            tracing::debug!(%peer, "connection ended: {e}");
+        },
+        _ = reached(&mut shutdown, Phase::Draining) => {
+            // In-flight requests finish (answered with `Connection: close`), idle
+            // connections close now; after the grace period the rest is dropped.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = reached(&mut shutdown, Phase::Closing) => {}
+            }
+        }
+    }
+}
+
+/// The HTTPS acceptor for a PEM certificate chain and private key (PKCS#8, PKCS#1 or
+/// SEC1); ALPN `http/1.1`.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, crate::ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &std::path::Path, reason: String| crate::ServerError::Tls {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err(cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(tls_err(cert, "no CERTIFICATE in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err(key, format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Answers a connection over the limit with `503` and closes it.

@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Raw TCP ingest address (off by default).
     pub tcp_listen: Option<SocketAddr>,
+    /// Serve HTTPS instead of HTTP on `listen` (off by default).
+    pub tls: Option<TlsFiles>,
     /// Spots' telnet services (`HOST:PORT`) the server dials and ingests (none by default).
     pub pull: Vec<String>,
     /// Redial delays of `pull`.
@@ -124,6 +126,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tcp_listen: None,
+            tls: None,
             pull: Vec::new(),
             pull_backoff: pull::PullBackoff::default(),
             data_dir: PathBuf::from("spot-data"),
@@ -133,6 +136,15 @@ impl Default for ServerConfig {
             limits: ServerLimits::default(),
         }
     }
+}
+
+/// PEM files of the HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Why the server could not start.
@@ -162,6 +174,14 @@ pub enum ServerError {
         path: PathBuf,
         /// Who holds the lock, as written in the lock file.
         holder: String,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error("TLS {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// A listener could not be bound.
     #[error("bind {addr}: {source}")]
@@ -206,6 +226,7 @@ pub struct Shared {
 pub struct Server {
     http_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
+    https: bool,
     shutdown: watch::Sender<Phase>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     connections_done: mpsc::Receiver<()>,
@@ -259,6 +280,10 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
+        let tls = match &config.tls {
+            Some(files) => Some(http::tls_acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let data_lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir, config.sync)?;
         let now = unix_millis(SystemTime::now());
@@ -326,6 +351,7 @@ impl Server {
             shared.clone(),
             shutdown_rx.clone(),
             done_tx.clone(),
+            tls,
         ))];
         if let Some(listener) = tcp_listener {
             tasks.push(tokio::spawn(tcp::serve(
@@ -370,6 +396,7 @@ impl Server {
         Ok(Server {
             http_addr,
             tcp_addr,
+            https: config.tls.is_some(),
             shutdown,
             tasks,
             connections_done,
@@ -382,6 +409,11 @@ impl Server {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Whether `http_addr` serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// The bound raw TCP address, when enabled.
