@@ -366,3 +366,49 @@ fn an_environment_variable_beats_the_config_file() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// `spot serve --pull` against a real peer: `spot emulate --telnet`, whose own uplink points
+/// at a dead address, so everything the server gets came through the pulled telnet stream.
+/// The server starts first (its dials are refused until the emulator listens).
+#[test]
+fn serve_pulls_an_emulated_spots_telnet_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, telnet_port, dead_port) = (free_port(), free_port(), free_port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--pull", &format!("127.0.0.1:{telnet_port}"), "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut emulator = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args([
+            "emulate",
+            "--server",
+            &format!("http://127.0.0.1:{dead_port}"),
+        ])
+        .args(["--telnet", &format!("127.0.0.1:{telnet_port}")])
+        .args(["--spots", "1", "--first-serial", "77", "--rate", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no pulled events");
+        assert!(emulator.try_wait().unwrap().is_none(), "emulator exited");
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let spots = get_json(port, "/api/spots?serial_number=77&results_only=true");
+            if spots[0]["event_counter"].as_u64().unwrap_or(0) >= 10 {
+                assert_eq!(spots[0]["is_online"], true);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    emulator.kill().unwrap();
+    emulator.wait().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -3,8 +3,10 @@
 //! - [`Server::bind`] opens the store (`<data>/spot.db`, SQLite in WAL mode), loads the state,
 //!   binds the HTTP listener (and the raw TCP one), and returns the bound addresses; tests
 //!   bind port 0 and run it in-process. [`Server::shutdown`] stops accepting, lets in-flight
-//!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns.
-//! - [`http`]: `POST /api/spots/{serial}/events[/]` streaming ingest, the REST API, `/metrics`.
+//!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns. The
+//!   data directory is locked (`spot.lock`) from bind to the end of shutdown.
+//! - [`http`]: `POST /api/spots/{serial}/events[/]` streaming ingest, the REST API, `/metrics`
+//!   (HTTPS with [`ServerConfig::tls`]).
 //! - [`tcp`]: raw TCP ingest (`--tcp-listen`).
 //! - [`pull`]: dialling spots' telnet services (`--pull`), ingested like raw TCP.
 //! - [`core`]: the one thread owning the [`domain::Domain`] and the [`store::Store`]; group
