@@ -412,3 +412,48 @@ fn serve_pulls_an_emulated_spots_telnet_stream() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn a_second_sigterm_during_the_grace_period_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shutdown-grace", "3600", "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A POST that never ends keeps the first stop waiting for the (hour-long) grace.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.write_all(HEAD.as_bytes()).unwrap();
+    held.write_all(&chunk(presence(1).as_bytes())).unwrap();
+    while get_json(port, "/api/presences")["results"]
+        .as_array()
+        .is_none_or(|r| r.is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = server.id().to_string();
+    let term = || {
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    term();
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "waits for the held POST"
+    );
+    term();
+    let exit = server.wait().unwrap();
+    assert_eq!(exit.code(), Some(1), "a forced stop is not a clean exit");
+}
