@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: ingest from spots, keep the live state, serve the REST API.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Emulate one or many spots against a server.
     Emulate(emulate::Args),
     /// Decode a spot event stream and print one compact JSON event per line.
@@ -35,7 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Emulate(args) => emulate::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Encode(args) => encode::run(args),
