@@ -1,0 +1,96 @@
+//! `spot tail` as a process against `spot serve` as a process: a spot POSTs a presence and
+//! tail prints its derived event as a JSON line (stdout is a pipe).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Kills the child when dropped (also when the test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[test]
+fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_spot"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn spot serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // From id 0: tail replays from the events log, so the POST may come before it listens.
+    let mut tail = Killed(
+        Command::new(env!("CARGO_BIN_EXE_spot"))
+            .args(["tail", "--server", &format!("http://127.0.0.1:{port}")])
+            .args(["--after-id", "0", "presences/#"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn spot tail"),
+    );
+    let mut spot = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut request = b"POST /api/spots/900/events/ HTTP/1.1\r\nHost: t\r\n\
+        Transfer-Encoding: chunked\r\nContent-Type: text/x-intellifi-events\r\n\r\n"
+        .to_vec();
+    request.extend(chunk(
+        b"[\"spot\",\"create\",{\"spot_id\":900,\"version\":\"t\"}]\n\n",
+    ));
+    request.extend(chunk(
+        b"[\"presence\",\"create\",{\"item_code\":\"ab01\",\"item_codetype\":\"EPC Gen2\",\
+\"time_started\":\"2024-01-01T00:00:00Z\",\"time_last\":\"2024-01-01T00:00:01Z\",\
+\"proximity\":\"immediate\",\"hold_delay_s\":4}]\n\n",
+    ));
+    request.extend_from_slice(b"0\r\n\r\n");
+    spot.write_all(&request).expect("POST");
+    let mut head = [0u8; 12];
+    spot.read_exact(&mut head).expect("response");
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let stdout = tail.0.stdout.take().expect("stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("text");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    let topic = event["topic"].as_str().expect("topic");
+    assert!(topic.starts_with("presences/"), "{topic}");
+    assert!(
+        topic.contains("/created/") && topic.ends_with("/immediate"),
+        "{topic}"
+    );
+    assert_eq!(event["payload"]["resource"]["proximity"], "immediate");
+    assert_eq!(event["payload"]["time_event"], "2024-01-01T00:00:01Z");
+    assert!(event["id"].as_u64().is_some_and(|id| id > 0), "{line}");
+}
