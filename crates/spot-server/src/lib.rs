@@ -1,4 +1,4 @@
-//! The spot server: ingest → domain → store → (later) outlets.
+//! The spot server: ingest → domain → store → push outlets.
 //!
 //! - [`Server::bind`] opens the store (`<data>/spot.db`, SQLite in WAL mode), loads the state,
 //!   binds the HTTP listener (and the raw TCP one), and returns the bound addresses; tests
@@ -13,6 +13,8 @@
 //!   commit; a `200` leaves only after its events are committed.
 //! - [`domain`]: spots, locations, items, presences and the derived events log (spec §7).
 //! - [`api`]: collection queries (filters, sort, paging).
+//! - [`push`]: derived events pushed to applications (`/api/ws`, `/api/stream`,
+//!   `/api/subscriptions` webhooks, MQTT with `--mqtt`), fed after each commit.
 
 pub mod api;
 pub mod core;
