@@ -1,8 +1,12 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
-//! Tables: `upstream_events` (every accepted upstream event, JSON encoding, with spot serial
-//! and sequence key), one table per resource (`spots`, `locations`, `items`, `presences`:
-//! `id` + JSON document) and `events` (the derived events log). One [`Store::commit`] is one
+//! Tables: one per resource (`spots`, `locations`, `items`, `presences`: `id` + JSON
+//! document), and two append-only logs written **one row per group commit** (a row per event
+//! cost more than the events' bytes): `upstream_batches` (every accepted upstream event, one
+//! line each: `serial TAB seq TAB time_received TAB json`, seq empty when absent) and
+//! `event_batches` (the derived events log, one JSON document per line; compact JSON has no
+//! raw newline). Each batch row carries the newest time in it, so retention drops a batch
+//! once all of its events are older than the cutoff. One [`Store::commit`] is one
 //! transaction: what a group commit covers becomes durable all together or not at all.
 
 use std::path::Path;
@@ -120,21 +124,18 @@ impl Store {
              PRAGMA synchronous={sync};
              PRAGMA wal_autocheckpoint=0;
              PRAGMA cache_size=-65536;
-             CREATE TABLE IF NOT EXISTS upstream_events (
+             CREATE TABLE IF NOT EXISTS upstream_batches (
                  id INTEGER PRIMARY KEY,
-                 spot TEXT NOT NULL,
-                 seq INTEGER,
-                 time_received INTEGER NOT NULL,
-                 event TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS upstream_events_time ON upstream_events(time_received);
+                 time_last INTEGER NOT NULL,
+                 lines TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS spots (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS locations (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS presences (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS events (
-                 row INTEGER PRIMARY KEY, id TEXT NOT NULL,
-                 time_created INTEGER NOT NULL, doc TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS events_time ON events(time_created);"
+             CREATE TABLE IF NOT EXISTS event_batches (
+                 id INTEGER PRIMARY KEY,
+                 time_last INTEGER NOT NULL,
+                 docs TEXT NOT NULL);"
         ))
         .map_err(ctx("create schema"))?;
         let checkpointer = Checkpointer::start(dir)?;
@@ -157,37 +158,53 @@ impl Store {
     }
 
     /// The derived events at or after `since` (Unix ms), oldest first.
+    ///
+    /// A batch is returned whole when its newest event is at or after `since` (its older
+    /// events are dropped by the domain's own retention sweep).
     pub fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT doc FROM events WHERE time_created >= ?1 ORDER BY row")
+            .prepare("SELECT docs FROM event_batches WHERE time_last >= ?1 ORDER BY id")
             .map_err(ctx("load events"))?;
-        let rows = stmt
-            .query_map([since], |r| r.get(0))
+        let batches = stmt
+            .query_map([since], |r| r.get::<_, String>(0))
             .map_err(ctx("load events"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ctx("load events row"))
+        let mut docs = Vec::new();
+        for batch in batches {
+            let batch = batch.map_err(ctx("load events row"))?;
+            docs.extend(batch.lines().map(str::to_string));
+        }
+        Ok(docs)
     }
 
     /// Writes one group commit in one transaction.
     pub fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO upstream_events (spot, seq, time_received, event)
-                     VALUES (?1, ?2, ?3, ?4)",
+            if !changes.upstream.is_empty() {
+                let mut lines = String::with_capacity(
+                    changes
+                        .upstream
+                        .iter()
+                        .map(|r| r.serial.len() + r.event_json.len() + 40)
+                        .sum(),
+                );
+                let mut time_last = i64::MIN;
+                for row in &changes.upstream {
+                    use std::fmt::Write as _;
+                    let _ = write!(lines, "{}\t", row.serial);
+                    if let Some(seq) = row.seq {
+                        let _ = write!(lines, "{seq}");
+                    }
+                    let _ = writeln!(lines, "\t{}\t{}", row.time_received, row.event_json);
+                    time_last = time_last.max(row.time_received);
+                }
+                tx.prepare_cached(
+                    "INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)",
                 )
-                .map_err(ctx("prepare upstream insert"))?;
-            for row in &changes.upstream {
-                insert
-                    .execute(params![
-                        row.serial,
-                        row.seq.map(|s| s as i64),
-                        row.time_received,
-                        row.event_json
-                    ])
-                    .map_err(ctx("insert upstream event"))?;
+                .map_err(ctx("prepare upstream insert"))?
+                .execute(params![time_last, lines])
+                .map_err(ctx("insert upstream events"))?;
             }
             for (table, id, doc) in &changes.upserts {
                 tx.prepare_cached(&format!(
@@ -204,44 +221,66 @@ impl Store {
                     .execute(params![id])
                     .map_err(ctx("delete"))?;
             }
-            let mut log = tx
-                .prepare_cached("INSERT INTO events (id, time_created, doc) VALUES (?1, ?2, ?3)")
-                .map_err(ctx("prepare event insert"))?;
-            for (id, time, doc) in &changes.log {
-                log.execute(params![id, time, doc])
-                    .map_err(ctx("insert event"))?;
+            if !changes.log.is_empty() {
+                let mut docs = String::with_capacity(
+                    changes.log.iter().map(|(_, _, doc)| doc.len() + 1).sum(),
+                );
+                let mut time_last = i64::MIN;
+                for (_, time, doc) in &changes.log {
+                    docs.push_str(doc);
+                    docs.push('\n');
+                    time_last = time_last.max(*time);
+                }
+                tx.prepare_cached("INSERT INTO event_batches (time_last, docs) VALUES (?1, ?2)")
+                    .map_err(ctx("prepare event insert"))?
+                    .execute(params![time_last, docs])
+                    .map_err(ctx("insert events"))?;
             }
         }
         tx.commit().map_err(ctx("commit"))
     }
 
-    /// Deletes derived and upstream events older than `cutoff` (Unix ms).
+    /// Deletes derived and upstream event batches whose newest event is older than `cutoff`
+    /// (Unix ms).
     pub fn prune(&mut self, cutoff: i64) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM events WHERE time_created < ?1", [cutoff])
+            .execute("DELETE FROM event_batches WHERE time_last < ?1", [cutoff])
             .map_err(ctx("prune events"))?;
         self.conn
             .execute(
-                "DELETE FROM upstream_events WHERE time_received < ?1",
+                "DELETE FROM upstream_batches WHERE time_last < ?1",
                 [cutoff],
             )
             .map_err(ctx("prune upstream events"))?;
         Ok(())
     }
 
-    /// Stored upstream events of one spot, oldest first: (seq, JSON event).
+    /// Stored upstream events of one spot, oldest first: (seq, JSON event). A full scan
+    /// (for inspection and tests, not the ingest path).
     pub fn upstream_events(&self, serial: &str) -> Result<Vec<(Option<u64>, String)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, event FROM upstream_events WHERE spot = ?1 ORDER BY id")
+            .prepare("SELECT lines FROM upstream_batches ORDER BY id")
             .map_err(ctx("read upstream events"))?;
-        let rows = stmt
-            .query_map([serial], |r| {
-                Ok((r.get::<_, Option<i64>>(0)?.map(|s| s as u64), r.get(1)?))
-            })
+        let batches = stmt
+            .query_map([], |r| r.get::<_, String>(0))
             .map_err(ctx("read upstream events"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(ctx("read upstream event row"))
+        let mut out = Vec::new();
+        for batch in batches {
+            let batch = batch.map_err(ctx("read upstream event row"))?;
+            for line in batch.lines() {
+                let mut fields = line.splitn(4, '\t');
+                let (Some(spot), Some(seq), Some(_time), Some(json)) =
+                    (fields.next(), fields.next(), fields.next(), fields.next())
+                else {
+                    continue;
+                };
+                if spot == serial {
+                    out.push((seq.parse().ok(), json.to_string()));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -250,43 +289,71 @@ mod tests {
     use super::*;
     use crate::domain::UpstreamRow;
 
+    fn upstream(serial: &str, seq: Option<u64>, time: i64, json: &str) -> UpstreamRow {
+        UpstreamRow {
+            serial: serial.into(),
+            seq,
+            time_received: time,
+            event_json: json.into(),
+        }
+    }
+
     #[test]
-    fn a_commit_is_read_back_after_reopening_and_prune_drops_old_rows() {
+    fn a_commit_is_read_back_after_reopening_and_prune_drops_old_batches() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
             let changes = Changes {
-                upstream: vec![UpstreamRow {
-                    serial: "203".into(),
-                    seq: Some(7),
-                    time_received: 1_000,
-                    event_json: r#"["hit","create",{}]"#.into(),
-                }],
+                upstream: vec![
+                    upstream("203", Some(7), 1_000, r#"["hit","create",{}]"#),
+                    upstream("204", None, 1_000, r#"["hit","create",{"a":"\t"}]"#),
+                    upstream("203", None, 1_001, r#"["hit","delete",{}]"#),
+                ],
                 upserts: vec![(Table::Items, "a".into(), "{}".into())],
                 deletes: vec![],
-                log: vec![("e1".into(), 1_000, "{\"x\":1}".into())],
+                log: vec![
+                    ("e1".into(), 1_000, "{\"x\":1}".into()),
+                    ("e2".into(), 1_001, "{\"x\":2}".into()),
+                ],
             };
             store.commit(&changes).unwrap();
             store
                 .commit(&Changes {
                     deletes: vec![(Table::Items, "a".into())],
                     upserts: vec![(Table::Items, "b".into(), "{}".into())],
-                    ..Changes::default()
+                    upstream: vec![upstream("203", Some(8), 5_000, "[]")],
+                    log: vec![("e3".into(), 5_000, "{\"x\":3}".into())],
                 })
                 .unwrap();
         }
         let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
         assert_eq!(
             store.upstream_events("203").unwrap(),
-            vec![(Some(7), r#"["hit","create",{}]"#.to_string())]
+            vec![
+                (Some(7), r#"["hit","create",{}]"#.to_string()),
+                (None, r#"["hit","delete",{}]"#.to_string()),
+                (Some(8), "[]".to_string()),
+            ]
+        );
+        assert_eq!(
+            store.upstream_events("204").unwrap(),
+            vec![(None, r#"["hit","create",{"a":"\t"}]"#.to_string())]
         );
         assert_eq!(
             store.load(Table::Items).unwrap(),
             vec![("b".to_string(), "{}".to_string())]
         );
-        assert_eq!(store.load_events(0).unwrap().len(), 1);
+        assert_eq!(
+            store.load_events(0).unwrap(),
+            vec!["{\"x\":1}", "{\"x\":2}", "{\"x\":3}"]
+        );
+        assert_eq!(
+            store.load_events(1_001).unwrap().len(),
+            3,
+            "a batch with a recent event is loaded whole"
+        );
         store.prune(2_000).unwrap();
-        assert!(store.upstream_events("203").unwrap().is_empty());
-        assert!(store.load_events(0).unwrap().is_empty());
+        assert_eq!(store.upstream_events("203").unwrap().len(), 1);
+        assert_eq!(store.load_events(0).unwrap(), vec!["{\"x\":3}"]);
     }
 }
