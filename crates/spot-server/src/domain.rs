@@ -17,7 +17,7 @@ use spot_protocol::{
     Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, Proximity,
 };
 
-use crate::ids::IdGen;
+use crate::ids::{IdGen, IdMap};
 
 /// Serde helpers: times are Unix milliseconds in memory and ISO 8601 strings in JSON.
 mod iso {
@@ -384,12 +384,12 @@ pub enum PutError {
 pub struct Domain {
     config: DomainConfig,
     ids: IdGen,
-    spots: BTreeMap<String, Spot>,
+    spots: IdMap<Spot>,
     spot_by_serial: HashMap<String, String>,
-    locations: BTreeMap<String, Location>,
-    items: BTreeMap<String, Item>,
+    locations: IdMap<Location>,
+    items: IdMap<Item>,
     item_by_code: HashMap<(String, String), String>,
-    presences: BTreeMap<String, PresenceRes>,
+    presences: IdMap<PresenceRes>,
     /// Item id → location id → presence id (one presence per item × location).
     presences_of_item: HashMap<String, HashMap<String, String>>,
     events: VecDeque<LogEvent>,
@@ -405,12 +405,12 @@ impl Domain {
         Domain {
             config,
             ids: IdGen::default(),
-            spots: BTreeMap::new(),
+            spots: IdMap::new(),
             spot_by_serial: HashMap::new(),
-            locations: BTreeMap::new(),
-            items: BTreeMap::new(),
+            locations: IdMap::new(),
+            items: IdMap::new(),
             item_by_code: HashMap::new(),
-            presences: BTreeMap::new(),
+            presences: IdMap::new(),
             presences_of_item: HashMap::new(),
             events: VecDeque::new(),
             dirty: HashSet::new(),
@@ -755,7 +755,7 @@ impl Domain {
 
     /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
     pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
-        fn all<T: Serialize>(m: &BTreeMap<String, T>) -> Vec<Value> {
+        fn all<T: Serialize>(m: &IdMap<T>) -> Vec<Value> {
             m.values()
                 .filter_map(|v| serde_json::to_value(v).ok())
                 .collect()
@@ -1342,7 +1342,10 @@ mod tests {
         assert_eq!(spot.request_counter, 1);
         assert_eq!(spot.version.as_deref(), Some("35-42"));
         assert!(spot.is_online);
-        let location = &d.locations[spot.report_location.as_ref().unwrap()];
+        let location = d
+            .locations
+            .get(spot.report_location.as_ref().unwrap())
+            .unwrap();
         assert_eq!(location.label, "spot203");
         assert!(spot.id > location.id, "ids are chronological");
         assert_eq!(topics(&d), vec![format!("spots/{}/connected/203", spot.id)]);
@@ -1583,7 +1586,7 @@ mod tests {
         }
         let next = loaded.ids.next(0);
         assert!(
-            d.items.keys().all(|id| *id < next),
+            d.items.values().all(|i| i.id < next),
             "new ids sort after loaded ones"
         );
     }
