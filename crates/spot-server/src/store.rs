@@ -1,7 +1,8 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
-//! Tables: one per resource (`spots`, `locations`, `items`, `presences`: `id` + JSON
-//! document), and two append-only logs written **one row per group commit** (a row per event
+//! Tables: one per resource (`spot_rows`, `location_rows`, `item_rows`, `presence_rows`:
+//! the id's integer value ([`crate::ids::id_key`]) as the row key + JSON document, so an
+//! update rewrites one row of one b-tree in place), and two append-only logs written **one row per group commit** (a row per event
 //! cost more than the events' bytes): `upstream_batches` (every accepted upstream event, one
 //! line each: `serial TAB seq TAB time_received TAB json`, seq empty when absent) and
 //! `event_batches` (the derived events log, one JSON document per line; compact JSON has no
@@ -39,6 +40,29 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The SQL table of a resource table.
+fn sql_table(table: Table) -> &'static str {
+    match table {
+        Table::Spots => "spot_rows",
+        Table::Locations => "location_rows",
+        Table::Items => "item_rows",
+        Table::Presences => "presence_rows",
+    }
+}
+
+/// The row key of a resource id. Every id the domain makes is one of [`crate::ids::IdGen`]'s
+/// (its maps refuse others), so `None` is a bug: logged, the row skipped.
+fn row_key(table: Table, id: &str) -> Option<i64> {
+    let key = crate::ids::id_key(id).and_then(|k| i64::try_from(k).ok());
+    if key.is_none() {
+        tracing::error!(
+            "{} row {id:?}: not a generated id; not stored",
+            table.name()
+        );
+    }
+    key
 }
 
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -128,10 +152,10 @@ impl Store {
                  id INTEGER PRIMARY KEY,
                  time_last INTEGER NOT NULL,
                  lines TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS spots (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS locations (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS presences (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS spot_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS location_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS item_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS presence_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS event_batches (
                  id INTEGER PRIMARY KEY,
                  time_last INTEGER NOT NULL,
@@ -149,10 +173,15 @@ impl Store {
     pub fn load(&self, table: Table) -> Result<Vec<(String, String)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT id, doc FROM {} ORDER BY id", table.name()))
+            .prepare(&format!(
+                "SELECT id, doc FROM {} ORDER BY id",
+                sql_table(table)
+            ))
             .map_err(ctx("load"))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([], |r| {
+                Ok((format!("{:016x}", r.get::<_, i64>(0)?), r.get(1)?))
+            })
             .map_err(ctx("load"))?;
         rows.collect::<Result<_, _>>().map_err(ctx("load row"))
     }
@@ -207,18 +236,25 @@ impl Store {
                 .map_err(ctx("insert upstream events"))?;
             }
             for (table, id, doc) in &changes.upserts {
+                let Some(key) = row_key(*table, id) else {
+                    continue;
+                };
                 tx.prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO {} (id, doc) VALUES (?1, ?2)",
-                    table.name()
+                    "INSERT INTO {} (id, doc) VALUES (?1, ?2)
+                     ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                    sql_table(*table)
                 ))
                 .map_err(ctx("prepare upsert"))?
-                .execute(params![id, doc])
+                .execute(params![key, doc])
                 .map_err(ctx("upsert"))?;
             }
             for (table, id) in &changes.deletes {
-                tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", table.name()))
+                let Some(key) = row_key(*table, id) else {
+                    continue;
+                };
+                tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", sql_table(*table)))
                     .map_err(ctx("prepare delete"))?
-                    .execute(params![id])
+                    .execute(params![key])
                     .map_err(ctx("delete"))?;
             }
             if !changes.log.is_empty() {
@@ -289,6 +325,9 @@ mod tests {
     use super::*;
     use crate::domain::UpstreamRow;
 
+    const A: &str = "0123456789abcdef";
+    const B: &str = "01a20fc369cc1f93";
+
     fn upstream(serial: &str, seq: Option<u64>, time: i64, json: &str) -> UpstreamRow {
         UpstreamRow {
             serial: serial.into(),
@@ -309,7 +348,7 @@ mod tests {
                     upstream("204", None, 1_000, r#"["hit","create",{"a":"\t"}]"#),
                     upstream("203", None, 1_001, r#"["hit","delete",{}]"#),
                 ],
-                upserts: vec![(Table::Items, "a".into(), "{}".into())],
+                upserts: vec![(Table::Items, A.into(), "{}".into())],
                 deletes: vec![],
                 log: vec![
                     ("e1".into(), 1_000, "{\"x\":1}".into()),
@@ -319,8 +358,11 @@ mod tests {
             store.commit(&changes).unwrap();
             store
                 .commit(&Changes {
-                    deletes: vec![(Table::Items, "a".into())],
-                    upserts: vec![(Table::Items, "b".into(), "{}".into())],
+                    deletes: vec![(Table::Items, A.into())],
+                    upserts: vec![
+                        (Table::Items, B.into(), "{}".into()),
+                        (Table::Items, B.into(), "{\"v\":2}".into()),
+                    ],
                     upstream: vec![upstream("203", Some(8), 5_000, "[]")],
                     log: vec![("e3".into(), 5_000, "{\"x\":3}".into())],
                 })
@@ -341,7 +383,7 @@ mod tests {
         );
         assert_eq!(
             store.load(Table::Items).unwrap(),
-            vec![("b".to_string(), "{}".to_string())]
+            vec![(B.to_string(), "{\"v\":2}".to_string())]
         );
         assert_eq!(
             store.load_events(0).unwrap(),
