@@ -13,6 +13,7 @@ mod decode;
 mod emulate;
 mod encode;
 mod serve;
+mod tail;
 
 /// Spot protocol tools: server, emulator and codecs for RFID / BLE readers.
 #[derive(Parser)]
@@ -25,22 +26,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: ingest from spots, keep the live state, serve the REST API.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Emulate one or many spots against a server.
     Emulate(emulate::Args),
     /// Decode a spot event stream and print one compact JSON event per line.
     Decode(decode::Args),
     /// Read a JSON event stream and write it in the chosen encoding.
     Encode(encode::Args),
+    /// Follow the server's event stream: one event per line (JSON lines when piped).
+    Tail(tail::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Emulate(args) => emulate::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Tail(args) => tail::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,60 +1,198 @@
-//! `spot serve`: flags (and `SPOT_*` environment variables) → [`spot_server::ServerConfig`],
-//! tracing logs, a startup banner, and a graceful stop on Ctrl-C / SIGTERM.
+//! `spot serve`: settings → [`spot_server::ServerConfig`], tracing logs, a startup banner,
+//! and a graceful stop on Ctrl-C / SIGTERM.
+//!
+//! Every setting comes, first found wins, from its flag, its `SPOT_*` environment variable,
+//! the TOML file named by `--config` (same keys as the flags, e.g. `tcp-listen =
+//! "0.0.0.0:7000"`), or the default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use spot_server::{Server, ServerConfig, ServerLimits, SyncMode};
+use serde::Deserialize;
+use spot_server::{Server, ServerConfig, ServerLimits, SyncMode, TlsFiles};
 
-/// Flags of `spot serve`.
-#[derive(clap::Args)]
+/// Settings of `spot serve`: the flags, and the keys of the `--config` file.
+#[derive(clap::Args, Deserialize, Debug, Default, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[command(
+    after_help = "Each setting is taken from its flag, else its environment variable, \
+else the --config file (TOML, the flag names as keys, e.g. max-connections = 5000), else the \
+default."
+)]
 pub struct Args {
-    /// HTTP address for spot POSTs and the REST API.
-    #[arg(long, env = "SPOT_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
-    /// Data directory (SQLite database `spot.db`), created on first start.
-    #[arg(long, env = "SPOT_DATA", default_value = "spot-data")]
-    data: PathBuf,
+    /// TOML file with settings (keys = flag names); flags and environment variables win.
+    #[arg(long, env = "SPOT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// HTTP address for spot POSTs and the REST API [default: 0.0.0.0:8080].
+    #[arg(long, env = "SPOT_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory (SQLite database `spot.db`), created on first start
+    /// [default: spot-data].
+    #[arg(long, env = "SPOT_DATA")]
+    data: Option<PathBuf>,
     /// Raw TCP ingest address (off unless given).
     #[arg(long, env = "SPOT_TCP_LISTEN")]
     tcp_listen: Option<SocketAddr>,
-    /// Seconds without traffic after which a spot is offline.
-    #[arg(long, env = "SPOT_OFFLINE_AFTER", default_value_t = 10.0)]
-    offline_after: f64,
-    /// Hours of derived and upstream events kept.
-    #[arg(long, env = "SPOT_EVENTS_RETENTION_HOURS", default_value_t = 24.0)]
-    events_retention_hours: f64,
-    /// fsync every commit (`full`, survives power loss) or not (`normal`, survives a crash).
-    #[arg(long, env = "SPOT_SYNC", default_value = "full", value_parser = ["full", "normal"])]
-    sync: String,
-    /// Largest single event in bytes.
-    #[arg(long, env = "SPOT_MAX_MESSAGE_BYTES", default_value_t = ServerLimits::default().max_message_bytes)]
-    max_message_bytes: usize,
-    /// Largest POST body in bytes.
-    #[arg(long, env = "SPOT_MAX_BODY_BYTES", default_value_t = ServerLimits::default().max_body_bytes)]
-    max_body_bytes: u64,
-    /// Most header lines per request.
-    #[arg(long, env = "SPOT_MAX_HEADERS", default_value_t = ServerLimits::default().max_headers)]
-    max_headers: usize,
-    /// Seconds to receive request headers (also the keep-alive idle limit).
-    #[arg(long, env = "SPOT_HEADER_TIMEOUT", default_value_t = 30.0)]
-    header_timeout: f64,
-    /// Seconds allowed between two pieces of a request body.
-    #[arg(long, env = "SPOT_BODY_IDLE_TIMEOUT", default_value_t = 30.0)]
-    body_idle_timeout: f64,
-    /// Most open connections (HTTP and raw TCP each).
-    #[arg(long, env = "SPOT_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections)]
-    max_connections: usize,
+    /// Serve HTTPS on --listen with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "SPOT_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SPOT_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// A spot telnet service to dial and ingest (spec §4.2), redialled with backoff.
+    /// Repeatable; the environment variable takes a comma-separated list, the file a list.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "SPOT_PULL",
+        value_delimiter = ','
+    )]
+    pull: Vec<String>,
+    /// Seconds without traffic after which a spot is offline [default: 10].
+    #[arg(long, env = "SPOT_OFFLINE_AFTER")]
+    offline_after: Option<f64>,
+    /// Hours of derived and upstream events kept [default: 24].
+    #[arg(long, env = "SPOT_EVENTS_RETENTION_HOURS")]
+    events_retention_hours: Option<f64>,
+    /// fsync every commit (`full`, survives power loss) or not (`normal`, survives a crash)
+    /// [default: full].
+    #[arg(long, env = "SPOT_SYNC", value_parser = ["full", "normal"])]
+    sync: Option<String>,
+    /// Largest single event in bytes [default: 65536].
+    #[arg(long, env = "SPOT_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Largest POST body in bytes [default: 67108864].
+    #[arg(long, env = "SPOT_MAX_BODY_BYTES")]
+    max_body_bytes: Option<u64>,
+    /// Most header lines per request [default: 64].
+    #[arg(long, env = "SPOT_MAX_HEADERS")]
+    max_headers: Option<usize>,
+    /// Seconds to receive request headers (also the keep-alive idle limit) [default: 30].
+    #[arg(long, env = "SPOT_HEADER_TIMEOUT")]
+    header_timeout: Option<f64>,
+    /// Seconds allowed between two pieces of a request body [default: 30].
+    #[arg(long, env = "SPOT_BODY_IDLE_TIMEOUT")]
+    body_idle_timeout: Option<f64>,
+    /// Most open connections (HTTP and raw TCP each) [default: 10000].
+    #[arg(long, env = "SPOT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
+    /// remaining connections; a second signal stops at once [default: 10].
+    #[arg(long, env = "SPOT_SHUTDOWN_GRACE")]
+    shutdown_grace: Option<f64>,
+}
+
+impl Args {
+    /// Each setting of `self` (flags and environment), else `lower`'s (the file).
+    fn over(self, lower: Args) -> Args {
+        Args {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            data: self.data.or(lower.data),
+            tcp_listen: self.tcp_listen.or(lower.tcp_listen),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            pull: if self.pull.is_empty() {
+                lower.pull
+            } else {
+                self.pull
+            },
+            offline_after: self.offline_after.or(lower.offline_after),
+            events_retention_hours: self.events_retention_hours.or(lower.events_retention_hours),
+            sync: self.sync.or(lower.sync),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            max_headers: self.max_headers.or(lower.max_headers),
+            header_timeout: self.header_timeout.or(lower.header_timeout),
+            body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
+            max_connections: self.max_connections.or(lower.max_connections),
+            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
+        }
+    }
+
+    /// The settings with the `--config` file (if any) under them.
+    fn with_file(self) -> anyhow::Result<Args> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        Ok(self.over(read_file(&path)?))
+    }
+
+    /// The server configuration, defaults filled in.
+    fn server_config(self) -> anyhow::Result<ServerConfig> {
+        let defaults = ServerConfig::default();
+        let limits = ServerLimits::default();
+        let sync = match self.sync.as_deref() {
+            None | Some("full") => SyncMode::Full,
+            Some("normal") => SyncMode::Normal,
+            Some(other) => anyhow::bail!("sync {other:?}: must be \"full\" or \"normal\""),
+        };
+        let secs_or = |name: &str, value: Option<f64>, default: Duration| match value {
+            Some(v) => secs(name, v),
+            None => Ok(default),
+        };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("tls-cert and tls-key go together: give both or neither"),
+        };
+        Ok(ServerConfig {
+            listen: self.listen.unwrap_or(defaults.listen),
+            tcp_listen: self.tcp_listen,
+            tls,
+            pull: self.pull,
+            pull_backoff: defaults.pull_backoff,
+            data_dir: self.data.unwrap_or(defaults.data_dir),
+            offline_after: secs_or("offline-after", self.offline_after, defaults.offline_after)?,
+            events_retention: secs_or(
+                "events-retention-hours",
+                self.events_retention_hours.map(|h| h * 3600.0),
+                defaults.events_retention,
+            )?,
+            sync,
+            limits: ServerLimits {
+                max_message_bytes: self.max_message_bytes.unwrap_or(limits.max_message_bytes),
+                max_body_bytes: self.max_body_bytes.unwrap_or(limits.max_body_bytes),
+                max_headers: self.max_headers.unwrap_or(limits.max_headers),
+                header_read_timeout: secs_or(
+                    "header-timeout",
+                    self.header_timeout,
+                    limits.header_read_timeout,
+                )?,
+                body_idle_timeout: secs_or(
+                    "body-idle-timeout",
+                    self.body_idle_timeout,
+                    limits.body_idle_timeout,
+                )?,
+                max_connections: self.max_connections.unwrap_or(limits.max_connections),
+                shutdown_grace: secs_or(
+                    "shutdown-grace",
+                    self.shutdown_grace,
+                    limits.shutdown_grace,
+                )?,
+                ..limits
+            },
+        })
+    }
+}
+
+/// Reads a `--config` file; unknown keys and wrong types are errors naming the key.
+fn read_file(path: &Path) -> anyhow::Result<Args> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
 
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} {value}: not a duration"))
+    Duration::try_from_secs_f64(value).with_context(|| format!("{name} {value}: not a duration"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = args.with_file()?.server_config()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,66 +200,179 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = ServerConfig {
-        listen: args.listen,
-        tcp_listen: args.tcp_listen,
-        data_dir: args.data,
-        offline_after: secs("offline-after", args.offline_after)?,
-        events_retention: secs(
-            "events-retention-hours",
-            args.events_retention_hours * 3600.0,
-        )?,
-        sync: if args.sync == "normal" {
-            SyncMode::Normal
-        } else {
-            SyncMode::Full
-        },
-        limits: ServerLimits {
-            max_message_bytes: args.max_message_bytes,
-            max_body_bytes: args.max_body_bytes,
-            max_headers: args.max_headers,
-            header_read_timeout: secs("header-timeout", args.header_timeout)?,
-            body_idle_timeout: secs("body-idle-timeout", args.body_idle_timeout)?,
-            max_connections: args.max_connections,
-            ..ServerLimits::default()
-        },
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
+        let grace = config.limits.shutdown_grace;
+        let pull = config.pull.clone();
         let server = Server::bind(config).await?;
         tracing::info!(
-            "spot server {} ready: HTTP on http://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}; data in {}",
+            "spot server {} ready: HTTP on {}://{} (POST /api/spots/{{serial}}/events/, REST /api/…, /metrics){}{}; data in {}",
             env!("CARGO_PKG_VERSION"),
+            if server.is_https() { "https" } else { "http" },
             server.http_addr(),
             server
                 .tcp_addr()
                 .map(|a| format!(", raw TCP on {a}"))
                 .unwrap_or_default(),
+            if pull.is_empty() { String::new() } else { format!(", pulling {}", pull.join(", ")) },
             data_dir.display()
         );
-        wait_for_stop_signal().await?;
-        tracing::info!("stopping: no new connections, finishing in-flight requests");
-        server.shutdown().await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
+        let mut stop = StopSignals::new()?;
+        stop.recv().await?;
+        tracing::info!(
+            "stopping: no new connections, finishing in-flight requests (at most {:?}; a second signal stops at once)",
+            grace
+        );
+        tokio::select! {
+            _ = server.shutdown() => {
+                tracing::info!("stopped");
+                Ok(ExitCode::SUCCESS)
+            }
+            r = stop.recv() => {
+                r?;
+                // Safe for the data: SQLite's WAL is crash-proof and spots keep every
+                // unacknowledged event.
+                tracing::warn!("second stop signal: exiting without waiting");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Ctrl-C and SIGTERM, each delivery observed (the handlers stay installed, so a signal
+/// during the shutdown is seen rather than ignored).
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
         tokio::select! {
             r = tokio::signal::ctrl_c() => r.context("Ctrl-C handler")?,
-            _ = term.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(flags: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .args
+    }
+
+    fn file(text: &str) -> (tempfile::NamedTempFile, String) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        let path = f.path().display().to_string();
+        (f, path)
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_which_beats_the_default() {
+        let (_f, path) = file(
+            "listen = \"127.0.0.1:9001\"\nmax-connections = 7\nsync = \"normal\"\n\
+             pull = [\"10.0.0.5:23\", \"10.0.0.6:23\"]\nshutdown-grace = 2.5\n",
+        );
+        let config = parse(&["--config", &path, "--listen", "127.0.0.1:9002"])
+            .with_file()
+            .unwrap()
+            .server_config()
+            .unwrap();
+        assert_eq!(
+            config.listen,
+            "127.0.0.1:9002".parse().unwrap(),
+            "flag wins"
+        );
+        assert_eq!(config.limits.max_connections, 7, "file beats default");
+        assert_eq!(config.sync, SyncMode::Normal);
+        assert_eq!(config.pull, ["10.0.0.5:23", "10.0.0.6:23"]);
+        assert_eq!(config.limits.shutdown_grace, Duration::from_millis(2500));
+        assert_eq!(config.data_dir, PathBuf::from("spot-data"), "default");
+        assert_eq!(
+            config.limits.max_body_bytes,
+            ServerLimits::default().max_body_bytes
+        );
+    }
+
+    #[test]
+    fn flags_replace_the_files_pull_list() {
+        let (_f, path) = file("pull = [\"10.0.0.5:23\"]\n");
+        let args = parse(&["--config", &path, "--pull", "a:1", "--pull", "b:2"]);
+        assert_eq!(args.with_file().unwrap().pull, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let (_f, path) = file("tls-cert = \"/etc/spot/cert.pem\"\n");
+        let err = parse(&["--config", &path])
+            .with_file()
+            .and_then(Args::server_config)
+            .unwrap_err();
+        assert!(err.to_string().contains("give both"), "{err}");
+        let config = parse(&["--config", &path, "--tls-key", "/k.pem"])
+            .with_file()
+            .and_then(Args::server_config)
+            .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/etc/spot/cert.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+    }
+
+    #[test]
+    fn no_settings_give_the_embedded_defaults() {
+        let config = parse(&[]).with_file().unwrap().server_config().unwrap();
+        let defaults = ServerConfig::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.data_dir, defaults.data_dir);
+        assert_eq!(config.offline_after, defaults.offline_after);
+        assert_eq!(config.tcp_listen, None);
+    }
+
+    #[test]
+    fn a_bad_file_names_the_key() {
+        for (text, needle) in [
+            ("lisen = \"1.2.3.4:5\"\n", "lisen"),
+            ("max-connections = \"many\"\n", "max-connections"),
+            ("sync = \"sometimes\"\n", "sometimes"),
+        ] {
+            let (_f, path) = file(text);
+            let err = parse(&["--config", &path])
+                .with_file()
+                .and_then(Args::server_config)
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
         }
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("Ctrl-C handler")?;
-    Ok(())
 }

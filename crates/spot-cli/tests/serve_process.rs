@@ -215,3 +215,245 @@ fn sigterm_finishes_the_in_flight_post_then_exits_0() {
     let exit = server.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// The reported bug: under load a SIGTERM left the process alive and a second instance took
+/// the port (and would have shared the data directory). Now: the port closes at once, a
+/// second instance on the same data refuses to start, the first exits 0 after the grace.
+#[test]
+fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shutdown-grace", "3", "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn spot serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Load: spots posting back to back, and one POST that never ends its body.
+    let stop = Arc::new(AtomicBool::new(false));
+    let posted = Arc::new(AtomicU64::new(0));
+    let loaders: Vec<_> = (0..8u64)
+        .map(|i| {
+            let (stop, posted) = (stop.clone(), posted.clone());
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                let head = HEAD.replace("/900/", &format!("/{}/", 910 + i));
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut req = head.as_bytes().to_vec();
+                    for _ in 0..20 {
+                        seq += 1;
+                        req.extend(chunk(presence(seq + 1000 * i).as_bytes()));
+                    }
+                    req.extend_from_slice(b"0\r\n\r\n");
+                    s.write_all(&req)?;
+                    read_response(&mut s)?;
+                    posted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.write_all(HEAD.as_bytes()).unwrap();
+    held.write_all(&chunk(presence(999_999).as_bytes()))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while posted.load(Ordering::Relaxed) < 40 {
+        assert!(Instant::now() < deadline, "no load progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The port is free, but the data directory is not.
+    let mut second = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second_status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Only meaningful while the first is still stopping (its grace is 3 s).
+    if server.try_wait().unwrap().is_none() {
+        let status = second_status.expect("a second server started and kept running");
+        assert!(!status.success(), "a second server started");
+        let mut stderr = String::new();
+        second
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(stderr.contains("in use by another spot server"), "{stderr}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    for loader in loaders {
+        let _ = loader.join();
+    }
+    let mut third = spawn_server(dir.path(), port);
+    let items = get_json(port, "/api/items?results_only=true&limit=10000");
+    assert!(items.as_array().unwrap().len() >= 40 * 20);
+    third.kill().unwrap();
+    third.wait().unwrap();
+}
+
+#[test]
+fn an_environment_variable_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_port, env_port) = (free_port(), free_port());
+    let config = dir.path().join("spot.toml");
+    let data = dir.path().join("from-file");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\ndata = {:?}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SPOT_LISTEN", format!("127.0.0.1:{env_port}"))
+        .env_remove("SPOT_DATA")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", env_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "not listening on the env address"
+        );
+        assert!(server.try_wait().unwrap().is_none(), "server exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(TcpStream::connect(("127.0.0.1", file_port)).is_err());
+    assert!(
+        data.join("spot.db").exists(),
+        "data directory from the file"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// `spot serve --pull` against a real peer: `spot emulate --telnet`, whose own uplink points
+/// at a dead address, so everything the server gets came through the pulled telnet stream.
+/// The server starts first (its dials are refused until the emulator listens).
+#[test]
+fn serve_pulls_an_emulated_spots_telnet_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, telnet_port, dead_port) = (free_port(), free_port(), free_port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--pull", &format!("127.0.0.1:{telnet_port}"), "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut emulator = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args([
+            "emulate",
+            "--server",
+            &format!("http://127.0.0.1:{dead_port}"),
+        ])
+        .args(["--telnet", &format!("127.0.0.1:{telnet_port}")])
+        .args(["--spots", "1", "--first-serial", "77", "--rate", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no pulled events");
+        assert!(emulator.try_wait().unwrap().is_none(), "emulator exited");
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let spots = get_json(port, "/api/spots?serial_number=77&results_only=true");
+            if spots[0]["event_counter"].as_u64().unwrap_or(0) >= 10 {
+                assert_eq!(spots[0]["is_online"], true);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    emulator.kill().unwrap();
+    emulator.wait().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_second_sigterm_during_the_grace_period_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--shutdown-grace", "3600", "--data"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A POST that never ends keeps the first stop waiting for the (hour-long) grace.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.write_all(HEAD.as_bytes()).unwrap();
+    held.write_all(&chunk(presence(1).as_bytes())).unwrap();
+    while get_json(port, "/api/presences")["results"]
+        .as_array()
+        .is_none_or(|r| r.is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = server.id().to_string();
+    let term = || {
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    term();
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "waits for the held POST"
+    );
+    term();
+    let exit = server.wait().unwrap();
+    assert_eq!(exit.code(), Some(1), "a forced stop is not a clean exit");
+}

@@ -111,12 +111,14 @@ impl Replay {
 mod tests {
     use super::*;
 
-    const CAPTURE: &str = "../../../shared/captures/vendor-telnet-spot201.txt";
+    const CAPTURE: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../spot-protocol/tests/fixtures/vendor-telnet-spot201.txt"
+    ));
 
     #[test]
     fn telnet_capture_replays_tag_events_with_their_offsets() {
-        let bytes = std::fs::read(CAPTURE).expect("the vendor telnet capture");
-        let rec = Recording::parse(&bytes);
+        let rec = Recording::parse(CAPTURE);
         // 12 messages: spot create, config create and 5 alive messages are skipped.
         assert_eq!(rec.skipped, 7);
         assert_eq!(rec.malformed, 0);

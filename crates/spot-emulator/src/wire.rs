@@ -338,9 +338,10 @@ mod tests {
     #[test]
     fn request_head_has_exactly_the_spec_headers() {
         let head = request_head("", 203, "127.0.0.1", "35-42-g0388fd9-dirty", Encoding::Json);
-        let capture = std::fs::read("../../../shared/captures/vendor-http-spot203.http")
-            .or_else(|_| std::fs::read("/work/shared/captures/vendor-http-spot203.http"))
-            .expect("the vendor capture");
+        let capture = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../spot-protocol/tests/fixtures/vendor-http-spot203.http"
+        ));
         let end = capture.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(
             String::from_utf8(head).unwrap(),

@@ -561,8 +561,10 @@ async fn telnet_serves_the_raw_stream_with_online_messages() {
 async fn replay_sends_the_recorded_events_then_ends() {
     let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
-    let bytes = std::fs::read("../../../shared/captures/vendor-telnet-spot201.txt").unwrap();
-    let recording = Arc::new(Recording::parse(&bytes));
+    let recording = Arc::new(Recording::parse(include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../spot-protocol/tests/fixtures/vendor-telnet-spot201.txt"
+    ))));
     let mut cfg = config(&server.url(), 1, 0.0, None);
     cfg.replay = Some((recording.clone(), ReplayTiming::Rate));
     let (run, _, _stop) = start(&cfg);
@@ -583,7 +585,6 @@ async fn replay_sends_the_recorded_events_then_ends() {
 }
 
 #[tokio::test]
-#[ignore = "needs the protobuf codec in main (branch pb); passes with it merged"]
 async fn protobuf_encoding_carries_events_and_commands() {
     for raw_tcp in [false, true] {
         let shared = Shared::default();

@@ -6,13 +6,18 @@
 //! `results_only`, `id_only`, `after_id`/`before_id`/`from_id`/`until_id` on ids,
 //! `after`/`before`/`from`/`until` on `time_created`, `skip`, and equality filters on any
 //! other field (dotted paths reach nested fields: `status.version=…`). The wrapped answer
-//! carries `results`, `limit`, `is_limited` and `url_next`. `populate` is refused (400) until
-//! it is implemented.
+//! carries `results`, `limit`, `is_limited` and `url_next`. `populate=f1,f2` replaces the id
+//! in each named reference field with the referenced document (see [`references`]), on the
+//! returned page only, after filters and sort (which see the ids).
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use spot_protocol::Timestamp;
+
+/// The collections of the REST API (`/api/<collection>`).
+pub const COLLECTIONS: [&str; 5] = ["spots", "locations", "items", "presences", "events"];
 
 /// Largest `limit` accepted.
 pub const MAX_LIMIT: usize = 10_000;
@@ -81,17 +86,91 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     }
 }
 
-/// Runs a collection query. `path` is the request path (for `url_next`).
+/// The reference fields of a collection's documents, each with the collection it points
+/// into: what `populate` accepts.
+pub fn references(collection: &str) -> &'static [(&'static str, &'static str)] {
+    match collection {
+        "items" => &[("location", "locations")],
+        "presences" => &[("item", "items"), ("location", "locations")],
+        "spots" => &[("report_location", "locations")],
+        _ => &[],
+    }
+}
+
+/// The fields named by a `populate` value, each with its target collection.
+pub fn populate_fields(
+    collection: &str,
+    value: &str,
+) -> Result<Vec<(&'static str, &'static str)>, QueryError> {
+    let known = references(collection);
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            known
+                .iter()
+                .find(|(name, _)| *name == f)
+                .copied()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                    bad(
+                        "populate",
+                        if names.is_empty() {
+                            format!("{collection} have no reference fields (asked for {f:?})")
+                        } else {
+                            format!(
+                                "{f:?} is not a reference field of {collection}; one of: {}",
+                                names.join(", ")
+                            )
+                        },
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Replaces the ids in `fields` of each document with what `lookup(collection, id)` finds
+/// (an id that finds nothing stays as it is). Each id is looked up once.
+pub fn populate(
+    docs: &mut [Value],
+    fields: &[(&str, &str)],
+    lookup: &dyn Fn(&str, &str) -> Option<Value>,
+) {
+    let mut found: HashMap<(&str, String), Option<Value>> = HashMap::new();
+    for doc in docs.iter_mut() {
+        for (field, target) in fields {
+            let Some(slot) = doc.get_mut(*field) else {
+                continue;
+            };
+            let Some(id) = slot.as_str().map(str::to_string) else {
+                continue;
+            };
+            let object = found
+                .entry((*target, id))
+                .or_insert_with_key(|(target, id)| lookup(target, id));
+            if let Some(object) = object {
+                *slot = object.clone();
+            }
+        }
+    }
+}
+
+/// Runs a query over a collection's documents. `path` is the request path (for
+/// `url_next`); `lookup(collection, id)` finds referenced documents for `populate`.
 pub fn query(
+    collection: &str,
     mut docs: Vec<Value>,
     params: &[(String, String)],
     path: &str,
+    lookup: &dyn Fn(&str, &str) -> Option<Value>,
 ) -> Result<Value, QueryError> {
     let mut limit = 100usize;
     let mut skip = 0usize;
     let mut sort: Vec<(String, bool)> = vec![("id".to_string(), true)];
     let mut results_only = false;
     let mut id_only = false;
+    let mut populated = Vec::new();
     for (k, v) in params {
         match k.as_str() {
             "limit" => {
@@ -117,7 +196,7 @@ pub fn query(
             }
             "results_only" => results_only = parse_bool(k, v)?,
             "id_only" => id_only = parse_bool(k, v)?,
-            "populate" => return Err(bad(k, "is not supported yet")),
+            "populate" => populated.extend(populate_fields(collection, v)?),
             "after_id" | "before_id" | "from_id" | "until_id" => {
                 docs.retain(|d| {
                     let id = d.get("id").and_then(Value::as_str).unwrap_or("");
@@ -175,7 +254,7 @@ pub fn query(
     });
     let total_after_skip = docs.len().saturating_sub(skip);
     let is_limited = total_after_skip > limit;
-    let page: Vec<Value> = docs.into_iter().skip(skip).take(limit).collect();
+    let mut page: Vec<Value> = docs.into_iter().skip(skip).take(limit).collect();
     let url_next = if is_limited {
         page.last()
             .map(|last| next_url(path, params, &sort, last, skip + limit))
@@ -187,6 +266,7 @@ pub fn query(
             .map(|d| d.get("id").cloned().unwrap_or(Value::Null))
             .collect()
     } else {
+        populate(&mut page, &populated, lookup);
         page
     };
     if results_only {
@@ -246,6 +326,11 @@ mod tests {
             .collect()
     }
 
+    /// A query over "items" whose lookups find nothing.
+    fn run(docs: Vec<Value>, params: &[(String, String)], path: &str) -> Result<Value, QueryError> {
+        query("items", docs, params, path, &|_, _| None)
+    }
+
     fn params(q: &str) -> Vec<(String, String)> {
         form_urlencoded::parse(q.as_bytes()).into_owned().collect()
     }
@@ -261,7 +346,7 @@ mod tests {
 
     #[test]
     fn default_is_newest_first_limited_to_100_with_url_next() {
-        let v = query(docs(150), &[], "/api/items").unwrap();
+        let v = run(docs(150), &[], "/api/items").unwrap();
         let got = ids(&v);
         assert_eq!(got.len(), 100);
         assert_eq!(got[0], "0149");
@@ -275,7 +360,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut q = "sort=id&limit=10".to_string();
         loop {
-            let v = query(all.clone(), &params(&q), "/api/items").unwrap();
+            let v = run(all.clone(), &params(&q), "/api/items").unwrap();
             seen.extend(ids(&v));
             match v["url_next"].as_str() {
                 Some(next) => q = next.split_once('?').unwrap().1.to_string(),
@@ -288,14 +373,14 @@ mod tests {
 
     #[test]
     fn filters_sort_by_several_fields_and_shapes() {
-        let v = query(
+        let v = run(
             docs(10),
             &params("is_present=true&sort=-n,id&results_only=true&id_only=true"),
             "/",
         )
         .unwrap();
         assert_eq!(v, json!(["0002", "0008", "0004", "0000", "0006"]));
-        let v = query(docs(10), &params("n=1&after=2024-01-01T00:00:03Z"), "/").unwrap();
+        let v = run(docs(10), &params("n=1&after=2024-01-01T00:00:03Z"), "/").unwrap();
         assert_eq!(ids(&v), vec!["0007", "0004"]);
     }
 
@@ -309,9 +394,51 @@ mod tests {
             ("after=yesterday", "after"),
             ("a%20b=1", "a b"),
             ("populate=item", "populate"),
+            ("populate=location,spot", "populate"),
         ] {
-            let e = query(docs(3), &params(q), "/").unwrap_err();
+            let e = run(docs(3), &params(q), "/").unwrap_err();
             assert_eq!(e.param, param, "{q}");
         }
+    }
+
+    #[test]
+    fn populate_replaces_reference_ids_with_the_documents() {
+        let presences = vec![
+            json!({"id": "p1", "item": "i1", "location": "l1"}),
+            json!({"id": "p2", "item": "i2", "location": "l1"}),
+            json!({"id": "p3", "item": "gone", "location": "l1"}),
+        ];
+        let calls = std::cell::Cell::new(0);
+        let lookup = |collection: &str, id: &str| {
+            calls.set(calls.get() + 1);
+            match (collection, id) {
+                ("items", "i1" | "i2") => Some(json!({"id": id, "code_hex": "c"})),
+                ("locations", "l1") => Some(json!({"id": "l1", "label": "dock"})),
+                _ => None,
+            }
+        };
+        let v = query(
+            "presences",
+            presences.clone(),
+            &params("populate=item,location&sort=id&results_only=true"),
+            "/",
+            &lookup,
+        )
+        .unwrap();
+        assert_eq!(v[0]["item"], json!({"id": "i1", "code_hex": "c"}));
+        assert_eq!(v[1]["location"], json!({"id": "l1", "label": "dock"}));
+        assert_eq!(v[2]["item"], "gone", "an id that finds nothing stays");
+        assert_eq!(calls.get(), 4, "each id looked up once");
+        let v = query(
+            "presences",
+            presences,
+            &params("populate=location&item=i2&results_only=true"),
+            "/",
+            &lookup,
+        )
+        .unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1, "filters see the ids");
+        assert_eq!(v[0]["item"], "i2", "only the named fields");
+        assert_eq!(v[0]["location"]["label"], "dock");
     }
 }

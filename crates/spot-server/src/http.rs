@@ -29,7 +29,8 @@ use tokio::time::Instant;
 
 use crate::core::{CoreMsg, EndReply};
 use crate::domain::{encode_json, PutError};
-use crate::Shared;
+use crate::tcp::reached;
+use crate::{Phase, Shared};
 
 /// Response body type.
 pub type Body = Full<Bytes>;
@@ -39,12 +40,14 @@ pub const ACK_HEADER: &str = "x-spot-ack";
 /// The header counting the messages of this POST that were skipped as malformed.
 pub const REJECTED_HEADER: &str = "x-spot-rejected";
 
-/// Accepts HTTP connections until `shutdown`; each connection task holds a `done` sender.
+/// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown`; each connection task
+/// holds a `done` sender.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let limits = &shared.limits;
     let mut builder = http1::Builder::new();
@@ -75,31 +78,99 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service_shared = shared.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(route(req, &shared).await) }
-            }),
-        );
+        let (shared, builder, tls) = (shared.clone(), builder.clone(), tls.clone());
         let mut shutdown = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, "connection ended: {e}");
-                },
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_connection(stream, peer, builder, shared, shutdown).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like the request head it precedes.
+                    let handshake = tokio::time::timeout(
+                        shared.limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    );
+                    tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(stream)) => {
+                                serve_connection(stream, peer, builder, shared, shutdown).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                        _ = reached(&mut shutdown, Phase::Draining) => {}
+                    }
                 }
             }
             drop(permit);
             drop(done);
         });
     }
+}
+
+/// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
+async fn serve_connection<I>(
+    io: I,
+    peer: std::net::SocketAddr,
+    builder: http1::Builder,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<Phase>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(route(req, &shared).await) }
+        }),
+    );
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            tracing::debug!(%peer, "connection ended: {e}");
+        },
+        _ = reached(&mut shutdown, Phase::Draining) => {
+            // In-flight requests finish (answered with `Connection: close`), idle
+            // connections close now; after the grace period the rest is dropped.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = reached(&mut shutdown, Phase::Closing) => {}
+            }
+        }
+    }
+}
+
+/// The HTTPS acceptor for a PEM certificate chain and private key (PKCS#8, PKCS#1 or
+/// SEC1); ALPN `http/1.1`.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, crate::ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &std::path::Path, reason: String| crate::ServerError::Tls {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err(cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(tls_err(cert, "no CERTIFICATE in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err(key, format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Answers a connection over the limit with `503` and closes it.
@@ -181,7 +252,7 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
         ["api", collection, id] => {
             let (collection, id) = (collection.to_string(), id.to_string());
             match *req.method() {
-                Method::GET => get_one(&collection, &id, shared),
+                Method::GET => get_one(&req, &collection, &id, shared),
                 Method::PUT => put(req, collection, id, shared).await,
                 _ => method_not_allowed("GET, PUT"),
             }
@@ -210,7 +281,11 @@ fn list(req: &Request<Incoming>, collection: &str, path: &str, shared: &Shared) 
             Value::Null,
         );
     };
-    match crate::api::query(docs, &params, path) {
+    let lookup = |collection: &str, id: &str| {
+        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+        domain.get(collection, id)
+    };
+    match crate::api::query(collection, docs, &params, path, &lookup) {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => error(
             StatusCode::BAD_REQUEST,
@@ -220,9 +295,25 @@ fn list(req: &Request<Incoming>, collection: &str, path: &str, shared: &Shared) 
     }
 }
 
-fn get_one(collection: &str, id: &str, shared: &Shared) -> Response<Body> {
+/// One document; `populate` works as on the collection.
+fn get_one(req: &Request<Incoming>, collection: &str, id: &str, shared: &Shared) -> Response<Body> {
+    let mut fields = Vec::new();
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if k == "populate" {
+            match crate::api::populate_fields(collection, &v) {
+                Ok(f) => fields.extend(f),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        e.to_string(),
+                        json!({ "parameter": e.param }),
+                    )
+                }
+            }
+        }
+    }
     let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
-    if domain.collection(collection).is_none() {
+    if !crate::api::COLLECTIONS.contains(&collection) {
         return error(
             StatusCode::NOT_FOUND,
             format!("no collection {collection:?}"),
@@ -230,7 +321,12 @@ fn get_one(collection: &str, id: &str, shared: &Shared) -> Response<Body> {
         );
     }
     match domain.get(collection, id) {
-        Some(v) => json_response(StatusCode::OK, &v),
+        Some(v) => {
+            let mut docs = [v];
+            crate::api::populate(&mut docs, &fields, &|c, id| domain.get(c, id));
+            let [v] = docs;
+            json_response(StatusCode::OK, &v)
+        }
         None => error(
             StatusCode::NOT_FOUND,
             format!("{collection} {id:?} not found"),

@@ -3,9 +3,12 @@
 //! - [`Server::bind`] opens the store (`<data>/spot.db`, SQLite in WAL mode), loads the state,
 //!   binds the HTTP listener (and the raw TCP one), and returns the bound addresses; tests
 //!   bind port 0 and run it in-process. [`Server::shutdown`] stops accepting, lets in-flight
-//!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns.
-//! - [`http`]: `POST /api/spots/{serial}/events[/]` streaming ingest, the REST API, `/metrics`.
+//!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns. The
+//!   data directory is locked (`spot.lock`) from bind to the end of shutdown.
+//! - [`http`]: `POST /api/spots/{serial}/events[/]` streaming ingest, the REST API, `/metrics`
+//!   (HTTPS with [`ServerConfig::tls`]).
 //! - [`tcp`]: raw TCP ingest (`--tcp-listen`).
+//! - [`pull`]: dialling spots' telnet services (`--pull`), ingested like raw TCP.
 //! - [`core`]: the one thread owning the [`domain::Domain`] and the [`store::Store`]; group
 //!   commit; a `200` leaves only after its events are committed.
 //! - [`domain`]: spots, locations, items, presences and the derived events log (spec §7).
@@ -17,6 +20,7 @@ pub mod domain;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod pull;
 pub mod store;
 pub mod tcp;
 
@@ -101,6 +105,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Raw TCP ingest address (off by default).
     pub tcp_listen: Option<SocketAddr>,
+    /// Serve HTTPS instead of HTTP on `listen` (off by default).
+    pub tls: Option<TlsFiles>,
+    /// Spots' telnet services (`HOST:PORT`) the server dials and ingests (none by default).
+    pub pull: Vec<String>,
+    /// Redial delays of `pull`.
+    pub pull_backoff: pull::PullBackoff,
     /// Data directory (default `./spot-data`), created if missing.
     pub data_dir: PathBuf,
     /// A spot without traffic for this long goes offline (default 10 s).
@@ -118,6 +128,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             tcp_listen: None,
+            tls: None,
+            pull: Vec::new(),
+            pull_backoff: pull::PullBackoff::default(),
             data_dir: PathBuf::from("spot-data"),
             offline_after: Duration::from_secs(10),
             events_retention: Duration::from_secs(24 * 3600),
@@ -125,6 +138,15 @@ impl Default for ServerConfig {
             limits: ServerLimits::default(),
         }
     }
+}
+
+/// PEM files of the HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Why the server could not start.
@@ -144,6 +166,25 @@ pub enum ServerError {
     /// A stored row does not parse.
     #[error("corrupt stored state: {0}")]
     Corrupt(String),
+    /// Another server holds the data directory.
+    #[error(
+        "data directory {path} is in use by another spot server ({holder}); \
+         stop it first or use another --data"
+    )]
+    DataDirLocked {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds the lock, as written in the lock file.
+        holder: String,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error("TLS {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A listener could not be bound.
     #[error("bind {addr}: {source}")]
     Bind {
@@ -152,6 +193,17 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// Where the server is in its life; connection tasks watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// Stopping: listeners closed, in-flight requests finish, idle connections close.
+    Draining,
+    /// The grace period is over: remaining connections are dropped.
+    Closing,
 }
 
 /// What every connection task shares.
@@ -176,11 +228,51 @@ pub struct Shared {
 pub struct Server {
     http_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
+    https: bool,
+    shutdown: watch::Sender<Phase>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     connections_done: mpsc::Receiver<()>,
     core_thread: std::thread::JoinHandle<()>,
     shared: Arc<Shared>,
+    /// Held (exclusively locked) until the server has stopped.
+    _data_lock: std::fs::File,
+}
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "spot.lock";
+
+/// Takes the exclusive lock on `<data>/spot.lock` (released when the file is closed, also
+/// when the process dies), so two servers never share a data directory.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let io_err = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(ServerError::DataDirLocked {
+                path: dir.to_path_buf(),
+                holder: holder.trim().to_string(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+    }
+    file.set_len(0).map_err(io_err)?;
+    file.rewind().map_err(io_err)?;
+    write!(file, "pid {}", std::process::id()).map_err(io_err)?;
+    Ok(file)
 }
 
 impl Server {
@@ -190,6 +282,11 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
+        let tls = match &config.tls {
+            Some(files) => Some(http::tls_acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
+        let data_lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir, config.sync)?;
         let now = unix_millis(SystemTime::now());
         let mut domain = Domain::new(DomainConfig {
@@ -249,13 +346,14 @@ impl Server {
             tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             limits: config.limits.clone(),
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let (done_tx, connections_done) = mpsc::channel(1);
         let mut tasks = vec![tokio::spawn(http::serve(
             http_listener,
             shared.clone(),
             shutdown_rx.clone(),
             done_tx.clone(),
+            tls,
         ))];
         if let Some(listener) = tcp_listener {
             tasks.push(tokio::spawn(tcp::serve(
@@ -265,6 +363,16 @@ impl Server {
                 done_tx.clone(),
             )));
         }
+        // Like connection tasks: awaited through `done`, within the shutdown grace.
+        for target in &config.pull {
+            tokio::spawn(pull::run(
+                target.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+                config.pull_backoff,
+                done_tx.clone(),
+            ));
+        }
         drop(done_tx);
         {
             let core = shared.core.clone();
@@ -273,8 +381,14 @@ impl Server {
                 let mut interval = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
+                        // A full queue means a busy core: that tick is skipped, and the
+                        // task never blocks shutdown.
                         _ = interval.tick() => {
-                            if core.send(CoreMsg::Tick).await.is_err() { break; }
+                            if let Err(mpsc::error::TrySendError::Closed(_)) =
+                                core.try_send(CoreMsg::Tick)
+                            {
+                                break;
+                            }
                         }
                         _ = shutdown_rx.changed() => break,
                     }
@@ -284,17 +398,24 @@ impl Server {
         Ok(Server {
             http_addr,
             tcp_addr,
+            https: config.tls.is_some(),
             shutdown,
             tasks,
             connections_done,
             core_thread,
             shared,
+            _data_lock: data_lock,
         })
     }
 
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Whether `http_addr` serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// The bound raw TCP address, when enabled.
@@ -307,10 +428,13 @@ impl Server {
         &self.shared
     }
 
-    /// Graceful stop: no new connections, in-flight POSTs finish (at most
-    /// [`ServerLimits::shutdown_grace`]), the last batch is committed.
+    /// Graceful stop: the listeners close at once (the port is free), in-flight POSTs and
+    /// TCP streams finish within [`ServerLimits::shutdown_grace`]; after it, the remaining
+    /// connections are dropped (their spots keep the unacknowledged events and resend
+    /// them). Then the core commits what it received and stops, and the data directory
+    /// lock is released.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.shutdown.send(Phase::Draining);
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
@@ -319,17 +443,25 @@ impl Server {
             .await
             .is_err()
         {
-            tracing::warn!("shutdown: connections still open after {grace:?}; closing them");
+            let open = self.shared.limits.max_connections * 2
+                - self.shared.http_slots.available_permits()
+                - self.shared.tcp_slots.available_permits();
+            tracing::warn!("shutdown: {open} connections still open after {grace:?}; closing them");
+            let _ = self.shutdown.send(Phase::Closing);
+            // Dropped connection tasks release their slots at once.
+            let _ = self.connections_done.recv().await;
         }
         let Server {
             shared,
             core_thread,
+            _data_lock,
             ..
         } = self;
-        // Connection tasks that outlived the grace period may still hold a core sender: stop
-        // the core explicitly (their later sends fail and they answer 503).
+        // Nothing else sends now: the queued messages are applied and committed, then the
+        // core stops.
         let _ = shared.core.send(CoreMsg::Shutdown).await;
         drop(shared);
         let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
+        drop(_data_lock);
     }
 }

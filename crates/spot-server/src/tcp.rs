@@ -14,14 +14,13 @@ use std::time::{Duration, SystemTime};
 use spot_protocol::{
     Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, OtherEvent, Timestamp,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::CoreMsg;
 use crate::domain::{encode_json, unix_millis};
-use crate::Shared;
+use crate::{Phase, Shared};
 
 /// Read buffer per connection.
 const READ_BUFFER: usize = 16 * 1024;
@@ -32,7 +31,7 @@ const COMMAND_QUEUE: usize = 16;
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
 ) {
     loop {
@@ -51,15 +50,13 @@ pub async fn serve(
             tracing::warn!(%peer, "tcp: too many connections, closing");
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let done = done.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                r = handle(stream, &shared) => if let Err(e) = r {
-                    tracing::info!(%peer, "tcp stream ended: {e}");
-                },
-                _ = shutdown.changed() => {}
+            if let Err(e) = ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
+                tracing::info!(%peer, "tcp stream ended: {e}");
             }
             drop(permit);
             drop(done);
@@ -78,9 +75,54 @@ fn serial_of(event: &Event) -> Option<(String, Option<String>)> {
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
+/// Waits until the server phase reaches `phase` (forever if the sender is gone).
+pub(crate) async fn reached(shutdown: &mut watch::Receiver<Phase>, phase: Phase) {
+    if shutdown.wait_for(|p| *p >= phase).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What the server writes back on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteBack {
+    /// Acks after commits and the spot's commands (a spot streaming to `--tcp-listen`).
+    AcksAndCommands,
+    /// Nothing: a spot's telnet service (`--pull`) is a one-way debugging stream; the
+    /// spot's commands stay queued for its own uplink.
+    Nothing,
+}
+
+/// Ingests one spot stream (accepted on `--tcp-listen` or dialled by `--pull`) until it
+/// ends, fails, or the server drains: then the events received so far are committed, the
+/// last ack is written and the stream is closed. When the server force-closes (after the
+/// shutdown grace) the stream is dropped at once.
+pub async fn ingest<S>(
+    stream: S,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<Phase>,
+    write_back: WriteBack,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let mut force = shutdown.clone();
+    tokio::select! {
+        r = handle(stream, shared, &mut shutdown, write_back) => r,
+        _ = reached(&mut force, Phase::Closing) => Err("server stopped".into()),
+    }
+}
+
+async fn handle<S>(
+    stream: S,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<Phase>,
+    write_back: WriteBack,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let limits = &shared.limits;
-    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = tokio::io::split(stream);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut first_read = true;
     let mut decoder: Option<Decoder> = None;
@@ -89,10 +131,12 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
     let mut serial_and_version = None;
     // Until the first event names the spot, bytes must arrive within the header timeout.
     while serial_and_version.is_none() {
-        let n = tokio::time::timeout(limits.header_read_timeout, stream.read(&mut buf))
-            .await
-            .map_err(|_| "no spot create within the header timeout".to_string())?
-            .map_err(|e| e.to_string())?;
+        let n = tokio::select! {
+            r = tokio::time::timeout(limits.header_read_timeout, reader.read(&mut buf)) => r
+                .map_err(|_| "no spot create within the header timeout".to_string())?
+                .map_err(|e| e.to_string())?,
+            _ = reached(shutdown, Phase::Draining) => return Err("server stopping".into()),
+        };
         if n == 0 {
             return Err("closed before a spot create".into());
         }
@@ -134,7 +178,6 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
         return Err("no spot create".into());
     };
     tracing::info!(spot = %serial, ?encoding, "tcp stream opened");
-    let (mut reader, writer) = stream.into_split();
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let send = |msg| async {
@@ -149,12 +192,18 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
         version,
     })
     .await?;
-    send(CoreMsg::AttachCommands {
-        serial: serial.clone(),
-        sink: command_tx,
-    })
-    .await?;
-    let writer_task = tokio::spawn(write_back(writer, encoding, ack_rx, command_rx));
+    let writer_task = if write_back == WriteBack::AcksAndCommands {
+        send(CoreMsg::AttachCommands {
+            serial: serial.clone(),
+            sink: command_tx,
+        })
+        .await?;
+        Some(tokio::spawn(write_acks_and_commands(
+            writer, encoding, ack_rx, command_rx,
+        )))
+    } else {
+        None
+    };
     let result = async {
         shared
             .metrics
@@ -173,10 +222,13 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
         })
         .await?;
         loop {
-            let n = tokio::time::timeout(limits.tcp_idle_timeout, reader.read(&mut buf))
-                .await
-                .map_err(|_| format!("idle for {:?}", limits.tcp_idle_timeout))?
-                .map_err(|e| e.to_string())?;
+            let n = tokio::select! {
+                r = tokio::time::timeout(limits.tcp_idle_timeout, reader.read(&mut buf)) => r
+                    .map_err(|_| format!("idle for {:?}", limits.tcp_idle_timeout))?
+                    .map_err(|e| e.to_string())?,
+                // Draining: what was received is committed and acknowledged below.
+                _ = reached(shutdown, Phase::Draining) => return Ok(()),
+            };
             if n == 0 {
                 decoder.finish();
             } else {
@@ -216,10 +268,12 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
         }
     }
     .await;
-    let _ = send(CoreMsg::DetachCommands {
-        serial: serial.clone(),
-    })
-    .await;
+    if writer_task.is_some() {
+        let _ = send(CoreMsg::DetachCommands {
+            serial: serial.clone(),
+        })
+        .await;
+    }
     let (reply, rx) = oneshot::channel();
     let _ = send(CoreMsg::Sync {
         serial: serial.clone(),
@@ -230,18 +284,21 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> Result<(), String> {
     .await;
     let _ = rx.await;
     drop(ack_tx);
-    let _ = writer_task.await;
+    if let Some(writer_task) = writer_task {
+        let _ = writer_task.await;
+    }
     tracing::info!(spot = %serial, "tcp stream closed");
     result
 }
 
 /// Writes acks (after commits) and commands (when queued) in the stream's encoding.
-async fn write_back(
-    mut writer: OwnedWriteHalf,
+async fn write_acks_and_commands<W: AsyncWrite>(
+    writer: W,
     encoding: Encoding,
     mut acks: watch::Receiver<u64>,
     mut commands: mpsc::Receiver<Vec<Event>>,
 ) {
+    let mut writer = std::pin::pin!(writer);
     let mut encoder = Encoder::new(encoding);
     let mut out = Vec::new();
     if encoding == Encoding::Protobuf {

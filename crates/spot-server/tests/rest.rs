@@ -165,3 +165,40 @@ async fn state_survives_a_restart() {
     assert_eq!(spot["event_counter"], 3);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn populate_replaces_ids_with_the_referenced_documents() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let (status, items) = get(addr, "/api/items?populate=location&results_only=true").await;
+    assert_eq!(status, 200, "{items}");
+    for item in items.as_array().unwrap() {
+        assert_eq!(item["location"]["label"], "spot300", "{item}");
+        assert!(item["location"]["id"].is_string());
+    }
+    let (_, presences) = get(
+        addr,
+        "/api/presences?populate=item,location&results_only=true&sort=id",
+    )
+    .await;
+    let first = &presences[0];
+    assert_eq!(first["item"]["code_hex"], format!("{:024x}", 0));
+    assert_eq!(first["location"]["label"], "spot300");
+    let id = first["id"].as_str().unwrap();
+    let (status, one) = get(addr, &format!("/api/presences/{id}?populate=item")).await;
+    assert_eq!(status, 200);
+    assert_eq!(one["item"], first["item"]);
+    assert!(one["location"].is_string(), "only the named field: {one}");
+    let (_, spot) = get(addr, "/api/spots/300?populate=report_location").await;
+    assert_eq!(spot["report_location"]["label"], "spot300", "{spot}");
+    for path in [
+        "/api/items?populate=spot",
+        "/api/locations?populate=location",
+        "/api/presences/x?populate=bogus",
+    ] {
+        let (status, e) = get(addr, path).await;
+        assert_eq!(status, 400, "{path}: {e}");
+        assert_eq!(e["parameter"], "populate", "{path}: {e}");
+    }
+    server.shutdown().await;
+}

@@ -1,0 +1,577 @@
+//! The hub: fans published events out to subscriptions, each with its own bounded queue.
+//!
+//! [`Hub::publish`] never blocks and never waits for a consumer: it offers the event to the
+//! queue of every subscription whose filters match (`try_send`). A full queue counts the event
+//! as dropped for that subscription (visible in [`Hub::stats`]) and marks the subscription
+//! *lagged*, so a [`crate::Follower`] refills the gap from the [`crate::EventLog`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::topic::{validate_topic_name, TopicError, TopicFilter};
+
+/// One derived event, as every outlet sends it.
+///
+/// Cheap to clone (three `Arc`s). The envelope `{"id":..,"topic":..,"payload":..}` sent over
+/// WebSocket, SSE and webhooks is serialized once, at construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    id: u64,
+    topic: Arc<str>,
+    payload: Arc<str>,
+    envelope: Arc<str>,
+}
+
+/// Why a [`Published`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishedError {
+    /// The topic is not a valid MQTT topic name.
+    #[error("event {id}: bad topic {topic:?}: {source}")]
+    Topic {
+        /// The event id.
+        id: u64,
+        /// The refused topic.
+        topic: String,
+        /// What is wrong with it.
+        source: TopicError,
+    },
+    /// The payload is not JSON text of an object.
+    #[error("event {id}: payload is not a JSON object: {reason}")]
+    Payload {
+        /// The event id.
+        id: u64,
+        /// Parser message or "not an object".
+        reason: String,
+    },
+}
+
+impl Published {
+    /// Builds an event from its id (strictly increasing across the server), its topic
+    /// (spec §7; a topic name, no wildcards) and its payload: the JSON text of an object.
+    pub fn new(id: u64, topic: &str, payload_json: String) -> Result<Self, PublishedError> {
+        validate_topic_name(topic).map_err(|source| PublishedError::Topic {
+            id,
+            topic: topic.to_owned(),
+            source,
+        })?;
+        let raw: &RawValue =
+            serde_json::from_str(&payload_json).map_err(|e| PublishedError::Payload {
+                id,
+                reason: e.to_string(),
+            })?;
+        if !raw.get().starts_with('{') {
+            return Err(PublishedError::Payload {
+                id,
+                reason: "not an object".into(),
+            });
+        }
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            id: u64,
+            topic: &'a str,
+            payload: &'a RawValue,
+        }
+        let envelope = serde_json::to_string(&Envelope {
+            id,
+            topic,
+            payload: raw,
+        })
+        .map_err(|e| PublishedError::Payload {
+            id,
+            reason: e.to_string(),
+        })?;
+        let payload: Arc<str> = Arc::from(raw.get());
+        Ok(Self {
+            id,
+            topic: Arc::from(topic),
+            payload,
+            envelope: Arc::from(envelope),
+        })
+    }
+
+    /// Same as [`Published::new`] from a JSON value (which must be an object).
+    pub fn from_value(
+        id: u64,
+        topic: &str,
+        payload: &serde_json::Value,
+    ) -> Result<Self, PublishedError> {
+        Self::new(id, topic, payload.to_string())
+    }
+
+    /// The event id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The topic name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The payload: JSON text of an object (what MQTT publishes).
+    pub fn payload_json(&self) -> &str {
+        &self.payload
+    }
+
+    /// `{"id":..,"topic":..,"payload":{..}}`: what WebSocket, SSE and webhooks send.
+    pub fn envelope_json(&self) -> &str {
+        &self.envelope
+    }
+}
+
+/// Limits of a [`Hub`].
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events queued per subscription before further ones are dropped (and counted).
+    /// Bounds memory per consumer: a stalled WebSocket reader holds at most this many.
+    pub queue_capacity: usize,
+    /// Maximum live subscriptions (WebSocket + SSE connections + outlets): bounds memory
+    /// and the per-publish fan-out cost.
+    pub max_subscriptions: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 8192,
+            max_subscriptions: 10_000,
+        }
+    }
+}
+
+/// Why [`Hub::subscribe`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// [`HubConfig::max_subscriptions`] are already live.
+    #[error("too many subscriptions: the maximum is {0}")]
+    TooManySubscriptions(usize),
+}
+
+struct Shared {
+    key: u64,
+    outlet: String,
+    filters: RwLock<Vec<TopicFilter>>,
+    tx: mpsc::Sender<Arc<Published>>,
+    dropped: AtomicU64,
+    lagged: AtomicBool,
+}
+
+impl Shared {
+    fn wants(&self, topic: &str) -> bool {
+        read(&self.filters).iter().any(|f| f.matches(topic))
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Inner {
+    config: HubConfig,
+    subscriptions: RwLock<Vec<Arc<Shared>>>,
+    next_key: AtomicU64,
+    published_total: AtomicU64,
+    last_id: AtomicU64,
+    /// Dropped counts of subscriptions that have ended, by outlet name.
+    dropped_by_ended: Mutex<HashMap<String, u64>>,
+}
+
+/// Fan-out point between the server's commit path and the outlets. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// Counters of one outlet (all subscriptions with the same outlet name added up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutletStats {
+    /// Outlet name: `ws`, `sse`, `mqtt`, `webhooks`.
+    pub outlet: String,
+    /// Live subscriptions of this outlet.
+    pub subscriptions: usize,
+    /// Events queued now.
+    pub queued: usize,
+    /// Events dropped since start because a queue was full.
+    pub dropped_total: u64,
+}
+
+/// Counters of the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HubStats {
+    /// Events published since start.
+    pub published_total: u64,
+    /// Id of the last published event (0 before any).
+    pub last_id: u64,
+    /// Per outlet, sorted by name.
+    pub outlets: Vec<OutletStats>,
+}
+
+impl HubStats {
+    /// Prometheus text lines: `spot_push_published_total`, `spot_push_last_event_id`, and per
+    /// outlet `spot_push_subscriptions`, `spot_push_queued`, `spot_push_dropped_total`.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = format!(
+            "spot_push_published_total {}\nspot_push_last_event_id {}\n",
+            self.published_total, self.last_id
+        );
+        for o in &self.outlets {
+            let outlet = o.outlet.replace(['"', '\\', '\n'], "_");
+            out.push_str(&format!(
+                "spot_push_subscriptions{{outlet=\"{outlet}\"}} {}\n\
+                 spot_push_queued{{outlet=\"{outlet}\"}} {}\n\
+                 spot_push_dropped_total{{outlet=\"{outlet}\"}} {}\n",
+                o.subscriptions, o.queued, o.dropped_total
+            ));
+        }
+        out
+    }
+}
+
+impl Hub {
+    /// A hub with the given limits.
+    pub fn new(config: HubConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                subscriptions: RwLock::new(Vec::new()),
+                next_key: AtomicU64::new(0),
+                published_total: AtomicU64::new(0),
+                last_id: AtomicU64::new(0),
+                dropped_by_ended: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Offers `event` to every matching subscription. Never blocks.
+    ///
+    /// Call it after the event is committed, i.e. readable through the [`crate::EventLog`]
+    /// (a lagged consumer refills from there), with ids strictly increasing.
+    pub fn publish(&self, event: Published) {
+        let event = Arc::new(event);
+        self.inner.last_id.fetch_max(event.id, Ordering::AcqRel);
+        self.inner.published_total.fetch_add(1, Ordering::Relaxed);
+        let mut closed = false;
+        for sub in read(&self.inner.subscriptions).iter() {
+            if !sub.wants(&event.topic) {
+                continue;
+            }
+            match sub.tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.dropped.fetch_add(1, Ordering::Relaxed);
+                    sub.lagged.store(true, Ordering::Release);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            }
+        }
+        if closed {
+            write(&self.inner.subscriptions).retain(|s| !s.tx.is_closed());
+        }
+    }
+
+    /// Id of the last published event (0 before any).
+    pub fn last_id(&self) -> u64 {
+        self.inner.last_id.load(Ordering::Acquire)
+    }
+
+    /// Opens a subscription for an outlet named `outlet` (used in stats) with `filters`
+    /// (may be empty and changed later). It ends when the [`Subscription`] is dropped.
+    pub fn subscribe(
+        &self,
+        outlet: &str,
+        filters: Vec<TopicFilter>,
+    ) -> Result<Subscription, HubError> {
+        self.subscribe_with_capacity(outlet, filters, self.inner.config.queue_capacity)
+    }
+
+    /// Same as [`Hub::subscribe`] with a queue of `queue_capacity` events instead of
+    /// [`HubConfig::queue_capacity`] (e.g. a larger one for the MQTT outlet).
+    pub fn subscribe_with_capacity(
+        &self,
+        outlet: &str,
+        filters: Vec<TopicFilter>,
+        queue_capacity: usize,
+    ) -> Result<Subscription, HubError> {
+        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        let shared = Arc::new(Shared {
+            key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+            outlet: outlet.to_owned(),
+            filters: RwLock::new(filters),
+            tx,
+            dropped: AtomicU64::new(0),
+            lagged: AtomicBool::new(false),
+        });
+        let start_id = self.last_id();
+        {
+            let mut subs = write(&self.inner.subscriptions);
+            subs.retain(|s| !s.tx.is_closed());
+            if subs.len() >= self.inner.config.max_subscriptions {
+                return Err(HubError::TooManySubscriptions(
+                    self.inner.config.max_subscriptions,
+                ));
+            }
+            subs.push(shared.clone());
+        }
+        Ok(Subscription {
+            shared,
+            rx,
+            hub: self.inner.clone(),
+            start_id,
+        })
+    }
+
+    /// Counters per outlet.
+    pub fn stats(&self) -> HubStats {
+        let mut by_outlet: HashMap<String, OutletStats> = HashMap::new();
+        let ended = self
+            .inner
+            .dropped_by_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (outlet, dropped) in ended.iter() {
+            by_outlet.insert(
+                outlet.clone(),
+                OutletStats {
+                    outlet: outlet.clone(),
+                    subscriptions: 0,
+                    queued: 0,
+                    dropped_total: *dropped,
+                },
+            );
+        }
+        drop(ended);
+        for sub in read(&self.inner.subscriptions).iter() {
+            if sub.tx.is_closed() {
+                continue;
+            }
+            let entry = by_outlet
+                .entry(sub.outlet.clone())
+                .or_insert_with(|| OutletStats {
+                    outlet: sub.outlet.clone(),
+                    subscriptions: 0,
+                    queued: 0,
+                    dropped_total: 0,
+                });
+            entry.subscriptions += 1;
+            entry.queued += sub.tx.max_capacity() - sub.tx.capacity();
+            entry.dropped_total += sub.dropped.load(Ordering::Relaxed);
+        }
+        let mut outlets: Vec<OutletStats> = by_outlet.into_values().collect();
+        outlets.sort_by(|a, b| a.outlet.cmp(&b.outlet));
+        HubStats {
+            published_total: self.inner.published_total.load(Ordering::Relaxed),
+            last_id: self.last_id(),
+            outlets,
+        }
+    }
+}
+
+/// The receiving end of one hub subscription: a bounded queue plus its filters.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Arc<Published>>,
+    hub: Arc<Inner>,
+    start_id: u64,
+}
+
+impl Subscription {
+    /// Next queued event; `None` only if the hub is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Published>> {
+        self.rx.recv().await
+    }
+
+    /// Next queued event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Arc<Published>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Whether events were dropped since the last call (and clears the mark).
+    pub fn take_lagged(&self) -> bool {
+        self.shared.lagged.swap(false, Ordering::AcqRel)
+    }
+
+    /// Events dropped for this subscription because its queue was full.
+    pub fn dropped_total(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The hub's last id when this subscription started: events after it are queued.
+    pub fn start_id(&self) -> u64 {
+        self.start_id
+    }
+
+    /// Adds a filter (no effect if already present).
+    pub fn add_filter(&self, filter: TopicFilter) {
+        let mut filters = write(&self.shared.filters);
+        if !filters.contains(&filter) {
+            filters.push(filter);
+        }
+    }
+
+    /// Removes a filter; says whether it was present.
+    pub fn remove_filter(&self, filter: &str) -> bool {
+        let mut filters = write(&self.shared.filters);
+        let before = filters.len();
+        filters.retain(|f| f.as_str() != filter);
+        filters.len() != before
+    }
+
+    /// Whether any current filter matches `topic`.
+    pub fn wants(&self, topic: &str) -> bool {
+        self.shared.wants(topic)
+    }
+
+    /// The current filters.
+    pub fn filters(&self) -> Vec<TopicFilter> {
+        read(&self.shared.filters).clone()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let key = self.shared.key;
+        write(&self.hub.subscriptions).retain(|s| s.key != key);
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        let mut ended = self
+            .hub
+            .dropped_by_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *ended.entry(self.shared.outlet.clone()).or_insert(0) += dropped;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u64, topic: &str) -> Published {
+        Published::new(id, topic, format!(r#"{{"n":{id}}}"#)).expect("valid event")
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::new(s).expect("valid filter")
+    }
+
+    #[test]
+    fn published_builds_the_envelope_once() {
+        let e = ev(7, "items/3/created");
+        assert_eq!(
+            e.envelope_json(),
+            r#"{"id":7,"topic":"items/3/created","payload":{"n":7}}"#
+        );
+        assert_eq!(e.payload_json(), r#"{"n":7}"#);
+    }
+
+    #[test]
+    fn published_refuses_wildcard_topics_and_non_objects() {
+        assert!(matches!(
+            Published::new(1, "items/+/created", "{}".into()),
+            Err(PublishedError::Topic { id: 1, .. })
+        ));
+        assert!(matches!(
+            Published::new(2, "items/1/created", "[1]".into()),
+            Err(PublishedError::Payload { id: 2, .. })
+        ));
+        assert!(matches!(
+            Published::new(3, "items/1/created", "{".into()),
+            Err(PublishedError::Payload { id: 3, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_only_matching_subscriptions() {
+        let hub = Hub::new(HubConfig::default());
+        let mut items = hub.subscribe("ws", vec![filter("items/#")]).expect("sub");
+        let mut spots = hub
+            .subscribe("ws", vec![filter("spots/+/connected/+")])
+            .expect("sub");
+        hub.publish(ev(1, "items/1/created"));
+        hub.publish(ev(2, "spots/1/connected/203"));
+        assert_eq!(items.recv().await.map(|e| e.id()), Some(1));
+        assert_eq!(spots.recv().await.map(|e| e.id()), Some(2));
+        assert!(items.try_recv().is_none());
+        assert!(spots.try_recv().is_none());
+    }
+
+    #[test]
+    fn full_queue_counts_drops_and_marks_lagged_without_blocking() {
+        let hub = Hub::new(HubConfig {
+            queue_capacity: 2,
+            max_subscriptions: 10,
+        });
+        let mut sub = hub.subscribe("sse", vec![filter("#")]).expect("sub");
+        for id in 1..=5 {
+            hub.publish(ev(id, "items/1/created"));
+        }
+        assert_eq!(sub.dropped_total(), 3);
+        assert!(sub.take_lagged());
+        assert!(!sub.take_lagged(), "the lagged mark is cleared once taken");
+        let stats = hub.stats();
+        assert_eq!(stats.published_total, 5);
+        assert_eq!(stats.last_id, 5);
+        assert_eq!(
+            stats.outlets,
+            vec![OutletStats {
+                outlet: "sse".into(),
+                subscriptions: 1,
+                queued: 2,
+                dropped_total: 3
+            }]
+        );
+        assert_eq!(
+            stats.render_prometheus(),
+            "spot_push_published_total 5\nspot_push_last_event_id 5\n\
+             spot_push_subscriptions{outlet=\"sse\"} 1\nspot_push_queued{outlet=\"sse\"} 2\n\
+             spot_push_dropped_total{outlet=\"sse\"} 3\n"
+        );
+        assert_eq!(sub.try_recv().map(|e| e.id()), Some(1));
+        drop(sub);
+        let stats = hub.stats();
+        assert_eq!(stats.outlets[0].subscriptions, 0);
+        assert_eq!(
+            stats.outlets[0].dropped_total, 3,
+            "drops of ended subscriptions stay counted"
+        );
+    }
+
+    #[test]
+    fn subscription_limit_is_enforced_and_freed_on_drop() {
+        let hub = Hub::new(HubConfig {
+            queue_capacity: 4,
+            max_subscriptions: 1,
+        });
+        let first = hub.subscribe("ws", vec![]).expect("first");
+        assert_eq!(
+            hub.subscribe("ws", vec![]).err(),
+            Some(HubError::TooManySubscriptions(1))
+        );
+        drop(first);
+        assert!(hub.subscribe("ws", vec![]).is_ok());
+    }
+
+    #[test]
+    fn filters_can_change_while_subscribed() {
+        let hub = Hub::new(HubConfig::default());
+        let mut sub = hub.subscribe("ws", vec![]).expect("sub");
+        hub.publish(ev(1, "items/1/created"));
+        assert!(sub.try_recv().is_none());
+        sub.add_filter(filter("items/#"));
+        hub.publish(ev(2, "items/1/created"));
+        assert_eq!(sub.try_recv().map(|e| e.id()), Some(2));
+        assert!(sub.remove_filter("items/#"));
+        assert!(!sub.remove_filter("items/#"));
+        hub.publish(ev(3, "items/1/created"));
+        assert!(sub.try_recv().is_none());
+    }
+}

@@ -1,0 +1,60 @@
+//! Push of the server's derived events to applications.
+//!
+//! # Flow
+//!
+//! ```text
+//! server commit ──► EventLog (server's events table)      ◄── Follower reads gaps / resumes
+//!        └────────► Hub::publish(Published) ──► one bounded queue per subscription
+//!                      ├─► SSE   GET /api/stream?topic_filter=F   (stream_router)
+//!                      ├─► WS    GET /api/ws                      (stream_router)
+//!                      ├─► MQTT  MqttOutlet::spawn                (external broker)
+//!                      └─► webhooks (subscriptions resource)
+//! ```
+//!
+//! # What the server does
+//!
+//! 1. Create one [`Hub`] (`Hub::new(HubConfig::default())`) at start.
+//! 2. Implement [`EventLog`] over its events log (`events_after(after_id, limit)`: events with
+//!    a larger id, increasing, at most `limit`), or use [`MemoryEventLog`].
+//! 3. After each store commit, for every derived event, in id order:
+//!    `hub.publish(Published::new(id, &topic, payload_json)?)` (or `Published::from_value`).
+//!    Ids start at 1 and strictly increase; the event must already be readable through the
+//!    `EventLog`. `publish` never blocks. Build topics with [`topics`] (spec §7 spelling) and
+//!    payloads with [`topics::event_payload`] (`resource`, `time_event`, `time_created`).
+//! 4. Mount [`stream_router`] (an `axum::Router`). On plain hyper: for paths where
+//!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
+//!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
+//! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
+//!    (set `qos` from a `--mqtt-qos` flag; keep the returned handle alive).
+//! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
+//!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`).
+//! 7. Append `hub.stats().render_prometheus()` to `/metrics`: drops are counted there.
+//!
+//! # Main types
+//!
+//! - [`TopicFilter`]: the one MQTT-semantics matcher every outlet uses.
+//! - [`Published`]: an event (id, topic, JSON payload), envelope serialized once.
+//! - [`Hub`], [`Subscription`]: non-blocking fan-out with bounded queues and drop counters.
+//! - [`EventLog`], [`Follower`]: gap-free following with resumption from the log.
+//! - [`MqttOutlet`]: publishing to an external broker.
+//! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
+//! - [`tail`]: the SSE client behind `spot tail`.
+
+pub mod follow;
+pub mod hub;
+pub mod mount;
+pub mod mqtt;
+pub mod stream;
+pub mod tail;
+pub mod topic;
+pub mod topics;
+pub mod webhook;
+
+pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
+pub use hub::{
+    Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError, Subscription,
+};
+pub use mount::{call_router, is_push_path};
+pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
+pub use stream::{stream_router, StreamLimits, StreamState};
+pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};

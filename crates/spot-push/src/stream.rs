@@ -1,0 +1,276 @@
+//! HTTP outlets: `GET /api/stream` (Server-Sent Events) and `GET /api/ws` (WebSocket).
+//!
+//! Both follow the hub through a [`Follower`], so they resume from the events log
+//! (`Last-Event-ID` / `after_id`) and refill from it what their queue had to drop.
+//!
+//! WebSocket protocol (text frames, JSON):
+//! - client → server: `{"subscribe":"<filter>"}`, optionally with `"after_id":<id>`;
+//!   `{"unsubscribe":"<filter>"}`.
+//! - server → client: events `{"id":..,"topic":..,"payload":{..}}`; acknowledgements
+//!   `{"subscribed":"<filter>"}`, `{"unsubscribed":"<filter>"}`; `{"error":"<what>"}` for a
+//!   refused command (the connection stays open).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::Deserialize;
+
+use crate::follow::{EventLog, Follower};
+use crate::hub::{Hub, HubError};
+use crate::topic::TopicFilter;
+
+/// Events written to a WebSocket before one flush (fewer when fewer are ready): one
+/// syscall and TCP segment for a burst instead of one per event.
+const WS_EVENTS_PER_FLUSH: usize = 256;
+
+/// Limits of the HTTP outlets.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Largest WebSocket message accepted from a client (commands are tiny).
+    pub max_ws_message_bytes: usize,
+    /// Filters one WebSocket connection may hold (each costs a match per published event).
+    pub max_filters_per_connection: usize,
+    /// Interval of SSE keep-alive comments (keeps proxies from closing idle streams).
+    pub sse_keep_alive: Duration,
+    /// A WebSocket client that takes longer than this to accept a burst of events (its
+    /// socket stays full) is disconnected; it can resume with `after_id`.
+    pub ws_send_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_ws_message_bytes: 64 * 1024,
+            max_filters_per_connection: 64,
+            sse_keep_alive: Duration::from_secs(15),
+            ws_send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the HTTP outlets need: the hub, the events log and the limits.
+#[derive(Clone)]
+pub struct StreamState {
+    /// Where events come from.
+    pub hub: Hub,
+    /// Where missed events are read back from.
+    pub log: Arc<dyn EventLog>,
+    /// Limits.
+    pub limits: StreamLimits,
+}
+
+/// The router serving `GET /api/stream` and `GET /api/ws`.
+pub fn stream_router(state: StreamState) -> Router {
+    Router::new()
+        .route("/api/stream", get(sse_handler))
+        .route("/api/ws", get(ws_handler))
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn hub_error_response(e: HubError) -> Response {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    topic_filter: Option<String>,
+    after_id: Option<u64>,
+}
+
+async fn sse_handler(
+    State(state): State<StreamState>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let text = query.topic_filter.as_deref().unwrap_or("#");
+    let filter = match TopicFilter::new(text) {
+        Ok(f) => f,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("topic_filter {text:?}: {e}"),
+            )
+        }
+    };
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(id) => Some(id),
+            None => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("Last-Event-ID {v:?} is not an event id"),
+                )
+            }
+        },
+    };
+    let after_id = last_event_id.or(query.after_id);
+    let sub = match state.hub.subscribe("sse", vec![filter]) {
+        Ok(s) => s,
+        Err(e) => return hub_error_response(e),
+    };
+    let follower = Follower::new(sub, state.log.clone(), after_id);
+    let events = futures_util::stream::unfold(Some(follower), |follower| async move {
+        let mut follower = follower?;
+        match follower.next().await {
+            Ok(Some(e)) => {
+                let event = SseEvent::default()
+                    .id(e.id().to_string())
+                    .data(e.envelope_json());
+                Some((Ok::<_, Infallible>(event), Some(follower)))
+            }
+            Ok(None) => None,
+            Err(err) => {
+                let event = SseEvent::default().event("error").data(err.to_string());
+                Some((Ok(event), None))
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(state.limits.sse_keep_alive))
+        .into_response()
+}
+
+async fn ws_handler(State(state): State<StreamState>, upgrade: WebSocketUpgrade) -> Response {
+    let sub = match state.hub.subscribe("ws", Vec::new()) {
+        Ok(s) => s,
+        Err(e) => return hub_error_response(e),
+    };
+    let follower = Follower::new(sub, state.log.clone(), None);
+    let limits = state.limits.clone();
+    upgrade
+        .max_message_size(limits.max_ws_message_bytes)
+        .max_frame_size(limits.max_ws_message_bytes)
+        .on_upgrade(move |socket| serve_ws(socket, follower, limits))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsCommand {
+    subscribe: Option<String>,
+    unsubscribe: Option<String>,
+    after_id: Option<u64>,
+}
+
+fn reply(key: &str, value: &str) -> Message {
+    Message::Text(serde_json::json!({ key: value }).to_string().into())
+}
+
+/// Applies one client command; returns the reply.
+fn apply_command(text: &str, follower: &mut Follower, limits: &StreamLimits) -> Message {
+    let command: WsCommand = match serde_json::from_str(text) {
+        Ok(c) => c,
+        Err(e) => return reply("error", &format!("bad command: {e}")),
+    };
+    match command {
+        WsCommand {
+            subscribe: Some(text),
+            unsubscribe: None,
+            after_id,
+        } => {
+            let filter = match TopicFilter::new(&text) {
+                Ok(f) => f,
+                Err(e) => return reply("error", &format!("filter {text:?}: {e}")),
+            };
+            let count = follower.subscription().filters().len();
+            if count >= limits.max_filters_per_connection {
+                return reply(
+                    "error",
+                    &format!(
+                        "filter {text:?}: this connection already has the maximum of {} filters",
+                        limits.max_filters_per_connection
+                    ),
+                );
+            }
+            follower.subscribe(filter, after_id);
+            reply("subscribed", &text)
+        }
+        WsCommand {
+            subscribe: None,
+            unsubscribe: Some(text),
+            after_id: None,
+        } => {
+            if follower.subscription().remove_filter(&text) {
+                reply("unsubscribed", &text)
+            } else {
+                reply("error", &format!("not subscribed to {text:?}"))
+            }
+        }
+        _ => reply(
+            "error",
+            "a command is {\"subscribe\":\"<filter>\"[,\"after_id\":<id>]} or {\"unsubscribe\":\"<filter>\"}",
+        ),
+    }
+}
+
+async fn serve_ws(socket: WebSocket, mut follower: Follower, limits: StreamLimits) {
+    let (mut sink, mut incoming) = socket.split();
+    loop {
+        tokio::select! {
+            message = incoming.next() => {
+                let reply = match message {
+                    Some(Ok(Message::Text(text))) => apply_command(text.as_str(), &mut follower, &limits),
+                    Some(Ok(Message::Binary(_))) => reply("error", "commands are text frames"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket client error");
+                        break;
+                    }
+                };
+                if sink.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            event = follower.next() => {
+                match event {
+                    Ok(Some(e)) => {
+                        // Queue this event and whatever else is ready, then flush once.
+                        let burst = async {
+                            sink.feed(Message::Text(e.envelope_json().into())).await?;
+                            for _ in 1..WS_EVENTS_PER_FLUSH {
+                                match follower.next().now_or_never() {
+                                    Some(Ok(Some(e))) => {
+                                        sink.feed(Message::Text(e.envelope_json().into())).await?;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            sink.flush().await
+                        };
+                        match tokio::time::timeout(limits.ws_send_timeout, burst).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "websocket send failed");
+                                break;
+                            }
+                            Err(_) => {
+                                tracing::info!("websocket client too slow; disconnected");
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The log cannot fill a gap: say so and close, the client resumes.
+                        let _ = sink.send(reply("error", &e.to_string())).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

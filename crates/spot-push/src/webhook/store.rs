@@ -1,0 +1,731 @@
+//! Persistence of webhooks: the `subscriptions` resource, the delivery queue and the
+//! dispatcher's cursor, in SQLite tables of their own (`push_*`).
+//!
+//! The queue survives restarts: a delivery row stays until the target accepted it (or it
+//! failed for good, or outlived the subscription's `database_hold_time_h`). Rows of one
+//! subscription are delivered in `seq` order.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use spot_protocol::Timestamp;
+
+use crate::topic::TopicFilter;
+
+/// A store error: the SQL operation and SQLite's message.
+#[derive(Debug, thiserror::Error)]
+#[error("webhook store: {what}: {source}")]
+pub struct StoreError {
+    /// What was being done.
+    pub what: &'static str,
+    /// SQLite's error.
+    pub source: rusqlite::Error,
+}
+
+fn err(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError { what, source }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One subscription as the API shows it. The secret is never shown, only `has_secret`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookSubscription {
+    /// Id.
+    pub id: i64,
+    /// Which events (MQTT-semantics filter).
+    pub topic_filter: String,
+    /// Free text.
+    pub description: String,
+    /// Where events are POSTed (`http://…`).
+    pub target_url: String,
+    /// Retry failed deliveries with backoff (else one attempt).
+    pub target_retry: bool,
+    /// How long undelivered events are kept queued, in hours.
+    pub database_hold_time_h: f64,
+    /// Whether deliveries are signed (`X-Spot-Signature-256`).
+    pub has_secret: bool,
+    /// Creation time (ISO 8601).
+    pub time_created: String,
+    /// Last change through the API (ISO 8601).
+    pub time_updated: String,
+    /// Deliveries accepted by the target (2xx).
+    pub delivered_count: i64,
+    /// Failed delivery attempts (and events given up).
+    pub failed_count: i64,
+    /// Last failure, if any.
+    pub last_error: Option<String>,
+    /// Deliveries waiting now.
+    pub queued_count: i64,
+}
+
+/// Fields written through the API (POST: all but the optional ones required; PUT: any).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionInput {
+    /// See [`WebhookSubscription::topic_filter`].
+    pub topic_filter: Option<String>,
+    /// See [`WebhookSubscription::description`].
+    pub description: Option<String>,
+    /// See [`WebhookSubscription::target_url`].
+    pub target_url: Option<String>,
+    /// See [`WebhookSubscription::target_retry`].
+    pub target_retry: Option<bool>,
+    /// See [`WebhookSubscription::database_hold_time_h`].
+    pub database_hold_time_h: Option<f64>,
+    /// HMAC-SHA256 key; `""` removes it.
+    pub secret: Option<String>,
+}
+
+/// A refused input: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InputError {
+    /// The field.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> InputError {
+    InputError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Longest description, secret and URL accepted.
+pub const MAX_TEXT_FIELD: usize = 4096;
+
+/// Default `database_hold_time_h`.
+pub const DEFAULT_HOLD_TIME_H: f64 = 24.0;
+
+fn check_url(url: &str) -> Result<(), InputError> {
+    if url.len() > MAX_TEXT_FIELD {
+        return Err(bad("target_url", "too long"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad("target_url", e.to_string()))?;
+    match parsed.scheme() {
+        "http" => Ok(()),
+        "https" => Err(bad(
+            "target_url",
+            "https targets are not supported by this build (no TLS client); use http",
+        )),
+        other => Err(bad("target_url", format!("scheme {other:?} is not http"))),
+    }
+}
+
+/// A validated, complete subscription definition.
+#[derive(Debug, Clone)]
+struct Definition {
+    topic_filter: String,
+    description: String,
+    target_url: String,
+    target_retry: bool,
+    database_hold_time_h: f64,
+    secret: Option<String>,
+}
+
+impl Definition {
+    fn apply(mut self, input: SubscriptionInput) -> Result<Self, InputError> {
+        if let Some(f) = input.topic_filter {
+            TopicFilter::new(&f).map_err(|e| bad("topic_filter", e.to_string()))?;
+            self.topic_filter = f;
+        }
+        if let Some(d) = input.description {
+            if d.len() > MAX_TEXT_FIELD {
+                return Err(bad("description", "too long"));
+            }
+            self.description = d;
+        }
+        if let Some(u) = input.target_url {
+            check_url(&u)?;
+            self.target_url = u;
+        }
+        if let Some(r) = input.target_retry {
+            self.target_retry = r;
+        }
+        if let Some(h) = input.database_hold_time_h {
+            if !(h.is_finite() && h > 0.0) {
+                return Err(bad(
+                    "database_hold_time_h",
+                    "must be a positive number of hours",
+                ));
+            }
+            self.database_hold_time_h = h;
+        }
+        if let Some(s) = input.secret {
+            if s.len() > MAX_TEXT_FIELD {
+                return Err(bad("secret", "too long"));
+            }
+            self.secret = if s.is_empty() { None } else { Some(s) };
+        }
+        Ok(self)
+    }
+}
+
+/// One queued delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Queue order.
+    pub seq: i64,
+    /// Subscription.
+    pub subscription_id: i64,
+    /// Event id (the idempotency key).
+    pub event_id: u64,
+    /// The JSON body to POST.
+    pub body: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Not before this time (ms since epoch).
+    pub next_attempt_ms: i64,
+    /// Queued at (ms since epoch).
+    pub queued_ms: i64,
+}
+
+/// What a worker needs to deliver for one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// URL.
+    pub url: String,
+    /// Retry with backoff.
+    pub retry: bool,
+    /// HMAC key.
+    pub secret: Option<String>,
+    /// Hold time in ms.
+    pub hold_ms: i64,
+}
+
+/// The webhook tables. Cheap to share (`Arc`); one connection behind a mutex.
+pub struct WebhookStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic_filter TEXT NOT NULL,
+    description TEXT NOT NULL,
+    target_url TEXT NOT NULL,
+    target_retry INTEGER NOT NULL,
+    database_hold_time_h REAL NOT NULL,
+    secret TEXT,
+    time_created INTEGER NOT NULL,
+    time_updated INTEGER NOT NULL,
+    start_event_id INTEGER NOT NULL,
+    delivered_count INTEGER NOT NULL DEFAULT 0,
+    failed_count INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS push_deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id INTEGER NOT NULL REFERENCES push_subscriptions(id) ON DELETE CASCADE,
+    event_id INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    UNIQUE (subscription_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS push_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_event_id INTEGER NOT NULL
+);
+";
+
+const SELECT_SUBSCRIPTION: &str = "SELECT id, topic_filter, description, target_url, target_retry,
+    database_hold_time_h, secret IS NOT NULL, time_created, time_updated, delivered_count,
+    failed_count, last_error,
+    (SELECT COUNT(*) FROM push_deliveries d WHERE d.subscription_id = s.id)
+    FROM push_subscriptions s";
+
+fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubscription> {
+    Ok(WebhookSubscription {
+        id: row.get(0)?,
+        topic_filter: row.get(1)?,
+        description: row.get(2)?,
+        target_url: row.get(3)?,
+        target_retry: row.get(4)?,
+        database_hold_time_h: row.get(5)?,
+        has_secret: row.get(6)?,
+        time_created: Timestamp::from_millis(row.get(7)?).to_string(),
+        time_updated: Timestamp::from_millis(row.get(8)?).to_string(),
+        delivered_count: row.get(9)?,
+        failed_count: row.get(10)?,
+        last_error: row.get(11)?,
+        queued_count: row.get(12)?,
+    })
+}
+
+/// Why a create/update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Bad input (HTTP 400).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The store failed (HTTP 500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl WebhookStore {
+    /// Opens (creating the tables if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(err("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("set WAL"))?;
+        Self::with_connection(conn)
+    }
+
+    /// An in-memory store (tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::with_connection(Connection::open_in_memory().map_err(err("open"))?)
+    }
+
+    /// Uses `conn` (e.g. the server's database), creating the tables if needed.
+    pub fn with_connection(conn: Connection) -> Result<Self, StoreError> {
+        conn.execute_batch(SCHEMA).map_err(err("create tables"))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates a subscription (`topic_filter` and `target_url` required) that receives the
+    /// events with ids above `start_event_id`.
+    pub fn create(
+        &self,
+        input: SubscriptionInput,
+        start_event_id: u64,
+    ) -> Result<WebhookSubscription, WriteError> {
+        if input.topic_filter.is_none() {
+            return Err(bad("topic_filter", "required").into());
+        }
+        if input.target_url.is_none() {
+            return Err(bad("target_url", "required").into());
+        }
+        let d = Definition {
+            topic_filter: String::new(),
+            description: String::new(),
+            target_url: String::new(),
+            target_retry: false,
+            database_hold_time_h: DEFAULT_HOLD_TIME_H,
+            secret: None,
+        }
+        .apply(input)?;
+        let now = now_ms();
+        let id = {
+            let conn = self.conn();
+            conn.execute(
+                "INSERT INTO push_subscriptions (topic_filter, description, target_url,
+                 target_retry, database_hold_time_h, secret, time_created, time_updated,
+                 start_event_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                params![
+                    d.topic_filter,
+                    d.description,
+                    d.target_url,
+                    d.target_retry,
+                    d.database_hold_time_h,
+                    d.secret,
+                    now,
+                    start_event_id as i64
+                ],
+            )
+            .map_err(err("insert subscription"))?;
+            conn.last_insert_rowid()
+        };
+        Ok(self.get(id)?.ok_or(StoreError {
+            what: "read back created subscription",
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })?)
+    }
+
+    /// Changes the given fields; `None` when there is no such subscription.
+    pub fn update(
+        &self,
+        id: i64,
+        input: SubscriptionInput,
+    ) -> Result<Option<WebhookSubscription>, WriteError> {
+        let current: Option<Definition> = self
+            .conn()
+            .query_row(
+                "SELECT topic_filter, description, target_url, target_retry,
+                 database_hold_time_h, secret FROM push_subscriptions WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Definition {
+                        topic_filter: r.get(0)?,
+                        description: r.get(1)?,
+                        target_url: r.get(2)?,
+                        target_retry: r.get(3)?,
+                        database_hold_time_h: r.get(4)?,
+                        secret: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err("read subscription"))?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let d = current.apply(input)?;
+        self.conn()
+            .execute(
+                "UPDATE push_subscriptions SET topic_filter = ?2, description = ?3,
+                 target_url = ?4, target_retry = ?5, database_hold_time_h = ?6, secret = ?7,
+                 time_updated = ?8 WHERE id = ?1",
+                params![
+                    id,
+                    d.topic_filter,
+                    d.description,
+                    d.target_url,
+                    d.target_retry,
+                    d.database_hold_time_h,
+                    d.secret,
+                    now_ms()
+                ],
+            )
+            .map_err(err("update subscription"))?;
+        Ok(self.get(id)?)
+    }
+
+    /// Deletes a subscription and its queue; says whether it existed.
+    pub fn delete(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM push_subscriptions WHERE id = ?1", [id])
+            .map_err(err("delete subscription"))?;
+        Ok(n > 0)
+    }
+
+    /// One subscription.
+    pub fn get(&self, id: i64) -> Result<Option<WebhookSubscription>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("{SELECT_SUBSCRIPTION} WHERE id = ?1"),
+                [id],
+                row_to_subscription,
+            )
+            .optional()
+            .map_err(err("read subscription"))
+    }
+
+    /// Up to `limit` subscriptions with `id > after_id`, by id.
+    pub fn list(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<WebhookSubscription>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT_SUBSCRIPTION} WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))
+            .map_err(err("list subscriptions"))?;
+        let rows = stmt
+            .query_map(params![after_id, limit as i64], row_to_subscription)
+            .map_err(err("list subscriptions"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(err("list subscriptions"))
+    }
+
+    /// Every subscription's id, filter and start event id (for matching).
+    pub fn matchers(&self) -> Result<Vec<(i64, TopicFilter, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, topic_filter, start_event_id FROM push_subscriptions ORDER BY id")
+            .map_err(err("read filters"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(err("read filters"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text, start) = row.map_err(err("read filters"))?;
+            // Filters were validated when written; a bad one matches nothing.
+            if let Ok(f) = TopicFilter::new(&text) {
+                out.push((id, f, start as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of subscriptions.
+    pub fn count(&self) -> Result<usize, StoreError> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM push_subscriptions", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as usize)
+            .map_err(err("count subscriptions"))
+    }
+
+    /// Where and how to deliver for one subscription; `None` once deleted.
+    pub fn target(&self, id: i64) -> Result<Option<Target>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT target_url, target_retry, secret, database_hold_time_h
+                 FROM push_subscriptions WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Target {
+                        url: r.get(0)?,
+                        retry: r.get(1)?,
+                        secret: r.get(2)?,
+                        hold_ms: (r.get::<_, f64>(3)? * 3_600_000.0) as i64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err("read target"))
+    }
+
+    /// The last event id the dispatcher queued (`None` at first start).
+    pub fn cursor(&self) -> Result<Option<u64>, StoreError> {
+        let id: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT last_event_id FROM push_cursor WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err("read cursor"))?;
+        Ok(id.map(|i| i as u64))
+    }
+
+    /// Queues `(subscription, event id, body)` rows and moves the cursor to `cursor`, in one
+    /// transaction (so an event is queued once, even across a crash).
+    pub fn enqueue(&self, rows: &[(i64, u64, &str)], cursor: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err("begin enqueue"))?;
+        {
+            let now = now_ms();
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO push_deliveries
+                     (subscription_id, event_id, body, next_attempt_ms, queued_ms)
+                     SELECT ?1, ?2, ?3, ?4, ?4 WHERE EXISTS
+                     (SELECT 1 FROM push_subscriptions WHERE id = ?1)",
+                )
+                .map_err(err("prepare enqueue"))?;
+            for (sub, event_id, body) in rows {
+                insert
+                    .execute(params![sub, *event_id as i64, body, now])
+                    .map_err(err("enqueue delivery"))?;
+            }
+            tx.execute(
+                "INSERT INTO push_cursor (id, last_event_id) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET last_event_id = MAX(last_event_id, ?1)",
+                [cursor as i64],
+            )
+            .map_err(err("move cursor"))?;
+        }
+        tx.commit().map_err(err("commit enqueue"))
+    }
+
+    /// The oldest queued delivery of a subscription.
+    pub fn next_delivery(&self, subscription_id: i64) -> Result<Option<Delivery>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT seq, subscription_id, event_id, body, attempts, next_attempt_ms,
+                 queued_ms FROM push_deliveries WHERE subscription_id = ?1
+                 ORDER BY seq LIMIT 1",
+                [subscription_id],
+                |r| {
+                    Ok(Delivery {
+                        seq: r.get(0)?,
+                        subscription_id: r.get(1)?,
+                        event_id: r.get::<_, i64>(2)? as u64,
+                        body: r.get(3)?,
+                        attempts: r.get(4)?,
+                        next_attempt_ms: r.get(5)?,
+                        queued_ms: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(err("read next delivery"))
+    }
+
+    /// Records a delivery accepted by the target.
+    pub fn delivered(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err("begin delivered"))?;
+        tx.execute("DELETE FROM push_deliveries WHERE seq = ?1", [delivery.seq])
+            .map_err(err("delete delivered"))?;
+        tx.execute(
+            "UPDATE push_subscriptions SET delivered_count = delivered_count + 1 WHERE id = ?1",
+            [delivery.subscription_id],
+        )
+        .map_err(err("count delivered"))?;
+        tx.commit().map_err(err("commit delivered"))
+    }
+
+    /// Records a failed attempt: retried at `retry_at_ms`, or given up (`None`).
+    pub fn failed(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        retry_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err("begin failed"))?;
+        match retry_at_ms {
+            Some(at) => tx.execute(
+                "UPDATE push_deliveries SET attempts = attempts + 1, next_attempt_ms = ?2
+                 WHERE seq = ?1",
+                params![delivery.seq, at],
+            ),
+            None => tx.execute("DELETE FROM push_deliveries WHERE seq = ?1", [delivery.seq]),
+        }
+        .map_err(err("update failed delivery"))?;
+        tx.execute(
+            "UPDATE push_subscriptions SET failed_count = failed_count + 1, last_error = ?2
+             WHERE id = ?1",
+            params![delivery.subscription_id, error],
+        )
+        .map_err(err("count failed"))?;
+        tx.commit().map_err(err("commit failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(filter: &str, url: &str) -> SubscriptionInput {
+        SubscriptionInput {
+            topic_filter: Some(filter.into()),
+            target_url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_update_delete_round_trip() {
+        let store = WebhookStore::open_in_memory().expect("store");
+        let created = store
+            .create(
+                SubscriptionInput {
+                    description: Some("door".into()),
+                    secret: Some("k".into()),
+                    ..input("items/#", "http://127.0.0.1:9/hook")
+                },
+                0,
+            )
+            .expect("create");
+        assert_eq!(created.topic_filter, "items/#");
+        assert!(created.has_secret);
+        assert!(!created.target_retry);
+        assert_eq!(created.database_hold_time_h, DEFAULT_HOLD_TIME_H);
+        let updated = store
+            .update(
+                created.id,
+                SubscriptionInput {
+                    target_retry: Some(true),
+                    secret: Some(String::new()),
+                    ..Default::default()
+                },
+            )
+            .expect("update")
+            .expect("exists");
+        assert!(updated.target_retry && !updated.has_secret);
+        assert_eq!(updated.description, "door");
+        assert_eq!(store.list(0, 10).expect("list").len(), 1);
+        assert!(store.delete(created.id).expect("delete"));
+        assert!(!store.delete(created.id).expect("delete"));
+        assert!(store.get(created.id).expect("get").is_none());
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let store = WebhookStore::open_in_memory().expect("store");
+        let field = |r: Result<WebhookSubscription, WriteError>| match r {
+            Err(WriteError::Input(e)) => e.field,
+            other => panic!("expected an input error, got {other:?}"),
+        };
+        assert_eq!(
+            field(store.create(input("a/#/b", "http://h/"), 0)),
+            "topic_filter"
+        );
+        assert_eq!(field(store.create(input("a", "ftp://h/"), 0)), "target_url");
+        assert_eq!(
+            field(store.create(input("a", "https://h/"), 0)),
+            "target_url"
+        );
+        assert_eq!(
+            field(store.create(input("a", "not a url"), 0)),
+            "target_url"
+        );
+        assert_eq!(
+            field(store.create(
+                SubscriptionInput {
+                    database_hold_time_h: Some(-1.0),
+                    ..input("a", "http://h/")
+                },
+                0
+            )),
+            "database_hold_time_h"
+        );
+        assert_eq!(
+            field(store.create(
+                SubscriptionInput {
+                    target_url: None,
+                    ..input("a", "http://h/")
+                },
+                0
+            )),
+            "target_url"
+        );
+    }
+
+    #[test]
+    fn queue_is_ordered_deduplicated_and_counted() {
+        let store = WebhookStore::open_in_memory().expect("store");
+        let sub = store.create(input("#", "http://h/"), 0).expect("create").id;
+        store
+            .enqueue(&[(sub, 5, "{\"a\":5}"), (sub, 6, "{\"a\":6}")], 6)
+            .expect("enqueue");
+        store.enqueue(&[(sub, 6, "{\"a\":6}")], 6).expect("again");
+        store
+            .enqueue(&[(999, 7, "{}")], 7)
+            .expect("unknown subscription is skipped");
+        assert_eq!(store.cursor().expect("cursor"), Some(7));
+        let first = store.next_delivery(sub).expect("read").expect("queued");
+        assert_eq!(first.event_id, 5);
+        store.failed(&first, "HTTP 500", Some(123)).expect("failed");
+        let again = store.next_delivery(sub).expect("read").expect("queued");
+        assert_eq!(
+            (again.event_id, again.attempts, again.next_attempt_ms),
+            (5, 1, 123)
+        );
+        store.delivered(&again).expect("delivered");
+        let second = store.next_delivery(sub).expect("read").expect("queued");
+        assert_eq!(second.event_id, 6);
+        store.failed(&second, "refused", None).expect("give up");
+        assert!(store.next_delivery(sub).expect("read").is_none());
+        let s = store.get(sub).expect("get").expect("exists");
+        assert_eq!((s.delivered_count, s.failed_count), (1, 2));
+        assert_eq!(s.last_error.as_deref(), Some("refused"));
+    }
+}

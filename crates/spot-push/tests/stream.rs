@@ -1,0 +1,438 @@
+//! SSE and WebSocket outlets over loopback with real clients (reqwest, tokio-tungstenite).
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use spot_push::{
+    stream_router, Hub, HubConfig, MemoryEventLog, Published, StreamLimits, StreamState,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Server {
+    url: String,
+    hub: Hub,
+    log: Arc<MemoryEventLog>,
+}
+
+impl Server {
+    async fn start(config: HubConfig) -> Self {
+        Self::start_with(
+            config,
+            StreamLimits {
+                max_filters_per_connection: 2,
+                ..StreamLimits::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_with(config: HubConfig, limits: StreamLimits) -> Self {
+        let hub = Hub::new(config);
+        let log = Arc::new(MemoryEventLog::new(100_000));
+        let router = stream_router(StreamState {
+            hub: hub.clone(),
+            log: log.clone(),
+            limits,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            url: format!("127.0.0.1:{}", addr.port()),
+            hub,
+            log,
+        }
+    }
+
+    /// As the server does: log, then hub.
+    fn commit(&self, id: u64, topic: &str) {
+        let event = Published::from_value(id, topic, &json!({ "n": id })).expect("event");
+        self.log.append(event.clone());
+        self.hub.publish(event);
+    }
+}
+
+/// Reads Server-Sent Events (id, data) from a streaming response.
+struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>>>,
+    buffer: String,
+}
+
+impl SseReader {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    async fn next_event(&mut self) -> (u64, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse::<u64>().expect("numeric id"));
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str::<Value>(v.trim()).expect("json data"));
+                    }
+                }
+                if let (Some(id), Some(data)) = (id, data) {
+                    return (id, data);
+                }
+                continue; // keep-alive comment
+            }
+            let chunk = self.body.next().await.expect("stream open").expect("chunk");
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_streams_matching_events_with_ids_and_envelopes() {
+    let server = Server::start(HubConfig::default()).await;
+    let response = reqwest::get(format!(
+        "http://{}/api/stream?topic_filter=items/%2B/created",
+        server.url
+    ))
+    .await
+    .expect("connect");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "served as SSE"
+    );
+    let mut sse = SseReader::new(response);
+    server.commit(1, "items/1/created");
+    server.commit(2, "spots/1/connected/203");
+    server.commit(3, "items/1/appeared");
+    server.commit(4, "items/2/created");
+    let (id, data) = sse.next_event().await;
+    assert_eq!(id, 1);
+    assert_eq!(
+        data,
+        json!({"id": 1, "topic": "items/1/created", "payload": {"n": 1}})
+    );
+    assert_eq!(sse.next_event().await.0, 4, "non-matching events skipped");
+}
+
+#[tokio::test]
+async fn sse_resumes_from_last_event_id() {
+    let server = Server::start(HubConfig::default()).await;
+    for id in 1..=5 {
+        server.commit(id, "items/1/created");
+    }
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/stream", server.url))
+        .header("Last-Event-ID", "2")
+        .send()
+        .await
+        .expect("connect");
+    let mut sse = SseReader::new(response);
+    for want in 3..=5 {
+        assert_eq!(sse.next_event().await.0, want);
+    }
+    server.commit(6, "items/1/created");
+    assert_eq!(sse.next_event().await.0, 6);
+}
+
+#[tokio::test]
+async fn sse_refuses_bad_filters_and_bad_last_event_ids() {
+    let server = Server::start(HubConfig::default()).await;
+    let response = reqwest::get(format!(
+        "http://{}/api/stream?topic_filter=items/%23/created",
+        server.url
+    ))
+    .await
+    .expect("connect");
+    assert_eq!(response.status(), 400);
+    let body: Value = serde_json::from_str(&response.text().await.expect("body")).expect("json");
+    assert!(body["error"]
+        .as_str()
+        .expect("error")
+        .contains("last level"));
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/stream", server.url))
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(response.status(), 400);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(server: &Server) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/ws", server.url))
+        .await
+        .expect("ws connect");
+    ws
+}
+
+async fn ws_send(ws: &mut Ws, command: Value) {
+    ws.send(Message::text(command.to_string()))
+        .await
+        .expect("send");
+}
+
+async fn ws_recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await.expect("open").expect("frame") {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("json"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ws_subscribe_receive_unsubscribe() {
+    let server = Server::start(HubConfig::default()).await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "spots/+/connected/#"})).await;
+    assert_eq!(
+        ws_recv(&mut ws).await,
+        json!({"subscribed": "spots/+/connected/#"})
+    );
+    ws_send(&mut ws, json!({"subscribe": "items/#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "items/#"}));
+    server.commit(1, "spots/1/connected/203");
+    server.commit(2, "presences/1/created/1/1/near");
+    server.commit(3, "items/1/created");
+    assert_eq!(
+        ws_recv(&mut ws).await,
+        json!({"id": 1, "topic": "spots/1/connected/203", "payload": {"n": 1}})
+    );
+    assert_eq!(ws_recv(&mut ws).await["id"], 3);
+    ws_send(&mut ws, json!({"unsubscribe": "items/#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"unsubscribed": "items/#"}));
+    server.commit(4, "items/1/appeared");
+    server.commit(5, "spots/1/connected/203");
+    assert_eq!(
+        ws_recv(&mut ws).await["id"],
+        5,
+        "unsubscribed topic no longer sent"
+    );
+}
+
+#[tokio::test]
+async fn ws_refuses_bad_commands_and_keeps_the_connection() {
+    let server = Server::start(HubConfig::default()).await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "a/#/b"})).await;
+    let reply = ws_recv(&mut ws).await;
+    assert!(reply["error"].as_str().expect("error").contains("a/#/b"));
+    ws.send(Message::text("not json")).await.expect("send");
+    assert!(ws_recv(&mut ws).await["error"].is_string());
+    ws_send(&mut ws, json!({"unsubscribe": "never"})).await;
+    assert!(ws_recv(&mut ws).await["error"].is_string());
+    ws_send(&mut ws, json!({"subscribe": "a"})).await;
+    ws_send(&mut ws, json!({"subscribe": "b"})).await;
+    ws_send(&mut ws, json!({"subscribe": "c"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "a"}));
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "b"}));
+    let reply = ws_recv(&mut ws).await;
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("error")
+            .contains("maximum of 2"),
+        "{reply}"
+    );
+    server.commit(1, "b");
+    assert_eq!(
+        ws_recv(&mut ws).await["id"],
+        1,
+        "still serving after errors"
+    );
+}
+
+#[tokio::test]
+async fn ws_subscribe_after_id_replays_from_the_log() {
+    let server = Server::start(HubConfig::default()).await;
+    for id in 1..=4 {
+        server.commit(id, &format!("items/{id}/created"));
+    }
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "items/#", "after_id": 2})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "items/#"}));
+    assert_eq!(ws_recv(&mut ws).await["id"], 3);
+    assert_eq!(ws_recv(&mut ws).await["id"], 4);
+    server.commit(5, "items/5/created");
+    assert_eq!(ws_recv(&mut ws).await["id"], 5);
+}
+
+/// A current-thread runtime: publishing 500 events without yielding overflows the
+/// 4-event queue for sure; the client still gets every event, in order, from the log.
+#[tokio::test]
+async fn ws_slow_consumer_loses_nothing_and_drops_are_counted() {
+    let server = Server::start(HubConfig {
+        queue_capacity: 4,
+        max_subscriptions: 100,
+    })
+    .await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "#"}));
+    for id in 1..=500 {
+        server.commit(id, "items/1/created");
+    }
+    let ws_stats = server
+        .hub
+        .stats()
+        .outlets
+        .into_iter()
+        .find(|o| o.outlet == "ws")
+        .expect("ws outlet");
+    assert_eq!(ws_stats.dropped_total, 496, "overflow is counted");
+    for want in 1..=500 {
+        assert_eq!(ws_recv(&mut ws).await["id"], want);
+    }
+}
+
+#[tokio::test]
+async fn tail_follows_from_an_id_then_live() {
+    let server = Server::start(HubConfig::default()).await;
+    for id in 1..=3 {
+        server.commit(id, "items/1/created");
+    }
+    server.commit(4, "spots/1/connected/203");
+    let options = spot_push::tail::TailOptions {
+        server: format!("http://{}", server.url),
+        topic_filter: "items/#".into(),
+        after_id: Some(1),
+        reconnect_delay: std::time::Duration::from_millis(10),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follow = tokio::spawn(async move {
+        spot_push::tail::follow(&options, |e| tx.send(e).is_ok(), |_| {}).await
+    });
+    let event = rx.recv().await.expect("event");
+    assert_eq!((event.id, event.topic.as_str()), (2, "items/1/created"));
+    assert_eq!(event.payload, json!({"n": 2}));
+    assert_eq!(rx.recv().await.expect("event").id, 3);
+    server.commit(5, "items/2/created");
+    assert_eq!(rx.recv().await.expect("event").id, 5);
+    drop(rx);
+    server.commit(6, "items/2/created");
+    follow
+        .await
+        .expect("join")
+        .expect("ends when the consumer stops");
+}
+
+#[tokio::test]
+async fn tail_reconnects_with_last_event_id() {
+    use axum::http::HeaderMap;
+    // A stream that ends after one event: the second request must resume after it.
+    let router = axum::Router::new().route(
+        "/api/stream",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let after: u64 = headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let id = after + 1;
+            let body =
+                format!("id: {id}\ndata: {{\"id\":{id},\"topic\":\"t\",\"payload\":{{}}}}\n\n");
+            ([("content-type", "text/event-stream")], body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let options = spot_push::tail::TailOptions {
+        server: format!("http://{addr}"),
+        topic_filter: "#".into(),
+        after_id: Some(10),
+        reconnect_delay: std::time::Duration::from_millis(1),
+    };
+    let mut ids = Vec::new();
+    let mut reconnects = 0;
+    spot_push::tail::follow(
+        &options,
+        |e| {
+            ids.push(e.id);
+            ids.len() < 3
+        },
+        |_| reconnects += 1,
+    )
+    .await
+    .expect("follow");
+    assert_eq!(ids, [11, 12, 13]);
+    assert_eq!(reconnects, 2);
+}
+
+#[tokio::test]
+async fn tail_reports_a_refused_filter() {
+    let server = Server::start(HubConfig::default()).await;
+    let options = spot_push::tail::TailOptions {
+        server: format!("http://{}", server.url),
+        topic_filter: "a/#/b".into(),
+        after_id: None,
+        reconnect_delay: std::time::Duration::from_millis(1),
+    };
+    let err = spot_push::tail::follow(&options, |_| true, |_| {})
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            &err,
+            spot_push::tail::TailError::Refused { status: 400, .. }
+        ),
+        "{err}"
+    );
+}
+
+/// A client that never reads: once its socket is full for `ws_send_timeout`, the server
+/// disconnects it (and its hub subscription ends) instead of holding it forever.
+#[tokio::test]
+async fn ws_stalled_reader_is_disconnected() {
+    let server = Server::start_with(
+        HubConfig::default(),
+        StreamLimits {
+            ws_send_timeout: std::time::Duration::from_millis(200),
+            ..StreamLimits::default()
+        },
+    )
+    .await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "#"}));
+    let big = "x".repeat(64 * 1024);
+    let ws_subscriptions = |hub: &Hub| {
+        hub.stats()
+            .outlets
+            .iter()
+            .find(|o| o.outlet == "ws")
+            .map_or(0, |o| o.subscriptions)
+    };
+    // 64 MiB in total: more than loopback socket buffers hold.
+    for id in 1..=1024 {
+        let event =
+            Published::from_value(id, "items/1/created", &json!({ "big": big })).expect("event");
+        server.log.append(event.clone());
+        server.hub.publish(event);
+        if id % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..1000 {
+        if ws_subscriptions(&server.hub) == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the stalled client was never disconnected");
+}

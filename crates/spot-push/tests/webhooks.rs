@@ -1,0 +1,404 @@
+//! Webhooks: REST API over loopback, deliveries to a real local HTTP receiver, retries,
+//! and a queue that survives a restart.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::{json, Value};
+use spot_push::webhook::{signature, WebhookConfig, WebhookStore, Webhooks};
+use spot_push::{Hub, HubConfig, MemoryEventLog, Published};
+use tokio::sync::mpsc;
+
+/// One request the receiver got.
+#[derive(Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: String,
+}
+
+/// A local HTTP receiver answering 500 to the first `fail_first` requests.
+async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<Received>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let failures = Arc::new(AtomicUsize::new(fail_first));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            let failures = failures.clone();
+            async move {
+                let _ = tx.send(Received { headers, body });
+                let fail = failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if fail {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/hook"), rx)
+}
+
+struct Setup {
+    hub: Hub,
+    log: Arc<MemoryEventLog>,
+    webhooks: Arc<Webhooks>,
+    api: String,
+}
+
+fn fast_config() -> WebhookConfig {
+    WebhookConfig {
+        retry_base: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        request_timeout: Duration::from_secs(5),
+        ..WebhookConfig::default()
+    }
+}
+
+async fn setup(store: WebhookStore, log: Arc<MemoryEventLog>) -> Setup {
+    let hub = Hub::new(HubConfig::default());
+    let webhooks = Webhooks::start(store, &hub, log.clone(), fast_config()).expect("start");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = webhooks.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Setup {
+        hub,
+        log,
+        webhooks,
+        api: format!("http://{addr}/api/subscriptions"),
+    }
+}
+
+impl Setup {
+    fn commit(&self, id: u64, topic: &str) {
+        let event = Published::from_value(id, topic, &json!({ "n": id })).expect("event");
+        self.log.append(event.clone());
+        self.hub.publish(event);
+    }
+
+    async fn create(&self, body: Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(&self.api)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 201);
+        serde_json::from_str(&response.text().await.expect("body")).expect("json")
+    }
+
+    async fn get(&self, id: &Value) -> Value {
+        let text = reqwest::get(format!("{}/{id}", self.api))
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("body");
+        serde_json::from_str(&text).expect("json")
+    }
+}
+
+async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("json")
+    };
+    (status, value)
+}
+
+#[tokio::test]
+async fn rest_api_creates_reads_updates_lists_and_deletes() {
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    let created = s
+        .create(
+            json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/x",
+                       "description": "door", "secret": "k"}),
+        )
+        .await;
+    assert_eq!(created["topic_filter"], "items/#");
+    assert_eq!(created["has_secret"], true);
+    assert!(created.get("secret").is_none(), "the secret is never shown");
+    assert_eq!(created["delivered_count"], 0);
+    assert!(created["time_created"]
+        .as_str()
+        .expect("time")
+        .ends_with('Z'));
+    let id = created["id"].clone();
+    let url = format!("{}/{id}", s.api);
+    let (status, updated) = call(
+        reqwest::Method::PUT,
+        &url,
+        Some(json!({"target_retry": true, "database_hold_time_h": 2.5})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &updated["target_retry"],
+            &updated["database_hold_time_h"],
+            &updated["description"]
+        ),
+        (&json!(true), &json!(2.5), &json!("door"))
+    );
+    s.create(json!({"topic_filter": "#", "target_url": "http://127.0.0.1:9/y"}))
+        .await;
+    let (status, page) = call(reqwest::Method::GET, &format!("{}?limit=1", s.api), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["results"].as_array().expect("results").len(), 1);
+    assert_eq!(page["is_limited"], true);
+    let next = page["url_next"].as_str().expect("url_next");
+    assert!(next.contains(&format!("after_id={id}")), "{next}");
+
+    let (status, error) = call(
+        reqwest::Method::POST,
+        &s.api,
+        Some(json!({"topic_filter": "a/#/b", "target_url": "http://h/"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error["error"]
+        .as_str()
+        .expect("error")
+        .starts_with("topic_filter"));
+    let (status, _) = call(reqwest::Method::POST, &s.api, Some(json!({"nope": 1}))).await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (status, _) = call(reqwest::Method::DELETE, &url, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(reqwest::Method::GET, &url, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(reqwest::Method::PUT, &url, Some(json!({}))).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn deliveries_carry_the_envelope_idempotency_key_and_signature() {
+    let (target, mut received) = receiver(0).await;
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    s.commit(1, "items/1/created"); // before the subscription: not delivered
+    let sub = s
+        .create(json!({"topic_filter": "items/#", "target_url": target, "secret": "s3cret"}))
+        .await;
+    s.commit(2, "items/1/appeared");
+    s.commit(3, "spots/1/connected/203");
+    s.commit(4, "items/1/disappeared");
+    let first = received.recv().await.expect("delivery");
+    assert_eq!(
+        serde_json::from_str::<Value>(&first.body).expect("json"),
+        json!({"id": 2, "topic": "items/1/appeared", "payload": {"n": 2}})
+    );
+    assert_eq!(first.headers["idempotency-key"], "2");
+    assert_eq!(first.headers["x-spot-topic"], "items/1/appeared");
+    assert_eq!(first.headers["content-type"], "application/json");
+    assert_eq!(
+        first.headers["x-spot-signature-256"],
+        signature("s3cret", first.body.as_bytes()).as_str()
+    );
+    let second = received.recv().await.expect("delivery");
+    assert_eq!(second.headers["idempotency-key"], "4");
+    s.commit(5, "items/9/created");
+    assert_eq!(
+        received.recv().await.expect("delivery").headers["idempotency-key"],
+        "5"
+    );
+    // Deliveries are recorded before the next one is sent: 2 and 4 are counted by now.
+    let shown = s.get(&sub["id"]).await;
+    assert!(
+        shown["delivered_count"].as_i64().expect("count") >= 2,
+        "{shown}"
+    );
+    assert_eq!(shown["failed_count"], 0);
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_retried_in_order() {
+    let (target, mut received) = receiver(2).await;
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    let sub = s
+        .create(json!({"topic_filter": "#", "target_url": target, "target_retry": true}))
+        .await;
+    for id in 1..=3 {
+        s.commit(id, "items/1/created");
+    }
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        let r = received.recv().await.expect("delivery");
+        keys.push(
+            r.headers["idempotency-key"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        keys,
+        ["1", "1", "1", "2", "3"],
+        "retried, and later events wait"
+    );
+    let shown = s.get(&sub["id"]).await;
+    assert_eq!(shown["failed_count"], 2);
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("HTTP 500"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn without_retry_a_failed_delivery_is_given_up_and_counted() {
+    let (target, mut received) = receiver(1).await;
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    let sub = s
+        .create(json!({"topic_filter": "#", "target_url": target}))
+        .await;
+    s.commit(1, "items/1/created");
+    s.commit(2, "items/1/created");
+    let keys: Vec<String> = [
+        received.recv().await.expect("delivery"),
+        received.recv().await.expect("delivery"),
+    ]
+    .iter()
+    .map(|r| {
+        r.headers["idempotency-key"]
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    })
+    .collect();
+    assert_eq!(keys, ["1", "2"]);
+    let shown = s.get(&sub["id"]).await;
+    assert_eq!(shown["failed_count"], 1);
+}
+
+/// Waits (bounded) until the store shows `queued` deliveries and a failed attempt.
+async fn wait_queued(webhooks: &Webhooks, id: i64, queued: i64) {
+    for _ in 0..2000 {
+        let s = webhooks.store().get(id).expect("get").expect("exists");
+        if s.queued_count == queued && s.failed_count > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("deliveries were not queued");
+}
+
+#[tokio::test]
+async fn the_queue_survives_a_restart_and_events_missed_while_down_are_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("push.sqlite");
+    let log = Arc::new(MemoryEventLog::new(100));
+    // Target down: a port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/hook", l.local_addr().expect("addr"))
+    };
+    let first = setup(WebhookStore::open(&db).expect("store"), log.clone()).await;
+    let sub = first
+        .create(json!({"topic_filter": "items/#", "target_url": dead, "target_retry": true}))
+        .await;
+    let id = sub["id"].as_i64().expect("id");
+    for n in 1..=3 {
+        first.commit(n, "items/1/created");
+    }
+    wait_queued(&first.webhooks, id, 3).await;
+    first.webhooks.shutdown();
+    drop(first);
+    // While the server is down, event 4 is committed (in the log, never published).
+    log.append(Published::from_value(4, "items/2/created", &json!({"n": 4})).expect("event"));
+
+    let (target, mut received) = receiver(0).await;
+    let second = setup(WebhookStore::open(&db).expect("reopen"), log.clone()).await;
+    let (status, _) = call(
+        reqwest::Method::PUT,
+        &format!("{}/{id}", second.api),
+        Some(json!({"target_url": target})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    second.commit(5, "items/3/created");
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        let r = received.recv().await.expect("delivery");
+        keys.push(
+            r.headers["idempotency-key"]
+                .to_str()
+                .expect("ascii")
+                .to_owned(),
+        );
+    }
+    assert_eq!(keys, ["1", "2", "3", "4", "5"]);
+}
+
+#[tokio::test]
+async fn deliveries_older_than_the_hold_time_are_given_up_and_counted() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/hook", l.local_addr().expect("addr"))
+    };
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    // 0.00001 h = 36 ms.
+    let sub = s
+        .create(
+            json!({"topic_filter": "#", "target_url": dead, "target_retry": true,
+                       "database_hold_time_h": 0.00001}),
+        )
+        .await;
+    let id = sub["id"].as_i64().expect("id");
+    s.commit(1, "items/1/created");
+    for _ in 0..2000 {
+        let shown = s.webhooks.store().get(id).expect("get").expect("exists");
+        if shown.queued_count == 0
+            && shown
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("event 1 given up"))
+        {
+            assert!(shown.failed_count >= 1, "the give-up is counted");
+            assert_eq!(shown.delivered_count, 0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the delivery was never given up");
+}
