@@ -49,8 +49,8 @@ impl MessageDecoder {
     }
 
     /// The event one frame (its body, without the length prefix) carries; errors name the
-    /// field.
-    #[inline]
+    /// field. (Inlined into its one caller, so that the event is built where it ends up.)
+    #[inline(always)]
     pub(crate) fn event(&mut self, frame: &[u8]) -> Result<Event, String> {
         let mut envelope = Envelope::default();
         let at = walk_envelope(frame, |f| envelope.field(f))?;

@@ -274,12 +274,11 @@ pub(super) fn hex_text(bytes: &[u8], upper: bool) -> String {
     } else {
         b"0123456789abcdef"
     };
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut text = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        s.push(char::from(digits[usize::from(b >> 4)]));
-        s.push(char::from(digits[usize::from(b & 15)]));
+        text.extend_from_slice(&[digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
     }
-    s
+    String::from_utf8(text).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]
