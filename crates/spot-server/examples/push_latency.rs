@@ -92,14 +92,14 @@ async fn spot(
             if due > count {
                 let mut body = Vec::new();
                 let now_ns = start.elapsed().as_nanos() as u64;
-                for _ in count..due {
-                    let seq = count * spots + index;
+                for n in count..due {
+                    let seq = n * spots + index;
                     if let Some(slot) = sent_at.get(seq as usize) {
                         slot.store(now_ns, Ordering::Relaxed);
                     }
                     body.extend(event(seq));
-                    count += 1;
                 }
+                count = due;
                 let mut out = Vec::new();
                 chunk(&mut out, &body);
                 stream.write_all(&out).await?;

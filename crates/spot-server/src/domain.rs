@@ -18,15 +18,74 @@ use spot_protocol::{
 };
 use spot_push::topics;
 
-use crate::ids::IdGen;
+use crate::ids::{IdGen, IdMap};
 
 /// Serde helpers: times are Unix milliseconds in memory and ISO 8601 strings in JSON.
 mod iso {
     use serde::{Deserialize, Deserializer, Serializer};
     use spot_protocol::Timestamp;
 
+    /// Formats like [`Timestamp`]'s `Display` (`2024-01-02T03:04:05.678Z`, no fraction when
+    /// the milliseconds are 0) without the formatting machinery: derived events carry three
+    /// times each, and this runs for every one of them.
+    pub fn format(ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
+        let millis = ms.rem_euclid(1000) as u32;
+        let secs = ms.div_euclid(1000);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let sod = secs.rem_euclid(86_400) as u32;
+        let mut put = |at: usize, v: u32, n: usize| {
+            let mut v = v;
+            for i in (0..n).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y as u32, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, sod / 3600, 2);
+        put(14, (sod / 60) % 60, 2);
+        put(17, sod % 60, 2);
+        let len = if millis == 0 {
+            20
+        } else {
+            put(20, millis, 3);
+            24
+        };
+        buf[4] = b'-';
+        buf[7] = b'-';
+        buf[10] = b'T';
+        buf[13] = b':';
+        buf[16] = b':';
+        if millis != 0 {
+            buf[19] = b'.';
+        }
+        buf[len - 1] = b'Z';
+        std::str::from_utf8(&buf[..len]).ok()
+    }
+
+    fn civil_from_days(z: i64) -> (i64, u32, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let y = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        (if m <= 2 { y + 1 } else { y }, m, d)
+    }
+
     pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&Timestamp(*ms))
+        let mut buf = [0u8; 24];
+        match format(*ms, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.collect_str(&Timestamp(*ms)),
+        }
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let text = String::deserialize(d)?;
@@ -38,7 +97,7 @@ mod iso {
         use super::*;
         pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
             match ms {
-                Some(ms) => s.collect_str(&Timestamp(*ms)),
+                Some(ms) => super::serialize(ms, s),
                 None => s.serialize_none(),
             }
         }
@@ -279,6 +338,15 @@ impl Default for DomainConfig {
     }
 }
 
+/// How one presence of an item changed (see [`Domain::recompute_item`]).
+#[derive(Debug, Clone, Copy)]
+enum PresenceChange<'a> {
+    /// The presence at this location was created or got stronger (now this proximity).
+    Stronger(&'a str, Proximity),
+    /// The presence at this location got weaker or was deleted.
+    Weaker(&'a str),
+}
+
 /// What [`Domain::apply_event`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -317,14 +385,14 @@ pub enum PutError {
 pub struct Domain {
     config: DomainConfig,
     ids: IdGen,
-    spots: BTreeMap<String, Spot>,
+    spots: IdMap<Spot>,
     spot_by_serial: HashMap<String, String>,
-    locations: BTreeMap<String, Location>,
-    items: BTreeMap<String, Item>,
+    locations: IdMap<Location>,
+    items: IdMap<Item>,
     item_by_code: HashMap<(String, String), String>,
-    presences: BTreeMap<String, PresenceRes>,
-    presence_by_key: HashMap<(String, String), String>,
-    presences_of_item: HashMap<String, HashSet<String>>,
+    presences: IdMap<PresenceRes>,
+    /// Item id → location id → presence id (one presence per item × location).
+    presences_of_item: HashMap<String, HashMap<String, String>>,
     events: VecDeque<LogEvent>,
     dirty: HashSet<(Table, String)>,
     deleted: HashSet<(Table, String)>,
@@ -338,13 +406,12 @@ impl Domain {
         Domain {
             config,
             ids: IdGen::default(),
-            spots: BTreeMap::new(),
+            spots: IdMap::new(),
             spot_by_serial: HashMap::new(),
-            locations: BTreeMap::new(),
-            items: BTreeMap::new(),
+            locations: IdMap::new(),
+            items: IdMap::new(),
             item_by_code: HashMap::new(),
-            presences: BTreeMap::new(),
-            presence_by_key: HashMap::new(),
+            presences: IdMap::new(),
             presences_of_item: HashMap::new(),
             events: VecDeque::new(),
             dirty: HashSet::new(),
@@ -385,12 +452,10 @@ impl Domain {
                 }
                 Table::Presences => {
                     let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
-                    self.presence_by_key
-                        .insert((p.item.clone(), p.location.clone()), p.id.clone());
                     self.presences_of_item
                         .entry(p.item.clone())
                         .or_default()
-                        .insert(p.id.clone());
+                        .insert(p.location.clone(), p.id.clone());
                     self.presences.insert(p.id.clone(), p);
                 }
             }
@@ -687,7 +752,7 @@ impl Domain {
 
     /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
     pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
-        fn all<T: Serialize>(m: &BTreeMap<String, T>) -> Vec<Value> {
+        fn all<T: Serialize>(m: &IdMap<T>) -> Vec<Value> {
             m.values()
                 .filter_map(|v| serde_json::to_value(v).ok())
                 .collect()
@@ -895,8 +960,7 @@ impl Domain {
         else {
             return;
         };
-        let key = (item_id.clone(), location_id.clone());
-        let existing = self.presence_by_key.get(&key).cloned();
+        let existing = self.presence_id(&item_id, &location_id).map(str::to_string);
         match (action, existing) {
             (Action::Delete, Some(presence_id)) => {
                 self.withdraw(spot_id, &presence_id, time_event, now);
@@ -919,11 +983,10 @@ impl Domain {
                 };
                 let data = raw(&presence);
                 self.presences.insert(id.clone(), presence);
-                self.presence_by_key.insert(key, id.clone());
                 self.presences_of_item
                     .entry(item_id.clone())
                     .or_default()
-                    .insert(id.clone());
+                    .insert(location_id.clone(), id.clone());
                 self.dirty.insert((Table::Presences, id.clone()));
                 self.deleted.remove(&(Table::Presences, id.clone()));
                 self.log(
@@ -932,7 +995,8 @@ impl Domain {
                     now,
                     data,
                 );
-                self.recompute_item(&item_id, time_event, now);
+                let change = PresenceChange::Stronger(&location_id, proximity);
+                self.recompute_item(&item_id, change, time_event, now);
             }
             (_, Some(presence_id)) => {
                 let Some(p) = self.presences.get_mut(&presence_id) else {
@@ -963,10 +1027,8 @@ impl Domain {
         let Some(p) = self.presences.remove(presence_id) else {
             return;
         };
-        self.presence_by_key
-            .remove(&(p.item.clone(), p.location.clone()));
         if let Some(set) = self.presences_of_item.get_mut(&p.item) {
-            set.remove(presence_id);
+            set.remove(&p.location);
             if set.is_empty() {
                 self.presences_of_item.remove(&p.item);
             }
@@ -976,9 +1038,13 @@ impl Domain {
         self.deleted
             .insert((Table::Presences, presence_id.to_string()));
         let topic = topics::presence_deleted(&p.id, &p.item, &p.location, &p.proximity);
-        let item_id = p.item.clone();
         self.log(topic, time_event, now, raw(&p));
-        self.recompute_item(&item_id, time_event, now);
+        self.recompute_item(
+            &p.item,
+            PresenceChange::Weaker(&p.location),
+            time_event,
+            now,
+        );
     }
 
     /// Recomputes a presence's proximity from its reporters; logs a change.
@@ -1005,27 +1071,29 @@ impl Domain {
             strongest.as_str(),
             previous.as_str(),
         );
-        let item_id = p.item.clone();
+        let (item_id, location_id) = (p.item.clone(), p.location.clone());
         let data = raw(&*p);
         self.log(topic, time_event, now, data);
-        self.recompute_item(&item_id, time_event, now);
+        let change = if strongest > previous {
+            PresenceChange::Stronger(&location_id, strongest)
+        } else {
+            PresenceChange::Weaker(&location_id)
+        };
+        self.recompute_item(&item_id, change, time_event, now);
     }
 
-    /// Item `location` = location of its strongest presence; `is_present`; moves.
-    fn recompute_item(&mut self, item_id: &str, time_event: Option<i64>, now: i64) {
-        // Fast path: one presence, and the item is already present there.
-        if let (Some(set), Some(item)) =
-            (self.presences_of_item.get(item_id), self.items.get(item_id))
-        {
-            if set.len() == 1 && item.is_present {
-                let only = set.iter().next().and_then(|id| self.presences.get(id));
-                if only.is_some_and(|p| item.location.as_deref() == Some(p.location.as_str())) {
-                    return;
-                }
-            }
-        }
-        let strongest = self.presences_of_item.get(item_id).and_then(|set| {
-            set.iter()
+    /// The presence of an item at a location.
+    fn presence_id(&self, item_id: &str, location_id: &str) -> Option<&str> {
+        self.presences_of_item
+            .get(item_id)
+            .and_then(|m| m.get(location_id))
+            .map(String::as_str)
+    }
+
+    /// The location of the item's strongest presence (ties: the latest updated).
+    fn strongest_location(&self, item_id: &str) -> Option<String> {
+        self.presences_of_item.get(item_id).and_then(|set| {
+            set.values()
                 .filter_map(|id| self.presences.get(id))
                 .max_by(|a, b| {
                     let pa = Proximity::parse(&a.proximity);
@@ -1033,7 +1101,46 @@ impl Domain {
                     pa.cmp(&pb).then(a.time_updated.cmp(&b.time_updated))
                 })
                 .map(|p| p.location.clone())
-        });
+        })
+    }
+
+    /// Item `location` = location of its strongest presence; `is_present`; moves.
+    ///
+    /// Incremental: a presence that appeared or got stronger takes the item when it is at
+    /// least as strong as the presence where the item is; only when the presence holding
+    /// the item weakens or goes are all of the item's presences compared.
+    fn recompute_item(
+        &mut self,
+        item_id: &str,
+        change: PresenceChange<'_>,
+        time_event: Option<i64>,
+        now: i64,
+    ) {
+        let Some(item) = self.items.get(item_id) else {
+            return;
+        };
+        let current = item.location.as_deref().filter(|_| item.is_present);
+        let strongest = match change {
+            PresenceChange::Stronger(location, proximity) => {
+                if current == Some(location) {
+                    return;
+                }
+                let holder = current
+                    .and_then(|l| self.presence_id(item_id, l))
+                    .and_then(|id| self.presences.get(id));
+                match holder {
+                    Some(h) if Proximity::parse(&h.proximity) > Some(proximity) => return,
+                    Some(_) => Some(location.to_string()),
+                    None => self.strongest_location(item_id),
+                }
+            }
+            PresenceChange::Weaker(location) => {
+                if current.is_some() && current != Some(location) {
+                    return;
+                }
+                self.strongest_location(item_id)
+            }
+        };
         let Some(item) = self.items.get_mut(item_id) else {
             return;
         };
@@ -1187,6 +1294,32 @@ mod tests {
     }
 
     #[test]
+    fn iso_times_are_formatted_like_the_protocol_timestamp() {
+        let mut buf = [0u8; 24];
+        for ms in [
+            0,
+            1,
+            999,
+            1_000,
+            T0,
+            T0 + 7,
+            951_782_400_000,   // 2000-02-29
+            4_102_444_799_999, // 2099-12-31T23:59:59.999
+            -1,
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+        ] {
+            let expected = spot_protocol::Timestamp(ms).to_string();
+            assert_eq!(iso::format(ms, &mut buf), Some(expected.as_str()), "{ms}");
+        }
+        assert_eq!(
+            iso::format(253_402_300_800_000, &mut buf),
+            None,
+            "year 10000"
+        );
+        assert_eq!(iso::format(-62_167_219_200_001, &mut buf), None, "year -1");
+    }
+
+    #[test]
     fn a_spot_is_created_on_first_sight_with_its_own_location() {
         let mut d = Domain::new(DomainConfig::default());
         d.begin_stream("203", Some("35-42"), T0);
@@ -1194,7 +1327,10 @@ mod tests {
         assert_eq!(spot.request_counter, 1);
         assert_eq!(spot.version.as_deref(), Some("35-42"));
         assert!(spot.is_online);
-        let location = &d.locations[spot.report_location.as_ref().unwrap()];
+        let location = d
+            .locations
+            .get(spot.report_location.as_ref().unwrap())
+            .unwrap();
         assert_eq!(location.label, "spot203");
         assert!(spot.id > location.id, "ids are chronological");
         assert_eq!(topics(&d), vec![format!("spots/{}/connected/203", spot.id)]);
@@ -1264,6 +1400,71 @@ mod tests {
         assert_eq!(i.move_count, 1);
         assert_eq!(i.time_moved, Some(T0 + 5));
         assert!(topics(&d).contains(&format!("items/{}/moved-to/{to}", i.id)));
+    }
+
+    #[test]
+    fn an_item_follows_its_strongest_presence_when_the_holder_weakens_or_goes() {
+        let mut d = Domain::new(DomainConfig::default());
+        let code = "000000000000000000000010";
+        d.apply_event("1", &presence(Action::Create, code, Proximity::Near), T0);
+        let (l1, l2) = (location_of(&d, "1"), {
+            d.begin_stream("2", None, T0);
+            location_of(&d, "2")
+        });
+        d.apply_event("2", &presence(Action::Create, code, Proximity::Far), T0 + 1);
+        assert_eq!(item(&d, code).location.as_ref(), Some(&l1), "a weaker one");
+        d.apply_event(
+            "2",
+            &presence(Action::Update, code, Proximity::Immediate),
+            T0 + 2,
+        );
+        assert_eq!(
+            item(&d, code).location.as_ref(),
+            Some(&l2),
+            "a stronger one"
+        );
+        d.apply_event("1", &presence(Action::Update, code, Proximity::Far), T0 + 3);
+        assert_eq!(
+            item(&d, code).location.as_ref(),
+            Some(&l2),
+            "another weakens"
+        );
+        d.apply_event("2", &presence(Action::Update, code, Proximity::Far), T0 + 4);
+        assert_eq!(
+            item(&d, code).location.as_ref(),
+            Some(&l2),
+            "equally strong: the latest updated"
+        );
+        d.apply_event(
+            "1",
+            &presence(Action::Update, code, Proximity::Near),
+            T0 + 5,
+        );
+        d.apply_event(
+            "2",
+            &presence(Action::Update, code, Proximity::Near),
+            T0 + 6,
+        );
+        assert_eq!(item(&d, code).location.as_ref(), Some(&l2));
+        d.apply_event("2", &presence(Action::Update, code, Proximity::Far), T0 + 7);
+        assert_eq!(
+            item(&d, code).location.as_ref(),
+            Some(&l1),
+            "the holder weakens below another"
+        );
+        d.apply_event(
+            "1",
+            &presence(Action::Delete, code, Proximity::Near),
+            T0 + 8,
+        );
+        let i = item(&d, code);
+        assert_eq!(i.location.as_ref(), Some(&l2), "the holder goes");
+        assert!(i.is_present);
+        d.apply_event("2", &presence(Action::Delete, code, Proximity::Far), T0 + 9);
+        let i = item(&d, code);
+        assert!(!i.is_present);
+        assert_eq!(i.location.as_ref(), Some(&l2), "the last known location");
+        assert_eq!(i.move_count, 5, "L2, L1, L2, L1, L2");
     }
 
     #[test]
@@ -1370,7 +1571,7 @@ mod tests {
         }
         let next = loaded.ids.next(0);
         assert!(
-            d.items.keys().all(|id| *id < next),
+            d.items.values().all(|i| i.id < next),
             "new ids sort after loaded ones"
         );
     }

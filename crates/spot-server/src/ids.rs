@@ -41,3 +41,112 @@ mod tests {
         assert!(restarted.next(5) > d);
     }
 }
+
+/// The integer value of an id made by [`IdGen`]: exactly 16 lower-case hex digits
+/// (anything else is no id of ours).
+pub fn id_key(id: &str) -> Option<u64> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 16 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &b in bytes {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u64::from(digit);
+    }
+    Some(v)
+}
+
+/// Resources by id, in id (= creation) order, keyed by the id's integer value: a lookup
+/// compares integers instead of strings.
+#[derive(Debug, Clone)]
+pub struct IdMap<T> {
+    map: std::collections::BTreeMap<u64, T>,
+}
+
+impl<T> Default for IdMap<T> {
+    fn default() -> Self {
+        IdMap {
+            map: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> IdMap<T> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The resource with this id.
+    pub fn get(&self, id: impl AsRef<str>) -> Option<&T> {
+        self.map.get(&id_key(id.as_ref())?)
+    }
+
+    /// The resource with this id, to change.
+    pub fn get_mut(&mut self, id: impl AsRef<str>) -> Option<&mut T> {
+        self.map.get_mut(&id_key(id.as_ref())?)
+    }
+
+    /// Whether a resource has this id.
+    pub fn contains_key(&self, id: impl AsRef<str>) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Adds or replaces a resource; an id not made by [`IdGen`] is refused (`false`).
+    pub fn insert(&mut self, id: impl AsRef<str>, value: T) -> bool {
+        match id_key(id.as_ref()) {
+            Some(k) => {
+                self.map.insert(k, value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes and returns the resource with this id.
+    pub fn remove(&mut self, id: impl AsRef<str>) -> Option<T> {
+        self.map.remove(&id_key(id.as_ref())?)
+    }
+
+    /// The resources in id order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.map.values()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod id_map_tests {
+    use super::*;
+
+    #[test]
+    fn only_generated_ids_are_keys_and_values_come_in_id_order() {
+        let mut g = IdGen::default();
+        let (a, b) = (g.next(1), g.next(1));
+        let mut m = IdMap::new();
+        assert!(m.insert(&b, "b"));
+        assert!(m.insert(&a, "a"));
+        assert!(!m.insert("ab", "short"), "not 16 digits");
+        assert!(!m.insert("000000000001000A", "upper case"));
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(m.get(&a), Some(&"a"));
+        assert_eq!(m.get(a.trim_start_matches('0')), None, "no short aliases");
+        assert_eq!(m.get("+000000000010000"), None);
+        assert_eq!(m.remove(&b), Some("b"));
+        assert_eq!(m.len(), 1);
+    }
+}

@@ -2,10 +2,10 @@
 //! the [`Publisher`] that hands every committed derived event to the [`Hub`], and the
 //! outlets (`/api/ws`, `/api/stream`, `/api/subscriptions[/{id}]`, MQTT) with their metrics.
 //!
-//! Event ids: the pushed `id` is the `row` (SQLite rowid) of the event in the `events`
-//! table. The store's writer is the only writer, so the rows of one commit are consecutive
-//! and end at the last inserted one; the store's prune keeps the newest row, so ids keep
-//! increasing across restarts. The REST API's string ids stay as they are.
+//! Event ids: the pushed `id` is dense (1, 2, 3, …, safe as a JSON number): the store numbers
+//! the derived events of each commit and keeps the id of a batch's last event with the batch
+//! (`event_batches.last_event_id`); its prune keeps the newest batch, so ids continue after
+//! a restart. The REST API's string ids stay as they are.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -108,21 +108,35 @@ impl SqliteEventLog {
     }
 
     fn read(conn: &Connection, after_id: u64, limit: usize) -> Result<Vec<Published>, LogError> {
+        let fail = |e: rusqlite::Error| LogError(format!("events after {after_id}: {e}"));
         let mut stmt = conn
-            .prepare_cached("SELECT row, doc FROM events WHERE row > ?1 ORDER BY row LIMIT ?2")
-            .map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
-        let rows = stmt
-            .query_map(rusqlite::params![after_id as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })
-            .map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
+            .prepare_cached(
+                "SELECT last_event_id, docs FROM event_batches
+                 WHERE last_event_id > ?1 ORDER BY id",
+            )
+            .map_err(fail)?;
+        let mut rows = stmt.query([after_id as i64]).map_err(fail)?;
         let mut out = Vec::new();
-        for row in rows {
-            let (id, doc) = row.map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
-            match to_published(id, &doc) {
-                Ok(p) => out.push(p),
-                // One bad row is one skipped event, not a broken stream.
-                Err(e) => tracing::warn!("events log: skipped: {e}"),
+        while out.len() < limit {
+            let Some(row) = rows.next().map_err(fail)? else {
+                break;
+            };
+            let last = row.get::<_, i64>(0).map_err(fail)?.max(0) as u64;
+            let docs = row
+                .get_ref(1)
+                .map_err(fail)?
+                .as_str()
+                .map_err(|e| LogError(format!("events batch ending at {last}: {e}")))?;
+            let first = (last + 1).saturating_sub(docs.lines().count() as u64);
+            for (id, doc) in (first..).zip(docs.lines()) {
+                if id <= after_id || out.len() >= limit {
+                    continue;
+                }
+                match to_published(id, doc) {
+                    Ok(p) => out.push(p),
+                    // One bad line is one skipped event, not a broken stream.
+                    Err(e) => tracing::warn!("events log: skipped: {e}"),
+                }
             }
         }
         Ok(out)
@@ -154,12 +168,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// `log` are the derived events of a commit (id, time, JSON document) in insertion
-    /// order; `last_row` the row of the last one. Never blocks.
-    pub fn committed(&self, log: &[(String, i64, String)], last_row: i64) {
-        let first = last_row - log.len() as i64 + 1;
-        for (i, (_, _, doc)) in log.iter().enumerate() {
-            let id = (first + i as i64).max(0) as u64;
+    /// `log` are the derived events of a commit (id, time, JSON document) in order;
+    /// `last_id` the push id of the last one. Never blocks.
+    pub fn committed(&self, log: &[(String, i64, String)], last_id: u64) {
+        let first = (last_id + 1).saturating_sub(log.len() as u64);
+        for (id, (_, _, doc)) in (first..).zip(log) {
             match to_published(id, doc) {
                 Ok(event) => self.hub.publish(event),
                 Err(e) => tracing::warn!("push: event not published: {e}"),
@@ -336,15 +349,62 @@ mod tests {
         assert!(e.contains("10"), "{e}");
     }
 
+    fn doc(topic: &str) -> String {
+        format!(r#"{{"topic":"{topic}","time_event":null,"time_created":"t","data":{{}}}}"#)
+    }
+
+    fn commit(store: &mut crate::store::Store, topics: &[&str]) {
+        let changes = crate::domain::Changes {
+            log: topics.iter().map(|t| (String::new(), 1, doc(t))).collect(),
+            ..Default::default()
+        };
+        store.commit(&changes).expect("commit");
+    }
+
+    #[test]
+    fn the_log_pages_through_batches_by_dense_id_and_ids_continue_after_reopening() {
+        use crate::store::{Store, Sync};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path(), Sync::Normal).expect("open");
+        commit(&mut store, &["a/1", "a/2", "a/3"]);
+        commit(&mut store, &[]);
+        commit(&mut store, &["b/4", "b/5"]);
+        let log = SqliteEventLog::open(dir.path()).expect("log");
+        let conn = log.conn.lock().expect("lock");
+        let page = |after, limit| {
+            SqliteEventLog::read(&conn, after, limit)
+                .expect("read")
+                .iter()
+                .map(|p| (p.id(), p.topic().to_string()))
+                .collect::<Vec<_>>()
+        };
+        let all = page(0, 100);
+        assert_eq!(
+            all,
+            [(1, "a/1"), (2, "a/2"), (3, "a/3"), (4, "b/4"), (5, "b/5")]
+                .map(|(i, t)| (i, t.to_string()))
+        );
+        assert_eq!(
+            page(1, 2),
+            all[1..3],
+            "mid-batch start, limit across batches"
+        );
+        assert_eq!(page(5, 10), []);
+        drop(store);
+        let mut store = Store::open(dir.path(), Sync::Normal).expect("reopen");
+        store.prune(i64::MAX).expect("prune everything old");
+        drop(store);
+        let mut store = Store::open(dir.path(), Sync::Normal).expect("reopen");
+        commit(&mut store, &["c/6"]);
+        assert_eq!(page(5, 10), [(6, "c/6".to_string())], "ids never restart");
+    }
+
     #[test]
     fn one_commit_maps_to_consecutive_ids_ending_at_the_last_row() {
         let hub = Hub::new(HubConfig::default());
         let mut sub = hub
             .subscribe("test", vec![spot_push::TopicFilter::new("#").expect("f")])
             .expect("sub");
-        let doc = |topic: &str| {
-            format!(r#"{{"topic":"{topic}","time_event":null,"time_created":"t","data":{{}}}}"#)
-        };
         let log = vec![
             ("a".to_string(), 0, doc("items/1/created")),
             ("b".to_string(), 0, doc("items/1/appeared")),

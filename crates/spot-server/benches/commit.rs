@@ -1,0 +1,93 @@
+//! Group-commit cost of the store, without the rest of the server: batches shaped like the
+//! emulator's load (per upstream event one upstream row, ~1.6 derived events, one dirty
+//! presence out of 5,000 and every third event a dirty item), committed with
+//! `synchronous=NORMAL` so the disk's fsync latency does not hide the CPU cost.
+//!
+//! `cargo bench -p spot-server --bench commit` prints µs per upstream event.
+
+use std::time::Instant;
+
+use spot_server::domain::{Changes, Table, UpstreamRow};
+use spot_server::store::{Store, Sync};
+
+const EVENTS_PER_BATCH: usize = 4096;
+const BATCHES: usize = 40;
+const PRESENCES: u64 = 5_000;
+
+fn id(n: u64) -> String {
+    format!("{:016x}", (1_764_000_000_000u64 << 16) + n)
+}
+
+fn batch(b: usize) -> Changes {
+    let mut changes = Changes::default();
+    let presence_doc = format!(
+        "{{\"id\":\"{}\",\"item\":\"{}\",\"location\":\"{}\",\"proximity\":\"near\",\
+         \"reporters\":{{\"{}\":\"near\"}},\"time_event\":\"2026-11-24T22:53:11.466Z\",\
+         \"time_created\":\"2026-11-24T22:53:14.572Z\",\"time_updated\":\"2026-11-24T22:53:14.572Z\"}}",
+        id(1),
+        id(2),
+        id(3),
+        id(4)
+    );
+    let log_doc = format!(
+        "{{\"id\":\"{}\",\"topic\":\"presences/{}/changed-proximity/{}/{}/near/far/moved-closer\",\
+         \"time_event\":\"2026-11-24T22:53:11.466Z\",\"time_created\":\"2026-11-24T22:53:14.572Z\",\
+         \"data\":{presence_doc}}}",
+        id(5),
+        id(1),
+        id(2),
+        id(3)
+    );
+    let mut rng = (b as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for e in 0..EVENTS_PER_BATCH {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        changes.upstream.push(UpstreamRow {
+            serial: format!("{}", rng % 100),
+            seq: Some((b * EVENTS_PER_BATCH + e) as u64),
+            time_received: 1_764_000_000_000,
+            event_json: format!(
+                "[\"presence\",\"update\",{{\"item_code\":\"30342e00d5d77ca2bc9a8c94\",\
+                 \"item_codetype\":\"EPC Gen2\",\"proximity\":\"near\",\
+                 \"time_last\":\"2026-11-24T22:53:11.466Z\",\"seq\":{e}}}]"
+            ),
+        });
+        changes
+            .upserts
+            .push((Table::Presences, id(rng % PRESENCES), presence_doc.clone()));
+        if e % 3 == 0 {
+            changes.upserts.push((
+                Table::Items,
+                id(PRESENCES + rng % PRESENCES),
+                presence_doc.clone(),
+            ));
+        }
+        for k in 0..(1 + e % 5 / 3) {
+            changes.log.push((
+                id((b * EVENTS_PER_BATCH * 2 + e * 2 + k) as u64),
+                1_764_000_000_000,
+                log_doc.clone(),
+            ));
+        }
+    }
+    changes
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut store = Store::open(dir.path(), Sync::Normal).expect("open store");
+    let batches: Vec<Changes> = (0..BATCHES).map(batch).collect();
+    store.commit(&batches[0]).expect("warm-up commit");
+    let started = Instant::now();
+    for changes in &batches[1..] {
+        store.commit(changes).expect("commit");
+    }
+    let events = (BATCHES - 1) * EVENTS_PER_BATCH;
+    let elapsed = started.elapsed();
+    println!(
+        "commit: {events} upstream events in {:.3} s = {:.2} us/event",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / events as f64
+    );
+}
