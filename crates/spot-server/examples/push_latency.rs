@@ -220,6 +220,7 @@ fn main() {
             latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
             latencies.len()
         );
+        print!("{}", spot_server::push::metrics(server.shared()));
         server.shutdown().await;
     });
 }
