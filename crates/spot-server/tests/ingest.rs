@@ -300,3 +300,58 @@ async fn derived_events_carry_the_spec_topics() {
     assert_eq!(item_doc["location"], loc, "last known location kept");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_protobuf_post_is_applied_and_commands_come_back_in_protobuf() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    // The vendor capture's events, re-encoded as one protobuf stream (one stream per body).
+    let events = decode_all(Encoding::Json, &vendor_body());
+    let mut encoder = spot_protocol::Encoder::new(Encoding::Protobuf);
+    let mut body = Vec::new();
+    for event in &events {
+        encoder.encode(event, &mut body);
+    }
+    let pb_head = "POST /api/spots/203/events/ HTTP/1.1\r\nHost: test\r\n\
+                   User-Agent: spot/35-42-g0388fd9-dirty\r\nTransfer-Encoding: chunked\r\n\
+                   Content-Type: application/x-intellifi-events-pb\r\n\
+                   Accept: application/x-intellifi-events-pb\r\n\r\n";
+    let mut conn = Raw::connect(addr).await;
+    conn.send(pb_head.as_bytes()).await;
+    for piece in body.chunks(7) {
+        conn.chunk(piece).await;
+    }
+    conn.end().await;
+    let resp = conn.response().await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.is_empty(), "no commands yet");
+    let s = spot(addr, "203").await;
+    assert_eq!(s["event_counter"], 3);
+    assert_eq!(s["config"]["bt_near"], -650);
+    let (_, items) = get(addr, "/api/items?code_hex=000000000000000000004409").await;
+    assert_eq!(items["results"][0]["is_present"], true);
+
+    let (status, v) = call(
+        addr,
+        "PUT",
+        "/api/spots/203",
+        Some(json!({"config_request": {"send_hits": true}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    conn.send(pb_head.as_bytes()).await;
+    conn.end().await;
+    let resp = conn.response().await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some(Encoding::Protobuf.media_type())
+    );
+    let commands = decode_all(Encoding::Protobuf, &resp.body);
+    assert_eq!(commands.len(), 1);
+    match &commands[0].kind {
+        EventKind::Config(_, c) => assert_eq!(c.send_hits, Some(true)),
+        other => panic!("expected a config update, got {other:?}"),
+    }
+    server.shutdown().await;
+}

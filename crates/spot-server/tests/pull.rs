@@ -10,7 +10,11 @@ use spot_server::pull::PullBackoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-const CAPTURE: &str = "../../../shared/captures/vendor-telnet-spot201.txt";
+/// The vendor telnet capture, from the repo's golden fixtures.
+const CAPTURE: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../spot-protocol/tests/fixtures/vendor-telnet-spot201.txt"
+));
 
 #[tokio::test]
 async fn a_telnet_stream_is_ingested_and_redialled_after_it_drops() {
@@ -18,7 +22,7 @@ async fn a_telnet_stream_is_ingested_and_redialled_after_it_drops() {
     // drops; the redial gets a fresh hello and one more presence, and stays open.
     let telnet = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let telnet_addr = telnet.local_addr().unwrap();
-    let capture = std::fs::read(CAPTURE).expect("capture");
+    let capture = CAPTURE.to_vec();
     let (server, _dir) = start(|c| {
         c.pull = vec![telnet_addr.to_string()];
         c.pull_backoff = PullBackoff {

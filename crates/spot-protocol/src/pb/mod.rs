@@ -4,15 +4,16 @@
 //! Three layers, each its own module:
 //! - framing ([`frame`]): varint length prefix, zero-length frames skipped, limits;
 //! - stream ([`stream`]): field 9 of the event message delta-coded against the previous
-//!   event's, found by walking the wire format without knowing the message type (the
-//!   decoder restores the value and hands it to the message layer instead of rewriting the
-//!   frame's bytes);
-//! - message ([`message`]): [`Event`] ↔ the prost-generated envelope, item codes through the
-//!   per-stream table ([`items`]).
+//!   event's, found by walking the wire format without knowing the message type;
+//! - message: [`Event`] → the prost-generated envelope when sending ([`message`]); when
+//!   receiving ([`decode`]), the frame's bytes → [`Event`] in the stream layer's one walk
+//!   (the decoder restores field 9 as a value instead of rewriting the frame's bytes);
+//!   item codes through the per-stream table ([`items`]).
 //!
 //! [`PbEncoder`] and [`PbDecoder`] hold the state of ONE stream (one HTTP body, one TCP
 //! direction): never share one between streams.
 
+mod decode;
 mod frame;
 mod items;
 mod message;
@@ -35,8 +36,7 @@ pub const STREAM_PREAMBLE: &[u8] = &[0x00];
 #[derive(Debug)]
 pub struct PbDecoder {
     frames: frame::FrameReader,
-    times: stream::TimestampDelta,
-    messages: message::MessageDecoder,
+    messages: decode::MessageDecoder,
 }
 
 impl PbDecoder {
@@ -51,8 +51,7 @@ impl PbDecoder {
     pub fn with_item_table_slots(limits: Limits, slots: usize) -> Self {
         PbDecoder {
             frames: frame::FrameReader::new(limits.max_message_bytes),
-            times: stream::TimestampDelta::default(),
-            messages: message::MessageDecoder::new(slots, limits.max_depth),
+            messages: decode::MessageDecoder::new(slots, limits.max_depth),
         }
     }
 
@@ -69,19 +68,10 @@ impl PbDecoder {
             Err(e) => return Some(Err(e)),
         };
         let body = &self.frames.bytes()[at.body];
-        let error = |reason: String| DecodeError {
+        Some(self.messages.event(body).map_err(|reason| DecodeError {
             offset: at.offset,
             kind: DecodeErrorKind::Protobuf(reason),
-        };
-        let time = match self.times.restore(body) {
-            Ok(time) => time,
-            Err(reason) => return Some(Err(error(reason))),
-        };
-        let envelope = match proto::Frame::decode(body) {
-            Ok(f) => f,
-            Err(e) => return Some(Err(error(e.to_string()))),
-        };
-        Some(self.messages.event(envelope, time).map_err(error))
+        }))
     }
 
     /// Marks the end of the stream: a trailing partial frame becomes a

@@ -4,8 +4,8 @@
 //! generically — envelope fields 1 and 2 are metadata, any other envelope field is the event
 //! message — so it works for event messages this version has never heard of.
 
-use super::wire::{next_field, put_varint, read_varint, varint_len, zigzag_decode, zigzag_encode};
-use super::wire::{MAX_FIELD_NUMBER, WIRE_LEN, WIRE_VARINT};
+use super::wire::{next_field, put_varint, varint_len, zigzag_decode, zigzag_encode};
+use super::wire::{Field, FieldError, WIRE_LEN, WIRE_VARINT};
 
 /// The field number of the event timestamp in every event message.
 pub(crate) const TIMESTAMP_FIELD: u64 = 9;
@@ -34,17 +34,15 @@ impl TimestampDelta {
         })
     }
 
-    /// Receiver side: the absolute event timestamp of `frame` (restored from the delta in
-    /// its field 9), or `None` when the frame has none. The frame itself is not copied: the
-    /// message layer puts the value into field 9 of the message it decodes. A frame whose
-    /// envelope or event message does not walk is an error and leaves the state unchanged.
-    pub(crate) fn restore(&mut self, frame: &[u8]) -> Result<Option<i64>, String> {
-        let Some(l) = locate(frame)? else {
-            return Ok(None);
-        };
-        let absolute = self.previous.wrapping_add(l.time);
+    /// Receiver side: the absolute event timestamp of a frame whose field 9 holds `sent`
+    /// (`None`: the frame has none, and the state stays as it is). Call it only for a frame
+    /// that walked cleanly ([`walk_envelope`], [`walk_event`]): a malformed frame leaves the
+    /// state unchanged. The frame itself is not rewritten: the message layer takes the value.
+    #[inline]
+    pub(crate) fn restore(&mut self, sent: Option<&TimeField>) -> Option<i64> {
+        let absolute = self.previous.wrapping_add(sent?.value);
         self.previous = absolute;
-        Ok(Some(absolute))
+        Some(absolute)
     }
 
     /// Receiver side, byte for byte: `frame` with its field 9 restored (in `scratch`), the
@@ -64,164 +62,140 @@ impl TimestampDelta {
     }
 }
 
-/// Where the timestamp sits in a frame.
+/// Where the event message sits in a frame, as found by [`walk_envelope`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Located {
+pub(crate) struct EventAt {
     /// Offset of the event message's key in the envelope, and its field number.
-    event_key: usize,
-    event_number: u64,
-    /// Offset of the event message's first byte.
-    event_body: usize,
-    /// Offset just past the event message.
-    event_end: usize,
-    /// Offset of field 9's value, and just past it.
-    value: (usize, usize),
-    /// Field 9's value as a sint64.
-    time: i64,
+    pub key: usize,
+    pub number: u64,
+    /// Offset of the event message's first byte, and just past its last.
+    pub body: usize,
+    pub end: usize,
 }
 
-/// Walks `frame` (an envelope) and finds field 9 of its event message; checks the structure
-/// of the envelope and of the event message on the way.
-#[inline]
-fn locate(frame: &[u8]) -> Result<Option<Located>, String> {
-    match locate_fast(frame) {
-        Some(found) => Ok(found),
-        None => locate_checked(frame),
-    }
+/// Field 9 of an event message, as found by [`walk_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeField {
+    /// Offset of its value in the event message, and just past it.
+    pub start: usize,
+    pub end: usize,
+    /// The value as a sint64 (a delta on the wire, absolute inside the codecs).
+    pub value: i64,
 }
 
-/// The common case, lean: `None` for anything unusual, which [`locate_checked`] then walks
-/// again to name the problem (or to accept what this path was too cautious for).
-#[inline]
-fn locate_fast(frame: &[u8]) -> Option<Option<Located>> {
-    /// A varint at `*at`, advancing past it.
-    #[inline(always)]
-    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-        let first = *b.get(*at)?;
-        if first < 0x80 {
-            *at += 1;
-            return Some(u64::from(first));
-        }
-        let (v, n) = read_varint(&b[*at..]).ok()?;
-        *at += n;
-        Some(v)
-    }
-    /// Skips the value of a field of `wire_type` at `*at`; the varint or length read.
-    #[inline(always)]
-    fn skip(b: &[u8], at: &mut usize, wire_type: u8) -> Option<u64> {
-        match wire_type {
-            WIRE_VARINT => varint(b, at),
-            WIRE_LEN => {
-                let len = varint(b, at)?;
-                if len > (b.len() - *at) as u64 {
-                    return None;
-                }
-                *at += len as usize;
-                Some(len)
-            }
-            _ => None,
-        }
-    }
+/// Walks `frame` (an envelope) and checks rule 1 of docs/protobuf.md §3.1: every field
+/// walks, and exactly one field numbered 3 or more, of wire type 2: the event message.
+/// `metadata` sees the other fields (numbers 1 and 2), in order.
+#[inline(always)]
+pub(crate) fn walk_envelope(
+    frame: &[u8],
+    mut metadata: impl FnMut(&Field),
+) -> Result<EventAt, String> {
     let mut at = 0;
     let mut event = None;
     while at < frame.len() {
-        let start = at;
-        let key = varint(frame, &mut at)?;
-        let (number, wire_type) = (key >> 3, (key & 7) as u8);
-        if number == 0
-            || number > MAX_FIELD_NUMBER
-            || (number >= FIRST_EVENT_FIELD && (wire_type != WIRE_LEN || event.is_some()))
-        {
-            return None;
-        }
-        let len = skip(frame, &mut at, wire_type)?;
-        if number >= FIRST_EVENT_FIELD {
-            event = Some((start, number, at - len as usize, at));
-        }
-    }
-    let (event_key, event_number, event_body, event_end) = event?;
-    let body = &frame[event_body..event_end];
-    let mut at = 0;
-    let mut found = None;
-    while at < body.len() {
-        let key = varint(body, &mut at)?;
-        let (number, wire_type) = (key >> 3, (key & 7) as u8);
-        if number == 0 || number > MAX_FIELD_NUMBER {
-            return None;
-        }
-        let value_start = at;
-        let value = skip(body, &mut at, wire_type)?;
-        if number == TIMESTAMP_FIELD {
-            if wire_type != WIRE_VARINT || found.is_some() {
-                return None;
-            }
-            found = Some((value_start, at, value));
-        }
-    }
-    Some(found.map(|(start, end, value)| Located {
-        event_key,
-        event_number,
-        event_body,
-        event_end,
-        value: (event_body + start, event_body + end),
-        time: zigzag_decode(value),
-    }))
-}
-
-/// [`locate`] with every check named.
-#[cold]
-fn locate_checked(frame: &[u8]) -> Result<Option<Located>, String> {
-    let mut at = 0;
-    let mut event = None;
-    while at < frame.len() {
-        let f = next_field(frame, at).map_err(|e| format!("envelope: {e}"))?;
+        let f = next_field(frame, at).map_err(envelope_error)?;
         if f.number >= FIRST_EVENT_FIELD {
             if f.wire_type != WIRE_LEN {
-                return Err(format!(
-                    "envelope field {}: an event message must have wire type 2, not {}",
-                    f.number, f.wire_type
-                ));
+                return Err(event_wire_type_error(f.number, f.wire_type));
             }
             if event.is_some() {
-                return Err(format!(
-                    "envelope field {}: a frame carries exactly one event message",
-                    f.number
-                ));
+                return Err(second_event_error(f.number));
             }
-            event = Some(f);
+            event = Some(EventAt {
+                key: f.start,
+                number: f.number,
+                body: f.value_start,
+                end: f.end,
+            });
+        } else {
+            metadata(&f);
         }
         at = f.end;
     }
-    let Some(event) = event else {
-        return Err("envelope: no event message (fields 3 and up)".to_string());
-    };
-    let body = &frame[event.value_start..event.end];
+    event.ok_or_else(no_event_error)
+}
+
+/// Walks `body` (an event message of any type) and checks rule 2 of docs/protobuf.md §3.1:
+/// every field walks, and field 9, if present, has wire type 0 and occurs once. Returns
+/// field 9; `visit` sees every other field, in order.
+#[inline(always)]
+pub(crate) fn walk_event(
+    body: &[u8],
+    mut visit: impl FnMut(&Field),
+) -> Result<Option<TimeField>, String> {
     let mut at = 0;
-    let mut found = None;
+    let mut time = None;
     while at < body.len() {
-        let f = next_field(body, at).map_err(|e| format!("event message: {e}"))?;
+        let f = next_field(body, at).map_err(event_error)?;
         if f.number == TIMESTAMP_FIELD {
             if f.wire_type != WIRE_VARINT {
-                return Err(format!(
-                    "event message: field 9 (timestamp) must have wire type 0, not {}",
-                    f.wire_type
-                ));
+                return Err(time_wire_type_error(f.wire_type));
             }
-            if found.is_some() {
-                return Err("event message: field 9 (timestamp) occurs twice".to_string());
+            if time.is_some() {
+                return Err(time_twice_error());
             }
-            found = Some(f);
+            time = Some(TimeField {
+                start: f.value_start,
+                end: f.end,
+                value: zigzag_decode(f.varint),
+            });
+        } else {
+            visit(&f);
         }
         at = f.end;
     }
-    Ok(found.map(|f| Located {
-        event_key: event.start,
-        event_number: event.number,
-        event_body: event.value_start,
-        event_end: event.end,
-        value: (event.value_start + f.value_start, event.value_start + f.end),
-        time: zigzag_decode(f.varint),
-    }))
+    Ok(time)
+}
+
+#[cold]
+fn envelope_error(e: FieldError) -> String {
+    format!("envelope: {e}")
+}
+
+#[cold]
+fn event_wire_type_error(number: u64, wire_type: u8) -> String {
+    format!("envelope field {number}: an event message must have wire type 2, not {wire_type}")
+}
+
+#[cold]
+fn second_event_error(number: u64) -> String {
+    format!("envelope field {number}: a frame carries exactly one event message")
+}
+
+#[cold]
+fn no_event_error() -> String {
+    "envelope: no event message (fields 3 and up)".to_string()
+}
+
+#[cold]
+fn event_error(e: FieldError) -> String {
+    format!("event message: {e}")
+}
+
+#[cold]
+fn time_wire_type_error(wire_type: u8) -> String {
+    format!("event message: field 9 (timestamp) must have wire type 0, not {wire_type}")
+}
+
+#[cold]
+fn time_twice_error() -> String {
+    "event message: field 9 (timestamp) occurs twice".to_string()
+}
+
+/// Where the timestamp sits in a frame (for the byte rewrite of the sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Located {
+    event: EventAt,
+    /// Field 9, its offsets relative to `event.body`.
+    time: TimeField,
+}
+
+/// Walks `frame` (envelope and event message) and finds field 9 of its event message.
+fn locate(frame: &[u8]) -> Result<Option<Located>, String> {
+    let event = walk_envelope(frame, |_| {})?;
+    let time = walk_event(&frame[event.body..event.end], |_| {})?;
+    Ok(time.map(|time| Located { event, time }))
 }
 
 /// Replaces field 9 of the event message by `map(field 9)`, re-sizing the event message's
@@ -234,18 +208,19 @@ fn rewrite<'s>(
     let Some(l) = locate(frame)? else {
         return Ok(None);
     };
-    let new_value = zigzag_encode(map(l.time));
-    let old_value_len = l.value.1 - l.value.0;
-    let new_body_len = (l.event_end - l.event_body) - old_value_len + varint_len(new_value);
+    let (e, t) = (l.event, l.time);
+    let new_value = zigzag_encode(map(t.value));
+    let old_value_len = t.end - t.start;
+    let new_body_len = (e.end - e.body) - old_value_len + varint_len(new_value);
     scratch.clear();
     scratch.reserve(frame.len() + 2 * super::wire::MAX_VARINT_BYTES);
-    scratch.extend_from_slice(&frame[..l.event_key]);
-    put_varint(scratch, l.event_number << 3 | u64::from(WIRE_LEN));
+    scratch.extend_from_slice(&frame[..e.key]);
+    put_varint(scratch, e.number << 3 | u64::from(WIRE_LEN));
     put_varint(scratch, new_body_len as u64);
-    scratch.extend_from_slice(&frame[l.event_body..l.value.0]);
+    scratch.extend_from_slice(&frame[e.body..e.body + t.start]);
     put_varint(scratch, new_value);
-    scratch.extend_from_slice(&frame[l.value.1..l.event_end]);
-    scratch.extend_from_slice(&frame[l.event_end..]);
+    scratch.extend_from_slice(&frame[e.body + t.end..e.end]);
+    scratch.extend_from_slice(&frame[e.end..]);
     Ok(Some(scratch.as_slice()))
 }
 
@@ -256,20 +231,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn the_fast_walk_accepts_only_what_the_checked_walk_accepts(
-            bytes in proptest::collection::vec(
-                prop_oneof![any::<u8>(), Just(0x48u8), Just(0x2a), Just(0x08), Just(0x10)],
-                0..40,
-            ),
-        ) {
-            if let Some(fast) = locate_fast(&bytes) {
-                let checked = locate_checked(&bytes);
-                prop_assert_eq!(checked, Ok(fast));
-            }
-        }
-
-        #[test]
-        fn the_fast_walk_takes_every_frame_of_the_common_shapes(
+        fn the_walk_finds_field_9_in_every_frame_of_the_common_shapes(
             seq in proptest::option::of(any::<u64>()),
             event_field in 3u8..16,
             time in proptest::option::of(any::<i64>()),
@@ -289,10 +251,14 @@ mod tests {
                 put_varint(&mut f, s);
             }
             f.extend_from_slice(&frame(None, event_field, &b));
-            let fast = locate_fast(&f).expect("common shape takes the fast path");
-            prop_assert_eq!(locate_checked(&f), Ok(fast));
-            prop_assert_eq!(fast.map(|l| l.time), time);
+            let located = locate(&f).expect("a well-formed frame walks");
+            prop_assert_eq!(located.map(|l| l.time.value), time);
         }
+    }
+
+    /// The receiver's whole timestamp rule on one frame: walk it, then restore.
+    fn restore(dec: &mut TimestampDelta, frame: &[u8]) -> Result<Option<i64>, String> {
+        Ok(locate(frame)?.and_then(|l| dec.restore(Some(&l.time))))
     }
 
     /// A frame with an event message in envelope field `event_field`, whose body is `body`.
@@ -331,7 +297,7 @@ mod tests {
         for t in times {
             let original = frame(Some(5), 40, &body(t));
             let sent = enc.encode(&original, &mut s1).unwrap().unwrap().to_vec();
-            wire_deltas.push(locate(&sent).unwrap().unwrap().time);
+            wire_deltas.push(locate(&sent).unwrap().unwrap().time.value);
             let restored = dec.decode(&sent, &mut s2).unwrap().unwrap().to_vec();
             assert_eq!(restored, original);
         }
@@ -353,8 +319,8 @@ mod tests {
                 .unwrap()
                 .to_vec();
             let restored = by_bytes.decode(&sent, &mut s2).unwrap().unwrap();
-            let expected = locate(restored).unwrap().unwrap().time;
-            assert_eq!(by_value.restore(&sent), Ok(Some(expected)));
+            let expected = locate(restored).unwrap().unwrap().time.value;
+            assert_eq!(restore(&mut by_value, &sent), Ok(Some(expected)));
             assert_eq!(expected, t);
         }
     }
@@ -364,7 +330,7 @@ mod tests {
         let mut dec = TimestampDelta::default();
         let mut s = Vec::new();
         assert_eq!(dec.decode(&frame(None, 4, &[0x08, 0x01]), &mut s), Ok(None));
-        assert_eq!(dec.restore(&frame(None, 4, &[0x08, 0x01])), Ok(None));
+        assert_eq!(restore(&mut dec, &frame(None, 4, &[0x08, 0x01])), Ok(None));
         assert_eq!(dec, TimestampDelta::default());
     }
 
@@ -388,7 +354,7 @@ mod tests {
         for (bytes, expected) in cases {
             let err = dec.decode(&bytes, &mut s).unwrap_err();
             assert!(err.contains(expected), "{err} should say {expected}");
-            assert_eq!(dec.restore(&bytes), Err(err));
+            assert_eq!(restore(&mut dec, &bytes), Err(err));
             assert_eq!(dec, TimestampDelta::default());
         }
     }
@@ -407,8 +373,8 @@ mod tests {
         let mut s = Vec::new();
         let restored = dec.decode(&sent, &mut s).unwrap().unwrap().to_vec();
         let l = locate(&restored).unwrap().unwrap();
-        assert_eq!(l.time, i64::MAX / 2 + 1);
-        assert_eq!(l.event_end, restored.len());
+        assert_eq!(l.time.value, i64::MAX / 2 + 1);
+        assert_eq!(l.event.end, restored.len());
         assert_eq!(restored.len(), 1 + 2 + 120 + 1 + 10);
     }
 }

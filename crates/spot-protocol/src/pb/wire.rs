@@ -153,6 +153,46 @@ impl std::fmt::Display for FieldError {
 /// Reads the field starting at `at` in the complete message `msg`.
 #[inline(always)]
 pub(crate) fn next_field(msg: &[u8], at: usize) -> Result<Field, FieldError> {
+    // The common case first: a one-byte key (fields 1–15) of wire type 0 or 2 whose value
+    // reads cleanly. Anything else takes the general path, which gives the same answer.
+    if let Some(&key) = msg.get(at) {
+        if (8..0x80).contains(&key) {
+            let value_start = at + 1;
+            let wire_type = key & 7;
+            let number = u64::from(key >> 3);
+            let rest = &msg[value_start..];
+            if wire_type == WIRE_VARINT {
+                if let Ok((varint, n)) = read_varint(rest) {
+                    return Ok(Field {
+                        number,
+                        wire_type,
+                        start: at,
+                        value_start,
+                        end: value_start + n,
+                        varint,
+                    });
+                }
+            } else if wire_type == WIRE_LEN {
+                if let Ok((len, n)) = read_varint(rest) {
+                    if len <= (rest.len() - n) as u64 {
+                        return Ok(Field {
+                            number,
+                            wire_type,
+                            start: at,
+                            value_start: value_start + n,
+                            end: value_start + n + len as usize,
+                            varint: len,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    next_field_general(msg, at)
+}
+
+/// [`next_field`] for every key and wire type.
+fn next_field_general(msg: &[u8], at: usize) -> Result<Field, FieldError> {
     let (key, key_len) =
         read_varint(&msg[at..]).map_err(|problem| FieldError::Key { at, problem })?;
     let number = key >> 3;
@@ -246,6 +286,16 @@ mod tests {
             put_varint(&mut out, v);
             prop_assert_eq!(out.len(), varint_len(v));
             prop_assert_eq!(read_varint(&out), Ok((v, out.len())));
+        }
+
+        #[test]
+        fn the_common_case_reads_fields_as_the_general_path_does(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), 0u8..4, Just(0x08), Just(0x12), Just(0x80)],
+                1..16,
+            ),
+        ) {
+            prop_assert_eq!(next_field(&bytes, 0), next_field_general(&bytes, 0));
         }
 
         #[test]
