@@ -9,6 +9,7 @@ use spot_emulator::buffer::BufferLimits;
 use spot_emulator::fleet::{self, FleetConfig};
 use spot_emulator::population::PopulationParams;
 use spot_emulator::replay::{Recording, ReplayTiming};
+use spot_emulator::tls::{TlsClient, Trust};
 use spot_emulator::uplink::{ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 
@@ -42,9 +43,18 @@ pub struct Args {
 /// The flags themselves.
 #[derive(clap::Args)]
 struct Flags {
-    /// The server, `http://host[:port][/prefix]`.
+    /// The server, `http://host[:port][/prefix]` or `https://...` (TLS; the public web PKI
+    /// roots are trusted unless --ca-cert or --insecure says otherwise).
     #[arg(long, required_unless_present = "raw_tcp", conflicts_with = "raw_tcp")]
     server: Option<String>,
+    /// For an https:// server: trust the certificates of this PEM file (a private CA or the
+    /// server's self-signed certificate) instead of the public roots.
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    ca_cert: Option<PathBuf>,
+    /// For an https:// server: do not verify its certificate at all (testing only; anyone on
+    /// the path can read and change the traffic).
+    #[arg(long)]
+    insecure: bool,
     /// Stream over plain TCP to HOST:PORT instead of HTTP (spec §4.2; acks come back as
     /// `["ack","update",{"seq":N}]` events).
     #[arg(long, value_name = "HOST:PORT")]
@@ -146,7 +156,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => Err("--server or --raw-tcp is required".into()),
     }
     .map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        server.tls || (args.ca_cert.is_none() && !args.insecure),
+        "--ca-cert and --insecure apply to an https:// --server only"
+    );
+    let trust = match (&args.ca_cert, args.insecure) {
+        (Some(path), _) => Trust::CaFile(path.clone()),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::PublicRoots,
+    };
     let mut uplink = UplinkConfig::new(server);
+    if uplink.server.tls {
+        if trust == Trust::Insecure {
+            eprintln!(
+                "spot emulate: WARNING: --insecure: the server's TLS certificate is NOT verified; \
+                 anyone on the network path can impersonate the server and read or change the events"
+            );
+        }
+        uplink.tls = Some(TlsClient::new(trust.clone()).context("--ca-cert")?);
+    }
     uplink.raw_tcp = args.raw_tcp.is_some();
     uplink.encoding = args.encoding.encoding();
     uplink.post_ms = args.post_ms;
@@ -243,7 +271,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut json = summary.to_json();
     json["settings"] = serde_json::json!({
         "server": cfg.uplink.server.connect,
-        "transport": if cfg.uplink.raw_tcp { "raw-tcp" } else { "http" },
+        "transport": match (cfg.uplink.raw_tcp, cfg.uplink.server.tls) {
+            (true, _) => "raw-tcp",
+            (false, true) => "https",
+            (false, false) => "http",
+        },
+        "tls_trust": cfg.uplink.tls.as_ref().map(|t| match t.trust() {
+            Trust::PublicRoots => "public-roots".to_string(),
+            Trust::CaFile(path) => format!("ca-cert {}", path.display()),
+            Trust::Insecure => "insecure (not verified)".to_string(),
+        }),
         "encoding": cfg.uplink.encoding.media_type(),
         "spots": cfg.spots,
         "first_serial": cfg.first_serial,

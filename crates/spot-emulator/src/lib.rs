@@ -8,7 +8,7 @@
 //! and reconnects; [`fleet`] runs many tasks in one runtime and sums them up.
 //!
 //! Pure parts (unit-tested without sockets): [`population`], [`spot`], [`buffer`], [`wire`],
-//! [`faults`], [`replay`], [`rng`]. I/O parts: [`uplink`], [`telnet`], [`fleet`] (tested over
+//! [`faults`], [`replay`], [`rng`]. I/O parts: [`uplink`], [`tls`], [`telnet`], [`fleet`] (tested over
 //! loopback in `tests/`).
 //!
 //! - [`spot`]: one spot's state machine: `spot create`, `config create`, events, commands.
@@ -18,6 +18,7 @@
 //! - [`wire`]: HTTP/1.1 bytes of the uplink: request head, chunks, response parser.
 //! - [`uplink`]: one spot's async connection loop, HTTP (spec §4.1) or raw TCP (§4.2).
 //! - [`telnet`]: the spot's telnet service (raw stream + alive messages).
+//! - [`tls`]: TLS for `https://` servers (trusted roots, `--ca-cert`, `--insecure`).
 //! - [`faults`]: fault injection specs (`--fault`).
 //! - [`replay`]: replaying a recorded stream instead of the population.
 //! - [`fleet`]: many spots in one runtime, progress line and JSON [`fleet::Summary`].
@@ -34,5 +35,6 @@ pub mod replay;
 pub mod rng;
 pub mod spot;
 pub mod telnet;
+pub mod tls;
 pub mod uplink;
 pub mod wire;

@@ -1,5 +1,7 @@
 //! One spot's HTTP uplink (spec §4.1): connect, POST after POST on one keep-alive connection,
 //! reconnect with jittered exponential backoff, and keep generating events throughout.
+//! `https://` runs the same HTTP/1.1 over TLS ([`crate::tls`]); a failed handshake is a
+//! failed connection like any other.
 //!
 //! Per connection: the first POST starts with `spot create` and `config create` (not
 //! buffered), then every buffered event not yet acknowledged, in order; then each event is
@@ -22,8 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use spot_protocol::{Decoder, Encoder, Encoding, Event, EventKind, Limits, Timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
@@ -34,9 +35,10 @@ use crate::replay::{Replay, ReplayTiming};
 use crate::rng::Rng;
 use crate::spot::{CommandEffect, Spot};
 use crate::telnet::{self, TelnetFeed};
+use crate::tls::{TlsClient, Trust};
 use crate::wire::{self, ChunkSplit, Response, ResponseParser};
 
-/// Where the server is: parsed from `http://host[:port][/prefix]`.
+/// Where the server is: parsed from `http[s]://host[:port][/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAddr {
     /// `host:port` to connect to.
@@ -45,6 +47,8 @@ pub struct ServerAddr {
     pub host: String,
     /// A path prefix before `/api/spots/...` (empty for none).
     pub path_prefix: String,
+    /// `https://`: HTTP over TLS.
+    pub tls: bool,
 }
 
 impl ServerAddr {
@@ -56,20 +60,22 @@ impl ServerAddr {
                     connect: host_port.to_string(),
                     host: host.to_string(),
                     path_prefix: String::new(),
+                    tls: false,
                 })
             }
             _ => Err(format!("{host_port}: expected HOST:PORT")),
         }
     }
 
-    /// Parses an `http://` URL. `https://` is refused (not supported yet), as is anything else.
+    /// Parses an `http://` or `https://` URL (default ports 80 and 443); anything else is
+    /// refused.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
-            return Err(format!("{url}: https is not supported by the emulator yet"));
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true)
         } else {
-            return Err(format!("{url}: expected an http:// URL"));
+            return Err(format!("{url}: expected an http:// or https:// URL"));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -85,13 +91,23 @@ impl ServerAddr {
         let connect = if has_port {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         Ok(ServerAddr {
             connect,
             host: authority.to_string(),
             path_prefix: path.to_string(),
+            tls,
         })
+    }
+
+    /// The host without port or IPv6 brackets: the TLS server name (SNI, certificate check).
+    pub fn name(&self) -> &str {
+        let host = &self.host;
+        if let Some(v6) = host.strip_prefix('[') {
+            return v6.split(']').next().unwrap_or(v6);
+        }
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
     }
 }
 
@@ -134,13 +150,14 @@ pub struct UplinkConfig {
     /// Stream over plain TCP (spec §4.2, acks as `["ack","update",{"seq":N}]` events)
     /// instead of HTTP.
     pub raw_tcp: bool,
+    /// The TLS client for an `https://` server (`None` for `http://`).
+    pub tls: Option<TlsClient>,
 }
 
 impl UplinkConfig {
     /// Defaults for `server`.
     pub fn new(server: ServerAddr) -> Self {
         UplinkConfig {
-            server,
             encoding: Encoding::Json,
             post_ms: 1000,
             tick_ms: 10,
@@ -157,6 +174,11 @@ impl UplinkConfig {
             clock_offset_ms: Some(0),
             faults: Faults::default(),
             raw_tcp: false,
+            tls: server.tls.then(|| {
+                TlsClient::new(Trust::PublicRoots)
+                    .expect("the ring provider supports the default protocol versions")
+            }),
+            server,
         }
     }
 }
@@ -352,10 +374,26 @@ impl SpotTask {
             let result = match connect {
                 Some(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    if self.cfg.raw_tcp {
-                        self.raw_connection(stream, &mut failures).await
-                    } else {
-                        self.connection(stream, &mut failures).await
+                    match (&cfg.tls, cfg.raw_tcp) {
+                        (_, true) => self.raw_connection(stream, &mut failures).await,
+                        (None, false) => {
+                            let (rd, wr) = stream.into_split();
+                            self.connection(rd, wr, &mut failures).await
+                        }
+                        (Some(tls), false) => {
+                            let handshake = tls.connect(cfg.server.name(), stream);
+                            match self.generating_while(handshake, deadline).await {
+                                Some(Ok(stream)) => {
+                                    let (rd, wr) = tokio::io::split(stream);
+                                    self.connection(rd, wr, &mut failures).await
+                                }
+                                Some(Err(e)) => Err(e),
+                                None => Err(format!(
+                                    "TLS handshake with {}: timed out",
+                                    cfg.server.connect
+                                )),
+                            }
+                        }
                     }
                 }
                 Some(Err(e)) => Err(format!("connect {}: {e}", cfg.server.connect)),
@@ -622,13 +660,18 @@ impl SpotTask {
         }
     }
 
-    /// Serves one connection: POST after POST until the run ends or something fails.
-    async fn connection(
+    /// Serves one connection (plain TCP or TLS): POST after POST until the run ends or
+    /// something fails.
+    async fn connection<R, W>(
         &mut self,
-        stream: TcpStream,
+        mut rd: R,
+        mut wr: W,
         failures: &mut u32,
-    ) -> Result<ConnectionEnd, String> {
-        let (mut rd, mut wr) = stream.into_split();
+    ) -> Result<ConnectionEnd, String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut first_post = true;
         let mut sent_upto = self.buffer.acked();
         let mut read_buf = vec![0u8; 16 * 1024];
@@ -872,11 +915,20 @@ impl SpotTask {
         }
     }
 
-    /// Writes `bytes`, generating events while the socket is blocked; a write that makes
-    /// no progress for `response_timeout_ms` fails.
-    async fn write(&mut self, wr: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
+    /// Writes `bytes` (and flushes them: TLS holds written records until flushed),
+    /// generating events while the socket is blocked; a write that makes no progress for
+    /// `response_timeout_ms` fails.
+    async fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        bytes: &[u8],
+    ) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.response_timeout_ms);
-        match self.generating_while(wr.write_all(bytes), deadline).await {
+        let write = async {
+            wr.write_all(bytes).await?;
+            wr.flush().await
+        };
+        match self.generating_while(write, deadline).await {
             Some(Ok(())) => {
                 self.stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
                 Ok(())
@@ -914,9 +966,9 @@ impl SpotTask {
     }
 
     /// Reads a response, generating events meanwhile.
-    async fn read_response(
+    async fn read_response<R: AsyncRead + Unpin>(
         &mut self,
-        rd: &mut OwnedReadHalf,
+        rd: &mut R,
         parser: &mut ResponseParser,
         read_buf: &mut [u8],
     ) -> Result<Response, String> {
@@ -944,11 +996,11 @@ impl SpotTask {
     }
 
     /// Applies the commands of a response; a firmware install ends the connection.
-    async fn apply_commands(
+    async fn apply_commands<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         response: &Response,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        rd: &mut R,
+        wr: &mut W,
         read_buf: &mut [u8],
     ) -> Result<Option<ConnectionEnd>, String> {
         if response.body.is_empty() {
@@ -1008,11 +1060,11 @@ impl SpotTask {
         Ok(end)
     }
 
-    async fn fetch_firmware(
+    async fn fetch_firmware<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         url: &str,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        rd: &mut R,
+        wr: &mut W,
         read_buf: &mut [u8],
     ) -> Result<(), String> {
         let server = &self.cfg.server;
@@ -1059,14 +1111,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_urls_parse_and_https_is_refused_by_name() {
+    fn server_urls_parse_http_and_https_with_their_default_ports() {
         let a = ServerAddr::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
             a,
             ServerAddr {
                 connect: "127.0.0.1:8080".into(),
                 host: "127.0.0.1:8080".into(),
-                path_prefix: "".into()
+                path_prefix: "".into(),
+                tls: false,
             }
         );
         let b = ServerAddr::parse("http://spots.example/base").unwrap();
@@ -1075,11 +1128,27 @@ mod tests {
             ("spots.example:80", "/base")
         );
         let v6 = ServerAddr::parse("http://[::1]:9000").unwrap();
-        assert_eq!(v6.connect, "[::1]:9000");
-        assert!(ServerAddr::parse("https://x")
+        assert_eq!((v6.connect.as_str(), v6.name()), ("[::1]:9000", "::1"));
+        let s = ServerAddr::parse("https://spots.example/base").unwrap();
+        assert_eq!(
+            (s.connect.as_str(), s.name(), s.path_prefix.as_str(), s.tls),
+            ("spots.example:443", "spots.example", "/base", true)
+        );
+        let s = ServerAddr::parse("https://localhost:8443").unwrap();
+        assert_eq!(
+            (s.connect.as_str(), s.name()),
+            ("localhost:8443", "localhost")
+        );
+        assert_eq!(
+            ServerAddr::parse("https://[::1]").unwrap().connect,
+            "[::1]:443"
+        );
+        // An https server gets a TLS client (public roots) by default; http none.
+        assert!(UplinkConfig::new(s).tls.is_some());
+        assert!(UplinkConfig::new(a).tls.is_none());
+        assert!(ServerAddr::parse("ftp://x")
             .unwrap_err()
-            .contains("https"));
-        assert!(ServerAddr::parse("ftp://x").is_err());
+            .contains("https://"));
         assert!(ServerAddr::parse("http://").is_err());
     }
 

@@ -1,0 +1,231 @@
+//! `spot emulate --server https://...` as processes against `spot serve --tls-cert`: the
+//! `--ca-cert` and `--insecure` flags, and their refusals.
+//!
+//! The certificate in `fixtures/` is a self-signed test certificate for `localhost` (EC P-256,
+//! valid until 2126), made with
+//! `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 36500
+//! -subj /CN=localhost -addext subjectAltName=DNS:localhost
+//! -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_server(data: &std::path::Path, port: u16, tls: bool) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spot"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data);
+    if tls {
+        cmd.arg("--tls-cert")
+            .arg(fixture("localhost-cert.pem"))
+            .arg("--tls-key")
+            .arg(fixture("localhost-key.pem"));
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn spot serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+fn emulate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spot"))
+        .arg("emulate")
+        .args(args)
+        .args(["--quiet", "--post-ms", "100"])
+        .output()
+        .expect("run spot emulate")
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON summary on stdout")
+}
+
+/// GET over plain HTTP (the server restarted without TLS).
+fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{path}");
+    serde_json::from_slice(&raw[start..]).unwrap()
+}
+
+/// Every event reaches `spot serve --tls-cert` with `--ca-cert`; the server, killed and
+/// restarted without TLS on the same data, holds each of them (seq and count).
+#[test]
+fn emulate_over_https_with_ca_cert_delivers_everything_to_spot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = spawn_server(dir.path(), port, true);
+    let ca = fixture("localhost-cert.pem");
+    let out = emulate(&[
+        "--server",
+        &format!("https://localhost:{port}"),
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--spots",
+        "2",
+        "--first-serial",
+        "810",
+        "--rate",
+        "200",
+        "--duration",
+        "0.5",
+        "--drain-s",
+        "20",
+    ]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let json = summary(&out);
+    assert_eq!(json["settings"]["transport"], "https");
+    let total = &json["total"];
+    let generated = total["events_generated"].as_u64().unwrap();
+    assert!(generated > 50, "generated {generated}");
+    assert_eq!(total["events_acked"], generated);
+    assert_eq!(total["reconnects"], 0);
+
+    let mut server = spawn_server(dir.path(), port, false);
+    for spot in json["per_spot"].as_array().unwrap() {
+        let serial = spot["serial"].as_u64().unwrap();
+        let generated = spot["events_generated"].as_u64().unwrap();
+        let held = get_json(
+            port,
+            &format!("/api/spots?serial_number={serial}&results_only=true"),
+        );
+        // Each event once, plus the connection's spot create and config create.
+        assert_eq!(held[0]["event_counter"], generated + 2, "spot {serial}");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// `--insecure` connects to a certificate nobody vouched for, and says so loudly.
+#[test]
+fn emulate_insecure_warns_and_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = spawn_server(dir.path(), port, true);
+    let out = emulate(&[
+        "--server",
+        &format!("https://127.0.0.1:{port}"),
+        "--insecure",
+        "--rate",
+        "100",
+        "--duration",
+        "0.3",
+        "--drain-s",
+        "20",
+    ]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING: --insecure") && stderr.contains("NOT verified"),
+        "{stderr}"
+    );
+    let json = summary(&out);
+    let generated = json["total"]["events_generated"].as_u64().unwrap();
+    assert!(generated > 0);
+    assert_eq!(json["total"]["events_acked"], generated);
+    assert_eq!(json["settings"]["tls_trust"], "insecure (not verified)");
+}
+
+/// Without --ca-cert the public roots are trusted, which a self-signed certificate is not:
+/// the run ends with nothing acked, every attempt counted, and the TLS reason in last_error.
+#[test]
+fn emulate_without_ca_cert_refuses_a_self_signed_server_with_a_tls_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = spawn_server(dir.path(), port, true);
+    let out = emulate(&[
+        "--server",
+        &format!("https://localhost:{port}"),
+        "--rate",
+        "100",
+        "--duration",
+        "0.3",
+        "--drain-s",
+        "0.3",
+    ]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let json = summary(&out);
+    assert_eq!(json["total"]["events_acked"], 0);
+    assert!(json["total"]["reconnects"].as_u64().unwrap() >= 1);
+    let error = json["per_spot"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("TLS handshake with localhost: invalid peer certificate")
+            && error.contains("pass --ca-cert PEM"),
+        "{error}"
+    );
+}
+
+#[test]
+fn tls_flags_are_refused_where_they_do_not_apply_or_the_file_is_unusable() {
+    let out = emulate(&["--server", "http://127.0.0.1:9", "--insecure"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("apply to an https:// --server only"),
+        "{stderr}"
+    );
+
+    let missing = fixture("no-such-ca.pem");
+    let out = emulate(&[
+        "--server",
+        "https://127.0.0.1:9",
+        "--ca-cert",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-such-ca.pem"), "{stderr}");
+
+    // A private key is not a certificate.
+    let key = fixture("localhost-key.pem");
+    let out = emulate(&[
+        "--server",
+        "https://127.0.0.1:9",
+        "--ca-cert",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("localhost-key.pem") && stderr.contains("no CERTIFICATE"),
+        "{stderr}"
+    );
+}

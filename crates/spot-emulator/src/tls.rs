@@ -1,0 +1,227 @@
+//! TLS for `https://` servers: which certificates the emulator trusts ([`Trust`]) and the
+//! client configuration built from that ([`TlsClient`]), with rustls and the ring provider.
+//!
+//! Trust is explicit because the emulator usually runs offline against a test server:
+//! - [`Trust::PublicRoots`] (the default): the Mozilla roots compiled in (`webpki-roots`),
+//!   for servers with a publicly issued certificate;
+//! - [`Trust::CaFile`] (`--ca-cert PEM`): exactly the certificates of that file (a private CA,
+//!   or a self-signed server certificate);
+//! - [`Trust::Insecure`] (`--insecure`): any certificate, unverified (handshake signatures are
+//!   still checked, so the connection works; who is at the other end is not known).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Which server certificates are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The public web PKI roots (compiled in; no platform store is consulted).
+    PublicRoots,
+    /// Only the certificates in this PEM file (CA or self-signed server certificates).
+    CaFile(PathBuf),
+    /// No verification of the server's certificate at all.
+    Insecure,
+}
+
+/// Why a TLS client configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read or parsed.
+    #[error("{}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A ready TLS client: connects TCP streams as TLS to one server name.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    trust: Trust,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate of a PEM file; at least one.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE in the file".into()));
+    }
+    Ok(certs)
+}
+
+impl TlsClient {
+    /// Builds the client for `trust` (reads the CA file now, so a bad file stops the start).
+    pub fn new(trust: Trust) -> Result<Self, TlsError> {
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let config = match &trust {
+            Trust::PublicRoots => {
+                let roots = RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                builder.with_root_certificates(roots)
+            }
+            Trust::CaFile(path) => {
+                let mut roots = RootCertStore::empty();
+                for (i, cert) in read_certificates(path)?.into_iter().enumerate() {
+                    roots.add(cert).map_err(|e| TlsError::CaFile {
+                        path: path.clone(),
+                        reason: format!("certificate {}: {e}", i + 1),
+                    })?;
+                }
+                builder.with_root_certificates(roots)
+            }
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
+        }
+        .with_no_client_auth();
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            trust,
+        })
+    }
+
+    /// What this client trusts.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// The TLS handshake over `tcp`, for server name `name` (sent as SNI unless an IP address,
+    /// and checked against the certificate).
+    pub async fn connect(
+        &self,
+        name: &str,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, String> {
+        let server_name = ServerName::try_from(name.to_string())
+            .map_err(|e| format!("TLS: {name:?} is not a valid server name: {e}"))?;
+        self.connector.connect(server_name, tcp).await.map_err(|e| {
+            let bad_certificate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+            if bad_certificate && self.trust == Trust::PublicRoots {
+                format!(
+                    "TLS handshake with {name}: {e} (only the public web PKI roots are \
+                         trusted: pass --ca-cert PEM for a private CA or self-signed certificate)"
+                )
+            } else {
+                format!("TLS handshake with {name}: {e}")
+            }
+        })
+    }
+}
+
+/// `--insecure`: accepts any certificate, but checks the handshake signatures with the
+/// provider's algorithms (so the key exchange is sound, only the identity is unchecked).
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = TlsClient::new(Trust::CaFile(empty.clone())).unwrap_err();
+        assert!(
+            matches!(&e, TlsError::CaFile { path, .. } if *path == empty),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
+        let missing = dir.path().join("missing.pem");
+        let e = TlsClient::new(Trust::CaFile(missing.clone())).unwrap_err();
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+    }
+
+    #[test]
+    fn every_trust_builds_a_client() {
+        for trust in [Trust::PublicRoots, Trust::Insecure] {
+            assert_eq!(TlsClient::new(trust.clone()).unwrap().trust(), &trust);
+        }
+    }
+}
