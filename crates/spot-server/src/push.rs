@@ -84,6 +84,25 @@ pub fn to_published(id: u64, doc: &str) -> Result<Published, String> {
     Published::new(id, &event.topic, payload).map_err(|e| e.to_string())
 }
 
+/// Adds `event_batches.last_event_id` to a database written before push ids existed (its
+/// batches keep 0: they have no push ids and are not replayed), and its index.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('event_batches') WHERE name = 'last_event_id'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE event_batches ADD COLUMN last_event_id INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS event_batches_last_event_id
+         ON event_batches(last_event_id)",
+    )
+}
+
 /// The server's `events` table read through its own read-only connection (WAL: reads never
 /// wait for the writer).
 pub struct SqliteEventLog {
@@ -397,6 +416,27 @@ mod tests {
         let mut store = Store::open(dir.path(), Sync::Normal).expect("reopen");
         commit(&mut store, &["c/6"]);
         assert_eq!(page(5, 10), [(6, "c/6".to_string())], "ids never restart");
+    }
+
+    #[test]
+    fn a_database_from_before_push_ids_gets_the_column_and_new_events_are_logged() {
+        use crate::store::{Store, Sync};
+        let dir = tempfile::tempdir().expect("tempdir");
+        Connection::open(dir.path().join("spot.db"))
+            .expect("db")
+            .execute_batch(
+                "CREATE TABLE event_batches (id INTEGER PRIMARY KEY,
+                 time_last INTEGER NOT NULL, docs TEXT NOT NULL);
+                 INSERT INTO event_batches (time_last, docs) VALUES (1, '{}');",
+            )
+            .expect("old schema");
+        let mut store = Store::open(dir.path(), Sync::Normal).expect("open migrates");
+        commit(&mut store, &["a/1"]);
+        let log = SqliteEventLog::open(dir.path()).expect("log");
+        let conn = log.conn.lock().expect("lock");
+        let got = SqliteEventLog::read(&conn, 0, 10).expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].id(), got[0].topic()), (1, "a/1"));
     }
 
     #[test]

@@ -163,11 +163,10 @@ impl Store {
                  id INTEGER PRIMARY KEY,
                  time_last INTEGER NOT NULL,
                  docs TEXT NOT NULL,
-                 last_event_id INTEGER NOT NULL DEFAULT 0);
-             CREATE INDEX IF NOT EXISTS event_batches_last_event_id
-                 ON event_batches(last_event_id);"
+                 last_event_id INTEGER NOT NULL DEFAULT 0);"
         ))
         .map_err(ctx("create schema"))?;
+        crate::push::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
         let last_event_id: i64 = conn
             .query_row(
                 "SELECT coalesce(max(last_event_id), 0) FROM event_batches",
