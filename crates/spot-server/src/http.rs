@@ -486,8 +486,8 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Drains decoded events; logs, counts and skips malformed ones.
-fn drain(
+/// Drains decoded events (HTTP and raw TCP ingest); logs, counts and skips malformed ones.
+pub(crate) fn drain(
     decoder: &mut Decoder,
     serial: &str,
     shared: &Shared,

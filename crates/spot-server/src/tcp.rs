@@ -234,27 +234,9 @@ where
             } else {
                 decoder.feed(&buf[..n]);
             }
-            let mut events = Vec::new();
-            while let Some(next) = decoder.next_event() {
-                match next {
-                    Ok(e) => {
-                        let json = encode_json(&e);
-                        events.push((e, json));
-                    }
-                    Err(e) => {
-                        shared
-                            .metrics
-                            .events_malformed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(spot = %serial, offset = e.offset, "malformed event skipped: {}", e.kind);
-                    }
-                }
-            }
+            let mut malformed = 0;
+            let events = crate::http::drain(&mut decoder, &serial, shared, &mut malformed);
             if !events.is_empty() {
-                shared
-                    .metrics
-                    .events_received
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 send(CoreMsg::Events {
                     serial: serial.clone(),
                     events,
