@@ -96,28 +96,76 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Formats like `Display` into `buf` without the formatting machinery (hot paths format
+    /// several times per event); `None` outside years 0000–9999, where `Display` applies.
+    pub fn format_into(self, buf: &mut [u8; 24]) -> Option<&str> {
+        let millis = self.0.rem_euclid(1000) as u32;
+        let secs = self.0.div_euclid(1000);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let sod = secs.rem_euclid(86_400) as u32;
+        let mut put = |at: usize, mut v: u32, n: usize| {
+            for i in (0..n).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, y as u32, 4);
+        put(5, m, 2);
+        put(8, d, 2);
+        put(11, sod / 3600, 2);
+        put(14, (sod / 60) % 60, 2);
+        put(17, sod % 60, 2);
+        let len = if millis == 0 {
+            20
+        } else {
+            put(20, millis, 3);
+            buf[19] = b'.';
+            24
+        };
+        buf[4] = b'-';
+        buf[7] = b'-';
+        buf[10] = b'T';
+        buf[13] = b':';
+        buf[16] = b':';
+        buf[len - 1] = b'Z';
+        std::str::from_utf8(&buf[..len]).ok()
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.rem_euclid(1000);
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            y,
-            m,
-            d,
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        )?;
-        if ms != 0 {
-            write!(f, ".{ms:03}")?;
+        match self.format_into(&mut [0u8; 24]) {
+            Some(text) => f.write_str(text),
+            None => write_general(self.0, f),
         }
-        f.write_str("Z")
     }
+}
+
+/// The general form, for any year (`format_into` covers 0000–9999).
+fn write_general(ms: i64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let secs = ms.div_euclid(1000);
+    let ms = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    write!(
+        f,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        y,
+        m,
+        d,
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )?;
+    if ms != 0 {
+        write!(f, ".{ms:03}")?;
+    }
+    f.write_str("Z")
 }
 
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
@@ -239,7 +287,33 @@ mod tests {
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999Z");
     }
 
+    /// `write_general` through `Display`-like formatting, for comparing with `format_into`.
+    struct General(i64);
+    impl fmt::Display for General {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write_general(self.0, f)
+        }
+    }
+
+    #[test]
+    fn format_into_stops_outside_years_0000_to_9999() {
+        let mut buf = [0u8; 24];
+        assert_eq!(Timestamp(253_402_300_800_000).format_into(&mut buf), None);
+        assert_eq!(Timestamp(-62_167_219_200_001).format_into(&mut buf), None);
+        assert_eq!(
+            Timestamp(253_402_300_800_000).to_string(),
+            "10000-01-01T00:00:00Z"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn format_into_agrees_with_the_general_form(ms in -62_167_219_200_000i64..253_402_300_800_000) {
+            let mut buf = [0u8; 24];
+            let general = General(ms).to_string();
+            prop_assert_eq!(Timestamp(ms).format_into(&mut buf), Some(general.as_str()));
+        }
+
         #[test]
         fn format_then_parse_is_identity(ms in -62_135_596_800_000i64..253_402_300_799_999) {
             let t = Timestamp(ms);

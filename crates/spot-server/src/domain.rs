@@ -25,64 +25,10 @@ mod iso {
     use serde::{Deserialize, Deserializer, Serializer};
     use spot_protocol::Timestamp;
 
-    /// Formats like [`Timestamp`]'s `Display` (`2024-01-02T03:04:05.678Z`, no fraction when
-    /// the milliseconds are 0) without the formatting machinery: derived events carry three
-    /// times each, and this runs for every one of them.
-    pub fn format(ms: i64, buf: &mut [u8; 24]) -> Option<&str> {
-        let millis = ms.rem_euclid(1000) as u32;
-        let secs = ms.div_euclid(1000);
-        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-        if !(0..=9999).contains(&y) {
-            return None;
-        }
-        let sod = secs.rem_euclid(86_400) as u32;
-        let mut put = |at: usize, v: u32, n: usize| {
-            let mut v = v;
-            for i in (0..n).rev() {
-                buf[at + i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, y as u32, 4);
-        put(5, m, 2);
-        put(8, d, 2);
-        put(11, sod / 3600, 2);
-        put(14, (sod / 60) % 60, 2);
-        put(17, sod % 60, 2);
-        let len = if millis == 0 {
-            20
-        } else {
-            put(20, millis, 3);
-            24
-        };
-        buf[4] = b'-';
-        buf[7] = b'-';
-        buf[10] = b'T';
-        buf[13] = b':';
-        buf[16] = b':';
-        if millis != 0 {
-            buf[19] = b'.';
-        }
-        buf[len - 1] = b'Z';
-        std::str::from_utf8(&buf[..len]).ok()
-    }
-
-    fn civil_from_days(z: i64) -> (i64, u32, u32) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let y = yoe + era * 400;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        (if m <= 2 { y + 1 } else { y }, m, d)
-    }
-
     pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; 24];
-        match format(*ms, &mut buf) {
+        // Hot: derived events carry three times each.
+        match Timestamp(*ms).format_into(&mut buf) {
             Some(text) => s.serialize_str(text),
             None => s.collect_str(&Timestamp(*ms)),
         }
@@ -1291,32 +1237,6 @@ mod tests {
             .report_location
             .clone()
             .unwrap()
-    }
-
-    #[test]
-    fn iso_times_are_formatted_like_the_protocol_timestamp() {
-        let mut buf = [0u8; 24];
-        for ms in [
-            0,
-            1,
-            999,
-            1_000,
-            T0,
-            T0 + 7,
-            951_782_400_000,   // 2000-02-29
-            4_102_444_799_999, // 2099-12-31T23:59:59.999
-            -1,
-            253_402_300_799_999, // 9999-12-31T23:59:59.999
-        ] {
-            let expected = spot_protocol::Timestamp(ms).to_string();
-            assert_eq!(iso::format(ms, &mut buf), Some(expected.as_str()), "{ms}");
-        }
-        assert_eq!(
-            iso::format(253_402_300_800_000, &mut buf),
-            None,
-            "year 10000"
-        );
-        assert_eq!(iso::format(-62_167_219_200_001, &mut buf), None, "year -1");
     }
 
     #[test]
