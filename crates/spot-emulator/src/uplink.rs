@@ -888,29 +888,11 @@ impl SpotTask {
                     continue;
                 }
             }
-            match self.spot.apply_command(&event) {
-                CommandEffect::EchoConfig(echo) => {
-                    self.stats.commands_applied.fetch_add(1, Relaxed);
-                    self.append(*echo, Instant::now());
-                    self.flush();
-                    self.telnet_hello();
-                }
-                CommandEffect::CountersReset => {
-                    self.stats.commands_applied.fetch_add(1, Relaxed);
-                    if let Err(e) = self.buffer.save_state(self.spot.counters()) {
-                        self.buffer_failed(e.to_string());
-                    }
-                }
-                CommandEffect::FetchFirmware { url, .. } => {
-                    self.stats.commands_ignored.fetch_add(1, Relaxed);
-                    self.last_error = Some(format!(
-                        "firmware {url}: downloads need the HTTP uplink, not raw TCP"
-                    ));
-                }
-                CommandEffect::Ignored(why) => {
-                    self.stats.commands_ignored.fetch_add(1, Relaxed);
-                    self.last_error = Some(why);
-                }
+            if let Some((url, _)) = self.apply_command(&event) {
+                self.stats.commands_ignored.fetch_add(1, Relaxed);
+                self.last_error = Some(format!(
+                    "firmware {url}: downloads need the HTTP uplink, not raw TCP"
+                ));
             }
         }
     }
@@ -1026,38 +1008,45 @@ impl SpotTask {
         }
         let mut end = None;
         for command in commands {
-            match self.spot.apply_command(&command) {
-                CommandEffect::EchoConfig(echo) => {
-                    self.stats.commands_applied.fetch_add(1, Relaxed);
-                    self.append(*echo, Instant::now());
-                    self.flush();
-                    self.telnet_hello();
+            if let Some((url, version)) = self.apply_command(&command) {
+                self.stats.commands_applied.fetch_add(1, Relaxed);
+                self.fetch_firmware(&url, rd, wr, read_buf).await?;
+                let now = self.wall_clock();
+                self.spot.install_firmware(version, now);
+                self.telnet_hello();
+                self.stats.firmware_updates.fetch_add(1, Relaxed);
+                if let Err(e) = self.buffer.save_state(self.spot.counters()) {
+                    self.buffer_failed(e.to_string());
                 }
-                CommandEffect::CountersReset => {
-                    self.stats.commands_applied.fetch_add(1, Relaxed);
-                    if let Err(e) = self.buffer.save_state(self.spot.counters()) {
-                        self.buffer_failed(e.to_string());
-                    }
-                }
-                CommandEffect::FetchFirmware { url, version } => {
-                    self.stats.commands_applied.fetch_add(1, Relaxed);
-                    self.fetch_firmware(&url, rd, wr, read_buf).await?;
-                    let now = self.wall_clock();
-                    self.spot.install_firmware(version, now);
-                    self.telnet_hello();
-                    self.stats.firmware_updates.fetch_add(1, Relaxed);
-                    if let Err(e) = self.buffer.save_state(self.spot.counters()) {
-                        self.buffer_failed(e.to_string());
-                    }
-                    end = Some(ConnectionEnd::Reboot);
-                }
-                CommandEffect::Ignored(why) => {
-                    self.stats.commands_ignored.fetch_add(1, Relaxed);
-                    self.last_error = Some(why);
-                }
+                end = Some(ConnectionEnd::Reboot);
             }
         }
         Ok(end)
+    }
+
+    /// Applies a command's effect on the spot that every transport handles alike; returns
+    /// a firmware download (`url`, `version`) for the caller's transport to carry out.
+    fn apply_command(&mut self, command: &Event) -> Option<(String, String)> {
+        match self.spot.apply_command(command) {
+            CommandEffect::EchoConfig(echo) => {
+                self.stats.commands_applied.fetch_add(1, Relaxed);
+                self.append(*echo, Instant::now());
+                self.flush();
+                self.telnet_hello();
+            }
+            CommandEffect::CountersReset => {
+                self.stats.commands_applied.fetch_add(1, Relaxed);
+                if let Err(e) = self.buffer.save_state(self.spot.counters()) {
+                    self.buffer_failed(e.to_string());
+                }
+            }
+            CommandEffect::FetchFirmware { url, version } => return Some((url, version)),
+            CommandEffect::Ignored(why) => {
+                self.stats.commands_ignored.fetch_add(1, Relaxed);
+                self.last_error = Some(why);
+            }
+        }
+        None
     }
 
     async fn fetch_firmware<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
