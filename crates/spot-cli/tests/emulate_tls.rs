@@ -7,47 +7,32 @@
 //! -subj /CN=localhost -addext subjectAltName=DNS:localhost
 //! -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth`.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output};
+
+mod common;
+use common::{free_port, get_json};
+
+/// `spot serve`, with the test certificate when `tls`.
+fn spawn_server(data: &std::path::Path, port: u16, tls: bool) -> Child {
+    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
+    let extra: Vec<&std::ffi::OsStr> = if tls {
+        vec![
+            "--tls-cert".as_ref(),
+            cert.as_ref(),
+            "--tls-key".as_ref(),
+            key.as_ref(),
+        ]
+    } else {
+        Vec::new()
+    };
+    common::spawn_server(data, port, &extra)
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_server(data: &std::path::Path, port: u16, tls: bool) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spot"));
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data);
-    if tls {
-        cmd.arg("--tls-cert")
-            .arg(fixture("localhost-cert.pem"))
-            .arg("--tls-key")
-            .arg(fixture("localhost-key.pem"));
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn spot serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
 }
 
 fn emulate(args: &[&str]) -> Output {
@@ -66,21 +51,6 @@ fn summary(out: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON summary on stdout")
-}
-
-/// GET over plain HTTP (the server restarted without TLS).
-fn get_json(port: u16, path: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(raw.starts_with(b"HTTP/1.1 200"), "{path}");
-    serde_json::from_slice(&raw[start..]).unwrap()
 }
 
 /// Every event reaches `spot serve --tls-cert` with `--ca-cert`; the server, killed and

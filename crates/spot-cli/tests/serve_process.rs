@@ -2,35 +2,14 @@
 //! in-flight POST and exits 0.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_server(data: &std::path::Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_spot"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn spot serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
+mod common;
+use common::{chunk, free_port, get_json, spawn_server};
 
 /// Reads one response (the server always sends Content-Length); returns (status, head, body).
 fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String, Vec<u8>)> {
@@ -65,13 +44,6 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String, Vec<u8
     }
 }
 
-fn chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 const HEAD: &str = "POST /api/spots/900/events/ HTTP/1.1\r\nHost: t\r\n\
                     Transfer-Encoding: chunked\r\nContent-Type: text/x-intellifi-events\r\n\r\n";
 
@@ -87,19 +59,11 @@ fn presence(seq: u64) -> String {
     )
 }
 
-fn get_json(port: u16, path: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let (status, _, body) = read_response(&mut s).unwrap();
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[test]
 fn kill_9_then_restart_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &[]);
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
@@ -150,7 +114,7 @@ fn kill_9_then_restart_keeps_every_acknowledged_event() {
     let last_ack = acked.load(Ordering::SeqCst);
     assert!(last_ack >= 1_000);
 
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &[]);
     let spot = get_json(port, "/api/spots/900");
     assert!(
         spot["acked_seq"].as_u64().unwrap() >= last_ack,
@@ -178,7 +142,7 @@ fn kill_9_then_restart_keeps_every_acknowledged_event() {
 fn sigterm_finishes_the_in_flight_post_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = spawn_server(dir.path(), port);
+    let mut server = spawn_server(dir.path(), port, &[]);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(HEAD.as_bytes()).unwrap();
     s.write_all(&chunk(
@@ -319,7 +283,7 @@ fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_da
     for loader in loaders {
         let _ = loader.join();
     }
-    let mut third = spawn_server(dir.path(), port);
+    let mut third = spawn_server(dir.path(), port, &[]);
     let items = get_json(port, "/api/items?results_only=true&limit=10000");
     assert!(items.as_array().unwrap().len() >= 40 * 20);
     third.kill().unwrap();
