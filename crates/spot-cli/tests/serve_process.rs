@@ -121,6 +121,12 @@ fn kill_9_then_restart_keeps_every_acknowledged_event() {
         "stored {} < acknowledged {last_ack}",
         spot["acked_seq"]
     );
+    // Rows are flushed every few seconds; what came after is rebuilt from the journal.
+    assert!(
+        spot["event_counter"].as_u64().unwrap() > last_ack,
+        "event_counter {} counts the spot create and every acknowledged presence ({last_ack})",
+        spot["event_counter"]
+    );
     let items = get_json(
         port,
         "/api/items?limit=10000&results_only=true&sort=code_hex",

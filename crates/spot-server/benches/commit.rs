@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use spot_server::domain::{Changes, Table, UpstreamRow};
+use spot_server::domain::{Changes, JournalEntry, Table, UpstreamRow};
 use spot_server::store::{Store, Sync};
 
 const EVENTS_PER_BATCH: usize = 4096;
@@ -43,15 +43,18 @@ fn batch(b: usize) -> Changes {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        changes.upstream.push(UpstreamRow {
-            serial: format!("{}", rng % 100),
-            seq: Some((b * EVENTS_PER_BATCH + e) as u64),
-            time_received: 1_764_000_000_000,
-            event_json: format!(
-                "[\"presence\",\"update\",{{\"item_code\":\"30342e00d5d77ca2bc9a8c94\",\
-                 \"item_codetype\":\"EPC Gen2\",\"proximity\":\"near\",\
-                 \"time_last\":\"2026-11-24T22:53:11.466Z\",\"seq\":{e}}}]"
-            ),
+        changes.journal.push(JournalEntry::Event {
+            row: UpstreamRow {
+                serial: format!("{}", rng % 100),
+                seq: Some((b * EVENTS_PER_BATCH + e) as u64),
+                time_received: 1_764_000_000_000,
+                event_json: format!(
+                    "[\"presence\",\"update\",{{\"item_code\":\"30342e00d5d77ca2bc9a8c94\",\
+                     \"item_codetype\":\"EPC Gen2\",\"proximity\":\"near\",\
+                     \"time_last\":\"2026-11-24T22:53:11.466Z\",\"seq\":{e}}}]"
+                ),
+            },
+            duplicate: false,
         });
         changes
             .upserts

@@ -24,6 +24,12 @@ use crate::store::Store;
 /// Messages drained into one transaction at most.
 pub const MAX_MESSAGES_PER_COMMIT: usize = 4096;
 
+/// A flush (every changed row written, see [`crate::domain`]) happens at least this often…
+pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// …or as soon as this many rows are waiting (bounds memory and the replay after a crash).
+pub const FLUSH_AT_DIRTY_ROWS: usize = 200_000;
+
 /// What the core answers when a stream ends (or a spot asks where it stands).
 #[derive(Debug)]
 pub struct EndReply {
@@ -152,6 +158,7 @@ fn apply(
         std::collections::HashMap::new();
     let mut ticks: u64 = 0;
     let mut stop = false;
+    let mut last_flush = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         let mut waiters = Vec::new();
         let apply_started = std::time::Instant::now();
@@ -236,8 +243,14 @@ fn apply(
                     next = rx.try_recv().ok();
                 }
             }
-            domain.take_changes()
+            let flush = stop
+                || last_flush.elapsed() >= FLUSH_EVERY
+                || domain.dirty_rows() >= FLUSH_AT_DIRTY_ROWS;
+            domain.take_changes(flush)
         };
+        if changes.flush {
+            last_flush = std::time::Instant::now();
+        }
         let apply_time = apply_started.elapsed();
         let job = Job::Commit {
             changes,
@@ -277,7 +290,8 @@ fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Me
             }
             metrics.commits.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                upstream = changes.upstream.len(),
+                journal = changes.journal.len(),
+                flush = changes.flush,
                 rows = changes.upserts.len() + changes.deletes.len() + changes.log.len(),
                 waiters = waiters.len(),
                 apply_ms = apply_time.as_secs_f64() * 1e3,

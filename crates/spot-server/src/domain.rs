@@ -3,6 +3,14 @@
 //! no database: every change is remembered as a dirty row, and [`Domain::take_changes`] hands
 //! the core one [`Changes`] set per group commit (see [`crate::store`]).
 //!
+//! Durability is a journal plus checkpoints: every commit stores the [`JournalEntry`]s of its
+//! batch (the upstream events and the streams' begin and end), and only a *flush* writes the
+//! dirty rows. A flush happens every few seconds, and at once after a change that is not in the
+//! journal (an API `PUT`, commands handed to a spot, a spot going offline). After a crash the
+//! rows of the last flush are loaded and the journal after it is replayed through
+//! [`Domain::replay`]: the domain is deterministic given the journal (ids come from `now`, which
+//! every entry carries), so the replay rebuilds the same state with the same ids.
+//!
 //! Call order for one upstream stream (HTTP POST or TCP connection):
 //! [`Domain::begin_stream`] → [`Domain::apply_event`]* → [`Domain::end_stream`] (which hands
 //! out the spot's pending commands). [`Domain::sweep`] runs periodically and takes spots
@@ -227,7 +235,7 @@ impl Table {
     }
 }
 
-/// One accepted upstream event, as stored.
+/// One upstream event, as received and journaled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamRow {
     /// The spot's serial number.
@@ -240,14 +248,49 @@ pub struct UpstreamRow {
     pub event_json: String,
 }
 
+/// One input of the domain, in the order applied: what [`Domain::replay`] needs to rebuild
+/// the state since the last flush.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalEntry {
+    /// An upstream event: a new one (`duplicate: false`, stored once) or a replay the spot
+    /// sent again (acknowledged, not applied again, but it still counts as traffic).
+    Event {
+        /// The event.
+        row: UpstreamRow,
+        /// It was a replay of a stored sequence.
+        duplicate: bool,
+    },
+    /// A stream (POST, TCP connection) of the spot began ([`Domain::begin_stream`]).
+    Begin {
+        /// Serial number.
+        serial: String,
+        /// Version from `User-Agent`.
+        version: Option<String>,
+        /// Server time.
+        time: i64,
+    },
+    /// The stream ended without handing over commands ([`Domain::end_stream`]).
+    End {
+        /// Serial number.
+        serial: String,
+        /// Server time.
+        time: i64,
+    },
+}
+
 /// Everything one group commit writes.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Upstream events accepted.
-    pub upstream: Vec<UpstreamRow>,
-    /// Rows to insert or replace: table, id, JSON document.
+    /// The journal of this batch.
+    pub journal: Vec<JournalEntry>,
+    /// A flush: the rows below are every row changed since the previous flush, and the
+    /// journal up to and including this batch is covered by them.
+    pub flush: bool,
+    /// With `flush`: the id generator's state ([`IdGen::last`]) the rows correspond to.
+    pub id_last: u64,
+    /// Rows to insert or replace: table, id, JSON document (only in a flush).
     pub upserts: Vec<(Table, String, String)>,
-    /// Rows to delete.
+    /// Rows to delete (only in a flush).
     pub deletes: Vec<(Table, String)>,
     /// Derived events: id, time_created, JSON document.
     pub log: Vec<(String, i64, String)>,
@@ -256,10 +299,22 @@ pub struct Changes {
 impl Changes {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.upstream.is_empty()
+        self.journal.is_empty()
+            && !self.flush
             && self.upserts.is_empty()
             && self.deletes.is_empty()
             && self.log.is_empty()
+    }
+
+    /// The upstream events stored by this batch (replays of stored sequences left out).
+    pub fn upstream(&self) -> impl Iterator<Item = &UpstreamRow> {
+        self.journal.iter().filter_map(|e| match e {
+            JournalEntry::Event {
+                row,
+                duplicate: false,
+            } => Some(row),
+            _ => None,
+        })
     }
 }
 
@@ -342,8 +397,12 @@ pub struct Domain {
     events: VecDeque<LogEvent>,
     dirty: HashSet<(Table, String)>,
     deleted: HashSet<(Table, String)>,
-    pending_upstream: Vec<UpstreamRow>,
+    journal: Vec<JournalEntry>,
     pending_log: Vec<(String, i64, String)>,
+    /// A change not in the journal happened: the next commit must flush.
+    must_flush: bool,
+    /// [`Domain::replay`] is running: derived events are not logged again.
+    replaying: bool,
 }
 
 impl Domain {
@@ -362,8 +421,10 @@ impl Domain {
             events: VecDeque::new(),
             dirty: HashSet::new(),
             deleted: HashSet::new(),
-            pending_upstream: Vec::new(),
+            journal: Vec::new(),
             pending_log: Vec::new(),
+            must_flush: false,
+            replaying: false,
         }
     }
 
@@ -414,7 +475,6 @@ impl Domain {
         for doc in docs {
             let e: LogEvent =
                 serde_json::from_str(&doc).map_err(|err| format!("events row: {err}"))?;
-            self.ids.observe(&e.id);
             self.events.push_back(e);
         }
         while self.events.len() > self.config.events_max_in_memory {
@@ -433,6 +493,11 @@ impl Domain {
     /// A spot opened a stream (POST or TCP connection): creates it on first sight, counts
     /// the request, records the version from `User-Agent`.
     pub fn begin_stream(&mut self, serial: &str, version: Option<&str>, now: i64) {
+        self.journal.push(JournalEntry::Begin {
+            serial: serial.to_string(),
+            version: version.map(str::to_string),
+            time: now,
+        });
         let id = self.ensure_spot(serial, now);
         self.touch(&id, now, None);
         if let Some(spot) = self.spots.get_mut(&id) {
@@ -456,6 +521,10 @@ impl Domain {
             spot.open_streams = spot.open_streams.saturating_sub(1);
             spot.last_traffic = now;
         }
+        self.journal.push(JournalEntry::End {
+            serial: serial.to_string(),
+            time: now,
+        });
         if take_commands {
             self.take_commands(serial, now)
         } else {
@@ -486,6 +555,7 @@ impl Domain {
         if !commands.is_empty() {
             spot.time_updated = now;
             self.dirty.insert((Table::Spots, id));
+            self.must_flush = true;
         }
         commands
     }
@@ -517,6 +587,15 @@ impl Domain {
         }
         if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(&spot_id)) {
             if seq <= spot.acked_seq {
+                self.journal.push(JournalEntry::Event {
+                    row: UpstreamRow {
+                        serial: serial.to_string(),
+                        seq: event.seq,
+                        time_received: now,
+                        event_json,
+                    },
+                    duplicate: true,
+                });
                 return Applied::Duplicate;
             }
         }
@@ -569,11 +648,14 @@ impl Domain {
             spot.event_counter += 1;
         }
         self.dirty.insert((Table::Spots, spot_id));
-        self.pending_upstream.push(UpstreamRow {
-            serial: serial.to_string(),
-            seq: event.seq,
-            time_received: now,
-            event_json,
+        self.journal.push(JournalEntry::Event {
+            row: UpstreamRow {
+                serial: serial.to_string(),
+                seq: event.seq,
+                time_received: now,
+                event_json,
+            },
+            duplicate: false,
         });
         Applied::Stored
     }
@@ -689,6 +771,7 @@ impl Domain {
             _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
         };
         self.dirty.insert((table, real_id.clone()));
+        self.must_flush = true;
         let value = self.get(collection, &real_id).unwrap_or(Value::Null);
         let data = RawValue::from_string(value.to_string()).unwrap_or_else(|_| raw(&()));
         let topic = topics::api_change(collection, &real_id, "updated", "PUT");
@@ -745,13 +828,89 @@ impl Domain {
         }
     }
 
-    /// Everything changed since the last call, rendered as rows.
-    pub fn take_changes(&mut self) -> Changes {
+    /// Continues the id sequence of an earlier run: `last` is the [`Changes::id_last`] of its
+    /// last flush. Call after [`Domain::load`], before [`Domain::replay`].
+    pub fn restore_ids(&mut self, last: u64) {
+        self.ids.observe_value(last);
+    }
+
+    /// Applies the journal written after the last flush again (each entry at its own time),
+    /// rebuilding the state the crashed run had. The derived events it causes are not logged
+    /// again (they were stored with their entries); the rebuilt rows stay dirty, for the
+    /// next flush. Entries are not journaled again.
+    pub fn replay(&mut self, entries: Vec<JournalEntry>) -> Result<(), String> {
+        self.replaying = true;
+        for entry in entries {
+            match entry {
+                JournalEntry::Event { row, .. } => {
+                    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+                    decoder.feed(row.event_json.as_bytes());
+                    decoder.finish();
+                    match decoder.next_event() {
+                        Some(Ok(event)) => {
+                            self.apply_encoded(
+                                &row.serial,
+                                &event,
+                                row.event_json,
+                                row.time_received,
+                            );
+                        }
+                        Some(Err(e)) => {
+                            self.replaying = false;
+                            return Err(format!(
+                                "journal event of spot {} at {}: {e}",
+                                row.serial, row.time_received
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+                JournalEntry::Begin {
+                    serial,
+                    version,
+                    time,
+                } => self.begin_stream(&serial, version.as_deref(), time),
+                JournalEntry::End { serial, time } => {
+                    self.end_stream(&serial, time, false);
+                }
+            }
+        }
+        self.replaying = false;
+        self.journal.clear();
+        // No stream of the crashed run is open in this one.
+        for spot in self.spots.values_mut() {
+            spot.open_streams = 0;
+        }
+        for e in &self.events {
+            self.ids.observe(&e.id);
+        }
+        Ok(())
+    }
+
+    /// Whether a change outside the journal happened, so the next commit must flush.
+    pub fn must_flush(&self) -> bool {
+        self.must_flush
+    }
+
+    /// Rows changed since the last flush (a flush writes this many).
+    pub fn dirty_rows(&self) -> usize {
+        self.dirty.len() + self.deleted.len()
+    }
+
+    /// The journal and derived events since the last call; with `flush` (or when
+    /// [`Domain::must_flush`]) also every row changed since the last flush.
+    pub fn take_changes(&mut self, flush: bool) -> Changes {
         let mut changes = Changes {
-            upstream: std::mem::take(&mut self.pending_upstream),
+            journal: std::mem::take(&mut self.journal),
             log: std::mem::take(&mut self.pending_log),
             ..Changes::default()
         };
+        if !flush && !self.must_flush {
+            return changes;
+        }
+        self.must_flush = false;
+        changes.flush = true;
+        changes.id_last = self.ids.last();
         for (table, id) in self.dirty.drain() {
             let doc = match table {
                 Table::Spots => self.spots.get(&id).map(serde_json::to_string),
@@ -842,6 +1001,7 @@ impl Domain {
         let Some(spot) = self.spots.get_mut(spot_id) else {
             return;
         };
+        self.must_flush = true;
         spot.is_online = false;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
@@ -1044,7 +1204,9 @@ impl Domain {
                 .max_by(|a, b| {
                     let pa = Proximity::parse(&a.proximity);
                     let pb = Proximity::parse(&b.proximity);
-                    pa.cmp(&pb).then(a.time_updated.cmp(&b.time_updated))
+                    pa.cmp(&pb)
+                        .then(a.time_updated.cmp(&b.time_updated))
+                        .then(a.id.cmp(&b.id))
                 })
                 .map(|p| p.location.clone())
         })
@@ -1125,6 +1287,12 @@ impl Domain {
     }
 
     fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: Box<RawValue>) {
+        if self.replaying {
+            // Stored already, with the journal entry that caused it; only the id is taken
+            // again, so that what follows gets the ids it had.
+            self.ids.next(now);
+            return;
+        }
         let event = LogEvent {
             id: self.ids.next(now),
             topic,
@@ -1407,7 +1575,7 @@ mod tests {
         assert!(d.presences.is_empty());
         assert!(!item(&d, code).is_present);
         assert!(topics(&d).contains(&format!("spots/{}/disconnected/1", spot.id)));
-        let changes = d.take_changes();
+        let changes = d.take_changes(true);
         assert_eq!(changes.deletes.len(), 1, "the presence row is deleted");
     }
 
@@ -1433,8 +1601,8 @@ mod tests {
         assert_eq!(d.apply_event("5", &create(2), T0), Applied::Stored);
         assert_eq!(d.acked_seq("5"), 0);
         assert_eq!(d.apply_event("5", &p, T0), Applied::Stored);
-        let changes = d.take_changes();
-        assert_eq!(changes.upstream.len(), 4, "the replay is not stored");
+        let changes = d.take_changes(true);
+        assert_eq!(changes.upstream().count(), 4, "the replay is not stored");
         assert_eq!(d.spot_by_serial("5").unwrap().event_counter, 4);
     }
 
@@ -1456,15 +1624,15 @@ mod tests {
                 T0 + i,
             );
         }
-        let changes = d.take_changes();
-        assert_eq!(changes.upstream.len(), 10);
+        let changes = d.take_changes(true);
+        assert_eq!(changes.upstream().count(), 10);
         let spots = changes
             .upserts
             .iter()
             .filter(|(t, _, _)| *t == Table::Spots)
             .count();
         assert_eq!(spots, 1);
-        assert!(d.take_changes().is_empty());
+        assert!(d.take_changes(false).is_empty());
     }
 
     #[test]
@@ -1475,7 +1643,7 @@ mod tests {
             &presence(Action::Create, "00000000000000000000000f", Proximity::Near),
             T0,
         );
-        let changes = d.take_changes();
+        let changes = d.take_changes(true);
         let mut loaded = Domain::new(DomainConfig::default());
         for table in Table::ALL {
             let rows = changes
@@ -1493,6 +1661,91 @@ mod tests {
         assert!(
             d.items.values().all(|i| i.id < next),
             "new ids sort after loaded ones"
+        );
+    }
+
+    /// Feeds one step of a run that exercises every kind of journal entry.
+    fn step(d: &mut Domain, i: i64) {
+        let now = T0 + i * 7;
+        let serial = ["1", "2"][(i % 2) as usize];
+        let code = format!("{:024x}", i % 5);
+        let proximity = [Proximity::Far, Proximity::Near, Proximity::Immediate][(i % 3) as usize];
+        let action = match i % 4 {
+            0 => Action::Create,
+            3 => Action::Delete,
+            _ => Action::Update,
+        };
+        d.begin_stream(serial, Some("1.0"), now);
+        let mut event = presence(action, &code, proximity);
+        event.seq = Some(i as u64 / 2 + 1);
+        d.apply_event(serial, &event, now);
+        d.apply_event(serial, &event, now + 1); // sent again: a duplicate
+        d.end_stream(serial, now + 2, true);
+    }
+
+    #[test]
+    fn replaying_the_journal_after_the_last_flush_rebuilds_the_same_state_and_ids() {
+        let mut original = Domain::new(DomainConfig::default());
+        let mut log = Vec::new();
+        for i in 0..20 {
+            step(&mut original, i);
+        }
+        let flushed = original.take_changes(true);
+        log.extend(flushed.log.iter().map(|(_, _, doc)| doc.clone()));
+        let mut journal = Vec::new();
+        for i in 20..60 {
+            step(&mut original, i);
+            let changes = original.take_changes(false);
+            assert!(
+                !changes.flush && changes.upserts.is_empty(),
+                "no flush was due"
+            );
+            journal.extend(changes.journal);
+            log.extend(changes.log.iter().map(|(_, _, doc)| doc.clone()));
+        }
+        assert!(journal
+            .iter()
+            .any(|e| matches!(e, JournalEntry::Begin { .. })));
+        assert!(journal.iter().any(|e| matches!(
+            e,
+            JournalEntry::Event {
+                duplicate: true,
+                ..
+            }
+        )));
+
+        // The crash: only the flushed rows, the whole events log and the journal survive.
+        let mut rebuilt = Domain::new(DomainConfig::default());
+        for table in Table::ALL {
+            let rows = flushed
+                .upserts
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, id, doc)| (id.clone(), doc.clone()))
+                .collect();
+            rebuilt.load(table, rows, T0).unwrap();
+        }
+        rebuilt.restore_ids(flushed.id_last);
+        rebuilt.load_events(log).unwrap();
+        rebuilt.replay(journal).unwrap();
+
+        for c in ["spots", "locations", "items", "presences", "events"] {
+            assert_eq!(rebuilt.collection(c), original.collection(c), "{c}");
+        }
+        assert_eq!(
+            rebuilt.ids.next(T0),
+            original.ids.next(T0),
+            "the id sequence goes on"
+        );
+        let again = rebuilt.take_changes(false);
+        assert!(again.journal.is_empty(), "a replay is not journaled again");
+        assert!(
+            again.log.is_empty(),
+            "a replay does not log its derived events again"
+        );
+        assert!(
+            rebuilt.take_changes(true).upserts.len() > 1,
+            "the rebuilt rows are flushed"
         );
     }
 }

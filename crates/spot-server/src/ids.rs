@@ -19,8 +19,18 @@ impl IdGen {
     /// Remembers an id that exists already (loaded from the store).
     pub fn observe(&mut self, id: &str) {
         if let Ok(v) = u64::from_str_radix(id, 16) {
-            self.last = self.last.max(v);
+            self.observe_value(v);
         }
+    }
+
+    /// The value of the last id handed out (0: none).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Remembers the value of an id handed out already ([`IdGen::last`] of an earlier run).
+    pub fn observe_value(&mut self, last: u64) {
+        self.last = self.last.max(last);
     }
 }
 
@@ -116,6 +126,11 @@ impl<T> IdMap<T> {
     /// The resources in id order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.map.values()
+    }
+
+    /// Every value, mutable, in id order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.map.values_mut()
     }
 
     /// How many there are.

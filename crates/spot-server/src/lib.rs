@@ -312,9 +312,21 @@ impl Server {
                 .load(table, store.load(table)?, now)
                 .map_err(ServerError::Corrupt)?;
         }
+        let (journal, id_last) = store.unflushed_journal()?;
+        if let Some(last) = id_last {
+            domain.restore_ids(last);
+        }
         domain
             .load_events(store.load_events(domain.retention_cutoff(now))?)
             .map_err(ServerError::Corrupt)?;
+        if !journal.is_empty() {
+            let entries = journal.len();
+            domain.replay(journal).map_err(ServerError::Corrupt)?;
+            store.commit(&domain.take_changes(true))?;
+            tracing::info!("replayed {entries} journal entries written after the last flush");
+        } else {
+            domain.replay(Vec::new()).map_err(ServerError::Corrupt)?;
+        }
         let domain = Arc::new(RwLock::new(domain));
         let metrics = Arc::new(Metrics::default());
         let (core_tx, core_rx) = mpsc::channel(config.limits.core_queue.max(1));

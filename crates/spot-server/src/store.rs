@@ -1,14 +1,19 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
 //! Tables: one per resource (`spot_rows`, `location_rows`, `item_rows`, `presence_rows`:
-//! the id's integer value ([`crate::ids::id_key`]) as the row key + JSON document, so an
-//! update rewrites one row of one b-tree in place), and two append-only logs written **one row per group commit** (a row per event
-//! cost more than the events' bytes): `upstream_batches` (every accepted upstream event, one
-//! line each: `serial TAB seq TAB time_received TAB json`, seq empty when absent) and
-//! `event_batches` (the derived events log, one JSON document per line; compact JSON has no
-//! raw newline). Each batch row carries the newest time in it, so retention drops a batch
-//! once all of its events are older than the cutoff. One [`Store::commit`] is one
-//! transaction: what a group commit covers becomes durable all together or not at all.
+//! the id's integer value ([`crate::ids::id_key`]) as the row key + JSON document), written
+//! only by a *flush* (see [`crate::domain`]: rows are checkpoints, the journal is the truth
+//! in between); two append-only logs written **one row per group commit** (a row per event
+//! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
+//! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent;
+//! `serial TAB !seq TAB time TAB json` for a replay the spot sent again; `serial TAB + TAB time
+//! TAB version` (a JSON string or empty) for a stream's begin, `serial TAB - TAB time TAB` for its
+//! end) and `event_batches` (the derived events log, one JSON document per line; compact JSON
+//! has no raw newline); and `meta` (`flushed_journal`: the last journal batch the rows cover;
+//! `id_last`: the id generator's state at that flush). Each batch row carries the newest time
+//! in it, so retention drops a batch once all of its events are older than the cutoff (never
+//! a journal batch the rows do not cover yet). One [`Store::commit`] is one transaction: what
+//! a group commit covers becomes durable all together or not at all.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use crate::domain::{Changes, Table};
+use crate::domain::{Changes, JournalEntry, Table, UpstreamRow};
 
 /// A storage failure: which operation and the underlying error.
 #[derive(Debug, thiserror::Error)]
@@ -163,9 +168,18 @@ impl Store {
                  id INTEGER PRIMARY KEY,
                  time_last INTEGER NOT NULL,
                  docs TEXT NOT NULL,
-                 last_event_id INTEGER NOT NULL DEFAULT 0);"
+                 last_event_id INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
         ))
         .map_err(ctx("create schema"))?;
+        // A new database starts its journal at 0; one from before the journal has its rows
+        // covering every batch.
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES
+                ('flushed_journal', (SELECT coalesce(max(id), 0) FROM upstream_batches)),
+                ('id_last', 0);",
+        )
+        .map_err(ctx("initialise meta"))?;
         crate::push::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
         let last_event_id: i64 = conn
             .query_row(
@@ -225,28 +239,70 @@ impl Store {
         self.publisher = Some(publisher);
     }
 
+    /// The journal batches the stored rows do not cover yet, oldest first, and the id
+    /// generator's state at the last flush (`None`: a database from before the journal, whose
+    /// rows cover everything).
+    pub fn unflushed_journal(&self) -> Result<(Vec<JournalEntry>, Option<u64>), StoreError> {
+        let meta = |key: &str| -> Result<Option<i64>, StoreError> {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .map_err(ctx("read meta"))
+        };
+        let (Some(flushed), id_last) = (meta("flushed_journal")?, meta("id_last")?) else {
+            return Ok((Vec::new(), None));
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, lines FROM upstream_batches WHERE id > ?1 ORDER BY id")
+            .map_err(ctx("read journal"))?;
+        let batches = stmt
+            .query_map([flushed], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(ctx("read journal"))?;
+        let mut entries = Vec::new();
+        for batch in batches {
+            let (id, lines) = batch.map_err(ctx("read journal row"))?;
+            for (n, line) in lines.lines().enumerate() {
+                match parse_journal_line(line) {
+                    Some(entry) => entries.push(entry),
+                    None => tracing::error!(
+                        "journal batch {id} line {}: unreadable, skipped: {line:?}",
+                        n + 1
+                    ),
+                }
+            }
+        }
+        Ok((entries, id_last.map(|v| v as u64)))
+    }
+
     /// Writes one group commit in one transaction.
     pub fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
         let last_event_id = self.last_event_id + changes.log.len() as u64;
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
         {
-            if !changes.upstream.is_empty() {
+            if !changes.journal.is_empty() {
                 let mut lines = String::with_capacity(
                     changes
-                        .upstream
+                        .journal
                         .iter()
-                        .map(|r| r.serial.len() + r.event_json.len() + 40)
+                        .map(|e| match e {
+                            JournalEntry::Event { row, .. } => {
+                                row.serial.len() + row.event_json.len() + 40
+                            }
+                            JournalEntry::Begin { serial, .. }
+                            | JournalEntry::End { serial, .. } => serial.len() + 40,
+                        })
                         .sum(),
                 );
                 let mut time_last = i64::MIN;
-                for row in &changes.upstream {
-                    use std::fmt::Write as _;
-                    let _ = write!(lines, "{}\t", row.serial);
-                    if let Some(seq) = row.seq {
-                        let _ = write!(lines, "{seq}");
-                    }
-                    let _ = writeln!(lines, "\t{}\t{}", row.time_received, row.event_json);
-                    time_last = time_last.max(row.time_received);
+                for entry in &changes.journal {
+                    time_last = time_last.max(write_journal_line(&mut lines, entry));
                 }
                 tx.prepare_cached(
                     "INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)",
@@ -254,6 +310,17 @@ impl Store {
                 .map_err(ctx("prepare upstream insert"))?
                 .execute(params![time_last, lines])
                 .map_err(ctx("insert upstream events"))?;
+            }
+            if changes.flush {
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES
+                        ('flushed_journal', (SELECT coalesce(max(id), 0) FROM upstream_batches)),
+                        ('id_last', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )
+                .map_err(ctx("prepare flush mark"))?
+                .execute([changes.id_last as i64])
+                .map_err(ctx("write flush mark"))?;
             }
             for (table, id, doc) in &changes.upserts {
                 let Some(key) = row_key(*table, id) else {
@@ -317,7 +384,10 @@ impl Store {
             .map_err(ctx("prune events"))?;
         self.conn
             .execute(
-                "DELETE FROM upstream_batches WHERE time_last < ?1",
+                // The journal the rows do not cover yet stays, whatever its age.
+                "DELETE FROM upstream_batches WHERE time_last < ?1
+                 AND id <= coalesce((SELECT value FROM meta WHERE key = 'flushed_journal'),
+                                    (SELECT max(id) FROM upstream_batches))",
                 [cutoff],
             )
             .map_err(ctx("prune upstream events"))?;
@@ -338,14 +408,14 @@ impl Store {
         for batch in batches {
             let batch = batch.map_err(ctx("read upstream event row"))?;
             for line in batch.lines() {
-                let mut fields = line.splitn(4, '\t');
-                let (Some(spot), Some(seq), Some(_time), Some(json)) =
-                    (fields.next(), fields.next(), fields.next(), fields.next())
-                else {
-                    continue;
-                };
-                if spot == serial {
-                    out.push((seq.parse().ok(), json.to_string()));
+                if let Some(JournalEntry::Event {
+                    row,
+                    duplicate: false,
+                }) = parse_journal_line(line)
+                {
+                    if row.serial == serial {
+                        out.push((row.seq, row.event_json));
+                    }
                 }
             }
         }
@@ -353,20 +423,101 @@ impl Store {
     }
 }
 
+/// Appends one journal line (see the module docs); returns the entry's time.
+fn write_journal_line(lines: &mut String, entry: &JournalEntry) -> i64 {
+    use std::fmt::Write as _;
+    match entry {
+        JournalEntry::Event { row, duplicate } => {
+            let _ = write!(lines, "{}\t", row.serial);
+            if *duplicate {
+                lines.push('!');
+            }
+            if let Some(seq) = row.seq {
+                let _ = write!(lines, "{seq}");
+            }
+            let _ = writeln!(lines, "\t{}\t{}", row.time_received, row.event_json);
+            row.time_received
+        }
+        JournalEntry::Begin {
+            serial,
+            version,
+            time,
+        } => {
+            let version = version
+                .as_ref()
+                .map(|v| serde_json::Value::from(v.as_str()).to_string())
+                .unwrap_or_default();
+            let _ = writeln!(lines, "{serial}\t+\t{time}\t{version}");
+            *time
+        }
+        JournalEntry::End { serial, time } => {
+            let _ = writeln!(lines, "{serial}\t-\t{time}\t");
+            *time
+        }
+    }
+}
+
+/// Reads one journal line back; `None` when it is not one.
+fn parse_journal_line(line: &str) -> Option<JournalEntry> {
+    let mut fields = line.splitn(4, '\t');
+    let (serial, seq, time, rest) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let serial = serial.to_string();
+    let time: i64 = time.parse().ok()?;
+    match seq {
+        "+" => Some(JournalEntry::Begin {
+            serial,
+            version: if rest.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(rest).ok()?)
+            },
+            time,
+        }),
+        "-" => Some(JournalEntry::End { serial, time }),
+        _ => {
+            let (duplicate, seq) = match seq.strip_prefix('!') {
+                Some(s) => (true, s),
+                None => (false, seq),
+            };
+            let seq = if seq.is_empty() {
+                None
+            } else {
+                Some(seq.parse().ok()?)
+            };
+            Some(JournalEntry::Event {
+                row: UpstreamRow {
+                    serial,
+                    seq,
+                    time_received: time,
+                    event_json: rest.to_string(),
+                },
+                duplicate,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::UpstreamRow;
 
     const A: &str = "0123456789abcdef";
     const B: &str = "01a20fc369cc1f93";
 
-    fn upstream(serial: &str, seq: Option<u64>, time: i64, json: &str) -> UpstreamRow {
-        UpstreamRow {
-            serial: serial.into(),
-            seq,
-            time_received: time,
-            event_json: json.into(),
+    fn upstream(serial: &str, seq: Option<u64>, time: i64, json: &str) -> JournalEntry {
+        JournalEntry::Event {
+            row: UpstreamRow {
+                serial: serial.into(),
+                seq,
+                time_received: time,
+                event_json: json.into(),
+            },
+            duplicate: false,
         }
     }
 
@@ -376,7 +527,7 @@ mod tests {
         {
             let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
             let changes = Changes {
-                upstream: vec![
+                journal: vec![
                     upstream("203", Some(7), 1_000, r#"["hit","create",{}]"#),
                     upstream("204", None, 1_000, r#"["hit","create",{"a":"\t"}]"#),
                     upstream("203", None, 1_001, r#"["hit","delete",{}]"#),
@@ -387,6 +538,7 @@ mod tests {
                     ("e1".into(), 1_000, "{\"x\":1}".into()),
                     ("e2".into(), 1_001, "{\"x\":2}".into()),
                 ],
+                ..Changes::default()
             };
             store.commit(&changes).unwrap();
             store
@@ -396,8 +548,10 @@ mod tests {
                         (Table::Items, B.into(), "{}".into()),
                         (Table::Items, B.into(), "{\"v\":2}".into()),
                     ],
-                    upstream: vec![upstream("203", Some(8), 5_000, "[]")],
+                    journal: vec![upstream("203", Some(8), 5_000, "[]")],
                     log: vec![("e3".into(), 5_000, "{\"x\":3}".into())],
+                    flush: true,
+                    ..Changes::default()
                 })
                 .unwrap();
         }
@@ -430,5 +584,80 @@ mod tests {
         store.prune(2_000).unwrap();
         assert_eq!(store.upstream_events("203").unwrap().len(), 1);
         assert_eq!(store.load_events(0).unwrap(), vec!["{\"x\":3}"]);
+    }
+
+    #[test]
+    fn the_journal_after_the_last_flush_reads_back_in_order_and_outlives_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let begin = |time, version: Option<&str>| JournalEntry::Begin {
+            serial: "7".into(),
+            version: version.map(String::from),
+            time,
+        };
+        let end = |time| JournalEntry::End {
+            serial: "7".into(),
+            time,
+        };
+        let replayed = JournalEntry::Event {
+            row: UpstreamRow {
+                serial: "7".into(),
+                seq: Some(3),
+                time_received: 1_003,
+                event_json: r#"["hit","create",{"x":"a\tb"}]"#.into(),
+            },
+            duplicate: true,
+        };
+        {
+            let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+            assert_eq!(store.unflushed_journal().unwrap(), (vec![], Some(0)));
+            store
+                .commit(&Changes {
+                    journal: vec![begin(1_000, None), upstream("7", Some(3), 1_001, "[1]")],
+                    flush: true,
+                    id_last: 99,
+                    ..Changes::default()
+                })
+                .unwrap();
+            assert_eq!(store.unflushed_journal().unwrap(), (vec![], Some(99)));
+            store
+                .commit(&Changes {
+                    journal: vec![
+                        begin(1_002, Some("1.2 \"beta\"\t")),
+                        replayed.clone(),
+                        upstream("7", None, 1_004, "[2]"),
+                    ],
+                    ..Changes::default()
+                })
+                .unwrap();
+            store
+                .commit(&Changes {
+                    journal: vec![end(1_005)],
+                    ..Changes::default()
+                })
+                .unwrap();
+        }
+        let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+        let expected = vec![
+            begin(1_002, Some("1.2 \"beta\"\t")),
+            replayed,
+            upstream("7", None, 1_004, "[2]"),
+            end(1_005),
+        ];
+        assert_eq!(
+            store.unflushed_journal().unwrap(),
+            (expected.clone(), Some(99))
+        );
+        assert_eq!(
+            store.upstream_events("7").unwrap(),
+            vec![(Some(3), "[1]".to_string()), (None, "[2]".to_string())],
+            "replays and stream marks are not stored events"
+        );
+        store.prune(10_000).unwrap();
+        assert_eq!(
+            store.unflushed_journal().unwrap(),
+            (expected, Some(99)),
+            "retention never drops what the rows do not cover"
+        );
+        assert_eq!(store.upstream_events("7").unwrap().len(), 1);
     }
 }
