@@ -16,7 +16,9 @@
 //! out the spot's pending commands). [`Domain::sweep`] runs periodically and takes spots
 //! offline after `offline_after` without traffic, deleting their presences.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -26,7 +28,7 @@ use spot_protocol::{
 };
 use spot_push::topics;
 
-use crate::ids::{IdGen, IdMap};
+use crate::ids::{id_key, IdGen, IdMap};
 
 /// Serde helpers: times are Unix milliseconds in memory and ISO 8601 strings in JSON.
 mod iso {
@@ -65,6 +67,32 @@ mod iso {
         }
     }
 }
+
+/// Serde helpers: a [`Proximity`] is its name in JSON (`"immediate"`, `"near"`, `"far"`).
+mod prox {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use spot_protocol::Proximity;
+
+    /// A proximity, written as its name.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Prox(pub Proximity);
+
+    impl Serialize for Prox {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(self.0.as_str())
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Prox {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Prox, D::Error> {
+            let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+            Proximity::parse(&name)
+                .map(Prox)
+                .ok_or_else(|| serde::de::Error::custom(format!("not a proximity: {name:?}")))
+        }
+    }
+}
+use prox::Prox;
 
 /// One spot (reader), keyed by its chronological `id`, found by `serial_number`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -171,9 +199,9 @@ pub struct PresenceRes {
     /// Location id.
     pub location: String,
     /// The strongest proximity of the reporting spots.
-    pub proximity: String,
+    pub proximity: Prox,
     /// Reporting spot id → its proximity.
-    pub reporters: BTreeMap<String, String>,
+    pub reporters: BTreeMap<String, Prox>,
     /// The device's time of the last report (`time_last`).
     #[serde(with = "iso::opt")]
     pub time_event: Option<i64>,
@@ -390,13 +418,18 @@ pub struct Domain {
     spot_by_serial: HashMap<String, String>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
-    item_by_code: HashMap<(String, String), String>,
+    /// `code_hex NUL technology` ([`item_key`]) → item id.
+    item_by_code: HashMap<String, String>,
     presences: IdMap<PresenceRes>,
     /// Item id → location id → presence id (one presence per item × location).
     presences_of_item: HashMap<String, HashMap<String, String>>,
     events: VecDeque<LogEvent>,
-    dirty: HashSet<(Table, String)>,
-    deleted: HashSet<(Table, String)>,
+    /// Rows changed since the last flush: table and id value ([`id_key`]).
+    dirty: HashSet<(Table, u64)>,
+    /// Rows deleted since the last flush.
+    deleted: HashSet<(Table, u64)>,
+    /// Reused to build [`Domain::item_by_code`] keys.
+    key_buf: String,
     journal: Vec<JournalEntry>,
     pending_log: Vec<(String, i64, String)>,
     /// A change not in the journal happened: the next commit must flush.
@@ -412,15 +445,16 @@ impl Domain {
             config,
             ids: IdGen::default(),
             spots: IdMap::new(),
-            spot_by_serial: HashMap::new(),
+            spot_by_serial: HashMap::default(),
             locations: IdMap::new(),
             items: IdMap::new(),
-            item_by_code: HashMap::new(),
+            item_by_code: HashMap::default(),
             presences: IdMap::new(),
-            presences_of_item: HashMap::new(),
+            presences_of_item: HashMap::default(),
             events: VecDeque::new(),
-            dirty: HashSet::new(),
-            deleted: HashSet::new(),
+            dirty: HashSet::default(),
+            deleted: HashSet::default(),
+            key_buf: String::new(),
             journal: Vec::new(),
             pending_log: Vec::new(),
             must_flush: false,
@@ -453,8 +487,10 @@ impl Domain {
                 }
                 Table::Items => {
                     let i: Item = serde_json::from_str(&doc).map_err(bad)?;
-                    self.item_by_code
-                        .insert((i.code_hex.clone(), i.technology.clone()), i.id.clone());
+                    self.item_by_code.insert(
+                        item_key(&mut String::new(), &i.code_hex, &i.technology).to_string(),
+                        i.id.clone(),
+                    );
                     self.items.insert(i.id.clone(), i);
                 }
                 Table::Presences => {
@@ -507,7 +543,7 @@ impl Domain {
             if let Some(v) = version {
                 spot.version = Some(v.to_string());
             }
-            self.dirty.insert((Table::Spots, id));
+            self.dirty.insert((Table::Spots, key(&id)));
         }
     }
 
@@ -554,7 +590,7 @@ impl Domain {
         }
         if !commands.is_empty() {
             spot.time_updated = now;
-            self.dirty.insert((Table::Spots, id));
+            self.dirty.insert((Table::Spots, key(&id)));
             self.must_flush = true;
         }
         commands
@@ -647,7 +683,7 @@ impl Domain {
             }
             spot.event_counter += 1;
         }
-        self.dirty.insert((Table::Spots, spot_id));
+        self.dirty.insert((Table::Spots, key(&spot_id)));
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
@@ -770,7 +806,7 @@ impl Domain {
             }
             _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
         };
-        self.dirty.insert((table, real_id.clone()));
+        self.dirty.insert((table, key(&real_id)));
         self.must_flush = true;
         let value = self.get(collection, &real_id).unwrap_or(Value::Null);
         let data = RawValue::from_string(value.to_string()).unwrap_or_else(|_| raw(&()));
@@ -911,18 +947,22 @@ impl Domain {
         self.must_flush = false;
         changes.flush = true;
         changes.id_last = self.ids.last();
-        for (table, id) in self.dirty.drain() {
+        for (table, k) in self.dirty.drain() {
             let doc = match table {
-                Table::Spots => self.spots.get(&id).map(serde_json::to_string),
-                Table::Locations => self.locations.get(&id).map(serde_json::to_string),
-                Table::Items => self.items.get(&id).map(serde_json::to_string),
-                Table::Presences => self.presences.get(&id).map(serde_json::to_string),
+                Table::Spots => self.spots.get_by_key(k).map(to_json),
+                Table::Locations => self.locations.get_by_key(k).map(to_json),
+                Table::Items => self.items.get_by_key(k).map(to_json),
+                Table::Presences => self.presences.get_by_key(k).map(to_json),
             };
             if let Some(Ok(doc)) = doc {
-                changes.upserts.push((table, id, doc));
+                changes.upserts.push((table, format!("{k:016x}"), doc));
             }
         }
-        changes.deletes = self.deleted.drain().collect();
+        changes.deletes = self
+            .deleted
+            .drain()
+            .map(|(table, k)| (table, format!("{k:016x}")))
+            .collect();
         changes
     }
 
@@ -949,7 +989,7 @@ impl Domain {
                 time_updated: now,
             },
         );
-        self.dirty.insert((Table::Locations, location_id.clone()));
+        self.dirty.insert((Table::Locations, key(&location_id)));
         let id = self.ids.next(now);
         self.spots.insert(
             id.clone(),
@@ -976,7 +1016,7 @@ impl Domain {
             },
         );
         self.spot_by_serial.insert(serial.to_string(), id.clone());
-        self.dirty.insert((Table::Spots, id.clone()));
+        self.dirty.insert((Table::Spots, key(&id)));
         id
     }
 
@@ -993,7 +1033,7 @@ impl Domain {
         tracing::info!(spot = %spot.serial_number, "spot connected");
         let topic = topics::spot_connected(&spot.id, &spot.serial_number);
         let data = raw(&*spot);
-        self.dirty.insert((Table::Spots, spot_id.to_string()));
+        self.dirty.insert((Table::Spots, key(spot_id)));
         self.log(topic, time_event, now, data);
     }
 
@@ -1007,7 +1047,7 @@ impl Domain {
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
         let topic = topics::spot_disconnected(&spot.id, &spot.serial_number);
         let data = raw(&*spot);
-        self.dirty.insert((Table::Spots, spot_id.to_string()));
+        self.dirty.insert((Table::Spots, key(spot_id)));
         self.log(topic, None, now, data);
         let reported: Vec<String> = self
             .presences
@@ -1021,8 +1061,10 @@ impl Domain {
     }
 
     fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> String {
-        let key = (code.to_string(), tech.to_string());
-        if let Some(id) = self.item_by_code.get(&key) {
+        if let Some(id) = self
+            .item_by_code
+            .get(item_key(&mut self.key_buf, code, tech))
+        {
             return id.clone();
         }
         let id = self.ids.next(now);
@@ -1041,8 +1083,11 @@ impl Domain {
         };
         let data = raw(&item);
         self.items.insert(id.clone(), item);
-        self.item_by_code.insert(key, id.clone());
-        self.dirty.insert((Table::Items, id.clone()));
+        self.item_by_code.insert(
+            item_key(&mut self.key_buf, code, tech).to_string(),
+            id.clone(),
+        );
+        self.dirty.insert((Table::Items, key(&id)));
         self.log(topics::item_created(&id), time_event, now, data);
         id
     }
@@ -1078,11 +1123,8 @@ impl Domain {
                     id: id.clone(),
                     item: item_id.clone(),
                     location: location_id.clone(),
-                    proximity: proximity.as_str().to_string(),
-                    reporters: BTreeMap::from([(
-                        spot_id.to_string(),
-                        proximity.as_str().to_string(),
-                    )]),
+                    proximity: Prox(proximity),
+                    reporters: BTreeMap::from([(spot_id.to_string(), Prox(proximity))]),
                     time_event,
                     time_created: now,
                     time_updated: now,
@@ -1093,8 +1135,8 @@ impl Domain {
                     .entry(item_id.clone())
                     .or_default()
                     .insert(location_id.clone(), id.clone());
-                self.dirty.insert((Table::Presences, id.clone()));
-                self.deleted.remove(&(Table::Presences, id.clone()));
+                self.dirty.insert((Table::Presences, key(&id)));
+                self.deleted.remove(&(Table::Presences, key(&id)));
                 self.log(
                     topics::presence_created(&id, &item_id, &location_id, proximity.as_str()),
                     time_event,
@@ -1108,10 +1150,14 @@ impl Domain {
                 let Some(p) = self.presences.get_mut(&presence_id) else {
                     return;
                 };
-                p.reporters
-                    .insert(spot_id.to_string(), proximity.as_str().to_string());
+                match p.reporters.get_mut(spot_id) {
+                    Some(reported) => *reported = Prox(proximity),
+                    None => {
+                        p.reporters.insert(spot_id.to_string(), Prox(proximity));
+                    }
+                }
                 p.time_event = time_event.or(p.time_event);
-                self.dirty.insert((Table::Presences, presence_id.clone()));
+                self.dirty.insert((Table::Presences, key(&presence_id)));
                 self.reproximate(&presence_id, time_event, now);
             }
         }
@@ -1125,8 +1171,7 @@ impl Domain {
         };
         p.reporters.remove(spot_id);
         if !p.reporters.is_empty() {
-            self.dirty
-                .insert((Table::Presences, presence_id.to_string()));
+            self.dirty.insert((Table::Presences, key(presence_id)));
             self.reproximate(presence_id, time_event, now);
             return;
         }
@@ -1139,11 +1184,9 @@ impl Domain {
                 self.presences_of_item.remove(&p.item);
             }
         }
-        self.dirty
-            .remove(&(Table::Presences, presence_id.to_string()));
-        self.deleted
-            .insert((Table::Presences, presence_id.to_string()));
-        let topic = topics::presence_deleted(&p.id, &p.item, &p.location, &p.proximity);
+        self.dirty.remove(&(Table::Presences, key(presence_id)));
+        self.deleted.insert((Table::Presences, key(presence_id)));
+        let topic = topics::presence_deleted(&p.id, &p.item, &p.location, p.proximity.0.as_str());
         self.log(topic, time_event, now, raw(&p));
         self.recompute_item(
             &p.item,
@@ -1161,15 +1204,15 @@ impl Domain {
         let strongest = p
             .reporters
             .values()
-            .filter_map(|v| Proximity::parse(v))
+            .map(|v| v.0)
             .max()
             .unwrap_or(Proximity::Far);
-        let previous = Proximity::parse(&p.proximity).unwrap_or(Proximity::Far);
+        let previous = p.proximity.0;
         p.time_updated = now;
         if strongest == previous {
             return;
         }
-        p.proximity = strongest.as_str().to_string();
+        p.proximity = Prox(strongest);
         let topic = topics::presence_changed_proximity(
             &p.id,
             &p.item,
@@ -1202,9 +1245,8 @@ impl Domain {
             set.values()
                 .filter_map(|id| self.presences.get(id))
                 .max_by(|a, b| {
-                    let pa = Proximity::parse(&a.proximity);
-                    let pb = Proximity::parse(&b.proximity);
-                    pa.cmp(&pb)
+                    a.proximity
+                        .cmp(&b.proximity)
                         .then(a.time_updated.cmp(&b.time_updated))
                         .then(a.id.cmp(&b.id))
                 })
@@ -1237,7 +1279,7 @@ impl Domain {
                     .and_then(|l| self.presence_id(item_id, l))
                     .and_then(|id| self.presences.get(id));
                 match holder {
-                    Some(h) if Proximity::parse(&h.proximity) > Some(proximity) => return,
+                    Some(h) if h.proximity.0 > proximity => return,
                     Some(_) => Some(location.to_string()),
                     None => self.strongest_location(item_id),
                 }
@@ -1280,7 +1322,7 @@ impl Domain {
         }
         item.time_updated = now;
         let data = raw(&*item);
-        self.dirty.insert((Table::Items, item_id.to_string()));
+        self.dirty.insert((Table::Items, key(item_id)));
         for topic in topics {
             self.log(topic, time_event, now, data.clone());
         }
@@ -1300,7 +1342,7 @@ impl Domain {
             time_created: now,
             data,
         };
-        if let Ok(doc) = serde_json::to_string(&event) {
+        if let Ok(doc) = to_json(&event) {
             self.pending_log.push((event.id.clone(), now, doc));
         }
         self.events.push_back(event);
@@ -1308,6 +1350,20 @@ impl Domain {
             self.events.pop_front();
         }
     }
+}
+
+/// The integer value of one of our ids (see [`crate::ids`]); `u64::MAX` (no row) otherwise.
+fn key(id: &str) -> u64 {
+    id_key(id).unwrap_or(u64::MAX)
+}
+
+/// The [`Domain::item_by_code`] key of an item, built in `buf`.
+fn item_key<'b>(buf: &'b mut String, code: &str, tech: &str) -> &'b str {
+    buf.clear();
+    buf.push_str(code);
+    buf.push('\0');
+    buf.push_str(tech);
+    buf
 }
 
 /// The compact JSON encoding of an event, without the trailing separator (as stored).
@@ -1319,8 +1375,19 @@ pub fn encode_json(event: &Event) -> String {
 
 /// A resource as raw JSON (for the events log).
 fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(value)
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+    to_json(value)
+        .ok()
+        .and_then(|json| RawValue::from_string(json).ok())
+        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+/// `serde_json::to_string` into a buffer sized for a resource at once (growing it from
+/// empty cost more than the serializing).
+fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, value)?;
+    // serde_json writes valid UTF-8 only.
+    Ok(String::from_utf8(out).unwrap_or_default())
 }
 
 /// The object of an encoded event (`["r","a",{obj}]`), via serde_json.
@@ -1442,7 +1509,7 @@ mod tests {
         );
         assert_eq!(d.presences.len(), 1);
         let p = d.presences.values().next().unwrap().clone();
-        assert_eq!(p.proximity, "immediate");
+        assert_eq!(p.proximity.0, Proximity::Immediate);
         assert_eq!(p.location, shared);
         d.apply_event(
             "2",
@@ -1454,7 +1521,7 @@ mod tests {
             .values()
             .next()
             .expect("spot 1 still reports it");
-        assert_eq!(p.proximity, "far");
+        assert_eq!(p.proximity.0, Proximity::Far);
         assert!(item(&d, code).is_present);
         d.apply_event("1", &presence(Action::Delete, code, Proximity::Far), T0 + 2);
         assert!(d.presences.is_empty());

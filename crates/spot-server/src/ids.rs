@@ -97,6 +97,11 @@ impl<T> IdMap<T> {
         self.map.get(&id_key(id.as_ref())?)
     }
 
+    /// The resource with this id's integer value ([`id_key`]).
+    pub fn get_by_key(&self, key: u64) -> Option<&T> {
+        self.map.get(&key)
+    }
+
     /// The resource with this id, to change.
     pub fn get_mut(&mut self, id: impl AsRef<str>) -> Option<&mut T> {
         self.map.get_mut(&id_key(id.as_ref())?)
