@@ -45,6 +45,7 @@ fn batch(b: usize) -> Changes {
         rng ^= rng << 17;
         changes.upstream.push(UpstreamRow {
             serial: format!("{}", rng % 100),
+            spot_id: id(rng % 100),
             seq: Some((b * EVENTS_PER_BATCH + e) as u64),
             time_received: 1_764_000_000_000,
             event_json: format!(

@@ -232,6 +232,8 @@ impl Table {
 pub struct UpstreamRow {
     /// The spot's serial number.
     pub serial: String,
+    /// The id of the spot resource (not stored; the raw events' push topic).
+    pub spot_id: String,
     /// Its sequence key, if any.
     pub seq: Option<u64>,
     /// Server time of receipt.
@@ -568,9 +570,10 @@ impl Domain {
             }
             spot.event_counter += 1;
         }
-        self.dirty.insert((Table::Spots, spot_id));
+        self.dirty.insert((Table::Spots, spot_id.clone()));
         self.pending_upstream.push(UpstreamRow {
             serial: serial.to_string(),
+            spot_id,
             seq: event.seq,
             time_received: now,
             event_json,

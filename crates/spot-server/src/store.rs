@@ -300,6 +300,7 @@ impl Store {
         self.last_event_id = last_event_id;
         if let Some(publisher) = &self.publisher {
             publisher.committed(&changes.log, last_event_id);
+            publisher.raw_events(&changes.upstream);
         }
         Ok(())
     }
@@ -364,6 +365,7 @@ mod tests {
     fn upstream(serial: &str, seq: Option<u64>, time: i64, json: &str) -> UpstreamRow {
         UpstreamRow {
             serial: serial.into(),
+            spot_id: String::new(),
             seq,
             time_received: time,
             event_json: json.into(),

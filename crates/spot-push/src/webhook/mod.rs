@@ -1,6 +1,10 @@
 //! Webhooks: the `subscriptions` resource and the delivery of matching events to their
 //! `target_url`.
 //!
+//! Raw spot events (`--publish-raw`) are not delivered to webhooks: they have no event id
+//! (the idempotency key and the queue's order) and are not in the log the queue refills
+//! from; applications take them over MQTT, WebSocket or SSE.
+//!
 //! Flow: hub → *dispatcher* (a [`Follower`] starting after the persistent cursor, so events
 //! published while the server was down are read from the log) → matching against every
 //! subscription (only events after its creation) → `push_deliveries` rows + cursor in one
@@ -155,6 +159,8 @@ impl Webhooks {
             "webhooks",
             vec![TopicFilter::new("#").unwrap_or_else(|_| unreachable!("valid"))],
         )?;
+        // Deliveries are keyed by event id: raw spot events (no id, live only) are not sent.
+        sub.set_receive_raw(false);
         let follower = Follower::new(sub, log, store.cursor()?);
         let ids: Vec<i64> = matchers.iter().map(|m| m.id).collect();
         let this = Arc::new(Self {
