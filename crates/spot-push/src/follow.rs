@@ -141,6 +141,24 @@ impl Follower {
         self.last_id
     }
 
+    /// Whether nothing is waiting: no queued, lagged, replayed or refilled event. Read
+    /// [`crate::Hub::fanned_out_id`] *before*: if this then holds, every wanted event up to
+    /// that id has been delivered (see [`Follower::advance_to`]).
+    pub fn caught_up(&self) -> bool {
+        self.backlog.is_empty()
+            && self.replays.is_empty()
+            && !self.refill
+            && !self.sub.is_lagged()
+            && self.sub.is_empty()
+    }
+
+    /// Moves the cursor to `id` (never back): a later gap refill reads the log after it.
+    /// Only when [`Follower::caught_up`] held after `id` was read from
+    /// [`crate::Hub::fanned_out_id`].
+    pub fn advance_to(&mut self, id: u64) {
+        self.last_id = self.last_id.max(id);
+    }
+
     /// The next event. `Ok(None)` when the hub is gone. Cancel-safe (usable in `select!`).
     pub async fn next(&mut self) -> Result<Option<Arc<Published>>, LogError> {
         loop {

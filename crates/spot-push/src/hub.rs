@@ -218,6 +218,8 @@ struct Inner {
     published_total: AtomicU64,
     raw_published_total: AtomicU64,
     last_id: AtomicU64,
+    /// Id of the last event whose fan-out is complete.
+    fanned_out_id: AtomicU64,
     /// Dropped counts of subscriptions that have ended, by outlet name.
     dropped_by_ended: Mutex<HashMap<String, u64>>,
 }
@@ -288,6 +290,7 @@ impl Hub {
                 published_total: AtomicU64::new(0),
                 raw_published_total: AtomicU64::new(0),
                 last_id: AtomicU64::new(0),
+                fanned_out_id: AtomicU64::new(0),
                 dropped_by_ended: Mutex::new(HashMap::new()),
             }),
         }
@@ -328,6 +331,19 @@ impl Hub {
         if closed {
             write(&self.inner.subscriptions).retain(|s| !s.tx.is_closed());
         }
+        if !raw {
+            self.inner
+                .fanned_out_id
+                .fetch_max(event.id, Ordering::AcqRel);
+        }
+    }
+
+    /// Id of the last event whose fan-out is complete: every subscription that wanted it
+    /// and every earlier event (one publishing thread) has it queued, or counted it dropped
+    /// and is marked lagged. A consumer whose queue is empty and not lagged after reading
+    /// this has seen every event it wants up to it.
+    pub fn fanned_out_id(&self) -> u64 {
+        self.inner.fanned_out_id.load(Ordering::Acquire)
     }
 
     /// Whether a live subscription taking raw events has a filter matching `topic`: lets a
@@ -461,6 +477,17 @@ impl Subscription {
         self.shared.lagged.swap(false, Ordering::AcqRel)
     }
 
+    /// Whether events were dropped since the last [`Subscription::take_lagged`] (keeps the
+    /// mark).
+    pub fn is_lagged(&self) -> bool {
+        self.shared.lagged.load(Ordering::Acquire)
+    }
+
+    /// Whether no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Whether raw spot events reach this subscription (by default they do, when a filter
     /// matches them); e.g. webhooks, which deliver by event id, turn them off.
     pub fn set_receive_raw(&self, receive: bool) {
@@ -485,6 +512,20 @@ impl Subscription {
         }
     }
 
+    /// Replaces every filter (no filter: no event is queued, and publishing costs this
+    /// subscription one empty check).
+    pub fn set_filters(&self, filters: Vec<TopicFilter>) {
+        *write(&self.shared.filters) = filters;
+    }
+
+    /// A handle changing this subscription's filters from elsewhere (e.g. while a task
+    /// owns the subscription).
+    pub fn filter_handle(&self) -> FilterHandle {
+        FilterHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Removes a filter; says whether it was present.
     pub fn remove_filter(&self, filter: &str) -> bool {
         let mut filters = write(&self.shared.filters);
@@ -501,6 +542,19 @@ impl Subscription {
     /// The current filters.
     pub fn filters(&self) -> Vec<TopicFilter> {
         read(&self.shared.filters).clone()
+    }
+}
+
+/// Changes the filters of a [`Subscription`] owned elsewhere ([`Subscription::filter_handle`]).
+#[derive(Clone)]
+pub struct FilterHandle {
+    shared: Arc<Shared>,
+}
+
+impl FilterHandle {
+    /// Replaces every filter, like [`Subscription::set_filters`].
+    pub fn set(&self, filters: Vec<TopicFilter>) {
+        *write(&self.shared.filters) = filters;
     }
 }
 
@@ -679,6 +733,24 @@ mod tests {
         );
         drop(first);
         assert!(hub.subscribe("ws", vec![]).is_ok());
+    }
+
+    #[test]
+    fn fanned_out_id_follows_derived_events_and_a_handle_sets_filters() {
+        let hub = Hub::new(HubConfig::default());
+        let mut sub = hub.subscribe("webhooks", vec![]).expect("sub");
+        let handle = sub.filter_handle();
+        hub.publish(ev(1, "items/1/created"));
+        assert_eq!(hub.fanned_out_id(), 1);
+        assert!(sub.is_empty(), "no filter: nothing queued");
+        handle.set(vec![filter("items/#")]);
+        hub.publish(ev(2, "items/1/created"));
+        hub.publish(raw("spots/a/events/hit/create"));
+        assert_eq!(hub.fanned_out_id(), 2, "raw events have no id");
+        assert!(!sub.is_empty());
+        assert_eq!(sub.try_recv().map(|e| e.id()), Some(2));
+        handle.set(Vec::new());
+        assert!(sub.filters().is_empty());
     }
 
     #[test]

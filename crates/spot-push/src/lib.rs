@@ -55,7 +55,8 @@ pub mod webhook;
 
 pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
 pub use hub::{
-    Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError, Subscription,
+    FilterHandle, Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError,
+    Subscription,
 };
 pub use mount::{call_router, is_push_path};
 pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
