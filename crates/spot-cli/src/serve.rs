@@ -90,6 +90,17 @@ pub struct Args {
     /// QoS of the MQTT publishes [default: 1].
     #[arg(long, env = "SPOT_MQTT_QOS", value_parser = ["0", "1", "2"])]
     mqtt_qos: Option<String>,
+    /// Also push every raw spot event, under `spots/<id>/events/<resource_type>/<action>`
+    /// (MQTT, WebSocket, SSE; live only, no event id) [default: false].
+    #[arg(
+        long,
+        env = "SPOT_PUBLISH_RAW",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    publish_raw: Option<bool>,
 }
 
 impl Args {
@@ -119,6 +130,7 @@ impl Args {
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
+            publish_raw: self.publish_raw.or(lower.publish_raw),
         }
     }
 
@@ -186,6 +198,7 @@ impl Args {
             },
             push: spot_server::push::PushConfig {
                 mqtt: mqtt_config(self.mqtt.as_deref(), self.mqtt_qos.as_deref())?,
+                publish_raw: self.publish_raw.unwrap_or(false),
                 ..Default::default()
             },
         })
@@ -380,6 +393,26 @@ mod tests {
         assert_eq!(config.data_dir, defaults.data_dir);
         assert_eq!(config.offline_after, defaults.offline_after);
         assert_eq!(config.tcp_listen, None);
+    }
+
+    #[test]
+    fn publish_raw_from_the_flag_the_file_or_off() {
+        let raw = |flags: &[&str]| {
+            parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .unwrap()
+                .push
+                .publish_raw
+        };
+        assert!(!raw(&[]), "off by default");
+        assert!(raw(&["--publish-raw"]));
+        let (_f, path) = file("publish-raw = true\n");
+        assert!(raw(&["--config", &path]));
+        assert!(
+            !raw(&["--config", &path, "--publish-raw=false"]),
+            "the flag beats the file"
+        );
     }
 
     #[test]

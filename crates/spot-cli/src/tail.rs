@@ -26,16 +26,20 @@ pub struct Args {
     reconnect_delay_ms: u64,
 }
 
-/// One event for a person: `#id topic payload`, colored unless NO_COLOR is set.
+/// One event for a person: `#id topic payload` (`#-` for a raw spot event, which has no
+/// id), colored unless NO_COLOR is set.
 fn pretty(event: &TailEvent, color: bool) -> String {
     let payload = event.payload.to_string();
+    let id = event
+        .id
+        .map_or_else(|| "-".to_string(), |id| id.to_string());
     if color {
         format!(
-            "\x1b[2m#{}\x1b[0m \x1b[1;36m{}\x1b[0m {}",
-            event.id, event.topic, payload
+            "\x1b[2m#{id}\x1b[0m \x1b[1;36m{}\x1b[0m {}",
+            event.topic, payload
         )
     } else {
-        format!("#{} {} {}", event.id, event.topic, payload)
+        format!("#{id} {} {}", event.topic, payload)
     }
 }
 

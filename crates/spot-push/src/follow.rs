@@ -82,6 +82,10 @@ struct Replay {
 
 /// A hub subscription followed without gaps: events come out in increasing id order, each
 /// once; when the hub dropped events (queue full), they are read back from the log.
+///
+/// Raw spot events ([`Published::raw`]) are passed through as they come from the queue:
+/// they have no id, are never read from the log (not on resumption, not to fill a gap) and,
+/// while a gap is being filled, wait in the queue behind it.
 pub struct Follower {
     sub: Subscription,
     log: Arc<dyn EventLog>,
@@ -137,6 +141,24 @@ impl Follower {
         self.last_id
     }
 
+    /// Whether nothing is waiting: no queued, lagged, replayed or refilled event. Read
+    /// [`crate::Hub::fanned_out_id`] *before*: if this then holds, every wanted event up to
+    /// that id has been delivered (see [`Follower::advance_to`]).
+    pub fn caught_up(&self) -> bool {
+        self.backlog.is_empty()
+            && self.replays.is_empty()
+            && !self.refill
+            && !self.sub.is_lagged()
+            && self.sub.is_empty()
+    }
+
+    /// Moves the cursor to `id` (never back): a later gap refill reads the log after it.
+    /// Only when [`Follower::caught_up`] held after `id` was read from
+    /// [`crate::Hub::fanned_out_id`].
+    pub fn advance_to(&mut self, id: u64) {
+        self.last_id = self.last_id.max(id);
+    }
+
     /// The next event. `Ok(None)` when the hub is gone. Cancel-safe (usable in `select!`).
     pub async fn next(&mut self) -> Result<Option<Arc<Published>>, LogError> {
         loop {
@@ -184,6 +206,7 @@ impl Follower {
             }
             match self.sub.recv().await {
                 None => return Ok(None),
+                Some(e) if e.is_raw() => return Ok(Some(e)),
                 Some(e) if e.id() <= self.last_id => continue,
                 Some(e) => {
                     self.last_id = e.id();
@@ -276,6 +299,26 @@ mod tests {
         assert_eq!(take(&mut follower, 4).await, [3, 4, 5, 6]);
         commit(&hub, &log, 7, "items/1/created");
         assert_eq!(take(&mut follower, 1).await, [7]);
+    }
+
+    #[tokio::test]
+    async fn raw_events_pass_through_live_between_derived_ones() {
+        let hub = Hub::new(HubConfig::default());
+        let log = Arc::new(MemoryEventLog::new(100));
+        commit(&hub, &log, 1, "items/1/created");
+        let sub = hub.subscribe("sse", vec![filter("#")]).expect("sub");
+        let mut follower = Follower::new(sub, log.clone(), Some(0));
+        let raw = Published::raw("spots/a/events/hit/create", "{}".into()).expect("raw");
+        hub.publish(raw.clone());
+        commit(&hub, &log, 2, "items/1/appeared");
+        // The resumption reads 1 and 2 from the log; the raw event waited in the queue.
+        assert_eq!(take(&mut follower, 3).await, [1, 2, 0]);
+        hub.publish(raw.clone());
+        commit(&hub, &log, 3, "items/1/appeared");
+        hub.publish(raw);
+        // Live: in publication order.
+        assert_eq!(take(&mut follower, 3).await, [0, 3, 0]);
+        assert_eq!(follower.last_id(), 3, "raw events do not move the cursor");
     }
 
     #[tokio::test]

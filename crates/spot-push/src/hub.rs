@@ -4,6 +4,10 @@
 //! queue of every subscription whose filters match (`try_send`). A full queue counts the event
 //! as dropped for that subscription (visible in [`Hub::stats`]) and marks the subscription
 //! *lagged*, so a [`crate::Follower`] refills the gap from the [`crate::EventLog`].
+//!
+//! Raw spot events ([`Published::raw`], published only with `--publish-raw`) go through the
+//! same queues but have no id and are not in the log: they are live only. A dropped raw
+//! event is counted but does not mark the subscription lagged (the log cannot refill it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,10 +19,11 @@ use tokio::sync::mpsc;
 
 use crate::topic::{validate_topic_name, TopicError, TopicFilter};
 
-/// One derived event, as every outlet sends it.
+/// One derived event (or raw spot event), as every outlet sends it.
 ///
 /// Cheap to clone (three `Arc`s). The envelope `{"id":..,"topic":..,"payload":..}` sent over
-/// WebSocket, SSE and webhooks is serialized once, at construction.
+/// WebSocket, SSE and webhooks is serialized once, at construction. A raw spot event
+/// ([`Published::raw`]) has no id: its envelope is `{"topic":..,"payload":..}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     id: u64,
@@ -40,6 +45,9 @@ pub enum PublishedError {
         /// What is wrong with it.
         source: TopicError,
     },
+    /// Id 0: ids start at 1 (0 would read as a raw event's missing id).
+    #[error("event id 0: ids start at 1")]
+    ZeroId,
     /// The payload is not JSON text of an object.
     #[error("event {id}: payload is not a JSON object: {reason}")]
     Payload {
@@ -51,9 +59,23 @@ pub enum PublishedError {
 }
 
 impl Published {
-    /// Builds an event from its id (strictly increasing across the server), its topic
-    /// (spec §7; a topic name, no wildcards) and its payload: the JSON text of an object.
+    /// Builds an event from its id (strictly increasing across the server, from 1), its
+    /// topic (spec §7; a topic name, no wildcards) and its payload: the JSON text of an
+    /// object.
     pub fn new(id: u64, topic: &str, payload_json: String) -> Result<Self, PublishedError> {
+        if id == 0 {
+            return Err(PublishedError::ZeroId);
+        }
+        Self::build(id, topic, payload_json)
+    }
+
+    /// Builds a raw spot event (topic `spots/<id>/events/<resource_type>/<action>`): no id,
+    /// not in the events log, delivered live only. [`Published::id`] is 0.
+    pub fn raw(topic: &str, payload_json: String) -> Result<Self, PublishedError> {
+        Self::build(0, topic, payload_json)
+    }
+
+    fn build(id: u64, topic: &str, payload_json: String) -> Result<Self, PublishedError> {
         validate_topic_name(topic).map_err(|source| PublishedError::Topic {
             id,
             topic: topic.to_owned(),
@@ -72,12 +94,13 @@ impl Published {
         }
         #[derive(Serialize)]
         struct Envelope<'a> {
-            id: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<u64>,
             topic: &'a str,
             payload: &'a RawValue,
         }
         let envelope = serde_json::to_string(&Envelope {
-            id,
+            id: (id != 0).then_some(id),
             topic,
             payload: raw,
         })
@@ -103,9 +126,14 @@ impl Published {
         Self::new(id, topic, payload.to_string())
     }
 
-    /// The event id.
+    /// The event id; 0 for a raw spot event.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether this is a raw spot event ([`Published::raw`]): no id, live only.
+    pub fn is_raw(&self) -> bool {
+        self.id == 0
     }
 
     /// The topic name.
@@ -118,7 +146,8 @@ impl Published {
         &self.payload
     }
 
-    /// `{"id":..,"topic":..,"payload":{..}}`: what WebSocket, SSE and webhooks send.
+    /// `{"id":..,"topic":..,"payload":{..}}` (no `id` for a raw event): what WebSocket, SSE
+    /// and webhooks send.
     pub fn envelope_json(&self) -> &str {
         &self.envelope
     }
@@ -159,11 +188,17 @@ struct Shared {
     tx: mpsc::Sender<Arc<Published>>,
     dropped: AtomicU64,
     lagged: AtomicBool,
+    /// Takes raw spot events too (the default).
+    raw: AtomicBool,
 }
 
 impl Shared {
     fn wants(&self, topic: &str) -> bool {
         read(&self.filters).iter().any(|f| f.matches(topic))
+    }
+
+    fn wants_event(&self, event: &Published) -> bool {
+        (!event.is_raw() || self.raw.load(Ordering::Relaxed)) && self.wants(&event.topic)
     }
 }
 
@@ -181,7 +216,10 @@ struct Inner {
     subscriptions: RwLock<Vec<Arc<Shared>>>,
     next_key: AtomicU64,
     published_total: AtomicU64,
+    raw_published_total: AtomicU64,
     last_id: AtomicU64,
+    /// Id of the last event whose fan-out is complete.
+    fanned_out_id: AtomicU64,
     /// Dropped counts of subscriptions that have ended, by outlet name.
     dropped_by_ended: Mutex<HashMap<String, u64>>,
 }
@@ -208,8 +246,10 @@ pub struct OutletStats {
 /// Counters of the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HubStats {
-    /// Events published since start.
+    /// Derived events published since start.
     pub published_total: u64,
+    /// Raw spot events published since start (`--publish-raw`).
+    pub raw_published_total: u64,
     /// Id of the last published event (0 before any).
     pub last_id: u64,
     /// Per outlet, sorted by name.
@@ -217,12 +257,14 @@ pub struct HubStats {
 }
 
 impl HubStats {
-    /// Prometheus text lines: `spot_push_published_total`, `spot_push_last_event_id`, and per
-    /// outlet `spot_push_subscriptions`, `spot_push_queued`, `spot_push_dropped_total`.
+    /// Prometheus text lines: `spot_push_published_total`, `spot_push_raw_published_total`,
+    /// `spot_push_last_event_id`, and per outlet `spot_push_subscriptions`,
+    /// `spot_push_queued`, `spot_push_dropped_total`.
     pub fn render_prometheus(&self) -> String {
         let mut out = format!(
-            "spot_push_published_total {}\nspot_push_last_event_id {}\n",
-            self.published_total, self.last_id
+            "spot_push_published_total {}\nspot_push_raw_published_total {}\n\
+             spot_push_last_event_id {}\n",
+            self.published_total, self.raw_published_total, self.last_id
         );
         for o in &self.outlets {
             let outlet = o.outlet.replace(['"', '\\', '\n'], "_");
@@ -246,7 +288,9 @@ impl Hub {
                 subscriptions: RwLock::new(Vec::new()),
                 next_key: AtomicU64::new(0),
                 published_total: AtomicU64::new(0),
+                raw_published_total: AtomicU64::new(0),
                 last_id: AtomicU64::new(0),
+                fanned_out_id: AtomicU64::new(0),
                 dropped_by_ended: Mutex::new(HashMap::new()),
             }),
         }
@@ -255,21 +299,31 @@ impl Hub {
     /// Offers `event` to every matching subscription. Never blocks.
     ///
     /// Call it after the event is committed, i.e. readable through the [`crate::EventLog`]
-    /// (a lagged consumer refills from there), with ids strictly increasing.
+    /// (a lagged consumer refills from there), with ids strictly increasing. Raw spot events
+    /// ([`Published::raw`]) need neither.
     pub fn publish(&self, event: Published) {
         let event = Arc::new(event);
-        self.inner.last_id.fetch_max(event.id, Ordering::AcqRel);
-        self.inner.published_total.fetch_add(1, Ordering::Relaxed);
+        let raw = event.is_raw();
+        if raw {
+            self.inner
+                .raw_published_total
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.last_id.fetch_max(event.id, Ordering::AcqRel);
+            self.inner.published_total.fetch_add(1, Ordering::Relaxed);
+        }
         let mut closed = false;
         for sub in read(&self.inner.subscriptions).iter() {
-            if !sub.wants(&event.topic) {
+            if !sub.wants_event(&event) {
                 continue;
             }
             match sub.tx.try_send(event.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     sub.dropped.fetch_add(1, Ordering::Relaxed);
-                    sub.lagged.store(true, Ordering::Release);
+                    if !raw {
+                        sub.lagged.store(true, Ordering::Release);
+                    }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
             }
@@ -277,6 +331,27 @@ impl Hub {
         if closed {
             write(&self.inner.subscriptions).retain(|s| !s.tx.is_closed());
         }
+        if !raw {
+            self.inner
+                .fanned_out_id
+                .fetch_max(event.id, Ordering::AcqRel);
+        }
+    }
+
+    /// Id of the last event whose fan-out is complete: every subscription that wanted it
+    /// and every earlier event (one publishing thread) has it queued, or counted it dropped
+    /// and is marked lagged. A consumer whose queue is empty and not lagged after reading
+    /// this has seen every event it wants up to it.
+    pub fn fanned_out_id(&self) -> u64 {
+        self.inner.fanned_out_id.load(Ordering::Acquire)
+    }
+
+    /// Whether a live subscription taking raw events has a filter matching `topic`: lets a
+    /// producer skip building raw events nobody receives.
+    pub fn wants_raw(&self, topic: &str) -> bool {
+        read(&self.inner.subscriptions)
+            .iter()
+            .any(|s| s.raw.load(Ordering::Relaxed) && s.wants(topic))
     }
 
     /// Id of the last published event (0 before any).
@@ -310,6 +385,7 @@ impl Hub {
             tx,
             dropped: AtomicU64::new(0),
             lagged: AtomicBool::new(false),
+            raw: AtomicBool::new(true),
         });
         let start_id = self.last_id();
         {
@@ -370,6 +446,7 @@ impl Hub {
         outlets.sort_by(|a, b| a.outlet.cmp(&b.outlet));
         HubStats {
             published_total: self.inner.published_total.load(Ordering::Relaxed),
+            raw_published_total: self.inner.raw_published_total.load(Ordering::Relaxed),
             last_id: self.last_id(),
             outlets,
         }
@@ -400,6 +477,23 @@ impl Subscription {
         self.shared.lagged.swap(false, Ordering::AcqRel)
     }
 
+    /// Whether events were dropped since the last [`Subscription::take_lagged`] (keeps the
+    /// mark).
+    pub fn is_lagged(&self) -> bool {
+        self.shared.lagged.load(Ordering::Acquire)
+    }
+
+    /// Whether no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Whether raw spot events reach this subscription (by default they do, when a filter
+    /// matches them); e.g. webhooks, which deliver by event id, turn them off.
+    pub fn set_receive_raw(&self, receive: bool) {
+        self.shared.raw.store(receive, Ordering::Relaxed);
+    }
+
     /// Events dropped for this subscription because its queue was full.
     pub fn dropped_total(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
@@ -415,6 +509,20 @@ impl Subscription {
         let mut filters = write(&self.shared.filters);
         if !filters.contains(&filter) {
             filters.push(filter);
+        }
+    }
+
+    /// Replaces every filter (no filter: no event is queued, and publishing costs this
+    /// subscription one empty check).
+    pub fn set_filters(&self, filters: Vec<TopicFilter>) {
+        *write(&self.shared.filters) = filters;
+    }
+
+    /// A handle changing this subscription's filters from elsewhere (e.g. while a task
+    /// owns the subscription).
+    pub fn filter_handle(&self) -> FilterHandle {
+        FilterHandle {
+            shared: self.shared.clone(),
         }
     }
 
@@ -434,6 +542,19 @@ impl Subscription {
     /// The current filters.
     pub fn filters(&self) -> Vec<TopicFilter> {
         read(&self.shared.filters).clone()
+    }
+}
+
+/// Changes the filters of a [`Subscription`] owned elsewhere ([`Subscription::filter_handle`]).
+#[derive(Clone)]
+pub struct FilterHandle {
+    shared: Arc<Shared>,
+}
+
+impl FilterHandle {
+    /// Replaces every filter, like [`Subscription::set_filters`].
+    pub fn set(&self, filters: Vec<TopicFilter>) {
+        *write(&self.shared.filters) = filters;
     }
 }
 
@@ -519,6 +640,7 @@ mod tests {
         assert!(!sub.take_lagged(), "the lagged mark is cleared once taken");
         let stats = hub.stats();
         assert_eq!(stats.published_total, 5);
+        assert_eq!(stats.raw_published_total, 0);
         assert_eq!(stats.last_id, 5);
         assert_eq!(
             stats.outlets,
@@ -531,7 +653,8 @@ mod tests {
         );
         assert_eq!(
             stats.render_prometheus(),
-            "spot_push_published_total 5\nspot_push_last_event_id 5\n\
+            "spot_push_published_total 5\nspot_push_raw_published_total 0\n\
+             spot_push_last_event_id 5\n\
              spot_push_subscriptions{outlet=\"sse\"} 1\nspot_push_queued{outlet=\"sse\"} 2\n\
              spot_push_dropped_total{outlet=\"sse\"} 3\n"
         );
@@ -542,6 +665,58 @@ mod tests {
         assert_eq!(
             stats.outlets[0].dropped_total, 3,
             "drops of ended subscriptions stay counted"
+        );
+    }
+
+    fn raw(topic: &str) -> Published {
+        Published::raw(topic, r#"{"resource":{}}"#.into()).expect("valid raw event")
+    }
+
+    #[test]
+    fn a_raw_event_has_no_id_in_its_envelope_and_id_0_is_refused_for_derived_ones() {
+        let e = raw("spots/ab/events/hit/create");
+        assert!(e.is_raw());
+        assert_eq!(
+            e.envelope_json(),
+            r#"{"topic":"spots/ab/events/hit/create","payload":{"resource":{}}}"#
+        );
+        assert!(matches!(
+            Published::new(0, "items/1/created", "{}".into()),
+            Err(PublishedError::ZeroId)
+        ));
+        assert!(!ev(1, "items/1/created").is_raw());
+    }
+
+    #[test]
+    fn raw_events_keep_the_id_sequence_and_their_drops_do_not_ask_for_a_refill() {
+        let hub = Hub::new(HubConfig {
+            queue_capacity: 1,
+            max_subscriptions: 10,
+        });
+        let mut all = hub.subscribe("ws", vec![filter("#")]).expect("sub");
+        let mut derived_only = hub.subscribe("webhooks", vec![filter("#")]).expect("sub");
+        derived_only.set_receive_raw(false);
+        assert!(hub.wants_raw("spots/ab/events/hit/create"));
+        hub.publish(ev(1, "items/1/created"));
+        assert_eq!(all.try_recv().map(|e| e.id()), Some(1));
+        assert_eq!(derived_only.try_recv().map(|e| e.id()), Some(1));
+        hub.publish(raw("spots/ab/events/hit/create"));
+        hub.publish(raw("spots/ab/events/hit/create"));
+        assert_eq!(hub.last_id(), 1, "raw events take no id");
+        assert_eq!(
+            all.dropped_total(),
+            1,
+            "the second raw event found the queue full"
+        );
+        assert!(!all.take_lagged(), "the log cannot refill raw events");
+        assert!(all.try_recv().is_some_and(|e| e.is_raw()));
+        assert!(derived_only.try_recv().is_none(), "raw events turned off");
+        let stats = hub.stats();
+        assert_eq!((stats.published_total, stats.raw_published_total), (1, 2));
+        drop(all);
+        assert!(
+            !hub.wants_raw("spots/ab/events/hit/create"),
+            "only a subscription without raw events is left"
         );
     }
 
@@ -558,6 +733,24 @@ mod tests {
         );
         drop(first);
         assert!(hub.subscribe("ws", vec![]).is_ok());
+    }
+
+    #[test]
+    fn fanned_out_id_follows_derived_events_and_a_handle_sets_filters() {
+        let hub = Hub::new(HubConfig::default());
+        let mut sub = hub.subscribe("webhooks", vec![]).expect("sub");
+        let handle = sub.filter_handle();
+        hub.publish(ev(1, "items/1/created"));
+        assert_eq!(hub.fanned_out_id(), 1);
+        assert!(sub.is_empty(), "no filter: nothing queued");
+        handle.set(vec![filter("items/#")]);
+        hub.publish(ev(2, "items/1/created"));
+        hub.publish(raw("spots/a/events/hit/create"));
+        assert_eq!(hub.fanned_out_id(), 2, "raw events have no id");
+        assert!(!sub.is_empty());
+        assert_eq!(sub.try_recv().map(|e| e.id()), Some(2));
+        handle.set(Vec::new());
+        assert!(sub.filters().is_empty());
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //!    Ids start at 1 and strictly increase; the event must already be readable through the
 //!    `EventLog`. `publish` never blocks. Build topics with [`topics`] (spec §7 spelling) and
 //!    payloads with [`topics::event_payload`] (`resource`, `time_event`, `time_created`).
+//!    Raw spot events (optional): `hub.publish(Published::raw(&topic, payload)?)` with
+//!    [`topics::raw_spot_event`]; no id, not logged, live only (ask [`Hub::wants_raw`]
+//!    first to skip building what nobody receives).
 //! 4. Mount [`stream_router`] (an `axum::Router`). On plain hyper: for paths where
 //!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
 //!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
@@ -52,7 +55,8 @@ pub mod webhook;
 
 pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
 pub use hub::{
-    Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError, Subscription,
+    FilterHandle, Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError,
+    Subscription,
 };
 pub use mount::{call_router, is_push_path};
 pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};

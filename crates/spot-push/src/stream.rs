@@ -3,12 +3,17 @@
 //! Both follow the hub through a [`Follower`], so they resume from the events log
 //! (`Last-Event-ID` / `after_id`) and refill from it what their queue had to drop.
 //!
+//! Raw spot events (server flag `--publish-raw`, topics `spots/<id>/events/…`) have no id:
+//! over WebSocket their message has no `"id"`; over SSE their event has no `id:` line, so
+//! the client's last event id (what `Last-Event-ID` resumes from) stays the last derived
+//! event's. They are live only: resumption does not replay them.
+//!
 //! WebSocket protocol (text frames, JSON):
 //! - client → server: `{"subscribe":"<filter>"}`, optionally with `"after_id":<id>`;
 //!   `{"unsubscribe":"<filter>"}`.
-//! - server → client: events `{"id":..,"topic":..,"payload":{..}}`; acknowledgements
-//!   `{"subscribed":"<filter>"}`, `{"unsubscribed":"<filter>"}`; `{"error":"<what>"}` for a
-//!   refused command (the connection stays open).
+//! - server → client: events `{"id":..,"topic":..,"payload":{..}}` (raw spot events without
+//!   `id`); acknowledgements `{"subscribed":"<filter>"}`, `{"unsubscribed":"<filter>"}`;
+//!   `{"error":"<what>"}` for a refused command (the connection stays open).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -127,9 +132,10 @@ async fn sse_handler(
         let mut follower = follower?;
         match follower.next().await {
             Ok(Some(e)) => {
-                let event = SseEvent::default()
-                    .id(e.id().to_string())
-                    .data(e.envelope_json());
+                let mut event = SseEvent::default().data(e.envelope_json());
+                if !e.is_raw() {
+                    event = event.id(e.id().to_string());
+                }
                 Some((Ok::<_, Infallible>(event), Some(follower)))
             }
             Ok(None) => None,

@@ -125,20 +125,20 @@ impl SseParser {
 /// One event received by [`follow`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TailEvent {
-    /// Event id.
-    pub id: u64,
+    /// Event id; `None` for a raw spot event (`--publish-raw`), which has none.
+    pub id: Option<u64>,
     /// Topic.
     pub topic: String,
     /// Payload object.
     pub payload: serde_json::Value,
-    /// The envelope as received: `{"id":..,"topic":..,"payload":..}`.
+    /// The envelope as received: `{"id":..,"topic":..,"payload":..}` (no `id`: raw event).
     pub json: String,
 }
 
 fn parse_envelope(message: SseMessage) -> Result<TailEvent, TailError> {
     #[derive(serde::Deserialize)]
     struct Envelope {
-        id: u64,
+        id: Option<u64>,
         topic: String,
         payload: serde_json::Value,
     }
@@ -211,7 +211,11 @@ pub async fn follow(
                                     return Err(TailError::Server(message.data));
                                 }
                                 let event = parse_envelope(message)?;
-                                last_id = Some(event.id);
+                                // Raw events have no id: resumption continues after the
+                                // last derived event, like a browser's EventSource.
+                                if event.id.is_some() {
+                                    last_id = event.id;
+                                }
                                 if !on_event(event) {
                                     return Ok(());
                                 }
@@ -284,7 +288,14 @@ mod tests {
             data: r#"{"id":3,"topic":"items/1/created","payload":{"a":1}}"#.into(),
         })
         .expect("valid");
-        assert_eq!((ok.id, ok.topic.as_str()), (3, "items/1/created"));
+        assert_eq!((ok.id, ok.topic.as_str()), (Some(3), "items/1/created"));
+        let raw = parse_envelope(SseMessage {
+            id: Some("3".into()),
+            event: "message".into(),
+            data: r#"{"topic":"spots/a/events/hit/create","payload":{}}"#.into(),
+        })
+        .expect("a raw event has no id");
+        assert_eq!(raw.id, None);
         assert!(matches!(
             parse_envelope(SseMessage {
                 id: None,

@@ -72,6 +72,28 @@ async fn keeps_events_published_while_the_broker_is_down() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_raw_spot_events_like_derived_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _broker = Broker::start(dir.path(), port).await;
+    let mut received = subscriber(port, "site/spots/+/events/#").await;
+    let hub = Hub::new(HubConfig::default());
+    let _outlet = MqttOutlet::spawn(outlet_config(port, "site"), &hub, None).expect("outlet");
+    let raw = Published::raw(
+        "spots/01a2/events/hit/create",
+        json!({"resource": {"item_code": "ab"}, "seq": null}).to_string(),
+    )
+    .expect("raw event");
+    hub.publish(raw);
+    let (topic, payload, _) = received.recv().await.expect("message");
+    assert_eq!(topic, "site/spots/01a2/events/hit/create");
+    assert_eq!(
+        payload,
+        json!({"resource": {"item_code": "ab"}, "seq": null})
+    );
+}
+
 /// No broker at all, a 4-event queue, a current-thread runtime (the outlet cannot run while
 /// the test publishes): exactly the overflow is counted.
 #[tokio::test]

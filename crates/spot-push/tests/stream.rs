@@ -70,6 +70,14 @@ impl SseReader {
     }
 
     async fn next_event(&mut self) -> (u64, Value) {
+        match self.next_message().await {
+            (Some(id), data) => (id, data),
+            (None, data) => panic!("an event without id: {data}"),
+        }
+    }
+
+    /// The next event's own `id:` line (if it has one) and data.
+    async fn next_message(&mut self) -> (Option<u64>, Value) {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -82,7 +90,7 @@ impl SseReader {
                         data = Some(serde_json::from_str::<Value>(v.trim()).expect("json data"));
                     }
                 }
-                if let (Some(id), Some(data)) = (id, data) {
+                if let Some(data) = data {
                     return (id, data);
                 }
                 continue; // keep-alive comment
@@ -165,6 +173,60 @@ async fn sse_refuses_bad_filters_and_bad_last_event_ids() {
         .await
         .expect("connect");
     assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn raw_events_come_over_sse_without_an_id_line_and_resumption_skips_them() {
+    let server = Server::start(HubConfig::default()).await;
+    let response = reqwest::get(format!(
+        "http://{}/api/stream?topic_filter=spots/%23",
+        server.url
+    ))
+    .await
+    .expect("connect");
+    let mut sse = SseReader::new(response);
+    server.commit(1, "spots/a/connected/203");
+    let raw = Published::raw("spots/a/events/hit/create", r#"{"resource":{}}"#.into())
+        .expect("raw event");
+    server.hub.publish(raw);
+    server.commit(2, "spots/a/disconnected/203");
+    assert_eq!(sse.next_message().await.0, Some(1));
+    assert_eq!(
+        sse.next_message().await,
+        (
+            None,
+            json!({"topic": "spots/a/events/hit/create", "payload": {"resource": {}}})
+        )
+    );
+    assert_eq!(sse.next_message().await.0, Some(2));
+    // A client resuming after 1 gets 2 from the log; the raw event is gone (live only).
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/stream", server.url))
+        .header("Last-Event-ID", "1")
+        .send()
+        .await
+        .expect("connect");
+    let mut resumed = SseReader::new(response);
+    assert_eq!(resumed.next_message().await.0, Some(2));
+}
+
+#[tokio::test]
+async fn raw_events_come_over_websocket_without_an_id() {
+    let server = Server::start(HubConfig::default()).await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "spots/+/events/#"})).await;
+    assert_eq!(
+        ws_recv(&mut ws).await,
+        json!({"subscribed": "spots/+/events/#"})
+    );
+    server.commit(1, "spots/a/connected/203");
+    let raw =
+        Published::raw("spots/a/events/presence/create", r#"{"seq":4}"#.into()).expect("raw event");
+    server.hub.publish(raw);
+    assert_eq!(
+        ws_recv(&mut ws).await,
+        json!({"topic": "spots/a/events/presence/create", "payload": {"seq": 4}})
+    );
 }
 
 type Ws =
@@ -316,11 +378,14 @@ async fn tail_follows_from_an_id_then_live() {
         spot_push::tail::follow(&options, |e| tx.send(e).is_ok(), |_| {}).await
     });
     let event = rx.recv().await.expect("event");
-    assert_eq!((event.id, event.topic.as_str()), (2, "items/1/created"));
+    assert_eq!(
+        (event.id, event.topic.as_str()),
+        (Some(2), "items/1/created")
+    );
     assert_eq!(event.payload, json!({"n": 2}));
-    assert_eq!(rx.recv().await.expect("event").id, 3);
+    assert_eq!(rx.recv().await.expect("event").id, Some(3));
     server.commit(5, "items/2/created");
-    assert_eq!(rx.recv().await.expect("event").id, 5);
+    assert_eq!(rx.recv().await.expect("event").id, Some(5));
     drop(rx);
     server.commit(6, "items/2/created");
     follow
@@ -363,7 +428,7 @@ async fn tail_reconnects_with_last_event_id() {
     spot_push::tail::follow(
         &options,
         |e| {
-            ids.push(e.id);
+            ids.push(e.id.expect("derived event"));
             ids.len() < 3
         },
         |_| reconnects += 1,

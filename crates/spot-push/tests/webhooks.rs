@@ -402,3 +402,133 @@ async fn deliveries_older_than_the_hold_time_are_given_up_and_counted() {
     }
     panic!("the delivery was never given up");
 }
+
+/// An [`EventLog`] recording the ids it hands out (to see what a restart re-reads).
+struct RecordingLog {
+    inner: MemoryEventLog,
+    read: std::sync::Mutex<Vec<u64>>,
+}
+
+impl spot_push::EventLog for RecordingLog {
+    fn events_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> spot_push::BoxFuture<'_, Result<Vec<Published>, spot_push::LogError>> {
+        Box::pin(async move {
+            let events = self.inner.events_after(after_id, limit).await?;
+            let mut read = self.read.lock().expect("lock");
+            read.extend(events.iter().map(|e| e.id()));
+            Ok(events)
+        })
+    }
+}
+
+fn webhook_outlet(hub: &Hub) -> spot_push::OutletStats {
+    hub.stats()
+        .outlets
+        .into_iter()
+        .find(|o| o.outlet == "webhooks")
+        .expect("webhooks outlet")
+}
+
+/// A current-thread runtime: the dispatcher cannot run while the test publishes, so what
+/// the hub queued for it is still there to be seen.
+#[tokio::test]
+async fn events_no_subscription_wants_are_not_queued_nor_reread_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("push.sqlite");
+    let log = Arc::new(RecordingLog {
+        inner: MemoryEventLog::new(10_000),
+        read: Default::default(),
+    });
+    let config = WebhookConfig {
+        cursor_checkpoint: Duration::from_millis(10),
+        ..fast_config()
+    };
+    let commit = |hub: &Hub, id: u64, topic: &str| {
+        let event = Published::from_value(id, topic, &json!({ "n": id })).expect("event");
+        log.inner.append(event.clone());
+        hub.publish(event);
+    };
+    // With no subscription at all, nothing reaches the dispatcher.
+    let hub = Hub::new(HubConfig::default());
+    let store = WebhookStore::open(&db).expect("store");
+    let webhooks = Webhooks::start(store, &hub, log.clone(), config.clone()).expect("start");
+    commit(&hub, 1, "spots/1/connected/203");
+    let outlet = webhook_outlet(&hub);
+    assert_eq!(
+        (outlet.subscriptions, outlet.queued, outlet.dropped_total),
+        (1, 0, 0),
+        "nothing queued for the dispatcher"
+    );
+    webhooks.shutdown();
+    drop(webhooks);
+    // One subscription to `spots/#`: event 2 is queued and delivered (stored cursor 2),
+    // then 998 `items` events nobody wants are not queued.
+    let (target, mut received) = receiver(0).await;
+    let store = WebhookStore::open(&db).expect("reopen");
+    store
+        .create(
+            spot_push::webhook::SubscriptionInput {
+                topic_filter: Some("spots/#".into()),
+                target_url: Some(target),
+                ..Default::default()
+            },
+            1,
+        )
+        .expect("subscription");
+    let webhooks = Webhooks::start(store, &hub, log.clone(), config.clone()).expect("start");
+    commit(&hub, 2, "spots/1/connected/203");
+    let delivery = received.recv().await.expect("delivery");
+    assert_eq!(delivery.headers["idempotency-key"], "2");
+    for id in 3..=1000 {
+        commit(&hub, id, "items/1/created");
+    }
+    assert_eq!(
+        webhook_outlet(&hub).queued,
+        0,
+        "only wanted events are queued"
+    );
+    // Idle: the stored cursor moves past what nobody wanted.
+    for _ in 0..2000 {
+        if webhooks.store().cursor().expect("cursor") == Some(1000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(webhooks.store().cursor().expect("cursor"), Some(1000));
+    webhooks.shutdown();
+    drop(webhooks);
+    // Restart: the dispatcher starts after 1000 and reads nothing back from the log.
+    let hub = Hub::new(HubConfig::default());
+    let store = WebhookStore::open(&db).expect("reopen");
+    let _webhooks = Webhooks::start(store, &hub, log.clone(), config).expect("restart");
+    commit(&hub, 1001, "items/1/created");
+    commit(&hub, 1002, "spots/1/disconnected/203");
+    let delivery = received.recv().await.expect("delivery");
+    assert_eq!(delivery.headers["idempotency-key"], "1002");
+    let read = log.read.lock().expect("lock").clone();
+    assert!(
+        read.iter().all(|id| *id > 1000),
+        "events before the restart were re-read from the log: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn raw_spot_events_are_not_delivered_to_webhooks() {
+    let (target, mut received) = receiver(0).await;
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    s.create(json!({"topic_filter": "#", "target_url": target}))
+        .await;
+    let raw = Published::raw("spots/a/events/hit/create", "{}".into()).expect("raw");
+    s.hub.publish(raw);
+    assert_eq!(webhook_outlet(&s.hub).queued, 0, "not even queued");
+    s.commit(1, "spots/a/connected/203");
+    let delivery = received.recv().await.expect("delivery");
+    assert_eq!(delivery.headers["idempotency-key"], "1");
+}

@@ -268,6 +268,8 @@ impl Table {
 pub struct UpstreamRow {
     /// The spot's serial number.
     pub serial: String,
+    /// The id of the spot resource (not stored; the raw events' push topic).
+    pub spot_id: String,
     /// Its sequence key, if any.
     pub seq: Option<u64>,
     /// Server time of receipt.
@@ -626,6 +628,7 @@ impl Domain {
                 self.journal.push(JournalEntry::Event {
                     row: UpstreamRow {
                         serial: serial.to_string(),
+                        spot_id: spot_id.clone(),
                         seq: event.seq,
                         time_received: now,
                         event_json,
@@ -687,6 +690,7 @@ impl Domain {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
+                spot_id,
                 seq: event.seq,
                 time_received: now,
                 event_json,

@@ -6,6 +6,13 @@
 //! the derived events of each commit and keeps the id of a batch's last event with the batch
 //! (`event_batches.last_event_id`); its prune keeps the newest batch, so ids continue after
 //! a restart. The REST API's string ids stay as they are.
+//!
+//! Raw spot events (`publish_raw`): every accepted upstream event is also published, after
+//! its commit, under `spots/<spot id>/events/<resource_type>/<action>` with the payload
+//! `{"resource": <the event's object>, "serial_number", "seq", "time_event",
+//! "time_created"}`; they have no push id and are live only (see [`spot_push::Published::raw`]).
+//! Off: one branch per commit. On: an event no subscription's filter matches costs a topic
+//! and a match, no payload.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -31,6 +38,8 @@ pub struct PushConfig {
     pub webhooks: WebhookConfig,
     /// Publish to this MQTT broker (`--mqtt`); off when `None`.
     pub mqtt: Option<MqttConfig>,
+    /// Publish the raw spot events too (`--publish-raw`).
+    pub publish_raw: bool,
 }
 
 /// Why the push layer could not start.
@@ -82,6 +91,67 @@ pub fn to_published(id: u64, doc: &str) -> Result<Published, String> {
         event.time_created.get()
     );
     Published::new(id, &event.topic, payload).map_err(|e| e.to_string())
+}
+
+/// The event of an upstream row, borrowed: `["<resource_type>","<action>",{...}]`.
+#[derive(Deserialize)]
+struct RawParts<'a>(
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+    #[serde(borrow)] &'a RawValue,
+);
+
+/// The device times of an event object (`time` of a spot status or a hit, `time_last` of a
+/// presence: what [`spot_protocol::Event::timestamp`] reads).
+#[derive(Deserialize)]
+struct DeviceTimes<'a> {
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time_last: Option<&'a RawValue>,
+}
+
+/// The raw event of an accepted upstream row (`--publish-raw`), or `None` when no
+/// subscription wants its topic (then no payload is built).
+pub fn raw_published(
+    row: &crate::domain::UpstreamRow,
+    hub: &Hub,
+) -> Result<Option<Published>, String> {
+    let what = || format!("raw event of spot {} (seq {:?})", row.serial, row.seq);
+    let RawParts(resource_type, action, object) =
+        serde_json::from_str(&row.event_json).map_err(|e| format!("{}: {e}", what()))?;
+    let topic = spot_push::topics::raw_spot_event(&row.spot_id, &resource_type, &action);
+    if !hub.wants_raw(&topic) {
+        return Ok(None);
+    }
+    if !object.get().starts_with('{') {
+        return Err(format!(
+            "{}: the event's object is not a JSON object",
+            what()
+        ));
+    }
+    let times: DeviceTimes<'_> =
+        serde_json::from_str(object.get()).map_err(|e| format!("{}: {e}", what()))?;
+    let time_event = match &*resource_type {
+        "presence" => times.time_last,
+        "spot" | "hit" => times.time,
+        _ => None,
+    }
+    .map(RawValue::get)
+    .filter(|t| t.starts_with('"'))
+    .unwrap_or("null");
+    let serial = serde_json::to_string(&row.serial).map_err(|e| format!("{}: {e}", what()))?;
+    let seq = row
+        .seq
+        .map_or_else(|| "null".to_string(), |s| s.to_string());
+    let payload = format!(
+        r#"{{"resource":{},"serial_number":{serial},"seq":{seq},"time_event":{time_event},"time_created":"{}"}}"#,
+        object.get(),
+        spot_protocol::Timestamp(row.time_received)
+    );
+    Published::raw(&topic, payload)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", what()))
 }
 
 /// Adds `event_batches.last_event_id` to a database written before push ids existed (its
@@ -180,10 +250,12 @@ impl EventLog for SqliteEventLog {
     }
 }
 
-/// Called by the store after each commit: publishes the commit's derived events.
+/// Called by the store after each commit: publishes the commit's derived events (and,
+/// with `publish_raw`, its raw spot events).
 #[derive(Clone)]
 pub struct Publisher {
     hub: Hub,
+    raw: bool,
 }
 
 impl Publisher {
@@ -195,6 +267,21 @@ impl Publisher {
             match to_published(id, doc) {
                 Ok(event) => self.hub.publish(event),
                 Err(e) => tracing::warn!("push: event not published: {e}"),
+            }
+        }
+    }
+
+    /// `rows` are the upstream events of a commit, in order: published as raw spot events
+    /// when `publish_raw` is on (nothing is done when it is off). Never blocks.
+    pub fn raw_events<'a>(&self, rows: impl IntoIterator<Item = &'a crate::domain::UpstreamRow>) {
+        if !self.raw {
+            return;
+        }
+        for row in rows {
+            match raw_published(row, &self.hub) {
+                Ok(Some(event)) => self.hub.publish(event),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("push: {e}: not published"),
             }
         }
     }
@@ -243,6 +330,7 @@ pub struct Push {
     router: axum::Router,
     webhooks: Arc<Webhooks>,
     mqtt: Option<MqttOutlet>,
+    publish_raw: bool,
     /// Set when the server stops: ends the SSE streams.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -282,6 +370,7 @@ impl Push {
             router,
             webhooks,
             mqtt,
+            publish_raw: config.publish_raw,
             closing: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -290,6 +379,7 @@ impl Push {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             hub: self.hub.clone(),
+            raw: self.publish_raw,
         }
     }
 
@@ -439,6 +529,107 @@ mod tests {
         assert_eq!((got[0].id(), got[0].topic()), (1, "a/1"));
     }
 
+    fn row(json: &str, seq: Option<u64>) -> crate::domain::UpstreamRow {
+        crate::domain::UpstreamRow {
+            serial: "20\"3".into(),
+            spot_id: "01a2".into(),
+            seq,
+            time_received: 1_764_000_000_002,
+            event_json: json.into(),
+        }
+    }
+
+    fn subscribe_all(hub: &Hub) -> spot_push::Subscription {
+        hub.subscribe("test", vec![spot_push::TopicFilter::new("#").expect("f")])
+            .expect("sub")
+    }
+
+    #[test]
+    fn a_raw_event_gets_its_topic_and_the_documented_payload() {
+        let hub = Hub::new(HubConfig::default());
+        let _sub = subscribe_all(&hub);
+        let presence = r#"["presence","update",{"item_code":"ab","proximity":"near","time_started":"2024-01-01T00:00:00Z","time_last":"2024-01-01T00:00:01.500Z","seq":9}]"#;
+        let event = raw_published(&row(presence, Some(9)), &hub)
+            .expect("valid")
+            .expect("wanted");
+        assert!(event.is_raw());
+        assert_eq!(event.topic(), "spots/01a2/events/presence/update");
+        let payload: Value = serde_json::from_str(event.payload_json()).expect("json");
+        assert_eq!(
+            payload,
+            json!({
+                "resource": {"item_code": "ab", "proximity": "near",
+                    "time_started": "2024-01-01T00:00:00Z",
+                    "time_last": "2024-01-01T00:00:01.500Z", "seq": 9},
+                "serial_number": "20\"3",
+                "seq": 9,
+                "time_event": "2024-01-01T00:00:01.500Z",
+                "time_created": "2025-11-24T16:00:00.002Z",
+            })
+        );
+        let hit = r#"["hit","create",{"time":"2024-01-01T00:00:02Z","item_code":"ab"}]"#;
+        let payload: Value = serde_json::from_str(
+            raw_published(&row(hit, None), &hub)
+                .expect("valid")
+                .expect("wanted")
+                .payload_json(),
+        )
+        .expect("json");
+        assert_eq!(
+            (&payload["time_event"], &payload["seq"]),
+            (&json!("2024-01-01T00:00:02Z"), &Value::Null)
+        );
+        // A config has no device time; a spot's `time` that is not a string is not one.
+        for json in [
+            r#"["config","create",{"time":"2024-01-01T00:00:02Z"}]"#,
+            r#"["spot","create",{"time":5}]"#,
+        ] {
+            let event = raw_published(&row(json, None), &hub)
+                .expect("valid")
+                .expect("wanted");
+            let payload: Value = serde_json::from_str(event.payload_json()).expect("json");
+            assert_eq!(payload["time_event"], Value::Null, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_raw_event_nobody_wants_is_not_built_and_a_bad_one_names_the_spot() {
+        let hub = Hub::new(HubConfig::default());
+        let _items = hub
+            .subscribe(
+                "test",
+                vec![spot_push::TopicFilter::new("items/#").expect("f")],
+            )
+            .expect("sub");
+        let hit = r#"["hit","create",{}]"#;
+        assert!(raw_published(&row(hit, None), &hub)
+            .expect("valid")
+            .is_none());
+        let _all = subscribe_all(&hub);
+        for bad in [r#"{"hit":1}"#, r#"["hit","create",[1]]"#] {
+            let e = raw_published(&row(bad, Some(4)), &hub).expect_err("bad row");
+            assert!(e.contains("spot 20\"3 (seq Some(4))"), "{e}");
+        }
+    }
+
+    #[test]
+    fn raw_events_are_published_only_when_switched_on() {
+        let hub = Hub::new(HubConfig::default());
+        let mut sub = subscribe_all(&hub);
+        let rows = [row(r#"["hit","create",{}]"#, Some(1))];
+        let publisher = |raw| Publisher {
+            hub: hub.clone(),
+            raw,
+        };
+        publisher(false).raw_events(&rows);
+        assert!(sub.try_recv().is_none());
+        assert_eq!(hub.stats().raw_published_total, 0);
+        publisher(true).raw_events(&rows);
+        let event = sub.try_recv().expect("raw event");
+        assert_eq!(event.topic(), "spots/01a2/events/hit/create");
+        assert_eq!(hub.last_id(), 0, "no push id taken");
+    }
+
     #[test]
     fn one_commit_maps_to_consecutive_ids_ending_at_the_last_row() {
         let hub = Hub::new(HubConfig::default());
@@ -449,7 +640,11 @@ mod tests {
             ("a".to_string(), 0, doc("items/1/created")),
             ("b".to_string(), 0, doc("items/1/appeared")),
         ];
-        Publisher { hub: hub.clone() }.committed(&log, 42);
+        Publisher {
+            hub: hub.clone(),
+            raw: false,
+        }
+        .committed(&log, 42);
         let first = sub.try_recv().expect("first");
         let second = sub.try_recv().expect("second");
         assert_eq!((first.id(), first.topic()), (41, "items/1/created"));

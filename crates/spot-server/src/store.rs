@@ -367,6 +367,7 @@ impl Store {
         self.last_event_id = last_event_id;
         if let Some(publisher) = &self.publisher {
             publisher.committed(&changes.log, last_event_id);
+            publisher.raw_events(changes.upstream());
         }
         Ok(())
     }
@@ -492,6 +493,8 @@ fn parse_journal_line(line: &str) -> Option<JournalEntry> {
             Some(JournalEntry::Event {
                 row: UpstreamRow {
                     serial,
+                    // Not journaled: the raw events of a replay are not published again.
+                    spot_id: String::new(),
                     seq,
                     time_received: time,
                     event_json: rest.to_string(),
@@ -513,6 +516,7 @@ mod tests {
         JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.into(),
+                spot_id: String::new(),
                 seq,
                 time_received: time,
                 event_json: json.into(),
@@ -601,6 +605,7 @@ mod tests {
         let replayed = JournalEntry::Event {
             row: UpstreamRow {
                 serial: "7".into(),
+                spot_id: String::new(),
                 seq: Some(3),
                 time_received: 1_003,
                 event_json: r#"["hit","create",{"x":"a\tb"}]"#.into(),

@@ -140,6 +140,7 @@ impl Sse {
                 if message.data.is_empty() {
                     continue; // keep-alive
                 }
+                // The last id seen (a raw event has none of its own: SSE keeps the last).
                 let id = message.id.as_deref().expect("id").parse().expect("u64 id");
                 let event = serde_json::from_str(&message.data).expect("JSON");
                 self.ready.push_back((id, event));
@@ -349,4 +350,137 @@ async fn shutdown_ends_open_event_streams_instead_of_waiting_for_the_grace_perio
     })
     .await
     .expect("the stream ended and the server stopped");
+}
+
+/// The resource id of the spot with `serial`.
+async fn spot_id(addr: SocketAddr, serial: &str) -> String {
+    let (_, spots) = get(addr, "/api/spots?results_only=true").await;
+    spots
+        .as_array()
+        .expect("spots")
+        .iter()
+        .find(|s| s["serial_number"] == serial)
+        .and_then(|s| s["id"].as_str())
+        .expect("the spot's id")
+        .to_string()
+}
+
+/// Checks `payload` is the raw `presence create` of `code` that spot 203 posted.
+fn assert_raw_presence(payload: &Value, code: &str) {
+    assert_eq!(payload["resource"]["item_code"], code, "{payload}");
+    assert_eq!(payload["resource"]["proximity"], "near");
+    assert_eq!(payload["serial_number"], "203");
+    assert_eq!(payload["seq"], Value::Null, "posted without seq");
+    assert_eq!(payload["time_event"], "2024-01-01T00:00:01Z");
+    assert!(payload["time_created"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_publish_raw_the_spots_own_events_reach_websocket_sse_and_mqtt() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let port = mosquitto::free_port();
+    let _broker = mosquitto::Broker::start(broker_dir.path(), port).await;
+    let mut mqtt = mosquitto::subscriber(port, "spots/+/events/presence/#").await;
+    let (server, _dir) = start(|config| {
+        let mut mqtt =
+            spot_push::MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}")).expect("url");
+        mqtt.client_id = "spot-server-raw-test".into();
+        config.push.mqtt = Some(mqtt);
+        config.push.publish_raw = true;
+    })
+    .await;
+    let addr = server.http_addr();
+    let mut ws = ws_subscribe(addr, "spots/+/events/#").await;
+    let mut sse = Sse::open(addr, "#", None).await;
+    post_presence(addr, "203", "ff01").await;
+    let spot = spot_id(addr, "203").await;
+    // WebSocket: the spot create, then the presence, without ids.
+    let create = ws_next(&mut ws).await;
+    assert_eq!(create["topic"], format!("spots/{spot}/events/spot/create"));
+    assert_eq!(create["payload"]["resource"]["spot_id"], 203);
+    assert!(
+        create.get("id").is_none(),
+        "raw events have no id: {create}"
+    );
+    let raw = ws_next(&mut ws).await;
+    assert_eq!(raw["topic"], format!("spots/{spot}/events/presence/create"));
+    assert!(raw.get("id").is_none(), "{raw}");
+    assert_raw_presence(&raw["payload"], "ff01");
+    // SSE ("#"): the derived events carry ids; the raw ones come after them, without.
+    let mut derived_ids = Vec::new();
+    let mut raw_topics = Vec::new();
+    while raw_topics.len() < 2 {
+        let (id, event) = sse.next().await;
+        match event.get("id") {
+            Some(own) => {
+                assert_eq!(own.as_u64(), Some(id));
+                assert!(
+                    raw_topics.is_empty(),
+                    "derived events of a commit come first"
+                );
+                derived_ids.push(id);
+            }
+            None => {
+                assert_eq!(
+                    Some(&id),
+                    derived_ids.last(),
+                    "SSE keeps the last derived id"
+                );
+                raw_topics.push(event["topic"].clone());
+                if raw_topics.len() == 2 {
+                    assert_eq!(event, raw);
+                }
+            }
+        }
+    }
+    assert!(!derived_ids.is_empty());
+    // MQTT: the same payload.
+    let (topic, payload, _) = mqtt.recv().await.expect("MQTT message");
+    assert_eq!(topic, raw["topic"]);
+    assert_eq!(payload, raw["payload"]);
+    let (_, metrics) = metrics(addr).await;
+    assert!(
+        metrics.contains("spot_push_raw_published_total 2"),
+        "{metrics}"
+    );
+    drop((ws, sse));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_publish_raw_no_raw_event_is_pushed() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    let mut ws = ws_subscribe(addr, "#").await;
+    post_presence(addr, "203", "ff02").await;
+    post_presence(addr, "204", "ff03").await;
+    // Everything up to the second spot's presence: raw events of the first POST would
+    // have come before it.
+    loop {
+        let event = ws_next(&mut ws).await;
+        let topic = event["topic"].as_str().expect("topic");
+        assert!(!topic.contains("/events/"), "raw event pushed: {event}");
+        assert!(event["id"].is_u64(), "{event}");
+        if topic.starts_with("presences/") && event["payload"]["resource"]["item"].is_string() {
+            let (_, items) = get(addr, "/api/items?results_only=true").await;
+            let ff03 = items
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|i| i["code_hex"] == "ff03")
+                .map(|i| i["id"].clone());
+            if ff03.as_ref() == Some(&event["payload"]["resource"]["item"]) {
+                break;
+            }
+        }
+    }
+    let (_, metrics) = metrics(addr).await;
+    assert!(
+        metrics.contains("spot_push_raw_published_total 0"),
+        "{metrics}"
+    );
+    drop(ws);
+    server.shutdown().await;
 }

@@ -1,10 +1,22 @@
 //! Webhooks: the `subscriptions` resource and the delivery of matching events to their
 //! `target_url`.
 //!
+//! Raw spot events (`--publish-raw`) are not delivered to webhooks: they have no event id
+//! (the idempotency key and the queue's order) and are not in the log the queue refills
+//! from; applications take them over MQTT, WebSocket or SSE.
+//!
 //! Flow: hub → *dispatcher* (a [`Follower`] starting after the persistent cursor, so events
 //! published while the server was down are read from the log) → matching against every
 //! subscription (only events after its creation) → `push_deliveries` rows + cursor in one
 //! transaction → one *worker* per subscription, delivering its rows in order:
+//!
+//! The dispatcher's hub subscription holds the subscriptions' filters (each once), so only
+//! events some subscription may want are queued to it: with no subscription, publishing
+//! costs it one empty check per event and nothing else. When idle for
+//! [`WebhookConfig::cursor_checkpoint`], it moves the stored cursor past the events nobody
+//! wanted ([`crate::Hub::fanned_out_id`]), so a restart does not re-read them from the log.
+//!
+//! Delivery:
 //! `POST target_url` with the envelope `{"id","topic","payload"}` as JSON body and headers
 //! `Idempotency-Key: <event id>`, `X-Spot-Event-Id`, `X-Spot-Topic` and, with a secret,
 //! `X-Spot-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
@@ -27,7 +39,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::follow::{EventLog, Follower};
-use crate::hub::{Hub, HubError};
+use crate::hub::{FilterHandle, Hub, HubError};
 use crate::topic::TopicFilter;
 pub use store::{
     Delivery, InputError, StoreError, SubscriptionInput, WebhookStore, WebhookSubscription,
@@ -49,6 +61,9 @@ pub struct WebhookConfig {
     pub max_api_body_bytes: usize,
     /// Events matched and queued per transaction.
     pub enqueue_batch: usize,
+    /// After this long without a matching event, the stored cursor moves past the events
+    /// nobody wanted (one small write; bounds what a restart re-reads from the log).
+    pub cursor_checkpoint: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -60,6 +75,7 @@ impl Default for WebhookConfig {
             max_subscriptions: 1000,
             max_api_body_bytes: 64 * 1024,
             enqueue_batch: 256,
+            cursor_checkpoint: Duration::from_secs(1),
         }
     }
 }
@@ -84,6 +100,18 @@ struct Matcher {
     start_event_id: u64,
 }
 
+/// Each filter of `matchers` once, plus `extra`: what the dispatcher's hub subscription
+/// needs.
+fn union(matchers: &[Matcher], extra: Option<&TopicFilter>) -> Vec<TopicFilter> {
+    let mut filters: Vec<TopicFilter> = Vec::new();
+    for f in matchers.iter().map(|m| &m.filter).chain(extra) {
+        if !filters.contains(f) {
+            filters.push(f.clone());
+        }
+    }
+    filters
+}
+
 struct Worker {
     notify: Arc<Notify>,
     task: JoinHandle<()>,
@@ -98,6 +126,8 @@ pub struct Webhooks {
     /// Locked while a batch is matched and while subscriptions change, so a new
     /// subscription gets exactly the events published after its creation.
     matchers: Mutex<Vec<Matcher>>,
+    /// The filters of the dispatcher's hub subscription: [`union`] of `matchers`.
+    filters: FilterHandle,
     workers: Mutex<HashMap<i64, Worker>>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -151,11 +181,12 @@ impl Webhooks {
                 start_event_id,
             })
             .collect::<Vec<_>>();
-        let sub = hub.subscribe(
-            "webhooks",
-            vec![TopicFilter::new("#").unwrap_or_else(|_| unreachable!("valid"))],
-        )?;
-        let follower = Follower::new(sub, log, store.cursor()?);
+        let sub = hub.subscribe("webhooks", union(&matchers, None))?;
+        // Deliveries are keyed by event id: raw spot events (no id, live only) are not sent.
+        sub.set_receive_raw(false);
+        let filters = sub.filter_handle();
+        let cursor = store.cursor()?;
+        let follower = Follower::new(sub, log, cursor);
         let ids: Vec<i64> = matchers.iter().map(|m| m.id).collect();
         let this = Arc::new(Self {
             store,
@@ -163,13 +194,18 @@ impl Webhooks {
             config,
             client,
             matchers: Mutex::new(matchers),
+            filters,
             workers: Mutex::new(HashMap::new()),
             dispatcher: Mutex::new(None),
         });
         for id in ids {
             this.spawn_worker(id);
         }
-        let task = tokio::spawn(dispatch(Arc::downgrade(&this), follower));
+        let task = tokio::spawn(dispatch(
+            Arc::downgrade(&this),
+            follower,
+            cursor.unwrap_or(0),
+        ));
         *lock(&this.dispatcher) = Some(task);
         Ok(this)
     }
@@ -214,8 +250,21 @@ impl Webhooks {
                     self.config.max_subscriptions
                 )));
             }
+            // The hub queues the new filter's events before the start id is read: every
+            // event after it reaches the dispatcher.
+            let filter = input
+                .topic_filter
+                .as_deref()
+                .and_then(|t| TopicFilter::new(t).ok());
+            self.filters.set(union(&matchers, filter.as_ref()));
             let start_event_id = self.hub.last_id();
-            let created = self.store.create(input, start_event_id)?;
+            let created = match self.store.create(input, start_event_id) {
+                Ok(created) => created,
+                Err(e) => {
+                    self.filters.set(union(&matchers, None));
+                    return Err(e.into());
+                }
+            };
             if let Ok(filter) = TopicFilter::new(&created.topic_filter) {
                 matchers.push(Matcher {
                     id: created.id,
@@ -223,6 +272,7 @@ impl Webhooks {
                     start_event_id,
                 });
             }
+            self.filters.set(union(&matchers, None));
             created
         };
         self.spawn_worker(created.id);
@@ -235,8 +285,13 @@ impl Webhooks {
         input: SubscriptionInput,
     ) -> Result<Option<WebhookSubscription>, api::ApiError> {
         let mut matchers = lock(&self.matchers);
-        let updated = self.store.update(id, input)?;
-        if let Some(updated) = &updated {
+        let filter = input
+            .topic_filter
+            .as_deref()
+            .and_then(|t| TopicFilter::new(t).ok());
+        self.filters.set(union(&matchers, filter.as_ref()));
+        let updated = self.store.update(id, input);
+        if let Ok(Some(updated)) = &updated {
             if let (Some(m), Ok(filter)) = (
                 matchers.iter_mut().find(|m| m.id == id),
                 TopicFilter::new(&updated.topic_filter),
@@ -244,7 +299,9 @@ impl Webhooks {
                 m.filter = filter;
             }
         }
+        self.filters.set(union(&matchers, None));
         drop(matchers);
+        let updated = updated?;
         if let Some(worker) = lock(&self.workers).get(&id) {
             worker.notify.notify_one(); // the target may have changed: retry now
         }
@@ -255,6 +312,7 @@ impl Webhooks {
         let existed = {
             let mut matchers = lock(&self.matchers);
             matchers.retain(|m| m.id != id);
+            self.filters.set(union(&matchers, None));
             self.store.delete(id)?
         };
         if let Some(worker) = lock(&self.workers).remove(&id) {
@@ -281,9 +339,30 @@ impl Webhooks {
     }
 }
 
-async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower) {
+async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower, mut saved: u64) {
+    let Some(checkpoint) = webhooks.upgrade().map(|w| w.config.cursor_checkpoint) else {
+        return;
+    };
     loop {
-        let first = match follower.next().await {
+        let next = tokio::select! {
+            next = follower.next() => next,
+            () = tokio::time::sleep(checkpoint) => {
+                let Some(this) = webhooks.upgrade() else {
+                    return;
+                };
+                // Read before looking at the queue: see `Follower::caught_up`.
+                let upto = this.hub.fanned_out_id();
+                if upto > saved && follower.caught_up() {
+                    follower.advance_to(upto);
+                    match blocking(&this.store, move |s| s.enqueue(&[], upto)).await {
+                        Ok(()) => saved = upto,
+                        Err(e) => tracing::warn!(error = %e, "webhooks: cannot store the cursor"),
+                    }
+                }
+                continue;
+            }
+        };
+        let first = match next {
             Ok(Some(e)) => e,
             Ok(None) => return,
             Err(e) => {
@@ -302,7 +381,7 @@ async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower) {
                 _ => break,
             }
         }
-        let cursor = batch.last().map(|e| e.id()).unwrap_or(0);
+        let cursor = batch.iter().map(|e| e.id()).max().unwrap_or(0);
         let rows: Vec<(i64, u64, String)> = {
             let matchers = lock(&this.matchers);
             batch
@@ -328,7 +407,10 @@ async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower) {
             })
             .await;
             match result {
-                Ok(()) => break,
+                Ok(()) => {
+                    saved = saved.max(cursor);
+                    break;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "webhooks: cannot queue deliveries; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
