@@ -338,6 +338,27 @@ impl Hub {
         }
     }
 
+    /// When no subscription exists, accounts for `count` derived events up to `last_id` as
+    /// published (ids, counters, fan-out mark) without their being built, and returns `true`;
+    /// otherwise returns `false` and the caller publishes them. Holds the subscription list
+    /// while it does, so a subscription made meanwhile starts after `last_id` (and reads
+    /// anything older from the log).
+    pub fn skip_unless_subscribed(&self, last_id: u64, count: u64) -> bool {
+        let subscriptions = read(&self.inner.subscriptions);
+        if !subscriptions.is_empty() {
+            return false;
+        }
+        self.inner.last_id.fetch_max(last_id, Ordering::AcqRel);
+        self.inner
+            .published_total
+            .fetch_add(count, Ordering::Relaxed);
+        self.inner
+            .fanned_out_id
+            .fetch_max(last_id, Ordering::AcqRel);
+        drop(subscriptions);
+        true
+    }
+
     /// Id of the last event whose fan-out is complete: every subscription that wanted it
     /// and every earlier event (one publishing thread) has it queued, or counted it dropped
     /// and is marked lagged. A consumer whose queue is empty and not lagged after reading
@@ -733,6 +754,21 @@ mod tests {
         );
         drop(first);
         assert!(hub.subscribe("ws", vec![]).is_ok());
+    }
+
+    #[test]
+    fn without_subscriptions_events_are_only_counted_and_with_one_they_are_delivered() {
+        let hub = Hub::new(HubConfig::default());
+        assert!(hub.skip_unless_subscribed(5, 5));
+        assert_eq!(hub.fanned_out_id(), 5);
+        assert_eq!(hub.stats().published_total, 5);
+        let mut sub = hub.subscribe("ws", vec![filter("#")]).expect("sub");
+        assert!(
+            !hub.skip_unless_subscribed(6, 1),
+            "a subscriber must get it"
+        );
+        hub.publish(ev(6, "items/a/created"));
+        assert_eq!(sub.try_recv().map(|e| e.id()), Some(6));
     }
 
     #[test]

@@ -262,6 +262,9 @@ impl Publisher {
     /// `log` are the derived events of a commit (id, time, JSON document) in order;
     /// `last_id` the push id of the last one. Never blocks.
     pub fn committed(&self, log: &[(String, i64, String)], last_id: u64) {
+        if self.hub.skip_unless_subscribed(last_id, log.len() as u64) {
+            return;
+        }
         let first = (last_id + 1).saturating_sub(log.len() as u64);
         for (id, (_, _, doc)) in (first..).zip(log) {
             match to_published(id, doc) {
