@@ -230,6 +230,14 @@ pub struct LogEvent {
     pub data: Box<RawValue>,
 }
 
+/// A derived event in memory: its JSON document (a [`LogEvent`]) and what lookups need.
+#[derive(Debug, Clone)]
+struct Logged {
+    id: String,
+    time_created: i64,
+    doc: String,
+}
+
 /// The tables of the store (one JSON document per row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -425,7 +433,7 @@ pub struct Domain {
     presences: IdMap<PresenceRes>,
     /// Item id → location id → presence id (one presence per item × location).
     presences_of_item: HashMap<String, HashMap<String, String>>,
-    events: VecDeque<LogEvent>,
+    events: VecDeque<Logged>,
     /// Rows changed since the last flush: table and id value ([`id_key`]).
     dirty: HashSet<(Table, u64)>,
     /// Rows deleted since the last flush.
@@ -513,7 +521,11 @@ impl Domain {
         for doc in docs {
             let e: LogEvent =
                 serde_json::from_str(&doc).map_err(|err| format!("events row: {err}"))?;
-            self.events.push_back(e);
+            self.events.push_back(Logged {
+                id: e.id,
+                time_created: e.time_created,
+                doc,
+            });
         }
         while self.events.len() > self.config.events_max_in_memory {
             self.events.pop_front();
@@ -813,7 +825,7 @@ impl Domain {
         self.dirty.insert((table, key(&real_id)));
         self.must_flush = true;
         let value = self.get(collection, &real_id).unwrap_or(Value::Null);
-        let data = RawValue::from_string(value.to_string()).unwrap_or_else(|_| raw(&()));
+        let data = value.to_string();
         let topic = topics::api_change(collection, &real_id, "updated", "PUT");
         self.log(topic, None, now, data);
         Ok(value)
@@ -834,7 +846,7 @@ impl Domain {
             "events" => self
                 .events
                 .iter()
-                .filter_map(|v| serde_json::to_value(v).ok())
+                .filter_map(|e| serde_json::from_str(&e.doc).ok())
                 .collect(),
             _ => return None,
         })
@@ -863,7 +875,7 @@ impl Domain {
                 .events
                 .binary_search_by(|e| e.id.as_str().cmp(id))
                 .ok()
-                .and_then(|i| serde_json::to_value(&self.events[i]).ok()),
+                .and_then(|i| serde_json::from_str(&self.events[i].doc).ok()),
             _ => None,
         }
     }
@@ -1332,24 +1344,21 @@ impl Domain {
         }
     }
 
-    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: Box<RawValue>) {
+    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: String) {
         if self.replaying {
             // Stored already, with the journal entry that caused it; only the id is taken
             // again, so that what follows gets the ids it had.
             self.ids.next(now);
             return;
         }
-        let event = LogEvent {
-            id: self.ids.next(now),
-            topic,
-            time_event,
+        let id = self.ids.next(now);
+        let doc = log_doc(&id, &topic, time_event, now, &data);
+        self.pending_log.push((id.clone(), now, doc.clone()));
+        self.events.push_back(Logged {
+            id,
             time_created: now,
-            data,
-        };
-        if let Ok(doc) = to_json(&event) {
-            self.pending_log.push((event.id.clone(), now, doc));
-        }
-        self.events.push_back(event);
+            doc,
+        });
         while self.events.len() > self.config.events_max_in_memory {
             self.events.pop_front();
         }
@@ -1377,12 +1386,55 @@ pub fn encode_json(event: &Event) -> String {
     String::from_utf8_lossy(trim_separator(&encoded)).into_owned()
 }
 
-/// A resource as raw JSON (for the events log).
-fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
-    to_json(value)
-        .ok()
-        .and_then(|json| RawValue::from_string(json).ok())
-        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"))
+/// A resource as JSON (for the events log).
+fn raw<T: Serialize + ?Sized>(value: &T) -> String {
+    to_json(value).unwrap_or_else(|_| "null".to_string())
+}
+
+/// The JSON document of a [`LogEvent`], written directly (the same text serde writes; the
+/// resource is JSON already).
+fn log_doc(
+    id: &str,
+    topic: &str,
+    time_event: Option<i64>,
+    time_created: i64,
+    data: &str,
+) -> String {
+    fn time(doc: &mut String, ms: i64) {
+        let mut buf = [0u8; 24];
+        match spot_protocol::Timestamp(ms).format_into(&mut buf) {
+            Some(text) => {
+                doc.push('"');
+                doc.push_str(text);
+                doc.push('"');
+            }
+            None => {
+                doc.push_str(&Value::from(spot_protocol::Timestamp(ms).to_string()).to_string())
+            }
+        }
+    }
+    let mut doc = String::with_capacity(data.len() + topic.len() + 128);
+    doc.push_str("{\"id\":");
+    doc.push_str(&Value::from(id).to_string());
+    doc.push_str(",\"topic\":");
+    if topic.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        doc.push('"');
+        doc.push_str(topic);
+        doc.push('"');
+    } else {
+        doc.push_str(&Value::from(topic).to_string());
+    }
+    doc.push_str(",\"time_event\":");
+    match time_event {
+        Some(ms) => time(&mut doc, ms),
+        None => doc.push_str("null"),
+    }
+    doc.push_str(",\"time_created\":");
+    time(&mut doc, time_created);
+    doc.push_str(",\"data\":");
+    doc.push_str(data);
+    doc.push('}');
+    doc
 }
 
 /// `serde_json::to_string` into a buffer sized for a resource at once (growing it from
@@ -1459,7 +1511,30 @@ mod tests {
     }
 
     fn topics(d: &Domain) -> Vec<String> {
-        d.events.iter().map(|e| e.topic.clone()).collect()
+        d.events
+            .iter()
+            .map(|e| serde_json::from_str::<LogEvent>(&e.doc).unwrap().topic)
+            .collect()
+    }
+
+    #[test]
+    fn a_log_document_is_what_serde_writes_for_the_log_event() {
+        for (topic, time_event) in [
+            ("items/0123456789abcdef/created", Some(T0 + 1)),
+            ("spots/x/updated/PUT \"odd\" \\ \t", None),
+        ] {
+            let doc = log_doc(
+                "0123456789abcdef",
+                topic,
+                time_event,
+                T0,
+                r#"{"a":[1,"\u00e9"]}"#,
+            );
+            let event: LogEvent = serde_json::from_str(&doc).expect(&doc);
+            assert_eq!(event.topic, topic);
+            assert_eq!(event.time_event, time_event);
+            assert_eq!(serde_json::to_string(&event).unwrap(), doc);
+        }
     }
 
     fn item(d: &Domain, code: &str) -> Item {
