@@ -971,13 +971,13 @@ impl Domain {
                 Table::Presences => self.presences.get_by_key(k).map(to_json),
             };
             if let Some(Ok(doc)) = doc {
-                changes.upserts.push((table, format!("{k:016x}"), doc));
+                changes.upserts.push((table, crate::ids::id_text(k), doc));
             }
         }
         changes.deletes = self
             .deleted
             .drain()
-            .map(|(table, k)| (table, format!("{k:016x}")))
+            .map(|(table, k)| (table, crate::ids::id_text(k)))
             .collect();
         changes
     }

@@ -13,7 +13,7 @@ impl IdGen {
     pub fn next(&mut self, now_ms: i64) -> String {
         let base = (now_ms.max(0) as u64) << 16;
         self.last = base.max(self.last + 1);
-        format!("{:016x}", self.last)
+        id_text(self.last)
     }
 
     /// Remembers an id that exists already (loaded from the store).
@@ -39,6 +39,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn id_text_is_the_16_digit_lower_hex_form_and_id_key_reads_it_back() {
+        for v in [0, 1, 0xabc, u64::MAX, 1_764_000_000_000 << 16] {
+            assert_eq!(id_text(v), format!("{v:016x}"));
+            assert_eq!(id_key(&id_text(v)), Some(v));
+        }
+    }
+
+    #[test]
     fn ids_sort_in_creation_order_even_within_one_millisecond_and_after_clock_steps_back() {
         let mut g = IdGen::default();
         let a = g.next(1_000);
@@ -50,6 +58,17 @@ mod tests {
         restarted.observe(&d);
         assert!(restarted.next(5) > d);
     }
+}
+
+/// The id with this integer value: 16 lower-case hex digits (`format!("{v:016x}")`, without
+/// the formatting machinery: ids are made for every derived event).
+pub fn id_text(v: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(16);
+    for shift in (0..16).rev() {
+        text.push(HEX[((v >> (shift * 4)) & 0xf) as usize] as char);
+    }
+    text
 }
 
 /// The integer value of an id made by [`IdGen`]: exactly 16 lower-case hex digits
