@@ -80,6 +80,11 @@ pub struct Args {
     /// Most open connections (HTTP and raw TCP each) [default: 10000].
     #[arg(long, env = "SPOT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Upstream events waiting for the core before ingest stops reading (backpressure to
+    /// the spots, which keep their events); bounds acknowledgement latency under overload
+    /// [default: 4096].
+    #[arg(long, env = "SPOT_CORE_QUEUE_EVENTS")]
+    core_queue_events: Option<usize>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
     /// remaining connections; a second signal stops at once [default: 10].
     #[arg(long, env = "SPOT_SHUTDOWN_GRACE")]
@@ -127,6 +132,7 @@ impl Args {
             header_timeout: self.header_timeout.or(lower.header_timeout),
             body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
             max_connections: self.max_connections.or(lower.max_connections),
+            core_queue_events: self.core_queue_events.or(lower.core_queue_events),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
@@ -189,6 +195,7 @@ impl Args {
                     limits.body_idle_timeout,
                 )?,
                 max_connections: self.max_connections.unwrap_or(limits.max_connections),
+                core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 shutdown_grace: secs_or(
                     "shutdown-grace",
                     self.shutdown_grace,

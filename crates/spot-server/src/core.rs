@@ -1,7 +1,11 @@
 //! The core: the one owner of the [`Domain`] and the [`Store`], on two threads of its own.
 //!
-//! Ingest tasks and the API send it [`CoreMsg`]s over one bounded channel (a full channel
-//! slows the senders down: backpressure, never a drop). The loop takes the first message,
+//! Ingest tasks and the API send it [`CoreMsg`]s through a [`CoreSender`]: one bounded
+//! channel plus a budget of queued *events* (a chunk may hold one event or thousands), so
+//! that what waits for the core is bounded in work, not in messages. A sender waits for room
+//! (backpressure: its socket is not read meanwhile, the spot keeps its events), never drops;
+//! the budget is fair (first come, first served), and the core gives an event's share back
+//! when it has applied it. The loop takes the first message,
 //! drains every other message already queued (up to [`MAX_MESSAGES_PER_COMMIT`]), applies
 //! them all to the domain under its write lock — so readers see events as soon as they
 //! arrive — then hands the batch's changes to the writer stage (a second thread owning the
@@ -15,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use spot_protocol::{Event, Object};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::domain::{unix_millis, Applied, Domain, PutError};
 use crate::metrics::Metrics;
@@ -29,6 +33,76 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
 /// …or as soon as this many rows are waiting (bounds memory and the replay after a crash).
 pub const FLUSH_AT_DIRTY_ROWS: usize = 200_000;
+
+/// The sending side of the way to the core (see the module docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CoreSender {
+    tx: mpsc::Sender<CoreMsg>,
+    budget: Arc<Semaphore>,
+    max_events: usize,
+}
+
+/// The core's side: the messages and the event budget it gives back.
+#[derive(Debug)]
+pub struct CoreReceiver {
+    rx: mpsc::Receiver<CoreMsg>,
+    budget: Arc<Semaphore>,
+    max_events: usize,
+}
+
+/// A way to the core holding at most `messages` messages and `events` events (each at least 1).
+pub fn channel(messages: usize, events: usize) -> (CoreSender, CoreReceiver) {
+    let (tx, rx) = mpsc::channel(messages.max(1));
+    let max_events = events.clamp(1, Semaphore::MAX_PERMITS);
+    let budget = Arc::new(Semaphore::new(max_events));
+    (
+        CoreSender {
+            tx,
+            budget: budget.clone(),
+            max_events,
+        },
+        CoreReceiver {
+            rx,
+            budget,
+            max_events,
+        },
+    )
+}
+
+/// The share of the event budget a message takes (a message larger than the whole budget
+/// takes all of it, and goes alone).
+fn share(msg: &CoreMsg, max_events: usize) -> usize {
+    match msg {
+        CoreMsg::Events { events, .. } => events.len().min(max_events),
+        _ => 0,
+    }
+}
+
+impl CoreSender {
+    /// Queues `msg`, waiting for room; fails only when the core is gone.
+    pub async fn send(&self, msg: CoreMsg) -> Result<(), mpsc::error::SendError<CoreMsg>> {
+        let n = share(&msg, self.max_events);
+        if n > 0 {
+            match self.budget.acquire_many(n as u32).await {
+                // Given back by the core once applied.
+                Ok(permit) => permit.forget(),
+                Err(_) => return Err(mpsc::error::SendError(msg)),
+            }
+        }
+        self.tx.send(msg).await
+    }
+
+    /// Queues `msg` if there is room now (for messages without events, e.g. ticks).
+    pub fn try_send(&self, msg: CoreMsg) -> Result<(), mpsc::error::TrySendError<CoreMsg>> {
+        debug_assert_eq!(share(&msg, self.max_events), 0, "events go through send");
+        self.tx.try_send(msg)
+    }
+
+    /// Events that may still be queued before senders wait.
+    pub fn room(&self) -> usize {
+        self.budget.available_permits()
+    }
+}
 
 /// What the core answers when a stream ends (or a spot asks where it stands).
 #[derive(Debug)]
@@ -112,12 +186,7 @@ enum Waiter {
 
 /// The core loop; returns after [`CoreMsg::Shutdown`] or when every sender is gone, each
 /// time after a final commit.
-pub fn run(
-    rx: mpsc::Receiver<CoreMsg>,
-    domain: Arc<RwLock<Domain>>,
-    store: Store,
-    metrics: Arc<Metrics>,
-) {
+pub fn run(rx: CoreReceiver, domain: Arc<RwLock<Domain>>, store: Store, metrics: Arc<Metrics>) {
     // Two stages: this thread applies batch N+1 while the writer commits batch N. Waiters
     // travel with their batch, so every answer still leaves after the commit covering it.
     let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
@@ -149,7 +218,7 @@ enum Job {
 }
 
 fn apply(
-    mut rx: mpsc::Receiver<CoreMsg>,
+    rx: CoreReceiver,
     domain: &RwLock<Domain>,
     metrics: &Metrics,
     jobs: &std::sync::mpsc::SyncSender<Job>,
@@ -159,6 +228,11 @@ fn apply(
     let mut ticks: u64 = 0;
     let mut stop = false;
     let mut last_flush = std::time::Instant::now();
+    let CoreReceiver {
+        mut rx,
+        budget,
+        max_events,
+    } = rx;
     while let Some(first) = rx.blocking_recv() {
         let mut waiters = Vec::new();
         let apply_started = std::time::Instant::now();
@@ -169,6 +243,7 @@ fn apply(
             let mut handled = 0;
             while let Some(msg) = next.take() {
                 handled += 1;
+                let taken = share(&msg, max_events);
                 match msg {
                     CoreMsg::Begin { serial, version } => {
                         domain.begin_stream(&serial, version.as_deref(), now)
@@ -188,6 +263,7 @@ fn apply(
                         if let Some(ack) = ack {
                             waiters.push(Waiter::Ack(ack, domain.acked_seq(&serial)));
                         }
+                        budget.add_permits(taken);
                     }
                     CoreMsg::Sync {
                         serial,
@@ -342,5 +418,61 @@ fn push_commands(
         if let Err(e) = sink.try_send(commands) {
             tracing::warn!(spot = %serial, "command queue of TCP stream refused commands: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn events(n: usize) -> CoreMsg {
+        CoreMsg::Events {
+            serial: "1".into(),
+            events: (0..n)
+                .map(|_| {
+                    (
+                        Event::new(spot_protocol::EventKind::Other(Default::default())),
+                        String::new(),
+                    )
+                })
+                .collect(),
+            ack: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_wait_for_room_in_the_budget_which_the_core_gives_back() {
+        let (tx, mut rx) = channel(100, 10);
+        tx.send(events(8)).await.expect("room for 8");
+        assert_eq!(tx.room(), 2);
+        assert!(
+            tx.send(events(5)).now_or_never().is_none(),
+            "5 more wait while only 2 are free"
+        );
+        tx.send(CoreMsg::Tick)
+            .now_or_never()
+            .expect("no events: no wait")
+            .unwrap();
+        // What the core does with a message it applied.
+        let msg = rx.rx.recv().await.expect("queued");
+        rx.budget.add_permits(share(&msg, rx.max_events));
+        tx.send(events(5))
+            .now_or_never()
+            .expect("room again")
+            .unwrap();
+        assert!(
+            tx.send(events(50)).now_or_never().is_none(),
+            "a message over the budget waits for all of it"
+        );
+        for _ in 0..2 {
+            let msg = rx.rx.recv().await.expect("queued");
+            rx.budget.add_permits(share(&msg, rx.max_events));
+        }
+        tx.send(events(50))
+            .now_or_never()
+            .expect("the whole budget")
+            .unwrap();
+        assert_eq!(tx.room(), 0);
     }
 }

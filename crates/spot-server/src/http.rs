@@ -458,7 +458,7 @@ pub(crate) fn valid_serial(serial: &str) -> bool {
 
 /// Ends the stream with the core if the handler is dropped mid-body (client went away).
 struct StreamGuard {
-    core: mpsc::Sender<CoreMsg>,
+    core: crate::core::CoreSender,
     serial: String,
     armed: bool,
 }

@@ -79,6 +79,10 @@ pub struct ServerLimits {
     pub shutdown_grace: Duration,
     /// Messages queued to the core before senders wait. Default 4096.
     pub core_queue: usize,
+    /// Upstream events queued to the core before ingest waits (and stops reading its
+    /// sockets: backpressure to the spots). Bounds the time an event waits to be applied,
+    /// hence the acknowledgement latency under overload. Default 4096.
+    pub core_queue_events: usize,
 }
 
 impl Default for ServerLimits {
@@ -97,6 +101,7 @@ impl Default for ServerLimits {
             tcp_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             core_queue: 4096,
+            core_queue_events: 4096,
         }
     }
 }
@@ -219,7 +224,7 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Shared {
     /// Sender to the core.
-    pub core: mpsc::Sender<CoreMsg>,
+    pub core: core::CoreSender,
     /// The live state (read side; the core writes).
     pub domain: Arc<RwLock<Domain>>,
     /// Counters.
@@ -329,7 +334,8 @@ impl Server {
         }
         let domain = Arc::new(RwLock::new(domain));
         let metrics = Arc::new(Metrics::default());
-        let (core_tx, core_rx) = mpsc::channel(config.limits.core_queue.max(1));
+        let (core_tx, core_rx) =
+            core::channel(config.limits.core_queue, config.limits.core_queue_events);
         let core_thread = {
             let domain = domain.clone();
             let metrics = metrics.clone();

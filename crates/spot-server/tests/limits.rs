@@ -198,3 +198,47 @@ async fn a_put_body_over_the_api_limit_gets_413() {
     assert_eq!(status, 413, "{v}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_core_event_budget_still_takes_every_event_from_several_spots() {
+    // 3 events may wait for the core: chunks of one event, and one chunk of 40, larger than
+    // the whole budget, must all get through (the core gives the budget back) from four
+    // spots at once.
+    let (server, _dir) = start(|c| c.limits.core_queue_events = 3).await;
+    let addr = server.http_addr();
+    let posts = (0..4u64).map(|s| {
+        tokio::spawn(async move {
+            let serial = (500 + s).to_string();
+            let mut conn = Raw::connect(addr).await;
+            let mut chunks = vec![spot_create(500 + s, 1)];
+            for seq in 1..=20u64 {
+                chunks.push(presence(
+                    "create",
+                    &format!("{:024x}", s * 100 + seq),
+                    "far",
+                    Some(seq),
+                ));
+            }
+            let mut big = Vec::new();
+            for seq in 21..=60u64 {
+                big.extend(presence(
+                    "create",
+                    &format!("{:024x}", s * 100 + seq),
+                    "near",
+                    Some(seq),
+                ));
+            }
+            chunks.push(big);
+            let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            conn.post(&serial, &chunks).await
+        })
+    });
+    for post in posts {
+        let resp = post.await.expect("client task");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-spot-ack"), Some("60"));
+    }
+    let (_, items) = get(addr, "/api/items?limit=1000&results_only=true").await;
+    assert_eq!(items.as_array().map(Vec::len), Some(240));
+    server.shutdown().await;
+}
