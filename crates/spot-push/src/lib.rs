@@ -60,5 +60,5 @@ pub use hub::{
 };
 pub use mount::{call_router, is_push_path};
 pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
-pub use stream::{stream_router, StreamLimits, StreamState};
+pub use stream::{stream_router, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON};
 pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};
