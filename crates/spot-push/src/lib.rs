@@ -28,7 +28,8 @@
 //!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
 //!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
 //! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
-//!    (set `qos` from a `--mqtt-qos` flag; keep the returned handle alive).
+//!    (set `qos` from a `--mqtt-qos` flag, `trust_ca_file` from `--mqtt-ca-cert`; keep the
+//!    returned handle alive). `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
 //! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
 //!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`).
 //! 7. Append `hub.stats().render_prometheus()` to `/metrics`: drops are counted there.
@@ -49,6 +50,7 @@ pub mod mount;
 pub mod mqtt;
 pub mod stream;
 pub mod tail;
+pub mod tls;
 pub mod topic;
 pub mod topics;
 pub mod webhook;
