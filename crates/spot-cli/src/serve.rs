@@ -107,6 +107,10 @@ pub struct Args {
         default_missing_value = "true"
     )]
     publish_raw: Option<bool>,
+    /// Also trust the certificates of this PEM file for `https://` webhook targets (a
+    /// private CA or a self-signed certificate), besides the public roots.
+    #[arg(long, env = "SPOT_WEBHOOK_CA_CERT", value_name = "PEM")]
+    webhook_ca_cert: Option<PathBuf>,
 }
 
 impl Args {
@@ -138,6 +142,7 @@ impl Args {
             mqtt_ca_cert: self.mqtt_ca_cert.or(lower.mqtt_ca_cert),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
             publish_raw: self.publish_raw.or(lower.publish_raw),
+            webhook_ca_cert: self.webhook_ca_cert.or(lower.webhook_ca_cert),
         }
     }
 
@@ -210,6 +215,10 @@ impl Args {
                     self.mqtt_ca_cert.as_deref(),
                 )?,
                 publish_raw: self.publish_raw.unwrap_or(false),
+                webhooks: spot_push::webhook::WebhookConfig {
+                    ca_cert: self.webhook_ca_cert,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         })
@@ -439,6 +448,19 @@ mod tests {
         let err = mqtt(&["--mqtt", "mqtts://b", "--mqtt-ca-cert", "/nonexistent.pem"])
             .expect_err("missing file");
         assert!(format!("{err:#}").contains("/nonexistent.pem"), "{err:#}");
+    }
+
+    #[test]
+    fn webhook_ca_cert_from_the_file() {
+        let (_f, path) = file("webhook-ca-cert = \"/etc/spot/ca.pem\"\n");
+        let config = parse(&["--config", &path])
+            .with_file()
+            .and_then(Args::server_config)
+            .unwrap();
+        assert_eq!(
+            config.push.webhooks.ca_cert,
+            Some(PathBuf::from("/etc/spot/ca.pem"))
+        );
     }
 
     #[test]

@@ -31,7 +31,8 @@
 //!    (set `qos` from a `--mqtt-qos` flag, `trust_ca_file` from `--mqtt-ca-cert`; keep the
 //!    returned handle alive). `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
 //! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
-//!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`).
+//!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`); `https://` targets are
+//!    verified with the public roots plus `WebhookConfig::ca_cert` (`--webhook-ca-cert`).
 //! 7. Append `hub.stats().render_prometheus()` to `/metrics`: drops are counted there.
 //!
 //! # Main types
@@ -43,6 +44,7 @@
 //! - [`MqttOutlet`]: publishing to an external broker.
 //! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
 //! - [`tail`]: the SSE client behind `spot tail`.
+//! - [`tls`]: the TLS client settings of `mqtts://` and `https://` webhook targets.
 
 pub mod follow;
 pub mod hub;
