@@ -89,9 +89,15 @@ pub struct Args {
     /// remaining connections; a second signal stops at once [default: 10].
     #[arg(long, env = "SPOT_SHUTDOWN_GRACE")]
     shutdown_grace: Option<f64>,
-    /// Publish every derived event to this MQTT broker: `mqtt://HOST[:PORT][/prefix]`.
+    /// Publish every derived event to this MQTT broker:
+    /// `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix]` (`mqtts`: TLS, port 8883 by
+    /// default; `%`-encode special characters of the user and password).
     #[arg(long, env = "SPOT_MQTT", value_name = "URL")]
     mqtt: Option<String>,
+    /// Also trust the certificates of this PEM file for the `mqtts://` broker (a private CA
+    /// or a self-signed certificate), besides the public roots.
+    #[arg(long, env = "SPOT_MQTT_CA_CERT", value_name = "PEM")]
+    mqtt_ca_cert: Option<PathBuf>,
     /// QoS of the MQTT publishes [default: 1].
     #[arg(long, env = "SPOT_MQTT_QOS", value_parser = ["0", "1", "2"])]
     mqtt_qos: Option<String>,
@@ -106,6 +112,10 @@ pub struct Args {
         default_missing_value = "true"
     )]
     publish_raw: Option<bool>,
+    /// Also trust the certificates of this PEM file for `https://` webhook targets (a
+    /// private CA or a self-signed certificate), besides the public roots.
+    #[arg(long, env = "SPOT_WEBHOOK_CA_CERT", value_name = "PEM")]
+    webhook_ca_cert: Option<PathBuf>,
 }
 
 impl Args {
@@ -135,8 +145,10 @@ impl Args {
             core_queue_events: self.core_queue_events.or(lower.core_queue_events),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
+            mqtt_ca_cert: self.mqtt_ca_cert.or(lower.mqtt_ca_cert),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
             publish_raw: self.publish_raw.or(lower.publish_raw),
+            webhook_ca_cert: self.webhook_ca_cert.or(lower.webhook_ca_cert),
         }
     }
 
@@ -204,8 +216,16 @@ impl Args {
                 ..limits
             },
             push: spot_server::push::PushConfig {
-                mqtt: mqtt_config(self.mqtt.as_deref(), self.mqtt_qos.as_deref())?,
+                mqtt: mqtt_config(
+                    self.mqtt.as_deref(),
+                    self.mqtt_qos.as_deref(),
+                    self.mqtt_ca_cert.as_deref(),
+                )?,
                 publish_raw: self.publish_raw.unwrap_or(false),
+                webhooks: spot_push::webhook::WebhookConfig {
+                    ca_cert: self.webhook_ca_cert,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         })
@@ -222,10 +242,19 @@ fn read_file(path: &Path) -> anyhow::Result<Args> {
 fn mqtt_config(
     url: Option<&str>,
     qos: Option<&str>,
+    ca_cert: Option<&Path>,
 ) -> anyhow::Result<Option<spot_push::MqttConfig>> {
-    let Some(url) = url else { return Ok(None) };
+    let Some(url) = url else {
+        if let Some(ca) = ca_cert {
+            anyhow::bail!("mqtt-ca-cert {}: no mqtt broker is set", ca.display());
+        }
+        return Ok(None);
+    };
     let mut config = spot_push::MqttConfig::from_url(url).context("mqtt")?;
     config.qos = qos.unwrap_or("1").parse().context("mqtt-qos")?;
+    if let Some(ca) = ca_cert {
+        config.trust_ca_file(ca).context("mqtt-ca-cert")?;
+    }
     Ok(Some(config))
 }
 
@@ -400,6 +429,45 @@ mod tests {
         assert_eq!(config.data_dir, defaults.data_dir);
         assert_eq!(config.offline_after, defaults.offline_after);
         assert_eq!(config.tcp_listen, None);
+    }
+
+    #[test]
+    fn mqtt_login_tls_and_ca_file() {
+        let mqtt = |flags: &[&str]| {
+            parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .map(|c| c.push.mqtt)
+        };
+        let ca = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/localhost-cert.pem"
+        );
+        let config = mqtt(&["--mqtt", "mqtts://u:p@broker", "--mqtt-ca-cert", ca])
+            .expect("valid")
+            .expect("mqtt on");
+        assert_eq!((config.port, config.username.as_deref()), (8883, Some("u")));
+        assert!(config.tls.is_some());
+        let err = mqtt(&["--mqtt", "mqtt://broker", "--mqtt-ca-cert", ca]).expect_err("plain");
+        assert!(format!("{err:#}").contains("not mqtts://"), "{err:#}");
+        let err = mqtt(&["--mqtt-ca-cert", ca]).expect_err("no broker");
+        assert!(format!("{err:#}").contains("no mqtt broker"), "{err:#}");
+        let err = mqtt(&["--mqtt", "mqtts://b", "--mqtt-ca-cert", "/nonexistent.pem"])
+            .expect_err("missing file");
+        assert!(format!("{err:#}").contains("/nonexistent.pem"), "{err:#}");
+    }
+
+    #[test]
+    fn webhook_ca_cert_from_the_file() {
+        let (_f, path) = file("webhook-ca-cert = \"/etc/spot/ca.pem\"\n");
+        let config = parse(&["--config", &path])
+            .with_file()
+            .and_then(Args::server_config)
+            .unwrap();
+        assert_eq!(
+            config.push.webhooks.ca_cert,
+            Some(PathBuf::from("/etc/spot/ca.pem"))
+        );
     }
 
     #[test]

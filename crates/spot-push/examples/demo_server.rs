@@ -35,6 +35,7 @@ async fn main() {
         hub: hub.clone(),
         log: log.clone(),
         limits: StreamLimits::default(),
+        shutdown: Default::default(),
     })
     .merge(webhooks.router());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

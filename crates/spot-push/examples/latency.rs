@@ -195,6 +195,7 @@ async fn run(rate: u64, seconds: u64, outlets: &str) {
         hub: hub.clone(),
         log: log.clone(),
         limits: StreamLimits::default(),
+        shutdown: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

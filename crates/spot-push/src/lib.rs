@@ -28,9 +28,11 @@
 //!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
 //!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
 //! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
-//!    (set `qos` from a `--mqtt-qos` flag; keep the returned handle alive).
+//!    (set `qos` from a `--mqtt-qos` flag, `trust_ca_file` from `--mqtt-ca-cert`; keep the
+//!    returned handle alive). `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
 //! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
-//!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`).
+//!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`); `https://` targets are
+//!    verified with the public roots plus `WebhookConfig::ca_cert` (`--webhook-ca-cert`).
 //! 7. Append `hub.stats().render_prometheus()` to `/metrics`: drops are counted there.
 //!
 //! # Main types
@@ -42,6 +44,7 @@
 //! - [`MqttOutlet`]: publishing to an external broker.
 //! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
 //! - [`tail`]: the SSE client behind `spot tail`.
+//! - [`tls`]: the TLS client settings of `mqtts://` and `https://` webhook targets.
 
 pub mod follow;
 pub mod hub;
@@ -49,6 +52,7 @@ pub mod mount;
 pub mod mqtt;
 pub mod stream;
 pub mod tail;
+pub mod tls;
 pub mod topic;
 pub mod topics;
 pub mod webhook;
@@ -60,5 +64,5 @@ pub use hub::{
 };
 pub use mount::{call_router, is_push_path};
 pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
-pub use stream::{stream_router, StreamLimits, StreamState};
+pub use stream::{stream_router, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON};
 pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};

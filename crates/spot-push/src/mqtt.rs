@@ -1,4 +1,5 @@
-//! MQTT outlet: publishes every hub event to an external broker (MQTT 3.1.1 over TCP).
+//! MQTT outlet: publishes every hub event to an external broker (MQTT 3.1.1 over TCP, or
+//! TLS with `mqtts://`; user name and password from the URL).
 //!
 //! One task owns the connection: it takes events from a hub subscription (bounded queue;
 //! with an [`EventLog`], a [`Follower`] that refills overflow from the log), encodes them
@@ -14,17 +15,17 @@
 //! further events are dropped *and counted* (outlet `mqtt` in [`crate::Hub::stats`]) — or,
 //! with a log, read back from it once the broker is back.
 
+use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::VecDeque;
-
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use rumqttc::{Connect, ConnectReturnCode, Packet, PubRel, Publish, QoS};
+use rumqttc::{Connect, ConnectReturnCode, Login, Packet, PubRel, Publish, QoS};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -68,10 +69,12 @@ impl From<Qos> for QoS {
 /// A refused MQTT setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MqttConfigError {
-    /// The URL is not `mqtt://HOST[:PORT][/prefix]`.
-    #[error("MQTT URL {url:?}: {reason} (expected mqtt://HOST[:PORT][/prefix])")]
+    /// The URL is not `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix]`.
+    #[error(
+        "MQTT URL {url:?}: {reason} (expected mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix])"
+    )]
     Url {
-        /// The URL given.
+        /// The URL given, its password replaced by `***`.
         url: String,
         /// What is wrong.
         reason: String,
@@ -79,6 +82,58 @@ pub enum MqttConfigError {
     /// QoS other than 0, 1, 2.
     #[error("MQTT QoS {0:?}: expected 0, 1 or 2")]
     Qos(String),
+    /// A CA file for a broker that is not `mqtts://`.
+    #[error("MQTT CA certificate {0}: the broker URL is not mqtts://")]
+    CaWithoutTls(String),
+    /// The TLS settings are unusable (e.g. the CA file).
+    #[error("MQTT TLS: {0}")]
+    Tls(#[from] crate::tls::TlsConfigError),
+}
+
+/// A password: shown as `***` by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// `%XX`-decodes a URL's user name or password.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape at byte {i} of the user info"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the user info is not UTF-8 once decoded".to_string())
+}
+
+/// `url` with the password of its user info replaced by `***` (for messages).
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{}", &rest[userinfo.len() + 1..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 /// Settings of the MQTT outlet.
@@ -86,8 +141,15 @@ pub enum MqttConfigError {
 pub struct MqttConfig {
     /// Broker host name or address.
     pub host: String,
-    /// Broker port (1883 by default).
+    /// Broker port (1883 by default, 8883 with `mqtts://`).
     pub port: u16,
+    /// User name (from the URL's user info); none by default.
+    pub username: Option<String>,
+    /// Password (from the URL's user info; needs a user name); none by default.
+    pub password: Option<Secret>,
+    /// TLS client settings (`mqtts://`: public roots, see [`MqttConfig::trust_ca_file`]);
+    /// `None`: plain TCP. The host is the name checked against the certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Prepended to every topic as `prefix/topic` (none by default).
     pub prefix: Option<String>,
     /// QoS of the publishes (1 by default).
@@ -110,18 +172,45 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
-    /// Settings from `mqtt://HOST[:PORT][/prefix]`, other fields at their defaults.
+    /// Settings from `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix]` (user and password
+    /// `%`-encoded where needed), other fields at their defaults.
     pub fn from_url(url: &str) -> Result<Self, MqttConfigError> {
         let bad = |reason: &str| MqttConfigError::Url {
-            url: url.to_owned(),
+            url: redact(url),
             reason: reason.to_owned(),
         };
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| bad("the scheme must be mqtt://"))?;
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (rest, true)
+        } else {
+            return Err(bad("the scheme must be mqtt:// or mqtts://"));
+        };
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a, p.trim_end_matches('/')),
             None => (rest, ""),
+        };
+        let (userinfo, authority) = match authority.rsplit_once('@') {
+            Some((u, a)) => (Some(u), a),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (user, password) = match info.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (info, None),
+                };
+                let user = percent_decode(user).map_err(|e| bad(&e))?;
+                if user.is_empty() {
+                    return Err(bad("a user name is needed before '@'"));
+                }
+                let password = match password {
+                    Some(p) => Some(Secret(percent_decode(p).map_err(|e| bad(&e))?)),
+                    None => None,
+                };
+                (Some(user), password)
+            }
         };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
@@ -136,8 +225,14 @@ impl MqttConfig {
             return Err(bad("no host"));
         }
         let port = match port {
+            None if tls => 8883,
             None => 1883,
             Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
+        };
+        let tls = if tls {
+            Some(crate::tls::client_config(None, &[])?)
+        } else {
+            None
         };
         let prefix = if prefix.is_empty() {
             None
@@ -148,6 +243,9 @@ impl MqttConfig {
         Ok(Self {
             host: host.to_owned(),
             port,
+            username,
+            password,
+            tls,
             prefix,
             qos: Qos::AtLeastOnce,
             client_id: format!("spot-server-{}", std::process::id()),
@@ -158,6 +256,16 @@ impl MqttConfig {
             reconnect_delay: Duration::from_secs(1),
             keep_alive: Duration::from_secs(30),
         })
+    }
+
+    /// Also trusts the certificates of the PEM file `path` (a private CA or a self-signed
+    /// broker certificate), besides the public roots. Only for `mqtts://`.
+    pub fn trust_ca_file(&mut self, path: &Path) -> Result<(), MqttConfigError> {
+        if self.tls.is_none() {
+            return Err(MqttConfigError::CaWithoutTls(path.display().to_string()));
+        }
+        self.tls = Some(crate::tls::client_config(Some(path), &[])?);
+        Ok(())
     }
 
     fn topic_for(&self, topic: &str) -> String {
@@ -309,10 +417,24 @@ async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
     };
     loop {
         let error = match connect(&config).await {
-            Ok(stream) => {
+            Ok(conn) => {
                 counters.connected.store(true, Ordering::Relaxed);
-                tracing::info!(host = %config.host, port = config.port, "mqtt outlet: connected");
-                let error = session(stream, &mut source, &mut outbox, &config, &counters).await;
+                tracing::info!(
+                    host = %config.host,
+                    port = config.port,
+                    tls = config.tls.is_some(),
+                    "mqtt outlet: connected"
+                );
+                let error = match conn {
+                    Conn::Plain(stream) => {
+                        let (reader, writer) = stream.into_split();
+                        session(reader, writer, &mut source, &mut outbox, &config, &counters).await
+                    }
+                    Conn::Tls(stream) => {
+                        let (reader, writer) = tokio::io::split(*stream);
+                        session(reader, writer, &mut source, &mut outbox, &config, &counters).await
+                    }
+                };
                 counters.connected.store(false, Ordering::Relaxed);
                 outbox.requeue_inflight();
                 error
@@ -333,43 +455,72 @@ fn encode(packet: &Packet, buffer: &mut BytesMut) -> Result<(), String> {
         .map_err(|e| format!("encoding {packet:?}: {e:?}"))
 }
 
-/// TCP connection, CONNECT, CONNACK.
-async fn connect(config: &MqttConfig) -> Result<TcpStream, Option<String>> {
+/// A broker connection: plain TCP or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// CONNECT (with the login, if any), then CONNACK.
+async fn handshake<S>(stream: &mut S, config: &MqttConfig, broker: &str) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connect = Connect::new(config.client_id.clone());
+    connect.keep_alive = config.keep_alive.as_secs().clamp(1, u16::MAX as u64) as u16;
+    connect.clean_session = true;
+    if let Some(user) = &config.username {
+        let password = config.password.as_ref().map_or("", |p| p.0.as_str());
+        connect.login = Some(Login::new(user.as_str(), password));
+    }
+    let mut buffer = BytesMut::new();
+    encode(&Packet::Connect(connect), &mut buffer)?;
+    let io = |e: std::io::Error| format!("{broker}: {e}");
+    stream.write_all(&buffer).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let mut incoming = BytesMut::with_capacity(1024);
+    loop {
+        match Packet::read(&mut incoming, MAX_INCOMING_PACKET) {
+            Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => return Ok(()),
+            Ok(Packet::ConnAck(ack)) => {
+                let user = config.username.as_deref().unwrap_or("(none)");
+                return Err(format!(
+                    "{broker}: connection refused: {:?} (user {user})",
+                    ack.code
+                ));
+            }
+            Ok(other) => return Err(format!("{broker}: expected CONNACK, got {other:?}")),
+            Err(rumqttc::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(format!("{broker}: bad CONNACK: {e:?}")),
+        }
+        if stream.read_buf(&mut incoming).await.map_err(io)? == 0 {
+            return Err(format!("{broker}: closed before CONNACK"));
+        }
+    }
+}
+
+/// TCP connection, TLS handshake (`mqtts://`), CONNECT, CONNACK.
+async fn connect(config: &MqttConfig) -> Result<Conn, Option<String>> {
     let broker = format!("{}:{}", config.host, config.port);
     let attempt = async {
         let mut stream = TcpStream::connect((config.host.as_str(), config.port))
             .await
             .map_err(|e| format!("{broker}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let mut connect = Connect::new(config.client_id.clone());
-        connect.keep_alive = config.keep_alive.as_secs().clamp(1, u16::MAX as u64) as u16;
-        connect.clean_session = true;
-        let mut buffer = BytesMut::new();
-        encode(&Packet::Connect(connect), &mut buffer)?;
-        stream
-            .write_all(&buffer)
-            .await
-            .map_err(|e| format!("{broker}: {e}"))?;
-        let mut incoming = BytesMut::with_capacity(1024);
-        loop {
-            match Packet::read(&mut incoming, MAX_INCOMING_PACKET) {
-                Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-                    return Ok(stream)
-                }
-                Ok(Packet::ConnAck(ack)) => {
-                    return Err(format!("{broker}: connection refused: {:?}", ack.code))
-                }
-                Ok(other) => return Err(format!("{broker}: expected CONNACK, got {other:?}")),
-                Err(rumqttc::Error::InsufficientBytes(_)) => {}
-                Err(e) => return Err(format!("{broker}: bad CONNACK: {e:?}")),
+        match &config.tls {
+            None => {
+                handshake(&mut stream, config, &broker).await?;
+                Ok(Conn::Plain(stream))
             }
-            if stream
-                .read_buf(&mut incoming)
-                .await
-                .map_err(|e| format!("{broker}: {e}"))?
-                == 0
-            {
-                return Err(format!("{broker}: closed before CONNACK"));
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::try_from(config.host.clone())
+                    .map_err(|e| format!("{broker}: not a TLS server name: {e}"))?;
+                let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("{broker}: TLS handshake: {e}"))?;
+                handshake(&mut stream, config, &broker).await?;
+                Ok(Conn::Tls(Box::new(stream)))
             }
         }
     };
@@ -385,14 +536,18 @@ async fn connect(config: &MqttConfig) -> Result<TcpStream, Option<String>> {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one connection until it breaks (`Some(reason)`) or the hub is gone (`None`).
-async fn session(
-    stream: TcpStream,
+async fn session<R, W>(
+    mut reader: R,
+    mut writer: W,
     source: &mut Source,
     outbox: &mut Outbox,
     config: &MqttConfig,
     counters: &Counters,
-) -> Option<String> {
-    let (mut reader, mut writer) = stream.into_split();
+) -> Option<String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let qos = QoS::from(config.qos);
     let max_inflight = usize::from(config.max_inflight.max(1));
     let mut incoming = BytesMut::with_capacity(16 * 1024);
@@ -460,7 +615,11 @@ async fn session(
             }
         }
         if !outgoing.is_empty() {
+            // `flush`: TLS may hold records back otherwise (a no-op on TCP).
             if let Err(e) = writer.write_all(&outgoing).await {
+                return Some(format!("write: {e}"));
+            }
+            if let Err(e) = writer.flush().await {
                 return Some(format!("write: {e}"));
             }
             outgoing.clear();
@@ -533,6 +692,56 @@ mod tests {
         assert_eq!(c.topic_for("items/1/created"), "items/1/created");
         let c = MqttConfig::from_url("mqtt://[::1]:2000/p").expect("valid");
         assert_eq!((c.host.as_str(), c.port), ("::1", 2000));
+    }
+
+    #[test]
+    fn user_password_and_tls_from_the_url() {
+        let c = MqttConfig::from_url("mqtts://spot:p%40ss%3Aword@broker.local/site").expect("ok");
+        assert_eq!(
+            (c.host.as_str(), c.port, c.prefix.as_deref()),
+            ("broker.local", 8883, Some("site"))
+        );
+        assert_eq!(c.username.as_deref(), Some("spot"));
+        assert_eq!(c.password, Some(Secret("p@ss:word".into())));
+        assert!(c.tls.is_some());
+        assert!(
+            !format!("{c:?}").contains("p@ss"),
+            "Debug does not show the password"
+        );
+        let c = MqttConfig::from_url("mqtt://only-user@h:1884").expect("ok");
+        assert_eq!(
+            (c.username.as_deref(), c.password.is_none(), c.port),
+            (Some("only-user"), true, 1884)
+        );
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn a_ca_file_needs_mqtts_and_a_bad_one_is_named() {
+        let mut plain = MqttConfig::from_url("mqtt://h").expect("ok");
+        assert_eq!(
+            plain.trust_ca_file(Path::new("/ca.pem")),
+            Err(MqttConfigError::CaWithoutTls("/ca.pem".into()))
+        );
+        let mut tls = MqttConfig::from_url("mqtts://h").expect("ok");
+        let err = tls
+            .trust_ca_file(Path::new("/nonexistent/ca.pem"))
+            .expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn errors_do_not_show_the_password() {
+        let err = MqttConfig::from_url("mqtt://u:secret@h:port").expect_err("bad port");
+        let text = err.to_string();
+        assert!(text.contains("mqtt://u:***@h:port"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+        for url in ["mqtt://:pw@h", "mqtt://u:%zz@h"] {
+            assert!(
+                matches!(MqttConfig::from_url(url), Err(MqttConfigError::Url { .. })),
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,13 @@
 //! the client's last event id (what `Last-Event-ID` resumes from) stays the last derived
 //! event's. They are live only: resumption does not replay them.
 //!
+//! Server stop ([`StreamShutdown::shut_down`]): a WebSocket gets a close frame `1001`
+//! ("going away") with the reason, and the server waits (at most
+//! [`StreamLimits::ws_close_timeout`]) for the client's close reply; an SSE stream gets a
+//! last event `event: shutdown` (data: the reason) and ends. New requests get `503`.
+//! [`StreamShutdown::closed`] resolves once every WebSocket connection has ended (upgraded
+//! connections are not the HTTP server's any more, so its graceful stop does not see them).
+//!
 //! WebSocket protocol (text frames, JSON):
 //! - client → server: `{"subscribe":"<filter>"}`, optionally with `"after_id":<id>`;
 //!   `{"unsubscribe":"<filter>"}`.
@@ -19,7 +26,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -49,6 +56,9 @@ pub struct StreamLimits {
     /// A WebSocket client that takes longer than this to accept a burst of events (its
     /// socket stays full) is disconnected; it can resume with `after_id`.
     pub ws_send_timeout: Duration,
+    /// When the server stops: time for sending the close frame and receiving the client's
+    /// close reply, after which the connection is dropped.
+    pub ws_close_timeout: Duration,
 }
 
 impl Default for StreamLimits {
@@ -58,7 +68,79 @@ impl Default for StreamLimits {
             max_filters_per_connection: 64,
             sse_keep_alive: Duration::from_secs(15),
             ws_send_timeout: Duration::from_secs(30),
+            ws_close_timeout: Duration::from_secs(2),
         }
+    }
+}
+
+/// What a stopping server tells its stream clients (WebSocket close reason, SSE `shutdown`
+/// event data).
+pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect and resume from the last id";
+
+/// The stop signal of the HTTP outlets, and the count of open WebSocket connections.
+/// Cheap to clone; all clones share the state.
+#[derive(Clone, Debug)]
+pub struct StreamShutdown {
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    open_websockets: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for StreamShutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamShutdown {
+    /// Not stopping.
+    pub fn new() -> Self {
+        Self {
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            open_websockets: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Closes every open WebSocket (1001) and SSE stream, and refuses new ones (`503`).
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Whether [`StreamShutdown::shut_down`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves when stopping (never before).
+    async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        // The sender lives in `self`: `wait_for` only ends by the value.
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Resolves when no WebSocket connection is open (e.g. after `shut_down`, once their
+    /// close handshakes are over).
+    pub async fn closed(&self) {
+        let mut rx = self.open_websockets.subscribe();
+        let _ = rx.wait_for(|open| *open == 0).await;
+    }
+
+    /// Open WebSocket connections.
+    pub fn open_websockets(&self) -> usize {
+        *self.open_websockets.borrow()
+    }
+
+    fn websocket_opened(&self) -> OpenWebSocket {
+        self.open_websockets.send_modify(|n| *n += 1);
+        OpenWebSocket(self.clone())
+    }
+}
+
+/// Counts one open WebSocket connection while alive.
+struct OpenWebSocket(StreamShutdown);
+
+impl Drop for OpenWebSocket {
+    fn drop(&mut self) {
+        self.0.open_websockets.send_modify(|n| *n -= 1);
     }
 }
 
@@ -71,6 +153,8 @@ pub struct StreamState {
     pub log: Arc<dyn EventLog>,
     /// Limits.
     pub limits: StreamLimits,
+    /// The stop signal (the server keeps a clone and calls `shut_down` when stopping).
+    pub shutdown: StreamShutdown,
 }
 
 /// The router serving `GET /api/stream` and `GET /api/ws`.
@@ -87,6 +171,10 @@ fn error_response(status: StatusCode, message: String) -> Response {
 
 fn hub_error_response(e: HubError) -> Response {
     error_response(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+fn stopping_response() -> Response {
+    error_response(StatusCode::SERVICE_UNAVAILABLE, SHUTDOWN_REASON.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,25 +211,39 @@ async fn sse_handler(
         },
     };
     let after_id = last_event_id.or(query.after_id);
+    if state.shutdown.is_shut_down() {
+        return stopping_response();
+    }
     let sub = match state.hub.subscribe("sse", vec![filter]) {
         Ok(s) => s,
         Err(e) => return hub_error_response(e),
     };
     let follower = Follower::new(sub, state.log.clone(), after_id);
-    let events = futures_util::stream::unfold(Some(follower), |follower| async move {
-        let mut follower = follower?;
-        match follower.next().await {
-            Ok(Some(e)) => {
-                let mut event = SseEvent::default().data(e.envelope_json());
-                if !e.is_raw() {
-                    event = event.id(e.id().to_string());
+    let shutdown = state.shutdown.clone();
+    let events = futures_util::stream::unfold(Some(follower), move |follower| {
+        let shutdown = shutdown.clone();
+        async move {
+            let mut follower = follower?;
+            let next = tokio::select! {
+                next = follower.next() => next,
+                () = shutdown.stopping() => {
+                    let event = SseEvent::default().event("shutdown").data(SHUTDOWN_REASON);
+                    return Some((Ok(event), None));
                 }
-                Some((Ok::<_, Infallible>(event), Some(follower)))
-            }
-            Ok(None) => None,
-            Err(err) => {
-                let event = SseEvent::default().event("error").data(err.to_string());
-                Some((Ok(event), None))
+            };
+            match next {
+                Ok(Some(e)) => {
+                    let mut event = SseEvent::default().data(e.envelope_json());
+                    if !e.is_raw() {
+                        event = event.id(e.id().to_string());
+                    }
+                    Some((Ok::<_, Infallible>(event), Some(follower)))
+                }
+                Ok(None) => None,
+                Err(err) => {
+                    let event = SseEvent::default().event("error").data(err.to_string());
+                    Some((Ok(event), None))
+                }
             }
         }
     });
@@ -151,16 +253,24 @@ async fn sse_handler(
 }
 
 async fn ws_handler(State(state): State<StreamState>, upgrade: WebSocketUpgrade) -> Response {
+    if state.shutdown.is_shut_down() {
+        return stopping_response();
+    }
     let sub = match state.hub.subscribe("ws", Vec::new()) {
         Ok(s) => s,
         Err(e) => return hub_error_response(e),
     };
     let follower = Follower::new(sub, state.log.clone(), None);
     let limits = state.limits.clone();
+    let shutdown = state.shutdown.clone();
+    let open = shutdown.websocket_opened();
     upgrade
         .max_message_size(limits.max_ws_message_bytes)
         .max_frame_size(limits.max_ws_message_bytes)
-        .on_upgrade(move |socket| serve_ws(socket, follower, limits))
+        .on_upgrade(move |socket| async move {
+            serve_ws(socket, follower, limits, shutdown).await;
+            drop(open);
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,10 +332,52 @@ fn apply_command(text: &str, follower: &mut Follower, limits: &StreamLimits) -> 
     }
 }
 
-async fn serve_ws(socket: WebSocket, mut follower: Follower, limits: StreamLimits) {
+/// Sends the close frame 1001 and waits for the client's close reply (both within
+/// `ws_close_timeout`).
+async fn close_going_away<S>(
+    mut sink: S,
+    incoming: &mut futures_util::stream::SplitStream<WebSocket>,
+    limits: &StreamLimits,
+) where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let handshake = async {
+        let frame = CloseFrame {
+            code: axum::extract::ws::close_code::AWAY,
+            reason: SHUTDOWN_REASON.into(),
+        };
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        // Events still arriving are dropped; the reply (or the end) finishes the close.
+        while let Some(Ok(message)) = incoming.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(limits.ws_close_timeout, handshake)
+        .await
+        .is_err()
+    {
+        tracing::debug!("websocket client did not answer the close frame; dropped");
+    }
+}
+
+async fn serve_ws(
+    socket: WebSocket,
+    mut follower: Follower,
+    limits: StreamLimits,
+    shutdown: StreamShutdown,
+) {
     let (mut sink, mut incoming) = socket.split();
     loop {
         tokio::select! {
+            biased;
+            () = shutdown.stopping() => {
+                close_going_away(&mut sink, &mut incoming, &limits).await;
+                return;
+            }
             message = incoming.next() => {
                 let reply = match message {
                     Some(Ok(Message::Text(text))) => apply_command(text.as_str(), &mut follower, &limits),
@@ -257,7 +409,11 @@ async fn serve_ws(socket: WebSocket, mut follower: Follower, limits: StreamLimit
                             }
                             sink.flush().await
                         };
-                        match tokio::time::timeout(limits.ws_send_timeout, burst).await {
+                        let sent = tokio::select! {
+                            sent = tokio::time::timeout(limits.ws_send_timeout, burst) => sent,
+                            () = shutdown.stopping() => Ok(Ok(())), // closed next round
+                        };
+                        match sent {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "websocket send failed");

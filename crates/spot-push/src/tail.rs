@@ -201,14 +201,18 @@ pub async fn follow(
             Ok(response) => {
                 let mut parser = SseParser::new();
                 let mut body = response.bytes_stream();
-                loop {
+                'stream: loop {
                     match body.next().await {
                         None => break format!("{url}: stream ended"),
                         Some(Err(e)) => break format!("{url}: {e}"),
                         Some(Ok(chunk)) => {
                             for message in parser.push(&chunk)? {
-                                if message.event == "error" {
-                                    return Err(TailError::Server(message.data));
+                                match message.event.as_str() {
+                                    "message" => {}
+                                    "error" => return Err(TailError::Server(message.data)),
+                                    // The server is stopping: reconnect (and resume).
+                                    "shutdown" => break 'stream format!("{url}: {}", message.data),
+                                    _ => continue, // event types of later servers
                                 }
                                 let event = parse_envelope(message)?;
                                 // Raw events have no id: resumption continues after the

@@ -5,7 +5,7 @@ mod mosquitto;
 
 use std::time::Duration;
 
-use mosquitto::{free_port, subscriber, Broker};
+use mosquitto::{free_port, subscriber, subscriber_as, Broker, Options};
 use rumqttc::QoS;
 use serde_json::json;
 use spot_push::{Hub, HubConfig, MqttConfig, MqttOutlet, Published};
@@ -15,11 +15,104 @@ fn event(id: u64, topic: &str) -> Published {
 }
 
 fn outlet_config(port: u16, prefix: &str) -> MqttConfig {
-    let mut config =
-        MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}/{prefix}")).expect("url");
+    outlet_config_for(&format!("mqtt://127.0.0.1:{port}/{prefix}"))
+}
+
+fn outlet_config_for(url: &str) -> MqttConfig {
+    let mut config = MqttConfig::from_url(url).expect("url");
     config.reconnect_delay = Duration::from_millis(20);
     config.client_id = "spot-push-test".into();
     config
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Waits until the outlet has failed `n` connection attempts (it retries every 20 ms).
+async fn wait_connection_errors(outlet: &MqttOutlet, n: u64) {
+    for _ in 0..2000 {
+        if outlet.stats().connection_errors_total >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no failed connection attempt: {:?}", outlet.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_with_the_user_and_password_of_the_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let users = vec![
+        ("spot".to_string(), "p@ss:w/rd".to_string()),
+        ("reader".to_string(), "r".to_string()),
+    ];
+    let _broker = Broker::start_with(dir.path(), port, &Options { users, tls: None }).await;
+    let mut received = subscriber_as(port, "#", Some(("reader", "r"))).await;
+    let hub = Hub::new(HubConfig::default());
+    // A wrong password: refused by the broker, retried, counted, nothing published.
+    let wrong = MqttOutlet::spawn(
+        outlet_config_for(&format!("mqtt://spot:wrong@127.0.0.1:{port}/a")),
+        &hub,
+        None,
+    )
+    .expect("outlet");
+    wait_connection_errors(&wrong, 2).await;
+    assert!(!wrong.stats().connected);
+    drop(wrong);
+    // No login at all: refused too (anonymous clients are not allowed).
+    let anonymous = MqttOutlet::spawn(outlet_config(port, "a"), &hub, None).expect("outlet");
+    wait_connection_errors(&anonymous, 1).await;
+    drop(anonymous);
+    // The right one, %-encoded in the URL.
+    let _outlet = MqttOutlet::spawn(
+        outlet_config_for(&format!("mqtt://spot:p%40ss%3Aw%2Frd@127.0.0.1:{port}/a")),
+        &hub,
+        None,
+    )
+    .expect("outlet");
+    hub.publish(event(1, "items/1/created"));
+    let (topic, payload, _) = received.recv().await.expect("message");
+    assert_eq!(topic, "a/items/1/created");
+    assert_eq!(payload["n"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_tls_to_a_broker_with_a_private_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, tls_port) = (free_port(), free_port());
+    let options = Options {
+        users: Vec::new(),
+        tls: Some((
+            tls_port,
+            fixture("localhost-cert.pem"),
+            fixture("localhost-key.pem"),
+        )),
+    };
+    let _broker = Broker::start_with(dir.path(), port, &options).await;
+    let mut received = subscriber(port, "#").await; // on the plain listener
+    let hub = Hub::new(HubConfig::default());
+    let url = format!("mqtts://localhost:{tls_port}/tls");
+    // The public roots alone do not vouch for the test certificate: handshakes fail.
+    let untrusted = MqttOutlet::spawn(outlet_config_for(&url), &hub, None).expect("outlet");
+    wait_connection_errors(&untrusted, 2).await;
+    assert!(!untrusted.stats().connected);
+    drop(untrusted);
+    // Trusting it (--mqtt-ca-cert): published over TLS.
+    let mut config = outlet_config_for(&url);
+    config
+        .trust_ca_file(&fixture("localhost-cert.pem"))
+        .expect("CA file");
+    let outlet = MqttOutlet::spawn(config, &hub, None).expect("outlet");
+    hub.publish(event(1, "items/1/created"));
+    let (topic, payload, _) = received.recv().await.expect("message");
+    assert_eq!(topic, "tls/items/1/created");
+    assert_eq!(payload["n"], 1);
+    assert!(outlet.stats().connected);
+    assert_eq!(outlet.stats().connection_errors_total, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

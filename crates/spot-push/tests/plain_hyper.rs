@@ -22,6 +22,7 @@ async fn websocket_and_sse_through_a_hyper_service_fn() {
         hub: hub.clone(),
         log: log.clone(),
         limits: StreamLimits::default(),
+        shutdown: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use spot_push::{
-    stream_router, Hub, HubConfig, MemoryEventLog, Published, StreamLimits, StreamState,
+    stream_router, Hub, HubConfig, MemoryEventLog, Published, StreamLimits, StreamShutdown,
+    StreamState,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -13,6 +14,7 @@ struct Server {
     url: String,
     hub: Hub,
     log: Arc<MemoryEventLog>,
+    shutdown: StreamShutdown,
 }
 
 impl Server {
@@ -30,10 +32,12 @@ impl Server {
     async fn start_with(config: HubConfig, limits: StreamLimits) -> Self {
         let hub = Hub::new(config);
         let log = Arc::new(MemoryEventLog::new(100_000));
+        let shutdown = StreamShutdown::new();
         let router = stream_router(StreamState {
             hub: hub.clone(),
             log: log.clone(),
             limits,
+            shutdown: shutdown.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -44,6 +48,7 @@ impl Server {
             url: format!("127.0.0.1:{}", addr.port()),
             hub,
             log,
+            shutdown,
         }
     }
 
@@ -407,8 +412,15 @@ async fn tail_reconnects_with_last_event_id() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let id = after + 1;
-            let body =
-                format!("id: {id}\ndata: {{\"id\":{id},\"topic\":\"t\",\"payload\":{{}}}}\n\n");
+            // Odd ids: the server says it stops; even ones: the connection just ends.
+            // Unknown event types are skipped.
+            let mut body = format!(
+                "id: {id}\ndata: {{\"id\":{id},\"topic\":\"t\",\"payload\":{{}}}}\n\n\
+                 event: later-feature\ndata: x\n\n"
+            );
+            if id % 2 == 1 {
+                body.push_str("event: shutdown\ndata: stopping\n\n");
+            }
             ([("content-type", "text/event-stream")], body)
         }),
     );
@@ -424,19 +436,21 @@ async fn tail_reconnects_with_last_event_id() {
         reconnect_delay: std::time::Duration::from_millis(1),
     };
     let mut ids = Vec::new();
-    let mut reconnects = 0;
+    let mut reasons = Vec::new();
     spot_push::tail::follow(
         &options,
         |e| {
             ids.push(e.id.expect("derived event"));
             ids.len() < 3
         },
-        |_| reconnects += 1,
+        |why| reasons.push(why.to_string()),
     )
     .await
     .expect("follow");
     assert_eq!(ids, [11, 12, 13]);
-    assert_eq!(reconnects, 2);
+    assert_eq!(reasons.len(), 2);
+    assert!(reasons[0].ends_with(": stopping"), "{reasons:?}");
+    assert!(reasons[1].ends_with(": stream ended"), "{reasons:?}");
 }
 
 #[tokio::test]
@@ -500,4 +514,84 @@ async fn ws_stalled_reader_is_disconnected() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("the stalled client was never disconnected");
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams_with_a_shutdown_event() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = Server::start(HubConfig::default()).await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "#"}));
+    let response = reqwest::get(format!("http://{}/api/stream", server.url))
+        .await
+        .expect("connect");
+    let mut sse = Box::pin(response.bytes_stream());
+    server.commit(1, "items/1/created");
+    assert_eq!(ws_recv(&mut ws).await["id"], 1);
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = sse.next().await.expect("open").expect("chunk");
+        text.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+    }
+    assert_eq!(server.shutdown.open_websockets(), 1);
+
+    server.shutdown.shut_down();
+    // WebSocket: a close frame saying why, then the end (the client library answered it).
+    let frame = ws.next().await.expect("open").expect("frame");
+    let Message::Close(Some(close)) = frame else {
+        panic!("expected a close frame, got {frame:?}");
+    };
+    assert_eq!(close.code, CloseCode::Away, "1001 going away");
+    assert_eq!(close.reason.as_str(), spot_push::SHUTDOWN_REASON);
+    assert!(ws.next().await.is_none(), "closed after the handshake");
+    server.shutdown.closed().await;
+    assert_eq!(server.shutdown.open_websockets(), 0);
+    // SSE: a last `shutdown` event, then the body ends.
+    while let Some(chunk) = sse.next().await {
+        text.push_str(std::str::from_utf8(&chunk.expect("chunk")).expect("utf-8"));
+    }
+    assert!(
+        text.ends_with(&format!(
+            "event: shutdown\ndata: {}\n\n",
+            spot_push::SHUTDOWN_REASON
+        )),
+        "{text:?}"
+    );
+    // New streams are refused.
+    let refused = reqwest::get(format!("http://{}/api/stream", server.url))
+        .await
+        .expect("connect");
+    assert_eq!(refused.status(), 503);
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/api/ws", server.url)).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503
+        ),
+        "{refused:?}"
+    );
+}
+
+/// A client that never reads cannot answer the close frame: it is dropped after
+/// `ws_close_timeout`, so the server's stop is not held up.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_websocket_client_that_never_answers() {
+    let server = Server::start_with(
+        HubConfig::default(),
+        StreamLimits {
+            ws_close_timeout: std::time::Duration::from_millis(100),
+            ..StreamLimits::default()
+        },
+    )
+    .await;
+    let mut ws = ws_connect(&server).await;
+    ws_send(&mut ws, json!({"subscribe": "#"})).await;
+    assert_eq!(ws_recv(&mut ws).await, json!({"subscribed": "#"}));
+    server.shutdown.shut_down();
+    // The test keeps `ws` and never reads it again.
+    tokio::time::timeout(std::time::Duration::from_secs(20), server.shutdown.closed())
+        .await
+        .expect("closed within the close timeout (guard only, no timing claim)");
+    drop(ws);
 }

@@ -18,11 +18,10 @@ struct Received {
     body: String,
 }
 
-/// A local HTTP receiver answering 500 to the first `fail_first` requests.
-async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<Received>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// The receiver's `POST /hook`: every request to `tx`, 500 to the first `fail_first`.
+fn hook_router(fail_first: usize, tx: mpsc::UnboundedSender<Received>) -> axum::Router {
     let failures = Arc::new(AtomicUsize::new(fail_first));
-    let router = axum::Router::new().route(
+    axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: String| {
             let tx = tx.clone();
@@ -39,13 +38,78 @@ async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<Receive
                 }
             }
         }),
-    );
+    )
+}
+
+/// A local HTTP receiver answering 500 to the first `fail_first` requests.
+async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<Received>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = hook_router(fail_first, tx);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, router).await });
     (format!("http://{addr}/hook"), rx)
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A local HTTPS receiver with the self-signed `localhost` test certificate (rustls and
+/// hyper): `https://localhost:<port>/hook`.
+async fn https_receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = hook_router(0, tx);
+    let certs = CertificateDer::pem_file_iter(fixture("localhost-cert.pem"))
+        .expect("cert file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(fixture("localhost-key.pem")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                // A client refusing the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let router = router.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            spot_push::call_router(&router, req).await,
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}/hook"), rx)
 }
 
 struct Setup {
@@ -531,4 +595,86 @@ async fn raw_spot_events_are_not_delivered_to_webhooks() {
     s.commit(1, "spots/a/connected/203");
     let delivery = received.recv().await.expect("delivery");
     assert_eq!(delivery.headers["idempotency-key"], "1");
+}
+
+#[tokio::test]
+async fn https_targets_are_verified_and_a_ca_file_makes_a_private_certificate_trusted() {
+    let (target, mut received) = https_receiver().await;
+    // Public roots only: the test certificate is refused, the failure says why.
+    let s = setup(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(100)),
+    )
+    .await;
+    let sub = s
+        .create(json!({"topic_filter": "#", "target_url": target, "target_retry": false}))
+        .await;
+    s.commit(1, "items/1/created");
+    let failed = loop {
+        let shown = s.get(&sub["id"]).await;
+        if shown["failed_count"] == 1 {
+            break shown;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let error = failed["last_error"].as_str().expect("last_error");
+    assert!(error.contains("certificate"), "{error}");
+    assert_eq!(failed["delivered_count"], 0);
+    s.webhooks.shutdown();
+
+    // With the certificate as CA file (--webhook-ca-cert): delivered over HTTPS.
+    let hub = Hub::new(HubConfig::default());
+    let log = Arc::new(MemoryEventLog::new(100));
+    let config = WebhookConfig {
+        ca_cert: Some(fixture("localhost-cert.pem")),
+        ..fast_config()
+    };
+    let store = WebhookStore::open_in_memory().expect("store");
+    store
+        .create(
+            spot_push::webhook::SubscriptionInput {
+                topic_filter: Some("#".into()),
+                target_url: Some(target),
+                secret: Some("k".into()),
+                ..Default::default()
+            },
+            0,
+        )
+        .expect("subscription");
+    let _webhooks = Webhooks::start(store, &hub, log.clone(), config).expect("start");
+    let event = Published::from_value(1, "items/1/created", &json!({"n": 1})).expect("event");
+    log.append(event.clone());
+    hub.publish(event);
+    let delivery = received.recv().await.expect("delivery over HTTPS");
+    assert_eq!(delivery.headers["idempotency-key"], "1");
+    assert_eq!(
+        delivery.headers["x-spot-signature-256"],
+        signature("k", delivery.body.as_bytes()).as_str()
+    );
+    assert!(
+        received.try_recv().is_err(),
+        "the refused attempt never reached the target"
+    );
+}
+
+#[test]
+fn a_bad_ca_file_stops_the_start_naming_it() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let config = WebhookConfig {
+        ca_cert: Some("/nonexistent/ca.pem".into()),
+        ..fast_config()
+    };
+    let err = Webhooks::start(
+        WebhookStore::open_in_memory().expect("store"),
+        &Hub::new(HubConfig::default()),
+        Arc::new(MemoryEventLog::new(10)),
+        config,
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }

@@ -92,10 +92,14 @@ impl CoreSender {
         self.tx.send(msg).await
     }
 
-    /// Queues `msg` if there is room now (for messages without events, e.g. ticks).
-    pub fn try_send(&self, msg: CoreMsg) -> Result<(), mpsc::error::TrySendError<CoreMsg>> {
+    /// Queues `msg` if there is room now (for messages without events, e.g. ticks); the
+    /// error says whether the queue was full or the core is gone (`msg` is dropped).
+    pub fn try_send(&self, msg: CoreMsg) -> Result<(), mpsc::error::TrySendError<()>> {
         debug_assert_eq!(share(&msg, self.max_events), 0, "events go through send");
-        self.tx.try_send(msg)
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+            mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+        })
     }
 
     /// Events that may still be queued before senders wait.

@@ -484,6 +484,14 @@ impl Server {
             // Dropped connection tasks release their slots at once.
             let _ = self.connections_done.recv().await;
         }
+        // WebSocket clients got their close frame; their handshakes are bounded by
+        // `ws_close_timeout`, the wait here by the grace again.
+        if tokio::time::timeout(grace, self.shared.push.streams_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: WebSocket connections still open after {grace:?}");
+        }
         let Server {
             shared,
             core_thread,

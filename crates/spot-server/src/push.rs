@@ -17,14 +17,13 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use spot_push::webhook::{WebhookConfig, WebhookError, WebhookStore, Webhooks};
 use spot_push::{
     stream_router, BoxFuture, EventLog, Hub, HubConfig, HubError, LogError, MqttConfig, MqttOutlet,
-    Published, StreamLimits, StreamState,
+    Published, StreamLimits, StreamShutdown, StreamState,
 };
 
 /// Settings of the push layer.
@@ -303,19 +302,7 @@ pub async fn serve(
     shared: &crate::Shared,
 ) -> hyper::Response<axum::body::Body> {
     if spot_push::is_push_path(req.uri().path()) {
-        let sse = req.uri().path() == "/api/stream";
-        let response = spot_push::call_router(shared.push.router(), req).await;
-        if !sse {
-            return response;
-        }
-        // An event stream never ends by itself: end it when the server stops, so that
-        // graceful shutdown does not wait for `shutdown_grace` (clients resume by id).
-        let mut closing = shared.push.closing.subscribe();
-        return response.map(|body| {
-            axum::body::Body::from_stream(body.into_data_stream().take_until(async move {
-                let _ = closing.wait_for(|closed| *closed).await;
-            }))
-        });
+        return spot_push::call_router(shared.push.router(), req).await;
     }
     crate::http::route(req, shared)
         .await
@@ -334,8 +321,8 @@ pub struct Push {
     webhooks: Arc<Webhooks>,
     mqtt: Option<MqttOutlet>,
     publish_raw: bool,
-    /// Set when the server stops: ends the SSE streams.
-    closing: tokio::sync::watch::Sender<bool>,
+    /// Ends the WebSocket connections and SSE streams when the server stops.
+    streams: StreamShutdown,
 }
 
 impl std::fmt::Debug for Push {
@@ -358,10 +345,12 @@ impl Push {
             log.clone(),
             config.webhooks.clone(),
         )?;
+        let streams = StreamShutdown::new();
         let router = stream_router(StreamState {
             hub: hub.clone(),
             log: log.clone(),
             limits: config.stream.clone(),
+            shutdown: streams.clone(),
         })
         .merge(webhooks.router());
         let mqtt = match &config.mqtt {
@@ -374,7 +363,7 @@ impl Push {
             webhooks,
             mqtt,
             publish_raw: config.publish_raw,
-            closing: tokio::sync::watch::Sender::new(false),
+            streams,
         })
     }
 
@@ -415,9 +404,19 @@ impl Push {
         out
     }
 
-    /// Ends the open event streams (the server is stopping).
+    /// Ends the open event streams (the server is stopping): WebSocket connections get a
+    /// close frame 1001, SSE streams a `shutdown` event; new ones get `503`. Event streams
+    /// never end by themselves, so without this the graceful stop would wait for
+    /// `shutdown_grace` (clients resume by id).
     pub fn close_streams(&self) {
-        self.closing.send_replace(true);
+        self.streams.shut_down();
+    }
+
+    /// Resolves when every WebSocket connection has finished its close handshake (they are
+    /// not HTTP connections any more once upgraded, so the HTTP drain does not wait for
+    /// them).
+    pub async fn streams_closed(&self) {
+        self.streams.closed().await;
     }
 
     /// Stops the webhook workers (queued deliveries stay stored).

@@ -336,20 +336,38 @@ async fn shutdown_ends_open_event_streams_instead_of_waiting_for_the_grace_perio
     .await;
     let addr = server.http_addr();
     let mut sse = Sse::open(addr, "#", None).await;
+    let mut ws = ws_subscribe(addr, "#").await;
     post_presence(addr, "203", "ee01").await;
     sse.next().await;
+    ws_next(&mut ws).await;
     let stopping = tokio::spawn(server.shutdown());
     // Guard only (no timing claim): without the fix this would wait for the 1 h grace.
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        // SSE: a last `shutdown` event, then the end of the body.
+        let mut shutdown_event = None;
         while let Some(chunk) = sse.body.next().await {
-            if chunk.is_err() {
-                break;
+            let Ok(chunk) = chunk else { break };
+            for message in sse.parser.push(&chunk).expect("SSE") {
+                if message.event == "shutdown" {
+                    shutdown_event = Some(message.data);
+                }
             }
         }
+        assert_eq!(shutdown_event.as_deref(), Some(spot_push::SHUTDOWN_REASON));
+        // WebSocket: close frame 1001 with the reason, then the end.
+        let close = loop {
+            match ws.next().await.expect("open").expect("frame") {
+                Message::Close(close) => break close.expect("close frame with a code"),
+                _ => continue, // events before the stop
+            }
+        };
+        assert_eq!(u16::from(close.code), 1001);
+        assert_eq!(close.reason.as_str(), spot_push::SHUTDOWN_REASON);
+        assert!(ws.next().await.is_none());
         stopping.await.expect("shutdown task");
     })
     .await
-    .expect("the stream ended and the server stopped");
+    .expect("the streams ended and the server stopped");
 }
 
 /// The resource id of the spot with `serial`.
@@ -408,8 +426,8 @@ async fn with_publish_raw_the_spots_own_events_reach_websocket_sse_and_mqtt() {
     assert_eq!(raw["topic"], format!("spots/{spot}/events/presence/create"));
     assert!(raw.get("id").is_none(), "{raw}");
     assert_raw_presence(&raw["payload"], "ff01");
-    // SSE ("#"): the derived events carry ids; the raw ones of a commit come after its
-    // derived ones, without (the POST's events may span several commits).
+    // SSE ("#"): the derived events carry ids; the raw ones (after the derived ones of
+    // their commit) have none: the SSE last event id stays the last derived one's.
     let mut derived_ids = Vec::new();
     let mut raw_topics = Vec::new();
     while raw_topics.len() < 2 {

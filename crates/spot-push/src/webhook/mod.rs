@@ -20,12 +20,15 @@
 //! `POST target_url` with the envelope `{"id","topic","payload"}` as JSON body and headers
 //! `Idempotency-Key: <event id>`, `X-Spot-Event-Id`, `X-Spot-Topic` and, with a secret,
 //! `X-Spot-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`.
+//! `https://` targets are verified against the public web PKI roots plus, optionally, the
+//! certificates of [`WebhookConfig::ca_cert`] (see [`crate::tls`]).
 //! A 2xx counts as delivered. Otherwise, with `target_retry` the row stays and is retried
 //! with exponential backoff (the next rows wait: order per subscription), until
 //! `database_hold_time_h` has passed since it was queued; without `target_retry` it is
 //! given up at once. Every failed attempt counts in `failed_count` and sets `last_error`.
 
 mod api;
+mod http;
 pub mod store;
 
 use std::collections::HashMap;
@@ -64,6 +67,9 @@ pub struct WebhookConfig {
     /// After this long without a matching event, the stored cursor moves past the events
     /// nobody wanted (one small write; bounds what a restart re-reads from the log).
     pub cursor_checkpoint: Duration,
+    /// Also trust the certificates of this PEM file for `https://` targets (a private CA
+    /// or a self-signed certificate); none by default (public roots only).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhookConfig {
@@ -76,6 +82,7 @@ impl Default for WebhookConfig {
             max_api_body_bytes: 64 * 1024,
             enqueue_batch: 256,
             cursor_checkpoint: Duration::from_secs(1),
+            ca_cert: None,
         }
     }
 }
@@ -89,9 +96,9 @@ pub enum WebhookError {
     /// The hub refused the subscription.
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The HTTP client could not be built.
-    #[error("webhook HTTP client: {0}")]
-    Client(String),
+    /// The TLS settings are unusable (e.g. the CA file).
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 struct Matcher {
@@ -122,7 +129,7 @@ pub struct Webhooks {
     store: Arc<WebhookStore>,
     hub: Hub,
     config: WebhookConfig,
-    client: reqwest::Client,
+    client: http::HttpClient,
     /// Locked while a batch is matched and while subscriptions change, so a new
     /// subscription gets exactly the events published after its creation.
     matchers: Mutex<Vec<Matcher>>,
@@ -167,10 +174,8 @@ impl Webhooks {
         log: Arc<dyn EventLog>,
         config: WebhookConfig,
     ) -> Result<Arc<Self>, WebhookError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .build()
-            .map_err(|e| WebhookError::Client(e.to_string()))?;
+        let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
+        let client = http::HttpClient::new(tls, config.request_timeout);
         let store = Arc::new(store);
         let matchers = store
             .matchers()?
@@ -465,28 +470,29 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
             let _ = tokio::time::timeout(wait, notify.notified()).await;
             continue;
         }
-        let mut request = this
-            .client
-            .post(&target.url)
-            .header("content-type", "application/json")
-            .header("idempotency-key", delivery.event_id.to_string())
-            .header("x-spot-event-id", delivery.event_id.to_string());
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("idempotency-key", delivery.event_id.to_string()),
+            ("x-spot-event-id", delivery.event_id.to_string()),
+        ];
         if let Some(topic) = topic_of(&delivery.body) {
-            request = request.header("x-spot-topic", topic);
+            headers.push(("x-spot-topic", topic));
         }
         if let Some(secret) = &target.secret {
-            request = request.header(
+            headers.push((
                 "x-spot-signature-256",
                 signature(secret, delivery.body.as_bytes()),
-            );
+            ));
         }
-        let outcome = match request.body(delivery.body.clone()).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!(
-                "event {}: {}: HTTP {}",
-                delivery.event_id,
-                target.url,
-                r.status()
+        let sent = this
+            .client
+            .post(&target.url, &headers, delivery.body.clone())
+            .await;
+        let outcome = match sent {
+            Ok(status) if status.is_success() => Ok(()),
+            Ok(status) => Err(format!(
+                "event {}: {}: HTTP {status}",
+                delivery.event_id, target.url
             )),
             Err(e) => Err(format!("event {}: {}: {e}", delivery.event_id, target.url)),
         };

@@ -14,25 +14,68 @@ use tokio::sync::mpsc;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
+const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
+
 pub struct Broker {
     child: Child,
 }
 
+/// Extra broker settings.
+#[derive(Default)]
+pub struct Options {
+    /// Users and passwords (a `mosquitto_passwd` file); none: anonymous clients allowed.
+    pub users: Vec<(String, String)>,
+    /// A second listener with TLS: port, certificate chain and key (PEM files).
+    pub tls: Option<(u16, PathBuf, PathBuf)>,
+}
+
 impl Broker {
     /// Starts mosquitto on `port` with persistence in `dir`; returns once it is listening.
+    pub async fn start(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, &Options::default()).await
+    }
+
+    /// Same as [`Broker::start`] with `options`.
     /// (`user root`: when started as root, mosquitto would otherwise switch to the user
     /// `mosquitto`, which cannot write the temp dir; ignored when not root.)
-    pub async fn start(dir: &Path, port: u16) -> Self {
+    pub async fn start_with(dir: &Path, port: u16, options: &Options) -> Self {
         let config: PathBuf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nlog_dest stderr\nlog_type all\nuser root\n",
-                dir.display()
-            ),
-        )
-        .expect("write config");
+        let mut text = format!(
+            "per_listener_settings false\npersistence true\npersistence_location {}/\n\
+             log_dest stderr\nlog_type all\nuser root\nlistener {port} 127.0.0.1\n",
+            dir.display()
+        );
+        if options.users.is_empty() {
+            text.push_str("allow_anonymous true\n");
+        } else {
+            let passwords = dir.join("passwords");
+            for (i, (user, password)) in options.users.iter().enumerate() {
+                let mut command = std::process::Command::new(MOSQUITTO_PASSWD);
+                if i == 0 {
+                    command.arg("-c");
+                }
+                let status = command
+                    .arg("-b")
+                    .arg(&passwords)
+                    .arg(user)
+                    .arg(password)
+                    .status()
+                    .expect("run mosquitto_passwd");
+                assert!(status.success(), "mosquitto_passwd for {user}");
+            }
+            text.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                passwords.display()
+            ));
+        }
+        if let Some((tls_port, cert, key)) = &options.tls {
+            text.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("write config");
         let mut child = Command::new(MOSQUITTO)
             .arg("-c")
             .arg(&config)
@@ -82,8 +125,20 @@ pub fn free_port() -> u16 {
 
 /// A real MQTT subscriber (persistent session) delivering (topic, payload, qos).
 pub async fn subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<(String, Value, QoS)> {
+    subscriber_as(port, filter, None).await
+}
+
+/// Same as [`subscriber`], logging in as `login` (user, password).
+pub async fn subscriber_as(
+    port: u16,
+    filter: &str,
+    login: Option<(&str, &str)>,
+) -> mpsc::UnboundedReceiver<(String, Value, QoS)> {
     let mut options = MqttOptions::new("test-subscriber", "127.0.0.1", port);
     options.set_clean_session(false);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     client
         .subscribe(filter, QoS::AtLeastOnce)
