@@ -210,10 +210,7 @@ impl SqliteEventLog {
                 break;
             };
             let last = row.get::<_, i64>(0).map_err(fail)?.max(0) as u64;
-            let docs = row
-                .get_ref(1)
-                .map_err(fail)?
-                .as_str()
+            let docs = crate::store::unpack(row.get_ref(1).map_err(fail)?)
                 .map_err(|e| LogError(format!("events batch ending at {last}: {e}")))?;
             let first = (last + 1).saturating_sub(docs.lines().count() as u64);
             for (id, doc) in (first..).zip(docs.lines()) {

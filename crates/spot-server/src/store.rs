@@ -14,7 +14,12 @@
 //! in it, so retention drops a batch once all of its events are older than the cutoff (never
 //! a journal batch the rows do not cover yet). One [`Store::commit`] is one transaction: what
 //! a group commit covers becomes durable all together or not at all.
+//!
+//! The two logs' batches are stored LZ4-compressed ([`pack`], a BLOB; JSON text compresses
+//! several times, and the bytes written — twice, to the WAL and then the database — were the
+//! store's main cost); a TEXT batch of an older database is read as it is ([`unpack`]).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +40,14 @@ pub enum StoreError {
         /// The SQLite error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// Stored data that cannot be read back.
+    #[error("store: {context}: {reason}")]
+    Corrupt {
+        /// What was being read.
+        context: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The operating system refused (e.g. a thread could not start).
     #[error("store: {context}: {source}")]
@@ -68,6 +81,34 @@ fn row_key(table: Table, id: &str) -> Option<i64> {
         );
     }
     key
+}
+
+/// A log batch as stored: LZ4 block with its uncompressed size in front.
+pub(crate) fn pack(text: &str) -> Vec<u8> {
+    lz4_flex::compress_prepend_size(text.as_bytes())
+}
+
+/// A stored log batch back as text: a BLOB is [`pack`]ed, TEXT is from before compression.
+pub(crate) fn unpack(value: rusqlite::types::ValueRef<'_>) -> Result<Cow<'_, str>, String> {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .map(Cow::Borrowed)
+            .map_err(|e| format!("batch text: {e}")),
+        ValueRef::Blob(bytes) => {
+            let text = lz4_flex::decompress_size_prepended(bytes)
+                .map_err(|e| format!("batch of {} bytes: {e}", bytes.len()))?;
+            String::from_utf8(text)
+                .map(Cow::Owned)
+                .map_err(|e| format!("batch text: {e}"))
+        }
+        other => Err(format!("batch of type {}", other.data_type())),
+    }
+}
+
+/// A read batch that is not one: which read and why.
+fn bad_batch(context: &'static str) -> impl Fn(String) -> StoreError {
+    move |reason| StoreError::Corrupt { context, reason }
 }
 
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -224,11 +265,13 @@ impl Store {
             .prepare("SELECT docs FROM event_batches WHERE time_last >= ?1 ORDER BY id")
             .map_err(ctx("load events"))?;
         let batches = stmt
-            .query_map([since], |r| r.get::<_, String>(0))
+            .query_map([since], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
             .map_err(ctx("load events"))?;
         let mut docs = Vec::new();
         for batch in batches {
-            let batch = batch.map_err(ctx("load events row"))?;
+            let batch = batch
+                .map_err(ctx("load events row"))?
+                .map_err(bad_batch("load events row"))?;
             docs.extend(batch.lines().map(str::to_string));
         }
         Ok(docs)
@@ -262,12 +305,16 @@ impl Store {
             .map_err(ctx("read journal"))?;
         let batches = stmt
             .query_map([flushed], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    unpack(r.get_ref(1)?).map(Cow::into_owned),
+                ))
             })
             .map_err(ctx("read journal"))?;
         let mut entries = Vec::new();
         for batch in batches {
             let (id, lines) = batch.map_err(ctx("read journal row"))?;
+            let lines = lines.map_err(bad_batch("read journal row"))?;
             for (n, line) in lines.lines().enumerate() {
                 match parse_journal_line(line) {
                     Some(entry) => entries.push(entry),
@@ -308,7 +355,7 @@ impl Store {
                     "INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)",
                 )
                 .map_err(ctx("prepare upstream insert"))?
-                .execute(params![time_last, lines])
+                .execute(params![time_last, pack(&lines)])
                 .map_err(ctx("insert upstream events"))?;
             }
             if changes.flush {
@@ -359,7 +406,7 @@ impl Store {
                      VALUES (?1, ?2, ?3)",
                 )
                 .map_err(ctx("prepare event insert"))?
-                .execute(params![time_last, docs, last_event_id as i64])
+                .execute(params![time_last, pack(&docs), last_event_id as i64])
                 .map_err(ctx("insert events"))?;
             }
         }
@@ -403,11 +450,13 @@ impl Store {
             .prepare("SELECT lines FROM upstream_batches ORDER BY id")
             .map_err(ctx("read upstream events"))?;
         let batches = stmt
-            .query_map([], |r| r.get::<_, String>(0))
+            .query_map([], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
             .map_err(ctx("read upstream events"))?;
         let mut out = Vec::new();
         for batch in batches {
-            let batch = batch.map_err(ctx("read upstream event row"))?;
+            let batch = batch
+                .map_err(ctx("read upstream event row"))?
+                .map_err(bad_batch("read upstream event row"))?;
             for line in batch.lines() {
                 if let Some(JournalEntry::Event {
                     row,
@@ -664,5 +713,55 @@ mod tests {
             "retention never drops what the rows do not cover"
         );
         assert_eq!(store.upstream_events("7").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn batches_are_stored_compressed_and_uncompressed_ones_of_older_databases_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "INSERT INTO upstream_batches (time_last, lines)
+                         VALUES (1, '203	1	1	[\"old\"]
+');
+                     INSERT INTO event_batches (time_last, docs) VALUES (1, '{\"old\":1}
+');",
+                )
+                .unwrap();
+            let doc = format!("{{\"new\":\"{}\"}}", "x".repeat(2_000));
+            store
+                .commit(&Changes {
+                    journal: vec![upstream(
+                        "203",
+                        Some(2),
+                        2,
+                        &format!("[\"{}\"]", "y".repeat(2_000)),
+                    )],
+                    log: vec![("e".into(), 2, doc.clone())],
+                    ..Changes::default()
+                })
+                .unwrap();
+            let (kind, size): (String, i64) = store
+                .conn
+                .query_row(
+                    "SELECT typeof(docs), length(docs) FROM event_batches ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(kind, "blob");
+            assert!(size < 200, "2 kB of repetitive JSON stored in {size} bytes");
+            assert_eq!(
+                store.load_events(0).unwrap(),
+                vec!["{\"old\":1}".to_string(), doc]
+            );
+        }
+        let store = Store::open(dir.path(), Sync::Normal).unwrap();
+        let events = store.upstream_events("203").unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0], (Some(1), "[\"old\"]".to_string()));
+        assert_eq!(events[1].0, Some(2));
     }
 }
