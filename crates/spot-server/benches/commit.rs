@@ -19,7 +19,10 @@ fn id(n: u64) -> String {
 }
 
 fn batch(b: usize) -> Changes {
-    let mut changes = Changes::default();
+    let mut changes = Changes {
+        flush: true, // every batch's rows go to the row writer too
+        ..Changes::default()
+    };
     let presence_doc = format!(
         "{{\"id\":\"{}\",\"item\":\"{}\",\"location\":\"{}\",\"proximity\":\"near\",\
          \"reporters\":{{\"{}\":\"near\"}},\"time_event\":\"2026-11-24T22:53:11.466Z\",\
@@ -81,12 +84,13 @@ fn batch(b: usize) -> Changes {
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut store = Store::open(dir.path(), Sync::Normal).expect("open store");
-    let batches: Vec<Changes> = (0..BATCHES).map(batch).collect();
-    store.commit(&batches[0]).expect("warm-up commit");
+    let mut batches: Vec<Changes> = (0..BATCHES).map(batch).collect();
+    store.commit(&mut batches[0]).expect("warm-up commit");
     let started = Instant::now();
-    for changes in &batches[1..] {
+    for changes in &mut batches[1..] {
         store.commit(changes).expect("commit");
     }
+    store.wait_for_rows();
     let events = (BATCHES - 1) * EVENTS_PER_BATCH;
     let elapsed = started.elapsed();
     println!(

@@ -349,7 +349,7 @@ fn apply(
 
 fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Metrics>) {
     for job in jobs {
-        let (changes, waiters, apply_time) = match job {
+        let (mut changes, waiters, apply_time) = match job {
             Job::Prune(cutoff) => {
                 if let Err(e) = store.prune(cutoff) {
                     tracing::warn!("retention: {e}");
@@ -364,7 +364,8 @@ fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Me
         };
         if !changes.is_empty() {
             let started = std::time::Instant::now();
-            while let Err(e) = store.commit(&changes) {
+            let rows = changes.upserts.len() + changes.deletes.len();
+            while let Err(e) = store.commit(&mut changes) {
                 tracing::error!("commit failed, retrying (nothing acknowledged meanwhile): {e}");
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -372,7 +373,8 @@ fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Me
             tracing::debug!(
                 journal = changes.journal.len(),
                 flush = changes.flush,
-                rows = changes.upserts.len() + changes.deletes.len() + changes.log.len(),
+                rows,
+                log = changes.log.len(),
                 waiters = waiters.len(),
                 apply_ms = apply_time.as_secs_f64() * 1e3,
                 commit_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -24,6 +24,7 @@ pub mod ids;
 pub mod metrics;
 pub mod pull;
 pub mod push;
+pub mod rows;
 pub mod store;
 pub mod tcp;
 
@@ -36,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::core::CoreMsg;
-use crate::domain::{unix_millis, Domain, DomainConfig, Table};
+use crate::domain::{unix_millis, Domain, DomainConfig};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -312,22 +313,20 @@ impl Server {
             events_retention_ms: config.events_retention.as_millis() as i64,
             ..DomainConfig::default()
         });
-        for table in Table::ALL {
+        for (table, rows) in store.take_loaded_rows() {
             domain
-                .load(table, store.load(table)?, now)
+                .load(table, rows, now)
                 .map_err(ServerError::Corrupt)?;
         }
         let (journal, id_last) = store.unflushed_journal()?;
-        if let Some(last) = id_last {
-            domain.restore_ids(last);
-        }
+        domain.restore_ids(id_last);
         domain
             .load_events(store.load_events(domain.retention_cutoff(now))?)
             .map_err(ServerError::Corrupt)?;
         if !journal.is_empty() {
             let entries = journal.len();
             domain.replay(journal).map_err(ServerError::Corrupt)?;
-            store.commit(&domain.take_changes(true))?;
+            store.commit(&mut domain.take_changes(true))?;
             tracing::info!("replayed {entries} journal entries written after the last flush");
         } else {
             domain.replay(Vec::new()).map_err(ServerError::Corrupt)?;

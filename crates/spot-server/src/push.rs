@@ -462,11 +462,11 @@ mod tests {
     }
 
     fn commit(store: &mut crate::store::Store, topics: &[&str]) {
-        let changes = crate::domain::Changes {
+        let mut changes = crate::domain::Changes {
             log: topics.iter().map(|t| (String::new(), 1, doc(t))).collect(),
             ..Default::default()
         };
-        store.commit(&changes).expect("commit");
+        store.commit(&mut changes).expect("commit");
     }
 
     #[test]

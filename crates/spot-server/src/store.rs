@@ -1,16 +1,16 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
-//! Tables: one per resource (`spot_rows`, `location_rows`, `item_rows`, `presence_rows`:
-//! the id's integer value ([`crate::ids::id_key`]) as the row key + JSON document), written
-//! only by a *flush* (see [`crate::domain`]: rows are checkpoints, the journal is the truth
-//! in between); two append-only logs written **one row per group commit** (a row per event
+//! The resource rows (the id's integer value ([`crate::ids::id_key`]) as the row key + JSON
+//! document) are written only by a *flush* (see [`crate::domain`]: rows are checkpoints, the
+//! journal is the truth in between), into `state.db` by [`crate::rows::RowWriter`]'s thread,
+//! so that a flush never holds up a commit here. This database, `spot.db`, holds the
+//! two append-only logs, written **one row per group commit** (a row per event
 //! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
 //! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent;
 //! `serial TAB !seq TAB time TAB json` for a replay the spot sent again; `serial TAB + TAB time
 //! TAB version` (a JSON string or empty) for a stream's begin, `serial TAB - TAB time TAB` for its
 //! end) and `event_batches` (the derived events log, one JSON document per line; compact JSON
-//! has no raw newline); and `meta` (`flushed_journal`: the last journal batch the rows cover;
-//! `id_last`: the id generator's state at that flush). Each batch row carries the newest time
+//! has no raw newline). Each batch row carries the newest time
 //! in it, so retention drops a batch once all of its events are older than the cutoff (never
 //! a journal batch the rows do not cover yet). One [`Store::commit`] is one transaction: what
 //! a group commit covers becomes durable all together or not at all.
@@ -28,6 +28,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use crate::domain::{Changes, JournalEntry, Table, UpstreamRow};
+use crate::rows::{RowFlush, RowWriter};
 
 /// A storage failure: which operation and the underlying error.
 #[derive(Debug, thiserror::Error)]
@@ -58,29 +59,6 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The SQL table of a resource table.
-fn sql_table(table: Table) -> &'static str {
-    match table {
-        Table::Spots => "spot_rows",
-        Table::Locations => "location_rows",
-        Table::Items => "item_rows",
-        Table::Presences => "presence_rows",
-    }
-}
-
-/// The row key of a resource id. Every id the domain makes is one of [`crate::ids::IdGen`]'s
-/// (its maps refuse others), so `None` is a bug: logged, the row skipped.
-fn row_key(table: Table, id: &str) -> Option<i64> {
-    let key = crate::ids::id_key(id).and_then(|k| i64::try_from(k).ok());
-    if key.is_none() {
-        tracing::error!(
-            "{} row {id:?}: not a generated id; not stored",
-            table.name()
-        );
-    }
-    key
 }
 
 /// A log batch as stored: LZ4 block with its uncompressed size in front.
@@ -131,6 +109,14 @@ pub struct Store {
     _checkpointer: Checkpointer,
     /// Push event id of the last derived event stored (ids are dense, from 1).
     last_event_id: u64,
+    /// Id of the last journal batch written.
+    journal_last: i64,
+    /// The writer of the rows (`state.db`).
+    rows: RowWriter,
+    /// What was loaded at open: the rows, until taken ([`Store::take_loaded_rows`]), and the
+    /// flush mark (journal batch covered, id generator state).
+    loaded: Vec<(Table, Vec<(String, String)>)>,
+    loaded_mark: (i64, u64),
     publisher: Option<crate::push::Publisher>,
 }
 
@@ -188,39 +174,26 @@ impl Store {
     /// Opens (creating if needed) `<dir>/spot.db` in WAL mode.
     pub fn open(dir: &Path, sync: Sync) -> Result<Self, StoreError> {
         let conn = Connection::open(dir.join("spot.db")).map_err(ctx("open database"))?;
-        let sync = match sync {
+        let sync_pragma = match sync {
             Sync::Full => "FULL",
             Sync::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous={sync};
+             PRAGMA synchronous={sync_pragma};
              PRAGMA wal_autocheckpoint=0;
              PRAGMA cache_size=-65536;
              CREATE TABLE IF NOT EXISTS upstream_batches (
                  id INTEGER PRIMARY KEY,
                  time_last INTEGER NOT NULL,
                  lines TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS spot_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS location_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS item_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS presence_rows (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS event_batches (
                  id INTEGER PRIMARY KEY,
                  time_last INTEGER NOT NULL,
                  docs TEXT NOT NULL,
-                 last_event_id INTEGER NOT NULL DEFAULT 0);
-             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                 last_event_id INTEGER NOT NULL DEFAULT 0);"
         ))
         .map_err(ctx("create schema"))?;
-        // A new database starts its journal at 0; one from before the journal has its rows
-        // covering every batch.
-        conn.execute_batch(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES
-                ('flushed_journal', (SELECT coalesce(max(id), 0) FROM upstream_batches)),
-                ('id_last', 0);",
-        )
-        .map_err(ctx("initialise meta"))?;
         crate::push::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
         let last_event_id: i64 = conn
             .query_row(
@@ -229,30 +202,36 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(ctx("read the last event id"))?;
+        let journal_last: i64 = conn
+            .query_row(
+                "SELECT coalesce(max(id), 0) FROM upstream_batches",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(ctx("read the last journal batch"))?;
+        let (rows, loaded, flushed, id_last) = RowWriter::open(dir, sync)?;
         let checkpointer = Checkpointer::start(dir)?;
         Ok(Store {
             conn,
             _checkpointer: checkpointer,
             last_event_id: last_event_id.max(0) as u64,
+            journal_last,
+            rows,
+            loaded,
+            loaded_mark: (flushed, id_last),
             publisher: None,
         })
     }
 
-    /// Every row of a resource table: (id, JSON document).
-    pub fn load(&self, table: Table) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT id, doc FROM {} ORDER BY id",
-                sql_table(table)
-            ))
-            .map_err(ctx("load"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((format!("{:016x}", r.get::<_, i64>(0)?), r.get(1)?))
-            })
-            .map_err(ctx("load"))?;
-        rows.collect::<Result<_, _>>().map_err(ctx("load row"))
+    /// The rows of every table as loaded at open: (id, JSON document) each; empty after the
+    /// first call.
+    pub fn take_loaded_rows(&mut self) -> Vec<(Table, Vec<(String, String)>)> {
+        std::mem::take(&mut self.loaded)
+    }
+
+    /// Waits until every flush handed to the row writer is written.
+    pub fn wait_for_rows(&self) {
+        self.rows.wait();
     }
 
     /// The derived events at or after `since` (Unix ms), oldest first.
@@ -282,23 +261,10 @@ impl Store {
         self.publisher = Some(publisher);
     }
 
-    /// The journal batches the stored rows do not cover yet, oldest first, and the id
-    /// generator's state at the last flush (`None`: a database from before the journal, whose
-    /// rows cover everything).
-    pub fn unflushed_journal(&self) -> Result<(Vec<JournalEntry>, Option<u64>), StoreError> {
-        let meta = |key: &str| -> Result<Option<i64>, StoreError> {
-            self.conn
-                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })
-                .map_err(ctx("read meta"))
-        };
-        let (Some(flushed), id_last) = (meta("flushed_journal")?, meta("id_last")?) else {
-            return Ok((Vec::new(), None));
-        };
+    /// The journal batches the rows loaded at open do not cover, oldest first, and the id
+    /// generator's state at their flush.
+    pub fn unflushed_journal(&self) -> Result<(Vec<JournalEntry>, u64), StoreError> {
+        let (flushed, id_last) = self.loaded_mark;
         let mut stmt = self
             .conn
             .prepare("SELECT id, lines FROM upstream_batches WHERE id > ?1 ORDER BY id")
@@ -325,12 +291,14 @@ impl Store {
                 }
             }
         }
-        Ok((entries, id_last.map(|v| v as u64)))
+        Ok((entries, id_last))
     }
 
-    /// Writes one group commit in one transaction.
-    pub fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
+    /// Writes one group commit (journal and derived events) in one transaction; a flush's
+    /// rows are then taken out of `changes` and handed to the row writer.
+    pub fn commit(&mut self, changes: &mut Changes) -> Result<(), StoreError> {
         let last_event_id = self.last_event_id + changes.log.len() as u64;
+        let mut journal_last = self.journal_last;
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
         {
             if !changes.journal.is_empty() {
@@ -357,39 +325,7 @@ impl Store {
                 .map_err(ctx("prepare upstream insert"))?
                 .execute(params![time_last, pack(&lines)])
                 .map_err(ctx("insert upstream events"))?;
-            }
-            if changes.flush {
-                tx.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES
-                        ('flushed_journal', (SELECT coalesce(max(id), 0) FROM upstream_batches)),
-                        ('id_last', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                )
-                .map_err(ctx("prepare flush mark"))?
-                .execute([changes.id_last as i64])
-                .map_err(ctx("write flush mark"))?;
-            }
-            for (table, id, doc) in &changes.upserts {
-                let Some(key) = row_key(*table, id) else {
-                    continue;
-                };
-                tx.prepare_cached(&format!(
-                    "INSERT INTO {} (id, doc) VALUES (?1, ?2)
-                     ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
-                    sql_table(*table)
-                ))
-                .map_err(ctx("prepare upsert"))?
-                .execute(params![key, doc])
-                .map_err(ctx("upsert"))?;
-            }
-            for (table, id) in &changes.deletes {
-                let Some(key) = row_key(*table, id) else {
-                    continue;
-                };
-                tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", sql_table(*table)))
-                    .map_err(ctx("prepare delete"))?
-                    .execute(params![key])
-                    .map_err(ctx("delete"))?;
+                journal_last = tx.last_insert_rowid();
             }
             if !changes.log.is_empty() {
                 let mut docs = String::with_capacity(
@@ -412,6 +348,15 @@ impl Store {
         }
         tx.commit().map_err(ctx("commit"))?;
         self.last_event_id = last_event_id;
+        self.journal_last = journal_last;
+        if changes.flush {
+            self.rows.flush(RowFlush {
+                upserts: std::mem::take(&mut changes.upserts),
+                deletes: std::mem::take(&mut changes.deletes),
+                journal: journal_last,
+                id_last: changes.id_last,
+            });
+        }
         if let Some(publisher) = &self.publisher {
             publisher.committed(&changes.log, last_event_id);
             publisher.raw_events(changes.upstream());
@@ -433,10 +378,8 @@ impl Store {
         self.conn
             .execute(
                 // The journal the rows do not cover yet stays, whatever its age.
-                "DELETE FROM upstream_batches WHERE time_last < ?1
-                 AND id <= coalesce((SELECT value FROM meta WHERE key = 'flushed_journal'),
-                                    (SELECT max(id) FROM upstream_batches))",
-                [cutoff],
+                "DELETE FROM upstream_batches WHERE time_last < ?1 AND id <= ?2",
+                params![cutoff, self.rows.flushed_journal()],
             )
             .map_err(ctx("prune upstream events"))?;
         Ok(())
@@ -579,7 +522,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
-            let changes = Changes {
+            let mut changes = Changes {
                 journal: vec![
                     upstream("203", Some(7), 1_000, r#"["hit","create",{}]"#),
                     upstream("204", None, 1_000, r#"["hit","create",{"a":"\t"}]"#),
@@ -593,9 +536,9 @@ mod tests {
                 ],
                 ..Changes::default()
             };
-            store.commit(&changes).unwrap();
+            store.commit(&mut changes).unwrap();
             store
-                .commit(&Changes {
+                .commit(&mut Changes {
                     deletes: vec![(Table::Items, A.into())],
                     upserts: vec![
                         (Table::Items, B.into(), "{}".into()),
@@ -621,9 +564,15 @@ mod tests {
             store.upstream_events("204").unwrap(),
             vec![(None, r#"["hit","create",{"a":"\t"}]"#.to_string())]
         );
+        let items = store
+            .take_loaded_rows()
+            .into_iter()
+            .find(|(t, _)| *t == Table::Items)
+            .map(|(_, rows)| rows);
         assert_eq!(
-            store.load(Table::Items).unwrap(),
-            vec![(B.to_string(), "{\"v\":2}".to_string())]
+            items,
+            Some(vec![(B.to_string(), "{\"v\":2}".to_string())]),
+            "a flush's rows, written by the row writer"
         );
         assert_eq!(
             store.load_events(0).unwrap(),
@@ -663,18 +612,17 @@ mod tests {
         };
         {
             let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
-            assert_eq!(store.unflushed_journal().unwrap(), (vec![], Some(0)));
+            assert_eq!(store.unflushed_journal().unwrap(), (vec![], 0));
             store
-                .commit(&Changes {
+                .commit(&mut Changes {
                     journal: vec![begin(1_000, None), upstream("7", Some(3), 1_001, "[1]")],
                     flush: true,
                     id_last: 99,
                     ..Changes::default()
                 })
                 .unwrap();
-            assert_eq!(store.unflushed_journal().unwrap(), (vec![], Some(99)));
             store
-                .commit(&Changes {
+                .commit(&mut Changes {
                     journal: vec![
                         begin(1_002, Some("1.2 \"beta\"\t")),
                         replayed.clone(),
@@ -684,7 +632,7 @@ mod tests {
                 })
                 .unwrap();
             store
-                .commit(&Changes {
+                .commit(&mut Changes {
                     journal: vec![end(1_005)],
                     ..Changes::default()
                 })
@@ -697,10 +645,7 @@ mod tests {
             upstream("7", None, 1_004, "[2]"),
             end(1_005),
         ];
-        assert_eq!(
-            store.unflushed_journal().unwrap(),
-            (expected.clone(), Some(99))
-        );
+        assert_eq!(store.unflushed_journal().unwrap(), (expected.clone(), 99));
         assert_eq!(
             store.upstream_events("7").unwrap(),
             vec![(Some(3), "[1]".to_string()), (None, "[2]".to_string())],
@@ -709,7 +654,7 @@ mod tests {
         store.prune(10_000).unwrap();
         assert_eq!(
             store.unflushed_journal().unwrap(),
-            (expected, Some(99)),
+            (expected, 99),
             "retention never drops what the rows do not cover"
         );
         assert_eq!(store.upstream_events("7").unwrap().len(), 1);
@@ -732,7 +677,7 @@ mod tests {
                 .unwrap();
             let doc = format!("{{\"new\":\"{}\"}}", "x".repeat(2_000));
             store
-                .commit(&Changes {
+                .commit(&mut Changes {
                     journal: vec![upstream(
                         "203",
                         Some(2),
