@@ -30,7 +30,8 @@ pub struct Args {
     /// HTTP address for spot POSTs and the REST API [default: 0.0.0.0:8080].
     #[arg(long, env = "SPOT_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Data directory (SQLite database `spot.db`), created on first start
+    /// Data directory (SQLite databases `spot.db`: journal and events, `state.db`: resources),
+    /// created on first start
     /// [default: spot-data].
     #[arg(long, env = "SPOT_DATA")]
     data: Option<PathBuf>,

@@ -1,6 +1,8 @@
 //! The spot server: ingest → domain → store → push outlets.
 //!
-//! - [`Server::bind`] opens the store (`<data>/spot.db`, SQLite in WAL mode), loads the state,
+//! - [`Server::bind`] opens the store (`<data>/spot.db` for the journal and the derived events,
+//!   `<data>/state.db` for the resource rows; SQLite in WAL mode), loads the state (replaying
+//!   the journal written after the last row flush),
 //!   binds the HTTP listener (and the raw TCP one), and returns the bound addresses; tests
 //!   bind port 0 and run it in-process. [`Server::shutdown`] stops accepting, lets in-flight
 //!   POSTs finish (bounded by [`ServerLimits::shutdown_grace`]), commits and returns. The
@@ -11,6 +13,8 @@
 //! - [`pull`]: dialling spots' telnet services (`--pull`), ingested like raw TCP.
 //! - [`core`]: the one thread owning the [`domain::Domain`] and the [`store::Store`]; group
 //!   commit; a `200` leaves only after its events are committed.
+//! - [`store`]: the journal and the derived events log; [`rows`]: the resource rows, flushed
+//!   every few seconds by a thread of their own.
 //! - [`domain`]: spots, locations, items, presences and the derived events log (spec §7).
 //! - [`api`]: collection queries (filters, sort, paging).
 //! - [`push`]: derived events pushed to applications (`/api/ws`, `/api/stream`,
