@@ -1381,9 +1381,13 @@ fn item_key<'b>(buf: &'b mut String, code: &str, tech: &str) -> &'b str {
 
 /// The compact JSON encoding of an event, without the trailing separator (as stored).
 pub fn encode_json(event: &Event) -> String {
-    let mut encoded = Vec::new();
+    let mut encoded = Vec::with_capacity(256);
     Encoder::new(Encoding::Json).encode(event, &mut encoded);
-    String::from_utf8_lossy(trim_separator(&encoded)).into_owned()
+    let end = trim_separator(&encoded).len();
+    encoded.truncate(end);
+    // The JSON encoder writes UTF-8 only; the lossy path is never taken.
+    String::from_utf8(encoded)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// A resource as JSON (for the events log).
