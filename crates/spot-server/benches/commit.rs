@@ -60,14 +60,16 @@ fn batch(b: usize) -> Changes {
             },
             duplicate: false,
         });
-        changes
-            .upserts
-            .push((Table::Presences, id(rng % PRESENCES), presence_doc.clone()));
+        changes.upserts.push((
+            Table::Presences,
+            id(rng % PRESENCES),
+            presence_doc.clone().into(),
+        ));
         if e % 3 == 0 {
             changes.upserts.push((
                 Table::Items,
                 id(PRESENCES + rng % PRESENCES),
-                presence_doc.clone(),
+                presence_doc.clone().into(),
             ));
         }
         for k in 0..(1 + e % 5 / 3) {

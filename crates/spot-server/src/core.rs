@@ -29,7 +29,7 @@ use crate::store::Store;
 pub const MAX_MESSAGES_PER_COMMIT: usize = 4096;
 
 /// A flush (every changed row written, see [`crate::domain`]) happens at least this often…
-pub const FLUSH_EVERY: Duration = Duration::from_secs(2);
+pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
 /// …or as soon as this many rows are waiting (bounds memory and the replay after a crash).
 pub const FLUSH_AT_DIRTY_ROWS: usize = 200_000;

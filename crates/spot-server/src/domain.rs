@@ -316,6 +316,50 @@ pub enum JournalEntry {
     },
 }
 
+/// The document of a row to write: a snapshot of the resource, rendered as JSON by the row
+/// writer's thread ([`RowDoc::to_json`]) — on the core's thread the rendering of a large
+/// flush held up every event behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowDoc {
+    /// Rendered already.
+    Json(String),
+    /// A spot.
+    Spot(Box<Spot>),
+    /// A location.
+    Location(Box<Location>),
+    /// An item.
+    Item(Box<Item>),
+    /// A presence.
+    Presence(Box<PresenceRes>),
+}
+
+impl RowDoc {
+    /// The row's JSON document (what [`Domain::load`] reads back).
+    pub fn to_json(&self) -> String {
+        let json = match self {
+            RowDoc::Json(json) => return json.clone(),
+            RowDoc::Spot(r) => to_json(r),
+            RowDoc::Location(r) => to_json(r),
+            RowDoc::Item(r) => to_json(r),
+            RowDoc::Presence(r) => to_json(r),
+        };
+        // Plain structs and JSON values: serializing them cannot fail.
+        json.unwrap_or_else(|_| "null".to_string())
+    }
+}
+
+impl From<&str> for RowDoc {
+    fn from(json: &str) -> Self {
+        RowDoc::Json(json.to_string())
+    }
+}
+
+impl From<String> for RowDoc {
+    fn from(json: String) -> Self {
+        RowDoc::Json(json)
+    }
+}
+
 /// Everything one group commit writes.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -326,8 +370,8 @@ pub struct Changes {
     pub flush: bool,
     /// With `flush`: the id generator's state ([`IdGen::last`]) the rows correspond to.
     pub id_last: u64,
-    /// Rows to insert or replace: table, id, JSON document (only in a flush).
-    pub upserts: Vec<(Table, String, String)>,
+    /// Rows to insert or replace: table, id, document (only in a flush).
+    pub upserts: Vec<(Table, String, RowDoc)>,
     /// Rows to delete (only in a flush).
     pub deletes: Vec<(Table, String)>,
     /// Derived events: id, time_created, JSON document.
@@ -965,12 +1009,24 @@ impl Domain {
         changes.id_last = self.ids.last();
         for (table, k) in self.dirty.drain() {
             let doc = match table {
-                Table::Spots => self.spots.get_by_key(k).map(to_json),
-                Table::Locations => self.locations.get_by_key(k).map(to_json),
-                Table::Items => self.items.get_by_key(k).map(to_json),
-                Table::Presences => self.presences.get_by_key(k).map(to_json),
+                Table::Spots => self
+                    .spots
+                    .get_by_key(k)
+                    .map(|r| RowDoc::Spot(Box::new(r.clone()))),
+                Table::Locations => self
+                    .locations
+                    .get_by_key(k)
+                    .map(|r| RowDoc::Location(Box::new(r.clone()))),
+                Table::Items => self
+                    .items
+                    .get_by_key(k)
+                    .map(|r| RowDoc::Item(Box::new(r.clone()))),
+                Table::Presences => self
+                    .presences
+                    .get_by_key(k)
+                    .map(|r| RowDoc::Presence(Box::new(r.clone()))),
             };
-            if let Some(Ok(doc)) = doc {
+            if let Some(doc) = doc {
                 changes.upserts.push((table, crate::ids::id_text(k), doc));
             }
         }
@@ -1800,7 +1856,7 @@ mod tests {
                 .upserts
                 .iter()
                 .filter(|(t, _, _)| *t == table)
-                .map(|(_, id, doc)| (id.clone(), doc.clone()))
+                .map(|(_, id, doc)| (id.clone(), doc.to_json()))
                 .collect();
             loaded.load(table, rows, T0).unwrap();
         }
@@ -1871,7 +1927,7 @@ mod tests {
                 .upserts
                 .iter()
                 .filter(|(t, _, _)| *t == table)
-                .map(|(_, id, doc)| (id.clone(), doc.clone()))
+                .map(|(_, id, doc)| (id.clone(), doc.to_json()))
                 .collect();
             rebuilt.load(table, rows, T0).unwrap();
         }

@@ -19,14 +19,14 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use crate::domain::Table;
+use crate::domain::{RowDoc, Table};
 use crate::store::{StoreError, Sync};
 
 /// One flush: every row changed since the previous one.
 #[derive(Debug, Default)]
 pub struct RowFlush {
-    /// Rows to insert or replace: table, id, JSON document.
-    pub upserts: Vec<(Table, String, String)>,
+    /// Rows to insert or replace: table, id, document (rendered here, off the core thread).
+    pub upserts: Vec<(Table, String, RowDoc)>,
     /// Rows to delete.
     pub deletes: Vec<(Table, String)>,
     /// The last journal batch (`upstream_batches.id`) these rows cover.
@@ -227,7 +227,7 @@ fn write(conn: &mut Connection, flush: &RowFlush) -> Result<(), StoreError> {
             sql_table(*table)
         ))
         .map_err(ctx("prepare upsert"))?
-        .execute(params![key, doc])
+        .execute(params![key, doc.to_json()])
         .map_err(ctx("upsert"))?;
     }
     for (table, id) in &flush.deletes {
