@@ -28,7 +28,7 @@ use spot_protocol::{
 };
 use spot_push::topics;
 
-use crate::ids::{id_key, IdGen, IdMap};
+use crate::ids::{Id, IdGen, IdMap};
 
 /// Serde helpers: times are Unix milliseconds in memory and ISO 8601 strings in JSON.
 mod iso {
@@ -98,7 +98,7 @@ use prox::Prox;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Spot {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// The serial number the spot sends (`spot_id`), as decimal text.
     pub serial_number: String,
     /// The object of the last `spot create`.
@@ -118,7 +118,7 @@ pub struct Spot {
     /// Written by an application; sent as a `firmware update` command, then cleared.
     pub firmware_request: Option<Object>,
     /// The location its presences are reported to.
-    pub report_location: Option<String>,
+    pub report_location: Option<Id>,
     /// Per-antenna report locations (settable; antenna presences are a later extension).
     pub antenna_report_locations: Object,
     /// Epoch of the spot's sequence counter (delivery contract).
@@ -146,7 +146,7 @@ pub struct Spot {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Location {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// Human label; `spot<serial>` for a spot's default location.
     pub label: String,
     /// Free-form application data.
@@ -163,7 +163,7 @@ pub struct Location {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Item {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// The item code (hex).
     pub code_hex: String,
     /// The code type, e.g. `EPC Gen2`.
@@ -175,7 +175,7 @@ pub struct Item {
     /// Whether any presence exists for it.
     pub is_present: bool,
     /// Location of its strongest presence; the last known one when gone.
-    pub location: Option<String>,
+    pub location: Option<Id>,
     /// How often `location` changed.
     pub move_count: u64,
     /// When `location` last changed.
@@ -193,15 +193,15 @@ pub struct Item {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PresenceRes {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// Item id.
-    pub item: String,
+    pub item: Id,
     /// Location id.
-    pub location: String,
+    pub location: Id,
     /// The strongest proximity of the reporting spots.
     pub proximity: Prox,
     /// Reporting spot id → its proximity.
-    pub reporters: BTreeMap<String, Prox>,
+    pub reporters: BTreeMap<Id, Prox>,
     /// The device's time of the last report (`time_last`).
     #[serde(with = "iso::opt")]
     pub time_event: Option<i64>,
@@ -217,7 +217,7 @@ pub struct PresenceRes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogEvent {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// `resource/id/action/arguments…`.
     pub topic: String,
     /// The device's time, where the change came from a device event.
@@ -233,7 +233,7 @@ pub struct LogEvent {
 /// A derived event in memory: its JSON document (a [`LogEvent`]) and what lookups need.
 #[derive(Debug, Clone)]
 struct Logged {
-    id: String,
+    id: Id,
     time_created: i64,
     doc: String,
 }
@@ -379,11 +379,11 @@ impl Default for DomainConfig {
 
 /// How one presence of an item changed (see [`Domain::recompute_item`]).
 #[derive(Debug, Clone, Copy)]
-enum PresenceChange<'a> {
+enum PresenceChange {
     /// The presence at this location was created or got stronger (now this proximity).
-    Stronger(&'a str, Proximity),
+    Stronger(Id, Proximity),
     /// The presence at this location got weaker or was deleted.
-    Weaker(&'a str),
+    Weaker(Id),
 }
 
 /// What [`Domain::apply_event`] did with an event.
@@ -425,19 +425,19 @@ pub struct Domain {
     config: DomainConfig,
     ids: IdGen,
     spots: IdMap<Spot>,
-    spot_by_serial: HashMap<String, String>,
+    spot_by_serial: HashMap<String, Id>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
     /// `code_hex NUL technology` ([`item_key`]) → item id.
-    item_by_code: HashMap<String, String>,
+    item_by_code: HashMap<String, Id>,
     presences: IdMap<PresenceRes>,
-    /// Item id → location id → presence id (one presence per item × location).
-    presences_of_item: HashMap<String, HashMap<String, String>>,
+    /// Item id → (location id, presence id) (one presence per item × location; few per item).
+    presences_of_item: HashMap<Id, Vec<(Id, Id)>>,
     events: VecDeque<Logged>,
-    /// Rows changed since the last flush: table and id value ([`id_key`]).
-    dirty: HashSet<(Table, u64)>,
+    /// Rows changed since the last flush: table and id.
+    dirty: HashSet<(Table, Id)>,
     /// Rows deleted since the last flush.
-    deleted: HashSet<(Table, u64)>,
+    deleted: HashSet<(Table, Id)>,
     /// Reused to build [`Domain::item_by_code`] keys.
     key_buf: String,
     journal: Vec<JournalEntry>,
@@ -487,29 +487,25 @@ impl Domain {
                 Table::Spots => {
                     let mut s: Spot = serde_json::from_str(&doc).map_err(bad)?;
                     s.last_traffic = now;
-                    self.spot_by_serial
-                        .insert(s.serial_number.clone(), s.id.clone());
-                    self.spots.insert(s.id.clone(), s);
+                    self.spot_by_serial.insert(s.serial_number.clone(), s.id);
+                    self.spots.insert(s.id, s);
                 }
                 Table::Locations => {
                     let l: Location = serde_json::from_str(&doc).map_err(bad)?;
-                    self.locations.insert(l.id.clone(), l);
+                    self.locations.insert(l.id, l);
                 }
                 Table::Items => {
                     let i: Item = serde_json::from_str(&doc).map_err(bad)?;
                     self.item_by_code.insert(
                         item_key(&mut String::new(), &i.code_hex, &i.technology).to_string(),
-                        i.id.clone(),
+                        i.id,
                     );
-                    self.items.insert(i.id.clone(), i);
+                    self.items.insert(i.id, i);
                 }
                 Table::Presences => {
                     let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
-                    self.presences_of_item
-                        .entry(p.item.clone())
-                        .or_default()
-                        .insert(p.location.clone(), p.id.clone());
-                    self.presences.insert(p.id.clone(), p);
+                    self.add_presence_of_item(p.item, p.location, p.id);
+                    self.presences.insert(p.id, p);
                 }
             }
         }
@@ -537,7 +533,7 @@ impl Domain {
     pub fn spot_by_serial(&self, serial: &str) -> Option<&Spot> {
         self.spot_by_serial
             .get(serial)
-            .and_then(|id| self.spots.get(id))
+            .and_then(|id| self.spots.get(*id))
     }
 
     /// A spot opened a stream (POST or TCP connection): creates it on first sight, counts
@@ -549,25 +545,25 @@ impl Domain {
             time: now,
         });
         let id = self.ensure_spot(serial, now);
-        self.touch(&id, now, None);
-        if let Some(spot) = self.spots.get_mut(&id) {
+        self.touch(id, now, None);
+        if let Some(spot) = self.spots.get_mut(id) {
             spot.open_streams += 1;
             spot.request_counter += 1;
             spot.time_last_request = Some(now);
             if let Some(v) = version {
                 spot.version = Some(v.to_string());
             }
-            self.dirty.insert((Table::Spots, key(&id)));
+            self.dirty.insert((Table::Spots, id));
         }
     }
 
     /// The stream ended (or broke). With `take_commands`, returns the spot's pending
     /// commands and clears them (they count as handed over).
     pub fn end_stream(&mut self, serial: &str, now: i64, take_commands: bool) -> Vec<Event> {
-        let Some(id) = self.spot_by_serial.get(serial).cloned() else {
+        let Some(&id) = self.spot_by_serial.get(serial) else {
             return Vec::new();
         };
-        if let Some(spot) = self.spots.get_mut(&id) {
+        if let Some(spot) = self.spots.get_mut(id) {
             spot.open_streams = spot.open_streams.saturating_sub(1);
             spot.last_traffic = now;
         }
@@ -589,10 +585,10 @@ impl Domain {
 
     /// Takes the spot's pending commands (clearing `config_request` / `firmware_request`).
     pub fn take_commands(&mut self, serial: &str, now: i64) -> Vec<Event> {
-        let Some(id) = self.spot_by_serial.get(serial).cloned() else {
+        let Some(&id) = self.spot_by_serial.get(serial) else {
             return Vec::new();
         };
-        let Some(spot) = self.spots.get_mut(&id) else {
+        let Some(spot) = self.spots.get_mut(id) else {
             return Vec::new();
         };
         let mut commands = Vec::new();
@@ -604,7 +600,7 @@ impl Domain {
         }
         if !commands.is_empty() {
             spot.time_updated = now;
-            self.dirty.insert((Table::Spots, key(&id)));
+            self.dirty.insert((Table::Spots, id));
             self.must_flush = true;
         }
         commands
@@ -626,21 +622,21 @@ impl Domain {
         now: i64,
     ) -> Applied {
         let spot_id = self.ensure_spot(serial, now);
-        self.touch(&spot_id, now, event.timestamp().map(|t| t.0));
+        self.touch(spot_id, now, event.timestamp().map(|t| t.0));
         if let EventKind::Spot(Action::Create, status) = &event.kind {
-            if let Some(spot) = self.spots.get_mut(&spot_id) {
+            if let Some(spot) = self.spots.get_mut(spot_id) {
                 if status.seq_epoch.is_some() && status.seq_epoch != spot.seq_epoch {
                     spot.seq_epoch = status.seq_epoch;
                     spot.acked_seq = 0;
                 }
             }
         }
-        if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(&spot_id)) {
+        if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(spot_id)) {
             if seq <= spot.acked_seq {
                 self.journal.push(JournalEntry::Event {
                     row: UpstreamRow {
                         serial: serial.to_string(),
-                        spot_id: spot_id.clone(),
+                        spot_id: spot_id.to_string(),
                         seq: event.seq,
                         time_received: now,
                         event_json,
@@ -653,7 +649,7 @@ impl Domain {
         match &event.kind {
             EventKind::Spot(Action::Create, status) => {
                 let object = event_object(&event_json);
-                if let Some(spot) = self.spots.get_mut(&spot_id) {
+                if let Some(spot) = self.spots.get_mut(spot_id) {
                     spot.status = object;
                     if let Some(v) = &status.version {
                         spot.version = Some(v.clone());
@@ -663,7 +659,7 @@ impl Domain {
             }
             EventKind::Config(action, _) => {
                 let object = event_object(&event_json);
-                if let Some(spot) = self.spots.get_mut(&spot_id) {
+                if let Some(spot) = self.spots.get_mut(spot_id) {
                     if *action == Action::Create {
                         spot.config = object;
                     } else {
@@ -681,7 +677,7 @@ impl Domain {
                     let tech = p.item_codetype.clone().unwrap_or_default();
                     let proximity = p.proximity.unwrap_or(Proximity::Far);
                     let time_event = p.time_last.map(|t| t.0);
-                    self.apply_presence(&spot_id, *action, code, &tech, proximity, time_event, now);
+                    self.apply_presence(spot_id, *action, code, &tech, proximity, time_event, now);
                 }
             }
             EventKind::Hit(_, h) => {
@@ -692,17 +688,17 @@ impl Domain {
             }
             _ => {}
         }
-        if let Some(spot) = self.spots.get_mut(&spot_id) {
+        if let Some(spot) = self.spots.get_mut(spot_id) {
             if let Some(seq) = event.seq {
                 spot.acked_seq = spot.acked_seq.max(seq);
             }
             spot.event_counter += 1;
         }
-        self.dirty.insert((Table::Spots, key(&spot_id)));
+        self.dirty.insert((Table::Spots, spot_id));
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
-                spot_id,
+                spot_id: spot_id.to_string(),
                 seq: event.seq,
                 time_received: now,
                 event_json,
@@ -715,7 +711,7 @@ impl Domain {
     /// Takes spots offline that have no open stream and no traffic for `offline_after`,
     /// deleting the presences they reported; prunes the events log.
     pub fn sweep(&mut self, now: i64) {
-        let stale: Vec<String> = self
+        let stale: Vec<Id> = self
             .spots
             .values()
             .filter(|s| {
@@ -723,10 +719,10 @@ impl Domain {
                     && s.open_streams == 0
                     && now - s.last_traffic >= self.config.offline_after_ms
             })
-            .map(|s| s.id.clone())
+            .map(|s| s.id)
             .collect();
         for id in stale {
-            self.go_offline(&id, now);
+            self.go_offline(id, now);
         }
         let cutoff = now - self.config.events_retention_ms;
         while self.events.front().is_some_and(|e| e.time_created < cutoff) {
@@ -767,13 +763,13 @@ impl Domain {
                             return Err(bad(k, "must be an object or null"))
                         }
                         "report_location" => match v.as_str() {
-                            Some(l) if self.locations.contains_key(l) => {}
+                            Some(l) if self.locations.get_str(l).is_some() => {}
                             _ => return Err(bad(k, "must be the id of an existing location")),
                         },
                         _ => return Err(bad(k, "cannot be set")),
                     }
                 }
-                let spot = self.spots.get_mut(&real_id).ok_or_else(not_found)?;
+                let spot = self.spots.get_mut(real_id).ok_or_else(not_found)?;
                 for (k, v) in body {
                     match k.as_str() {
                         "config_request" => spot.config_request = v.as_object().cloned(),
@@ -782,7 +778,7 @@ impl Domain {
                             spot.antenna_report_locations =
                                 v.as_object().cloned().unwrap_or_default()
                         }
-                        "report_location" => spot.report_location = v.as_str().map(String::from),
+                        "report_location" => spot.report_location = v.as_str().and_then(Id::parse),
                         _ => {}
                     }
                 }
@@ -798,8 +794,9 @@ impl Domain {
                         _ => return Err(bad(k, "cannot be set")),
                     }
                 }
+                let real_id = Id::parse(id).ok_or_else(not_found)?;
                 if collection == "locations" {
-                    let l = self.locations.get_mut(id).ok_or_else(not_found)?;
+                    let l = self.locations.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => l.label = v.as_str().unwrap_or_default().to_string(),
@@ -807,9 +804,9 @@ impl Domain {
                         }
                     }
                     l.time_updated = now;
-                    (Table::Locations, id.to_string())
+                    (Table::Locations, real_id)
                 } else {
-                    let i = self.items.get_mut(id).ok_or_else(not_found)?;
+                    let i = self.items.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => i.label = v.clone(),
@@ -817,16 +814,16 @@ impl Domain {
                         }
                     }
                     i.time_updated = now;
-                    (Table::Items, id.to_string())
+                    (Table::Items, real_id)
                 }
             }
             _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
         };
-        self.dirty.insert((table, key(&real_id)));
+        self.dirty.insert((table, real_id));
         self.must_flush = true;
-        let value = self.get(collection, &real_id).unwrap_or(Value::Null);
+        let value = self.get(collection, &real_id.hex()).unwrap_or(Value::Null);
         let data = value.to_string();
-        let topic = topics::api_change(collection, &real_id, "updated", "PUT");
+        let topic = topics::api_change(collection, real_id, "updated", "PUT");
         self.log(topic, None, now, data);
         Ok(value)
     }
@@ -857,24 +854,22 @@ impl Domain {
         match collection {
             "spots" => self
                 .resolve_spot_id(id)
-                .and_then(|id| self.spots.get(&id))
+                .and_then(|id| self.spots.get(id))
                 .and_then(|v| serde_json::to_value(v).ok()),
             "locations" => self
                 .locations
-                .get(id)
+                .get_str(id)
                 .and_then(|v| serde_json::to_value(v).ok()),
             "items" => self
                 .items
-                .get(id)
+                .get_str(id)
                 .and_then(|v| serde_json::to_value(v).ok()),
             "presences" => self
                 .presences
-                .get(id)
+                .get_str(id)
                 .and_then(|v| serde_json::to_value(v).ok()),
-            "events" => self
-                .events
-                .binary_search_by(|e| e.id.as_str().cmp(id))
-                .ok()
+            "events" => Id::parse(id)
+                .and_then(|id| self.events.binary_search_by(|e| e.id.cmp(&id)).ok())
                 .and_then(|i| serde_json::from_str(&self.events[i].doc).ok()),
             _ => None,
         }
@@ -934,7 +929,7 @@ impl Domain {
             spot.open_streams = 0;
         }
         for e in &self.events {
-            self.ids.observe(&e.id);
+            self.ids.observe_value(e.id.0);
         }
         Ok(())
     }
@@ -963,54 +958,53 @@ impl Domain {
         self.must_flush = false;
         changes.flush = true;
         changes.id_last = self.ids.last();
-        for (table, k) in self.dirty.drain() {
+        for (table, id) in self.dirty.drain() {
             let doc = match table {
-                Table::Spots => self.spots.get_by_key(k).map(to_json),
-                Table::Locations => self.locations.get_by_key(k).map(to_json),
-                Table::Items => self.items.get_by_key(k).map(to_json),
-                Table::Presences => self.presences.get_by_key(k).map(to_json),
+                Table::Spots => self.spots.get(id).map(to_json),
+                Table::Locations => self.locations.get(id).map(to_json),
+                Table::Items => self.items.get(id).map(to_json),
+                Table::Presences => self.presences.get(id).map(to_json),
             };
             if let Some(Ok(doc)) = doc {
-                changes.upserts.push((table, crate::ids::id_text(k), doc));
+                changes.upserts.push((table, id.to_string(), doc));
             }
         }
         changes.deletes = self
             .deleted
             .drain()
-            .map(|(table, k)| (table, crate::ids::id_text(k)))
+            .map(|(table, id)| (table, id.to_string()))
             .collect();
         changes
     }
 
-    fn resolve_spot_id(&self, id: &str) -> Option<String> {
-        if self.spots.contains_key(id) {
-            Some(id.to_string())
-        } else {
-            self.spot_by_serial.get(id).cloned()
+    fn resolve_spot_id(&self, id: &str) -> Option<Id> {
+        match Id::parse(id) {
+            Some(id) if self.spots.contains_key(id) => Some(id),
+            _ => self.spot_by_serial.get(id).copied(),
         }
     }
 
-    fn ensure_spot(&mut self, serial: &str, now: i64) -> String {
-        if let Some(id) = self.spot_by_serial.get(serial) {
-            return id.clone();
+    fn ensure_spot(&mut self, serial: &str, now: i64) -> Id {
+        if let Some(&id) = self.spot_by_serial.get(serial) {
+            return id;
         }
         let location_id = self.ids.next(now);
         self.locations.insert(
-            location_id.clone(),
+            location_id,
             Location {
-                id: location_id.clone(),
+                id: location_id,
                 label: format!("spot{serial}"),
                 custom: Value::Null,
                 time_created: now,
                 time_updated: now,
             },
         );
-        self.dirty.insert((Table::Locations, key(&location_id)));
+        self.dirty.insert((Table::Locations, location_id));
         let id = self.ids.next(now);
         self.spots.insert(
-            id.clone(),
+            id,
             Spot {
-                id: id.clone(),
+                id,
                 serial_number: serial.to_string(),
                 status: Object::new(),
                 config: Object::new(),
@@ -1031,12 +1025,12 @@ impl Domain {
                 last_traffic: now,
             },
         );
-        self.spot_by_serial.insert(serial.to_string(), id.clone());
-        self.dirty.insert((Table::Spots, key(&id)));
+        self.spot_by_serial.insert(serial.to_string(), id);
+        self.dirty.insert((Table::Spots, id));
         id
     }
 
-    fn touch(&mut self, spot_id: &str, now: i64, time_event: Option<i64>) {
+    fn touch(&mut self, spot_id: Id, now: i64, time_event: Option<i64>) {
         let Some(spot) = self.spots.get_mut(spot_id) else {
             return;
         };
@@ -1047,13 +1041,13 @@ impl Domain {
         spot.is_online = true;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot connected");
-        let topic = topics::spot_connected(&spot.id, &spot.serial_number);
+        let topic = topics::spot_connected(spot.id, &spot.serial_number);
         let data = raw(&*spot);
-        self.dirty.insert((Table::Spots, key(spot_id)));
+        self.dirty.insert((Table::Spots, spot_id));
         self.log(topic, time_event, now, data);
     }
 
-    fn go_offline(&mut self, spot_id: &str, now: i64) {
+    fn go_offline(&mut self, spot_id: Id, now: i64) {
         let Some(spot) = self.spots.get_mut(spot_id) else {
             return;
         };
@@ -1061,31 +1055,31 @@ impl Domain {
         spot.is_online = false;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
-        let topic = topics::spot_disconnected(&spot.id, &spot.serial_number);
+        let topic = topics::spot_disconnected(spot.id, &spot.serial_number);
         let data = raw(&*spot);
-        self.dirty.insert((Table::Spots, key(spot_id)));
+        self.dirty.insert((Table::Spots, spot_id));
         self.log(topic, None, now, data);
-        let reported: Vec<String> = self
+        let reported: Vec<Id> = self
             .presences
             .values()
-            .filter(|p| p.reporters.contains_key(spot_id))
-            .map(|p| p.id.clone())
+            .filter(|p| p.reporters.contains_key(&spot_id))
+            .map(|p| p.id)
             .collect();
         for presence_id in reported {
-            self.withdraw(spot_id, &presence_id, None, now);
+            self.withdraw(spot_id, presence_id, None, now);
         }
     }
 
-    fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> String {
-        if let Some(id) = self
+    fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> Id {
+        if let Some(&id) = self
             .item_by_code
             .get(item_key(&mut self.key_buf, code, tech))
         {
-            return id.clone();
+            return id;
         }
         let id = self.ids.next(now);
         let item = Item {
-            id: id.clone(),
+            id,
             code_hex: code.to_string(),
             technology: tech.to_string(),
             label: Value::Null,
@@ -1098,20 +1092,18 @@ impl Domain {
             time_updated: now,
         };
         let data = raw(&item);
-        self.items.insert(id.clone(), item);
-        self.item_by_code.insert(
-            item_key(&mut self.key_buf, code, tech).to_string(),
-            id.clone(),
-        );
-        self.dirty.insert((Table::Items, key(&id)));
-        self.log(topics::item_created(&id), time_event, now, data);
+        self.items.insert(id, item);
+        self.item_by_code
+            .insert(item_key(&mut self.key_buf, code, tech).to_string(), id);
+        self.dirty.insert((Table::Items, id));
+        self.log(topics::item_created(id), time_event, now, data);
         id
     }
 
     #[allow(clippy::too_many_arguments)]
     fn apply_presence(
         &mut self,
-        spot_id: &str,
+        spot_id: Id,
         action: Action,
         code: &str,
         tech: &str,
@@ -1120,100 +1112,91 @@ impl Domain {
         now: i64,
     ) {
         let item_id = self.ensure_item(code, tech, now, time_event);
-        let Some(location_id) = self
-            .spots
-            .get(spot_id)
-            .and_then(|s| s.report_location.clone())
-        else {
+        let Some(location_id) = self.spots.get(spot_id).and_then(|s| s.report_location) else {
             return;
         };
-        let existing = self.presence_id(&item_id, &location_id).map(str::to_string);
-        match (action, existing) {
+        match (action, self.presence_id(item_id, location_id)) {
             (Action::Delete, Some(presence_id)) => {
-                self.withdraw(spot_id, &presence_id, time_event, now);
+                self.withdraw(spot_id, presence_id, time_event, now);
             }
             (Action::Delete, None) => {}
             (_, None) => {
                 let id = self.ids.next(now);
                 let presence = PresenceRes {
-                    id: id.clone(),
-                    item: item_id.clone(),
-                    location: location_id.clone(),
+                    id,
+                    item: item_id,
+                    location: location_id,
                     proximity: Prox(proximity),
-                    reporters: BTreeMap::from([(spot_id.to_string(), Prox(proximity))]),
+                    reporters: BTreeMap::from([(spot_id, Prox(proximity))]),
                     time_event,
                     time_created: now,
                     time_updated: now,
                 };
                 let data = raw(&presence);
-                self.presences.insert(id.clone(), presence);
-                self.presences_of_item
-                    .entry(item_id.clone())
-                    .or_default()
-                    .insert(location_id.clone(), id.clone());
-                self.dirty.insert((Table::Presences, key(&id)));
-                self.deleted.remove(&(Table::Presences, key(&id)));
+                self.presences.insert(id, presence);
+                self.add_presence_of_item(item_id, location_id, id);
+                self.dirty.insert((Table::Presences, id));
+                self.deleted.remove(&(Table::Presences, id));
                 self.log(
-                    topics::presence_created(&id, &item_id, &location_id, proximity.as_str()),
+                    topics::presence_created(id, item_id, location_id, proximity.as_str()),
                     time_event,
                     now,
                     data,
                 );
-                let change = PresenceChange::Stronger(&location_id, proximity);
-                self.recompute_item(&item_id, change, time_event, now);
+                let change = PresenceChange::Stronger(location_id, proximity);
+                self.recompute_item(item_id, change, time_event, now);
             }
             (_, Some(presence_id)) => {
-                let Some(p) = self.presences.get_mut(&presence_id) else {
+                let Some(p) = self.presences.get_mut(presence_id) else {
                     return;
                 };
-                match p.reporters.get_mut(spot_id) {
-                    Some(reported) => *reported = Prox(proximity),
-                    None => {
-                        p.reporters.insert(spot_id.to_string(), Prox(proximity));
-                    }
-                }
+                p.reporters.insert(spot_id, Prox(proximity));
                 p.time_event = time_event.or(p.time_event);
-                self.dirty.insert((Table::Presences, key(&presence_id)));
-                self.reproximate(&presence_id, time_event, now);
+                self.dirty.insert((Table::Presences, presence_id));
+                self.reproximate(presence_id, time_event, now);
             }
+        }
+    }
+
+    /// Records the presence of an item at a location in [`Domain::presences_of_item`].
+    fn add_presence_of_item(&mut self, item_id: Id, location_id: Id, presence_id: Id) {
+        let at = self.presences_of_item.entry(item_id).or_default();
+        match at.iter_mut().find(|(l, _)| *l == location_id) {
+            Some(entry) => entry.1 = presence_id,
+            None => at.push((location_id, presence_id)),
         }
     }
 
     /// The spot no longer reports the presence: drop its contribution; delete the presence
     /// when nobody reports it any more.
-    fn withdraw(&mut self, spot_id: &str, presence_id: &str, time_event: Option<i64>, now: i64) {
+    fn withdraw(&mut self, spot_id: Id, presence_id: Id, time_event: Option<i64>, now: i64) {
         let Some(p) = self.presences.get_mut(presence_id) else {
             return;
         };
-        p.reporters.remove(spot_id);
+        p.reporters.remove(&spot_id);
         if !p.reporters.is_empty() {
-            self.dirty.insert((Table::Presences, key(presence_id)));
+            self.dirty.insert((Table::Presences, presence_id));
             self.reproximate(presence_id, time_event, now);
             return;
         }
         let Some(p) = self.presences.remove(presence_id) else {
             return;
         };
-        if let Some(set) = self.presences_of_item.get_mut(&p.item) {
-            set.remove(&p.location);
-            if set.is_empty() {
+        if let Some(at) = self.presences_of_item.get_mut(&p.item) {
+            at.retain(|(l, _)| *l != p.location);
+            if at.is_empty() {
                 self.presences_of_item.remove(&p.item);
             }
         }
-        self.dirty.remove(&(Table::Presences, key(presence_id)));
-        self.deleted.insert((Table::Presences, key(presence_id)));
-        let topic = topics::presence_deleted(&p.id, &p.item, &p.location, p.proximity.0.as_str());
+        self.dirty.remove(&(Table::Presences, presence_id));
+        self.deleted.insert((Table::Presences, presence_id));
+        let topic = topics::presence_deleted(p.id, p.item, p.location, p.proximity.0.as_str());
         self.log(topic, time_event, now, raw(&p));
-        self.recompute_item(
-            &p.item,
-            PresenceChange::Weaker(&p.location),
-            time_event,
-            now,
-        );
+        self.recompute_item(p.item, PresenceChange::Weaker(p.location), time_event, now);
     }
 
     /// Recomputes a presence's proximity from its reporters; logs a change.
-    fn reproximate(&mut self, presence_id: &str, time_event: Option<i64>, now: i64) {
+    fn reproximate(&mut self, presence_id: Id, time_event: Option<i64>, now: i64) {
         let Some(p) = self.presences.get_mut(presence_id) else {
             return;
         };
@@ -1230,43 +1213,45 @@ impl Domain {
         }
         p.proximity = Prox(strongest);
         let topic = topics::presence_changed_proximity(
-            &p.id,
-            &p.item,
-            &p.location,
+            p.id,
+            p.item,
+            p.location,
             strongest.as_str(),
             previous.as_str(),
         );
-        let (item_id, location_id) = (p.item.clone(), p.location.clone());
+        let (item_id, location_id) = (p.item, p.location);
         let data = raw(&*p);
         self.log(topic, time_event, now, data);
         let change = if strongest > previous {
-            PresenceChange::Stronger(&location_id, strongest)
+            PresenceChange::Stronger(location_id, strongest)
         } else {
-            PresenceChange::Weaker(&location_id)
+            PresenceChange::Weaker(location_id)
         };
-        self.recompute_item(&item_id, change, time_event, now);
+        self.recompute_item(item_id, change, time_event, now);
     }
 
     /// The presence of an item at a location.
-    fn presence_id(&self, item_id: &str, location_id: &str) -> Option<&str> {
+    fn presence_id(&self, item_id: Id, location_id: Id) -> Option<Id> {
         self.presences_of_item
-            .get(item_id)
-            .and_then(|m| m.get(location_id))
-            .map(String::as_str)
+            .get(&item_id)?
+            .iter()
+            .find(|(l, _)| *l == location_id)
+            .map(|(_, p)| *p)
     }
 
-    /// The location of the item's strongest presence (ties: the latest updated).
-    fn strongest_location(&self, item_id: &str) -> Option<String> {
-        self.presences_of_item.get(item_id).and_then(|set| {
-            set.values()
-                .filter_map(|id| self.presences.get(id))
+    /// The location of the item's strongest presence (ties: the latest updated, then the
+    /// latest created: a total order, so the order of the presences does not matter).
+    fn strongest_location(&self, item_id: Id) -> Option<Id> {
+        self.presences_of_item.get(&item_id).and_then(|at| {
+            at.iter()
+                .filter_map(|(_, id)| self.presences.get(*id))
                 .max_by(|a, b| {
                     a.proximity
                         .cmp(&b.proximity)
                         .then(a.time_updated.cmp(&b.time_updated))
                         .then(a.id.cmp(&b.id))
                 })
-                .map(|p| p.location.clone())
+                .map(|p| p.location)
         })
     }
 
@@ -1277,15 +1262,15 @@ impl Domain {
     /// the item weakens or goes are all of the item's presences compared.
     fn recompute_item(
         &mut self,
-        item_id: &str,
-        change: PresenceChange<'_>,
+        item_id: Id,
+        change: PresenceChange,
         time_event: Option<i64>,
         now: i64,
     ) {
         let Some(item) = self.items.get(item_id) else {
             return;
         };
-        let current = item.location.as_deref().filter(|_| item.is_present);
+        let current = item.location.filter(|_| item.is_present);
         let strongest = match change {
             PresenceChange::Stronger(location, proximity) => {
                 if current == Some(location) {
@@ -1296,7 +1281,7 @@ impl Domain {
                     .and_then(|id| self.presences.get(id));
                 match holder {
                     Some(h) if h.proximity.0 > proximity => return,
-                    Some(_) => Some(location.to_string()),
+                    Some(_) => Some(location),
                     None => self.strongest_location(item_id),
                 }
             }
@@ -1317,11 +1302,11 @@ impl Domain {
                     item.is_present = true;
                     topics.push(topics::item_appeared(item_id));
                 }
-                if item.location.as_deref() != Some(location.as_str()) {
+                if item.location != Some(location) {
                     if item.location.is_some() {
                         item.move_count += 1;
                         item.time_moved = Some(now);
-                        topics.push(topics::item_moved_to(item_id, &location));
+                        topics.push(topics::item_moved_to(item_id, location));
                     }
                     item.location = Some(location);
                 }
@@ -1338,7 +1323,7 @@ impl Domain {
         }
         item.time_updated = now;
         let data = raw(&*item);
-        self.dirty.insert((Table::Items, key(item_id)));
+        self.dirty.insert((Table::Items, item_id));
         for topic in topics {
             self.log(topic, time_event, now, data.clone());
         }
@@ -1352,8 +1337,8 @@ impl Domain {
             return;
         }
         let id = self.ids.next(now);
-        let doc = log_doc(&id, &topic, time_event, now, &data);
-        self.pending_log.push((id.clone(), now, doc.clone()));
+        let doc = log_doc(&id.hex(), &topic, time_event, now, &data);
+        self.pending_log.push((id.to_string(), now, doc.clone()));
         self.events.push_back(Logged {
             id,
             time_created: now,
@@ -1363,11 +1348,6 @@ impl Domain {
             self.events.pop_front();
         }
     }
-}
-
-/// The integer value of one of our ids (see [`crate::ids`]); `u64::MAX` (no row) otherwise.
-fn key(id: &str) -> u64 {
-    id_key(id).unwrap_or(u64::MAX)
 }
 
 /// The [`Domain::item_by_code`] key of an item, built in `buf`.
@@ -1545,12 +1525,8 @@ mod tests {
             .clone()
     }
 
-    fn location_of(d: &Domain, serial: &str) -> String {
-        d.spot_by_serial(serial)
-            .unwrap()
-            .report_location
-            .clone()
-            .unwrap()
+    fn location_of(d: &Domain, serial: &str) -> Id {
+        d.spot_by_serial(serial).unwrap().report_location.unwrap()
     }
 
     #[test]
@@ -1561,10 +1537,7 @@ mod tests {
         assert_eq!(spot.request_counter, 1);
         assert_eq!(spot.version.as_deref(), Some("35-42"));
         assert!(spot.is_online);
-        let location = d
-            .locations
-            .get(spot.report_location.as_ref().unwrap())
-            .unwrap();
+        let location = d.locations.get(spot.report_location.unwrap()).unwrap();
         assert_eq!(location.label, "spot203");
         assert!(spot.id > location.id, "ids are chronological");
         assert_eq!(topics(&d), vec![format!("spots/{}/connected/203", spot.id)]);
@@ -1577,7 +1550,7 @@ mod tests {
         d.begin_stream("2", None, T0);
         let shared = location_of(&d, "1");
         let mut body = Object::new();
-        body.insert("report_location".into(), shared.clone().into());
+        body.insert("report_location".into(), shared.to_string().into());
         d.put("spots", "2", &body, T0).unwrap();
         let code = "00000000000000000000000a";
         d.apply_event("1", &presence(Action::Create, code, Proximity::Far), T0);
@@ -1606,7 +1579,7 @@ mod tests {
         assert!(d.presences.is_empty());
         let i = item(&d, code);
         assert!(!i.is_present);
-        assert_eq!(i.location.as_deref(), Some(shared.as_str()));
+        assert_eq!(i.location, Some(shared));
         let t = topics(&d);
         assert!(
             t.iter()
@@ -1630,7 +1603,7 @@ mod tests {
         );
         let i = item(&d, code);
         let to = location_of(&d, "2");
-        assert_eq!(i.location.as_deref(), Some(to.as_str()));
+        assert_eq!(i.location, Some(to));
         assert_eq!(i.move_count, 1);
         assert_eq!(i.time_moved, Some(T0 + 5));
         assert!(topics(&d).contains(&format!("items/{}/moved-to/{to}", i.id)));
