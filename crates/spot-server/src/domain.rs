@@ -636,7 +636,7 @@ impl Domain {
                 self.journal.push(JournalEntry::Event {
                     row: UpstreamRow {
                         serial: serial.to_string(),
-                        spot_id: spot_id.to_string(),
+                        spot_id: spot_id.hex().to_string(),
                         seq: event.seq,
                         time_received: now,
                         event_json,
@@ -698,7 +698,7 @@ impl Domain {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
-                spot_id: spot_id.to_string(),
+                spot_id: spot_id.hex().to_string(),
                 seq: event.seq,
                 time_received: now,
                 event_json,
@@ -925,7 +925,7 @@ impl Domain {
         self.replaying = false;
         self.journal.clear();
         // No stream of the crashed run is open in this one.
-        for spot in self.spots.values_mut() {
+        for spot in self.spots.values_mut_unordered() {
             spot.open_streams = 0;
         }
         for e in &self.events {
@@ -966,13 +966,13 @@ impl Domain {
                 Table::Presences => self.presences.get(id).map(to_json),
             };
             if let Some(Ok(doc)) = doc {
-                changes.upserts.push((table, id.to_string(), doc));
+                changes.upserts.push((table, id.hex().to_string(), doc));
             }
         }
         changes.deletes = self
             .deleted
             .drain()
-            .map(|(table, id)| (table, id.to_string()))
+            .map(|(table, id)| (table, id.hex().to_string()))
             .collect();
         changes
     }
@@ -1338,7 +1338,8 @@ impl Domain {
         }
         let id = self.ids.next(now);
         let doc = log_doc(&id.hex(), &topic, time_event, now, &data);
-        self.pending_log.push((id.to_string(), now, doc.clone()));
+        self.pending_log
+            .push((id.hex().to_string(), now, doc.clone()));
         self.events.push_back(Logged {
             id,
             time_created: now,
@@ -1395,15 +1396,9 @@ fn log_doc(
     }
     let mut doc = String::with_capacity(data.len() + topic.len() + 128);
     doc.push_str("{\"id\":");
-    doc.push_str(&Value::from(id).to_string());
+    push_json_str(&mut doc, id);
     doc.push_str(",\"topic\":");
-    if topic.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        doc.push('"');
-        doc.push_str(topic);
-        doc.push('"');
-    } else {
-        doc.push_str(&Value::from(topic).to_string());
-    }
+    push_json_str(&mut doc, topic);
     doc.push_str(",\"time_event\":");
     match time_event {
         Some(ms) => time(&mut doc, ms),
@@ -1417,13 +1412,30 @@ fn log_doc(
     doc
 }
 
-/// `serde_json::to_string` into a buffer sized for a resource at once (growing it from
-/// empty cost more than the serializing).
+/// `text` as a JSON string, as serde_json writes it (quoted as is when nothing needs escaping).
+fn push_json_str(doc: &mut String, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        doc.push('"');
+        doc.push_str(text);
+        doc.push('"');
+    } else {
+        doc.push_str(&Value::from(text).to_string());
+    }
+}
+
+/// `serde_json::to_string`, written into a reused buffer first, so that the result is
+/// allocated once at its size (growing a buffer from empty, or allocating a large one per
+/// row, cost more than the serializing).
 fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
-    let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, value)?;
-    // serde_json writes valid UTF-8 only.
-    Ok(String::from_utf8(out).unwrap_or_default())
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(4096));
+    }
+    SCRATCH.with_borrow_mut(|out| {
+        out.clear();
+        serde_json::to_writer(&mut *out, value)?;
+        // serde_json writes valid UTF-8 only.
+        Ok(String::from_utf8_lossy(out).into_owned())
+    })
 }
 
 /// The object of an encoded event (`["r","a",{obj}]`), via serde_json.

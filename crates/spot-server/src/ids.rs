@@ -147,17 +147,18 @@ pub fn id_key(id: &str) -> Option<u64> {
     Some(v)
 }
 
-/// Resources by id, in id (= creation) order, keyed by the id's integer value: a lookup
-/// compares integers instead of strings.
+/// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
+/// hash, no tree walk); [`IdMap::values`] sorts, so that lists are in id (= creation) order
+/// and nothing depends on hash order.
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
-    map: std::collections::BTreeMap<Id, T>,
+    map: rustc_hash::FxHashMap<Id, T>,
 }
 
 impl<T> Default for IdMap<T> {
     fn default() -> Self {
         IdMap {
-            map: std::collections::BTreeMap::new(),
+            map: rustc_hash::FxHashMap::default(),
         }
     }
 }
@@ -198,13 +199,15 @@ impl<T> IdMap<T> {
         self.map.remove(&id)
     }
 
-    /// The resources in id order.
+    /// The resources in id order (sorted on each call: for lists and scans, not per event).
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.map.values()
+        let mut all: Vec<(&Id, &T)> = self.map.iter().collect();
+        all.sort_unstable_by_key(|(id, _)| **id);
+        all.into_iter().map(|(_, v)| v)
     }
 
-    /// Every value, mutable, in id order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+    /// Every value, mutable, in no particular order.
+    pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
         self.map.values_mut()
     }
 
