@@ -1423,19 +1423,10 @@ fn push_json_str(doc: &mut String, text: &str) {
     }
 }
 
-/// `serde_json::to_string`, written into a reused buffer first, so that the result is
-/// allocated once at its size (growing a buffer from empty, or allocating a large one per
-/// row, cost more than the serializing).
+/// `serde_json::to_string` (which needs no UTF-8 check of what it wrote; a fresh large
+/// buffer per row cost more in page faults than the few regrowths).
 fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(4096));
-    }
-    SCRATCH.with_borrow_mut(|out| {
-        out.clear();
-        serde_json::to_writer(&mut *out, value)?;
-        // serde_json writes valid UTF-8 only.
-        Ok(String::from_utf8_lossy(out).into_owned())
-    })
+    serde_json::to_string(value)
 }
 
 /// The object of an encoded event (`["r","a",{obj}]`), via serde_json.

@@ -149,10 +149,11 @@ pub fn id_key(id: &str) -> Option<u64> {
 
 /// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
 /// hash, no tree walk); [`IdMap::values`] sorts, so that lists are in id (= creation) order
-/// and nothing depends on hash order.
+/// and nothing depends on hash order. Values are boxed: growing the table moves pointers,
+/// not resources.
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
-    map: rustc_hash::FxHashMap<Id, T>,
+    map: rustc_hash::FxHashMap<Id, Box<T>>,
 }
 
 impl<T> Default for IdMap<T> {
@@ -171,17 +172,17 @@ impl<T> IdMap<T> {
 
     /// The resource with this id.
     pub fn get(&self, id: Id) -> Option<&T> {
-        self.map.get(&id)
+        self.map.get(&id).map(|v| &**v)
     }
 
     /// The resource with this id, written as text (no resource for text that is no id).
     pub fn get_str(&self, id: &str) -> Option<&T> {
-        self.map.get(&Id::parse(id)?)
+        self.map.get(&Id::parse(id)?).map(|v| &**v)
     }
 
     /// The resource with this id, to change.
     pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
-        self.map.get_mut(&id)
+        self.map.get_mut(&id).map(|v| &mut **v)
     }
 
     /// Whether a resource has this id.
@@ -191,24 +192,24 @@ impl<T> IdMap<T> {
 
     /// Adds or replaces a resource.
     pub fn insert(&mut self, id: Id, value: T) {
-        self.map.insert(id, value);
+        self.map.insert(id, Box::new(value));
     }
 
     /// Removes and returns the resource with this id.
     pub fn remove(&mut self, id: Id) -> Option<T> {
-        self.map.remove(&id)
+        self.map.remove(&id).map(|v| *v)
     }
 
     /// The resources in id order (sorted on each call: for lists and scans, not per event).
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        let mut all: Vec<(&Id, &T)> = self.map.iter().collect();
+        let mut all: Vec<(&Id, &Box<T>)> = self.map.iter().collect();
         all.sort_unstable_by_key(|(id, _)| **id);
-        all.into_iter().map(|(_, v)| v)
+        all.into_iter().map(|(_, v)| &**v)
     }
 
     /// Every value, mutable, in no particular order.
     pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
-        self.map.values_mut()
+        self.map.values_mut().map(|v| &mut **v)
     }
 
     /// How many there are.
