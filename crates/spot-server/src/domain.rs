@@ -960,12 +960,12 @@ impl Domain {
         changes.id_last = self.ids.last();
         for (table, id) in self.dirty.drain() {
             let doc = match table {
-                Table::Spots => self.spots.get(id).map(to_json),
-                Table::Locations => self.locations.get(id).map(to_json),
-                Table::Items => self.items.get(id).map(to_json),
-                Table::Presences => self.presences.get(id).map(to_json),
+                Table::Spots => self.spots.get(id).map(Doc::json),
+                Table::Locations => self.locations.get(id).map(Doc::json),
+                Table::Items => self.items.get(id).map(Doc::json),
+                Table::Presences => self.presences.get(id).map(Doc::json),
             };
-            if let Some(Ok(doc)) = doc {
+            if let Some(doc) = doc {
                 changes.upserts.push((table, id.hex().to_string(), doc));
             }
         }
@@ -1368,8 +1368,141 @@ pub fn encode_json(event: &Event) -> String {
 }
 
 /// A resource as JSON (for the events log).
-fn raw<T: Serialize + ?Sized>(value: &T) -> String {
-    to_json(value).unwrap_or_else(|_| "null".to_string())
+fn raw<T: Doc>(value: &T) -> String {
+    value.json()
+}
+
+/// The JSON document of a resource: what `serde_json::to_string` writes. Items and presences
+/// change with nearly every upstream event, so theirs is written directly (the field names
+/// need no escaping, ids and times none either); tests pin it to serde's text.
+trait Doc: Serialize {
+    fn json(&self) -> String {
+        to_json(self).unwrap_or_else(|_| "null".to_string())
+    }
+}
+
+impl Doc for Spot {}
+
+impl Doc for Location {}
+
+impl Doc for Item {
+    fn json(&self) -> String {
+        let mut doc = String::with_capacity(320 + self.code_hex.len());
+        doc.push_str("{\"id\":\"");
+        doc.push_str(&self.id.hex());
+        doc.push_str("\",\"code_hex\":");
+        push_json_str(&mut doc, &self.code_hex);
+        doc.push_str(",\"technology\":");
+        push_json_str(&mut doc, &self.technology);
+        doc.push_str(",\"label\":");
+        push_json_value(&mut doc, &self.label);
+        doc.push_str(",\"custom\":");
+        push_json_value(&mut doc, &self.custom);
+        doc.push_str(if self.is_present {
+            ",\"is_present\":true,\"location\":"
+        } else {
+            ",\"is_present\":false,\"location\":"
+        });
+        push_opt_id(&mut doc, self.location);
+        doc.push_str(",\"move_count\":");
+        doc.push_str(itoa_u64(&mut [0u8; 20], self.move_count));
+        doc.push_str(",\"time_moved\":");
+        push_opt_time(&mut doc, self.time_moved);
+        doc.push_str(",\"time_created\":");
+        push_time(&mut doc, self.time_created);
+        doc.push_str(",\"time_updated\":");
+        push_time(&mut doc, self.time_updated);
+        doc.push('}');
+        doc
+    }
+}
+
+impl Doc for PresenceRes {
+    fn json(&self) -> String {
+        let mut doc = String::with_capacity(240 + 30 * self.reporters.len());
+        doc.push_str("{\"id\":\"");
+        doc.push_str(&self.id.hex());
+        doc.push_str("\",\"item\":\"");
+        doc.push_str(&self.item.hex());
+        doc.push_str("\",\"location\":\"");
+        doc.push_str(&self.location.hex());
+        doc.push_str("\",\"proximity\":");
+        push_json_str(&mut doc, self.proximity.0.as_str());
+        doc.push_str(",\"reporters\":{");
+        for (n, (spot, proximity)) in self.reporters.iter().enumerate() {
+            if n > 0 {
+                doc.push(',');
+            }
+            doc.push('"');
+            doc.push_str(&spot.hex());
+            doc.push_str("\":");
+            push_json_str(&mut doc, proximity.0.as_str());
+        }
+        doc.push_str("},\"time_event\":");
+        push_opt_time(&mut doc, self.time_event);
+        doc.push_str(",\"time_created\":");
+        push_time(&mut doc, self.time_created);
+        doc.push_str(",\"time_updated\":");
+        push_time(&mut doc, self.time_updated);
+        doc.push('}');
+        doc
+    }
+}
+
+/// An optional id as JSON.
+fn push_opt_id(doc: &mut String, id: Option<Id>) {
+    match id {
+        Some(id) => {
+            doc.push('"');
+            doc.push_str(&id.hex());
+            doc.push('"');
+        }
+        None => doc.push_str("null"),
+    }
+}
+
+/// A time as JSON, as [`iso`] writes it.
+fn push_time(doc: &mut String, ms: i64) {
+    let mut buf = [0u8; 24];
+    match spot_protocol::Timestamp(ms).format_into(&mut buf) {
+        Some(text) => {
+            doc.push('"');
+            doc.push_str(text);
+            doc.push('"');
+        }
+        None => push_json_str(doc, &spot_protocol::Timestamp(ms).to_string()),
+    }
+}
+
+/// An optional time as JSON, as [`iso::opt`] writes it.
+fn push_opt_time(doc: &mut String, ms: Option<i64>) {
+    match ms {
+        Some(ms) => push_time(doc, ms),
+        None => doc.push_str("null"),
+    }
+}
+
+/// A JSON value as serde_json writes it (`null` without the serializer).
+fn push_json_value(doc: &mut String, value: &Value) {
+    match value {
+        Value::Null => doc.push_str("null"),
+        Value::String(text) => push_json_str(doc, text),
+        other => doc.push_str(&other.to_string()),
+    }
+}
+
+/// The decimal digits of `v`, written in `buf`.
+fn itoa_u64(buf: &mut [u8; 20], mut v: u64) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
 /// The JSON document of a [`LogEvent`], written directly (the same text serde writes; the
@@ -1381,19 +1514,6 @@ fn log_doc(
     time_created: i64,
     data: &str,
 ) -> String {
-    fn time(doc: &mut String, ms: i64) {
-        let mut buf = [0u8; 24];
-        match spot_protocol::Timestamp(ms).format_into(&mut buf) {
-            Some(text) => {
-                doc.push('"');
-                doc.push_str(text);
-                doc.push('"');
-            }
-            None => {
-                doc.push_str(&Value::from(spot_protocol::Timestamp(ms).to_string()).to_string())
-            }
-        }
-    }
     let mut doc = String::with_capacity(data.len() + topic.len() + 128);
     doc.push_str("{\"id\":");
     push_json_str(&mut doc, id);
@@ -1401,11 +1521,11 @@ fn log_doc(
     push_json_str(&mut doc, topic);
     doc.push_str(",\"time_event\":");
     match time_event {
-        Some(ms) => time(&mut doc, ms),
+        Some(ms) => push_time(&mut doc, ms),
         None => doc.push_str("null"),
     }
     doc.push_str(",\"time_created\":");
-    time(&mut doc, time_created);
+    push_time(&mut doc, time_created);
     doc.push_str(",\"data\":");
     doc.push_str(data);
     doc.push('}');
@@ -1518,6 +1638,99 @@ mod tests {
             assert_eq!(event.time_event, time_event);
             assert_eq!(serde_json::to_string(&event).unwrap(), doc);
         }
+    }
+
+    #[test]
+    fn items_and_presences_are_written_as_serde_writes_them() {
+        let odd = "q\"uo\\te \u{1} \u{e9} \u{2028} /";
+        let times = [
+            T0,
+            0,
+            -1,
+            253_402_300_800_000,
+            -62_167_219_200_001,
+            i64::MAX / 4,
+        ];
+        for (n, &time) in times.iter().enumerate() {
+            let item = Item {
+                id: Id(0xabcdef0123456789 + n as u64),
+                code_hex: if n % 2 == 0 {
+                    "00000000000000000000000a".into()
+                } else {
+                    odd.into()
+                },
+                technology: if n % 3 == 0 {
+                    "EPC Gen2".into()
+                } else {
+                    odd.into()
+                },
+                label: [
+                    Value::Null,
+                    json!("L\n"),
+                    json!(1.5),
+                    json!([1, {"z": 1, "a": null}]),
+                ][n % 4]
+                    .clone(),
+                custom: [
+                    json!({"b": [true], "a": "\t"}),
+                    Value::Null,
+                    json!(-3),
+                    json!("x"),
+                ][n % 4]
+                    .clone(),
+                is_present: n % 2 == 1,
+                location: [None, Some(Id(7))][n % 2],
+                move_count: [0, 1, 9, 10, 12345, u64::MAX][n],
+                time_moved: [None, Some(time)][n % 2],
+                time_created: time,
+                time_updated: T0 + n as i64,
+            };
+            assert_eq!(item.json(), serde_json::to_string(&item).unwrap());
+            let presence = PresenceRes {
+                id: Id(n as u64),
+                item: Id(u64::MAX - n as u64),
+                location: Id(0x10),
+                proximity: Prox([Proximity::Far, Proximity::Near, Proximity::Immediate][n % 3]),
+                reporters: (0..n as u64)
+                    .map(|r| {
+                        (
+                            Id(r * 0x1111),
+                            Prox([Proximity::Near, Proximity::Far][r as usize % 2]),
+                        )
+                    })
+                    .collect(),
+                time_event: [Some(time), None][n % 2],
+                time_created: T0,
+                time_updated: time,
+            };
+            assert_eq!(presence.json(), serde_json::to_string(&presence).unwrap());
+        }
+    }
+
+    #[test]
+    fn rows_written_by_earlier_versions_load_and_are_written_back_unchanged() {
+        let rows = [
+            (
+                Table::Items,
+                "0000018fd1e2a3b4",
+                r#"{"id":"0000018fd1e2a3b4","code_hex":"00000000000000000000000a","technology":"EPC Gen2","label":null,"custom":{"x":1},"is_present":true,"location":"0000018fd1e2a3b3","move_count":2,"time_moved":"2024-05-01T10:00:00.001Z","time_created":"2024-05-01T09:00:00Z","time_updated":"2024-05-01T10:00:00.001Z"}"#,
+            ),
+            (
+                Table::Presences,
+                "0000018fd1e2a3b5",
+                r#"{"id":"0000018fd1e2a3b5","item":"0000018fd1e2a3b4","location":"0000018fd1e2a3b3","proximity":"near","reporters":{"0000018fd1e2a3b2":"near","0000018fd1e2a3b6":"far"},"time_event":null,"time_created":"2024-05-01T09:00:00Z","time_updated":"2024-05-01T10:00:00.001Z"}"#,
+            ),
+        ];
+        let mut d = Domain::new(DomainConfig::default());
+        for (table, id, doc) in rows {
+            d.load(table, vec![(id.to_string(), doc.to_string())], T0)
+                .unwrap();
+        }
+        let item = d.items.values().next().unwrap();
+        assert_eq!(item.json(), rows[0].2);
+        let presence = d.presences.values().next().unwrap();
+        assert_eq!(presence.json(), rows[1].2);
+        assert_eq!(d.presence_id(item.id, presence.location), Some(presence.id));
     }
 
     fn item(d: &Domain, code: &str) -> Item {
