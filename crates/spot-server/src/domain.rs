@@ -636,7 +636,7 @@ impl Domain {
                 self.journal.push(JournalEntry::Event {
                     row: UpstreamRow {
                         serial: serial.to_string(),
-                        spot_id: spot_id.hex().to_string(),
+                        spot_id: spot_id.text(),
                         seq: event.seq,
                         time_received: now,
                         event_json,
@@ -698,7 +698,7 @@ impl Domain {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
-                spot_id: spot_id.hex().to_string(),
+                spot_id: spot_id.text(),
                 seq: event.seq,
                 time_received: now,
                 event_json,
@@ -966,13 +966,13 @@ impl Domain {
                 Table::Presences => self.presences.get(id).map(Doc::json),
             };
             if let Some(doc) = doc {
-                changes.upserts.push((table, id.hex().to_string(), doc));
+                changes.upserts.push((table, id.text(), doc));
             }
         }
         changes.deletes = self
             .deleted
             .drain()
-            .map(|(table, id)| (table, id.hex().to_string()))
+            .map(|(table, id)| (table, id.text()))
             .collect();
         changes
     }
@@ -1337,9 +1337,8 @@ impl Domain {
             return;
         }
         let id = self.ids.next(now);
-        let doc = log_doc(&id.hex(), &topic, time_event, now, &data);
-        self.pending_log
-            .push((id.hex().to_string(), now, doc.clone()));
+        let doc = log_doc(id, &topic, time_event, now, &data);
+        self.pending_log.push((id.text(), now, doc.clone()));
         self.events.push_back(Logged {
             id,
             time_created: now,
@@ -1389,7 +1388,7 @@ impl Doc for Item {
     fn json(&self) -> String {
         let mut doc = String::with_capacity(320 + self.code_hex.len());
         doc.push_str("{\"id\":\"");
-        doc.push_str(&self.id.hex());
+        self.id.push_hex(&mut doc);
         doc.push_str("\",\"code_hex\":");
         push_json_str(&mut doc, &self.code_hex);
         doc.push_str(",\"technology\":");
@@ -1421,11 +1420,11 @@ impl Doc for PresenceRes {
     fn json(&self) -> String {
         let mut doc = String::with_capacity(240 + 30 * self.reporters.len());
         doc.push_str("{\"id\":\"");
-        doc.push_str(&self.id.hex());
+        self.id.push_hex(&mut doc);
         doc.push_str("\",\"item\":\"");
-        doc.push_str(&self.item.hex());
+        self.item.push_hex(&mut doc);
         doc.push_str("\",\"location\":\"");
-        doc.push_str(&self.location.hex());
+        self.location.push_hex(&mut doc);
         doc.push_str("\",\"proximity\":");
         push_json_str(&mut doc, self.proximity.0.as_str());
         doc.push_str(",\"reporters\":{");
@@ -1434,7 +1433,7 @@ impl Doc for PresenceRes {
                 doc.push(',');
             }
             doc.push('"');
-            doc.push_str(&spot.hex());
+            spot.push_hex(&mut doc);
             doc.push_str("\":");
             push_json_str(&mut doc, proximity.0.as_str());
         }
@@ -1454,7 +1453,7 @@ fn push_opt_id(doc: &mut String, id: Option<Id>) {
     match id {
         Some(id) => {
             doc.push('"');
-            doc.push_str(&id.hex());
+            id.push_hex(doc);
             doc.push('"');
         }
         None => doc.push_str("null"),
@@ -1507,16 +1506,10 @@ fn itoa_u64(buf: &mut [u8; 20], mut v: u64) -> &str {
 
 /// The JSON document of a [`LogEvent`], written directly (the same text serde writes; the
 /// resource is JSON already).
-fn log_doc(
-    id: &str,
-    topic: &str,
-    time_event: Option<i64>,
-    time_created: i64,
-    data: &str,
-) -> String {
+fn log_doc(id: Id, topic: &str, time_event: Option<i64>, time_created: i64, data: &str) -> String {
     let mut doc = String::with_capacity(data.len() + topic.len() + 128);
     doc.push_str("{\"id\":");
-    push_json_str(&mut doc, id);
+    push_opt_id(&mut doc, Some(id));
     doc.push_str(",\"topic\":");
     push_json_str(&mut doc, topic);
     doc.push_str(",\"time_event\":");
@@ -1627,7 +1620,7 @@ mod tests {
             ("spots/x/updated/PUT \"odd\" \\ \t", None),
         ] {
             let doc = log_doc(
-                "0123456789abcdef",
+                Id(0x0123456789abcdef),
                 topic,
                 time_event,
                 T0,

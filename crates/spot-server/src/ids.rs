@@ -19,6 +19,22 @@ impl Id {
         id_key(text).map(Id)
     }
 
+    /// Appends the 16 hex digits to `out` (hot: no UTF-8 check of a buffer).
+    pub fn push_hex(self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.reserve(16);
+        for i in 0..16 {
+            out.push(char::from(HEX[((self.0 >> ((15 - i) * 4)) & 0xf) as usize]));
+        }
+    }
+
+    /// The 16 hex digits as a `String`.
+    pub fn text(self) -> String {
+        let mut text = String::with_capacity(16);
+        self.push_hex(&mut text);
+        text
+    }
+
     /// The 16 hex digits, on the stack.
     pub fn hex(self) -> IdText {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -104,6 +120,9 @@ mod tests {
     fn id_text_is_the_16_digit_lower_hex_form_and_id_key_reads_it_back() {
         for v in [0, 1, 0xabc, u64::MAX, 1_764_000_000_000 << 16] {
             assert_eq!(id_text(v), format!("{v:016x}"));
+            let mut pushed = String::from("x");
+            Id(v).push_hex(&mut pushed);
+            assert_eq!(pushed, format!("x{v:016x}"));
             assert_eq!(id_key(&id_text(v)), Some(v));
         }
     }
@@ -125,7 +144,7 @@ mod tests {
 /// The id with this integer value: 16 lower-case hex digits (`format!("{v:016x}")`, without
 /// the formatting machinery: ids are made for every derived event).
 pub fn id_text(v: u64) -> String {
-    Id(v).hex().to_string()
+    Id(v).text()
 }
 
 /// The integer value of an id made by [`IdGen`]: exactly 16 lower-case hex digits
