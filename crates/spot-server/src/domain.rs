@@ -824,7 +824,10 @@ impl Domain {
         let value = self.get(collection, &real_id.hex()).unwrap_or(Value::Null);
         let data = value.to_string();
         let topic = topics::api_change(collection, real_id, "updated", "PUT");
-        self.log(topic, None, now, data);
+        if let Some((id, mut doc)) = self.log_start(&topic, None, now) {
+            doc.push_str(&data);
+            self.log_end(id, now, doc);
+        }
         Ok(value)
     }
 
@@ -1042,9 +1045,8 @@ impl Domain {
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot connected");
         let topic = topics::spot_connected(spot.id, &spot.serial_number);
-        let data = raw(&*spot);
         self.dirty.insert((Table::Spots, spot_id));
-        self.log(topic, time_event, now, data);
+        self.log_row(&topic, time_event, now, Table::Spots, spot_id);
     }
 
     fn go_offline(&mut self, spot_id: Id, now: i64) {
@@ -1056,9 +1058,8 @@ impl Domain {
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
         let topic = topics::spot_disconnected(spot.id, &spot.serial_number);
-        let data = raw(&*spot);
         self.dirty.insert((Table::Spots, spot_id));
-        self.log(topic, None, now, data);
+        self.log_row(&topic, None, now, Table::Spots, spot_id);
         let reported: Vec<Id> = self
             .presences
             .values()
@@ -1091,12 +1092,11 @@ impl Domain {
             time_created: now,
             time_updated: now,
         };
-        let data = raw(&item);
         self.items.insert(id, item);
         self.item_by_code
             .insert(item_key(&mut self.key_buf, code, tech).to_string(), id);
         self.dirty.insert((Table::Items, id));
-        self.log(topics::item_created(id), time_event, now, data);
+        self.log_row(&topics::item_created(id), time_event, now, Table::Items, id);
         id
     }
 
@@ -1132,16 +1132,16 @@ impl Domain {
                     time_created: now,
                     time_updated: now,
                 };
-                let data = raw(&presence);
                 self.presences.insert(id, presence);
                 self.add_presence_of_item(item_id, location_id, id);
                 self.dirty.insert((Table::Presences, id));
                 self.deleted.remove(&(Table::Presences, id));
-                self.log(
-                    topics::presence_created(id, item_id, location_id, proximity.as_str()),
+                self.log_row(
+                    &topics::presence_created(id, item_id, location_id, proximity.as_str()),
                     time_event,
                     now,
-                    data,
+                    Table::Presences,
+                    id,
                 );
                 let change = PresenceChange::Stronger(location_id, proximity);
                 self.recompute_item(item_id, change, time_event, now);
@@ -1191,7 +1191,10 @@ impl Domain {
         self.dirty.remove(&(Table::Presences, presence_id));
         self.deleted.insert((Table::Presences, presence_id));
         let topic = topics::presence_deleted(p.id, p.item, p.location, p.proximity.0.as_str());
-        self.log(topic, time_event, now, raw(&p));
+        if let Some((id, mut doc)) = self.log_start(&topic, time_event, now) {
+            p.write_json(&mut doc);
+            self.log_end(id, now, doc);
+        }
         self.recompute_item(p.item, PresenceChange::Weaker(p.location), time_event, now);
     }
 
@@ -1220,8 +1223,7 @@ impl Domain {
             previous.as_str(),
         );
         let (item_id, location_id) = (p.item, p.location);
-        let data = raw(&*p);
-        self.log(topic, time_event, now, data);
+        self.log_row(&topic, time_event, now, Table::Presences, presence_id);
         let change = if strongest > previous {
             PresenceChange::Stronger(location_id, strongest)
         } else {
@@ -1322,22 +1324,52 @@ impl Domain {
             return;
         }
         item.time_updated = now;
-        let data = raw(&*item);
         self.dirty.insert((Table::Items, item_id));
         for topic in topics {
-            self.log(topic, time_event, now, data.clone());
+            self.log_row(&topic, time_event, now, Table::Items, item_id);
         }
     }
 
-    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: String) {
-        if self.replaying {
-            // Stored already, with the journal entry that caused it; only the id is taken
-            // again, so that what follows gets the ids it had.
-            self.ids.next(now);
-            return;
+    /// Logs a derived event whose data is the row `row` of `table` as it is now.
+    fn log_row(&mut self, topic: &str, time_event: Option<i64>, now: i64, table: Table, row: Id) {
+        fn write<T: Doc>(doc: &mut String, row: Option<&T>) {
+            match row {
+                Some(row) => row.write_json(doc),
+                None => doc.push_str("null"),
+            }
         }
+        let Some((id, mut doc)) = self.log_start(topic, time_event, now) else {
+            return;
+        };
+        match table {
+            Table::Spots => write(&mut doc, self.spots.get(row)),
+            Table::Locations => write(&mut doc, self.locations.get(row)),
+            Table::Items => write(&mut doc, self.items.get(row)),
+            Table::Presences => write(&mut doc, self.presences.get(row)),
+        }
+        self.log_end(id, now, doc);
+    }
+
+    /// Takes the id of a derived event and starts its document ([`log_doc_head`]); the
+    /// caller writes the data into it and hands it to [`Domain::log_end`]. `None` in a replay:
+    /// the event is stored already, with the journal entry that caused it; only the id is
+    /// taken again, so that what follows gets the ids it had.
+    fn log_start(
+        &mut self,
+        topic: &str,
+        time_event: Option<i64>,
+        now: i64,
+    ) -> Option<(Id, String)> {
         let id = self.ids.next(now);
-        let doc = log_doc(id, &topic, time_event, now, &data);
+        if self.replaying {
+            return None;
+        }
+        Some((id, log_doc_head(id, topic, time_event, now, 512)))
+    }
+
+    /// Ends and keeps the document of [`Domain::log_start`].
+    fn log_end(&mut self, id: Id, now: i64, mut doc: String) {
+        doc.push('}');
         self.pending_log.push((id.text(), now, doc.clone()));
         self.events.push_back(Logged {
             id,
@@ -1366,17 +1398,23 @@ pub fn encode_json(event: &Event) -> String {
     String::from_utf8_lossy(trim_separator(&encoded)).into_owned()
 }
 
-/// A resource as JSON (for the events log).
-fn raw<T: Doc>(value: &T) -> String {
-    value.json()
-}
-
 /// The JSON document of a resource: what `serde_json::to_string` writes. Items and presences
 /// change with nearly every upstream event, so theirs is written directly (the field names
 /// need no escaping, ids and times none either); tests pin it to serde's text.
 trait Doc: Serialize {
+    /// Appends the document to `doc`.
+    fn write_json(&self, doc: &mut String) {
+        match to_json(self) {
+            Ok(text) => doc.push_str(&text),
+            Err(_) => doc.push_str("null"),
+        }
+    }
+
+    /// The document.
     fn json(&self) -> String {
-        to_json(self).unwrap_or_else(|_| "null".to_string())
+        let mut doc = String::new();
+        self.write_json(&mut doc);
+        doc
     }
 }
 
@@ -1385,66 +1423,64 @@ impl Doc for Spot {}
 impl Doc for Location {}
 
 impl Doc for Item {
-    fn json(&self) -> String {
-        let mut doc = String::with_capacity(320 + self.code_hex.len());
+    fn write_json(&self, doc: &mut String) {
+        doc.reserve(320 + self.code_hex.len());
         doc.push_str("{\"id\":\"");
-        self.id.push_hex(&mut doc);
+        self.id.push_hex(doc);
         doc.push_str("\",\"code_hex\":");
-        push_json_str(&mut doc, &self.code_hex);
+        push_json_str(doc, &self.code_hex);
         doc.push_str(",\"technology\":");
-        push_json_str(&mut doc, &self.technology);
+        push_json_str(doc, &self.technology);
         doc.push_str(",\"label\":");
-        push_json_value(&mut doc, &self.label);
+        push_json_value(doc, &self.label);
         doc.push_str(",\"custom\":");
-        push_json_value(&mut doc, &self.custom);
+        push_json_value(doc, &self.custom);
         doc.push_str(if self.is_present {
             ",\"is_present\":true,\"location\":"
         } else {
             ",\"is_present\":false,\"location\":"
         });
-        push_opt_id(&mut doc, self.location);
+        push_opt_id(doc, self.location);
         doc.push_str(",\"move_count\":");
         doc.push_str(itoa_u64(&mut [0u8; 20], self.move_count));
         doc.push_str(",\"time_moved\":");
-        push_opt_time(&mut doc, self.time_moved);
+        push_opt_time(doc, self.time_moved);
         doc.push_str(",\"time_created\":");
-        push_time(&mut doc, self.time_created);
+        push_time(doc, self.time_created);
         doc.push_str(",\"time_updated\":");
-        push_time(&mut doc, self.time_updated);
+        push_time(doc, self.time_updated);
         doc.push('}');
-        doc
     }
 }
 
 impl Doc for PresenceRes {
-    fn json(&self) -> String {
-        let mut doc = String::with_capacity(240 + 30 * self.reporters.len());
+    fn write_json(&self, doc: &mut String) {
+        doc.reserve(240 + 30 * self.reporters.len());
         doc.push_str("{\"id\":\"");
-        self.id.push_hex(&mut doc);
+        self.id.push_hex(doc);
         doc.push_str("\",\"item\":\"");
-        self.item.push_hex(&mut doc);
+        self.item.push_hex(doc);
         doc.push_str("\",\"location\":\"");
-        self.location.push_hex(&mut doc);
+        self.location.push_hex(doc);
         doc.push_str("\",\"proximity\":");
-        push_json_str(&mut doc, self.proximity.0.as_str());
+        push_json_str(doc, self.proximity.0.as_str());
         doc.push_str(",\"reporters\":{");
         for (n, (spot, proximity)) in self.reporters.iter().enumerate() {
             if n > 0 {
                 doc.push(',');
             }
             doc.push('"');
-            spot.push_hex(&mut doc);
+            spot.push_hex(doc);
             doc.push_str("\":");
-            push_json_str(&mut doc, proximity.0.as_str());
+            push_json_str(doc, proximity.0.as_str());
         }
         doc.push_str("},\"time_event\":");
-        push_opt_time(&mut doc, self.time_event);
+        push_opt_time(doc, self.time_event);
         doc.push_str(",\"time_created\":");
-        push_time(&mut doc, self.time_created);
+        push_time(doc, self.time_created);
         doc.push_str(",\"time_updated\":");
-        push_time(&mut doc, self.time_updated);
+        push_time(doc, self.time_updated);
         doc.push('}');
-        doc
     }
 }
 
@@ -1506,8 +1542,24 @@ fn itoa_u64(buf: &mut [u8; 20], mut v: u64) -> &str {
 
 /// The JSON document of a [`LogEvent`], written directly (the same text serde writes; the
 /// resource is JSON already).
+#[cfg(test)]
 fn log_doc(id: Id, topic: &str, time_event: Option<i64>, time_created: i64, data: &str) -> String {
-    let mut doc = String::with_capacity(data.len() + topic.len() + 128);
+    let mut doc = log_doc_head(id, topic, time_event, time_created, data.len());
+    doc.push_str(data);
+    doc.push('}');
+    doc
+}
+
+/// A [`LogEvent`] document up to its `data` (which comes last), with room for `data_len`
+/// bytes of data.
+fn log_doc_head(
+    id: Id,
+    topic: &str,
+    time_event: Option<i64>,
+    time_created: i64,
+    data_len: usize,
+) -> String {
+    let mut doc = String::with_capacity(data_len + topic.len() + 128);
     doc.push_str("{\"id\":");
     push_opt_id(&mut doc, Some(id));
     doc.push_str(",\"topic\":");
@@ -1520,8 +1572,6 @@ fn log_doc(id: Id, topic: &str, time_event: Option<i64>, time_created: i64, data
     doc.push_str(",\"time_created\":");
     push_time(&mut doc, time_created);
     doc.push_str(",\"data\":");
-    doc.push_str(data);
-    doc.push('}');
     doc
 }
 
