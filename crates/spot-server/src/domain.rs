@@ -28,7 +28,7 @@ use spot_protocol::{
 };
 use spot_push::topics;
 
-use crate::ids::{id_key, IdGen, IdMap};
+use crate::ids::{Id, IdGen, IdMap};
 
 /// Serde helpers: times are Unix milliseconds in memory and ISO 8601 strings in JSON.
 mod iso {
@@ -98,7 +98,7 @@ use prox::Prox;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Spot {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// The serial number the spot sends (`spot_id`), as decimal text.
     pub serial_number: String,
     /// The object of the last `spot create`.
@@ -118,7 +118,7 @@ pub struct Spot {
     /// Written by an application; sent as a `firmware update` command, then cleared.
     pub firmware_request: Option<Object>,
     /// The location its presences are reported to.
-    pub report_location: Option<String>,
+    pub report_location: Option<Id>,
     /// Per-antenna report locations (settable; antenna presences are a later extension).
     pub antenna_report_locations: Object,
     /// Epoch of the spot's sequence counter (delivery contract).
@@ -146,7 +146,7 @@ pub struct Spot {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Location {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// Human label; `spot<serial>` for a spot's default location.
     pub label: String,
     /// Free-form application data.
@@ -163,7 +163,7 @@ pub struct Location {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Item {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// The item code (hex).
     pub code_hex: String,
     /// The code type, e.g. `EPC Gen2`.
@@ -175,7 +175,7 @@ pub struct Item {
     /// Whether any presence exists for it.
     pub is_present: bool,
     /// Location of its strongest presence; the last known one when gone.
-    pub location: Option<String>,
+    pub location: Option<Id>,
     /// How often `location` changed.
     pub move_count: u64,
     /// When `location` last changed.
@@ -193,15 +193,15 @@ pub struct Item {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PresenceRes {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// Item id.
-    pub item: String,
+    pub item: Id,
     /// Location id.
-    pub location: String,
+    pub location: Id,
     /// The strongest proximity of the reporting spots.
     pub proximity: Prox,
     /// Reporting spot id → its proximity.
-    pub reporters: BTreeMap<String, Prox>,
+    pub reporters: BTreeMap<Id, Prox>,
     /// The device's time of the last report (`time_last`).
     #[serde(with = "iso::opt")]
     pub time_event: Option<i64>,
@@ -217,7 +217,7 @@ pub struct PresenceRes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogEvent {
     /// Chronological id.
-    pub id: String,
+    pub id: Id,
     /// `resource/id/action/arguments…`.
     pub topic: String,
     /// The device's time, where the change came from a device event.
@@ -233,7 +233,7 @@ pub struct LogEvent {
 /// A derived event in memory: its JSON document (a [`LogEvent`]) and what lookups need.
 #[derive(Debug, Clone)]
 struct Logged {
-    id: String,
+    id: Id,
     time_created: i64,
     doc: String,
 }
@@ -336,15 +336,13 @@ pub enum RowDoc {
 impl RowDoc {
     /// The row's JSON document (what [`Domain::load`] reads back).
     pub fn to_json(&self) -> String {
-        let json = match self {
-            RowDoc::Json(json) => return json.clone(),
-            RowDoc::Spot(r) => to_json(r),
-            RowDoc::Location(r) => to_json(r),
-            RowDoc::Item(r) => to_json(r),
-            RowDoc::Presence(r) => to_json(r),
-        };
-        // Plain structs and JSON values: serializing them cannot fail.
-        json.unwrap_or_else(|_| "null".to_string())
+        match self {
+            RowDoc::Json(json) => json.clone(),
+            RowDoc::Spot(r) => r.json(),
+            RowDoc::Location(r) => r.json(),
+            RowDoc::Item(r) => r.json(),
+            RowDoc::Presence(r) => r.json(),
+        }
     }
 }
 
@@ -423,11 +421,11 @@ impl Default for DomainConfig {
 
 /// How one presence of an item changed (see [`Domain::recompute_item`]).
 #[derive(Debug, Clone, Copy)]
-enum PresenceChange<'a> {
+enum PresenceChange {
     /// The presence at this location was created or got stronger (now this proximity).
-    Stronger(&'a str, Proximity),
+    Stronger(Id, Proximity),
     /// The presence at this location got weaker or was deleted.
-    Weaker(&'a str),
+    Weaker(Id),
 }
 
 /// What [`Domain::apply_event`] did with an event.
@@ -469,19 +467,19 @@ pub struct Domain {
     config: DomainConfig,
     ids: IdGen,
     spots: IdMap<Spot>,
-    spot_by_serial: HashMap<String, String>,
+    spot_by_serial: HashMap<String, Id>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
     /// `code_hex NUL technology` ([`item_key`]) → item id.
-    item_by_code: HashMap<String, String>,
+    item_by_code: HashMap<String, Id>,
     presences: IdMap<PresenceRes>,
-    /// Item id → location id → presence id (one presence per item × location).
-    presences_of_item: HashMap<String, HashMap<String, String>>,
+    /// Item id → (location id, presence id) (one presence per item × location; few per item).
+    presences_of_item: HashMap<Id, Vec<(Id, Id)>>,
     events: VecDeque<Logged>,
-    /// Rows changed since the last flush: table and id value ([`id_key`]).
-    dirty: HashSet<(Table, u64)>,
+    /// Rows changed since the last flush: table and id.
+    dirty: HashSet<(Table, Id)>,
     /// Rows deleted since the last flush.
-    deleted: HashSet<(Table, u64)>,
+    deleted: HashSet<(Table, Id)>,
     /// Reused to build [`Domain::item_by_code`] keys.
     key_buf: String,
     journal: Vec<JournalEntry>,
@@ -531,29 +529,25 @@ impl Domain {
                 Table::Spots => {
                     let mut s: Spot = serde_json::from_str(&doc).map_err(bad)?;
                     s.last_traffic = now;
-                    self.spot_by_serial
-                        .insert(s.serial_number.clone(), s.id.clone());
-                    self.spots.insert(s.id.clone(), s);
+                    self.spot_by_serial.insert(s.serial_number.clone(), s.id);
+                    self.spots.insert(s.id, s);
                 }
                 Table::Locations => {
                     let l: Location = serde_json::from_str(&doc).map_err(bad)?;
-                    self.locations.insert(l.id.clone(), l);
+                    self.locations.insert(l.id, l);
                 }
                 Table::Items => {
                     let i: Item = serde_json::from_str(&doc).map_err(bad)?;
                     self.item_by_code.insert(
                         item_key(&mut String::new(), &i.code_hex, &i.technology).to_string(),
-                        i.id.clone(),
+                        i.id,
                     );
-                    self.items.insert(i.id.clone(), i);
+                    self.items.insert(i.id, i);
                 }
                 Table::Presences => {
                     let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
-                    self.presences_of_item
-                        .entry(p.item.clone())
-                        .or_default()
-                        .insert(p.location.clone(), p.id.clone());
-                    self.presences.insert(p.id.clone(), p);
+                    self.add_presence_of_item(p.item, p.location, p.id);
+                    self.presences.insert(p.id, p);
                 }
             }
         }
@@ -581,7 +575,7 @@ impl Domain {
     pub fn spot_by_serial(&self, serial: &str) -> Option<&Spot> {
         self.spot_by_serial
             .get(serial)
-            .and_then(|id| self.spots.get(id))
+            .and_then(|id| self.spots.get(*id))
     }
 
     /// A spot opened a stream (POST or TCP connection): creates it on first sight, counts
@@ -593,25 +587,25 @@ impl Domain {
             time: now,
         });
         let id = self.ensure_spot(serial, now);
-        self.touch(&id, now, None);
-        if let Some(spot) = self.spots.get_mut(&id) {
+        self.touch(id, now, None);
+        if let Some(spot) = self.spots.get_mut(id) {
             spot.open_streams += 1;
             spot.request_counter += 1;
             spot.time_last_request = Some(now);
             if let Some(v) = version {
                 spot.version = Some(v.to_string());
             }
-            self.dirty.insert((Table::Spots, key(&id)));
+            self.dirty.insert((Table::Spots, id));
         }
     }
 
     /// The stream ended (or broke). With `take_commands`, returns the spot's pending
     /// commands and clears them (they count as handed over).
     pub fn end_stream(&mut self, serial: &str, now: i64, take_commands: bool) -> Vec<Event> {
-        let Some(id) = self.spot_by_serial.get(serial).cloned() else {
+        let Some(&id) = self.spot_by_serial.get(serial) else {
             return Vec::new();
         };
-        if let Some(spot) = self.spots.get_mut(&id) {
+        if let Some(spot) = self.spots.get_mut(id) {
             spot.open_streams = spot.open_streams.saturating_sub(1);
             spot.last_traffic = now;
         }
@@ -633,10 +627,10 @@ impl Domain {
 
     /// Takes the spot's pending commands (clearing `config_request` / `firmware_request`).
     pub fn take_commands(&mut self, serial: &str, now: i64) -> Vec<Event> {
-        let Some(id) = self.spot_by_serial.get(serial).cloned() else {
+        let Some(&id) = self.spot_by_serial.get(serial) else {
             return Vec::new();
         };
-        let Some(spot) = self.spots.get_mut(&id) else {
+        let Some(spot) = self.spots.get_mut(id) else {
             return Vec::new();
         };
         let mut commands = Vec::new();
@@ -648,7 +642,7 @@ impl Domain {
         }
         if !commands.is_empty() {
             spot.time_updated = now;
-            self.dirty.insert((Table::Spots, key(&id)));
+            self.dirty.insert((Table::Spots, id));
             self.must_flush = true;
         }
         commands
@@ -670,21 +664,21 @@ impl Domain {
         now: i64,
     ) -> Applied {
         let spot_id = self.ensure_spot(serial, now);
-        self.touch(&spot_id, now, event.timestamp().map(|t| t.0));
+        self.touch(spot_id, now, event.timestamp().map(|t| t.0));
         if let EventKind::Spot(Action::Create, status) = &event.kind {
-            if let Some(spot) = self.spots.get_mut(&spot_id) {
+            if let Some(spot) = self.spots.get_mut(spot_id) {
                 if status.seq_epoch.is_some() && status.seq_epoch != spot.seq_epoch {
                     spot.seq_epoch = status.seq_epoch;
                     spot.acked_seq = 0;
                 }
             }
         }
-        if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(&spot_id)) {
+        if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(spot_id)) {
             if seq <= spot.acked_seq {
                 self.journal.push(JournalEntry::Event {
                     row: UpstreamRow {
                         serial: serial.to_string(),
-                        spot_id: spot_id.clone(),
+                        spot_id: spot_id.text(),
                         seq: event.seq,
                         time_received: now,
                         event_json,
@@ -697,7 +691,7 @@ impl Domain {
         match &event.kind {
             EventKind::Spot(Action::Create, status) => {
                 let object = event_object(&event_json);
-                if let Some(spot) = self.spots.get_mut(&spot_id) {
+                if let Some(spot) = self.spots.get_mut(spot_id) {
                     spot.status = object;
                     if let Some(v) = &status.version {
                         spot.version = Some(v.clone());
@@ -707,7 +701,7 @@ impl Domain {
             }
             EventKind::Config(action, _) => {
                 let object = event_object(&event_json);
-                if let Some(spot) = self.spots.get_mut(&spot_id) {
+                if let Some(spot) = self.spots.get_mut(spot_id) {
                     if *action == Action::Create {
                         spot.config = object;
                     } else {
@@ -725,7 +719,7 @@ impl Domain {
                     let tech = p.item_codetype.clone().unwrap_or_default();
                     let proximity = p.proximity.unwrap_or(Proximity::Far);
                     let time_event = p.time_last.map(|t| t.0);
-                    self.apply_presence(&spot_id, *action, code, &tech, proximity, time_event, now);
+                    self.apply_presence(spot_id, *action, code, &tech, proximity, time_event, now);
                 }
             }
             EventKind::Hit(_, h) => {
@@ -736,17 +730,17 @@ impl Domain {
             }
             _ => {}
         }
-        if let Some(spot) = self.spots.get_mut(&spot_id) {
+        if let Some(spot) = self.spots.get_mut(spot_id) {
             if let Some(seq) = event.seq {
                 spot.acked_seq = spot.acked_seq.max(seq);
             }
             spot.event_counter += 1;
         }
-        self.dirty.insert((Table::Spots, key(&spot_id)));
+        self.dirty.insert((Table::Spots, spot_id));
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
-                spot_id,
+                spot_id: spot_id.text(),
                 seq: event.seq,
                 time_received: now,
                 event_json,
@@ -759,7 +753,7 @@ impl Domain {
     /// Takes spots offline that have no open stream and no traffic for `offline_after`,
     /// deleting the presences they reported; prunes the events log.
     pub fn sweep(&mut self, now: i64) {
-        let stale: Vec<String> = self
+        let stale: Vec<Id> = self
             .spots
             .values()
             .filter(|s| {
@@ -767,10 +761,10 @@ impl Domain {
                     && s.open_streams == 0
                     && now - s.last_traffic >= self.config.offline_after_ms
             })
-            .map(|s| s.id.clone())
+            .map(|s| s.id)
             .collect();
         for id in stale {
-            self.go_offline(&id, now);
+            self.go_offline(id, now);
         }
         let cutoff = now - self.config.events_retention_ms;
         while self.events.front().is_some_and(|e| e.time_created < cutoff) {
@@ -811,13 +805,13 @@ impl Domain {
                             return Err(bad(k, "must be an object or null"))
                         }
                         "report_location" => match v.as_str() {
-                            Some(l) if self.locations.contains_key(l) => {}
+                            Some(l) if self.locations.get_str(l).is_some() => {}
                             _ => return Err(bad(k, "must be the id of an existing location")),
                         },
                         _ => return Err(bad(k, "cannot be set")),
                     }
                 }
-                let spot = self.spots.get_mut(&real_id).ok_or_else(not_found)?;
+                let spot = self.spots.get_mut(real_id).ok_or_else(not_found)?;
                 for (k, v) in body {
                     match k.as_str() {
                         "config_request" => spot.config_request = v.as_object().cloned(),
@@ -826,7 +820,7 @@ impl Domain {
                             spot.antenna_report_locations =
                                 v.as_object().cloned().unwrap_or_default()
                         }
-                        "report_location" => spot.report_location = v.as_str().map(String::from),
+                        "report_location" => spot.report_location = v.as_str().and_then(Id::parse),
                         _ => {}
                     }
                 }
@@ -842,8 +836,9 @@ impl Domain {
                         _ => return Err(bad(k, "cannot be set")),
                     }
                 }
+                let real_id = Id::parse(id).ok_or_else(not_found)?;
                 if collection == "locations" {
-                    let l = self.locations.get_mut(id).ok_or_else(not_found)?;
+                    let l = self.locations.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => l.label = v.as_str().unwrap_or_default().to_string(),
@@ -851,9 +846,9 @@ impl Domain {
                         }
                     }
                     l.time_updated = now;
-                    (Table::Locations, id.to_string())
+                    (Table::Locations, real_id)
                 } else {
-                    let i = self.items.get_mut(id).ok_or_else(not_found)?;
+                    let i = self.items.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => i.label = v.clone(),
@@ -861,17 +856,20 @@ impl Domain {
                         }
                     }
                     i.time_updated = now;
-                    (Table::Items, id.to_string())
+                    (Table::Items, real_id)
                 }
             }
             _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
         };
-        self.dirty.insert((table, key(&real_id)));
+        self.dirty.insert((table, real_id));
         self.must_flush = true;
-        let value = self.get(collection, &real_id).unwrap_or(Value::Null);
+        let value = self.get(collection, &real_id.hex()).unwrap_or(Value::Null);
         let data = value.to_string();
-        let topic = topics::api_change(collection, &real_id, "updated", "PUT");
-        self.log(topic, None, now, data);
+        let topic = topics::api_change(collection, real_id, "updated", "PUT");
+        if let Some((id, mut doc)) = self.log_start(&topic, None, now) {
+            doc.push_str(&data);
+            self.log_end(id, now, doc);
+        }
         Ok(value)
     }
 
@@ -901,24 +899,22 @@ impl Domain {
         match collection {
             "spots" => self
                 .resolve_spot_id(id)
-                .and_then(|id| self.spots.get(&id))
+                .and_then(|id| self.spots.get(id))
                 .and_then(|v| serde_json::to_value(v).ok()),
             "locations" => self
                 .locations
-                .get(id)
+                .get_str(id)
                 .and_then(|v| serde_json::to_value(v).ok()),
             "items" => self
                 .items
-                .get(id)
+                .get_str(id)
                 .and_then(|v| serde_json::to_value(v).ok()),
             "presences" => self
                 .presences
-                .get(id)
+                .get_str(id)
                 .and_then(|v| serde_json::to_value(v).ok()),
-            "events" => self
-                .events
-                .binary_search_by(|e| e.id.as_str().cmp(id))
-                .ok()
+            "events" => Id::parse(id)
+                .and_then(|id| self.events.binary_search_by(|e| e.id.cmp(&id)).ok())
                 .and_then(|i| serde_json::from_str(&self.events[i].doc).ok()),
             _ => None,
         }
@@ -974,11 +970,11 @@ impl Domain {
         self.replaying = false;
         self.journal.clear();
         // No stream of the crashed run is open in this one.
-        for spot in self.spots.values_mut() {
+        for spot in self.spots.values_mut_unordered() {
             spot.open_streams = 0;
         }
         for e in &self.events {
-            self.ids.observe(&e.id);
+            self.ids.observe_value(e.id.0);
         }
         Ok(())
     }
@@ -1007,66 +1003,65 @@ impl Domain {
         self.must_flush = false;
         changes.flush = true;
         changes.id_last = self.ids.last();
-        for (table, k) in self.dirty.drain() {
+        for (table, id) in self.dirty.drain() {
             let doc = match table {
                 Table::Spots => self
                     .spots
-                    .get_by_key(k)
+                    .get(id)
                     .map(|r| RowDoc::Spot(Box::new(r.clone()))),
                 Table::Locations => self
                     .locations
-                    .get_by_key(k)
+                    .get(id)
                     .map(|r| RowDoc::Location(Box::new(r.clone()))),
                 Table::Items => self
                     .items
-                    .get_by_key(k)
+                    .get(id)
                     .map(|r| RowDoc::Item(Box::new(r.clone()))),
                 Table::Presences => self
                     .presences
-                    .get_by_key(k)
+                    .get(id)
                     .map(|r| RowDoc::Presence(Box::new(r.clone()))),
             };
             if let Some(doc) = doc {
-                changes.upserts.push((table, crate::ids::id_text(k), doc));
+                changes.upserts.push((table, id.text(), doc));
             }
         }
         changes.deletes = self
             .deleted
             .drain()
-            .map(|(table, k)| (table, crate::ids::id_text(k)))
+            .map(|(table, id)| (table, id.text()))
             .collect();
         changes
     }
 
-    fn resolve_spot_id(&self, id: &str) -> Option<String> {
-        if self.spots.contains_key(id) {
-            Some(id.to_string())
-        } else {
-            self.spot_by_serial.get(id).cloned()
+    fn resolve_spot_id(&self, id: &str) -> Option<Id> {
+        match Id::parse(id) {
+            Some(id) if self.spots.contains_key(id) => Some(id),
+            _ => self.spot_by_serial.get(id).copied(),
         }
     }
 
-    fn ensure_spot(&mut self, serial: &str, now: i64) -> String {
-        if let Some(id) = self.spot_by_serial.get(serial) {
-            return id.clone();
+    fn ensure_spot(&mut self, serial: &str, now: i64) -> Id {
+        if let Some(&id) = self.spot_by_serial.get(serial) {
+            return id;
         }
         let location_id = self.ids.next(now);
         self.locations.insert(
-            location_id.clone(),
+            location_id,
             Location {
-                id: location_id.clone(),
+                id: location_id,
                 label: format!("spot{serial}"),
                 custom: Value::Null,
                 time_created: now,
                 time_updated: now,
             },
         );
-        self.dirty.insert((Table::Locations, key(&location_id)));
+        self.dirty.insert((Table::Locations, location_id));
         let id = self.ids.next(now);
         self.spots.insert(
-            id.clone(),
+            id,
             Spot {
-                id: id.clone(),
+                id,
                 serial_number: serial.to_string(),
                 status: Object::new(),
                 config: Object::new(),
@@ -1087,12 +1082,12 @@ impl Domain {
                 last_traffic: now,
             },
         );
-        self.spot_by_serial.insert(serial.to_string(), id.clone());
-        self.dirty.insert((Table::Spots, key(&id)));
+        self.spot_by_serial.insert(serial.to_string(), id);
+        self.dirty.insert((Table::Spots, id));
         id
     }
 
-    fn touch(&mut self, spot_id: &str, now: i64, time_event: Option<i64>) {
+    fn touch(&mut self, spot_id: Id, now: i64, time_event: Option<i64>) {
         let Some(spot) = self.spots.get_mut(spot_id) else {
             return;
         };
@@ -1103,13 +1098,12 @@ impl Domain {
         spot.is_online = true;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot connected");
-        let topic = topics::spot_connected(&spot.id, &spot.serial_number);
-        let data = raw(&*spot);
-        self.dirty.insert((Table::Spots, key(spot_id)));
-        self.log(topic, time_event, now, data);
+        let topic = topics::spot_connected(spot.id, &spot.serial_number);
+        self.dirty.insert((Table::Spots, spot_id));
+        self.log_row(&topic, time_event, now, Table::Spots, spot_id);
     }
 
-    fn go_offline(&mut self, spot_id: &str, now: i64) {
+    fn go_offline(&mut self, spot_id: Id, now: i64) {
         let Some(spot) = self.spots.get_mut(spot_id) else {
             return;
         };
@@ -1117,31 +1111,30 @@ impl Domain {
         spot.is_online = false;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
-        let topic = topics::spot_disconnected(&spot.id, &spot.serial_number);
-        let data = raw(&*spot);
-        self.dirty.insert((Table::Spots, key(spot_id)));
-        self.log(topic, None, now, data);
-        let reported: Vec<String> = self
+        let topic = topics::spot_disconnected(spot.id, &spot.serial_number);
+        self.dirty.insert((Table::Spots, spot_id));
+        self.log_row(&topic, None, now, Table::Spots, spot_id);
+        let reported: Vec<Id> = self
             .presences
             .values()
-            .filter(|p| p.reporters.contains_key(spot_id))
-            .map(|p| p.id.clone())
+            .filter(|p| p.reporters.contains_key(&spot_id))
+            .map(|p| p.id)
             .collect();
         for presence_id in reported {
-            self.withdraw(spot_id, &presence_id, None, now);
+            self.withdraw(spot_id, presence_id, None, now);
         }
     }
 
-    fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> String {
-        if let Some(id) = self
+    fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> Id {
+        if let Some(&id) = self
             .item_by_code
             .get(item_key(&mut self.key_buf, code, tech))
         {
-            return id.clone();
+            return id;
         }
         let id = self.ids.next(now);
         let item = Item {
-            id: id.clone(),
+            id,
             code_hex: code.to_string(),
             technology: tech.to_string(),
             label: Value::Null,
@@ -1153,21 +1146,18 @@ impl Domain {
             time_created: now,
             time_updated: now,
         };
-        let data = raw(&item);
-        self.items.insert(id.clone(), item);
-        self.item_by_code.insert(
-            item_key(&mut self.key_buf, code, tech).to_string(),
-            id.clone(),
-        );
-        self.dirty.insert((Table::Items, key(&id)));
-        self.log(topics::item_created(&id), time_event, now, data);
+        self.items.insert(id, item);
+        self.item_by_code
+            .insert(item_key(&mut self.key_buf, code, tech).to_string(), id);
+        self.dirty.insert((Table::Items, id));
+        self.log_row(&topics::item_created(id), time_event, now, Table::Items, id);
         id
     }
 
     #[allow(clippy::too_many_arguments)]
     fn apply_presence(
         &mut self,
-        spot_id: &str,
+        spot_id: Id,
         action: Action,
         code: &str,
         tech: &str,
@@ -1176,100 +1166,94 @@ impl Domain {
         now: i64,
     ) {
         let item_id = self.ensure_item(code, tech, now, time_event);
-        let Some(location_id) = self
-            .spots
-            .get(spot_id)
-            .and_then(|s| s.report_location.clone())
-        else {
+        let Some(location_id) = self.spots.get(spot_id).and_then(|s| s.report_location) else {
             return;
         };
-        let existing = self.presence_id(&item_id, &location_id).map(str::to_string);
-        match (action, existing) {
+        match (action, self.presence_id(item_id, location_id)) {
             (Action::Delete, Some(presence_id)) => {
-                self.withdraw(spot_id, &presence_id, time_event, now);
+                self.withdraw(spot_id, presence_id, time_event, now);
             }
             (Action::Delete, None) => {}
             (_, None) => {
                 let id = self.ids.next(now);
                 let presence = PresenceRes {
-                    id: id.clone(),
-                    item: item_id.clone(),
-                    location: location_id.clone(),
+                    id,
+                    item: item_id,
+                    location: location_id,
                     proximity: Prox(proximity),
-                    reporters: BTreeMap::from([(spot_id.to_string(), Prox(proximity))]),
+                    reporters: BTreeMap::from([(spot_id, Prox(proximity))]),
                     time_event,
                     time_created: now,
                     time_updated: now,
                 };
-                let data = raw(&presence);
-                self.presences.insert(id.clone(), presence);
-                self.presences_of_item
-                    .entry(item_id.clone())
-                    .or_default()
-                    .insert(location_id.clone(), id.clone());
-                self.dirty.insert((Table::Presences, key(&id)));
-                self.deleted.remove(&(Table::Presences, key(&id)));
-                self.log(
-                    topics::presence_created(&id, &item_id, &location_id, proximity.as_str()),
+                self.presences.insert(id, presence);
+                self.add_presence_of_item(item_id, location_id, id);
+                self.dirty.insert((Table::Presences, id));
+                self.deleted.remove(&(Table::Presences, id));
+                self.log_row(
+                    &topics::presence_created(id, item_id, location_id, proximity.as_str()),
                     time_event,
                     now,
-                    data,
+                    Table::Presences,
+                    id,
                 );
-                let change = PresenceChange::Stronger(&location_id, proximity);
-                self.recompute_item(&item_id, change, time_event, now);
+                let change = PresenceChange::Stronger(location_id, proximity);
+                self.recompute_item(item_id, change, time_event, now);
             }
             (_, Some(presence_id)) => {
-                let Some(p) = self.presences.get_mut(&presence_id) else {
+                let Some(p) = self.presences.get_mut(presence_id) else {
                     return;
                 };
-                match p.reporters.get_mut(spot_id) {
-                    Some(reported) => *reported = Prox(proximity),
-                    None => {
-                        p.reporters.insert(spot_id.to_string(), Prox(proximity));
-                    }
-                }
+                p.reporters.insert(spot_id, Prox(proximity));
                 p.time_event = time_event.or(p.time_event);
-                self.dirty.insert((Table::Presences, key(&presence_id)));
-                self.reproximate(&presence_id, time_event, now);
+                self.dirty.insert((Table::Presences, presence_id));
+                self.reproximate(presence_id, time_event, now);
             }
+        }
+    }
+
+    /// Records the presence of an item at a location in [`Domain::presences_of_item`].
+    fn add_presence_of_item(&mut self, item_id: Id, location_id: Id, presence_id: Id) {
+        let at = self.presences_of_item.entry(item_id).or_default();
+        match at.iter_mut().find(|(l, _)| *l == location_id) {
+            Some(entry) => entry.1 = presence_id,
+            None => at.push((location_id, presence_id)),
         }
     }
 
     /// The spot no longer reports the presence: drop its contribution; delete the presence
     /// when nobody reports it any more.
-    fn withdraw(&mut self, spot_id: &str, presence_id: &str, time_event: Option<i64>, now: i64) {
+    fn withdraw(&mut self, spot_id: Id, presence_id: Id, time_event: Option<i64>, now: i64) {
         let Some(p) = self.presences.get_mut(presence_id) else {
             return;
         };
-        p.reporters.remove(spot_id);
+        p.reporters.remove(&spot_id);
         if !p.reporters.is_empty() {
-            self.dirty.insert((Table::Presences, key(presence_id)));
+            self.dirty.insert((Table::Presences, presence_id));
             self.reproximate(presence_id, time_event, now);
             return;
         }
         let Some(p) = self.presences.remove(presence_id) else {
             return;
         };
-        if let Some(set) = self.presences_of_item.get_mut(&p.item) {
-            set.remove(&p.location);
-            if set.is_empty() {
+        if let Some(at) = self.presences_of_item.get_mut(&p.item) {
+            at.retain(|(l, _)| *l != p.location);
+            if at.is_empty() {
                 self.presences_of_item.remove(&p.item);
             }
         }
-        self.dirty.remove(&(Table::Presences, key(presence_id)));
-        self.deleted.insert((Table::Presences, key(presence_id)));
-        let topic = topics::presence_deleted(&p.id, &p.item, &p.location, p.proximity.0.as_str());
-        self.log(topic, time_event, now, raw(&p));
-        self.recompute_item(
-            &p.item,
-            PresenceChange::Weaker(&p.location),
-            time_event,
-            now,
-        );
+        self.dirty.remove(&(Table::Presences, presence_id));
+        self.deleted.insert((Table::Presences, presence_id));
+        let topic = topics::presence_deleted(p.id, p.item, p.location, p.proximity.0.as_str());
+        if let Some((id, mut doc)) = self.log_start(&topic, time_event, now) {
+            p.write_json(&mut doc);
+            self.log_end(id, now, doc);
+        }
+        self.recompute_item(p.item, PresenceChange::Weaker(p.location), time_event, now);
     }
 
     /// Recomputes a presence's proximity from its reporters; logs a change.
-    fn reproximate(&mut self, presence_id: &str, time_event: Option<i64>, now: i64) {
+    fn reproximate(&mut self, presence_id: Id, time_event: Option<i64>, now: i64) {
         let Some(p) = self.presences.get_mut(presence_id) else {
             return;
         };
@@ -1286,43 +1270,44 @@ impl Domain {
         }
         p.proximity = Prox(strongest);
         let topic = topics::presence_changed_proximity(
-            &p.id,
-            &p.item,
-            &p.location,
+            p.id,
+            p.item,
+            p.location,
             strongest.as_str(),
             previous.as_str(),
         );
-        let (item_id, location_id) = (p.item.clone(), p.location.clone());
-        let data = raw(&*p);
-        self.log(topic, time_event, now, data);
+        let (item_id, location_id) = (p.item, p.location);
+        self.log_row(&topic, time_event, now, Table::Presences, presence_id);
         let change = if strongest > previous {
-            PresenceChange::Stronger(&location_id, strongest)
+            PresenceChange::Stronger(location_id, strongest)
         } else {
-            PresenceChange::Weaker(&location_id)
+            PresenceChange::Weaker(location_id)
         };
-        self.recompute_item(&item_id, change, time_event, now);
+        self.recompute_item(item_id, change, time_event, now);
     }
 
     /// The presence of an item at a location.
-    fn presence_id(&self, item_id: &str, location_id: &str) -> Option<&str> {
+    fn presence_id(&self, item_id: Id, location_id: Id) -> Option<Id> {
         self.presences_of_item
-            .get(item_id)
-            .and_then(|m| m.get(location_id))
-            .map(String::as_str)
+            .get(&item_id)?
+            .iter()
+            .find(|(l, _)| *l == location_id)
+            .map(|(_, p)| *p)
     }
 
-    /// The location of the item's strongest presence (ties: the latest updated).
-    fn strongest_location(&self, item_id: &str) -> Option<String> {
-        self.presences_of_item.get(item_id).and_then(|set| {
-            set.values()
-                .filter_map(|id| self.presences.get(id))
+    /// The location of the item's strongest presence (ties: the latest updated, then the
+    /// latest created: a total order, so the order of the presences does not matter).
+    fn strongest_location(&self, item_id: Id) -> Option<Id> {
+        self.presences_of_item.get(&item_id).and_then(|at| {
+            at.iter()
+                .filter_map(|(_, id)| self.presences.get(*id))
                 .max_by(|a, b| {
                     a.proximity
                         .cmp(&b.proximity)
                         .then(a.time_updated.cmp(&b.time_updated))
                         .then(a.id.cmp(&b.id))
                 })
-                .map(|p| p.location.clone())
+                .map(|p| p.location)
         })
     }
 
@@ -1333,15 +1318,15 @@ impl Domain {
     /// the item weakens or goes are all of the item's presences compared.
     fn recompute_item(
         &mut self,
-        item_id: &str,
-        change: PresenceChange<'_>,
+        item_id: Id,
+        change: PresenceChange,
         time_event: Option<i64>,
         now: i64,
     ) {
         let Some(item) = self.items.get(item_id) else {
             return;
         };
-        let current = item.location.as_deref().filter(|_| item.is_present);
+        let current = item.location.filter(|_| item.is_present);
         let strongest = match change {
             PresenceChange::Stronger(location, proximity) => {
                 if current == Some(location) {
@@ -1352,7 +1337,7 @@ impl Domain {
                     .and_then(|id| self.presences.get(id));
                 match holder {
                     Some(h) if h.proximity.0 > proximity => return,
-                    Some(_) => Some(location.to_string()),
+                    Some(_) => Some(location),
                     None => self.strongest_location(item_id),
                 }
             }
@@ -1373,11 +1358,11 @@ impl Domain {
                     item.is_present = true;
                     topics.push(topics::item_appeared(item_id));
                 }
-                if item.location.as_deref() != Some(location.as_str()) {
+                if item.location != Some(location) {
                     if item.location.is_some() {
                         item.move_count += 1;
                         item.time_moved = Some(now);
-                        topics.push(topics::item_moved_to(item_id, &location));
+                        topics.push(topics::item_moved_to(item_id, location));
                     }
                     item.location = Some(location);
                 }
@@ -1393,23 +1378,53 @@ impl Domain {
             return;
         }
         item.time_updated = now;
-        let data = raw(&*item);
-        self.dirty.insert((Table::Items, key(item_id)));
+        self.dirty.insert((Table::Items, item_id));
         for topic in topics {
-            self.log(topic, time_event, now, data.clone());
+            self.log_row(&topic, time_event, now, Table::Items, item_id);
         }
     }
 
-    fn log(&mut self, topic: String, time_event: Option<i64>, now: i64, data: String) {
-        if self.replaying {
-            // Stored already, with the journal entry that caused it; only the id is taken
-            // again, so that what follows gets the ids it had.
-            self.ids.next(now);
-            return;
+    /// Logs a derived event whose data is the row `row` of `table` as it is now.
+    fn log_row(&mut self, topic: &str, time_event: Option<i64>, now: i64, table: Table, row: Id) {
+        fn write<T: Doc>(doc: &mut String, row: Option<&T>) {
+            match row {
+                Some(row) => row.write_json(doc),
+                None => doc.push_str("null"),
+            }
         }
+        let Some((id, mut doc)) = self.log_start(topic, time_event, now) else {
+            return;
+        };
+        match table {
+            Table::Spots => write(&mut doc, self.spots.get(row)),
+            Table::Locations => write(&mut doc, self.locations.get(row)),
+            Table::Items => write(&mut doc, self.items.get(row)),
+            Table::Presences => write(&mut doc, self.presences.get(row)),
+        }
+        self.log_end(id, now, doc);
+    }
+
+    /// Takes the id of a derived event and starts its document ([`log_doc_head`]); the
+    /// caller writes the data into it and hands it to [`Domain::log_end`]. `None` in a replay:
+    /// the event is stored already, with the journal entry that caused it; only the id is
+    /// taken again, so that what follows gets the ids it had.
+    fn log_start(
+        &mut self,
+        topic: &str,
+        time_event: Option<i64>,
+        now: i64,
+    ) -> Option<(Id, String)> {
         let id = self.ids.next(now);
-        let doc = log_doc(&id, &topic, time_event, now, &data);
-        self.pending_log.push((id.clone(), now, doc.clone()));
+        if self.replaying {
+            return None;
+        }
+        Some((id, log_doc_head(id, topic, time_event, now, 512)))
+    }
+
+    /// Ends and keeps the document of [`Domain::log_start`].
+    fn log_end(&mut self, id: Id, now: i64, mut doc: String) {
+        doc.push('}');
+        self.pending_log.push((id.text(), now, doc.clone()));
         self.events.push_back(Logged {
             id,
             time_created: now,
@@ -1419,11 +1434,6 @@ impl Domain {
             self.events.pop_front();
         }
     }
-}
-
-/// The integer value of one of our ids (see [`crate::ids`]); `u64::MAX` (no row) otherwise.
-fn key(id: &str) -> u64 {
-    id_key(id).unwrap_or(u64::MAX)
 }
 
 /// The [`Domain::item_by_code`] key of an item, built in `buf`.
@@ -1446,64 +1456,202 @@ pub fn encode_json(event: &Event) -> String {
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// A resource as JSON (for the events log).
-fn raw<T: Serialize + ?Sized>(value: &T) -> String {
-    to_json(value).unwrap_or_else(|_| "null".to_string())
+/// The JSON document of a resource: what `serde_json::to_string` writes. Items and presences
+/// change with nearly every upstream event, so theirs is written directly (the field names
+/// need no escaping, ids and times none either); tests pin it to serde's text.
+trait Doc: Serialize {
+    /// Appends the document to `doc`.
+    fn write_json(&self, doc: &mut String) {
+        match to_json(self) {
+            Ok(text) => doc.push_str(&text),
+            Err(_) => doc.push_str("null"),
+        }
+    }
+
+    /// The document.
+    fn json(&self) -> String {
+        let mut doc = String::new();
+        self.write_json(&mut doc);
+        doc
+    }
+}
+
+impl Doc for Spot {}
+
+impl Doc for Location {}
+
+impl Doc for Item {
+    fn write_json(&self, doc: &mut String) {
+        doc.reserve(320 + self.code_hex.len());
+        doc.push_str("{\"id\":\"");
+        self.id.push_hex(doc);
+        doc.push_str("\",\"code_hex\":");
+        push_json_str(doc, &self.code_hex);
+        doc.push_str(",\"technology\":");
+        push_json_str(doc, &self.technology);
+        doc.push_str(",\"label\":");
+        push_json_value(doc, &self.label);
+        doc.push_str(",\"custom\":");
+        push_json_value(doc, &self.custom);
+        doc.push_str(if self.is_present {
+            ",\"is_present\":true,\"location\":"
+        } else {
+            ",\"is_present\":false,\"location\":"
+        });
+        push_opt_id(doc, self.location);
+        doc.push_str(",\"move_count\":");
+        doc.push_str(itoa_u64(&mut [0u8; 20], self.move_count));
+        doc.push_str(",\"time_moved\":");
+        push_opt_time(doc, self.time_moved);
+        doc.push_str(",\"time_created\":");
+        push_time(doc, self.time_created);
+        doc.push_str(",\"time_updated\":");
+        push_time(doc, self.time_updated);
+        doc.push('}');
+    }
+}
+
+impl Doc for PresenceRes {
+    fn write_json(&self, doc: &mut String) {
+        doc.reserve(240 + 30 * self.reporters.len());
+        doc.push_str("{\"id\":\"");
+        self.id.push_hex(doc);
+        doc.push_str("\",\"item\":\"");
+        self.item.push_hex(doc);
+        doc.push_str("\",\"location\":\"");
+        self.location.push_hex(doc);
+        doc.push_str("\",\"proximity\":");
+        push_json_str(doc, self.proximity.0.as_str());
+        doc.push_str(",\"reporters\":{");
+        for (n, (spot, proximity)) in self.reporters.iter().enumerate() {
+            if n > 0 {
+                doc.push(',');
+            }
+            doc.push('"');
+            spot.push_hex(doc);
+            doc.push_str("\":");
+            push_json_str(doc, proximity.0.as_str());
+        }
+        doc.push_str("},\"time_event\":");
+        push_opt_time(doc, self.time_event);
+        doc.push_str(",\"time_created\":");
+        push_time(doc, self.time_created);
+        doc.push_str(",\"time_updated\":");
+        push_time(doc, self.time_updated);
+        doc.push('}');
+    }
+}
+
+/// An optional id as JSON.
+fn push_opt_id(doc: &mut String, id: Option<Id>) {
+    match id {
+        Some(id) => {
+            doc.push('"');
+            id.push_hex(doc);
+            doc.push('"');
+        }
+        None => doc.push_str("null"),
+    }
+}
+
+/// A time as JSON, as [`iso`] writes it.
+fn push_time(doc: &mut String, ms: i64) {
+    let mut buf = [0u8; 24];
+    match spot_protocol::Timestamp(ms).format_into(&mut buf) {
+        Some(text) => {
+            doc.push('"');
+            doc.push_str(text);
+            doc.push('"');
+        }
+        None => push_json_str(doc, &spot_protocol::Timestamp(ms).to_string()),
+    }
+}
+
+/// An optional time as JSON, as [`iso::opt`] writes it.
+fn push_opt_time(doc: &mut String, ms: Option<i64>) {
+    match ms {
+        Some(ms) => push_time(doc, ms),
+        None => doc.push_str("null"),
+    }
+}
+
+/// A JSON value as serde_json writes it (`null` without the serializer).
+fn push_json_value(doc: &mut String, value: &Value) {
+    match value {
+        Value::Null => doc.push_str("null"),
+        Value::String(text) => push_json_str(doc, text),
+        other => doc.push_str(&other.to_string()),
+    }
+}
+
+/// The decimal digits of `v`, written in `buf`.
+fn itoa_u64(buf: &mut [u8; 20], mut v: u64) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
 /// The JSON document of a [`LogEvent`], written directly (the same text serde writes; the
 /// resource is JSON already).
-fn log_doc(
-    id: &str,
-    topic: &str,
-    time_event: Option<i64>,
-    time_created: i64,
-    data: &str,
-) -> String {
-    fn time(doc: &mut String, ms: i64) {
-        let mut buf = [0u8; 24];
-        match spot_protocol::Timestamp(ms).format_into(&mut buf) {
-            Some(text) => {
-                doc.push('"');
-                doc.push_str(text);
-                doc.push('"');
-            }
-            None => {
-                doc.push_str(&Value::from(spot_protocol::Timestamp(ms).to_string()).to_string())
-            }
-        }
-    }
-    let mut doc = String::with_capacity(data.len() + topic.len() + 128);
-    doc.push_str("{\"id\":");
-    doc.push_str(&Value::from(id).to_string());
-    doc.push_str(",\"topic\":");
-    if topic.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        doc.push('"');
-        doc.push_str(topic);
-        doc.push('"');
-    } else {
-        doc.push_str(&Value::from(topic).to_string());
-    }
-    doc.push_str(",\"time_event\":");
-    match time_event {
-        Some(ms) => time(&mut doc, ms),
-        None => doc.push_str("null"),
-    }
-    doc.push_str(",\"time_created\":");
-    time(&mut doc, time_created);
-    doc.push_str(",\"data\":");
+#[cfg(test)]
+fn log_doc(id: Id, topic: &str, time_event: Option<i64>, time_created: i64, data: &str) -> String {
+    let mut doc = log_doc_head(id, topic, time_event, time_created, data.len());
     doc.push_str(data);
     doc.push('}');
     doc
 }
 
-/// `serde_json::to_string` into a buffer sized for a resource at once (growing it from
-/// empty cost more than the serializing).
+/// A [`LogEvent`] document up to its `data` (which comes last), with room for `data_len`
+/// bytes of data.
+fn log_doc_head(
+    id: Id,
+    topic: &str,
+    time_event: Option<i64>,
+    time_created: i64,
+    data_len: usize,
+) -> String {
+    let mut doc = String::with_capacity(data_len + topic.len() + 128);
+    doc.push_str("{\"id\":");
+    push_opt_id(&mut doc, Some(id));
+    doc.push_str(",\"topic\":");
+    push_json_str(&mut doc, topic);
+    doc.push_str(",\"time_event\":");
+    match time_event {
+        Some(ms) => push_time(&mut doc, ms),
+        None => doc.push_str("null"),
+    }
+    doc.push_str(",\"time_created\":");
+    push_time(&mut doc, time_created);
+    doc.push_str(",\"data\":");
+    doc
+}
+
+/// `text` as a JSON string, as serde_json writes it (quoted as is when nothing needs escaping).
+fn push_json_str(doc: &mut String, text: &str) {
+    // Without an early exit the check vectorizes (topics, codes: tens of bytes).
+    let plain = !text.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        doc.push('"');
+        doc.push_str(text);
+        doc.push('"');
+    } else {
+        doc.push_str(&Value::from(text).to_string());
+    }
+}
+
+/// `serde_json::to_string` (which needs no UTF-8 check of what it wrote; a fresh large
+/// buffer per row cost more in page faults than the few regrowths).
 fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
-    let mut out = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut out, value)?;
-    // serde_json writes valid UTF-8 only.
-    Ok(String::from_utf8(out).unwrap_or_default())
+    serde_json::to_string(value)
 }
 
 /// The object of an encoded event (`["r","a",{obj}]`), via serde_json.
@@ -1584,7 +1732,7 @@ mod tests {
             ("spots/x/updated/PUT \"odd\" \\ \t", None),
         ] {
             let doc = log_doc(
-                "0123456789abcdef",
+                Id(0x0123456789abcdef),
                 topic,
                 time_event,
                 T0,
@@ -1597,6 +1745,129 @@ mod tests {
         }
     }
 
+    #[test]
+    fn times_are_written_as_serde_writes_them() {
+        let times = [
+            T0,
+            T0 + 4,
+            T0,
+            0,
+            -1,
+            4,
+            253_402_300_800_000,
+            -62_167_219_200_001,
+            T0 + 1000,
+        ];
+        for ms in times.iter().chain(times.iter().rev()) {
+            let mut doc = String::new();
+            push_time(&mut doc, *ms);
+            let mut opt = String::new();
+            push_opt_time(&mut opt, Some(*ms));
+            let expected = serde_json::to_string(&TimeField { t: *ms }).unwrap();
+            assert_eq!(format!("{{\"t\":{doc}}}"), expected);
+            assert_eq!(doc, opt);
+        }
+
+        #[derive(Serialize)]
+        struct TimeField {
+            #[serde(with = "iso")]
+            t: i64,
+        }
+    }
+
+    #[test]
+    fn items_and_presences_are_written_as_serde_writes_them() {
+        let odd = "q\"uo\\te \u{1} \u{e9} \u{2028} /";
+        let times = [
+            T0,
+            0,
+            -1,
+            253_402_300_800_000,
+            -62_167_219_200_001,
+            i64::MAX / 4,
+        ];
+        for (n, &time) in times.iter().enumerate() {
+            let item = Item {
+                id: Id(0xabcdef0123456789 + n as u64),
+                code_hex: if n % 2 == 0 {
+                    "00000000000000000000000a".into()
+                } else {
+                    odd.into()
+                },
+                technology: if n % 3 == 0 {
+                    "EPC Gen2".into()
+                } else {
+                    odd.into()
+                },
+                label: [
+                    Value::Null,
+                    json!("L\n"),
+                    json!(1.5),
+                    json!([1, {"z": 1, "a": null}]),
+                ][n % 4]
+                    .clone(),
+                custom: [
+                    json!({"b": [true], "a": "\t"}),
+                    Value::Null,
+                    json!(-3),
+                    json!("x"),
+                ][n % 4]
+                    .clone(),
+                is_present: n % 2 == 1,
+                location: [None, Some(Id(7))][n % 2],
+                move_count: [0, 1, 9, 10, 12345, u64::MAX][n],
+                time_moved: [None, Some(time)][n % 2],
+                time_created: time,
+                time_updated: T0 + n as i64,
+            };
+            assert_eq!(item.json(), serde_json::to_string(&item).unwrap());
+            let presence = PresenceRes {
+                id: Id(n as u64),
+                item: Id(u64::MAX - n as u64),
+                location: Id(0x10),
+                proximity: Prox([Proximity::Far, Proximity::Near, Proximity::Immediate][n % 3]),
+                reporters: (0..n as u64)
+                    .map(|r| {
+                        (
+                            Id(r * 0x1111),
+                            Prox([Proximity::Near, Proximity::Far][r as usize % 2]),
+                        )
+                    })
+                    .collect(),
+                time_event: [Some(time), None][n % 2],
+                time_created: T0,
+                time_updated: time,
+            };
+            assert_eq!(presence.json(), serde_json::to_string(&presence).unwrap());
+        }
+    }
+
+    #[test]
+    fn rows_written_by_earlier_versions_load_and_are_written_back_unchanged() {
+        let rows = [
+            (
+                Table::Items,
+                "0000018fd1e2a3b4",
+                r#"{"id":"0000018fd1e2a3b4","code_hex":"00000000000000000000000a","technology":"EPC Gen2","label":null,"custom":{"x":1},"is_present":true,"location":"0000018fd1e2a3b3","move_count":2,"time_moved":"2024-05-01T10:00:00.001Z","time_created":"2024-05-01T09:00:00Z","time_updated":"2024-05-01T10:00:00.001Z"}"#,
+            ),
+            (
+                Table::Presences,
+                "0000018fd1e2a3b5",
+                r#"{"id":"0000018fd1e2a3b5","item":"0000018fd1e2a3b4","location":"0000018fd1e2a3b3","proximity":"near","reporters":{"0000018fd1e2a3b2":"near","0000018fd1e2a3b6":"far"},"time_event":null,"time_created":"2024-05-01T09:00:00Z","time_updated":"2024-05-01T10:00:00.001Z"}"#,
+            ),
+        ];
+        let mut d = Domain::new(DomainConfig::default());
+        for (table, id, doc) in rows {
+            d.load(table, vec![(id.to_string(), doc.to_string())], T0)
+                .unwrap();
+        }
+        let item = d.items.values().next().unwrap();
+        assert_eq!(item.json(), rows[0].2);
+        let presence = d.presences.values().next().unwrap();
+        assert_eq!(presence.json(), rows[1].2);
+        assert_eq!(d.presence_id(item.id, presence.location), Some(presence.id));
+    }
+
     fn item(d: &Domain, code: &str) -> Item {
         d.items
             .values()
@@ -1605,12 +1876,8 @@ mod tests {
             .clone()
     }
 
-    fn location_of(d: &Domain, serial: &str) -> String {
-        d.spot_by_serial(serial)
-            .unwrap()
-            .report_location
-            .clone()
-            .unwrap()
+    fn location_of(d: &Domain, serial: &str) -> Id {
+        d.spot_by_serial(serial).unwrap().report_location.unwrap()
     }
 
     #[test]
@@ -1621,10 +1888,7 @@ mod tests {
         assert_eq!(spot.request_counter, 1);
         assert_eq!(spot.version.as_deref(), Some("35-42"));
         assert!(spot.is_online);
-        let location = d
-            .locations
-            .get(spot.report_location.as_ref().unwrap())
-            .unwrap();
+        let location = d.locations.get(spot.report_location.unwrap()).unwrap();
         assert_eq!(location.label, "spot203");
         assert!(spot.id > location.id, "ids are chronological");
         assert_eq!(topics(&d), vec![format!("spots/{}/connected/203", spot.id)]);
@@ -1637,7 +1901,7 @@ mod tests {
         d.begin_stream("2", None, T0);
         let shared = location_of(&d, "1");
         let mut body = Object::new();
-        body.insert("report_location".into(), shared.clone().into());
+        body.insert("report_location".into(), shared.to_string().into());
         d.put("spots", "2", &body, T0).unwrap();
         let code = "00000000000000000000000a";
         d.apply_event("1", &presence(Action::Create, code, Proximity::Far), T0);
@@ -1666,7 +1930,7 @@ mod tests {
         assert!(d.presences.is_empty());
         let i = item(&d, code);
         assert!(!i.is_present);
-        assert_eq!(i.location.as_deref(), Some(shared.as_str()));
+        assert_eq!(i.location, Some(shared));
         let t = topics(&d);
         assert!(
             t.iter()
@@ -1690,7 +1954,7 @@ mod tests {
         );
         let i = item(&d, code);
         let to = location_of(&d, "2");
-        assert_eq!(i.location.as_deref(), Some(to.as_str()));
+        assert_eq!(i.location, Some(to));
         assert_eq!(i.move_count, 1);
         assert_eq!(i.time_moved, Some(T0 + 5));
         assert!(topics(&d).contains(&format!("items/{}/moved-to/{to}", i.id)));

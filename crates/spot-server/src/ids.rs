@@ -1,5 +1,83 @@
 //! Chronological resource ids: 16 lower-case hex digits of `(unix_millis << 16) | counter`,
 //! so that string order is creation order (and `sort=id` pages never repeat or skip).
+//!
+//! In memory an id is its integer value ([`Id`]): comparing, hashing and copying it is cheap;
+//! it is written (serde, `Display`) as the 16 digits.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A resource id: its integer value. Text (`Display`, serde) is 16 lower-case hex digits, and
+/// integer order is text order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Id(pub u64);
+
+impl Id {
+    /// The id written as this text ([`id_key`]); `None` for text that is no id of ours.
+    pub fn parse(text: &str) -> Option<Id> {
+        id_key(text).map(Id)
+    }
+
+    /// Appends the 16 hex digits to `out` (hot: no UTF-8 check of a buffer).
+    pub fn push_hex(self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.reserve(16);
+        for i in 0..16 {
+            out.push(char::from(HEX[((self.0 >> ((15 - i) * 4)) & 0xf) as usize]));
+        }
+    }
+
+    /// The 16 hex digits as a `String`.
+    pub fn text(self) -> String {
+        let mut text = String::with_capacity(16);
+        self.push_hex(&mut text);
+        text
+    }
+
+    /// The 16 hex digits, on the stack.
+    pub fn hex(self) -> IdText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 16];
+        for (i, d) in digits.iter_mut().enumerate() {
+            *d = HEX[((self.0 >> ((15 - i) * 4)) & 0xf) as usize];
+        }
+        IdText(digits)
+    }
+}
+
+/// The text of an [`Id`] without allocating (see [`Id::hex`]).
+#[derive(Clone, Copy)]
+pub struct IdText([u8; 16]);
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Id::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("not an id (16 lower-case hex digits): {text:?}"))
+        })
+    }
+}
 
 /// Hands out strictly increasing ids. After a restart, [`IdGen::observe`] every stored id so
 /// new ids sort after them even if the clock went backwards.
@@ -10,10 +88,10 @@ pub struct IdGen {
 
 impl IdGen {
     /// The next id for a resource created at `now_ms`.
-    pub fn next(&mut self, now_ms: i64) -> String {
+    pub fn next(&mut self, now_ms: i64) -> Id {
         let base = (now_ms.max(0) as u64) << 16;
         self.last = base.max(self.last + 1);
-        id_text(self.last)
+        Id(self.last)
     }
 
     /// Remembers an id that exists already (loaded from the store).
@@ -42,6 +120,9 @@ mod tests {
     fn id_text_is_the_16_digit_lower_hex_form_and_id_key_reads_it_back() {
         for v in [0, 1, 0xabc, u64::MAX, 1_764_000_000_000 << 16] {
             assert_eq!(id_text(v), format!("{v:016x}"));
+            let mut pushed = String::from("x");
+            Id(v).push_hex(&mut pushed);
+            assert_eq!(pushed, format!("x{v:016x}"));
             assert_eq!(id_key(&id_text(v)), Some(v));
         }
     }
@@ -55,7 +136,7 @@ mod tests {
         let d = g.next(2_000);
         assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
         let mut restarted = IdGen::default();
-        restarted.observe(&d);
+        restarted.observe(&d.to_string());
         assert!(restarted.next(5) > d);
     }
 }
@@ -63,12 +144,7 @@ mod tests {
 /// The id with this integer value: 16 lower-case hex digits (`format!("{v:016x}")`, without
 /// the formatting machinery: ids are made for every derived event).
 pub fn id_text(v: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(16);
-    for shift in (0..16).rev() {
-        text.push(HEX[((v >> (shift * 4)) & 0xf) as usize] as char);
-    }
-    text
+    Id(v).text()
 }
 
 /// The integer value of an id made by [`IdGen`]: exactly 16 lower-case hex digits
@@ -90,17 +166,19 @@ pub fn id_key(id: &str) -> Option<u64> {
     Some(v)
 }
 
-/// Resources by id, in id (= creation) order, keyed by the id's integer value: a lookup
-/// compares integers instead of strings.
+/// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
+/// hash, no tree walk); [`IdMap::values`] sorts, so that lists are in id (= creation) order
+/// and nothing depends on hash order. Values are boxed: growing the table moves pointers,
+/// not resources.
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
-    map: std::collections::BTreeMap<u64, T>,
+    map: rustc_hash::FxHashMap<Id, Box<T>>,
 }
 
 impl<T> Default for IdMap<T> {
     fn default() -> Self {
         IdMap {
-            map: std::collections::BTreeMap::new(),
+            map: rustc_hash::FxHashMap::default(),
         }
     }
 }
@@ -112,49 +190,45 @@ impl<T> IdMap<T> {
     }
 
     /// The resource with this id.
-    pub fn get(&self, id: impl AsRef<str>) -> Option<&T> {
-        self.map.get(&id_key(id.as_ref())?)
+    pub fn get(&self, id: Id) -> Option<&T> {
+        self.map.get(&id).map(|v| &**v)
     }
 
-    /// The resource with this id's integer value ([`id_key`]).
-    pub fn get_by_key(&self, key: u64) -> Option<&T> {
-        self.map.get(&key)
+    /// The resource with this id, written as text (no resource for text that is no id).
+    pub fn get_str(&self, id: &str) -> Option<&T> {
+        self.map.get(&Id::parse(id)?).map(|v| &**v)
     }
 
     /// The resource with this id, to change.
-    pub fn get_mut(&mut self, id: impl AsRef<str>) -> Option<&mut T> {
-        self.map.get_mut(&id_key(id.as_ref())?)
+    pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
+        self.map.get_mut(&id).map(|v| &mut **v)
     }
 
     /// Whether a resource has this id.
-    pub fn contains_key(&self, id: impl AsRef<str>) -> bool {
-        self.get(id).is_some()
+    pub fn contains_key(&self, id: Id) -> bool {
+        self.map.contains_key(&id)
     }
 
-    /// Adds or replaces a resource; an id not made by [`IdGen`] is refused (`false`).
-    pub fn insert(&mut self, id: impl AsRef<str>, value: T) -> bool {
-        match id_key(id.as_ref()) {
-            Some(k) => {
-                self.map.insert(k, value);
-                true
-            }
-            None => false,
-        }
+    /// Adds or replaces a resource.
+    pub fn insert(&mut self, id: Id, value: T) {
+        self.map.insert(id, Box::new(value));
     }
 
     /// Removes and returns the resource with this id.
-    pub fn remove(&mut self, id: impl AsRef<str>) -> Option<T> {
-        self.map.remove(&id_key(id.as_ref())?)
+    pub fn remove(&mut self, id: Id) -> Option<T> {
+        self.map.remove(&id).map(|v| *v)
     }
 
-    /// The resources in id order.
+    /// The resources in id order (sorted on each call: for lists and scans, not per event).
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.map.values()
+        let mut all: Vec<(&Id, &Box<T>)> = self.map.iter().collect();
+        all.sort_unstable_by_key(|(id, _)| **id);
+        all.into_iter().map(|(_, v)| &**v)
     }
 
-    /// Every value, mutable, in id order.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.map.values_mut()
+    /// Every value, mutable, in no particular order.
+    pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
+        self.map.values_mut().map(|v| &mut **v)
     }
 
     /// How many there are.
@@ -173,19 +247,45 @@ mod id_map_tests {
     use super::*;
 
     #[test]
-    fn only_generated_ids_are_keys_and_values_come_in_id_order() {
+    fn text_ids_are_only_generated_ones_and_values_come_in_id_order() {
         let mut g = IdGen::default();
         let (a, b) = (g.next(1), g.next(1));
         let mut m = IdMap::new();
-        assert!(m.insert(&b, "b"));
-        assert!(m.insert(&a, "a"));
-        assert!(!m.insert("ab", "short"), "not 16 digits");
-        assert!(!m.insert("000000000001000A", "upper case"));
+        m.insert(b, "b");
+        m.insert(a, "a");
         assert_eq!(m.values().copied().collect::<Vec<_>>(), vec!["a", "b"]);
-        assert_eq!(m.get(&a), Some(&"a"));
-        assert_eq!(m.get(a.trim_start_matches('0')), None, "no short aliases");
-        assert_eq!(m.get("+000000000010000"), None);
-        assert_eq!(m.remove(&b), Some("b"));
+        assert_eq!(m.get_str(&a.to_string()), Some(&"a"));
+        assert_eq!(
+            m.get_str(a.to_string().trim_start_matches('0')),
+            None,
+            "no short aliases"
+        );
+        assert_eq!(m.get_str("+000000000010000"), None);
+        m.insert(Id(0xab), "ab");
+        assert_eq!(m.get_str("00000000000000ab"), Some(&"ab"));
+        assert_eq!(m.get_str("00000000000000AB"), None, "upper case");
+        assert_eq!(m.remove(Id(0xab)), Some("ab"));
+        assert_eq!(m.remove(b), Some("b"));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn an_id_is_written_and_read_as_its_16_digits_by_serde() {
+        for v in [0, 0xabc, u64::MAX] {
+            let json = serde_json::to_string(&Id(v)).unwrap();
+            assert_eq!(json, format!("\"{v:016x}\""));
+            assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), Id(v));
+            let map = std::collections::BTreeMap::from([(Id(v), 1)]);
+            let json = serde_json::to_string(&map).unwrap();
+            assert_eq!(json, format!("{{\"{v:016x}\":1}}"));
+            assert_eq!(
+                serde_json::from_str::<std::collections::BTreeMap<Id, i32>>(&json).unwrap(),
+                map
+            );
+        }
+        let err = serde_json::from_str::<Id>("\"00ab\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an id") && err.contains("00ab"), "{err}");
     }
 }
