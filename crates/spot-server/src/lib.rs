@@ -296,6 +296,23 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
     Ok(file)
 }
 
+/// Connections a listener queues before they are accepted. Hundreds of spots connect at
+/// once after a server restart or a network outage; tokio's default (1,024) overflowed in
+/// such a storm (connections reset mid-POST). The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// Opens the store, loads the state, binds the listeners and starts serving.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
@@ -350,13 +367,10 @@ impl Server {
                     source,
                 })?
         };
-        let http_listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let http_listener = listen(config.listen).map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let http_addr = http_listener
             .local_addr()
             .map_err(|source| ServerError::Bind {
@@ -364,11 +378,7 @@ impl Server {
                 source,
             })?;
         let tcp_listener = match config.tcp_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(listen(addr).map_err(|source| ServerError::Bind { addr, source })?),
             None => None,
         };
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
