@@ -32,7 +32,7 @@ pub const MAX_MESSAGES_PER_COMMIT: usize = 4096;
 pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
 /// …or as soon as this many rows are waiting (bounds memory and the replay after a crash).
-pub const FLUSH_AT_DIRTY_ROWS: usize = 200_000;
+pub const FLUSH_AT_DIRTY_ROWS: usize = 50_000;
 
 /// The sending side of the way to the core (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
