@@ -1718,6 +1718,19 @@ mod tests {
         ))
     }
 
+    /// Loads a flush's rows into `d`, as a restart loads `state.db`.
+    fn load_rows(d: &mut Domain, flush: &Changes) {
+        for table in Table::ALL {
+            let rows = flush
+                .upserts
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, id, doc)| (id.clone(), doc.to_json()))
+                .collect();
+            d.load(table, rows, T0).unwrap();
+        }
+    }
+
     fn topics(d: &Domain) -> Vec<String> {
         d.events
             .iter()
@@ -2115,15 +2128,7 @@ mod tests {
         );
         let changes = d.take_changes(true);
         let mut loaded = Domain::new(DomainConfig::default());
-        for table in Table::ALL {
-            let rows = changes
-                .upserts
-                .iter()
-                .filter(|(t, _, _)| *t == table)
-                .map(|(_, id, doc)| (id.clone(), doc.to_json()))
-                .collect();
-            loaded.load(table, rows, T0).unwrap();
-        }
+        load_rows(&mut loaded, &changes);
         for c in ["spots", "locations", "items", "presences"] {
             assert_eq!(loaded.collection(c), d.collection(c), "{c}");
         }
@@ -2186,15 +2191,7 @@ mod tests {
 
         // The crash: only the flushed rows, the whole events log and the journal survive.
         let mut rebuilt = Domain::new(DomainConfig::default());
-        for table in Table::ALL {
-            let rows = flushed
-                .upserts
-                .iter()
-                .filter(|(t, _, _)| *t == table)
-                .map(|(_, id, doc)| (id.clone(), doc.to_json()))
-                .collect();
-            rebuilt.load(table, rows, T0).unwrap();
-        }
+        load_rows(&mut rebuilt, &flushed);
         rebuilt.restore_ids(flushed.id_last);
         rebuilt.load_events(log).unwrap();
         rebuilt.replay(journal).unwrap();

@@ -103,12 +103,9 @@ impl RowWriter {
         sync: Sync,
     ) -> Result<(RowWriter, Vec<(Table, Vec<(String, String)>)>, i64, u64), StoreError> {
         let conn = Connection::open(dir.join("state.db")).map_err(ctx("open state.db"))?;
-        let sync = match sync {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
-        };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; {SCHEMA}"
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={}; {SCHEMA}",
+            sync.pragma()
         ))
         .map_err(ctx("create state schema"))?;
         migrate_from_spot_db(&conn, dir)?;

@@ -102,6 +102,16 @@ pub enum Sync {
     Normal,
 }
 
+impl Sync {
+    /// The value of SQLite's `synchronous` pragma.
+    pub(crate) fn pragma(self) -> &'static str {
+        match self {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        }
+    }
+}
+
 /// The SQLite store.
 #[derive(Debug)]
 pub struct Store {
@@ -174,10 +184,7 @@ impl Store {
     /// Opens (creating if needed) `<dir>/spot.db` in WAL mode.
     pub fn open(dir: &Path, sync: Sync) -> Result<Self, StoreError> {
         let conn = Connection::open(dir.join("spot.db")).map_err(ctx("open database"))?;
-        let sync_pragma = match sync {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
-        };
+        let sync_pragma = sync.pragma();
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous={sync_pragma};
