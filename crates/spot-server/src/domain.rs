@@ -675,16 +675,7 @@ impl Domain {
         }
         if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(spot_id)) {
             if seq <= spot.acked_seq {
-                self.journal.push(JournalEntry::Event {
-                    row: UpstreamRow {
-                        serial: serial.to_string(),
-                        spot_id: spot_id.text(),
-                        seq: event.seq,
-                        time_received: now,
-                        event_json,
-                    },
-                    duplicate: true,
-                });
+                self.journal_event(serial, spot_id, event.seq, now, event_json, true);
                 return Applied::Duplicate;
             }
         }
@@ -737,17 +728,30 @@ impl Domain {
             spot.event_counter += 1;
         }
         self.dirty.insert((Table::Spots, spot_id));
+        self.journal_event(serial, spot_id, event.seq, now, event_json, false);
+        Applied::Stored
+    }
+
+    /// Journals an upstream event as received (see [`JournalEntry::Event`]).
+    fn journal_event(
+        &mut self,
+        serial: &str,
+        spot_id: Id,
+        seq: Option<u64>,
+        now: i64,
+        event_json: String,
+        duplicate: bool,
+    ) {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
                 spot_id: spot_id.text(),
-                seq: event.seq,
+                seq,
                 time_received: now,
                 event_json,
             },
-            duplicate: false,
+            duplicate,
         });
-        Applied::Stored
     }
 
     /// Takes spots offline that have no open stream and no traffic for `offline_after`,
