@@ -11,6 +11,24 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{chunk, free_port, get_json, spawn_server};
 
+/// Sends SIGTERM to the server.
+fn sigterm(server: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until nothing accepts connections on `port` any more (a stop began).
+fn wait_until_not_accepting(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Reads one response (the server always sends Content-Length); returns (status, head, body).
 fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String, Vec<u8>)> {
     let mut buf = Vec::new();
@@ -166,17 +184,9 @@ fn sigterm_finishes_the_in_flight_post_then_exits_0() {
         assert!(Instant::now() < deadline, "POST not applied");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&server);
     // Wait until the server stopped accepting, then finish the POST.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_not_accepting(port);
     s.write_all(&chunk(presence(2).as_bytes())).unwrap();
     s.write_all(b"0\r\n\r\n").unwrap();
     let (status, head, _) = read_response(&mut s).unwrap();
@@ -193,19 +203,11 @@ fn sigterm_finishes_the_in_flight_post_then_exits_0() {
 fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_spot"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--shutdown-grace", "3", "--data"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn spot serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut server = spawn_server(
+        dir.path(),
+        port,
+        &["--shutdown-grace".as_ref(), "3".as_ref()],
+    );
     // Load: spots posting back to back, and one POST that never ends its body.
     let stop = Arc::new(AtomicBool::new(false));
     let posted = Arc::new(AtomicU64::new(0));
@@ -240,16 +242,8 @@ fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_da
         assert!(Instant::now() < deadline, "no load progress");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sigterm(&server);
+    wait_until_not_accepting(port);
     // The port is free, but the data directory is not.
     let mut second = Command::new(env!("CARGO_BIN_EXE_spot"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -410,20 +404,13 @@ fn a_second_sigterm_during_the_grace_period_exits_at_once() {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pid = server.id().to_string();
-    let term = || {
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-    };
-    term();
-    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sigterm(&server);
+    wait_until_not_accepting(port);
     assert!(
         server.try_wait().unwrap().is_none(),
         "waits for the held POST"
     );
-    term();
+    sigterm(&server);
     let exit = server.wait().unwrap();
     assert_eq!(exit.code(), Some(1), "a forced stop is not a clean exit");
 }
