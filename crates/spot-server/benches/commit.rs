@@ -49,7 +49,7 @@ fn batch(b: usize) -> Changes {
         changes.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: format!("{}", rng % 100),
-                spot_id: id(rng % 100),
+                spot_id: spot_server::ids::Id(rng % 100),
                 seq: Some((b * EVENTS_PER_BATCH + e) as u64),
                 time_received: 1_764_000_000_000,
                 event_json: format!(

@@ -277,7 +277,7 @@ pub struct UpstreamRow {
     /// The spot's serial number.
     pub serial: String,
     /// The id of the spot resource (not stored; the raw events' push topic).
-    pub spot_id: String,
+    pub spot_id: Id,
     /// Its sequence key, if any.
     pub seq: Option<u64>,
     /// Server time of receipt.
@@ -745,7 +745,7 @@ impl Domain {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.to_string(),
-                spot_id: spot_id.text(),
+                spot_id,
                 seq,
                 time_received: now,
                 event_json,

@@ -119,7 +119,7 @@ pub fn raw_published(
     let what = || format!("raw event of spot {} (seq {:?})", row.serial, row.seq);
     let RawParts(resource_type, action, object) =
         serde_json::from_str(&row.event_json).map_err(|e| format!("{}: {e}", what()))?;
-    let topic = spot_push::topics::raw_spot_event(&row.spot_id, &resource_type, &action);
+    let topic = spot_push::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
     if !hub.wants_raw(&topic) {
         return Ok(None);
     }
@@ -531,7 +531,7 @@ mod tests {
     fn row(json: &str, seq: Option<u64>) -> crate::domain::UpstreamRow {
         crate::domain::UpstreamRow {
             serial: "20\"3".into(),
-            spot_id: "01a2".into(),
+            spot_id: crate::ids::Id(0x01a2),
             seq,
             time_received: 1_764_000_000_002,
             event_json: json.into(),
@@ -552,7 +552,10 @@ mod tests {
             .expect("valid")
             .expect("wanted");
         assert!(event.is_raw());
-        assert_eq!(event.topic(), "spots/01a2/events/presence/update");
+        assert_eq!(
+            event.topic(),
+            "spots/00000000000001a2/events/presence/update"
+        );
         let payload: Value = serde_json::from_str(event.payload_json()).expect("json");
         assert_eq!(
             payload,
@@ -625,7 +628,7 @@ mod tests {
         assert_eq!(hub.stats().raw_published_total, 0);
         publisher(true).raw_events(&rows);
         let event = sub.try_recv().expect("raw event");
-        assert_eq!(event.topic(), "spots/01a2/events/hit/create");
+        assert_eq!(event.topic(), "spots/00000000000001a2/events/hit/create");
         assert_eq!(hub.last_id(), 0, "no push id taken");
     }
 

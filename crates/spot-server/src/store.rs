@@ -28,6 +28,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use crate::domain::{Changes, JournalEntry, Table, UpstreamRow};
+use crate::ids::Id;
 use crate::rows::{RowFlush, RowWriter};
 
 /// A storage failure: which operation and the underlying error.
@@ -493,7 +494,7 @@ fn parse_journal_line(line: &str) -> Option<JournalEntry> {
                 row: UpstreamRow {
                     serial,
                     // Not journaled: the raw events of a replay are not published again.
-                    spot_id: String::new(),
+                    spot_id: Id::default(),
                     seq,
                     time_received: time,
                     event_json: rest.to_string(),
@@ -515,7 +516,7 @@ mod tests {
         JournalEntry::Event {
             row: UpstreamRow {
                 serial: serial.into(),
-                spot_id: String::new(),
+                spot_id: Id::default(),
                 seq,
                 time_received: time,
                 event_json: json.into(),
@@ -610,7 +611,7 @@ mod tests {
         let replayed = JournalEntry::Event {
             row: UpstreamRow {
                 serial: "7".into(),
-                spot_id: String::new(),
+                spot_id: Id::default(),
                 seq: Some(3),
                 time_received: 1_003,
                 event_json: r#"["hit","create",{"x":"a\tb"}]"#.into(),
