@@ -8,14 +8,15 @@
 use std::time::Instant;
 
 use spot_server::domain::{Changes, JournalEntry, Table, UpstreamRow};
+use spot_server::ids::Id;
 use spot_server::store::{Store, Sync};
 
 const EVENTS_PER_BATCH: usize = 4096;
 const BATCHES: usize = 40;
 const PRESENCES: u64 = 5_000;
 
-fn id(n: u64) -> String {
-    format!("{:016x}", (1_764_000_000_000u64 << 16) + n)
+fn id(n: u64) -> Id {
+    Id((1_764_000_000_000u64 << 16) + n)
 }
 
 fn batch(b: usize) -> Changes {
@@ -74,7 +75,7 @@ fn batch(b: usize) -> Changes {
         }
         for k in 0..(1 + e % 5 / 3) {
             changes.log.push((
-                id((b * EVENTS_PER_BATCH * 2 + e * 2 + k) as u64),
+                id((b * EVENTS_PER_BATCH * 2 + e * 2 + k) as u64).text(),
                 1_764_000_000_000,
                 log_doc.clone(),
             ));

@@ -369,9 +369,9 @@ pub struct Changes {
     /// With `flush`: the id generator's state ([`IdGen::last`]) the rows correspond to.
     pub id_last: u64,
     /// Rows to insert or replace: table, id, document (only in a flush).
-    pub upserts: Vec<(Table, String, RowDoc)>,
+    pub upserts: Vec<(Table, Id, RowDoc)>,
     /// Rows to delete (only in a flush).
-    pub deletes: Vec<(Table, String)>,
+    pub deletes: Vec<(Table, Id)>,
     /// Derived events: id, time_created, JSON document.
     pub log: Vec<(String, i64, String)>,
 }
@@ -1027,14 +1027,10 @@ impl Domain {
                     .map(|r| RowDoc::Presence(Box::new(r.clone()))),
             };
             if let Some(doc) = doc {
-                changes.upserts.push((table, id.text(), doc));
+                changes.upserts.push((table, id, doc));
             }
         }
-        changes.deletes = self
-            .deleted
-            .drain()
-            .map(|(table, id)| (table, id.text()))
-            .collect();
+        changes.deletes = self.deleted.drain().collect();
         changes
     }
 
@@ -1729,7 +1725,7 @@ mod tests {
                 .upserts
                 .iter()
                 .filter(|(t, _, _)| *t == table)
-                .map(|(_, id, doc)| (id.clone(), doc.to_json()))
+                .map(|(_, id, doc)| (id.text(), doc.to_json()))
                 .collect();
             d.load(table, rows, T0).unwrap();
         }

@@ -1,9 +1,8 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
-//! The resource rows (the id's integer value ([`crate::ids::id_key`]) as the row key + JSON
-//! document) are written only by a *flush* (see [`crate::domain`]: rows are checkpoints, the
-//! journal is the truth in between), into `state.db` by [`crate::rows::RowWriter`]'s thread,
-//! so that a flush never holds up a commit here. This database, `spot.db`, holds the
+//! The resource rows (JSON documents) are written only by a *flush* (see [`crate::domain`]:
+//! rows are checkpoints, the journal is the truth in between), into `state.db` by
+//! [`crate::rows::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
 //! two append-only logs, written **one row per group commit** (a row per event
 //! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
 //! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent;
@@ -27,9 +26,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use crate::domain::{Changes, JournalEntry, Table, UpstreamRow};
+use crate::domain::{Changes, JournalEntry, UpstreamRow};
 use crate::ids::Id;
-use crate::rows::{RowFlush, RowWriter};
+use crate::rows::{LoadedRows, RowFlush, RowWriter};
 
 /// A storage failure: which operation and the underlying error.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +125,7 @@ pub struct Store {
     rows: RowWriter,
     /// What was loaded at open: the rows, until taken ([`Store::take_loaded_rows`]), and the
     /// flush mark (journal batch covered, id generator state).
-    loaded: Vec<(Table, Vec<(String, String)>)>,
+    loaded: LoadedRows,
     loaded_mark: (i64, u64),
     publisher: Option<crate::push::Publisher>,
 }
@@ -233,7 +232,7 @@ impl Store {
 
     /// The rows of every table as loaded at open: (id, JSON document) each; empty after the
     /// first call.
-    pub fn take_loaded_rows(&mut self) -> Vec<(Table, Vec<(String, String)>)> {
+    pub fn take_loaded_rows(&mut self) -> LoadedRows {
         std::mem::take(&mut self.loaded)
     }
 
@@ -508,9 +507,10 @@ fn parse_journal_line(line: &str) -> Option<JournalEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Table;
 
-    const A: &str = "0123456789abcdef";
-    const B: &str = "01a20fc369cc1f93";
+    const A: Id = Id(0x0123456789abcdef);
+    const B: Id = Id(0x01a20fc369cc1f93);
 
     fn upstream(serial: &str, seq: Option<u64>, time: i64, json: &str) -> JournalEntry {
         JournalEntry::Event {
@@ -536,7 +536,7 @@ mod tests {
                     upstream("204", None, 1_000, r#"["hit","create",{"a":"\t"}]"#),
                     upstream("203", None, 1_001, r#"["hit","delete",{}]"#),
                 ],
-                upserts: vec![(Table::Items, A.into(), "{}".into())],
+                upserts: vec![(Table::Items, A, "{}".into())],
                 deletes: vec![],
                 log: vec![
                     ("e1".into(), 1_000, "{\"x\":1}".into()),
@@ -547,10 +547,10 @@ mod tests {
             store.commit(&mut changes).unwrap();
             store
                 .commit(&mut Changes {
-                    deletes: vec![(Table::Items, A.into())],
+                    deletes: vec![(Table::Items, A)],
                     upserts: vec![
-                        (Table::Items, B.into(), "{}".into()),
-                        (Table::Items, B.into(), "{\"v\":2}".into()),
+                        (Table::Items, B, "{}".into()),
+                        (Table::Items, B, "{\"v\":2}".into()),
                     ],
                     journal: vec![upstream("203", Some(8), 5_000, "[]")],
                     log: vec![("e3".into(), 5_000, "{\"x\":3}".into())],
@@ -579,7 +579,7 @@ mod tests {
             .map(|(_, rows)| rows);
         assert_eq!(
             items,
-            Some(vec![(B.to_string(), "{\"v\":2}".to_string())]),
+            Some(vec![(B.text(), "{\"v\":2}".to_string())]),
             "a flush's rows, written by the row writer"
         );
         assert_eq!(
