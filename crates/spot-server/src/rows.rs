@@ -481,7 +481,7 @@ fn fold_live(
 
 /// Reads the rows of every table, and what the deltas hold.
 fn load(conn: &Connection) -> Result<(LoadedRows, Stats), StoreError> {
-    let mut rows: [Vec<(u64, String)>; 4] = Default::default();
+    let mut rows: [Vec<(String, String)>; 4] = Default::default();
     let stats = fold_live(conn, i64::MAX, |record| {
         let doc = String::from_utf8(record.doc.unwrap_or_default().to_vec()).map_err(|e| {
             StoreError::Corrupt {
@@ -489,18 +489,15 @@ fn load(conn: &Connection) -> Result<(LoadedRows, Stats), StoreError> {
                 reason: format!("{} row {}: {e}", record.table.name(), Id(record.id)),
             }
         })?;
-        rows[record.table as usize].push((record.id, doc));
+        rows[record.table as usize].push((Id(record.id).text(), doc));
         Ok(())
     })?;
     let tables = Table::ALL
         .into_iter()
         .zip(rows)
         .map(|(table, mut rows)| {
-            rows.sort_unstable_by_key(|(id, _)| *id);
-            let rows = rows
-                .into_iter()
-                .map(|(id, doc)| (Id(id).text(), doc))
-                .collect();
+            // An id's text sorts as its value.
+            rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
             (table, rows)
         })
         .collect();
@@ -563,7 +560,8 @@ fn import_row_tables(conn: &Connection, schema: &str) -> Result<u64, StoreError>
 }
 
 /// Converts a `state.db` of the format before the deltas (a table of rows per resource table)
-/// once: its rows become the first delta and the tables go, in one transaction.
+/// once: its rows become the first delta and the tables go, in one transaction (then the file
+/// is compacted).
 fn convert_row_tables(conn: &mut Connection) -> Result<(), StoreError> {
     if !has_row_tables(conn, "main")? {
         return Ok(());
@@ -576,6 +574,9 @@ fn convert_row_tables(conn: &mut Connection) -> Result<(), StoreError> {
     )
     .map_err(ctx("drop old row tables"))?;
     tx.commit().map_err(ctx("commit row conversion"))?;
+    // The old tables' pages would stay in the file, free, several times the deltas' size.
+    conn.execute_batch("VACUUM")
+        .map_err(ctx("give back the old row tables' space"))?;
     tracing::info!("{rows} rows of state.db converted to deltas");
     Ok(())
 }
@@ -908,6 +909,10 @@ mod tests {
         assert_eq!(stored(dir.path()), (4, 1));
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
         assert!(!has_row_tables(&conn, "main").unwrap(), "old tables gone");
+        let free: i64 = conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(free, 0, "and their space given back");
         writer.flush(RowFlush {
             deletes: vec![(Table::Items, id(3))],
             journal: 42,
