@@ -4,11 +4,11 @@
 //! 1,000 events per second per spot, interleaved, with a group commit's `take_changes` every
 //! 1,000 events and a flush every 2 s of simulated time, as the core does.
 //!
-//! `cargo bench -p spot-server --bench domain` prints µs per upstream event, then:
+//! `cargo bench -p spot-server --bench domain` prints µs per upstream event (`events`), then:
 //!
-//! - the *flush stall*: the time [`Domain::take_changes`] takes on the core's thread to
+//! - the *flush stall* (`stall`): the time [`Domain::take_changes`] takes on the core's thread to
 //!   snapshot about 50,000 dirty rows (the core flushes at that many), the median of 5;
-//! - *bytes per item*: the growth of the resident set per item created (each item arrives
+//! - *bytes per item* (`memory`): the growth of the resident set per item created (each item arrives
 //!   at a spot and leaves again, so what stays is the item), measured after the in-memory
 //!   events log is full so that only what grows with the items counts.
 
@@ -27,6 +27,22 @@ const SECONDS: i64 = 15;
 const RATE: i64 = 1_000;
 
 fn main() {
+    // `cargo bench -p spot-server --bench domain -- stall` runs only what names "stall".
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if run("events") {
+        events();
+    }
+    if run("stall") {
+        flush_stall();
+    }
+    if run("memory") {
+        bytes_per_item();
+    }
+}
+
+/// µs per event of the emulator's load.
+fn events() {
     let serials: Vec<String> = (0..SPOTS).map(|s| (1000 + s).to_string()).collect();
     let mut populations: Vec<Population> = (0..SPOTS)
         .map(|s| Population::new(PopulationParams::default(), s as u64 + 1))
@@ -48,7 +64,7 @@ fn main() {
     // The row writer holds a flush's rows until it has written them: here until the next
     // flush, so that rows changed meanwhile cost what they cost (a copy on write).
     let mut held = None;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_ns());
     for (n, (serial, now, event, json)) in events.into_iter().enumerate() {
         domain.apply_encoded(serial, &event, json, now);
         if n % 1_000 == 999 {
@@ -62,15 +78,15 @@ fn main() {
     }
     drop(held);
     let elapsed = started.elapsed();
+    let cpu = (cpu_ns() - cpu) as f64 / 1e9;
     let applied = SPOTS as f64 * (SECONDS * RATE) as f64;
     println!(
-        "domain: {applied} events from {SPOTS} spots in {:.3} s = {:.2} us/event",
+        "domain: {applied} events from {SPOTS} spots in {:.3} s = {:.2} us/event \
+         (on CPU {:.2} us/event)",
         elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1e6 / applied
+        elapsed.as_secs_f64() * 1e6 / applied,
+        cpu * 1e6 / applied,
     );
-    drop(domain);
-    flush_stall();
-    bytes_per_item();
 }
 
 /// A `presence <action>` of item `code` (the emulator's form).
@@ -113,14 +129,26 @@ fn flush_stall() {
     for round in 0..5u64 {
         fresh_items(&mut domain, round * 25_000, 25_000, false, false);
         let rows = domain.dirty_rows();
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_ns());
         let changes = domain.take_changes(true);
-        stalls.push((started.elapsed().as_secs_f64() * 1e3, rows));
+        let cpu = (cpu_ns() - cpu) as f64 / 1e6;
+        stalls.push((started.elapsed().as_secs_f64() * 1e3, cpu, rows));
         drop(changes);
     }
     stalls.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (ms, rows) = stalls[stalls.len() / 2];
-    println!("flush stall: {rows} dirty rows snapshot in {ms:.2} ms (median of 5)");
+    let (ms, cpu, rows) = stalls[stalls.len() / 2];
+    println!(
+        "flush stall: {rows} dirty rows snapshot in {ms:.2} ms (on CPU {cpu:.2} ms; median of 5)"
+    );
+}
+
+/// Time this thread has been on a CPU, in ns (Linux; 0 elsewhere): what it costs, without
+/// the time other processes of a busy machine took.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Resident set size of this process in bytes (Linux; 0 elsewhere).
