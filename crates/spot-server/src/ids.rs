@@ -5,6 +5,7 @@
 //! it is written (serde, `Display`) as the 16 digits.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -168,11 +169,15 @@ pub fn id_key(id: &str) -> Option<u64> {
 
 /// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
 /// hash, no tree walk); [`IdMap::values`] sorts, so that lists are in id (= creation) order
-/// and nothing depends on hash order. Values are boxed: growing the table moves pointers,
-/// not resources.
+/// and nothing depends on hash order.
+///
+/// Values are shared ([`Arc`]): growing the table moves pointers, not resources, and a
+/// snapshot of a resource ([`IdMap::get_shared`], what a flush hands the row writer) is a
+/// reference count, not a copy. [`IdMap::get_mut`] copies a resource only while such a
+/// snapshot of it is still held (copy on write).
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
-    map: rustc_hash::FxHashMap<Id, Box<T>>,
+    map: rustc_hash::FxHashMap<Id, Arc<T>>,
 }
 
 impl<T> Default for IdMap<T> {
@@ -194,14 +199,14 @@ impl<T> IdMap<T> {
         self.map.get(&id).map(|v| &**v)
     }
 
+    /// The resource with this id, shared: a snapshot that later changes do not touch.
+    pub fn get_shared(&self, id: Id) -> Option<Arc<T>> {
+        self.map.get(&id).cloned()
+    }
+
     /// The resource with this id, written as text (no resource for text that is no id).
     pub fn get_str(&self, id: &str) -> Option<&T> {
         self.map.get(&Id::parse(id)?).map(|v| &**v)
-    }
-
-    /// The resource with this id, to change.
-    pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
-        self.map.get_mut(&id).map(|v| &mut **v)
     }
 
     /// Whether a resource has this id.
@@ -211,24 +216,19 @@ impl<T> IdMap<T> {
 
     /// Adds or replaces a resource.
     pub fn insert(&mut self, id: Id, value: T) {
-        self.map.insert(id, Box::new(value));
+        self.map.insert(id, Arc::new(value));
     }
 
     /// Removes and returns the resource with this id.
-    pub fn remove(&mut self, id: Id) -> Option<T> {
-        self.map.remove(&id).map(|v| *v)
+    pub fn remove(&mut self, id: Id) -> Option<Arc<T>> {
+        self.map.remove(&id)
     }
 
     /// The resources in id order (sorted on each call: for lists and scans, not per event).
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        let mut all: Vec<(&Id, &Box<T>)> = self.map.iter().collect();
+        let mut all: Vec<(&Id, &Arc<T>)> = self.map.iter().collect();
         all.sort_unstable_by_key(|(id, _)| **id);
         all.into_iter().map(|(_, v)| &**v)
-    }
-
-    /// Every value, mutable, in no particular order.
-    pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
-        self.map.values_mut().map(|v| &mut **v)
     }
 
     /// How many there are.
@@ -239,6 +239,18 @@ impl<T> IdMap<T> {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+impl<T: Clone> IdMap<T> {
+    /// The resource with this id, to change (a copy if a snapshot of it is still held).
+    pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
+        self.map.get_mut(&id).map(Arc::make_mut)
+    }
+
+    /// Every value, mutable, in no particular order.
+    pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
+        self.map.values_mut().map(Arc::make_mut)
     }
 }
 
@@ -264,9 +276,33 @@ mod id_map_tests {
         m.insert(Id(0xab), "ab");
         assert_eq!(m.get_str("00000000000000ab"), Some(&"ab"));
         assert_eq!(m.get_str("00000000000000AB"), None, "upper case");
-        assert_eq!(m.remove(Id(0xab)), Some("ab"));
-        assert_eq!(m.remove(b), Some("b"));
+        assert_eq!(m.remove(Id(0xab)).as_deref(), Some(&"ab"));
+        assert_eq!(m.remove(b).as_deref(), Some(&"b"));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_shared_snapshot_keeps_its_value_while_the_map_changes_a_copy() {
+        let mut m = IdMap::new();
+        m.insert(Id(1), vec![1]);
+        let snapshot = m.get_shared(Id(1)).unwrap();
+        m.get_mut(Id(1)).unwrap().push(2);
+        assert_eq!(*snapshot, vec![1], "the snapshot is not changed");
+        assert_eq!(m.get(Id(1)), Some(&vec![1, 2]));
+        drop(snapshot);
+        let before: *const Vec<i32> = m.get(Id(1)).unwrap();
+        m.get_mut(Id(1)).unwrap().push(3);
+        assert!(
+            std::ptr::eq(m.get(Id(1)).unwrap(), before),
+            "no snapshot held: changed in place"
+        );
+        let copied: *const Vec<i32> = m.get_mut(Id(1)).unwrap();
+        let _snapshot = m.get_shared(Id(1)).unwrap();
+        m.get_mut(Id(1)).unwrap().push(4);
+        assert!(
+            !std::ptr::eq(m.get(Id(1)).unwrap(), copied),
+            "a snapshot held: changed in a copy"
+        );
     }
 
     #[test]
