@@ -188,6 +188,11 @@ struct Technologies(Vec<Arc<str>>);
 impl Technologies {
     const MAX: usize = 16;
 
+    /// The position of `tech` among the shared ones.
+    fn index(&self, tech: &str) -> Option<u8> {
+        self.0.iter().position(|t| **t == *tech).map(|i| i as u8)
+    }
+
     /// The shared string for `tech`.
     fn get(&mut self, tech: &str) -> Arc<str> {
         if let Some(shared) = self.0.iter().find(|t| ***t == *tech) {
@@ -674,9 +679,8 @@ pub struct Domain {
     spot_by_serial: HashMap<String, Id>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
-    /// Item ids, found by `code_hex` and `technology` (hashed by [`item_hash`], compared
-    /// with the item itself: the code is stored once).
-    item_by_code: hashbrown::HashTable<Id>,
+    /// Item ids, found by `code_hex` and `technology` (see [`CodeEntry`]).
+    item_by_code: hashbrown::HashTable<CodeEntry>,
     /// The shared technology strings of items.
     technologies: Technologies,
     presences: IdMap<PresenceRes>,
@@ -1350,26 +1354,38 @@ impl Domain {
 
     /// The item with this code and technology.
     fn item_id(&self, code: &str, tech: &str) -> Option<Id> {
+        let key = pack_code(code, self.technologies.index(tech));
         let items = &self.items;
         self.item_by_code
-            .find(item_hash(code, tech), |id| {
-                items
-                    .get(*id)
-                    .is_some_and(|i| *i.code_hex == *code && *i.technology == *tech)
+            .find(code_hash(key, code, tech), |e| {
+                e.key == key
+                    && (key != 0
+                        || items
+                            .get(e.id)
+                            .is_some_and(|i| *i.code_hex == *code && *i.technology == *tech))
             })
-            .copied()
+            .map(|e| e.id)
     }
 
-    /// Adds the item (in [`Domain::items`] already, with a code no other item has) to
-    /// [`Domain::item_by_code`].
+    /// Adds the item (in [`Domain::items`] already, with a code no other item has, its
+    /// technology from [`Domain::technologies`]) to [`Domain::item_by_code`].
     fn index_item(&mut self, id: Id) {
-        let items = &self.items;
-        let hash = |id: &Id| {
-            items
-                .get(*id)
-                .map_or(0, |i| item_hash(&i.code_hex, &i.technology))
+        let Some(item) = self.items.get(id) else {
+            return;
         };
-        self.item_by_code.insert_unique(hash(&id), id, hash);
+        let key = pack_code(&item.code_hex, self.technologies.index(&item.technology));
+        let hash = code_hash(key, &item.code_hex, &item.technology);
+        let items = &self.items;
+        self.item_by_code
+            .insert_unique(hash, CodeEntry { id, key }, |e| {
+                if e.key != 0 {
+                    code_hash(e.key, "", "")
+                } else {
+                    items
+                        .get(e.id)
+                        .map_or(0, |i| code_hash(0, &i.code_hex, &i.technology))
+                }
+            });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1661,10 +1677,58 @@ impl Domain {
     }
 }
 
-/// The hash of an item's code and technology in [`Domain::item_by_code`].
-fn item_hash(code: &str, tech: &str) -> u64 {
+/// An entry of [`Domain::item_by_code`]: the item's id and, where they fit, its code and
+/// technology packed into an integer ([`pack_code`]), so that finding an item compares them
+/// in the table, without reading the item (each read of it is a cache miss).
+#[derive(Debug, Clone, Copy)]
+struct CodeEntry {
+    id: Id,
+    /// [`pack_code`] of the item's code and technology; 0: they do not fit, compare the item.
+    key: u128,
+}
+
+/// A code of at most 28 hex digits, all letters of one case, of a shared technology (its
+/// [`Technologies::index`]), packed into an integer that is equal only for the same code
+/// text and technology: digits, technology, case, length. 0 for any other.
+fn pack_code(code: &str, tech: Option<u8>) -> u128 {
+    let Some(tech) = tech else {
+        return 0;
+    };
+    let bytes = code.as_bytes();
+    if bytes.is_empty() || bytes.len() > 28 {
+        return 0;
+    }
+    let (mut digits, mut lower, mut upper) = (0u128, false, false);
+    for &c in bytes {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => {
+                lower = true;
+                c - b'a' + 10
+            }
+            b'A'..=b'F' => {
+                upper = true;
+                c - b'A' + 10
+            }
+            _ => return 0,
+        };
+        digits = (digits << 4) | u128::from(digit);
+    }
+    if lower && upper {
+        return 0;
+    }
+    (digits << 16) | (u128::from(tech) << 8) | (u128::from(upper) << 7) | bytes.len() as u128
+}
+
+/// The hash of an item's code and technology in [`Domain::item_by_code`]: of the packed
+/// key where there is one ([`pack_code`]), of the text otherwise.
+fn code_hash(key: u128, code: &str, tech: &str) -> u64 {
     use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one((code, tech))
+    if key != 0 {
+        rustc_hash::FxBuildHasher.hash_one(key)
+    } else {
+        rustc_hash::FxBuildHasher.hash_one((code, tech))
+    }
 }
 
 /// A JSON value as an optional field (`null`: none).
@@ -1784,17 +1848,40 @@ fn push_opt_id(doc: &mut String, id: Option<Id>) {
     }
 }
 
-/// A time as JSON, as [`iso`] writes it.
+/// A time as JSON, as [`iso`] writes it. The text up to the second is remembered: the times
+/// written one after the other are mostly of the same second (`now`, and device times).
 fn push_time(doc: &mut String, ms: i64) {
-    let mut buf = [0u8; 24];
-    match spot_protocol::Timestamp(ms).format_into(&mut buf) {
-        Some(text) => {
-            doc.push('"');
-            doc.push_str(text);
-            doc.push('"');
-        }
-        None => push_json_str(doc, &spot_protocol::Timestamp(ms).to_string()),
+    thread_local! {
+        /// A second (Unix) and its text `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
+    let (second, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000) as u32);
+    let cached = SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            let mut buf = [0u8; 24];
+            let Some(formatted) = spot_protocol::Timestamp(second * 1000).format_into(&mut buf)
+            else {
+                return false;
+            };
+            text.clear();
+            text.push_str(&formatted[..19]);
+            *cached = second;
+        }
+        doc.push('"');
+        doc.push_str(text);
+        true
+    });
+    if !cached {
+        return push_json_str(doc, &spot_protocol::Timestamp(ms).to_string());
+    }
+    if millis != 0 {
+        doc.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            doc.push(char::from(b'0' + digit as u8));
+        }
+    }
+    doc.push_str("Z\"");
 }
 
 /// An optional time as JSON, as [`iso::opt`] writes it.
@@ -2057,8 +2144,27 @@ mod tests {
             253_402_300_800_000,
             -62_167_219_200_001,
             T0 + 1000,
+            T0 + 1001,
+            T0 + 1010,
+            T0 + 1100,
+            T0 + 1999,
+            T0 + 2000,
         ];
-        for ms in times.iter().chain(times.iter().rev()) {
+        // And runs of nearby times (the same second, the next, …) anywhere in 0000–9999.
+        let mut random = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Years 0000–9999 and a little beyond.
+            let (low, high) = (-62_167_219_300_000i64, 253_402_300_900_000i64);
+            let base = low + (x % (high - low) as u64) as i64;
+            for step in [0, 1, 999, 1000, 1, 60_000, 86_400_000] {
+                random.push(base + step);
+            }
+        }
+        for ms in times.iter().chain(times.iter().rev()).chain(&random) {
             let mut doc = String::new();
             push_time(&mut doc, *ms);
             let mut opt = String::new();
@@ -2195,20 +2301,55 @@ mod tests {
                 },
             ))
         };
-        for (code, tech) in [("0a", "EPC Gen2"), ("0b", "EPC Gen2"), ("0a", "ISO 15693")] {
-            d.apply_event("1", &hit(code, tech), T0);
-            d.apply_event("1", &hit(code, tech), T0 + 1);
+        let mut codes: Vec<(String, String)> = [
+            ("0a", "EPC Gen2"),
+            ("0b", "EPC Gen2"),
+            ("0a", "ISO 15693"),
+            ("0A", "EPC Gen2"),
+            ("00a", "EPC Gen2"),
+            ("a", "EPC Gen2"),
+            ("aA", "EPC Gen2"),
+            ("Aa", "EPC Gen2"),
+            ("x-1", "EPC Gen2"),
+            ("", "EPC Gen2"),
+            ("0a", ""),
+        ]
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .collect();
+        for digits in [27, 28, 29, 40] {
+            codes.push(("f".repeat(digits), "EPC Gen2".into()));
+            codes.push(("F".repeat(digits), "EPC Gen2".into()));
         }
-        let items: Vec<&Item> = d.items.values().collect();
-        assert_eq!(
-            items.len(),
-            3,
-            "the same code of another technology is another item"
-        );
+        // More technologies than are shared.
+        for t in 0..Technologies::MAX + 3 {
+            codes.push(("0a".into(), format!("tech {t}")));
+        }
+        for round in 0..2 {
+            for (code, tech) in &codes {
+                d.apply_event("1", &hit(code, tech), T0 + round);
+            }
+        }
+        let items: Vec<Item> = d.items.values().cloned().collect();
+        assert_eq!(items.len(), codes.len(), "one item per code and technology");
+        for ((code, tech), item) in codes.iter().zip(&items) {
+            assert_eq!((&*item.code_hex, &*item.technology), (&**code, &**tech));
+            assert_eq!(d.item_id(code, tech), Some(item.id), "{code:?} {tech:?}");
+        }
         assert!(Arc::ptr_eq(&items[0].technology, &items[1].technology));
-        assert_eq!(&*items[2].technology, "ISO 15693");
-        assert_eq!(d.item_id("0a", "ISO 15693"), Some(items[2].id));
         assert_eq!(d.item_id("0a", "EPC"), None);
+        assert_eq!(d.item_id("000a", "EPC Gen2"), None);
+
+        // The same after loading the rows into a new domain.
+        let mut loaded = Domain::new(DomainConfig::default());
+        load_rows(&mut loaded, &d.take_changes(true));
+        for ((code, tech), item) in codes.iter().zip(&items) {
+            assert_eq!(
+                loaded.item_id(code, tech),
+                Some(item.id),
+                "{code:?} {tech:?}"
+            );
+        }
     }
 
     #[test]
