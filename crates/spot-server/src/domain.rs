@@ -1217,6 +1217,7 @@ impl Domain {
         self.must_flush = false;
         changes.flush = true;
         changes.id_last = self.ids.last();
+        changes.upserts.reserve_exact(self.dirty.len());
         for (table, id) in self.dirty.drain() {
             let doc = match table {
                 Table::Spots => self.spots.get_shared(id).map(RowDoc::Spot),
