@@ -107,23 +107,31 @@ impl Timestamp {
             return None;
         }
         let sod = secs.rem_euclid(86_400) as u32;
-        let mut put = |at: usize, mut v: u32, n: usize| {
-            for i in (0..n).rev() {
-                buf[at + i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, y as u32, 4);
-        put(5, m, 2);
-        put(8, d, 2);
-        put(11, sod / 3600, 2);
-        put(14, (sod / 60) % 60, 2);
-        put(17, sod % 60, 2);
+        // Two digits at a time, from a table.
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        fn put(buf: &mut [u8; 24], at: usize, v: u32) {
+            let i = v as usize * 2;
+            buf[at] = PAIRS[i];
+            buf[at + 1] = PAIRS[i + 1];
+        }
+        let y = y as u32;
+        put(buf, 0, y / 100);
+        put(buf, 2, y % 100);
+        put(buf, 5, m);
+        put(buf, 8, d);
+        put(buf, 11, sod / 3600);
+        put(buf, 14, sod / 60 % 60);
+        put(buf, 17, sod % 60);
         let len = if millis == 0 {
             20
         } else {
-            put(20, millis, 3);
             buf[19] = b'.';
+            buf[20] = b'0' + (millis / 100) as u8;
+            put(buf, 21, millis % 100);
             24
         };
         buf[4] = b'-';
@@ -304,6 +312,27 @@ mod tests {
             Timestamp(253_402_300_800_000).to_string(),
             "10000-01-01T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn format_into_agrees_with_the_general_form_over_many_times() {
+        let (low, high) = (-62_167_219_200_000i64, 253_402_300_800_000i64);
+        let mut x = 0x853c_49e6_748f_ea9bu64;
+        let mut buf = [0u8; 24];
+        for _ in 0..200_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let base = low + (x % (high - low) as u64) as i64;
+            // Every digit position rolls over somewhere near a day's end.
+            let day_end = base - base.rem_euclid(86_400_000) + 86_399_990;
+            for ms in [base, base - base.rem_euclid(1000), day_end] {
+                if (low..high).contains(&ms) {
+                    let general = General(ms).to_string();
+                    assert_eq!(Timestamp(ms).format_into(&mut buf), Some(general.as_str()));
+                }
+            }
+        }
     }
 
     proptest! {

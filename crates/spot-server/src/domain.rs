@@ -17,6 +17,7 @@
 //! offline after `offline_after` without traffic, deleting their presences.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -94,6 +95,117 @@ mod prox {
 }
 use prox::Prox;
 
+/// Serde helpers: an `Arc<str>` is a string in JSON.
+mod shared_str {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(text: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(text)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        Ok(std::borrow::Cow::<'de, str>::deserialize(d)?.into())
+    }
+}
+
+/// The spots reporting a presence, each with its proximity: a map from spot id, kept as a
+/// vector sorted by id (one or a few entries: smaller and faster than a tree). In JSON an
+/// object, as a `BTreeMap<Id, Prox>` would be.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reporters(Vec<(Id, Prox)>);
+
+impl Reporters {
+    /// Sets the proximity reported by `spot`.
+    pub fn insert(&mut self, spot: Id, proximity: Prox) {
+        match self.0.binary_search_by_key(&spot, |(s, _)| *s) {
+            Ok(at) => self.0[at].1 = proximity,
+            Err(at) => self.0.insert(at, (spot, proximity)),
+        }
+    }
+
+    /// Drops the report of `spot`.
+    pub fn remove(&mut self, spot: Id) {
+        if let Ok(at) = self.0.binary_search_by_key(&spot, |(s, _)| *s) {
+            self.0.remove(at);
+        }
+    }
+
+    /// Whether `spot` reports it.
+    pub fn contains(&self, spot: Id) -> bool {
+        self.0.binary_search_by_key(&spot, |(s, _)| *s).is_ok()
+    }
+
+    /// The strongest proximity reported.
+    pub fn strongest(&self) -> Option<Proximity> {
+        self.0.iter().map(|(_, p)| p.0).max()
+    }
+
+    /// The reports in spot id order.
+    pub fn iter(&self) -> impl Iterator<Item = &(Id, Prox)> {
+        self.0.iter()
+    }
+
+    /// How many spots report it.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no spot reports it.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(Id, Prox)> for Reporters {
+    fn from_iter<I: IntoIterator<Item = (Id, Prox)>>(iter: I) -> Self {
+        let mut reporters = Reporters::default();
+        for (spot, proximity) in iter {
+            reporters.insert(spot, proximity);
+        }
+        reporters
+    }
+}
+
+impl Serialize for Reporters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(spot, p)| (spot, p)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Reporters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Reporters, D::Error> {
+        Ok(BTreeMap::<Id, Prox>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// The distinct technologies (code types) of items, so that items share one string per
+/// technology. At most [`Technologies::MAX`] are shared (the text comes from spots); an item
+/// of any other technology has its own string.
+#[derive(Debug, Default)]
+struct Technologies(Vec<Arc<str>>);
+
+impl Technologies {
+    const MAX: usize = 16;
+
+    /// The position of `tech` among the shared ones.
+    fn index(&self, tech: &str) -> Option<u8> {
+        self.0.iter().position(|t| **t == *tech).map(|i| i as u8)
+    }
+
+    /// The shared string for `tech`.
+    fn get(&mut self, tech: &str) -> Arc<str> {
+        if let Some(shared) = self.0.iter().find(|t| ***t == *tech) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = tech.into();
+        if self.0.len() < Self::MAX {
+            self.0.push(shared.clone());
+        }
+        shared
+    }
+}
+
 /// One spot (reader), keyed by its chronological `id`, found by `serial_number`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Spot {
@@ -165,13 +277,14 @@ pub struct Item {
     /// Chronological id.
     pub id: Id,
     /// The item code (hex).
-    pub code_hex: String,
-    /// The code type, e.g. `EPC Gen2`.
-    pub technology: String,
-    /// Human label.
-    pub label: Value,
-    /// Free-form application data.
-    pub custom: Value,
+    pub code_hex: Box<str>,
+    /// The code type, e.g. `EPC Gen2` (shared by the items of one type, see [`Technologies`]).
+    #[serde(with = "shared_str")]
+    pub technology: Arc<str>,
+    /// Human label (`None`: null).
+    pub label: Option<Box<Value>>,
+    /// Free-form application data (`None`: null).
+    pub custom: Option<Box<Value>>,
     /// Whether any presence exists for it.
     pub is_present: bool,
     /// Location of its strongest presence; the last known one when gone.
@@ -201,7 +314,7 @@ pub struct PresenceRes {
     /// The strongest proximity of the reporting spots.
     pub proximity: Prox,
     /// Reporting spot id → its proximity.
-    pub reporters: BTreeMap<Id, Prox>,
+    pub reporters: Reporters,
     /// The device's time of the last report (`time_last`).
     #[serde(with = "iso::opt")]
     pub time_event: Option<i64>,
@@ -235,7 +348,7 @@ pub struct LogEvent {
 struct Logged {
     id: Id,
     time_created: i64,
-    doc: String,
+    doc: Box<str>,
 }
 
 /// The tables of the store (one JSON document per row).
@@ -318,19 +431,21 @@ pub enum JournalEntry {
 
 /// The document of a row to write: a snapshot of the resource, rendered as JSON by the row
 /// writer's thread ([`RowDoc::to_json`]) — on the core's thread the rendering of a large
-/// flush held up every event behind it.
+/// flush held up every event behind it. The snapshot is shared with the live state (see
+/// [`IdMap`]): taking it costs a reference count, and a row changed again while the writer
+/// still holds it is copied then.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowDoc {
     /// Rendered already.
     Json(String),
     /// A spot.
-    Spot(Box<Spot>),
+    Spot(Arc<Spot>),
     /// A location.
-    Location(Box<Location>),
+    Location(Arc<Location>),
     /// An item.
-    Item(Box<Item>),
+    Item(Arc<Item>),
     /// A presence.
-    Presence(Box<PresenceRes>),
+    Presence(Arc<PresenceRes>),
 }
 
 impl RowDoc {
@@ -428,6 +543,100 @@ enum PresenceChange {
     Weaker(Id),
 }
 
+/// The topic of a derived event (spec §7, spelled as [`topics`] spells it). The frequent ones
+/// are written straight into the event's document ([`Topic::write_json`]): ids and fixed
+/// words, nothing to escape or to replace, no string built first.
+#[derive(Debug, Clone, Copy)]
+enum Topic<'a> {
+    /// `items/<id>/created`
+    ItemCreated(Id),
+    /// `items/<id>/appeared`
+    ItemAppeared(Id),
+    /// `items/<id>/disappeared`
+    ItemDisappeared(Id),
+    /// `items/<id>/moved-to/<location-id>`
+    ItemMovedTo(Id, Id),
+    /// `presences/<id>/<change>/<item-id>/<location-id>/…`
+    Presence {
+        id: Id,
+        item: Id,
+        location: Id,
+        change: PresenceTopic,
+    },
+    /// Any other, built by [`topics`].
+    Text(&'a str),
+}
+
+/// The action of a [`Topic::Presence`] and what follows the location.
+#[derive(Debug, Clone, Copy)]
+enum PresenceTopic {
+    /// `created/…/<proximity>`
+    Created(Proximity),
+    /// `deleted/…/<proximity>`
+    Deleted(Proximity),
+    /// `changed-proximity/…/<new>/<previous>/<moved-closer|moved-away>`
+    ChangedProximity(Proximity, Proximity),
+}
+
+impl Topic<'_> {
+    /// Appends the topic as a JSON string.
+    fn write_json(&self, doc: &mut String) {
+        let (id, rest) = match *self {
+            Topic::Text(text) => return push_json_str(doc, text),
+            Topic::ItemCreated(id) => (id, "/created"),
+            Topic::ItemAppeared(id) => (id, "/appeared"),
+            Topic::ItemDisappeared(id) => (id, "/disappeared"),
+            Topic::ItemMovedTo(id, location) => {
+                doc.push_str("\"items/");
+                id.push_hex(doc);
+                doc.push_str("/moved-to/");
+                location.push_hex(doc);
+                doc.push('"');
+                return;
+            }
+            Topic::Presence {
+                id,
+                item,
+                location,
+                change,
+            } => {
+                doc.push_str("\"presences/");
+                id.push_hex(doc);
+                doc.push_str(match change {
+                    PresenceTopic::Created(_) => "/created/",
+                    PresenceTopic::Deleted(_) => "/deleted/",
+                    PresenceTopic::ChangedProximity(..) => "/changed-proximity/",
+                });
+                item.push_hex(doc);
+                doc.push('/');
+                location.push_hex(doc);
+                doc.push('/');
+                match change {
+                    PresenceTopic::Created(p) | PresenceTopic::Deleted(p) => {
+                        doc.push_str(p.as_str())
+                    }
+                    PresenceTopic::ChangedProximity(new, previous) => {
+                        doc.push_str(new.as_str());
+                        doc.push('/');
+                        doc.push_str(previous.as_str());
+                        doc.push_str(if new > previous {
+                            "/moved-closer"
+                        } else {
+                            "/moved-away"
+                        });
+                    }
+                }
+                doc.push('"');
+                return;
+            }
+        };
+        doc.push_str("\"items/");
+        id.push_hex(doc);
+        doc.push_str(rest);
+        doc.push('"');
+    }
+}
+
 /// What [`Domain::apply_event`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -470,8 +679,10 @@ pub struct Domain {
     spot_by_serial: HashMap<String, Id>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
-    /// `code_hex NUL technology` ([`item_key`]) → item id.
-    item_by_code: HashMap<String, Id>,
+    /// Item ids, found by `code_hex` and `technology` (see [`CodeEntry`]).
+    item_by_code: hashbrown::HashTable<CodeEntry>,
+    /// The shared technology strings of items.
+    technologies: Technologies,
     presences: IdMap<PresenceRes>,
     /// Item id → (location id, presence id) (one presence per item × location; few per item).
     presences_of_item: HashMap<Id, Vec<(Id, Id)>>,
@@ -480,8 +691,6 @@ pub struct Domain {
     dirty: HashSet<(Table, Id)>,
     /// Rows deleted since the last flush.
     deleted: HashSet<(Table, Id)>,
-    /// Reused to build [`Domain::item_by_code`] keys.
-    key_buf: String,
     journal: Vec<JournalEntry>,
     pending_log: Vec<(String, i64, String)>,
     /// A change not in the journal happened: the next commit must flush.
@@ -500,13 +709,13 @@ impl Domain {
             spot_by_serial: HashMap::default(),
             locations: IdMap::new(),
             items: IdMap::new(),
-            item_by_code: HashMap::default(),
+            item_by_code: hashbrown::HashTable::new(),
+            technologies: Technologies::default(),
             presences: IdMap::new(),
             presences_of_item: HashMap::default(),
             events: VecDeque::new(),
             dirty: HashSet::default(),
             deleted: HashSet::default(),
-            key_buf: String::new(),
             journal: Vec::new(),
             pending_log: Vec::new(),
             must_flush: false,
@@ -537,12 +746,13 @@ impl Domain {
                     self.locations.insert(l.id, l);
                 }
                 Table::Items => {
-                    let i: Item = serde_json::from_str(&doc).map_err(bad)?;
-                    self.item_by_code.insert(
-                        item_key(&mut String::new(), &i.code_hex, &i.technology).to_string(),
-                        i.id,
-                    );
-                    self.items.insert(i.id, i);
+                    let mut i: Item = serde_json::from_str(&doc).map_err(bad)?;
+                    i.technology = self.technologies.get(&i.technology);
+                    let (id, known) = (i.id, self.item_id(&i.code_hex, &i.technology));
+                    self.items.insert(id, i);
+                    if known.is_none() {
+                        self.index_item(id);
+                    }
                 }
                 Table::Presences => {
                     let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
@@ -562,7 +772,7 @@ impl Domain {
             self.events.push_back(Logged {
                 id: e.id,
                 time_created: e.time_created,
-                doc,
+                doc: doc.into(),
             });
         }
         while self.events.len() > self.config.events_max_in_memory {
@@ -855,8 +1065,8 @@ impl Domain {
                     let i = self.items.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
-                            "label" => i.label = v.clone(),
-                            _ => i.custom = v.clone(),
+                            "label" => i.label = boxed(v),
+                            _ => i.custom = boxed(v),
                         }
                     }
                     i.time_updated = now;
@@ -870,7 +1080,7 @@ impl Domain {
         let value = self.get(collection, &real_id.hex()).unwrap_or(Value::Null);
         let data = value.to_string();
         let topic = topics::api_change(collection, real_id, "updated", "PUT");
-        if let Some((id, mut doc)) = self.log_start(&topic, None, now) {
+        if let Some((id, mut doc)) = self.log_start(&Topic::Text(&topic), None, now) {
             doc.push_str(&data);
             self.log_end(id, now, doc);
         }
@@ -1007,24 +1217,13 @@ impl Domain {
         self.must_flush = false;
         changes.flush = true;
         changes.id_last = self.ids.last();
+        changes.upserts.reserve_exact(self.dirty.len());
         for (table, id) in self.dirty.drain() {
             let doc = match table {
-                Table::Spots => self
-                    .spots
-                    .get(id)
-                    .map(|r| RowDoc::Spot(Box::new(r.clone()))),
-                Table::Locations => self
-                    .locations
-                    .get(id)
-                    .map(|r| RowDoc::Location(Box::new(r.clone()))),
-                Table::Items => self
-                    .items
-                    .get(id)
-                    .map(|r| RowDoc::Item(Box::new(r.clone()))),
-                Table::Presences => self
-                    .presences
-                    .get(id)
-                    .map(|r| RowDoc::Presence(Box::new(r.clone()))),
+                Table::Spots => self.spots.get_shared(id).map(RowDoc::Spot),
+                Table::Locations => self.locations.get_shared(id).map(RowDoc::Location),
+                Table::Items => self.items.get_shared(id).map(RowDoc::Item),
+                Table::Presences => self.presences.get_shared(id).map(RowDoc::Presence),
             };
             if let Some(doc) = doc {
                 changes.upserts.push((table, id, doc));
@@ -1100,7 +1299,7 @@ impl Domain {
         tracing::info!(spot = %spot.serial_number, "spot connected");
         let topic = topics::spot_connected(spot.id, &spot.serial_number);
         self.dirty.insert((Table::Spots, spot_id));
-        self.log_row(&topic, time_event, now, Table::Spots, spot_id);
+        self.log_row(Topic::Text(&topic), time_event, now, Table::Spots, spot_id);
     }
 
     fn go_offline(&mut self, spot_id: Id, now: i64) {
@@ -1113,11 +1312,11 @@ impl Domain {
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
         let topic = topics::spot_disconnected(spot.id, &spot.serial_number);
         self.dirty.insert((Table::Spots, spot_id));
-        self.log_row(&topic, None, now, Table::Spots, spot_id);
+        self.log_row(Topic::Text(&topic), None, now, Table::Spots, spot_id);
         let reported: Vec<Id> = self
             .presences
             .values()
-            .filter(|p| p.reporters.contains_key(&spot_id))
+            .filter(|p| p.reporters.contains(spot_id))
             .map(|p| p.id)
             .collect();
         for presence_id in reported {
@@ -1126,19 +1325,16 @@ impl Domain {
     }
 
     fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> Id {
-        if let Some(&id) = self
-            .item_by_code
-            .get(item_key(&mut self.key_buf, code, tech))
-        {
+        if let Some(id) = self.item_id(code, tech) {
             return id;
         }
         let id = self.ids.next(now);
         let item = Item {
             id,
-            code_hex: code.to_string(),
-            technology: tech.to_string(),
-            label: Value::Null,
-            custom: Value::Null,
+            code_hex: code.into(),
+            technology: self.technologies.get(tech),
+            label: None,
+            custom: None,
             is_present: false,
             location: None,
             move_count: 0,
@@ -1147,11 +1343,46 @@ impl Domain {
             time_updated: now,
         };
         self.items.insert(id, item);
-        self.item_by_code
-            .insert(item_key(&mut self.key_buf, code, tech).to_string(), id);
+        self.index_item(id);
         self.dirty.insert((Table::Items, id));
-        self.log_row(&topics::item_created(id), time_event, now, Table::Items, id);
+        self.log_row(Topic::ItemCreated(id), time_event, now, Table::Items, id);
         id
+    }
+
+    /// The item with this code and technology.
+    fn item_id(&self, code: &str, tech: &str) -> Option<Id> {
+        let key = pack_code(code, self.technologies.index(tech));
+        let items = &self.items;
+        self.item_by_code
+            .find(code_hash(key, code, tech), |e| {
+                e.key == key
+                    && (key != 0
+                        || items
+                            .get(e.id)
+                            .is_some_and(|i| *i.code_hex == *code && *i.technology == *tech))
+            })
+            .map(|e| e.id)
+    }
+
+    /// Adds the item (in [`Domain::items`] already, with a code no other item has, its
+    /// technology from [`Domain::technologies`]) to [`Domain::item_by_code`].
+    fn index_item(&mut self, id: Id) {
+        let Some(item) = self.items.get(id) else {
+            return;
+        };
+        let key = pack_code(&item.code_hex, self.technologies.index(&item.technology));
+        let hash = code_hash(key, &item.code_hex, &item.technology);
+        let items = &self.items;
+        self.item_by_code
+            .insert_unique(hash, CodeEntry { id, key }, |e| {
+                if e.key != 0 {
+                    code_hash(e.key, "", "")
+                } else {
+                    items
+                        .get(e.id)
+                        .map_or(0, |i| code_hash(0, &i.code_hex, &i.technology))
+                }
+            });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1181,7 +1412,7 @@ impl Domain {
                     item: item_id,
                     location: location_id,
                     proximity: Prox(proximity),
-                    reporters: BTreeMap::from([(spot_id, Prox(proximity))]),
+                    reporters: Reporters(vec![(spot_id, Prox(proximity))]),
                     time_event,
                     time_created: now,
                     time_updated: now,
@@ -1191,7 +1422,12 @@ impl Domain {
                 self.dirty.insert((Table::Presences, id));
                 self.deleted.remove(&(Table::Presences, id));
                 self.log_row(
-                    &topics::presence_created(id, item_id, location_id, proximity.as_str()),
+                    Topic::Presence {
+                        id,
+                        item: item_id,
+                        location: location_id,
+                        change: PresenceTopic::Created(proximity),
+                    },
                     time_event,
                     now,
                     Table::Presences,
@@ -1227,7 +1463,7 @@ impl Domain {
         let Some(p) = self.presences.get_mut(presence_id) else {
             return;
         };
-        p.reporters.remove(&spot_id);
+        p.reporters.remove(spot_id);
         if !p.reporters.is_empty() {
             self.dirty.insert((Table::Presences, presence_id));
             self.reproximate(presence_id, time_event, now);
@@ -1244,7 +1480,12 @@ impl Domain {
         }
         self.dirty.remove(&(Table::Presences, presence_id));
         self.deleted.insert((Table::Presences, presence_id));
-        let topic = topics::presence_deleted(p.id, p.item, p.location, p.proximity.0.as_str());
+        let topic = Topic::Presence {
+            id: p.id,
+            item: p.item,
+            location: p.location,
+            change: PresenceTopic::Deleted(p.proximity.0),
+        };
         if let Some((id, mut doc)) = self.log_start(&topic, time_event, now) {
             p.write_json(&mut doc);
             self.log_end(id, now, doc);
@@ -1257,27 +1498,21 @@ impl Domain {
         let Some(p) = self.presences.get_mut(presence_id) else {
             return;
         };
-        let strongest = p
-            .reporters
-            .values()
-            .map(|v| v.0)
-            .max()
-            .unwrap_or(Proximity::Far);
+        let strongest = p.reporters.strongest().unwrap_or(Proximity::Far);
         let previous = p.proximity.0;
         p.time_updated = now;
         if strongest == previous {
             return;
         }
         p.proximity = Prox(strongest);
-        let topic = topics::presence_changed_proximity(
-            p.id,
-            p.item,
-            p.location,
-            strongest.as_str(),
-            previous.as_str(),
-        );
+        let topic = Topic::Presence {
+            id: p.id,
+            item: p.item,
+            location: p.location,
+            change: PresenceTopic::ChangedProximity(strongest, previous),
+        };
         let (item_id, location_id) = (p.item, p.location);
-        self.log_row(&topic, time_event, now, Table::Presences, presence_id);
+        self.log_row(topic, time_event, now, Table::Presences, presence_id);
         let change = if strongest > previous {
             PresenceChange::Stronger(location_id, strongest)
         } else {
@@ -1351,18 +1586,19 @@ impl Domain {
         let Some(item) = self.items.get_mut(item_id) else {
             return;
         };
-        let mut topics = Vec::new();
+        // At most two: appeared, then moved.
+        let mut topics: [Option<Topic>; 2] = [None, None];
         match strongest {
             Some(location) => {
                 if !item.is_present {
                     item.is_present = true;
-                    topics.push(topics::item_appeared(item_id));
+                    topics[0] = Some(Topic::ItemAppeared(item_id));
                 }
                 if item.location != Some(location) {
                     if item.location.is_some() {
                         item.move_count += 1;
                         item.time_moved = Some(now);
-                        topics.push(topics::item_moved_to(item_id, location));
+                        topics[1] = Some(Topic::ItemMovedTo(item_id, location));
                     }
                     item.location = Some(location);
                 }
@@ -1370,29 +1606,29 @@ impl Domain {
             None => {
                 if item.is_present {
                     item.is_present = false;
-                    topics.push(topics::item_disappeared(item_id));
+                    topics[0] = Some(Topic::ItemDisappeared(item_id));
                 }
             }
         }
-        if topics.is_empty() {
+        if topics.iter().all(Option::is_none) {
             return;
         }
         item.time_updated = now;
         self.dirty.insert((Table::Items, item_id));
-        for topic in topics {
-            self.log_row(&topic, time_event, now, Table::Items, item_id);
+        for topic in topics.into_iter().flatten() {
+            self.log_row(topic, time_event, now, Table::Items, item_id);
         }
     }
 
     /// Logs a derived event whose data is the row `row` of `table` as it is now.
-    fn log_row(&mut self, topic: &str, time_event: Option<i64>, now: i64, table: Table, row: Id) {
+    fn log_row(&mut self, topic: Topic, time_event: Option<i64>, now: i64, table: Table, row: Id) {
         fn write<T: Doc>(doc: &mut String, row: Option<&T>) {
             match row {
                 Some(row) => row.write_json(doc),
                 None => doc.push_str("null"),
             }
         }
-        let Some((id, mut doc)) = self.log_start(topic, time_event, now) else {
+        let Some((id, mut doc)) = self.log_start(&topic, time_event, now) else {
             return;
         };
         match table {
@@ -1410,7 +1646,7 @@ impl Domain {
     /// taken again, so that what follows gets the ids it had.
     fn log_start(
         &mut self,
-        topic: &str,
+        topic: &Topic,
         time_event: Option<i64>,
         now: i64,
     ) -> Option<(Id, String)> {
@@ -1424,25 +1660,80 @@ impl Domain {
     /// Ends and keeps the document of [`Domain::log_start`].
     fn log_end(&mut self, id: Id, now: i64, mut doc: String) {
         doc.push('}');
-        self.pending_log.push((id.text(), now, doc.clone()));
+        // The events log in memory keeps a copy of the exact size (it keeps many); the
+        // document itself, with room to spare, is written and dropped by the writer.
         self.events.push_back(Logged {
             id,
             time_created: now,
-            doc,
+            doc: doc.as_str().into(),
         });
+        self.pending_log.push((id.text(), now, doc));
         while self.events.len() > self.config.events_max_in_memory {
             self.events.pop_front();
         }
     }
 }
 
-/// The [`Domain::item_by_code`] key of an item, built in `buf`.
-fn item_key<'b>(buf: &'b mut String, code: &str, tech: &str) -> &'b str {
-    buf.clear();
-    buf.push_str(code);
-    buf.push('\0');
-    buf.push_str(tech);
-    buf
+/// An entry of [`Domain::item_by_code`]: the item's id and, where they fit, its code and
+/// technology packed into an integer ([`pack_code`]), so that finding an item compares them
+/// in the table, without reading the item (each read of it is a cache miss).
+#[derive(Debug, Clone, Copy)]
+struct CodeEntry {
+    id: Id,
+    /// [`pack_code`] of the item's code and technology; 0: they do not fit, compare the item.
+    key: u128,
+}
+
+/// A code of at most 28 hex digits, all letters of one case, of a shared technology (its
+/// [`Technologies::index`]), packed into an integer that is equal only for the same code
+/// text and technology: digits, technology, case, length. 0 for any other.
+fn pack_code(code: &str, tech: Option<u8>) -> u128 {
+    let Some(tech) = tech else {
+        return 0;
+    };
+    let bytes = code.as_bytes();
+    if bytes.is_empty() || bytes.len() > 28 {
+        return 0;
+    }
+    let (mut digits, mut lower, mut upper) = (0u128, false, false);
+    for &c in bytes {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => {
+                lower = true;
+                c - b'a' + 10
+            }
+            b'A'..=b'F' => {
+                upper = true;
+                c - b'A' + 10
+            }
+            _ => return 0,
+        };
+        digits = (digits << 4) | u128::from(digit);
+    }
+    if lower && upper {
+        return 0;
+    }
+    (digits << 16) | (u128::from(tech) << 8) | (u128::from(upper) << 7) | bytes.len() as u128
+}
+
+/// The hash of an item's code and technology in [`Domain::item_by_code`]: of the packed
+/// key where there is one ([`pack_code`]), of the text otherwise.
+fn code_hash(key: u128, code: &str, tech: &str) -> u64 {
+    use std::hash::BuildHasher;
+    if key != 0 {
+        rustc_hash::FxBuildHasher.hash_one(key)
+    } else {
+        rustc_hash::FxBuildHasher.hash_one((code, tech))
+    }
+}
+
+/// A JSON value as an optional field (`null`: none).
+fn boxed(value: &Value) -> Option<Box<Value>> {
+    match value {
+        Value::Null => None,
+        v => Some(Box::new(v.clone())),
+    }
 }
 
 /// The compact JSON encoding of an event, without the trailing separator (as stored).
@@ -1490,9 +1781,9 @@ impl Doc for Item {
         doc.push_str(",\"technology\":");
         push_json_str(doc, &self.technology);
         doc.push_str(",\"label\":");
-        push_json_value(doc, &self.label);
+        push_json_value(doc, self.label.as_deref());
         doc.push_str(",\"custom\":");
-        push_json_value(doc, &self.custom);
+        push_json_value(doc, self.custom.as_deref());
         doc.push_str(if self.is_present {
             ",\"is_present\":true,\"location\":"
         } else {
@@ -1554,17 +1845,40 @@ fn push_opt_id(doc: &mut String, id: Option<Id>) {
     }
 }
 
-/// A time as JSON, as [`iso`] writes it.
+/// A time as JSON, as [`iso`] writes it. The text up to the second is remembered: the times
+/// written one after the other are mostly of the same second (`now`, and device times).
 fn push_time(doc: &mut String, ms: i64) {
-    let mut buf = [0u8; 24];
-    match spot_protocol::Timestamp(ms).format_into(&mut buf) {
-        Some(text) => {
-            doc.push('"');
-            doc.push_str(text);
-            doc.push('"');
-        }
-        None => push_json_str(doc, &spot_protocol::Timestamp(ms).to_string()),
+    thread_local! {
+        /// A second (Unix) and its text `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
+    let (second, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000) as u32);
+    let cached = SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            let mut buf = [0u8; 24];
+            let Some(formatted) = spot_protocol::Timestamp(second * 1000).format_into(&mut buf)
+            else {
+                return false;
+            };
+            text.clear();
+            text.push_str(&formatted[..19]);
+            *cached = second;
+        }
+        doc.push('"');
+        doc.push_str(text);
+        true
+    });
+    if !cached {
+        return push_json_str(doc, &spot_protocol::Timestamp(ms).to_string());
+    }
+    if millis != 0 {
+        doc.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            doc.push(char::from(b'0' + digit as u8));
+        }
+    }
+    doc.push_str("Z\"");
 }
 
 /// An optional time as JSON, as [`iso::opt`] writes it.
@@ -1575,12 +1889,12 @@ fn push_opt_time(doc: &mut String, ms: Option<i64>) {
     }
 }
 
-/// A JSON value as serde_json writes it (`null` without the serializer).
-fn push_json_value(doc: &mut String, value: &Value) {
+/// An optional JSON value as serde_json writes it (`null` without the serializer).
+fn push_json_value(doc: &mut String, value: Option<&Value>) {
     match value {
-        Value::Null => doc.push_str("null"),
-        Value::String(text) => push_json_str(doc, text),
-        other => doc.push_str(&other.to_string()),
+        None | Some(Value::Null) => doc.push_str("null"),
+        Some(Value::String(text)) => push_json_str(doc, text),
+        Some(other) => doc.push_str(&other.to_string()),
     }
 }
 
@@ -1601,7 +1915,13 @@ fn itoa_u64(buf: &mut [u8; 20], mut v: u64) -> &str {
 /// The JSON document of a [`LogEvent`], written directly (the same text serde writes; the
 /// resource is JSON already).
 #[cfg(test)]
-fn log_doc(id: Id, topic: &str, time_event: Option<i64>, time_created: i64, data: &str) -> String {
+fn log_doc(
+    id: Id,
+    topic: &Topic,
+    time_event: Option<i64>,
+    time_created: i64,
+    data: &str,
+) -> String {
     let mut doc = log_doc_head(id, topic, time_event, time_created, data.len());
     doc.push_str(data);
     doc.push('}');
@@ -1612,16 +1932,16 @@ fn log_doc(id: Id, topic: &str, time_event: Option<i64>, time_created: i64, data
 /// bytes of data.
 fn log_doc_head(
     id: Id,
-    topic: &str,
+    topic: &Topic,
     time_event: Option<i64>,
     time_created: i64,
     data_len: usize,
 ) -> String {
-    let mut doc = String::with_capacity(data_len + topic.len() + 128);
+    let mut doc = String::with_capacity(data_len + 256);
     doc.push_str("{\"id\":");
     push_opt_id(&mut doc, Some(id));
     doc.push_str(",\"topic\":");
-    push_json_str(&mut doc, topic);
+    topic.write_json(&mut doc);
     doc.push_str(",\"time_event\":");
     match time_event {
         Some(ms) => push_time(&mut doc, ms),
@@ -1739,6 +2059,57 @@ mod tests {
     }
 
     #[test]
+    fn topics_written_into_documents_are_spelled_as_the_topics_module_spells_them() {
+        let (id, item, location) = (Id(0x0123456789abcdef), Id(0xfedc), Id(u64::MAX));
+        let all = [Proximity::Far, Proximity::Near, Proximity::Immediate];
+        let mut cases = vec![
+            (Topic::ItemCreated(id), topics::item_created(id)),
+            (Topic::ItemAppeared(id), topics::item_appeared(id)),
+            (Topic::ItemDisappeared(id), topics::item_disappeared(id)),
+            (
+                Topic::ItemMovedTo(id, location),
+                topics::item_moved_to(id, location),
+            ),
+        ];
+        let presence = |change| Topic::Presence {
+            id,
+            item,
+            location,
+            change,
+        };
+        for p in all {
+            cases.push((
+                presence(PresenceTopic::Created(p)),
+                topics::presence_created(id, item, location, p.as_str()),
+            ));
+            cases.push((
+                presence(PresenceTopic::Deleted(p)),
+                topics::presence_deleted(id, item, location, p.as_str()),
+            ));
+            for previous in all {
+                cases.push((
+                    presence(PresenceTopic::ChangedProximity(p, previous)),
+                    topics::presence_changed_proximity(
+                        id,
+                        item,
+                        location,
+                        p.as_str(),
+                        previous.as_str(),
+                    ),
+                ));
+            }
+        }
+        for (topic, expected) in &cases {
+            let mut written = String::new();
+            topic.write_json(&mut written);
+            assert_eq!(written, Value::from(expected.as_str()).to_string());
+        }
+        let mut odd = String::new();
+        Topic::Text("spots/x/connected/\"1\"").write_json(&mut odd);
+        assert_eq!(odd, r#""spots/x/connected/\"1\"""#);
+    }
+
+    #[test]
     fn a_log_document_is_what_serde_writes_for_the_log_event() {
         for (topic, time_event) in [
             ("items/0123456789abcdef/created", Some(T0 + 1)),
@@ -1746,7 +2117,7 @@ mod tests {
         ] {
             let doc = log_doc(
                 Id(0x0123456789abcdef),
-                topic,
+                &Topic::Text(topic),
                 time_event,
                 T0,
                 r#"{"a":[1,"\u00e9"]}"#,
@@ -1770,8 +2141,27 @@ mod tests {
             253_402_300_800_000,
             -62_167_219_200_001,
             T0 + 1000,
+            T0 + 1001,
+            T0 + 1010,
+            T0 + 1100,
+            T0 + 1999,
+            T0 + 2000,
         ];
-        for ms in times.iter().chain(times.iter().rev()) {
+        // And runs of nearby times (the same second, the next, …) anywhere in 0000–9999.
+        let mut random = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Years 0000–9999 and a little beyond.
+            let (low, high) = (-62_167_219_300_000i64, 253_402_300_900_000i64);
+            let base = low + (x % (high - low) as u64) as i64;
+            for step in [0, 1, 999, 1000, 1, 60_000, 86_400_000] {
+                random.push(base + step);
+            }
+        }
+        for ms in times.iter().chain(times.iter().rev()).chain(&random) {
             let mut doc = String::new();
             push_time(&mut doc, *ms);
             let mut opt = String::new();
@@ -1813,19 +2203,21 @@ mod tests {
                     odd.into()
                 },
                 label: [
-                    Value::Null,
-                    json!("L\n"),
-                    json!(1.5),
-                    json!([1, {"z": 1, "a": null}]),
+                    None,
+                    Some(json!("L\n")),
+                    Some(json!(1.5)),
+                    Some(json!([1, {"z": 1, "a": null}])),
                 ][n % 4]
-                    .clone(),
+                    .clone()
+                    .map(Box::new),
                 custom: [
-                    json!({"b": [true], "a": "\t"}),
-                    Value::Null,
-                    json!(-3),
-                    json!("x"),
+                    Some(json!({"b": [true], "a": "\t"})),
+                    Some(Value::Null),
+                    Some(json!(-3)),
+                    Some(json!("x")),
                 ][n % 4]
-                    .clone(),
+                    .clone()
+                    .map(Box::new),
                 is_present: n % 2 == 1,
                 location: [None, Some(Id(7))][n % 2],
                 move_count: [0, 1, 9, 10, 12345, u64::MAX][n],
@@ -1884,13 +2276,77 @@ mod tests {
     fn item(d: &Domain, code: &str) -> Item {
         d.items
             .values()
-            .find(|i| i.code_hex == code)
+            .find(|i| *i.code_hex == *code)
             .unwrap()
             .clone()
     }
 
     fn location_of(d: &Domain, serial: &str) -> Id {
         d.spot_by_serial(serial).unwrap().report_location.unwrap()
+    }
+
+    #[test]
+    fn an_item_is_one_per_code_and_technology_and_items_share_their_technology_text() {
+        let mut d = Domain::new(DomainConfig::default());
+        let hit = |code: &str, tech: &str| {
+            Event::new(EventKind::Hit(
+                Action::Create,
+                spot_protocol::Hit {
+                    item_code: Some(code.into()),
+                    item_codetype: Some(tech.into()),
+                    ..Default::default()
+                },
+            ))
+        };
+        let mut codes: Vec<(String, String)> = [
+            ("0a", "EPC Gen2"),
+            ("0b", "EPC Gen2"),
+            ("0a", "ISO 15693"),
+            ("0A", "EPC Gen2"),
+            ("00a", "EPC Gen2"),
+            ("a", "EPC Gen2"),
+            ("aA", "EPC Gen2"),
+            ("Aa", "EPC Gen2"),
+            ("x-1", "EPC Gen2"),
+            ("", "EPC Gen2"),
+            ("0a", ""),
+        ]
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .collect();
+        for digits in [27, 28, 29, 40] {
+            codes.push(("f".repeat(digits), "EPC Gen2".into()));
+            codes.push(("F".repeat(digits), "EPC Gen2".into()));
+        }
+        // More technologies than are shared.
+        for t in 0..Technologies::MAX + 3 {
+            codes.push(("0a".into(), format!("tech {t}")));
+        }
+        for round in 0..2 {
+            for (code, tech) in &codes {
+                d.apply_event("1", &hit(code, tech), T0 + round);
+            }
+        }
+        let items: Vec<Item> = d.items.values().cloned().collect();
+        assert_eq!(items.len(), codes.len(), "one item per code and technology");
+        for ((code, tech), item) in codes.iter().zip(&items) {
+            assert_eq!((&*item.code_hex, &*item.technology), (&**code, &**tech));
+            assert_eq!(d.item_id(code, tech), Some(item.id), "{code:?} {tech:?}");
+        }
+        assert!(Arc::ptr_eq(&items[0].technology, &items[1].technology));
+        assert_eq!(d.item_id("0a", "EPC"), None);
+        assert_eq!(d.item_id("000a", "EPC Gen2"), None);
+
+        // The same after loading the rows into a new domain.
+        let mut loaded = Domain::new(DomainConfig::default());
+        load_rows(&mut loaded, &d.take_changes(true));
+        for ((code, tech), item) in codes.iter().zip(&items) {
+            assert_eq!(
+                loaded.item_id(code, tech),
+                Some(item.id),
+                "{code:?} {tech:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! it is written (serde, `Display`) as the 16 digits.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -19,13 +20,9 @@ impl Id {
         id_key(text).map(Id)
     }
 
-    /// Appends the 16 hex digits to `out` (hot: no UTF-8 check of a buffer).
+    /// Appends the 16 hex digits to `out` (hot: several per derived event).
     pub fn push_hex(self, out: &mut String) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        out.reserve(16);
-        for i in 0..16 {
-            out.push(char::from(HEX[((self.0 >> ((15 - i) * 4)) & 0xf) as usize]));
-        }
+        out.push_str(&self.hex());
     }
 
     /// The 16 hex digits as a `String`.
@@ -35,14 +32,23 @@ impl Id {
         text
     }
 
-    /// The 16 hex digits, on the stack.
+    /// The 16 hex digits, on the stack: all at once, each nibble spread into a byte of a
+    /// `u128`, then turned into its ASCII digit without a branch or a table.
     pub fn hex(self) -> IdText {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut digits = [0u8; 16];
-        for (i, d) in digits.iter_mut().enumerate() {
-            *d = HEX[((self.0 >> ((15 - i) * 4)) & 0xf) as usize];
-        }
-        IdText(digits)
+        const ONES: u128 = 0x0101_0101_0101_0101_0101_0101_0101_0101;
+        let x = u128::from(self.0);
+        // Halves into 64-bit lanes, quarters into 32-bit lanes, …, nibbles into bytes; the
+        // top nibble ends in the top byte.
+        let x = ((x & 0xffff_ffff_0000_0000) << 32) | (x & 0xffff_ffff);
+        let x = ((x & 0x0000_0000_ffff_0000_0000_0000_ffff_0000) << 16)
+            | (x & 0x0000_0000_0000_ffff_0000_0000_0000_ffff);
+        let x = ((x & 0x0000_ff00_0000_ff00_0000_ff00_0000_ff00) << 8)
+            | (x & 0x0000_00ff_0000_00ff_0000_00ff_0000_00ff);
+        let x = ((x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4)
+            | (x & 0x000f_000f_000f_000f_000f_000f_000f_000f);
+        // Digits 10..=15 get b'a' - b'0' - 10 more than the others.
+        let letters = ((x + ONES * 6) >> 4) & ONES;
+        IdText((x + ONES * u128::from(b'0') + letters * 39).to_be_bytes())
     }
 }
 
@@ -118,7 +124,22 @@ mod tests {
 
     #[test]
     fn id_text_is_the_16_digit_lower_hex_form_and_id_key_reads_it_back() {
-        for v in [0, 1, 0xabc, u64::MAX, 1_764_000_000_000 << 16] {
+        let mut v = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = vec![
+            0,
+            1,
+            0xabc,
+            u64::MAX,
+            1_764_000_000_000 << 16,
+            0x0123456789abcdef,
+        ];
+        for _ in 0..1000 {
+            v = v
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            values.push(v);
+        }
+        for v in values {
             assert_eq!(id_text(v), format!("{v:016x}"));
             let mut pushed = String::from("x");
             Id(v).push_hex(&mut pushed);
@@ -168,11 +189,15 @@ pub fn id_key(id: &str) -> Option<u64> {
 
 /// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
 /// hash, no tree walk); [`IdMap::values`] sorts, so that lists are in id (= creation) order
-/// and nothing depends on hash order. Values are boxed: growing the table moves pointers,
-/// not resources.
+/// and nothing depends on hash order.
+///
+/// Values are shared ([`Arc`]): growing the table moves pointers, not resources, and a
+/// snapshot of a resource ([`IdMap::get_shared`], what a flush hands the row writer) is a
+/// reference count, not a copy. [`IdMap::get_mut`] copies a resource only while such a
+/// snapshot of it is still held (copy on write).
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
-    map: rustc_hash::FxHashMap<Id, Box<T>>,
+    map: rustc_hash::FxHashMap<Id, Arc<T>>,
 }
 
 impl<T> Default for IdMap<T> {
@@ -194,14 +219,14 @@ impl<T> IdMap<T> {
         self.map.get(&id).map(|v| &**v)
     }
 
+    /// The resource with this id, shared: a snapshot that later changes do not touch.
+    pub fn get_shared(&self, id: Id) -> Option<Arc<T>> {
+        self.map.get(&id).cloned()
+    }
+
     /// The resource with this id, written as text (no resource for text that is no id).
     pub fn get_str(&self, id: &str) -> Option<&T> {
         self.map.get(&Id::parse(id)?).map(|v| &**v)
-    }
-
-    /// The resource with this id, to change.
-    pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
-        self.map.get_mut(&id).map(|v| &mut **v)
     }
 
     /// Whether a resource has this id.
@@ -211,24 +236,19 @@ impl<T> IdMap<T> {
 
     /// Adds or replaces a resource.
     pub fn insert(&mut self, id: Id, value: T) {
-        self.map.insert(id, Box::new(value));
+        self.map.insert(id, Arc::new(value));
     }
 
     /// Removes and returns the resource with this id.
-    pub fn remove(&mut self, id: Id) -> Option<T> {
-        self.map.remove(&id).map(|v| *v)
+    pub fn remove(&mut self, id: Id) -> Option<Arc<T>> {
+        self.map.remove(&id)
     }
 
     /// The resources in id order (sorted on each call: for lists and scans, not per event).
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        let mut all: Vec<(&Id, &Box<T>)> = self.map.iter().collect();
+        let mut all: Vec<(&Id, &Arc<T>)> = self.map.iter().collect();
         all.sort_unstable_by_key(|(id, _)| **id);
         all.into_iter().map(|(_, v)| &**v)
-    }
-
-    /// Every value, mutable, in no particular order.
-    pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
-        self.map.values_mut().map(|v| &mut **v)
     }
 
     /// How many there are.
@@ -239,6 +259,18 @@ impl<T> IdMap<T> {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+impl<T: Clone> IdMap<T> {
+    /// The resource with this id, to change (a copy if a snapshot of it is still held).
+    pub fn get_mut(&mut self, id: Id) -> Option<&mut T> {
+        self.map.get_mut(&id).map(Arc::make_mut)
+    }
+
+    /// Every value, mutable, in no particular order.
+    pub fn values_mut_unordered(&mut self) -> impl Iterator<Item = &mut T> {
+        self.map.values_mut().map(Arc::make_mut)
     }
 }
 
@@ -264,9 +296,33 @@ mod id_map_tests {
         m.insert(Id(0xab), "ab");
         assert_eq!(m.get_str("00000000000000ab"), Some(&"ab"));
         assert_eq!(m.get_str("00000000000000AB"), None, "upper case");
-        assert_eq!(m.remove(Id(0xab)), Some("ab"));
-        assert_eq!(m.remove(b), Some("b"));
+        assert_eq!(m.remove(Id(0xab)).as_deref(), Some(&"ab"));
+        assert_eq!(m.remove(b).as_deref(), Some(&"b"));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_shared_snapshot_keeps_its_value_while_the_map_changes_a_copy() {
+        let mut m = IdMap::new();
+        m.insert(Id(1), vec![1]);
+        let snapshot = m.get_shared(Id(1)).unwrap();
+        m.get_mut(Id(1)).unwrap().push(2);
+        assert_eq!(*snapshot, vec![1], "the snapshot is not changed");
+        assert_eq!(m.get(Id(1)), Some(&vec![1, 2]));
+        drop(snapshot);
+        let before: *const Vec<i32> = m.get(Id(1)).unwrap();
+        m.get_mut(Id(1)).unwrap().push(3);
+        assert!(
+            std::ptr::eq(m.get(Id(1)).unwrap(), before),
+            "no snapshot held: changed in place"
+        );
+        let copied: *const Vec<i32> = m.get_mut(Id(1)).unwrap();
+        let _snapshot = m.get_shared(Id(1)).unwrap();
+        m.get_mut(Id(1)).unwrap().push(4);
+        assert!(
+            !std::ptr::eq(m.get(Id(1)).unwrap(), copied),
+            "a snapshot held: changed in a copy"
+        );
     }
 
     #[test]
