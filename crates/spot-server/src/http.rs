@@ -628,34 +628,53 @@ async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Resp
     );
     let mut body = req.into_body();
     let deadline = Instant::now() + limits.max_post_duration;
+    // One timer for the whole body, due every quarter of the idle timeout: the body is idle
+    // once 4 ticks in a row saw no frame (silence of 1 to 1.25 idle timeouts). A timer per
+    // frame cost a timer-wheel insert and removal and a clock read per chunk.
+    let quarter = (limits.body_idle_timeout / 4).max(Duration::from_millis(1));
+    let tick = tokio::time::sleep_until((Instant::now() + quarter).min(deadline));
+    let mut tick = std::pin::pin!(tick);
+    let mut silent_ticks = 0;
+    let mut frames_since_tick = false;
     let mut received: u64 = 0;
     let mut malformed: u64 = 0;
     let failure = loop {
-        let wait = (Instant::now() + limits.body_idle_timeout).min(deadline);
-        let frame = match tokio::time::timeout_at(wait, body.frame()).await {
-            Err(_) if wait == deadline => {
-                break Some((
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "body not finished within {}s",
-                        limits.max_post_duration.as_secs()
-                    ),
-                ))
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = tick.as_mut() => {
+                if tick.deadline() >= deadline {
+                    break Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "body not finished within {}s",
+                            limits.max_post_duration.as_secs()
+                        ),
+                    ));
+                }
+                silent_ticks = if frames_since_tick { 0 } else { silent_ticks + 1 };
+                frames_since_tick = false;
+                if silent_ticks >= 4 {
+                    break Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "no body data for {}s",
+                            limits.body_idle_timeout.as_secs_f64()
+                        ),
+                    ));
+                }
+                let next = (tick.deadline() + quarter).min(deadline);
+                tick.as_mut().reset(next);
+                continue;
             }
-            Err(_) => {
-                break Some((
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "no body data for {}s",
-                        limits.body_idle_timeout.as_secs_f64()
-                    ),
-                ))
-            }
-            Ok(None) => break None,
-            Ok(Some(Err(e))) => {
+        };
+        frames_since_tick = true;
+        let frame = match frame {
+            None => break None,
+            Some(Err(e)) => {
                 break Some((StatusCode::BAD_REQUEST, format!("body framing: {e}")));
             }
-            Ok(Some(Ok(frame))) => frame,
+            Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue; // trailers
