@@ -149,6 +149,16 @@ impl Decoder {
             Decoder::Protobuf(d) => d.finish(),
         }
     }
+
+    /// The JSON text, as received, of the event the last [`Decoder::next_event`] returned
+    /// (see [`json::JsonDecoder::last_text`]); `None` for protobuf, whose frames depend on
+    /// the stream before them.
+    pub fn last_json(&self) -> Option<&str> {
+        match self {
+            Decoder::Json(d) => d.last_text(),
+            Decoder::Protobuf(_) => None,
+        }
+    }
 }
 
 /// A streaming encoder for either encoding. The protobuf encoder keeps per-stream state
@@ -195,5 +205,62 @@ mod tests {
             Some(Encoding::Protobuf)
         );
         assert_eq!(Encoding::from_media_type("application/json"), None);
+    }
+
+    /// Decodes `text` as one message.
+    fn decode_one(text: &str) -> Event {
+        let mut d = Decoder::new(Encoding::Json, Limits::default());
+        d.feed(text.as_bytes());
+        d.finish();
+        d.next_event().expect("a message").expect("an event")
+    }
+
+    #[test]
+    fn last_json_is_the_received_text_of_each_event_and_decodes_to_it_again() {
+        let messages = [
+            r#"["hit","create",{"item_code":"A","seq":1}]"#,
+            "[ \"presence\" ,\n \"update\",\r\n\t{\"item_code\" : \"b\\n]\", \"rssi\":\"30\"} ]",
+            r#"["thing","update",{"x":[1,{"y":"]"}]}]"#,
+        ];
+        let stream = format!(
+            "{}\n\n[\"hit\",\"create\",nonsense]\n\n{}\n\n{}\n\n",
+            messages[0], messages[1], messages[2]
+        );
+        for chunk in [1, 7, stream.len()] {
+            let mut d = Decoder::new(Encoding::Json, Limits::default());
+            let mut texts = Vec::new();
+            let mut errors = 0;
+            for piece in stream.as_bytes().chunks(chunk) {
+                d.feed(piece);
+                assert_eq!(d.last_json(), None, "nothing returned since the feed");
+                while let Some(next) = d.next_event() {
+                    match next {
+                        Ok(event) => {
+                            let text = d.last_json().expect("the event's text").to_string();
+                            assert_eq!(decode_one(&text), event);
+                            texts.push(text);
+                        }
+                        Err(_) => {
+                            assert_eq!(d.last_json(), None, "no text for a bad message");
+                            errors += 1;
+                        }
+                    }
+                }
+                assert_eq!(d.last_json(), None, "the last call returned no event");
+            }
+            assert_eq!(texts, messages, "chunks of {chunk} bytes");
+            assert_eq!(errors, 1);
+        }
+    }
+
+    #[test]
+    fn protobuf_has_no_last_json() {
+        let event = decode_one(r#"["hit","create",{"item_code":"A","seq":1}]"#);
+        let mut bytes = Vec::new();
+        Encoder::new(Encoding::Protobuf).encode(&event, &mut bytes);
+        let mut d = Decoder::new(Encoding::Protobuf, Limits::default());
+        d.feed(&bytes);
+        assert_eq!(d.next_event(), Some(Ok(event)));
+        assert_eq!(d.last_json(), None);
     }
 }

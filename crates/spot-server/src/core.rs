@@ -132,8 +132,8 @@ pub enum CoreMsg {
     Events {
         /// Serial number.
         serial: String,
-        /// The events, in stream order, each with its JSON encoding
-        /// ([`crate::domain::encode_json`]).
+        /// The events, in stream order, each with the JSON it is journaled with
+        /// ([`crate::http::journal_json`]: as received, or encoded).
         events: Vec<(Event, String)>,
         /// Where to publish the acknowledged sequence after commit.
         ack: Option<watch::Sender<u64>>,

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use spot_protocol::{Decoder, Encoder, Encoding, Event, Limits};
+use spot_protocol::{Decoder, Encoder, Encoding, Event, EventKind, Limits};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -486,6 +486,30 @@ impl Drop for StreamGuard {
     }
 }
 
+/// The JSON an event just returned by `decoder` is journaled with (see
+/// [`crate::domain::JournalEntry`]): the message's text as received, which decodes to the
+/// same event again, so that ingest encodes nothing per event; its newlines and carriage
+/// returns (white space between tokens: a valid message has none inside a string) become
+/// spaces, as the journal is split into lines. The encoding ([`encode_json`]) instead for
+/// protobuf (its frames depend on the frames before them), for a text larger than the
+/// replay's decoder takes ([`Limits::default`]), and for the spot status and config events,
+/// whose object the domain keeps as a document (normalised, e.g. `"30"` → `30`).
+pub(crate) fn journal_json(decoder: &Decoder, event: &Event) -> String {
+    match decoder.last_json() {
+        Some(text)
+            if text.len() <= Limits::default().max_message_bytes
+                && !matches!(event.kind, EventKind::Spot(..) | EventKind::Config(..)) =>
+        {
+            if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+                text.replace(['\n', '\r'], " ")
+            } else {
+                text.to_string()
+            }
+        }
+        _ => encode_json(event),
+    }
+}
+
 /// Drains decoded events (HTTP and raw TCP ingest); logs, counts and skips malformed ones.
 pub(crate) fn drain(
     decoder: &mut Decoder,
@@ -497,7 +521,7 @@ pub(crate) fn drain(
     while let Some(next) = decoder.next_event() {
         match next {
             Ok(event) => {
-                let json = encode_json(&event);
+                let json = journal_json(decoder, &event);
                 events.push((event, json));
             }
             Err(e) => {
@@ -604,34 +628,53 @@ async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Resp
     );
     let mut body = req.into_body();
     let deadline = Instant::now() + limits.max_post_duration;
+    // One timer for the whole body, due every quarter of the idle timeout: the body is idle
+    // once 4 ticks in a row saw no frame (silence of 1 to 1.25 idle timeouts). A timer per
+    // frame cost a timer-wheel insert and removal and a clock read per chunk.
+    let quarter = (limits.body_idle_timeout / 4).max(Duration::from_millis(1));
+    let tick = tokio::time::sleep_until((Instant::now() + quarter).min(deadline));
+    let mut tick = std::pin::pin!(tick);
+    let mut silent_ticks = 0;
+    let mut frames_since_tick = false;
     let mut received: u64 = 0;
     let mut malformed: u64 = 0;
     let failure = loop {
-        let wait = (Instant::now() + limits.body_idle_timeout).min(deadline);
-        let frame = match tokio::time::timeout_at(wait, body.frame()).await {
-            Err(_) if wait == deadline => {
-                break Some((
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "body not finished within {}s",
-                        limits.max_post_duration.as_secs()
-                    ),
-                ))
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = tick.as_mut() => {
+                if tick.deadline() >= deadline {
+                    break Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "body not finished within {}s",
+                            limits.max_post_duration.as_secs()
+                        ),
+                    ));
+                }
+                silent_ticks = if frames_since_tick { 0 } else { silent_ticks + 1 };
+                frames_since_tick = false;
+                if silent_ticks >= 4 {
+                    break Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "no body data for {}s",
+                            limits.body_idle_timeout.as_secs_f64()
+                        ),
+                    ));
+                }
+                let next = (tick.deadline() + quarter).min(deadline);
+                tick.as_mut().reset(next);
+                continue;
             }
-            Err(_) => {
-                break Some((
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "no body data for {}s",
-                        limits.body_idle_timeout.as_secs_f64()
-                    ),
-                ))
-            }
-            Ok(None) => break None,
-            Ok(Some(Err(e))) => {
+        };
+        frames_since_tick = true;
+        let frame = match frame {
+            None => break None,
+            Some(Err(e)) => {
                 break Some((StatusCode::BAD_REQUEST, format!("body framing: {e}")));
             }
-            Ok(Some(Ok(frame))) => frame,
+            Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue; // trailers
@@ -772,6 +815,110 @@ mod tests {
         assert_eq!(response_encoding(&h, Encoding::Json), Ok(Encoding::Json));
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
         assert!(response_encoding(&h, Encoding::Json).is_err());
+    }
+
+    #[test]
+    fn events_journaled_as_received_replay_after_a_restart_to_the_same_state() {
+        use crate::domain::{Domain, DomainConfig, JournalEntry};
+        use crate::store::{Store, Sync};
+        const T0: i64 = 1_764_000_000_000;
+        // Compact, pretty with CRLF, an escaped newline and a `]` in a string, lenient
+        // values (`"30"`, `"true"`) that the encoding would normalise, a spot status and a
+        // config (journaled as encoded), an event type the model does not know.
+        let stream = concat!(
+            r#"["spot","create",{"spot_id":"7","seq_epoch":1,"version":"1.0","rssi":"30"}]"#,
+            "\n\n",
+            r#"["config","create",{"seq":1,"rfid_power_dbm":"30","send_hits":"true"}]"#,
+            "\r\n\r\n",
+            "[\"presence\",\"create\",{\r\n  \"seq\": 2,\r\n  \"item_code\": \"a\\n]\",\r\n",
+            "  \"proximity\": \"near\",\r\n  \"time_last\": \"2026-11-24T22:53:11.466+01:00\"\r\n}]",
+            "\n\n",
+            r#"[ "hit" , "create" , { "seq" : "3" , "item_code" : "b" , "rssi" : "30" , "x" : [1, {"y": true}] } ]"#,
+            "\n\n",
+            r#"["presence","update",{"seq":4,"item_code":"a\n]","proximity":"far","extra":"true"}]"#,
+            "\n\n",
+            r#"["gadget","create",{"seq":5,"tab":"a\tb"}]"#,
+            "\n\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut live = Domain::new(DomainConfig::default());
+        let mut journaled = Vec::new();
+        {
+            let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+            let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+            live.begin_stream("7", None, T0);
+            for (i, chunk) in stream.as_bytes().chunks(5).enumerate() {
+                decoder.feed(chunk);
+                while let Some(next) = decoder.next_event() {
+                    let event = next.expect("every message is an event");
+                    let json = journal_json(&decoder, &event);
+                    assert!(!json.contains(['\n', '\r']), "one line: {json:?}");
+                    journaled.push(json.clone());
+                    live.apply_encoded("7", &event, json, T0 + i as i64);
+                }
+            }
+            live.end_stream("7", T0 + 10_000, false);
+            let mut changes = live.take_changes(false);
+            assert!(
+                changes.upserts.is_empty(),
+                "no flush: the journal is the truth"
+            );
+            store.commit(&mut changes).unwrap();
+        }
+        assert_eq!(journaled.len(), 6);
+        assert!(
+            journaled[0].contains(r#""spot_id":7,"#),
+            "encoded: {}",
+            journaled[0]
+        );
+        assert!(
+            journaled[1].contains(r#""rfid_power_dbm":30,"send_hits":true"#),
+            "encoded: {}",
+            journaled[1]
+        );
+        assert!(
+            journaled[2].starts_with("[\"presence\",\"create\",{    \"seq\": 2,"),
+            "as received: {}",
+            journaled[2]
+        );
+        assert!(
+            journaled[3].starts_with(r#"[ "hit" , "create" , { "seq" : "3""#),
+            "as received: {}",
+            journaled[3]
+        );
+        assert!(
+            journaled[5].contains(r#""tab":"a\tb""#),
+            "as received: {}",
+            journaled[5]
+        );
+
+        let store = Store::open(dir.path(), Sync::Normal).unwrap();
+        let (journal, _) = store.unflushed_journal().unwrap();
+        let texts: Vec<&str> = journal
+            .iter()
+            .filter_map(|e| match e {
+                JournalEntry::Event { row, .. } => Some(row.event_json.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, journaled, "the journal reads back line by line");
+        let mut rebuilt = Domain::new(DomainConfig::default());
+        rebuilt.load_events(store.load_events(0).unwrap()).unwrap();
+        rebuilt.replay(journal).unwrap();
+        for c in ["spots", "locations", "items", "presences", "events"] {
+            let original = live.collection(c);
+            assert!(
+                original.as_ref().is_some_and(|docs| !docs.is_empty()),
+                "{c}"
+            );
+            assert_eq!(rebuilt.collection(c), original, "{c}");
+        }
+        assert_eq!(
+            live.acked_seq("7"),
+            4,
+            "an unknown event's `seq` is its own key"
+        );
+        assert_eq!(rebuilt.acked_seq("7"), 4);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! [`crate::rows::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
 //! two append-only logs, written **one row per group commit** (a row per event
 //! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
-//! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent;
+//! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent,
+//! json its text as received (newlines as spaces) or its encoding
+//! ([`crate::http::journal_json`]);
 //! `serial TAB !seq TAB time TAB json` for a replay the spot sent again; `serial TAB + TAB time
 //! TAB version` (a JSON string or empty) for a stream's begin, `serial TAB - TAB time TAB` for its
 //! end) and `event_batches` (the derived events log, one JSON document per line; compact JSON
@@ -61,9 +63,48 @@ pub enum StoreError {
     },
 }
 
-/// A log batch as stored: LZ4 block with its uncompressed size in front.
-pub(crate) fn pack(text: &str) -> Vec<u8> {
-    lz4_flex::compress_prepend_size(text.as_bytes())
+/// A log batch as stored: LZ4 block with its uncompressed size in front (little endian
+/// `u32`, as `lz4_flex::compress_prepend_size` writes it), in `out` (reused: its length only
+/// grows, so no page is zeroed again).
+pub(crate) fn pack<'o>(text: &str, out: &'o mut Vec<u8>) -> &'o [u8] {
+    let bytes = text.as_bytes();
+    let need = 4 + lz4_flex::block::get_maximum_output_size(bytes.len());
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    out[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    match lz4_flex::block::compress_into(bytes, &mut out[4..]) {
+        Ok(n) => &out[..4 + n],
+        // Not reached: `out` has room for the worst case.
+        Err(_) => {
+            *out = lz4_flex::compress_prepend_size(bytes);
+            out
+        }
+    }
+}
+
+/// The buffers of [`Store::commit`], kept from one commit to the next: a batch is megabytes,
+/// and buffers allocated afresh for each had their pages zeroed by the kernel every time.
+#[derive(Debug, Default)]
+struct CommitBuffers {
+    /// The text of a batch (journal lines or derived events).
+    text: String,
+    /// Its [`pack`]ed form.
+    packed: Vec<u8>,
+}
+
+impl CommitBuffers {
+    /// Larger buffers (left by a rare huge batch, e.g. the replay after a crash) are not kept.
+    const MAX_KEPT: usize = 64 << 20;
+
+    fn trim(&mut self) {
+        if self.text.capacity() > Self::MAX_KEPT {
+            self.text = String::new();
+        }
+        if self.packed.len() > Self::MAX_KEPT {
+            self.packed = Vec::new();
+        }
+    }
 }
 
 /// A stored log batch back as text: a BLOB is [`pack`]ed, TEXT is from before compression.
@@ -128,6 +169,7 @@ pub struct Store {
     loaded: LoadedRows,
     loaded_mark: (i64, u64),
     publisher: Option<crate::push::Publisher>,
+    buffers: CommitBuffers,
 }
 
 /// Copies the WAL back into the database from a second connection, every
@@ -227,6 +269,7 @@ impl Store {
             loaded,
             loaded_mark: (flushed, id_last),
             publisher: None,
+            buffers: CommitBuffers::default(),
         })
     }
 
@@ -307,52 +350,36 @@ impl Store {
         let last_event_id = self.last_event_id + changes.log.len() as u64;
         let mut journal_last = self.journal_last;
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
-        {
-            if !changes.journal.is_empty() {
-                let mut lines = String::with_capacity(
-                    changes
-                        .journal
-                        .iter()
-                        .map(|e| match e {
-                            JournalEntry::Event { row, .. } => {
-                                row.serial.len() + row.event_json.len() + 40
-                            }
-                            JournalEntry::Begin { serial, .. }
-                            | JournalEntry::End { serial, .. } => serial.len() + 40,
-                        })
-                        .sum(),
-                );
-                let mut time_last = i64::MIN;
-                for entry in &changes.journal {
-                    time_last = time_last.max(write_journal_line(&mut lines, entry));
-                }
-                tx.prepare_cached(
-                    "INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)",
-                )
+        let CommitBuffers { text, packed } = &mut self.buffers;
+        if !changes.journal.is_empty() {
+            text.clear();
+            let mut time_last = i64::MIN;
+            for entry in &changes.journal {
+                time_last = time_last.max(write_journal_line(text, entry));
+            }
+            tx.prepare_cached("INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)")
                 .map_err(ctx("prepare upstream insert"))?
-                .execute(params![time_last, pack(&lines)])
+                .execute(params![time_last, pack(text, packed)])
                 .map_err(ctx("insert upstream events"))?;
-                journal_last = tx.last_insert_rowid();
-            }
-            if !changes.log.is_empty() {
-                let mut docs = String::with_capacity(
-                    changes.log.iter().map(|(_, _, doc)| doc.len() + 1).sum(),
-                );
-                let mut time_last = i64::MIN;
-                for (_, time, doc) in &changes.log {
-                    docs.push_str(doc);
-                    docs.push('\n');
-                    time_last = time_last.max(*time);
-                }
-                tx.prepare_cached(
-                    "INSERT INTO event_batches (time_last, docs, last_event_id)
-                     VALUES (?1, ?2, ?3)",
-                )
-                .map_err(ctx("prepare event insert"))?
-                .execute(params![time_last, pack(&docs), last_event_id as i64])
-                .map_err(ctx("insert events"))?;
-            }
+            journal_last = tx.last_insert_rowid();
         }
+        if !changes.log.is_empty() {
+            text.clear();
+            let mut time_last = i64::MIN;
+            for (_, time, doc) in &changes.log {
+                text.push_str(doc);
+                text.push('\n');
+                time_last = time_last.max(*time);
+            }
+            tx.prepare_cached(
+                "INSERT INTO event_batches (time_last, docs, last_event_id)
+                 VALUES (?1, ?2, ?3)",
+            )
+            .map_err(ctx("prepare event insert"))?
+            .execute(params![time_last, pack(text, packed), last_event_id as i64])
+            .map_err(ctx("insert events"))?;
+        }
+        self.buffers.trim();
         tx.commit().map_err(ctx("commit"))?;
         self.last_event_id = last_event_id;
         self.journal_last = journal_last;
@@ -425,17 +452,22 @@ impl Store {
 
 /// Appends one journal line (see the module docs); returns the entry's time.
 fn write_journal_line(lines: &mut String, entry: &JournalEntry) -> i64 {
-    use std::fmt::Write as _;
+    let mut int = itoa::Buffer::new();
     match entry {
         JournalEntry::Event { row, duplicate } => {
-            let _ = write!(lines, "{}\t", row.serial);
+            lines.push_str(&row.serial);
+            lines.push('\t');
             if *duplicate {
                 lines.push('!');
             }
             if let Some(seq) = row.seq {
-                let _ = write!(lines, "{seq}");
+                lines.push_str(int.format(seq));
             }
-            let _ = writeln!(lines, "\t{}\t{}", row.time_received, row.event_json);
+            lines.push('\t');
+            lines.push_str(int.format(row.time_received));
+            lines.push('\t');
+            lines.push_str(&row.event_json);
+            lines.push('\n');
             row.time_received
         }
         JournalEntry::Begin {
@@ -447,11 +479,19 @@ fn write_journal_line(lines: &mut String, entry: &JournalEntry) -> i64 {
                 .as_ref()
                 .map(|v| serde_json::Value::from(v.as_str()).to_string())
                 .unwrap_or_default();
-            let _ = writeln!(lines, "{serial}\t+\t{time}\t{version}");
+            lines.push_str(serial);
+            lines.push_str("\t+\t");
+            lines.push_str(int.format(*time));
+            lines.push('\t');
+            lines.push_str(&version);
+            lines.push('\n');
             *time
         }
         JournalEntry::End { serial, time } => {
-            let _ = writeln!(lines, "{serial}\t-\t{time}\t");
+            lines.push_str(serial);
+            lines.push_str("\t-\t");
+            lines.push_str(int.format(*time));
+            lines.push_str("\t\n");
             *time
         }
     }

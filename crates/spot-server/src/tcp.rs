@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::core::CoreMsg;
-use crate::domain::{encode_json, unix_millis};
+use crate::domain::unix_millis;
 use crate::{Phase, Shared};
 
 /// Read buffer per connection.
@@ -127,7 +127,7 @@ where
     let mut first_read = true;
     let mut decoder: Option<Decoder> = None;
     let mut encoding = Encoding::Json;
-    let mut pending: Vec<Event> = Vec::new();
+    let mut pending: Vec<(Event, String)> = Vec::new();
     let mut serial_and_version = None;
     // Until the first event names the spot, bytes must arrive within the header timeout.
     while serial_and_version.is_none() {
@@ -171,7 +171,8 @@ where
                 }
                 serial_and_version = Some((serial, version));
             }
-            pending.push(event);
+            let json = crate::http::journal_json(d, &event);
+            pending.push((event, json));
         }
     }
     let (Some((serial, version)), Some(mut decoder)) = (serial_and_version, decoder) else {
@@ -211,13 +212,7 @@ where
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
         send(CoreMsg::Events {
             serial: serial.clone(),
-            events: std::mem::take(&mut pending)
-                .into_iter()
-                .map(|e| {
-                    let json = encode_json(&e);
-                    (e, json)
-                })
-                .collect(),
+            events: std::mem::take(&mut pending),
             ack: Some(ack_tx.clone()),
         })
         .await?;

@@ -132,6 +132,30 @@ async fn a_body_that_stalls_gets_408() {
 }
 
 #[tokio::test]
+async fn a_body_whose_gaps_are_shorter_than_the_idle_timeout_is_not_cut() {
+    let (server, _dir) = start(|c| c.limits.body_idle_timeout = Duration::from_millis(300)).await;
+    let mut conn = Raw::connect(server.http_addr()).await;
+    conn.post_head("6", "").await;
+    conn.chunk(&spot_create(6, 1)).await;
+    // 1.2 s in all, four idle timeouts, but never 150 ms without data.
+    for seq in 1..=12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.chunk(&presence(
+            "create",
+            &format!("{seq:024x}"),
+            "near",
+            Some(seq),
+        ))
+        .await;
+    }
+    conn.end().await;
+    let resp = conn.response().await.expect("response");
+    assert_eq!(resp.status, 200, "{:?}", resp.json());
+    assert_eq!(resp.header("x-spot-ack"), Some("12"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_never_ending_body_gets_408_after_the_post_duration_limit() {
     let (server, _dir) = start(|c| c.limits.max_post_duration = Duration::from_millis(300)).await;
     let mut conn = Raw::connect(server.http_addr()).await;

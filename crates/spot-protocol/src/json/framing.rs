@@ -161,6 +161,13 @@ impl Framer {
         self.state = State::Message(Scan::at(self.pos));
     }
 
+    /// The bytes of the message returned last, from its `[` to its `]`. Only meaningful
+    /// right after [`Framer::next_frame`] returned a [`Frame::Message`] (before the next
+    /// call or [`Framer::feed`]): the message ends where the scan position now stands.
+    pub(crate) fn last_message(&self) -> &[u8] {
+        self.buf.get(self.last_start..self.pos).unwrap_or_default()
+    }
+
     /// After the caller rejected the last message: skip to the next blank line.
     pub(crate) fn resync(&mut self) {
         self.state = State::Resync { line_blank: false };

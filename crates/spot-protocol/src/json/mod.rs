@@ -24,6 +24,9 @@ use framing::{Frame, Framer};
 #[derive(Debug)]
 pub struct JsonDecoder {
     framer: Framer,
+    /// The last [`next_event`](Self::next_event) returned an event (see
+    /// [`last_text`](Self::last_text)).
+    last_ok: bool,
 }
 
 impl JsonDecoder {
@@ -31,17 +34,32 @@ impl JsonDecoder {
     pub fn new(limits: Limits) -> Self {
         JsonDecoder {
             framer: Framer::new(limits),
+            last_ok: false,
         }
     }
 
     /// Appends bytes received from the transport. Boundaries carry no meaning.
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.last_ok = false;
         self.framer.feed(bytes);
+    }
+
+    /// The text of the event the last [`next_event`](Self::next_event) returned, exactly as
+    /// received from its `[` to its `]` (one JSON value, which decodes to that event again;
+    /// it may hold white space, newlines too, between its tokens); `None` when that call
+    /// returned no event, and after [`feed`](Self::feed).
+    pub fn last_text(&self) -> Option<&str> {
+        if !self.last_ok {
+            return None;
+        }
+        // Decoding checked the bytes as UTF-8 already; this check is cheap next to that.
+        std::str::from_utf8(self.framer.last_message()).ok()
     }
 
     /// The next event or malformed message; `None` when more bytes are needed (or, after
     /// [`finish`](Self::finish), when the stream is exhausted).
     pub fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
+        self.last_ok = false;
         loop {
             let (offset, tentative, decoded) = match self.framer.next_frame()? {
                 Frame::Error(e) => return Some(Err(e)),
@@ -52,7 +70,10 @@ impl JsonDecoder {
                 } => (offset, tentative, format::decode_event(bytes)),
             };
             return Some(match decoded {
-                Ok(event) => Ok(event),
+                Ok(event) => {
+                    self.last_ok = true;
+                    Ok(event)
+                }
                 Err(_) if tentative => {
                     self.framer.rescan();
                     continue;
