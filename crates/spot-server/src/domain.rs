@@ -864,8 +864,9 @@ impl Domain {
         self.apply_encoded(serial, event, encode_json(event), now)
     }
 
-    /// [`Domain::apply_event`] with the event's JSON encoding ([`encode_json`]) made by the
-    /// caller (ingest tasks encode in parallel; the core only stores it).
+    /// [`Domain::apply_event`] with the event's JSON text made by the caller, which the
+    /// journal stores: the text as received or [`encode_json`]'s (see
+    /// `http::journal_json`); it must decode to `event`.
     pub fn apply_encoded(
         &mut self,
         serial: &str,
@@ -1148,29 +1149,19 @@ impl Domain {
         self.replaying = true;
         for entry in entries {
             match entry {
-                JournalEntry::Event { row, .. } => {
-                    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
-                    decoder.feed(row.event_json.as_bytes());
-                    decoder.finish();
-                    match decoder.next_event() {
-                        Some(Ok(event)) => {
-                            self.apply_encoded(
-                                &row.serial,
-                                &event,
-                                row.event_json,
-                                row.time_received,
-                            );
-                        }
-                        Some(Err(e)) => {
-                            self.replaying = false;
-                            return Err(format!(
-                                "journal event of spot {} at {}: {e}",
-                                row.serial, row.time_received
-                            ));
-                        }
-                        None => {}
+                JournalEntry::Event { row, .. } => match decode_json_event(&row.event_json) {
+                    Some(Ok(event)) => {
+                        self.apply_encoded(&row.serial, &event, row.event_json, row.time_received);
                     }
-                }
+                    Some(Err(e)) => {
+                        self.replaying = false;
+                        return Err(format!(
+                            "journal event of spot {} at {}: {e}",
+                            row.serial, row.time_received
+                        ));
+                    }
+                    None => {}
+                },
                 JournalEntry::Begin {
                     serial,
                     version,
@@ -1736,6 +1727,14 @@ fn boxed(value: &Value) -> Option<Box<Value>> {
     }
 }
 
+/// The first event of a JSON text (a journal line, a command), decoded as the ingest does.
+pub fn decode_json_event(text: &str) -> Option<Result<Event, spot_protocol::DecodeError>> {
+    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+    decoder.feed(text.as_bytes());
+    decoder.finish();
+    decoder.next_event()
+}
+
 /// The compact JSON encoding of an event, without the trailing separator (as stored).
 pub fn encode_json(event: &Event) -> String {
     let mut encoded = Vec::with_capacity(256);
@@ -1998,11 +1997,8 @@ fn trim_separator(bytes: &[u8]) -> &[u8] {
 
 /// A downstream command (`<resource> update`) with the given object, typed by the codec.
 fn command_event(resource: &str, object: Object) -> Event {
-    let text = json!([resource, "update", Value::Object(object.clone())]).to_string() + "\n\n";
-    let mut decoder = Decoder::new(Encoding::Json, Limits::default());
-    decoder.feed(text.as_bytes());
-    decoder.finish();
-    match decoder.next_event() {
+    let text = json!([resource, "update", Value::Object(object.clone())]).to_string();
+    match decode_json_event(&text) {
         Some(Ok(event)) => event,
         _ => Event::new(EventKind::Other(spot_protocol::OtherEvent {
             resource_type: resource.to_string(),

@@ -117,12 +117,22 @@ pub fn raw_published(
     hub: &Hub,
 ) -> Result<Option<Published>, String> {
     let what = || format!("raw event of spot {} (seq {:?})", row.serial, row.seq);
-    let RawParts(resource_type, action, object) =
+    let RawParts(resource_type, action, _) =
         serde_json::from_str(&row.event_json).map_err(|e| format!("{}: {e}", what()))?;
     let topic = spot_push::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
     if !hub.wants_raw(&topic) {
         return Ok(None);
     }
+    // The journal keeps the event as the spot sent it (white space, lenient values such as
+    // "30" for 30); applications get the codec's normalised encoding.
+    let event = match crate::domain::decode_json_event(&row.event_json) {
+        Some(Ok(event)) => event,
+        Some(Err(e)) => return Err(format!("{}: {e}", what())),
+        None => return Err(format!("{}: no event", what())),
+    };
+    let canonical = crate::domain::encode_json(&event);
+    let RawParts(_, _, object) =
+        serde_json::from_str(&canonical).map_err(|e| format!("{}: {e}", what()))?;
     if !object.get().starts_with('{') {
         return Err(format!(
             "{}: the event's object is not a JSON object",
@@ -580,6 +590,17 @@ mod tests {
         assert_eq!(
             (&payload["time_event"], &payload["seq"]),
             (&json!("2024-01-01T00:00:02Z"), &Value::Null)
+        );
+        // Applications get the codec's normalised object, not the text as the spot sent it.
+        let lenient =
+            "[\"hit\", \"create\",\r\n {\"time\": \"2024-01-01T00:00:02Z\", \"antenna\": \"2\"}]";
+        let event = raw_published(&row(lenient, None), &hub)
+            .expect("valid")
+            .expect("wanted");
+        let payload: Value = serde_json::from_str(event.payload_json()).expect("json");
+        assert_eq!(
+            payload["resource"],
+            json!({"time": "2024-01-01T00:00:02Z", "antenna": 2})
         );
         // A config has no device time; a spot's `time` that is not a string is not one.
         for json in [
