@@ -1,4 +1,5 @@
-//! `spot tail`: follows the server's event stream (SSE) and prints one event per line.
+//! `spot tail`: follows the server's event stream (SSE, over HTTP or HTTPS) and prints one
+//! event per line.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -9,9 +10,13 @@ use spot_push::tail::{follow, TailEvent, TailOptions};
 /// Flags of `spot tail`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Server base URL.
+    /// Server base URL (`http://` or `https://`).
     #[arg(long, env = "SPOT_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Also trust the certificates of this PEM file for an https:// server (a private CA or
+    /// a self-signed certificate), besides the public web PKI roots.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Topic filter with MQTT semantics (`+` one level, `#` the rest).
     #[arg(default_value = "#")]
     topic_filter: String,
@@ -49,6 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let color = human && std::env::var_os("NO_COLOR").is_none();
     let options = TailOptions {
         server: args.server,
+        ca_cert: args.ca_cert,
         topic_filter: args.topic_filter,
         after_id: args.after_id,
         reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),

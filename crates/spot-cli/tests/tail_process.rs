@@ -82,3 +82,118 @@ fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
     assert_eq!(event["payload"]["time_event"], "2024-01-01T00:00:01Z");
     assert!(event["id"].as_u64().is_some_and(|id| id > 0), "{line}");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `spot serve` over HTTPS with the self-signed test certificate for `localhost`.
+fn spawn_tls_server(data: &std::path::Path, port: u16) -> Killed {
+    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
+    Killed(common::spawn_server(
+        data,
+        port,
+        &[
+            "--tls-cert".as_ref(),
+            cert.as_ref(),
+            "--tls-key".as_ref(),
+            key.as_ref(),
+        ],
+    ))
+}
+
+/// A spot (`spot emulate` over HTTPS) posts events; `spot tail --server https://…
+/// --ca-cert` prints their derived events from the first id on.
+#[test]
+fn tail_over_https_with_ca_cert_prints_the_derived_events() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _server = spawn_tls_server(data.path(), port);
+    let server = format!("https://localhost:{port}");
+    let ca = fixture("localhost-cert.pem");
+    let emulate = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["emulate", "--server", &server, "--ca-cert"])
+        .arg(&ca)
+        .args(["--spots", "1", "--first-serial", "830", "--rate", "50"])
+        .args([
+            "--duration",
+            "0.3",
+            "--drain-s",
+            "20",
+            "--quiet",
+            "--post-ms",
+            "100",
+        ])
+        .output()
+        .expect("run spot emulate");
+    assert!(
+        emulate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&emulate.stderr)
+    );
+    let mut tail = Killed(
+        Command::new(env!("CARGO_BIN_EXE_spot"))
+            .args(["tail", "--server", &server, "--ca-cert"])
+            .arg(&ca)
+            .args(["--after-id", "0", "#"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn spot tail"),
+    );
+    let stdout = tail.0.stdout.take().expect("stdout");
+    let events: Vec<serde_json::Value> = BufReader::new(stdout)
+        .lines()
+        .take(3)
+        .map(|line| serde_json::from_str(&line.expect("text")).expect("a JSON line"))
+        .collect();
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| e["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, [1, 2, 3], "{events:?}");
+    let topic = events[0]["topic"].as_str().expect("topic");
+    assert!(
+        topic.starts_with("spots/") && topic.ends_with("/connected/830"),
+        "{topic}"
+    );
+}
+
+/// Without `--ca-cert` only the public roots are trusted: the self-signed server is
+/// refused with the TLS reason (and tail keeps retrying); `--ca-cert` for an `http://`
+/// server is refused at once.
+#[test]
+fn tail_names_the_certificate_error_and_refuses_a_ca_for_plain_http() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _server = spawn_tls_server(data.path(), port);
+    let mut tail = Killed(
+        Command::new(env!("CARGO_BIN_EXE_spot"))
+            .args(["tail", "--server", &format!("https://localhost:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spot tail"),
+    );
+    let stderr = tail.0.stderr.take().expect("stderr");
+    let line = BufReader::new(stderr)
+        .lines()
+        .next()
+        .expect("a line")
+        .expect("text");
+    assert!(
+        line.contains("invalid peer certificate") && line.ends_with("; reconnecting"),
+        "{line}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_spot"))
+        .args(["tail", "--server", "http://127.0.0.1:9", "--ca-cert"])
+        .arg(fixture("localhost-cert.pem"))
+        .output()
+        .expect("run spot tail");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the server is not https://"), "{stderr}");
+}

@@ -1,5 +1,6 @@
 //! TLS for `https://` servers: which certificates the emulator trusts ([`Trust`]) and the
-//! client configuration built from that ([`TlsClient`]), with rustls and the ring provider.
+//! client configuration built from that ([`TlsClient`]), with rustls and the ring provider
+//! (CA files and root stores: the shared `spot-tls` crate).
 //!
 //! Trust is explicit because the emulator usually runs offline against a test server:
 //! - [`Trust::PublicRoots`] (the default): the Mozilla roots compiled in (`webpki-roots`),
@@ -9,13 +10,12 @@
 //! - [`Trust::Insecure`] (`--insecure`): any certificate, unverified (handshake signatures are
 //!   still checked, so the connection works; who is at the other end is not known).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -63,54 +63,26 @@ impl std::fmt::Debug for TlsClient {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Every certificate of a PEM file; at least one.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::CaFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no CERTIFICATE in the file".into()));
+impl From<spot_tls::CaFileError> for TlsError {
+    fn from(e: spot_tls::CaFileError) -> Self {
+        TlsError::CaFile {
+            path: e.path,
+            reason: e.reason,
+        }
     }
-    Ok(certs)
 }
 
 impl TlsClient {
     /// Builds the client for `trust` (reads the CA file now, so a bad file stops the start).
     pub fn new(trust: Trust) -> Result<Self, TlsError> {
-        let provider = provider();
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?;
         let config = match &trust {
-            Trust::PublicRoots => {
-                let roots = RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                builder.with_root_certificates(roots)
-            }
-            Trust::CaFile(path) => {
-                let mut roots = RootCertStore::empty();
-                for (i, cert) in read_certificates(path)?.into_iter().enumerate() {
-                    roots.add(cert).map_err(|e| TlsError::CaFile {
-                        path: path.clone(),
-                        reason: format!("certificate {}: {e}", i + 1),
-                    })?;
-                }
-                builder.with_root_certificates(roots)
-            }
-            Trust::Insecure => builder
+            Trust::PublicRoots => spot_tls::verifying(spot_tls::root_store(true, None)?)?,
+            Trust::CaFile(path) => spot_tls::verifying(spot_tls::root_store(false, Some(path))?)?,
+            Trust::Insecure => spot_tls::builder()?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
-        }
-        .with_no_client_auth();
+                .with_custom_certificate_verifier(Arc::new(NoVerification(spot_tls::provider())))
+                .with_no_client_auth(),
+        };
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
             trust,

@@ -9,21 +9,27 @@
 //!
 //! Each payload carries its creation time (ns since the benchmark's start, one clock, one
 //! process); a receiver computes `now - t` on arrival. The first second is warm-up and is not
-//! counted. Prints p50, p99, p99.9 and max per outlet, and what was received vs published.
+//! counted. Prints p50, p99, p99.9 and max per outlet, and what was received vs published,
+//! and with MQTT the CPU mosquitto used while publishing (100% = one core).
+//!
+//! MQTT settings from the environment: `BENCH_MQTT_QOS` (0, 1 or 2; default 1) is the
+//! outlet's QoS, `BENCH_SUB_QOS` (0 or 1; default 1) the subscription's, and `BENCH_SUB=rumqttc`
+//! subscribes with rumqttc's `AsyncClient` instead of the lean codec-level subscriber.
 
-use std::process::Stdio;
+#[path = "../tests/support/mosquitto.rs"]
+mod mosquitto;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use spot_push::tail::SseParser;
 use spot_push::{
     stream_router, Hub, HubConfig, MemoryEventLog, MqttConfig, MqttOutlet, Published, StreamLimits,
     StreamState,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -70,102 +76,6 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn start_mosquitto(dir: &std::path::Path, port: u16) -> tokio::process::Child {
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nuser root\n\
-             max_queued_messages 1000000\nmax_inflight_messages 1000\n"
-        ),
-    )
-    .expect("config");
-    let mut child = tokio::process::Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start /usr/sbin/mosquitto");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.contains(" running") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
-
-/// A lean MQTT subscriber (rumqttc's codec, batched reads and acks): connect + subscribe.
-async fn raw_subscriber(port: u16, qos: QoS) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let mut out = bytes::BytesMut::new();
-    Packet::Connect(rumqttc::Connect::new("bench-subscriber"))
-        .write(&mut out, usize::MAX)
-        .expect("encode");
-    let mut subscribe = rumqttc::Subscribe::new("bench/#", qos);
-    subscribe.pkid = 1;
-    Packet::Subscribe(subscribe)
-        .write(&mut out, usize::MAX)
-        .expect("encode");
-    stream.write_all(&out).await.expect("write");
-    let mut incoming = bytes::BytesMut::new();
-    loop {
-        assert!(
-            stream.read_buf(&mut incoming).await.expect("read") > 0,
-            "broker closed the subscriber"
-        );
-        let mut subscribed = false;
-        while let Ok(p) = Packet::read(&mut incoming, 1 << 20) {
-            subscribed |= matches!(p, Packet::SubAck(_));
-        }
-        if subscribed {
-            return stream;
-        }
-    }
-}
-
-async fn raw_receive(mut stream: tokio::net::TcpStream, rec: Arc<Recorder>, warmup_ns: u64) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut incoming = bytes::BytesMut::with_capacity(1 << 20);
-    let mut acks = bytes::BytesMut::new();
-    loop {
-        match stream.read_buf(&mut incoming).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        while let Ok(p) = Packet::read(&mut incoming, 1 << 20) {
-            if let Packet::Publish(p) = p {
-                rec.record(&p.payload, warmup_ns);
-                if p.qos == QoS::AtLeastOnce {
-                    Packet::PubAck(rumqttc::PubAck::new(p.pkid))
-                        .write(&mut acks, usize::MAX)
-                        .expect("encode");
-                }
-            }
-        }
-        if !acks.is_empty() {
-            if stream.write_all(&acks).await.is_err() {
-                return;
-            }
-            acks.clear();
-        }
-    }
 }
 
 const PAYLOAD_FILLER: &str = r#""resource":{"id":1234,"item":{"id":77,"code_hex":"E2801160600002054C9A3B1F","technology":"EPC Gen2"},"location":{"id":3,"label":"spot203"},"proximity":"near"},"time_event":"2026-11-24T21:00:00.123Z","time_created":"2026-11-24T21:00:00.125Z""#;
@@ -249,46 +159,26 @@ async fn run(rate: u64, seconds: u64, outlets: &str) {
         recorders.push(("sse", rec));
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut _broker = None;
+    let mut broker = None;
     let mut _outlet = None;
     if outlets.contains("mqtt") {
-        let port = free_port();
-        _broker = Some(start_mosquitto(dir.path(), port).await);
+        let port = mosquitto::free_port();
+        let options = mosquitto::Options {
+            bench: true,
+            ..Default::default()
+        };
+        broker = Some(mosquitto::Broker::start_with(dir.path(), port, &options).await);
         let rec = Arc::new(Recorder::default());
         let sub_qos = match std::env::var("BENCH_SUB_QOS").as_deref() {
             Ok("0") => QoS::AtMostOnce,
             _ => QoS::AtLeastOnce,
         };
         let r = rec.clone();
+        let on_payload = move |payload: &[u8]| r.record(payload, warmup_ns);
         if std::env::var("BENCH_SUB").as_deref() == Ok("rumqttc") {
-            let mut options = MqttOptions::new("bench-subscriber", "127.0.0.1", port);
-            options.set_max_packet_size(1 << 20, 1 << 20);
-            let (client, mut eventloop) = AsyncClient::new(options, 100);
-            client
-                .subscribe("bench/#", sub_qos)
-                .await
-                .expect("subscribe");
-            loop {
-                if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
-                    break;
-                }
-            }
-            tokio::spawn(async move {
-                let _client = client;
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::Publish(p))) => r.record(&p.payload, warmup_ns),
-                        Ok(_) => {}
-                        Err(e) => {
-                            eprintln!("bench subscriber: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            });
+            mosquitto::client_subscriber(port, "bench/#", sub_qos, on_payload).await;
         } else {
-            let stream = raw_subscriber(port, sub_qos).await;
-            tokio::spawn(raw_receive(stream, r, warmup_ns));
+            mosquitto::lean_subscriber(port, "bench/#", sub_qos, on_payload).await;
         }
         let mut config =
             MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}/bench")).expect("url");
@@ -299,6 +189,7 @@ async fn run(rate: u64, seconds: u64, outlets: &str) {
         _outlet = Some(MqttOutlet::spawn(config, &hub, Some(log.clone())).expect("outlet"));
         recorders.push(("mqtt", rec));
     }
+    let broker_cpu_before = broker.as_ref().map(|b| (b.cpu_time(), Instant::now()));
 
     // The publisher: its own thread, like the server's commit path.
     let publisher = {
@@ -330,11 +221,20 @@ async fn run(rate: u64, seconds: u64, outlets: &str) {
     let published = tokio::task::spawn_blocking(move || publisher.join().expect("publisher"))
         .await
         .expect("join");
+    let broker_cpu = match (&broker, broker_cpu_before) {
+        (Some(b), Some((cpu, at))) => {
+            Some(100.0 * (b.cpu_time() - cpu).as_secs_f64() / at.elapsed().as_secs_f64())
+        }
+        _ => None,
+    };
     if let Some(outlet) = &_outlet {
         println!(
             "mqtt outlet when publishing ended: {}",
             serde_json::to_string(&outlet.stats()).unwrap_or_default()
         );
+    }
+    if let Some(cpu) = broker_cpu {
+        println!("mosquitto CPU while publishing: {cpu:.0}% of a core");
     }
     // Drain: until every receiver has everything, at most 10 s.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -44,8 +44,9 @@
 //! - [`MqttOutlet`]: publishing to an external broker.
 //! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
 //! - [`tail`]: the SSE client behind `spot tail`.
-//! - [`tls`]: the TLS client settings of `mqtts://` and `https://` webhook targets.
+//! - [`tls`]: the TLS client settings of `mqtts://`, `https://` webhook targets and `spot tail`.
 
+mod client;
 pub mod follow;
 pub mod hub;
 pub mod mount;

@@ -1,10 +1,17 @@
 //! Client side of `GET /api/stream` (used by `spot tail`): a sans-IO Server-Sent Events
 //! parser, [`SseParser`], and [`follow`], which reconnects with `Last-Event-ID` so no event
-//! is missed across a dropped connection.
+//! is missed across a dropped connection. `https://` servers are verified with the public
+//! roots plus [`TailOptions::ca_cert`] ([`crate::tls`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::client::{with_causes, Connector};
 
 /// Largest SSE event (all its lines) the client buffers.
 pub const MAX_SSE_EVENT_BYTES: usize = 16 * 1024 * 1024;
@@ -39,6 +46,9 @@ pub enum TailError {
         /// Response body (the server's error message).
         body: String,
     },
+    /// The server URL or the TLS settings (e.g. the CA file) are unusable.
+    #[error("{0}")]
+    Setup(String),
     /// The server sent an `error` event (e.g. its events log failed).
     #[error("server error: {0}")]
     Server(String),
@@ -158,8 +168,11 @@ fn parse_envelope(message: SseMessage) -> Result<TailEvent, TailError> {
 /// What [`follow`] follows.
 #[derive(Debug, Clone)]
 pub struct TailOptions {
-    /// Server base URL, e.g. `http://127.0.0.1:8080`.
+    /// Server base URL, e.g. `http://127.0.0.1:8080` or `https://spots.example:8443`.
     pub server: String,
+    /// Also trust the certificates of this PEM file for an `https://` server (a private CA
+    /// or a self-signed certificate), besides the public roots.
+    pub ca_cert: Option<PathBuf>,
     /// Topic filter.
     pub topic_filter: String,
     /// Start after this event id (from the log); `None`: from now.
@@ -176,23 +189,52 @@ pub async fn follow(
     mut on_event: impl FnMut(TailEvent) -> bool,
     mut on_reconnect: impl FnMut(&str),
 ) -> Result<(), TailError> {
-    let url = format!("{}/api/stream", options.server.trim_end_matches('/'));
+    let server = options.server.trim_end_matches('/');
+    let https = match server.split_once("://") {
+        Some(("https", _)) => true,
+        Some(("http", _)) => false,
+        _ => {
+            return Err(TailError::Setup(format!(
+                "server {server:?}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+            )))
+        }
+    };
+    if let (Some(ca), false) = (&options.ca_cert, https) {
+        return Err(TailError::Setup(format!(
+            "CA certificate {}: the server is not https://",
+            ca.display()
+        )));
+    }
+    let tls = crate::tls::client_config(options.ca_cert.as_deref(), &[b"http/1.1"])
+        .map_err(|e| TailError::Setup(e.to_string()))?;
+    let url = format!("{server}/api/stream");
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("topic_filter", &options.topic_filter)
         .finish();
-    let stream_url = format!("{url}?{query}");
-    let client = reqwest::Client::new();
+    let stream_url: http::Uri = format!("{url}?{query}")
+        .parse()
+        .map_err(|e| TailError::Setup(format!("server {server:?}: {e}")))?;
+    let client: Client<Connector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(Connector::new(tls));
     let mut last_id = options.after_id;
     loop {
-        let mut request = client.get(&stream_url);
+        let mut request =
+            http::Request::get(stream_url.clone()).header("Accept", "text/event-stream");
         if let Some(id) = last_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
-        let broken = match request.send().await {
-            Err(e) => format!("{url}: {e}"),
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| TailError::Setup(e.to_string()))?;
+        let broken = match client.request(request).await {
+            Err(e) => format!("{url}: {}", with_causes(&e)),
             Ok(response) if response.status().is_client_error() => {
                 let status = response.status().as_u16();
-                let body = response.text().await.unwrap_or_default();
+                let body = Limited::new(response.into_body(), 64 * 1024)
+                    .collect()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
                 return Err(TailError::Refused { url, status, body });
             }
             Ok(response) if !response.status().is_success() => {
@@ -200,13 +242,16 @@ pub async fn follow(
             }
             Ok(response) => {
                 let mut parser = SseParser::new();
-                let mut body = response.bytes_stream();
+                let mut body = response.into_body();
                 'stream: loop {
-                    match body.next().await {
+                    match body.frame().await {
                         None => break format!("{url}: stream ended"),
-                        Some(Err(e)) => break format!("{url}: {e}"),
-                        Some(Ok(chunk)) => {
-                            for message in parser.push(&chunk)? {
+                        Some(Err(e)) => break format!("{url}: {}", with_causes(&e)),
+                        Some(Ok(frame)) => {
+                            let Some(chunk) = frame.data_ref() else {
+                                continue;
+                            };
+                            for message in parser.push(chunk)? {
                                 match message.event.as_str() {
                                     "message" => {}
                                     "error" => return Err(TailError::Server(message.data)),

@@ -1,14 +1,13 @@
-//! TLS client settings of the outlets that dial out: the MQTT outlet (`mqtts://`) and
-//! webhooks (`https://` targets). rustls with the ring provider, trusting the public web PKI
-//! roots (compiled in, `webpki-roots`; no platform store is read) plus, optionally, the
-//! certificates of one PEM file: a private CA, or a self-signed server certificate.
+//! TLS client settings of what dials out from this crate: the MQTT outlet (`mqtts://`),
+//! webhooks (`https://` targets) and `spot tail` (`https://` servers). rustls with the ring
+//! provider, trusting the public web PKI roots (compiled in, `webpki-roots`; no platform
+//! store is read) plus, optionally, the certificates of one PEM file: a private CA, or a
+//! self-signed server certificate (read by the shared `spot-tls` crate).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls::ClientConfig;
 
 /// Why a TLS client configuration could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,20 +25,13 @@ pub enum TlsConfigError {
     Config(String),
 }
 
-/// Every certificate of a PEM file; at least one.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let err = |reason: String| TlsConfigError::CaFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no CERTIFICATE in the file".into()));
+impl From<spot_tls::CaFileError> for TlsConfigError {
+    fn from(e: spot_tls::CaFileError) -> Self {
+        TlsConfigError::CaFile {
+            path: e.path,
+            reason: e.reason,
+        }
     }
-    Ok(certs)
 }
 
 /// A client configuration trusting the public roots and the certificates of `extra_ca`
@@ -48,23 +40,9 @@ pub fn client_config(
     extra_ca: Option<&Path>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsConfigError> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = extra_ca {
-        for (i, cert) in read_certificates(path)?.into_iter().enumerate() {
-            roots.add(cert).map_err(|e| TlsConfigError::CaFile {
-                path: path.to_path_buf(),
-                reason: format!("certificate {}: {e}", i + 1),
-            })?;
-        }
-    }
+    let roots = spot_tls::root_store(true, extra_ca)?;
     let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsConfigError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        spot_tls::verifying(roots).map_err(|e| TlsConfigError::Config(e.to_string()))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -50,7 +50,15 @@ async fn logs_in_with_the_user_and_password_of_the_url() {
         ("spot".to_string(), "p@ss:w/rd".to_string()),
         ("reader".to_string(), "r".to_string()),
     ];
-    let _broker = Broker::start_with(dir.path(), port, &Options { users, tls: None }).await;
+    let _broker = Broker::start_with(
+        dir.path(),
+        port,
+        &Options {
+            users,
+            ..Options::default()
+        },
+    )
+    .await;
     let mut received = subscriber_as(port, "#", Some(("reader", "r"))).await;
     let hub = Hub::new(HubConfig::default());
     // A wrong password: refused by the broker, retried, counted, nothing published.
@@ -91,6 +99,7 @@ async fn publishes_over_tls_to_a_broker_with_a_private_certificate() {
             fixture("localhost-cert.pem"),
             fixture("localhost-key.pem"),
         )),
+        ..Options::default()
     };
     let _broker = Broker::start_with(dir.path(), port, &options).await;
     let mut received = subscriber(port, "#").await; // on the plain listener

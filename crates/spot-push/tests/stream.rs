@@ -377,6 +377,7 @@ async fn tail_follows_from_an_id_then_live() {
         topic_filter: "items/#".into(),
         after_id: Some(1),
         reconnect_delay: std::time::Duration::from_millis(10),
+        ca_cert: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let follow = tokio::spawn(async move {
@@ -434,6 +435,7 @@ async fn tail_reconnects_with_last_event_id() {
         topic_filter: "#".into(),
         after_id: Some(10),
         reconnect_delay: std::time::Duration::from_millis(1),
+        ca_cert: None,
     };
     let mut ids = Vec::new();
     let mut reasons = Vec::new();
@@ -461,6 +463,7 @@ async fn tail_reports_a_refused_filter() {
         topic_filter: "a/#/b".into(),
         after_id: None,
         reconnect_delay: std::time::Duration::from_millis(1),
+        ca_cert: None,
     };
     let err = spot_push::tail::follow(&options, |_| true, |_| {})
         .await

@@ -1,24 +1,39 @@
-//! End-to-end push latency: spots POST presence events to an in-process server; a
-//! WebSocket application subscribed to `items/+/created` receives the derived events.
-//! Latency = receive time − the time the spot wrote the event's chunk (one clock, one
-//! process). Every event has a new item code, so each yields `items/<id>/created` (plus a
-//! presence and an `appeared` event: 3 derived events per spot event).
+//! End-to-end push latency: spots POST presence events to an in-process server; an
+//! application subscribed to `items/+/created` receives the derived events, over WebSocket
+//! (`/api/ws`) or MQTT (the server's outlet → a mosquitto started on a free port → a
+//! subscriber). Latency = receive time − the time the spot wrote the event's chunk (one
+//! clock, one process). Every event has a new item code, so each yields `items/<id>/created`
+//! (plus a presence and an `appeared` event: 3 derived events per spot event).
 //!
 //! ```text
-//! cargo run --release -p spot-server --example push_latency -- RATE SECONDS [SPOTS] [full|normal]
+//! cargo run --release -p spot-server --example push_latency -- \
+//!     RATE SECONDS [SPOTS] [full|normal] [ws|mqtt0|mqtt1] [MQTT_OUTLET_FILTER]
 //! e.g. cargo run --release -p spot-server --example push_latency -- 10000 10 10 normal
+//!      cargo run --release -p spot-server --example push_latency -- 10000 10 10 full mqtt1
 //! ```
+//!
+//! `mqtt0` / `mqtt1`: the outlet publishes with QoS 0 / 1 and the subscriber subscribes with
+//! the same QoS. The outlet publishes every derived event (filter `#`, as `spot serve --mqtt`
+//! does: 3 publishes per spot event reach mosquitto, which forwards the 1 that matches)
+//! unless MQTT_OUTLET_FILTER says otherwise (e.g. `items/+/created`: 1 publish per spot
+//! event). The subscriber is rumqttc's `AsyncClient`, or with `MQTT_SUB=lean` in the
+//! environment a leaner one over rumqttc's codec (batched reads and acks). Also prints the
+//! CPU mosquitto used over the run (100% = one core).
 //!
 //! Each spot holds one keep-alive connection and streams one chunked POST per second
 //! (like a real spot), writing its share of the rate every millisecond. The first second is
 //! warm-up. Prints p50, p99, p99.9 and max, and received vs sent (waiting at most 10 s after
 //! the last write).
 
+#[path = "../../spot-push/tests/support/mosquitto.rs"]
+mod mosquitto;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use spot_server::push::PushConfig;
 use spot_server::{Server, ServerConfig, SyncMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,6 +71,45 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Latencies (µs, events written after the warm-up) and the count of events received.
+struct Recorder {
+    start: Instant,
+    sent_at: Arc<Vec<AtomicU64>>,
+    latencies_us: Mutex<Vec<u32>>,
+    received: AtomicU64,
+}
+
+const WARMUP_NS: u64 = 1_000_000_000;
+
+impl Recorder {
+    /// One received `items/+/created` event (its JSON, envelope or payload).
+    fn record(&self, json: &[u8]) {
+        let now_ns = self.start.elapsed().as_nanos() as u64;
+        let key = b"\"code_hex\":\"";
+        let Some(at) = json.windows(key.len()).position(|w| w == key) else {
+            return;
+        };
+        let Some(seq) = json
+            .get(at + key.len()..at + key.len() + 24)
+            .and_then(|code| std::str::from_utf8(code).ok())
+            .and_then(|code| u64::from_str_radix(code, 16).ok())
+        else {
+            return;
+        };
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let t = self
+            .sent_at
+            .get(seq as usize)
+            .map_or(0, |s| s.load(Ordering::Relaxed));
+        if t >= WARMUP_NS {
+            self.latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(((now_ns.saturating_sub(t)) / 1000) as u32);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -113,6 +167,13 @@ async fn spot(
     Ok(())
 }
 
+/// Where the application receives the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outlet {
+    WebSocket,
+    Mqtt(spot_push::Qos),
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
@@ -123,36 +184,95 @@ fn main() {
         "full" => SyncMode::Full,
         _ => SyncMode::Normal,
     };
+    let outlet = match arg(4, "ws").as_str() {
+        "ws" => Outlet::WebSocket,
+        "mqtt0" => Outlet::Mqtt(spot_push::Qos::AtMostOnce),
+        "mqtt1" => Outlet::Mqtt(spot_push::Qos::AtLeastOnce),
+        other => panic!("outlet {other:?}: ws, mqtt0 or mqtt1"),
+    };
+    let outlet_filter = arg(5, "#");
+    let lean_subscriber = std::env::var("MQTT_SUB").as_deref() == Ok("lean");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut push = PushConfig::default();
+        let mut broker = None;
+        if let Outlet::Mqtt(qos) = outlet {
+            let port = mosquitto::free_port();
+            let options = mosquitto::Options {
+                bench: true,
+                ..Default::default()
+            };
+            broker = Some(mosquitto::Broker::start_with(dir.path(), port, &options).await);
+            let mut mqtt = spot_push::MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}"))
+                .expect("mqtt url");
+            mqtt.qos = qos;
+            mqtt.filter = spot_push::TopicFilter::new(&outlet_filter).expect("outlet filter");
+            push.mqtt = Some(mqtt);
+        }
         let server = Server::bind(ServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: dir.path().to_path_buf(),
+            data_dir: dir.path().join("data"),
             sync,
+            push,
             ..ServerConfig::default()
         })
         .await
         .expect("server");
         let addr = server.http_addr();
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
-            .await
-            .expect("ws");
-        ws.send(Message::text(r#"{"subscribe":"items/+/created"}"#))
-            .await
-            .expect("subscribe");
-        ws.next().await.expect("ack").expect("ack frame");
 
         let capacity = (rate * (seconds + 2)) as usize;
         let sent_at: Arc<Vec<AtomicU64>> =
             Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
-        let sent = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
+        let recorder = Arc::new(Recorder {
+            start,
+            sent_at: sent_at.clone(),
+            latencies_us: Mutex::new(Vec::new()),
+            received: AtomicU64::new(0),
+        });
+        match (outlet, &broker) {
+            (Outlet::WebSocket, _) => {
+                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+                    .await
+                    .expect("ws");
+                ws.send(Message::text(r#"{"subscribe":"items/+/created"}"#))
+                    .await
+                    .expect("subscribe");
+                ws.next().await.expect("ack").expect("ack frame");
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    while let Some(Ok(frame)) = ws.next().await {
+                        if let Message::Text(text) = frame {
+                            recorder.record(text.as_bytes());
+                        }
+                    }
+                });
+            }
+            (Outlet::Mqtt(qos), Some(broker)) => {
+                let qos = match qos {
+                    spot_push::Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+                    _ => rumqttc::QoS::AtLeastOnce,
+                };
+                let recorder = recorder.clone();
+                let on_payload = move |payload: &[u8]| recorder.record(payload);
+                if lean_subscriber {
+                    mosquitto::lean_subscriber(broker.port, "items/+/created", qos, on_payload)
+                        .await;
+                } else {
+                    mosquitto::client_subscriber(broker.port, "items/+/created", qos, on_payload)
+                        .await;
+                }
+            }
+            (Outlet::Mqtt(_), None) => unreachable!("the broker is started for MQTT"),
+        }
+        let broker_cpu_before = broker.as_ref().map(|b| (b.cpu_time(), Instant::now()));
+
+        let sent = Arc::new(AtomicU64::new(0));
         let until = start + Duration::from_secs(seconds);
-        let warmup_ns = 1_000_000_000u64;
         let mut tasks = Vec::new();
         for index in 0..spots {
             tasks.push(tokio::spawn(spot(
@@ -166,40 +286,29 @@ fn main() {
                 sent.clone(),
             )));
         }
-        let receiver = {
-            let sent_at = sent_at.clone();
-            tokio::spawn(async move {
-                let mut latencies_us = Vec::new();
-                let mut received = 0u64;
-                let key = "\"code_hex\":\"";
-                loop {
-                    // Whatever has not arrived 10 s after the last write counts as lost.
-                    let deadline = tokio::time::Instant::from_std(until + Duration::from_secs(10));
-                    let frame = tokio::time::timeout_at(deadline, ws.next()).await;
-                    let Ok(Some(Ok(Message::Text(text)))) = frame else {
-                        break;
-                    };
-                    let now_ns = start.elapsed().as_nanos() as u64;
-                    let Some(at) = text.find(key) else { continue };
-                    let code = &text[at + key.len()..at + key.len() + 24];
-                    let Ok(seq) = u64::from_str_radix(code, 16) else {
-                        continue;
-                    };
-                    received += 1;
-                    let t = sent_at
-                        .get(seq as usize)
-                        .map_or(0, |s| s.load(Ordering::Relaxed));
-                    if t >= warmup_ns {
-                        latencies_us.push(((now_ns.saturating_sub(t)) / 1000) as u32);
-                    }
-                }
-                (latencies_us, received)
-            })
-        };
         for t in tasks {
             t.await.expect("spot task").expect("spot I/O");
         }
-        let (mut latencies, received) = receiver.await.expect("receiver");
+        // Whatever has not arrived 10 s after the last write counts as lost.
+        let sent = sent.load(Ordering::Relaxed);
+        let deadline = until + Duration::from_secs(10);
+        while recorder.received.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let broker_cpu = match (&broker, broker_cpu_before) {
+            (Some(b), Some((cpu, at))) => format!(
+                "; mosquitto CPU {:.0}% of a core",
+                100.0 * (b.cpu_time() - cpu).as_secs_f64() / at.elapsed().as_secs_f64()
+            ),
+            _ => String::new(),
+        };
+        let received = recorder.received.load(Ordering::Relaxed);
+        let mut latencies = std::mem::take(
+            &mut *recorder
+                .latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         latencies.sort_unstable();
         let pct = |p: f64| {
             latencies
@@ -208,12 +317,22 @@ fn main() {
                 .unwrap_or(0) as f64
                 / 1000.0
         };
+        let via = match outlet {
+            Outlet::WebSocket => "WebSocket".to_string(),
+            Outlet::Mqtt(qos) => format!(
+                "MQTT QoS {} (outlet filter {outlet_filter}, {} subscriber)",
+                qos as u8,
+                if lean_subscriber {
+                    "lean"
+                } else {
+                    "rumqttc AsyncClient"
+                }
+            ),
+        };
         println!(
-            "rate {rate}/s over {seconds}s, {spots} spots, sync {:?}: sent {}, received {received} \
-             items/+/created over WebSocket; latency spot write -> WS receive (ms): \
-             p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (n={})",
-            sync,
-            sent.load(Ordering::Relaxed),
+            "rate {rate}/s over {seconds}s, {spots} spots, sync {sync:?}: sent {sent}, received \
+             {received} items/+/created over {via}; latency spot write -> receive (ms): \
+             p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (n={}){broker_cpu}",
             pct(0.50),
             pct(0.99),
             pct(0.999),

@@ -113,7 +113,7 @@ fn check_url(url: &str) -> Result<(), InputError> {
     if url.len() > MAX_TEXT_FIELD {
         return Err(bad("target_url", "too long"));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad("target_url", e.to_string()))?;
+    let parsed = url::Url::parse(url).map_err(|e| bad("target_url", e.to_string()))?;
     match parsed.scheme() {
         "http" | "https" => {}
         other => {

@@ -1,5 +1,6 @@
-//! A real mosquitto for tests, started on a free port with its own config, and a real MQTT
-//! subscriber. Shared by spot-push's and spot-server's tests (`#[path]` include).
+//! A real mosquitto for tests and benchmarks, started on a free port with its own config, and
+//! real MQTT subscribers. Shared by spot-push's and spot-server's tests and latency examples
+//! (`#[path]` include).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
 
 pub struct Broker {
     child: Child,
+    /// The plain listener's port.
+    pub port: u16,
 }
 
 /// Extra broker settings.
@@ -27,6 +30,10 @@ pub struct Options {
     pub users: Vec<(String, String)>,
     /// A second listener with TLS: port, certificate chain and key (PEM files).
     pub tls: Option<(u16, PathBuf, PathBuf)>,
+    /// For benchmarks: no persistence, no per-message log lines, and queues and
+    /// in-flight windows towards subscribers large enough not to be the bound (mosquitto's
+    /// default window is 20 QoS 1 messages per client).
+    pub bench: bool,
 }
 
 impl Broker {
@@ -40,11 +47,20 @@ impl Broker {
     /// `mosquitto`, which cannot write the temp dir; ignored when not root.)
     pub async fn start_with(dir: &Path, port: u16, options: &Options) -> Self {
         let config: PathBuf = dir.join("mosquitto.conf");
-        let mut text = format!(
-            "per_listener_settings false\npersistence true\npersistence_location {}/\n\
-             log_dest stderr\nlog_type all\nuser root\nlistener {port} 127.0.0.1\n",
-            dir.display()
-        );
+        let mut text = if options.bench {
+            format!(
+                "per_listener_settings false\npersistence false\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\nuser root\n\
+                 max_queued_messages 1000000\nmax_inflight_messages 1000\n\
+                 listener {port} 127.0.0.1\n"
+            )
+        } else {
+            format!(
+                "per_listener_settings false\npersistence true\npersistence_location {}/\n\
+                 log_dest stderr\nlog_type all\nuser root\nlistener {port} 127.0.0.1\n",
+                dir.display()
+            )
+        };
         if options.users.is_empty() {
             text.push_str("allow_anonymous true\n");
         } else {
@@ -99,7 +115,27 @@ impl Broker {
         }
         // Keep draining the log so mosquitto never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child }
+        Self { child, port }
+    }
+
+    /// CPU time mosquitto has used so far (user + system, from `/proc/PID/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.id().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+        // After the ")" closing the command name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+            .split(' ')
+            .collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        let per_second = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(100);
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
     }
 
     /// SIGTERM (mosquitto saves its persistence file) and wait for the exit.
@@ -167,4 +203,99 @@ pub async fn subscriber_as(
     });
     subscribed_rx.recv().await.expect("suback");
     rx
+}
+
+/// A lean subscriber for benchmarks: rumqttc's packet codec over one TCP stream, every
+/// ready packet decoded per read and the acks of a read written at once. Calls `on_payload`
+/// with each publish's payload. Returns once subscribed.
+pub async fn lean_subscriber(
+    port: u16,
+    filter: &str,
+    qos: QoS,
+    mut on_payload: impl FnMut(&[u8]) + Send + 'static,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(rumqttc::Connect::new("lean-subscriber"))
+        .write(&mut out, usize::MAX)
+        .expect("encode");
+    let mut subscribe = rumqttc::Subscribe::new(filter, qos);
+    subscribe.pkid = 1;
+    Packet::Subscribe(subscribe)
+        .write(&mut out, usize::MAX)
+        .expect("encode");
+    stream.write_all(&out).await.expect("write");
+    let mut incoming = bytes::BytesMut::with_capacity(1 << 20);
+    'subscribing: loop {
+        assert!(
+            stream.read_buf(&mut incoming).await.expect("read") > 0,
+            "broker closed the subscriber"
+        );
+        while let Ok(p) = Packet::read(&mut incoming, 1 << 20) {
+            if matches!(p, Packet::SubAck(_)) {
+                break 'subscribing;
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let mut acks = bytes::BytesMut::new();
+        loop {
+            while let Ok(p) = Packet::read(&mut incoming, 1 << 20) {
+                if let Packet::Publish(p) = p {
+                    on_payload(&p.payload);
+                    if p.qos == QoS::AtLeastOnce {
+                        Packet::PubAck(rumqttc::PubAck::new(p.pkid))
+                            .write(&mut acks, usize::MAX)
+                            .expect("encode");
+                    }
+                }
+            }
+            if !acks.is_empty() {
+                if stream.write_all(&acks).await.is_err() {
+                    return;
+                }
+                acks.clear();
+            }
+            match stream.read_buf(&mut incoming).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+}
+
+/// The same with rumqttc's own client (`AsyncClient` and its event loop), as an
+/// application would write it.
+pub async fn client_subscriber(
+    port: u16,
+    filter: &str,
+    qos: QoS,
+    mut on_payload: impl FnMut(&[u8]) + Send + 'static,
+) {
+    let mut options = MqttOptions::new("client-subscriber", "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    client.subscribe(filter, qos).await.expect("subscribe");
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        let _client = client; // keep the request channel open
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => on_payload(&p.payload),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("client subscriber: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
 }
