@@ -487,8 +487,9 @@ pub struct Changes {
     pub upserts: Vec<(Table, Id, RowDoc)>,
     /// Rows to delete (only in a flush).
     pub deletes: Vec<(Table, Id)>,
-    /// Derived events: id, time_created, JSON document.
-    pub log: Vec<(String, i64, String)>,
+    /// Derived events, in id order: time_created, JSON document (which holds the id; the
+    /// store numbers them as they come).
+    pub log: Vec<(i64, String)>,
 }
 
 impl Changes {
@@ -692,7 +693,7 @@ pub struct Domain {
     /// Rows deleted since the last flush.
     deleted: HashSet<(Table, Id)>,
     journal: Vec<JournalEntry>,
-    pending_log: Vec<(String, i64, String)>,
+    pending_log: Vec<(i64, String)>,
     /// A change not in the journal happened: the next commit must flush.
     must_flush: bool,
     /// [`Domain::replay`] is running: derived events are not logged again.
@@ -1658,7 +1659,7 @@ impl Domain {
             time_created: now,
             doc: doc.as_str().into(),
         });
-        self.pending_log.push((id.text(), now, doc));
+        self.pending_log.push((now, doc));
         while self.events.len() > self.config.events_max_in_memory {
             self.events.pop_front();
         }
@@ -2618,7 +2619,7 @@ mod tests {
             step(&mut original, i);
         }
         let flushed = original.take_changes(true);
-        log.extend(flushed.log.iter().map(|(_, _, doc)| doc.clone()));
+        log.extend(flushed.log.iter().map(|(_, doc)| doc.clone()));
         let mut journal = Vec::new();
         for i in 20..60 {
             step(&mut original, i);
@@ -2628,7 +2629,7 @@ mod tests {
                 "no flush was due"
             );
             journal.extend(changes.journal);
-            log.extend(changes.log.iter().map(|(_, _, doc)| doc.clone()));
+            log.extend(changes.log.iter().map(|(_, doc)| doc.clone()));
         }
         assert!(journal
             .iter()

@@ -150,21 +150,14 @@ pub fn tls_acceptor(
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, crate::ServerError> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::PrivateKeyDer;
     let tls_err = |path: &std::path::Path, reason: String| crate::ServerError::Tls {
         path: path.to_path_buf(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls_err(cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(tls_err(cert, "no CERTIFICATE in the file".into()));
-    }
+    let chain = spot_tls::read_certificates(cert).map_err(|e| tls_err(cert, e.reason))?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(spot_tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err(cert, e.to_string()))?
         .with_no_client_auth()

@@ -267,12 +267,12 @@ pub struct Publisher {
 impl Publisher {
     /// `log` are the derived events of a commit (id, time, JSON document) in order;
     /// `last_id` the push id of the last one. Never blocks.
-    pub fn committed(&self, log: &[(String, i64, String)], last_id: u64) {
+    pub fn committed(&self, log: &[(i64, String)], last_id: u64) {
         if self.hub.skip_unless_subscribed(last_id, log.len() as u64) {
             return;
         }
         let first = (last_id + 1).saturating_sub(log.len() as u64);
-        for (id, (_, _, doc)) in (first..).zip(log) {
+        for (id, (_, doc)) in (first..).zip(log) {
             match to_published(id, doc) {
                 Ok(event) => self.hub.publish(event),
                 Err(e) => tracing::warn!("push: event not published: {e}"),
@@ -473,7 +473,7 @@ mod tests {
 
     fn commit(store: &mut crate::store::Store, topics: &[&str]) {
         let mut changes = crate::domain::Changes {
-            log: topics.iter().map(|t| (String::new(), 1, doc(t))).collect(),
+            log: topics.iter().map(|t| (1, doc(t))).collect(),
             ..Default::default()
         };
         store.commit(&mut changes).expect("commit");
@@ -659,10 +659,7 @@ mod tests {
         let mut sub = hub
             .subscribe("test", vec![spot_push::TopicFilter::new("#").expect("f")])
             .expect("sub");
-        let log = vec![
-            ("a".to_string(), 0, doc("items/1/created")),
-            ("b".to_string(), 0, doc("items/1/appeared")),
-        ];
+        let log = vec![(0, doc("items/1/created")), (0, doc("items/1/appeared"))];
         Publisher {
             hub: hub.clone(),
             raw: false,

@@ -366,7 +366,7 @@ impl Store {
         if !changes.log.is_empty() {
             text.clear();
             let mut time_last = i64::MIN;
-            for (_, time, doc) in &changes.log {
+            for (time, doc) in &changes.log {
                 text.push_str(doc);
                 text.push('\n');
                 time_last = time_last.max(*time);
@@ -578,10 +578,7 @@ mod tests {
                 ],
                 upserts: vec![(Table::Items, A, "{}".into())],
                 deletes: vec![],
-                log: vec![
-                    ("e1".into(), 1_000, "{\"x\":1}".into()),
-                    ("e2".into(), 1_001, "{\"x\":2}".into()),
-                ],
+                log: vec![(1_000, "{\"x\":1}".into()), (1_001, "{\"x\":2}".into())],
                 ..Changes::default()
             };
             store.commit(&mut changes).unwrap();
@@ -593,7 +590,7 @@ mod tests {
                         (Table::Items, B, "{\"v\":2}".into()),
                     ],
                     journal: vec![upstream("203", Some(8), 5_000, "[]")],
-                    log: vec![("e3".into(), 5_000, "{\"x\":3}".into())],
+                    log: vec![(5_000, "{\"x\":3}".into())],
                     flush: true,
                     ..Changes::default()
                 })
@@ -732,7 +729,7 @@ mod tests {
                         2,
                         &format!("[\"{}\"]", "y".repeat(2_000)),
                     )],
-                    log: vec![("e".into(), 2, doc.clone())],
+                    log: vec![(2, doc.clone())],
                     ..Changes::default()
                 })
                 .unwrap();

@@ -1,6 +1,7 @@
 //! TLS client trust, shared by everything in the workspace that dials a TLS server: the
 //! emulator (`spot emulate --ca-cert`), the push outlets (`mqtts://` brokers, `https://`
-//! webhook targets) and `spot tail --ca-cert`.
+//! webhook targets) and `spot tail --ca-cert`; the server (`spot serve --tls-cert`) reads
+//! its certificate chain with [`read_certificates`] too.
 //!
 //! rustls with the ring provider ([`provider`]), the public web PKI roots compiled in
 //! (`webpki-roots`; no platform store is read) and the certificates of a PEM file
