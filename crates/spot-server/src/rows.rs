@@ -240,6 +240,7 @@ fn run(
     policy: Compaction,
 ) {
     maybe_compact(&mut conn, &mut stats, policy);
+    let mut chunks = Chunks::default();
     for msg in rx {
         let flush = match msg {
             Msg::Flush(flush) => flush,
@@ -250,8 +251,8 @@ fn run(
         };
         let started = std::time::Instant::now();
         let written = loop {
-            match write(&mut conn, &flush) {
-                Ok(written) => break written,
+            match write(&mut conn, &flush, &mut chunks) {
+                Ok(()) => break &chunks,
                 Err(e) => {
                     tracing::error!(
                         "row flush failed, retrying (the journal keeps everything): {e}"
@@ -297,10 +298,16 @@ fn maybe_compact(conn: &mut Connection, stats: &mut Stats, policy: Compaction) {
 }
 
 /// The blobs written by one transaction: records are added, and each blob is inserted once
-/// it reaches [`CHUNK_BYTES`].
+/// it reaches [`CHUNK_BYTES`]. The row thread keeps one from flush to flush
+/// ([`Chunks::begin`]): its buffers are megabytes, and buffers allocated afresh for each
+/// blob had their pages zeroed by the kernel every time.
 #[derive(Default)]
 struct Chunks {
     buf: Vec<u8>,
+    /// A row's document being rendered.
+    doc: String,
+    /// A blob compressed ([`crate::store::pack`]).
+    packed: Vec<u8>,
     /// Records written, in total.
     rows: u64,
     /// Blobs written.
@@ -308,6 +315,29 @@ struct Chunks {
 }
 
 impl Chunks {
+    /// Starts the blobs of another transaction (keeps the buffers).
+    fn begin(&mut self) {
+        self.buf.clear();
+        self.rows = 0;
+        self.chunks = 0;
+    }
+
+    /// Adds the upsert of `doc`, rendered in place.
+    fn upsert_doc(
+        &mut self,
+        conn: &Connection,
+        table: Table,
+        id: u64,
+        doc: &RowDoc,
+    ) -> Result<(), StoreError> {
+        let mut text = std::mem::take(&mut self.doc);
+        text.clear();
+        doc.write_json(&mut text);
+        let added = self.upsert(conn, table, id, text.as_bytes());
+        self.doc = text;
+        added
+    }
+
     fn upsert(
         &mut self,
         conn: &Connection,
@@ -353,7 +383,7 @@ impl Chunks {
         }
         conn.prepare_cached("INSERT INTO row_deltas (blob) VALUES (?1)")
             .map_err(ctx("prepare delta insert"))?
-            .execute([lz4_flex::compress_prepend_size(&self.buf)])
+            .execute([crate::store::pack(&self.buf, &mut self.packed)])
             .map_err(ctx("insert delta"))?;
         self.buf.clear();
         self.chunks += 1;
@@ -361,12 +391,13 @@ impl Chunks {
     }
 }
 
-/// Writes one flush: its delta and its mark, in one transaction.
-fn write(conn: &mut Connection, flush: &RowFlush) -> Result<Chunks, StoreError> {
+/// Writes one flush: its delta and its mark, in one transaction; `chunks` counts what was
+/// written.
+fn write(conn: &mut Connection, flush: &RowFlush, chunks: &mut Chunks) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(ctx("begin flush"))?;
-    let mut chunks = Chunks::default();
+    chunks.begin();
     for (table, id, doc) in &flush.upserts {
-        chunks.upsert(&tx, *table, id.0, doc.to_json().as_bytes())?;
+        chunks.upsert_doc(&tx, *table, id.0, doc)?;
     }
     // After the upserts: a row both changed and deleted since the last flush is deleted.
     for (table, id) in &flush.deletes {
@@ -380,8 +411,7 @@ fn write(conn: &mut Connection, flush: &RowFlush) -> Result<Chunks, StoreError> 
     .map_err(ctx("prepare flush mark"))?
     .execute(params![flush.journal, flush.id_last as i64])
     .map_err(ctx("write flush mark"))?;
-    tx.commit().map_err(ctx("commit flush"))?;
-    Ok(chunks)
+    tx.commit().map_err(ctx("commit flush"))
 }
 
 /// One record of a delta.

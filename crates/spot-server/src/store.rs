@@ -66,8 +66,7 @@ pub enum StoreError {
 /// A log batch as stored: LZ4 block with its uncompressed size in front (little endian
 /// `u32`, as `lz4_flex::compress_prepend_size` writes it), in `out` (reused: its length only
 /// grows, so no page is zeroed again).
-pub(crate) fn pack<'o>(text: &str, out: &'o mut Vec<u8>) -> &'o [u8] {
-    let bytes = text.as_bytes();
+pub(crate) fn pack<'o>(bytes: &[u8], out: &'o mut Vec<u8>) -> &'o [u8] {
     let need = 4 + lz4_flex::block::get_maximum_output_size(bytes.len());
     if out.len() < need {
         out.resize(need, 0);
@@ -359,7 +358,7 @@ impl Store {
             }
             tx.prepare_cached("INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)")
                 .map_err(ctx("prepare upstream insert"))?
-                .execute(params![time_last, pack(text, packed)])
+                .execute(params![time_last, pack(text.as_bytes(), packed)])
                 .map_err(ctx("insert upstream events"))?;
             journal_last = tx.last_insert_rowid();
         }
@@ -376,7 +375,11 @@ impl Store {
                  VALUES (?1, ?2, ?3)",
             )
             .map_err(ctx("prepare event insert"))?
-            .execute(params![time_last, pack(text, packed), last_event_id as i64])
+            .execute(params![
+                time_last,
+                pack(text.as_bytes(), packed),
+                last_event_id as i64
+            ])
             .map_err(ctx("insert events"))?;
         }
         self.buffers.trim();
