@@ -15,6 +15,7 @@
 
 pub mod codec;
 pub mod event;
+pub mod hex;
 pub mod json;
 pub mod pb;
 #[cfg(any(test, feature = "testing"))]

@@ -1694,25 +1694,12 @@ fn pack_code(code: &str, tech: Option<u8>) -> u128 {
     if bytes.is_empty() || bytes.len() > 28 {
         return 0;
     }
-    let (mut digits, mut lower, mut upper) = (0u128, false, false);
-    for &c in bytes {
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => {
-                lower = true;
-                c - b'a' + 10
-            }
-            b'A'..=b'F' => {
-                upper = true;
-                c - b'A' + 10
-            }
-            _ => return 0,
-        };
+    let mut digits = 0u128;
+    let Some(upper) = spot_protocol::hex::one_case_hex(bytes, |digit| {
         digits = (digits << 4) | u128::from(digit);
-    }
-    if lower && upper {
+    }) else {
         return 0;
-    }
+    };
     (digits << 16) | (u128::from(tech) << 8) | (u128::from(upper) << 7) | bytes.len() as u128
 }
 

@@ -240,30 +240,12 @@ fn hex_bytes(code: &str) -> Option<(Vec<u8>, bool)> {
     if b.is_empty() || b.len() & 1 == 1 {
         return None;
     }
-    let (mut lower, mut upper) = (false, false);
     let mut out = Vec::with_capacity(b.len() / 2);
-    for pair in b.chunks_exact(2) {
-        let mut byte = 0u8;
-        for &c in pair {
-            let v = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => {
-                    lower = true;
-                    c - b'a' + 10
-                }
-                b'A'..=b'F' => {
-                    upper = true;
-                    c - b'A' + 10
-                }
-                _ => return None,
-            };
-            byte = byte << 4 | v;
-        }
-        out.push(byte);
-    }
-    if lower && upper {
-        return None;
-    }
+    let mut high = None;
+    let upper = crate::hex::one_case_hex(b, |digit| match high.take() {
+        None => high = Some(digit),
+        Some(h) => out.push(h << 4 | digit),
+    })?;
     Some((out, upper))
 }
 
