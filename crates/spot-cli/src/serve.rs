@@ -75,7 +75,8 @@ pub struct Args {
     /// Seconds to receive request headers (also the keep-alive idle limit) [default: 30].
     #[arg(long, env = "SPOT_HEADER_TIMEOUT")]
     header_timeout: Option<f64>,
-    /// Seconds allowed between two pieces of a request body [default: 30].
+    /// Seconds allowed between two pieces of a request body (checked every quarter of it:
+    /// a silent body is cut after 1 to 1.25 times this) [default: 30].
     #[arg(long, env = "SPOT_BODY_IDLE_TIMEOUT")]
     body_idle_timeout: Option<f64>,
     /// Most open connections (HTTP and raw TCP each) [default: 10000].
