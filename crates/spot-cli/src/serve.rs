@@ -103,6 +103,16 @@ pub struct Args {
     /// QoS of the MQTT publishes [default: 1].
     #[arg(long, env = "SPOT_MQTT_QOS", value_parser = ["0", "1", "2"])]
     mqtt_qos: Option<String>,
+    /// Publish to MQTT only the events whose topic matches this filter (`+`, `#`);
+    /// repeatable (an event matching any is published); the environment variable takes a
+    /// comma-separated list, the file a list [default: #].
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "SPOT_MQTT_FILTER",
+        value_delimiter = ','
+    )]
+    mqtt_filter: Vec<String>,
     /// Also push every raw spot event, under `spots/<id>/events/<resource_type>/<action>`
     /// (MQTT, WebSocket, SSE; live only, no event id) [default: false].
     #[arg(
@@ -149,6 +159,11 @@ impl Args {
             mqtt: self.mqtt.or(lower.mqtt),
             mqtt_ca_cert: self.mqtt_ca_cert.or(lower.mqtt_ca_cert),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
+            mqtt_filter: if self.mqtt_filter.is_empty() {
+                lower.mqtt_filter
+            } else {
+                self.mqtt_filter
+            },
             publish_raw: self.publish_raw.or(lower.publish_raw),
             webhook_ca_cert: self.webhook_ca_cert.or(lower.webhook_ca_cert),
         }
@@ -222,6 +237,7 @@ impl Args {
                     self.mqtt.as_deref(),
                     self.mqtt_qos.as_deref(),
                     self.mqtt_ca_cert.as_deref(),
+                    &self.mqtt_filter,
                 )?,
                 publish_raw: self.publish_raw.unwrap_or(false),
                 webhooks: spot_push::webhook::WebhookConfig {
@@ -245,15 +261,28 @@ fn mqtt_config(
     url: Option<&str>,
     qos: Option<&str>,
     ca_cert: Option<&Path>,
+    filters: &[String],
 ) -> anyhow::Result<Option<spot_push::MqttConfig>> {
     let Some(url) = url else {
         if let Some(ca) = ca_cert {
             anyhow::bail!("mqtt-ca-cert {}: no mqtt broker is set", ca.display());
         }
+        if let Some(filter) = filters.first() {
+            anyhow::bail!("mqtt-filter {filter:?}: no mqtt broker is set");
+        }
         return Ok(None);
     };
     let mut config = spot_push::MqttConfig::from_url(url).context("mqtt")?;
     config.qos = qos.unwrap_or("1").parse().context("mqtt-qos")?;
+    if !filters.is_empty() {
+        config.filters = filters
+            .iter()
+            .map(|f| {
+                spot_push::TopicFilter::new(f)
+                    .with_context(|| format!("mqtt-filter {f:?}: not a topic filter"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
     if let Some(ca) = ca_cert {
         config.trust_ca_file(ca).context("mqtt-ca-cert")?;
     }
@@ -457,6 +486,55 @@ mod tests {
         let err = mqtt(&["--mqtt", "mqtts://b", "--mqtt-ca-cert", "/nonexistent.pem"])
             .expect_err("missing file");
         assert!(format!("{err:#}").contains("/nonexistent.pem"), "{err:#}");
+    }
+
+    #[test]
+    fn mqtt_filters_from_repeated_flags_or_the_file() {
+        let filters = |flags: &[&str]| {
+            parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .map(|c| {
+                    c.push
+                        .mqtt
+                        .expect("mqtt on")
+                        .filters
+                        .iter()
+                        .map(|f| f.as_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
+        };
+        assert_eq!(filters(&["--mqtt", "mqtt://b"]).unwrap(), ["#"], "default");
+        assert_eq!(
+            filters(&[
+                "--mqtt",
+                "mqtt://b",
+                "--mqtt-filter",
+                "items/+/created",
+                "--mqtt-filter",
+                "spots/#"
+            ])
+            .unwrap(),
+            ["items/+/created", "spots/#"]
+        );
+        let (_f, path) =
+            file("mqtt = \"mqtt://b\"\nmqtt-filter = [\"presences/#\", \"items/#\"]\n");
+        assert_eq!(
+            filters(&["--config", &path]).unwrap(),
+            ["presences/#", "items/#"]
+        );
+        assert_eq!(
+            filters(&["--config", &path, "--mqtt-filter", "spots/#"]).unwrap(),
+            ["spots/#"],
+            "the flags replace the file's list"
+        );
+        let err = filters(&["--mqtt", "mqtt://b", "--mqtt-filter", "items/a#"]).expect_err("bad");
+        assert!(format!("{err:#}").contains("items/a#"), "{err:#}");
+        let err = parse(&["--mqtt-filter", "items/#"])
+            .with_file()
+            .and_then(Args::server_config)
+            .expect_err("no broker");
+        assert!(format!("{err:#}").contains("no mqtt broker"), "{err:#}");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!
 //! MQTT settings from the environment: `BENCH_MQTT_QOS` (0, 1 or 2; default 1) is the
 //! outlet's QoS, `BENCH_SUB_QOS` (0 or 1; default 1) the subscription's, and `BENCH_SUB=rumqttc`
-//! subscribes with rumqttc's `AsyncClient` instead of the lean codec-level subscriber.
+//! subscribes with rumqttc's `AsyncClient` instead of the lean codec-level subscriber;
+//! `MOSQUITTO_NODELAY=false` runs mosquitto without `set_tcp_nodelay true` (Nagle's
+//! algorithm on its writes to the subscriber: see the `mqtt` module docs).
 
 #[path = "../tests/support/mosquitto.rs"]
 mod mosquitto;
@@ -165,6 +167,7 @@ async fn run(rate: u64, seconds: u64, outlets: &str) {
         let port = mosquitto::free_port();
         let options = mosquitto::Options {
             bench: true,
+            tcp_nodelay: std::env::var("MOSQUITTO_NODELAY").as_deref() != Ok("false"),
             ..Default::default()
         };
         broker = Some(mosquitto::Broker::start_with(dir.path(), port, &options).await);

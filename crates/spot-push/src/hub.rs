@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -21,16 +22,37 @@ use crate::topic::{validate_topic_name, TopicError, TopicFilter};
 
 /// One derived event (or raw spot event), as every outlet sends it.
 ///
-/// Cheap to clone (three `Arc`s). The envelope `{"id":..,"topic":..,"payload":..}` sent over
-/// WebSocket, SSE and webhooks is serialized once, at construction. A raw spot event
-/// ([`Published::raw`]) has no id: its envelope is `{"topic":..,"payload":..}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Built once, in one buffer: the envelope `{"id":..,"topic":..,"payload":..}` sent over
+/// WebSocket, SSE and webhooks, of which the payload (what MQTT publishes) and, unless it
+/// needed escaping, the topic are slices. Cheap to clone (reference counts); a WebSocket
+/// frame takes the envelope without a copy ([`Published::envelope_bytes`]). A raw spot
+/// event ([`Published::raw`]) has no id: its envelope is `{"topic":..,"payload":..}`.
+#[derive(Debug, Clone)]
 pub struct Published {
     id: u64,
-    topic: Arc<str>,
-    payload: Arc<str>,
-    envelope: Arc<str>,
+    envelope: Utf8Bytes,
+    topic: TopicText,
+    /// Byte range of the payload in the envelope.
+    payload: (usize, usize),
 }
+
+/// Where the topic name is.
+#[derive(Debug, Clone)]
+enum TopicText {
+    /// This byte range of the envelope (the topic needed no JSON escaping).
+    InEnvelope(usize, usize),
+    /// Its own copy (its JSON form in the envelope is escaped).
+    Own(Arc<str>),
+}
+
+impl PartialEq for Published {
+    fn eq(&self, other: &Self) -> bool {
+        // The envelope holds the topic and the payload.
+        self.id == other.id && self.envelope == other.envelope
+    }
+}
+
+impl Eq for Published {}
 
 /// Why a [`Published`] could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -58,31 +80,70 @@ pub enum PublishedError {
     },
 }
 
+/// Whether `text` goes into a JSON string as it is (no quote, backslash or control byte).
+fn json_plain(text: &str) -> bool {
+    // Without an early exit the check vectorizes (topics are tens of bytes).
+    !text.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 impl Published {
     /// Builds an event from its id (strictly increasing across the server, from 1), its
     /// topic (spec §7; a topic name, no wildcards) and its payload: the JSON text of an
-    /// object.
+    /// object (checked).
     pub fn new(id: u64, topic: &str, payload_json: String) -> Result<Self, PublishedError> {
         if id == 0 {
             return Err(PublishedError::ZeroId);
         }
-        Self::build(id, topic, payload_json)
+        Self::checked(id, topic, &payload_json)
     }
 
     /// Builds a raw spot event (topic `spots/<id>/events/<resource_type>/<action>`): no id,
     /// not in the events log, delivered live only. [`Published::id`] is 0.
     pub fn raw(topic: &str, payload_json: String) -> Result<Self, PublishedError> {
-        Self::build(0, topic, payload_json)
+        Self::checked(0, topic, &payload_json)
     }
 
-    fn build(id: u64, topic: &str, payload_json: String) -> Result<Self, PublishedError> {
-        validate_topic_name(topic).map_err(|source| PublishedError::Topic {
-            id,
-            topic: topic.to_owned(),
-            source,
-        })?;
+    /// Builds a derived event whose payload is the spec's
+    /// `{"resource":..,"time_event":..,"time_created":..}` (see
+    /// [`crate::topics::event_payload`]) from the JSON texts of its three values, written
+    /// into the envelope as they are. The topic is checked; the JSON texts are **not** (a
+    /// caller passes what a JSON writer or parser produced: `resource` an object,
+    /// `time_event` a string or `null`, `time_created` a string), which saves parsing every
+    /// event a second time on the commit path.
+    pub fn from_json_parts(
+        id: u64,
+        topic: &str,
+        resource: &str,
+        time_event: &str,
+        time_created: &str,
+    ) -> Result<Self, PublishedError> {
+        if id == 0 {
+            return Err(PublishedError::ZeroId);
+        }
+        let parts = [
+            "{\"resource\":",
+            resource,
+            ",\"time_event\":",
+            time_event,
+            ",\"time_created\":",
+            time_created,
+            "}",
+        ];
+        let event = Self::assemble(id, topic, &parts)?;
+        debug_assert!(
+            serde_json::from_str::<&RawValue>(event.payload_json())
+                .is_ok_and(|v| v.get().starts_with('{')),
+            "not JSON: {}",
+            event.payload_json()
+        );
+        Ok(event)
+    }
+
+    fn checked(id: u64, topic: &str, payload_json: &str) -> Result<Self, PublishedError> {
         let raw: &RawValue =
-            serde_json::from_str(&payload_json).map_err(|e| PublishedError::Payload {
+            serde_json::from_str(payload_json).map_err(|e| PublishedError::Payload {
                 id,
                 reason: e.to_string(),
             })?;
@@ -92,28 +153,62 @@ impl Published {
                 reason: "not an object".into(),
             });
         }
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<u64>,
-            topic: &'a str,
-            payload: &'a RawValue,
-        }
-        let envelope = serde_json::to_string(&Envelope {
-            id: (id != 0).then_some(id),
-            topic,
-            payload: raw,
-        })
-        .map_err(|e| PublishedError::Payload {
+        Self::assemble(id, topic, &[raw.get()])
+    }
+
+    /// Checks the topic and writes the envelope, the payload being `payload` concatenated.
+    fn assemble(id: u64, topic: &str, payload: &[&str]) -> Result<Self, PublishedError> {
+        validate_topic_name(topic).map_err(|source| PublishedError::Topic {
             id,
-            reason: e.to_string(),
+            topic: topic.to_owned(),
+            source,
         })?;
-        let payload: Arc<str> = Arc::from(raw.get());
+        let escaped = (!json_plain(topic))
+            .then(|| serde_json::to_string(topic).expect("a string always serializes"));
+        let topic_json_len = escaped.as_ref().map_or(topic.len() + 2, String::len);
+        let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+        let id_len = if id == 0 {
+            0
+        } else {
+            // `"id":` digits `,`
+            6 + id.checked_ilog10().unwrap_or(0) as usize + 1
+        };
+        // `{` id `"topic":` topic `,"payload":` payload `}`
+        let len = 1 + id_len + 8 + topic_json_len + 11 + payload_len + 1;
+        let mut out = String::with_capacity(len);
+        out.push('{');
+        if id != 0 {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\"id\":{id},");
+        }
+        out.push_str("\"topic\":");
+        let topic_text = match escaped {
+            Some(json) => {
+                out.push_str(&json);
+                TopicText::Own(Arc::from(topic))
+            }
+            None => {
+                out.push('"');
+                let start = out.len();
+                out.push_str(topic);
+                let end = out.len();
+                out.push('"');
+                TopicText::InEnvelope(start, end)
+            }
+        };
+        out.push_str(",\"payload\":");
+        let payload_start = out.len();
+        for part in payload {
+            out.push_str(part);
+        }
+        let payload_end = out.len();
+        out.push('}');
+        debug_assert_eq!(out.len(), len, "envelope length computed exactly");
         Ok(Self {
             id,
-            topic: Arc::from(topic),
-            payload,
-            envelope: Arc::from(envelope),
+            envelope: Utf8Bytes::from(out),
+            topic: topic_text,
+            payload: (payload_start, payload_end),
         })
     }
 
@@ -138,18 +233,26 @@ impl Published {
 
     /// The topic name.
     pub fn topic(&self) -> &str {
-        &self.topic
+        match &self.topic {
+            TopicText::InEnvelope(start, end) => &self.envelope.as_str()[*start..*end],
+            TopicText::Own(topic) => topic,
+        }
     }
 
     /// The payload: JSON text of an object (what MQTT publishes).
     pub fn payload_json(&self) -> &str {
-        &self.payload
+        &self.envelope.as_str()[self.payload.0..self.payload.1]
     }
 
     /// `{"id":..,"topic":..,"payload":{..}}` (no `id` for a raw event): what WebSocket, SSE
     /// and webhooks send.
     pub fn envelope_json(&self) -> &str {
-        &self.envelope
+        self.envelope.as_str()
+    }
+
+    /// The envelope as a WebSocket text frame's content: shared, not copied.
+    pub fn envelope_bytes(&self) -> Utf8Bytes {
+        self.envelope.clone()
     }
 }
 
@@ -198,7 +301,7 @@ impl Shared {
     }
 
     fn wants_event(&self, event: &Published) -> bool {
-        (!event.is_raw() || self.raw.load(Ordering::Relaxed)) && self.wants(&event.topic)
+        (!event.is_raw() || self.raw.load(Ordering::Relaxed)) && self.wants(event.topic())
     }
 }
 
@@ -619,6 +722,65 @@ mod tests {
             r#"{"id":7,"topic":"items/3/created","payload":{"n":7}}"#
         );
         assert_eq!(e.payload_json(), r#"{"n":7}"#);
+    }
+
+    /// The envelope is what serde writes for `{"id","topic","payload"}`, escapes included,
+    /// and the topic and payload read back are the ones given, for every id length.
+    #[test]
+    fn the_envelope_is_serdes_and_topic_and_payload_are_read_back() {
+        for id in [1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            for topic in ["items/3/created", "spots/1/connected/a\"b\\c\u{1}d", "é/✓"] {
+                let payload = r#"{"resource":{"n":"\u00e9"},"x":[1,2]}"#;
+                let e = Published::new(id, topic, payload.to_owned()).expect("valid");
+                let expected = serde_json::json!({
+                    "id": id,
+                    "topic": topic,
+                    "payload": serde_json::from_str::<serde_json::Value>(payload).unwrap(),
+                });
+                let envelope: serde_json::Value =
+                    serde_json::from_str(e.envelope_json()).expect("JSON");
+                assert_eq!(envelope, expected, "{id} {topic}");
+                assert_eq!((e.id(), e.topic(), e.payload_json()), (id, topic, payload));
+                assert_eq!(e.envelope_bytes().as_str(), e.envelope_json());
+                let mut keys = Vec::new();
+                let map: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(e.envelope_json()).unwrap();
+                keys.extend(map.keys().cloned());
+                assert_eq!(keys.len(), 3);
+                assert!(e
+                    .envelope_json()
+                    .starts_with(&format!("{{\"id\":{id},\"topic\":")));
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_from_json_parts_is_the_same_as_from_its_payload_text() {
+        let parts = Published::from_json_parts(
+            5,
+            "items/7/created",
+            r#"{"id":"7","label":null}"#,
+            "null",
+            r#""2026-01-01T00:00:00.000Z""#,
+        )
+        .expect("valid");
+        let text = Published::new(
+            5,
+            "items/7/created",
+            r#"{"resource":{"id":"7","label":null},"time_event":null,"time_created":"2026-01-01T00:00:00.000Z"}"#
+                .to_owned(),
+        )
+        .expect("valid");
+        assert_eq!(parts, text);
+        assert_eq!(parts.payload_json(), text.payload_json());
+        assert!(matches!(
+            Published::from_json_parts(6, "items/#", "{}", "null", "\"t\""),
+            Err(PublishedError::Topic { id: 6, .. })
+        ));
+        assert!(matches!(
+            Published::from_json_parts(0, "items/1/created", "{}", "null", "\"t\""),
+            Err(PublishedError::ZeroId)
+        ));
     }
 
     #[test]

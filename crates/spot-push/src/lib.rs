@@ -17,7 +17,8 @@
 //! 2. Implement [`EventLog`] over its events log (`events_after(after_id, limit)`: events with
 //!    a larger id, increasing, at most `limit`), or use [`MemoryEventLog`].
 //! 3. After each store commit, for every derived event, in id order:
-//!    `hub.publish(Published::new(id, &topic, payload_json)?)` (or `Published::from_value`).
+//!    `hub.publish(Published::new(id, &topic, payload_json)?)` (or `Published::from_value`,
+//!    or, from JSON texts already known valid, `Published::from_json_parts`: no re-parse).
 //!    Ids start at 1 and strictly increase; the event must already be readable through the
 //!    `EventLog`. `publish` never blocks. Build topics with [`topics`] (spec §7 spelling) and
 //!    payloads with [`topics::event_payload`] (`resource`, `time_event`, `time_created`).
@@ -28,8 +29,8 @@
 //!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
 //!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
 //! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
-//!    (set `qos` from a `--mqtt-qos` flag, `trust_ca_file` from `--mqtt-ca-cert`; keep the
-//!    returned handle alive). `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
+//!    (set `qos` from a `--mqtt-qos` flag, `filters` from `--mqtt-filter`, `trust_ca_file`
+//!    from `--mqtt-ca-cert`; keep the returned handle alive). `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
 //! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
 //!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`); `https://` targets are
 //!    verified with the public roots plus `WebhookConfig::ca_cert` (`--webhook-ca-cert`).

@@ -15,10 +15,12 @@
 //! `mqtt0` / `mqtt1`: the outlet publishes with QoS 0 / 1 and the subscriber subscribes with
 //! the same QoS. The outlet publishes every derived event (filter `#`, as `spot serve --mqtt`
 //! does: 3 publishes per spot event reach mosquitto, which forwards the 1 that matches)
-//! unless MQTT_OUTLET_FILTER says otherwise (e.g. `items/+/created`: 1 publish per spot
-//! event). The subscriber is rumqttc's `AsyncClient`, or with `MQTT_SUB=lean` in the
+//! unless MQTT_OUTLET_FILTER says otherwise (comma-separated filters, e.g. `items/+/created`:
+//! 1 publish per spot event). The subscriber is rumqttc's `AsyncClient`, or with `MQTT_SUB=lean` in the
 //! environment a leaner one over rumqttc's codec (batched reads and acks). Also prints the
-//! CPU mosquitto used over the run (100% = one core).
+//! CPU mosquitto used over the run (100% = one core). mosquitto runs with `set_tcp_nodelay
+//! true` (what a low-latency deployment should set) unless `MOSQUITTO_NODELAY=false`: then
+//! Nagle's algorithm holds its writes to a QoS 0 subscriber until the delayed ACK.
 //!
 //! Each spot holds one keep-alive connection and streams one chunked POST per second
 //! (like a real spot), writing its share of the rate every millisecond. The first second is
@@ -204,13 +206,17 @@ fn main() {
             let port = mosquitto::free_port();
             let options = mosquitto::Options {
                 bench: true,
+                tcp_nodelay: std::env::var("MOSQUITTO_NODELAY").as_deref() != Ok("false"),
                 ..Default::default()
             };
             broker = Some(mosquitto::Broker::start_with(dir.path(), port, &options).await);
             let mut mqtt = spot_push::MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}"))
                 .expect("mqtt url");
             mqtt.qos = qos;
-            mqtt.filter = spot_push::TopicFilter::new(&outlet_filter).expect("outlet filter");
+            mqtt.filters = outlet_filter
+                .split(',')
+                .map(|f| spot_push::TopicFilter::new(f).expect("outlet filter"))
+                .collect();
             push.mqtt = Some(mqtt);
         }
         let server = Server::bind(ServerConfig {

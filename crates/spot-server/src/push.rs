@@ -79,17 +79,60 @@ struct StoredEvent<'a> {
 /// The pushed form of a stored derived event: its topic and the payload of
 /// [`spot_push::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
 /// from the stored JSON without re-parsing the resource.
+///
+/// Runs on the commit path for every derived event: a document in the layout the domain
+/// writes ([`crate::domain::LogEvent`]'s fields in order, `data` last, the topic and times
+/// needing no escapes) is split where its fields are, without a JSON parser; anything else
+/// (e.g. an escaped topic) goes through serde.
 pub fn to_published(id: u64, doc: &str) -> Result<Published, String> {
-    let event: StoredEvent<'_> =
-        serde_json::from_str(doc).map_err(|e| format!("event row {id}: {e}"))?;
-    let time_event = event.time_event.map_or("null", RawValue::get);
-    let payload = format!(
-        r#"{{"resource":{},"time_event":{},"time_created":{}}}"#,
-        event.data.get(),
+    let (topic, time_event, time_created, data) = match split_log_doc(doc) {
+        Some(parts) => parts,
+        None => {
+            let event: StoredEvent<'_> =
+                serde_json::from_str(doc).map_err(|e| format!("event row {id}: {e}"))?;
+            let time_event = event.time_event.map_or("null", RawValue::get);
+            return Published::from_json_parts(
+                id,
+                &event.topic,
+                event.data.get(),
+                time_event,
+                event.time_created.get(),
+            )
+            .map_err(|e| e.to_string());
+        }
+    };
+    Published::from_json_parts(id, topic, data, time_event, time_created).map_err(|e| e.to_string())
+}
+
+/// `"text"` at the start of `rest` (no backslash inside): `(text with its quotes, after)`.
+fn plain_json_string(rest: &str) -> Option<(&str, &str)> {
+    let inner = rest.strip_prefix('"')?;
+    let end = inner.find(['"', '\\'])?;
+    (inner.as_bytes()[end] == b'"').then(|| rest.split_at(end + 2))
+}
+
+/// The (topic, time_event JSON, time_created JSON, data JSON) of a derived event document
+/// `{"id":"..","topic":"..","time_event":".."|null,"time_created":"..","data":{..}}` whose
+/// strings have no escapes; `None` for any other text.
+fn split_log_doc(doc: &str) -> Option<(&str, &str, &str, &str)> {
+    let rest = doc.strip_prefix("{\"id\":")?;
+    let (_, rest) = plain_json_string(rest)?;
+    let rest = rest.strip_prefix(",\"topic\":")?;
+    let (topic, rest) = plain_json_string(rest)?;
+    let rest = rest.strip_prefix(",\"time_event\":")?;
+    let (time_event, rest) = match rest.strip_prefix("null") {
+        Some(rest) => ("null", rest),
+        None => plain_json_string(rest)?,
+    };
+    let rest = rest.strip_prefix(",\"time_created\":")?;
+    let (time_created, rest) = plain_json_string(rest)?;
+    let data = rest.strip_prefix(",\"data\":")?.strip_suffix('}')?;
+    (data.starts_with('{') && data.ends_with('}')).then_some((
+        &topic[1..topic.len() - 1],
         time_event,
-        event.time_created.get()
-    );
-    Published::new(id, &event.topic, payload).map_err(|e| e.to_string())
+        time_created,
+        data,
+    ))
 }
 
 /// The event of an upstream row, borrowed: `["<resource_type>","<action>",{...}]`.
@@ -456,6 +499,49 @@ mod tests {
         let p = to_published(8, no_device_time).expect("valid");
         let payload: Value = serde_json::from_str(p.payload_json()).expect("json");
         assert_eq!(payload["time_event"], Value::Null);
+    }
+
+    /// The split of the domain's layout and serde's parse give the same event; a document
+    /// the split does not take (escapes, other layout) is parsed.
+    #[test]
+    fn the_layout_split_and_the_parser_agree() {
+        let docs = [
+            r#"{"id":"0001","topic":"items/0001/created","time_event":"2024-01-01T00:00:01.000Z","time_created":"2026-11-24T21:00:00.002Z","data":{"id":"0001","label":null,"x":{"y":"}"}}}"#,
+            r#"{"id":"2","topic":"spots/1/connected/7","time_event":null,"time_created":"2026-11-24T21:00:00.002Z","data":{}}"#,
+            // Escaped topic, pretty layout, other key order: the parser's.
+            r#"{"id":"3","topic":"spots/1/connected/a\"b","time_event":null,"time_created":"t","data":{}}"#,
+            "{ \"id\": \"4\", \"topic\": \"a/b\", \"time_event\": null, \"time_created\": \"t\", \"data\": {} }",
+            r#"{"topic":"a/b","id":"5","time_created":"t","time_event":null,"data":{"k":1}}"#,
+        ];
+        for (n, doc) in docs.iter().enumerate() {
+            assert_eq!(split_log_doc(doc).is_some(), n < 2, "{doc}");
+            let event: StoredEvent<'_> = serde_json::from_str(doc).expect("test doc is JSON");
+            let expected = Published::from_value(
+                9,
+                &event.topic,
+                &spot_push::topics::event_payload(
+                    serde_json::from_str(event.data.get()).unwrap(),
+                    event
+                        .time_event
+                        .map(|t| serde_json::from_str::<&str>(t.get()).unwrap()),
+                    serde_json::from_str::<&str>(event.time_created.get()).unwrap(),
+                ),
+            )
+            .expect("valid");
+            let got = to_published(9, doc).expect("valid");
+            assert_eq!((got.topic(), got.id()), (expected.topic(), 9), "{doc}");
+            assert_eq!(
+                serde_json::from_str::<Value>(got.envelope_json()).unwrap(),
+                serde_json::from_str::<Value>(expected.envelope_json()).unwrap(),
+                "{doc}"
+            );
+        }
+        for bad in [
+            r#"{"id":"1","topic":"a/b","time_event":null,"time_created":"t","data":{}"#,
+            r#"{"id":"1","topic":"a/b","time_event":null,"time_created":"t","data":7}"#,
+        ] {
+            assert!(split_log_doc(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
