@@ -1,20 +1,23 @@
 //! The core: the one owner of the [`Domain`] and the [`Store`], on two threads of its own.
 //!
-//! Ingest tasks and the API send it [`CoreMsg`]s through a [`CoreSender`]: one bounded
-//! channel plus a budget of queued *events* (a chunk may hold one event or thousands), so
-//! that what waits for the core is bounded in work, not in messages. A sender waits for room
-//! (backpressure: its socket is not read meanwhile, the spot keeps its events), never drops;
-//! the budget is fair (first come, first served), and the core gives an event's share back
-//! when it has applied it. The loop takes the first message,
-//! drains every other message already queued (up to [`MAX_MESSAGES_PER_COMMIT`]), applies
-//! them all to the domain under its write lock — so readers see events as soon as they
-//! arrive — then hands the batch's changes to the writer stage (a second thread owning the
-//! [`Store`]), which writes it in **one** transaction (group commit) and only then answers
-//! the batch's waiters, while the apply stage already works on the next batch. A failed
-//! commit keeps the batch and retries: nothing is acknowledged before it is on disk.
+//! Ingest tasks and the API send it [`CoreMsg`]s through a [`CoreSender`]: one queue bounded
+//! by a budget of queued *events* (a chunk may hold one event or thousands), so that what
+//! waits for the core is bounded in work, not in messages, plus a number of slots for the
+//! messages without events. A sender waits for room (backpressure: its socket is not read
+//! meanwhile, the spot keeps its events), never drops; the budget is fair (first come,
+//! first served). Handing a message over is cheap: a sender pushes under a short lock and
+//! wakes the core only if it is parked; the core takes the whole queue at once and gives
+//! the room of what it applied back once per batch. The loop takes every queued message
+//! (up to [`MAX_MESSAGES_PER_COMMIT`]), applies them all to the domain under its write lock
+//! — so readers see events as soon as they arrive — then hands the batch's changes to the
+//! writer stage (a second thread owning the [`Store`]), which writes it in **one**
+//! transaction (group commit) and only then answers the batch's waiters, while the apply
+//! stage already works on the next batch. A failed commit keeps the batch and retries:
+//! nothing is acknowledged before it is on disk.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -35,76 +38,208 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 pub const FLUSH_AT_DIRTY_ROWS: usize = 50_000;
 
 /// The sending side of the way to the core (see the module docs). Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CoreSender {
-    tx: mpsc::Sender<CoreMsg>,
-    budget: Arc<Semaphore>,
-    max_events: usize,
+    inner: Arc<Inner>,
 }
 
-/// The core's side: the messages and the event budget it gives back.
+/// The core's side: takes every queued message at once and gives the budget back per batch.
 #[derive(Debug)]
 pub struct CoreReceiver {
-    rx: mpsc::Receiver<CoreMsg>,
-    budget: Arc<Semaphore>,
-    max_events: usize,
+    inner: Arc<Inner>,
 }
 
-/// A way to the core holding at most `messages` messages and `events` events (each at least 1).
+/// The queue shared by the senders and the core.
+///
+/// A plain mutex-guarded deque: a sender locks it once to push, and wakes the core only
+/// when the core is parked on it (so a busy core is not signalled per message); the core
+/// swaps the whole deque out under one lock. Room is counted by two fair (FIFO) semaphores,
+/// taken before pushing and given back by the core per batch: `budget` in events for
+/// [`CoreMsg::Events`], `slots` in messages for every other message.
+#[derive(Debug)]
+struct Inner {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    budget: Semaphore,
+    slots: Semaphore,
+    max_events: usize,
+    senders: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    msgs: VecDeque<CoreMsg>,
+    /// The core waits on `wake` for a message.
+    core_parked: bool,
+    /// The core is gone: sends fail.
+    closed: bool,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A way to the core holding at most `messages` messages without events and `events`
+/// events (each at least 1; a message with events counts only in `events`).
 pub fn channel(messages: usize, events: usize) -> (CoreSender, CoreReceiver) {
-    let (tx, rx) = mpsc::channel(messages.max(1));
     let max_events = events.clamp(1, Semaphore::MAX_PERMITS);
-    let budget = Arc::new(Semaphore::new(max_events));
+    let inner = Arc::new(Inner {
+        queue: Mutex::new(Queue::default()),
+        wake: Condvar::new(),
+        budget: Semaphore::new(max_events),
+        slots: Semaphore::new(messages.clamp(1, Semaphore::MAX_PERMITS)),
+        max_events,
+        senders: AtomicUsize::new(1),
+    });
     (
         CoreSender {
-            tx,
-            budget: budget.clone(),
-            max_events,
+            inner: inner.clone(),
         },
-        CoreReceiver {
-            rx,
-            budget,
-            max_events,
-        },
+        CoreReceiver { inner },
     )
 }
 
 /// The share of the event budget a message takes (a message larger than the whole budget
-/// takes all of it, and goes alone).
+/// takes all of it, and goes alone); 0 for a message without events, which takes a slot.
 fn share(msg: &CoreMsg, max_events: usize) -> usize {
     match msg {
-        CoreMsg::Events { events, .. } => events.len().min(max_events),
+        CoreMsg::Events { events, .. } => events.len().clamp(1, max_events),
         _ => 0,
+    }
+}
+
+impl Clone for CoreSender {
+    fn clone(&self) -> Self {
+        self.inner.senders.fetch_add(1, Ordering::Relaxed);
+        CoreSender {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Drop for CoreSender {
+    fn drop(&mut self) {
+        if self.inner.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last sender: a parked core sees that nothing more can come.
+            drop(self.inner.lock());
+            self.inner.wake.notify_one();
+        }
     }
 }
 
 impl CoreSender {
     /// Queues `msg`, waiting for room; fails only when the core is gone.
     pub async fn send(&self, msg: CoreMsg) -> Result<(), mpsc::error::SendError<CoreMsg>> {
-        let n = share(&msg, self.max_events);
-        if n > 0 {
-            match self.budget.acquire_many(n as u32).await {
-                // Given back by the core once applied.
-                Ok(permit) => permit.forget(),
-                Err(_) => return Err(mpsc::error::SendError(msg)),
-            }
+        let n = share(&msg, self.inner.max_events);
+        let room = if n > 0 {
+            &self.inner.budget
+        } else {
+            &self.inner.slots
+        };
+        match room.acquire_many(n.max(1) as u32).await {
+            // Given back by the core once applied.
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(mpsc::error::SendError(msg)),
         }
-        self.tx.send(msg).await
+        match self.push(msg) {
+            None => Ok(()),
+            Some(msg) => Err(mpsc::error::SendError(msg)),
+        }
     }
 
     /// Queues `msg` if there is room now (for messages without events, e.g. ticks); the
     /// error says whether the queue was full or the core is gone (`msg` is dropped).
     pub fn try_send(&self, msg: CoreMsg) -> Result<(), mpsc::error::TrySendError<()>> {
-        debug_assert_eq!(share(&msg, self.max_events), 0, "events go through send");
-        self.tx.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-            mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-        })
+        debug_assert_eq!(
+            share(&msg, self.inner.max_events),
+            0,
+            "events go through send"
+        );
+        match self.inner.slots.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                return Err(mpsc::error::TrySendError::Full(()))
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(mpsc::error::TrySendError::Closed(()))
+            }
+        }
+        match self.push(msg) {
+            None => Ok(()),
+            Some(_) => Err(mpsc::error::TrySendError::Closed(())),
+        }
+    }
+
+    /// Pushes a message whose room is taken; wakes the core if it is parked. Hands `msg`
+    /// back when the core is gone.
+    fn push(&self, msg: CoreMsg) -> Option<CoreMsg> {
+        let mut queue = self.inner.lock();
+        if queue.closed {
+            return Some(msg);
+        }
+        queue.msgs.push_back(msg);
+        let wake = std::mem::take(&mut queue.core_parked);
+        drop(queue);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        None
     }
 
     /// Events that may still be queued before senders wait.
     pub fn room(&self) -> usize {
-        self.budget.available_permits()
+        self.inner.budget.available_permits()
+    }
+}
+
+impl CoreReceiver {
+    /// Moves every queued message to the back of `into` (empty: it is swapped with the
+    /// queue, so both keep their allocation). With `wait`, parks while nothing is queued.
+    /// False when nothing was taken: nothing queued (without `wait`), or every sender gone.
+    fn take_all(&self, into: &mut VecDeque<CoreMsg>, wait: bool) -> bool {
+        debug_assert!(into.is_empty());
+        let mut queue = self.inner.lock();
+        while queue.msgs.is_empty() {
+            if !wait || self.inner.senders.load(Ordering::Acquire) == 0 {
+                return false;
+            }
+            queue.core_parked = true;
+            queue = self
+                .inner
+                .wake
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        queue.core_parked = false;
+        std::mem::swap(&mut queue.msgs, into);
+        true
+    }
+
+    /// Gives back the room taken by applied messages: `events` of the budget, `slots`.
+    fn give_back(&self, events: usize, slots: usize) {
+        if events > 0 {
+            self.inner.budget.add_permits(events);
+        }
+        if slots > 0 {
+            self.inner.slots.add_permits(slots);
+        }
+    }
+}
+
+impl Drop for CoreReceiver {
+    fn drop(&mut self) {
+        // Later and waiting sends fail; queued messages are dropped (their waiters see
+        // the core gone).
+        self.inner.budget.close();
+        self.inner.slots.close();
+        let msgs = {
+            let mut queue = self.inner.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.msgs)
+        };
+        drop(msgs);
     }
 }
 
@@ -130,8 +265,8 @@ pub enum CoreMsg {
     /// Decoded events of `serial`. With `ack`, the acknowledged sequence is published on
     /// it after the commit that covers them (raw TCP).
     Events {
-        /// Serial number.
-        serial: String,
+        /// Serial number (shared by the messages of one stream).
+        serial: Arc<str>,
         /// The events, in stream order, each with the JSON it is journaled with
         /// ([`crate::http::journal_json`]: as received, or encoded).
         events: Vec<(Event, String)>,
@@ -232,22 +367,32 @@ fn apply(
     let mut ticks: u64 = 0;
     let mut stop = false;
     let mut last_flush = std::time::Instant::now();
-    let CoreReceiver {
-        mut rx,
-        budget,
-        max_events,
-    } = rx;
-    while let Some(first) = rx.blocking_recv() {
+    // Messages taken from the queue and not applied yet (over MAX_MESSAGES_PER_COMMIT).
+    let mut pending = VecDeque::new();
+    loop {
+        if pending.is_empty() && !rx.take_all(&mut pending, true) {
+            break;
+        }
         let mut waiters = Vec::new();
         let apply_started = std::time::Instant::now();
         let changes = {
             let mut domain = domain.write().unwrap_or_else(|e| e.into_inner());
             let now = unix_millis(SystemTime::now());
-            let mut next = Some(first);
             let mut handled = 0;
-            while let Some(msg) = next.take() {
+            // Room given back once per batch (each give-back locks the semaphore).
+            let (mut events_back, mut slots_back) = (0, 0);
+            while handled < MAX_MESSAGES_PER_COMMIT && !stop {
+                let Some(msg) = pending.pop_front() else {
+                    if rx.take_all(&mut pending, false) {
+                        continue;
+                    }
+                    break;
+                };
                 handled += 1;
-                let taken = share(&msg, max_events);
+                match share(&msg, rx.inner.max_events) {
+                    0 => slots_back += 1,
+                    n => events_back += n,
+                }
                 match msg {
                     CoreMsg::Begin { serial, version } => {
                         domain.begin_stream(&serial, version.as_deref(), now)
@@ -267,7 +412,6 @@ fn apply(
                         if let Some(ack) = ack {
                             waiters.push(Waiter::Ack(ack, domain.acked_seq(&serial)));
                         }
-                        budget.add_permits(taken);
                     }
                     CoreMsg::Sync {
                         serial,
@@ -319,10 +463,8 @@ fn apply(
                         }
                     }
                 }
-                if handled < MAX_MESSAGES_PER_COMMIT && !stop {
-                    next = rx.try_recv().ok();
-                }
             }
+            rx.give_back(events_back, slots_back);
             let flush = stop
                 || last_flush.elapsed() >= FLUSH_EVERY
                 || domain.dirty_rows() >= FLUSH_AT_DIRTY_ROWS;
@@ -434,7 +576,7 @@ mod tests {
 
     fn events(n: usize) -> CoreMsg {
         CoreMsg::Events {
-            serial: "1".into(),
+            serial: Arc::from("1"),
             events: (0..n)
                 .map(|_| {
                     (
@@ -447,9 +589,24 @@ mod tests {
         }
     }
 
+    /// What the core does with the messages it applied: gives their room back.
+    fn apply_all(rx: &CoreReceiver) -> usize {
+        let mut msgs = VecDeque::new();
+        rx.take_all(&mut msgs, false);
+        let (mut events, mut slots) = (0, 0);
+        for msg in &msgs {
+            match share(msg, rx.inner.max_events) {
+                0 => slots += 1,
+                n => events += n,
+            }
+        }
+        rx.give_back(events, slots);
+        msgs.len()
+    }
+
     #[tokio::test]
     async fn events_wait_for_room_in_the_budget_which_the_core_gives_back() {
-        let (tx, mut rx) = channel(100, 10);
+        let (tx, rx) = channel(100, 10);
         tx.send(events(8)).await.expect("room for 8");
         assert_eq!(tx.room(), 2);
         assert!(
@@ -460,9 +617,7 @@ mod tests {
             .now_or_never()
             .expect("no events: no wait")
             .unwrap();
-        // What the core does with a message it applied.
-        let msg = rx.rx.recv().await.expect("queued");
-        rx.budget.add_permits(share(&msg, rx.max_events));
+        assert_eq!(apply_all(&rx), 2, "the core takes every queued message");
         tx.send(events(5))
             .now_or_never()
             .expect("room again")
@@ -471,14 +626,66 @@ mod tests {
             tx.send(events(50)).now_or_never().is_none(),
             "a message over the budget waits for all of it"
         );
-        for _ in 0..2 {
-            let msg = rx.rx.recv().await.expect("queued");
-            rx.budget.add_permits(share(&msg, rx.max_events));
-        }
+        apply_all(&rx);
         tx.send(events(50))
             .now_or_never()
             .expect("the whole budget")
             .unwrap();
         assert_eq!(tx.room(), 0);
+    }
+
+    #[tokio::test]
+    async fn messages_without_events_wait_for_a_slot_and_ticks_are_refused_when_full() {
+        let (tx, rx) = channel(2, 10);
+        tx.send(CoreMsg::Tick).await.unwrap();
+        tx.try_send(CoreMsg::Tick).expect("a second slot");
+        assert!(matches!(
+            tx.try_send(CoreMsg::Tick),
+            Err(mpsc::error::TrySendError::Full(()))
+        ));
+        assert!(tx.send(CoreMsg::Tick).now_or_never().is_none(), "waits");
+        tx.send(events(10))
+            .now_or_never()
+            .expect("events count in the budget, not in the slots")
+            .unwrap();
+        assert_eq!(apply_all(&rx), 3);
+        tx.try_send(CoreMsg::Tick).expect("slots given back");
+    }
+
+    #[tokio::test]
+    async fn sends_fail_once_the_core_is_gone_and_the_core_sees_the_senders_gone() {
+        let (tx, rx) = channel(4, 4);
+        tx.send(events(4)).await.unwrap();
+        let waiting = tx.send(events(1));
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        drop(rx);
+        assert!(waiting.await.is_err(), "a waiting send fails");
+        assert!(tx.send(CoreMsg::Tick).await.is_err());
+        assert!(matches!(
+            tx.try_send(CoreMsg::Tick),
+            Err(mpsc::error::TrySendError::Closed(()))
+        ));
+
+        let (tx, rx) = channel(4, 4);
+        let core = std::thread::spawn(move || {
+            let mut msgs = VecDeque::new();
+            let mut taken = 0;
+            while rx.take_all(&mut msgs, true) {
+                taken += msgs.len();
+                msgs.clear();
+            }
+            taken
+        });
+        let tx2 = tx.clone();
+        tx.send(CoreMsg::Tick).await.unwrap();
+        drop(tx);
+        tx2.send(CoreMsg::Tick).await.unwrap();
+        drop(tx2);
+        assert_eq!(
+            core.join().unwrap(),
+            2,
+            "the parked core wakes, takes all, stops"
+        );
     }
 }

@@ -620,6 +620,8 @@ async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Resp
         },
     );
     let mut body = req.into_body();
+    // One allocation for the serial of every message of this stream.
+    let stream_serial: Arc<str> = Arc::from(serial.as_str());
     let deadline = Instant::now() + limits.max_post_duration;
     // One timer for the whole body, due every quarter of the idle timeout: the body is idle
     // once 4 ticks in a row saw no frame (silence of 1 to 1.25 idle timeouts). A timer per
@@ -683,7 +685,7 @@ async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Resp
         let events = drain(&mut decoder, &serial, shared, &mut malformed);
         if !events.is_empty() {
             let msg = CoreMsg::Events {
-                serial: serial.clone(),
+                serial: stream_serial.clone(),
                 events,
                 ack: None,
             };
@@ -707,7 +709,7 @@ async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Resp
     let events = drain(&mut decoder, &serial, shared, &mut malformed);
     if !events.is_empty() {
         let msg = CoreMsg::Events {
-            serial: serial.clone(),
+            serial: stream_serial,
             events,
             ack: None,
         };

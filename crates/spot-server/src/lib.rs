@@ -82,7 +82,9 @@ pub struct ServerLimits {
     pub tcp_idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests. Default 10 s.
     pub shutdown_grace: Duration,
-    /// Messages queued to the core before senders wait. Default 4096.
+    /// Messages without events (stream begin and end, API changes, ticks) queued to the
+    /// core before senders wait; messages with events count in `core_queue_events`.
+    /// Default 4096.
     pub core_queue: usize,
     /// Upstream events queued to the core before ingest waits (and stops reading its
     /// sockets: backpressure to the spots). Bounds the time an event waits to be applied,

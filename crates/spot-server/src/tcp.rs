@@ -179,6 +179,8 @@ where
         return Err("no spot create".into());
     };
     tracing::info!(spot = %serial, ?encoding, "tcp stream opened");
+    // One allocation for the serial of every message of this stream.
+    let stream_serial: Arc<str> = Arc::from(serial.as_str());
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let send = |msg| async {
@@ -211,7 +213,7 @@ where
             .events_received
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
         send(CoreMsg::Events {
-            serial: serial.clone(),
+            serial: stream_serial.clone(),
             events: std::mem::take(&mut pending),
             ack: Some(ack_tx.clone()),
         })
@@ -233,7 +235,7 @@ where
             let events = crate::http::drain(&mut decoder, &serial, shared, &mut malformed);
             if !events.is_empty() {
                 send(CoreMsg::Events {
-                    serial: serial.clone(),
+                    serial: stream_serial.clone(),
                     events,
                     ack: Some(ack_tx.clone()),
                 })
