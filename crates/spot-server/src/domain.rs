@@ -93,7 +93,7 @@ mod prox {
         }
     }
 }
-use prox::Prox;
+pub use prox::Prox;
 
 /// Serde helpers: an `Arc<str>` is a string in JSON.
 mod shared_str {
@@ -753,23 +753,29 @@ impl Domain {
                     let l: Location = serde_json::from_str(&doc).map_err(bad)?;
                     self.locations.insert(l.id, l);
                 }
-                Table::Items => {
-                    let mut i: Item = serde_json::from_str(&doc).map_err(bad)?;
-                    i.technology = self.technologies.get(&i.technology);
-                    let (id, known) = (i.id, self.item_id(&i.code_hex, &i.technology));
-                    self.items.insert(id, i);
-                    if known.is_none() {
-                        self.index_item(id);
-                    }
-                }
-                Table::Presences => {
-                    let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
-                    self.add_presence_of_item(p.item, p.location, p.id);
-                    self.presences.insert(p.id, p);
-                }
+                Table::Items => self.load_item(serde_json::from_str(&doc).map_err(bad)?),
+                Table::Presences => self.load_presence(serde_json::from_str(&doc).map_err(bad)?),
             }
         }
         Ok(())
+    }
+
+    /// Loads a stored item decoded already (as [`Domain::load`] does a JSON one).
+    pub fn load_item(&mut self, mut i: Item) {
+        self.ids.observe_value(i.id.0);
+        i.technology = self.technologies.get(&i.technology);
+        let (id, known) = (i.id, self.item_id(&i.code_hex, &i.technology));
+        self.items.insert(id, i);
+        if known.is_none() {
+            self.index_item(id);
+        }
+    }
+
+    /// Loads a stored presence decoded already (as [`Domain::load`] does a JSON one).
+    pub fn load_presence(&mut self, p: PresenceRes) {
+        self.ids.observe_value(p.id.0);
+        self.add_presence_of_item(p.item, p.location, p.id);
+        self.presences.insert(p.id, p);
     }
 
     /// Loads stored derived events (oldest first).

@@ -335,8 +335,16 @@ impl Server {
             ..DomainConfig::default()
         });
         for (table, rows) in store.take_loaded_rows() {
+            let mut json = Vec::new();
+            for (id, row) in rows {
+                match row {
+                    rows::StoredRow::Json(doc) => json.push((id.text(), doc)),
+                    rows::StoredRow::Item(item) => domain.load_item(item),
+                    rows::StoredRow::Presence(presence) => domain.load_presence(presence),
+                }
+            }
             domain
-                .load(table, rows, now)
+                .load(table, json, now)
                 .map_err(ServerError::Corrupt)?;
         }
         let (journal, id_last) = store.unflushed_journal()?;
