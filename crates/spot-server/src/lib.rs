@@ -334,6 +334,7 @@ impl Server {
             events_retention_ms: config.events_retention.as_millis() as i64,
             ..DomainConfig::default()
         });
+        let started = std::time::Instant::now();
         for (table, rows) in store.take_loaded_rows() {
             let mut json = Vec::new();
             for (id, row) in rows {
@@ -347,6 +348,10 @@ impl Server {
                 .load(table, json, now)
                 .map_err(ServerError::Corrupt)?;
         }
+        tracing::info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "rows loaded into the live state"
+        );
         let (journal, id_last) = store.unflushed_journal()?;
         domain.restore_ids(id_last);
         domain

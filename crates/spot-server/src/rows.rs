@@ -27,7 +27,8 @@
 //! SQLite's transaction makes each flush crash-safe: all its blobs and its flush mark, or
 //! none of it (then the previous flush is what is read back), fsynced as [`Sync`] says.
 //!
-//! Deltas pile up: when they hold more than twice the live rows (plus a floor of 200,000)
+//! Deltas pile up: when they hold more than twice the live rows (plus a floor of 1,000,000:
+//! a dead encoded record costs a start little, a compaction rewrites every live row)
 //! or more than 4,096 blobs, this thread folds them into one base of the live rows and
 //! deletes the rest, in one transaction (`compact`). Since the stored rows had at least
 //! doubled since the previous base, its cost is at most twice the rows flushed since. It reads
@@ -132,7 +133,7 @@ struct Compaction {
 impl Default for Compaction {
     fn default() -> Self {
         Compaction {
-            floor: 200_000,
+            floor: 1_000_000,
             max_chunks: 4096,
         }
     }
@@ -202,7 +203,14 @@ impl RowWriter {
                 .map_err(ctx("read flush mark"))
         };
         let (journal, id_last) = (meta("flushed_journal")?, meta("id_last")?.max(0) as u64);
+        let started = std::time::Instant::now();
         let (tables, stats) = load(&conn)?;
+        tracing::info!(
+            rows = stats.live,
+            stored = stats.stored,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "rows read"
+        );
         let flushed = Arc::new(AtomicI64::new(journal));
         // One flush may wait while another is written: the journal's writer does not.
         let (tx, rx) = mpsc::sync_channel(1);
@@ -269,7 +277,7 @@ fn run(
 ) {
     let mut chunks = Chunks::default();
     maybe_compact(&mut conn, &mut stats, policy, &mut chunks);
-    let mut blobs = Vec::new();
+    let mut blobs = Blobs::default();
     for msg in rx {
         let mut flush = match msg {
             Msg::Flush(flush) => flush,
@@ -281,7 +289,7 @@ fn run(
         let started = std::time::Instant::now();
         // Encoded once (each row's snapshot let go as soon as it is), written until it is.
         let (rows, chunks_written) = encode(&mut chunks, &mut flush, &mut blobs);
-        while let Err(e) = write(&mut conn, &blobs, &flush) {
+        while let Err(e) = write(&mut conn, blobs.packed(), &flush) {
             tracing::error!("row flush failed, retrying (the journal keeps everything): {e}");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -474,14 +482,41 @@ fn insert_into(conn: &Connection) -> impl FnMut(&[u8]) -> Result<(), StoreError>
     }
 }
 
+/// The packed blobs of one flush, their buffers kept from flush to flush (see [`Chunks`]).
+#[derive(Default)]
+struct Blobs {
+    buffers: Vec<Vec<u8>>,
+    used: usize,
+}
+
+impl Blobs {
+    fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    fn push(&mut self, blob: &[u8]) {
+        if self.used == self.buffers.len() {
+            self.buffers.push(Vec::new());
+        }
+        let buffer = &mut self.buffers[self.used];
+        buffer.clear();
+        buffer.extend_from_slice(blob);
+        self.used += 1;
+    }
+
+    fn packed(&self) -> &[Vec<u8>] {
+        &self.buffers[..self.used]
+    }
+}
+
 /// Encodes one flush's delta into `blobs` (packed), taking its upserts (each row's snapshot is
 /// let go once encoded); returns the records and blobs. A row that cannot be stored (a
 /// document of 4 GiB) is left out, logged.
-fn encode(chunks: &mut Chunks, flush: &mut RowFlush, blobs: &mut Vec<Vec<u8>>) -> (u64, u64) {
+fn encode(chunks: &mut Chunks, flush: &mut RowFlush, blobs: &mut Blobs) -> (u64, u64) {
     chunks.begin();
     blobs.clear();
     let mut sink = |blob: &[u8]| -> Result<(), StoreError> {
-        blobs.push(blob.to_vec());
+        blobs.push(blob);
         Ok(())
     };
     let added = |result: Result<(), StoreError>| {
