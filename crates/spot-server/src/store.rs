@@ -1,6 +1,6 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
-//! The resource rows (JSON documents) are written only by a *flush* (see [`crate::domain`]:
+//! The resource rows are written only by a *flush* (see [`crate::domain`]:
 //! rows are checkpoints, the journal is the truth in between), into `state.db` by
 //! [`crate::rows::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
 //! two append-only logs, written **one row per group commit** (a row per event
