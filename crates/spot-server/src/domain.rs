@@ -93,7 +93,7 @@ mod prox {
         }
     }
 }
-use prox::Prox;
+pub use prox::Prox;
 
 /// Serde helpers: an `Arc<str>` is a string in JSON.
 mod shared_str {
@@ -429,8 +429,9 @@ pub enum JournalEntry {
     },
 }
 
-/// The document of a row to write: a snapshot of the resource, rendered as JSON by the row
-/// writer's thread ([`RowDoc::to_json`]) — on the core's thread the rendering of a large
+/// The document of a row to write: a snapshot of the resource, rendered by the row writer's
+/// thread (items and presences in [`crate::rows::codec`]'s encoding, the others as JSON,
+/// [`RowDoc::to_json`]) — on the core's thread the rendering of a large
 /// flush held up every event behind it. The snapshot is shared with the live state (see
 /// [`IdMap`]): taking it costs a reference count, and a row changed again while the writer
 /// still holds it is copied then.
@@ -753,23 +754,29 @@ impl Domain {
                     let l: Location = serde_json::from_str(&doc).map_err(bad)?;
                     self.locations.insert(l.id, l);
                 }
-                Table::Items => {
-                    let mut i: Item = serde_json::from_str(&doc).map_err(bad)?;
-                    i.technology = self.technologies.get(&i.technology);
-                    let (id, known) = (i.id, self.item_id(&i.code_hex, &i.technology));
-                    self.items.insert(id, i);
-                    if known.is_none() {
-                        self.index_item(id);
-                    }
-                }
-                Table::Presences => {
-                    let p: PresenceRes = serde_json::from_str(&doc).map_err(bad)?;
-                    self.add_presence_of_item(p.item, p.location, p.id);
-                    self.presences.insert(p.id, p);
-                }
+                Table::Items => self.load_item(serde_json::from_str(&doc).map_err(bad)?),
+                Table::Presences => self.load_presence(serde_json::from_str(&doc).map_err(bad)?),
             }
         }
         Ok(())
+    }
+
+    /// Loads a stored item decoded already (as [`Domain::load`] does a JSON one).
+    pub fn load_item(&mut self, mut i: Item) {
+        self.ids.observe_value(i.id.0);
+        i.technology = self.technologies.get(&i.technology);
+        let (id, known) = (i.id, self.item_id(&i.code_hex, &i.technology));
+        self.items.insert(id, i);
+        if known.is_none() {
+            self.index_item(id);
+        }
+    }
+
+    /// Loads a stored presence decoded already (as [`Domain::load`] does a JSON one).
+    pub fn load_presence(&mut self, p: PresenceRes) {
+        self.ids.observe_value(p.id.0);
+        self.add_presence_of_item(p.item, p.location, p.id);
+        self.presences.insert(p.id, p);
     }
 
     /// Loads stored derived events (oldest first).

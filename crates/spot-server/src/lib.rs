@@ -336,11 +336,24 @@ impl Server {
             events_retention_ms: config.events_retention.as_millis() as i64,
             ..DomainConfig::default()
         });
+        let started = std::time::Instant::now();
         for (table, rows) in store.take_loaded_rows() {
+            let mut json = Vec::new();
+            for (id, row) in rows {
+                match row {
+                    rows::StoredRow::Json(doc) => json.push((id.text(), doc)),
+                    rows::StoredRow::Item(item) => domain.load_item(item),
+                    rows::StoredRow::Presence(presence) => domain.load_presence(presence),
+                }
+            }
             domain
-                .load(table, rows, now)
+                .load(table, json, now)
                 .map_err(ServerError::Corrupt)?;
         }
+        tracing::info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "rows loaded into the live state"
+        );
         let (journal, id_last) = store.unflushed_journal()?;
         domain.restore_ids(id_last);
         domain

@@ -1,6 +1,6 @@
 //! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
 //!
-//! The resource rows (JSON documents) are written only by a *flush* (see [`crate::domain`]:
+//! The resource rows are written only by a *flush* (see [`crate::domain`]:
 //! rows are checkpoints, the journal is the truth in between), into `state.db` by
 //! [`crate::rows::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
 //! two append-only logs, written **one row per group commit** (a row per event
@@ -272,8 +272,7 @@ impl Store {
         })
     }
 
-    /// The rows of every table as loaded at open: (id, JSON document) each; empty after the
-    /// first call.
+    /// The rows of every table as loaded at open; empty after the first call.
     pub fn take_loaded_rows(&mut self) -> LoadedRows {
         std::mem::take(&mut self.loaded)
     }
@@ -551,6 +550,7 @@ fn parse_journal_line(line: &str) -> Option<JournalEntry> {
 mod tests {
     use super::*;
     use crate::domain::Table;
+    use crate::rows::StoredRow;
 
     const A: Id = Id(0x0123456789abcdef);
     const B: Id = Id(0x01a20fc369cc1f93);
@@ -579,7 +579,7 @@ mod tests {
                     upstream("204", None, 1_000, r#"["hit","create",{"a":"\t"}]"#),
                     upstream("203", None, 1_001, r#"["hit","delete",{}]"#),
                 ],
-                upserts: vec![(Table::Items, A, "{}".into())],
+                upserts: vec![(Table::Spots, A, "{}".into())],
                 deletes: vec![],
                 log: vec![(1_000, "{\"x\":1}".into()), (1_001, "{\"x\":2}".into())],
                 ..Changes::default()
@@ -587,10 +587,10 @@ mod tests {
             store.commit(&mut changes).unwrap();
             store
                 .commit(&mut Changes {
-                    deletes: vec![(Table::Items, A)],
+                    deletes: vec![(Table::Spots, A)],
                     upserts: vec![
-                        (Table::Items, B, "{}".into()),
-                        (Table::Items, B, "{\"v\":2}".into()),
+                        (Table::Spots, B, "{}".into()),
+                        (Table::Spots, B, "{\"v\":2}".into()),
                     ],
                     journal: vec![upstream("203", Some(8), 5_000, "[]")],
                     log: vec![(5_000, "{\"x\":3}".into())],
@@ -612,14 +612,14 @@ mod tests {
             store.upstream_events("204").unwrap(),
             vec![(None, r#"["hit","create",{"a":"\t"}]"#.to_string())]
         );
-        let items = store
+        let spots = store
             .take_loaded_rows()
             .into_iter()
-            .find(|(t, _)| *t == Table::Items)
+            .find(|(t, _)| *t == Table::Spots)
             .map(|(_, rows)| rows);
         assert_eq!(
-            items,
-            Some(vec![(B.text(), "{\"v\":2}".to_string())]),
+            spots,
+            Some(vec![(B, StoredRow::Json("{\"v\":2}".to_string()))]),
             "a flush's rows, written by the row writer"
         );
         assert_eq!(
