@@ -714,6 +714,9 @@ pub struct Domain {
     ids: IdGen,
     spots: IdMap<Spot>,
     spot_by_serial: HashMap<String, Id>,
+    /// The last spot [`Domain::ensure_spot`] found: a stream's events come one after the
+    /// other (an entry of `spot_by_serial`; serial numbers never change their spot).
+    last_spot: Option<(String, Id)>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
     /// Item ids, found by `code_hex` and `technology` (see [`CodeEntry`]).
@@ -744,6 +747,7 @@ impl Domain {
             ids: IdGen::default(),
             spots: IdMap::new(),
             spot_by_serial: HashMap::default(),
+            last_spot: None,
             locations: IdMap::new(),
             items: IdMap::new(),
             item_by_code: hashbrown::HashTable::new(),
@@ -775,6 +779,7 @@ impl Domain {
                 Table::Spots => {
                     let mut s: Spot = serde_json::from_str(&doc).map_err(bad)?;
                     s.last_traffic = now;
+                    self.last_spot = None;
                     self.spot_by_serial.insert(s.serial_number.clone(), s.id);
                     self.spots.insert(s.id, s);
                 }
@@ -1291,7 +1296,20 @@ impl Domain {
     }
 
     fn ensure_spot(&mut self, serial: &str, now: i64) -> Id {
+        if let Some((last, id)) = &self.last_spot {
+            if last == serial {
+                return *id;
+            }
+        }
         if let Some(&id) = self.spot_by_serial.get(serial) {
+            match &mut self.last_spot {
+                Some((last, last_id)) => {
+                    last.clear();
+                    last.push_str(serial);
+                    *last_id = id;
+                }
+                None => self.last_spot = Some((serial.to_string(), id)),
+            }
             return id;
         }
         let location_id = self.ids.next(now);
@@ -1980,12 +1998,12 @@ fn push_opt_id(doc: &mut String, id: Option<Id>) {
     }
 }
 
-/// A time as JSON, as [`iso`] writes it. The text up to the second is remembered for a few
+/// A time as JSON, as [`iso`] writes it. The text up to the second is remembered for several
 /// seconds: the times written one after the other are mostly of a few seconds (`now`, device
 /// times a little behind it, the last sighting of an item that left a few seconds ago).
 fn push_time(doc: &mut String, ms: i64) {
     /// Seconds remembered.
-    const SECONDS: usize = 4;
+    const SECONDS: usize = 8;
     /// Seconds (Unix) and their text `YYYY-MM-DDTHH:MM:SS`, and the next one to replace.
     type Cache = ([(i64, String); SECONDS], usize);
     thread_local! {
@@ -2948,5 +2966,30 @@ mod tests {
             assert_eq!(json, serde_json::to_string(&model).unwrap());
             assert_eq!(serde_json::from_str::<Reporters>(&json).unwrap(), reporters);
         }
+    }
+
+    #[test]
+    fn events_of_interleaved_spots_count_on_their_own_spot() {
+        let mut d = Domain::new(DomainConfig::default());
+        let serials = ["1", "2", "2", "10", "1", "2", "10", "10", "10"];
+        for (i, serial) in serials.iter().enumerate() {
+            let code = format!("{i:024x}");
+            d.apply_event(
+                serial,
+                &presence(Action::Create, &code, Proximity::Near),
+                T0,
+            );
+        }
+        for (serial, n) in [("1", 2), ("2", 3), ("10", 4)] {
+            let spot = d.spot_by_serial(serial).unwrap();
+            assert_eq!(spot.event_counter, n, "spot {serial}");
+            let at = d
+                .presences
+                .values()
+                .filter(|p| Some(p.location) == spot.report_location)
+                .count();
+            assert_eq!(at, n as usize, "presences at spot {serial}'s location");
+        }
+        assert_eq!(d.spots.len(), 3);
     }
 }
