@@ -109,51 +109,80 @@ mod shared_str {
     }
 }
 
-/// The spots reporting a presence, each with its proximity: a map from spot id, kept as a
-/// vector sorted by id (one or a few entries: smaller and faster than a tree). In JSON an
-/// object, as a `BTreeMap<Id, Prox>` would be.
+/// The spots reporting a presence, each with its proximity: a map from spot id, kept sorted
+/// by id, the first (lowest) inline and the others in a vector (nearly always one spot: no
+/// second allocation to read or copy; smaller and faster than a tree). In JSON an object, as
+/// a `BTreeMap<Id, Prox>` would be.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Reporters(Vec<(Id, Prox)>);
+pub struct Reporters {
+    /// The report of the lowest spot id; `None` only when there is none at all.
+    first: Option<(Id, Prox)>,
+    /// The others, sorted by spot id.
+    more: Vec<(Id, Prox)>,
+}
 
 impl Reporters {
+    /// Only `spot`, with this proximity.
+    fn one(spot: Id, proximity: Prox) -> Self {
+        Reporters {
+            first: Some((spot, proximity)),
+            more: Vec::new(),
+        }
+    }
+
     /// Sets the proximity reported by `spot`.
     pub fn insert(&mut self, spot: Id, proximity: Prox) {
-        match self.0.binary_search_by_key(&spot, |(s, _)| *s) {
-            Ok(at) => self.0[at].1 = proximity,
-            Err(at) => self.0.insert(at, (spot, proximity)),
+        match &mut self.first {
+            None => self.first = Some((spot, proximity)),
+            Some(first) if first.0 == spot => first.1 = proximity,
+            Some(first) if spot < first.0 => {
+                let was = std::mem::replace(first, (spot, proximity));
+                self.more.insert(0, was);
+            }
+            Some(_) => match self.more.binary_search_by_key(&spot, |(s, _)| *s) {
+                Ok(at) => self.more[at].1 = proximity,
+                Err(at) => self.more.insert(at, (spot, proximity)),
+            },
         }
     }
 
     /// Drops the report of `spot`.
     pub fn remove(&mut self, spot: Id) {
-        if let Ok(at) = self.0.binary_search_by_key(&spot, |(s, _)| *s) {
-            self.0.remove(at);
+        match self.first {
+            Some((first, _)) if first == spot => {
+                self.first = (!self.more.is_empty()).then(|| self.more.remove(0));
+            }
+            _ => {
+                if let Ok(at) = self.more.binary_search_by_key(&spot, |(s, _)| *s) {
+                    self.more.remove(at);
+                }
+            }
         }
     }
 
     /// Whether `spot` reports it.
     pub fn contains(&self, spot: Id) -> bool {
-        self.0.binary_search_by_key(&spot, |(s, _)| *s).is_ok()
+        self.iter().any(|(s, _)| *s == spot)
     }
 
     /// The strongest proximity reported.
     pub fn strongest(&self) -> Option<Proximity> {
-        self.0.iter().map(|(_, p)| p.0).max()
+        self.iter().map(|(_, p)| p.0).max()
     }
 
     /// The reports in spot id order.
     pub fn iter(&self) -> impl Iterator<Item = &(Id, Prox)> {
-        self.0.iter()
+        self.first.iter().chain(&self.more)
     }
 
     /// How many spots report it.
     pub fn len(&self) -> usize {
-        self.0.len()
+        usize::from(self.first.is_some()) + self.more.len()
     }
 
     /// Whether no spot reports it.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.first.is_none()
     }
 }
 
@@ -169,7 +198,7 @@ impl FromIterator<(Id, Prox)> for Reporters {
 
 impl Serialize for Reporters {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(spot, p)| (spot, p)))
+        s.collect_map(self.iter().map(|(spot, p)| (spot, p)))
     }
 }
 
@@ -686,6 +715,9 @@ pub struct Domain {
     ids: IdGen,
     spots: IdMap<Spot>,
     spot_by_serial: HashMap<String, Id>,
+    /// The last spot [`Domain::ensure_spot`] found: a stream's events come one after the
+    /// other (an entry of `spot_by_serial`; serial numbers never change their spot).
+    last_spot: Option<(String, Id)>,
     locations: IdMap<Location>,
     items: IdMap<Item>,
     /// Item ids, found by `code_hex` and `technology` (see [`CodeEntry`]).
@@ -693,8 +725,8 @@ pub struct Domain {
     /// The shared technology strings of items.
     technologies: Technologies,
     presences: IdMap<PresenceRes>,
-    /// Item id → (location id, presence id) (one presence per item × location; few per item).
-    presences_of_item: HashMap<Id, Vec<(Id, Id)>>,
+    /// Item id → its presences, one per location (see [`ItemPresences`]).
+    presences_of_item: HashMap<Id, ItemPresences>,
     events: VecDeque<Logged>,
     /// Rows changed since the last flush: table and id.
     dirty: HashSet<(Table, Id)>,
@@ -716,6 +748,7 @@ impl Domain {
             ids: IdGen::default(),
             spots: IdMap::new(),
             spot_by_serial: HashMap::default(),
+            last_spot: None,
             locations: IdMap::new(),
             items: IdMap::new(),
             item_by_code: hashbrown::HashTable::new(),
@@ -747,6 +780,7 @@ impl Domain {
                 Table::Spots => {
                     let mut s: Spot = serde_json::from_str(&doc).map_err(bad)?;
                     s.last_traffic = now;
+                    self.last_spot = None;
                     self.spot_by_serial.insert(s.serial_number.clone(), s.id);
                     self.spots.insert(s.id, s);
                 }
@@ -766,6 +800,9 @@ impl Domain {
         self.ids.observe_value(i.id.0);
         i.technology = self.technologies.get(&i.technology);
         let (id, known) = (i.id, self.item_id(&i.code_hex, &i.technology));
+        if let Some(at) = self.presences_of_item.get_mut(&id) {
+            (at.present, at.location) = (i.is_present, i.location);
+        }
         self.items.insert(id, i);
         if known.is_none() {
             self.index_item(id);
@@ -890,21 +927,39 @@ impl Domain {
         now: i64,
     ) -> Applied {
         let spot_id = self.ensure_spot(serial, now);
-        self.touch(spot_id, now, event.timestamp().map(|t| t.0));
+        // The spot is looked up once on the way of most events (see `touch` for the others).
+        let online = match self.spots.get_mut(spot_id) {
+            Some(spot) => {
+                spot.last_traffic = now;
+                spot.is_online
+            }
+            None => true,
+        };
+        if !online {
+            self.touch(spot_id, now, event.timestamp().map(|t| t.0));
+        }
+        let Some(spot) = self.spots.get_mut(spot_id) else {
+            // Not reached: `ensure_spot` made it.
+            self.journal_event(serial, spot_id, event.seq, now, event_json, false);
+            return Applied::Stored;
+        };
         if let EventKind::Spot(Action::Create, status) = &event.kind {
-            if let Some(spot) = self.spots.get_mut(spot_id) {
-                if status.seq_epoch.is_some() && status.seq_epoch != spot.seq_epoch {
-                    spot.seq_epoch = status.seq_epoch;
-                    spot.acked_seq = 0;
-                }
+            if status.seq_epoch.is_some() && status.seq_epoch != spot.seq_epoch {
+                spot.seq_epoch = status.seq_epoch;
+                spot.acked_seq = 0;
             }
         }
-        if let (Some(seq), Some(spot)) = (event.seq, self.spots.get(spot_id)) {
-            if seq <= spot.acked_seq {
-                self.journal_event(serial, spot_id, event.seq, now, event_json, true);
-                return Applied::Duplicate;
-            }
+        if event.seq.is_some_and(|seq| seq <= spot.acked_seq) {
+            self.journal_event(serial, spot_id, event.seq, now, event_json, true);
+            return Applied::Duplicate;
         }
+        // Counted before the event is applied: nothing below reads the counters.
+        if let Some(seq) = event.seq {
+            spot.acked_seq = spot.acked_seq.max(seq);
+        }
+        spot.event_counter += 1;
+        let report_location = spot.report_location;
+        self.dirty.insert((Table::Spots, spot_id));
         match &event.kind {
             EventKind::Spot(Action::Create, status) => {
                 let object = event_object(&event_json);
@@ -933,27 +988,24 @@ impl Domain {
             }
             EventKind::Presence(action, p) => {
                 if let Some(code) = &p.item_code {
-                    let tech = p.item_codetype.clone().unwrap_or_default();
+                    let tech = p.item_codetype.as_deref().unwrap_or_default();
                     let proximity = p.proximity.unwrap_or(Proximity::Far);
                     let time_event = p.time_last.map(|t| t.0);
-                    self.apply_presence(spot_id, *action, code, &tech, proximity, time_event, now);
+                    let item_id = self.ensure_item(code, tech, now, time_event);
+                    if let Some(location_id) = report_location {
+                        let at = (spot_id, location_id);
+                        self.apply_presence(at, *action, item_id, proximity, time_event, now);
+                    }
                 }
             }
             EventKind::Hit(_, h) => {
                 if let Some(code) = &h.item_code {
-                    let tech = h.item_codetype.clone().unwrap_or_default();
-                    self.ensure_item(code, &tech, now, h.time.map(|t| t.0));
+                    let tech = h.item_codetype.as_deref().unwrap_or_default();
+                    self.ensure_item(code, tech, now, h.time.map(|t| t.0));
                 }
             }
             _ => {}
         }
-        if let Some(spot) = self.spots.get_mut(spot_id) {
-            if let Some(seq) = event.seq {
-                spot.acked_seq = spot.acked_seq.max(seq);
-            }
-            spot.event_counter += 1;
-        }
-        self.dirty.insert((Table::Spots, spot_id));
         self.journal_event(serial, spot_id, event.seq, now, event_json, false);
         Applied::Stored
     }
@@ -1212,9 +1264,13 @@ impl Domain {
     /// The journal and derived events since the last call; with `flush` (or when
     /// [`Domain::must_flush`]) also every row changed since the last flush.
     pub fn take_changes(&mut self, flush: bool) -> Changes {
+        // The next batch gets room for as many as this one had: growing them entry by entry
+        // copied them over and over, into fresh memory each time.
+        let journal = Vec::with_capacity(self.journal.len());
+        let log = Vec::with_capacity(self.pending_log.len());
         let mut changes = Changes {
-            journal: std::mem::take(&mut self.journal),
-            log: std::mem::take(&mut self.pending_log),
+            journal: std::mem::replace(&mut self.journal, journal),
+            log: std::mem::replace(&mut self.pending_log, log),
             ..Changes::default()
         };
         if !flush && !self.must_flush {
@@ -1247,7 +1303,20 @@ impl Domain {
     }
 
     fn ensure_spot(&mut self, serial: &str, now: i64) -> Id {
+        if let Some((last, id)) = &self.last_spot {
+            if last == serial {
+                return *id;
+            }
+        }
         if let Some(&id) = self.spot_by_serial.get(serial) {
+            match &mut self.last_spot {
+                Some((last, last_id)) => {
+                    last.clear();
+                    last.push_str(serial);
+                    *last_id = id;
+                }
+                None => self.last_spot = Some((serial.to_string(), id)),
+            }
             return id;
         }
         let location_id = self.ids.next(now);
@@ -1331,7 +1400,10 @@ impl Domain {
     }
 
     fn ensure_item(&mut self, code: &str, tech: &str, now: i64, time_event: Option<i64>) -> Id {
-        if let Some(id) = self.item_id(code, tech) {
+        let shared = self.technologies.index(tech);
+        let key = pack_code(code, shared);
+        let hash = code_hash(key, code, tech);
+        if let Some(id) = self.find_item(code, tech, key, hash) {
             return id;
         }
         let id = self.ids.next(now);
@@ -1349,7 +1421,12 @@ impl Domain {
             time_updated: now,
         };
         self.items.insert(id, item);
-        self.index_item(id);
+        if shared.is_some() {
+            self.index_item_at(id, key, hash);
+        } else {
+            // Its technology may be shared from now on, which changes its key.
+            self.index_item(id);
+        }
         self.dirty.insert((Table::Items, id));
         self.log_row(Topic::ItemCreated(id), time_event, now, Table::Items, id);
         id
@@ -1358,9 +1435,14 @@ impl Domain {
     /// The item with this code and technology.
     fn item_id(&self, code: &str, tech: &str) -> Option<Id> {
         let key = pack_code(code, self.technologies.index(tech));
+        self.find_item(code, tech, key, code_hash(key, code, tech))
+    }
+
+    /// [`Domain::item_id`] with the code's key and hash ([`pack_code`], [`code_hash`]).
+    fn find_item(&self, code: &str, tech: &str, key: u128, hash: u64) -> Option<Id> {
         let items = &self.items;
         self.item_by_code
-            .find(code_hash(key, code, tech), |e| {
+            .find(hash, |e| {
                 e.key == key
                     && (key != 0
                         || items
@@ -1378,6 +1460,11 @@ impl Domain {
         };
         let key = pack_code(&item.code_hex, self.technologies.index(&item.technology));
         let hash = code_hash(key, &item.code_hex, &item.technology);
+        self.index_item_at(id, key, hash);
+    }
+
+    /// [`Domain::index_item`] with the item's key and hash ([`pack_code`], [`code_hash`]).
+    fn index_item_at(&mut self, id: Id, key: u128, hash: u64) {
         let items = &self.items;
         self.item_by_code
             .insert_unique(hash, CodeEntry { id, key }, |e| {
@@ -1391,21 +1478,17 @@ impl Domain {
             });
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A presence event of the spot `spot_id`, which reports to `location_id`, about the
+    /// item `item_id`.
     fn apply_presence(
         &mut self,
-        spot_id: Id,
+        (spot_id, location_id): (Id, Id),
         action: Action,
-        code: &str,
-        tech: &str,
+        item_id: Id,
         proximity: Proximity,
         time_event: Option<i64>,
         now: i64,
     ) {
-        let item_id = self.ensure_item(code, tech, now, time_event);
-        let Some(location_id) = self.spots.get(spot_id).and_then(|s| s.report_location) else {
-            return;
-        };
         match (action, self.presence_id(item_id, location_id)) {
             (Action::Delete, Some(presence_id)) => {
                 self.withdraw(spot_id, presence_id, time_event, now);
@@ -1418,15 +1501,15 @@ impl Domain {
                     item: item_id,
                     location: location_id,
                     proximity: Prox(proximity),
-                    reporters: Reporters(vec![(spot_id, Prox(proximity))]),
+                    reporters: Reporters::one(spot_id, Prox(proximity)),
                     time_event,
                     time_created: now,
                     time_updated: now,
                 };
                 self.presences.insert(id, presence);
                 self.add_presence_of_item(item_id, location_id, id);
+                // A fresh id: never deleted, nothing to take out of `deleted`.
                 self.dirty.insert((Table::Presences, id));
-                self.deleted.remove(&(Table::Presences, id));
                 self.log_row(
                     Topic::Presence {
                         id,
@@ -1456,10 +1539,21 @@ impl Domain {
 
     /// Records the presence of an item at a location in [`Domain::presences_of_item`].
     fn add_presence_of_item(&mut self, item_id: Id, location_id: Id, presence_id: Id) {
-        let at = self.presences_of_item.entry(item_id).or_default();
-        match at.iter_mut().find(|(l, _)| *l == location_id) {
-            Some(entry) => entry.1 = presence_id,
-            None => at.push((location_id, presence_id)),
+        use std::collections::hash_map::Entry;
+        match self.presences_of_item.entry(item_id) {
+            Entry::Occupied(mut at) => at.get_mut().set(location_id, presence_id),
+            Entry::Vacant(at) => {
+                let (present, location) = self
+                    .items
+                    .get(item_id)
+                    .map_or((false, None), |i| (i.is_present, i.location));
+                at.insert(ItemPresences {
+                    first: (location_id, presence_id),
+                    more: Vec::new(),
+                    present,
+                    location,
+                });
+            }
         }
     }
 
@@ -1479,8 +1573,7 @@ impl Domain {
             return;
         };
         if let Some(at) = self.presences_of_item.get_mut(&p.item) {
-            at.retain(|(l, _)| *l != p.location);
-            if at.is_empty() {
+            if at.remove(p.location) {
                 self.presences_of_item.remove(&p.item);
             }
         }
@@ -1529,11 +1622,7 @@ impl Domain {
 
     /// The presence of an item at a location.
     fn presence_id(&self, item_id: Id, location_id: Id) -> Option<Id> {
-        self.presences_of_item
-            .get(&item_id)?
-            .iter()
-            .find(|(l, _)| *l == location_id)
-            .map(|(_, p)| *p)
+        self.presences_of_item.get(&item_id)?.find(location_id)
     }
 
     /// The location of the item's strongest presence (ties: the latest updated, then the
@@ -1556,7 +1645,9 @@ impl Domain {
     ///
     /// Incremental: a presence that appeared or got stronger takes the item when it is at
     /// least as strong as the presence where the item is; only when the presence holding
-    /// the item weakens or goes are all of the item's presences compared.
+    /// the item weakens or goes are all of the item's presences compared. Where the item is
+    /// comes from its [`ItemPresences`] while it has any: an event that leaves the item where
+    /// it is (most do) does not read the item.
     fn recompute_item(
         &mut self,
         item_id: Id,
@@ -1564,10 +1655,14 @@ impl Domain {
         time_event: Option<i64>,
         now: i64,
     ) {
-        let Some(item) = self.items.get(item_id) else {
-            return;
+        let (present, location) = match self.presences_of_item.get(&item_id) {
+            Some(at) => (at.present, at.location),
+            None => match self.items.get(item_id) {
+                Some(item) => (item.is_present, item.location),
+                None => return,
+            },
         };
-        let current = item.location.filter(|_| item.is_present);
+        let current = location.filter(|_| present);
         let strongest = match change {
             PresenceChange::Stronger(location, proximity) => {
                 if current == Some(location) {
@@ -1589,6 +1684,13 @@ impl Domain {
                 self.strongest_location(item_id)
             }
         };
+        let unchanged = match strongest {
+            Some(l) => present && location == Some(l),
+            None => !present,
+        };
+        if unchanged {
+            return;
+        }
         let Some(item) = self.items.get_mut(item_id) else {
             return;
         };
@@ -1620,6 +1722,10 @@ impl Domain {
             return;
         }
         item.time_updated = now;
+        let (present, location) = (item.is_present, item.location);
+        if let Some(at) = self.presences_of_item.get_mut(&item_id) {
+            (at.present, at.location) = (present, location);
+        }
         self.dirty.insert((Table::Items, item_id));
         for topic in topics.into_iter().flatten() {
             self.log_row(topic, time_event, now, Table::Items, item_id);
@@ -1677,6 +1783,58 @@ impl Domain {
         while self.events.len() > self.config.events_max_in_memory {
             self.events.pop_front();
         }
+    }
+}
+
+/// The presences of an item, one per location (most items are at one: the first is kept
+/// inline), and a copy of the item's `is_present` and `location`, kept equal to the item's
+/// by [`Domain::recompute_item`] (the only place they change while the item has presences),
+/// so that an event that leaves the item where it is needs not read the item.
+#[derive(Debug, Clone)]
+struct ItemPresences {
+    /// (location id, presence id).
+    first: (Id, Id),
+    /// The others, in no particular order.
+    more: Vec<(Id, Id)>,
+    /// The item's `is_present`.
+    present: bool,
+    /// The item's `location`.
+    location: Option<Id>,
+}
+
+impl ItemPresences {
+    /// Every (location id, presence id).
+    fn iter(&self) -> impl Iterator<Item = &(Id, Id)> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+
+    /// The presence at this location.
+    fn find(&self, location: Id) -> Option<Id> {
+        self.iter().find(|(l, _)| *l == location).map(|(_, p)| *p)
+    }
+
+    /// Sets the presence at this location.
+    fn set(&mut self, location: Id, presence: Id) {
+        match std::iter::once(&mut self.first)
+            .chain(&mut self.more)
+            .find(|(l, _)| *l == location)
+        {
+            Some(entry) => entry.1 = presence,
+            None => self.more.push((location, presence)),
+        }
+    }
+
+    /// Drops the presence at this location; true when none is left.
+    fn remove(&mut self, location: Id) -> bool {
+        if self.first.0 == location {
+            match self.more.pop() {
+                Some(last) => self.first = last,
+                None => return true,
+            }
+        } else {
+            self.more.retain(|(l, _)| *l != location);
+        }
+        false
     }
 }
 
@@ -1847,28 +2005,40 @@ fn push_opt_id(doc: &mut String, id: Option<Id>) {
     }
 }
 
-/// A time as JSON, as [`iso`] writes it. The text up to the second is remembered: the times
-/// written one after the other are mostly of the same second (`now`, and device times).
+/// A time as JSON, as [`iso`] writes it. The text up to the second is remembered for several
+/// seconds: the times written one after the other are mostly of a few seconds (`now`, device
+/// times a little behind it, the last sighting of an item that left a few seconds ago).
 fn push_time(doc: &mut String, ms: i64) {
+    /// Seconds remembered.
+    const SECONDS: usize = 8;
+    /// Seconds (Unix) and their text `YYYY-MM-DDTHH:MM:SS`, and the next one to replace.
+    type Cache = ([(i64, String); SECONDS], usize);
     thread_local! {
-        /// A second (Unix) and its text `YYYY-MM-DDTHH:MM:SS`.
-        static SECOND: std::cell::RefCell<(i64, String)> =
-            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+        static CACHE: std::cell::RefCell<Cache> = const {
+            std::cell::RefCell::new(([const { (i64::MIN, String::new()) }; SECONDS], 0))
+        };
     }
     let (second, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000) as u32);
-    let cached = SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != second {
-            let mut buf = [0u8; 24];
-            let Some(formatted) = spot_protocol::Timestamp(second * 1000).format_into(&mut buf)
-            else {
-                return false;
-            };
-            text.clear();
-            text.push_str(&formatted[..19]);
-            *cached = second;
-        }
+    let cached = CACHE.with_borrow_mut(|(seconds, next)| {
+        let at = match seconds.iter().position(|(s, _)| *s == second) {
+            Some(at) => at,
+            None => {
+                let mut buf = [0u8; 24];
+                let Some(formatted) = spot_protocol::Timestamp(second * 1000).format_into(&mut buf)
+                else {
+                    return false;
+                };
+                let at = *next;
+                *next = (at + 1) % SECONDS;
+                let (cached, text) = &mut seconds[at];
+                text.clear();
+                text.push_str(&formatted[..19]);
+                *cached = second;
+                at
+            }
+        };
         doc.push('"');
-        doc.push_str(text);
+        doc.push_str(&seconds[at].1);
         true
     });
     if !cached {
@@ -2669,5 +2839,164 @@ mod tests {
             rebuilt.take_changes(true).upserts.len() > 1,
             "the rebuilt rows are flushed"
         );
+    }
+
+    /// Checks what [`ItemPresences`] keeps against what it is kept for: an entry per item with
+    /// presences, holding each of them, and the item's own `is_present` and `location`; an
+    /// item is present exactly while it has presences, at the location of a strongest one.
+    fn assert_item_presences_agree(d: &Domain, context: &str) {
+        for item in d.items.values() {
+            let presences: Vec<&PresenceRes> =
+                d.presences.values().filter(|p| p.item == item.id).collect();
+            let Some(at) = d.presences_of_item.get(&item.id) else {
+                assert!(presences.is_empty(), "{context}: {presences:?} not indexed");
+                assert!(!item.is_present, "{context}: present without presences");
+                continue;
+            };
+            let mut indexed: Vec<(Id, Id)> = at.iter().copied().collect();
+            indexed.sort();
+            let mut expected: Vec<(Id, Id)> =
+                presences.iter().map(|p| (p.location, p.id)).collect();
+            expected.sort();
+            assert_eq!(indexed, expected, "{context}: presences of {}", item.id);
+            assert_eq!(
+                (at.present, at.location),
+                (item.is_present, item.location),
+                "{context}: the copy of item {}",
+                item.id
+            );
+            assert!(item.is_present, "{context}: presences but not present");
+            let strongest = presences.iter().map(|p| p.proximity).max();
+            assert!(
+                presences
+                    .iter()
+                    .any(|p| Some(p.location) == item.location && Some(p.proximity) == strongest),
+                "{context}: item {} is not at a strongest presence",
+                item.id
+            );
+        }
+    }
+
+    #[test]
+    fn an_items_presences_and_its_place_stay_in_step_with_the_item_through_any_events() {
+        let mut d = Domain::new(DomainConfig::default());
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for i in 0..3_000i64 {
+            let now = T0 + i * 10;
+            if next(200) == 0 {
+                // Every spot silent: offline, their presences withdrawn.
+                d.sweep(now + 60_000);
+            } else {
+                let serial = (1 + next(4)).to_string();
+                let code = format!("{:024x}", next(6));
+                let action = [Action::Create, Action::Update, Action::Delete][next(3) as usize];
+                let proximity =
+                    [Proximity::Far, Proximity::Near, Proximity::Immediate][next(3) as usize];
+                d.apply_event(&serial, &presence(action, &code, proximity), now);
+            }
+            assert_item_presences_agree(&d, &format!("step {i}"));
+            if i % 500 == 499 {
+                let flushed = d.take_changes(true);
+                let mut loaded = Domain::new(DomainConfig::default());
+                load_rows(&mut loaded, &flushed);
+                assert_item_presences_agree(&loaded, &format!("loaded at step {i}"));
+                d = loaded;
+            }
+        }
+        assert!(d.presences.len() > 1 && d.items.values().any(|i| i.move_count > 0));
+    }
+
+    #[test]
+    fn item_presences_keep_each_location_once_whichever_goes_first() {
+        let (a, b, c) = ((Id(1), Id(10)), (Id(2), Id(20)), (Id(3), Id(30)));
+        let mut at = ItemPresences {
+            first: a,
+            more: Vec::new(),
+            present: true,
+            location: Some(a.0),
+        };
+        at.set(b.0, b.1);
+        at.set(c.0, c.1);
+        at.set(b.0, Id(21));
+        assert_eq!(at.find(b.0), Some(Id(21)), "replaced, not added");
+        assert_eq!(at.iter().count(), 3);
+        assert!(!at.remove(a.0), "the first goes, another takes its place");
+        assert_eq!(at.find(a.0), None);
+        assert_eq!(at.find(c.0), Some(c.1));
+        assert!(!at.remove(Id(99)), "no presence there: nothing changes");
+        assert!(!at.remove(Id(2)));
+        assert_eq!(at.iter().copied().collect::<Vec<_>>(), vec![c]);
+        assert!(at.remove(c.0), "the last one");
+    }
+
+    #[test]
+    fn reporters_are_a_map_by_spot_id_in_id_order_whichever_spot_comes_or_goes_first() {
+        let proximities = [Proximity::Far, Proximity::Near, Proximity::Immediate];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut reporters = Reporters::default();
+        let mut model = BTreeMap::new();
+        for step in 0..5_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let spot = Id((x >> 40) % 6);
+            if (x >> 20).is_multiple_of(3) {
+                reporters.remove(spot);
+                model.remove(&spot);
+            } else {
+                let p = Prox(proximities[((x >> 30) % 3) as usize]);
+                reporters.insert(spot, p);
+                model.insert(spot, p);
+            }
+            let expected: Vec<(Id, Prox)> = model.iter().map(|(s, p)| (*s, *p)).collect();
+            assert_eq!(
+                reporters.iter().copied().collect::<Vec<_>>(),
+                expected,
+                "{step}"
+            );
+            assert_eq!(reporters.len(), model.len());
+            assert_eq!(reporters.is_empty(), model.is_empty());
+            assert_eq!(reporters.contains(spot), model.contains_key(&spot));
+            assert_eq!(reporters.strongest(), model.values().map(|p| p.0).max());
+            assert_eq!(
+                reporters,
+                expected.iter().copied().collect::<Reporters>(),
+                "one form per content"
+            );
+            let json = serde_json::to_string(&reporters).unwrap();
+            assert_eq!(json, serde_json::to_string(&model).unwrap());
+            assert_eq!(serde_json::from_str::<Reporters>(&json).unwrap(), reporters);
+        }
+    }
+
+    #[test]
+    fn events_of_interleaved_spots_count_on_their_own_spot() {
+        let mut d = Domain::new(DomainConfig::default());
+        let serials = ["1", "2", "2", "10", "1", "2", "10", "10", "10"];
+        for (i, serial) in serials.iter().enumerate() {
+            let code = format!("{i:024x}");
+            d.apply_event(
+                serial,
+                &presence(Action::Create, &code, Proximity::Near),
+                T0,
+            );
+        }
+        for (serial, n) in [("1", 2), ("2", 3), ("10", 4)] {
+            let spot = d.spot_by_serial(serial).unwrap();
+            assert_eq!(spot.event_counter, n, "spot {serial}");
+            let at = d
+                .presences
+                .values()
+                .filter(|p| Some(p.location) == spot.report_location)
+                .count();
+            assert_eq!(at, n as usize, "presences at spot {serial}'s location");
+        }
+        assert_eq!(d.spots.len(), 3);
     }
 }
