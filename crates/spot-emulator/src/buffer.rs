@@ -2,8 +2,9 @@
 //!
 //! Events are numbered here ([`SpotBuffer::append`] assigns the next `seq`, spec §6 and the
 //! delivery contract) and stay until an ack covers them ([`SpotBuffer::ack`]). The records
-//! are kept in memory for resending and, with a directory, also on disk so they survive the
-//! emulator's own restart.
+//! are kept in memory for resending (their payloads back to back in one byte arena, so an
+//! event costs no allocation of its own) and, with a directory, also on disk so they survive
+//! the emulator's own restart.
 //!
 //! ## On-disk layout (one directory per spot)
 //! - `epoch`: the `seq_epoch` (decimal), written once when the counter is created. Without
@@ -103,12 +104,78 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
 }
 
 /// One unacknowledged event: its sequence number and its stored bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
     /// The event's `seq`.
     pub seq: u64,
     /// The bytes the caller stored (the emulator stores the compact JSON of the event).
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
+}
+
+/// Where a record's payload lies in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    seq: u64,
+    /// Offset of the payload's first byte, counted from the arena's first byte ever.
+    start: u64,
+    len: u32,
+}
+
+/// The payloads of the unacknowledged records, back to back, oldest first. Acked bytes at
+/// the front are dropped lazily (when they are most of the arena), so appending and
+/// acknowledging cost no allocation in the steady state.
+#[derive(Debug, Default)]
+struct Arena {
+    data: Vec<u8>,
+    /// Absolute offset of `data[0]`.
+    base: u64,
+    slots: VecDeque<Slot>,
+}
+
+impl Arena {
+    /// Appends a record whose payload `write` appends; returns the payload.
+    fn push(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        let at = self.data.len();
+        write(&mut self.data);
+        let len = self.data.len() - at;
+        self.slots.push_back(Slot {
+            seq,
+            start: self.base + at as u64,
+            len: len as u32,
+        });
+        &self.data[at..]
+    }
+
+    fn get(&self, slot: &Slot) -> Record<'_> {
+        let at = (slot.start - self.base) as usize;
+        Record {
+            seq: slot.seq,
+            payload: &self.data[at..at + slot.len as usize],
+        }
+    }
+
+    /// Drops the front record.
+    fn pop_front(&mut self) -> Option<Slot> {
+        let slot = self.slots.pop_front()?;
+        match self.slots.front() {
+            None => {
+                // Nothing left: start over at the front (keeping a modest capacity).
+                self.base += self.data.len() as u64;
+                self.data.clear();
+                if self.data.capacity() > 1 << 20 {
+                    self.data.shrink_to(64 << 10);
+                }
+            }
+            Some(next) => {
+                let dead = (next.start - self.base) as usize;
+                if dead >= 64 << 10 && dead * 2 >= self.data.len() {
+                    self.data.drain(..dead);
+                    self.base = next.start;
+                }
+            }
+        }
+        Some(slot)
+    }
 }
 
 /// What [`SpotBuffer::open`] found on disk.
@@ -145,7 +212,7 @@ pub struct SpotBuffer {
     epoch: u64,
     next_seq: u64,
     acked: u64,
-    records: VecDeque<Record>,
+    records: Arena,
     bytes: u64,
     disk: Option<Disk>,
 }
@@ -158,7 +225,7 @@ impl SpotBuffer {
             epoch,
             next_seq: 1,
             acked: 0,
-            records: VecDeque::new(),
+            records: Arena::default(),
             bytes: 0,
             disk: None,
         }
@@ -209,7 +276,7 @@ impl SpotBuffer {
             epoch,
             next_seq: acked + 1,
             acked,
-            records: VecDeque::new(),
+            records: Arena::default(),
             bytes: 0,
             disk: None,
         };
@@ -224,11 +291,13 @@ impl SpotBuffer {
                     .map_err(io_err(&path))?;
                 f.set_len(valid_len).map_err(io_err(&path))?;
             }
-            for r in records {
-                buffer.next_seq = buffer.next_seq.max(r.seq + 1);
-                if r.seq > acked {
-                    buffer.bytes += (HEADER + r.payload.len()) as u64;
-                    buffer.records.push_back(r);
+            for (seq, payload) in records {
+                buffer.next_seq = buffer.next_seq.max(seq + 1);
+                if seq > acked {
+                    buffer.bytes += (HEADER + payload.len()) as u64;
+                    buffer
+                        .records
+                        .push(seq, |out| out.extend_from_slice(&payload));
                     recovery.records += 1;
                 }
             }
@@ -260,8 +329,38 @@ impl SpotBuffer {
     }
 
     /// Unacknowledged records, in order.
-    pub fn records(&self) -> &VecDeque<Record> {
-        &self.records
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = Record<'_>> + ExactSizeIterator {
+        self.records_from(0)
+    }
+
+    /// Unacknowledged records from the `index`-th on (0 is the oldest), in order.
+    pub fn records_from(
+        &self,
+        index: usize,
+    ) -> impl DoubleEndedIterator<Item = Record<'_>> + ExactSizeIterator {
+        let arena = &self.records;
+        let index = index.min(arena.slots.len());
+        arena.slots.range(index..).map(move |s| arena.get(s))
+    }
+
+    /// How many records are unacknowledged.
+    pub fn len(&self) -> usize {
+        self.records.slots.len()
+    }
+
+    /// No record is unacknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.records.slots.is_empty()
+    }
+
+    /// The `seq` of the oldest unacknowledged record.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.records.slots.front().map(|s| s.seq)
+    }
+
+    /// The newest record.
+    pub fn last(&self) -> Option<Record<'_>> {
+        self.records.slots.back().map(|s| self.records.get(s))
     }
 
     /// Bytes held (records and their headers).
@@ -278,6 +377,15 @@ impl SpotBuffer {
     /// [`BufferError::Full`] (without calling `encode`) when full. Call [`SpotBuffer::flush`]
     /// before sending it.
     pub fn append(&mut self, encode: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, BufferError> {
+        self.append_with(|seq, out| out.extend_from_slice(&encode(seq)))
+    }
+
+    /// [`SpotBuffer::append`] where `encode(seq, out)` appends the payload to `out` (the
+    /// buffer's own storage: no allocation per event). `encode` must only append.
+    pub fn append_with(
+        &mut self,
+        encode: impl FnOnce(u64, &mut Vec<u8>),
+    ) -> Result<u64, BufferError> {
         if self.is_full() {
             return Err(BufferError::Full {
                 bytes: self.bytes,
@@ -285,21 +393,30 @@ impl SpotBuffer {
             });
         }
         let seq = self.next_seq;
-        let payload = encode(seq);
+        let mark = self.records.data.len();
+        let payload = self.records.push(seq, |out| encode(seq, out));
+        let Ok(len) = u32::try_from(payload.len()) else {
+            let what = format!("record of {} bytes is too large", payload.len());
+            self.records.slots.pop_back();
+            self.records.data.truncate(mark);
+            return Err(BufferError::Corrupt {
+                path: self
+                    .disk
+                    .as_ref()
+                    .map(|d| d.dir.clone())
+                    .unwrap_or_default(),
+                what,
+            });
+        };
         if let Some(disk) = &mut self.disk {
-            let len = u32::try_from(payload.len()).map_err(|_| BufferError::Corrupt {
-                path: disk.dir.clone(),
-                what: format!("record of {} bytes is too large", payload.len()),
-            })?;
             disk.pending.extend_from_slice(&len.to_le_bytes());
             disk.pending.extend_from_slice(&seq.to_le_bytes());
             disk.pending
-                .extend_from_slice(&checksum(seq, &payload).to_le_bytes());
-            disk.pending.extend_from_slice(&payload);
+                .extend_from_slice(&checksum(seq, payload).to_le_bytes());
+            disk.pending.extend_from_slice(payload);
         }
         self.next_seq += 1;
-        self.bytes += (HEADER + payload.len()) as u64;
-        self.records.push_back(Record { seq, payload });
+        self.bytes += HEADER as u64 + u64::from(len);
         Ok(seq)
     }
 
@@ -357,9 +474,9 @@ impl SpotBuffer {
         self.flush()?;
         self.acked = upto;
         let mut dropped = 0;
-        while self.records.front().is_some_and(|r| r.seq <= upto) {
+        while self.records.slots.front().is_some_and(|r| r.seq <= upto) {
             if let Some(r) = self.records.pop_front() {
-                self.bytes -= (HEADER + r.payload.len()) as u64;
+                self.bytes -= HEADER as u64 + u64::from(r.len);
                 dropped += 1;
             }
         }
@@ -457,7 +574,8 @@ fn checksum(seq: u64, payload: &[u8]) -> u32 {
 }
 
 /// Reads a segment: its valid records, the length they cover, and the file's length.
-fn read_segment(path: &Path) -> Result<(Vec<Record>, u64, u64), BufferError> {
+#[allow(clippy::type_complexity)]
+fn read_segment(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64, u64), BufferError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -475,10 +593,7 @@ fn read_segment(path: &Path) -> Result<(Vec<Record>, u64, u64), BufferError> {
         if checksum(seq, payload) != sum {
             break;
         }
-        records.push(Record {
-            seq,
-            payload: payload.to_vec(),
-        });
+        records.push((seq, payload.to_vec()));
         at += HEADER + len;
     }
     Ok((records, at as u64, bytes.len() as u64))
@@ -518,7 +633,7 @@ mod tests {
     }
 
     fn seqs(b: &SpotBuffer) -> Vec<u64> {
-        b.records().iter().map(|r| r.seq).collect()
+        b.records().map(|r| r.seq).collect()
     }
 
     fn open(dir: &Path, limits: BufferLimits) -> (SpotBuffer, Recovery) {
@@ -537,6 +652,42 @@ mod tests {
         assert_eq!(b.ack(99).unwrap(), 2, "clamped to the highest seq");
         assert_eq!(b.acked(), 5);
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn payloads_stay_intact_as_acks_free_the_arena_front() {
+        let body = |seq: u64| vec![(seq % 251) as u8; (seq % 700) as usize];
+        let mut b = SpotBuffer::in_memory(1, BufferLimits::default());
+        let mut acked = 0;
+        for round in 0..200u64 {
+            for _ in 0..(50 + round % 37) {
+                b.append_with(|seq, out| out.extend_from_slice(&body(seq)))
+                    .unwrap();
+            }
+            // Ack most, sometimes all, of what is there.
+            let upto = if round % 5 == 0 {
+                b.next_seq() - 1
+            } else {
+                acked + (b.next_seq() - 1 - acked) * 3 / 4
+            };
+            b.ack(upto).unwrap();
+            acked = upto;
+            let want: Vec<u64> = (acked + 1..b.next_seq()).collect();
+            assert_eq!(seqs(&b), want);
+            assert_eq!(b.len(), want.len());
+            assert_eq!(b.first_seq(), want.first().copied());
+            for r in b.records() {
+                assert_eq!(r.payload, body(r.seq), "seq {}", r.seq);
+            }
+            let from = want.len() / 2;
+            assert_eq!(
+                b.records_from(from).map(|r| r.seq).collect::<Vec<_>>(),
+                want[from..]
+            );
+            let held: u64 = b.records().map(|r| (HEADER + r.payload.len()) as u64).sum();
+            assert_eq!(b.bytes(), held);
+        }
+        assert!(b.records.base > 0, "the arena front was dropped");
     }
 
     #[test]
@@ -590,7 +741,7 @@ mod tests {
         assert!(!rec.new_epoch);
         assert_eq!(b.epoch(), 4242);
         assert_eq!(seqs(&b), [5, 6, 7, 8, 9, 10]);
-        assert_eq!(b.records()[0].payload, payload(5));
+        assert_eq!(b.records().next().unwrap().payload, payload(5));
         assert_eq!(b.append(payload).unwrap(), 11);
         assert_eq!(b.load_state().unwrap().unwrap().boot_count, 7);
     }

@@ -259,7 +259,9 @@ pub struct SpotTask {
     cfg: Arc<UplinkConfig>,
     stats: Arc<SpotStats>,
     latency: Histogram<u64>,
-    generated_at: VecDeque<(u64, Instant)>,
+    /// When events were generated, for the ack latency: runs of seqs (first, last) made at
+    /// one instant (all the events of one tick), oldest first.
+    generated_at: VecDeque<(u64, u64, Instant)>,
     rng: Rng,
     stop: watch::Receiver<bool>,
     end: Option<Instant>,
@@ -294,10 +296,12 @@ impl SpotTask {
         let now = Instant::now();
         let buffer_last_seq = buffer.next_seq() - 1;
         let stats = Arc::new(SpotStats::default());
-        let generated_at = buffer.records().iter().map(|r| (r.seq, now)).collect();
-        stats
-            .events_buffered
-            .store(buffer.records().len() as u64, Relaxed);
+        let generated_at = buffer
+            .first_seq()
+            .map(|first| (first, buffer_last_seq, now))
+            .into_iter()
+            .collect();
+        stats.events_buffered.store(buffer.len() as u64, Relaxed);
         SpotTask {
             spot,
             buffer,
@@ -432,7 +436,7 @@ impl SpotTask {
 
     fn finished(&self) -> bool {
         !self.generating
-            && (self.buffer.records().is_empty()
+            && (self.buffer.is_empty()
                 || self.drain_deadline.is_some_and(|d| Instant::now() >= d)
                 || self.stats.buffer_errors.load(Relaxed) > 0)
     }
@@ -511,26 +515,45 @@ impl SpotTask {
             return;
         }
         let ts = self.wall_clock();
+        let (mut made, mut not_made) = (0, 0);
         for _ in 0..n {
             if self.buffer.is_full() {
                 if self.replay.is_some() {
                     break; // nothing of a recording is skipped: wait for room
                 }
                 self.scheduled += 1;
-                self.stats
-                    .events_not_generated_buffer_full
-                    .fetch_add(1, Relaxed);
+                not_made += 1;
                 continue;
             }
             self.scheduled += 1;
-            let event = match &mut self.replay {
-                None => self.spot.next_event(ts),
+            match &mut self.replay {
+                None => {
+                    // The hot path: the event's JSON straight into the buffer.
+                    let spot = &mut self.spot;
+                    match self
+                        .buffer
+                        .append_with(|seq, out| spot.next_json(ts, seq, out))
+                    {
+                        Ok(seq) => {
+                            self.appended(seq, now);
+                            made += 1;
+                        }
+                        Err(crate::buffer::BufferError::Full { .. }) => not_made += 1,
+                        Err(e) => self.buffer_failed(e.to_string()),
+                    }
+                }
                 Some(r) => match r.next_event() {
-                    Some(e) => e,
+                    Some(e) => self.append(e, now),
                     None => break,
                 },
             };
-            self.append(event, now);
+        }
+        self.stats.events_generated.fetch_add(made, Relaxed);
+        self.stats.events_buffered.fetch_add(made, Relaxed);
+        if not_made > 0 {
+            self.stats
+                .events_not_generated_buffer_full
+                .fetch_add(not_made, Relaxed);
         }
         self.flush();
     }
@@ -555,17 +578,12 @@ impl SpotTask {
 
     fn append(&mut self, mut event: Event, now: Instant) {
         let json = &mut self.json;
-        match self.buffer.append(|seq| {
+        match self.buffer.append_with(|seq, out| {
             event.seq = Some(seq);
-            let mut out = Vec::with_capacity(256);
-            json.encode(&event, &mut out);
-            out
+            json.encode(&event, out);
         }) {
             Ok(seq) => {
-                if let (Some(feed), Some(r)) = (&self.telnet, self.buffer.records().back()) {
-                    feed.publish(&r.payload);
-                }
-                self.generated_at.push_back((seq, now));
+                self.appended(seq, now);
                 self.stats.events_generated.fetch_add(1, Relaxed);
                 self.stats.events_buffered.fetch_add(1, Relaxed);
             }
@@ -575,6 +593,17 @@ impl SpotTask {
                     .fetch_add(1, Relaxed);
             }
             Err(e) => self.buffer_failed(e.to_string()),
+        }
+    }
+
+    /// Bookkeeping of an event just buffered as `seq` (its stats are the caller's).
+    fn appended(&mut self, seq: u64, now: Instant) {
+        if let (Some(feed), Some(r)) = (&self.telnet, self.buffer.last()) {
+            feed.publish(r.payload);
+        }
+        match self.generated_at.back_mut() {
+            Some((_, last, at)) if *at == now && *last + 1 == seq => *last = seq,
+            _ => self.generated_at.push_back((seq, seq, now)),
         }
     }
 
@@ -592,13 +621,12 @@ impl SpotTask {
 
     /// Appends to `body` the wire form of every buffered event above `*sent_upto`.
     fn take_unsent(&mut self, sent_upto: &mut u64, encoder: &mut Encoder, body: &mut Vec<u8>) {
-        let records = self.buffer.records();
-        let Some(first) = records.front().map(|r| r.seq) else {
+        let Some(first) = self.buffer.first_seq() else {
             return;
         };
         let start = sent_upto.saturating_add(1).saturating_sub(first) as usize;
         let limit = body.len() + self.cfg.max_write_bytes;
-        for r in records.iter().skip(start) {
+        for r in self.buffer.records_from(start) {
             if body.len() >= limit {
                 break; // the rest goes in the next ticks
             }
@@ -609,10 +637,10 @@ impl SpotTask {
                         body.extend_from_slice(MALFORMED_JSON);
                         self.stats.fault_malformed.fetch_add(1, Relaxed);
                     }
-                    body.extend_from_slice(&r.payload);
+                    body.extend_from_slice(r.payload);
                 }
                 _ => {
-                    self.json_decoder.feed(&r.payload);
+                    self.json_decoder.feed(r.payload);
                     while let Some(item) = self.json_decoder.next_event() {
                         match item {
                             Ok(event) => encoder.encode(&event, body),
@@ -648,14 +676,18 @@ impl SpotTask {
             }
             Err(e) => self.buffer_failed(e.to_string()),
         }
-        while self
-            .generated_at
-            .front()
-            .is_some_and(|(seq, _)| *seq <= ack)
-        {
-            if let Some((_, at)) = self.generated_at.pop_front() {
-                let us = now.saturating_duration_since(at).as_micros() as u64;
-                let _ = self.latency.record(us.max(1));
+        while let Some((first, last, at)) = self.generated_at.front_mut() {
+            if *first > ack {
+                break;
+            }
+            let us = now.saturating_duration_since(*at).as_micros() as u64;
+            let covered = (*last).min(ack) - *first + 1;
+            let _ = self.latency.record_n(us.max(1), covered);
+            if *last <= ack {
+                self.generated_at.pop_front();
+            } else {
+                *first = ack + 1;
+                break;
             }
         }
     }
