@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -281,6 +282,36 @@ pub struct SpotTask {
     /// The telnet service, when enabled: its feed, and its listener until `run` starts it.
     telnet: Option<TelnetFeed>,
     telnet_listener: Option<TcpListener>,
+    /// Request bytes and event bytes being built, kept from POST to POST (and connection to
+    /// connection) so a tick's write allocates nothing.
+    scratch: Scratch,
+}
+
+/// Buffers reused from write to write. After a backlog they may have grown large; a POST
+/// that used little of them gives the room back.
+#[derive(Default)]
+struct Scratch {
+    out: Vec<u8>,
+    body: Vec<u8>,
+    /// The request head and the firmware version it names.
+    head: (String, Vec<u8>),
+    /// The most bytes `out` and `body` held since the last [`Scratch::trim`].
+    high_water: usize,
+}
+
+impl Scratch {
+    const KEEP: usize = 64 << 10;
+
+    /// Called once per POST: shrinks buffers far larger than recent use.
+    fn trim(&mut self) {
+        for buf in [&mut self.out, &mut self.body] {
+            if buf.capacity() > Self::KEEP && self.high_water < buf.capacity() / 4 {
+                buf.clear();
+                buf.shrink_to(Self::KEEP);
+            }
+        }
+        self.high_water = 0;
+    }
 }
 
 impl SpotTask {
@@ -325,6 +356,7 @@ impl SpotTask {
             event_ends: Vec::new(),
             telnet: None,
             telnet_listener: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -696,9 +728,26 @@ impl SpotTask {
     /// something fails.
     async fn connection<R, W>(
         &mut self,
+        rd: R,
+        wr: W,
+        failures: &mut u32,
+    ) -> Result<ConnectionEnd, String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let end = self.posts(rd, wr, failures, &mut scratch).await;
+        self.scratch = scratch;
+        end
+    }
+
+    async fn posts<R, W>(
+        &mut self,
         mut rd: R,
         mut wr: W,
         failures: &mut u32,
+        scratch: &mut Scratch,
     ) -> Result<ConnectionEnd, String>
     where
         R: AsyncRead + Unpin,
@@ -708,23 +757,37 @@ impl SpotTask {
         let mut sent_upto = self.buffer.acked();
         let mut read_buf = vec![0u8; 16 * 1024];
         loop {
-            let version = self.spot.counters().firmware_version.clone();
-            let server = &self.cfg.server;
-            let mut out = wire::request_head(
-                &server.path_prefix,
-                self.spot.serial(),
-                &server.host,
-                &version,
-                self.cfg.encoding,
-            );
+            scratch.trim();
+            let Scratch {
+                out,
+                body,
+                head,
+                high_water,
+            } = scratch;
+            let version = &self.spot.counters().firmware_version;
+            if head.1.is_empty() || head.0 != *version {
+                let server = &self.cfg.server;
+                *head = (
+                    version.clone(),
+                    wire::request_head(
+                        &server.path_prefix,
+                        self.spot.serial(),
+                        &server.host,
+                        version,
+                        self.cfg.encoding,
+                    ),
+                );
+            }
+            out.clear();
+            out.extend_from_slice(&head.1);
             let mut encoder = Encoder::new(self.cfg.encoding);
-            let mut body = Vec::new();
+            body.clear();
             self.event_ends.clear();
             if first_post {
                 let now = self.wall_clock();
-                encoder.encode(&self.spot.spot_create(now), &mut body);
+                encoder.encode(&self.spot.spot_create(now), body);
                 self.event_ends.push(body.len());
-                encoder.encode(&self.spot.config_create(), &mut body);
+                encoder.encode(&self.spot.config_create(), body);
                 self.event_ends.push(body.len());
                 first_post = false;
             }
@@ -743,15 +806,16 @@ impl SpotTask {
                 }
             }
             self.generate(post_start);
-            self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
+            self.take_unsent(&mut sent_upto, &mut encoder, body);
             wire::push_chunks(
-                &mut out,
-                &body,
+                out,
+                body,
                 &self.event_ends,
                 self.cfg.chunk_split,
                 &mut self.rng,
             );
-            self.write(&mut wr, &out).await?;
+            *high_water = (*high_water).max(out.len()).max(body.len());
+            self.write(&mut wr, out).await?;
             let mut parser = ResponseParser::new(16 * 1024, self.cfg.max_response_body, true);
             // The body: events as they happen, until post_ms has passed.
             loop {
@@ -787,25 +851,26 @@ impl SpotTask {
                 }
                 body.clear();
                 self.event_ends.clear();
-                self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
+                self.take_unsent(&mut sent_upto, &mut encoder, body);
                 if cut_at.is_some_and(|at| Instant::now() >= at) && body.len() >= 2 {
                     out.clear();
                     out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
                     out.extend_from_slice(&body[..body.len() / 2]);
-                    self.write(&mut wr, &out).await?;
+                    self.write(&mut wr, out).await?;
                     self.stats.fault_cuts_mid_chunk.fetch_add(1, Relaxed);
                     return Err("fault injected: connection cut mid-chunk".into());
                 }
                 if !body.is_empty() {
                     out.clear();
                     wire::push_chunks(
-                        &mut out,
-                        &body,
+                        out,
+                        body,
                         &self.event_ends,
                         self.cfg.chunk_split,
                         &mut self.rng,
                     );
-                    self.write(&mut wr, &out).await?;
+                    *high_water = (*high_water).max(out.len()).max(body.len());
+                    self.write(&mut wr, out).await?;
                 }
             }
             self.write(&mut wr, wire::LAST_CHUNK).await?;
@@ -937,12 +1002,24 @@ impl SpotTask {
         wr: &mut W,
         bytes: &[u8],
     ) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.response_timeout_ms);
         let write = async {
             wr.write_all(bytes).await?;
             wr.flush().await
         };
-        match self.generating_while(write, deadline).await {
+        tokio::pin!(write);
+        // Most writes complete at once: no deadline, no timer for them.
+        let done = match std::future::poll_fn(|cx| {
+            Poll::Ready(std::future::Future::poll(write.as_mut(), cx))
+        })
+        .await
+        {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => {
+                let deadline = Instant::now() + Duration::from_millis(self.cfg.response_timeout_ms);
+                self.generating_while(write, deadline).await
+            }
+        };
+        match done {
             Some(Ok(())) => {
                 self.stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
                 Ok(())
