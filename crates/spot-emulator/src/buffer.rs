@@ -122,7 +122,7 @@ struct Slot {
 }
 
 /// The payloads of the unacknowledged records, back to back, oldest first. Acked bytes at
-/// the front are dropped lazily (when they are most of the arena), so appending and
+/// the front are given back when they are most of the arena, so appending and
 /// acknowledging cost no allocation in the steady state.
 #[derive(Debug, Default)]
 struct Arena {
@@ -154,27 +154,27 @@ impl Arena {
         }
     }
 
-    /// Drops the front record.
+    /// Drops the front record (its bytes stay until [`Arena::release`]).
     fn pop_front(&mut self) -> Option<Slot> {
-        let slot = self.slots.pop_front()?;
-        match self.slots.front() {
-            None => {
-                // Nothing left: start over at the front (keeping a modest capacity).
-                self.base += self.data.len() as u64;
-                self.data.clear();
-                if self.data.capacity() > 1 << 20 {
-                    self.data.shrink_to(64 << 10);
-                }
-            }
-            Some(next) => {
-                let dead = (next.start - self.base) as usize;
-                if dead >= 64 << 10 && dead * 2 >= self.data.len() {
-                    self.data.drain(..dead);
-                    self.base = next.start;
-                }
+        self.slots.pop_front()
+    }
+
+    /// Gives back the bytes of dropped records when they are at least half the arena
+    /// (moving the live ones, which after an ack are few, to the front), and the room of a
+    /// past backlog once it is mostly unused.
+    fn release(&mut self) {
+        let live_from = self
+            .slots
+            .front()
+            .map_or(self.data.len(), |s| (s.start - self.base) as usize);
+        let live = self.data.len() - live_from;
+        if live_from >= 4096 && live_from >= live {
+            self.data.drain(..live_from);
+            self.base += live_from as u64;
+            if self.data.capacity() > 1 << 20 && live * 4 < self.data.capacity() {
+                self.data.shrink_to((live * 2).max(64 << 10));
             }
         }
-        Some(slot)
     }
 }
 
@@ -480,6 +480,7 @@ impl SpotBuffer {
                 dropped += 1;
             }
         }
+        self.records.release();
         if let Some(disk) = &self.disk {
             let path = disk.dir.join("acked");
             write_atomic(&path, upto.to_string().as_bytes(), false)?;

@@ -78,6 +78,8 @@ struct Item {
     /// The 96-bit EPC ([`sgtin96_bits`]); sent as 24 lowercase hex digits.
     code: u128,
     time_started: Timestamp,
+    /// The text of `time_started`, made once.
+    started: TimeText,
     time_last: Timestamp,
     proximity: Proximity,
     antenna: i64,
@@ -142,6 +144,33 @@ pub struct Population {
     leaving: VecDeque<(Timestamp, Item)>,
     /// The company prefix of this spot's own (not shared) items.
     company: u64,
+    /// The text of the last `now` written (the events of one tick share it).
+    now_text: TimeText,
+}
+
+/// A time's text as the JSON encoder writes it (`len` 0: outside what
+/// [`Timestamp::format_into`] covers).
+#[derive(Debug, Clone, Copy)]
+struct TimeText {
+    ms: i64,
+    len: u8,
+    text: [u8; 24],
+}
+
+impl TimeText {
+    fn of(t: Timestamp) -> Self {
+        let mut text = [0u8; 24];
+        let len = t.format_into(&mut text).map_or(0, |s| s.len() as u8);
+        TimeText { ms: t.0, len, text }
+    }
+
+    /// Appends `"<time>"`; `false` when the time needs the general form.
+    fn put(&self, out: &mut Vec<u8>) -> bool {
+        out.push(b'"');
+        out.extend_from_slice(&self.text[..usize::from(self.len)]);
+        out.push(b'"');
+        self.len > 0
+    }
 }
 
 impl Population {
@@ -156,6 +185,7 @@ impl Population {
             present_codes: CodeSet::default(),
             leaving: VecDeque::new(),
             company,
+            now_text: TimeText::of(Timestamp(0)),
         }
     }
 
@@ -186,6 +216,9 @@ impl Population {
         seq: Option<u64>,
         out: &mut Vec<u8>,
     ) -> Made {
+        if self.now_text.ms != now.0 {
+            self.now_text = TimeText::of(now);
+        }
         let step = self.step(now, behaviour);
         let mark = out.len();
         if !self.write_json(&step, seq, out) {
@@ -280,6 +313,11 @@ impl Population {
         let item = Item {
             code,
             time_started: now,
+            started: if self.now_text.ms == now.0 {
+                self.now_text
+            } else {
+                TimeText::of(now)
+            },
             time_last: now,
             proximity,
             antenna: self.rng.range_i64(1, self.params.antennas.max(1)),
@@ -339,6 +377,16 @@ impl Population {
         }
     }
 
+    /// Appends `"<t>"` (from the text of `now` when it is `now`); `false` when the time
+    /// needs the general form.
+    fn put_time(&self, t: Timestamp, out: &mut Vec<u8>) -> bool {
+        if t.0 == self.now_text.ms {
+            self.now_text.put(out)
+        } else {
+            TimeText::of(t).put(out)
+        }
+    }
+
     /// Writes the step's event as `spot_protocol`'s compact JSON encoder does (typed fields
     /// in struct order, `seq` first, `\n\n` after); `false` (and a partial write) when a
     /// time falls outside what [`Timestamp::format_into`] covers.
@@ -355,15 +403,13 @@ impl Population {
             write_int(out, i128::from(seq));
             out.push(b',');
         }
-        let mut time = [0u8; 24];
         match step {
             Step::Hit(_, signal) => {
-                let Some(t) = item.time_last.format_into(&mut time) else {
+                out.extend_from_slice(b"\"time\":");
+                if !self.put_time(item.time_last, out) {
                     return false;
-                };
-                out.extend_from_slice(b"\"time\":\"");
-                out.extend_from_slice(t.as_bytes());
-                out.extend_from_slice(b"\",\"item_code\":\"");
+                }
+                out.extend_from_slice(b",\"item_code\":\"");
                 write_code(out, item.code);
                 out.extend_from_slice(b"\",\"item_codetype\":\"EPC Gen2\",\"antenna\":");
                 write_int(out, i128::from(item.antenna));
@@ -373,17 +419,15 @@ impl Population {
             _ => {
                 out.extend_from_slice(b"\"item_code\":\"");
                 write_code(out, item.code);
-                out.extend_from_slice(b"\",\"item_codetype\":\"EPC Gen2\",\"time_started\":\"");
-                let Some(t) = item.time_started.format_into(&mut time) else {
+                out.extend_from_slice(b"\",\"item_codetype\":\"EPC Gen2\",\"time_started\":");
+                if !(item.started.ms == item.time_started.0 && item.started.put(out)) {
                     return false;
-                };
-                out.extend_from_slice(t.as_bytes());
-                out.extend_from_slice(b"\",\"time_last\":\"");
-                let Some(t) = item.time_last.format_into(&mut time) else {
+                }
+                out.extend_from_slice(b",\"time_last\":");
+                if !self.put_time(item.time_last, out) {
                     return false;
-                };
-                out.extend_from_slice(t.as_bytes());
-                out.extend_from_slice(b"\",\"proximity\":\"");
+                }
+                out.extend_from_slice(b",\"proximity\":\"");
                 out.extend_from_slice(item.proximity.as_str().as_bytes());
                 out.extend_from_slice(b"\",\"hold_delay_s\":");
                 write_int(out, i128::from(item.hold_delay_s));
