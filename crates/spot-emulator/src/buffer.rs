@@ -2,7 +2,7 @@
 //!
 //! Events are numbered here ([`SpotBuffer::append`] assigns the next `seq`, spec §6 and the
 //! delivery contract) and stay until an ack covers them ([`SpotBuffer::ack`]). The records
-//! are kept in memory for resending (their payloads back to back in one byte arena, so an
+//! are kept in memory for resending (their payloads back to back in recycled blocks, so an
 //! event costs no allocation of its own) and, with a directory, also on disk so they survive
 //! the emulator's own restart.
 //!
@@ -116,41 +116,81 @@ pub struct Record<'a> {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     seq: u64,
-    /// Offset of the payload's first byte, counted from the arena's first byte ever.
-    start: u64,
+    /// The block, counted from the arena's first block ever.
+    block: u64,
+    start: u32,
     len: u32,
 }
 
-/// The payloads of the unacknowledged records, back to back, oldest first. Acked bytes at
-/// the front are given back when they are most of the arena, so appending and
-/// acknowledging cost no allocation in the steady state.
+/// The payloads of the unacknowledged records, back to back in blocks of [`Arena::BLOCK`]
+/// bytes (a larger payload gets a block of its own), oldest first. A block whose records
+/// are all acknowledged is cleared and kept for reuse, so appending and acknowledging cost
+/// no allocation in the steady state and the memory in use stays put (no growing and
+/// shrinking of large allocations, whose fresh pages the kernel must zero each time).
 #[derive(Debug, Default)]
 struct Arena {
-    data: Vec<u8>,
-    /// Absolute offset of `data[0]`.
-    base: u64,
+    blocks: VecDeque<Vec<u8>>,
+    /// Number of `blocks[0]`, counted from the first block ever.
+    first_block: u64,
     slots: VecDeque<Slot>,
+    /// Cleared blocks kept for reuse (at most [`Arena::SPARE`]).
+    spare: Vec<Vec<u8>>,
+    /// Where a payload is written before it is placed.
+    scratch: Vec<u8>,
 }
 
 impl Arena {
-    /// Appends a record whose payload `write` appends; returns the payload.
-    fn push(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
-        let at = self.data.len();
-        write(&mut self.data);
-        let len = self.data.len() - at;
-        self.slots.push_back(Slot {
-            seq,
-            start: self.base + at as u64,
-            len: len as u32,
-        });
-        &self.data[at..]
-    }
+    const BLOCK: usize = 16 << 10;
+    const SPARE: usize = 2;
 
     fn get(&self, slot: &Slot) -> Record<'_> {
-        let at = (slot.start - self.base) as usize;
+        let block = &self.blocks[(slot.block - self.first_block) as usize];
+        let at = slot.start as usize;
         Record {
             seq: slot.seq,
-            payload: &self.data[at..at + slot.len as usize],
+            payload: &block[at..at + slot.len as usize],
+        }
+    }
+
+    /// Appends a record whose payload `write` appends to the (empty) vector it is given;
+    /// returns the payload.
+    fn push(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let len = self.scratch.len();
+        let fits = self
+            .blocks
+            .back()
+            .is_some_and(|b| b.capacity() - b.len() >= len);
+        if !fits {
+            let block = match self.spare.pop() {
+                Some(b) if len <= b.capacity() => b,
+                _ => Vec::with_capacity(Self::BLOCK.max(len)),
+            };
+            self.blocks.push_back(block);
+        }
+        let block_no = self.first_block + self.blocks.len() as u64 - 1;
+        let block = self.blocks.back_mut().expect("a block was just ensured");
+        let at = block.len();
+        block.extend_from_slice(&self.scratch);
+        if self.scratch.capacity() > Self::BLOCK {
+            self.scratch = Vec::new(); // a large payload: do not keep its room
+        }
+        self.slots.push_back(Slot {
+            seq,
+            block: block_no,
+            start: at as u32,
+            len: len as u32,
+        });
+        &block[at..]
+    }
+
+    /// Drops the newest record (just pushed).
+    fn pop_back(&mut self) {
+        if let Some(slot) = self.slots.pop_back() {
+            if let Some(block) = self.blocks.back_mut() {
+                block.truncate(slot.start as usize);
+            }
         }
     }
 
@@ -159,20 +199,21 @@ impl Arena {
         self.slots.pop_front()
     }
 
-    /// Gives back the bytes of dropped records when they are at least half the arena
-    /// (moving the live ones, which after an ack are few, to the front), and the room of a
-    /// past backlog once it is mostly unused.
+    /// Recycles the blocks that hold no unacknowledged record any more.
     fn release(&mut self) {
-        let live_from = self
-            .slots
-            .front()
-            .map_or(self.data.len(), |s| (s.start - self.base) as usize);
-        let live = self.data.len() - live_from;
-        if live_from >= 4096 && live_from >= live {
-            self.data.drain(..live_from);
-            self.base += live_from as u64;
-            if self.data.capacity() > 1 << 20 && live * 4 < self.data.capacity() {
-                self.data.shrink_to((live * 2).max(64 << 10));
+        let keep_from = match self.slots.front() {
+            Some(s) => s.block,
+            // Nothing left: even the newest block is free.
+            None => self.first_block + self.blocks.len() as u64,
+        };
+        while self.first_block < keep_from {
+            let Some(mut block) = self.blocks.pop_front() else {
+                break;
+            };
+            self.first_block += 1;
+            if self.spare.len() < Self::SPARE && block.capacity() == Self::BLOCK {
+                block.clear();
+                self.spare.push(block);
             }
         }
     }
@@ -393,12 +434,10 @@ impl SpotBuffer {
             });
         }
         let seq = self.next_seq;
-        let mark = self.records.data.len();
         let payload = self.records.push(seq, |out| encode(seq, out));
         let Ok(len) = u32::try_from(payload.len()) else {
             let what = format!("record of {} bytes is too large", payload.len());
-            self.records.slots.pop_back();
-            self.records.data.truncate(mark);
+            self.records.pop_back();
             return Err(BufferError::Corrupt {
                 path: self
                     .disk
@@ -657,7 +696,15 @@ mod tests {
 
     #[test]
     fn payloads_stay_intact_as_acks_free_the_arena_front() {
-        let body = |seq: u64| vec![(seq % 251) as u8; (seq % 700) as usize];
+        // Mostly small payloads, now and then one larger than a block.
+        let body = |seq: u64| {
+            let len = if seq.is_multiple_of(97) {
+                20_000
+            } else {
+                seq % 700
+            };
+            vec![(seq % 251) as u8; len as usize]
+        };
         let mut b = SpotBuffer::in_memory(1, BufferLimits::default());
         let mut acked = 0;
         for round in 0..200u64 {
@@ -688,7 +735,8 @@ mod tests {
             let held: u64 = b.records().map(|r| (HEADER + r.payload.len()) as u64).sum();
             assert_eq!(b.bytes(), held);
         }
-        assert!(b.records.base > 0, "the arena front was dropped");
+        assert!(b.records.first_block > 0, "blocks were recycled");
+        assert!(!b.records.spare.is_empty());
     }
 
     #[test]
