@@ -1,7 +1,8 @@
 //! How many events one core generates without I/O: the tag model, numbering, JSON encoding
-//! and an in-memory buffer (acked every 1,000 events), as the uplink does per event.
+//! and an in-memory buffer (acked every 1,000 events), as the uplink does per event
+//! (`Spot::next_json`); with `general`, through an `Event` and the protocol's JSON encoder.
 //!
-//! `cargo run --release -p spot-emulator --example generate_rate -- [EVENTS] [SEND_HITS]`
+//! `cargo run --release -p spot-emulator --example generate_rate -- [EVENTS] [hits] [general]`
 
 use std::time::Instant;
 
@@ -15,7 +16,8 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(2_000_000);
-    let send_hits = std::env::args().nth(2).is_some_and(|s| s == "hits");
+    let send_hits = std::env::args().skip(2).any(|s| s == "hits");
+    let general = std::env::args().skip(2).any(|s| s == "general");
     let t0 = Timestamp(1_764_000_000_000);
     let mut spot = Spot::new(
         1,
@@ -38,23 +40,35 @@ fn main() {
     let mut bytes = 0u64;
     let start = Instant::now();
     for i in 0..events {
-        let mut event = spot.next_event(Timestamp(t0.0 + (i / 200) as i64));
-        buffer
-            .append(|seq| {
+        let now = Timestamp(t0.0 + (i / 200) as i64);
+        if general {
+            let mut event = spot.next_event(now);
+            buffer.append_with(|seq, out| {
                 event.seq = Some(seq);
-                let mut out = Vec::with_capacity(256);
-                json.encode(&event, &mut out);
-                bytes += out.len() as u64;
-                out
+                let at = out.len();
+                json.encode(&event, out);
+                bytes += (out.len() - at) as u64;
             })
-            .expect("acked often enough to never fill");
+        } else {
+            buffer.append_with(|seq, out| {
+                let at = out.len();
+                spot.next_json(now, seq, out);
+                bytes += (out.len() - at) as u64;
+            })
+        }
+        .expect("acked often enough to never fill");
         if i % 1000 == 999 {
             buffer.ack(i + 1).expect("in memory");
         }
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{events} events ({}) in {secs:.2} s: {:.0} events/s, {:.0} bytes/event",
+        "{events} events ({}, {}) in {secs:.2} s: {:.0} events/s, {:.0} bytes/event",
+        if general {
+            "general encoder"
+        } else {
+            "next_json"
+        },
         if send_hits {
             "with hits"
         } else {

@@ -2,8 +2,9 @@
 //!
 //! Events are numbered here ([`SpotBuffer::append`] assigns the next `seq`, spec §6 and the
 //! delivery contract) and stay until an ack covers them ([`SpotBuffer::ack`]). The records
-//! are kept in memory for resending and, with a directory, also on disk so they survive the
-//! emulator's own restart.
+//! are kept in memory for resending (their payloads back to back in recycled blocks, so an
+//! event costs no allocation of its own) and, with a directory, also on disk so they survive
+//! the emulator's own restart.
 //!
 //! ## On-disk layout (one directory per spot)
 //! - `epoch`: the `seq_epoch` (decimal), written once when the counter is created. Without
@@ -103,12 +104,119 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
 }
 
 /// One unacknowledged event: its sequence number and its stored bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
     /// The event's `seq`.
     pub seq: u64,
     /// The bytes the caller stored (the emulator stores the compact JSON of the event).
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
+}
+
+/// Where a record's payload lies in the arena.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    seq: u64,
+    /// The block, counted from the arena's first block ever.
+    block: u64,
+    start: u32,
+    len: u32,
+}
+
+/// The payloads of the unacknowledged records, back to back in blocks of [`Arena::BLOCK`]
+/// bytes (a larger payload gets a block of its own), oldest first. A block whose records
+/// are all acknowledged is cleared and kept for reuse, so appending and acknowledging cost
+/// no allocation in the steady state and the memory in use stays put (no growing and
+/// shrinking of large allocations, whose fresh pages the kernel must zero each time).
+#[derive(Debug, Default)]
+struct Arena {
+    blocks: VecDeque<Vec<u8>>,
+    /// Number of `blocks[0]`, counted from the first block ever.
+    first_block: u64,
+    slots: VecDeque<Slot>,
+    /// Cleared blocks kept for reuse (at most [`Arena::SPARE`]).
+    spare: Vec<Vec<u8>>,
+    /// Where a payload is written before it is placed.
+    scratch: Vec<u8>,
+}
+
+impl Arena {
+    const BLOCK: usize = 16 << 10;
+    const SPARE: usize = 2;
+
+    fn get(&self, slot: &Slot) -> Record<'_> {
+        let block = &self.blocks[(slot.block - self.first_block) as usize];
+        let at = slot.start as usize;
+        Record {
+            seq: slot.seq,
+            payload: &block[at..at + slot.len as usize],
+        }
+    }
+
+    /// Appends a record whose payload `write` appends to the (empty) vector it is given;
+    /// returns the payload.
+    fn push(&mut self, seq: u64, write: impl FnOnce(&mut Vec<u8>)) -> &[u8] {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let len = self.scratch.len();
+        let fits = self
+            .blocks
+            .back()
+            .is_some_and(|b| b.capacity() - b.len() >= len);
+        if !fits {
+            let block = match self.spare.pop() {
+                Some(b) if len <= b.capacity() => b,
+                _ => Vec::with_capacity(Self::BLOCK.max(len)),
+            };
+            self.blocks.push_back(block);
+        }
+        let block_no = self.first_block + self.blocks.len() as u64 - 1;
+        let block = self.blocks.back_mut().expect("a block was just ensured");
+        let at = block.len();
+        block.extend_from_slice(&self.scratch);
+        if self.scratch.capacity() > Self::BLOCK {
+            self.scratch = Vec::new(); // a large payload: do not keep its room
+        }
+        self.slots.push_back(Slot {
+            seq,
+            block: block_no,
+            start: at as u32,
+            len: len as u32,
+        });
+        &block[at..]
+    }
+
+    /// Drops the newest record (just pushed).
+    fn pop_back(&mut self) {
+        if let Some(slot) = self.slots.pop_back() {
+            if let Some(block) = self.blocks.back_mut() {
+                block.truncate(slot.start as usize);
+            }
+        }
+    }
+
+    /// Drops the front record (its bytes stay until [`Arena::release`]).
+    fn pop_front(&mut self) -> Option<Slot> {
+        self.slots.pop_front()
+    }
+
+    /// Recycles the blocks that hold no unacknowledged record any more.
+    fn release(&mut self) {
+        let keep_from = match self.slots.front() {
+            Some(s) => s.block,
+            // Nothing left: even the newest block is free.
+            None => self.first_block + self.blocks.len() as u64,
+        };
+        while self.first_block < keep_from {
+            let Some(mut block) = self.blocks.pop_front() else {
+                break;
+            };
+            self.first_block += 1;
+            if self.spare.len() < Self::SPARE && block.capacity() == Self::BLOCK {
+                block.clear();
+                self.spare.push(block);
+            }
+        }
+    }
 }
 
 /// What [`SpotBuffer::open`] found on disk.
@@ -145,7 +253,7 @@ pub struct SpotBuffer {
     epoch: u64,
     next_seq: u64,
     acked: u64,
-    records: VecDeque<Record>,
+    records: Arena,
     bytes: u64,
     disk: Option<Disk>,
 }
@@ -158,7 +266,7 @@ impl SpotBuffer {
             epoch,
             next_seq: 1,
             acked: 0,
-            records: VecDeque::new(),
+            records: Arena::default(),
             bytes: 0,
             disk: None,
         }
@@ -209,7 +317,7 @@ impl SpotBuffer {
             epoch,
             next_seq: acked + 1,
             acked,
-            records: VecDeque::new(),
+            records: Arena::default(),
             bytes: 0,
             disk: None,
         };
@@ -224,11 +332,13 @@ impl SpotBuffer {
                     .map_err(io_err(&path))?;
                 f.set_len(valid_len).map_err(io_err(&path))?;
             }
-            for r in records {
-                buffer.next_seq = buffer.next_seq.max(r.seq + 1);
-                if r.seq > acked {
-                    buffer.bytes += (HEADER + r.payload.len()) as u64;
-                    buffer.records.push_back(r);
+            for (seq, payload) in records {
+                buffer.next_seq = buffer.next_seq.max(seq + 1);
+                if seq > acked {
+                    buffer.bytes += (HEADER + payload.len()) as u64;
+                    buffer
+                        .records
+                        .push(seq, |out| out.extend_from_slice(&payload));
                     recovery.records += 1;
                 }
             }
@@ -260,8 +370,38 @@ impl SpotBuffer {
     }
 
     /// Unacknowledged records, in order.
-    pub fn records(&self) -> &VecDeque<Record> {
-        &self.records
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = Record<'_>> + ExactSizeIterator {
+        self.records_from(0)
+    }
+
+    /// Unacknowledged records from the `index`-th on (0 is the oldest), in order.
+    pub fn records_from(
+        &self,
+        index: usize,
+    ) -> impl DoubleEndedIterator<Item = Record<'_>> + ExactSizeIterator {
+        let arena = &self.records;
+        let index = index.min(arena.slots.len());
+        arena.slots.range(index..).map(move |s| arena.get(s))
+    }
+
+    /// How many records are unacknowledged.
+    pub fn len(&self) -> usize {
+        self.records.slots.len()
+    }
+
+    /// No record is unacknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.records.slots.is_empty()
+    }
+
+    /// The `seq` of the oldest unacknowledged record.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.records.slots.front().map(|s| s.seq)
+    }
+
+    /// The newest record.
+    pub fn last(&self) -> Option<Record<'_>> {
+        self.records.slots.back().map(|s| self.records.get(s))
     }
 
     /// Bytes held (records and their headers).
@@ -278,6 +418,15 @@ impl SpotBuffer {
     /// [`BufferError::Full`] (without calling `encode`) when full. Call [`SpotBuffer::flush`]
     /// before sending it.
     pub fn append(&mut self, encode: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, BufferError> {
+        self.append_with(|seq, out| out.extend_from_slice(&encode(seq)))
+    }
+
+    /// [`SpotBuffer::append`] where `encode(seq, out)` appends the payload to `out` (the
+    /// buffer's own storage: no allocation per event). `encode` must only append.
+    pub fn append_with(
+        &mut self,
+        encode: impl FnOnce(u64, &mut Vec<u8>),
+    ) -> Result<u64, BufferError> {
         if self.is_full() {
             return Err(BufferError::Full {
                 bytes: self.bytes,
@@ -285,21 +434,28 @@ impl SpotBuffer {
             });
         }
         let seq = self.next_seq;
-        let payload = encode(seq);
+        let payload = self.records.push(seq, |out| encode(seq, out));
+        let Ok(len) = u32::try_from(payload.len()) else {
+            let what = format!("record of {} bytes is too large", payload.len());
+            self.records.pop_back();
+            return Err(BufferError::Corrupt {
+                path: self
+                    .disk
+                    .as_ref()
+                    .map(|d| d.dir.clone())
+                    .unwrap_or_default(),
+                what,
+            });
+        };
         if let Some(disk) = &mut self.disk {
-            let len = u32::try_from(payload.len()).map_err(|_| BufferError::Corrupt {
-                path: disk.dir.clone(),
-                what: format!("record of {} bytes is too large", payload.len()),
-            })?;
             disk.pending.extend_from_slice(&len.to_le_bytes());
             disk.pending.extend_from_slice(&seq.to_le_bytes());
             disk.pending
-                .extend_from_slice(&checksum(seq, &payload).to_le_bytes());
-            disk.pending.extend_from_slice(&payload);
+                .extend_from_slice(&checksum(seq, payload).to_le_bytes());
+            disk.pending.extend_from_slice(payload);
         }
         self.next_seq += 1;
-        self.bytes += (HEADER + payload.len()) as u64;
-        self.records.push_back(Record { seq, payload });
+        self.bytes += HEADER as u64 + u64::from(len);
         Ok(seq)
     }
 
@@ -357,12 +513,13 @@ impl SpotBuffer {
         self.flush()?;
         self.acked = upto;
         let mut dropped = 0;
-        while self.records.front().is_some_and(|r| r.seq <= upto) {
+        while self.records.slots.front().is_some_and(|r| r.seq <= upto) {
             if let Some(r) = self.records.pop_front() {
-                self.bytes -= (HEADER + r.payload.len()) as u64;
+                self.bytes -= HEADER as u64 + u64::from(r.len);
                 dropped += 1;
             }
         }
+        self.records.release();
         if let Some(disk) = &self.disk {
             let path = disk.dir.join("acked");
             write_atomic(&path, upto.to_string().as_bytes(), false)?;
@@ -457,7 +614,8 @@ fn checksum(seq: u64, payload: &[u8]) -> u32 {
 }
 
 /// Reads a segment: its valid records, the length they cover, and the file's length.
-fn read_segment(path: &Path) -> Result<(Vec<Record>, u64, u64), BufferError> {
+#[allow(clippy::type_complexity)]
+fn read_segment(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64, u64), BufferError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -475,10 +633,7 @@ fn read_segment(path: &Path) -> Result<(Vec<Record>, u64, u64), BufferError> {
         if checksum(seq, payload) != sum {
             break;
         }
-        records.push(Record {
-            seq,
-            payload: payload.to_vec(),
-        });
+        records.push((seq, payload.to_vec()));
         at += HEADER + len;
     }
     Ok((records, at as u64, bytes.len() as u64))
@@ -518,7 +673,7 @@ mod tests {
     }
 
     fn seqs(b: &SpotBuffer) -> Vec<u64> {
-        b.records().iter().map(|r| r.seq).collect()
+        b.records().map(|r| r.seq).collect()
     }
 
     fn open(dir: &Path, limits: BufferLimits) -> (SpotBuffer, Recovery) {
@@ -537,6 +692,51 @@ mod tests {
         assert_eq!(b.ack(99).unwrap(), 2, "clamped to the highest seq");
         assert_eq!(b.acked(), 5);
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn payloads_stay_intact_as_acks_free_the_arena_front() {
+        // Mostly small payloads, now and then one larger than a block.
+        let body = |seq: u64| {
+            let len = if seq.is_multiple_of(97) {
+                20_000
+            } else {
+                seq % 700
+            };
+            vec![(seq % 251) as u8; len as usize]
+        };
+        let mut b = SpotBuffer::in_memory(1, BufferLimits::default());
+        let mut acked = 0;
+        for round in 0..200u64 {
+            for _ in 0..(50 + round % 37) {
+                b.append_with(|seq, out| out.extend_from_slice(&body(seq)))
+                    .unwrap();
+            }
+            // Ack most, sometimes all, of what is there.
+            let upto = if round % 5 == 0 {
+                b.next_seq() - 1
+            } else {
+                acked + (b.next_seq() - 1 - acked) * 3 / 4
+            };
+            b.ack(upto).unwrap();
+            acked = upto;
+            let want: Vec<u64> = (acked + 1..b.next_seq()).collect();
+            assert_eq!(seqs(&b), want);
+            assert_eq!(b.len(), want.len());
+            assert_eq!(b.first_seq(), want.first().copied());
+            for r in b.records() {
+                assert_eq!(r.payload, body(r.seq), "seq {}", r.seq);
+            }
+            let from = want.len() / 2;
+            assert_eq!(
+                b.records_from(from).map(|r| r.seq).collect::<Vec<_>>(),
+                want[from..]
+            );
+            let held: u64 = b.records().map(|r| (HEADER + r.payload.len()) as u64).sum();
+            assert_eq!(b.bytes(), held);
+        }
+        assert!(b.records.first_block > 0, "blocks were recycled");
+        assert!(!b.records.spare.is_empty());
     }
 
     #[test]
@@ -590,7 +790,7 @@ mod tests {
         assert!(!rec.new_epoch);
         assert_eq!(b.epoch(), 4242);
         assert_eq!(seqs(&b), [5, 6, 7, 8, 9, 10]);
-        assert_eq!(b.records()[0].payload, payload(5));
+        assert_eq!(b.records().next().unwrap().payload, payload(5));
         assert_eq!(b.append(payload).unwrap(), 11);
         assert_eq!(b.load_state().unwrap().unwrap().boot_count, 7);
     }

@@ -1,10 +1,10 @@
 //! One emulated spot's state machine (sans-IO: the caller passes `now`).
 //!
 //! Call order on each connection: [`Spot::spot_create`], then [`Spot::config_create`]
-//! (neither is buffered: they are regenerated per connection), then [`Spot::next_event`] as
-//! often as the event rate says. Each command from a response goes to
-//! [`Spot::apply_command`], whose [`CommandEffect`] tells the I/O layer what to do:
-//! buffer a `config update` echo, download firmware (then call
+//! (neither is buffered: they are regenerated per connection), then [`Spot::next_event`]
+//! (or [`Spot::next_json`], the same event as bytes) as often as the event rate says. Each
+//! command from a response goes to [`Spot::apply_command`], whose [`CommandEffect`] tells
+//! the I/O layer what to do: buffer a `config update` echo, download firmware (then call
 //! [`Spot::install_firmware`] and reconnect, which is how the new version reaches the next
 //! `spot create`), or persist the zeroed counters.
 //!
@@ -14,7 +14,7 @@
 use serde_json::{json, Value};
 use spot_protocol::{Action, Config, Event, EventKind, Firmware, SpotStatus, Timestamp};
 
-use crate::population::{Behaviour, Population, PopulationParams};
+use crate::population::{Behaviour, Made, Population, PopulationParams};
 
 /// The firmware version an emulated spot starts with.
 pub const DEFAULT_FIRMWARE: &str = "35-42-g0388fd9-emu";
@@ -196,6 +196,16 @@ impl Spot {
             self.counters.presence_create_count += 1;
         }
         event
+    }
+
+    /// The next tag event at `now`, numbered `seq`, appended to `out` as compact JSON: the
+    /// bytes the JSON encoder writes for [`Spot::next_event`] (same model, same counters).
+    pub fn next_json(&mut self, now: Timestamp, seq: u64, out: &mut Vec<u8>) {
+        let behaviour = self.behaviour();
+        let made = self.population.next_json(now, &behaviour, Some(seq), out);
+        if made == Made::PresenceCreate {
+            self.counters.presence_create_count += 1;
+        }
     }
 
     /// A new item arriving at `now`, outside the event rate (the burst fault).

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -259,7 +260,9 @@ pub struct SpotTask {
     cfg: Arc<UplinkConfig>,
     stats: Arc<SpotStats>,
     latency: Histogram<u64>,
-    generated_at: VecDeque<(u64, Instant)>,
+    /// When events were generated, for the ack latency: runs of seqs (first, last) made at
+    /// one instant (all the events of one tick), oldest first.
+    generated_at: VecDeque<(u64, u64, Instant)>,
     rng: Rng,
     stop: watch::Receiver<bool>,
     end: Option<Instant>,
@@ -279,6 +282,36 @@ pub struct SpotTask {
     /// The telnet service, when enabled: its feed, and its listener until `run` starts it.
     telnet: Option<TelnetFeed>,
     telnet_listener: Option<TcpListener>,
+    /// Request bytes and event bytes being built, kept from POST to POST (and connection to
+    /// connection) so a tick's write allocates nothing.
+    scratch: Scratch,
+}
+
+/// Buffers reused from write to write. After a backlog they may have grown large; a POST
+/// that used little of them gives the room back.
+#[derive(Default)]
+struct Scratch {
+    out: Vec<u8>,
+    body: Vec<u8>,
+    /// The request head and the firmware version it names.
+    head: (String, Vec<u8>),
+    /// The most bytes `out` and `body` held since the last [`Scratch::trim`].
+    high_water: usize,
+}
+
+impl Scratch {
+    const KEEP: usize = 64 << 10;
+
+    /// Called once per POST: shrinks buffers far larger than recent use.
+    fn trim(&mut self) {
+        for buf in [&mut self.out, &mut self.body] {
+            if buf.capacity() > Self::KEEP && self.high_water < buf.capacity() / 4 {
+                buf.clear();
+                buf.shrink_to(Self::KEEP);
+            }
+        }
+        self.high_water = 0;
+    }
 }
 
 impl SpotTask {
@@ -294,10 +327,12 @@ impl SpotTask {
         let now = Instant::now();
         let buffer_last_seq = buffer.next_seq() - 1;
         let stats = Arc::new(SpotStats::default());
-        let generated_at = buffer.records().iter().map(|r| (r.seq, now)).collect();
-        stats
-            .events_buffered
-            .store(buffer.records().len() as u64, Relaxed);
+        let generated_at = buffer
+            .first_seq()
+            .map(|first| (first, buffer_last_seq, now))
+            .into_iter()
+            .collect();
+        stats.events_buffered.store(buffer.len() as u64, Relaxed);
         SpotTask {
             spot,
             buffer,
@@ -321,6 +356,7 @@ impl SpotTask {
             event_ends: Vec::new(),
             telnet: None,
             telnet_listener: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -432,7 +468,7 @@ impl SpotTask {
 
     fn finished(&self) -> bool {
         !self.generating
-            && (self.buffer.records().is_empty()
+            && (self.buffer.is_empty()
                 || self.drain_deadline.is_some_and(|d| Instant::now() >= d)
                 || self.stats.buffer_errors.load(Relaxed) > 0)
     }
@@ -511,26 +547,45 @@ impl SpotTask {
             return;
         }
         let ts = self.wall_clock();
+        let (mut made, mut not_made) = (0, 0);
         for _ in 0..n {
             if self.buffer.is_full() {
                 if self.replay.is_some() {
                     break; // nothing of a recording is skipped: wait for room
                 }
                 self.scheduled += 1;
-                self.stats
-                    .events_not_generated_buffer_full
-                    .fetch_add(1, Relaxed);
+                not_made += 1;
                 continue;
             }
             self.scheduled += 1;
-            let event = match &mut self.replay {
-                None => self.spot.next_event(ts),
+            match &mut self.replay {
+                None => {
+                    // The hot path: the event's JSON straight into the buffer.
+                    let spot = &mut self.spot;
+                    match self
+                        .buffer
+                        .append_with(|seq, out| spot.next_json(ts, seq, out))
+                    {
+                        Ok(seq) => {
+                            self.appended(seq, now);
+                            made += 1;
+                        }
+                        Err(crate::buffer::BufferError::Full { .. }) => not_made += 1,
+                        Err(e) => self.buffer_failed(e.to_string()),
+                    }
+                }
                 Some(r) => match r.next_event() {
-                    Some(e) => e,
+                    Some(e) => self.append(e, now),
                     None => break,
                 },
             };
-            self.append(event, now);
+        }
+        self.stats.events_generated.fetch_add(made, Relaxed);
+        self.stats.events_buffered.fetch_add(made, Relaxed);
+        if not_made > 0 {
+            self.stats
+                .events_not_generated_buffer_full
+                .fetch_add(not_made, Relaxed);
         }
         self.flush();
     }
@@ -555,17 +610,12 @@ impl SpotTask {
 
     fn append(&mut self, mut event: Event, now: Instant) {
         let json = &mut self.json;
-        match self.buffer.append(|seq| {
+        match self.buffer.append_with(|seq, out| {
             event.seq = Some(seq);
-            let mut out = Vec::with_capacity(256);
-            json.encode(&event, &mut out);
-            out
+            json.encode(&event, out);
         }) {
             Ok(seq) => {
-                if let (Some(feed), Some(r)) = (&self.telnet, self.buffer.records().back()) {
-                    feed.publish(&r.payload);
-                }
-                self.generated_at.push_back((seq, now));
+                self.appended(seq, now);
                 self.stats.events_generated.fetch_add(1, Relaxed);
                 self.stats.events_buffered.fetch_add(1, Relaxed);
             }
@@ -575,6 +625,17 @@ impl SpotTask {
                     .fetch_add(1, Relaxed);
             }
             Err(e) => self.buffer_failed(e.to_string()),
+        }
+    }
+
+    /// Bookkeeping of an event just buffered as `seq` (its stats are the caller's).
+    fn appended(&mut self, seq: u64, now: Instant) {
+        if let (Some(feed), Some(r)) = (&self.telnet, self.buffer.last()) {
+            feed.publish(r.payload);
+        }
+        match self.generated_at.back_mut() {
+            Some((_, last, at)) if *at == now && *last + 1 == seq => *last = seq,
+            _ => self.generated_at.push_back((seq, seq, now)),
         }
     }
 
@@ -592,13 +653,12 @@ impl SpotTask {
 
     /// Appends to `body` the wire form of every buffered event above `*sent_upto`.
     fn take_unsent(&mut self, sent_upto: &mut u64, encoder: &mut Encoder, body: &mut Vec<u8>) {
-        let records = self.buffer.records();
-        let Some(first) = records.front().map(|r| r.seq) else {
+        let Some(first) = self.buffer.first_seq() else {
             return;
         };
         let start = sent_upto.saturating_add(1).saturating_sub(first) as usize;
         let limit = body.len() + self.cfg.max_write_bytes;
-        for r in records.iter().skip(start) {
+        for r in self.buffer.records_from(start) {
             if body.len() >= limit {
                 break; // the rest goes in the next ticks
             }
@@ -609,10 +669,10 @@ impl SpotTask {
                         body.extend_from_slice(MALFORMED_JSON);
                         self.stats.fault_malformed.fetch_add(1, Relaxed);
                     }
-                    body.extend_from_slice(&r.payload);
+                    body.extend_from_slice(r.payload);
                 }
                 _ => {
-                    self.json_decoder.feed(&r.payload);
+                    self.json_decoder.feed(r.payload);
                     while let Some(item) = self.json_decoder.next_event() {
                         match item {
                             Ok(event) => encoder.encode(&event, body),
@@ -648,14 +708,18 @@ impl SpotTask {
             }
             Err(e) => self.buffer_failed(e.to_string()),
         }
-        while self
-            .generated_at
-            .front()
-            .is_some_and(|(seq, _)| *seq <= ack)
-        {
-            if let Some((_, at)) = self.generated_at.pop_front() {
-                let us = now.saturating_duration_since(at).as_micros() as u64;
-                let _ = self.latency.record(us.max(1));
+        while let Some((first, last, at)) = self.generated_at.front_mut() {
+            if *first > ack {
+                break;
+            }
+            let us = now.saturating_duration_since(*at).as_micros() as u64;
+            let covered = (*last).min(ack) - *first + 1;
+            let _ = self.latency.record_n(us.max(1), covered);
+            if *last <= ack {
+                self.generated_at.pop_front();
+            } else {
+                *first = ack + 1;
+                break;
             }
         }
     }
@@ -664,9 +728,26 @@ impl SpotTask {
     /// something fails.
     async fn connection<R, W>(
         &mut self,
+        rd: R,
+        wr: W,
+        failures: &mut u32,
+    ) -> Result<ConnectionEnd, String>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let end = self.posts(rd, wr, failures, &mut scratch).await;
+        self.scratch = scratch;
+        end
+    }
+
+    async fn posts<R, W>(
+        &mut self,
         mut rd: R,
         mut wr: W,
         failures: &mut u32,
+        scratch: &mut Scratch,
     ) -> Result<ConnectionEnd, String>
     where
         R: AsyncRead + Unpin,
@@ -676,23 +757,37 @@ impl SpotTask {
         let mut sent_upto = self.buffer.acked();
         let mut read_buf = vec![0u8; 16 * 1024];
         loop {
-            let version = self.spot.counters().firmware_version.clone();
-            let server = &self.cfg.server;
-            let mut out = wire::request_head(
-                &server.path_prefix,
-                self.spot.serial(),
-                &server.host,
-                &version,
-                self.cfg.encoding,
-            );
+            scratch.trim();
+            let Scratch {
+                out,
+                body,
+                head,
+                high_water,
+            } = scratch;
+            let version = &self.spot.counters().firmware_version;
+            if head.1.is_empty() || head.0 != *version {
+                let server = &self.cfg.server;
+                *head = (
+                    version.clone(),
+                    wire::request_head(
+                        &server.path_prefix,
+                        self.spot.serial(),
+                        &server.host,
+                        version,
+                        self.cfg.encoding,
+                    ),
+                );
+            }
+            out.clear();
+            out.extend_from_slice(&head.1);
             let mut encoder = Encoder::new(self.cfg.encoding);
-            let mut body = Vec::new();
+            body.clear();
             self.event_ends.clear();
             if first_post {
                 let now = self.wall_clock();
-                encoder.encode(&self.spot.spot_create(now), &mut body);
+                encoder.encode(&self.spot.spot_create(now), body);
                 self.event_ends.push(body.len());
-                encoder.encode(&self.spot.config_create(), &mut body);
+                encoder.encode(&self.spot.config_create(), body);
                 self.event_ends.push(body.len());
                 first_post = false;
             }
@@ -711,15 +806,16 @@ impl SpotTask {
                 }
             }
             self.generate(post_start);
-            self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
+            self.take_unsent(&mut sent_upto, &mut encoder, body);
             wire::push_chunks(
-                &mut out,
-                &body,
+                out,
+                body,
                 &self.event_ends,
                 self.cfg.chunk_split,
                 &mut self.rng,
             );
-            self.write(&mut wr, &out).await?;
+            *high_water = (*high_water).max(out.len()).max(body.len());
+            self.write(&mut wr, out).await?;
             let mut parser = ResponseParser::new(16 * 1024, self.cfg.max_response_body, true);
             // The body: events as they happen, until post_ms has passed.
             loop {
@@ -755,25 +851,26 @@ impl SpotTask {
                 }
                 body.clear();
                 self.event_ends.clear();
-                self.take_unsent(&mut sent_upto, &mut encoder, &mut body);
+                self.take_unsent(&mut sent_upto, &mut encoder, body);
                 if cut_at.is_some_and(|at| Instant::now() >= at) && body.len() >= 2 {
                     out.clear();
                     out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
                     out.extend_from_slice(&body[..body.len() / 2]);
-                    self.write(&mut wr, &out).await?;
+                    self.write(&mut wr, out).await?;
                     self.stats.fault_cuts_mid_chunk.fetch_add(1, Relaxed);
                     return Err("fault injected: connection cut mid-chunk".into());
                 }
                 if !body.is_empty() {
                     out.clear();
                     wire::push_chunks(
-                        &mut out,
-                        &body,
+                        out,
+                        body,
                         &self.event_ends,
                         self.cfg.chunk_split,
                         &mut self.rng,
                     );
-                    self.write(&mut wr, &out).await?;
+                    *high_water = (*high_water).max(out.len()).max(body.len());
+                    self.write(&mut wr, out).await?;
                 }
             }
             self.write(&mut wr, wire::LAST_CHUNK).await?;
@@ -905,12 +1002,24 @@ impl SpotTask {
         wr: &mut W,
         bytes: &[u8],
     ) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.response_timeout_ms);
         let write = async {
             wr.write_all(bytes).await?;
             wr.flush().await
         };
-        match self.generating_while(write, deadline).await {
+        tokio::pin!(write);
+        // Most writes complete at once: no deadline, no timer for them.
+        let done = match std::future::poll_fn(|cx| {
+            Poll::Ready(std::future::Future::poll(write.as_mut(), cx))
+        })
+        .await
+        {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => {
+                let deadline = Instant::now() + Duration::from_millis(self.cfg.response_timeout_ms);
+                self.generating_while(write, deadline).await
+            }
+        };
+        match done {
             Some(Ok(())) => {
                 self.stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
                 Ok(())

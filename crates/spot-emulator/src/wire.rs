@@ -80,9 +80,26 @@ pub fn push_chunks(
 }
 
 fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    use std::io::Write;
-    let _ = write!(out, "{:x}\r\n", data.len());
+    push_chunk_size(out, data.len());
     out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a chunk-size line: the length in lowercase hex, then CRLF.
+pub fn push_chunk_size(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = HEX[n & 0xF];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -369,6 +386,28 @@ mod tests {
             assert_eq!(&b[size..size + 2], b"\r\n");
             b = &b[size + 2..];
             chunks += 1;
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for len in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4095,
+            65_536,
+            1 << 40,
+            usize::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_chunk_size(&mut out, len);
+            assert_eq!(out, format!("{len:x}\r\n").into_bytes());
         }
     }
 
