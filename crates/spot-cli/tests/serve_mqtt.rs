@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{chunk, free_port};
+use common::{chunk, free_port, get_text};
 
 /// Kills the child when dropped (a failed assertion leaves no process behind).
 struct Killed(Child);
@@ -106,19 +106,6 @@ fn subscribe_all(port: u16) -> (Killed, mpsc::Receiver<String>) {
     (subscriber, rx)
 }
 
-/// GET `path` (plain HTTP); returns the body.
-fn get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
 /// The value of the metric line `name value`.
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -147,7 +134,7 @@ fn the_broker_gets_only_the_events_matching_the_mqtt_filters() {
     let _server = Killed(server);
     wait_listening(port, "spot serve");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !get(port, "/metrics").contains("spot_push_mqtt_connected 1") {
+    while !get_text(port, "/metrics").contains("spot_push_mqtt_connected 1") {
         assert!(Instant::now() < deadline, "outlet did not connect");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -201,7 +188,7 @@ fn the_broker_gets_only_the_events_matching_the_mqtt_filters() {
         (1, 3, 4),
         "exactly the matching events: {received:?}"
     );
-    let metrics = get(port, "/metrics");
+    let metrics = get_text(port, "/metrics");
     assert_eq!(
         metric(&metrics, "spot_push_mqtt_sent_total"),
         4,

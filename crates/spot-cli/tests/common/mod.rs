@@ -45,21 +45,22 @@ pub fn chunk(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// GET `path` over plain HTTP; asserts `200` and returns the JSON body.
-pub fn get_json(port: u16, path: &str) -> serde_json::Value {
+/// GET `path` over plain HTTP; asserts `200` and returns the body.
+pub fn get_text(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(
-        raw.starts_with(b"HTTP/1.1 200"),
-        "{path}: {}",
-        String::from_utf8_lossy(&raw)
-    );
-    serde_json::from_slice(&raw[start..]).unwrap()
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{path}: {raw}");
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    body.to_string()
+}
+
+/// GET `path` over plain HTTP; asserts `200` and returns the JSON body.
+pub fn get_json(port: u16, path: &str) -> serde_json::Value {
+    serde_json::from_str(&get_text(port, path)).unwrap()
 }
