@@ -78,6 +78,10 @@ struct Flags {
     /// How long each POST stays open, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     post_ms: u64,
+    /// Most bytes of buffered events in one POST body: a POST carrying a backlog ends
+    /// early once it holds this many (the next one follows the response at once).
+    #[arg(long, default_value_t = spot_emulator::uplink::DEFAULT_MAX_POST_BYTES)]
+    max_post_bytes: usize,
     /// Pacing granularity in milliseconds: events of one tick are written together.
     #[arg(long, default_value_t = 10)]
     tick_ms: u64,
@@ -146,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.post_ms > 0 && args.tick_ms > 0,
         "--post-ms and --tick-ms must be > 0"
     );
+    anyhow::ensure!(args.max_post_bytes > 0, "--max-post-bytes must be > 0");
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.shared_share),
         "--shared-share must be within 0..1"
@@ -179,6 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     uplink.encoding = args.encoding.encoding();
     uplink.post_ms = args.post_ms;
     uplink.tick_ms = args.tick_ms;
+    uplink.max_post_bytes = args.max_post_bytes;
     uplink.rate = args.rate;
     uplink.chunk_split = match args.chunk_split {
         Split::Event => ChunkSplit::Event,
@@ -287,6 +293,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "rate": cfg.uplink.rate,
         "post_ms": cfg.uplink.post_ms,
         "tick_ms": cfg.uplink.tick_ms,
+        "max_post_bytes": cfg.uplink.max_post_bytes,
         "seed": cfg.seed,
         "clock_offset_ms": cfg.uplink.clock_offset_ms,
         "faults": {

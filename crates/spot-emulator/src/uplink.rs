@@ -138,6 +138,11 @@ pub struct UplinkConfig {
     /// Most event bytes written at once (default 256 KiB): a backlog after a reconnect goes
     /// out over several ticks instead of as one huge write.
     pub max_write_bytes: usize,
+    /// Most event bytes in one POST body (default 256 KiB): a POST with a backlog ends
+    /// early, so that what one POST leaves in flight (socket buffers hold megabytes on
+    /// loopback) is taken by an overloaded server within `response_timeout_ms`; the next
+    /// POST follows the `200` at once. A single larger event still goes out whole.
+    pub max_post_bytes: usize,
     /// Largest response body (commands) accepted: 1 MiB by default.
     pub max_response_body: u64,
     /// Largest firmware image downloaded: 64 MiB by default.
@@ -169,6 +174,7 @@ impl UplinkConfig {
             connect_timeout_ms: 5_000,
             response_timeout_ms: 30_000,
             max_write_bytes: 256 << 10,
+            max_post_bytes: DEFAULT_MAX_POST_BYTES,
             max_response_body: 1 << 20,
             max_firmware_bytes: 64 << 20,
             drain_ms: 10_000,
@@ -183,6 +189,9 @@ impl UplinkConfig {
         }
     }
 }
+
+/// [`UplinkConfig::max_post_bytes`] by default.
+pub const DEFAULT_MAX_POST_BYTES: usize = 256 << 10;
 
 /// Live counters of one spot (read by the progress display while it runs).
 #[derive(Debug, Default)]
@@ -651,13 +660,20 @@ impl SpotTask {
         self.generating = false;
     }
 
-    /// Appends to `body` the wire form of every buffered event above `*sent_upto`.
-    fn take_unsent(&mut self, sent_upto: &mut u64, encoder: &mut Encoder, body: &mut Vec<u8>) {
+    /// Appends to `body` the wire form of the buffered events above `*sent_upto`: as many as
+    /// fit in `max_bytes` (and `max_write_bytes`), at least one when `max_bytes` > 0.
+    fn take_unsent(
+        &mut self,
+        sent_upto: &mut u64,
+        encoder: &mut Encoder,
+        body: &mut Vec<u8>,
+        max_bytes: usize,
+    ) {
         let Some(first) = self.buffer.first_seq() else {
             return;
         };
         let start = sent_upto.saturating_add(1).saturating_sub(first) as usize;
-        let limit = body.len() + self.cfg.max_write_bytes;
+        let limit = body.len() + self.cfg.max_write_bytes.min(max_bytes);
         for r in self.buffer.records_from(start) {
             if body.len() >= limit {
                 break; // the rest goes in the next ticks
@@ -806,7 +822,13 @@ impl SpotTask {
                 }
             }
             self.generate(post_start);
-            self.take_unsent(&mut sent_upto, &mut encoder, body);
+            let body_start = body.len();
+            self.take_unsent(&mut sent_upto, &mut encoder, body, self.cfg.max_post_bytes);
+            // Event bytes this POST may still carry (`max_post_bytes`).
+            let mut post_left = self
+                .cfg
+                .max_post_bytes
+                .saturating_sub(body.len() - body_start);
             wire::push_chunks(
                 out,
                 body,
@@ -817,10 +839,10 @@ impl SpotTask {
             *high_water = (*high_water).max(out.len()).max(body.len());
             self.write(&mut wr, out).await?;
             let mut parser = ResponseParser::new(16 * 1024, self.cfg.max_response_body, true);
-            // The body: events as they happen, until post_ms has passed.
+            // The body: events as they happen, until post_ms has passed or the body is full.
             loop {
                 let now = Instant::now();
-                if now >= post_end {
+                if now >= post_end || post_left == 0 {
                     break;
                 }
                 if self.fast() {
@@ -851,7 +873,8 @@ impl SpotTask {
                 }
                 body.clear();
                 self.event_ends.clear();
-                self.take_unsent(&mut sent_upto, &mut encoder, body);
+                self.take_unsent(&mut sent_upto, &mut encoder, body, post_left);
+                post_left = post_left.saturating_sub(body.len());
                 if cut_at.is_some_and(|at| Instant::now() >= at) && body.len() >= 2 {
                     out.clear();
                     out.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
@@ -922,7 +945,7 @@ impl SpotTask {
         encoder.encode(&self.spot.spot_create(now), &mut out);
         encoder.encode(&self.spot.config_create(), &mut out);
         self.generate(Instant::now());
-        self.take_unsent(&mut sent_upto, &mut encoder, &mut out);
+        self.take_unsent(&mut sent_upto, &mut encoder, &mut out, usize::MAX);
         self.event_ends.clear(); // no chunks on raw TCP
         self.write(&mut wr, &out).await?;
         let mut read_buf = vec![0u8; 16 * 1024];
@@ -957,7 +980,7 @@ impl SpotTask {
                 self.generate(now);
             }
             out.clear();
-            self.take_unsent(&mut sent_upto, &mut encoder, &mut out);
+            self.take_unsent(&mut sent_upto, &mut encoder, &mut out, usize::MAX);
             self.event_ends.clear();
             if !out.is_empty() {
                 self.write(&mut wr, &out).await?;

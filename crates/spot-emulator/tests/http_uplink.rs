@@ -636,3 +636,67 @@ async fn protobuf_encoding_carries_events_and_commands() {
             .any(|e| matches!(e.kind, EventKind::Hit(..))));
     }
 }
+
+/// A backlog does not go out as one huge POST: each body carries at most `max_post_bytes` of
+/// buffered events (the last one may overflow it), and the POST ends then, long before
+/// `post_ms`, so that an overloaded server can take what one POST left in the socket
+/// buffers before the spot's response timeout.
+#[tokio::test]
+async fn post_bodies_are_bounded_by_max_post_bytes() {
+    const CAP: usize = 8 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config(
+        &format!("http://{}", listener.local_addr().unwrap()),
+        1,
+        2000.0,
+        Some(0.3),
+    );
+    cfg.uplink.post_ms = 3_000;
+    cfg.uplink.max_post_bytes = CAP;
+    let (run, _, _stop) = start(&cfg);
+    let (sock, _) = listener.accept().await.unwrap();
+    let mut r = BufReader::new(sock);
+    let mut seqs_seen = Vec::new();
+    let mut posts = 0;
+    while let Some((body, boundaries)) = read_raw_request(&mut r, 200).await {
+        posts += 1;
+        // One chunk per event (ChunkSplit::Event): the buffered events' sizes.
+        let (mut start, mut event_bytes, mut last) = (0, 0, 0);
+        for &end in &boundaries {
+            let mut decoder = Decoder::new(Encoding::Json, Limits::default());
+            decoder.feed(&body[start..end]);
+            decoder.finish();
+            let event = decoder.next_event().unwrap().expect("one event per chunk");
+            if let Some(seq) = event.seq {
+                seqs_seen.push(seq);
+                event_bytes += end - start;
+                last = end - start;
+            }
+            start = end;
+        }
+        assert!(
+            event_bytes - last < CAP,
+            "POST {posts}: {event_bytes} bytes of buffered events, cap {CAP}"
+        );
+        let ack = seqs_seen.last().copied().unwrap_or(0);
+        r.get_mut()
+            .write_all(
+                format!("HTTP/1.1 200 OK\r\nX-Spot-Ack: {ack}\r\nContent-Length: 0\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    let summary = run.await.unwrap();
+    let generated = total(&summary, |s| &s.events_generated);
+    assert_eq!(generated, 600);
+    assert_eq!(
+        seqs_seen,
+        (1..=generated).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    assert!(
+        posts >= 10,
+        "{posts} posts: full bodies end their POST before post_ms"
+    );
+}
