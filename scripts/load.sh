@@ -1,7 +1,8 @@
 #!/bin/bash
 # One load run, as reported in the issues' notes: a fresh `spot serve` on an empty data
 # directory, `spot emulate` against it, then the emulator's summary, the server's
-# acknowledgement histogram (end of POST body -> 200) and the server's CPU time and RSS.
+# acknowledgement histogram (end of POST body -> 200), the CPU seconds of the server and of
+# the load generator (both share the machine), and the server's RSS.
 #
 #   scripts/load.sh [BIN] SPOTS RATE SECONDS      e.g. scripts/load.sh 1000 100 15
 #
@@ -17,17 +18,27 @@ trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR" "$OUT"' EXIT
 "$BIN" serve --listen "127.0.0.1:$PORT" --data "$DIR/data" >"$DIR/serve.log" 2>&1 &
 SERVER=$!
 until curl -sf -o /dev/null "http://127.0.0.1:$PORT/api/spots"; do sleep 0.1; done
-"$BIN" emulate --server "http://127.0.0.1:$PORT" --spots "$SPOTS" --rate "$RATE" \
+/usr/bin/time -o "$DIR/emulator.time" -f '%U %S' \
+    "$BIN" emulate --server "http://127.0.0.1:$PORT" --spots "$SPOTS" --rate "$RATE" \
     --duration "$SECONDS_" --quiet >"$OUT"
-python3 - "$OUT" <<'PY'
+# Server CPU from /proc (clock ticks), read before the server stops.
+read -r UTIME STIME < <(awk '{print $14, $15}' "/proc/$SERVER/stat")
+RSS=$(ps -o rss= -p "$SERVER")
+python3 - "$OUT" "$DIR/emulator.time" "$UTIME" "$STIME" "$(getconf CLK_TCK)" "$RSS" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 t = d["total"]
+emu = sum(float(x) for x in open(sys.argv[2]).read().split()[-2:])
+server = (int(sys.argv[3]) + int(sys.argv[4])) / int(sys.argv[5])
+acked = max(t["events_acked"], 1)
 print(f"acked {t['events_acked']} of {t['events_generated']} in {d['elapsed_s']:.1f} s = "
-      f"{t['events_per_second']:.0f} events/s, reconnects {t['reconnects']}")
+      f"{t['acked_per_second']:.0f} acked/s, reconnects {t['reconnects']}, "
+      f"resent {t['events_resent']}")
+print(f"cpu: server {server:.2f} s ({server / acked * 1e6:.1f} us/event), "
+      f"load generator {emu:.2f} s ({emu / acked * 1e6:.1f} us/event); "
+      f"server rss {int(sys.argv[6]) // 1024} MiB")
 PY
 curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^spot_ack_seconds_bucket/ {
     sub(/spot_ack_seconds_bucket/, ""); printf "%s %s  ", $1, $2 } END { print "" }'
-echo "server cpu (time) and rss (KiB): $(ps -o cputime=,rss= -p $SERVER)"
 kill -TERM $SERVER
 wait $SERVER || true
