@@ -6,7 +6,8 @@
 #
 #   scripts/load.sh [BIN] SPOTS RATE SECONDS      e.g. scripts/load.sh 1000 100 15
 #
-# BIN defaults to target/release/spot; PORT (default 18080) and TMPDIR may be set.
+# BIN defaults to target/release/spot; EMULATOR (default BIN: the load generator, to drive
+# two servers with the same one), PORT (default 18080) and TMPDIR may be set.
 set -euo pipefail
 BIN=target/release/spot
 if [ $# -eq 4 ]; then BIN=$1; shift; fi
@@ -19,7 +20,7 @@ trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR" "$OUT"' EXIT
 SERVER=$!
 until curl -sf -o /dev/null "http://127.0.0.1:$PORT/api/spots"; do sleep 0.1; done
 /usr/bin/time -o "$DIR/emulator.time" -f '%U %S' \
-    "$BIN" emulate --server "http://127.0.0.1:$PORT" --spots "$SPOTS" --rate "$RATE" \
+    "${EMULATOR:-$BIN}" emulate --server "http://127.0.0.1:$PORT" --spots "$SPOTS" --rate "$RATE" \
     --duration "$SECONDS_" --quiet >"$OUT"
 # Server CPU from /proc (clock ticks), read before the server stops.
 read -r UTIME STIME < <(awk '{print $14, $15}' "/proc/$SERVER/stat")
