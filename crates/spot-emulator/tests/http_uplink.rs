@@ -116,6 +116,16 @@ async fn read_raw_request(
     }
 }
 
+/// Answers a request read by [`read_raw_request`]: `200`, `X-Spot-Ack: ack`, no commands.
+async fn answer_ok(r: &mut BufReader<tokio::net::TcpStream>, ack: u64) {
+    r.get_mut()
+        .write_all(
+            format!("HTTP/1.1 200 OK\r\nX-Spot-Ack: {ack}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn byte_stream_has_spec_head_chunk_framing_and_event_order() {
     for split in [ChunkSplit::Event, ChunkSplit::Random] {
@@ -154,13 +164,7 @@ async fn byte_stream_has_spec_head_chunk_framing_and_event_order() {
                 events.push(e.expect("well-formed event"));
             }
             let ack = seqs(&events).into_iter().max().unwrap_or(0);
-            r.get_mut()
-                .write_all(
-                    format!("HTTP/1.1 200 OK\r\nX-Spot-Ack: {ack}\r\nContent-Length: 0\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await
-                .unwrap();
+            answer_ok(&mut r, ack).await;
         }
         let summary = run.await.unwrap();
         assert!(posts >= 3, "{split:?}: {posts} posts");
@@ -678,14 +682,7 @@ async fn post_bodies_are_bounded_by_max_post_bytes() {
             event_bytes - last < CAP,
             "POST {posts}: {event_bytes} bytes of buffered events, cap {CAP}"
         );
-        let ack = seqs_seen.last().copied().unwrap_or(0);
-        r.get_mut()
-            .write_all(
-                format!("HTTP/1.1 200 OK\r\nX-Spot-Ack: {ack}\r\nContent-Length: 0\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
+        answer_ok(&mut r, seqs_seen.last().copied().unwrap_or(0)).await;
     }
     let summary = run.await.unwrap();
     let generated = total(&summary, |s| &s.events_generated);
