@@ -180,8 +180,11 @@ struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Interval of the background checkpoint.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Interval of the background checkpoint. Short, so that each checkpoint copies little:
+/// the file system makes the committing thread's WAL fsync wait for the database pages a
+/// checkpoint wrote (at 500 ms the spot → WebSocket p99 at 10,000 events/s was 18-211 ms,
+/// at 100 ms 10.6-26 ms, same throughput).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 impl Checkpointer {
     fn start(dir: &Path) -> Result<Self, StoreError> {
