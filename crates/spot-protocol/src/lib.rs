@@ -6,6 +6,8 @@
 //! - [`time`]: [`Timestamp`], Unix milliseconds with the ISO 8601 forms spots send.
 //! - [`json`]: the JSON encoding (`text/x-intellifi-events`), framed by the JSON structure.
 //! - [`pb`]: this project's protobuf encoding (`application/x-intellifi-events-pb`).
+//! - [`ack`]: the raw-TCP acknowledgement both sides build and read.
+//! - [`backoff`]: reconnect and retry delays (doubling, capped, jittered), the one implementation.
 //! - [`codec`]: one [`Decoder`] / [`Encoder`] over either encoding, chosen by [`Encoding`].
 //!
 //! The flow for a receiver: [`Decoder::feed`] each chunk as it arrives, then call
@@ -13,6 +15,8 @@
 //! stream call [`Decoder::finish`] and drain once more. Each `Err` is one bad message: the
 //! decoder has already resynchronised and the next call goes on with the rest.
 
+pub mod ack;
+pub mod backoff;
 pub mod codec;
 pub mod event;
 pub mod hex;

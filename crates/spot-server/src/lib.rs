@@ -147,7 +147,7 @@ impl Default for ServerConfig {
             tcp_listen: None,
             tls: None,
             pull: Vec::new(),
-            pull_backoff: pull::PullBackoff::default(),
+            pull_backoff: pull::DEFAULT_BACKOFF,
             data_dir: PathBuf::from("spot-data"),
             offline_after: Duration::from_secs(10),
             events_retention: Duration::from_secs(24 * 3600),

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use spot_protocol::backoff::Delays;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -19,59 +20,14 @@ use crate::{Phase, Shared};
 /// Longest a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Redial delays of `--pull`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PullBackoff {
-    /// First delay after a failure. Default 0.5 s.
-    pub initial: Duration,
-    /// Largest delay. Default 30 s.
-    pub max: Duration,
-}
+/// Redial delays of `--pull`: the protocol crate's one backoff.
+pub use spot_protocol::backoff::Backoff as PullBackoff;
 
-impl Default for PullBackoff {
-    fn default() -> Self {
-        PullBackoff {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-/// The delays of one run of failures: doubling, capped, jittered.
-#[derive(Debug)]
-pub struct Delays {
-    backoff: PullBackoff,
-    next: Duration,
-    rng: u64,
-}
-
-impl Delays {
-    /// Starts at `backoff.initial`; `seed` drives the jitter.
-    pub fn new(backoff: PullBackoff, seed: u64) -> Self {
-        Delays {
-            backoff,
-            next: backoff.initial,
-            rng: seed | 1,
-        }
-    }
-
-    /// The wait before the next dial: uniform in `[d/2, d]`, then `d` doubles (capped).
-    pub fn next_delay(&mut self) -> Duration {
-        // xorshift64: jitter needs no cryptographic quality.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let base = self.next.min(self.backoff.max);
-        let fraction = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        self.next = (base * 2).min(self.backoff.max);
-        base.mul_f64(0.5 + 0.5 * fraction)
-    }
-
-    /// After a good stream: the next failure waits `initial` again.
-    pub fn reset(&mut self) {
-        self.next = self.backoff.initial;
-    }
-}
+/// Default redial delays: from 0.5 s, doubling up to 30 s.
+pub const DEFAULT_BACKOFF: PullBackoff = PullBackoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+};
 
 /// Dials `target` and ingests its stream until the server stops; holds `done` meanwhile.
 pub async fn run(
@@ -121,36 +77,4 @@ pub async fn run(
         }
     }
     drop(done);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_double_up_to_the_cap_with_jitter_and_reset() {
-        let backoff = PullBackoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(1000),
-        };
-        let mut delays = Delays::new(backoff, 42);
-        let bases = [100, 200, 400, 800, 1000, 1000, 1000];
-        let mut seen = Vec::new();
-        for base in bases {
-            let d = delays.next_delay();
-            let base = Duration::from_millis(base);
-            assert!(
-                d >= base / 2 && d <= base,
-                "{d:?} not in [{:?}, {base:?}]",
-                base / 2
-            );
-            seen.push(d);
-        }
-        assert!(
-            seen[4..].windows(2).any(|w| w[0] != w[1]),
-            "jittered: {seen:?}"
-        );
-        delays.reset();
-        assert!(delays.next_delay() <= Duration::from_millis(100));
-    }
 }

@@ -11,9 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use spot_protocol::{
-    Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, OtherEvent, Timestamp,
-};
+use spot_protocol::ack::ack_event;
+use spot_protocol::{Action, Decoder, Encoder, Encoding, Event, EventKind, Limits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -301,16 +300,4 @@ async fn write_acks_and_commands<W: AsyncWrite>(
         out.clear();
     }
     let _ = writer.shutdown().await;
-}
-
-/// `["ack","update",{"seq":N,"time":"…"}]`.
-pub fn ack_event(seq: u64, now_ms: i64) -> Event {
-    let mut object = Object::new();
-    object.insert("seq".into(), seq.into());
-    object.insert("time".into(), Timestamp(now_ms).to_string().into());
-    Event::new(EventKind::Other(OtherEvent {
-        resource_type: "ack".into(),
-        action: "update".into(),
-        object,
-    }))
 }
