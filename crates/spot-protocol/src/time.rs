@@ -22,6 +22,15 @@ impl Timestamp {
         Timestamp(ms)
     }
 
+    /// The Unix milliseconds of a wall-clock time the caller read (this crate never reads
+    /// the clock): the one conversion every crate uses. Times before 1970 are negative.
+    pub fn from_system_time(t: std::time::SystemTime) -> Self {
+        Timestamp(match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+        })
+    }
+
     /// Parses an ISO 8601 date-time as spots send it; `None` if it is not one.
     pub fn parse(s: &str) -> Option<Self> {
         let b = s.as_bytes();
@@ -227,6 +236,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn system_times_convert_to_unix_millis_on_both_sides_of_1970() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let after = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(
+            super::Timestamp::from_system_time(after).0,
+            1_700_000_000_123
+        );
+        let before = UNIX_EPOCH - Duration::from_millis(1500);
+        assert_eq!(super::Timestamp::from_system_time(before).0, -1500);
+    }
+
     use super::*;
     use proptest::prelude::*;
 
