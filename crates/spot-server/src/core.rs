@@ -18,13 +18,14 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 use spot_protocol::{Event, Object};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::domain::{unix_millis, Applied, Domain, PutError};
+use crate::clock::now_ms;
+use crate::domain::{Applied, Domain, PutError};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -377,7 +378,7 @@ fn apply(
         let apply_started = std::time::Instant::now();
         let changes = {
             let mut domain = domain.write().unwrap_or_else(|e| e.into_inner());
-            let now = unix_millis(SystemTime::now());
+            let now = now_ms();
             let mut handled = 0;
             // Room given back once per batch (each give-back locks the semaphore).
             let (mut events_back, mut slots_back) = (0, 0);

@@ -2181,13 +2181,6 @@ fn command_event(resource: &str, object: Object) -> Event {
     }
 }
 
-/// Unix milliseconds of a [`std::time::SystemTime`].
-pub fn unix_millis(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

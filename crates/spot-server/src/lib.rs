@@ -21,6 +21,7 @@
 //!   `/api/subscriptions` webhooks, MQTT with `--mqtt`), fed after each commit.
 
 pub mod api;
+pub mod clock;
 pub mod core;
 pub mod domain;
 pub mod http;
@@ -35,13 +36,14 @@ pub mod tcp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::clock::now_ms;
 use crate::core::CoreMsg;
-use crate::domain::{unix_millis, Domain, DomainConfig};
+use crate::domain::{Domain, DomainConfig};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -330,7 +332,7 @@ impl Server {
         let mut store = Store::open(&config.data_dir, config.sync)?;
         let push = push::Push::start(&config.data_dir, &config.push)?;
         store.set_publisher(push.publisher());
-        let now = unix_millis(SystemTime::now());
+        let now = now_ms();
         let mut domain = Domain::new(DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
             events_retention_ms: config.events_retention.as_millis() as i64,

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use spot_protocol::ack::ack_event;
 use spot_protocol::{Action, Decoder, Encoder, Encoding, Event, EventKind, Limits};
@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::now_ms;
 use crate::core::CoreMsg;
-use crate::domain::unix_millis;
 use crate::{Phase, Shared};
 
 /// Read buffer per connection.
@@ -287,7 +287,7 @@ async fn write_acks_and_commands<W: AsyncWrite>(
             changed = acks.changed() => {
                 if changed.is_err() { break; }
                 let seq = *acks.borrow_and_update();
-                encoder.encode(&ack_event(seq, unix_millis(SystemTime::now())), &mut out);
+                encoder.encode(&ack_event(seq, now_ms()), &mut out);
             }
             batch = commands.recv() => match batch {
                 Some(batch) => for c in &batch { encoder.encode(c, &mut out) },
