@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use spot_server::{Server, ServerConfig, ServerLimits, SyncMode, TlsFiles};
+use spot_server::{Durability, Server, ServerConfig, ServerLimits, TlsFiles};
 
 /// Settings of `spot serve`: the flags, and the keys of the `--config` file.
 #[derive(clap::Args, Deserialize, Debug, Default, Clone, PartialEq)]
@@ -182,8 +182,8 @@ impl Args {
         let defaults = ServerConfig::default();
         let limits = ServerLimits::default();
         let sync = match self.sync.as_deref() {
-            None | Some("full") => SyncMode::Full,
-            Some("normal") => SyncMode::Normal,
+            None | Some("full") => Durability::Full,
+            Some("normal") => Durability::Normal,
             Some(other) => anyhow::bail!("sync {other:?}: must be \"full\" or \"normal\""),
         };
         let secs_or = |name: &str, value: Option<f64>, default: Duration| match value {
@@ -232,7 +232,7 @@ impl Args {
                 )?,
                 ..limits
             },
-            push: spot_server::push::PushConfig {
+            push: spot_server::outlets::PushConfig {
                 mqtt: mqtt_config(
                     self.mqtt.as_deref(),
                     self.mqtt_qos.as_deref(),
@@ -414,7 +414,7 @@ mod tests {
             "flag wins"
         );
         assert_eq!(config.limits.max_connections, 7, "file beats default");
-        assert_eq!(config.sync, SyncMode::Normal);
+        assert_eq!(config.sync, Durability::Normal);
         assert_eq!(config.pull, ["10.0.0.5:23", "10.0.0.6:23"]);
         assert_eq!(config.limits.shutdown_grace, Duration::from_millis(2500));
         assert_eq!(config.data_dir, PathBuf::from("spot-data"), "default");

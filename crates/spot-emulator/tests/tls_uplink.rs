@@ -11,7 +11,7 @@ use spot_emulator::population::PopulationParams;
 use spot_emulator::tls::{TlsClient, Trust};
 use spot_emulator::uplink::{ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
-use spot_server::{Server, ServerConfig, SyncMode, TlsFiles};
+use spot_server::{Durability, Server, ServerConfig, TlsFiles};
 use tokio::sync::watch;
 
 /// Writes a self-signed certificate for `localhost` (and its key) into `dir`.
@@ -31,7 +31,7 @@ async fn https_server(files: TlsFiles, data: &std::path::Path) -> Server {
     let server = Server::bind(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.to_path_buf(),
-        sync: SyncMode::Normal,
+        sync: Durability::Normal,
         tls: Some(files),
         ..ServerConfig::default()
     })

@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use spot_server::push::PushConfig;
-use spot_server::{Server, ServerConfig, SyncMode};
+use spot_server::outlets::PushConfig;
+use spot_server::{Durability, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -183,8 +183,8 @@ fn main() {
     let seconds: u64 = arg(1, "10").parse().expect("SECONDS");
     let spots: u64 = arg(2, "10").parse().expect("SPOTS");
     let sync = match arg(3, "normal").as_str() {
-        "full" => SyncMode::Full,
-        _ => SyncMode::Normal,
+        "full" => Durability::Full,
+        _ => Durability::Normal,
     };
     let outlet = match arg(4, "ws").as_str() {
         "ws" => Outlet::WebSocket,
@@ -345,7 +345,7 @@ fn main() {
             latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
             latencies.len()
         );
-        print!("{}", spot_server::push::metrics(server.shared()));
+        print!("{}", spot_server::outlets::metrics(server.shared()));
         server.shutdown().await;
     });
 }

@@ -459,7 +459,7 @@ pub enum JournalEntry {
 }
 
 /// The document of a row to write: a snapshot of the resource, rendered by the row writer's
-/// thread (items and presences in [`crate::rows::codec`]'s encoding, the others as JSON,
+/// thread (items and presences in [`crate::store::checkpoint::codec`]'s encoding, the others as JSON,
 /// [`RowDoc::to_json`]) — on the core's thread the rendering of a large
 /// flush held up every event behind it. The snapshot is shared with the live state (see
 /// [`IdMap`]): taking it costs a reference count, and a row changed again while the writer

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use spot_server::pull::PullBackoff;
+use spot_server::ingest::pull::PullBackoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

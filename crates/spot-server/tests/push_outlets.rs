@@ -311,7 +311,7 @@ async fn event_ids_keep_increasing_across_a_restart_and_resume_reads_the_stored_
     let config = spot_server::ServerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.path().to_path_buf(),
-        sync: spot_server::SyncMode::Normal,
+        sync: spot_server::Durability::Normal,
         ..spot_server::ServerConfig::default()
     };
     let server = spot_server::Server::bind(config).await.expect("restart");

@@ -154,7 +154,7 @@ async fn state_survives_a_restart() {
     let config = spot_server::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
-        sync: spot_server::SyncMode::Normal,
+        sync: spot_server::Durability::Normal,
         ..spot_server::ServerConfig::default()
     };
     let server = spot_server::Server::bind(config).await.unwrap();

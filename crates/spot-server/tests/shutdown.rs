@@ -6,13 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use spot_server::{Server, ServerConfig, ServerError, SyncMode};
+use spot_server::{Durability, Server, ServerConfig, ServerError};
 
 fn config(dir: &std::path::Path, listen: &str) -> ServerConfig {
     ServerConfig {
         listen: listen.parse().unwrap(),
         data_dir: dir.to_path_buf(),
-        sync: SyncMode::Normal,
+        sync: Durability::Normal,
         ..ServerConfig::default()
     }
 }

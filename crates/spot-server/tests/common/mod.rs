@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use serde_json::Value;
-use spot_server::{Server, ServerConfig, SyncMode};
+use spot_server::{Durability, Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -23,7 +23,7 @@ pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> (Server, tempfile::
     let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
-        sync: SyncMode::Normal,
+        sync: Durability::Normal,
         ..ServerConfig::default()
     };
     tweak(&mut config);

@@ -1,6 +1,6 @@
 //! `--pull HOST:PORT`: the server dials a spot's telnet service (spec §4.2), which streams
 //! the spot protocol (with `["spot","update",{"online":true}]` every second), and ingests
-//! it through the raw TCP path ([`crate::tcp::ingest`]); nothing is written back.
+//! it through the raw TCP path ([`crate::ingest::tcp::ingest`]); nothing is written back.
 //!
 //! When the connection fails or ends, it dials again after a jittered exponential backoff:
 //! the delay doubles from [`PullBackoff::initial`] up to [`PullBackoff::max`], each wait
@@ -14,8 +14,10 @@ use spot_protocol::backoff::Delays;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::tcp::{ingest, reached, WriteBack};
-use crate::{Phase, Shared};
+use crate::ingest::tcp::{ingest, WriteBack};
+use crate::server::Shared;
+use crate::shutdown::reached;
+use crate::shutdown::Phase;
 
 /// Longest a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

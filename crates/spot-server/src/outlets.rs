@@ -352,7 +352,7 @@ pub async fn serve(
     shared: &crate::Shared,
 ) -> hyper::Response<axum::body::Body> {
     if spot_push::is_push_path(req.uri().path()) {
-        return spot_push::call_router(shared.push.router(), req).await;
+        return spot_push::call_router(shared.outlets.router(), req).await;
     }
     crate::http::route(req, shared)
         .await
@@ -361,11 +361,11 @@ pub async fn serve(
 
 /// The `/metrics` text: the server's counters, then the push layer's.
 pub fn metrics(shared: &crate::Shared) -> String {
-    shared.metrics.render() + &shared.push.render_metrics()
+    shared.metrics.render() + &shared.outlets.render_metrics()
 }
 
 /// The running push layer.
-pub struct Push {
+pub struct Outlets {
     hub: Hub,
     router: axum::Router,
     webhooks: Arc<Webhooks>,
@@ -375,15 +375,15 @@ pub struct Push {
     streams: StreamShutdown,
 }
 
-impl std::fmt::Debug for Push {
+impl std::fmt::Debug for Outlets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Push")
+        f.debug_struct("Outlets")
             .field("mqtt", &self.mqtt.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Push {
+impl Outlets {
     /// Starts the hub and the outlets over `<data_dir>/spot.db` (already created by the
     /// store); webhook subscriptions live in `<data_dir>/webhooks.db`. Needs a tokio runtime.
     pub fn start(data_dir: &Path, config: &PushConfig) -> Result<Self, PushError> {
@@ -567,9 +567,9 @@ mod tests {
 
     #[test]
     fn the_log_pages_through_batches_by_dense_id_and_ids_continue_after_reopening() {
-        use crate::store::{Store, Sync};
+        use crate::store::{Durability, Store};
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::open(dir.path(), Sync::Normal).expect("open");
+        let mut store = Store::open(dir.path(), Durability::Normal).expect("open");
         commit(&mut store, &["a/1", "a/2", "a/3"]);
         commit(&mut store, &[]);
         commit(&mut store, &["b/4", "b/5"]);
@@ -595,17 +595,17 @@ mod tests {
         );
         assert_eq!(page(5, 10), []);
         drop(store);
-        let mut store = Store::open(dir.path(), Sync::Normal).expect("reopen");
+        let mut store = Store::open(dir.path(), Durability::Normal).expect("reopen");
         store.prune(i64::MAX).expect("prune everything old");
         drop(store);
-        let mut store = Store::open(dir.path(), Sync::Normal).expect("reopen");
+        let mut store = Store::open(dir.path(), Durability::Normal).expect("reopen");
         commit(&mut store, &["c/6"]);
         assert_eq!(page(5, 10), [(6, "c/6".to_string())], "ids never restart");
     }
 
     #[test]
     fn a_database_from_before_push_ids_gets_the_column_and_new_events_are_logged() {
-        use crate::store::{Store, Sync};
+        use crate::store::{Durability, Store};
         let dir = tempfile::tempdir().expect("tempdir");
         Connection::open(dir.path().join("spot.db"))
             .expect("db")
@@ -615,7 +615,7 @@ mod tests {
                  INSERT INTO event_batches (time_last, docs) VALUES (1, '{}');",
             )
             .expect("old schema");
-        let mut store = Store::open(dir.path(), Sync::Normal).expect("open migrates");
+        let mut store = Store::open(dir.path(), Durability::Normal).expect("open migrates");
         commit(&mut store, &["a/1"]);
         let log = SqliteEventLog::open(dir.path()).expect("log");
         let conn = log.conn.lock().expect("lock");

@@ -1,6 +1,6 @@
 //! The core: the one owner of the [`Domain`] and the [`Store`], on two threads of its own.
 //!
-//! Ingest tasks and the API send it [`CoreMsg`]s through a [`CoreSender`]: one queue bounded
+//! Ingest tasks and the API send it [`PipelineMsg`]s through a [`PipelineSender`]: one queue bounded
 //! by a budget of queued *events* (a chunk may hold one event or thousands), so that what
 //! waits for the core is bounded in work, not in messages, plus a number of slots for the
 //! messages without events. A sender waits for room (backpressure: its socket is not read
@@ -40,13 +40,13 @@ pub const FLUSH_AT_DIRTY_ROWS: usize = 50_000;
 
 /// The sending side of the way to the core (see the module docs). Cheap to clone.
 #[derive(Debug)]
-pub struct CoreSender {
+pub struct PipelineSender {
     inner: Arc<Inner>,
 }
 
 /// The core's side: takes every queued message at once and gives the budget back per batch.
 #[derive(Debug)]
-pub struct CoreReceiver {
+pub struct PipelineReceiver {
     inner: Arc<Inner>,
 }
 
@@ -56,7 +56,7 @@ pub struct CoreReceiver {
 /// when the core is parked on it (so a busy core is not signalled per message); the core
 /// swaps the whole deque out under one lock. Room is counted by two fair (FIFO) semaphores,
 /// taken before pushing and given back by the core per batch: `budget` in events for
-/// [`CoreMsg::Events`], `slots` in messages for every other message.
+/// [`PipelineMsg::Events`], `slots` in messages for every other message.
 #[derive(Debug)]
 struct Inner {
     queue: Mutex<Queue>,
@@ -69,7 +69,7 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Queue {
-    msgs: VecDeque<CoreMsg>,
+    msgs: VecDeque<PipelineMsg>,
     /// The core waits on `wake` for a message.
     core_parked: bool,
     /// The core is gone: sends fail.
@@ -84,7 +84,7 @@ impl Inner {
 
 /// A way to the core holding at most `messages` messages without events and `events`
 /// events (each at least 1; a message with events counts only in `events`).
-pub fn channel(messages: usize, events: usize) -> (CoreSender, CoreReceiver) {
+pub fn channel(messages: usize, events: usize) -> (PipelineSender, PipelineReceiver) {
     let max_events = events.clamp(1, Semaphore::MAX_PERMITS);
     let inner = Arc::new(Inner {
         queue: Mutex::new(Queue::default()),
@@ -95,32 +95,32 @@ pub fn channel(messages: usize, events: usize) -> (CoreSender, CoreReceiver) {
         senders: AtomicUsize::new(1),
     });
     (
-        CoreSender {
+        PipelineSender {
             inner: inner.clone(),
         },
-        CoreReceiver { inner },
+        PipelineReceiver { inner },
     )
 }
 
 /// The share of the event budget a message takes (a message larger than the whole budget
 /// takes all of it, and goes alone); 0 for a message without events, which takes a slot.
-fn share(msg: &CoreMsg, max_events: usize) -> usize {
+fn share(msg: &PipelineMsg, max_events: usize) -> usize {
     match msg {
-        CoreMsg::Events { events, .. } => events.len().clamp(1, max_events),
+        PipelineMsg::Events { events, .. } => events.len().clamp(1, max_events),
         _ => 0,
     }
 }
 
-impl Clone for CoreSender {
+impl Clone for PipelineSender {
     fn clone(&self) -> Self {
         self.inner.senders.fetch_add(1, Ordering::Relaxed);
-        CoreSender {
+        PipelineSender {
             inner: self.inner.clone(),
         }
     }
 }
 
-impl Drop for CoreSender {
+impl Drop for PipelineSender {
     fn drop(&mut self) {
         if self.inner.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last sender: a parked core sees that nothing more can come.
@@ -130,9 +130,9 @@ impl Drop for CoreSender {
     }
 }
 
-impl CoreSender {
+impl PipelineSender {
     /// Queues `msg`, waiting for room; fails only when the core is gone.
-    pub async fn send(&self, msg: CoreMsg) -> Result<(), mpsc::error::SendError<CoreMsg>> {
+    pub async fn send(&self, msg: PipelineMsg) -> Result<(), mpsc::error::SendError<PipelineMsg>> {
         let n = share(&msg, self.inner.max_events);
         let room = if n > 0 {
             &self.inner.budget
@@ -152,7 +152,7 @@ impl CoreSender {
 
     /// Queues `msg` if there is room now (for messages without events, e.g. ticks); the
     /// error says whether the queue was full or the core is gone (`msg` is dropped).
-    pub fn try_send(&self, msg: CoreMsg) -> Result<(), mpsc::error::TrySendError<()>> {
+    pub fn try_send(&self, msg: PipelineMsg) -> Result<(), mpsc::error::TrySendError<()>> {
         debug_assert_eq!(
             share(&msg, self.inner.max_events),
             0,
@@ -175,7 +175,7 @@ impl CoreSender {
 
     /// Pushes a message whose room is taken; wakes the core if it is parked. Hands `msg`
     /// back when the core is gone.
-    fn push(&self, msg: CoreMsg) -> Option<CoreMsg> {
+    fn push(&self, msg: PipelineMsg) -> Option<PipelineMsg> {
         let mut queue = self.inner.lock();
         if queue.closed {
             return Some(msg);
@@ -195,11 +195,11 @@ impl CoreSender {
     }
 }
 
-impl CoreReceiver {
+impl PipelineReceiver {
     /// Moves every queued message to the back of `into` (empty: it is swapped with the
     /// queue, so both keep their allocation). With `wait`, parks while nothing is queued.
     /// False when nothing was taken: nothing queued (without `wait`), or every sender gone.
-    fn take_all(&self, into: &mut VecDeque<CoreMsg>, wait: bool) -> bool {
+    fn take_all(&self, into: &mut VecDeque<PipelineMsg>, wait: bool) -> bool {
         debug_assert!(into.is_empty());
         let mut queue = self.inner.lock();
         while queue.msgs.is_empty() {
@@ -229,7 +229,7 @@ impl CoreReceiver {
     }
 }
 
-impl Drop for CoreReceiver {
+impl Drop for PipelineReceiver {
     fn drop(&mut self) {
         // Later and waiting sends fail; queued messages are dropped (their waiters see
         // the core gone).
@@ -255,7 +255,7 @@ pub struct EndReply {
 
 /// A request to the core.
 #[derive(Debug)]
-pub enum CoreMsg {
+pub enum PipelineMsg {
     /// A stream of `serial` opened (counts a request, creates the spot).
     Begin {
         /// Serial number.
@@ -269,7 +269,7 @@ pub enum CoreMsg {
         /// Serial number (shared by the messages of one stream).
         serial: Arc<str>,
         /// The events, in stream order, each with the JSON it is journaled with
-        /// ([`crate::http::journal_json`]: as received, or encoded).
+        /// ([`crate::ingest::journal_json`]: as received, or encoded).
         events: Vec<(Event, String)>,
         /// Where to publish the acknowledged sequence after commit.
         ack: Option<watch::Sender<u64>>,
@@ -324,9 +324,9 @@ enum Waiter {
     Ack(watch::Sender<u64>, u64),
 }
 
-/// The core loop; returns after [`CoreMsg::Shutdown`] or when every sender is gone, each
+/// The core loop; returns after [`PipelineMsg::Shutdown`] or when every sender is gone, each
 /// time after a final commit.
-pub fn run(rx: CoreReceiver, domain: Arc<RwLock<Domain>>, store: Store, metrics: Arc<Metrics>) {
+pub fn run(rx: PipelineReceiver, domain: Arc<RwLock<Domain>>, store: Store, metrics: Arc<Metrics>) {
     // Two stages: this thread applies batch N+1 while the writer commits batch N. Waiters
     // travel with their batch, so every answer still leaves after the commit covering it.
     let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
@@ -358,7 +358,7 @@ enum Job {
 }
 
 fn apply(
-    rx: CoreReceiver,
+    rx: PipelineReceiver,
     domain: &RwLock<Domain>,
     metrics: &Metrics,
     jobs: &std::sync::mpsc::SyncSender<Job>,
@@ -395,10 +395,10 @@ fn apply(
                     n => events_back += n,
                 }
                 match msg {
-                    CoreMsg::Begin { serial, version } => {
+                    PipelineMsg::Begin { serial, version } => {
                         domain.begin_stream(&serial, version.as_deref(), now)
                     }
-                    CoreMsg::Events {
+                    PipelineMsg::Events {
                         serial,
                         mut events,
                         ack,
@@ -415,7 +415,7 @@ fn apply(
                             waiters.push(Waiter::Ack(ack, domain.acked_seq(&serial)));
                         }
                     }
-                    CoreMsg::Sync {
+                    PipelineMsg::Sync {
                         serial,
                         end_stream,
                         take_commands,
@@ -437,7 +437,7 @@ fn apply(
                             },
                         ));
                     }
-                    CoreMsg::Put {
+                    PipelineMsg::Put {
                         collection,
                         id,
                         body,
@@ -449,15 +449,15 @@ fn apply(
                         }
                         waiters.push(Waiter::Put(reply, result));
                     }
-                    CoreMsg::AttachCommands { serial, sink } => {
+                    PipelineMsg::AttachCommands { serial, sink } => {
                         command_sinks.insert(serial.clone(), sink);
                         push_commands(&mut domain, &command_sinks, &serial, now);
                     }
-                    CoreMsg::DetachCommands { serial } => {
+                    PipelineMsg::DetachCommands { serial } => {
                         command_sinks.remove(&serial);
                     }
-                    CoreMsg::Shutdown => stop = true,
-                    CoreMsg::Tick => {
+                    PipelineMsg::Shutdown => stop = true,
+                    PipelineMsg::Tick => {
                         ticks += 1;
                         domain.sweep(now);
                         if ticks.is_multiple_of(60) {
@@ -576,8 +576,8 @@ mod tests {
     use super::*;
     use futures_util::FutureExt;
 
-    fn events(n: usize) -> CoreMsg {
-        CoreMsg::Events {
+    fn events(n: usize) -> PipelineMsg {
+        PipelineMsg::Events {
             serial: Arc::from("1"),
             events: (0..n)
                 .map(|_| {
@@ -592,7 +592,7 @@ mod tests {
     }
 
     /// What the core does with the messages it applied: gives their room back.
-    fn apply_all(rx: &CoreReceiver) -> usize {
+    fn apply_all(rx: &PipelineReceiver) -> usize {
         let mut msgs = VecDeque::new();
         rx.take_all(&mut msgs, false);
         let (mut events, mut slots) = (0, 0);
@@ -615,7 +615,7 @@ mod tests {
             tx.send(events(5)).now_or_never().is_none(),
             "5 more wait while only 2 are free"
         );
-        tx.send(CoreMsg::Tick)
+        tx.send(PipelineMsg::Tick)
             .now_or_never()
             .expect("no events: no wait")
             .unwrap();
@@ -639,19 +639,19 @@ mod tests {
     #[tokio::test]
     async fn messages_without_events_wait_for_a_slot_and_ticks_are_refused_when_full() {
         let (tx, rx) = channel(2, 10);
-        tx.send(CoreMsg::Tick).await.unwrap();
-        tx.try_send(CoreMsg::Tick).expect("a second slot");
+        tx.send(PipelineMsg::Tick).await.unwrap();
+        tx.try_send(PipelineMsg::Tick).expect("a second slot");
         assert!(matches!(
-            tx.try_send(CoreMsg::Tick),
+            tx.try_send(PipelineMsg::Tick),
             Err(mpsc::error::TrySendError::Full(()))
         ));
-        assert!(tx.send(CoreMsg::Tick).now_or_never().is_none(), "waits");
+        assert!(tx.send(PipelineMsg::Tick).now_or_never().is_none(), "waits");
         tx.send(events(10))
             .now_or_never()
             .expect("events count in the budget, not in the slots")
             .unwrap();
         assert_eq!(apply_all(&rx), 3);
-        tx.try_send(CoreMsg::Tick).expect("slots given back");
+        tx.try_send(PipelineMsg::Tick).expect("slots given back");
     }
 
     #[tokio::test]
@@ -663,9 +663,9 @@ mod tests {
         assert!(futures_util::poll!(waiting.as_mut()).is_pending());
         drop(rx);
         assert!(waiting.await.is_err(), "a waiting send fails");
-        assert!(tx.send(CoreMsg::Tick).await.is_err());
+        assert!(tx.send(PipelineMsg::Tick).await.is_err());
         assert!(matches!(
-            tx.try_send(CoreMsg::Tick),
+            tx.try_send(PipelineMsg::Tick),
             Err(mpsc::error::TrySendError::Closed(()))
         ));
 
@@ -680,9 +680,9 @@ mod tests {
             taken
         });
         let tx2 = tx.clone();
-        tx.send(CoreMsg::Tick).await.unwrap();
+        tx.send(PipelineMsg::Tick).await.unwrap();
         drop(tx);
-        tx2.send(CoreMsg::Tick).await.unwrap();
+        tx2.send(PipelineMsg::Tick).await.unwrap();
         drop(tx2);
         assert_eq!(
             core.join().unwrap(),

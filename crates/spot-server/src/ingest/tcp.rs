@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::now_ms;
-use crate::core::CoreMsg;
-use crate::{Phase, Shared};
+use crate::pipeline::PipelineMsg;
+use crate::server::Shared;
+use crate::shutdown::{reached, Phase};
 
 /// Read buffer per connection.
 const READ_BUFFER: usize = 16 * 1024;
@@ -71,13 +72,6 @@ fn serial_of(event: &Event) -> Option<(String, Option<String>)> {
             .clone()
             .map(|serial| (serial, status.version.clone())),
         _ => None,
-    }
-}
-
-/// Waits until the server phase reaches `phase` (forever if the sender is gone).
-pub(crate) async fn reached(shutdown: &mut watch::Receiver<Phase>, phase: Phase) {
-    if shutdown.wait_for(|p| *p >= phase).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -163,14 +157,14 @@ where
             if serial_and_version.is_none() {
                 let (serial, version) = serial_of(&event)
                     .ok_or("the first event must be a spot create with spot_id")?;
-                if !crate::http::valid_serial(&serial) {
+                if !crate::ingest::valid_serial(&serial) {
                     return Err(format!(
                         "bad spot_id {serial:?}: 1 to 64 letters, digits, '-' or '_'"
                     ));
                 }
                 serial_and_version = Some((serial, version));
             }
-            let json = crate::http::journal_json(d, &event);
+            let json = crate::ingest::journal_json(d, &event);
             pending.push((event, json));
         }
     }
@@ -184,18 +178,18 @@ where
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let send = |msg| async {
         shared
-            .core
+            .pipeline
             .send(msg)
             .await
             .map_err(|_| "server stopping".to_string())
     };
-    send(CoreMsg::Begin {
+    send(PipelineMsg::Begin {
         serial: serial.clone(),
         version,
     })
     .await?;
     let writer_task = if write_back == WriteBack::AcksAndCommands {
-        send(CoreMsg::AttachCommands {
+        send(PipelineMsg::AttachCommands {
             serial: serial.clone(),
             sink: command_tx,
         })
@@ -211,7 +205,7 @@ where
             .metrics
             .events_received
             .fetch_add(pending.len() as u64, Ordering::Relaxed);
-        send(CoreMsg::Events {
+        send(PipelineMsg::Events {
             serial: stream_serial.clone(),
             events: std::mem::take(&mut pending),
             ack: Some(ack_tx.clone()),
@@ -231,9 +225,9 @@ where
                 decoder.feed(&buf[..n]);
             }
             let mut malformed = 0;
-            let events = crate::http::drain(&mut decoder, &serial, shared, &mut malformed);
+            let events = crate::ingest::drain(&mut decoder, &serial, shared, &mut malformed);
             if !events.is_empty() {
-                send(CoreMsg::Events {
+                send(PipelineMsg::Events {
                     serial: stream_serial.clone(),
                     events,
                     ack: Some(ack_tx.clone()),
@@ -247,13 +241,13 @@ where
     }
     .await;
     if writer_task.is_some() {
-        let _ = send(CoreMsg::DetachCommands {
+        let _ = send(PipelineMsg::DetachCommands {
             serial: serial.clone(),
         })
         .await;
     }
     let (reply, rx) = oneshot::channel();
-    let _ = send(CoreMsg::Sync {
+    let _ = send(PipelineMsg::Sync {
         serial: serial.clone(),
         end_stream: true,
         take_commands: false,

@@ -2,12 +2,12 @@
 //!
 //! The resource rows are written only by a *flush* (see [`crate::domain`]:
 //! rows are checkpoints, the journal is the truth in between), into `state.db` by
-//! [`crate::rows::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
+//! [`crate::store::checkpoint::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
 //! two append-only logs, written **one row per group commit** (a row per event
 //! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
 //! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent,
 //! json its text as received (newlines as spaces) or its encoding
-//! ([`crate::http::journal_json`]);
+//! ([`crate::ingest::journal_json`]);
 //! `serial TAB !seq TAB time TAB json` for a replay the spot sent again; `serial TAB + TAB time
 //! TAB version` (a JSON string or empty) for a stream's begin, `serial TAB - TAB time TAB` for its
 //! end) and `event_batches` (the derived events log, one JSON document per line; compact JSON
@@ -20,6 +20,8 @@
 //! several times, and the bytes written — twice, to the WAL and then the database — were the
 //! store's main cost); a TEXT batch of an older database is read as it is ([`unpack`]).
 
+pub mod checkpoint;
+
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +32,7 @@ use rusqlite::{params, Connection};
 
 use crate::domain::{Changes, JournalEntry, UpstreamRow};
 use crate::ids::Id;
-use crate::rows::{LoadedRows, RowFlush, RowWriter};
+use crate::store::checkpoint::{LoadedRows, RowFlush, RowWriter};
 
 /// A storage failure: which operation and the underlying error.
 #[derive(Debug, thiserror::Error)]
@@ -135,19 +137,19 @@ fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum Durability {
     /// `synchronous=FULL`: fsync on every commit (survives power loss).
     Full,
     /// `synchronous=NORMAL`: survives a process crash (kill -9), not a power loss.
     Normal,
 }
 
-impl Sync {
+impl Durability {
     /// The value of SQLite's `synchronous` pragma.
     pub(crate) fn pragma(self) -> &'static str {
         match self {
-            Sync::Full => "FULL",
-            Sync::Normal => "NORMAL",
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
         }
     }
 }
@@ -167,7 +169,7 @@ pub struct Store {
     /// flush mark (journal batch covered, id generator state).
     loaded: LoadedRows,
     loaded_mark: (i64, u64),
-    publisher: Option<crate::push::Publisher>,
+    publisher: Option<crate::outlets::Publisher>,
     buffers: CommitBuffers,
 }
 
@@ -226,7 +228,7 @@ impl Drop for Checkpointer {
 
 impl Store {
     /// Opens (creating if needed) `<dir>/spot.db` in WAL mode.
-    pub fn open(dir: &Path, sync: Sync) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, sync: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(dir.join("spot.db")).map_err(ctx("open database"))?;
         let sync_pragma = sync.pragma();
         conn.execute_batch(&format!(
@@ -245,7 +247,7 @@ impl Store {
                  last_event_id INTEGER NOT NULL DEFAULT 0);"
         ))
         .map_err(ctx("create schema"))?;
-        crate::push::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
+        crate::outlets::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
         let last_event_id: i64 = conn
             .query_row(
                 "SELECT coalesce(max(last_event_id), 0) FROM event_batches",
@@ -308,7 +310,7 @@ impl Store {
     }
 
     /// After each commit, hands its derived events and the id of the last to `publisher`.
-    pub fn set_publisher(&mut self, publisher: crate::push::Publisher) {
+    pub fn set_publisher(&mut self, publisher: crate::outlets::Publisher) {
         self.publisher = Some(publisher);
     }
 
@@ -553,7 +555,7 @@ fn parse_journal_line(line: &str) -> Option<JournalEntry> {
 mod tests {
     use super::*;
     use crate::domain::Table;
-    use crate::rows::StoredRow;
+    use crate::store::checkpoint::StoredRow;
 
     const A: Id = Id(0x0123456789abcdef);
     const B: Id = Id(0x01a20fc369cc1f93);
@@ -575,7 +577,7 @@ mod tests {
     fn a_commit_is_read_back_after_reopening_and_prune_drops_old_batches() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
             let mut changes = Changes {
                 journal: vec![
                     upstream("203", Some(7), 1_000, r#"["hit","create",{}]"#),
@@ -602,7 +604,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+        let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!(
             store.upstream_events("203").unwrap(),
             vec![
@@ -662,7 +664,7 @@ mod tests {
             duplicate: true,
         };
         {
-            let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
             assert_eq!(store.unflushed_journal().unwrap(), (vec![], 0));
             store
                 .commit(&mut Changes {
@@ -689,7 +691,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+        let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
         let expected = vec![
             begin(1_002, Some("1.2 \"beta\"\t")),
             replayed,
@@ -715,7 +717,7 @@ mod tests {
     fn batches_are_stored_compressed_and_uncompressed_ones_of_older_databases_still_read() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path(), Sync::Normal).unwrap();
+            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
             store
                 .conn
                 .execute_batch(
@@ -754,7 +756,7 @@ mod tests {
                 vec!["{\"old\":1}".to_string(), doc]
             );
         }
-        let store = Store::open(dir.path(), Sync::Normal).unwrap();
+        let store = Store::open(dir.path(), Durability::Normal).unwrap();
         let events = store.upstream_events("203").unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0], (Some(1), "[\"old\"]".to_string()));

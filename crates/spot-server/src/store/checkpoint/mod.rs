@@ -25,7 +25,7 @@
 //! retried with the same blobs until it succeeds.
 //!
 //! SQLite's transaction makes each flush crash-safe: all its blobs and its flush mark, or
-//! none of it (then the previous flush is what is read back), fsynced as [`Sync`] says.
+//! none of it (then the previous flush is what is read back), fsynced as [`Durability`] says.
 //!
 //! Deltas pile up: when they hold more than twice the live rows (plus a floor of 1,000,000:
 //! a dead encoded record costs a start little, a compaction rewrites every live row)
@@ -52,7 +52,7 @@ use rustc_hash::FxHashSet;
 
 use crate::domain::{Item, PresenceRes, RowDoc, Table};
 use crate::ids::Id;
-use crate::store::{StoreError, Sync};
+use crate::store::{Durability, StoreError};
 
 /// One flush: every row changed since the previous one.
 #[derive(Debug, Default)]
@@ -178,14 +178,17 @@ impl RowWriter {
     /// Opens (creating, or converting from an older format) `<dir>/state.db` and starts its
     /// writer. Returns the writer, the rows of every table and the flush mark: (journal batch
     /// covered, id generator state).
-    pub fn open(dir: &Path, sync: Sync) -> Result<(RowWriter, LoadedRows, i64, u64), StoreError> {
+    pub fn open(
+        dir: &Path,
+        sync: Durability,
+    ) -> Result<(RowWriter, LoadedRows, i64, u64), StoreError> {
         Self::open_with(dir, sync, Compaction::default())
     }
 
     /// [`RowWriter::open`] with a compaction policy of its own.
     fn open_with(
         dir: &Path,
-        sync: Sync,
+        sync: Durability,
         policy: Compaction,
     ) -> Result<(RowWriter, LoadedRows, i64, u64), StoreError> {
         let mut conn = Connection::open(dir.join("state.db")).map_err(ctx("open state.db"))?;
@@ -989,7 +992,7 @@ mod tests {
     fn flushes_fold_in_order_last_write_wins_and_deletes_remove() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, tables, journal, id_last) =
-            RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+            RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         assert_eq!((journal, id_last), (0, 0), "a new directory");
         assert!(tables.iter().all(|(_, rows)| rows.is_empty()));
         writer.flush(RowFlush {
@@ -1035,7 +1038,7 @@ mod tests {
             "an empty flush writes no delta; items and presences are encoded"
         );
         let (_writer, tables, journal, id_last) =
-            RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+            RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         assert_eq!((journal, id_last), (11, 14));
         assert_eq!(
             rows_of(&tables, Table::Items),
@@ -1056,7 +1059,7 @@ mod tests {
     #[test]
     fn a_flush_larger_than_a_blob_is_split_and_read_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, ..) = RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+        let (writer, ..) = RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         let doc = format!("\"{}\"", "x".repeat(1000));
         let n = 2 * CHUNK_BYTES as u64 / 1000 + 10;
         writer.flush(RowFlush {
@@ -1067,7 +1070,8 @@ mod tests {
         drop(writer);
         let (records, blobs) = stored(dir.path());
         assert_eq!((records, blobs), (n as usize, 3));
-        let (_writer, tables, ..) = RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+        let (_writer, tables, ..) =
+            RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         let spots = rows_of(&tables, Table::Spots);
         assert_eq!(spots.len() as u64, n);
         assert!(spots
@@ -1082,7 +1086,7 @@ mod tests {
             floor: 5,
             max_chunks: u64::MAX,
         };
-        let (writer, ..) = RowWriter::open_with(dir.path(), Sync::Normal, policy).unwrap();
+        let (writer, ..) = RowWriter::open_with(dir.path(), Durability::Normal, policy).unwrap();
         // 4 live items, rewritten again and again; item 5 comes and goes.
         for round in 0..3u64 {
             writer.flush(RowFlush {
@@ -1106,7 +1110,7 @@ mod tests {
         assert_eq!(stored(dir.path()), (5, 2), "deltas follow the base");
         drop(writer);
         let (_writer, tables, journal, id_last) =
-            RowWriter::open_with(dir.path(), Sync::Normal, policy).unwrap();
+            RowWriter::open_with(dir.path(), Durability::Normal, policy).unwrap();
         assert_eq!((journal, id_last), (9, 200));
         assert_eq!(
             rows_of(&tables, Table::Items),
@@ -1118,7 +1122,7 @@ mod tests {
     #[test]
     fn many_small_deltas_are_compacted_at_open_too() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, ..) = RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+        let (writer, ..) = RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         for i in 0..6 {
             writer.flush(RowFlush {
                 upserts: vec![upsert(Table::Spots, i, "{}")],
@@ -1132,7 +1136,8 @@ mod tests {
             floor: 1000,
             max_chunks: 4,
         };
-        let (writer, tables, ..) = RowWriter::open_with(dir.path(), Sync::Normal, policy).unwrap();
+        let (writer, tables, ..) =
+            RowWriter::open_with(dir.path(), Durability::Normal, policy).unwrap();
         writer.wait();
         assert_eq!(stored(dir.path()), (6, 1));
         assert_eq!(rows_of(&tables, Table::Spots).len(), 6);
@@ -1141,7 +1146,7 @@ mod tests {
     #[test]
     fn a_written_flush_survives_a_writer_that_never_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, ..) = RowWriter::open(dir.path(), Sync::Normal).unwrap();
+        let (writer, ..) = RowWriter::open(dir.path(), Durability::Normal).unwrap();
         writer.flush(RowFlush {
             upserts: vec![upsert_item(1, 7)],
             journal: 3,
@@ -1152,7 +1157,7 @@ mod tests {
         // As after a crash: the connection is never closed, its WAL never checkpointed.
         std::mem::forget(writer);
         let (_writer, tables, journal, id_last) =
-            RowWriter::open(dir.path(), Sync::Normal).unwrap();
+            RowWriter::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!((journal, id_last), (3, 4));
         assert_eq!(rows_of(&tables, Table::Items), vec![loaded_item(1, 7)]);
     }
@@ -1160,20 +1165,20 @@ mod tests {
     #[test]
     fn a_corrupt_delta_fails_the_open() {
         let dir = tempfile::tempdir().unwrap();
-        drop(RowWriter::open(dir.path(), Sync::Normal).unwrap());
+        drop(RowWriter::open(dir.path(), Durability::Normal).unwrap());
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
         let truncated = lz4_flex::compress_prepend_size(&[0u8, 1, 2]);
         conn.execute("INSERT INTO row_deltas (blob) VALUES (?1)", [truncated])
             .unwrap();
         drop(conn);
-        let err = RowWriter::open(dir.path(), Sync::Normal).unwrap_err();
+        let err = RowWriter::open(dir.path(), Durability::Normal).unwrap_err();
         assert!(err.to_string().contains("cut short"), "{err}");
     }
 
     #[test]
     fn a_corrupt_encoded_row_fails_the_open() {
         let dir = tempfile::tempdir().unwrap();
-        drop(RowWriter::open(dir.path(), Sync::Normal).unwrap());
+        drop(RowWriter::open(dir.path(), Durability::Normal).unwrap());
         let conn = Connection::open(dir.path().join("state.db")).unwrap();
         let mut record = vec![Table::Items as u8 | BINARY];
         record.extend_from_slice(&id(1).0.to_le_bytes());
@@ -1185,7 +1190,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let err = RowWriter::open(dir.path(), Sync::Normal).unwrap_err();
+        let err = RowWriter::open(dir.path(), Durability::Normal).unwrap_err();
         assert!(err.to_string().contains("items row"), "{err}");
     }
 
@@ -1199,7 +1204,7 @@ mod tests {
         );
         {
             // As the deltas were written before the encoding: every row a JSON document.
-            let (writer, ..) = RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+            let (writer, ..) = RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
             writer.flush(RowFlush {
                 upserts: vec![
                     upsert(Table::Items, 1, &it_json),
@@ -1215,7 +1220,7 @@ mod tests {
         }
         assert_eq!(stored_records(dir.path()), (3, 1, 0), "no record encoded");
         let (writer, tables, journal, id_last) =
-            RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+            RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         assert_eq!((journal, id_last), (5, 6));
         assert_eq!(rows_of(&tables, Table::Items), vec![row(1, &it_json)]);
         assert_eq!(rows_of(&tables, Table::Presences), vec![row(2, &p_json)]);
@@ -1227,7 +1232,7 @@ mod tests {
         );
         drop(writer);
         let (_writer, tables, journal, id_last) =
-            RowWriter::open_with(dir.path(), Sync::Normal, NEVER).unwrap();
+            RowWriter::open_with(dir.path(), Durability::Normal, NEVER).unwrap();
         assert_eq!((journal, id_last), (5, 6));
         assert_eq!(
             rows_of(&tables, Table::Items),
@@ -1275,7 +1280,8 @@ mod tests {
             .unwrap();
         }
         drop(old);
-        let (writer, tables, journal, id_last) = RowWriter::open(dir.path(), Sync::Normal).unwrap();
+        let (writer, tables, journal, id_last) =
+            RowWriter::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!((journal, id_last), (41, 99));
         assert_eq!(rows_of(&tables, Table::Spots), vec![row(1, "{\"s\":1}")]);
         assert_eq!(
@@ -1302,7 +1308,7 @@ mod tests {
         });
         drop(writer);
         let (_writer, tables, journal, id_last) =
-            RowWriter::open(dir.path(), Sync::Normal).unwrap();
+            RowWriter::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!((journal, id_last), (42, 100));
         assert_eq!(rows_of(&tables, Table::Items), vec![loaded_item(2, 0)]);
         assert_eq!(stored(dir.path()), (5, 2), "not converted again");
@@ -1324,7 +1330,8 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let (writer, tables, journal, id_last) = RowWriter::open(dir.path(), Sync::Normal).unwrap();
+        let (writer, tables, journal, id_last) =
+            RowWriter::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!((journal, id_last), (2, 0));
         assert_eq!(
             rows_of(&tables, Table::Items),
@@ -1340,7 +1347,7 @@ mod tests {
         assert_eq!(writer.flushed_journal(), 3);
         drop(writer);
         let (_writer, tables, journal, id_last) =
-            RowWriter::open(dir.path(), Sync::Normal).unwrap();
+            RowWriter::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!((journal, id_last), (3, 77), "not copied again");
         assert_eq!(rows_of(&tables, Table::Items), vec![loaded_item(11, 0)]);
     }
@@ -1353,7 +1360,7 @@ mod tests {
             .unwrap();
         drop(old);
         let (_writer, tables, journal, id_last) =
-            RowWriter::open(dir.path(), Sync::Normal).unwrap();
+            RowWriter::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!((journal, id_last), (0, 0));
         assert!(tables.iter().all(|(_, rows)| rows.is_empty()));
     }

@@ -1,0 +1,177 @@
+//! The REST API: `GET /api/{collection}` (filters, sort, paging: [`query`]),
+//! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}` (answered after commit) and
+//! `GET /metrics`.
+
+pub mod query;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::domain::PutError;
+use crate::pipeline::PipelineMsg;
+use crate::response::{error, json_response, unavailable, Body};
+use crate::server::Shared;
+
+pub fn list(
+    req: &Request<Incoming>,
+    collection: &str,
+    path: &str,
+    shared: &Shared,
+) -> Response<Body> {
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let docs = {
+        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+        domain.collection(collection)
+    };
+    let Some(docs) = docs else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no collection {collection:?}"),
+            Value::Null,
+        );
+    };
+    let lookup = |collection: &str, id: &str| {
+        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+        domain.get(collection, id)
+    };
+    match crate::api::query::query(collection, docs, &params, path, &lookup) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            json!({ "parameter": e.param }),
+        ),
+    }
+}
+
+/// One document; `populate` works as on the collection.
+pub fn get_one(
+    req: &Request<Incoming>,
+    collection: &str,
+    id: &str,
+    shared: &Shared,
+) -> Response<Body> {
+    let mut fields = Vec::new();
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if k == "populate" {
+            match crate::api::query::populate_fields(collection, &v) {
+                Ok(f) => fields.extend(f),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        e.to_string(),
+                        json!({ "parameter": e.param }),
+                    )
+                }
+            }
+        }
+    }
+    let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+    if !crate::api::query::COLLECTIONS.contains(&collection) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no collection {collection:?}"),
+            Value::Null,
+        );
+    }
+    match domain.get(collection, id) {
+        Some(v) => {
+            let mut docs = [v];
+            crate::api::query::populate(&mut docs, &fields, &|c, id| domain.get(c, id));
+            let [v] = docs;
+            json_response(StatusCode::OK, &v)
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("{collection} {id:?} not found"),
+            Value::Null,
+        ),
+    }
+}
+
+pub async fn put(
+    req: Request<Incoming>,
+    collection: String,
+    id: String,
+    shared: &Shared,
+) -> Response<Body> {
+    let limit = shared.limits.max_api_body_bytes;
+    let bytes = match Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {limit} bytes"),
+                Value::Null,
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("request body: {e}"),
+                Value::Null,
+            )
+        }
+    };
+    let body = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be a JSON object",
+                Value::Null,
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not JSON: {e}"),
+                Value::Null,
+            )
+        }
+    };
+    let (reply, rx) = oneshot::channel();
+    let msg = PipelineMsg::Put {
+        collection,
+        id,
+        body,
+        reply,
+    };
+    if shared.pipeline.send(msg).await.is_err() {
+        return unavailable();
+    }
+    match rx.await {
+        Ok(Ok(v)) => json_response(StatusCode::OK, &v),
+        Ok(Err(e @ PutError::NotFound { .. })) => {
+            error(StatusCode::NOT_FOUND, e.to_string(), Value::Null)
+        }
+        Ok(Err(e @ PutError::MethodNotAllowed(_))) => {
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, e.to_string(), Value::Null);
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            resp
+        }
+        Ok(Err(e @ PutError::BadField { .. })) => {
+            let field = match &e {
+                PutError::BadField { field, .. } => field.clone(),
+                _ => String::new(),
+            };
+            error(
+                StatusCode::BAD_REQUEST,
+                e.to_string(),
+                json!({ "field": field }),
+            )
+        }
+        Err(_) => unavailable(),
+    }
+}

@@ -1,0 +1,127 @@
+//! How to run the server: [`ServerConfig`] (addresses, data directory, durability, push)
+//! and [`ServerLimits`] (every bound, with its reason). Plain data: read by every layer,
+//! depends on nothing but the store's [`Durability`] and the push settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ingest::pull;
+use crate::outlets;
+pub use crate::store::Durability;
+
+/// Every bound of the server, with its reason. All configurable.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest single event (bytes of its encoding). Default 64 KiB: a full `config create`
+    /// is under 2 KiB. A larger event is skipped and counted like a malformed one.
+    pub max_message_bytes: usize,
+    /// Deepest nesting of one event. Default 32 (real events nest 4 deep).
+    pub max_depth: usize,
+    /// Largest POST body. Default 64 MiB (a 1 s POST carries a few KiB; a spot flushing a
+    /// long offline buffer more). Past it: `413`, connection closed.
+    pub max_body_bytes: u64,
+    /// Largest REST request body (PUT). Default 1 MiB. Past it: `413`.
+    pub max_api_body_bytes: u64,
+    /// Most header lines in a request. Default 64. Past it: `431` (hyper).
+    pub max_headers: usize,
+    /// Most bytes of request line + headers. Default 16 KiB. Past it: `431` (hyper).
+    pub max_header_bytes: usize,
+    /// Time to receive a request's headers, also the idle time allowed on a keep-alive
+    /// connection between requests. Default 30 s. Past it: the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest gap between two pieces of a request body (slow senders). Default 30 s.
+    /// Past it: `408`, connection closed.
+    pub body_idle_timeout: Duration,
+    /// Longest a POST body may take in total (never-ending bodies; spots end theirs after
+    /// about 1 s). Default 300 s. Past it: `408`, connection closed.
+    pub max_post_duration: Duration,
+    /// Most open connections (HTTP and TCP each). Default 10,000 (stays under a 20,000 open
+    /// file limit with both listeners full). Past it: HTTP gets `503`
+    /// and is closed; TCP is closed.
+    pub max_connections: usize,
+    /// Longest idle time of a raw TCP stream (spots send an alive signal every second).
+    /// Default 60 s.
+    pub tcp_idle_timeout: Duration,
+    /// How long shutdown waits for in-flight requests. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Messages without events (stream begin and end, API changes, ticks) queued to the
+    /// core before senders wait; messages with events count in `core_queue_events`.
+    /// Default 4096.
+    pub core_queue: usize,
+    /// Upstream events queued to the core before ingest waits (and stops reading its
+    /// sockets: backpressure to the spots). Bounds the time an event waits to be applied,
+    /// hence the acknowledgement latency under overload. Default 4096.
+    pub core_queue_events: usize,
+}
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_message_bytes: 64 * 1024,
+            max_depth: 32,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_api_body_bytes: 1024 * 1024,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
+            max_post_duration: Duration::from_secs(300),
+            max_connections: 10_000,
+            tcp_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            core_queue: 4096,
+            core_queue_events: 4096,
+        }
+    }
+}
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// HTTP address (default `0.0.0.0:8080`).
+    pub listen: SocketAddr,
+    /// Raw TCP ingest address (off by default).
+    pub tcp_listen: Option<SocketAddr>,
+    /// Serve HTTPS instead of HTTP on `listen` (off by default).
+    pub tls: Option<TlsFiles>,
+    /// Spots' telnet services (`HOST:PORT`) the server dials and ingests (none by default).
+    pub pull: Vec<String>,
+    /// Redial delays of `pull`.
+    pub pull_backoff: pull::PullBackoff,
+    /// Data directory (default `./spot-data`), created if missing.
+    pub data_dir: PathBuf,
+    /// A spot without traffic for this long goes offline (default 10 s).
+    pub offline_after: Duration,
+    /// How long derived and upstream events are kept (default 24 h).
+    pub events_retention: Duration,
+    /// fsync policy of commits (default [`Durability::Full`]).
+    pub sync: Durability,
+    /// Bounds.
+    pub limits: ServerLimits,
+    /// Push to applications (WebSocket, SSE, webhooks, MQTT).
+    pub push: outlets::PushConfig,
+}
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tcp_listen: None,
+            tls: None,
+            pull: Vec::new(),
+            pull_backoff: pull::DEFAULT_BACKOFF,
+            data_dir: PathBuf::from("spot-data"),
+            offline_after: Duration::from_secs(10),
+            events_retention: Duration::from_secs(24 * 3600),
+            sync: Durability::Full,
+            limits: ServerLimits::default(),
+            push: outlets::PushConfig::default(),
+        }
+    }
+}
+/// PEM files of the HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}

@@ -1,0 +1,355 @@
+//! Streaming spot ingest over HTTP (`POST /api/spots/{serial}/events[/]`, spec §4.1 and the
+//! delivery contract): each body chunk is fed to a [`Decoder`] and the decoded events go to
+//! the pipeline at once (so they are visible before the body ends); at the end of the body
+//! the handler asks the pipeline to sync and answers `200` only after the commit, with
+//! `X-Spot-Ack`, the `Date` hyper adds, and the spot's pending commands encoded per `Accept`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, USER_AGENT};
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+use spot_protocol::{Decoder, Encoder, Encoding, Limits};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::ingest::{drain, valid_serial};
+use crate::pipeline::{EndReply, PipelineMsg};
+use crate::response::{error, unavailable, Body};
+use crate::server::Shared;
+
+/// The header carrying the highest sequence durably stored for the spot.
+pub const ACK_HEADER: &str = "x-spot-ack";
+/// The header counting the messages of this POST that were skipped as malformed.
+pub const REJECTED_HEADER: &str = "x-spot-rejected";
+/// The response encoding named by `Accept`; the request's when absent or a wildcard.
+fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding, String> {
+    let Some(value) = headers.get(ACCEPT) else {
+        return Ok(request);
+    };
+    let text = value.to_str().map_err(|_| "<not text>".to_string())?;
+    let mut wildcard = false;
+    for part in text.split(',') {
+        if let Some(e) = Encoding::from_media_type(part) {
+            return Ok(e);
+        }
+        let essence = part.split(';').next().unwrap_or("").trim();
+        if matches!(essence, "*/*" | "text/*" | "application/*" | "") {
+            wildcard = true;
+        }
+    }
+    if wildcard {
+        Ok(request)
+    } else {
+        Err(text.to_string())
+    }
+}
+/// Ends the stream with the core if the handler is dropped mid-body (client went away).
+struct StreamGuard {
+    core: crate::pipeline::PipelineSender,
+    serial: String,
+    armed: bool,
+}
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let core = self.core.clone();
+        let serial = std::mem::take(&mut self.serial);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let (reply, _rx) = oneshot::channel();
+                let _ = core
+                    .send(PipelineMsg::Sync {
+                        serial,
+                        end_stream: true,
+                        take_commands: false,
+                        reply,
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Response<Body> {
+    let limits = &shared.limits;
+    if !valid_serial(&serial) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bad spot serial {serial:?}: 1 to 64 letters, digits, '-' or '_'"),
+            Value::Null,
+        );
+    }
+    let encoding = match req.headers().get(CONTENT_TYPE) {
+        None => Encoding::Json,
+        Some(v) => match v.to_str().ok().and_then(Encoding::from_media_type) {
+            Some(e) => e,
+            None => {
+                let resp = error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "unsupported Content-Type {:?}; use {} or {}",
+                        String::from_utf8_lossy(v.as_bytes()),
+                        Encoding::Json.media_type(),
+                        Encoding::Protobuf.media_type()
+                    ),
+                    Value::Null,
+                );
+                return with_ack(resp, &serial, shared, false).await;
+            }
+        },
+    };
+    let response_encoding = match response_encoding(req.headers(), encoding) {
+        Ok(e) => e,
+        Err(accept) => {
+            let resp = error(
+                StatusCode::NOT_ACCEPTABLE,
+                format!(
+                    "cannot answer in {accept:?}; accept {} or {}",
+                    Encoding::Json.media_type(),
+                    Encoding::Protobuf.media_type()
+                ),
+                Value::Null,
+            );
+            return with_ack(resp, &serial, shared, false).await;
+        }
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        shared
+            .metrics
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let resp = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body exceeds {} bytes", limits.max_body_bytes),
+            Value::Null,
+        );
+        return close(with_ack(resp, &serial, shared, false).await);
+    }
+    let version = req
+        .headers()
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.strip_prefix("spot/"))
+        .map(|v| v.trim().to_string());
+    let begin = PipelineMsg::Begin {
+        serial: serial.clone(),
+        version,
+    };
+    if shared.pipeline.send(begin).await.is_err() {
+        return unavailable();
+    }
+    let mut guard = StreamGuard {
+        core: shared.pipeline.clone(),
+        serial: serial.clone(),
+        armed: true,
+    };
+    let mut decoder = Decoder::new(
+        encoding,
+        Limits {
+            max_message_bytes: limits.max_message_bytes,
+            max_depth: limits.max_depth,
+        },
+    );
+    let mut body = req.into_body();
+    // One allocation for the serial of every message of this stream.
+    let stream_serial: Arc<str> = Arc::from(serial.as_str());
+    let deadline = Instant::now() + limits.max_post_duration;
+    // One timer for the whole body, due every quarter of the idle timeout: the body is idle
+    // once 4 ticks in a row saw no frame (silence of 1 to 1.25 idle timeouts). A timer per
+    // frame cost a timer-wheel insert and removal and a clock read per chunk.
+    let quarter = (limits.body_idle_timeout / 4).max(Duration::from_millis(1));
+    let tick = tokio::time::sleep_until((Instant::now() + quarter).min(deadline));
+    let mut tick = std::pin::pin!(tick);
+    let mut silent_ticks = 0;
+    let mut frames_since_tick = false;
+    let mut received: u64 = 0;
+    let mut malformed: u64 = 0;
+    let failure = loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = tick.as_mut() => {
+                if tick.deadline() >= deadline {
+                    break Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "body not finished within {}s",
+                            limits.max_post_duration.as_secs()
+                        ),
+                    ));
+                }
+                silent_ticks = if frames_since_tick { 0 } else { silent_ticks + 1 };
+                frames_since_tick = false;
+                if silent_ticks >= 4 {
+                    break Some((
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "no body data for {}s",
+                            limits.body_idle_timeout.as_secs_f64()
+                        ),
+                    ));
+                }
+                let next = (tick.deadline() + quarter).min(deadline);
+                tick.as_mut().reset(next);
+                continue;
+            }
+        };
+        frames_since_tick = true;
+        let frame = match frame {
+            None => break None,
+            Some(Err(e)) => {
+                break Some((StatusCode::BAD_REQUEST, format!("body framing: {e}")));
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        received += data.len() as u64;
+        if received > limits.max_body_bytes {
+            break Some((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body exceeds {} bytes", limits.max_body_bytes),
+            ));
+        }
+        decoder.feed(&data);
+        let events = drain(&mut decoder, &serial, shared, &mut malformed);
+        if !events.is_empty() {
+            let msg = PipelineMsg::Events {
+                serial: stream_serial.clone(),
+                events,
+                ack: None,
+            };
+            if shared.pipeline.send(msg).await.is_err() {
+                return unavailable();
+            }
+        }
+    };
+    if let Some((status, message)) = failure {
+        tracing::warn!(spot = %serial, %status, "POST refused: {message}");
+        shared
+            .metrics
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+        guard.armed = false;
+        let resp = error(status, message, Value::Null);
+        return close(with_ack(resp, &serial, shared, true).await);
+    }
+    let body_ended = std::time::Instant::now();
+    decoder.finish();
+    let events = drain(&mut decoder, &serial, shared, &mut malformed);
+    if !events.is_empty() {
+        let msg = PipelineMsg::Events {
+            serial: stream_serial,
+            events,
+            ack: None,
+        };
+        if shared.pipeline.send(msg).await.is_err() {
+            return unavailable();
+        }
+    }
+    guard.armed = false;
+    let Some(reply) = sync(shared, &serial, true, true).await else {
+        return unavailable();
+    };
+    let mut out = Vec::new();
+    let mut encoder = Encoder::new(response_encoding);
+    for command in &reply.commands {
+        encoder.encode(command, &mut out);
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(response_encoding.media_type()),
+    );
+    headers.insert(ACK_HEADER, HeaderValue::from(reply.acked_seq));
+    if malformed > 0 {
+        headers.insert(REJECTED_HEADER, HeaderValue::from(malformed));
+    }
+    shared.metrics.posts_ok.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.observe_ack(body_ended.elapsed());
+    resp
+}
+
+async fn sync(
+    shared: &Shared,
+    serial: &str,
+    end_stream: bool,
+    take_commands: bool,
+) -> Option<EndReply> {
+    let (reply, rx) = oneshot::channel();
+    let msg = PipelineMsg::Sync {
+        serial: serial.to_string(),
+        end_stream,
+        take_commands,
+        reply,
+    };
+    shared.pipeline.send(msg).await.ok()?;
+    rx.await.ok()
+}
+/// Adds `X-Spot-Ack` (after a sync, so it is durable) to a response to a spot.
+async fn with_ack(
+    mut resp: Response<Body>,
+    serial: &str,
+    shared: &Shared,
+    end_stream: bool,
+) -> Response<Body> {
+    let known = {
+        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+        domain.spot_by_serial(serial).is_some()
+    };
+    let acked = if known || end_stream {
+        sync(shared, serial, end_stream, false)
+            .await
+            .map_or(0, |r| r.acked_seq)
+    } else {
+        0
+    };
+    resp.headers_mut()
+        .insert(ACK_HEADER, HeaderValue::from(acked));
+    resp
+}
+fn close(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_chooses_the_response_encoding() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            response_encoding(&h, Encoding::Protobuf),
+            Ok(Encoding::Protobuf)
+        );
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/x-intellifi-events-pb"),
+        );
+        assert_eq!(
+            response_encoding(&h, Encoding::Json),
+            Ok(Encoding::Protobuf)
+        );
+        h.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(response_encoding(&h, Encoding::Json), Ok(Encoding::Json));
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(response_encoding(&h, Encoding::Json).is_err());
+    }
+}
