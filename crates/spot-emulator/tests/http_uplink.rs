@@ -17,7 +17,7 @@ use spot_emulator::spot::DEFAULT_FIRMWARE;
 use spot_emulator::uplink::{ServerAddr, SpotStats, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 use spot_protocol::{Action, Config, Decoder, Encoding, Event, EventKind, Firmware, Limits};
-use support::{Shared, State, TestServer};
+use support::{Context, State, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -206,7 +206,7 @@ fn command(kind: EventKind) -> Event {
 
 #[tokio::test]
 async fn commands_are_applied_echoed_and_firmware_is_fetched_and_reported() {
-    let shared = Shared::default();
+    let shared = Context::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let mut update = Config {
         send_hits: Some(true),
@@ -328,7 +328,7 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn server_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
-    let shared = Shared::default();
+    let shared = Context::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let addr = server.addr;
     let cfg = config(&server.url(), 3, 300.0, Some(1.5));
@@ -363,7 +363,7 @@ async fn server_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn emulator_killed_and_restarted_with_its_buffer_loses_nothing() {
-    let shared = Shared::default();
+    let shared = Context::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&server.url(), 2, 300.0, None);
@@ -422,7 +422,7 @@ async fn emulator_killed_and_restarted_with_its_buffer_loses_nothing() {
 
 #[tokio::test]
 async fn injected_faults_are_counted_and_still_nothing_is_lost_or_doubled() {
-    let shared = Shared::default();
+    let shared = Context::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let mut cfg = config(&server.url(), 2, 300.0, Some(1.5));
     for spec in [
@@ -517,7 +517,7 @@ async fn raw_tcp_streams_events_and_takes_acks_and_commands_from_the_socket() {
 
 #[tokio::test]
 async fn telnet_serves_the_raw_stream_with_online_messages() {
-    let shared = Shared::default();
+    let shared = Context::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let cfg = config(&server.url(), 1, 300.0, Some(0.6));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -563,7 +563,7 @@ async fn telnet_serves_the_raw_stream_with_online_messages() {
 
 #[tokio::test]
 async fn replay_sends_the_recorded_events_then_ends() {
-    let shared = Shared::default();
+    let shared = Context::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let recording = Arc::new(Recording::parse(include_bytes!(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -591,7 +591,7 @@ async fn replay_sends_the_recorded_events_then_ends() {
 #[tokio::test]
 async fn protobuf_encoding_carries_events_and_commands() {
     for raw_tcp in [false, true] {
-        let shared = Shared::default();
+        let shared = Context::default();
         let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
         let update = Config {
             send_hits: Some(true),

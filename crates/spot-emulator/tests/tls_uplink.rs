@@ -93,7 +93,7 @@ async fn https_with_ca_cert_delivers_every_event_to_the_real_server() {
     );
     assert_eq!(total.reconnects.load(Relaxed), 0);
     {
-        let domain = server.shared().domain.read().unwrap();
+        let domain = server.context().domain.read().unwrap();
         for report in &summary.reports {
             let serial = report.serial.to_string();
             let spot = domain
@@ -155,7 +155,7 @@ async fn an_untrusted_certificate_or_wrong_name_fails_as_reconnects_with_a_tls_e
             );
             assert!(
                 server
-                    .shared()
+                    .context()
                     .domain
                     .read()
                     .unwrap()

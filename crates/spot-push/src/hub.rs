@@ -284,7 +284,7 @@ pub enum HubError {
     TooManySubscriptions(usize),
 }
 
-struct Shared {
+struct Context {
     key: u64,
     outlet: String,
     filters: RwLock<Vec<TopicFilter>>,
@@ -295,7 +295,7 @@ struct Shared {
     raw: AtomicBool,
 }
 
-impl Shared {
+impl Context {
     fn wants(&self, topic: &str) -> bool {
         read(&self.filters).iter().any(|f| f.matches(topic))
     }
@@ -316,7 +316,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 struct Inner {
     config: HubConfig,
-    subscriptions: RwLock<Vec<Arc<Shared>>>,
+    subscriptions: RwLock<Vec<Arc<Context>>>,
     next_key: AtomicU64,
     published_total: AtomicU64,
     raw_published_total: AtomicU64,
@@ -508,7 +508,7 @@ impl Hub {
         queue_capacity: usize,
     ) -> Result<Subscription, HubError> {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Context {
             key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
             outlet: outlet.to_owned(),
             filters: RwLock::new(filters),
@@ -585,7 +585,7 @@ impl Hub {
 
 /// The receiving end of one hub subscription: a bounded queue plus its filters.
 pub struct Subscription {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     rx: mpsc::Receiver<Arc<Published>>,
     hub: Arc<Inner>,
     start_id: u64,
@@ -678,7 +678,7 @@ impl Subscription {
 /// Changes the filters of a [`Subscription`] owned elsewhere ([`Subscription::filter_handle`]).
 #[derive(Clone)]
 pub struct FilterHandle {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
 }
 
 impl FilterHandle {

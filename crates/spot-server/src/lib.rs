@@ -15,6 +15,7 @@
 //! - [`pipeline`]: the one owner of the domain and the store: the apply stage (domain)
 //!   and the writer stage (group commit, then the answers, then the outlets). A `200`
 //!   leaves only after its events are committed.
+//! - [`context`]: what connection tasks share ([`Context`]).
 //! - [`ingest`]: spot streams over HTTP POSTs, raw TCP (`--tcp-listen`) and `--pull`,
 //!   sharing one stream session; [`api`]: the REST API and `/metrics`.
 //! - [`http`]: the listener: accept with a connection limit, TLS, the router;
@@ -38,6 +39,8 @@ pub mod store;
 pub mod outlets;
 pub mod pipeline;
 
+pub mod context;
+
 pub mod api;
 pub mod ingest;
 
@@ -46,5 +49,6 @@ pub mod response;
 pub mod server;
 
 pub use config::{Durability, ServerConfig, ServerLimits, TlsFiles};
-pub use server::{Server, ServerError, Shared};
+pub use context::Context;
+pub use server::{Server, ServerError};
 pub use shutdown::Phase;

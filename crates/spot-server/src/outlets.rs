@@ -349,7 +349,7 @@ impl std::fmt::Debug for Publisher {
 /// everything else with the server's own routes.
 pub async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
-    shared: &crate::Shared,
+    shared: &crate::Context,
 ) -> hyper::Response<axum::body::Body> {
     if spot_push::is_push_path(req.uri().path()) {
         return spot_push::call_router(shared.outlets.router(), req).await;
@@ -360,7 +360,7 @@ pub async fn serve(
 }
 
 /// The `/metrics` text: the server's counters, then the push layer's.
-pub fn metrics(shared: &crate::Shared) -> String {
+pub fn metrics(shared: &crate::Context) -> String {
     shared.metrics.render() + &shared.outlets.render_metrics()
 }
 

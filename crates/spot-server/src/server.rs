@@ -1,5 +1,5 @@
 //! Wiring: [`Server::bind`] opens the store, loads the state, starts the pipeline, the
-//! outlets and the listeners; [`Server::shutdown`] stops them in order. [`Shared`] is what
+//! outlets and the listeners; [`Server::shutdown`] stops them in order. [`Context`] is what
 //! every connection task holds.
 
 use std::net::SocketAddr;
@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::clock::now_ms;
-use crate::config::{ServerConfig, ServerLimits};
+use crate::config::ServerConfig;
+use crate::context::Context;
 use crate::domain::{Domain, DomainConfig};
 use crate::ingest::{pull, tcp};
 use crate::metrics::Metrics;
@@ -68,24 +69,6 @@ pub enum ServerError {
         source: std::io::Error,
     },
 }
-/// What every connection task shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// Sender to the pipeline.
-    pub pipeline: pipeline::PipelineSender,
-    /// The live state (read side; the core writes).
-    pub domain: Arc<RwLock<Domain>>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Bounds.
-    pub limits: ServerLimits,
-    /// HTTP connection slots.
-    pub http_slots: Arc<Semaphore>,
-    /// TCP connection slots.
-    pub tcp_slots: Arc<Semaphore>,
-    /// The push layer (hub, outlets, their router).
-    pub outlets: outlets::Outlets,
-}
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -96,7 +79,7 @@ pub struct Server {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     connections_done: mpsc::Receiver<()>,
     core_thread: std::thread::JoinHandle<()>,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     /// Held (exclusively locked) until the server has stopped.
     _data_lock: std::fs::File,
 }
@@ -234,7 +217,7 @@ impl Server {
             None => None,
         };
         let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Context {
             pipeline: core_tx,
             domain,
             metrics,
@@ -320,8 +303,8 @@ impl Server {
         self.tcp_addr
     }
 
-    /// The shared state (for tests and a later push layer).
-    pub fn shared(&self) -> &Arc<Shared> {
+    /// What the connection tasks share (for tests and tools in the same process).
+    pub fn context(&self) -> &Arc<Context> {
         &self.shared
     }
 

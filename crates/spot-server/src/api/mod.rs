@@ -11,16 +11,16 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::context::Context;
 use crate::domain::PutError;
 use crate::pipeline::PipelineMsg;
 use crate::response::{error, json_response, unavailable, Body};
-use crate::server::Shared;
 
 pub fn list(
     req: &Request<Incoming>,
     collection: &str,
     path: &str,
-    shared: &Shared,
+    shared: &Context,
 ) -> Response<Body> {
     let params: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
@@ -56,7 +56,7 @@ pub fn get_one(
     req: &Request<Incoming>,
     collection: &str,
     id: &str,
-    shared: &Shared,
+    shared: &Context,
 ) -> Response<Body> {
     let mut fields = Vec::new();
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
@@ -100,7 +100,7 @@ pub async fn put(
     req: Request<Incoming>,
     collection: String,
     id: String,
-    shared: &Shared,
+    shared: &Context,
 ) -> Response<Body> {
     let limit = shared.limits.max_api_body_bytes;
     let bytes = match Limited::new(req.into_body(), limit as usize)

@@ -23,8 +23,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::context::Context;
 use crate::response::{error, method_not_allowed, Body};
-use crate::server::Shared;
 use crate::shutdown::{reached, Phase};
 use crate::{api, ingest};
 
@@ -32,7 +32,7 @@ use crate::{api, ingest};
 /// holds a `done` sender.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     mut shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -100,7 +100,7 @@ async fn serve_connection<I>(
     io: I,
     peer: std::net::SocketAddr,
     builder: http1::Builder,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     mut shutdown: watch::Receiver<Phase>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -144,7 +144,7 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
     })
     .await;
 }
-pub(crate) async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segments: Vec<String> = path
         .trim_matches('/')

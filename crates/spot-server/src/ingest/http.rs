@@ -18,10 +18,10 @@ use spot_protocol::{Decoder, Encoder, Encoding, Limits};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::context::Context;
 use crate::ingest::{drain, valid_serial};
 use crate::pipeline::{EndReply, PipelineMsg};
 use crate::response::{error, unavailable, Body};
-use crate::server::Shared;
 
 /// The header carrying the highest sequence durably stored for the spot.
 pub const ACK_HEADER: &str = "x-spot-ack";
@@ -78,7 +78,7 @@ impl Drop for StreamGuard {
     }
 }
 
-pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> Response<Body> {
+pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Context) -> Response<Body> {
     let limits = &shared.limits;
     if !valid_serial(&serial) {
         return error(
@@ -286,7 +286,7 @@ pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Shared) -> 
 }
 
 async fn sync(
-    shared: &Shared,
+    shared: &Context,
     serial: &str,
     end_stream: bool,
     take_commands: bool,
@@ -305,7 +305,7 @@ async fn sync(
 async fn with_ack(
     mut resp: Response<Body>,
     serial: &str,
-    shared: &Shared,
+    shared: &Context,
     end_stream: bool,
 ) -> Response<Body> {
     let known = {

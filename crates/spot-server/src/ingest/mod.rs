@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 use spot_protocol::{Decoder, Event, EventKind, Limits};
 
+use crate::context::Context;
 use crate::domain::encode_json;
-use crate::server::Shared;
 
 /// Whether a serial number is acceptable in a path (and as a key).
 pub fn valid_serial(serial: &str) -> bool {
@@ -51,7 +51,7 @@ pub fn journal_json(decoder: &Decoder, event: &Event) -> String {
 pub fn drain(
     decoder: &mut Decoder,
     serial: &str,
-    shared: &Shared,
+    shared: &Context,
     malformed: &mut u64,
 ) -> Vec<(Event, String)> {
     let mut events = Vec::new();

@@ -14,8 +14,8 @@ use spot_protocol::backoff::Delays;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use crate::context::Context;
 use crate::ingest::tcp::{ingest, WriteBack};
-use crate::server::Shared;
 use crate::shutdown::reached;
 use crate::shutdown::Phase;
 
@@ -34,7 +34,7 @@ pub const DEFAULT_BACKOFF: PullBackoff = PullBackoff {
 /// Dials `target` and ingests its stream until the server stops; holds `done` meanwhile.
 pub async fn run(
     target: String,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     mut shutdown: watch::Receiver<Phase>,
     backoff: PullBackoff,
     done: mpsc::Sender<()>,

@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::now_ms;
+use crate::context::Context;
 use crate::pipeline::PipelineMsg;
-use crate::server::Shared;
 use crate::shutdown::{reached, Phase};
 
 /// Read buffer per connection.
@@ -30,7 +30,7 @@ const COMMAND_QUEUE: usize = 16;
 /// Accepts raw TCP spot streams until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     mut shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
 ) {
@@ -91,7 +91,7 @@ pub enum WriteBack {
 /// shutdown grace) the stream is dropped at once.
 pub async fn ingest<S>(
     stream: S,
-    shared: &Shared,
+    shared: &Context,
     mut shutdown: watch::Receiver<Phase>,
     write_back: WriteBack,
 ) -> Result<(), String>
@@ -107,7 +107,7 @@ where
 
 async fn handle<S>(
     stream: S,
-    shared: &Shared,
+    shared: &Context,
     shutdown: &mut watch::Receiver<Phase>,
     write_back: WriteBack,
 ) -> Result<(), String>
