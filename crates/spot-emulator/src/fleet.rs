@@ -19,7 +19,8 @@ use crate::population::PopulationParams;
 use crate::replay::{Recording, Replay, ReplayTiming};
 use crate::rng::mix;
 use crate::spot::{Spot, SpotCounters};
-use crate::uplink::{SpotReport, SpotStats, SpotTask, UplinkConfig};
+use crate::stats::SpotStats;
+use crate::uplink::{SpotReport, SpotTask, UplinkConfig};
 
 /// A run of many spots.
 #[derive(Debug, Clone)]

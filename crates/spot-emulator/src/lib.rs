@@ -34,6 +34,7 @@ pub mod population;
 pub mod replay;
 pub mod rng;
 pub mod spot;
+pub mod stats;
 pub mod telnet;
 pub mod tls;
 pub mod uplink;

@@ -18,7 +18,7 @@
 //! takes them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +35,7 @@ use crate::faults::{Faults, MALFORMED_JSON};
 use crate::replay::{Replay, ReplayTiming};
 use crate::rng::Rng;
 use crate::spot::{CommandEffect, Spot};
+use crate::stats::SpotStats;
 use crate::telnet::{self, TelnetFeed};
 use crate::tls::{TlsClient, Trust};
 use crate::wire::{self, ChunkSplit, Response, ResponseParser};
@@ -192,53 +193,6 @@ impl UplinkConfig {
 
 /// [`UplinkConfig::max_post_bytes`] by default.
 pub const DEFAULT_MAX_POST_BYTES: usize = 256 << 10;
-
-/// Live counters of one spot (read by the progress display while it runs).
-#[derive(Debug, Default)]
-pub struct SpotStats {
-    /// Events numbered and buffered.
-    pub events_generated: AtomicU64,
-    /// Events acknowledged by a `2xx`.
-    pub events_acked: AtomicU64,
-    /// Events in the buffer now.
-    pub events_buffered: AtomicU64,
-    /// Events written again after a reconnect or a short ack.
-    pub events_resent: AtomicU64,
-    /// Events not generated because the buffer was full.
-    pub events_not_generated_buffer_full: AtomicU64,
-    /// POST bodies completed.
-    pub posts: AtomicU64,
-    /// Connections lost or refused (each followed by a reconnect).
-    pub reconnects: AtomicU64,
-    /// Responses that were not `2xx`.
-    pub responses_not_2xx: AtomicU64,
-    /// Commands applied.
-    pub commands_applied: AtomicU64,
-    /// Commands ignored (unknown) or malformed.
-    pub commands_ignored: AtomicU64,
-    /// Firmware images installed.
-    pub firmware_updates: AtomicU64,
-    /// Buffer files that could not be written (the spot stops).
-    pub buffer_errors: AtomicU64,
-    /// Request bytes written.
-    pub bytes_sent: AtomicU64,
-    /// Fault: connections cut in the middle of a chunk.
-    pub fault_cuts_mid_chunk: AtomicU64,
-    /// Fault: POSTs stalled.
-    pub fault_stalls: AtomicU64,
-    /// Fault: bursts of arrivals.
-    pub fault_bursts: AtomicU64,
-    /// Fault: events generated in bursts (also in `events_generated`).
-    pub fault_burst_events: AtomicU64,
-    /// Fault: malformed messages written.
-    pub fault_malformed: AtomicU64,
-    /// Telnet clients served.
-    pub telnet_clients: AtomicU64,
-    /// Telnet clients refused (too many).
-    pub telnet_refused: AtomicU64,
-    /// Events slow telnet clients skipped.
-    pub telnet_events_skipped: AtomicU64,
-}
 
 /// What one spot reports at the end.
 #[derive(Debug)]
