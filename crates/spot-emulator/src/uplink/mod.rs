@@ -3,7 +3,7 @@
 //! the parts together; it owns the run loop (dial, TLS handshake, pick the transport, back
 //! off after a failure) and nothing else.
 //!
-//! - [`config`](UplinkConfig): where and how a spot sends ([`ServerAddr`], limits, faults).
+//! - `config`: where and how a spot sends ([`UplinkConfig`], [`ServerAddr`], limits, faults).
 //! - `session`: the sans-IO state — what is unsent, what an ack or a response means, which
 //!   commands follow, what to resend after a reconnect; time is passed in.
 //! - `driver`: ticks the session while the transports wait on the network.
