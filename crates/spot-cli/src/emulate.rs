@@ -156,11 +156,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--shared-share must be within 0..1"
     );
     let server = match (&args.server, &args.raw_tcp) {
-        (Some(url), _) => ServerAddr::parse(url),
-        (None, Some(addr)) => ServerAddr::raw_tcp(addr),
-        (None, None) => Err("--server or --raw-tcp is required".into()),
-    }
-    .map_err(anyhow::Error::msg)?;
+        (Some(url), _) => ServerAddr::parse(url)?,
+        (None, Some(addr)) => ServerAddr::raw_tcp(addr)?,
+        (None, None) => anyhow::bail!("--server or --raw-tcp is required"),
+    };
     anyhow::ensure!(
         server.tls || (args.ca_cert.is_none() && !args.insecure),
         "--ca-cert and --insecure apply to an https:// --server only"
@@ -194,7 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     uplink.backoff_max_ms = args.backoff_max_ms.max(uplink.backoff_min_ms);
     uplink.clock_offset_ms = (!args.no_clock).then_some(args.clock_skew_ms);
     for spec in &args.faults {
-        uplink.faults.add(spec).map_err(anyhow::Error::msg)?;
+        uplink.faults.add(spec)?;
     }
     anyhow::ensure!(
         uplink.faults.malformed == 0.0 || uplink.encoding == spot_protocol::Encoding::Json,

@@ -27,30 +27,54 @@ pub struct Faults {
 /// message separator, so a receiver must report one bad message and resynchronise.
 pub const MALFORMED_JSON: &[u8] = b"[\"presence\",\"create\",{\"item_code\":\"30f0\n\n";
 
+/// Why a `--fault` spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultSpecError {
+    /// A probability field is not a number in 0..1.
+    #[error("{spec}: {value:?} is not a probability in 0..1")]
+    NotProbability {
+        /// The whole spec.
+        spec: String,
+        /// The field.
+        value: String,
+    },
+    /// A count or duration field is not a whole number.
+    #[error("{spec}: {value:?} is not a whole number")]
+    NotWholeNumber {
+        /// The whole spec.
+        spec: String,
+        /// The field.
+        value: String,
+    },
+    /// The spec names no known fault, or has the wrong number of fields.
+    #[error("{0}: unknown fault (cut-mid-chunk:P, stall:P:MS, burst:P:N, malformed:P)")]
+    Unknown(String),
+}
+
 impl Faults {
     /// Adds one `--fault` spec (see the module docs).
-    pub fn add(&mut self, spec: &str) -> Result<(), String> {
+    pub fn add(&mut self, spec: &str) -> Result<(), FaultSpecError> {
         let parts: Vec<&str> = spec.split(':').collect();
-        let prob = |s: &str| -> Result<f64, String> {
-            match s.parse::<f64>() {
-                Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-                _ => Err(format!("{spec}: {s:?} is not a probability in 0..1")),
-            }
+        let prob = |s: &str| match s.parse::<f64>() {
+            Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+            _ => Err(FaultSpecError::NotProbability {
+                spec: spec.to_string(),
+                value: s.to_string(),
+            }),
         };
-        let count = |s: &str| -> Result<u64, String> {
+        let count = |s: &str| {
             s.parse::<u64>()
-                .map_err(|_| format!("{spec}: {s:?} is not a whole number"))
+                .map_err(|_| FaultSpecError::NotWholeNumber {
+                    spec: spec.to_string(),
+                    value: s.to_string(),
+                })
         };
         match parts.as_slice() {
             ["cut-mid-chunk", p] => self.cut_mid_chunk = prob(p)?,
             ["stall", p, ms] => self.stall = Some((prob(p)?, count(ms)?)),
             ["burst", p, n] => self.burst = Some((prob(p)?, count(n)?)),
             ["malformed", p] => self.malformed = prob(p)?,
-            _ => {
-                return Err(format!(
-                    "{spec}: unknown fault (cut-mid-chunk:P, stall:P:MS, burst:P:N, malformed:P)"
-                ))
-            }
+            _ => return Err(FaultSpecError::Unknown(spec.to_string())),
         }
         Ok(())
     }
@@ -83,12 +107,18 @@ mod tests {
         assert!(f
             .add("cut-mid-chunk:2")
             .unwrap_err()
+            .to_string()
             .contains("probability"));
         assert!(f
             .add("stall:0.1:soon")
             .unwrap_err()
+            .to_string()
             .contains("whole number"));
-        assert!(f.add("explode:1").unwrap_err().contains("unknown fault"));
+        assert!(f
+            .add("explode:1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown fault"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -19,7 +19,8 @@ use crate::population::PopulationParams;
 use crate::replay::{Recording, Replay, ReplayTiming};
 use crate::rng::mix;
 use crate::spot::{Spot, SpotCounters};
-use crate::uplink::{SpotReport, SpotStats, SpotTask, UplinkConfig};
+use crate::stats::SpotStats;
+use crate::uplink::{SpotReport, SpotTask, UplinkConfig};
 
 /// A run of many spots.
 #[derive(Debug, Clone)]
@@ -64,20 +65,8 @@ fn fresh_epoch(serial: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(serial);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    mix(h.finish() ^ nanos).max(1)
-}
-
-fn wall_clock() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    )
+    let ms = Timestamp::from_system_time(SystemTime::now()).as_millis();
+    mix(h.finish() ^ ms as u64).max(1)
 }
 
 /// Sets up every spot (opening buffers, counting a boot) without running them.
@@ -124,7 +113,9 @@ pub fn prepare(
             seed,
             host,
             match cfg.uplink.clock_offset_ms {
-                Some(offset) => Timestamp(wall_clock().0 + offset),
+                Some(offset) => {
+                    Timestamp(Timestamp::from_system_time(SystemTime::now()).as_millis() + offset)
+                }
                 None => Timestamp(0), // no clock: 1970, like the spot's own times
             },
         );

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch};
 
-use crate::uplink::SpotStats;
+use crate::stats::SpotStats;
 
 /// Most clients one spot serves at once.
 pub const MAX_CLIENTS: usize = 8;

@@ -100,24 +100,52 @@ impl TlsClient {
         &self,
         name: &str,
         tcp: TcpStream,
-    ) -> Result<TlsStream<TcpStream>, String> {
-        let server_name = ServerName::try_from(name.to_string())
-            .map_err(|e| format!("TLS: {name:?} is not a valid server name: {e}"))?;
+    ) -> Result<TlsStream<TcpStream>, HandshakeError> {
+        let server_name =
+            ServerName::try_from(name.to_string()).map_err(|e| HandshakeError::ServerName {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         self.connector.connect(server_name, tcp).await.map_err(|e| {
             let bad_certificate = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-            if bad_certificate && self.trust == Trust::PublicRoots {
-                format!(
-                    "TLS handshake with {name}: {e} (only the public web PKI roots are \
-                         trusted: pass --ca-cert PEM for a private CA or self-signed certificate)"
-                )
-            } else {
-                format!("TLS handshake with {name}: {e}")
+            HandshakeError::Failed {
+                name: name.to_string(),
+                hint: if bad_certificate && self.trust == Trust::PublicRoots {
+                    " (only the public web PKI roots are trusted: pass --ca-cert PEM for a \
+                     private CA or self-signed certificate)"
+                } else {
+                    ""
+                },
+                source: e,
             }
         })
     }
+}
+
+/// Why a TLS handshake failed (the connection is dropped and redialled later).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The host is not a valid TLS server name.
+    #[error("TLS: {name:?} is not a valid server name: {reason}")]
+    ServerName {
+        /// The host.
+        name: String,
+        /// Why rustls refused it.
+        reason: String,
+    },
+    /// The handshake itself failed (certificate, protocol, or the connection).
+    #[error("TLS handshake with {name}: {source}{hint}")]
+    Failed {
+        /// The server name.
+        name: String,
+        /// What failed.
+        source: std::io::Error,
+        /// Advice for an untrusted certificate under the public roots; empty otherwise.
+        hint: &'static str,
+    },
 }
 
 /// `--insecure`: accepts any certificate, but checks the handshake signatures with the
