@@ -110,3 +110,56 @@ async fn a_stream_not_starting_with_spot_create_is_closed() {
     assert_eq!(spots, json!([]));
     server.shutdown().await;
 }
+
+/// Risk 1 of issue 11: a second stream of one serial replaced the first's command sink, so
+/// the first's writer stopped (its later events were stored but never acknowledged), and
+/// the first's close removed the second's sink (commands stayed pending).
+#[tokio::test]
+async fn a_second_stream_of_one_serial_neither_silences_the_first_nor_loses_its_commands() {
+    let (server, _dir) = start(|c| c.tcp_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let tcp = server.tcp_addr().unwrap();
+    let code = "000000000000000000000501";
+    let mut first = TcpStream::connect(tcp).await.unwrap();
+    let mut first_decoder = Decoder::new(Encoding::Json, Limits::default());
+    let mut out = spot_create(501, 9);
+    out.extend(presence("create", code, "near", Some(1)));
+    first.write_all(&out).await.unwrap();
+    read_until(&mut first, &mut first_decoder, |e| ack_seq(e) == Some(1)).await;
+
+    let mut second = TcpStream::connect(tcp).await.unwrap();
+    let mut second_decoder = Decoder::new(Encoding::Json, Limits::default());
+    let mut out = spot_create(501, 9);
+    out.extend(presence("update", code, "far", Some(2)));
+    second.write_all(&out).await.unwrap();
+    read_until(&mut second, &mut second_decoder, |e| ack_seq(e) == Some(2)).await;
+
+    first
+        .write_all(&presence("update", code, "near", Some(3)))
+        .await
+        .unwrap();
+    read_until(&mut first, &mut first_decoder, |e| {
+        ack_seq(e).is_some_and(|s| s >= 3)
+    })
+    .await;
+
+    // The first stream closes; the second still takes the spot's commands.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, v) = call(
+        server.http_addr(),
+        "PUT",
+        "/api/spots/501",
+        Some(json!({"config_request": {"send_hits": true}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let command = read_until(&mut second, &mut second_decoder, |e| {
+        matches!(e.kind, EventKind::Config(..))
+    })
+    .await;
+    match command.kind {
+        EventKind::Config(_, c) => assert_eq!(c.send_hits, Some(true)),
+        _ => unreachable!(),
+    }
+    server.shutdown().await;
+}

@@ -7,7 +7,7 @@
 //! the connection's events an `["ack","update",{"seq":N,"time":"…"}]`, and the spot's
 //! commands as soon as they are queued.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ use crate::shutdown::{reached, Phase};
 const READ_BUFFER: usize = 16 * 1024;
 /// Command batches queued per connection before commands stay queued on the spot.
 const COMMAND_QUEUE: usize = 16;
+
+/// The number of the next stream that takes commands (its key in the pipeline's sinks).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts raw TCP spot streams until `shutdown`.
 pub async fn serve(
@@ -188,9 +191,11 @@ where
         version,
     })
     .await?;
+    let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let writer_task = if write_back == WriteBack::AcksAndCommands {
         send(PipelineMsg::AttachCommands {
             serial: serial.clone(),
+            connection,
             sink: command_tx,
         })
         .await?;
@@ -243,6 +248,7 @@ where
     if writer_task.is_some() {
         let _ = send(PipelineMsg::DetachCommands {
             serial: serial.clone(),
+            connection,
         })
         .await;
     }
@@ -263,7 +269,8 @@ where
     result
 }
 
-/// Writes acks (after commits) and commands (when queued) in the stream's encoding.
+/// Writes acks (after commits) and commands (when queued) in the stream's encoding, until
+/// the acks end (the stream's last ack is written even when its commands ended first).
 async fn write_acks_and_commands<W: AsyncWrite>(
     writer: W,
     encoding: Encoding,
@@ -276,6 +283,7 @@ async fn write_acks_and_commands<W: AsyncWrite>(
     if encoding == Encoding::Protobuf {
         out.push(0); // the stream marker, as the spot sends it
     }
+    let mut commands_open = true;
     loop {
         tokio::select! {
             changed = acks.changed() => {
@@ -283,9 +291,12 @@ async fn write_acks_and_commands<W: AsyncWrite>(
                 let seq = *acks.borrow_and_update();
                 encoder.encode(&ack_event(seq, now_ms()), &mut out);
             }
-            batch = commands.recv() => match batch {
+            batch = commands.recv(), if commands_open => match batch {
                 Some(batch) => for c in &batch { encoder.encode(c, &mut out) },
-                None => break,
+                None => {
+                    commands_open = false;
+                    continue;
+                }
             },
         }
         if writer.write_all(&out).await.is_err() {

@@ -297,17 +297,22 @@ pub enum PipelineMsg {
         /// The answer.
         reply: oneshot::Sender<Result<Value, PutError>>,
     },
-    /// A raw TCP stream of `serial` wants commands as soon as they are queued.
+    /// A raw TCP stream of `serial` wants commands as soon as they are queued. Of several
+    /// streams of one serial, the newest attached one gets them.
     AttachCommands {
         /// Serial number.
         serial: String,
+        /// The stream ([`crate::ingest::tcp`] numbers them).
+        connection: u64,
         /// Where to send them.
         sink: mpsc::Sender<Vec<Event>>,
     },
-    /// The raw TCP stream is gone.
+    /// The raw TCP stream `connection` is gone (the serial's other streams keep theirs).
     DetachCommands {
         /// Serial number.
         serial: String,
+        /// The stream that attached.
+        connection: u64,
     },
     /// Periodic housekeeping: offline sweep, retention.
     Tick,
@@ -363,8 +368,7 @@ fn apply(
     metrics: &Metrics,
     jobs: &std::sync::mpsc::SyncSender<Job>,
 ) {
-    let mut command_sinks: std::collections::HashMap<String, mpsc::Sender<Vec<Event>>> =
-        std::collections::HashMap::new();
+    let mut command_sinks = CommandSinks::default();
     let mut ticks: u64 = 0;
     let mut stop = false;
     let mut last_flush = std::time::Instant::now();
@@ -449,12 +453,16 @@ fn apply(
                         }
                         waiters.push(Waiter::Put(reply, result));
                     }
-                    PipelineMsg::AttachCommands { serial, sink } => {
-                        command_sinks.insert(serial.clone(), sink);
+                    PipelineMsg::AttachCommands {
+                        serial,
+                        connection,
+                        sink,
+                    } => {
+                        command_sinks.attach(&serial, connection, sink);
                         push_commands(&mut domain, &command_sinks, &serial, now);
                     }
-                    PipelineMsg::DetachCommands { serial } => {
-                        command_sinks.remove(&serial);
+                    PipelineMsg::DetachCommands { serial, connection } => {
+                        command_sinks.detach(&serial, connection);
                     }
                     PipelineMsg::Shutdown => stop = true,
                     PipelineMsg::Tick => {
@@ -541,13 +549,47 @@ fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Me
     }
 }
 
-/// Hands a spot's pending commands to its raw TCP stream, if it has one.
-fn push_commands(
-    domain: &mut Domain,
-    sinks: &std::collections::HashMap<String, mpsc::Sender<Vec<Event>>>,
-    spot: &str,
-    now: i64,
-) {
+/// The raw TCP streams that take commands, per serial, oldest first, each under its
+/// connection number: a second stream of one serial neither replaces the first's sink nor
+/// is removed by the first's close.
+#[derive(Debug, Default)]
+struct CommandSinks {
+    by_serial: std::collections::HashMap<String, Vec<(u64, CommandSink)>>,
+}
+
+/// Where a raw TCP stream takes its spot's commands.
+type CommandSink = mpsc::Sender<Vec<Event>>;
+
+impl CommandSinks {
+    fn attach(&mut self, serial: &str, connection: u64, sink: CommandSink) {
+        self.by_serial
+            .entry(serial.to_string())
+            .or_default()
+            .push((connection, sink));
+    }
+
+    fn detach(&mut self, serial: &str, connection: u64) {
+        if let Some(sinks) = self.by_serial.get_mut(serial) {
+            sinks.retain(|(c, _)| *c != connection);
+            if sinks.is_empty() {
+                self.by_serial.remove(serial);
+            }
+        }
+    }
+
+    /// The newest stream of `serial` still open.
+    fn newest(&self, serial: &str) -> Option<&CommandSink> {
+        self.by_serial
+            .get(serial)?
+            .iter()
+            .rev()
+            .map(|(_, sink)| sink)
+            .find(|sink| !sink.is_closed())
+    }
+}
+
+/// Hands a spot's pending commands to its newest raw TCP stream, if it has one.
+fn push_commands(domain: &mut Domain, sinks: &CommandSinks, spot: &str, now: i64) {
     let serial = match domain.get("spots", spot) {
         Some(v) => v
             .get("serial_number")
@@ -557,10 +599,7 @@ fn push_commands(
         None => return,
     };
     // Commands stay queued on the spot while its stream's queue is full or gone.
-    let Some(sink) = sinks
-        .get(&serial)
-        .filter(|s| s.capacity() > 0 && !s.is_closed())
-    else {
+    let Some(sink) = sinks.newest(&serial).filter(|s| s.capacity() > 0) else {
         return;
     };
     let commands = domain.take_commands(&serial, now);
