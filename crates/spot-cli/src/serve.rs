@@ -59,6 +59,17 @@ pub struct Args {
     /// Hours of derived and upstream events kept [default: 24].
     #[arg(long, env = "SPOT_EVENTS_RETENTION_HOURS")]
     events_retention_hours: Option<f64>,
+    /// Start even when the journal (`spot.db`) has unreadable lines: drop them, logging
+    /// each one; without it the server refuses to start and names them [default: false].
+    #[arg(
+        long,
+        env = "SPOT_REPAIR_JOURNAL",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    repair_journal: Option<bool>,
     /// fsync every commit (`full`, survives power loss) or not (`normal`, survives a crash)
     /// [default: full].
     #[arg(long, env = "SPOT_SYNC", value_parser = ["full", "normal"])]
@@ -148,6 +159,7 @@ impl Args {
             offline_after: self.offline_after.or(lower.offline_after),
             events_retention_hours: self.events_retention_hours.or(lower.events_retention_hours),
             sync: self.sync.or(lower.sync),
+            repair_journal: self.repair_journal.or(lower.repair_journal),
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             max_headers: self.max_headers.or(lower.max_headers),
@@ -209,6 +221,7 @@ impl Args {
                 defaults.events_retention,
             )?,
             sync,
+            repair_journal: self.repair_journal.unwrap_or(false),
             limits: ServerLimits {
                 max_message_bytes: self.max_message_bytes.unwrap_or(limits.max_message_bytes),
                 max_body_bytes: self.max_body_bytes.unwrap_or(limits.max_body_bytes),
@@ -566,6 +579,25 @@ mod tests {
         assert!(raw(&["--config", &path]));
         assert!(
             !raw(&["--config", &path, "--publish-raw=false"]),
+            "the flag beats the file"
+        );
+    }
+
+    #[test]
+    fn repair_journal_from_the_flag_the_file_or_off() {
+        let repair = |flags: &[&str]| {
+            parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .unwrap()
+                .repair_journal
+        };
+        assert!(!repair(&[]), "off by default");
+        assert!(repair(&["--repair-journal"]));
+        let (_f, path) = file("repair-journal = true\n");
+        assert!(repair(&["--config", &path]));
+        assert!(
+            !repair(&["--config", &path, "--repair-journal=false"]),
             "the flag beats the file"
         );
     }

@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub events_retention: Duration,
     /// fsync policy of commits (default [`Durability::Full`]).
     pub sync: Durability,
+    /// Start even when the journal has unreadable lines, dropping them (each logged);
+    /// without it the server refuses to start, naming them (default off).
+    pub repair_journal: bool,
     /// Bounds.
     pub limits: ServerLimits,
     /// Push to applications (WebSocket, SSE, webhooks, MQTT).
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             offline_after: Duration::from_secs(10),
             events_retention: Duration::from_secs(24 * 3600),
             sync: Durability::Full,
+            repair_journal: false,
             limits: ServerLimits::default(),
             push: outlets::PushConfig::default(),
         }

@@ -174,7 +174,7 @@ impl Server {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "rows loaded into the live state"
         );
-        let (journal, id_last) = store.unflushed_journal()?;
+        let (journal, id_last) = store.unflushed_journal(config.repair_journal)?;
         domain.restore_ids(id_last);
         domain
             .load_events(store.load_events(domain.retention_cutoff(now))?)

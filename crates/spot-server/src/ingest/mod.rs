@@ -159,7 +159,7 @@ mod tests {
         );
 
         let store = Store::open(dir.path(), Durability::Normal).unwrap();
-        let (journal, _) = store.unflushed_journal().unwrap();
+        let (journal, _) = store.unflushed_journal(false).unwrap();
         let texts: Vec<&str> = journal
             .iter()
             .filter_map(|e| match e {

@@ -316,7 +316,11 @@ impl Store {
 
     /// The journal batches the rows loaded at open do not cover, oldest first, and the id
     /// generator's state at their flush.
-    pub fn unflushed_journal(&self) -> Result<(Vec<JournalEntry>, u64), StoreError> {
+    ///
+    /// A batch that does not unpack or a line that does not parse holds acknowledged events
+    /// that would be lost: it is an error naming `spot.db`, the batch and the line, unless
+    /// `repair`, which drops it and logs each dropped line (or batch) at error level.
+    pub fn unflushed_journal(&self, repair: bool) -> Result<(Vec<JournalEntry>, u64), StoreError> {
         let (flushed, id_last) = self.loaded_mark;
         let mut stmt = self
             .conn
@@ -330,17 +334,38 @@ impl Store {
                 ))
             })
             .map_err(ctx("read journal"))?;
+        let unreadable = |what: String| StoreError::Corrupt {
+            context: "read journal",
+            reason: format!(
+                "spot.db: {what}: acknowledged events would be lost; \
+                 start with --repair-journal to drop it"
+            ),
+        };
         let mut entries = Vec::new();
         for batch in batches {
             let (id, lines) = batch.map_err(ctx("read journal row"))?;
-            let lines = lines.map_err(bad_batch("read journal row"))?;
+            let lines = match lines {
+                Ok(lines) => lines,
+                Err(e) if repair => {
+                    tracing::error!("repair: spot.db journal batch {id} unreadable ({e}), dropped");
+                    continue;
+                }
+                Err(e) => return Err(unreadable(format!("journal batch {id} unreadable ({e})"))),
+            };
             for (n, line) in lines.lines().enumerate() {
                 match parse_journal_line(line) {
                     Some(entry) => entries.push(entry),
-                    None => tracing::error!(
-                        "journal batch {id} line {}: unreadable, skipped: {line:?}",
+                    None if repair => tracing::error!(
+                        "repair: spot.db journal batch {id} line {}: unreadable, dropped: {line:?}",
                         n + 1
                     ),
+                    None => {
+                        let start: String = line.chars().take(120).collect();
+                        return Err(unreadable(format!(
+                            "journal batch {id} line {} unreadable ({start:?})",
+                            n + 1
+                        )));
+                    }
                 }
             }
         }
@@ -665,7 +690,7 @@ mod tests {
         };
         {
             let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
-            assert_eq!(store.unflushed_journal().unwrap(), (vec![], 0));
+            assert_eq!(store.unflushed_journal(false).unwrap(), (vec![], 0));
             store
                 .commit(&mut Changes {
                     journal: vec![begin(1_000, None), upstream("7", Some(3), 1_001, "[1]")],
@@ -698,7 +723,10 @@ mod tests {
             upstream("7", None, 1_004, "[2]"),
             end(1_005),
         ];
-        assert_eq!(store.unflushed_journal().unwrap(), (expected.clone(), 99));
+        assert_eq!(
+            store.unflushed_journal(false).unwrap(),
+            (expected.clone(), 99)
+        );
         assert_eq!(
             store.upstream_events("7").unwrap(),
             vec![(Some(3), "[1]".to_string()), (None, "[2]".to_string())],
@@ -706,7 +734,7 @@ mod tests {
         );
         store.prune(10_000).unwrap();
         assert_eq!(
-            store.unflushed_journal().unwrap(),
+            store.unflushed_journal(false).unwrap(),
             (expected, 99),
             "retention never drops what the rows do not cover"
         );
