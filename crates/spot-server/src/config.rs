@@ -40,6 +40,10 @@ pub struct ServerLimits {
     /// file limit with both listeners full). Past it: HTTP gets `503`
     /// and is closed; TCP is closed.
     pub max_connections: usize,
+    /// Most HTTP connections over `max_connections` being answered `503` at once (each
+    /// for at most 5 s). Default 64. Past it: closed at once, unanswered, so that a flood
+    /// grows neither tasks nor file descriptors.
+    pub max_refusals: usize,
     /// Longest idle time of a raw TCP stream (spots send an alive signal every second).
     /// Default 60 s.
     pub tcp_idle_timeout: Duration,
@@ -67,6 +71,7 @@ impl Default for ServerLimits {
             body_idle_timeout: Duration::from_secs(30),
             max_post_duration: Duration::from_secs(300),
             max_connections: 10_000,
+            max_refusals: 64,
             tcp_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             core_queue: 4096,

@@ -2,7 +2,8 @@
 //!
 //! The modules are layered; each uses only those above it in this list:
 //!
-//! - leaves: [`clock`] (the one wall-clock read), [`config`] ([`ServerConfig`],
+//! - leaves: [`accept`] (the listeners' accept loop: connection slots, bounded refusals),
+//!   [`clock`] (the one wall-clock read), [`config`] ([`ServerConfig`],
 //!   [`ServerLimits`]), [`ids`], [`metrics`], [`shutdown`] (the [`Phase`] connection tasks
 //!   watch).
 //! - [`domain`]: the sans-IO live state: spots, locations, items, presences, the derived
@@ -27,6 +28,7 @@
 //!   commits and returns. The data directory is locked (`spot.lock`) from bind to the end
 //!   of shutdown.
 
+pub mod accept;
 pub mod clock;
 pub mod config;
 pub mod ids;

@@ -25,6 +25,11 @@ pub struct Metrics {
     pub requests_refused: AtomicU64,
     /// Group commits written.
     pub commits: AtomicU64,
+    /// Connections over `max-connections` (HTTP and raw TCP), answered or not.
+    pub connections_refused: AtomicU64,
+    /// Of those, HTTP connections closed without the `503` because `max-refusals`
+    /// refusals were under way.
+    pub connections_refused_unanswered: AtomicU64,
     ack_buckets: [AtomicU64; ACK_BUCKETS.len()],
     ack_count: AtomicU64,
     ack_sum_micros: AtomicU64,
@@ -74,6 +79,16 @@ impl Metrics {
                 &self.requests_refused,
             ),
             ("spot_commits_total", "Group commits.", &self.commits),
+            (
+                "spot_connections_refused_total",
+                "Connections over the connection limit.",
+                &self.connections_refused,
+            ),
+            (
+                "spot_connections_refused_unanswered_total",
+                "Connections over the limit closed without an answer (refusals bounded).",
+                &self.connections_refused_unanswered,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(

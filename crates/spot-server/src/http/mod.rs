@@ -1,4 +1,4 @@
-//! The listener: the accept loop (connection limit, hyper with a timer so header and idle
+//! The listener: HTTP connections ([`crate::accept`]: connection limit; hyper with a timer so header and idle
 //! timeouts work, TLS from [`tls`]) and the router that sends each request to spot ingest
 //! ([`crate::ingest::http`]), the REST API ([`crate::api`]), `/metrics`, or the push
 //! outlets' routes (WebSocket, SSE, subscriptions).
@@ -6,9 +6,7 @@
 pub mod tls;
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,21 +17,21 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::accept;
 use crate::context::Context;
 use crate::response::{error, method_not_allowed, Body};
 use crate::shutdown::{reached, Phase};
 use crate::{api, ingest};
 
-/// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown`; each connection task
-/// holds a `done` sender.
+/// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown` ([`accept`]); a
+/// connection over the limit is answered `503`.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Context>,
-    mut shutdown: watch::Receiver<Phase>,
+    shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
@@ -45,31 +43,17 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let Ok(permit) = shared.http_slots.clone().try_acquire_owned() else {
-            shared
-                .metrics
-                .requests_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(refuse(stream, shared.limits.max_connections));
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    let slots = accept::Slots {
+        connections: shared.http_slots.clone(),
+        refusal: accept::Refusal::Answer {
+            answer: too_many_connections(limits.max_connections),
+            under_way: Arc::new(Semaphore::new(limits.max_refusals)),
+        },
+    };
+    let connection = |stream: TcpStream, peer| {
         let (shared, builder, tls) = (shared.clone(), builder.clone(), tls.clone());
         let mut shutdown = shutdown.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
+        async move {
             match tls {
                 None => serve_connection(stream, peer, builder, shared, shutdown).await,
                 Some(acceptor) => {
@@ -90,10 +74,10 @@ pub async fn serve(
                     }
                 }
             }
-            drop(permit);
-            drop(done);
-        });
-    }
+        }
+    };
+    let metrics = shared.metrics.clone();
+    accept::serve(listener, slots, metrics, shutdown.clone(), done, connection).await;
 }
 /// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
 async fn serve_connection<I>(
@@ -129,20 +113,15 @@ async fn serve_connection<I>(
         }
     }
 }
-/// Answers a connection over the limit with `503` and closes it.
-async fn refuse(mut stream: TcpStream, limit: usize) {
+/// The `503` a connection over the limit is answered with.
+fn too_many_connections(limit: usize) -> Bytes {
     let body = json!({"error": format!("too many connections (limit {limit})")}).to_string();
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
+    Bytes::from(head + &body)
 }
 pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<Body> {
     let path = req.uri().path().to_string();

@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use spot_protocol::ack::ack_event;
 use spot_protocol::{Action, Decoder, Encoder, Encoding, Event, EventKind, Limits};
@@ -17,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::accept;
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::pipeline::PipelineMsg;
@@ -30,41 +30,29 @@ const COMMAND_QUEUE: usize = 16;
 /// The number of the next stream that takes commands (its key in the pipeline's sinks).
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts raw TCP spot streams until `shutdown`.
+/// Accepts raw TCP spot streams until `shutdown` ([`accept`]); a stream over the limit is
+/// closed.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Context>,
-    mut shutdown: watch::Receiver<Phase>,
+    shutdown: watch::Receiver<Phase>,
     done: mpsc::Sender<()>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("tcp accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let Ok(permit) = shared.tcp_slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "tcp: too many connections, closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    let slots = accept::Slots {
+        connections: shared.tcp_slots.clone(),
+        refusal: accept::Refusal::Close,
+    };
+    let connection = |stream, peer: std::net::SocketAddr| {
         let shared = shared.clone();
-        let done = done.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
                 tracing::info!(%peer, "tcp stream ended: {e}");
             }
-            drop(permit);
-            drop(done);
-        });
-    }
+        }
+    };
+    let metrics = shared.metrics.clone();
+    accept::serve(listener, slots, metrics, shutdown.clone(), done, connection).await;
 }
 
 /// The first event, when it is a `spot create` with a serial.
