@@ -123,8 +123,23 @@ fn too_many_connections(limit: usize) -> Bytes {
     );
     Bytes::from(head + &body)
 }
+/// Sends a request to spot ingest, the REST API or `/metrics`. Once the pipeline has failed
+/// (a panic in a state owner: the live state may be half-applied, nothing commits) only
+/// `/metrics` is served; everything else is answered `503`, saying why.
 pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if let Some(failure) = shared.pipeline.failure() {
+        if path.trim_matches('/') != "metrics" {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server's state owner failed ({failure}); \
+                     it must be restarted, and recovers from its journal"
+                ),
+                Value::Null,
+            );
+        }
+    }
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
@@ -169,5 +184,68 @@ pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<
             format!("no such path: {path}"),
             Value::Null,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::pipeline::PipelineMsg;
+    use crate::{Durability, Server, ServerConfig};
+
+    /// Sends `request` on a new connection and reads until the server closes it.
+    async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("answered")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Risk 7 of issue 11: after a panic in the pipeline, the poisoned live state was read
+    /// through and served, and ingest went on.
+    #[tokio::test]
+    async fn a_panic_in_the_pipeline_answers_503_saying_why_instead_of_serving_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            sync: Durability::Normal,
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let addr = server.http_addr();
+        let get = "GET /api/spots HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        assert!(exchange(addr, get).await.starts_with("HTTP/1.1 200"));
+        let pipeline = &server.context().pipeline;
+        pipeline.send(PipelineMsg::Panic).await.unwrap();
+        for _ in 0..100 {
+            if pipeline.failure().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let failure = pipeline.failure().expect("the pipeline says it failed");
+        assert!(failure.contains("injected by a test"), "{failure}");
+        assert!(server.context().domain.is_poisoned());
+        for request in [
+            get.to_string(),
+            "POST /api/spots/9/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Length: 0\r\n\r\n"
+                .to_string(),
+        ] {
+            let answer = exchange(addr, &request).await;
+            assert!(answer.starts_with("HTTP/1.1 503"), "{request}: {answer}");
+            assert!(answer.contains("injected by a test"), "{answer}");
+        }
+        let metrics = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        assert!(exchange(addr, metrics).await.starts_with("HTTP/1.1 200"));
+        server.shutdown().await;
     }
 }

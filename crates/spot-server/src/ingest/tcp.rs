@@ -172,7 +172,10 @@ where
             .pipeline
             .send(msg)
             .await
-            .map_err(|_| "server stopping".to_string())
+            .map_err(|_| match shared.pipeline.failure() {
+                Some(failure) => format!("server failed: {failure}"),
+                None => "server stopping".to_string(),
+            })
     };
     send(PipelineMsg::Begin {
         serial: serial.clone(),

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -65,6 +65,8 @@ struct Inner {
     slots: Semaphore,
     max_events: usize,
     senders: AtomicUsize,
+    /// Why the pipeline stopped for good: a stage panicked ([`Inner::fail`]).
+    failure: OnceLock<String>,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +82,27 @@ impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A stage panicked: the domain may be half-applied, or nothing commits any more. The
+    /// pipeline takes nothing more (sends fail, a parked stage wakes and stops) and
+    /// [`PipelineSender::failure`] says why, so that requests are answered `503`.
+    fn fail(&self, stage: &str, panic: &(dyn std::any::Any + Send)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let reason = format!("the pipeline's {stage} stage panicked: {message}");
+        tracing::error!(
+            "{reason}; ingest and the API answer 503 until the server is restarted \
+             (it recovers from the journal)"
+        );
+        let _ = self.failure.set(reason);
+        self.budget.close();
+        self.slots.close();
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
 }
 
 /// A way to the core holding at most `messages` messages without events and `events`
@@ -93,6 +116,7 @@ pub fn channel(messages: usize, events: usize) -> (PipelineSender, PipelineRecei
         slots: Semaphore::new(messages.clamp(1, Semaphore::MAX_PERMITS)),
         max_events,
         senders: AtomicUsize::new(1),
+        failure: OnceLock::new(),
     });
     (
         PipelineSender {
@@ -189,6 +213,11 @@ impl PipelineSender {
         None
     }
 
+    /// Why the pipeline stopped for good (a stage panicked), if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.failure.get().map(String::as_str)
+    }
+
     /// Events that may still be queued before senders wait.
     pub fn room(&self) -> usize {
         self.inner.budget.available_permits()
@@ -203,7 +232,7 @@ impl PipelineReceiver {
         debug_assert!(into.is_empty());
         let mut queue = self.inner.lock();
         while queue.msgs.is_empty() {
-            if !wait || self.inner.senders.load(Ordering::Acquire) == 0 {
+            if !wait || queue.closed || self.inner.senders.load(Ordering::Acquire) == 0 {
                 return false;
             }
             queue.core_parked = true;
@@ -318,6 +347,10 @@ pub enum PipelineMsg {
     Tick,
     /// Commit what is queued before this and stop; later sends fail.
     Shutdown,
+    /// Panics in the apply stage, holding the domain's write lock (tests of a failed
+    /// state owner).
+    #[cfg(test)]
+    Panic,
 }
 
 enum Waiter {
@@ -330,21 +363,33 @@ enum Waiter {
 }
 
 /// The core loop; returns after [`PipelineMsg::Shutdown`] or when every sender is gone, each
-/// time after a final commit.
+/// time after a final commit. A panic in either stage stops the pipeline for good
+/// ([`PipelineSender::failure`]): the apply stage's leaves the domain lock poisoned.
 pub fn run(rx: PipelineReceiver, domain: Arc<RwLock<Domain>>, store: Store, metrics: Arc<Metrics>) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
     // Two stages: this thread applies batch N+1 while the writer commits batch N. Waiters
     // travel with their batch, so every answer still leaves after the commit covering it.
     let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
     std::thread::scope(|scope| {
         let writer_metrics = metrics.clone();
+        let inner = rx.inner.clone();
         let writer = std::thread::Builder::new()
             .name("spot-writer".into())
-            .spawn_scoped(scope, move || write(job_rx, store, writer_metrics));
+            .spawn_scoped(scope, move || {
+                let writing =
+                    catch_unwind(AssertUnwindSafe(|| write(job_rx, store, writer_metrics)));
+                if let Err(panic) = writing {
+                    inner.fail("writer", &*panic);
+                }
+            });
         if let Err(e) = writer {
             tracing::error!("cannot start the writer thread: {e}");
             return;
         }
-        apply(rx, &domain, &metrics, &jobs);
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| apply(&rx, &domain, &metrics, &jobs)))
+        {
+            rx.inner.fail("apply", &*panic);
+        }
         drop(jobs);
     });
     tracing::debug!("core stopped");
@@ -363,7 +408,7 @@ enum Job {
 }
 
 fn apply(
-    rx: PipelineReceiver,
+    rx: &PipelineReceiver,
     domain: &RwLock<Domain>,
     metrics: &Metrics,
     jobs: &std::sync::mpsc::SyncSender<Job>,
@@ -375,7 +420,9 @@ fn apply(
     // Messages taken from the queue and not applied yet (over MAX_MESSAGES_PER_COMMIT).
     let mut pending = VecDeque::new();
     loop {
-        if pending.is_empty() && !rx.take_all(&mut pending, true) {
+        if rx.inner.failure.get().is_some()
+            || (pending.is_empty() && !rx.take_all(&mut pending, true))
+        {
             break;
         }
         let mut waiters = Vec::new();
@@ -465,6 +512,8 @@ fn apply(
                         command_sinks.detach(&serial, connection);
                     }
                     PipelineMsg::Shutdown => stop = true,
+                    #[cfg(test)]
+                    PipelineMsg::Panic => panic!("injected by a test"),
                     PipelineMsg::Tick => {
                         ticks += 1;
                         domain.sweep(now);
