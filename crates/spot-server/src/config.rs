@@ -37,8 +37,8 @@ pub struct ServerLimits {
     /// about 1 s). Default 300 s. Past it: `408`, connection closed.
     pub max_post_duration: Duration,
     /// Most open connections (HTTP and TCP each). Default 10,000 (stays under a 20,000 open
-    /// file limit with both listeners full). Past it: HTTP gets `503`
-    /// and is closed; TCP is closed.
+    /// file limit with both listeners full). Past it: HTTP gets `503` (see
+    /// `max_refusals`) and is closed; TCP is closed.
     pub max_connections: usize,
     /// Most HTTP connections over `max_connections` being answered `503` at once (each
     /// for at most 5 s). Default 64. Past it: closed at once, unanswered, so that a flood

@@ -19,7 +19,7 @@
 //! - [`context`]: what connection tasks share ([`Context`]).
 //! - [`ingest`]: spot streams over HTTP POSTs, raw TCP (`--tcp-listen`) and `--pull`,
 //!   sharing one stream session; [`api`]: the REST API and `/metrics`.
-//! - [`http`]: the listener: accept with a connection limit, TLS, the router;
+//! - [`http`]: the listener: accept ([`accept`]), TLS, the router (a failed pipeline: `503`);
 //!   [`response`]: the JSON error bodies.
 //! - [`server`]: wiring. [`Server::bind`] opens the store, loads the state (replaying the
 //!   journal written after the last checkpoint), binds the listeners and returns the bound

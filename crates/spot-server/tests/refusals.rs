@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Risk 5 of issue 11: each connection over the limit spawned a 5-second refusal task, so a
 /// flood grew tasks and file descriptors without bound.
@@ -63,5 +64,39 @@ async fn refusals_past_their_bound_close_at_once_and_the_server_still_serves() {
             .load(Ordering::Relaxed),
         20
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_raw_tcp_stream_over_the_limit_is_closed_and_counted() {
+    let (server, _dir) = start(|c| {
+        c.limits.max_connections = 1;
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let tcp = server.tcp_addr().unwrap();
+    let mut held = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    held.write_all(&spot_create(601, 1)).await.unwrap();
+    let mut ack = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), held.read(&mut ack))
+        .await
+        .expect("acknowledged")
+        .unwrap();
+    assert!(n > 0, "the first stream is served");
+    let mut over = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), over.read(&mut ack))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing is written to a stream over the limit");
+    let metrics = &server.context().metrics;
+    assert_eq!(metrics.connections_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        metrics
+            .connections_refused_unanswered
+            .load(Ordering::Relaxed),
+        0
+    );
+    drop(held);
     server.shutdown().await;
 }
