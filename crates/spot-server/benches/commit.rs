@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use spot_server::domain::{Changes, Item, JournalEntry, PresenceRes, RowDoc, Table, UpstreamRow};
 use spot_server::ids::Id;
-use spot_server::store::{Durability, Store};
+use spot_server::store::{Durability, SqliteStore, Store};
 
 const EVENTS_PER_BATCH: usize = 4096;
 const BATCHES: usize = 40;
@@ -103,7 +103,7 @@ fn batch(b: usize) -> Changes {
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut store = Store::open(dir.path(), Durability::Normal).expect("open store");
+    let mut store = SqliteStore::open(dir.path(), Durability::Normal).expect("open store");
     let mut batches: Vec<Changes> = (0..BATCHES).map(batch).collect();
     store.commit(&mut batches[0]).expect("warm-up commit");
     let started = Instant::now();

@@ -345,7 +345,7 @@ fn main() {
             latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
             latencies.len()
         );
-        print!("{}", spot_server::outlets::metrics(server.context()));
+        print!("{}", spot_server::api::metrics_text(server.context()));
         server.shutdown().await;
     });
 }

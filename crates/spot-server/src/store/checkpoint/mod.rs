@@ -195,7 +195,7 @@ impl RowWriter {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={};
              PRAGMA journal_size_limit={}; {SCHEMA}",
-            sync.pragma(),
+            crate::store::synchronous_pragma(sync),
             64 << 20
         ))
         .map_err(ctx("create state schema"))?;
