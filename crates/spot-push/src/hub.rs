@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::topic::{validate_topic_name, TopicError, TopicFilter};
+use crate::filter::{validate_topic_name, TopicError, TopicFilter};
 
 /// One derived event (or raw spot event), as every outlet sends it.
 ///
@@ -107,7 +107,7 @@ impl Published {
 
     /// Builds a derived event whose payload is the spec's
     /// `{"resource":..,"time_event":..,"time_created":..}` (see
-    /// [`crate::topics::event_payload`]) from the JSON texts of its three values, written
+    /// [`spot_protocol::topics::event_payload`]) from the JSON texts of its three values, written
     /// into the envelope as they are. The topic is checked; the JSON texts are **not** (a
     /// caller passes what a JSON writer or parser produced: `resource` an object,
     /// `time_event` a string or `null`, `time_created` a string), which saves parsing every

@@ -45,9 +45,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use crate::filter::{validate_topic_name, TopicFilter};
 use crate::follow::{EventLog, Follower};
 use crate::hub::{Hub, HubError, Published, Subscription};
-use crate::topic::{validate_topic_name, TopicFilter};
 
 /// MQTT quality of service of the published events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -748,7 +748,7 @@ fn write_publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::MAX_TOPIC_LEN;
+    use crate::filter::MAX_TOPIC_LEN;
 
     #[test]
     fn url_with_port_and_prefix() {

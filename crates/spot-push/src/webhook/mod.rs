@@ -41,9 +41,9 @@ use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::filter::TopicFilter;
 use crate::follow::{EventLog, Follower};
 use crate::hub::{FilterHandle, Hub, HubError};
-use crate::topic::TopicFilter;
 pub use store::{
     Delivery, InputError, StoreError, SubscriptionInput, WebhookStore, WebhookSubscription,
     WriteError,

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use spot_protocol::Timestamp;
 
-use crate::topic::TopicFilter;
+use crate::filter::TopicFilter;
 
 /// A store error: the SQL operation and SQLite's message.
 #[derive(Debug, thiserror::Error)]
