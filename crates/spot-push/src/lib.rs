@@ -66,5 +66,5 @@ pub use hub::{
     Subscription,
 };
 pub use mount::{call_router, is_push_path};
-pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
+pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos, UrlProblem};
 pub use stream::{stream_router, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON};

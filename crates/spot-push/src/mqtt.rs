@@ -45,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::filter::{validate_topic_name, TopicFilter};
+use crate::filter::{validate_topic_name, TopicError, TopicFilter};
 use crate::follow::{EventLog, Follower};
 use crate::hub::{Hub, HubError, Published, Subscription};
 
@@ -93,7 +93,7 @@ pub enum MqttConfigError {
         /// The URL given, its password replaced by `***`.
         url: String,
         /// What is wrong.
-        reason: String,
+        reason: UrlProblem,
     },
     /// QoS other than 0, 1, 2.
     #[error("MQTT QoS {0:?}: expected 0, 1 or 2")]
@@ -104,6 +104,35 @@ pub enum MqttConfigError {
     /// The TLS settings are unusable (e.g. the CA file).
     #[error("MQTT TLS: {0}")]
     Tls(#[from] crate::tls::TlsConfigError),
+}
+
+/// What is wrong with an MQTT URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlProblem {
+    /// Neither `mqtt://` nor `mqtts://`.
+    #[error("the scheme must be mqtt:// or mqtts://")]
+    Scheme,
+    /// A `%` in the user info not followed by two hex digits.
+    #[error("bad %-escape at byte {0} of the user info")]
+    PercentEscape(usize),
+    /// The user info decodes to bytes that are not UTF-8.
+    #[error("the user info is not UTF-8 once decoded")]
+    NotUtf8,
+    /// `@` with an empty user name.
+    #[error("a user name is needed before '@'")]
+    NoUser,
+    /// An IPv6 host `[…` without its `]`.
+    #[error("unclosed [")]
+    UnclosedBracket,
+    /// The host is empty.
+    #[error("no host")]
+    NoHost,
+    /// The port is not a number from 0 to 65535.
+    #[error("bad port")]
+    Port,
+    /// The topic prefix (the URL's path) is not a valid topic name.
+    #[error("prefix: {0}")]
+    Prefix(TopicError),
 }
 
 /// A password: shown as `***` by `Debug`.
@@ -117,7 +146,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// `%XX`-decodes a URL's user name or password.
-fn percent_decode(text: &str) -> Result<String, String> {
+fn percent_decode(text: &str) -> Result<String, UrlProblem> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -126,7 +155,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad %-escape at byte {i} of the user info"))?;
+                .ok_or(UrlProblem::PercentEscape(i))?;
             out.push(hex);
             i += 3;
         } else {
@@ -134,7 +163,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "the user info is not UTF-8 once decoded".to_string())
+    String::from_utf8(out).map_err(|_| UrlProblem::NotUtf8)
 }
 
 /// `url` with the password of its user info replaced by `***` (for messages).
@@ -193,16 +222,16 @@ impl MqttConfig {
     /// Settings from `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix]` (user and password
     /// `%`-encoded where needed), other fields at their defaults.
     pub fn from_url(url: &str) -> Result<Self, MqttConfigError> {
-        let bad = |reason: &str| MqttConfigError::Url {
+        let bad = |reason: UrlProblem| MqttConfigError::Url {
             url: redact(url),
-            reason: reason.to_owned(),
+            reason,
         };
         let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
             (rest, false)
         } else if let Some(rest) = url.strip_prefix("mqtts://") {
             (rest, true)
         } else {
-            return Err(bad("the scheme must be mqtt:// or mqtts://"));
+            return Err(bad(UrlProblem::Scheme));
         };
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a, p.trim_end_matches('/')),
@@ -219,19 +248,21 @@ impl MqttConfig {
                     Some((u, p)) => (u, Some(p)),
                     None => (info, None),
                 };
-                let user = percent_decode(user).map_err(|e| bad(&e))?;
+                let user = percent_decode(user).map_err(bad)?;
                 if user.is_empty() {
-                    return Err(bad("a user name is needed before '@'"));
+                    return Err(bad(UrlProblem::NoUser));
                 }
                 let password = match password {
-                    Some(p) => Some(Secret(percent_decode(p).map_err(|e| bad(&e))?)),
+                    Some(p) => Some(Secret(percent_decode(p).map_err(bad)?)),
                     None => None,
                 };
                 (Some(user), password)
             }
         };
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad(UrlProblem::UnclosedBracket))?;
             (host, after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -240,12 +271,12 @@ impl MqttConfig {
             }
         };
         if host.is_empty() {
-            return Err(bad("no host"));
+            return Err(bad(UrlProblem::NoHost));
         }
         let port = match port {
             None if tls => 8883,
             None => 1883,
-            Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
+            Some(p) => p.parse::<u16>().map_err(|_| bad(UrlProblem::Port))?,
         };
         let tls = if tls {
             Some(crate::tls::client_config(None, &[])?)
@@ -255,7 +286,7 @@ impl MqttConfig {
         let prefix = if prefix.is_empty() {
             None
         } else {
-            validate_topic_name(prefix).map_err(|e| bad(&format!("prefix: {e}")))?;
+            validate_topic_name(prefix).map_err(|e| bad(UrlProblem::Prefix(e)))?;
             Some(prefix.to_owned())
         };
         Ok(Self {
@@ -267,7 +298,7 @@ impl MqttConfig {
             prefix,
             qos: Qos::AtLeastOnce,
             client_id: format!("spot-server-{}", std::process::id()),
-            filters: vec![TopicFilter::new("#").map_err(|e| bad(&e.to_string()))?],
+            filters: vec![TopicFilter::new("#").expect("`#` is a valid filter")],
             queue_capacity: 65_536,
             max_inflight: 1000,
             max_payload_bytes: 256 * 1024,
@@ -452,20 +483,83 @@ async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
                 outbox.requeue_inflight();
                 error
             }
-            Err(e) => e,
+            Err(e) => Some(e),
         };
         let Some(error) = error else { return }; // the hub is gone
         counters.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %error, "mqtt outlet: broker connection failed; retrying");
+        tracing::warn!(
+            host = %config.host,
+            port = config.port,
+            error = %error,
+            "mqtt outlet: broker connection failed; retrying"
+        );
         tokio::time::sleep(config.reconnect_delay).await;
     }
 }
 
-fn encode(packet: &Packet, buffer: &mut BytesMut) -> Result<(), String> {
+/// Why a broker connection failed or ended: logged and counted
+/// ([`MqttStats::connection_errors_total`]), then the outlet reconnects.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    /// The TCP connection could not be opened.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The broker's host is not a name TLS can check a certificate against.
+    #[error("not a TLS server name: {0}")]
+    ServerName(rustls_pki_types::InvalidDnsNameError),
+    /// The TLS handshake failed (e.g. an untrusted certificate).
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    /// No CONNACK within [`CONNECT_TIMEOUT`].
+    #[error("no CONNACK within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout,
+    /// The broker refused the CONNECT (e.g. a wrong password).
+    #[error("connection refused: {code:?} (user {user})")]
+    Refused {
+        /// The CONNACK's return code.
+        code: ConnectReturnCode,
+        /// The user name sent, or `(none)`.
+        user: String,
+    },
+    /// The broker's first packet was not a CONNACK.
+    #[error("expected CONNACK, got {0}")]
+    NotConnAck(String),
+    /// The broker closed the connection before its CONNACK.
+    #[error("closed before CONNACK")]
+    ClosedBeforeConnAck,
+    /// The broker closed the connection.
+    #[error("broker closed the connection")]
+    Closed,
+    /// Reading from the connection failed.
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    /// Writing to the connection failed.
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    /// The broker sent bytes that are no MQTT packet (or one too large).
+    #[error("bad packet from the broker: {0}")]
+    BadPacket(rumqttc::Error),
+    /// A packet of ours could not be encoded.
+    #[error("encoding {packet}: {source}")]
+    Encode {
+        /// The packet, as `Debug` shows it.
+        packet: String,
+        /// rumqttc's reason.
+        source: rumqttc::Error,
+    },
+    /// Nothing heard from the broker for two keep-alive intervals.
+    #[error("broker silent for {0:?}")]
+    Silent(Duration),
+}
+
+fn encode(packet: &Packet, buffer: &mut BytesMut) -> Result<(), ConnectionError> {
     packet
         .write(buffer, usize::MAX)
         .map(|_| ())
-        .map_err(|e| format!("encoding {packet:?}: {e:?}"))
+        .map_err(|source| ConnectionError::Encode {
+            packet: format!("{packet:?}"),
+            source,
+        })
 }
 
 /// A broker connection: plain TCP or TLS.
@@ -475,7 +569,7 @@ enum Conn {
 }
 
 /// CONNECT (with the login, if any), then CONNACK.
-async fn handshake<S>(stream: &mut S, config: &MqttConfig, broker: &str) -> Result<(), String>
+async fn handshake<S>(stream: &mut S, config: &MqttConfig) -> Result<(), ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -488,67 +582,65 @@ where
     }
     let mut buffer = BytesMut::new();
     encode(&Packet::Connect(connect), &mut buffer)?;
-    let io = |e: std::io::Error| format!("{broker}: {e}");
-    stream.write_all(&buffer).await.map_err(io)?;
-    stream.flush().await.map_err(io)?;
+    stream
+        .write_all(&buffer)
+        .await
+        .map_err(ConnectionError::Write)?;
+    stream.flush().await.map_err(ConnectionError::Write)?;
     let mut incoming = BytesMut::with_capacity(1024);
     loop {
         match Packet::read(&mut incoming, MAX_INCOMING_PACKET) {
             Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => return Ok(()),
             Ok(Packet::ConnAck(ack)) => {
-                let user = config.username.as_deref().unwrap_or("(none)");
-                return Err(format!(
-                    "{broker}: connection refused: {:?} (user {user})",
-                    ack.code
-                ));
+                return Err(ConnectionError::Refused {
+                    code: ack.code,
+                    user: config.username.as_deref().unwrap_or("(none)").to_owned(),
+                });
             }
-            Ok(other) => return Err(format!("{broker}: expected CONNACK, got {other:?}")),
+            Ok(other) => return Err(ConnectionError::NotConnAck(format!("{other:?}"))),
             Err(rumqttc::Error::InsufficientBytes(_)) => {}
-            Err(e) => return Err(format!("{broker}: bad CONNACK: {e:?}")),
+            Err(e) => return Err(ConnectionError::BadPacket(e)),
         }
-        if stream.read_buf(&mut incoming).await.map_err(io)? == 0 {
-            return Err(format!("{broker}: closed before CONNACK"));
+        let read = stream.read_buf(&mut incoming).await;
+        if read.map_err(ConnectionError::Read)? == 0 {
+            return Err(ConnectionError::ClosedBeforeConnAck);
         }
     }
 }
 
 /// TCP connection, TLS handshake (`mqtts://`), CONNECT, CONNACK.
-async fn connect(config: &MqttConfig) -> Result<Conn, Option<String>> {
-    let broker = format!("{}:{}", config.host, config.port);
+async fn connect(config: &MqttConfig) -> Result<Conn, ConnectionError> {
     let attempt = async {
         let mut stream = TcpStream::connect((config.host.as_str(), config.port))
             .await
-            .map_err(|e| format!("{broker}: {e}"))?;
+            .map_err(ConnectionError::Connect)?;
         let _ = stream.set_nodelay(true);
         match &config.tls {
             None => {
-                handshake(&mut stream, config, &broker).await?;
+                handshake(&mut stream, config).await?;
                 Ok(Conn::Plain(stream))
             }
             Some(tls) => {
                 let name = rustls_pki_types::ServerName::try_from(config.host.clone())
-                    .map_err(|e| format!("{broker}: not a TLS server name: {e}"))?;
+                    .map_err(ConnectionError::ServerName)?;
                 let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, stream)
                     .await
-                    .map_err(|e| format!("{broker}: TLS handshake: {e}"))?;
-                handshake(&mut stream, config, &broker).await?;
+                    .map_err(ConnectionError::Tls)?;
+                handshake(&mut stream, config).await?;
                 Ok(Conn::Tls(Box::new(stream)))
             }
         }
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(r) => r.map_err(Some),
-        Err(_) => Err(Some(format!(
-            "{broker}: no CONNACK within {CONNECT_TIMEOUT:?}"
-        ))),
-    }
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .unwrap_or(Err(ConnectionError::ConnectTimeout))
 }
 
 /// Time allowed for TCP connect + CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one connection until it breaks (`Some(reason)`) or the hub is gone (`None`).
+/// Serves one connection until it breaks (`Some(why)`) or the hub is gone (`None`).
 async fn session<R, W>(
     mut reader: R,
     mut writer: W,
@@ -556,7 +648,7 @@ async fn session<R, W>(
     outbox: &mut Outbox,
     config: &MqttConfig,
     counters: &Counters,
-) -> Option<String>
+) -> Option<ConnectionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -574,8 +666,8 @@ where
         tokio::select! {
             read = reader.read_buf(&mut incoming) => {
                 match read {
-                    Ok(0) => return Some("broker closed the connection".into()),
-                    Err(e) => return Some(format!("read: {e}")),
+                    Ok(0) => return Some(ConnectionError::Closed),
+                    Err(e) => return Some(ConnectionError::Read(e)),
                     Ok(_) => last_heard = tokio::time::Instant::now(),
                 }
                 loop {
@@ -597,7 +689,7 @@ where
                         }
                         Ok(_) => {}
                         Err(rumqttc::Error::InsufficientBytes(_)) => break,
-                        Err(e) => return Some(format!("bad packet from the broker: {e:?}")),
+                        Err(e) => return Some(ConnectionError::BadPacket(e)),
                     }
                 }
             }
@@ -621,7 +713,7 @@ where
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > config.keep_alive * 2 {
-                    return Some(format!("broker silent for {:?}", last_heard.elapsed()));
+                    return Some(ConnectionError::Silent(last_heard.elapsed()));
                 }
                 if let Err(e) = encode(&Packet::PingReq, &mut outgoing) {
                     return Some(e);
@@ -631,10 +723,10 @@ where
         if !outgoing.is_empty() {
             // `flush`: TLS may hold records back otherwise (a no-op on TCP).
             if let Err(e) = writer.write_all(&outgoing).await {
-                return Some(format!("write: {e}"));
+                return Some(ConnectionError::Write(e));
             }
             if let Err(e) = writer.flush().await {
-                return Some(format!("write: {e}"));
+                return Some(ConnectionError::Write(e));
             }
             outgoing.clear();
             counters.sent.fetch_add(sent_in_write, Ordering::Relaxed);

@@ -16,6 +16,23 @@ use crate::client::{with_causes, Connector};
 /// not read and the connection is dropped.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
+/// Why a POST got no response status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PostError {
+    /// The target URL does not parse as a URI.
+    #[error("bad URL: {0}")]
+    Url(#[from] http::uri::InvalidUri),
+    /// The request could not be built (a header name or value that is not valid HTTP).
+    #[error("bad request: {0}")]
+    Request(#[from] http::Error),
+    /// Connecting, TLS or the exchange failed; the text carries the whole chain of causes.
+    #[error("{}", with_causes(.0))]
+    Exchange(hyper_util::client::legacy::Error),
+    /// No response within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// POSTs webhook deliveries.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
@@ -40,21 +57,19 @@ impl HttpClient {
         url: &str,
         headers: &[(&str, String)],
         body: String,
-    ) -> Result<StatusCode, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    ) -> Result<StatusCode, PostError> {
+        let uri: Uri = url.parse()?;
         let mut request = Request::post(uri);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("bad request: {e}"))?;
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| with_causes(&e))?;
+                .map_err(PostError::Exchange)?;
             let status = response.status();
             // Read a short body to completion so the connection is reused; ignore it.
             let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
@@ -64,6 +79,6 @@ impl HttpClient {
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| PostError::Timeout(self.timeout))?
     }
 }
