@@ -48,7 +48,7 @@
 //! - [`tail`]: the SSE client behind `spot tail`.
 //! - [`tls`]: the TLS client settings of `mqtts://`, `https://` webhook targets and `spot tail`.
 
-mod client;
+mod connector;
 pub mod filter;
 pub mod follow;
 pub mod hub;

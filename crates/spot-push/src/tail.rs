@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::client::{with_causes, Connector};
+use crate::connector::{with_causes, Connector};
 
 /// Largest SSE event (all its lines) the client buffers.
 pub const MAX_SSE_EVENT_BYTES: usize = 16 * 1024 * 1024;

@@ -28,7 +28,7 @@
 //! given up at once. Every failed attempt counts in `failed_count` and sets `last_error`.
 
 mod api;
-mod http;
+mod client;
 pub mod store;
 
 use std::collections::hash_map::RandomState;
@@ -133,7 +133,7 @@ pub struct Webhooks {
     store: Arc<WebhookStore>,
     hub: Hub,
     config: WebhookConfig,
-    client: http::HttpClient,
+    client: client::HttpClient,
     /// Locked while a batch is matched and while subscriptions change, so a new
     /// subscription gets exactly the events published after its creation.
     matchers: Mutex<Vec<Matcher>>,
@@ -179,7 +179,7 @@ impl Webhooks {
         config: WebhookConfig,
     ) -> Result<Arc<Self>, WebhookError> {
         let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
-        let client = http::HttpClient::new(tls, config.request_timeout);
+        let client = client::HttpClient::new(tls, config.request_timeout);
         let store = Arc::new(store);
         let matchers = store
             .matchers()?

@@ -1,5 +1,5 @@
 //! The webhook HTTP client: hyper's pooled HTTP/1.1 client over TCP, or TLS (rustls, the
-//! [`crate::tls`] settings) for `https://` targets ([`crate::client::Connector`]).
+//! [`crate::tls`] settings) for `https://` targets ([`crate::connector::Connector`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::client::{with_causes, Connector};
+use crate::connector::{with_causes, Connector};
 
 /// Bytes of a target's response body read (so the connection can be reused); the rest is
 /// not read and the connection is dropped.
