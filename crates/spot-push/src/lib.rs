@@ -39,10 +39,11 @@
 //!
 //! # Main types
 //!
-//! - [`TopicFilter`]: the one MQTT-semantics matcher every outlet uses.
+//! - [`TopicFilter`] ([`filter`]): the one MQTT-semantics matcher every outlet uses.
 //! - [`Published`]: an event (id, topic, JSON payload), envelope serialized once.
 //! - [`Hub`], [`Subscription`]: non-blocking fan-out with bounded queues and drop counters.
 //! - [`EventLog`], [`Follower`]: gap-free following with resumption from the log.
+//! - [`stream_router`] ([`stream`]): the SSE and WebSocket outlets.
 //! - [`MqttOutlet`]: publishing to an external broker.
 //! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
 //! - [`tail`]: the SSE client behind `spot tail`.
