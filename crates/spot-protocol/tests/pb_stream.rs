@@ -87,6 +87,7 @@ fn a_malformed_frame_is_one_error_at_its_offset_and_the_next_frames_decode() {
     assert_eq!(err.offset, bad_at);
     match &err.kind {
         DecodeErrorKind::Protobuf(reason) => {
+            let reason = reason.to_string();
             assert!(reason.contains("field 5"), "{reason}");
             assert!(reason.contains("runs past the end"), "{reason}");
         }

@@ -24,10 +24,10 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use spot_protocol::topics;
 use spot_protocol::{
     Action, Decoder, Encoder, Encoding, Event, EventKind, Limits, Object, Proximity,
 };
-use spot_push::topics;
 
 use crate::ids::{Id, IdGen, IdMap};
 

@@ -63,7 +63,7 @@ struct StoredEvent<'a> {
 }
 
 /// The pushed form of a stored derived event: its topic and the payload of
-/// [`spot_push::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
+/// [`spot_protocol::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
 /// from the stored JSON without re-parsing the resource.
 ///
 /// Runs on the commit path for every derived event: a document in the layout the domain
@@ -148,7 +148,7 @@ pub fn raw_published(
     let what = || format!("raw event of spot {} (seq {:?})", row.serial, row.seq);
     let RawParts(resource_type, action, _) =
         serde_json::from_str(&row.event_json).map_err(|e| format!("{}: {e}", what()))?;
-    let topic = spot_push::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
+    let topic = spot_protocol::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
     if !hub.wants_raw(&topic) {
         return Ok(None);
     }
@@ -420,7 +420,7 @@ mod tests {
         let payload: Value = serde_json::from_str(p.payload_json()).expect("json");
         assert_eq!(
             payload,
-            spot_push::topics::event_payload(
+            spot_protocol::topics::event_payload(
                 json!({"id": "0001", "label": null}),
                 Some("2024-01-01T00:00:01.000Z"),
                 "2026-11-24T21:00:00.002Z"
@@ -450,7 +450,7 @@ mod tests {
             let expected = Published::from_value(
                 9,
                 &event.topic,
-                &spot_push::topics::event_payload(
+                &spot_protocol::topics::event_payload(
                     serde_json::from_str(event.data.get()).unwrap(),
                     event
                         .time_event
