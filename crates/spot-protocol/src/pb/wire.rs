@@ -1,5 +1,5 @@
 //! The protobuf wire format at its lowest level: varints, zigzag, field keys, skipping a
-//! field without knowing its type. Context by the framing and the stream layer.
+//! field without knowing its type. Shared by the framing and the stream layer.
 
 /// Wire type 0: a varint.
 pub(crate) const WIRE_VARINT: u8 = 0;

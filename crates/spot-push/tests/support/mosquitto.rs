@@ -1,5 +1,5 @@
 //! A real mosquitto for tests and benchmarks, started on a free port with its own config, and
-//! real MQTT subscribers. Context by spot-push's and spot-server's tests and latency examples
+//! real MQTT subscribers. Shared by spot-push's and spot-server's tests and latency examples
 //! (`#[path]` include).
 #![allow(dead_code)]
 
