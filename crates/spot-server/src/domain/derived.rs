@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use spot_protocol::Proximity;
 
+use super::journal::RestoreError;
 use super::json::{push_json_str, push_opt_id, push_time, WriteJson};
 use super::model::iso;
 use super::{Domain, Table};
@@ -136,10 +137,9 @@ impl Topic<'_> {
 
 impl Domain {
     /// Loads stored derived events (oldest first).
-    pub fn load_events(&mut self, docs: Vec<String>) -> Result<(), String> {
+    pub fn load_events(&mut self, docs: Vec<String>) -> Result<(), RestoreError> {
         for doc in docs {
-            let e: LogEvent =
-                serde_json::from_str(&doc).map_err(|err| format!("events row: {err}"))?;
+            let e: LogEvent = serde_json::from_str(&doc).map_err(RestoreError::Event)?;
             self.events.push_back(DerivedEventDoc {
                 id: e.id,
                 time_created: e.time_created,

@@ -55,6 +55,38 @@ pub enum JournalEntry {
     },
 }
 
+/// Why the state cannot be restored from what the store kept (the rows of the last flush,
+/// the derived events, the journal after the flush). Each stops the start: going on would
+/// serve a state that lost what was acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A stored row is not the JSON document of its resource.
+    #[error("{table} row {id}: {source}")]
+    Row {
+        /// The table ([`Table::name`]).
+        table: &'static str,
+        /// The row's id.
+        id: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored derived event is not the document of a [`super::LogEvent`].
+    #[error("events row: {0}")]
+    Event(#[source] serde_json::Error),
+    /// A journaled upstream event no longer decodes.
+    #[error("journal event of spot {serial} at {time}: {source}")]
+    JournalEvent {
+        /// The spot's serial number.
+        serial: String,
+        /// When it was received (Unix ms).
+        time: i64,
+        /// Why it does not decode.
+        #[source]
+        source: spot_protocol::DecodeError,
+    },
+}
+
 /// The document of a row to write: a snapshot of the resource, rendered by the store's row
 /// writer (in its own encoding or as JSON, [`RowDoc::to_json`]) on its own thread — on the
 /// thread that applies events, the rendering of a large flush held up every event behind it. The snapshot is shared with the live state (see
@@ -155,10 +187,14 @@ impl Domain {
         table: Table,
         rows: Vec<(String, String)>,
         now: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), RestoreError> {
         for (id, doc) in rows {
             self.ids.observe(&id);
-            let bad = |e: serde_json::Error| format!("{} row {id}: {e}", table.name());
+            let bad = |source| RestoreError::Row {
+                table: table.name(),
+                id: id.clone(),
+                source,
+            };
             match table {
                 Table::Spots => {
                     let mut s: Spot = serde_json::from_str(&doc).map_err(bad)?;
@@ -210,7 +246,7 @@ impl Domain {
     /// rebuilding the state the crashed run had. The derived events it causes are not logged
     /// again (they were stored with their entries); the rebuilt rows stay dirty, for the
     /// next flush. Entries are not journaled again.
-    pub fn replay(&mut self, entries: Vec<JournalEntry>) -> Result<(), String> {
+    pub fn replay(&mut self, entries: Vec<JournalEntry>) -> Result<(), RestoreError> {
         self.replaying = true;
         for entry in entries {
             match entry {
@@ -218,12 +254,13 @@ impl Domain {
                     Some(Ok(event)) => {
                         self.apply_encoded(&row.serial, &event, row.event_json, row.time_received);
                     }
-                    Some(Err(e)) => {
+                    Some(Err(source)) => {
                         self.replaying = false;
-                        return Err(format!(
-                            "journal event of spot {} at {}: {e}",
-                            row.serial, row.time_received
-                        ));
+                        return Err(RestoreError::JournalEvent {
+                            serial: row.serial,
+                            time: row.time_received,
+                            source,
+                        });
                     }
                     None => {}
                 },

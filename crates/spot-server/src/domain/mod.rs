@@ -56,7 +56,9 @@ mod views;
 use derived::DerivedEventDoc;
 pub use derived::LogEvent;
 use items::{CodeEntry, Technologies};
-pub use journal::{decode_json_event, encode_json, Changes, JournalEntry, RowDoc, UpstreamRow};
+pub use journal::{
+    decode_json_event, encode_json, Changes, JournalEntry, RestoreError, RowDoc, UpstreamRow,
+};
 pub use model::{Item, Location, NamedProximity, PresenceResource, Reporters, Spot, Table};
 use presences::ItemPresences;
 pub use views::PutError;
