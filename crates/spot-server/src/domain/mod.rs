@@ -72,6 +72,13 @@ pub struct DomainConfig {
     pub events_retention_ms: i64,
     /// At most this many derived events are kept in memory (oldest dropped first).
     pub events_max_in_memory: usize,
+    /// Largest JSON size (bytes) a spot's `config` may reach by merging `config update`s into
+    /// it (default 64 KiB, the largest message a spot may send: a full `config create` is under
+    /// 2 KiB). Each update merges its keys into the config, so updates with ever new keys grew
+    /// it, and every copy of the spot (rows, derived events, REST), without bound. An update
+    /// that would take the config past this is not merged (the event is still stored and
+    /// acknowledged) and a warning says so; a `config create` replaces the config whole.
+    pub spot_config_max_bytes: usize,
 }
 
 impl Default for DomainConfig {
@@ -80,6 +87,7 @@ impl Default for DomainConfig {
             offline_after_ms: 10_000,
             events_retention_ms: 24 * 3600 * 1000,
             events_max_in_memory: 100_000,
+            spot_config_max_bytes: 64 * 1024,
         }
     }
 }
@@ -254,17 +262,14 @@ impl Domain {
             }
             EventKind::Config(action, _) => {
                 let object = event_object(&event_json);
+                let max_bytes = self.config.spot_config_max_bytes;
                 if let Some(spot) = self.spots.get_mut(spot_id) {
                     if *action == Action::Create {
                         spot.config = object;
-                    } else {
-                        for (k, v) in object {
-                            if k != "seq" {
-                                spot.config.insert(k, v);
-                            }
-                        }
+                        spot.time_updated = now;
+                    } else if spot.merge_config(object, max_bytes) {
+                        spot.time_updated = now;
                     }
-                    spot.time_updated = now;
                 }
             }
             EventKind::Presence(action, p) => {

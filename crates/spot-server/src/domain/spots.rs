@@ -152,6 +152,32 @@ impl Domain {
     }
 }
 
+impl Spot {
+    /// Merges a `config update`'s object into the spot's `config`, unless the result would be
+    /// larger than `max_bytes` of JSON (see [`super::DomainConfig::spot_config_max_bytes`]):
+    /// then the config stays as it is and a warning says so. Whether it merged.
+    pub(super) fn merge_config(&mut self, update: Object, max_bytes: usize) -> bool {
+        let mut merged = self.config.clone();
+        for (k, v) in update {
+            if k != "seq" {
+                merged.insert(k, v);
+            }
+        }
+        let bytes = serde_json::to_vec(&merged).map_or(usize::MAX, |json| json.len());
+        if bytes > max_bytes {
+            tracing::warn!(
+                spot = %self.serial_number,
+                bytes,
+                max_bytes,
+                "config update not merged: the spot's config would grow past its maximum"
+            );
+            return false;
+        }
+        self.config = merged;
+        true
+    }
+}
+
 /// The object of an encoded event (`["r","a",{obj}]`), via serde_json.
 pub(super) fn event_object(encoded: &str) -> Object {
     match serde_json::from_str::<Value>(encoded) {
@@ -275,5 +301,50 @@ mod tests {
             assert_eq!(at, n as usize, "presences at spot {serial}'s location");
         }
         assert_eq!(d.spots.len(), 3);
+    }
+
+    #[test]
+    fn config_updates_with_ever_new_keys_do_not_grow_a_spots_config_without_bound() {
+        let mut d = Domain::new(DomainConfig::default());
+        let max = DomainConfig::default().spot_config_max_bytes;
+        let update = |key: &str, value: &str| {
+            let text = json!(["config", "update", { key: value }]).to_string();
+            decode_json_event(&text).unwrap().unwrap()
+        };
+        let config_bytes = |d: &Domain| {
+            serde_json::to_string(&d.spot_by_serial("1").unwrap().config)
+                .unwrap()
+                .len()
+        };
+        let filler = "x".repeat(1_000);
+        for i in 0..200 {
+            let applied = d.apply_event("1", &update(&format!("key{i}"), &filler), T0 + i);
+            assert_eq!(
+                applied,
+                Applied::Stored,
+                "acknowledged and stored all the same"
+            );
+            assert!(
+                config_bytes(&d) <= max,
+                "after update {i}: {}",
+                config_bytes(&d)
+            );
+        }
+        let spot = d.spot_by_serial("1").unwrap();
+        assert!(
+            spot.config.contains_key("key0"),
+            "merged while there was room"
+        );
+        assert!(
+            !spot.config.contains_key("key199"),
+            "dropped past the maximum"
+        );
+        assert_eq!(spot.event_counter, 200);
+        d.apply_event("1", &update("key0", "changed"), T0 + 200);
+        assert_eq!(
+            d.spot_by_serial("1").unwrap().config["key0"],
+            "changed",
+            "an update that does not grow it past the maximum still merges"
+        );
     }
 }
