@@ -47,6 +47,8 @@ mod items;
 mod journal;
 mod json;
 mod model;
+#[cfg(test)]
+mod model_check;
 mod presences;
 mod spots;
 #[cfg(test)]

@@ -306,7 +306,7 @@ pub(super) struct ItemPresences {
 
 impl ItemPresences {
     /// Every (location id, presence id).
-    fn iter(&self) -> impl Iterator<Item = &(Id, Id)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(Id, Id)> {
         std::iter::once(&self.first).chain(&self.more)
     }
 
@@ -473,42 +473,6 @@ mod tests {
         assert!(!i.is_present);
         assert_eq!(i.location.as_ref(), Some(&l2), "the last known location");
         assert_eq!(i.move_count, 5, "L2, L1, L2, L1, L2");
-    }
-
-    /// Checks what [`ItemPresences`] keeps against what it is kept for: an entry per item with
-    /// presences, holding each of them, and the item's own `is_present` and `location`; an
-    /// item is present exactly while it has presences, at the location of a strongest one.
-    fn assert_item_presences_agree(d: &Domain, context: &str) {
-        for item in d.items.values() {
-            let presences: Vec<&PresenceResource> =
-                d.presences.values().filter(|p| p.item == item.id).collect();
-            let Some(at) = d.presences_of_item.get(&item.id) else {
-                assert!(presences.is_empty(), "{context}: {presences:?} not indexed");
-                assert!(!item.is_present, "{context}: present without presences");
-                continue;
-            };
-            let mut indexed: Vec<(Id, Id)> = at.iter().copied().collect();
-            indexed.sort();
-            let mut expected: Vec<(Id, Id)> =
-                presences.iter().map(|p| (p.location, p.id)).collect();
-            expected.sort();
-            assert_eq!(indexed, expected, "{context}: presences of {}", item.id);
-            assert_eq!(
-                (at.present, at.location),
-                (item.is_present, item.location),
-                "{context}: the copy of item {}",
-                item.id
-            );
-            assert!(item.is_present, "{context}: presences but not present");
-            let strongest = presences.iter().map(|p| p.proximity).max();
-            assert!(
-                presences
-                    .iter()
-                    .any(|p| Some(p.location) == item.location && Some(p.proximity) == strongest),
-                "{context}: item {} is not at a strongest presence",
-                item.id
-            );
-        }
     }
 
     #[test]

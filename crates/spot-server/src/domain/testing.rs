@@ -4,7 +4,7 @@ pub(crate) use serde_json::{json, Value};
 pub(crate) use spot_protocol::{Action, Event, EventKind, Object, Proximity};
 
 pub(crate) use super::{
-    Applied, Changes, Domain, DomainConfig, Item, LogEvent, NamedProximity, Table,
+    Applied, Changes, Domain, DomainConfig, Item, LogEvent, NamedProximity, PresenceResource, Table,
 };
 pub(crate) use crate::ids::Id;
 use spot_protocol::Presence;
@@ -58,4 +58,39 @@ pub(crate) fn item(d: &Domain, code: &str) -> Item {
 /// The report location of the spot.
 pub(crate) fn location_of(d: &Domain, serial: &str) -> Id {
     d.spot_by_serial(serial).unwrap().report_location.unwrap()
+}
+
+/// Checks what [`super::ItemPresences`] keeps against what it is kept for: an entry per item with
+/// presences, holding each of them, and the item's own `is_present` and `location`; an
+/// item is present exactly while it has presences, at the location of a strongest one.
+pub(crate) fn assert_item_presences_agree(d: &Domain, context: &str) {
+    for item in d.items.values() {
+        let presences: Vec<&PresenceResource> =
+            d.presences.values().filter(|p| p.item == item.id).collect();
+        let Some(at) = d.presences_of_item.get(&item.id) else {
+            assert!(presences.is_empty(), "{context}: {presences:?} not indexed");
+            assert!(!item.is_present, "{context}: present without presences");
+            continue;
+        };
+        let mut indexed: Vec<(Id, Id)> = at.iter().copied().collect();
+        indexed.sort();
+        let mut expected: Vec<(Id, Id)> = presences.iter().map(|p| (p.location, p.id)).collect();
+        expected.sort();
+        assert_eq!(indexed, expected, "{context}: presences of {}", item.id);
+        assert_eq!(
+            (at.present, at.location),
+            (item.is_present, item.location),
+            "{context}: the copy of item {}",
+            item.id
+        );
+        assert!(item.is_present, "{context}: presences but not present");
+        let strongest = presences.iter().map(|p| p.proximity).max();
+        assert!(
+            presences
+                .iter()
+                .any(|p| Some(p.location) == item.location && Some(p.proximity) == strongest),
+            "{context}: item {} is not at a strongest presence",
+            item.id
+        );
+    }
 }
