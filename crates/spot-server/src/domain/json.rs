@@ -53,7 +53,7 @@ impl WriteJson for Item {
         });
         push_opt_id(doc, self.location);
         doc.push_str(",\"move_count\":");
-        doc.push_str(itoa_u64(&mut [0u8; 20], self.move_count));
+        doc.push_str(itoa::Buffer::new().format(self.move_count));
         doc.push_str(",\"time_moved\":");
         push_opt_time(doc, self.time_moved);
         doc.push_str(",\"time_created\":");
@@ -170,20 +170,6 @@ pub(super) fn push_json_value(doc: &mut String, value: Option<&Value>) {
         Some(Value::String(text)) => push_json_str(doc, text),
         Some(other) => doc.push_str(&other.to_string()),
     }
-}
-
-/// The decimal digits of `v`, written in `buf`.
-pub(super) fn itoa_u64(buf: &mut [u8; 20], mut v: u64) -> &str {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
 /// `text` as a JSON string, as serde_json writes it (quoted as is when nothing needs escaping).
