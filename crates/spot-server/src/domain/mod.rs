@@ -136,6 +136,7 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// An empty state.
     pub fn new(config: DomainConfig) -> Self {
         Domain {
             config,
@@ -234,46 +235,17 @@ impl Domain {
             self.journal_event(serial, spot_id, event.seq, now, event_json, false);
             return Applied::Stored;
         };
-        if let EventKind::Spot(Action::Create, status) = &event.kind {
-            if status.seq_epoch.is_some() && status.seq_epoch != spot.seq_epoch {
-                spot.seq_epoch = status.seq_epoch;
-                spot.acked_seq = 0;
-            }
-        }
-        if event.seq.is_some_and(|seq| seq <= spot.acked_seq) {
+        if !spot.accept(event) {
             self.journal_event(serial, spot_id, event.seq, now, event_json, true);
             return Applied::Duplicate;
         }
-        // Counted before the event is applied: nothing below reads the counters.
-        if let Some(seq) = event.seq {
-            spot.acked_seq = spot.acked_seq.max(seq);
+        if let EventKind::Spot(Action::Create, _) | EventKind::Config(..) = &event.kind {
+            let object = event_object(&event_json);
+            spot.apply_own_event(&event.kind, object, self.config.spot_config_max_bytes, now);
         }
-        spot.event_counter += 1;
         let report_location = spot.report_location;
         self.dirty.insert((Table::Spots, spot_id));
         match &event.kind {
-            EventKind::Spot(Action::Create, status) => {
-                let object = event_object(&event_json);
-                if let Some(spot) = self.spots.get_mut(spot_id) {
-                    spot.status = object;
-                    if let Some(v) = &status.version {
-                        spot.version = Some(v.clone());
-                    }
-                    spot.time_updated = now;
-                }
-            }
-            EventKind::Config(action, _) => {
-                let object = event_object(&event_json);
-                let max_bytes = self.config.spot_config_max_bytes;
-                if let Some(spot) = self.spots.get_mut(spot_id) {
-                    if *action == Action::Create {
-                        spot.config = object;
-                        spot.time_updated = now;
-                    } else if spot.merge_config(object, max_bytes) {
-                        spot.time_updated = now;
-                    }
-                }
-            }
             EventKind::Presence(action, p) => {
                 if let Some(code) = &p.item_code {
                     let tech = p.item_codetype.as_deref().unwrap_or_default();

@@ -50,7 +50,7 @@ pub(super) mod iso {
 }
 
 /// Serde helpers: a [`Proximity`] is its name in JSON (`"immediate"`, `"near"`, `"far"`).
-mod prox {
+mod named_proximity {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use spot_protocol::Proximity;
 
@@ -73,7 +73,7 @@ mod prox {
         }
     }
 }
-pub use prox::NamedProximity;
+pub use named_proximity::NamedProximity;
 
 /// Serde helpers: an `Arc<str>` is a string in JSON.
 mod shared_str {

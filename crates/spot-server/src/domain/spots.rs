@@ -3,7 +3,7 @@
 //! events, their `config` merged from `config update`s, and the commands waiting for them.
 
 use serde_json::{json, Value};
-use spot_protocol::{Event, EventKind, Object};
+use spot_protocol::{Action, Event, EventKind, Object};
 
 use super::journal::decode_json_event;
 
@@ -153,10 +153,58 @@ impl Domain {
 }
 
 impl Spot {
+    /// The delivery contract's dedupe: a `spot create` with a new `seq_epoch` restarts the
+    /// sequence; an event whose `seq` is at or below the highest stored in the epoch is a
+    /// replay. Whether the event is new (then it is counted, before it is applied: nothing
+    /// that applies it reads the counters).
+    pub(super) fn accept(&mut self, event: &Event) -> bool {
+        if let EventKind::Spot(Action::Create, status) = &event.kind {
+            if status.seq_epoch.is_some() && status.seq_epoch != self.seq_epoch {
+                self.seq_epoch = status.seq_epoch;
+                self.acked_seq = 0;
+            }
+        }
+        if event.seq.is_some_and(|seq| seq <= self.acked_seq) {
+            return false;
+        }
+        if let Some(seq) = event.seq {
+            self.acked_seq = self.acked_seq.max(seq);
+        }
+        self.event_counter += 1;
+        true
+    }
+
+    /// A new event about the spot itself, with its object (`seq` taken out): `spot create`
+    /// sets its `status` (and version), `config create` its `config`, `config update` merges
+    /// into the config up to `config_max_bytes` ([`Spot::merge_config`]).
+    pub(super) fn apply_own_event(
+        &mut self,
+        kind: &EventKind,
+        object: Object,
+        config_max_bytes: usize,
+        now: i64,
+    ) {
+        match kind {
+            EventKind::Spot(Action::Create, status) => {
+                self.status = object;
+                if let Some(v) = &status.version {
+                    self.version = Some(v.clone());
+                }
+                self.time_updated = now;
+            }
+            EventKind::Config(Action::Create, _) => {
+                self.config = object;
+                self.time_updated = now;
+            }
+            EventKind::Config(..) => self.merge_config(object, config_max_bytes, now),
+            _ => {}
+        }
+    }
+
     /// Merges a `config update`'s object into the spot's `config`, unless the result would be
     /// larger than `max_bytes` of JSON (see [`super::DomainConfig::spot_config_max_bytes`]):
-    /// then the config stays as it is and a warning says so. Whether it merged.
-    pub(super) fn merge_config(&mut self, update: Object, max_bytes: usize) -> bool {
+    /// then the config stays as it is and a warning says so.
+    pub(super) fn merge_config(&mut self, update: Object, max_bytes: usize, now: i64) {
         let mut merged = self.config.clone();
         for (k, v) in update {
             if k != "seq" {
@@ -171,10 +219,10 @@ impl Spot {
                 max_bytes,
                 "config update not merged: the spot's config would grow past its maximum"
             );
-            return false;
+            return;
         }
         self.config = merged;
-        true
+        self.time_updated = now;
     }
 }
 
