@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use spot_server::domain::{Changes, Item, JournalEntry, PresenceRes, RowDoc, Table, UpstreamRow};
+use spot_server::domain::{
+    Changes, Item, JournalEntry, PresenceResource, RowDoc, Table, UpstreamRow,
+};
 use spot_server::ids::Id;
 use spot_server::store::{Durability, SqliteStore, Store};
 
@@ -45,7 +47,7 @@ fn batch(b: usize) -> Changes {
         id(2),
         id(3)
     );
-    let presence: PresenceRes = serde_json::from_str(&presence_doc).expect("a presence");
+    let presence: PresenceResource = serde_json::from_str(&presence_doc).expect("a presence");
     let item: Item = serde_json::from_str(&format!(
         "{{\"id\":\"{}\",\"code_hex\":\"30342e00d5d77ca2bc9a8c94\",\"technology\":\"EPC Gen2\",\
          \"label\":null,\"custom\":null,\"is_present\":true,\"location\":\"{}\",\"move_count\":2,\
@@ -78,7 +80,7 @@ fn batch(b: usize) -> Changes {
         changes.upserts.push((
             Table::Presences,
             id(n),
-            RowDoc::Presence(Arc::new(PresenceRes {
+            RowDoc::Presence(Arc::new(PresenceResource {
                 id: id(n),
                 ..presence.clone()
             })),

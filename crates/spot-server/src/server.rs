@@ -37,7 +37,7 @@ pub enum ServerError {
     Store(#[from] StoreError),
     /// A stored row does not parse.
     #[error("corrupt stored state: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] crate::domain::RestoreError),
     /// The push layer could not start.
     #[error(transparent)]
     Push(#[from] outlets::PushError),
