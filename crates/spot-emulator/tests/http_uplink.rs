@@ -19,6 +19,7 @@ use spot_emulator::uplink::{ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 use spot_protocol::{Action, Config, Decoder, Encoding, Event, EventKind, Firmware, Limits};
 use support::{Shared, State, TestServer};
+use test_support::captures::TELNET_SPOT201;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -566,10 +567,7 @@ async fn telnet_serves_the_raw_stream_with_online_messages() {
 async fn replay_sends_the_recorded_events_then_ends() {
     let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
-    let recording = Arc::new(Recording::parse(include_bytes!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../spot-protocol/tests/fixtures/vendor-telnet-spot201.txt"
-    ))));
+    let recording = Arc::new(Recording::parse(TELNET_SPOT201));
     let mut cfg = config(&server.url(), 1, 0.0, None);
     cfg.replay = Some((recording.clone(), ReplayTiming::Rate));
     let (run, _, _stop) = start(&cfg);

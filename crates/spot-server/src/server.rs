@@ -141,7 +141,13 @@ impl Server {
             source,
         })?;
         let tls = match &config.tls {
-            Some(files) => Some(http::tls::tls_acceptor(&files.cert, &files.key)?),
+            Some(files) => Some(
+                http::tls::tls_acceptor(&files.cert, &files.key)
+                    .map_err(|e| ServerError::Tls {
+                        path: e.path,
+                        reason: e.reason,
+                    })?,
+            ),
             None => None,
         };
         let data_lock = lock_data_dir(&config.data_dir)?;
