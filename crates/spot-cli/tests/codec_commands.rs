@@ -1,14 +1,9 @@
 //! `spot decode` and `spot encode` as an integrator runs them: real processes, real pipes.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../spot-protocol/tests/fixtures")
-        .join(name)
-}
+use test_support::fixtures;
 
 /// Runs `spot ARGS` with `stdin` piped in.
 fn spot(args: &[&str], stdin: &[u8]) -> Output {
@@ -37,11 +32,14 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn decode_prints_the_expected_line_per_event_and_exits_0() {
     let expected =
-        std::fs::read_to_string(fixture("vendor-telnet-spot201.expected.jsonl")).unwrap();
+        std::fs::read_to_string(fixtures::protocol("vendor-telnet-spot201.expected.jsonl"))
+            .unwrap();
     let out = spot(
         &[
             "decode",
-            fixture("vendor-telnet-spot201.txt").to_str().unwrap(),
+            fixtures::protocol("vendor-telnet-spot201.txt")
+                .to_str()
+                .unwrap(),
         ],
         b"",
     );
@@ -52,7 +50,7 @@ fn decode_prints_the_expected_line_per_event_and_exits_0() {
 
 #[test]
 fn encode_to_pb_then_decode_from_pb_reproduces_the_events() {
-    let mix = std::fs::read(fixture("realistic-mix.events")).unwrap();
+    let mix = std::fs::read(fixtures::protocol("realistic-mix.events")).unwrap();
     let direct = spot(&["decode", "-"], &mix);
     assert_eq!(direct.status.code(), Some(0));
 
@@ -67,7 +65,7 @@ fn encode_to_pb_then_decode_from_pb_reproduces_the_events() {
 
 #[test]
 fn pretty_json_decodes_to_the_same_events() {
-    let input = std::fs::read(fixture("spec-examples.events")).unwrap();
+    let input = std::fs::read(fixtures::protocol("spec-examples.events")).unwrap();
     let direct = spot(&["decode"], &input);
     let pretty = spot(&["encode", "--to", "json", "--pretty"], &input);
     assert_eq!(pretty.status.code(), Some(0));
@@ -91,7 +89,7 @@ fn a_malformed_message_is_reported_with_its_offset_and_the_rest_is_kept() {
 
 #[test]
 fn protobuf_fed_as_json_says_what_to_try() {
-    let mix = std::fs::read(fixture("realistic-mix.events")).unwrap();
+    let mix = std::fs::read(fixtures::protocol("realistic-mix.events")).unwrap();
     let pb = spot(&["encode", "--to", "pb"], &mix).stdout;
     let out = spot(&["decode"], &pb);
     assert_eq!(out.status.code(), Some(1));

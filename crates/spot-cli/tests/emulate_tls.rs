@@ -7,34 +7,22 @@
 //! -subj /CN=localhost -addext subjectAltName=DNS:localhost
 //! -addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth`.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
 use std::process::{Child, Command, Output};
 
-mod common;
-use common::{free_port, get_json};
+use test_support::fixtures::{localhost_cert, localhost_key};
+use test_support::free_port;
+use test_support::http::get_json;
+use test_support::process::{spawn_serve, spawn_serve_tls};
 
 /// `spot serve`, with the test certificate when `tls`.
 fn spawn_server(data: &std::path::Path, port: u16, tls: bool) -> Child {
-    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
-    let extra: Vec<&std::ffi::OsStr> = if tls {
-        vec![
-            "--tls-cert".as_ref(),
-            cert.as_ref(),
-            "--tls-key".as_ref(),
-            key.as_ref(),
-        ]
+    let spot = env!("CARGO_BIN_EXE_spot");
+    if tls {
+        spawn_serve_tls(spot, data, port)
     } else {
-        Vec::new()
-    };
-    common::spawn_server(data, port, &extra)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+        spawn_serve(spot, data, port, &[])
+    }
 }
 
 fn emulate(args: &[&str]) -> Output {
@@ -62,7 +50,7 @@ fn emulate_over_https_with_ca_cert_delivers_everything_to_spot_serve() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = spawn_server(dir.path(), port, true);
-    let ca = fixture("localhost-cert.pem");
+    let ca = localhost_cert();
     let out = emulate(&[
         "--server",
         &format!("https://localhost:{port}"),
@@ -184,7 +172,7 @@ fn tls_flags_are_refused_where_they_do_not_apply_or_the_file_is_unusable() {
         "{stderr}"
     );
 
-    let missing = fixture("no-such-ca.pem");
+    let missing = localhost_cert().with_file_name("no-such-ca.pem");
     let out = emulate(&[
         "--server",
         "https://127.0.0.1:9",
@@ -196,7 +184,7 @@ fn tls_flags_are_refused_where_they_do_not_apply_or_the_file_is_unusable() {
     assert!(stderr.contains("no-such-ca.pem"), "{stderr}");
 
     // A private key is not a certificate.
-    let key = fixture("localhost-key.pem");
+    let key = localhost_key();
     let out = emulate(&[
         "--server",
         "https://127.0.0.1:9",

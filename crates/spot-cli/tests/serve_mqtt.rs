@@ -3,56 +3,17 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{chunk, free_port, get_text};
-
-/// Kills the child when dropped (a failed assertion leaves no process behind).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// mosquitto on `port`, anonymous clients allowed, no persistence.
-fn mosquitto(dir: &std::path::Path, port: u16) -> Killed {
-    let config = dir.join("mosquitto.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "per_listener_settings false\npersistence false\nuser root\n\
-             allow_anonymous true\nlistener {port} 127.0.0.1\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
-    let broker = Killed(child);
-    wait_listening(port, "mosquitto");
-    broker
-}
+use test_support::free_port;
+use test_support::http::{chunk, get_text};
+use test_support::mosquitto::Broker;
+use test_support::process::{wait_listening, KillOnDrop};
 
 /// `mosquitto_sub` on `#`: each received topic on the channel, once subscribed.
-fn subscribe_all(port: u16) -> (Killed, mpsc::Receiver<String>) {
+fn subscribe_all(port: u16) -> (KillOnDrop, mpsc::Receiver<String>) {
     let mut child = Command::new("/usr/bin/mosquitto_sub")
         .args([
             "-h",
@@ -79,7 +40,7 @@ fn subscribe_all(port: u16) -> (Killed, mpsc::Receiver<String>) {
             }
         }
     });
-    let subscriber = Killed(child);
+    let subscriber = KillOnDrop(child);
     // Subscribed once a probe published after it started comes back.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -120,7 +81,7 @@ fn metric(text: &str, name: &str) -> u64 {
 fn the_broker_gets_only_the_events_matching_the_mqtt_filters() {
     let dir = tempfile::tempdir().unwrap();
     let (broker_port, port) = (free_port(), free_port());
-    let _broker = mosquitto(dir.path(), broker_port);
+    let _broker = Broker::start(dir.path(), broker_port);
     let (_subscriber, topics) = subscribe_all(broker_port);
     let server = Command::new(env!("CARGO_BIN_EXE_spot"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -131,7 +92,7 @@ fn the_broker_gets_only_the_events_matching_the_mqtt_filters() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn spot serve");
-    let _server = Killed(server);
+    let _server = KillOnDrop(server);
     wait_listening(port, "spot serve");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !get_text(port, "/metrics").contains("spot_push_mqtt_connected 1") {

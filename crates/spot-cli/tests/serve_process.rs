@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{chunk, free_port, get_json, spawn_server};
+use test_support::free_port;
+use test_support::http::{chunk, get_json};
+use test_support::process::spawn_serve;
+
+const SPOT: &str = env!("CARGO_BIN_EXE_spot");
 
 /// Sends SIGTERM to the server.
 fn sigterm(server: &std::process::Child) {
@@ -81,7 +84,7 @@ fn presence(seq: u64) -> String {
 fn kill_9_then_restart_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = spawn_server(dir.path(), port, &[]);
+    let mut server = spawn_serve(SPOT, dir.path(), port, &[]);
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
@@ -132,7 +135,7 @@ fn kill_9_then_restart_keeps_every_acknowledged_event() {
     let last_ack = acked.load(Ordering::SeqCst);
     assert!(last_ack >= 1_000);
 
-    let mut server = spawn_server(dir.path(), port, &[]);
+    let mut server = spawn_serve(SPOT, dir.path(), port, &[]);
     let spot = get_json(port, "/api/spots/900");
     assert!(
         spot["acked_seq"].as_u64().unwrap() >= last_ack,
@@ -166,7 +169,7 @@ fn kill_9_then_restart_keeps_every_acknowledged_event() {
 fn sigterm_finishes_the_in_flight_post_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = spawn_server(dir.path(), port, &[]);
+    let mut server = spawn_serve(SPOT, dir.path(), port, &[]);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(HEAD.as_bytes()).unwrap();
     s.write_all(&chunk(
@@ -203,7 +206,8 @@ fn sigterm_finishes_the_in_flight_post_then_exits_0() {
 fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = spawn_server(
+    let mut server = spawn_serve(
+        SPOT,
         dir.path(),
         port,
         &["--shutdown-grace".as_ref(), "3".as_ref()],
@@ -283,7 +287,7 @@ fn sigterm_under_load_exits_0_after_the_grace_and_no_second_server_shares_the_da
     for loader in loaders {
         let _ = loader.join();
     }
-    let mut third = spawn_server(dir.path(), port, &[]);
+    let mut third = spawn_serve(SPOT, dir.path(), port, &[]);
     let items = get_json(port, "/api/items?results_only=true&limit=10000");
     assert!(items.as_array().unwrap().len() >= 40 * 20);
     third.kill().unwrap();

@@ -3,42 +3,22 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-mod common;
-use common::{chunk, free_port};
+use test_support::fixtures::localhost_cert;
+use test_support::free_port;
+use test_support::http::chunk;
+use test_support::process::{spawn_serve, spawn_serve_tls, KillOnDrop};
 
-/// Kills the child when dropped (also when the test fails).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const SPOT: &str = env!("CARGO_BIN_EXE_spot");
 
 #[test]
 fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
     let data = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let _server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_spot"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn spot serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _server = KillOnDrop(spawn_serve(SPOT, data.path(), port, &[]));
     // From id 0: tail replays from the events log, so the POST may come before it listens.
-    let mut tail = Killed(
+    let mut tail = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_spot"))
             .args(["tail", "--server", &format!("http://127.0.0.1:{port}")])
             .args(["--after-id", "0", "presences/#"])
@@ -83,25 +63,9 @@ fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
     assert!(event["id"].as_u64().is_some_and(|id| id > 0), "{line}");
 }
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 /// `spot serve` over HTTPS with the self-signed test certificate for `localhost`.
-fn spawn_tls_server(data: &std::path::Path, port: u16) -> Killed {
-    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
-    Killed(common::spawn_server(
-        data,
-        port,
-        &[
-            "--tls-cert".as_ref(),
-            cert.as_ref(),
-            "--tls-key".as_ref(),
-            key.as_ref(),
-        ],
-    ))
+fn spawn_tls_server(data: &std::path::Path, port: u16) -> KillOnDrop {
+    KillOnDrop(spawn_serve_tls(SPOT, data, port))
 }
 
 /// A spot (`spot emulate` over HTTPS) posts events; `spot tail --server https://…
@@ -112,7 +76,7 @@ fn tail_over_https_with_ca_cert_prints_the_derived_events() {
     let port = free_port();
     let _server = spawn_tls_server(data.path(), port);
     let server = format!("https://localhost:{port}");
-    let ca = fixture("localhost-cert.pem");
+    let ca = localhost_cert();
     let emulate = Command::new(env!("CARGO_BIN_EXE_spot"))
         .args(["emulate", "--server", &server, "--ca-cert"])
         .arg(&ca)
@@ -133,7 +97,7 @@ fn tail_over_https_with_ca_cert_prints_the_derived_events() {
         "{}",
         String::from_utf8_lossy(&emulate.stderr)
     );
-    let mut tail = Killed(
+    let mut tail = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_spot"))
             .args(["tail", "--server", &server, "--ca-cert"])
             .arg(&ca)
@@ -169,7 +133,7 @@ fn tail_names_the_certificate_error_and_refuses_a_ca_for_plain_http() {
     let data = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let _server = spawn_tls_server(data.path(), port);
-    let mut tail = Killed(
+    let mut tail = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_spot"))
             .args(["tail", "--server", &format!("https://localhost:{port}")])
             .stdout(Stdio::null())
@@ -190,7 +154,7 @@ fn tail_names_the_certificate_error_and_refuses_a_ca_for_plain_http() {
 
     let out = Command::new(env!("CARGO_BIN_EXE_spot"))
         .args(["tail", "--server", "http://127.0.0.1:9", "--ca-cert"])
-        .arg(fixture("localhost-cert.pem"))
+        .arg(localhost_cert())
         .output()
         .expect("run spot tail");
     assert!(!out.status.success());

@@ -494,7 +494,7 @@ pub fn shared_code(seed: u64, index: u64) -> String {
 
 fn shared_code_bits(seed: u64, index: u64) -> u128 {
     let h = mix(seed ^ mix(index.wrapping_add(1)));
-    // Context items come from a handful of companies, like the goods of one shop.
+    // Shared items come from a handful of companies, like the goods of one shop.
     sgtin96_bits(h >> 61, h)
 }
 

@@ -18,7 +18,8 @@ use spot_emulator::stats::SpotStats;
 use spot_emulator::uplink::{ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 use spot_protocol::{Action, Config, Decoder, Encoding, Event, EventKind, Firmware, Limits};
-use support::{Context, State, TestServer};
+use support::{Shared, State, TestServer};
+use test_support::captures::TELNET_SPOT201;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -207,7 +208,7 @@ fn command(kind: EventKind) -> Event {
 
 #[tokio::test]
 async fn commands_are_applied_echoed_and_firmware_is_fetched_and_reported() {
-    let shared = Context::default();
+    let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let mut update = Config {
         send_hits: Some(true),
@@ -329,7 +330,7 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn server_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
-    let shared = Context::default();
+    let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let addr = server.addr;
     let cfg = config(&server.url(), 3, 300.0, Some(1.5));
@@ -364,7 +365,7 @@ async fn server_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn emulator_killed_and_restarted_with_its_buffer_loses_nothing() {
-    let shared = Context::default();
+    let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&server.url(), 2, 300.0, None);
@@ -423,7 +424,7 @@ async fn emulator_killed_and_restarted_with_its_buffer_loses_nothing() {
 
 #[tokio::test]
 async fn injected_faults_are_counted_and_still_nothing_is_lost_or_doubled() {
-    let shared = Context::default();
+    let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let mut cfg = config(&server.url(), 2, 300.0, Some(1.5));
     for spec in [
@@ -518,7 +519,7 @@ async fn raw_tcp_streams_events_and_takes_acks_and_commands_from_the_socket() {
 
 #[tokio::test]
 async fn telnet_serves_the_raw_stream_with_online_messages() {
-    let shared = Context::default();
+    let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
     let cfg = config(&server.url(), 1, 300.0, Some(0.6));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -564,12 +565,9 @@ async fn telnet_serves_the_raw_stream_with_online_messages() {
 
 #[tokio::test]
 async fn replay_sends_the_recorded_events_then_ends() {
-    let shared = Context::default();
+    let shared = Shared::default();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
-    let recording = Arc::new(Recording::parse(include_bytes!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../spot-protocol/tests/fixtures/vendor-telnet-spot201.txt"
-    ))));
+    let recording = Arc::new(Recording::parse(TELNET_SPOT201));
     let mut cfg = config(&server.url(), 1, 0.0, None);
     cfg.replay = Some((recording.clone(), ReplayTiming::Rate));
     let (run, _, _stop) = start(&cfg);
@@ -592,7 +590,7 @@ async fn replay_sends_the_recorded_events_then_ends() {
 #[tokio::test]
 async fn protobuf_encoding_carries_events_and_commands() {
     for raw_tcp in [false, true] {
-        let shared = Context::default();
+        let shared = Shared::default();
         let server = TestServer::start("127.0.0.1:0".parse().unwrap(), shared.clone()).await;
         let update = Config {
             send_hits: Some(true),

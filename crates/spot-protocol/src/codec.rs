@@ -93,9 +93,9 @@ pub enum DecodeErrorKind {
         /// How many bytes of the unfinished message were received.
         bytes: usize,
     },
-    /// A protobuf frame that does not decode; the text names the field or the problem.
+    /// A protobuf frame that does not decode; it names the field or the problem.
     #[error("invalid protobuf frame: {0}")]
-    Protobuf(String),
+    Protobuf(pb::FrameError),
 }
 
 impl fmt::Display for DecodeError {

@@ -8,6 +8,7 @@
 //! - [`pb`]: this project's protobuf encoding (`application/x-intellifi-events-pb`).
 //! - [`ack`]: the raw-TCP acknowledgement both sides build and read.
 //! - [`backoff`]: reconnect and retry delays (doubling, capped, jittered), the one implementation.
+//! - [`topics`]: the spec §7 topic names and event payload of the server's derived events.
 //! - [`codec`]: one [`Decoder`] / [`Encoder`] over either encoding, chosen by [`Encoding`].
 //!
 //! The flow for a receiver: [`Decoder::feed`] each chunk as it arrives, then call
@@ -25,6 +26,7 @@ pub mod pb;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod topics;
 
 pub use codec::{DecodeError, DecodeErrorKind, Decoder, Encoder, Encoding, Limits};
 pub use event::{

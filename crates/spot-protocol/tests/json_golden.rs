@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use spot_protocol::{Action, EventKind, Proximity, Timestamp};
 use support::*;
+use test_support::http::dechunk;
 
 const EVERY_SPLIT_MAX: usize = 6 * 1024;
 
@@ -33,7 +34,8 @@ fn load(name: &str) -> Fixture {
         let path = dir.join(format!("{name}.{ext}"));
         if let Ok(raw) = std::fs::read(&path) {
             let (input, transport_cuts) = if ext == "http" {
-                (dechunk_http(&raw), Some(chunk_boundaries(&raw)))
+                let message = dechunk(&raw);
+                (message.body, Some(message.boundaries))
             } else {
                 (raw, None)
             };

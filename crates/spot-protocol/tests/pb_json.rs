@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use spot_protocol::json::{JsonDecoder, JsonEncoder};
 use spot_protocol::pb::PbDecoder;
 use spot_protocol::{testing, Event, Limits};
+use test_support::split::every_split;
 
 const MIX: &[u8] = include_bytes!("fixtures/realistic-mix.events");
 
@@ -107,11 +108,8 @@ fn the_realistic_mix_decodes_alike_fed_whole_bytewise_and_split_anywhere() {
     let head = &events[..60];
     let pb = encode(head);
     let expected = oks(head);
-    for cut in 0..=pb.len() {
-        let got = decode_chunks(
-            &mut PbDecoder::new(Limits::default()),
-            [&pb[..cut], &pb[cut..]],
-        );
+    for (cut, halves) in every_split(&pb) {
+        let got = decode_chunks(&mut PbDecoder::new(Limits::default()), halves);
         assert_eq!(got, expected, "split at {cut}");
     }
 }

@@ -18,9 +18,6 @@
 //! `MOSQUITTO_NODELAY=false` runs mosquitto without `set_tcp_nodelay true` (Nagle's
 //! algorithm on its writes to the subscriber: see the `mqtt` module docs).
 
-#[path = "../tests/support/mosquitto.rs"]
-mod mosquitto;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -32,6 +29,7 @@ use spot_push::{
     stream_router, Hub, HubConfig, MemoryEventLog, MqttConfig, MqttOutlet, Published, StreamLimits,
     StreamState,
 };
+use test_support::mosquitto;
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -164,13 +162,9 @@ async fn run(rate: u64, seconds: u64, outlets: &str) {
     let mut broker = None;
     let mut _outlet = None;
     if outlets.contains("mqtt") {
-        let port = mosquitto::free_port();
-        let options = mosquitto::Options {
-            bench: true,
-            tcp_nodelay: std::env::var("MOSQUITTO_NODELAY").as_deref() != Ok("false"),
-            ..Default::default()
-        };
-        broker = Some(mosquitto::Broker::start_with(dir.path(), port, &options).await);
+        let started = mosquitto::Broker::start_bench(dir.path());
+        let port = started.port;
+        broker = Some(started);
         let rec = Arc::new(Recorder::default());
         let sub_qos = match std::env::var("BENCH_SUB_QOS").as_deref() {
             Ok("0") => QoS::AtMostOnce,

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use crate::filter::TopicFilter;
 use crate::hub::{Published, Subscription};
-use crate::topic::TopicFilter;
 
 /// A boxed future, as returned by [`EventLog`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::topic::{validate_topic_name, TopicError, TopicFilter};
+use crate::filter::{validate_topic_name, TopicError, TopicFilter};
 
 /// One derived event (or raw spot event), as every outlet sends it.
 ///
@@ -107,7 +107,7 @@ impl Published {
 
     /// Builds a derived event whose payload is the spec's
     /// `{"resource":..,"time_event":..,"time_created":..}` (see
-    /// [`crate::topics::event_payload`]) from the JSON texts of its three values, written
+    /// [`spot_protocol::topics::event_payload`]) from the JSON texts of its three values, written
     /// into the envelope as they are. The topic is checked; the JSON texts are **not** (a
     /// caller passes what a JSON writer or parser produced: `resource` an object,
     /// `time_event` a string or `null`, `time_created` a string), which saves parsing every
@@ -284,7 +284,9 @@ pub enum HubError {
     TooManySubscriptions(usize),
 }
 
-struct Context {
+/// The hub's entry for one subscription: what it wants, the sending end of its queue and
+/// its counters (read through the [`Subscription`]).
+struct SubscriptionEntry {
     key: u64,
     outlet: String,
     filters: RwLock<Vec<TopicFilter>>,
@@ -295,7 +297,7 @@ struct Context {
     raw: AtomicBool,
 }
 
-impl Context {
+impl SubscriptionEntry {
     fn wants(&self, topic: &str) -> bool {
         read(&self.filters).iter().any(|f| f.matches(topic))
     }
@@ -314,9 +316,10 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-struct Inner {
+/// The hub's state, shared by its clones and its subscriptions.
+struct HubState {
     config: HubConfig,
-    subscriptions: RwLock<Vec<Arc<Context>>>,
+    subscriptions: RwLock<Vec<Arc<SubscriptionEntry>>>,
     next_key: AtomicU64,
     published_total: AtomicU64,
     raw_published_total: AtomicU64,
@@ -330,7 +333,7 @@ struct Inner {
 /// Fan-out point between the server's commit path and the outlets. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    inner: Arc<Inner>,
+    state: Arc<HubState>,
 }
 
 /// Counters of one outlet (all subscriptions with the same outlet name added up).
@@ -386,7 +389,7 @@ impl Hub {
     /// A hub with the given limits.
     pub fn new(config: HubConfig) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            state: Arc::new(HubState {
                 config,
                 subscriptions: RwLock::new(Vec::new()),
                 next_key: AtomicU64::new(0),
@@ -408,15 +411,15 @@ impl Hub {
         let event = Arc::new(event);
         let raw = event.is_raw();
         if raw {
-            self.inner
+            self.state
                 .raw_published_total
                 .fetch_add(1, Ordering::Relaxed);
         } else {
-            self.inner.last_id.fetch_max(event.id, Ordering::AcqRel);
-            self.inner.published_total.fetch_add(1, Ordering::Relaxed);
+            self.state.last_id.fetch_max(event.id, Ordering::AcqRel);
+            self.state.published_total.fetch_add(1, Ordering::Relaxed);
         }
         let mut closed = false;
-        for sub in read(&self.inner.subscriptions).iter() {
+        for sub in read(&self.state.subscriptions).iter() {
             if !sub.wants_event(&event) {
                 continue;
             }
@@ -432,10 +435,10 @@ impl Hub {
             }
         }
         if closed {
-            write(&self.inner.subscriptions).retain(|s| !s.tx.is_closed());
+            write(&self.state.subscriptions).retain(|s| !s.tx.is_closed());
         }
         if !raw {
-            self.inner
+            self.state
                 .fanned_out_id
                 .fetch_max(event.id, Ordering::AcqRel);
         }
@@ -447,7 +450,7 @@ impl Hub {
     /// subscription list and every filter list while it does, so a subscription made or
     /// given a filter meanwhile starts after `last_id` (and reads anything older from the log).
     pub fn skip_unless_subscribed(&self, last_id: u64, count: u64) -> bool {
-        let subscriptions = read(&self.inner.subscriptions);
+        let subscriptions = read(&self.state.subscriptions);
         let mut filters = Vec::with_capacity(subscriptions.len());
         for sub in subscriptions.iter() {
             let list = read(&sub.filters);
@@ -456,11 +459,11 @@ impl Hub {
             }
             filters.push(list);
         }
-        self.inner.last_id.fetch_max(last_id, Ordering::AcqRel);
-        self.inner
+        self.state.last_id.fetch_max(last_id, Ordering::AcqRel);
+        self.state
             .published_total
             .fetch_add(count, Ordering::Relaxed);
-        self.inner
+        self.state
             .fanned_out_id
             .fetch_max(last_id, Ordering::AcqRel);
         drop(filters);
@@ -473,20 +476,20 @@ impl Hub {
     /// and is marked lagged. A consumer whose queue is empty and not lagged after reading
     /// this has seen every event it wants up to it.
     pub fn fanned_out_id(&self) -> u64 {
-        self.inner.fanned_out_id.load(Ordering::Acquire)
+        self.state.fanned_out_id.load(Ordering::Acquire)
     }
 
     /// Whether a live subscription taking raw events has a filter matching `topic`: lets a
     /// producer skip building raw events nobody receives.
     pub fn wants_raw(&self, topic: &str) -> bool {
-        read(&self.inner.subscriptions)
+        read(&self.state.subscriptions)
             .iter()
             .any(|s| s.raw.load(Ordering::Relaxed) && s.wants(topic))
     }
 
     /// Id of the last published event (0 before any).
     pub fn last_id(&self) -> u64 {
-        self.inner.last_id.load(Ordering::Acquire)
+        self.state.last_id.load(Ordering::Acquire)
     }
 
     /// Opens a subscription for an outlet named `outlet` (used in stats) with `filters`
@@ -496,7 +499,7 @@ impl Hub {
         outlet: &str,
         filters: Vec<TopicFilter>,
     ) -> Result<Subscription, HubError> {
-        self.subscribe_with_capacity(outlet, filters, self.inner.config.queue_capacity)
+        self.subscribe_with_capacity(outlet, filters, self.state.config.queue_capacity)
     }
 
     /// Same as [`Hub::subscribe`] with a queue of `queue_capacity` events instead of
@@ -508,8 +511,8 @@ impl Hub {
         queue_capacity: usize,
     ) -> Result<Subscription, HubError> {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
-        let shared = Arc::new(Context {
-            key: self.inner.next_key.fetch_add(1, Ordering::Relaxed),
+        let entry = Arc::new(SubscriptionEntry {
+            key: self.state.next_key.fetch_add(1, Ordering::Relaxed),
             outlet: outlet.to_owned(),
             filters: RwLock::new(filters),
             tx,
@@ -519,19 +522,19 @@ impl Hub {
         });
         let start_id = self.last_id();
         {
-            let mut subs = write(&self.inner.subscriptions);
+            let mut subs = write(&self.state.subscriptions);
             subs.retain(|s| !s.tx.is_closed());
-            if subs.len() >= self.inner.config.max_subscriptions {
+            if subs.len() >= self.state.config.max_subscriptions {
                 return Err(HubError::TooManySubscriptions(
-                    self.inner.config.max_subscriptions,
+                    self.state.config.max_subscriptions,
                 ));
             }
-            subs.push(shared.clone());
+            subs.push(entry.clone());
         }
         Ok(Subscription {
-            shared,
+            entry,
             rx,
-            hub: self.inner.clone(),
+            hub: self.state.clone(),
             start_id,
         })
     }
@@ -540,7 +543,7 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         let mut by_outlet: HashMap<String, OutletStats> = HashMap::new();
         let ended = self
-            .inner
+            .state
             .dropped_by_ended
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -556,7 +559,7 @@ impl Hub {
             );
         }
         drop(ended);
-        for sub in read(&self.inner.subscriptions).iter() {
+        for sub in read(&self.state.subscriptions).iter() {
             if sub.tx.is_closed() {
                 continue;
             }
@@ -575,8 +578,8 @@ impl Hub {
         let mut outlets: Vec<OutletStats> = by_outlet.into_values().collect();
         outlets.sort_by(|a, b| a.outlet.cmp(&b.outlet));
         HubStats {
-            published_total: self.inner.published_total.load(Ordering::Relaxed),
-            raw_published_total: self.inner.raw_published_total.load(Ordering::Relaxed),
+            published_total: self.state.published_total.load(Ordering::Relaxed),
+            raw_published_total: self.state.raw_published_total.load(Ordering::Relaxed),
             last_id: self.last_id(),
             outlets,
         }
@@ -585,9 +588,9 @@ impl Hub {
 
 /// The receiving end of one hub subscription: a bounded queue plus its filters.
 pub struct Subscription {
-    shared: Arc<Context>,
+    entry: Arc<SubscriptionEntry>,
     rx: mpsc::Receiver<Arc<Published>>,
-    hub: Arc<Inner>,
+    hub: Arc<HubState>,
     start_id: u64,
 }
 
@@ -604,13 +607,13 @@ impl Subscription {
 
     /// Whether events were dropped since the last call (and clears the mark).
     pub fn take_lagged(&self) -> bool {
-        self.shared.lagged.swap(false, Ordering::AcqRel)
+        self.entry.lagged.swap(false, Ordering::AcqRel)
     }
 
     /// Whether events were dropped since the last [`Subscription::take_lagged`] (keeps the
     /// mark).
     pub fn is_lagged(&self) -> bool {
-        self.shared.lagged.load(Ordering::Acquire)
+        self.entry.lagged.load(Ordering::Acquire)
     }
 
     /// Whether no event is queued.
@@ -621,12 +624,12 @@ impl Subscription {
     /// Whether raw spot events reach this subscription (by default they do, when a filter
     /// matches them); e.g. webhooks, which deliver by event id, turn them off.
     pub fn set_receive_raw(&self, receive: bool) {
-        self.shared.raw.store(receive, Ordering::Relaxed);
+        self.entry.raw.store(receive, Ordering::Relaxed);
     }
 
     /// Events dropped for this subscription because its queue was full.
     pub fn dropped_total(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.entry.dropped.load(Ordering::Relaxed)
     }
 
     /// The hub's last id when this subscription started: events after it are queued.
@@ -636,7 +639,7 @@ impl Subscription {
 
     /// Adds a filter (no effect if already present).
     pub fn add_filter(&self, filter: TopicFilter) {
-        let mut filters = write(&self.shared.filters);
+        let mut filters = write(&self.entry.filters);
         if !filters.contains(&filter) {
             filters.push(filter);
         }
@@ -645,20 +648,20 @@ impl Subscription {
     /// Replaces every filter (no filter: no event is queued, and publishing costs this
     /// subscription one empty check).
     pub fn set_filters(&self, filters: Vec<TopicFilter>) {
-        *write(&self.shared.filters) = filters;
+        *write(&self.entry.filters) = filters;
     }
 
     /// A handle changing this subscription's filters from elsewhere (e.g. while a task
     /// owns the subscription).
     pub fn filter_handle(&self) -> FilterHandle {
         FilterHandle {
-            shared: self.shared.clone(),
+            entry: self.entry.clone(),
         }
     }
 
     /// Removes a filter; says whether it was present.
     pub fn remove_filter(&self, filter: &str) -> bool {
-        let mut filters = write(&self.shared.filters);
+        let mut filters = write(&self.entry.filters);
         let before = filters.len();
         filters.retain(|f| f.as_str() != filter);
         filters.len() != before
@@ -666,39 +669,39 @@ impl Subscription {
 
     /// Whether any current filter matches `topic`.
     pub fn wants(&self, topic: &str) -> bool {
-        self.shared.wants(topic)
+        self.entry.wants(topic)
     }
 
     /// The current filters.
     pub fn filters(&self) -> Vec<TopicFilter> {
-        read(&self.shared.filters).clone()
+        read(&self.entry.filters).clone()
     }
 }
 
 /// Changes the filters of a [`Subscription`] owned elsewhere ([`Subscription::filter_handle`]).
 #[derive(Clone)]
 pub struct FilterHandle {
-    shared: Arc<Context>,
+    entry: Arc<SubscriptionEntry>,
 }
 
 impl FilterHandle {
     /// Replaces every filter, like [`Subscription::set_filters`].
     pub fn set(&self, filters: Vec<TopicFilter>) {
-        *write(&self.shared.filters) = filters;
+        *write(&self.entry.filters) = filters;
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let key = self.shared.key;
+        let key = self.entry.key;
         write(&self.hub.subscriptions).retain(|s| s.key != key);
-        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        let dropped = self.entry.dropped.load(Ordering::Relaxed);
         let mut ended = self
             .hub
             .dropped_by_ended
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        *ended.entry(self.shared.outlet.clone()).or_insert(0) += dropped;
+        *ended.entry(self.entry.outlet.clone()).or_insert(0) += dropped;
     }
 }
 

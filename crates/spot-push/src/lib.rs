@@ -20,10 +20,11 @@
 //!    `hub.publish(Published::new(id, &topic, payload_json)?)` (or `Published::from_value`,
 //!    or, from JSON texts already known valid, `Published::from_json_parts`: no re-parse).
 //!    Ids start at 1 and strictly increase; the event must already be readable through the
-//!    `EventLog`. `publish` never blocks. Build topics with [`topics`] (spec §7 spelling) and
-//!    payloads with [`topics::event_payload`] (`resource`, `time_event`, `time_created`).
+//!    `EventLog`. `publish` never blocks. Build topics with [`spot_protocol::topics`] (spec §7
+//!    spelling) and payloads with [`spot_protocol::topics::event_payload`] (`resource`,
+//!    `time_event`, `time_created`).
 //!    Raw spot events (optional): `hub.publish(Published::raw(&topic, payload)?)` with
-//!    [`topics::raw_spot_event`]; no id, not logged, live only (ask [`Hub::wants_raw`]
+//!    [`spot_protocol::topics::raw_spot_event`]; no id, not logged, live only (ask [`Hub::wants_raw`]
 //!    first to skip building what nobody receives).
 //! 4. Mount [`stream_router`] (an `axum::Router`). On plain hyper: for paths where
 //!    [`is_push_path`] holds, answer with [`call_router`]; serve connections
@@ -38,16 +39,18 @@
 //!
 //! # Main types
 //!
-//! - [`TopicFilter`]: the one MQTT-semantics matcher every outlet uses.
+//! - [`TopicFilter`] ([`filter`]): the one MQTT-semantics matcher every outlet uses.
 //! - [`Published`]: an event (id, topic, JSON payload), envelope serialized once.
 //! - [`Hub`], [`Subscription`]: non-blocking fan-out with bounded queues and drop counters.
 //! - [`EventLog`], [`Follower`]: gap-free following with resumption from the log.
+//! - [`stream_router`] ([`stream`]): the SSE and WebSocket outlets.
 //! - [`MqttOutlet`]: publishing to an external broker.
 //! - [`webhook::Webhooks`]: the `subscriptions` resource and webhook deliveries.
 //! - [`tail`]: the SSE client behind `spot tail`.
 //! - [`tls`]: the TLS client settings of `mqtts://`, `https://` webhook targets and `spot tail`.
 
-mod client;
+mod connector;
+pub mod filter;
 pub mod follow;
 pub mod hub;
 pub mod mount;
@@ -55,16 +58,14 @@ pub mod mqtt;
 pub mod stream;
 pub mod tail;
 pub mod tls;
-pub mod topic;
-pub mod topics;
 pub mod webhook;
 
+pub use filter::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};
 pub use follow::{BoxFuture, EventLog, Follower, LogError, MemoryEventLog};
 pub use hub::{
     FilterHandle, Hub, HubConfig, HubError, HubStats, OutletStats, Published, PublishedError,
     Subscription,
 };
 pub use mount::{call_router, is_push_path};
-pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos};
+pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos, UrlProblem};
 pub use stream::{stream_router, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON};
-pub use topic::{validate_topic_name, TopicError, TopicFilter, MAX_TOPIC_LEN};

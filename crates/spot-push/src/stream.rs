@@ -36,9 +36,9 @@ use axum::{Json, Router};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 
+use crate::filter::TopicFilter;
 use crate::follow::{EventLog, Follower};
 use crate::hub::{Hub, HubError};
-use crate::topic::TopicFilter;
 
 /// Events written to a WebSocket before one flush (fewer when fewer are ready): one
 /// syscall and TCP segment for a burst instead of one per event.

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::client::{with_causes, Connector};
+use crate::connector::{with_causes, Connector};
 
 /// Largest SSE event (all its lines) the client buffers.
 pub const MAX_SSE_EVENT_BYTES: usize = 16 * 1024 * 1024;
@@ -46,9 +46,29 @@ pub enum TailError {
         /// Response body (the server's error message).
         body: String,
     },
-    /// The server URL or the TLS settings (e.g. the CA file) are unusable.
+    /// The server is not `http://HOST[:PORT]` or `https://HOST[:PORT]`.
+    #[error("server {server:?}: expected http://HOST[:PORT] or https://HOST[:PORT]")]
+    Scheme {
+        /// The server given.
+        server: String,
+    },
+    /// The server URL does not form a valid request URI.
+    #[error("server {server:?}: {source}")]
+    ServerUrl {
+        /// The server given.
+        server: String,
+        /// Why the URI is invalid.
+        source: http::uri::InvalidUri,
+    },
+    /// A CA certificate for a server that is not `https://`.
+    #[error("CA certificate {}: the server is not https://", .0.display())]
+    CaWithoutHttps(PathBuf),
+    /// The TLS settings are unusable (e.g. the CA file).
     #[error("{0}")]
-    Setup(String),
+    Tls(#[from] crate::tls::TlsConfigError),
+    /// The request could not be built.
+    #[error("{0}")]
+    Request(#[from] http::Error),
     /// The server sent an `error` event (e.g. its events log failed).
     #[error("server error: {0}")]
     Server(String),
@@ -194,26 +214,26 @@ pub async fn follow(
         Some(("https", _)) => true,
         Some(("http", _)) => false,
         _ => {
-            return Err(TailError::Setup(format!(
-                "server {server:?}: expected http://HOST[:PORT] or https://HOST[:PORT]"
-            )))
+            return Err(TailError::Scheme {
+                server: server.to_owned(),
+            })
         }
     };
     if let (Some(ca), false) = (&options.ca_cert, https) {
-        return Err(TailError::Setup(format!(
-            "CA certificate {}: the server is not https://",
-            ca.display()
-        )));
+        return Err(TailError::CaWithoutHttps(ca.clone()));
     }
-    let tls = crate::tls::client_config(options.ca_cert.as_deref(), &[b"http/1.1"])
-        .map_err(|e| TailError::Setup(e.to_string()))?;
+    let tls = crate::tls::client_config(options.ca_cert.as_deref(), &[b"http/1.1"])?;
     let url = format!("{server}/api/stream");
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("topic_filter", &options.topic_filter)
         .finish();
-    let stream_url: http::Uri = format!("{url}?{query}")
-        .parse()
-        .map_err(|e| TailError::Setup(format!("server {server:?}: {e}")))?;
+    let stream_url: http::Uri =
+        format!("{url}?{query}")
+            .parse()
+            .map_err(|source| TailError::ServerUrl {
+                server: server.to_owned(),
+                source,
+            })?;
     let client: Client<Connector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(Connector::new(tls));
     let mut last_id = options.after_id;
@@ -223,9 +243,7 @@ pub async fn follow(
         if let Some(id) = last_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| TailError::Setup(e.to_string()))?;
+        let request = request.body(Empty::new())?;
         let broken = match client.request(request).await {
             Err(e) => format!("{url}: {}", with_causes(&e)),
             Ok(response) if response.status().is_client_error() => {

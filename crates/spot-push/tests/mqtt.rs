@@ -1,14 +1,13 @@
 //! MQTT outlet against a real mosquitto started on a free port with its own config.
 
-#[path = "support/mosquitto.rs"]
-mod mosquitto;
-
 use std::time::Duration;
 
-use mosquitto::{free_port, subscriber, subscriber_as, Broker, Options};
 use rumqttc::QoS;
 use serde_json::json;
 use spot_push::{Hub, HubConfig, MqttConfig, MqttOutlet, Published};
+use test_support::fixtures::{localhost_cert, localhost_key};
+use test_support::free_port;
+use test_support::mosquitto::{subscriber, subscriber_as, Broker, Options};
 
 fn event(id: u64, topic: &str) -> Published {
     Published::from_value(id, topic, &json!({ "n": id, "resource": {"id": 1} })).expect("event")
@@ -23,12 +22,6 @@ fn outlet_config_for(url: &str) -> MqttConfig {
     config.reconnect_delay = Duration::from_millis(20);
     config.client_id = "spot-push-test".into();
     config
-}
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 /// Waits until the outlet has failed `n` connection attempts (it retries every 20 ms).
@@ -57,8 +50,7 @@ async fn logs_in_with_the_user_and_password_of_the_url() {
             users,
             ..Options::default()
         },
-    )
-    .await;
+    );
     let mut received = subscriber_as(port, "#", Some(("reader", "r"))).await;
     let hub = Hub::new(HubConfig::default());
     // A wrong password: refused by the broker, retried, counted, nothing published.
@@ -94,14 +86,10 @@ async fn publishes_over_tls_to_a_broker_with_a_private_certificate() {
     let (port, tls_port) = (free_port(), free_port());
     let options = Options {
         users: Vec::new(),
-        tls: Some((
-            tls_port,
-            fixture("localhost-cert.pem"),
-            fixture("localhost-key.pem"),
-        )),
+        tls: Some((tls_port, localhost_cert(), localhost_key())),
         ..Options::default()
     };
-    let _broker = Broker::start_with(dir.path(), port, &options).await;
+    let _broker = Broker::start_with(dir.path(), port, &options);
     let mut received = subscriber(port, "#").await; // on the plain listener
     let hub = Hub::new(HubConfig::default());
     let url = format!("mqtts://localhost:{tls_port}/tls");
@@ -112,9 +100,7 @@ async fn publishes_over_tls_to_a_broker_with_a_private_certificate() {
     drop(untrusted);
     // Trusting it (--mqtt-ca-cert): published over TLS.
     let mut config = outlet_config_for(&url);
-    config
-        .trust_ca_file(&fixture("localhost-cert.pem"))
-        .expect("CA file");
+    config.trust_ca_file(&localhost_cert()).expect("CA file");
     let outlet = MqttOutlet::spawn(config, &hub, None).expect("outlet");
     hub.publish(event(1, "items/1/created"));
     let (topic, payload, _) = received.recv().await.expect("message");
@@ -128,7 +114,7 @@ async fn publishes_over_tls_to_a_broker_with_a_private_certificate() {
 async fn publishes_topics_and_payloads_under_the_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let _broker = Broker::start(dir.path(), port).await;
+    let _broker = Broker::start(dir.path(), port);
     let mut received = subscriber(port, "site/#").await;
     let hub = Hub::new(HubConfig::default());
     let _outlet = MqttOutlet::spawn(outlet_config(port, "site"), &hub, None).expect("outlet");
@@ -147,17 +133,17 @@ async fn publishes_topics_and_payloads_under_the_prefix() {
 async fn keeps_events_published_while_the_broker_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let broker = Broker::start(dir.path(), port).await;
+    let broker = Broker::start(dir.path(), port);
     let mut received = subscriber(port, "#").await;
     let hub = Hub::new(HubConfig::default());
     let outlet = MqttOutlet::spawn(outlet_config(port, "p"), &hub, None).expect("outlet");
     hub.publish(event(1, "items/1/created"));
     assert_eq!(received.recv().await.expect("message").1["n"], 1);
-    broker.stop().await;
+    broker.stop();
     for id in 2..=11 {
         hub.publish(event(id, "items/1/appeared"));
     }
-    let _broker = Broker::start(dir.path(), port).await;
+    let _broker = Broker::start(dir.path(), port);
     let mut seen = vec![1];
     while seen.len() < 11 {
         let (topic, payload, _) = received.recv().await.expect("message");
@@ -178,7 +164,7 @@ async fn keeps_events_published_while_the_broker_is_down() {
 async fn publishes_raw_spot_events_like_derived_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let _broker = Broker::start(dir.path(), port).await;
+    let _broker = Broker::start(dir.path(), port);
     let mut received = subscriber(port, "site/spots/+/events/#").await;
     let hub = Hub::new(HubConfig::default());
     let _outlet = MqttOutlet::spawn(outlet_config(port, "site"), &hub, None).expect("outlet");

@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use spot_push::webhook::{signature, WebhookConfig, WebhookStore, Webhooks};
 use spot_push::{Hub, HubConfig, MemoryEventLog, Published};
+use test_support::fixtures::{localhost_cert, localhost_key};
 use tokio::sync::mpsc;
 
 /// One request the receiver got.
@@ -53,12 +54,6 @@ async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<Receive
     (format!("http://{addr}/hook"), rx)
 }
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 /// A local HTTPS receiver with the self-signed `localhost` test certificate (rustls and
 /// hyper): `https://localhost:<port>/hook`.
 async fn https_receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
@@ -66,11 +61,11 @@ async fn https_receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let (tx, rx) = mpsc::unbounded_channel();
     let router = hook_router(0, tx);
-    let certs = CertificateDer::pem_file_iter(fixture("localhost-cert.pem"))
+    let certs = CertificateDer::pem_file_iter(localhost_cert())
         .expect("cert file")
         .collect::<Result<Vec<_>, _>>()
         .expect("certs");
-    let key = PrivateKeyDer::from_pem_file(fixture("localhost-key.pem")).expect("key");
+    let key = PrivateKeyDer::from_pem_file(localhost_key()).expect("key");
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -626,7 +621,7 @@ async fn https_targets_are_verified_and_a_ca_file_makes_a_private_certificate_tr
     let hub = Hub::new(HubConfig::default());
     let log = Arc::new(MemoryEventLog::new(100));
     let config = WebhookConfig {
-        ca_cert: Some(fixture("localhost-cert.pem")),
+        ca_cert: Some(localhost_cert()),
         ..fast_config()
     };
     let store = WebhookStore::open_in_memory().expect("store");

@@ -10,9 +10,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use spot_server::domain::{Changes, Item, JournalEntry, PresenceRes, RowDoc, Table, UpstreamRow};
+use spot_server::domain::{
+    Changes, Item, JournalEntry, PresenceResource, RowDoc, Table, UpstreamRow,
+};
 use spot_server::ids::Id;
-use spot_server::store::{Durability, Store};
+use spot_server::store::{Durability, SqliteStore, Store};
 
 const EVENTS_PER_BATCH: usize = 4096;
 const BATCHES: usize = 40;
@@ -45,7 +47,7 @@ fn batch(b: usize) -> Changes {
         id(2),
         id(3)
     );
-    let presence: PresenceRes = serde_json::from_str(&presence_doc).expect("a presence");
+    let presence: PresenceResource = serde_json::from_str(&presence_doc).expect("a presence");
     let item: Item = serde_json::from_str(&format!(
         "{{\"id\":\"{}\",\"code_hex\":\"30342e00d5d77ca2bc9a8c94\",\"technology\":\"EPC Gen2\",\
          \"label\":null,\"custom\":null,\"is_present\":true,\"location\":\"{}\",\"move_count\":2,\
@@ -78,7 +80,7 @@ fn batch(b: usize) -> Changes {
         changes.upserts.push((
             Table::Presences,
             id(n),
-            RowDoc::Presence(Arc::new(PresenceRes {
+            RowDoc::Presence(Arc::new(PresenceResource {
                 id: id(n),
                 ..presence.clone()
             })),
@@ -103,7 +105,7 @@ fn batch(b: usize) -> Changes {
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut store = Store::open(dir.path(), Durability::Normal).expect("open store");
+    let mut store = SqliteStore::open(dir.path(), Durability::Normal).expect("open store");
     let mut batches: Vec<Changes> = (0..BATCHES).map(batch).collect();
     store.commit(&mut batches[0]).expect("warm-up commit");
     let started = Instant::now();

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use test_support::http::write_chunk;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -61,12 +62,6 @@ fn opts() -> Opts {
         }
     }
     o
-}
-
-fn chunk(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Reads one response; returns its `X-Spot-Ack` value.
@@ -142,7 +137,7 @@ impl Spot {
                 self.serial,
                 std::process::id()
             );
-            chunk(&mut out, create.as_bytes());
+            write_chunk(&mut out, create.as_bytes());
         }
         let mut data = Vec::new();
         for i in 0..events {
@@ -161,7 +156,7 @@ impl Spot {
                 .as_bytes(),
             );
             if (i + 1) % per_chunk == 0 || i + 1 == events {
-                chunk(&mut out, &data);
+                write_chunk(&mut out, &data);
                 data.clear();
             }
         }

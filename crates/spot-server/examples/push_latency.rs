@@ -27,9 +27,6 @@
 //! warm-up. Prints p50, p99, p99.9 and max, and received vs sent (waiting at most 10 s after
 //! the last write).
 
-#[path = "../../spot-push/tests/support/mosquitto.rs"]
-mod mosquitto;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,15 +34,11 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use spot_server::outlets::PushConfig;
 use spot_server::{Durability, Server, ServerConfig};
+use test_support::http::write_chunk;
+use test_support::mosquitto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-fn chunk(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
 
 fn event(seq: u64) -> Vec<u8> {
     format!(
@@ -136,7 +129,7 @@ async fn spot(
              Transfer-Encoding: chunked\r\nContent-Type: text/x-intellifi-events\r\n\r\n"
         )
         .into_bytes();
-        chunk(
+        write_chunk(
             &mut out,
             format!("[\"spot\",\"create\",{{\"spot_id\":{serial},\"version\":\"b\"}}]\n\n")
                 .as_bytes(),
@@ -157,7 +150,7 @@ async fn spot(
                 }
                 count = due;
                 let mut out = Vec::new();
-                chunk(&mut out, &body);
+                write_chunk(&mut out, &body);
                 stream.write_all(&out).await?;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -203,13 +196,9 @@ fn main() {
         let mut push = PushConfig::default();
         let mut broker = None;
         if let Outlet::Mqtt(qos) = outlet {
-            let port = mosquitto::free_port();
-            let options = mosquitto::Options {
-                bench: true,
-                tcp_nodelay: std::env::var("MOSQUITTO_NODELAY").as_deref() != Ok("false"),
-                ..Default::default()
-            };
-            broker = Some(mosquitto::Broker::start_with(dir.path(), port, &options).await);
+            let started = mosquitto::Broker::start_bench(dir.path());
+            let port = started.port;
+            broker = Some(started);
             let mut mqtt = spot_push::MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}"))
                 .expect("mqtt url");
             mqtt.qos = qos;
@@ -345,7 +334,7 @@ fn main() {
             latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
             latencies.len()
         );
-        print!("{}", spot_server::outlets::metrics(server.context()));
+        print!("{}", spot_server::api::metrics_text(server.context()));
         server.shutdown().await;
     });
 }

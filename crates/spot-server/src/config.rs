@@ -1,14 +1,44 @@
-//! How to run the server: [`ServerConfig`] (addresses, data directory, durability, push)
-//! and [`ServerLimits`] (every bound, with its reason). Plain data: read by every layer,
-//! depends on nothing but the store's [`Durability`] and the push settings.
+//! How to run the server: [`ServerConfig`] (addresses, data directory, [`Durability`],
+//! [`PushConfig`]) and [`ServerLimits`] (every bound, with its reason). Plain data, read by
+//! every layer; a leaf (it uses only the protocol and push crates' settings types).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::ingest::pull;
-use crate::outlets;
-pub use crate::store::Durability;
+use spot_protocol::backoff::Backoff;
+use spot_push::webhook::WebhookConfig;
+use spot_push::{HubConfig, MqttConfig, StreamLimits};
+
+/// Default redial delays of `--pull`: from 0.5 s, doubling up to 30 s.
+pub const DEFAULT_PULL_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(30),
+};
+
+/// How hard a commit is pushed to disk (SQLite's `synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: fsync on every commit (survives power loss).
+    Full,
+    /// `synchronous=NORMAL`: survives a process crash (kill -9), not a power loss.
+    Normal,
+}
+
+/// Settings of the push layer.
+#[derive(Debug, Clone, Default)]
+pub struct PushConfig {
+    /// Queue sizes and the subscription limit of the hub.
+    pub hub: HubConfig,
+    /// Limits of the WebSocket and SSE outlets.
+    pub stream: StreamLimits,
+    /// Webhook delivery settings.
+    pub webhooks: WebhookConfig,
+    /// Publish to this MQTT broker (`--mqtt`); off when `None`.
+    pub mqtt: Option<MqttConfig>,
+    /// Publish the raw spot events too (`--publish-raw`).
+    pub publish_raw: bool,
+}
 
 /// Every bound of the server, with its reason. All configurable.
 #[derive(Debug, Clone)]
@@ -91,7 +121,7 @@ pub struct ServerConfig {
     /// Spots' telnet services (`HOST:PORT`) the server dials and ingests (none by default).
     pub pull: Vec<String>,
     /// Redial delays of `pull`.
-    pub pull_backoff: pull::PullBackoff,
+    pub pull_backoff: Backoff,
     /// Data directory (default `./spot-data`), created if missing.
     pub data_dir: PathBuf,
     /// A spot without traffic for this long goes offline (default 10 s).
@@ -106,7 +136,7 @@ pub struct ServerConfig {
     /// Bounds.
     pub limits: ServerLimits,
     /// Push to applications (WebSocket, SSE, webhooks, MQTT).
-    pub push: outlets::PushConfig,
+    pub push: PushConfig,
 }
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -115,14 +145,14 @@ impl Default for ServerConfig {
             tcp_listen: None,
             tls: None,
             pull: Vec::new(),
-            pull_backoff: pull::DEFAULT_BACKOFF,
+            pull_backoff: DEFAULT_PULL_BACKOFF,
             data_dir: PathBuf::from("spot-data"),
             offline_after: Duration::from_secs(10),
             events_retention: Duration::from_secs(24 * 3600),
             sync: Durability::Full,
             repair_journal: false,
             limits: ServerLimits::default(),
-            push: outlets::PushConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

@@ -15,31 +15,17 @@
 //! and a match, no payload.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rusqlite::{Connection, OpenFlags};
+pub use crate::config::PushConfig;
+use crate::store::EventPages;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use spot_push::webhook::{WebhookConfig, WebhookError, WebhookStore, Webhooks};
+use spot_push::webhook::{WebhookError, WebhookStore, Webhooks};
 use spot_push::{
-    stream_router, BoxFuture, EventLog, Hub, HubConfig, HubError, LogError, MqttConfig, MqttOutlet,
-    Published, StreamLimits, StreamShutdown, StreamState,
+    stream_router, BoxFuture, EventLog, Hub, HubError, LogError, MqttOutlet, Published,
+    StreamShutdown, StreamState,
 };
-
-/// Settings of the push layer.
-#[derive(Debug, Clone, Default)]
-pub struct PushConfig {
-    /// Queue sizes and the subscription limit of the hub.
-    pub hub: HubConfig,
-    /// Limits of the WebSocket and SSE outlets.
-    pub stream: StreamLimits,
-    /// Webhook delivery settings.
-    pub webhooks: WebhookConfig,
-    /// Publish to this MQTT broker (`--mqtt`); off when `None`.
-    pub mqtt: Option<MqttConfig>,
-    /// Publish the raw spot events too (`--publish-raw`).
-    pub publish_raw: bool,
-}
 
 /// Why the push layer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +63,7 @@ struct StoredEvent<'a> {
 }
 
 /// The pushed form of a stored derived event: its topic and the payload of
-/// [`spot_push::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
+/// [`spot_protocol::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
 /// from the stored JSON without re-parsing the resource.
 ///
 /// Runs on the commit path for every derived event: a document in the layout the domain
@@ -162,7 +148,7 @@ pub fn raw_published(
     let what = || format!("raw event of spot {} (seq {:?})", row.serial, row.seq);
     let RawParts(resource_type, action, _) =
         serde_json::from_str(&row.event_json).map_err(|e| format!("{}: {e}", what()))?;
-    let topic = spot_push::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
+    let topic = spot_protocol::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
     if !hub.wants_raw(&topic) {
         return Ok(None);
     }
@@ -206,100 +192,54 @@ pub fn raw_published(
         .map_err(|e| format!("{}: {e}", what()))
 }
 
-/// Adds `event_batches.last_event_id` to a database written before push ids existed (its
-/// batches keep 0: they have no push ids and are not replayed), and its index.
-pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_column: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('event_batches') WHERE name = 'last_event_id'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_column {
-        conn.execute_batch(
-            "ALTER TABLE event_batches ADD COLUMN last_event_id INTEGER NOT NULL DEFAULT 0",
-        )?;
-    }
-    conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS event_batches_last_event_id
-         ON event_batches(last_event_id)",
-    )
+/// The derived events log as the push crate reads it: pages of the store's log (by push id)
+/// turned into [`Published`] events, off the async runtime.
+pub struct StoredEvents {
+    pages: Arc<dyn EventPages>,
 }
 
-/// The server's `events` table read through its own read-only connection (WAL: reads never
-/// wait for the writer).
-pub struct SqliteEventLog {
-    conn: Arc<Mutex<Connection>>,
-}
-
-impl SqliteEventLog {
-    /// Opens `<data_dir>/spot.db` read-only (the store must have created it).
-    pub fn open(data_dir: &Path) -> Result<Self, PushError> {
-        let path = data_dir.join("spot.db");
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| PushError::Log {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+impl StoredEvents {
+    /// Over the store's paging reader.
+    pub fn new(pages: Arc<dyn EventPages>) -> Self {
+        StoredEvents { pages }
     }
 
-    fn read(conn: &Connection, after_id: u64, limit: usize) -> Result<Vec<Published>, LogError> {
-        let fail = |e: rusqlite::Error| LogError(format!("events after {after_id}: {e}"));
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT last_event_id, docs FROM event_batches
-                 WHERE last_event_id > ?1 ORDER BY id",
-            )
-            .map_err(fail)?;
-        let mut rows = stmt.query([after_id as i64]).map_err(fail)?;
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.next().map_err(fail)? else {
-                break;
-            };
-            let last = row.get::<_, i64>(0).map_err(fail)?.max(0) as u64;
-            let docs = crate::store::unpack(row.get_ref(1).map_err(fail)?)
-                .map_err(|e| LogError(format!("events batch ending at {last}: {e}")))?;
-            let first = (last + 1).saturating_sub(docs.lines().count() as u64);
-            for (id, doc) in (first..).zip(docs.lines()) {
-                if id <= after_id || out.len() >= limit {
-                    continue;
-                }
-                match to_published(id, doc) {
-                    Ok(p) => out.push(p),
-                    // One bad line is one skipped event, not a broken stream.
-                    Err(e) => tracing::warn!("events log: skipped: {e}"),
-                }
+    fn read(
+        pages: &dyn EventPages,
+        after_id: u64,
+        limit: usize,
+    ) -> Result<Vec<Published>, LogError> {
+        let page = pages
+            .page(after_id, limit)
+            .map_err(|e| LogError(format!("events after {after_id}: {e}")))?;
+        let mut out = Vec::with_capacity(page.len());
+        for (id, doc) in page {
+            match to_published(id, &doc) {
+                Ok(p) => out.push(p),
+                // One bad line is one skipped event, not a broken stream.
+                Err(e) => tracing::warn!("events log: skipped: {e}"),
             }
         }
         Ok(out)
     }
 }
 
-impl EventLog for SqliteEventLog {
+impl EventLog for StoredEvents {
     fn events_after(
         &self,
         after_id: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Published>, LogError>> {
-        let conn = self.conn.clone();
+        let pages = self.pages.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                Self::read(&conn, after_id, limit)
-            })
-            .await
-            .map_err(|e| LogError(format!("events log task: {e}")))?
+            tokio::task::spawn_blocking(move || Self::read(pages.as_ref(), after_id, limit))
+                .await
+                .map_err(|e| LogError(format!("events log task: {e}")))?
         })
     }
 }
 
-/// Called by the store after each commit: publishes the commit's derived events (and,
+/// Called by the pipeline after each commit: publishes the commit's derived events (and,
 /// with `publish_raw`, its raw spot events).
 #[derive(Clone)]
 pub struct Publisher {
@@ -345,25 +285,6 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// Answers one HTTP request: push paths with the push router (WebSocket upgrades included),
-/// everything else with the server's own routes.
-pub async fn serve(
-    req: hyper::Request<hyper::body::Incoming>,
-    shared: &crate::Context,
-) -> hyper::Response<axum::body::Body> {
-    if spot_push::is_push_path(req.uri().path()) {
-        return spot_push::call_router(shared.outlets.router(), req).await;
-    }
-    crate::http::route(req, shared)
-        .await
-        .map(axum::body::Body::new)
-}
-
-/// The `/metrics` text: the server's counters, then the push layer's.
-pub fn metrics(shared: &crate::Context) -> String {
-    shared.metrics.render() + &shared.outlets.render_metrics()
-}
-
 /// The running push layer.
 pub struct Outlets {
     hub: Hub,
@@ -384,11 +305,16 @@ impl std::fmt::Debug for Outlets {
 }
 
 impl Outlets {
-    /// Starts the hub and the outlets over `<data_dir>/spot.db` (already created by the
-    /// store); webhook subscriptions live in `<data_dir>/webhooks.db`. Needs a tokio runtime.
-    pub fn start(data_dir: &Path, config: &PushConfig) -> Result<Self, PushError> {
+    /// Starts the hub and the outlets over the store's derived events log (`events`, for
+    /// resuming and catching up); webhook subscriptions live in `<data_dir>/webhooks.db`.
+    /// Needs a tokio runtime.
+    pub fn start(
+        data_dir: &Path,
+        events: Arc<dyn EventPages>,
+        config: &PushConfig,
+    ) -> Result<Self, PushError> {
         let hub = Hub::new(config.hub.clone());
-        let log: Arc<dyn EventLog> = Arc::new(SqliteEventLog::open(data_dir)?);
+        let log: Arc<dyn EventLog> = Arc::new(StoredEvents::new(events));
         let webhooks = Webhooks::start(
             WebhookStore::open(&data_dir.join("webhooks.db"))?,
             &hub,
@@ -417,7 +343,7 @@ impl Outlets {
         })
     }
 
-    /// The hook for the store.
+    /// The hook the pipeline calls after each commit.
     pub fn publisher(&self) -> Publisher {
         Publisher {
             hub: self.hub.clone(),
@@ -478,6 +404,11 @@ impl Outlets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spot_push::HubConfig;
+
+    fn doc(topic: &str) -> String {
+        format!(r#"{{"topic":"{topic}","time_event":null,"time_created":"t","data":{{}}}}"#)
+    }
     use serde_json::{json, Value};
 
     #[test]
@@ -489,7 +420,7 @@ mod tests {
         let payload: Value = serde_json::from_str(p.payload_json()).expect("json");
         assert_eq!(
             payload,
-            spot_push::topics::event_payload(
+            spot_protocol::topics::event_payload(
                 json!({"id": "0001", "label": null}),
                 Some("2024-01-01T00:00:01.000Z"),
                 "2026-11-24T21:00:00.002Z"
@@ -519,7 +450,7 @@ mod tests {
             let expected = Published::from_value(
                 9,
                 &event.topic,
-                &spot_push::topics::event_payload(
+                &spot_protocol::topics::event_payload(
                     serde_json::from_str(event.data.get()).unwrap(),
                     event
                         .time_event
@@ -551,77 +482,6 @@ mod tests {
         let e = to_published(10, r#"{"topic":"a/+","time_created":"t","data":{}}"#)
             .expect_err("wildcard topic");
         assert!(e.contains("10"), "{e}");
-    }
-
-    fn doc(topic: &str) -> String {
-        format!(r#"{{"topic":"{topic}","time_event":null,"time_created":"t","data":{{}}}}"#)
-    }
-
-    fn commit(store: &mut crate::store::Store, topics: &[&str]) {
-        let mut changes = crate::domain::Changes {
-            log: topics.iter().map(|t| (1, doc(t))).collect(),
-            ..Default::default()
-        };
-        store.commit(&mut changes).expect("commit");
-    }
-
-    #[test]
-    fn the_log_pages_through_batches_by_dense_id_and_ids_continue_after_reopening() {
-        use crate::store::{Durability, Store};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::open(dir.path(), Durability::Normal).expect("open");
-        commit(&mut store, &["a/1", "a/2", "a/3"]);
-        commit(&mut store, &[]);
-        commit(&mut store, &["b/4", "b/5"]);
-        let log = SqliteEventLog::open(dir.path()).expect("log");
-        let conn = log.conn.lock().expect("lock");
-        let page = |after, limit| {
-            SqliteEventLog::read(&conn, after, limit)
-                .expect("read")
-                .iter()
-                .map(|p| (p.id(), p.topic().to_string()))
-                .collect::<Vec<_>>()
-        };
-        let all = page(0, 100);
-        assert_eq!(
-            all,
-            [(1, "a/1"), (2, "a/2"), (3, "a/3"), (4, "b/4"), (5, "b/5")]
-                .map(|(i, t)| (i, t.to_string()))
-        );
-        assert_eq!(
-            page(1, 2),
-            all[1..3],
-            "mid-batch start, limit across batches"
-        );
-        assert_eq!(page(5, 10), []);
-        drop(store);
-        let mut store = Store::open(dir.path(), Durability::Normal).expect("reopen");
-        store.prune(i64::MAX).expect("prune everything old");
-        drop(store);
-        let mut store = Store::open(dir.path(), Durability::Normal).expect("reopen");
-        commit(&mut store, &["c/6"]);
-        assert_eq!(page(5, 10), [(6, "c/6".to_string())], "ids never restart");
-    }
-
-    #[test]
-    fn a_database_from_before_push_ids_gets_the_column_and_new_events_are_logged() {
-        use crate::store::{Durability, Store};
-        let dir = tempfile::tempdir().expect("tempdir");
-        Connection::open(dir.path().join("spot.db"))
-            .expect("db")
-            .execute_batch(
-                "CREATE TABLE event_batches (id INTEGER PRIMARY KEY,
-                 time_last INTEGER NOT NULL, docs TEXT NOT NULL);
-                 INSERT INTO event_batches (time_last, docs) VALUES (1, '{}');",
-            )
-            .expect("old schema");
-        let mut store = Store::open(dir.path(), Durability::Normal).expect("open migrates");
-        commit(&mut store, &["a/1"]);
-        let log = SqliteEventLog::open(dir.path()).expect("log");
-        let conn = log.conn.lock().expect("lock");
-        let got = SqliteEventLog::read(&conn, 0, 10).expect("read");
-        assert_eq!(got.len(), 1);
-        assert_eq!((got[0].id(), got[0].topic()), (1, "a/1"));
     }
 
     fn row(json: &str, seq: Option<u64>) -> crate::domain::UpstreamRow {

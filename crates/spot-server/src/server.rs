@@ -18,7 +18,7 @@ use crate::ingest::{pull, tcp};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineMsg};
 use crate::shutdown::Phase;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, SqliteStore, Store, StoreError};
 use crate::{http, outlets};
 
 /// Why the server could not start.
@@ -37,7 +37,7 @@ pub enum ServerError {
     Store(#[from] StoreError),
     /// A stored row does not parse.
     #[error("corrupt stored state: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] crate::domain::RestoreError),
     /// The push layer could not start.
     #[error(transparent)]
     Push(#[from] outlets::PushError),
@@ -141,13 +141,17 @@ impl Server {
             source,
         })?;
         let tls = match &config.tls {
-            Some(files) => Some(http::tls::tls_acceptor(&files.cert, &files.key)?),
+            Some(files) => Some(
+                http::tls::tls_acceptor(&files.cert, &files.key).map_err(|e| ServerError::Tls {
+                    path: e.path,
+                    reason: e.reason,
+                })?,
+            ),
             None => None,
         };
         let data_lock = lock_data_dir(&config.data_dir)?;
-        let mut store = Store::open(&config.data_dir, config.sync)?;
-        let push = outlets::Outlets::start(&config.data_dir, &config.push)?;
-        store.set_publisher(push.publisher());
+        let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
+        let push = outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?;
         let now = now_ms();
         let mut domain = Domain::new(DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
@@ -191,12 +195,13 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let (core_tx, core_rx) =
             pipeline::channel(config.limits.core_queue, config.limits.core_queue_events);
+        let publisher = push.publisher();
         let core_thread = {
             let domain = domain.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("spot-core".into())
-                .spawn(move || pipeline::run(core_rx, domain, store, metrics))
+                .spawn(move || pipeline::run(core_rx, domain, Box::new(store), publisher, metrics))
                 .map_err(|source| ServerError::DataDir {
                     path: config.data_dir.clone(),
                     source,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 use spot_protocol::{Decoder, Encoding, Event, EventKind, Limits};
+use test_support::captures::http_spot203_body;
 
 fn decode_all(encoding: Encoding, bytes: &[u8]) -> Vec<Event> {
     let mut d = Decoder::new(encoding, Limits::default());
@@ -30,7 +31,7 @@ async fn vendor_capture_with_a_chunk_boundary_at_every_offset_is_applied_on_one_
 ) {
     let (server, _dir) = start(|_| {}).await;
     let addr = server.http_addr();
-    let body = vendor_body();
+    let body = http_spot203_body();
     let mut conn = Raw::connect(addr).await;
     for split in 1..body.len() {
         let resp = conn.post("203", &[&body[..split], &body[split..]]).await;
@@ -232,7 +233,7 @@ async fn unknown_media_types_are_refused_with_a_readable_error() {
 async fn a_content_length_body_without_trailing_slash_is_accepted() {
     let (server, _dir) = start(|_| {}).await;
     let addr = server.http_addr();
-    let body = vendor_body();
+    let body = http_spot203_body();
     let mut conn = Raw::connect(addr).await;
     conn.send(
         format!(
@@ -306,7 +307,7 @@ async fn a_protobuf_post_is_applied_and_commands_come_back_in_protobuf() {
     let (server, _dir) = start(|_| {}).await;
     let addr = server.http_addr();
     // The vendor capture's events, re-encoded as one protobuf stream (one stream per body).
-    let events = decode_all(Encoding::Json, &vendor_body());
+    let events = decode_all(Encoding::Json, &http_spot203_body());
     let mut encoder = spot_protocol::Encoder::new(Encoding::Protobuf);
     let mut body = Vec::new();
     for event in &events {

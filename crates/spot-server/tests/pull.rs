@@ -11,10 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// The vendor telnet capture, from the repo's golden fixtures.
-const CAPTURE: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../spot-protocol/tests/fixtures/vendor-telnet-spot201.txt"
-));
+const CAPTURE: &[u8] = test_support::captures::TELNET_SPOT201;
 
 #[tokio::test]
 async fn a_telnet_stream_is_ingested_and_redialled_after_it_drops() {

@@ -3,8 +3,6 @@
 //! mosquitto) and a webhook subscription created through the REST API.
 
 mod common;
-#[path = "../../spot-push/tests/support/mosquitto.rs"]
-mod mosquitto;
 
 use std::net::SocketAddr;
 
@@ -12,6 +10,7 @@ use common::{get, presence, spot_create, start, Raw};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use spot_push::tail::SseParser;
+use test_support::mosquitto;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -185,8 +184,8 @@ async fn an_sse_client_resumes_with_last_event_id_without_losses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_mqtt_subscriber_receives_the_presence() {
     let broker_dir = tempfile::tempdir().expect("tempdir");
-    let port = mosquitto::free_port();
-    let _broker = mosquitto::Broker::start(broker_dir.path(), port).await;
+    let port = test_support::free_port();
+    let _broker = mosquitto::Broker::start(broker_dir.path(), port);
     let mut received = mosquitto::subscriber(port, "site/presences/#").await;
     let (server, _dir) = start(|config| {
         let mut mqtt =
@@ -398,8 +397,8 @@ fn assert_raw_presence(payload: &Value, code: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_publish_raw_the_spots_own_events_reach_websocket_sse_and_mqtt() {
     let broker_dir = tempfile::tempdir().expect("tempdir");
-    let port = mosquitto::free_port();
-    let _broker = mosquitto::Broker::start(broker_dir.path(), port).await;
+    let port = test_support::free_port();
+    let _broker = mosquitto::Broker::start(broker_dir.path(), port);
     let mut mqtt = mosquitto::subscriber(port, "spots/+/events/presence/#").await;
     let (server, _dir) = start(|config| {
         let mut mqtt =

@@ -12,18 +12,6 @@ use spot_server::{Server, ServerError, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A self-signed certificate for `localhost`, written as PEM files into `dir`.
-fn certificate(dir: &std::path::Path) -> (TlsFiles, CertificateDer<'static>) {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let files = TlsFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    std::fs::write(&files.cert, generated.cert.pem()).unwrap();
-    std::fs::write(&files.key, generated.key_pair.serialize_pem()).unwrap();
-    (files, generated.cert.der().clone())
-}
-
 async fn tls_connect(
     addr: std::net::SocketAddr,
     root: CertificateDer<'static>,

@@ -51,12 +51,12 @@ pub struct State {
 
 /// The state, shared across restarts, with a notification on every commit.
 #[derive(Clone, Default)]
-pub struct Context {
+pub struct Shared {
     pub state: Arc<Mutex<State>>,
     pub changed: Arc<Notify>,
 }
 
-impl Context {
+impl Shared {
     /// Waits until `cond` holds on the state.
     pub async fn wait_for(&self, mut cond: impl FnMut(&State) -> bool) {
         loop {
@@ -87,7 +87,7 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts on `addr` (port 0 for a free one).
-    pub async fn start(addr: SocketAddr, shared: Context) -> TestServer {
+    pub async fn start(addr: SocketAddr, shared: Shared) -> TestServer {
         let listener = TcpListener::bind(addr).await.expect("bind test server");
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -128,7 +128,7 @@ impl Drop for TestServer {
 
 async fn handle(
     req: Request<Incoming>,
-    shared: Context,
+    shared: Shared,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if req.method() == hyper::Method::GET && path.starts_with("/firmware/") {

@@ -4,8 +4,10 @@
 //! and finds field 9; the same walk hands every other field to this module. The hot event
 //! messages (`Presence`, `Hit`) are decoded from it straight into the model, following
 //! prost's rules for each field (its wire type must match, strings must be UTF-8, the last
-//! occurrence wins, a varint is truncated to the field's width), so the result is what the
-//! prost-generated types would give (a test holds it to them). The rarer messages (`Spot`,
+//! occurrence wins), so the result is what the prost-generated types would give (a test
+//! holds it to them), with one deliberate difference: a varint beyond its field's type
+//! (`uint32` slots and code references, `int32` enums) is refused, where prost truncates it
+//! to the field's width (a wrapped slot would silently name another item). The rarer messages (`Spot`,
 //! `Config`, `Firmware`, `Other`) go through their prost-generated types.
 //!
 //! Order of checks, as the stream rules require: a frame that does not walk leaves all state
@@ -14,6 +16,7 @@
 
 use serde_json::Value;
 
+use super::error::FrameError;
 use super::items::ItemDecoderTable;
 use super::message::{hex_text, EPC_GEN2};
 use super::proto;
@@ -51,7 +54,7 @@ impl MessageDecoder {
     /// The event one frame (its body, without the length prefix) carries; errors name the
     /// field. (Inlined into its one caller, so that the event is built where it ends up.)
     #[inline(always)]
-    pub(crate) fn event(&mut self, frame: &[u8]) -> Result<Event, String> {
+    pub(crate) fn event(&mut self, frame: &[u8]) -> Result<Event, FrameError> {
         let mut envelope = Envelope::default();
         let at = walk_envelope(frame, |f| envelope.field(f))?;
         let body = &frame[at.body..at.end];
@@ -105,17 +108,21 @@ impl MessageDecoder {
         &mut self,
         body: &'a [u8],
         envelope: &Envelope,
-    ) -> Result<(Option<i64>, F), String> {
+    ) -> Result<(Option<i64>, F), FrameError> {
         let mut fields = F::default();
         let time = walk_event(body, |f| fields.field(body, f))?;
         let time = self.times.restore(time.as_ref());
         if let Some(problem) = envelope.problem.or(fields.problem()) {
-            return Err(problem.text());
+            return Err(problem.error());
         }
         Ok((time, fields))
     }
 
-    fn presence(&mut self, p: &PresenceFields<'_>, time: Option<i64>) -> Result<Presence, String> {
+    fn presence(
+        &mut self,
+        p: &PresenceFields<'_>,
+        time: Option<i64>,
+    ) -> Result<Presence, FrameError> {
         let time_last = time.map(Timestamp);
         Ok(Presence {
             item_code: self.code(&p.item, "Presence")?,
@@ -128,7 +135,7 @@ impl MessageDecoder {
         })
     }
 
-    fn hit(&mut self, h: &HitFields<'_>, time: Option<i64>) -> Result<Hit, String> {
+    fn hit(&mut self, h: &HitFields<'_>, time: Option<i64>) -> Result<Hit, FrameError> {
         Ok(Hit {
             time: time.map(Timestamp),
             item_code: self.code(&h.item, "Hit")?,
@@ -139,7 +146,7 @@ impl MessageDecoder {
         })
     }
 
-    fn spot(&mut self, s: proto::SpotStatus, time: Option<i64>) -> Result<SpotStatus, String> {
+    fn spot(&mut self, s: proto::SpotStatus, time: Option<i64>) -> Result<SpotStatus, FrameError> {
         let time = time.map(Timestamp);
         Ok(SpotStatus {
             spot_id: s.spot_id,
@@ -158,7 +165,7 @@ impl MessageDecoder {
         })
     }
 
-    fn config(&mut self, c: proto::Config) -> Result<Config, String> {
+    fn config(&mut self, c: proto::Config) -> Result<Config, FrameError> {
         Ok(Config {
             rfid_power_dbm: c.rfid_power_dbm,
             send_hits: c.send_hits,
@@ -172,7 +179,7 @@ impl MessageDecoder {
         })
     }
 
-    fn firmware(&mut self, f: proto::Firmware) -> Result<Firmware, String> {
+    fn firmware(&mut self, f: proto::Firmware) -> Result<Firmware, FrameError> {
         Ok(Firmware {
             url: f.url,
             version: f.version,
@@ -181,7 +188,7 @@ impl MessageDecoder {
         })
     }
 
-    fn other(&mut self, o: proto::OtherEvent) -> Result<OtherEvent, String> {
+    fn other(&mut self, o: proto::OtherEvent) -> Result<OtherEvent, FrameError> {
         Ok(OtherEvent {
             object: self.object(&o.object_json, "OtherEvent.object_json")?,
             resource_type: o.resource_type,
@@ -191,57 +198,62 @@ impl MessageDecoder {
 
     /// The item code of fields 1–5: from the table (one copy of the stored text), or sent in
     /// full (and then stored if field 5 says so).
-    fn code(&mut self, item: &ItemFields<'_>, message: &str) -> Result<Option<String>, String> {
+    fn code(
+        &mut self,
+        item: &ItemFields<'_>,
+        message: &'static str,
+    ) -> Result<Option<String>, FrameError> {
+        let table_error = |error| FrameError::ItemTable { message, error };
         let code = match item.code {
-            None if item.slot.is_some() => {
-                return Err(format!("{message}.item_code_slot without an item code"))
-            }
+            None if item.slot.is_some() => return Err(FrameError::SlotWithoutCode { message }),
             None => return Ok(None),
             Some(CodeForm::Ref(_)) if item.slot.is_some() => {
-                return Err(format!("{message}.item_code_slot given with item_code_ref"))
+                return Err(FrameError::SlotWithRef { message })
             }
             Some(CodeForm::Ref(slot)) => {
                 return match self.items.get(slot) {
                     Ok(code) => Ok(Some(code.to_owned())),
-                    Err(e) => Err(format!("{message}.{e}")),
+                    Err(e) => Err(table_error(e)),
                 }
             }
             Some(CodeForm::Hex(bytes)) => hex_text(bytes, item.upper),
             Some(CodeForm::Text(text)) => text.to_owned(),
         };
         if let Some(slot) = item.slot {
-            self.items
-                .store(slot, &code)
-                .map_err(|e| format!("{message}.{e}"))?;
+            self.items.store(slot, &code).map_err(table_error)?;
         }
         Ok(Some(code))
     }
 
     /// An extras blob (or a whole object): empty is `{}`; nesting within `max_depth`,
     /// counting the event's array and object as the first two levels.
-    fn object(&self, bytes: &[u8], field: &str) -> Result<Object, String> {
+    fn object(&self, bytes: &[u8], field: &'static str) -> Result<Object, FrameError> {
         if bytes.is_empty() {
             return Ok(Object::new());
         }
-        let object: Object = serde_json::from_slice(bytes).map_err(|e| format!("{field}: {e}"))?;
+        let object: Object = serde_json::from_slice(bytes).map_err(|e| FrameError::Json {
+            field,
+            reason: e.to_string(),
+        })?;
         let depth = 2 + object.values().map(depth).max().unwrap_or(0);
         if depth > self.max_depth {
-            return Err(format!(
-                "{field}: nests {depth} levels deep, more than the limit of {}",
-                self.max_depth
-            ));
+            return Err(FrameError::TooDeep {
+                field,
+                depth,
+                limit: self.max_depth,
+            });
         }
         Ok(object)
     }
 }
 
 /// A message decoded by its prost-generated type.
-fn prost_decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, String> {
-    M::decode(body).map_err(|e| e.to_string())
+fn prost_decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, FrameError> {
+    Ok(M::decode(body)?)
 }
 
 #[cold]
-fn unsupported(number: u64) -> String {
+fn unsupported(number: u64) -> FrameError {
     let name = match number {
         10 => "antenna_presence",
         11 => "hit_report",
@@ -250,9 +262,9 @@ fn unsupported(number: u64) -> String {
         14 => "item_set_change",
         15 => "test_ping",
         16 => "log_message",
-        _ => return "envelope: no event message this version knows".to_string(),
+        _ => return FrameError::UnknownEvent,
     };
-    format!("envelope field {number} ({name}): this announced event is not supported yet")
+    FrameError::Unsupported { number, name }
 }
 
 /// A field whose wire type or content prost's generated decoder rejects.
@@ -267,27 +279,55 @@ struct Problem {
 enum ProblemKind {
     WireType { got: u8, expected: u8 },
     Utf8,
+    OutOfRange { value: u64 },
 }
 
 impl Problem {
     #[cold]
-    fn text(self) -> String {
+    fn error(self) -> FrameError {
+        let field = self.field;
         match self.kind {
-            ProblemKind::WireType { got, expected } => {
-                format!("{}: wire type {got}, expected {expected}", self.field)
-            }
-            ProblemKind::Utf8 => format!("{}: invalid string value: not UTF-8", self.field),
+            ProblemKind::WireType { got, expected } => FrameError::WireType {
+                field,
+                got,
+                expected,
+            },
+            ProblemKind::Utf8 => FrameError::Utf8 { field },
+            ProblemKind::OutOfRange { value } => FrameError::OutOfRange { field, value },
         }
     }
 }
 
-/// The value of a varint field (prost truncates it to the field's width).
+/// The value of a varint field, all 64 bits.
 #[inline(always)]
 fn varint(f: &Field, field: &'static str) -> Result<u64, Problem> {
     if f.wire_type == WIRE_VARINT {
         Ok(f.varint)
     } else {
         Err(wire_type_problem(f, field, WIRE_VARINT))
+    }
+}
+
+/// The value of a `uint32` field; a varint beyond 32 bits is refused (prost would truncate it).
+#[inline(always)]
+fn uint32(f: &Field, field: &'static str) -> Result<u32, Problem> {
+    let value = varint(f, field)?;
+    u32::try_from(value).map_err(|_| out_of_range(field, value))
+}
+
+/// The value of an `int32` (or enum) field: on the wire, the value sign-extended to 64 bits;
+/// any other varint is refused (prost would truncate it).
+#[inline(always)]
+fn int32(f: &Field, field: &'static str) -> Result<i32, Problem> {
+    let value = varint(f, field)?;
+    i32::try_from(value as i64).map_err(|_| out_of_range(field, value))
+}
+
+#[cold]
+fn out_of_range(field: &'static str, value: u64) -> Problem {
+    Problem {
+        field,
+        kind: ProblemKind::OutOfRange { value },
     }
 }
 
@@ -362,7 +402,7 @@ impl Envelope {
         let taken = if f.number == SEQ {
             varint(f, "Frame.seq").map(|v| self.seq = Some(v))
         } else {
-            varint(f, "Frame.action").map(|v| self.action = v as i32)
+            int32(f, "Frame.action").map(|v| self.action = v)
         };
         if let Err(p) = taken {
             self.problem.get_or_insert(p);
@@ -370,7 +410,7 @@ impl Envelope {
     }
 
     #[inline]
-    fn action(&self) -> Result<Action, String> {
+    fn action(&self) -> Result<Action, FrameError> {
         action_from_proto(self.action)
     }
 }
@@ -422,12 +462,12 @@ impl<'a> ItemFields<'a> {
     fn field(&mut self, body: &'a [u8], f: &Field, names: &ItemFieldNames) -> Result<(), Problem> {
         let name = names[(f.number - 1) as usize];
         match f.number {
-            1 => self.code = Some(CodeForm::Ref(varint(f, name)? as u32)),
+            1 => self.code = Some(CodeForm::Ref(uint32(f, name)?)),
             2 => self.code = Some(CodeForm::Hex(bytes(body, f, name)?)),
             3 => self.code = Some(CodeForm::Text(text(body, f, name)?)),
             4 => self.upper = varint(f, name)? != 0,
-            5 => self.slot = Some(varint(f, name)? as u32),
-            6 => self.codetype = varint(f, name)? as i32,
+            5 => self.slot = Some(uint32(f, name)?),
+            6 => self.codetype = int32(f, name)?,
             _ => self.codetype_text = Some(text(body, f, name)?),
         }
         Ok(())
@@ -436,16 +476,14 @@ impl<'a> ItemFields<'a> {
     /// `item_codetype`: the common one from field 6 (a fresh copy of its name), any other
     /// from field 7.
     #[inline]
-    fn codetype(&self, message: &str) -> Result<Option<String>, String> {
+    fn codetype(&self, message: &'static str) -> Result<Option<String>, FrameError> {
         const UNSPECIFIED: i32 = proto::ItemCodeType::Unspecified as i32;
         const EPC: i32 = proto::ItemCodeType::EpcGen2 as i32;
         match (self.codetype, self.codetype_text) {
             (UNSPECIFIED, text) => Ok(text.map(str::to_owned)),
             (EPC, None) => Ok(Some(EPC_GEN2.to_owned())),
-            (EPC, Some(_)) => Err(format!(
-                "{message}: both item_codetype and item_codetype_text are set"
-            )),
-            (other, _) => Err(format!("{message}.item_codetype: unknown value {other}")),
+            (EPC, Some(_)) => Err(FrameError::BothCodetypes { message }),
+            (value, _) => Err(FrameError::UnknownCodetype { message, value }),
         }
     }
 }
@@ -466,7 +504,7 @@ impl<'a> Fields<'a> for PresenceFields<'a> {
     fn field(&mut self, body: &'a [u8], f: &Field) {
         let taken = match f.number {
             1..=7 => self.item.field(body, f, &PRESENCE_ITEM_FIELDS),
-            8 => varint(f, "Presence.proximity").map(|v| self.proximity = v as i32),
+            8 => int32(f, "Presence.proximity").map(|v| self.proximity = v),
             10 => sint64(f, "Presence.time_started").map(|v| self.time_started = Some(v)),
             11 => sint64(f, "Presence.hold_delay_s").map(|v| self.hold_delay_s = Some(v)),
             15 => bytes(body, f, "Presence.extra_json").map(|b| self.extra_json = b),
@@ -530,22 +568,28 @@ fn absolute(t: Option<i64>, base: Option<Timestamp>) -> Option<Timestamp> {
     }))
 }
 
-fn action_from_proto(a: i32) -> Result<Action, String> {
+fn action_from_proto(a: i32) -> Result<Action, FrameError> {
     match proto::Action::try_from(a) {
         Ok(proto::Action::Create) => Ok(Action::Create),
         Ok(proto::Action::Update) => Ok(Action::Update),
         Ok(proto::Action::Delete) => Ok(Action::Delete),
-        Err(_) => Err(format!("Frame.action: unknown value {a}")),
+        Err(_) => Err(FrameError::UnknownValue {
+            field: "Frame.action",
+            value: a,
+        }),
     }
 }
 
-fn proximity_from_proto(p: i32) -> Result<Option<Proximity>, String> {
+fn proximity_from_proto(p: i32) -> Result<Option<Proximity>, FrameError> {
     match proto::Proximity::try_from(p) {
         Ok(proto::Proximity::Unspecified) => Ok(None),
         Ok(proto::Proximity::Far) => Ok(Some(Proximity::Far)),
         Ok(proto::Proximity::Near) => Ok(Some(Proximity::Near)),
         Ok(proto::Proximity::Immediate) => Ok(Some(Proximity::Immediate)),
-        Err(_) => Err(format!("Presence.proximity: unknown value {p}")),
+        Err(_) => Err(FrameError::UnknownValue {
+            field: "Presence.proximity",
+            value: p,
+        }),
     }
 }
 
@@ -627,7 +671,7 @@ mod tests {
             (vec![0x0a, 0x00, 0x2a, 0x00], "Frame.seq: wire type 2"),
         ];
         for (frame, expected) in cases {
-            let err = dec.event(&frame).unwrap_err();
+            let err = dec.event(&frame).unwrap_err().to_string();
             assert!(
                 err.starts_with(expected),
                 "{err:?} should start with {expected:?}"
@@ -635,22 +679,116 @@ mod tests {
         }
     }
 
+    /// A `uint32` slot or code reference, or an `int32` enum, sent as a varint beyond its
+    /// type used to be truncated: slot 2^32 + 1 was slot 1, so a frame overwrote or named
+    /// another item's code, and action 2^32 + 1 was `create`. Now the frame is refused,
+    /// naming the field, and the table keeps what it held.
+    #[test]
+    fn varints_beyond_their_field_type_are_refused_not_wrapped() {
+        let message = |key: u8, fields: &[u8]| {
+            let mut m = vec![key];
+            put_varint(&mut m, fields.len() as u64);
+            m.extend_from_slice(fields);
+            m
+        };
+        let hit = |fields: &[u8]| message(0x32, fields);
+        let presence = |fields: &[u8]| message(0x2a, fields);
+        let field = |key: u8, value: u64| {
+            let mut f = vec![key];
+            put_varint(&mut f, value);
+            f
+        };
+        let code_of = |event: Event| match event.kind {
+            EventKind::Hit(_, h) => h.item_code,
+            other => panic!("{other:?}"),
+        };
+        let mut dec = MessageDecoder::new(16, 32);
+        let abc_in_slot_1 = hit(&[&[0x1a, 3, b'a', b'b', b'c'][..], &field(0x28, 1)].concat());
+        dec.event(&abc_in_slot_1).expect("stores slot 1");
+        let wraps_to_1 = (1u64 << 32) + 1;
+        let cases = [
+            (
+                hit(&field(0x08, wraps_to_1)),
+                "Hit.item_code_ref: 4294967297 is out of range",
+            ),
+            (
+                hit(&[&[0x1a, 1, b'x'][..], &field(0x28, wraps_to_1)].concat()),
+                "Hit.item_code_slot: 4294967297 is out of range",
+            ),
+            (
+                presence(&[&[0x1a, 1, b'x'][..], &field(0x28, wraps_to_1)].concat()),
+                "Presence.item_code_slot: 4294967297 is out of range",
+            ),
+            (
+                hit(&field(0x30, wraps_to_1)),
+                "Hit.item_codetype: 4294967297 is out of range",
+            ),
+            (
+                presence(&field(0x40, wraps_to_1 + 1)),
+                "Presence.proximity: 4294967298 is out of range",
+            ),
+            (
+                [field(0x10, wraps_to_1), hit(&[])].concat(),
+                "Frame.action: 4294967297 is out of range",
+            ),
+            // A negative int32 is sign-extended to 64 bits on the wire: in range.
+            (
+                [field(0x10, u64::MAX), hit(&[])].concat(),
+                "Frame.action: unknown value -1",
+            ),
+        ];
+        for (frame, expected) in cases {
+            let err = dec.event(&frame).unwrap_err().to_string();
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
+        }
+        let ref_1 = dec.event(&hit(&field(0x08, 1))).expect("slot 1");
+        assert_eq!(code_of(ref_1).as_deref(), Some("abc"));
+    }
+
     #[test]
     fn extras_deeper_than_the_limit_are_rejected() {
         let dec = MessageDecoder::new(16, 4);
         assert!(dec.object(br#"{"a":[[1]]}"#, "X").is_ok());
-        let err = dec.object(br#"{"a":[[[1]]]}"#, "X").unwrap_err();
+        let err = dec
+            .object(br#"{"a":[[[1]]]}"#, "X")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("5 levels"), "{err}");
     }
 
     /// The decoding the one-pass walk replaced, kept as its reference: the stream layer's
     /// walk for field 9, then prost's generated decoder for the whole envelope, then the
-    /// same mapping into the model.
-    fn reference(dec: &mut MessageDecoder, frame: &[u8]) -> Result<Event, String> {
-        let at = walk_envelope(frame, |_| {})?;
-        let time = walk_event(&frame[at.body..at.end], |_| {})?;
+    /// same mapping into the model. Prost truncates a varint to its field's width; the
+    /// decoder refuses it, and so does this reference, before prost sees the frame.
+    fn reference(dec: &mut MessageDecoder, frame: &[u8]) -> Result<Event, FrameError> {
+        let mut out_of_range = false;
+        let mut check = |f: &Field, fits: fn(u64) -> bool| {
+            out_of_range |= f.wire_type == WIRE_VARINT && !fits(f.varint);
+        };
+        let fits_u32 = |v: u64| u32::try_from(v).is_ok();
+        let fits_i32 = |v: u64| i32::try_from(v as i64).is_ok();
+        let at = walk_envelope(frame, |f| {
+            if f.number == 2 {
+                check(f, fits_i32);
+            }
+        })?;
+        let time = walk_event(&frame[at.body..at.end], |f| match (at.number, f.number) {
+            (PRESENCE | HIT, 1 | 5) => check(f, fits_u32),
+            (PRESENCE | HIT, 6) | (PRESENCE, 8) => check(f, fits_i32),
+            _ => {}
+        })?;
         let time = dec.times.restore(time.as_ref());
-        let envelope = proto::Frame::decode(frame).map_err(|e| e.to_string())?;
+        if out_of_range {
+            // Which field, the property does not compare: only that both sides refuse.
+            return Err(FrameError::OutOfRange {
+                field: "(reference)",
+                value: 0,
+            });
+        }
+        let envelope = proto::Frame::decode(frame)?;
         let action = || action_from_proto(envelope.action);
         let kind = match envelope.event {
             Some(Msg::Presence(p)) => {
@@ -690,7 +828,7 @@ mod tests {
             Some(Msg::Config(c)) => EventKind::Config(action()?, dec.config(c)?),
             Some(Msg::Firmware(f)) => EventKind::Firmware(action()?, dec.firmware(f)?),
             Some(Msg::Other(o)) => EventKind::Other(dec.other(o)?),
-            Some(_) | None => return Err("not supported".to_string()),
+            Some(_) | None => return Err(FrameError::UnknownEvent),
         };
         Ok(Event {
             seq: envelope.seq,

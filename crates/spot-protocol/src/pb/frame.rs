@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use super::error::FrameError;
 use super::wire::{read_varint, VarintError, MAX_VARINT_BYTES};
 use crate::codec::{DecodeError, DecodeErrorKind};
 
@@ -103,10 +104,10 @@ impl FrameReader {
                     // The run goes on if its 10th byte has the continuation bit.
                     self.skip_varint = prefix[MAX_VARINT_BYTES - 1] >= 0x80;
                     self.consume(MAX_VARINT_BYTES);
-                    return Some(Err(protobuf_error(
+                    return Some(Err(DecodeError {
                         offset,
-                        "frame length varint is longer than 10 bytes or exceeds 64 bits",
-                    )));
+                        kind: DecodeErrorKind::Protobuf(FrameError::OverlongLength),
+                    }));
                 }
             };
             if len == 0 {
@@ -166,13 +167,6 @@ fn discard(skip: &mut u64, skip_varint: &mut bool, bytes: &[u8]) -> usize {
         n += 1;
     }
     n
-}
-
-fn protobuf_error(offset: u64, reason: &str) -> DecodeError {
-    DecodeError {
-        offset,
-        kind: DecodeErrorKind::Protobuf(reason.to_string()),
-    }
 }
 
 #[cfg(test)]

@@ -65,6 +65,33 @@ impl ItemEncoderTable {
     }
 }
 
+/// Why the receiver's table refused a slot: the frame that named it is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ItemTableError {
+    /// `item_code_slot` is not below this receiver's number of slots.
+    #[error("item_code_slot {slot} is beyond this receiver's table of {slots} slots")]
+    SlotBeyondTable {
+        /// The slot the frame named.
+        slot: u32,
+        /// This receiver's number of slots.
+        slots: usize,
+    },
+    /// `item_code_slot` came with a code longer than [`MAX_TABLED_CODE_BYTES`].
+    #[error("item_code_slot {slot}: a code of {bytes} bytes may not be tabled (max {MAX_TABLED_CODE_BYTES})")]
+    CodeTooLong {
+        /// The slot the frame named.
+        slot: u32,
+        /// The code's length in bytes.
+        bytes: usize,
+    },
+    /// `item_code_ref` names a slot no earlier frame of the stream filled.
+    #[error("item_code_ref {slot} names a slot that holds no code")]
+    EmptySlot {
+        /// The slot the frame named.
+        slot: u32,
+    },
+}
+
 /// The receiver's table: slot → code.
 #[derive(Debug, Clone)]
 pub(crate) struct ItemDecoderTable {
@@ -81,19 +108,19 @@ impl ItemDecoderTable {
     }
 
     /// Stores `code` in `slot`, replacing what was there.
-    pub(crate) fn store(&mut self, slot: u32, code: &str) -> Result<(), String> {
+    pub(crate) fn store(&mut self, slot: u32, code: &str) -> Result<(), ItemTableError> {
         let i = slot as usize;
         if i >= self.capacity {
-            return Err(format!(
-                "item_code_slot {slot} is beyond this receiver's table of {} slots",
-                self.capacity
-            ));
+            return Err(ItemTableError::SlotBeyondTable {
+                slot,
+                slots: self.capacity,
+            });
         }
         if code.len() > MAX_TABLED_CODE_BYTES {
-            return Err(format!(
-                "item_code_slot {slot}: a code of {} bytes may not be tabled (max {MAX_TABLED_CODE_BYTES})",
-                code.len()
-            ));
+            return Err(ItemTableError::CodeTooLong {
+                slot,
+                bytes: code.len(),
+            });
         }
         if i >= self.slots.len() {
             self.slots.resize(i + 1, None);
@@ -103,12 +130,10 @@ impl ItemDecoderTable {
     }
 
     /// The code in `slot`.
-    pub(crate) fn get(&self, slot: u32) -> Result<&str, String> {
+    pub(crate) fn get(&self, slot: u32) -> Result<&str, ItemTableError> {
         match self.slots.get(slot as usize) {
             Some(Some(code)) => Ok(code),
-            _ => Err(format!(
-                "item_code_ref {slot} names a slot that holds no code"
-            )),
+            _ => Err(ItemTableError::EmptySlot { slot }),
         }
     }
 }
@@ -144,10 +169,14 @@ mod tests {
     #[test]
     fn the_receiver_enforces_its_own_bounds() {
         let mut t = ItemDecoderTable::new(8);
-        assert!(t.store(8, "a").unwrap_err().contains("beyond"));
+        assert!(t.store(8, "a").unwrap_err().to_string().contains("beyond"));
         let long = "0".repeat(MAX_TABLED_CODE_BYTES + 1);
-        assert!(t.store(0, &long).unwrap_err().contains("may not be tabled"));
-        assert!(t.get(3).unwrap_err().contains("holds no code"));
+        assert!(t
+            .store(0, &long)
+            .unwrap_err()
+            .to_string()
+            .contains("may not be tabled"));
+        assert!(t.get(3).unwrap_err().to_string().contains("holds no code"));
         t.store(3, "abc").unwrap();
         assert_eq!(t.get(3), Ok("abc"));
         t.store(3, "def").unwrap();

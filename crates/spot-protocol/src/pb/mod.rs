@@ -10,10 +10,14 @@
 //!   (the decoder restores field 9 as a value instead of rewriting the frame's bytes);
 //!   item codes through the per-stream table ([`items`]).
 //!
+//! A malformed frame is one [`FrameError`] (inside [`DecodeErrorKind::Protobuf`]), naming
+//! the field or the rule; the decoder goes on with the next frame.
+//!
 //! [`PbEncoder`] and [`PbDecoder`] hold the state of ONE stream (one HTTP body, one TCP
 //! direction): never share one between streams.
 
 mod decode;
+mod error;
 mod frame;
 mod items;
 mod message;
@@ -26,7 +30,9 @@ use prost::Message as _;
 use crate::codec::{DecodeError, DecodeErrorKind, Limits};
 use crate::event::Event;
 
-pub use items::{DEFAULT_ITEM_TABLE_SLOTS, MAX_TABLED_CODE_BYTES};
+pub use error::FrameError;
+pub use items::{ItemTableError, DEFAULT_ITEM_TABLE_SLOTS, MAX_TABLED_CODE_BYTES};
+pub use wire::{FieldError, VarintError};
 
 /// What a protobuf stream on raw TCP starts with: one zero-length frame, so that a receiver
 /// tells it from JSON (which starts with `[`) by its first byte.

@@ -4,8 +4,9 @@
 //! generically — envelope fields 1 and 2 are metadata, any other envelope field is the event
 //! message — so it works for event messages this version has never heard of.
 
+use super::error::FrameError;
 use super::wire::{next_field, put_varint, varint_len, zigzag_decode, zigzag_encode};
-use super::wire::{Field, FieldError, WIRE_LEN, WIRE_VARINT};
+use super::wire::{Field, WIRE_LEN, WIRE_VARINT};
 
 /// The field number of the event timestamp in every event message.
 pub(crate) const TIMESTAMP_FIELD: u64 = 9;
@@ -26,7 +27,7 @@ impl TimestampDelta {
         &mut self,
         frame: &[u8],
         scratch: &'s mut Vec<u8>,
-    ) -> Result<Option<&'s [u8]>, String> {
+    ) -> Result<Option<&'s [u8]>, FrameError> {
         rewrite(frame, scratch, |absolute| {
             let delta = absolute.wrapping_sub(self.previous);
             self.previous = absolute;
@@ -53,7 +54,7 @@ impl TimestampDelta {
         &mut self,
         frame: &[u8],
         scratch: &'s mut Vec<u8>,
-    ) -> Result<Option<&'s [u8]>, String> {
+    ) -> Result<Option<&'s [u8]>, FrameError> {
         rewrite(frame, scratch, |delta| {
             let absolute = self.previous.wrapping_add(delta);
             self.previous = absolute;
@@ -90,17 +91,20 @@ pub(crate) struct TimeField {
 pub(crate) fn walk_envelope(
     frame: &[u8],
     mut metadata: impl FnMut(&Field),
-) -> Result<EventAt, String> {
+) -> Result<EventAt, FrameError> {
     let mut at = 0;
     let mut event = None;
     while at < frame.len() {
-        let f = next_field(frame, at).map_err(envelope_error)?;
+        let f = next_field(frame, at).map_err(FrameError::Envelope)?;
         if f.number >= FIRST_EVENT_FIELD {
             if f.wire_type != WIRE_LEN {
-                return Err(event_wire_type_error(f.number, f.wire_type));
+                return Err(FrameError::EventWireType {
+                    number: f.number,
+                    wire_type: f.wire_type,
+                });
             }
             if event.is_some() {
-                return Err(second_event_error(f.number));
+                return Err(FrameError::SecondEvent { number: f.number });
             }
             event = Some(EventAt {
                 key: f.start,
@@ -113,7 +117,7 @@ pub(crate) fn walk_envelope(
         }
         at = f.end;
     }
-    event.ok_or_else(no_event_error)
+    event.ok_or(FrameError::NoEvent)
 }
 
 /// Walks `body` (an event message of any type) and checks rule 2 of docs/protobuf.md §3.1:
@@ -123,17 +127,19 @@ pub(crate) fn walk_envelope(
 pub(crate) fn walk_event(
     body: &[u8],
     mut visit: impl FnMut(&Field),
-) -> Result<Option<TimeField>, String> {
+) -> Result<Option<TimeField>, FrameError> {
     let mut at = 0;
     let mut time = None;
     while at < body.len() {
-        let f = next_field(body, at).map_err(event_error)?;
+        let f = next_field(body, at).map_err(FrameError::EventField)?;
         if f.number == TIMESTAMP_FIELD {
             if f.wire_type != WIRE_VARINT {
-                return Err(time_wire_type_error(f.wire_type));
+                return Err(FrameError::TimestampWireType {
+                    wire_type: f.wire_type,
+                });
             }
             if time.is_some() {
-                return Err(time_twice_error());
+                return Err(FrameError::TimestampTwice);
             }
             time = Some(TimeField {
                 start: f.value_start,
@@ -148,41 +154,6 @@ pub(crate) fn walk_event(
     Ok(time)
 }
 
-#[cold]
-fn envelope_error(e: FieldError) -> String {
-    format!("envelope: {e}")
-}
-
-#[cold]
-fn event_wire_type_error(number: u64, wire_type: u8) -> String {
-    format!("envelope field {number}: an event message must have wire type 2, not {wire_type}")
-}
-
-#[cold]
-fn second_event_error(number: u64) -> String {
-    format!("envelope field {number}: a frame carries exactly one event message")
-}
-
-#[cold]
-fn no_event_error() -> String {
-    "envelope: no event message (fields 3 and up)".to_string()
-}
-
-#[cold]
-fn event_error(e: FieldError) -> String {
-    format!("event message: {e}")
-}
-
-#[cold]
-fn time_wire_type_error(wire_type: u8) -> String {
-    format!("event message: field 9 (timestamp) must have wire type 0, not {wire_type}")
-}
-
-#[cold]
-fn time_twice_error() -> String {
-    "event message: field 9 (timestamp) occurs twice".to_string()
-}
-
 /// Where the timestamp sits in a frame (for the byte rewrite of the sender).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Located {
@@ -192,7 +163,7 @@ struct Located {
 }
 
 /// Walks `frame` (envelope and event message) and finds field 9 of its event message.
-fn locate(frame: &[u8]) -> Result<Option<Located>, String> {
+fn locate(frame: &[u8]) -> Result<Option<Located>, FrameError> {
     let event = walk_envelope(frame, |_| {})?;
     let time = walk_event(&frame[event.body..event.end], |_| {})?;
     Ok(time.map(|time| Located { event, time }))
@@ -204,7 +175,7 @@ fn rewrite<'s>(
     frame: &[u8],
     scratch: &'s mut Vec<u8>,
     map: impl FnOnce(i64) -> i64,
-) -> Result<Option<&'s [u8]>, String> {
+) -> Result<Option<&'s [u8]>, FrameError> {
     let Some(l) = locate(frame)? else {
         return Ok(None);
     };
@@ -257,7 +228,7 @@ mod tests {
     }
 
     /// The receiver's whole timestamp rule on one frame: walk it, then restore.
-    fn restore(dec: &mut TimestampDelta, frame: &[u8]) -> Result<Option<i64>, String> {
+    fn restore(dec: &mut TimestampDelta, frame: &[u8]) -> Result<Option<i64>, FrameError> {
         Ok(locate(frame)?.and_then(|l| dec.restore(Some(&l.time))))
     }
 
@@ -353,7 +324,10 @@ mod tests {
         ];
         for (bytes, expected) in cases {
             let err = dec.decode(&bytes, &mut s).unwrap_err();
-            assert!(err.contains(expected), "{err} should say {expected}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} should say {expected}"
+            );
             assert_eq!(restore(&mut dec, &bytes), Err(err));
             assert_eq!(dec, TimestampDelta::default());
         }

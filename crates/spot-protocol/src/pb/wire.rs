@@ -1,5 +1,5 @@
 //! The protobuf wire format at its lowest level: varints, zigzag, field keys, skipping a
-//! field without knowing its type. Context by the framing and the stream layer.
+//! field without knowing its type. Shared by the framing and the stream layer.
 
 /// Wire type 0: a varint.
 pub(crate) const WIRE_VARINT: u8 = 0;
@@ -17,11 +17,14 @@ pub(crate) const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
 pub(crate) const MAX_VARINT_BYTES: usize = 10;
 
 /// Why a varint could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum VarintError {
-    /// The bytes end before the varint does (more may come).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VarintError {
+    /// The bytes end before the varint does (more may come; inside a complete message,
+    /// it runs past the message's end).
+    #[error("varint runs past the end of its message")]
     Incomplete,
     /// Ten bytes and still not ended, or the tenth byte carries bits beyond 64.
+    #[error("varint is longer than 10 bytes or exceeds 64 bits")]
     Overlong,
 }
 
@@ -94,60 +97,54 @@ pub(crate) struct Field {
 }
 
 /// Why a field could not be read: small and `Copy`, so the walk stays cheap; rendered as
-/// text only when a frame is rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FieldError {
+/// text only when a frame is rejected. Every `at` is the offset of the field's key in its
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
     /// The key's varint is cut or overlong.
-    Key { at: usize, problem: VarintError },
-    /// Field number 0 or above the protobuf maximum.
-    Number { at: usize, number: u64 },
-    /// The value's varint (wire type 0) or length (wire type 2) is cut or overlong.
-    Value {
+    #[error("field key at {at}: {problem}")]
+    Key {
+        /// Offset of the key.
         at: usize,
+        /// What is wrong with the varint.
+        problem: VarintError,
+    },
+    /// Field number 0 or above the protobuf maximum.
+    #[error("field number {number} at {at} is out of range")]
+    Number {
+        /// Offset of the key.
+        at: usize,
+        /// The field number read.
         number: u64,
+    },
+    /// The value's varint (wire type 0) or length (wire type 2) is cut or overlong.
+    #[error("field {number} at {at}: {problem}")]
+    Value {
+        /// Offset of the key.
+        at: usize,
+        /// The field number.
+        number: u64,
+        /// What is wrong with the varint.
         problem: VarintError,
     },
     /// The value runs past the end of its message.
-    PastEnd { at: usize, number: u64 },
-    /// Wire types 3, 4 (groups), 6 and 7.
-    WireType {
+    #[error("field {number} at {at}: runs past the end of its message")]
+    PastEnd {
+        /// Offset of the key.
         at: usize,
+        /// The field number.
         number: u64,
+    },
+    /// Wire types 3, 4 (groups), 6 and 7.
+    #[error("field {number} at {at}: wire type {wire_type} is not supported")]
+    WireType {
+        /// Offset of the key.
+        at: usize,
+        /// The field number.
+        number: u64,
+        /// The wire type read.
         wire_type: u8,
     },
-}
-
-impl std::fmt::Display for FieldError {
-    #[cold]
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            FieldError::Key { at, problem } => {
-                write!(f, "field key at {at}: {}", varint_problem(problem))
-            }
-            FieldError::Number { at, number } => {
-                write!(f, "field number {number} at {at} is out of range")
-            }
-            FieldError::Value {
-                at,
-                number,
-                problem,
-            } => write!(f, "field {number} at {at}: {}", varint_problem(problem)),
-            FieldError::PastEnd { at, number } => {
-                write!(
-                    f,
-                    "field {number} at {at}: runs past the end of its message"
-                )
-            }
-            FieldError::WireType {
-                at,
-                number,
-                wire_type,
-            } => write!(
-                f,
-                "field {number} at {at}: wire type {wire_type} is not supported"
-            ),
-        }
-    }
 }
 
 /// Reads the field starting at `at` in the complete message `msg`.
@@ -242,13 +239,6 @@ fn next_field_general(msg: &[u8], at: usize) -> Result<Field, FieldError> {
         end,
         varint,
     })
-}
-
-fn varint_problem(e: VarintError) -> &'static str {
-    match e {
-        VarintError::Incomplete => "varint runs past the end of its message",
-        VarintError::Overlong => "varint is longer than 10 bytes or exceeds 64 bits",
-    }
 }
 
 #[cfg(test)]

@@ -65,19 +65,6 @@ pub fn decode(bytes: &[u8]) -> Results {
     decode_chunks(&mut PbDecoder::new(Limits::default()), [bytes])
 }
 
-/// Splits `bytes` at the given (unsorted, possibly repeated) cut points.
-pub fn split_at_cuts(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.sort_unstable();
-    let mut pieces = Vec::new();
-    let mut from = 0;
-    for c in cuts.into_iter().chain([bytes.len()]) {
-        pieces.push(bytes[from..c].to_vec());
-        from = c;
-    }
-    pieces
-}
-
 pub fn oks(events: &[Event]) -> Results {
     events.iter().cloned().map(Ok).collect()
 }

@@ -23,27 +23,30 @@
 //! `https://` targets are verified against the public web PKI roots plus, optionally, the
 //! certificates of [`WebhookConfig::ca_cert`] (see [`crate::tls`]).
 //! A 2xx counts as delivered. Otherwise, with `target_retry` the row stays and is retried
-//! with exponential backoff (the next rows wait: order per subscription), until
+//! with jittered exponential backoff (the next rows wait: order per subscription), until
 //! `database_hold_time_h` has passed since it was queued; without `target_retry` it is
 //! given up at once. Every failed attempt counts in `failed_count` and sets `last_error`.
 
 mod api;
-mod http;
+mod client;
 pub mod store;
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use spot_protocol::backoff::Backoff;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::filter::TopicFilter;
 use crate::follow::{EventLog, Follower};
 use crate::hub::{FilterHandle, Hub, HubError};
-use crate::topic::TopicFilter;
 pub use store::{
     Delivery, InputError, StoreError, SubscriptionInput, WebhookStore, WebhookSubscription,
     WriteError,
@@ -54,9 +57,10 @@ pub use store::{
 pub struct WebhookConfig {
     /// Timeout of one POST (a hanging target costs at most this per attempt).
     pub request_timeout: Duration,
-    /// First retry delay; doubles per attempt.
+    /// First retry delay; doubles per attempt. Each wait is drawn between half and all of
+    /// the doubled delay ([`spot_protocol::backoff`]).
     pub retry_base: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay (before jitter).
     pub retry_max: Duration,
     /// Subscriptions allowed (each has a worker task and is matched per event).
     pub max_subscriptions: usize,
@@ -129,7 +133,7 @@ pub struct Webhooks {
     store: Arc<WebhookStore>,
     hub: Hub,
     config: WebhookConfig,
-    client: http::HttpClient,
+    client: client::HttpClient,
     /// Locked while a batch is matched and while subscriptions change, so a new
     /// subscription gets exactly the events published after its creation.
     matchers: Mutex<Vec<Matcher>>,
@@ -175,7 +179,7 @@ impl Webhooks {
         config: WebhookConfig,
     ) -> Result<Arc<Self>, WebhookError> {
         let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
-        let client = http::HttpClient::new(tls, config.request_timeout);
+        let client = client::HttpClient::new(tls, config.request_timeout);
         let store = Arc::new(store);
         let matchers = store
             .matchers()?
@@ -334,14 +338,18 @@ impl Webhooks {
             }
         }
     }
+}
 
-    fn backoff(&self, attempts: i64) -> Duration {
-        let factor = 1u32 << attempts.clamp(0, 20);
-        self.config
-            .retry_base
-            .saturating_mul(factor)
-            .min(self.config.retry_max)
-    }
+/// The wait before retrying a delivery that failed after `attempts` earlier attempts: the
+/// protocol crate's one backoff, jittered so that the retries of many deliveries that failed
+/// together spread out.
+fn retry_delay(config: &WebhookConfig, attempts: i64) -> Duration {
+    let failures = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
+    let backoff = Backoff {
+        initial: config.retry_base,
+        max: config.retry_max,
+    };
+    backoff.delay(failures, RandomState::new().hash_one(failures))
 }
 
 async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower, mut saved: u64) {
@@ -499,9 +507,10 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
         let result = match outcome {
             Ok(()) => blocking(&this.store, move |s| s.delivered(&delivery)).await,
             Err(error) => {
-                let retry_at = target
-                    .retry
-                    .then(|| store::now_ms() + this.backoff(delivery.attempts).as_millis() as i64);
+                let retry_at = target.retry.then(|| {
+                    store::now_ms()
+                        + retry_delay(&this.config, delivery.attempts).as_millis() as i64
+                });
                 blocking(&this.store, move |s| s.failed(&delivery, &error, retry_at)).await
             }
         };
@@ -543,5 +552,27 @@ mod tests {
             Some("items/1/created")
         );
         assert_eq!(topic_of("{}"), None);
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_max_and_are_jittered_between_half_and_all() {
+        let config = WebhookConfig {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            ..WebhookConfig::default()
+        };
+        for (attempts, base) in [(0, 1), (1, 2), (2, 4), (8, 256), (9, 300), (1_000, 300)] {
+            let base = Duration::from_secs(base);
+            let delays: Vec<Duration> = (0..50).map(|_| retry_delay(&config, attempts)).collect();
+            assert!(
+                delays.iter().all(|d| *d >= base / 2 && *d <= base),
+                "after {attempts} attempts: {delays:?} not within [{:?}, {base:?}]",
+                base / 2
+            );
+            assert!(
+                delays.iter().any(|d| *d != delays[0]),
+                "after {attempts} attempts: no jitter in {delays:?}"
+            );
+        }
     }
 }

@@ -7,13 +7,13 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use spot_protocol::Timestamp;
 
-use crate::topic::TopicFilter;
+use crate::filter::TopicFilter;
 
 /// A store error: the SQL operation and SQLite's message.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +31,7 @@ fn err(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    spot_protocol::Timestamp::from_system_time(SystemTime::now()).as_millis()
 }
 
 /// One subscription as the API shows it. The secret is never shown, only `has_secret`.

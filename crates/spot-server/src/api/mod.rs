@@ -175,3 +175,8 @@ pub async fn put(
         Err(_) => unavailable(),
     }
 }
+
+/// The `/metrics` text: the server's counters, then the outlets'.
+pub fn metrics_text(ctx: &Context) -> String {
+    ctx.metrics.render() + &ctx.outlets.render_metrics()
+}

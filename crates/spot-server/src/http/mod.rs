@@ -79,6 +79,15 @@ pub async fn serve(
     let metrics = shared.metrics.clone();
     accept::serve(listener, slots, metrics, shutdown.clone(), done, connection).await;
 }
+/// Answers one HTTP request: push paths with the outlets' router (WebSocket upgrades
+/// included), everything else with [`route`].
+async fn dispatch(req: Request<Incoming>, ctx: &Context) -> Response<axum::body::Body> {
+    if spot_push::is_push_path(req.uri().path()) {
+        return spot_push::call_router(ctx.outlets.router(), req).await;
+    }
+    route(req, ctx).await.map(axum::body::Body::new)
+}
+
 /// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
 async fn serve_connection<I>(
     io: I,
@@ -93,7 +102,7 @@ async fn serve_connection<I>(
         TokioIo::new(io),
         service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, Infallible>(crate::outlets::serve(req, &shared).await) }
+            async move { Ok::<_, Infallible>(dispatch(req, &shared).await) }
         }),
     );
     let conn = conn.with_upgrades(); // WebSocket (push)
@@ -157,8 +166,7 @@ pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<
         }
         ["metrics"] => match *req.method() {
             Method::GET => {
-                let mut resp =
-                    Response::new(Full::new(Bytes::from(crate::outlets::metrics(shared))));
+                let mut resp = Response::new(Full::new(Bytes::from(api::metrics_text(shared))));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -1,16 +1,24 @@
 //! The HTTPS acceptor of the listener.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// A certificate or key file the listener cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS {}: {reason}", path.display())]
+pub struct TlsError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
 
 /// The HTTPS acceptor for a PEM certificate chain and private key (PKCS#8, PKCS#1 or
 /// SEC1); ALPN `http/1.1`.
-pub fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, crate::ServerError> {
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::PrivateKeyDer;
-    let tls_err = |path: &std::path::Path, reason: String| crate::ServerError::Tls {
+    let tls_err = |path: &Path, reason: String| TlsError {
         path: path.to_path_buf(),
         reason,
     };

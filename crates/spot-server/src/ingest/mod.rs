@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn events_journaled_as_received_replay_after_a_restart_to_the_same_state() {
         use crate::domain::{Domain, DomainConfig, JournalEntry};
-        use crate::store::{Durability, Store};
+        use crate::store::{Durability, SqliteStore, Store};
         const T0: i64 = 1_764_000_000_000;
         // Compact, pretty with CRLF, an escaped newline and a `]` in a string, lenient
         // values (`"30"`, `"true"`) that the encoding would normalise, a spot status and a
@@ -110,7 +110,7 @@ mod tests {
         let mut live = Domain::new(DomainConfig::default());
         let mut journaled = Vec::new();
         {
-            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
+            let mut store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
             let mut decoder = Decoder::new(Encoding::Json, Limits::default());
             live.begin_stream("7", None, T0);
             for (i, chunk) in stream.as_bytes().chunks(5).enumerate() {
@@ -158,7 +158,7 @@ mod tests {
             journaled[5]
         );
 
-        let store = Store::open(dir.path(), Durability::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
         let (journal, _) = store.unflushed_journal(false).unwrap();
         let texts: Vec<&str> = journal
             .iter()

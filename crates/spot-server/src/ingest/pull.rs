@@ -25,12 +25,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Redial delays of `--pull`: the protocol crate's one backoff.
 pub use spot_protocol::backoff::Backoff as PullBackoff;
 
-/// Default redial delays: from 0.5 s, doubling up to 30 s.
-pub const DEFAULT_BACKOFF: PullBackoff = PullBackoff {
-    initial: Duration::from_millis(500),
-    max: Duration::from_secs(30),
-};
-
 /// Dials `target` and ingests its stream until the server stops; holds `done` meanwhile.
 pub async fn run(
     target: String,

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use crate::clock::now_ms;
 use crate::domain::{Applied, Domain, PutError};
 use crate::metrics::Metrics;
+use crate::outlets::Publisher;
 use crate::store::Store;
 
 /// Messages drained into one transaction at most.
@@ -365,7 +366,13 @@ enum Waiter {
 /// The core loop; returns after [`PipelineMsg::Shutdown`] or when every sender is gone, each
 /// time after a final commit. A panic in either stage stops the pipeline for good
 /// ([`PipelineSender::failure`]): the apply stage's leaves the domain lock poisoned.
-pub fn run(rx: PipelineReceiver, domain: Arc<RwLock<Domain>>, store: Store, metrics: Arc<Metrics>) {
+pub fn run(
+    rx: PipelineReceiver,
+    domain: Arc<RwLock<Domain>>,
+    store: Box<dyn Store>,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+) {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     // Two stages: this thread applies batch N+1 while the writer commits batch N. Waiters
     // travel with their batch, so every answer still leaves after the commit covering it.
@@ -376,8 +383,9 @@ pub fn run(rx: PipelineReceiver, domain: Arc<RwLock<Domain>>, store: Store, metr
         let writer = std::thread::Builder::new()
             .name("spot-writer".into())
             .spawn_scoped(scope, move || {
-                let writing =
-                    catch_unwind(AssertUnwindSafe(|| write(job_rx, store, writer_metrics)));
+                let writing = catch_unwind(AssertUnwindSafe(|| {
+                    write(job_rx, store, publisher, writer_metrics)
+                }));
                 if let Err(panic) = writing {
                     inner.fail("writer", &*panic);
                 }
@@ -548,7 +556,12 @@ fn apply(
     }
 }
 
-fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Metrics>) {
+fn write(
+    jobs: std::sync::mpsc::Receiver<Job>,
+    mut store: Box<dyn Store>,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+) {
     for job in jobs {
         let (mut changes, waiters, apply_time) = match job {
             Job::Prune(cutoff) => {
@@ -566,11 +579,21 @@ fn write(jobs: std::sync::mpsc::Receiver<Job>, mut store: Store, metrics: Arc<Me
         if !changes.is_empty() {
             let started = std::time::Instant::now();
             let rows = changes.upserts.len() + changes.deletes.len();
-            while let Err(e) = store.commit(&mut changes) {
-                tracing::error!("commit failed, retrying (nothing acknowledged meanwhile): {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            let committed = loop {
+                match store.commit(&mut changes) {
+                    Ok(committed) => break committed,
+                    Err(e) => {
+                        tracing::error!(
+                            "commit failed, retrying (nothing acknowledged meanwhile): {e}"
+                        );
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            };
             metrics.commits.fetch_add(1, Ordering::Relaxed);
+            // Durable now: the outlets may see it (before the spots hear their answer).
+            publisher.committed(&changes.log, committed.last_event_id);
+            publisher.raw_events(changes.upstream());
             tracing::debug!(
                 journal = changes.journal.len(),
                 flush = changes.flush,

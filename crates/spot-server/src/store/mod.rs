@@ -20,18 +20,26 @@
 //! several times, and the bytes written — twice, to the WAL and then the database — were the
 //! store's main cost); a TEXT batch of an older database is read as it is ([`unpack`]).
 
+mod batch;
 pub mod checkpoint;
+pub mod events;
+pub mod journal;
+
+use batch::CommitBuffers;
+pub use batch::{pack, unpack, BatchError};
+pub use events::{EventPages, SqliteEventPages};
+use journal::{parse_journal_line, write_journal_line};
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use crate::domain::{Changes, JournalEntry, UpstreamRow};
-use crate::ids::Id;
+pub use crate::config::Durability;
+use crate::domain::{Changes, JournalEntry};
 use crate::store::checkpoint::{LoadedRows, RowFlush, RowWriter};
 
 /// A storage failure: which operation and the underlying error.
@@ -54,6 +62,15 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A stored batch cannot be read back.
+    #[error("store: {context}: {source}")]
+    Batch {
+        /// What was being read.
+        context: &'static str,
+        /// What is wrong with the batch.
+        #[source]
+        source: BatchError,
+    },
     /// The operating system refused (e.g. a thread could not start).
     #[error("store: {context}: {source}")]
     Io {
@@ -65,98 +82,69 @@ pub enum StoreError {
     },
 }
 
-/// A log batch as stored: LZ4 block with its uncompressed size in front (little endian
-/// `u32`, as `lz4_flex::compress_prepend_size` writes it), in `out` (reused: its length only
-/// grows, so no page is zeroed again).
-pub(crate) fn pack<'o>(bytes: &[u8], out: &'o mut Vec<u8>) -> &'o [u8] {
-    let need = 4 + lz4_flex::block::get_maximum_output_size(bytes.len());
-    if out.len() < need {
-        out.resize(need, 0);
-    }
-    out[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-    match lz4_flex::block::compress_into(bytes, &mut out[4..]) {
-        Ok(n) => &out[..4 + n],
-        // Not reached: `out` has room for the worst case.
-        Err(_) => {
-            *out = lz4_flex::compress_prepend_size(bytes);
-            out
-        }
-    }
-}
-
-/// The buffers of [`Store::commit`], kept from one commit to the next: a batch is megabytes,
-/// and buffers allocated afresh for each had their pages zeroed by the kernel every time.
-#[derive(Debug, Default)]
-struct CommitBuffers {
-    /// The text of a batch (journal lines or derived events).
-    text: String,
-    /// Its [`pack`]ed form.
-    packed: Vec<u8>,
-}
-
-impl CommitBuffers {
-    /// Larger buffers (left by a rare huge batch, e.g. the replay after a crash) are not kept.
-    const MAX_KEPT: usize = 64 << 20;
-
-    fn trim(&mut self) {
-        if self.text.capacity() > Self::MAX_KEPT {
-            self.text = String::new();
-        }
-        if self.packed.len() > Self::MAX_KEPT {
-            self.packed = Vec::new();
-        }
-    }
-}
-
-/// A stored log batch back as text: a BLOB is [`pack`]ed, TEXT is from before compression.
-pub(crate) fn unpack(value: rusqlite::types::ValueRef<'_>) -> Result<Cow<'_, str>, String> {
-    use rusqlite::types::ValueRef;
-    match value {
-        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
-            .map(Cow::Borrowed)
-            .map_err(|e| format!("batch text: {e}")),
-        ValueRef::Blob(bytes) => {
-            let text = lz4_flex::decompress_size_prepended(bytes)
-                .map_err(|e| format!("batch of {} bytes: {e}", bytes.len()))?;
-            String::from_utf8(text)
-                .map(Cow::Owned)
-                .map_err(|e| format!("batch text: {e}"))
-        }
-        other => Err(format!("batch of type {}", other.data_type())),
-    }
-}
-
 /// A read batch that is not one: which read and why.
-fn bad_batch(context: &'static str) -> impl Fn(String) -> StoreError {
-    move |reason| StoreError::Corrupt { context, reason }
+fn bad_batch(context: &'static str) -> impl Fn(BatchError) -> StoreError {
+    move |source| StoreError::Batch { context, source }
 }
 
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { context, source }
 }
 
-/// How hard a commit is pushed to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// `synchronous=FULL`: fsync on every commit (survives power loss).
-    Full,
-    /// `synchronous=NORMAL`: survives a process crash (kill -9), not a power loss.
-    Normal,
-}
-
-impl Durability {
-    /// The value of SQLite's `synchronous` pragma.
-    pub(crate) fn pragma(self) -> &'static str {
-        match self {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        }
+/// The value of SQLite's `synchronous` pragma for a durability.
+pub(crate) fn synchronous_pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
     }
 }
 
-/// The SQLite store.
+/// What the pipeline needs of durable storage; [`SqliteStore`] is the embedded one (a
+/// PostgreSQL store for cluster mode implements the same). Called from the pipeline's
+/// writer thread only (and at start, before it runs); it never calls an outlet: the
+/// pipeline publishes what a commit made durable.
+pub trait Store: Send {
+    /// The resource rows of the last checkpoint, loaded at open (taken once).
+    fn take_loaded_rows(&mut self) -> LoadedRows;
+
+    /// The derived event documents newer than `since` (Unix ms), oldest first, for the
+    /// live state's in-memory log.
+    fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError>;
+
+    /// The journal entries written after the last checkpoint, in order, and the id
+    /// generator's state at that checkpoint.
+    ///
+    /// An entry that cannot be read back is an acknowledged event that would be lost: it is
+    /// an error naming where it is stored, unless `repair`, which drops it and logs each
+    /// dropped entry at error level (`spot serve --repair-journal`).
+    fn unflushed_journal(&self, repair: bool) -> Result<(Vec<JournalEntry>, u64), StoreError>;
+
+    /// Writes one group commit (journal, derived events and, on a flush, the changed rows)
+    /// durably and all together, or not at all.
+    fn commit(&mut self, changes: &mut Changes) -> Result<Committed, StoreError>;
+
+    /// Deletes derived and upstream event batches whose newest event is older than
+    /// `cutoff` (Unix ms); never a journal batch the rows do not cover yet.
+    fn prune(&mut self, cutoff: i64) -> Result<(), StoreError>;
+
+    /// A reader of the derived events log by push id, usable from any thread.
+    fn event_pages(&self) -> Result<Arc<dyn EventPages>, StoreError>;
+}
+
+/// What a [`Store::commit`] made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The push id of the last derived event stored (ids are dense, from 1; the commit's
+    /// events end here).
+    pub last_event_id: u64,
+}
+
+/// The embedded store: SQLite in WAL mode, `<data>/spot.db` for the logs and
+/// `<data>/state.db` for the checkpoints ([`checkpoint`]).
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
+    /// The data directory.
+    dir: PathBuf,
     conn: Connection,
     _checkpointer: Checkpointer,
     /// Push event id of the last derived event stored (ids are dense, from 1).
@@ -169,7 +157,6 @@ pub struct Store {
     /// flush mark (journal batch covered, id generator state).
     loaded: LoadedRows,
     loaded_mark: (i64, u64),
-    publisher: Option<crate::outlets::Publisher>,
     buffers: CommitBuffers,
 }
 
@@ -226,11 +213,11 @@ impl Drop for Checkpointer {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) `<dir>/spot.db` in WAL mode.
     pub fn open(dir: &Path, sync: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(dir.join("spot.db")).map_err(ctx("open database"))?;
-        let sync_pragma = sync.pragma();
+        let sync_pragma = synchronous_pragma(sync);
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous={sync_pragma};
@@ -247,7 +234,7 @@ impl Store {
                  last_event_id INTEGER NOT NULL DEFAULT 0);"
         ))
         .map_err(ctx("create schema"))?;
-        crate::outlets::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
+        events::migrate(&conn).map_err(ctx("add event ids to the events log"))?;
         let last_event_id: i64 = conn
             .query_row(
                 "SELECT coalesce(max(last_event_id), 0) FROM event_batches",
@@ -264,7 +251,8 @@ impl Store {
             .map_err(ctx("read the last journal batch"))?;
         let (rows, loaded, flushed, id_last) = RowWriter::open(dir, sync)?;
         let checkpointer = Checkpointer::start(dir)?;
-        Ok(Store {
+        Ok(SqliteStore {
+            dir: dir.to_path_buf(),
             conn,
             _checkpointer: checkpointer,
             last_event_id: last_event_id.max(0) as u64,
@@ -272,14 +260,8 @@ impl Store {
             rows,
             loaded,
             loaded_mark: (flushed, id_last),
-            publisher: None,
             buffers: CommitBuffers::default(),
         })
-    }
-
-    /// The rows of every table as loaded at open; empty after the first call.
-    pub fn take_loaded_rows(&mut self) -> LoadedRows {
-        std::mem::take(&mut self.loaded)
     }
 
     /// Waits until every flush handed to the row writer is written.
@@ -287,11 +269,48 @@ impl Store {
         self.rows.wait();
     }
 
+    /// Stored upstream events of one spot, oldest first: (seq, JSON event). A full scan
+    /// (for inspection and tests, not the ingest path).
+    pub fn upstream_events(&self, serial: &str) -> Result<Vec<(Option<u64>, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT lines FROM upstream_batches ORDER BY id")
+            .map_err(ctx("read upstream events"))?;
+        let batches = stmt
+            .query_map([], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
+            .map_err(ctx("read upstream events"))?;
+        let mut out = Vec::new();
+        for batch in batches {
+            let batch = batch
+                .map_err(ctx("read upstream event row"))?
+                .map_err(bad_batch("read upstream event row"))?;
+            for line in batch.lines() {
+                if let Some(JournalEntry::Event {
+                    row,
+                    duplicate: false,
+                }) = parse_journal_line(line)
+                {
+                    if row.serial == serial {
+                        out.push((row.seq, row.event_json));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    /// The rows of every table as loaded at open; empty after the first call.
+    fn take_loaded_rows(&mut self) -> LoadedRows {
+        std::mem::take(&mut self.loaded)
+    }
+
     /// The derived events at or after `since` (Unix ms), oldest first.
     ///
     /// A batch is returned whole when its newest event is at or after `since` (its older
     /// events are dropped by the domain's own retention sweep).
-    pub fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
+    fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT docs FROM event_batches WHERE time_last >= ?1 ORDER BY id")
@@ -309,18 +328,10 @@ impl Store {
         Ok(docs)
     }
 
-    /// After each commit, hands its derived events and the id of the last to `publisher`.
-    pub fn set_publisher(&mut self, publisher: crate::outlets::Publisher) {
-        self.publisher = Some(publisher);
-    }
-
     /// The journal batches the rows loaded at open do not cover, oldest first, and the id
-    /// generator's state at their flush.
-    ///
-    /// A batch that does not unpack or a line that does not parse holds acknowledged events
-    /// that would be lost: it is an error naming `spot.db`, the batch and the line, unless
-    /// `repair`, which drops it and logs each dropped line (or batch) at error level.
-    pub fn unflushed_journal(&self, repair: bool) -> Result<(Vec<JournalEntry>, u64), StoreError> {
+    /// generator's state at their flush. An unreadable batch or line is an error naming
+    /// `spot.db`, the batch and the line, unless `repair` (see the trait).
+    fn unflushed_journal(&self, repair: bool) -> Result<(Vec<JournalEntry>, u64), StoreError> {
         let (flushed, id_last) = self.loaded_mark;
         let mut stmt = self
             .conn
@@ -374,7 +385,7 @@ impl Store {
 
     /// Writes one group commit (journal and derived events) in one transaction; a flush's
     /// rows are then taken out of `changes` and handed to the row writer.
-    pub fn commit(&mut self, changes: &mut Changes) -> Result<(), StoreError> {
+    fn commit(&mut self, changes: &mut Changes) -> Result<Committed, StoreError> {
         let last_event_id = self.last_event_id + changes.log.len() as u64;
         let mut journal_last = self.journal_last;
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
@@ -423,16 +434,12 @@ impl Store {
                 id_last: changes.id_last,
             });
         }
-        if let Some(publisher) = &self.publisher {
-            publisher.committed(&changes.log, last_event_id);
-            publisher.raw_events(changes.upstream());
-        }
-        Ok(())
+        Ok(Committed { last_event_id })
     }
 
     /// Deletes derived and upstream event batches whose newest event is older than `cutoff`
     /// (Unix ms).
-    pub fn prune(&mut self, cutoff: i64) -> Result<(), StoreError> {
+    fn prune(&mut self, cutoff: i64) -> Result<(), StoreError> {
         self.conn
             .execute(
                 // The newest batch stays, so event ids continue after a restart.
@@ -451,128 +458,8 @@ impl Store {
         Ok(())
     }
 
-    /// Stored upstream events of one spot, oldest first: (seq, JSON event). A full scan
-    /// (for inspection and tests, not the ingest path).
-    pub fn upstream_events(&self, serial: &str) -> Result<Vec<(Option<u64>, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT lines FROM upstream_batches ORDER BY id")
-            .map_err(ctx("read upstream events"))?;
-        let batches = stmt
-            .query_map([], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
-            .map_err(ctx("read upstream events"))?;
-        let mut out = Vec::new();
-        for batch in batches {
-            let batch = batch
-                .map_err(ctx("read upstream event row"))?
-                .map_err(bad_batch("read upstream event row"))?;
-            for line in batch.lines() {
-                if let Some(JournalEntry::Event {
-                    row,
-                    duplicate: false,
-                }) = parse_journal_line(line)
-                {
-                    if row.serial == serial {
-                        out.push((row.seq, row.event_json));
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Appends one journal line (see the module docs); returns the entry's time.
-fn write_journal_line(lines: &mut String, entry: &JournalEntry) -> i64 {
-    let mut int = itoa::Buffer::new();
-    match entry {
-        JournalEntry::Event { row, duplicate } => {
-            lines.push_str(&row.serial);
-            lines.push('\t');
-            if *duplicate {
-                lines.push('!');
-            }
-            if let Some(seq) = row.seq {
-                lines.push_str(int.format(seq));
-            }
-            lines.push('\t');
-            lines.push_str(int.format(row.time_received));
-            lines.push('\t');
-            lines.push_str(&row.event_json);
-            lines.push('\n');
-            row.time_received
-        }
-        JournalEntry::Begin {
-            serial,
-            version,
-            time,
-        } => {
-            let version = version
-                .as_ref()
-                .map(|v| serde_json::Value::from(v.as_str()).to_string())
-                .unwrap_or_default();
-            lines.push_str(serial);
-            lines.push_str("\t+\t");
-            lines.push_str(int.format(*time));
-            lines.push('\t');
-            lines.push_str(&version);
-            lines.push('\n');
-            *time
-        }
-        JournalEntry::End { serial, time } => {
-            lines.push_str(serial);
-            lines.push_str("\t-\t");
-            lines.push_str(int.format(*time));
-            lines.push_str("\t\n");
-            *time
-        }
-    }
-}
-
-/// Reads one journal line back; `None` when it is not one.
-fn parse_journal_line(line: &str) -> Option<JournalEntry> {
-    let mut fields = line.splitn(4, '\t');
-    let (serial, seq, time, rest) = (
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    );
-    let serial = serial.to_string();
-    let time: i64 = time.parse().ok()?;
-    match seq {
-        "+" => Some(JournalEntry::Begin {
-            serial,
-            version: if rest.is_empty() {
-                None
-            } else {
-                Some(serde_json::from_str(rest).ok()?)
-            },
-            time,
-        }),
-        "-" => Some(JournalEntry::End { serial, time }),
-        _ => {
-            let (duplicate, seq) = match seq.strip_prefix('!') {
-                Some(s) => (true, s),
-                None => (false, seq),
-            };
-            let seq = if seq.is_empty() {
-                None
-            } else {
-                Some(seq.parse().ok()?)
-            };
-            Some(JournalEntry::Event {
-                row: UpstreamRow {
-                    serial,
-                    // Not journaled: the raw events of a replay are not published again.
-                    spot_id: Id::default(),
-                    seq,
-                    time_received: time,
-                    event_json: rest.to_string(),
-                },
-                duplicate,
-            })
-        }
+    fn event_pages(&self) -> Result<Arc<dyn EventPages>, StoreError> {
+        Ok(Arc::new(SqliteEventPages::open(&self.dir)?))
     }
 }
 
@@ -580,6 +467,8 @@ fn parse_journal_line(line: &str) -> Option<JournalEntry> {
 mod tests {
     use super::*;
     use crate::domain::Table;
+    use crate::domain::UpstreamRow;
+    use crate::ids::Id;
     use crate::store::checkpoint::StoredRow;
 
     const A: Id = Id(0x0123456789abcdef);
@@ -602,7 +491,7 @@ mod tests {
     fn a_commit_is_read_back_after_reopening_and_prune_drops_old_batches() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
+            let mut store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
             let mut changes = Changes {
                 journal: vec![
                     upstream("203", Some(7), 1_000, r#"["hit","create",{}]"#),
@@ -629,7 +518,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
+        let mut store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
         assert_eq!(
             store.upstream_events("203").unwrap(),
             vec![
@@ -689,7 +578,7 @@ mod tests {
             duplicate: true,
         };
         {
-            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
+            let mut store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
             assert_eq!(store.unflushed_journal(false).unwrap(), (vec![], 0));
             store
                 .commit(&mut Changes {
@@ -716,7 +605,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
+        let mut store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
         let expected = vec![
             begin(1_002, Some("1.2 \"beta\"\t")),
             replayed,
@@ -745,7 +634,7 @@ mod tests {
     fn batches_are_stored_compressed_and_uncompressed_ones_of_older_databases_still_read() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path(), Durability::Normal).unwrap();
+            let mut store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
             store
                 .conn
                 .execute_batch(
@@ -784,7 +673,7 @@ mod tests {
                 vec!["{\"old\":1}".to_string(), doc]
             );
         }
-        let store = Store::open(dir.path(), Durability::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
         let events = store.upstream_events("203").unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0], (Some(1), "[\"old\"]".to_string()));

@@ -1,18 +1,21 @@
-//! Test support: an in-process server on port 0, a raw HTTP/1.1 connection for byte-exact
-//! requests (chunk boundaries, floods, slow senders), and a hyper client for ordinary use.
+//! spot-server's test support: an in-process server on port 0, a self-signed certificate, a
+//! raw HTTP/1.1 connection for byte-exact requests (chunk boundaries, floods, slow senders),
+//! and a hyper client for ordinary use. What other crates' tests share too is in
+//! `test-support`.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
-use spot_server::{Durability, Server, ServerConfig};
+use spot_server::{Durability, Server, ServerConfig, TlsFiles};
+use test_support::http::{chunk, LAST_CHUNK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -31,35 +34,18 @@ pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> (Server, tempfile::
     (server, dir)
 }
 
-/// The protocol crate's golden fixtures.
-pub fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../spot-protocol/tests/fixtures")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The de-chunked body of the vendor capture (spot 203: spot create, config create, presence).
-pub fn vendor_body() -> Vec<u8> {
-    let raw = fixture("vendor-http-spot203.http");
-    let start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let mut rest = &raw[start..];
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.iter().position(|&b| b == b'\n').unwrap();
-        let size_text = std::str::from_utf8(&rest[..line_end]).unwrap().trim();
-        let size = usize::from_str_radix(size_text, 16).unwrap();
-        rest = &rest[line_end + 1..];
-        if size == 0 {
-            return body;
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size..];
-        // The chunk data is followed by CRLF (or LF in the capture).
-        while rest.first() == Some(&b'\r') || rest.first() == Some(&b'\n') {
-            rest = &rest[1..];
-        }
-    }
+/// A self-signed certificate for `localhost`, written as PEM files into `dir` (created if
+/// missing); also the certificate itself, for a client's root store.
+pub fn certificate(dir: &std::path::Path) -> (TlsFiles, CertificateDer<'static>) {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, generated.cert.pem()).unwrap();
+    std::fs::write(&files.key, generated.key_pair.serialize_pem()).unwrap();
+    (files, generated.cert.der().clone())
 }
 
 /// A parsed response.
@@ -117,15 +103,12 @@ impl Raw {
     /// Sends one chunk (non-empty).
     pub async fn chunk(&mut self, data: &[u8]) {
         assert!(!data.is_empty());
-        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
-        self.send(&out).await;
+        self.send(&chunk(data)).await;
     }
 
     /// Ends the chunked body.
     pub async fn end(&mut self) {
-        self.send(b"0\r\n\r\n").await;
+        self.send(LAST_CHUNK).await;
     }
 
     /// A whole chunked POST, one chunk per element of `chunks`; returns the response.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use spot_protocol::Proximity;
 
-use crate::domain::{Item, PresenceRes, Prox, Reporters};
+use crate::domain::{Item, NamedProximity, PresenceResource, Reporters};
 use crate::ids::Id;
 
 /// First byte of every encoded row: the layout below (another layout gets another number).
@@ -63,7 +63,7 @@ fn put_value(out: &mut Vec<u8>, value: Option<&Value>) {
     }
 }
 
-fn prox_byte(p: Prox) -> u8 {
+fn prox_byte(p: NamedProximity) -> u8 {
     match p.0 {
         Proximity::Far => 0,
         Proximity::Near => 1,
@@ -94,7 +94,7 @@ pub fn put_item(out: &mut Vec<u8>, item: &Item) {
 }
 
 /// Appends the encoding of `presence`.
-pub fn put_presence(out: &mut Vec<u8>, presence: &PresenceRes) {
+pub fn put_presence(out: &mut Vec<u8>, presence: &PresenceResource) {
     out.push(FORMAT);
     out.push(u8::from(presence.time_event.is_some()) * TIME);
     put_id(out, presence.item);
@@ -175,8 +175,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn prox(&mut self) -> Result<Prox, String> {
-        Ok(Prox(match self.byte()? {
+    fn prox(&mut self) -> Result<NamedProximity, String> {
+        Ok(NamedProximity(match self.byte()? {
             0 => Proximity::Far,
             1 => Proximity::Near,
             2 => Proximity::Immediate,
@@ -233,7 +233,7 @@ pub fn item(id: Id, bytes: &[u8]) -> Result<Item, String> {
 }
 
 /// The presence `id` encoded in `bytes`.
-pub fn presence(id: Id, bytes: &[u8]) -> Result<PresenceRes, String> {
+pub fn presence(id: Id, bytes: &[u8]) -> Result<PresenceResource, String> {
     let mut r = Reader::new(bytes)?;
     let flags = r.byte()?;
     let item = r.id()?;
@@ -250,7 +250,7 @@ pub fn presence(id: Id, bytes: &[u8]) -> Result<PresenceRes, String> {
     } else {
         None
     };
-    let presence = PresenceRes {
+    let presence = PresenceResource {
         id,
         item,
         location,
@@ -314,15 +314,15 @@ mod tests {
     #[test]
     fn presences_read_back_as_written() {
         let spot = |n: u64| Id(0x0aaa_0000_0000_0000 + n);
-        let full = PresenceRes {
+        let full = PresenceResource {
             id: Id(7),
             item: Id(8),
             location: Id(9),
-            proximity: Prox(Proximity::Immediate),
+            proximity: NamedProximity(Proximity::Immediate),
             reporters: [
-                (spot(2), Prox(Proximity::Far)),
-                (spot(1), Prox(Proximity::Immediate)),
-                (spot(3), Prox(Proximity::Near)),
+                (spot(2), NamedProximity(Proximity::Far)),
+                (spot(1), NamedProximity(Proximity::Immediate)),
+                (spot(3), NamedProximity(Proximity::Near)),
             ]
             .into_iter()
             .collect(),
@@ -330,7 +330,7 @@ mod tests {
             time_created: 1_764_000_000_000,
             time_updated: 1_764_000_000_002,
         };
-        let bare = PresenceRes {
+        let bare = PresenceResource {
             reporters: Reporters::default(),
             time_event: None,
             ..full.clone()
@@ -358,11 +358,11 @@ mod tests {
         let mut p = vec![];
         put_presence(
             &mut p,
-            &PresenceRes {
+            &PresenceResource {
                 id: Id(1),
                 item: Id(2),
                 location: Id(3),
-                proximity: Prox(Proximity::Far),
+                proximity: NamedProximity(Proximity::Far),
                 reporters: Reporters::default(),
                 time_event: None,
                 time_created: 0,

@@ -50,7 +50,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 use rustc_hash::FxHashSet;
 
-use crate::domain::{Item, PresenceRes, RowDoc, Table};
+use crate::domain::{Item, PresenceResource, RowDoc, Table};
 use crate::ids::Id;
 use crate::store::{Durability, StoreError};
 
@@ -77,7 +77,7 @@ pub enum StoredRow {
     /// An item, decoded.
     Item(Item),
     /// A presence, decoded.
-    Presence(PresenceRes),
+    Presence(PresenceResource),
 }
 
 /// The rows of every table as stored, in id order.
@@ -195,7 +195,7 @@ impl RowWriter {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={};
              PRAGMA journal_size_limit={}; {SCHEMA}",
-            sync.pragma(),
+            crate::store::synchronous_pragma(sync),
             64 << 20
         ))
         .map_err(ctx("create state schema"))?;
@@ -883,7 +883,7 @@ fn copy_from_spot_db(conn: &mut Connection) -> Result<bool, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Prox;
+    use crate::domain::NamedProximity;
     use spot_protocol::Proximity;
 
     fn id(n: u64) -> Id {
@@ -925,13 +925,15 @@ mod tests {
         }
     }
 
-    fn presence(n: u64, v: u64) -> PresenceRes {
-        PresenceRes {
+    fn presence(n: u64, v: u64) -> PresenceResource {
+        PresenceResource {
             id: id(n),
             item: id(n + 1),
             location: id(1_000),
-            proximity: Prox(Proximity::Near),
-            reporters: [(id(2_000), Prox(Proximity::Near))].into_iter().collect(),
+            proximity: NamedProximity(Proximity::Near),
+            reporters: [(id(2_000), NamedProximity(Proximity::Near))]
+                .into_iter()
+                .collect(),
             time_event: Some(1_764_000_000_000 + v as i64),
             time_created: 1_764_000_000_000,
             time_updated: 1_764_000_000_000 + v as i64,

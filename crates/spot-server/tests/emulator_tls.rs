@@ -1,10 +1,15 @@
 //! The emulator over `https://` against the real server (`spot_server` in-process, TLS on
 //! port 0 with a self-signed rcgen certificate): delivery with `--ca-cert` trust, and a
 //! certificate the emulator must not trust failing as connection errors, not panics.
+//! (Here, not in spot-emulator's tests: the server's tests use the emulator, never the
+//! reverse, so neither crate dev-depends on the other in a circle.)
+
+mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::certificate;
 use spot_emulator::buffer::BufferLimits;
 use spot_emulator::fleet::{self, FleetConfig, Summary};
 use spot_emulator::population::PopulationParams;
@@ -13,19 +18,6 @@ use spot_emulator::uplink::{ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 use spot_server::{Durability, Server, ServerConfig, TlsFiles};
 use tokio::sync::watch;
-
-/// Writes a self-signed certificate for `localhost` (and its key) into `dir`.
-fn certificate(dir: &std::path::Path) -> TlsFiles {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let files = TlsFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    std::fs::write(&files.cert, generated.cert.pem()).unwrap();
-    std::fs::write(&files.key, generated.key_pair.serialize_pem()).unwrap();
-    files
-}
 
 async fn https_server(files: TlsFiles, data: &std::path::Path) -> Server {
     let server = Server::bind(ServerConfig {
@@ -73,7 +65,7 @@ async fn run(cfg: &FleetConfig) -> Summary {
 #[tokio::test]
 async fn https_with_ca_cert_delivers_every_event_to_the_real_server() {
     let dir = tempfile::tempdir().unwrap();
-    let files = certificate(&dir.path().join("certs"));
+    let (files, _) = certificate(&dir.path().join("certs"));
     let ca = files.cert.clone();
     let server = https_server(files, &dir.path().join("data")).await;
     let url = format!("https://localhost:{}", server.http_addr().port());
@@ -115,9 +107,9 @@ async fn https_with_ca_cert_delivers_every_event_to_the_real_server() {
 #[tokio::test]
 async fn an_untrusted_certificate_or_wrong_name_fails_as_reconnects_with_a_tls_error() {
     let dir = tempfile::tempdir().unwrap();
-    let files = certificate(&dir.path().join("certs"));
+    let (files, _) = certificate(&dir.path().join("certs"));
     let ca = files.cert.clone();
-    let other_ca = certificate(&dir.path().join("other")).cert;
+    let other_ca = certificate(&dir.path().join("other")).0.cert;
     let server = https_server(files, &dir.path().join("data")).await;
     let port = server.http_addr().port();
 
@@ -172,7 +164,7 @@ async fn an_untrusted_certificate_or_wrong_name_fails_as_reconnects_with_a_tls_e
 async fn insecure_trust_connects_to_a_self_signed_server_without_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let server = https_server(
-        certificate(&dir.path().join("certs")),
+        certificate(&dir.path().join("certs")).0,
         &dir.path().join("data"),
     )
     .await;

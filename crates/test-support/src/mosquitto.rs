@@ -1,22 +1,21 @@
-//! A real mosquitto for tests and benchmarks, started on a free port with its own config, and
-//! real MQTT subscribers. Context by spot-push's and spot-server's tests and latency examples
-//! (`#[path]` include).
-#![allow(dead_code)]
+//! A real mosquitto for tests and benchmarks, started on a free port with its own config,
+//! and real MQTT subscribers (rumqttc). The broker is a plain child process, usable from
+//! synchronous tests too; the subscribers run on the caller's tokio runtime.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
 
+/// A running mosquitto; killed when dropped, [`Broker::stop`] for a clean exit.
 pub struct Broker {
     child: Child,
     /// The plain listener's port.
@@ -43,14 +42,14 @@ pub struct Options {
 
 impl Broker {
     /// Starts mosquitto on `port` with persistence in `dir`; returns once it is listening.
-    pub async fn start(dir: &Path, port: u16) -> Self {
-        Self::start_with(dir, port, &Options::default()).await
+    pub fn start(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, &Options::default())
     }
 
     /// Same as [`Broker::start`] with `options`.
     /// (`user root`: when started as root, mosquitto would otherwise switch to the user
     /// `mosquitto`, which cannot write the temp dir; ignored when not root.)
-    pub async fn start_with(dir: &Path, port: u16, options: &Options) -> Self {
+    pub fn start_with(dir: &Path, port: u16, options: &Options) -> Self {
         let config: PathBuf = dir.join("mosquitto.conf");
         let mut text = if options.bench {
             format!(
@@ -74,7 +73,7 @@ impl Broker {
         } else {
             let passwords = dir.join("passwords");
             for (i, (user, password)) in options.users.iter().enumerate() {
-                let mut command = std::process::Command::new(MOSQUITTO_PASSWD);
+                let mut command = Command::new(MOSQUITTO_PASSWD);
                 if i == 0 {
                     command.arg("-c");
                 }
@@ -105,30 +104,40 @@ impl Broker {
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("start mosquitto");
         // stderr: unbuffered, unlike stdout into a pipe.
-        let log = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(log).lines();
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         loop {
-            let line = lines
-                .next_line()
-                .await
-                .expect("read mosquitto log")
-                .expect("mosquitto exited before it was running");
-            if line.contains(" running") {
-                break;
+            match lines.next() {
+                Some(Ok(line)) if line.contains(" running") => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("read mosquitto log: {e}"),
+                None => {
+                    let _ = child.wait();
+                    panic!("mosquitto exited before it was running");
+                }
             }
         }
         // Keep draining the log so mosquitto never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        std::thread::spawn(move || lines.for_each(drop));
         Self { child, port }
+    }
+
+    /// The latency benchmarks' broker: on a free port with the [`Options::bench`] settings
+    /// and [`Options::tcp_nodelay`] unless `MOSQUITTO_NODELAY=false` is in the environment.
+    pub fn start_bench(dir: &Path) -> Self {
+        let options = Options {
+            bench: true,
+            tcp_nodelay: std::env::var("MOSQUITTO_NODELAY").as_deref() != Ok("false"),
+            ..Options::default()
+        };
+        Self::start_with(dir, crate::free_port(), &options)
     }
 
     /// CPU time mosquitto has used so far (user + system, from `/proc/PID/stat`).
     pub fn cpu_time(&self) -> Duration {
-        let pid = self.child.id().expect("running");
+        let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
         // After the ")" closing the command name: state is field 3, utime 14, stime 15.
         let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
@@ -136,7 +145,7 @@ impl Broker {
             .collect();
         let ticks: u64 =
             fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        let per_second = std::process::Command::new("getconf")
+        let per_second = Command::new("getconf")
             .arg("CLK_TCK")
             .output()
             .ok()
@@ -147,24 +156,23 @@ impl Broker {
     }
 
     /// SIGTERM (mosquitto saves its persistence file) and wait for the exit.
-    pub async fn stop(mut self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
             .arg("-TERM")
-            .arg(pid.to_string())
+            .arg(self.child.id().to_string())
             .status()
             .expect("kill");
         assert!(status.success());
-        self.child.wait().await.expect("wait mosquitto");
+        self.child.wait().expect("wait mosquitto");
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // After `stop` the child is reaped already: both calls then fail harmlessly.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A real MQTT subscriber (persistent session) delivering (topic, payload, qos).

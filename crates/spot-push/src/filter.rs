@@ -1,4 +1,4 @@
-//! Topic names and topic filters with MQTT semantics (MQTT 3.1.1 §4.7, MQTT 5 §4.7).
+//! Topic filters (and the topic-name check) with MQTT semantics (MQTT 3.1.1 §4.7, MQTT 5 §4.7).
 //!
 //! One matcher, [`TopicFilter::matches`], is used by every outlet (WebSocket, SSE, MQTT
 //! subscriptions of the hub, webhooks), so a filter means the same thing everywhere:
@@ -257,5 +257,15 @@ mod tests {
         assert!(m("spots/+/connected/+", "spots/3/connected/203"));
         assert!(!m("spots/+/connected", "spots/3/connected/203"));
         assert!(m("items/+/moved-to/4", "items/9/moved-to/4"));
+    }
+
+    /// A topic built from outside text (spot-protocol's §7 builders) is a valid name of the
+    /// intended number of levels, matched by the filter for that shape.
+    #[test]
+    fn built_topics_from_outside_text_are_valid_names() {
+        let topic = spot_protocol::topics::raw_spot_event(3, "a/b+#", "x\0");
+        assert!(validate_topic_name(&topic).is_ok());
+        let filter = TopicFilter::new("spots/+/events/+/+").expect("filter");
+        assert!(filter.matches(&topic));
     }
 }

@@ -1,5 +1,5 @@
 //! The webhook HTTP client: hyper's pooled HTTP/1.1 client over TCP, or TLS (rustls, the
-//! [`crate::tls`] settings) for `https://` targets ([`crate::client::Connector`]).
+//! [`crate::tls`] settings) for `https://` targets ([`crate::connector::Connector`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +10,28 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::client::{with_causes, Connector};
+use crate::connector::{with_causes, Connector};
 
 /// Bytes of a target's response body read (so the connection can be reused); the rest is
 /// not read and the connection is dropped.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Why a POST got no response status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PostError {
+    /// The target URL does not parse as a URI.
+    #[error("bad URL: {0}")]
+    Url(#[from] http::uri::InvalidUri),
+    /// The request could not be built (a header name or value that is not valid HTTP).
+    #[error("bad request: {0}")]
+    Request(#[from] http::Error),
+    /// Connecting, TLS or the exchange failed; the text carries the whole chain of causes.
+    #[error("{}", with_causes(.0))]
+    Exchange(hyper_util::client::legacy::Error),
+    /// No response within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// POSTs webhook deliveries.
 #[derive(Clone)]
@@ -40,21 +57,19 @@ impl HttpClient {
         url: &str,
         headers: &[(&str, String)],
         body: String,
-    ) -> Result<StatusCode, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    ) -> Result<StatusCode, PostError> {
+        let uri: Uri = url.parse()?;
         let mut request = Request::post(uri);
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("bad request: {e}"))?;
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| with_causes(&e))?;
+                .map_err(PostError::Exchange)?;
             let status = response.status();
             // Read a short body to completion so the connection is reused; ignore it.
             let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
@@ -64,6 +79,6 @@ impl HttpClient {
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| PostError::Timeout(self.timeout))?
     }
 }

@@ -1,0 +1,33 @@
+//! What the workspace's tests, examples and benchmarks share, in one place instead of
+//! `#[path]` includes and per-file copies:
+//!
+//! - [`captures`]: the vendor captures (real spot output) and [`fixtures`]: the golden
+//!   fixtures and the `localhost` test certificate, found from the workspace checkout;
+//! - [`split`]: a byte stream cut at given points, and at every point in two;
+//! - [`http`]: HTTP/1.1 chunked bodies written and de-chunked, and a blocking `GET`;
+//! - [`free_port`]: a loopback port nobody listens on;
+//! - [`process`]: `spot serve` (or any server process) started and waited for, and killed
+//!   when dropped;
+//! - `mosquitto` (feature `mqtt`): a real mosquitto on a free port with its own config, and
+//!   real MQTT subscribers.
+//!
+//! It depends on no crate of the workspace: each crate's own helpers (an in-process server,
+//! a decoder fed piecewise) stay in that crate's `tests/`.
+
+pub mod captures;
+pub mod fixtures;
+pub mod http;
+#[cfg(feature = "mqtt")]
+pub mod mosquitto;
+pub mod process;
+pub mod split;
+
+/// A loopback port nobody listens on right now (the OS picks it; it stays free until
+/// someone binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

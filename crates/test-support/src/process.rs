@@ -1,0 +1,59 @@
+//! Server processes in tests: `spot serve` started and waited for, any child killed when
+//! dropped (a failed assertion leaves no process behind). The `spot` binary's path is the
+//! caller's `env!("CARGO_BIN_EXE_spot")`: Cargo gives it to spot-cli's tests only.
+
+use std::ffi::OsStr;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{localhost_cert, localhost_key};
+
+/// A child process, killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (30 s at most) until something accepts connections on `127.0.0.1:port`; panics
+/// saying `what` did not start.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts `spot serve` (the binary at `spot`) on `127.0.0.1:port` with the data folder
+/// `data` plus `extra` arguments, output discarded, and waits until it accepts connections.
+pub fn spawn_serve(spot: impl AsRef<OsStr>, data: &Path, port: u16, extra: &[&OsStr]) -> Child {
+    let child = Command::new(spot)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn spot serve");
+    wait_listening(port, "spot serve");
+    child
+}
+
+/// [`spawn_serve`] over HTTPS with the self-signed `localhost` test certificate
+/// ([`crate::fixtures::localhost_cert`]).
+pub fn spawn_serve_tls(spot: impl AsRef<OsStr>, data: &Path, port: u16) -> Child {
+    let (cert, key) = (localhost_cert(), localhost_key());
+    let tls: [&OsStr; 4] = [
+        "--tls-cert".as_ref(),
+        cert.as_ref(),
+        "--tls-key".as_ref(),
+        key.as_ref(),
+    ];
+    spawn_serve(spot, data, port, &tls)
+}
