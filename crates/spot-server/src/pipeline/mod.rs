@@ -717,6 +717,96 @@ mod tests {
         msgs.len()
     }
 
+    /// A store whose commits panic (a writer stage that fails).
+    struct PanickingStore(crate::store::SqliteStore);
+
+    impl Store for PanickingStore {
+        fn take_loaded_rows(&mut self) -> crate::store::checkpoint::LoadedRows {
+            self.0.take_loaded_rows()
+        }
+        fn load_events(&self, since: i64) -> Result<Vec<String>, crate::store::StoreError> {
+            self.0.load_events(since)
+        }
+        fn unflushed_journal(
+            &self,
+            repair: bool,
+        ) -> Result<(Vec<crate::domain::JournalEntry>, u64), crate::store::StoreError> {
+            self.0.unflushed_journal(repair)
+        }
+        fn commit(
+            &mut self,
+            _: &mut crate::domain::Changes,
+        ) -> Result<crate::store::Committed, crate::store::StoreError> {
+            panic!("commit injected to panic")
+        }
+        fn prune(&mut self, cutoff: i64) -> Result<(), crate::store::StoreError> {
+            self.0.prune(cutoff)
+        }
+        fn event_pages(
+            &self,
+        ) -> Result<Arc<dyn crate::store::EventPages>, crate::store::StoreError> {
+            self.0.event_pages()
+        }
+    }
+
+    /// Risk 7 of issue 11, the writer's side: a panic in the writer stage stopped nothing
+    /// visible (the apply stage went on serving a state that was never committed).
+    #[tokio::test]
+    async fn a_panic_in_the_writer_stage_stops_the_pipeline_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::SqliteStore::open(dir.path(), crate::store::Durability::Normal).unwrap();
+        let outlets = crate::outlets::Outlets::start(
+            dir.path(),
+            store.event_pages().unwrap(),
+            &crate::outlets::PushConfig::default(),
+        )
+        .unwrap();
+        let publisher = outlets.publisher();
+        let domain = Arc::new(RwLock::new(Domain::new(Default::default())));
+        let (tx, rx) = channel(16, 16);
+        let core = {
+            let domain = domain.clone();
+            std::thread::spawn(move || {
+                run(
+                    rx,
+                    domain,
+                    Box::new(PanickingStore(store)),
+                    publisher,
+                    Arc::new(Metrics::default()),
+                )
+            })
+        };
+        tx.send(PipelineMsg::Begin {
+            serial: "5".into(),
+            version: None,
+        })
+        .await
+        .unwrap();
+        let (reply, answer) = oneshot::channel();
+        tx.send(PipelineMsg::Sync {
+            serial: "5".into(),
+            end_stream: true,
+            take_commands: false,
+            reply,
+        })
+        .await
+        .unwrap();
+        assert!(answer.await.is_err(), "nothing answered without a commit");
+        let join = tokio::task::spawn_blocking(move || core.join());
+        tokio::time::timeout(Duration::from_secs(10), join)
+            .await
+            .expect("the core stops")
+            .unwrap()
+            .expect("the core thread ends without a panic");
+        let failure = tx.failure().expect("the pipeline says it failed");
+        assert!(
+            failure.contains("writer") && failure.contains("commit injected to panic"),
+            "{failure}"
+        );
+        assert!(tx.send(PipelineMsg::Tick).await.is_err(), "sends fail");
+    }
+
     #[tokio::test]
     async fn events_wait_for_room_in_the_budget_which_the_core_gives_back() {
         let (tx, rx) = channel(100, 10);
