@@ -142,11 +142,10 @@ impl Server {
         })?;
         let tls = match &config.tls {
             Some(files) => Some(
-                http::tls::tls_acceptor(&files.cert, &files.key)
-                    .map_err(|e| ServerError::Tls {
-                        path: e.path,
-                        reason: e.reason,
-                    })?,
+                http::tls::tls_acceptor(&files.cert, &files.key).map_err(|e| ServerError::Tls {
+                    path: e.path,
+                    reason: e.reason,
+                })?,
             ),
             None => None,
         };
