@@ -25,12 +25,12 @@ pub mod checkpoint;
 pub mod events;
 pub mod journal;
 
-use batch::CommitBuffers;
+use batch::{for_each_batch, CommitBuffers};
 pub use batch::{pack, unpack, BatchError};
 pub use events::{EventPages, SqliteEventPages};
 use journal::{parse_journal_line, write_journal_line};
 
-use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -83,8 +83,7 @@ pub enum StoreError {
 }
 
 /// A read batch that is not one: which read and why.
-fn bad_batch(context: &'static str) -> impl Fn(BatchError) -> StoreError {
-    move |source| StoreError::Batch { context, source }
+
 }
 
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -107,8 +106,8 @@ pub trait Store: Send {
     /// The resource rows of the last checkpoint, loaded at open (taken once).
     fn take_loaded_rows(&mut self) -> LoadedRows;
 
-    /// The derived event documents newer than `since` (Unix ms), oldest first, for the
-    /// live state's in-memory log.
+    /// The derived event documents of the batches whose newest event is at or after
+    /// `since` (Unix ms), oldest first, for the live state's in-memory log.
     fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError>;
 
     /// The journal entries written after the last checkpoint, in order, and the id
@@ -268,30 +267,27 @@ impl SqliteStore {
     /// Stored upstream events of one spot, oldest first: (seq, JSON event). A full scan
     /// (for inspection and tests, not the ingest path).
     pub fn upstream_events(&self, serial: &str) -> Result<Vec<(Option<u64>, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT lines FROM upstream_batches ORDER BY id")
-            .map_err(ctx("read upstream events"))?;
-        let batches = stmt
-            .query_map([], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
-            .map_err(ctx("read upstream events"))?;
         let mut out = Vec::new();
-        for batch in batches {
-            let batch = batch
-                .map_err(ctx("read upstream event row"))?
-                .map_err(bad_batch("read upstream event row"))?;
-            for line in batch.lines() {
-                if let Some(JournalEntry::Event {
-                    row,
-                    duplicate: false,
-                }) = parse_journal_line(line)
-                {
-                    if row.serial == serial {
-                        out.push((row.seq, row.event_json));
+        for_each_batch(
+            &self.conn,
+            "SELECT id, lines FROM upstream_batches ORDER BY id",
+            [],
+            "read upstream events",
+            |_, lines| {
+                for line in lines.lines() {
+                    if let Some(JournalEntry::Event {
+                        row,
+                        duplicate: false,
+                    }) = parse_journal_line(line)
+                    {
+                        if row.serial == serial {
+                            out.push((row.seq, row.event_json));
+                        }
                     }
                 }
-            }
-        }
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok(out)
     }
 }
@@ -307,20 +303,17 @@ impl Store for SqliteStore {
     /// A batch is returned whole when its newest event is at or after `since` (its older
     /// events are dropped by the domain's own retention sweep).
     fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT docs FROM event_batches WHERE time_last >= ?1 ORDER BY id")
-            .map_err(ctx("load events"))?;
-        let batches = stmt
-            .query_map([since], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
-            .map_err(ctx("load events"))?;
         let mut docs = Vec::new();
-        for batch in batches {
-            let batch = batch
-                .map_err(ctx("load events row"))?
-                .map_err(bad_batch("load events row"))?;
-            docs.extend(batch.lines().map(str::to_string));
-        }
+        for_each_batch(
+            &self.conn,
+            "SELECT id, docs FROM event_batches WHERE time_last >= ?1 ORDER BY id",
+            [since],
+            "load events",
+            |_, batch| {
+                docs.extend(batch.lines().map(str::to_string));
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok(docs)
     }
 
@@ -328,32 +321,25 @@ impl Store for SqliteStore {
     /// generator's state at their flush.
     fn unflushed_journal(&self) -> Result<(Vec<JournalEntry>, u64), StoreError> {
         let (flushed, id_last) = self.loaded_mark;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, lines FROM upstream_batches WHERE id > ?1 ORDER BY id")
-            .map_err(ctx("read journal"))?;
-        let batches = stmt
-            .query_map([flushed], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    unpack(r.get_ref(1)?).map(Cow::into_owned),
-                ))
-            })
-            .map_err(ctx("read journal"))?;
         let mut entries = Vec::new();
-        for batch in batches {
-            let (id, lines) = batch.map_err(ctx("read journal row"))?;
-            let lines = lines.map_err(bad_batch("read journal row"))?;
-            for (n, line) in lines.lines().enumerate() {
-                match parse_journal_line(line) {
-                    Some(entry) => entries.push(entry),
-                    None => tracing::error!(
-                        "journal batch {id} line {}: unreadable, skipped: {line:?}",
-                        n + 1
-                    ),
+        for_each_batch(
+            &self.conn,
+            "SELECT id, lines FROM upstream_batches WHERE id > ?1 ORDER BY id",
+            [flushed],
+            "read journal",
+            |id, lines| {
+                for (n, line) in lines.lines().enumerate() {
+                    match parse_journal_line(line) {
+                        Some(entry) => entries.push(entry),
+                        None => tracing::error!(
+                            "journal batch {id} line {}: unreadable, skipped: {line:?}",
+                            n + 1
+                        ),
+                    }
                 }
-            }
-        }
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok((entries, id_last))
     }
 
