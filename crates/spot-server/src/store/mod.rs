@@ -82,10 +82,6 @@ pub enum StoreError {
     },
 }
 
-/// A read batch that is not one: which read and why.
-
-}
-
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { context, source }
 }
