@@ -3,6 +3,7 @@
 //! ([`crate::ingest::http`]), the REST API ([`crate::api`]), `/metrics`, or the push
 //! outlets' routes (WebSocket, SSE, subscriptions).
 
+pub mod router;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -10,23 +11,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::context::Context;
-use crate::response::{error, method_not_allowed, Body};
 use crate::shutdown::{reached, Phase};
-use crate::{api, ingest};
 
 /// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown`; each connection task
 /// holds a `done` sender.
@@ -45,6 +41,7 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
+    let router = router::router(shared.clone());
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -66,22 +63,21 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (shared, builder, tls) = (shared.clone(), builder.clone(), tls.clone());
+        let (router, builder, tls) = (router.clone(), builder.clone(), tls.clone());
+        let handshake_timeout = shared.limits.header_read_timeout;
         let mut shutdown = shutdown.clone();
         let done = done.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, builder, shared, shutdown).await,
+                None => serve_connection(stream, peer, builder, router, shutdown).await,
                 Some(acceptor) => {
                     // The handshake is bounded like the request head it precedes.
-                    let handshake = tokio::time::timeout(
-                        shared.limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                     tokio::select! {
                         r = handshake => match r {
                             Ok(Ok(stream)) => {
-                                serve_connection(stream, peer, builder, shared, shutdown).await
+                                serve_connection(stream, peer, builder, router, shutdown).await
                             }
                             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -95,13 +91,10 @@ pub async fn serve(
         });
     }
 }
-/// Answers one HTTP request: push paths with the outlets' router (WebSocket upgrades
-/// included), everything else with [`route`].
-async fn dispatch(req: Request<Incoming>, ctx: &Context) -> Response<axum::body::Body> {
-    if spot_push::is_push_path(req.uri().path()) {
-        return spot_push::call_router(ctx.outlets.router(), req).await;
-    }
-    route(req, ctx).await.map(axum::body::Body::new)
+
+/// Answers one HTTP request with the router (WebSocket upgrades included).
+async fn dispatch(req: Request<Incoming>, router: &axum::Router) -> Response<axum::body::Body> {
+    spot_push::call_router(router, router::without_trailing_slash(req)).await
 }
 
 /// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
@@ -109,7 +102,7 @@ async fn serve_connection<I>(
     io: I,
     peer: std::net::SocketAddr,
     builder: http1::Builder,
-    shared: Arc<Context>,
+    router: axum::Router,
     mut shutdown: watch::Receiver<Phase>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -117,8 +110,8 @@ async fn serve_connection<I>(
     let conn = builder.serve_connection(
         TokioIo::new(io),
         service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(dispatch(req, &shared).await) }
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(dispatch(req, &router).await) }
         }),
     );
     let conn = conn.with_upgrades(); // WebSocket (push)
@@ -152,51 +145,4 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
         stream.shutdown().await
     })
     .await;
-}
-pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    let segments: Vec<String> = path
-        .trim_matches('/')
-        .split('/')
-        .map(str::to_string)
-        .collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match segments.as_slice() {
-        ["api", "spots", serial, "events"] => {
-            if req.method() == Method::POST {
-                let serial = serial.to_string();
-                ingest::http::ingest(req, serial, shared).await
-            } else {
-                method_not_allowed("POST")
-            }
-        }
-        ["metrics"] => match *req.method() {
-            Method::GET => {
-                let mut resp = Response::new(Full::new(Bytes::from(api::metrics_text(shared))));
-                resp.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                resp
-            }
-            _ => method_not_allowed("GET"),
-        },
-        ["api", collection] => match *req.method() {
-            Method::GET => api::list(&req, collection, &path, shared),
-            _ => method_not_allowed("GET"),
-        },
-        ["api", collection, id] => {
-            let (collection, id) = (collection.to_string(), id.to_string());
-            match *req.method() {
-                Method::GET => api::get_one(&req, &collection, &id, shared),
-                Method::PUT => api::put(req, collection, id, shared).await,
-                _ => method_not_allowed("GET, PUT"),
-            }
-        }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such path: {path}"),
-            Value::Null,
-        ),
-    }
 }

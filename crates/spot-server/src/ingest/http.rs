@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
@@ -84,7 +83,11 @@ impl Drop for StreamGuard {
     }
 }
 
-pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Context) -> Response<Body> {
+pub async fn ingest<B>(req: Request<B>, serial: String, shared: &Context) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let limits = &shared.limits;
     if !valid_serial(&serial) {
         return error(
