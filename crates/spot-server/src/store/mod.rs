@@ -1,26 +1,26 @@
-//! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
+//! Durability behind the [`Store`] trait; [`SqliteStore`] is the embedded implementation.
+//! The pipeline's writer thread is its only caller; it never calls an outlet.
 //!
-//! The resource rows are written only by a *flush* (see [`crate::domain`]:
-//! rows are checkpoints, the journal is the truth in between), into `state.db` by
-//! [`crate::store::checkpoint::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
-//! two append-only logs, written **one row per group commit** (a row per event
-//! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
-//! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent,
-//! json its text as received (newlines as spaces) or its encoding
-//! ([`crate::ingest::journal_json`]);
-//! `serial TAB !seq TAB time TAB json` for a replay the spot sent again; `serial TAB + TAB time
-//! TAB version` (a JSON string or empty) for a stream's begin, `serial TAB - TAB time TAB` for its
-//! end) and `event_batches` (the derived events log, one JSON document per line; compact JSON
-//! has no raw newline). Each batch row carries the newest time
-//! in it, so retention drops a batch once all of its events are older than the cutoff (never
-//! a journal batch the rows do not cover yet). One [`Store::commit`] is one transaction: what
-//! a group commit covers becomes durable all together or not at all.
+//! The embedded store keeps two SQLite databases in WAL mode in the data directory (the
+//! outlets keep a third, `webhooks.db`, of their own):
 //!
-//! The two logs' batches are stored LZ4-compressed ([`pack`], a BLOB; JSON text compresses
-//! several times, and the bytes written — twice, to the WAL and then the database — were the
-//! store's main cost); a TEXT batch of an older database is read as it is ([`unpack`]).
+//! - `spot.db`: the two append-only logs, written **one row per group commit** (a row per
+//!   event cost more than the events' bytes): `upstream_batches`, the journal (one line per
+//!   entry, in [`journal`]'s format), and `event_batches`, the derived events log (one JSON
+//!   document per line, numbered by push id: [`events`]). Each batch row carries the newest
+//!   time in it, so retention drops a batch once all of its events are older than the cutoff
+//!   (never a journal batch the checkpoint does not cover yet). Batches are LZ4-compressed
+//!   ([`batch`]). One [`Store::commit`] is one transaction: what a group commit covers
+//!   becomes durable all together or not at all.
+//! - `state.db`: the resource rows, written only by a *checkpoint* (a flush: rows are
+//!   checkpoints, the journal is the truth in between) on [`checkpoint::RowWriter`]'s thread,
+//!   so that a checkpoint never holds up a commit.
+//!
+//! At start the live state is the last checkpoint ([`Store::take_loaded_rows`]), the
+//! derived events still retained ([`Store::load_events`]) and the journal written after the
+//! checkpoint, replayed ([`Store::unflushed_journal`]).
 
-mod batch;
+pub mod batch;
 pub mod checkpoint;
 pub mod events;
 pub mod journal;
