@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use spot_push::webhook::{WebhookError, WebhookStore, Webhooks};
 use spot_push::{
     stream_router, BoxFuture, EventLog, Hub, HubError, LogError, MqttOutlet, Published,
-    StreamShutdown, StreamState,
+    PublishedError, StreamShutdown, StreamState,
 };
 
 /// Why the push layer could not start.
@@ -62,6 +62,57 @@ struct StoredEvent<'a> {
     data: &'a RawValue,
 }
 
+/// Why a committed event is not pushed (it stays stored; the push skips it and logs why).
+#[derive(Debug, thiserror::Error)]
+pub enum NotPublishable {
+    /// A stored derived event document does not parse.
+    #[error("event row {id}: {source}")]
+    BadRow {
+        /// The event's push id.
+        id: u64,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// The push crate refused the event (e.g. a wildcard in its topic).
+    #[error("event row {id}: {source}")]
+    Refused {
+        /// The event's push id (0 for a raw event).
+        id: u64,
+        /// Why.
+        source: PublishedError,
+    },
+    /// A raw spot event of the journal cannot be published.
+    #[error("raw event of spot {serial} (seq {seq:?}): {problem}")]
+    BadRaw {
+        /// The spot's serial number.
+        serial: String,
+        /// The event's sequence number.
+        seq: Option<u64>,
+        /// What is wrong.
+        problem: RawProblem,
+    },
+}
+
+/// What is wrong with a raw spot event (see [`NotPublishable::BadRaw`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RawProblem {
+    /// Its JSON text does not parse as `[type, action, object]`.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The protocol decoder refuses it.
+    #[error("{0}")]
+    Decode(#[from] spot_protocol::DecodeError),
+    /// The text holds no event.
+    #[error("no event")]
+    Empty,
+    /// The event's object is not a JSON object.
+    #[error("the event's object is not a JSON object")]
+    NotAnObject,
+    /// The push crate refused it.
+    #[error("{0}")]
+    Refused(#[from] PublishedError),
+}
+
 /// The pushed form of a stored derived event: its topic and the payload of
 /// [`spot_protocol::topics::event_payload`] (`resource`, `time_event`, `time_created`), built
 /// from the stored JSON without re-parsing the resource.
@@ -70,12 +121,12 @@ struct StoredEvent<'a> {
 /// writes ([`crate::domain::LogEvent`]'s fields in order, `data` last, the topic and times
 /// needing no escapes) is split where its fields are, without a JSON parser; anything else
 /// (e.g. an escaped topic) goes through serde.
-pub fn to_published(id: u64, doc: &str) -> Result<Published, String> {
+pub fn to_published(id: u64, doc: &str) -> Result<Published, NotPublishable> {
     let (topic, time_event, time_created, data) = match split_log_doc(doc) {
         Some(parts) => parts,
         None => {
-            let event: StoredEvent<'_> =
-                serde_json::from_str(doc).map_err(|e| format!("event row {id}: {e}"))?;
+            let event: StoredEvent<'_> = serde_json::from_str(doc)
+                .map_err(|source| NotPublishable::BadRow { id, source })?;
             let time_event = event.time_event.map_or("null", RawValue::get);
             return Published::from_json_parts(
                 id,
@@ -84,10 +135,11 @@ pub fn to_published(id: u64, doc: &str) -> Result<Published, String> {
                 time_event,
                 event.time_created.get(),
             )
-            .map_err(|e| e.to_string());
+            .map_err(|source| NotPublishable::Refused { id, source });
         }
     };
-    Published::from_json_parts(id, topic, data, time_event, time_created).map_err(|e| e.to_string())
+    Published::from_json_parts(id, topic, data, time_event, time_created)
+        .map_err(|source| NotPublishable::Refused { id, source })
 }
 
 /// `"text"` at the start of `rest` (no backslash inside): `(text with its quotes, after)`.
@@ -144,32 +196,32 @@ struct DeviceTimes<'a> {
 pub fn raw_published(
     row: &crate::domain::UpstreamRow,
     hub: &Hub,
-) -> Result<Option<Published>, String> {
-    let what = || format!("raw event of spot {} (seq {:?})", row.serial, row.seq);
-    let RawParts(resource_type, action, _) =
-        serde_json::from_str(&row.event_json).map_err(|e| format!("{}: {e}", what()))?;
+) -> Result<Option<Published>, NotPublishable> {
+    raw_payload(row, hub).map_err(|problem| NotPublishable::BadRaw {
+        serial: row.serial.clone(),
+        seq: row.seq,
+        problem,
+    })
+}
+
+fn raw_payload(
+    row: &crate::domain::UpstreamRow,
+    hub: &Hub,
+) -> Result<Option<Published>, RawProblem> {
+    let RawParts(resource_type, action, _) = serde_json::from_str(&row.event_json)?;
     let topic = spot_protocol::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
     if !hub.wants_raw(&topic) {
         return Ok(None);
     }
     // The journal keeps the event as the spot sent it (white space, lenient values such as
     // "30" for 30); applications get the codec's normalised encoding.
-    let event = match crate::domain::decode_json_event(&row.event_json) {
-        Some(Ok(event)) => event,
-        Some(Err(e)) => return Err(format!("{}: {e}", what())),
-        None => return Err(format!("{}: no event", what())),
-    };
+    let event = crate::domain::decode_json_event(&row.event_json).ok_or(RawProblem::Empty)??;
     let canonical = crate::domain::encode_json(&event);
-    let RawParts(_, _, object) =
-        serde_json::from_str(&canonical).map_err(|e| format!("{}: {e}", what()))?;
+    let RawParts(_, _, object) = serde_json::from_str(&canonical)?;
     if !object.get().starts_with('{') {
-        return Err(format!(
-            "{}: the event's object is not a JSON object",
-            what()
-        ));
+        return Err(RawProblem::NotAnObject);
     }
-    let times: DeviceTimes<'_> =
-        serde_json::from_str(object.get()).map_err(|e| format!("{}: {e}", what()))?;
+    let times: DeviceTimes<'_> = serde_json::from_str(object.get())?;
     let time_event = match &*resource_type {
         "presence" => times.time_last,
         "spot" | "hit" => times.time,
@@ -178,7 +230,7 @@ pub fn raw_published(
     .map(RawValue::get)
     .filter(|t| t.starts_with('"'))
     .unwrap_or("null");
-    let serial = serde_json::to_string(&row.serial).map_err(|e| format!("{}: {e}", what()))?;
+    let serial = serde_json::to_string(&row.serial)?;
     let seq = row
         .seq
         .map_or_else(|| "null".to_string(), |s| s.to_string());
@@ -187,9 +239,7 @@ pub fn raw_published(
         object.get(),
         spot_protocol::Timestamp(row.time_received)
     );
-    Published::raw(&topic, payload)
-        .map(Some)
-        .map_err(|e| format!("{}: {e}", what()))
+    Ok(Some(Published::raw(&topic, payload)?))
 }
 
 /// The derived events log as the push crate reads it: pages of the store's log (by push id)
@@ -477,10 +527,11 @@ mod tests {
 
     #[test]
     fn a_bad_row_is_an_error_naming_the_event() {
-        let e = to_published(9, "{").expect_err("not JSON");
+        let e = to_published(9, "{").expect_err("not JSON").to_string();
         assert!(e.contains("event row 9"), "{e}");
         let e = to_published(10, r#"{"topic":"a/+","time_created":"t","data":{}}"#)
-            .expect_err("wildcard topic");
+            .expect_err("wildcard topic")
+            .to_string();
         assert!(e.contains("10"), "{e}");
     }
 
@@ -576,7 +627,9 @@ mod tests {
             .is_none());
         let _all = subscribe_all(&hub);
         for bad in [r#"{"hit":1}"#, r#"["hit","create",[1]]"#] {
-            let e = raw_published(&row(bad, Some(4)), &hub).expect_err("bad row");
+            let e = raw_published(&row(bad, Some(4)), &hub)
+                .expect_err("bad row")
+                .to_string();
             assert!(e.contains("spot 20\"3 (seq Some(4))"), "{e}");
         }
     }

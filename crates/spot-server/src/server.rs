@@ -314,7 +314,7 @@ impl Server {
     }
 
     /// Graceful stop: the listeners close at once (the port is free), in-flight POSTs and
-    /// TCP streams finish within [`ServerLimits::shutdown_grace`]; after it, the remaining
+    /// TCP streams finish within [`crate::ServerLimits::shutdown_grace`]; after it, the remaining
     /// connections are dropped (their spots keep the unacknowledged events and resend
     /// them). Then the core commits what it received and stops, and the data directory
     /// lock is released.

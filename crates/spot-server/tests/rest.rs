@@ -202,3 +202,30 @@ async fn populate_replaces_ids_with_the_referenced_documents() {
     }
     server.shutdown().await;
 }
+
+/// Everything under the listener goes through one router: the REST routes, ingest, the
+/// outlets' routes and `/metrics` keep their paths (a trailing `/` included), and what
+/// matches none answers JSON with the right status.
+#[tokio::test]
+async fn one_router_serves_every_path_with_json_errors() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (status, v) = get(addr, "/api/spots/").await;
+    assert_eq!(
+        (status, v["results"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let (status, v) = get(addr, "/api/streams").await;
+    assert_eq!((status, v["error"].is_string()), (404, true), "{v}");
+    let (status, v) = call(addr, "POST", "/api/things/300/events", None).await;
+    assert_eq!((status, v["error"].is_string()), (404, true), "{v}");
+    let (status, v) = get(addr, "/api/spots/300/events/").await;
+    assert_eq!((status, v["error"].is_string()), (405, true), "{v}");
+    let (status, v) = call(addr, "DELETE", "/api/spots/300", None).await;
+    assert_eq!((status, v["error"].is_string()), (405, true), "{v}");
+    let (status, _) = get(addr, "/api/subscriptions").await;
+    assert_eq!(status, 200, "the outlets' routes are merged in");
+    let (status, _) = get(addr, "/metrics/").await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}

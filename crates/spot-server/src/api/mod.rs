@@ -5,7 +5,6 @@
 pub mod query;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -16,12 +15,7 @@ use crate::domain::PutError;
 use crate::pipeline::PipelineMsg;
 use crate::response::{error, json_response, unavailable, Body};
 
-pub fn list(
-    req: &Request<Incoming>,
-    collection: &str,
-    path: &str,
-    shared: &Context,
-) -> Response<Body> {
+pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context) -> Response<Body> {
     let params: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -52,8 +46,8 @@ pub fn list(
 }
 
 /// One document; `populate` works as on the collection.
-pub fn get_one(
-    req: &Request<Incoming>,
+pub fn get_one<B>(
+    req: &Request<B>,
     collection: &str,
     id: &str,
     shared: &Context,
@@ -96,12 +90,16 @@ pub fn get_one(
     }
 }
 
-pub async fn put(
-    req: Request<Incoming>,
+pub async fn put<B>(
+    req: Request<B>,
     collection: String,
     id: String,
     shared: &Context,
-) -> Response<Body> {
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let limit = shared.limits.max_api_body_bytes;
     let bytes = match Limited::new(req.into_body(), limit as usize)
         .collect()

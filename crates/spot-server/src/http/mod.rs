@@ -3,18 +3,17 @@
 //! ([`crate::ingest::http`]), the REST API ([`crate::api`]), `/metrics`, or the push
 //! outlets' routes (WebSocket, SSE, subscriptions).
 
+pub mod router;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,9 +21,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::accept;
 use crate::context::Context;
-use crate::response::{error, method_not_allowed, Body};
+use crate::response::error;
 use crate::shutdown::{reached, Phase};
-use crate::{api, ingest};
 
 /// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown` ([`accept`]); a
 /// connection over the limit is answered `503`.
@@ -50,22 +48,24 @@ pub async fn serve(
             under_way: Arc::new(Semaphore::new(limits.max_refusals)),
         },
     };
+    let router = router::router(shared.clone());
+    let handshake_timeout = limits.header_read_timeout;
     let connection = |stream: TcpStream, peer| {
-        let (shared, builder, tls) = (shared.clone(), builder.clone(), tls.clone());
+        let (router, builder, tls) = (router.clone(), builder.clone(), tls.clone());
+        let shared = shared.clone();
         let mut shutdown = shutdown.clone();
         async move {
             match tls {
-                None => serve_connection(stream, peer, builder, shared, shutdown).await,
+                None => serve_connection(stream, peer, builder, router, shared, shutdown).await,
                 Some(acceptor) => {
                     // The handshake is bounded like the request head it precedes.
-                    let handshake = tokio::time::timeout(
-                        shared.limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                     tokio::select! {
                         r = handshake => match r {
                             Ok(Ok(stream)) => {
-                                serve_connection(stream, peer, builder, shared, shutdown).await
+                                serve_connection(stream, peer, builder, router, shared, shutdown)
+                                    .await
                             }
                             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -79,13 +79,27 @@ pub async fn serve(
     let metrics = shared.metrics.clone();
     accept::serve(listener, slots, metrics, shutdown.clone(), done, connection).await;
 }
-/// Answers one HTTP request: push paths with the outlets' router (WebSocket upgrades
-/// included), everything else with [`route`].
-async fn dispatch(req: Request<Incoming>, ctx: &Context) -> Response<axum::body::Body> {
-    if spot_push::is_push_path(req.uri().path()) {
-        return spot_push::call_router(ctx.outlets.router(), req).await;
+
+/// Answers one HTTP request with the router (WebSocket upgrades included). Once the
+/// pipeline has failed (a panic in a state owner: the live state may be half-applied,
+/// nothing commits) only `/metrics` is served; everything else is answered `503`, saying
+/// why.
+async fn dispatch(
+    req: Request<Incoming>,
+    router: &axum::Router,
+    shared: &Context,
+) -> Response<axum::body::Body> {
+    if let Some(failure) = shared.pipeline.failure() {
+        if req.uri().path().trim_matches('/') != "metrics" {
+            let message = format!(
+                "the server's state owner failed ({failure}); \
+                 it must be restarted, and recovers from its journal"
+            );
+            return error(StatusCode::SERVICE_UNAVAILABLE, message, Value::Null)
+                .map(axum::body::Body::new);
+        }
     }
-    route(req, ctx).await.map(axum::body::Body::new)
+    spot_push::call_router(router, router::without_trailing_slash(req)).await
 }
 
 /// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
@@ -93,6 +107,7 @@ async fn serve_connection<I>(
     io: I,
     peer: std::net::SocketAddr,
     builder: http1::Builder,
+    router: axum::Router,
     shared: Arc<Context>,
     mut shutdown: watch::Receiver<Phase>,
 ) where
@@ -101,8 +116,8 @@ async fn serve_connection<I>(
     let conn = builder.serve_connection(
         TokioIo::new(io),
         service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(dispatch(req, &shared).await) }
+            let (router, shared) = (router.clone(), shared.clone());
+            async move { Ok::<_, Infallible>(dispatch(req, &router, &shared).await) }
         }),
     );
     let conn = conn.with_upgrades(); // WebSocket (push)
@@ -132,69 +147,6 @@ fn too_many_connections(limit: usize) -> Bytes {
     );
     Bytes::from(head + &body)
 }
-/// Sends a request to spot ingest, the REST API or `/metrics`. Once the pipeline has failed
-/// (a panic in a state owner: the live state may be half-applied, nothing commits) only
-/// `/metrics` is served; everything else is answered `503`, saying why.
-pub(crate) async fn route(req: Request<Incoming>, shared: &Context) -> Response<Body> {
-    let path = req.uri().path().to_string();
-    if let Some(failure) = shared.pipeline.failure() {
-        if path.trim_matches('/') != "metrics" {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the server's state owner failed ({failure}); \
-                     it must be restarted, and recovers from its journal"
-                ),
-                Value::Null,
-            );
-        }
-    }
-    let segments: Vec<String> = path
-        .trim_matches('/')
-        .split('/')
-        .map(str::to_string)
-        .collect();
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match segments.as_slice() {
-        ["api", "spots", serial, "events"] => {
-            if req.method() == Method::POST {
-                let serial = serial.to_string();
-                ingest::http::ingest(req, serial, shared).await
-            } else {
-                method_not_allowed("POST")
-            }
-        }
-        ["metrics"] => match *req.method() {
-            Method::GET => {
-                let mut resp = Response::new(Full::new(Bytes::from(api::metrics_text(shared))));
-                resp.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                resp
-            }
-            _ => method_not_allowed("GET"),
-        },
-        ["api", collection] => match *req.method() {
-            Method::GET => api::list(&req, collection, &path, shared),
-            _ => method_not_allowed("GET"),
-        },
-        ["api", collection, id] => {
-            let (collection, id) = (collection.to_string(), id.to_string());
-            match *req.method() {
-                Method::GET => api::get_one(&req, &collection, &id, shared),
-                Method::PUT => api::put(req, collection, id, shared).await,
-                _ => method_not_allowed("GET, PUT"),
-            }
-        }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such path: {path}"),
-            Value::Null,
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

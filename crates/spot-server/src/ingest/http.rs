@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
@@ -28,11 +27,17 @@ pub const ACK_HEADER: &str = "x-spot-ack";
 /// The header counting the messages of this POST that were skipped as malformed.
 pub const REJECTED_HEADER: &str = "x-spot-rejected";
 /// The response encoding named by `Accept`; the request's when absent or a wildcard.
-fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding, String> {
+/// An `Accept` header that names neither encoding (nor a wildcard): its text.
+#[derive(Debug, PartialEq, Eq)]
+struct NotAcceptable(String);
+
+fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding, NotAcceptable> {
     let Some(value) = headers.get(ACCEPT) else {
         return Ok(request);
     };
-    let text = value.to_str().map_err(|_| "<not text>".to_string())?;
+    let text = value
+        .to_str()
+        .map_err(|_| NotAcceptable("<not text>".into()))?;
     let mut wildcard = false;
     for part in text.split(',') {
         if let Some(e) = Encoding::from_media_type(part) {
@@ -46,7 +51,7 @@ fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding,
     if wildcard {
         Ok(request)
     } else {
-        Err(text.to_string())
+        Err(NotAcceptable(text.to_string()))
     }
 }
 /// Ends the stream with the core if the handler is dropped mid-body (client went away).
@@ -78,7 +83,11 @@ impl Drop for StreamGuard {
     }
 }
 
-pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Context) -> Response<Body> {
+pub async fn ingest<B>(req: Request<B>, serial: String, shared: &Context) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let limits = &shared.limits;
     if !valid_serial(&serial) {
         return error(
@@ -108,7 +117,7 @@ pub async fn ingest(req: Request<Incoming>, serial: String, shared: &Context) ->
     };
     let response_encoding = match response_encoding(req.headers(), encoding) {
         Ok(e) => e,
-        Err(accept) => {
+        Err(NotAcceptable(accept)) => {
             let resp = error(
                 StatusCode::NOT_ACCEPTABLE,
                 format!(

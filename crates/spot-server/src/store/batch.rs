@@ -2,8 +2,14 @@
 //! event documents) stored as one LZ4-compressed BLOB ([`pack`]; JSON text compresses
 //! several times, and the bytes written — twice, to the WAL and then the database — were the
 //! store's main cost). A TEXT batch of an older database is read as it is ([`unpack`]).
+//! Every reader of the logs goes through [`for_each_batch`]: query, unpack, hand over.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
+
+use rusqlite::{Connection, Params};
+
+use super::StoreError;
 
 /// Why a stored batch cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -86,4 +92,28 @@ impl CommitBuffers {
             self.packed = Vec::new();
         }
     }
+}
+
+/// Runs `sql` (selecting a key and a batch column, in the order to read them) and hands
+/// each batch's text, unpacked, with its key to `each`, until `each` breaks or the rows
+/// end. `context` names the read in errors.
+pub fn for_each_batch<P: Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    context: &'static str,
+    mut each: impl FnMut(i64, &str) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
+    let sqlite = |source| StoreError::Sqlite { context, source };
+    let mut stmt = conn.prepare_cached(sql).map_err(sqlite)?;
+    let mut rows = stmt.query(params).map_err(sqlite)?;
+    while let Some(row) = rows.next().map_err(sqlite)? {
+        let key = row.get::<_, i64>(0).map_err(sqlite)?;
+        let text = unpack(row.get_ref(1).map_err(sqlite)?)
+            .map_err(|source| StoreError::Batch { context, source })?;
+        if each(key, &text)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
 }

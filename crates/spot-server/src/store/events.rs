@@ -10,7 +10,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::batch::unpack;
+use std::ops::ControlFlow;
+
+use super::batch::for_each_batch;
 use super::StoreError;
 
 /// Reads the derived events log by push id.
@@ -65,39 +67,27 @@ impl SqliteEventPages {
 impl EventPages for SqliteEventPages {
     fn page(&self, after_id: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let fail = |context| move |source| StoreError::Sqlite { context, source };
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT last_event_id, docs FROM event_batches
-                 WHERE last_event_id > ?1 ORDER BY id",
-            )
-            .map_err(fail("prepare events page"))?;
-        let mut rows = stmt
-            .query([after_id as i64])
-            .map_err(fail("query events page"))?;
         let mut out = Vec::new();
-        while out.len() < limit {
-            let Some(row) = rows.next().map_err(fail("read events page"))? else {
-                break;
-            };
-            let last = row
-                .get::<_, i64>(0)
-                .map_err(fail("read events page"))?
-                .max(0) as u64;
-            let docs = unpack(row.get_ref(1).map_err(fail("read events page"))?).map_err(|e| {
-                StoreError::Corrupt {
-                    context: "events batch",
-                    reason: format!("batch ending at event {last}: {e}"),
+        for_each_batch(
+            &conn,
+            "SELECT last_event_id, docs FROM event_batches WHERE last_event_id > ?1 ORDER BY id",
+            [after_id as i64],
+            "read events page",
+            |last, docs| {
+                let last = last.max(0) as u64;
+                let first = (last + 1).saturating_sub(docs.lines().count() as u64);
+                for (id, doc) in (first..).zip(docs.lines()) {
+                    if id > after_id && out.len() < limit {
+                        out.push((id, doc.to_string()));
+                    }
                 }
-            })?;
-            let first = (last + 1).saturating_sub(docs.lines().count() as u64);
-            for (id, doc) in (first..).zip(docs.lines()) {
-                if id <= after_id || out.len() >= limit {
-                    continue;
-                }
-                out.push((id, doc.to_string()));
-            }
-        }
+                Ok(if out.len() < limit {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                })
+            },
+        )?;
         Ok(out)
     }
 }

@@ -1,36 +1,36 @@
-//! Durable storage: one embedded SQLite database in WAL mode (`<data>/spot.db`).
+//! Durability behind the [`Store`] trait; [`SqliteStore`] is the embedded implementation.
+//! The pipeline's writer thread is its only caller; it never calls an outlet.
 //!
-//! The resource rows are written only by a *flush* (see [`crate::domain`]:
-//! rows are checkpoints, the journal is the truth in between), into `state.db` by
-//! [`crate::store::checkpoint::RowWriter`]'s thread, so that a flush never holds up a commit here. This database, `spot.db`, holds the
-//! two append-only logs, written **one row per group commit** (a row per event
-//! cost more than the events' bytes): `upstream_batches` (the journal: one line per entry,
-//! `serial TAB seq TAB time_received TAB json` for an upstream event, seq empty when absent,
-//! json its text as received (newlines as spaces) or its encoding
-//! ([`crate::ingest::journal_json`]);
-//! `serial TAB !seq TAB time TAB json` for a replay the spot sent again; `serial TAB + TAB time
-//! TAB version` (a JSON string or empty) for a stream's begin, `serial TAB - TAB time TAB` for its
-//! end) and `event_batches` (the derived events log, one JSON document per line; compact JSON
-//! has no raw newline). Each batch row carries the newest time
-//! in it, so retention drops a batch once all of its events are older than the cutoff (never
-//! a journal batch the rows do not cover yet). One [`Store::commit`] is one transaction: what
-//! a group commit covers becomes durable all together or not at all.
+//! The embedded store keeps two SQLite databases in WAL mode in the data directory (the
+//! outlets keep a third, `webhooks.db`, of their own):
 //!
-//! The two logs' batches are stored LZ4-compressed ([`pack`], a BLOB; JSON text compresses
-//! several times, and the bytes written — twice, to the WAL and then the database — were the
-//! store's main cost); a TEXT batch of an older database is read as it is ([`unpack`]).
+//! - `spot.db`: the two append-only logs, written **one row per group commit** (a row per
+//!   event cost more than the events' bytes): `upstream_batches`, the journal (one line per
+//!   entry, in [`journal`]'s format), and `event_batches`, the derived events log (one JSON
+//!   document per line, numbered by push id: [`events`]). Each batch row carries the newest
+//!   time in it, so retention drops a batch once all of its events are older than the cutoff
+//!   (never a journal batch the checkpoint does not cover yet). Batches are LZ4-compressed
+//!   ([`batch`]). One [`Store::commit`] is one transaction: what a group commit covers
+//!   becomes durable all together or not at all.
+//! - `state.db`: the resource rows, written only by a *checkpoint* (a flush: rows are
+//!   checkpoints, the journal is the truth in between) on [`checkpoint::RowWriter`]'s thread,
+//!   so that a checkpoint never holds up a commit.
+//!
+//! At start the live state is the last checkpoint ([`Store::take_loaded_rows`]), the
+//! derived events still retained ([`Store::load_events`]) and the journal written after the
+//! checkpoint, replayed ([`Store::unflushed_journal`]).
 
-mod batch;
+pub mod batch;
 pub mod checkpoint;
 pub mod events;
 pub mod journal;
 
-use batch::CommitBuffers;
+use batch::{for_each_batch, CommitBuffers};
 pub use batch::{pack, unpack, BatchError};
 pub use events::{EventPages, SqliteEventPages};
 use journal::{parse_journal_line, write_journal_line};
 
-use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -82,11 +82,6 @@ pub enum StoreError {
     },
 }
 
-/// A read batch that is not one: which read and why.
-fn bad_batch(context: &'static str) -> impl Fn(BatchError) -> StoreError {
-    move |source| StoreError::Batch { context, source }
-}
-
 fn ctx(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { context, source }
 }
@@ -107,8 +102,8 @@ pub trait Store: Send {
     /// The resource rows of the last checkpoint, loaded at open (taken once).
     fn take_loaded_rows(&mut self) -> LoadedRows;
 
-    /// The derived event documents newer than `since` (Unix ms), oldest first, for the
-    /// live state's in-memory log.
+    /// The derived event documents of the batches whose newest event is at or after
+    /// `since` (Unix ms), oldest first, for the live state's in-memory log.
     fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError>;
 
     /// The journal entries written after the last checkpoint, in order, and the id
@@ -272,30 +267,27 @@ impl SqliteStore {
     /// Stored upstream events of one spot, oldest first: (seq, JSON event). A full scan
     /// (for inspection and tests, not the ingest path).
     pub fn upstream_events(&self, serial: &str) -> Result<Vec<(Option<u64>, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT lines FROM upstream_batches ORDER BY id")
-            .map_err(ctx("read upstream events"))?;
-        let batches = stmt
-            .query_map([], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
-            .map_err(ctx("read upstream events"))?;
         let mut out = Vec::new();
-        for batch in batches {
-            let batch = batch
-                .map_err(ctx("read upstream event row"))?
-                .map_err(bad_batch("read upstream event row"))?;
-            for line in batch.lines() {
-                if let Some(JournalEntry::Event {
-                    row,
-                    duplicate: false,
-                }) = parse_journal_line(line)
-                {
-                    if row.serial == serial {
-                        out.push((row.seq, row.event_json));
+        for_each_batch(
+            &self.conn,
+            "SELECT id, lines FROM upstream_batches ORDER BY id",
+            [],
+            "read upstream events",
+            |_, lines| {
+                for line in lines.lines() {
+                    if let Some(JournalEntry::Event {
+                        row,
+                        duplicate: false,
+                    }) = parse_journal_line(line)
+                    {
+                        if row.serial == serial {
+                            out.push((row.seq, row.event_json));
+                        }
                     }
                 }
-            }
-        }
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok(out)
     }
 }
@@ -311,75 +303,57 @@ impl Store for SqliteStore {
     /// A batch is returned whole when its newest event is at or after `since` (its older
     /// events are dropped by the domain's own retention sweep).
     fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT docs FROM event_batches WHERE time_last >= ?1 ORDER BY id")
-            .map_err(ctx("load events"))?;
-        let batches = stmt
-            .query_map([since], |r| Ok(unpack(r.get_ref(0)?).map(Cow::into_owned)))
-            .map_err(ctx("load events"))?;
         let mut docs = Vec::new();
-        for batch in batches {
-            let batch = batch
-                .map_err(ctx("load events row"))?
-                .map_err(bad_batch("load events row"))?;
-            docs.extend(batch.lines().map(str::to_string));
-        }
+        for_each_batch(
+            &self.conn,
+            "SELECT id, docs FROM event_batches WHERE time_last >= ?1 ORDER BY id",
+            [since],
+            "load events",
+            |_, batch| {
+                docs.extend(batch.lines().map(str::to_string));
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok(docs)
     }
 
     /// The journal batches the rows loaded at open do not cover, oldest first, and the id
-    /// generator's state at their flush. An unreadable batch or line is an error naming
-    /// `spot.db`, the batch and the line, unless `repair` (see the trait).
+    /// generator's state at their flush. An unreadable line is an error naming `spot.db`,
+    /// the batch and the line, unless `repair` (see the trait).
     fn unflushed_journal(&self, repair: bool) -> Result<(Vec<JournalEntry>, u64), StoreError> {
         let (flushed, id_last) = self.loaded_mark;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, lines FROM upstream_batches WHERE id > ?1 ORDER BY id")
-            .map_err(ctx("read journal"))?;
-        let batches = stmt
-            .query_map([flushed], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    unpack(r.get_ref(1)?).map(Cow::into_owned),
-                ))
-            })
-            .map_err(ctx("read journal"))?;
-        let unreadable = |what: String| StoreError::Corrupt {
-            context: "read journal",
-            reason: format!(
-                "spot.db: {what}: acknowledged events would be lost; \
-                 start with --repair-journal to drop it"
-            ),
-        };
         let mut entries = Vec::new();
-        for batch in batches {
-            let (id, lines) = batch.map_err(ctx("read journal row"))?;
-            let lines = match lines {
-                Ok(lines) => lines,
-                Err(e) if repair => {
-                    tracing::error!("repair: spot.db journal batch {id} unreadable ({e}), dropped");
-                    continue;
-                }
-                Err(e) => return Err(unreadable(format!("journal batch {id} unreadable ({e})"))),
-            };
-            for (n, line) in lines.lines().enumerate() {
-                match parse_journal_line(line) {
-                    Some(entry) => entries.push(entry),
-                    None if repair => tracing::error!(
-                        "repair: spot.db journal batch {id} line {}: unreadable, dropped: {line:?}",
-                        n + 1
-                    ),
-                    None => {
-                        let start: String = line.chars().take(120).collect();
-                        return Err(unreadable(format!(
-                            "journal batch {id} line {} unreadable ({start:?})",
+        for_each_batch(
+            &self.conn,
+            "SELECT id, lines FROM upstream_batches WHERE id > ?1 ORDER BY id",
+            [flushed],
+            "read journal",
+            |id, lines| {
+                for (n, line) in lines.lines().enumerate() {
+                    match parse_journal_line(line) {
+                        Some(entry) => entries.push(entry),
+                        None if repair => tracing::error!(
+                            "repair: spot.db journal batch {id} line {}: unreadable, dropped: \
+                             {line:?}",
                             n + 1
-                        )));
+                        ),
+                        None => {
+                            let start: String = line.chars().take(120).collect();
+                            return Err(StoreError::Corrupt {
+                                context: "read journal",
+                                reason: format!(
+                                    "spot.db: journal batch {id} line {} unreadable ({start:?}): \
+                                     acknowledged events would be lost; start with \
+                                     --repair-journal to drop it",
+                                    n + 1
+                                ),
+                            });
+                        }
                     }
                 }
-            }
-        }
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
         Ok((entries, id_last))
     }
 

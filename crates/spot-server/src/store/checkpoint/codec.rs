@@ -112,6 +112,59 @@ pub fn put_presence(out: &mut Vec<u8>, presence: &PresenceResource) {
     put_time(out, presence.time_updated);
 }
 
+/// Why a stored row or checkpoint record cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    /// The row's format byte is not one this version reads.
+    #[error("row format {0}")]
+    Format(u8),
+    /// The bytes end inside a field.
+    #[error("{what} cut short at byte {at} of {len}")]
+    CutShort {
+        /// A row or a record.
+        what: &'static str,
+        /// Where the missing field starts.
+        at: usize,
+        /// Bytes there are.
+        len: usize,
+    },
+    /// A varint runs past 64 bits.
+    #[error("varint too long at byte {0}")]
+    VarintTooLong(usize),
+    /// A length that does not fit this machine's `usize`.
+    #[error("length {0} too large")]
+    Length(u64),
+    /// A text field is not UTF-8.
+    #[error("row text: {0}")]
+    Text(#[from] std::str::Utf8Error),
+    /// A JSON field does not parse.
+    #[error("row value: {0}")]
+    Value(#[from] serde_json::Error),
+    /// A proximity byte out of range.
+    #[error("proximity {0}")]
+    Proximity(u8),
+    /// Bytes left over after the last field.
+    #[error("{0} bytes after the row")]
+    Trailing(usize),
+    /// A record's table tag is unknown.
+    #[error("record tag {0:#x}")]
+    RecordTag(u8),
+    /// A compressed blob shorter than its size header.
+    #[error("blob of {0} bytes")]
+    BlobHead(usize),
+    /// A compressed blob does not decompress.
+    #[error("blob does not decompress: {0}")]
+    Lz4(#[from] lz4_flex::block::DecompressError),
+    /// A blob decompressed to another size than its header says.
+    #[error("{got} bytes where {announced} were announced")]
+    SizeMismatch {
+        /// Bytes decompressed.
+        got: usize,
+        /// Bytes the header announced.
+        announced: usize,
+    },
+}
+
 /// Reads an encoding back.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -119,28 +172,32 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, String> {
+    fn new(bytes: &'a [u8]) -> Result<Self, RowError> {
         let mut r = Reader { bytes, at: 0 };
         match r.byte()? {
             FORMAT => Ok(r),
-            other => Err(format!("row format {other}")),
+            other => Err(RowError::Format(other)),
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let bytes = self
-            .bytes
-            .get(self.at..self.at.saturating_add(n))
-            .ok_or_else(|| format!("row cut short at byte {} of {}", self.at, self.bytes.len()))?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RowError> {
+        let bytes =
+            self.bytes
+                .get(self.at..self.at.saturating_add(n))
+                .ok_or(RowError::CutShort {
+                    what: "row",
+                    at: self.at,
+                    len: self.bytes.len(),
+                })?;
         self.at += n;
         Ok(bytes)
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
+    fn byte(&mut self) -> Result<u8, RowError> {
         Ok(self.take(1)?[0])
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64, RowError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -149,55 +206,51 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(format!("varint too long at byte {}", self.at))
+        Err(RowError::VarintTooLong(self.at))
     }
 
-    fn id(&mut self) -> Result<Id, String> {
+    fn id(&mut self) -> Result<Id, RowError> {
         let bytes = self.take(8)?;
         Ok(Id(u64::from_le_bytes(bytes.try_into().unwrap_or_default())))
     }
 
-    fn time(&mut self) -> Result<i64, String> {
+    fn time(&mut self) -> Result<i64, RowError> {
         Ok(self.varint()? as i64)
     }
 
-    fn str(&mut self) -> Result<&'a str, String> {
-        let len = usize::try_from(self.varint()?).map_err(|e| e.to_string())?;
-        std::str::from_utf8(self.take(len)?).map_err(|e| format!("row text: {e}"))
+    fn str(&mut self) -> Result<&'a str, RowError> {
+        let len = self.varint()?;
+        let len = usize::try_from(len).map_err(|_| RowError::Length(len))?;
+        Ok(std::str::from_utf8(self.take(len)?)?)
     }
 
-    fn value(&mut self) -> Result<Option<Box<Value>>, String> {
+    fn value(&mut self) -> Result<Option<Box<Value>>, RowError> {
         match self.str()? {
             "" => Ok(None),
-            text => serde_json::from_str(text)
-                .map(Some)
-                .map_err(|e| format!("row value: {e}")),
+            text => Ok(Some(serde_json::from_str(text)?)),
         }
     }
 
-    fn prox(&mut self) -> Result<NamedProximity, String> {
+    fn prox(&mut self) -> Result<NamedProximity, RowError> {
         Ok(NamedProximity(match self.byte()? {
             0 => Proximity::Far,
             1 => Proximity::Near,
             2 => Proximity::Immediate,
-            other => return Err(format!("proximity {other}")),
+            other => return Err(RowError::Proximity(other)),
         }))
     }
 
-    fn end(self) -> Result<(), String> {
+    fn end(self) -> Result<(), RowError> {
         if self.at == self.bytes.len() {
             Ok(())
         } else {
-            Err(format!(
-                "{} bytes after the row",
-                self.bytes.len() - self.at
-            ))
+            Err(RowError::Trailing(self.bytes.len() - self.at))
         }
     }
 }
 
 /// The item `id` encoded in `bytes`.
-pub fn item(id: Id, bytes: &[u8]) -> Result<Item, String> {
+pub fn item(id: Id, bytes: &[u8]) -> Result<Item, RowError> {
     let mut r = Reader::new(bytes)?;
     let flags = r.byte()?;
     let code_hex = r.str()?.into();
@@ -233,7 +286,7 @@ pub fn item(id: Id, bytes: &[u8]) -> Result<Item, String> {
 }
 
 /// The presence `id` encoded in `bytes`.
-pub fn presence(id: Id, bytes: &[u8]) -> Result<PresenceResource, String> {
+pub fn presence(id: Id, bytes: &[u8]) -> Result<PresenceResource, RowError> {
     let mut r = Reader::new(bytes)?;
     let flags = r.byte()?;
     let item = r.id()?;
@@ -351,10 +404,16 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(item(Id(1), &longer).unwrap_err().contains("after the row"));
+        assert!(item(Id(1), &longer)
+            .unwrap_err()
+            .to_string()
+            .contains("after the row"));
         let mut other = bytes.clone();
         other[0] = FORMAT + 1;
-        assert!(item(Id(1), &other).unwrap_err().contains("row format"));
+        assert!(item(Id(1), &other)
+            .unwrap_err()
+            .to_string()
+            .contains("row format"));
         let mut p = vec![];
         put_presence(
             &mut p,
@@ -370,6 +429,9 @@ mod tests {
             },
         );
         p[18] = 9; // the proximity
-        assert!(presence(Id(1), &p).unwrap_err().contains("proximity 9"));
+        assert!(presence(Id(1), &p)
+            .unwrap_err()
+            .to_string()
+            .contains("proximity 9"));
     }
 }

@@ -69,6 +69,8 @@ pub struct RowFlush {
 
 pub mod codec;
 
+use codec::RowError;
+
 /// A row as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoredRow {
@@ -577,11 +579,15 @@ impl Record<'_> {
 }
 
 /// The record of `blob` at byte `at`.
-fn record_at(blob: &[u8], at: usize) -> Result<Record<'_>, String> {
-    fn take<'a>(blob: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String> {
+fn record_at(blob: &[u8], at: usize) -> Result<Record<'_>, RowError> {
+    fn take<'a>(blob: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], RowError> {
         let bytes = blob
             .get(*at..at.saturating_add(n))
-            .ok_or_else(|| format!("record cut short at byte {at} of {}", blob.len()))?;
+            .ok_or(RowError::CutShort {
+                what: "record",
+                at: *at,
+                len: blob.len(),
+            })?;
         *at += n;
         Ok(bytes)
     }
@@ -590,7 +596,7 @@ fn record_at(blob: &[u8], at: usize) -> Result<Record<'_>, String> {
     let head = take(blob, &mut at, 9)?;
     let table = *Table::ALL
         .get(usize::from(head[0] & !(DELETE | BINARY)))
-        .ok_or_else(|| format!("record tag {:#x}", head[0]))?;
+        .ok_or(RowError::RecordTag(head[0]))?;
     let id = u64::from_le_bytes(head[1..9].try_into().unwrap_or_default());
     let doc = if head[0] & DELETE != 0 {
         None
@@ -609,7 +615,7 @@ fn record_at(blob: &[u8], at: usize) -> Result<Record<'_>, String> {
 }
 
 /// Where the records of a delta's (uncompressed) blob begin, in order, into `starts`.
-fn record_starts(blob: &[u8], starts: &mut Vec<usize>) -> Result<(), String> {
+fn record_starts(blob: &[u8], starts: &mut Vec<usize>) -> Result<(), RowError> {
     starts.clear();
     let mut at = 0;
     while at < blob.len() {
@@ -621,17 +627,20 @@ fn record_starts(blob: &[u8], starts: &mut Vec<usize>) -> Result<(), String> {
 
 /// Uncompresses a [`crate::store::pack`]ed blob into `out` (reused: its length only grows,
 /// so its pages are not zeroed again); returns the blob's length.
-fn unpack_into(packed: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
+fn unpack_into(packed: &[u8], out: &mut Vec<u8>) -> Result<usize, RowError> {
     let (size, block) = packed
         .split_first_chunk::<4>()
-        .ok_or_else(|| format!("blob of {} bytes", packed.len()))?;
+        .ok_or(RowError::BlobHead(packed.len()))?;
     let size = u32::from_le_bytes(*size) as usize;
     if out.len() < size {
         out.resize(size, 0);
     }
-    let n = lz4_flex::block::decompress_into(block, &mut out[..size]).map_err(|e| e.to_string())?;
+    let n = lz4_flex::block::decompress_into(block, &mut out[..size])?;
     if n != size {
-        return Err(format!("{n} bytes where {size} were announced"));
+        return Err(RowError::SizeMismatch {
+            got: n,
+            announced: size,
+        });
     }
     Ok(size)
 }
@@ -705,8 +714,12 @@ fn load(conn: &Connection) -> Result<(LoadedRows, Stats), StoreError> {
             (false, _) => {
                 StoredRow::Json(String::from_utf8(doc.to_vec()).map_err(|e| bad(e.to_string()))?)
             }
-            (true, Table::Items) => StoredRow::Item(codec::item(id, doc).map_err(bad)?),
-            (true, Table::Presences) => StoredRow::Presence(codec::presence(id, doc).map_err(bad)?),
+            (true, Table::Items) => {
+                StoredRow::Item(codec::item(id, doc).map_err(|e| bad(e.to_string()))?)
+            }
+            (true, Table::Presences) => {
+                StoredRow::Presence(codec::presence(id, doc).map_err(|e| bad(e.to_string()))?)
+            }
             (true, _) => return Err(bad("a binary row of a table without one".into())),
         };
         rows[record.table as usize].push((id, row));

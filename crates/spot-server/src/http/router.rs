@@ -1,0 +1,115 @@
+//! The one router of everything under the listener: spot ingest, the REST API, `/metrics`
+//! and the outlets' routes (`/api/ws`, `/api/stream`, `/api/subscriptions[/{id}]`), in one
+//! axum [`Router`]. Unknown paths answer `404`, a known path with another method `405` with
+//! `Allow`, both with the JSON error body. A trailing `/` is ignored (`/api/spots/` lists
+//! spots; spots POST to `/api/spots/{serial}/events/`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{StatusCode, Uri};
+use serde_json::Value;
+
+use crate::context::Context;
+use crate::response::{error, method_not_allowed};
+use crate::{api, ingest};
+
+type Ctx = State<Arc<Context>>;
+
+/// The router over `ctx`, the outlets' routes merged in.
+pub fn router(ctx: Arc<Context>) -> Router {
+    let outlets = ctx.outlets.router().clone();
+    Router::new()
+        .route(
+            "/api/{collection}/{id}/events",
+            post(ingest).fallback(allow("POST")),
+        )
+        .route("/metrics", get(metrics).fallback(allow("GET")))
+        .route("/api/{collection}", get(list).fallback(allow("GET")))
+        .route(
+            "/api/{collection}/{id}",
+            get(get_one).put(put).fallback(allow("GET, PUT")),
+        )
+        .fallback(not_found)
+        .with_state(ctx)
+        .merge(outlets)
+}
+
+/// `req` with one trailing `/` of its path removed (the root excepted).
+pub fn without_trailing_slash<B>(mut req: hyper::Request<B>) -> hyper::Request<B> {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = match req.uri().query() {
+            Some(query) => format!("{}?{query}", &path[..path.len() - 1]),
+            None => path[..path.len() - 1].to_string(),
+        };
+        if let Ok(uri) = trimmed.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+fn allow(methods: &'static str) -> MethodRouter<Arc<Context>> {
+    MethodRouter::new().fallback(move || async move { method_not_allowed(methods).map(Body::new) })
+}
+
+fn full(resp: hyper::Response<Full<Bytes>>) -> Response {
+    resp.map(Body::new)
+}
+
+async fn not_found(req: Request) -> Response {
+    full(error(
+        StatusCode::NOT_FOUND,
+        format!("no such path: {}", req.uri().path()),
+        Value::Null,
+    ))
+}
+
+async fn ingest(
+    State(ctx): Ctx,
+    Path((collection, serial)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    if collection != "spots" {
+        return not_found(req).await;
+    }
+    full(ingest::http::ingest(req, serial, &ctx).await)
+}
+
+async fn metrics(State(ctx): Ctx) -> Response {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(api::metrics_text(&ctx))));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    full(resp)
+}
+
+async fn list(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    full(api::list(&req, &collection, &path, &ctx))
+}
+
+async fn get_one(
+    State(ctx): Ctx,
+    Path((collection, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::get_one(&req, &collection, &id, &ctx))
+}
+
+async fn put(
+    State(ctx): Ctx,
+    Path((collection, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::put(req, collection, id, &ctx).await)
+}
