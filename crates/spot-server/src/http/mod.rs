@@ -1,7 +1,7 @@
-//! The listener: HTTP connections ([`crate::accept`]: connection limit; hyper with a timer so header and idle
-//! timeouts work, TLS from [`tls`]) and the router that sends each request to spot ingest
-//! ([`crate::ingest::http`]), the REST API ([`crate::api`]), `/metrics`, or the push
-//! outlets' routes (WebSocket, SSE, subscriptions).
+//! The listener: HTTP connections ([`crate::accept`]: the connection limit; hyper with a
+//! timer so header and idle timeouts work; TLS from [`tls`]), each request handed to the
+//! one [`router`] (spot ingest, the REST API, `/metrics`, the push outlets' routes), or
+//! answered `503` once the pipeline has failed.
 
 pub mod router;
 pub mod tls;
