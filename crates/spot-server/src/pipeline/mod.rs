@@ -435,6 +435,9 @@ fn apply(
         }
         let mut waiters = Vec::new();
         let apply_started = std::time::Instant::now();
+        // No lock is held across a wait on the writer (a stuck commit would freeze every
+        // reader): what the batch hands over is sent after the domain lock is released.
+        let mut prune = None;
         let changes = {
             let mut domain = domain.write().unwrap_or_else(|e| e.into_inner());
             let now = now_ms();
@@ -526,7 +529,8 @@ fn apply(
                         ticks += 1;
                         domain.sweep(now);
                         if ticks.is_multiple_of(60) {
-                            let _ = jobs.send(Job::Prune(domain.retention_cutoff(now)));
+                            // Sent once the lock is released: the writer may be busy.
+                            prune = Some(domain.retention_cutoff(now));
                         }
                     }
                 }
@@ -541,6 +545,12 @@ fn apply(
             last_flush = std::time::Instant::now();
         }
         let apply_time = apply_started.elapsed();
+        if let Some(cutoff) = prune {
+            if jobs.send(Job::Prune(cutoff)).is_err() {
+                tracing::error!("writer stage gone; stopping");
+                break;
+            }
+        }
         let job = Job::Commit {
             changes,
             waiters,
@@ -717,36 +727,118 @@ mod tests {
         msgs.len()
     }
 
-    /// A store whose commits panic (a writer stage that fails).
-    struct PanickingStore(crate::store::SqliteStore);
+    /// A store that runs `before_write` before each commit and prune: a writer stage that
+    /// panics or stalls.
+    struct FaultyStore {
+        inner: crate::store::SqliteStore,
+        before_write: Box<dyn FnMut() + Send>,
+    }
 
-    impl Store for PanickingStore {
+    impl Store for FaultyStore {
         fn take_loaded_rows(&mut self) -> crate::store::checkpoint::LoadedRows {
-            self.0.take_loaded_rows()
+            self.inner.take_loaded_rows()
         }
         fn load_events(&self, since: i64) -> Result<Vec<String>, crate::store::StoreError> {
-            self.0.load_events(since)
+            self.inner.load_events(since)
         }
         fn unflushed_journal(
             &self,
             repair: bool,
         ) -> Result<(Vec<crate::domain::JournalEntry>, u64), crate::store::StoreError> {
-            self.0.unflushed_journal(repair)
+            self.inner.unflushed_journal(repair)
         }
         fn commit(
             &mut self,
-            _: &mut crate::domain::Changes,
+            changes: &mut crate::domain::Changes,
         ) -> Result<crate::store::Committed, crate::store::StoreError> {
-            panic!("commit injected to panic")
+            (self.before_write)();
+            self.inner.commit(changes)
         }
         fn prune(&mut self, cutoff: i64) -> Result<(), crate::store::StoreError> {
-            self.0.prune(cutoff)
+            (self.before_write)();
+            self.inner.prune(cutoff)
         }
         fn event_pages(
             &self,
         ) -> Result<Arc<dyn crate::store::EventPages>, crate::store::StoreError> {
-            self.0.event_pages()
+            self.inner.event_pages()
         }
+    }
+
+    /// A pipeline over a [`FaultyStore`] in `dir`, on a thread of its own.
+    fn faulty_pipeline(
+        dir: &std::path::Path,
+        rx: PipelineReceiver,
+        domain: Arc<RwLock<Domain>>,
+        before_write: Box<dyn FnMut() + Send>,
+    ) -> std::thread::JoinHandle<()> {
+        let inner = crate::store::SqliteStore::open(dir, crate::store::Durability::Normal).unwrap();
+        let outlets = crate::outlets::Outlets::start(
+            dir,
+            inner.event_pages().unwrap(),
+            &crate::outlets::PushConfig::default(),
+        )
+        .unwrap();
+        let publisher = outlets.publisher();
+        std::thread::spawn(move || {
+            let _outlets = outlets;
+            let store = FaultyStore {
+                inner,
+                before_write,
+            };
+            run(
+                rx,
+                domain,
+                Box::new(store),
+                publisher,
+                Arc::new(Metrics::default()),
+            )
+        })
+    }
+
+    /// Risk 2 of issue 11: the retention prune was handed to the writer while the apply
+    /// stage held the domain's write lock, so a writer stuck in the store (a commit
+    /// retrying, a slow disk) froze every reader of the live state (REST, tests, tools).
+    #[tokio::test]
+    async fn a_stuck_writer_does_not_freeze_the_readers_of_the_live_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = Arc::new(RwLock::new(Domain::new(Default::default())));
+        let (tx, rx) = channel(1000, 16);
+        // Queued before the pipeline starts: one batch, three retention prunes (one per 60
+        // ticks), more than the writer (stuck in the first) and its one-job queue take.
+        for _ in 0..200 {
+            tx.try_send(PipelineMsg::Tick).expect("room");
+        }
+        let (stuck_tx, stuck) = std::sync::mpsc::channel::<()>();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let core = faulty_pipeline(
+            dir.path(),
+            rx,
+            domain.clone(),
+            Box::new(move || {
+                let _ = stuck_tx.send(());
+                let _ = gate.recv(); // until `release` is dropped
+            }),
+        );
+        let stuck = tokio::task::spawn_blocking(move || stuck.recv());
+        stuck
+            .await
+            .unwrap()
+            .expect("the writer is stuck in the store");
+        let reader = {
+            let domain = domain.clone();
+            tokio::task::spawn_blocking(move || drop(domain.read()))
+        };
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("a reader gets the live state while the writer is stuck")
+            .unwrap();
+        drop(release);
+        drop(tx);
+        tokio::task::spawn_blocking(move || core.join())
+            .await
+            .unwrap()
+            .expect("the pipeline stops once released");
     }
 
     /// Risk 7 of issue 11, the writer's side: a panic in the writer stage stopped nothing
@@ -754,29 +846,14 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_writer_stage_stops_the_pipeline_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            crate::store::SqliteStore::open(dir.path(), crate::store::Durability::Normal).unwrap();
-        let outlets = crate::outlets::Outlets::start(
-            dir.path(),
-            store.event_pages().unwrap(),
-            &crate::outlets::PushConfig::default(),
-        )
-        .unwrap();
-        let publisher = outlets.publisher();
         let domain = Arc::new(RwLock::new(Domain::new(Default::default())));
         let (tx, rx) = channel(16, 16);
-        let core = {
-            let domain = domain.clone();
-            std::thread::spawn(move || {
-                run(
-                    rx,
-                    domain,
-                    Box::new(PanickingStore(store)),
-                    publisher,
-                    Arc::new(Metrics::default()),
-                )
-            })
-        };
+        let core = faulty_pipeline(
+            dir.path(),
+            rx,
+            domain.clone(),
+            Box::new(|| panic!("commit injected to panic")),
+        );
         tx.send(PipelineMsg::Begin {
             serial: "5".into(),
             version: None,
