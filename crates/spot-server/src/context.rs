@@ -1,6 +1,6 @@
 //! [`Context`]: what the connection tasks of ingest, the REST API and the listener share.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use tokio::sync::Semaphore;
 
@@ -27,4 +27,25 @@ pub struct Context {
     pub tcp_slots: Arc<Semaphore>,
     /// The push layer (hub, outlets, their router).
     pub outlets: outlets::Outlets,
+}
+
+/// Why the live state is not served: its owner (the pipeline) failed, and what it holds may
+/// be half-applied. The server must be restarted; it recovers from its journal.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the server's state owner failed ({0}); it must be restarted, and recovers from its journal"
+)]
+pub struct StateUnavailable(pub String);
+
+impl Context {
+    /// The live state for reading; never read through after its owner failed (a panic in
+    /// the pipeline leaves it half-applied and its lock poisoned).
+    pub fn live_state(&self) -> Result<RwLockReadGuard<'_, Domain>, StateUnavailable> {
+        if let Some(failure) = self.pipeline.failure() {
+            return Err(StateUnavailable(failure.to_string()));
+        }
+        self.domain
+            .read()
+            .map_err(|_| StateUnavailable("a panic while it held the live state".into()))
+    }
 }

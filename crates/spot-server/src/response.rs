@@ -43,3 +43,12 @@ pub fn unavailable() -> Response<Body> {
         Value::Null,
     )
 }
+
+/// `503` for a live state that is not served ([`crate::context::Context::live_state`]).
+pub fn unavailable_state(why: &crate::context::StateUnavailable) -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        why.to_string(),
+        Value::Null,
+    )
+}

@@ -13,15 +13,15 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::accept;
-use crate::context::Context;
-use crate::response::error;
+use crate::context::{Context, StateUnavailable};
+use crate::response::unavailable_state;
 use crate::shutdown::{reached, Phase};
 
 /// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown` ([`accept`]); a
@@ -91,11 +91,7 @@ async fn dispatch(
 ) -> Response<axum::body::Body> {
     if let Some(failure) = shared.pipeline.failure() {
         if req.uri().path().trim_matches('/') != "metrics" {
-            let message = format!(
-                "the server's state owner failed ({failure}); \
-                 it must be restarted, and recovers from its journal"
-            );
-            return error(StatusCode::SERVICE_UNAVAILABLE, message, Value::Null)
+            return unavailable_state(&StateUnavailable(failure.to_string()))
                 .map(axum::body::Body::new);
         }
     }

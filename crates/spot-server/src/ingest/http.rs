@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::context::Context;
 use crate::ingest::{drain, valid_serial};
 use crate::pipeline::{EndReply, PipelineMsg};
-use crate::response::{error, unavailable, Body};
+use crate::response::{error, unavailable, unavailable_state, Body};
 
 /// The header carrying the highest sequence durably stored for the spot.
 pub const ACK_HEADER: &str = "x-spot-ack";
@@ -317,9 +317,9 @@ async fn with_ack(
     shared: &Context,
     end_stream: bool,
 ) -> Response<Body> {
-    let known = {
-        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
-        domain.spot_by_serial(serial).is_some()
+    let known = match shared.live_state() {
+        Ok(domain) => domain.spot_by_serial(serial).is_some(),
+        Err(why) => return unavailable_state(&why),
     };
     let acked = if known || end_stream {
         sync(shared, serial, end_stream, false)
