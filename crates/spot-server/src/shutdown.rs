@@ -1,5 +1,5 @@
 //! The server's life cycle as connection tasks see it: the [`Phase`] they watch and the
-//! one way to wait for it ([`reached`]).
+//! one way to wait for it ([`phase_reached`]).
 
 use tokio::sync::watch;
 
@@ -15,7 +15,7 @@ pub enum Phase {
 }
 
 /// Waits until the server phase reaches `phase` (forever if the sender is gone).
-pub async fn reached(shutdown: &mut watch::Receiver<Phase>, phase: Phase) {
+pub async fn phase_reached(shutdown: &mut watch::Receiver<Phase>, phase: Phase) {
     if shutdown.wait_for(|p| *p >= phase).await.is_err() {
         std::future::pending::<()>().await;
     }

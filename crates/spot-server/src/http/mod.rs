@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::accept;
 use crate::context::{Context, StateUnavailable};
 use crate::response::unavailable_state;
-use crate::shutdown::{reached, Phase};
+use crate::shutdown::{phase_reached, Phase};
 
 /// Accepts HTTP (or, with `tls`, HTTPS) connections until `shutdown` ([`accept`]); a
 /// connection over the limit is answered `503`.
@@ -70,7 +70,7 @@ pub async fn serve(
                             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         },
-                        _ = reached(&mut shutdown, Phase::Draining) => {}
+                        _ = phase_reached(&mut shutdown, Phase::Draining) => {}
                     }
                 }
             }
@@ -122,13 +122,13 @@ async fn serve_connection<I>(
         r = conn.as_mut() => if let Err(e) = r {
             tracing::debug!(%peer, "connection ended: {e}");
         },
-        _ = reached(&mut shutdown, Phase::Draining) => {
+        _ = phase_reached(&mut shutdown, Phase::Draining) => {
             // In-flight requests finish (answered with `Connection: close`), idle
             // connections close now; after the grace period the rest is dropped.
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = reached(&mut shutdown, Phase::Closing) => {}
+                _ = phase_reached(&mut shutdown, Phase::Closing) => {}
             }
         }
     }

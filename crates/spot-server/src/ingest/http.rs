@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::context::Context;
-use crate::ingest::{drain, valid_serial};
+use crate::ingest::{decoded_events, valid_serial};
 use crate::pipeline::{EndReply, PipelineMsg};
 use crate::response::{error, unavailable, unavailable_state, Body};
 
@@ -235,7 +235,7 @@ where
             ));
         }
         decoder.feed(&data);
-        let events = drain(&mut decoder, &serial, shared, &mut malformed);
+        let events = decoded_events(&mut decoder, &serial, shared, &mut malformed);
         if !events.is_empty() {
             let msg = PipelineMsg::Events {
                 serial: stream_serial.clone(),
@@ -259,7 +259,7 @@ where
     }
     let body_ended = std::time::Instant::now();
     decoder.finish();
-    let events = drain(&mut decoder, &serial, shared, &mut malformed);
+    let events = decoded_events(&mut decoder, &serial, shared, &mut malformed);
     if !events.is_empty() {
         let msg = PipelineMsg::Events {
             serial: stream_serial,

@@ -48,7 +48,7 @@ pub fn journal_json(decoder: &Decoder, event: &Event) -> String {
 }
 
 /// Drains decoded events (HTTP and raw TCP ingest); logs, counts and skips malformed ones.
-pub fn drain(
+pub fn decoded_events(
     decoder: &mut Decoder,
     serial: &str,
     shared: &Context,

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::context::Context;
 use crate::ingest::tcp::{ingest, WriteBack};
-use crate::shutdown::reached;
+use crate::shutdown::phase_reached;
 use crate::shutdown::Phase;
 
 /// Longest a dial may take.
@@ -44,7 +44,7 @@ pub async fn run(
         let dial = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.as_str()));
         let connected = tokio::select! {
             r = dial => r,
-            _ = reached(&mut shutdown, Phase::Draining) => break,
+            _ = phase_reached(&mut shutdown, Phase::Draining) => break,
         };
         match connected {
             Ok(Ok(stream)) => {
@@ -69,7 +69,7 @@ pub async fn run(
         tracing::debug!(%target, "pull: redial in {delay:?}");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = reached(&mut shutdown, Phase::Draining) => break,
+            _ = phase_reached(&mut shutdown, Phase::Draining) => break,
         }
     }
     drop(done);

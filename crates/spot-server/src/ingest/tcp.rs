@@ -20,7 +20,7 @@ use crate::accept;
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::pipeline::PipelineMsg;
-use crate::shutdown::{reached, Phase};
+use crate::shutdown::{phase_reached, Phase};
 
 /// Read buffer per connection.
 const READ_BUFFER: usize = 16 * 1024;
@@ -66,6 +66,41 @@ fn serial_of(event: &Event) -> Option<(String, Option<String>)> {
     }
 }
 
+/// Why a spot stream ended other than by the spot closing it after its spot create.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The server is draining: what was received is committed and acknowledged.
+    #[error("server stopping")]
+    Stopping,
+    /// The server's shutdown grace is over: the stream is dropped.
+    #[error("server stopped")]
+    Stopped,
+    /// The pipeline failed (see [`crate::pipeline::PipelineSender::failure`]).
+    #[error("server failed: {0}")]
+    Failed(String),
+    /// No spot create arrived within the header timeout.
+    #[error("no spot create within the header timeout")]
+    NoCreateInTime,
+    /// The peer closed before its spot create.
+    #[error("closed before a spot create")]
+    ClosedBeforeCreate,
+    /// The first event does not decode.
+    #[error("first event malformed: {0}")]
+    FirstMalformed(spot_protocol::DecodeError),
+    /// The first event is not a spot create naming the spot.
+    #[error("the first event must be a spot create with spot_id")]
+    NotSpotCreate,
+    /// The spot's serial is not acceptable.
+    #[error("bad spot_id {0:?}: 1 to 64 letters, digits, '-' or '_'")]
+    BadSerial(String),
+    /// Nothing arrived for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
+    /// Reading the socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// What the server writes back on a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteBack {
@@ -85,14 +120,14 @@ pub async fn ingest<S>(
     shared: &Context,
     mut shutdown: watch::Receiver<Phase>,
     write_back: WriteBack,
-) -> Result<(), String>
+) -> Result<(), StreamError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let mut force = shutdown.clone();
     tokio::select! {
         r = handle(stream, shared, &mut shutdown, write_back) => r,
-        _ = reached(&mut force, Phase::Closing) => Err("server stopped".into()),
+        _ = phase_reached(&mut force, Phase::Closing) => Err(StreamError::Stopped),
     }
 }
 
@@ -101,7 +136,7 @@ async fn handle<S>(
     shared: &Context,
     shutdown: &mut watch::Receiver<Phase>,
     write_back: WriteBack,
-) -> Result<(), String>
+) -> Result<(), StreamError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -117,12 +152,11 @@ where
     while serial_and_version.is_none() {
         let n = tokio::select! {
             r = tokio::time::timeout(limits.header_read_timeout, reader.read(&mut buf)) => r
-                .map_err(|_| "no spot create within the header timeout".to_string())?
-                .map_err(|e| e.to_string())?,
-            _ = reached(shutdown, Phase::Draining) => return Err("server stopping".into()),
+                .map_err(|_| StreamError::NoCreateInTime)??,
+            _ = phase_reached(shutdown, Phase::Draining) => return Err(StreamError::Stopping),
         };
         if n == 0 {
-            return Err("closed before a spot create".into());
+            return Err(StreamError::ClosedBeforeCreate);
         }
         if first_read {
             first_read = false;
@@ -140,18 +174,15 @@ where
             ));
         }
         let Some(d) = decoder.as_mut() else {
-            return Err("no decoder".into());
+            return Err(StreamError::ClosedBeforeCreate);
         };
         d.feed(&buf[..n]);
         while let Some(next) = d.next_event() {
-            let event = next.map_err(|e| format!("first event malformed: {e}"))?;
+            let event = next.map_err(StreamError::FirstMalformed)?;
             if serial_and_version.is_none() {
-                let (serial, version) = serial_of(&event)
-                    .ok_or("the first event must be a spot create with spot_id")?;
+                let (serial, version) = serial_of(&event).ok_or(StreamError::NotSpotCreate)?;
                 if !crate::ingest::valid_serial(&serial) {
-                    return Err(format!(
-                        "bad spot_id {serial:?}: 1 to 64 letters, digits, '-' or '_'"
-                    ));
+                    return Err(StreamError::BadSerial(serial));
                 }
                 serial_and_version = Some((serial, version));
             }
@@ -160,7 +191,7 @@ where
         }
     }
     let (Some((serial, version)), Some(mut decoder)) = (serial_and_version, decoder) else {
-        return Err("no spot create".into());
+        return Err(StreamError::ClosedBeforeCreate);
     };
     tracing::info!(spot = %serial, ?encoding, "tcp stream opened");
     // One allocation for the serial of every message of this stream.
@@ -173,8 +204,8 @@ where
             .send(msg)
             .await
             .map_err(|_| match shared.pipeline.failure() {
-                Some(failure) => format!("server failed: {failure}"),
-                None => "server stopping".to_string(),
+                Some(failure) => StreamError::Failed(failure.to_string()),
+                None => StreamError::Stopping,
             })
     };
     send(PipelineMsg::Begin {
@@ -210,10 +241,9 @@ where
         loop {
             let n = tokio::select! {
                 r = tokio::time::timeout(limits.tcp_idle_timeout, reader.read(&mut buf)) => r
-                    .map_err(|_| format!("idle for {:?}", limits.tcp_idle_timeout))?
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|_| StreamError::Idle(limits.tcp_idle_timeout))??,
                 // Draining: what was received is committed and acknowledged below.
-                _ = reached(shutdown, Phase::Draining) => return Ok(()),
+                _ = phase_reached(shutdown, Phase::Draining) => return Ok(()),
             };
             if n == 0 {
                 decoder.finish();
@@ -221,7 +251,8 @@ where
                 decoder.feed(&buf[..n]);
             }
             let mut malformed = 0;
-            let events = crate::ingest::drain(&mut decoder, &serial, shared, &mut malformed);
+            let events =
+                crate::ingest::decoded_events(&mut decoder, &serial, shared, &mut malformed);
             if !events.is_empty() {
                 send(PipelineMsg::Events {
                     serial: stream_serial.clone(),
@@ -231,7 +262,7 @@ where
                 .await?;
             }
             if n == 0 {
-                return Ok::<(), String>(());
+                return Ok::<(), StreamError>(());
             }
         }
     }
