@@ -47,7 +47,8 @@ pub fn journal_json(decoder: &Decoder, event: &Event) -> String {
     }
 }
 
-/// Drains decoded events (HTTP and raw TCP ingest); logs, counts and skips malformed ones.
+/// The events `decoder` has ready, each with its journal text (HTTP and raw TCP ingest);
+/// malformed ones are logged, counted and skipped.
 pub fn decoded_events(
     decoder: &mut Decoder,
     serial: &str,
