@@ -200,7 +200,7 @@ impl Server {
             let domain = domain.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
-                .name("spot-core".into())
+                .name("spot-apply".into())
                 .spawn(move || pipeline::run(core_rx, domain, Box::new(store), publisher, metrics))
                 .map_err(|source| ServerError::DataDir {
                     path: config.data_dir.clone(),

@@ -1,20 +1,25 @@
-//! The core: the one owner of the [`Domain`] and the [`Store`], on two threads of its own.
+//! The pipeline: the one owner of the [`Domain`] and the [`Store`], as two stages on two
+//! threads of their own: the apply stage (spot-apply, this module's [`run`]) and the writer
+//! stage (spot-writer).
 //!
-//! Ingest tasks and the API send it [`PipelineMsg`]s through a [`PipelineSender`]: one queue bounded
-//! by a budget of queued *events* (a chunk may hold one event or thousands), so that what
-//! waits for the core is bounded in work, not in messages, plus a number of slots for the
-//! messages without events. A sender waits for room (backpressure: its socket is not read
-//! meanwhile, the spot keeps its events), never drops; the budget is fair (first come,
-//! first served). Handing a message over is cheap: a sender pushes under a short lock and
-//! wakes the core only if it is parked; the core takes the whole queue at once and gives
-//! the room of what it applied back once per batch. The loop takes every queued message
-//! (up to [`MAX_MESSAGES_PER_COMMIT`]), applies them all to the domain under its write lock
-//! — so readers see events as soon as they arrive — then hands the batch's changes to the
-//! writer stage (a second thread owning the [`Store`]), which writes it in **one**
-//! transaction (group commit) and only then answers the batch's waiters, while the apply
-//! stage already works on the next batch. A failed commit keeps the batch and retries:
-//! nothing is acknowledged before it is on disk.
-
+//! Ingest tasks and the API send it [`PipelineMsg`]s through a [`PipelineSender`]: one queue
+//! bounded by a budget of queued *events* (a chunk may hold one event or thousands), so that
+//! what waits is bounded in work, not in messages, plus a number of slots for the messages
+//! without events. A sender waits for room (backpressure: its socket is not read meanwhile,
+//! the spot keeps its events), never drops; the budget is fair (first come, first served).
+//! Handing a message over is cheap: a sender pushes under a short lock and wakes the apply
+//! stage only if it is parked; the stage takes the whole queue at once and gives the room of
+//! what it applied back once per batch.
+//!
+//! Call order per batch: take every queued message (up to [`MAX_MESSAGES_PER_COMMIT`]),
+//! apply them all to the domain under its write lock (readers see events as soon as they
+//! arrive), take the batch's changes, release the lock, then hand the changes to the writer
+//! stage, which commits them in **one** transaction (group commit), then publishes the
+//! committed derived events to the outlets, then answers the batch's waiters — while the
+//! apply stage already works on the next batch. No lock is held across a wait on the writer.
+//! A failed commit keeps the batch and retries: nothing is acknowledged before it is on
+//! disk. A panic in either stage stops the pipeline for good and says why
+//! ([`PipelineSender::failure`]).
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
