@@ -95,25 +95,42 @@ impl CommitBuffers {
 }
 
 /// Runs `sql` (selecting a key and a batch column, in the order to read them) and hands
-/// each batch's text, unpacked, with its key to `each`, until `each` breaks or the rows
-/// end. `context` names the read in errors.
+/// each batch's key and text, unpacked, to `each`, until `each` breaks or the rows end.
+/// A batch that does not unpack is handed over as its error, to refuse ([`readable`]) or to
+/// skip. `context` names the read in errors.
 pub fn for_each_batch<P: Params>(
     conn: &Connection,
     sql: &str,
     params: P,
     context: &'static str,
-    mut each: impl FnMut(i64, &str) -> Result<ControlFlow<()>, StoreError>,
+    mut each: impl FnMut(i64, Result<&str, BatchError>) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<(), StoreError> {
     let sqlite = |source| StoreError::Sqlite { context, source };
     let mut stmt = conn.prepare_cached(sql).map_err(sqlite)?;
     let mut rows = stmt.query(params).map_err(sqlite)?;
     while let Some(row) = rows.next().map_err(sqlite)? {
         let key = row.get::<_, i64>(0).map_err(sqlite)?;
-        let text = unpack(row.get_ref(1).map_err(sqlite)?)
-            .map_err(|source| StoreError::Batch { context, source })?;
-        if each(key, &text)?.is_break() {
+        let unpacked = unpack(row.get_ref(1).map_err(sqlite)?);
+        let text = match unpacked {
+            Ok(ref text) => Ok(&**text),
+            Err(e) => Err(e),
+        };
+        if each(key, text)?.is_break() {
             break;
         }
     }
     Ok(())
+}
+
+/// The text of batch `key`, or the error that refuses it, naming the read and the batch.
+pub fn readable<'t>(
+    context: &'static str,
+    key: i64,
+    text: Result<&'t str, BatchError>,
+) -> Result<&'t str, StoreError> {
+    text.map_err(|source| StoreError::Batch {
+        context,
+        batch: key,
+        source,
+    })
 }

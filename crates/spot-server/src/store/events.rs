@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use std::ops::ControlFlow;
 
-use super::batch::for_each_batch;
+use super::batch::{for_each_batch, readable};
 use super::StoreError;
 
 /// Reads the derived events log by push id.
@@ -74,6 +74,7 @@ impl EventPages for SqliteEventPages {
             [after_id as i64],
             "read events page",
             |last, docs| {
+                let docs = readable("read events page", last, docs)?;
                 let last = last.max(0) as u64;
                 let first = (last + 1).saturating_sub(docs.lines().count() as u64);
                 for (id, doc) in (first..).zip(docs.lines()) {

@@ -25,7 +25,7 @@ pub mod checkpoint;
 pub mod events;
 pub mod journal;
 
-use batch::{for_each_batch, CommitBuffers};
+use batch::{for_each_batch, readable, CommitBuffers};
 pub use batch::{pack, unpack, BatchError};
 pub use events::{EventPages, SqliteEventPages};
 use journal::{parse_journal_line, write_journal_line};
@@ -63,10 +63,12 @@ pub enum StoreError {
         reason: String,
     },
     /// A stored batch cannot be read back.
-    #[error("store: {context}: {source}")]
+    #[error("store: {context}: batch {batch}: {source}")]
     Batch {
         /// What was being read.
         context: &'static str,
+        /// The batch's key (its row id, or the last event id of an events batch).
+        batch: i64,
         /// What is wrong with the batch.
         #[source]
         source: BatchError,
@@ -273,8 +275,8 @@ impl SqliteStore {
             "SELECT id, lines FROM upstream_batches ORDER BY id",
             [],
             "read upstream events",
-            |_, lines| {
-                for line in lines.lines() {
+            |id, lines| {
+                for line in readable("read upstream events", id, lines)?.lines() {
                     if let Some(JournalEntry::Event {
                         row,
                         duplicate: false,
@@ -309,8 +311,12 @@ impl Store for SqliteStore {
             "SELECT id, docs FROM event_batches WHERE time_last >= ?1 ORDER BY id",
             [since],
             "load events",
-            |_, batch| {
-                docs.extend(batch.lines().map(str::to_string));
+            |id, batch| {
+                docs.extend(
+                    readable("load events", id, batch)?
+                        .lines()
+                        .map(str::to_string),
+                );
                 Ok(ControlFlow::Continue(()))
             },
         )?;
@@ -329,6 +335,24 @@ impl Store for SqliteStore {
             [flushed],
             "read journal",
             |id, lines| {
+                let lines = match lines {
+                    Ok(lines) => lines,
+                    Err(e) if repair => {
+                        tracing::error!(
+                            "repair: spot.db journal batch {id}: unreadable, dropped: {e}"
+                        );
+                        return Ok(ControlFlow::Continue(()));
+                    }
+                    Err(source) => {
+                        return Err(StoreError::Corrupt {
+                            context: "read journal",
+                            reason: format!(
+                                "spot.db: journal batch {id} unreadable ({source}): acknowledged \
+                                 events would be lost; start with --repair-journal to drop it"
+                            ),
+                        })
+                    }
+                };
                 for (n, line) in lines.lines().enumerate() {
                     match parse_journal_line(line) {
                         Some(entry) => entries.push(entry),
