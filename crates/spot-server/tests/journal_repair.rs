@@ -54,3 +54,35 @@ async fn an_unreadable_journal_line_stops_the_start_unless_the_repair_drops_it()
     assert_eq!(status, 200, "the readable lines are replayed");
     server.shutdown().await;
 }
+
+/// Risk 4, a whole batch: a journal batch that does not decompress refused the start
+/// without saying which batch or how to go on.
+#[tokio::test]
+async fn a_journal_batch_that_does_not_unpack_stops_the_start_naming_it_unless_repaired() {
+    let (server, dir) = start(|_| {}).await;
+    server.shutdown().await;
+    let db = rusqlite::Connection::open(dir.path().join("spot.db")).unwrap();
+    db.execute(
+        "INSERT INTO upstream_batches (time_last, lines) VALUES (?1, ?2)",
+        rusqlite::params![1_764_000_000_000_i64, vec![0xffu8; 16]],
+    )
+    .unwrap();
+    let batch = db.last_insert_rowid();
+    drop(db);
+
+    let message = Server::bind(config(dir.path(), false))
+        .await
+        .expect_err("an undecodable journal batch refuses the start")
+        .to_string();
+    for needle in [
+        "spot.db".to_string(),
+        format!("batch {batch} "),
+        "--repair-journal".to_string(),
+    ] {
+        assert!(message.contains(&needle), "{needle:?} not in: {message}");
+    }
+    let server = Server::bind(config(dir.path(), true))
+        .await
+        .expect("the repair drops the batch");
+    server.shutdown().await;
+}
