@@ -1,14 +1,19 @@
-//! What the REST API reads and changes: resources of a collection as JSON
-//! ([`Domain::collection`], [`Domain::get`]) and the fields an application may set
-//! ([`Domain::put`]).
+//! What the REST API reads and changes: the rows of a collection, shared, for a list to
+//! page through after releasing the lock ([`Domain::rows`], [`Row`]: JSON only for what a
+//! page returns), one resource as JSON ([`Domain::get`]) and the fields an application may
+//! set ([`Domain::put`]).
 
-use serde::Serialize;
+use std::borrow::Cow;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use serde::Deserialize;
 use serde_json::Value;
 use spot_protocol::Object;
 
 use super::derived::Topic;
-use super::{topics, Domain, Table};
-use crate::ids::{Id, IdMap};
+use super::{topics, Domain, Item, Location, PresenceResource, Spot, Table};
+use crate::ids::Id;
 
 /// A REST change that cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,52 +136,227 @@ impl Domain {
         Ok(value)
     }
 
-    /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
-    pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
-        fn all<T: Serialize>(m: &IdMap<T>) -> Vec<Value> {
-            m.values()
-                .filter_map(|v| serde_json::to_value(v).ok())
-                .collect()
+    /// The rows of a collection whose ids are in `ids`, in id order (the newest first with
+    /// `newest_first`), those `keep` keeps, at most `take` of them; `None` for an unknown
+    /// collection. A REST list takes them under the read lock and builds its page after
+    /// releasing it: each row costs a reference count (rows are shared, copy on write), no
+    /// JSON, and rows past `take` cost nothing.
+    pub fn rows(
+        &self,
+        collection: &str,
+        ids: (Bound<Id>, Bound<Id>),
+        newest_first: bool,
+        take: usize,
+        keep: &dyn Fn(&Row) -> bool,
+    ) -> Option<Vec<Row>> {
+        fn pick(
+            rows: impl DoubleEndedIterator<Item = Row>,
+            newest_first: bool,
+            take: usize,
+            keep: &dyn Fn(&Row) -> bool,
+        ) -> Vec<Row> {
+            let kept = |row: &Row| keep(row);
+            if newest_first {
+                rows.rev().filter(kept).take(take).collect()
+            } else {
+                rows.filter(kept).take(take).collect()
+            }
         }
         Some(match collection {
-            "spots" => all(&self.spots),
-            "locations" => all(&self.locations),
-            "items" => all(&self.items),
-            "presences" => all(&self.presences),
-            "events" => self
-                .events
-                .iter()
-                .filter_map(|e| serde_json::from_str(&e.doc).ok())
-                .collect(),
+            "spots" => pick(
+                self.spots.range(ids).cloned().map(Row::Spot),
+                newest_first,
+                take,
+                keep,
+            ),
+            "locations" => pick(
+                self.locations.range(ids).cloned().map(Row::Location),
+                newest_first,
+                take,
+                keep,
+            ),
+            "items" => pick(
+                self.items.range(ids).cloned().map(Row::Item),
+                newest_first,
+                take,
+                keep,
+            ),
+            "presences" => pick(
+                self.presences.range(ids).cloned().map(Row::Presence),
+                newest_first,
+                take,
+                keep,
+            ),
+            "events" => {
+                // The log is in id order: its ends in `ids` are found by bisection.
+                let at = |bound: Bound<&Id>, after: bool| match bound {
+                    Bound::Included(id) => self.events.partition_point(|e| e.id < *id),
+                    Bound::Excluded(id) => self.events.partition_point(|e| e.id <= *id),
+                    Bound::Unbounded if after => self.events.len(),
+                    Bound::Unbounded => 0,
+                };
+                let start = at(ids.start_bound(), false);
+                let end = match ids.end_bound() {
+                    Bound::Included(id) => at(Bound::Excluded(id), true),
+                    Bound::Excluded(id) => at(Bound::Included(id), true),
+                    Bound::Unbounded => self.events.len(),
+                };
+                let events = self.events.range(start..end.max(start));
+                let rows = events.map(|e| Row::Event {
+                    id: e.id,
+                    time_created: e.time_created,
+                    doc: e.doc.clone(),
+                });
+                pick(rows, newest_first, take, keep)
+            }
             _ => return None,
         })
     }
 
+    /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
+    #[cfg(test)]
+    pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let rows = self.rows(collection, all, false, usize::MAX, &|_| true)?;
+        Some(rows.iter().filter_map(Row::value).collect())
+    }
+
     /// One resource as JSON (spots also by serial number).
     pub fn get(&self, collection: &str, id: &str) -> Option<Value> {
-        match collection {
+        let row = match collection {
             "spots" => self
                 .resolve_spot_id(id)
-                .and_then(|id| self.spots.get(id))
-                .and_then(|v| serde_json::to_value(v).ok()),
-            "locations" => self
-                .locations
-                .get_str(id)
-                .and_then(|v| serde_json::to_value(v).ok()),
-            "items" => self
-                .items
-                .get_str(id)
-                .and_then(|v| serde_json::to_value(v).ok()),
-            "presences" => self
-                .presences
-                .get_str(id)
-                .and_then(|v| serde_json::to_value(v).ok()),
+                .and_then(|id| self.spots.get_shared(id))
+                .map(Row::Spot),
+            "locations" => Id::parse(id)
+                .and_then(|id| self.locations.get_shared(id))
+                .map(Row::Location),
+            "items" => Id::parse(id)
+                .and_then(|id| self.items.get_shared(id))
+                .map(Row::Item),
+            "presences" => Id::parse(id)
+                .and_then(|id| self.presences.get_shared(id))
+                .map(Row::Presence),
             "events" => Id::parse(id)
                 .and_then(|id| self.events.binary_search_by(|e| e.id.cmp(&id)).ok())
-                .and_then(|i| serde_json::from_str(&self.events[i].doc).ok()),
+                .map(|i| &self.events[i])
+                .map(|e| Row::Event {
+                    id: e.id,
+                    time_created: e.time_created,
+                    doc: e.doc.clone(),
+                }),
             _ => None,
+        };
+        row?.value()
+    }
+}
+
+/// A resource of a REST list, shared with the domain: what [`Domain::rows`] hands out.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// A spot.
+    Spot(Arc<Spot>),
+    /// A location.
+    Location(Arc<Location>),
+    /// An item.
+    Item(Arc<Item>),
+    /// A presence.
+    Presence(Arc<PresenceResource>),
+    /// A derived event: its id, its server time and its document (a [`super::LogEvent`]).
+    Event {
+        /// The event's id.
+        id: Id,
+        /// Its server time.
+        time_created: i64,
+        /// The JSON document.
+        doc: Arc<str>,
+    },
+}
+
+/// The fields of a derived event's document but its data, read without reading the data.
+#[derive(Deserialize)]
+struct EventHead<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    time_event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time_created: Cow<'a, str>,
+}
+
+impl Row {
+    /// The id.
+    pub fn id(&self) -> Id {
+        match self {
+            Row::Spot(r) => r.id,
+            Row::Location(r) => r.id,
+            Row::Item(r) => r.id,
+            Row::Presence(r) => r.id,
+            Row::Event { id, .. } => *id,
         }
     }
+
+    /// When it was created (Unix ms).
+    pub fn time_created(&self) -> i64 {
+        match self {
+            Row::Spot(r) => r.time_created,
+            Row::Location(r) => r.time_created,
+            Row::Item(r) => r.time_created,
+            Row::Presence(r) => r.time_created,
+            Row::Event { time_created, .. } => *time_created,
+        }
+    }
+
+    /// The resource as JSON (`None` for an unreadable event document).
+    pub fn value(&self) -> Option<Value> {
+        count_conversion();
+        match self {
+            Row::Spot(r) => serde_json::to_value(&**r).ok(),
+            Row::Location(r) => serde_json::to_value(&**r).ok(),
+            Row::Item(r) => serde_json::to_value(&**r).ok(),
+            Row::Presence(r) => serde_json::to_value(&**r).ok(),
+            Row::Event { doc, .. } => serde_json::from_str(doc).ok(),
+        }
+    }
+
+    /// What filters and sorts look at: [`Row::value`], but for a derived event without its
+    /// `data` unless `with_data` (the rest of its document is skipped, not built).
+    pub fn fields(&self, with_data: bool) -> Option<Value> {
+        match self {
+            Row::Event { doc, .. } if !with_data => {
+                count_conversion();
+                // Unknown fields (the data) are skipped.
+                let head: EventHead = serde_json::from_str(doc).ok()?;
+                Some(serde_json::json!({
+                    "id": head.id,
+                    "topic": head.topic,
+                    "time_event": head.time_event,
+                    "time_created": head.time_created,
+                }))
+            }
+            _ => self.value(),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Documents converted to JSON values ([`Row::value`], [`Row::fields`]) on this thread.
+    static CONVERSIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a document converted to a JSON value (in tests: what a list costs).
+fn count_conversion() {
+    #[cfg(test)]
+    CONVERSIONS.with(|n| n.set(n.get() + 1));
+}
+
+/// How many documents were converted to JSON values on this thread so far.
+#[cfg(test)]
+pub(crate) fn conversions() -> usize {
+    CONVERSIONS.with(|n| n.get())
 }
 
 /// A JSON value as an optional field (`null`: none).
