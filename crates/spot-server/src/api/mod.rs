@@ -27,12 +27,15 @@ pub fn list(
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    if !COLLECTIONS.contains(&collection) {
-        return error(
+    let no_collection = || {
+        error(
             StatusCode::NOT_FOUND,
             format!("no collection {collection:?}"),
             Value::Null,
-        );
+        )
+    };
+    if !COLLECTIONS.contains(&collection) {
+        return no_collection();
     }
     let query = match Query::parse(collection, &params) {
         Ok(query) => query,
@@ -51,11 +54,7 @@ pub fn list(
         query.rows(&domain)
     };
     let Some(rows) = rows else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no collection {collection:?}"),
-            Value::Null,
-        );
+        return no_collection();
     };
     let lookup = |collection: &str, id: &str| {
         let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
