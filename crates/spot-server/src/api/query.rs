@@ -212,8 +212,7 @@ impl Doc for Row {
         Some(Timestamp(Row::time_created(self)))
     }
     fn fields(&self, paths: &[&str]) -> Option<Cow<'_, Value>> {
-        let with_data = paths.iter().any(|p| p.split('.').next() == Some("data"));
-        Row::fields(self, with_data).map(Cow::Owned)
+        Row::fields(self, paths).map(Cow::Owned)
     }
     fn into_value(self) -> Option<Value> {
         self.value()

@@ -321,20 +321,27 @@ impl Row {
         }
     }
 
-    /// What filters and sorts look at: [`Row::value`], but for a derived event without its
-    /// `data` unless `with_data` (the rest of its document is skipped, not built).
-    pub fn fields(&self, with_data: bool) -> Option<Value> {
+    /// What filters and sorts on the fields at `paths` (dotted) look at: [`Row::value`], but
+    /// for a derived event only those of its fields, and its `data` only when a path is under
+    /// it (the rest of its document is skipped, not built).
+    pub fn fields(&self, paths: &[&str]) -> Option<Value> {
+        let named = |name: &str| paths.iter().any(|p| p.split('.').next() == Some(name));
         match self {
-            Row::Event { doc, .. } if !with_data => {
+            Row::Event { doc, .. } if !named("data") => {
                 count_conversion();
                 // Unknown fields (the data) are skipped.
                 let head: EventHead = serde_json::from_str(doc).ok()?;
-                Some(serde_json::json!({
-                    "id": head.id,
-                    "topic": head.topic,
-                    "time_event": head.time_event,
-                    "time_created": head.time_created,
-                }))
+                let mut fields = serde_json::Map::new();
+                let mut add = |name: &str, value: Option<Cow<str>>| {
+                    if named(name) {
+                        fields.insert(name.to_string(), value.map_or(Value::Null, Value::from));
+                    }
+                };
+                add("id", Some(head.id));
+                add("topic", Some(head.topic));
+                add("time_event", head.time_event);
+                add("time_created", Some(head.time_created));
+                Some(Value::Object(fields))
             }
             _ => self.value(),
         }
