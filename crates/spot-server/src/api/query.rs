@@ -2,8 +2,8 @@
 //! passes the query parameters in, takes the rows under the domain's read lock
 //! ([`Query::rows`]: a reference count each, and with the default order only as many as the
 //! page needs) and builds the answer after releasing it ([`Query::page`]: only the page
-//! becomes JSON; a filter or a sort on a field reads each candidate once, an event without
-//! its data unless the field is under `data`).
+//! becomes JSON; a filter or a sort on a field reads each candidate once, and only the fields
+//! it names: an event's data only when the field is under `data`).
 //!
 //! Parameters: `limit` (default 100, at most [`MAX_LIMIT`]), `sort` (comma-separated
 //! fields, `-` prefix for descending, default `-id`; `id` is always the final tie-breaker),

@@ -7,7 +7,8 @@ use std::borrow::Cow;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::ser::{Impossible, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spot_protocol::Object;
 
@@ -321,9 +322,9 @@ impl Row {
         }
     }
 
-    /// What filters and sorts on the fields at `paths` (dotted) look at: [`Row::value`], but
-    /// for a derived event only those of its fields, and its `data` only when a path is under
-    /// it (the rest of its document is skipped, not built).
+    /// What filters and sorts on the fields at `paths` (dotted) look at: the fields of the
+    /// resource they name (first segments), the others skipped unbuilt; for a derived event
+    /// its whole document only when a path is under its `data`.
     pub fn fields(&self, paths: &[&str]) -> Option<Value> {
         let named = |name: &str| paths.iter().any(|p| p.split('.').next() == Some(name));
         match self {
@@ -343,8 +344,187 @@ impl Row {
                 add("time_created", Some(head.time_created));
                 Some(Value::Object(fields))
             }
-            _ => self.value(),
+            Row::Event { .. } => self.value(),
+            Row::Spot(r) => picked(&**r, &named),
+            Row::Location(r) => picked(&**r, &named),
+            Row::Item(r) => picked(&**r, &named),
+            Row::Presence(r) => picked(&**r, &named),
         }
+    }
+}
+
+/// The fields of a resource that `named` names, as a JSON object: the others are skipped
+/// unbuilt (a spot's `status` and `config`, say, for a sort on `time_updated`).
+fn picked(resource: &impl Serialize, named: &dyn Fn(&str) -> bool) -> Option<Value> {
+    count_conversion();
+    resource.serialize(Picker(named)).ok()
+}
+
+/// Serializes a struct into a JSON object of the fields it names (and nothing else: the
+/// resources are structs).
+struct Picker<'a>(&'a dyn Fn(&str) -> bool);
+
+/// The object [`Picker`] fills.
+struct PickedFields<'a> {
+    named: &'a dyn Fn(&str) -> bool,
+    fields: serde_json::Map<String, Value>,
+}
+
+impl SerializeStruct for PickedFields<'_> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        if (self.named)(key) {
+            self.fields
+                .insert(key.to_string(), serde_json::to_value(value)?);
+        }
+        Ok(())
+    }
+
+    fn end(self) -> Result<Value, serde_json::Error> {
+        Ok(Value::Object(self.fields))
+    }
+}
+
+/// What [`Picker`] answers for anything but a struct.
+fn not_a_struct() -> serde_json::Error {
+    serde::ser::Error::custom("only a struct's fields are picked")
+}
+
+impl<'a> Serializer for Picker<'a> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    type SerializeSeq = Impossible<Value, serde_json::Error>;
+    type SerializeTuple = Impossible<Value, serde_json::Error>;
+    type SerializeTupleStruct = Impossible<Value, serde_json::Error>;
+    type SerializeTupleVariant = Impossible<Value, serde_json::Error>;
+    type SerializeMap = Impossible<Value, serde_json::Error>;
+    type SerializeStruct = PickedFields<'a>;
+    type SerializeStructVariant = Impossible<Value, serde_json::Error>;
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<PickedFields<'a>, Self::Error> {
+        Ok(PickedFields {
+            named: self.0,
+            fields: serde_json::Map::new(),
+        })
+    }
+
+    fn serialize_bool(self, _: bool) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i8(self, _: i8) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i16(self, _: i16) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i32(self, _: i32) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i64(self, _: i64) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u8(self, _: u8) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u16(self, _: u16) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u32(self, _: u32) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u64(self, _: u64) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_f32(self, _: f32) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_f64(self, _: f64) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_char(self, _: char) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_str(self, _: &str) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_none(self) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_unit(self) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        Err(not_a_struct())
     }
 }
 
@@ -371,5 +551,56 @@ fn boxed(value: &Value) -> Option<Box<Value>> {
     match value {
         Value::Null => None,
         v => Some(Box::new(v.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::testing::*;
+
+    #[test]
+    fn the_fields_of_a_row_are_those_of_its_json_that_the_paths_name() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.begin_stream("7", Some("1.2"), T0);
+        d.apply_event(
+            "7",
+            &presence(Action::Create, "ab", Proximity::Near),
+            T0 + 1,
+        );
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let paths = [
+            "status.x",
+            "time_updated",
+            "version",
+            "item",
+            "topic",
+            "nope",
+        ];
+        for collection in ["spots", "locations", "items", "presences", "events"] {
+            for row in d
+                .rows(collection, all, false, usize::MAX, &|_| true)
+                .unwrap()
+            {
+                let whole = row.value().unwrap();
+                let mut expected = serde_json::Map::new();
+                for (k, v) in whole.as_object().unwrap() {
+                    if paths
+                        .iter()
+                        .any(|p| p.split('.').next() == Some(k.as_str()))
+                    {
+                        expected.insert(k.clone(), v.clone());
+                    }
+                }
+                assert_eq!(
+                    row.fields(&paths),
+                    Some(Value::Object(expected)),
+                    "{collection}"
+                );
+                if collection == "events" {
+                    assert_eq!(row.fields(&["data.id"]), Some(whole), "an event's data");
+                }
+            }
+        }
     }
 }
