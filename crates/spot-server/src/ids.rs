@@ -4,7 +4,9 @@
 //! In memory an id is its integer value ([`Id`]): comparing, hashing and copying it is cheap;
 //! it is written (serde, `Display`) as the 16 digits.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::ops::RangeBounds;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -213,8 +215,9 @@ pub fn id_key(id: &str) -> Option<u64> {
 }
 
 /// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
-/// hash, no tree walk); [`IdMap::values`] sorts, so that lists are in id (= creation) order
-/// and nothing depends on hash order.
+/// hash, no tree walk), and the ids in order beside it (changed only when a resource comes or
+/// goes), so that lists are in id (= creation) order, nothing depends on hash order, and a
+/// page of a list ([`IdMap::range`]) costs its length, not the map's.
 ///
 /// Values are shared ([`Arc`]): growing the table moves pointers, not resources, and a
 /// snapshot of a resource ([`IdMap::get_shared`], what a flush hands the row writer) is a
@@ -223,12 +226,15 @@ pub fn id_key(id: &str) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
     map: rustc_hash::FxHashMap<Id, Arc<T>>,
+    /// The keys of `map`, in order.
+    order: BTreeSet<Id>,
 }
 
 impl<T> Default for IdMap<T> {
     fn default() -> Self {
         IdMap {
             map: rustc_hash::FxHashMap::default(),
+            order: BTreeSet::new(),
         }
     }
 }
@@ -261,19 +267,27 @@ impl<T> IdMap<T> {
 
     /// Adds or replaces a resource.
     pub fn insert(&mut self, id: Id, value: T) {
-        self.map.insert(id, Arc::new(value));
+        if self.map.insert(id, Arc::new(value)).is_none() {
+            self.order.insert(id);
+        }
     }
 
     /// Removes and returns the resource with this id.
     pub fn remove(&mut self, id: Id) -> Option<Arc<T>> {
-        self.map.remove(&id)
+        let removed = self.map.remove(&id)?;
+        self.order.remove(&id);
+        Some(removed)
     }
 
-    /// The resources in id order (sorted on each call: for lists and scans, not per event).
-    pub fn values(&self) -> impl Iterator<Item = &T> {
-        let mut all: Vec<(&Id, &Arc<T>)> = self.map.iter().collect();
-        all.sort_unstable_by_key(|(id, _)| **id);
-        all.into_iter().map(|(_, v)| &**v)
+    /// The resources in id order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &T> {
+        self.range(..).map(|v| &**v)
+    }
+
+    /// The resources whose ids are in `ids`, in id order (`.rev()` for the newest first),
+    /// shared: each costs a lookup when it is reached, nothing before.
+    pub fn range(&self, ids: impl RangeBounds<Id>) -> impl DoubleEndedIterator<Item = &Arc<T>> {
+        self.order.range(ids).filter_map(|id| self.map.get(id))
     }
 
     /// How many there are.
@@ -324,6 +338,23 @@ mod id_map_tests {
         assert_eq!(m.remove(Id(0xab)).as_deref(), Some(&"ab"));
         assert_eq!(m.remove(b).as_deref(), Some(&"b"));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_range_is_in_id_order_both_ways_and_forgets_removed_ids() {
+        let mut m = IdMap::new();
+        for v in [5, 1, 9, 3, 7] {
+            m.insert(Id(v), v);
+        }
+        m.insert(Id(3), 33);
+        assert_eq!(m.remove(Id(7)).as_deref(), Some(&7));
+        assert_eq!(m.remove(Id(7)), None);
+        let got = |it: &mut dyn Iterator<Item = &Arc<u64>>| it.map(|v| **v).collect::<Vec<_>>();
+        assert_eq!(got(&mut m.range(..)), vec![1, 33, 5, 9]);
+        assert_eq!(got(&mut m.range(Id(2)..).rev()), vec![9, 5, 33]);
+        assert_eq!(got(&mut m.range(..=Id(5)).rev().take(2)), vec![5, 33]);
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), vec![1, 33, 5, 9]);
+        assert_eq!(m.len(), 4);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::api::query::{Query, COLLECTIONS};
 use crate::context::Context;
 use crate::domain::PutError;
 use crate::pipeline::PipelineMsg;
@@ -20,29 +21,40 @@ pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context)
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    let docs = {
-        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
-        domain.collection(collection)
-    };
-    let Some(docs) = docs else {
-        return error(
+    let no_collection = || {
+        error(
             StatusCode::NOT_FOUND,
             format!("no collection {collection:?}"),
             Value::Null,
-        );
+        )
+    };
+    if !COLLECTIONS.contains(&collection) {
+        return no_collection();
+    }
+    let query = match Query::parse(collection, &params) {
+        Ok(query) => query,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                e.to_string(),
+                json!({ "parameter": e.param }),
+            )
+        }
+    };
+    // Under the read lock only the rows the page needs, shared (no JSON): ingest waits for
+    // no list.
+    let rows = {
+        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+        query.rows(&domain)
+    };
+    let Some(rows) = rows else {
+        return no_collection();
     };
     let lookup = |collection: &str, id: &str| {
         let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
         domain.get(collection, id)
     };
-    match crate::api::query::query(collection, docs, &params, path, &lookup) {
-        Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            e.to_string(),
-            json!({ "parameter": e.param }),
-        ),
-    }
+    json_response(StatusCode::OK, &query.page(rows, path, &lookup))
 }
 
 /// One document; `populate` works as on the collection.

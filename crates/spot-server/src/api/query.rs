@@ -1,5 +1,9 @@
-//! Collection queries of the REST API over JSON documents: filters, sort, limit, paging.
-//! Pure: the HTTP layer passes the documents and the query parameters in.
+//! Collection queries of the REST API: filters, sort, limit, paging. Sans-IO: the HTTP layer
+//! passes the query parameters in, takes the rows under the domain's read lock
+//! ([`Query::rows`]: a reference count each, and with the default order only as many as the
+//! page needs) and builds the answer after releasing it ([`Query::page`]: only the page
+//! becomes JSON; a filter or a sort on a field reads each candidate once, and only the fields
+//! it names: an event's data only when the field is under `data`).
 //!
 //! Parameters: `limit` (default 100, at most [`MAX_LIMIT`]), `sort` (comma-separated
 //! fields, `-` prefix for descending, default `-id`; `id` is always the final tie-breaker),
@@ -10,11 +14,16 @@
 //! in each named reference field with the referenced document (see [`references`]), on the
 //! returned page only, after filters and sort (which see the ids).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use serde_json::{json, Value};
 use spot_protocol::Timestamp;
+
+use crate::domain::{Domain, Row};
+use crate::ids::Id;
 
 /// The collections of the REST API (`/api/<collection>`).
 pub const COLLECTIONS: [&str; 5] = ["spots", "locations", "items", "presences", "events"];
@@ -156,128 +165,358 @@ pub fn populate(
     }
 }
 
-/// Runs a query over a collection's documents. `path` is the request path (for
-/// `url_next`); `lookup(collection, id)` finds referenced documents for `populate`.
-pub fn query(
-    collection: &str,
-    mut docs: Vec<Value>,
-    params: &[(String, String)],
-    path: &str,
-    lookup: &dyn Fn(&str, &str) -> Option<Value>,
-) -> Result<Value, QueryError> {
-    let mut limit = 100usize;
-    let mut skip = 0usize;
-    let mut sort: Vec<(String, bool)> = vec![("id".to_string(), true)];
-    let mut results_only = false;
-    let mut id_only = false;
-    let mut populated = Vec::new();
-    for (k, v) in params {
-        match k.as_str() {
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| bad(k, format!("must be a number from 1 to {MAX_LIMIT}")))?
+/// A document a query runs over: a JSON value, or a [`Row`] of the domain, which becomes
+/// JSON only where a filter or a sort on a field needs it and on the page returned.
+pub trait Doc {
+    /// `f` of the id as text (`""` when it has none).
+    fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R;
+    /// The id as returned by `id_only`.
+    fn id_value(&self) -> Value;
+    /// `time_created`, where it is a time.
+    fn time_created(&self) -> Option<Timestamp>;
+    /// A JSON document with at least the fields at `paths` (filters and sorts look them up);
+    /// `None` for a document that cannot be read.
+    fn fields(&self, paths: &[&str]) -> Option<Cow<'_, Value>>;
+    /// The whole document.
+    fn into_value(self) -> Option<Value>;
+}
+
+impl Doc for Value {
+    fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        f(self.get("id").and_then(Value::as_str).unwrap_or(""))
+    }
+    fn id_value(&self) -> Value {
+        self.get("id").cloned().unwrap_or(Value::Null)
+    }
+    fn time_created(&self) -> Option<Timestamp> {
+        self.get("time_created")
+            .and_then(Value::as_str)
+            .and_then(Timestamp::parse)
+    }
+    fn fields(&self, _: &[&str]) -> Option<Cow<'_, Value>> {
+        Some(Cow::Borrowed(self))
+    }
+    fn into_value(self) -> Option<Value> {
+        Some(self)
+    }
+}
+
+impl Doc for Row {
+    fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        f(&self.id().hex())
+    }
+    fn id_value(&self) -> Value {
+        Value::String(self.id().text())
+    }
+    fn time_created(&self) -> Option<Timestamp> {
+        Some(Timestamp(Row::time_created(self)))
+    }
+    fn fields(&self, paths: &[&str]) -> Option<Cow<'_, Value>> {
+        Row::fields(self, paths).map(Cow::Owned)
+    }
+    fn into_value(self) -> Option<Value> {
+        self.value()
+    }
+}
+
+/// How a bound compares a document's value with the parameter's.
+#[derive(Debug, Clone, Copy)]
+enum Bounding {
+    /// `after…`: greater.
+    After,
+    /// `before…`: less.
+    Before,
+    /// `from…`: greater or equal.
+    From,
+    /// `until…`: less or equal.
+    Until,
+}
+
+impl Bounding {
+    fn of(param: &str) -> Bounding {
+        match param.trim_end_matches("_id") {
+            "after" => Bounding::After,
+            "before" => Bounding::Before,
+            "from" => Bounding::From,
+            _ => Bounding::Until,
+        }
+    }
+
+    /// Whether a document whose value compares so with the parameter's is kept.
+    fn keeps(self, o: Ordering) -> bool {
+        match self {
+            Bounding::After => o.is_gt(),
+            Bounding::Before => o.is_lt(),
+            Bounding::From => o.is_ge(),
+            Bounding::Until => o.is_le(),
+        }
+    }
+}
+
+/// A parsed collection query ([`Query::parse`]); [`Query::rows`] takes what it needs of the
+/// domain (under the read lock: cheap), [`Query::page`] builds the answer (after it).
+#[derive(Debug, Clone)]
+pub struct Query {
+    collection: String,
+    params: Vec<(String, String)>,
+    limit: usize,
+    skip: usize,
+    /// Fields and whether descending; `id` is always among them.
+    sort: Vec<(String, bool)>,
+    results_only: bool,
+    id_only: bool,
+    populated: Vec<(&'static str, &'static str)>,
+    id_bounds: Vec<(Bounding, String)>,
+    time_bounds: Vec<(Bounding, Timestamp)>,
+    /// Equality filters: field path, wanted text.
+    filters: Vec<(String, String)>,
+}
+
+impl Query {
+    /// Reads the parameters of a query of `collection`; the first bad one is named.
+    pub fn parse(collection: &str, params: &[(String, String)]) -> Result<Query, QueryError> {
+        let mut q = Query {
+            collection: collection.to_string(),
+            params: params.to_vec(),
+            limit: 100,
+            skip: 0,
+            sort: vec![("id".to_string(), true)],
+            results_only: false,
+            id_only: false,
+            populated: Vec::new(),
+            id_bounds: Vec::new(),
+            time_bounds: Vec::new(),
+            filters: Vec::new(),
+        };
+        for (k, v) in params {
+            match k.as_str() {
+                "limit" => {
+                    q.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| bad(k, format!("must be a number from 1 to {MAX_LIMIT}")))?
+                }
+                "skip" => q.skip = v.parse().map_err(|_| bad(k, "must be a number"))?,
+                "sort" => {
+                    q.sort = v
+                        .split(',')
+                        .filter(|f| !f.is_empty())
+                        .map(|f| match f.strip_prefix('-') {
+                            Some(name) => (name.to_string(), true),
+                            None => (f.trim_start_matches('+').to_string(), false),
+                        })
+                        .collect();
+                    if q.sort.is_empty() || q.sort.iter().any(|(f, _)| f.is_empty()) {
+                        return Err(bad(k, "must name fields, e.g. -time_created,id"));
+                    }
+                }
+                "results_only" => q.results_only = parse_bool(k, v)?,
+                "id_only" => q.id_only = parse_bool(k, v)?,
+                "populate" => q.populated.extend(populate_fields(collection, v)?),
+                "after_id" | "before_id" | "from_id" | "until_id" => {
+                    q.id_bounds.push((Bounding::of(k), v.clone()))
+                }
+                "after" | "before" | "from" | "until" => {
+                    let t = Timestamp::parse(v).ok_or_else(|| {
+                        bad(k, "must be an ISO 8601 time, e.g. 2024-01-31T12:00:00Z")
+                    })?;
+                    q.time_bounds.push((Bounding::of(k), t));
+                }
+                name => {
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+                    {
+                        return Err(bad(name, "is not a field name"));
+                    }
+                    q.filters.push((name.to_string(), v.clone()));
+                }
             }
-            "skip" => skip = v.parse().map_err(|_| bad(k, "must be a number"))?,
-            "sort" => {
-                sort = v
-                    .split(',')
-                    .filter(|f| !f.is_empty())
-                    .map(|f| match f.strip_prefix('-') {
-                        Some(name) => (name.to_string(), true),
-                        None => (f.trim_start_matches('+').to_string(), false),
+        }
+        if !q.sort.iter().any(|(f, _)| f == "id") {
+            q.sort.push(("id".to_string(), false));
+        }
+        Ok(q)
+    }
+
+    /// `Some(descending)` when the order is by id alone (its first sort field).
+    fn by_id(&self) -> Option<bool> {
+        self.sort
+            .first()
+            .filter(|(f, _)| f == "id")
+            .map(|(_, desc)| *desc)
+    }
+
+    /// Whether the id and time bounds keep a document.
+    pub fn keeps(&self, doc: &impl Doc) -> bool {
+        let ids = || {
+            doc.with_id(|id| {
+                self.id_bounds
+                    .iter()
+                    .all(|(b, v)| b.keeps(id.cmp(v.as_str())))
+            })
+        };
+        let times = || match doc.time_created() {
+            Some(t) => self.time_bounds.iter().all(|(b, v)| b.keeps(t.cmp(v))),
+            None => self.time_bounds.is_empty(),
+        };
+        (self.id_bounds.is_empty() || ids()) && times()
+    }
+
+    /// The ids the id bounds allow, where their values are ids (text order is id order):
+    /// the rows to look at, a superset of those [`Query::keeps`] keeps.
+    fn id_range(&self) -> (Bound<Id>, Bound<Id>) {
+        let (mut start, mut end) = (Bound::Unbounded, Bound::Unbounded);
+        for (b, v) in &self.id_bounds {
+            let Some(id) = Id::parse(v) else { continue };
+            match b {
+                Bounding::After => start = tighter(start, Bound::Excluded(id), Ordering::Greater),
+                Bounding::From => start = tighter(start, Bound::Included(id), Ordering::Greater),
+                Bounding::Before => end = tighter(end, Bound::Excluded(id), Ordering::Less),
+                Bounding::Until => end = tighter(end, Bound::Included(id), Ordering::Less),
+            }
+        }
+        (start, end)
+    }
+
+    /// The rows of the collection the page needs (`None`: no such collection), in its order
+    /// when that is by id: without equality filters, only as many as the page needs (and one
+    /// more, to tell whether there are more). Cheap (no JSON): for under the read lock.
+    pub fn rows(&self, domain: &Domain) -> Option<Vec<Row>> {
+        let by_id = self.by_id();
+        let take = match by_id {
+            Some(_) if self.filters.is_empty() => {
+                self.skip.saturating_add(self.limit).saturating_add(1)
+            }
+            _ => usize::MAX,
+        };
+        domain.rows(
+            &self.collection,
+            self.id_range(),
+            by_id.unwrap_or(false),
+            take,
+            &|row| self.keeps(row),
+        )
+    }
+
+    /// The answer over `docs` (the rows of [`Query::rows`], or any documents): filtered,
+    /// sorted, paged; only the page becomes JSON. `path` is the request path (for
+    /// `url_next`); `lookup(collection, id)` finds referenced documents for `populate`.
+    pub fn page<D: Doc>(
+        &self,
+        docs: Vec<D>,
+        path: &str,
+        lookup: &dyn Fn(&str, &str) -> Option<Value>,
+    ) -> Value {
+        let mut docs: Vec<D> = docs.into_iter().filter(|d| self.keeps(d)).collect();
+        let wanted = self.skip.saturating_add(self.limit).saturating_add(1);
+        let mut paths: Vec<&str> = self.filters.iter().map(|(f, _)| f.as_str()).collect();
+        let passes = |fields: &Value| {
+            self.filters
+                .iter()
+                .all(|(name, v)| matches(field(fields, name), v))
+        };
+        let kept: Vec<D> = match self.by_id() {
+            Some(desc) => {
+                // Sorted already when they come from `rows` (then this only checks).
+                docs.sort_by(|a, b| {
+                    let o = a.with_id(|x| b.with_id(|y| x.cmp(y)));
+                    if desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
+                if self.filters.is_empty() {
+                    docs.truncate(wanted);
+                    docs
+                } else {
+                    docs.into_iter()
+                        .filter(|d| d.fields(&paths).is_some_and(|f| passes(&f)))
+                        .take(wanted)
+                        .collect()
+                }
+            }
+            None => {
+                paths.extend(self.sort.iter().map(|(f, _)| f.as_str()));
+                // Each document is read once: the filters, then its sort keys are kept.
+                let mut keyed: Vec<(Vec<Option<Value>>, D)> = docs
+                    .into_iter()
+                    .filter_map(|d| {
+                        let keys = {
+                            let fields = d.fields(&paths)?;
+                            if !passes(&fields) {
+                                return None;
+                            }
+                            self.sort
+                                .iter()
+                                .map(|(f, _)| field(&fields, f).cloned())
+                                .collect()
+                        };
+                        Some((keys, d))
                     })
                     .collect();
-                if sort.is_empty() || sort.iter().any(|(f, _)| f.is_empty()) {
-                    return Err(bad(k, "must name fields, e.g. -time_created,id"));
-                }
-            }
-            "results_only" => results_only = parse_bool(k, v)?,
-            "id_only" => id_only = parse_bool(k, v)?,
-            "populate" => populated.extend(populate_fields(collection, v)?),
-            "after_id" | "before_id" | "from_id" | "until_id" => {
-                docs.retain(|d| {
-                    let id = d.get("id").and_then(Value::as_str).unwrap_or("");
-                    match k.as_str() {
-                        "after_id" => id > v.as_str(),
-                        "before_id" => id < v.as_str(),
-                        "from_id" => id >= v.as_str(),
-                        _ => id <= v.as_str(),
+                keyed.sort_by(|(a, _), (b, _)| {
+                    for ((x, y), (_, desc)) in a.iter().zip(b).zip(&self.sort) {
+                        let o = compare(x.as_ref(), y.as_ref());
+                        let o = if *desc { o.reverse() } else { o };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
                     }
+                    Ordering::Equal
                 });
+                keyed.into_iter().map(|(_, d)| d).collect()
             }
-            "after" | "before" | "from" | "until" => {
-                let t = Timestamp::parse(v)
-                    .ok_or_else(|| bad(k, "must be an ISO 8601 time, e.g. 2024-01-31T12:00:00Z"))?;
-                docs.retain(|d| {
-                    let Some(created) = d
-                        .get("time_created")
-                        .and_then(Value::as_str)
-                        .and_then(Timestamp::parse)
-                    else {
-                        return false;
-                    };
-                    match k.as_str() {
-                        "after" => created > t,
-                        "before" => created < t,
-                        "from" => created >= t,
-                        _ => created <= t,
-                    }
-                });
-            }
-            name => {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-                {
-                    return Err(bad(name, "is not a field name"));
-                }
-                docs.retain(|d| matches(field(d, name), v));
-            }
+        };
+        let total_after_skip = kept.len().saturating_sub(self.skip);
+        let is_limited = total_after_skip > self.limit;
+        let page: Vec<D> = kept.into_iter().skip(self.skip).take(self.limit).collect();
+        let url_next = if is_limited {
+            page.last().map(|last| {
+                last.with_id(|id| {
+                    next_url(path, &self.params, &self.sort, id, self.skip + self.limit)
+                })
+            })
+        } else {
+            None
+        };
+        let results: Vec<Value> = if self.id_only {
+            page.iter().map(Doc::id_value).collect()
+        } else {
+            let mut page: Vec<Value> = page.into_iter().filter_map(Doc::into_value).collect();
+            populate(&mut page, &self.populated, lookup);
+            page
+        };
+        if self.results_only {
+            return Value::Array(results);
         }
+        json!({
+            "results": results,
+            "limit": self.limit,
+            "is_limited": is_limited,
+            "url_next": url_next,
+        })
     }
-    if !sort.iter().any(|(f, _)| f == "id") {
-        sort.push(("id".to_string(), false));
-    }
-    docs.sort_by(|a, b| {
-        for (f, desc) in &sort {
-            let o = compare(field(a, f), field(b, f));
-            let o = if *desc { o.reverse() } else { o };
-            if o != Ordering::Equal {
-                return o;
-            }
-        }
-        Ordering::Equal
-    });
-    let total_after_skip = docs.len().saturating_sub(skip);
-    let is_limited = total_after_skip > limit;
-    let mut page: Vec<Value> = docs.into_iter().skip(skip).take(limit).collect();
-    let url_next = if is_limited {
-        page.last()
-            .map(|last| next_url(path, params, &sort, last, skip + limit))
-    } else {
-        None
+}
+
+/// The tighter of two bounds on one side: `Greater` for lower bounds, `Less` for upper ones.
+fn tighter(a: Bound<Id>, b: Bound<Id>, side: Ordering) -> Bound<Id> {
+    let value = |b: &Bound<Id>| match b {
+        Bound::Included(id) | Bound::Excluded(id) => Some(*id),
+        Bound::Unbounded => None,
     };
-    let results: Vec<Value> = if id_only {
-        page.into_iter()
-            .map(|d| d.get("id").cloned().unwrap_or(Value::Null))
-            .collect()
-    } else {
-        populate(&mut page, &populated, lookup);
-        page
-    };
-    if results_only {
-        return Ok(Value::Array(results));
+    match (value(&a), value(&b)) {
+        (None, _) => b,
+        (_, None) => a,
+        (Some(x), Some(y)) if x.cmp(&y) == side => a,
+        (Some(x), Some(y)) if y.cmp(&x) == side => b,
+        // The same id: excluding it is tighter.
+        _ if matches!(a, Bound::Excluded(_)) => a,
+        _ => b,
     }
-    Ok(json!({
-        "results": results,
-        "limit": limit,
-        "is_limited": is_limited,
-        "url_next": url_next,
-    }))
 }
 
 /// The next page: by id when sorting by id alone (never repeats or skips while documents
@@ -286,10 +525,9 @@ fn next_url(
     path: &str,
     params: &[(String, String)],
     sort: &[(String, bool)],
-    last: &Value,
+    last_id: &str,
     next_skip: usize,
 ) -> String {
-    let last_id = last.get("id").and_then(Value::as_str).unwrap_or("");
     let mut out = form_urlencoded::Serializer::new(String::new());
     let by_id = sort
         .first()
@@ -324,6 +562,17 @@ mod tests {
                        "time_created": format!("2024-01-01T00:00:{:02}Z", i % 60)})
             })
             .collect()
+    }
+
+    /// A query over documents: parsed, then paged.
+    fn query(
+        collection: &str,
+        docs: Vec<Value>,
+        params: &[(String, String)],
+        path: &str,
+        lookup: &dyn Fn(&str, &str) -> Option<Value>,
+    ) -> Result<Value, QueryError> {
+        Ok(Query::parse(collection, params)?.page(docs, path, lookup))
     }
 
     /// A query over "items" whose lookups find nothing.
@@ -440,5 +689,183 @@ mod tests {
         assert_eq!(v.as_array().unwrap().len(), 1, "filters see the ids");
         assert_eq!(v[0]["item"], "i2", "only the named fields");
         assert_eq!(v[0]["location"]["label"], "dock");
+    }
+
+    mod over_the_domain {
+        //! Lists over the domain's rows (risk 3 of issue 11: REST reads stalled ingest).
+
+        use std::sync::RwLock;
+
+        use serde_json::{json, Value};
+        use spot_protocol::{Action, Event, EventKind, Presence, Proximity, Timestamp};
+
+        use super::params;
+        use crate::api::query::Query;
+        use crate::domain::{conversions, Domain, DomainConfig};
+        use crate::ids::Id;
+
+        const T0: i64 = 1_700_000_000_000;
+
+        /// A domain with `n` spots (and their locations), one a millisecond.
+        fn spots(n: usize) -> Domain {
+            let mut d = Domain::new(DomainConfig::default());
+            for i in 0..n {
+                d.begin_stream(&(100 + i).to_string(), None, T0 + i as i64);
+            }
+            d
+        }
+
+        /// What `GET /api/<collection>?<q>` answers, as `api::list` makes it (the rows under
+        /// the read lock, the page after it), with the documents converted to JSON under the
+        /// lock and in all.
+        fn list(domain: &RwLock<Domain>, collection: &str, q: &str) -> (Value, usize, usize) {
+            let query = Query::parse(collection, &params(q)).unwrap();
+            let before = conversions();
+            let rows = query.rows(&domain.read().unwrap()).unwrap();
+            let under_lock = conversions() - before;
+            let page = query.page(rows, "/", &|c, id| domain.read().unwrap().get(c, id));
+            (page, under_lock, conversions() - before)
+        }
+
+        fn ids(v: &Value) -> Vec<String> {
+            let results = v.get("results").unwrap_or(v).as_array().unwrap();
+            results
+                .iter()
+                .map(|d| d.get("id").unwrap_or(d).as_str().unwrap().to_string())
+                .collect()
+        }
+
+        #[test]
+        fn a_spots_page_of_one_over_20000_spots_converts_one_spot_and_none_under_the_lock() {
+            let domain = RwLock::new(spots(20_000));
+            let (v, under_lock, all) = list(&domain, "spots", "limit=1");
+            assert_eq!(v["results"][0]["serial_number"], "20099", "the newest");
+            assert_eq!(v["is_limited"], true);
+            assert_eq!((under_lock, all), (0, 1));
+            let query = Query::parse("spots", &params("limit=1")).unwrap();
+            let taken = query.rows(&domain.read().unwrap()).unwrap().len();
+            assert_eq!(
+                taken, 2,
+                "under the lock: the page and one more, not every spot"
+            );
+            let (v, under_lock, all) = list(&domain, "spots", "sort=id&limit=1");
+            assert_eq!(v["results"][0]["serial_number"], "100", "the oldest");
+            assert_eq!((under_lock, all), (0, 1));
+            let (v, _, all) = list(&domain, "spots", "limit=3&skip=2&id_only=true");
+            assert_eq!(v["results"].as_array().unwrap().len(), 3);
+            assert_eq!(all, 0, "ids need no JSON");
+        }
+
+        #[test]
+        fn an_events_page_of_10_over_100000_events_parses_only_the_page() {
+            let mut d = Domain::new(DomainConfig::default());
+            let id = |i: i64| Id(((T0 + i) as u64) << 16);
+            let docs = (0..100_000)
+                .map(|i| {
+                    json!({"id": id(i), "topic": format!("t/{}", i % 7), "time_event": null,
+                           "time_created": Timestamp(T0 + i).to_string(), "data": {"n": i}})
+                    .to_string()
+                })
+                .collect();
+            d.load_events(docs).unwrap();
+            let domain = RwLock::new(d);
+            let (v, under_lock, all) = list(&domain, "events", "limit=10");
+            assert_eq!(ids(&v)[0], id(99_999).text());
+            assert_eq!(v["results"][9]["data"]["n"], 99_990);
+            assert_eq!((under_lock, all), (0, 10));
+            let q = format!("sort=id&limit=10&after_id={}", id(50_000));
+            let (v, under_lock, all) = list(&domain, "events", &q);
+            assert_eq!(ids(&v)[0], id(50_001).text(), "from the id on");
+            assert_eq!((under_lock, all), (0, 10));
+            // A filter reads the events' heads (not their data) until the page is full.
+            let (v, under_lock, all) = list(&domain, "events", "topic=t/3&limit=10");
+            let results = v["results"].as_array().unwrap();
+            assert_eq!(results.len(), 10);
+            assert!(results.iter().all(|e| e["topic"] == "t/3"));
+            assert_eq!(under_lock, 0);
+            // One in seven has the topic: the page and one more (is there a next page?).
+            assert!(all <= 7 * 11 + 10, "{all} documents read for a page of 10");
+            let (v, _, _) = list(&domain, "events", "data.n=77&results_only=true");
+            assert_eq!(ids(&v), vec![id(77).text()], "data is read where asked for");
+        }
+
+        #[test]
+        fn a_page_is_built_after_the_lock_is_released_from_the_rows_taken_under_it() {
+            let domain = RwLock::new(spots(3));
+            let query = Query::parse("locations", &params("sort=id&limit=1")).unwrap();
+            let rows = query.rows(&domain.read().unwrap()).unwrap();
+            let oldest = ids(&query.page(rows.clone(), "/", &|_, _| None))[0].clone();
+            {
+                let mut ingest = domain.try_write().expect("no list holds the lock");
+                let body = json!({"label": "dock"});
+                ingest
+                    .put("locations", &oldest, body.as_object().unwrap(), T0 + 10)
+                    .unwrap();
+            }
+            let page = query.page(rows, "/", &|_, _| None);
+            assert_eq!(
+                page["results"][0]["label"], "spot100",
+                "the rows as they were taken"
+            );
+            let (now, _, _) = list(&domain, "locations", "sort=id&limit=1");
+            assert_eq!(now["results"][0]["label"], "dock");
+        }
+
+        #[test]
+        fn pages_over_the_rows_are_the_pages_over_every_document() {
+            let mut d = spots(5);
+            for (i, code) in ["a1", "b2", "a1", "c3", "b2", "d4"].iter().enumerate() {
+                let serial = (100 + i % 3).to_string();
+                let now = T0 + 100 + i as i64;
+                d.begin_stream(&serial, None, now);
+                let action = if i == 2 {
+                    Action::Delete
+                } else {
+                    Action::Create
+                };
+                let presence = Presence {
+                    item_code: Some((*code).into()),
+                    item_codetype: Some("EPC Gen2".into()),
+                    proximity: Some(Proximity::Near),
+                    ..Presence::default()
+                };
+                let event = Event::new(EventKind::Presence(action, presence));
+                d.apply_event(&serial, &event, now);
+                d.end_stream(&serial, now, false);
+            }
+            let domain = RwLock::new(d);
+            for collection in super::super::COLLECTIONS {
+                let every = domain.read().unwrap().collection(collection).unwrap();
+                assert!(!every.is_empty(), "{collection}");
+                let middle = every[every.len() / 2]["id"].as_str().unwrap().to_string();
+                let created = every[every.len() / 2]["time_created"].as_str().unwrap();
+                let created = created.replace(':', "%3A");
+                for q in [
+                    String::new(),
+                    "limit=2".into(),
+                    "sort=id&limit=3".into(),
+                    "limit=2&skip=1".into(),
+                    format!("after_id={middle}"),
+                    format!("sort=id&from_id={middle}&limit=2"),
+                    format!("before_id={middle}&until_id={middle}&limit=1"),
+                    format!("from_id={middle}&after_id=0&until_id=zz"),
+                    format!("after={created}&limit=2"),
+                    format!("until={created}&sort=-time_created&limit=2"),
+                    "is_present=true&limit=1".into(),
+                    "is_online=true&sort=-serial_number&limit=2".into(),
+                    "sort=topic,-id&limit=4&skip=1".into(),
+                    "sort=-location&populate=location&limit=3".into(),
+                    "id_only=true&results_only=true&sort=time_updated".into(),
+                ] {
+                    let Ok(query) = Query::parse(collection, &params(&q)) else {
+                        continue;
+                    };
+                    let lookup = |c: &str, id: &str| domain.read().unwrap().get(c, id);
+                    let expected = query.page(every.clone(), "/", &lookup);
+                    let (got, _, _) = list(&domain, collection, &q);
+                    assert_eq!(got, expected, "{collection}?{q}");
+                }
+            }
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! change; the domain keeps the recent ones in memory and hands new ones to the caller in
 //! [`super::Changes::log`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use spot_protocol::Proximity;
@@ -37,8 +39,8 @@ pub(super) struct DerivedEventDoc {
     pub(super) id: Id,
     /// Its server time (pruning goes by it).
     pub(super) time_created: i64,
-    /// The [`LogEvent`] document.
-    pub(super) doc: Box<str>,
+    /// The [`LogEvent`] document (shared: a REST page takes it without a copy).
+    pub(super) doc: Arc<str>,
 }
 
 /// The topic of a derived event (spec §7, spelled as the §7 topic builders spell it). The frequent ones

@@ -22,7 +22,7 @@
 //!   traffic, deleting their presences, and prunes the derived events in memory;
 //! - after each batch: [`Domain::take_changes`], whose [`Changes`] the caller commits.
 //!
-//! REST reads and `PUT`s ([`Domain::collection`], [`Domain::get`], [`Domain::put`]) may come
+//! REST reads and `PUT`s ([`Domain::rows`], [`Domain::get`], [`Domain::put`]) may come
 //! between any of these.
 //!
 //! Files, one concern each: `model` (the resources and their serde shapes), `spots` (connect,
@@ -63,7 +63,9 @@ pub use journal::{
 };
 pub use model::{Item, Location, NamedProximity, PresenceResource, Reporters, Spot, Table};
 use presences::ItemPresences;
-pub use views::PutError;
+#[cfg(test)]
+pub(crate) use views::conversions;
+pub use views::{PutError, Row};
 
 /// Settings of the domain.
 #[derive(Debug, Clone)]

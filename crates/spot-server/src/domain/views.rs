@@ -1,14 +1,20 @@
-//! What the REST API reads and changes: resources of a collection as JSON
-//! ([`Domain::collection`], [`Domain::get`]) and the fields an application may set
-//! ([`Domain::put`]).
+//! What the REST API reads and changes: the rows of a collection, shared, for a list to
+//! page through after releasing the lock ([`Domain::rows`], [`Row`]: JSON only for what a
+//! page returns), one resource as JSON ([`Domain::get`]) and the fields an application may
+//! set ([`Domain::put`]).
 
-use serde::Serialize;
+use std::borrow::Cow;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use serde::ser::{Impossible, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spot_protocol::Object;
 
 use super::derived::Topic;
-use super::{topics, Domain, Table};
-use crate::ids::{Id, IdMap};
+use super::{topics, Domain, Item, Location, PresenceResource, Spot, Table};
+use crate::ids::Id;
 
 /// A REST change that cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,52 +137,413 @@ impl Domain {
         Ok(value)
     }
 
-    /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
-    pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
-        fn all<T: Serialize>(m: &IdMap<T>) -> Vec<Value> {
-            m.values()
-                .filter_map(|v| serde_json::to_value(v).ok())
-                .collect()
+    /// The rows of a collection whose ids are in `ids`, in id order (the newest first with
+    /// `newest_first`), those `keep` keeps, at most `take` of them; `None` for an unknown
+    /// collection. A REST list takes them under the read lock and builds its page after
+    /// releasing it: each row costs a reference count (rows are shared, copy on write), no
+    /// JSON, and rows past `take` cost nothing.
+    pub fn rows(
+        &self,
+        collection: &str,
+        ids: (Bound<Id>, Bound<Id>),
+        newest_first: bool,
+        take: usize,
+        keep: &dyn Fn(&Row) -> bool,
+    ) -> Option<Vec<Row>> {
+        fn pick(
+            rows: impl DoubleEndedIterator<Item = Row>,
+            newest_first: bool,
+            take: usize,
+            keep: &dyn Fn(&Row) -> bool,
+        ) -> Vec<Row> {
+            let kept = |row: &Row| keep(row);
+            if newest_first {
+                rows.rev().filter(kept).take(take).collect()
+            } else {
+                rows.filter(kept).take(take).collect()
+            }
         }
         Some(match collection {
-            "spots" => all(&self.spots),
-            "locations" => all(&self.locations),
-            "items" => all(&self.items),
-            "presences" => all(&self.presences),
-            "events" => self
-                .events
-                .iter()
-                .filter_map(|e| serde_json::from_str(&e.doc).ok())
-                .collect(),
+            "spots" => pick(
+                self.spots.range(ids).cloned().map(Row::Spot),
+                newest_first,
+                take,
+                keep,
+            ),
+            "locations" => pick(
+                self.locations.range(ids).cloned().map(Row::Location),
+                newest_first,
+                take,
+                keep,
+            ),
+            "items" => pick(
+                self.items.range(ids).cloned().map(Row::Item),
+                newest_first,
+                take,
+                keep,
+            ),
+            "presences" => pick(
+                self.presences.range(ids).cloned().map(Row::Presence),
+                newest_first,
+                take,
+                keep,
+            ),
+            "events" => {
+                // The log is in id order: its ends in `ids` are found by bisection.
+                let at = |bound: Bound<&Id>, after: bool| match bound {
+                    Bound::Included(id) => self.events.partition_point(|e| e.id < *id),
+                    Bound::Excluded(id) => self.events.partition_point(|e| e.id <= *id),
+                    Bound::Unbounded if after => self.events.len(),
+                    Bound::Unbounded => 0,
+                };
+                let start = at(ids.start_bound(), false);
+                let end = match ids.end_bound() {
+                    Bound::Included(id) => at(Bound::Excluded(id), true),
+                    Bound::Excluded(id) => at(Bound::Included(id), true),
+                    Bound::Unbounded => self.events.len(),
+                };
+                let events = self.events.range(start..end.max(start));
+                let rows = events.map(|e| Row::Event {
+                    id: e.id,
+                    time_created: e.time_created,
+                    doc: e.doc.clone(),
+                });
+                pick(rows, newest_first, take, keep)
+            }
             _ => return None,
         })
     }
 
+    /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
+    #[cfg(test)]
+    pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let rows = self.rows(collection, all, false, usize::MAX, &|_| true)?;
+        Some(rows.iter().filter_map(Row::value).collect())
+    }
+
     /// One resource as JSON (spots also by serial number).
     pub fn get(&self, collection: &str, id: &str) -> Option<Value> {
-        match collection {
+        let row = match collection {
             "spots" => self
                 .resolve_spot_id(id)
-                .and_then(|id| self.spots.get(id))
-                .and_then(|v| serde_json::to_value(v).ok()),
-            "locations" => self
-                .locations
-                .get_str(id)
-                .and_then(|v| serde_json::to_value(v).ok()),
-            "items" => self
-                .items
-                .get_str(id)
-                .and_then(|v| serde_json::to_value(v).ok()),
-            "presences" => self
-                .presences
-                .get_str(id)
-                .and_then(|v| serde_json::to_value(v).ok()),
+                .and_then(|id| self.spots.get_shared(id))
+                .map(Row::Spot),
+            "locations" => Id::parse(id)
+                .and_then(|id| self.locations.get_shared(id))
+                .map(Row::Location),
+            "items" => Id::parse(id)
+                .and_then(|id| self.items.get_shared(id))
+                .map(Row::Item),
+            "presences" => Id::parse(id)
+                .and_then(|id| self.presences.get_shared(id))
+                .map(Row::Presence),
             "events" => Id::parse(id)
                 .and_then(|id| self.events.binary_search_by(|e| e.id.cmp(&id)).ok())
-                .and_then(|i| serde_json::from_str(&self.events[i].doc).ok()),
+                .map(|i| &self.events[i])
+                .map(|e| Row::Event {
+                    id: e.id,
+                    time_created: e.time_created,
+                    doc: e.doc.clone(),
+                }),
             _ => None,
+        };
+        row?.value()
+    }
+}
+
+/// A resource of a REST list, shared with the domain: what [`Domain::rows`] hands out.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// A spot.
+    Spot(Arc<Spot>),
+    /// A location.
+    Location(Arc<Location>),
+    /// An item.
+    Item(Arc<Item>),
+    /// A presence.
+    Presence(Arc<PresenceResource>),
+    /// A derived event: its id, its server time and its document (a [`super::LogEvent`]).
+    Event {
+        /// The event's id.
+        id: Id,
+        /// Its server time.
+        time_created: i64,
+        /// The JSON document.
+        doc: Arc<str>,
+    },
+}
+
+/// The fields of a derived event's document but its data, read without reading the data.
+#[derive(Deserialize)]
+struct EventHead<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    time_event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time_created: Cow<'a, str>,
+}
+
+impl Row {
+    /// The id.
+    pub fn id(&self) -> Id {
+        match self {
+            Row::Spot(r) => r.id,
+            Row::Location(r) => r.id,
+            Row::Item(r) => r.id,
+            Row::Presence(r) => r.id,
+            Row::Event { id, .. } => *id,
         }
     }
+
+    /// When it was created (Unix ms).
+    pub fn time_created(&self) -> i64 {
+        match self {
+            Row::Spot(r) => r.time_created,
+            Row::Location(r) => r.time_created,
+            Row::Item(r) => r.time_created,
+            Row::Presence(r) => r.time_created,
+            Row::Event { time_created, .. } => *time_created,
+        }
+    }
+
+    /// The resource as JSON (`None` for an unreadable event document).
+    pub fn value(&self) -> Option<Value> {
+        count_conversion();
+        match self {
+            Row::Spot(r) => serde_json::to_value(&**r).ok(),
+            Row::Location(r) => serde_json::to_value(&**r).ok(),
+            Row::Item(r) => serde_json::to_value(&**r).ok(),
+            Row::Presence(r) => serde_json::to_value(&**r).ok(),
+            Row::Event { doc, .. } => serde_json::from_str(doc).ok(),
+        }
+    }
+
+    /// What filters and sorts on the fields at `paths` (dotted) look at: the fields of the
+    /// resource they name (first segments), the others skipped unbuilt; for a derived event
+    /// its whole document only when a path is under its `data`.
+    pub fn fields(&self, paths: &[&str]) -> Option<Value> {
+        let named = |name: &str| paths.iter().any(|p| p.split('.').next() == Some(name));
+        match self {
+            Row::Event { doc, .. } if !named("data") => {
+                count_conversion();
+                // Unknown fields (the data) are skipped.
+                let head: EventHead = serde_json::from_str(doc).ok()?;
+                let mut fields = serde_json::Map::new();
+                let mut add = |name: &str, value: Option<Cow<str>>| {
+                    if named(name) {
+                        fields.insert(name.to_string(), value.map_or(Value::Null, Value::from));
+                    }
+                };
+                add("id", Some(head.id));
+                add("topic", Some(head.topic));
+                add("time_event", head.time_event);
+                add("time_created", Some(head.time_created));
+                Some(Value::Object(fields))
+            }
+            Row::Event { .. } => self.value(),
+            Row::Spot(r) => picked(&**r, &named),
+            Row::Location(r) => picked(&**r, &named),
+            Row::Item(r) => picked(&**r, &named),
+            Row::Presence(r) => picked(&**r, &named),
+        }
+    }
+}
+
+/// The fields of a resource that `named` names, as a JSON object: the others are skipped
+/// unbuilt (a spot's `status` and `config`, say, for a sort on `time_updated`).
+fn picked(resource: &impl Serialize, named: &dyn Fn(&str) -> bool) -> Option<Value> {
+    count_conversion();
+    resource.serialize(Picker(named)).ok()
+}
+
+/// Serializes a struct into a JSON object of the fields it names (and nothing else: the
+/// resources are structs).
+struct Picker<'a>(&'a dyn Fn(&str) -> bool);
+
+/// The object [`Picker`] fills.
+struct PickedFields<'a> {
+    named: &'a dyn Fn(&str) -> bool,
+    fields: serde_json::Map<String, Value>,
+}
+
+impl SerializeStruct for PickedFields<'_> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), serde_json::Error> {
+        if (self.named)(key) {
+            self.fields
+                .insert(key.to_string(), serde_json::to_value(value)?);
+        }
+        Ok(())
+    }
+
+    fn end(self) -> Result<Value, serde_json::Error> {
+        Ok(Value::Object(self.fields))
+    }
+}
+
+/// What [`Picker`] answers for anything but a struct.
+fn not_a_struct() -> serde_json::Error {
+    serde::ser::Error::custom("only a struct's fields are picked")
+}
+
+impl<'a> Serializer for Picker<'a> {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    type SerializeSeq = Impossible<Value, serde_json::Error>;
+    type SerializeTuple = Impossible<Value, serde_json::Error>;
+    type SerializeTupleStruct = Impossible<Value, serde_json::Error>;
+    type SerializeTupleVariant = Impossible<Value, serde_json::Error>;
+    type SerializeMap = Impossible<Value, serde_json::Error>;
+    type SerializeStruct = PickedFields<'a>;
+    type SerializeStructVariant = Impossible<Value, serde_json::Error>;
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<PickedFields<'a>, Self::Error> {
+        Ok(PickedFields {
+            named: self.0,
+            fields: serde_json::Map::new(),
+        })
+    }
+
+    fn serialize_bool(self, _: bool) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i8(self, _: i8) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i16(self, _: i16) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i32(self, _: i32) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_i64(self, _: i64) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u8(self, _: u8) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u16(self, _: u16) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u32(self, _: u32) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_u64(self, _: u64) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_f32(self, _: f32) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_f64(self, _: f64) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_char(self, _: char) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_str(self, _: &str) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_none(self) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_unit(self) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+    ) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<Value, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
+        Err(not_a_struct())
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, Self::Error> {
+        Err(not_a_struct())
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Documents converted to JSON values ([`Row::value`], [`Row::fields`]) on this thread.
+    static CONVERSIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a document converted to a JSON value (in tests: what a list costs).
+fn count_conversion() {
+    #[cfg(test)]
+    CONVERSIONS.with(|n| n.set(n.get() + 1));
+}
+
+/// How many documents were converted to JSON values on this thread so far.
+#[cfg(test)]
+pub(crate) fn conversions() -> usize {
+    CONVERSIONS.with(|n| n.get())
 }
 
 /// A JSON value as an optional field (`null`: none).
@@ -184,5 +551,56 @@ fn boxed(value: &Value) -> Option<Box<Value>> {
     match value {
         Value::Null => None,
         v => Some(Box::new(v.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::testing::*;
+
+    #[test]
+    fn the_fields_of_a_row_are_those_of_its_json_that_the_paths_name() {
+        let mut d = Domain::new(DomainConfig::default());
+        d.begin_stream("7", Some("1.2"), T0);
+        d.apply_event(
+            "7",
+            &presence(Action::Create, "ab", Proximity::Near),
+            T0 + 1,
+        );
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let paths = [
+            "status.x",
+            "time_updated",
+            "version",
+            "item",
+            "topic",
+            "nope",
+        ];
+        for collection in ["spots", "locations", "items", "presences", "events"] {
+            for row in d
+                .rows(collection, all, false, usize::MAX, &|_| true)
+                .unwrap()
+            {
+                let whole = row.value().unwrap();
+                let mut expected = serde_json::Map::new();
+                for (k, v) in whole.as_object().unwrap() {
+                    if paths
+                        .iter()
+                        .any(|p| p.split('.').next() == Some(k.as_str()))
+                    {
+                        expected.insert(k.clone(), v.clone());
+                    }
+                }
+                assert_eq!(
+                    row.fields(&paths),
+                    Some(Value::Object(expected)),
+                    "{collection}"
+                );
+                if collection == "events" {
+                    assert_eq!(row.fields(&["data.id"]), Some(whole), "an event's data");
+                }
+            }
+        }
     }
 }
