@@ -14,7 +14,7 @@ use crate::api::query::{Query, COLLECTIONS};
 use crate::context::Context;
 use crate::domain::PutError;
 use crate::pipeline::PipelineMsg;
-use crate::response::{error, json_response, unavailable, Body};
+use crate::response::{error, json_response, unavailable, unavailable_state, Body};
 
 pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context) -> Response<Body> {
     let params: Vec<(String, String)> =
@@ -43,17 +43,15 @@ pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context)
     };
     // Under the read lock only the rows the page needs, shared (no JSON): ingest waits for
     // no list.
-    let rows = {
-        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
-        query.rows(&domain)
+    let rows = match shared.live_state() {
+        Ok(domain) => query.rows(&domain),
+        Err(why) => return unavailable_state(&why),
     };
     let Some(rows) = rows else {
         return no_collection();
     };
-    let lookup = |collection: &str, id: &str| {
-        let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
-        domain.get(collection, id)
-    };
+    // A reference the state can no longer resolve stays an id.
+    let lookup = |collection: &str, id: &str| shared.live_state().ok()?.get(collection, id);
     json_response(StatusCode::OK, &query.page(rows, path, &lookup))
 }
 
@@ -79,7 +77,10 @@ pub fn get_one<B>(
             }
         }
     }
-    let domain = shared.domain.read().unwrap_or_else(|e| e.into_inner());
+    let domain = match shared.live_state() {
+        Ok(domain) => domain,
+        Err(why) => return unavailable_state(&why),
+    };
     if !crate::api::query::COLLECTIONS.contains(&collection) {
         return error(
             StatusCode::NOT_FOUND,
