@@ -4,9 +4,8 @@
 //! In memory an id is its integer value ([`Id`]): comparing, hashing and copying it is cheap;
 //! it is written (serde, `Display`) as the 16 digits.
 
-use std::collections::BTreeSet;
 use std::fmt;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -215,9 +214,12 @@ pub fn id_key(id: &str) -> Option<u64> {
 }
 
 /// Resources by id: a hash map of the id's integer value (lookups are the hot path: one
-/// hash, no tree walk), and the ids in order beside it (changed only when a resource comes or
-/// goes), so that lists are in id (= creation) order, nothing depends on hash order, and a
-/// page of a list ([`IdMap::range`]) costs its length, not the map's.
+/// hash, no tree walk), and the ids in order beside it, so that lists are in id (= creation)
+/// order, nothing depends on hash order, and a page of a list ([`IdMap::range`]) costs its
+/// length, not the map's. The order is a sorted vector: ids are chronological, so a new
+/// resource's id is nearly always the largest yet (a push; loads come sorted too); a removed
+/// id stays in it, skipped when read, until removed ids are half of it (then one pass drops
+/// them): neither costs a tree node or a tree walk per resource.
 ///
 /// Values are shared ([`Arc`]): growing the table moves pointers, not resources, and a
 /// snapshot of a resource ([`IdMap::get_shared`], what a flush hands the row writer) is a
@@ -226,15 +228,18 @@ pub fn id_key(id: &str) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct IdMap<T> {
     map: rustc_hash::FxHashMap<Id, Arc<T>>,
-    /// The keys of `map`, in order.
-    order: BTreeSet<Id>,
+    /// The keys of `map` in increasing order, and removed ones not dropped yet.
+    order: Vec<Id>,
+    /// How many ids in `order` are not in `map`.
+    removed: usize,
 }
 
 impl<T> Default for IdMap<T> {
     fn default() -> Self {
         IdMap {
             map: rustc_hash::FxHashMap::default(),
-            order: BTreeSet::new(),
+            order: Vec::new(),
+            removed: 0,
         }
     }
 }
@@ -267,15 +272,28 @@ impl<T> IdMap<T> {
 
     /// Adds or replaces a resource.
     pub fn insert(&mut self, id: Id, value: T) {
-        if self.map.insert(id, Arc::new(value)).is_none() {
-            self.order.insert(id);
+        if self.map.insert(id, Arc::new(value)).is_some() {
+            return;
+        }
+        if self.order.last().is_none_or(|&last| last < id) {
+            self.order.push(id);
+            return;
+        }
+        match self.order.binary_search(&id) {
+            Ok(_) => self.removed -= 1, // a removed id back: it is still in place
+            Err(at) => self.order.insert(at, id),
         }
     }
 
     /// Removes and returns the resource with this id.
     pub fn remove(&mut self, id: Id) -> Option<Arc<T>> {
         let removed = self.map.remove(&id)?;
-        self.order.remove(&id);
+        self.removed += 1;
+        if self.removed > 64 && self.removed * 2 > self.order.len() {
+            let map = &self.map;
+            self.order.retain(|id| map.contains_key(id));
+            self.removed = 0;
+        }
         Some(removed)
     }
 
@@ -287,7 +305,20 @@ impl<T> IdMap<T> {
     /// The resources whose ids are in `ids`, in id order (`.rev()` for the newest first),
     /// shared: each costs a lookup when it is reached, nothing before.
     pub fn range(&self, ids: impl RangeBounds<Id>) -> impl DoubleEndedIterator<Item = &Arc<T>> {
-        self.order.range(ids).filter_map(|id| self.map.get(id))
+        let order = &self.order;
+        let start = match ids.start_bound() {
+            Bound::Included(first) => order.partition_point(|id| id < first),
+            Bound::Excluded(after) => order.partition_point(|id| id <= after),
+            Bound::Unbounded => 0,
+        };
+        let end = match ids.end_bound() {
+            Bound::Included(last) => order.partition_point(|id| id <= last),
+            Bound::Excluded(before) => order.partition_point(|id| id < before),
+            Bound::Unbounded => order.len(),
+        };
+        order[start..end.max(start)]
+            .iter()
+            .filter_map(|id| self.map.get(id))
     }
 
     /// How many there are.
@@ -355,6 +386,28 @@ mod id_map_tests {
         assert_eq!(got(&mut m.range(..=Id(5)).rev().take(2)), vec![5, 33]);
         assert_eq!(m.values().copied().collect::<Vec<_>>(), vec![1, 33, 5, 9]);
         assert_eq!(m.len(), 4);
+    }
+
+    #[test]
+    fn the_order_survives_removals_compactions_returns_and_late_ids() {
+        let mut m = IdMap::new();
+        for v in 1..=1000u64 {
+            m.insert(Id(v * 10), v);
+        }
+        // Removed ids are skipped, then dropped in one pass (past half of the order).
+        for v in 1..=600u64 {
+            assert_eq!(m.remove(Id(v * 10)).as_deref(), Some(&v));
+        }
+        assert!(m.order.len() < 1000, "compacted");
+        m.insert(Id(6000), 600); // a removed id back, in place
+        m.insert(Id(5), 0); // older than every id
+        m.insert(Id(6005), 601); // between two ids
+        let ids: Vec<u64> = m.range(..).map(|v| **v).collect();
+        assert_eq!(ids[..3], [0, 600, 601]);
+        assert_eq!(ids[3..], (601..=1000).collect::<Vec<_>>()[..]);
+        assert_eq!(m.len(), 403);
+        let page: Vec<u64> = m.range(Id(6001)..=Id(6020)).map(|v| **v).collect();
+        assert_eq!(page, [601, 601, 602]);
     }
 
     #[test]
