@@ -33,13 +33,7 @@ pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context)
     }
     let query = match Query::parse(collection, &params) {
         Ok(query) => query,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-                json!({ "parameter": e.param }),
-            )
-        }
+        Err(e) => return bad_parameter(&e),
     };
     // Under the read lock only the rows the page needs, shared (no JSON): ingest waits for
     // no list.
@@ -67,13 +61,7 @@ pub fn get_one<B>(
         if k == "populate" {
             match crate::api::query::populate_fields(collection, &v) {
                 Ok(f) => fields.extend(f),
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        e.to_string(),
-                        json!({ "parameter": e.param }),
-                    )
-                }
+                Err(e) => return bad_parameter(&e),
             }
         }
     }
@@ -190,4 +178,13 @@ where
 /// The `/metrics` text: the server's counters, then the outlets'.
 pub fn metrics_text(ctx: &Context) -> String {
     ctx.metrics.render() + &ctx.outlets.render_metrics()
+}
+
+/// `400` naming the query parameter that is wrong.
+fn bad_parameter(e: &query::QueryError) -> Response<Body> {
+    error(
+        StatusCode::BAD_REQUEST,
+        e.to_string(),
+        json!({ "parameter": e.param }),
+    )
 }
