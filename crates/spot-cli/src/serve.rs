@@ -93,6 +93,10 @@ pub struct Args {
     /// Most open connections (HTTP and raw TCP each) [default: 10000].
     #[arg(long, env = "SPOT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Connections over max-connections answered `503` at the same time; past it they are
+    /// closed unanswered (a flood costs neither tasks nor descriptors) [default: 64].
+    #[arg(long, env = "SPOT_MAX_REFUSALS")]
+    max_refusals: Option<usize>,
     /// Upstream events waiting for the core before ingest stops reading (backpressure to
     /// the spots, which keep their events); bounds acknowledgement latency under overload
     /// [default: 4096].
@@ -166,6 +170,7 @@ impl Args {
             header_timeout: self.header_timeout.or(lower.header_timeout),
             body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_refusals: self.max_refusals.or(lower.max_refusals),
             core_queue_events: self.core_queue_events.or(lower.core_queue_events),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
@@ -237,6 +242,7 @@ impl Args {
                     limits.body_idle_timeout,
                 )?,
                 max_connections: self.max_connections.unwrap_or(limits.max_connections),
+                max_refusals: self.max_refusals.unwrap_or(limits.max_refusals),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 shutdown_grace: secs_or(
                     "shutdown-grace",
@@ -413,7 +419,7 @@ mod tests {
     #[test]
     fn a_flag_beats_the_file_which_beats_the_default() {
         let (_f, path) = file(
-            "listen = \"127.0.0.1:9001\"\nmax-connections = 7\nsync = \"normal\"\n\
+            "listen = \"127.0.0.1:9001\"\nmax-connections = 7\nmax-refusals = 3\nsync = \"normal\"\n\
              pull = [\"10.0.0.5:23\", \"10.0.0.6:23\"]\nshutdown-grace = 2.5\n",
         );
         let config = parse(&["--config", &path, "--listen", "127.0.0.1:9002"])
@@ -427,6 +433,7 @@ mod tests {
             "flag wins"
         );
         assert_eq!(config.limits.max_connections, 7, "file beats default");
+        assert_eq!(config.limits.max_refusals, 3, "file beats default");
         assert_eq!(config.sync, Durability::Normal);
         assert_eq!(config.pull, ["10.0.0.5:23", "10.0.0.6:23"]);
         assert_eq!(config.limits.shutdown_grace, Duration::from_millis(2500));
