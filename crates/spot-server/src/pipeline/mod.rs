@@ -44,24 +44,24 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// …or as soon as this many rows are waiting (bounds memory and the replay after a crash).
 pub const FLUSH_AT_DIRTY_ROWS: usize = 50_000;
 
-/// The sending side of the way to the core (see the module docs). Cheap to clone.
+/// The sending side of the way to the pipeline (see the module docs). Cheap to clone.
 #[derive(Debug)]
 pub struct PipelineSender {
     inner: Arc<Inner>,
 }
 
-/// The core's side: takes every queued message at once and gives the budget back per batch.
+/// The apply stage's side: takes every queued message at once and gives the budget back per batch.
 #[derive(Debug)]
 pub struct PipelineReceiver {
     inner: Arc<Inner>,
 }
 
-/// The queue shared by the senders and the core.
+/// The queue shared by the senders and the apply stage.
 ///
-/// A plain mutex-guarded deque: a sender locks it once to push, and wakes the core only
-/// when the core is parked on it (so a busy core is not signalled per message); the core
+/// A plain mutex-guarded deque: a sender locks it once to push, and wakes the apply stage only
+/// when the apply stage is parked on it (so a busy apply stage is not signalled per message); the apply stage
 /// swaps the whole deque out under one lock. Room is counted by two fair (FIFO) semaphores,
-/// taken before pushing and given back by the core per batch: `budget` in events for
+/// taken before pushing and given back by the apply stage per batch: `budget` in events for
 /// [`PipelineMsg::Events`], `slots` in messages for every other message.
 #[derive(Debug)]
 struct Inner {
@@ -78,9 +78,9 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Queue {
     msgs: VecDeque<PipelineMsg>,
-    /// The core waits on `wake` for a message.
+    /// The apply stage waits on `wake` for a message.
     core_parked: bool,
-    /// The core is gone: sends fail.
+    /// The pipeline is gone: sends fail.
     closed: bool,
 }
 
@@ -111,7 +111,7 @@ impl Inner {
     }
 }
 
-/// A way to the core holding at most `messages` messages without events and `events`
+/// A way to the pipeline holding at most `messages` messages without events and `events`
 /// events (each at least 1; a message with events counts only in `events`).
 pub fn channel(messages: usize, events: usize) -> (PipelineSender, PipelineReceiver) {
     let max_events = events.clamp(1, Semaphore::MAX_PERMITS);
@@ -153,7 +153,7 @@ impl Clone for PipelineSender {
 impl Drop for PipelineSender {
     fn drop(&mut self) {
         if self.inner.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The last sender: a parked core sees that nothing more can come.
+            // The last sender: a parked apply stage sees that nothing more can come.
             drop(self.inner.lock());
             self.inner.wake.notify_one();
         }
@@ -161,7 +161,7 @@ impl Drop for PipelineSender {
 }
 
 impl PipelineSender {
-    /// Queues `msg`, waiting for room; fails only when the core is gone.
+    /// Queues `msg`, waiting for room; fails only when the pipeline is gone.
     pub async fn send(&self, msg: PipelineMsg) -> Result<(), mpsc::error::SendError<PipelineMsg>> {
         let n = share(&msg, self.inner.max_events);
         let room = if n > 0 {
@@ -170,7 +170,7 @@ impl PipelineSender {
             &self.inner.slots
         };
         match room.acquire_many(n.max(1) as u32).await {
-            // Given back by the core once applied.
+            // Given back by the apply stage once applied.
             Ok(permit) => permit.forget(),
             Err(_) => return Err(mpsc::error::SendError(msg)),
         }
@@ -181,7 +181,7 @@ impl PipelineSender {
     }
 
     /// Queues `msg` if there is room now (for messages without events, e.g. ticks); the
-    /// error says whether the queue was full or the core is gone (`msg` is dropped).
+    /// error says whether the queue was full or the pipeline is gone (`msg` is dropped).
     pub fn try_send(&self, msg: PipelineMsg) -> Result<(), mpsc::error::TrySendError<()>> {
         debug_assert_eq!(
             share(&msg, self.inner.max_events),
@@ -203,8 +203,8 @@ impl PipelineSender {
         }
     }
 
-    /// Pushes a message whose room is taken; wakes the core if it is parked. Hands `msg`
-    /// back when the core is gone.
+    /// Pushes a message whose room is taken; wakes the apply stage if it is parked. Hands `msg`
+    /// back when the pipeline is gone.
     fn push(&self, msg: PipelineMsg) -> Option<PipelineMsg> {
         let mut queue = self.inner.lock();
         if queue.closed {
@@ -267,7 +267,7 @@ impl PipelineReceiver {
 impl Drop for PipelineReceiver {
     fn drop(&mut self) {
         // Later and waiting sends fail; queued messages are dropped (their waiters see
-        // the core gone).
+        // the pipeline gone).
         self.inner.budget.close();
         self.inner.slots.close();
         let msgs = {
@@ -279,7 +279,7 @@ impl Drop for PipelineReceiver {
     }
 }
 
-/// What the core answers when a stream ends (or a spot asks where it stands).
+/// What the pipeline answers when a stream ends (or a spot asks where it stands).
 #[derive(Debug)]
 pub struct EndReply {
     /// Highest sequence durably stored for the spot in its current epoch.
@@ -288,7 +288,7 @@ pub struct EndReply {
     pub commands: Vec<Event>,
 }
 
-/// A request to the core.
+/// A request to the pipeline.
 #[derive(Debug)]
 pub enum PipelineMsg {
     /// A stream of `serial` opened (counts a request, creates the spot).
@@ -368,7 +368,7 @@ enum Waiter {
     Ack(watch::Sender<u64>, u64),
 }
 
-/// The core loop; returns after [`PipelineMsg::Shutdown`] or when every sender is gone, each
+/// The pipeline; returns after [`PipelineMsg::Shutdown`] or when every sender is gone, each
 /// time after a final commit. A panic in either stage stops the pipeline for good
 /// ([`PipelineSender::failure`]): the apply stage's leaves the domain lock poisoned.
 pub fn run(
@@ -405,7 +405,7 @@ pub fn run(
         }
         drop(jobs);
     });
-    tracing::debug!("core stopped");
+    tracing::debug!("pipeline stopped");
 }
 
 /// Work for the writer stage.
@@ -717,7 +717,7 @@ mod tests {
         }
     }
 
-    /// What the core does with the messages it applied: gives their room back.
+    /// What the apply stage does with the messages it applied: gives their room back.
     fn apply_all(rx: &PipelineReceiver) -> usize {
         let mut msgs = VecDeque::new();
         rx.take_all(&mut msgs, false);
