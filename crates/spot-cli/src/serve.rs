@@ -27,6 +27,11 @@ pub struct Args {
     #[arg(long, env = "SPOT_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Check the settings (the --config file, TLS and CA files, MQTT URL) and exit: 0 when
+    /// `spot serve` would start with them; nothing is created and no port is bound.
+    #[arg(long)]
+    #[serde(skip)]
+    check_config: bool,
     /// HTTP address for spot POSTs and the REST API [default: 0.0.0.0:8080].
     #[arg(long, env = "SPOT_LISTEN")]
     listen: Option<SocketAddr>,
@@ -150,6 +155,7 @@ impl Args {
     fn over(self, lower: Args) -> Args {
         Args {
             config: self.config.or(lower.config),
+            check_config: self.check_config || lower.check_config,
             listen: self.listen.or(lower.listen),
             data: self.data.or(lower.data),
             tcp_listen: self.tcp_listen.or(lower.tcp_listen),
@@ -313,7 +319,13 @@ fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let check_only = args.check_config;
     let config = args.with_file()?.server_config()?;
+    if check_only {
+        Server::check(&config)?;
+        println!("configuration OK");
+        return Ok(ExitCode::SUCCESS);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -60,6 +60,9 @@ pub enum ServerError {
         /// What is wrong.
         reason: String,
     },
+    /// The CA file of `webhook-ca-cert` is unusable.
+    #[error("webhook-ca-cert: {0}")]
+    WebhookCa(#[source] spot_push::tls::TlsConfigError),
     /// A listener could not be bound.
     #[error("bind {addr}: {source}")]
     Bind {
@@ -133,22 +136,46 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+/// The HTTPS acceptor of `config.tls`, if set: the files read and checked to match.
+fn tls_acceptor(config: &ServerConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, ServerError> {
+    let Some(files) = &config.tls else {
+        return Ok(None);
+    };
+    http::tls::tls_acceptor(&files.cert, &files.key)
+        .map(Some)
+        .map_err(|e| ServerError::Tls {
+            path: e.path,
+            reason: e.reason,
+        })
+}
+
+/// Reads the `webhook-ca-cert` file, if set, as the webhook client will.
+fn check_webhook_ca(config: &ServerConfig) -> Result<(), ServerError> {
+    if let Some(ca) = &config.push.webhooks.ca_cert {
+        spot_push::tls::client_config(Some(ca), &[]).map_err(ServerError::WebhookCa)?;
+    }
+    Ok(())
+}
+
 impl Server {
+    /// Checks what [`Server::bind`] can check without creating, opening or binding
+    /// anything: the TLS certificate and key (readable, matching) and the webhook CA file.
+    /// `bind` does these checks first too.
+    pub fn check(config: &ServerConfig) -> Result<(), ServerError> {
+        tls_acceptor(config)?;
+        check_webhook_ca(config)
+    }
+
     /// Opens the store, loads the state, binds the listeners and starts serving.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        // Everything checkable without side effects comes before the first thing created.
+        let tls = tls_acceptor(&config)?;
+        check_webhook_ca(&config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
-        let tls = match &config.tls {
-            Some(files) => Some(
-                http::tls::tls_acceptor(&files.cert, &files.key).map_err(|e| ServerError::Tls {
-                    path: e.path,
-                    reason: e.reason,
-                })?,
-            ),
-            None => None,
-        };
         let data_lock = lock_data_dir(&config.data_dir)?;
         let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
         let push = outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?;
