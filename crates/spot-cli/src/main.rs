@@ -30,6 +30,14 @@ enum Command {
     /// Emulate one or many spots against a server.
     Emulate(emulate::Args),
     /// Decode a spot event stream and print one compact JSON event per line.
+    ///
+    /// Each event is printed normalised, as the server understands it: values typed
+    /// (`"spot_id":"201"` → `201`), times with milliseconds (`.29Z` → `.290Z`), known fields
+    /// first, compact JSON. `--raw` prints each message's text as received instead.
+    ///
+    /// Input: a JSON event stream, a protobuf stream (`--from pb`), or captured HTTP/1.1
+    /// POSTs (`--from http`, chosen by itself when the input starts with a request line or a
+    /// chunk-size line): heads read, bodies de-chunked, each decoded by its `Content-Type`.
     Decode(decode::Args),
     /// Read a JSON event stream and write it in the chosen encoding.
     Encode(encode::Args),
