@@ -1,4 +1,7 @@
-//! `spot emulate`: runs N emulated spots against a server and prints a JSON summary.
+//! `spot emulate`: runs N emulated spots against a server and prints a JSON summary (the
+//! total, or with `--summary per-spot` every spot too). The first connection failure of
+//! each kind is said on stderr as it happens; the exit status is 2 when events were
+//! generated and not acknowledged.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +13,7 @@ use spot_emulator::fleet::{self, FleetConfig};
 use spot_emulator::population::PopulationParams;
 use spot_emulator::replay::{Recording, ReplayTiming};
 use spot_emulator::tls::{TlsClient, Trust};
-use spot_emulator::uplink::{ServerAddr, UplinkConfig};
+use spot_emulator::uplink::{ErrorTally, ServerAddr, UplinkConfig};
 use spot_emulator::wire::ChunkSplit;
 
 use crate::encode::Format;
@@ -32,6 +35,18 @@ enum Timing {
     /// --rate events per second.
     Rate,
 }
+
+/// What the JSON summary on stdout holds.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SummaryKind {
+    /// The totals of the run and its settings.
+    Total,
+    /// The totals, then every spot's counters and `last_error`.
+    PerSpot,
+}
+
+/// The exit status of a run that ended with events generated and not acknowledged.
+const EXIT_UNACKNOWLEDGED: u8 = 2;
 
 /// Flags of `spot emulate` (boxed: they are many, and `Command` holds one of each).
 #[derive(clap::Args)]
@@ -141,6 +156,9 @@ struct Flags {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// The JSON summary on stdout: the totals, or the totals and every spot.
+    #[arg(long, value_enum, default_value_t = SummaryKind::Total)]
+    summary: SummaryKind,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -170,6 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, false) => Trust::PublicRoots,
     };
     let mut uplink = UplinkConfig::new(server);
+    uplink.errors = std::sync::Arc::new(ErrorTally::speaking());
     if uplink.server.tls {
         if trust == Trust::Insecure {
             eprintln!(
@@ -274,6 +293,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(fleet::run(tasks, !args.quiet).await)
     })?;
     let mut json = summary.to_json();
+    if args.summary == SummaryKind::Total {
+        if let Some(map) = json.as_object_mut() {
+            map.remove("per_spot");
+        }
+    }
     json["settings"] = serde_json::json!({
         "server": cfg.uplink.server.connect,
         "transport": match (cfg.uplink.raw_tcp, cfg.uplink.server.tls) {
@@ -303,9 +327,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
-    Ok(if summary.panics.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    let unacknowledged = summary.unacknowledged();
+    if unacknowledged > 0 {
+        let errors: Vec<String> = summary
+            .errors
+            .iter()
+            .map(|(kind, n)| format!("{} {n}", kind.name()))
+            .collect();
+        eprintln!(
+            "spot emulate: {unacknowledged} events not acknowledged; connection failures: {}",
+            if errors.is_empty() {
+                "none".to_string()
+            } else {
+                errors.join(", ")
+            }
+        );
+    }
+    Ok(if !summary.panics.is_empty() {
         ExitCode::from(1)
+    } else if unacknowledged > 0 {
+        ExitCode::from(EXIT_UNACKNOWLEDGED)
+    } else {
+        ExitCode::SUCCESS
     })
 }

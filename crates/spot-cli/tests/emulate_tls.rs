@@ -66,6 +66,8 @@ fn emulate_over_https_with_ca_cert_delivers_everything_to_spot_serve() {
         "0.5",
         "--drain-s",
         "20",
+        "--summary",
+        "per-spot",
     ]);
     server.kill().unwrap();
     server.wait().unwrap();
@@ -133,7 +135,8 @@ fn emulate_insecure_warns_and_delivers() {
 }
 
 /// Without --ca-cert the public roots are trusted, which a self-signed certificate is not:
-/// the run ends with nothing acked, every attempt counted, and the TLS reason in last_error.
+/// the run ends with nothing acked (exit 2), every attempt counted, and the TLS reason in
+/// last_error and (once) on stderr.
 #[test]
 fn emulate_without_ca_cert_refuses_a_self_signed_server_with_a_tls_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,10 +151,15 @@ fn emulate_without_ca_cert_refuses_a_self_signed_server_with_a_tls_error() {
         "0.3",
         "--drain-s",
         "0.3",
+        "--summary",
+        "per-spot",
     ]);
     server.kill().unwrap();
     server.wait().unwrap();
-    let json = summary(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("first tls error").count(), 1, "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON summary on stdout");
     assert_eq!(json["total"]["events_acked"], 0);
     assert!(json["total"]["reconnects"].as_u64().unwrap() >= 1);
     let error = json["per_spot"][0]["last_error"].as_str().unwrap();

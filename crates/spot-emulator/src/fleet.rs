@@ -20,7 +20,7 @@ use crate::replay::{Recording, Replay, ReplayTiming};
 use crate::rng::mix;
 use crate::spot::{Spot, SpotCounters};
 use crate::stats::SpotStats;
-use crate::uplink::{SpotReport, SpotTask, UplinkConfig};
+use crate::uplink::{ErrorKind, SpotReport, SpotTask, UplinkConfig};
 
 /// A run of many spots.
 #[derive(Debug, Clone)]
@@ -162,6 +162,8 @@ pub async fn bind_telnet(
 pub async fn run(tasks: Vec<SpotTask>, progress: bool) -> Summary {
     let started = Instant::now();
     let stats: Vec<Arc<SpotStats>> = tasks.iter().map(|t| t.stats()).collect();
+    // Every task of a fleet shares its config's tally.
+    let errors = tasks.first().map(|t| t.errors());
     let mut set = tokio::task::JoinSet::new();
     for t in tasks {
         set.spawn(t.run());
@@ -183,6 +185,7 @@ pub async fn run(tasks: Vec<SpotTask>, progress: bool) -> Summary {
     Summary {
         reports,
         panics,
+        errors: errors.map(|e| e.counts()).unwrap_or_default(),
         elapsed: started.elapsed(),
     }
 }
@@ -223,12 +226,25 @@ pub struct Summary {
     pub reports: Vec<SpotReport>,
     /// Spot tasks that panicked (a bug; reported, not hidden).
     pub panics: Vec<String>,
+    /// Connection failures of every spot, by kind (kinds never seen left out).
+    pub errors: Vec<(ErrorKind, u64)>,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
 
-fn counters_json(s: &SpotStats, h: &Histogram<u64>) -> Value {
+/// Median, 99th percentile and maximum of a histogram of microseconds, in milliseconds.
+fn latency_json(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "p50": ms(h.value_at_quantile(0.5)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "max": ms(h.max()),
+    })
+}
+
+/// A spot's (or the total's) counters; `ack` and `response` are its latency histograms
+/// (from generation, and from the end of the POST body, to the `2xx`).
+fn counters_json(s: &SpotStats, ack: &Histogram<u64>, response: &Histogram<u64>) -> Value {
     json!({
         "events_generated": s.events_generated.load(Relaxed),
         "events_acked": s.events_acked.load(Relaxed),
@@ -255,11 +271,10 @@ fn counters_json(s: &SpotStats, h: &Histogram<u64>) -> Value {
             "burst_events": s.fault_burst_events.load(Relaxed),
             "malformed": s.fault_malformed.load(Relaxed),
         },
-        "ack_latency_ms": {
-            "p50": ms(h.value_at_quantile(0.5)),
-            "p99": ms(h.value_at_quantile(0.99)),
-            "max": ms(h.max()),
-        },
+        // From generation: includes the time an event waited in the buffer or in its POST.
+        "ack_latency_ms": latency_json(ack),
+        // From the end of the POST body: the server's own time.
+        "ack_latency_from_body_end_ms": latency_json(response),
     })
 }
 
@@ -299,15 +314,32 @@ impl Summary {
         t
     }
 
-    /// The JSON summary: totals, then one entry per spot.
+    /// Events generated and not acknowledged by the end of the run: still buffered (with
+    /// `--buffer`, those of an earlier run included).
+    pub fn unacknowledged(&self) -> u64 {
+        self.reports
+            .iter()
+            .map(|r| r.stats.events_buffered.load(Relaxed))
+            .sum()
+    }
+
+    /// The JSON summary: totals (with the failures by kind), then one entry per spot.
     pub fn to_json(&self) -> Value {
         let mut all = Histogram::<u64>::new(3).expect("valid precision");
+        let mut all_responses = Histogram::<u64>::new(3).expect("valid precision");
         for r in &self.reports {
             let _ = all.add(&r.ack_latency_us);
+            let _ = all_responses.add(&r.response_latency_us);
         }
         let total = self.total();
         let elapsed = self.elapsed.as_secs_f64();
-        let mut total_json = counters_json(&total, &all);
+        let mut total_json = counters_json(&total, &all, &all_responses);
+        total_json["errors"] = self
+            .errors
+            .iter()
+            .map(|(kind, n)| (kind.name().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         // Delivered throughput is what was acknowledged: under overload far fewer events
         // are acked than generated (the rest stay buffered when the drain gives up).
         let per_second = |n: &AtomicU64| json!(n.load(Relaxed) as f64 / elapsed.max(1e-9));
@@ -319,7 +351,7 @@ impl Summary {
             "total": total_json,
             "panics": self.panics,
             "per_spot": self.reports.iter().map(|r| {
-                let mut v = counters_json(&r.stats, &r.ack_latency_us);
+                let mut v = counters_json(&r.stats, &r.ack_latency_us, &r.response_latency_us);
                 v["serial"] = json!(r.serial);
                 v["last_error"] = json!(r.last_error);
                 v

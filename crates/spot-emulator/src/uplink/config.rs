@@ -1,9 +1,14 @@
 //! Where a spot sends and how ([`UplinkConfig`]): the server's address ([`ServerAddr`],
 //! parsed from `http[s]://host[:port][/prefix]` or a raw `host:port`), the encoding, the
 //! pacing of POSTs and events, timeouts, reconnect backoff, every per-spot limit, the faults
-//! to inject and the TLS client. Plain data, read by every other part of the uplink.
+//! to inject and the TLS client. Plain data, read by every other part of the uplink, but
+//! for one shared counter: the fleet's [`ErrorTally`] (cloning the config shares it).
+
+use std::sync::Arc;
 
 use spot_protocol::Encoding;
+
+use super::error::ErrorTally;
 
 use crate::faults::Faults;
 use crate::tls::{TlsClient, Trust};
@@ -143,6 +148,8 @@ pub struct UplinkConfig {
     pub raw_tcp: bool,
     /// The TLS client for an `https://` server (`None` for `http://`).
     pub tls: Option<TlsClient>,
+    /// Connection failures by kind, shared by every spot given (a clone of) this config.
+    pub errors: Arc<ErrorTally>,
 }
 
 impl UplinkConfig {
@@ -170,6 +177,7 @@ impl UplinkConfig {
                 TlsClient::new(Trust::PublicRoots)
                     .expect("the ring provider supports the default protocol versions")
             }),
+            errors: Arc::default(),
             server,
         }
     }

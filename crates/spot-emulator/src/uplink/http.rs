@@ -160,6 +160,8 @@ where
             }
         }
         driver.write(&mut wr, wire::LAST_CHUNK).await?;
+        let body_end = driver.now();
+        driver.session.body_ended(body_end);
         driver.session.stats().posts.fetch_add(1, Relaxed);
         let response = read_response(driver, &mut rd, &mut parser, &mut read_buf).await?;
         let now = driver.now();

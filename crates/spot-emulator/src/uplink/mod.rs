@@ -11,7 +11,7 @@
 //!   runs the same over TLS ([`crate::tls`]), a failed handshake is a failed connection like
 //!   any other.
 //! - `tcp`: the raw TCP stream (spec §4.2), acks as `["ack","update",{"seq":N}]` events.
-//! - [`UplinkError`]: why a connection failed.
+//! - [`UplinkError`]: why a connection failed; [`ErrorTally`] counts them by kind.
 //!
 //! Per HTTP connection: the first POST starts with `spot create` and `config create` (not
 //! buffered), then every buffered event not yet acknowledged, in order; then each event is
@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use config::{AddrError, ServerAddr, UplinkConfig, DEFAULT_MAX_POST_BYTES};
-pub use error::UplinkError;
+pub use error::{ErrorKind, ErrorTally, UplinkError};
 pub use session::SpotReport;
 
 use crate::buffer::SpotBuffer;
@@ -120,6 +120,11 @@ impl SpotTask {
         self.driver.session.stats().clone()
     }
 
+    /// The fleet's connection failures by kind (shared by every spot of its config).
+    pub fn errors(&self) -> Arc<ErrorTally> {
+        self.driver.cfg.errors.clone()
+    }
+
     /// Runs the spot to the end and reports.
     pub async fn run(mut self) -> SpotReport {
         let _telnet = match (self.telnet_feed.take(), self.telnet_listener.take()) {
@@ -134,6 +139,7 @@ impl SpotTask {
                 Ok(ConnectionEnd::Finished) => break,
                 Ok(ConnectionEnd::Reboot | ConnectionEnd::Closed) => continue,
                 Err(e) => {
+                    self.driver.cfg.errors.record(self.serial(), &e);
                     self.driver.session.set_last_error(&e);
                     if self.driver.session.buffer_broken() {
                         break;

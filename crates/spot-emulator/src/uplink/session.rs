@@ -42,6 +42,9 @@ pub struct SpotReport {
     pub stats: Arc<SpotStats>,
     /// Ack latency (from generation to the `2xx` that covered it), microseconds.
     pub ack_latency_us: Histogram<u64>,
+    /// Response latency (from the end of a POST body to its `2xx`), microseconds: the
+    /// server's own share of the ack latency. One sample per POST; none over raw TCP.
+    pub response_latency_us: Histogram<u64>,
     /// The last connection error, if any.
     pub last_error: Option<String>,
 }
@@ -90,6 +93,10 @@ pub struct Session {
     cfg: Arc<UplinkConfig>,
     stats: Arc<SpotStats>,
     latency: Histogram<u64>,
+    /// From the end of each POST body to its `2xx`.
+    response_latency: Histogram<u64>,
+    /// When the body of the POST awaiting its response ended.
+    body_end: Option<Instant>,
     /// When events were generated, for the ack latency: runs of seqs (first, last) made at
     /// one instant (all the events of one tick), oldest first.
     generated_at: VecDeque<(u64, u64, Instant)>,
@@ -146,6 +153,8 @@ impl Session {
             cfg,
             stats,
             latency: Histogram::new(3).expect("3 significant digits is valid"),
+            response_latency: Histogram::new(3).expect("3 significant digits is valid"),
+            body_end: None,
             generated_at,
             rng: Rng::new(seed),
             gen_start: start,
@@ -464,6 +473,11 @@ impl Session {
         );
     }
 
+    /// The body of the current POST ended at `now` (its response latency starts).
+    pub fn body_ended(&mut self, now: Instant) {
+        self.body_end = Some(now);
+    }
+
     /// Draws the faults of a POST starting at `now`; a burst fault happens right away.
     pub fn plan_post(&mut self, now: Instant) -> PostPlan {
         let faults = &self.cfg.faults;
@@ -494,6 +508,10 @@ impl Session {
         if !(200..300).contains(&response.status) {
             self.stats.responses_not_2xx.fetch_add(1, Relaxed);
             return Err(UplinkError::Status(response.status));
+        }
+        if let Some(end) = self.body_end.take() {
+            let us = now.saturating_duration_since(end).as_micros() as u64;
+            let _ = self.response_latency.record(us.max(1));
         }
         let ack = response.ack.unwrap_or(self.sent_upto);
         if ack < self.sent_upto {
@@ -645,6 +663,7 @@ impl Session {
             serial: self.spot.serial(),
             stats: self.stats,
             ack_latency_us: self.latency,
+            response_latency_us: self.response_latency,
             last_error: self.last_error,
         }
     }
@@ -755,6 +774,27 @@ mod tests {
         assert_eq!(stats.events_buffered.load(Relaxed), 0, "all delivered");
         let report = session.into_report();
         assert_eq!(report.ack_latency_us.len(), 10);
+    }
+
+    /// The response latency runs from the end of the body, the ack latency from generation:
+    /// events that waited in the buffer do not make the server look slow.
+    #[test]
+    fn response_latency_counts_from_the_end_of_the_body() {
+        let (mut session, now) = session_with_ten_events();
+        session.begin_connection();
+        session.begin_post();
+        sent(&mut session);
+        let body_end = now + Duration::from_secs(2);
+        session.body_ended(body_end);
+        let answered = body_end + Duration::from_millis(5);
+        session
+            .on_response(&response(200, None, &[]), answered)
+            .unwrap();
+        let report = session.into_report();
+        assert_eq!(report.response_latency_us.len(), 1);
+        let response_ms = report.response_latency_us.max() / 1000;
+        assert_eq!(response_ms, 5);
+        assert!(report.ack_latency_us.min() >= 2_000_000);
     }
 
     #[test]
