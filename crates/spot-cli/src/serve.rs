@@ -148,6 +148,14 @@ pub struct Args {
     /// private CA or a self-signed certificate), besides the public roots.
     #[arg(long, env = "SPOT_WEBHOOK_CA_CERT", value_name = "PEM")]
     webhook_ca_cert: Option<PathBuf>,
+    /// Log lines as `text` or as one JSON object per line (`json`, for log pipelines);
+    /// levels and targets by `RUST_LOG` (e.g. `RUST_LOG=spot_server=debug`) [default: text].
+    #[arg(long, env = "SPOT_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Colour in text logs: `auto` (only when stderr is a terminal and `NO_COLOR` is unset),
+    /// `always` or `never` [default: auto].
+    #[arg(long, env = "SPOT_COLOR", value_parser = ["auto", "always", "never"])]
+    color: Option<String>,
 }
 
 impl Args {
@@ -189,6 +197,8 @@ impl Args {
             },
             publish_raw: self.publish_raw.or(lower.publish_raw),
             webhook_ca_cert: self.webhook_ca_cert.or(lower.webhook_ca_cert),
+            log_format: self.log_format.or(lower.log_format),
+            color: self.color.or(lower.color),
         }
     }
 
@@ -318,21 +328,63 @@ fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("{name} {value}: not a duration"))
 }
 
+/// How the server logs: to stderr, as text (coloured or not) or as JSON lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Logs {
+    json: bool,
+    ansi: bool,
+}
+
+impl Logs {
+    fn from_args(args: &Args) -> anyhow::Result<Logs> {
+        let json = match args.log_format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => anyhow::bail!("log-format {other:?}: must be \"text\" or \"json\""),
+        };
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let ansi = match args.color.as_deref() {
+            None | Some("auto") => {
+                !no_color && std::io::IsTerminal::is_terminal(&std::io::stderr())
+            }
+            Some("always") => true,
+            Some("never") => false,
+            Some(other) => {
+                anyhow::bail!("color {other:?}: must be \"auto\", \"always\" or \"never\"")
+            }
+        };
+        Ok(Logs {
+            json,
+            ansi: ansi && !json,
+        })
+    }
+
+    fn init(self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(self.ansi);
+        if self.json {
+            logs.json().init();
+        } else {
+            logs.init();
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let check_only = args.check_config;
-    let config = args.with_file()?.server_config()?;
+    let args = args.with_file()?;
+    let logs = Logs::from_args(&args)?;
+    let config = args.server_config()?;
     if check_only {
         Server::check(&config)?;
         println!("configuration OK");
         return Ok(ExitCode::SUCCESS);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logs.init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
