@@ -1,28 +1,13 @@
 //! `spot decode` and `spot encode` as an integrator runs them: real processes, real pipes.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use test_support::fixtures;
+use test_support::process::run_with_stdin;
 
 /// Runs `spot ARGS` with `stdin` piped in.
 fn spot(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spot"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spot");
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        // The child may exit before reading everything (e.g. on a bad flag).
-        let _ = input.write_all(&stdin);
-    });
-    let output = child.wait_with_output().expect("wait for spot");
-    writer.join().unwrap();
-    output
+    run_with_stdin(env!("CARGO_BIN_EXE_spot"), args, stdin)
 }
 
 fn text(bytes: &[u8]) -> String {

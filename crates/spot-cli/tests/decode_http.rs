@@ -3,29 +3,15 @@
 //! take (line ends converted, the body without its head, requests back to back), `--raw`,
 //! and the help that says values are normalised.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use test_support::captures::{http_spot203_body, HTTP_SPOT203};
 use test_support::fixtures;
+use test_support::process::run_with_stdin;
 
 /// Runs `spot ARGS` with `stdin` piped in.
 fn spot(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spot"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spot");
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let output = child.wait_with_output().expect("wait for spot");
-    writer.join().unwrap();
-    output
+    run_with_stdin(env!("CARGO_BIN_EXE_spot"), args, stdin)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -6,8 +6,8 @@
 //! - [`split`]: a byte stream cut at given points, and at every point in two;
 //! - [`http`]: HTTP/1.1 chunked bodies written and de-chunked, and a blocking `GET`;
 //! - [`free_port`]: a loopback port nobody listens on;
-//! - [`process`]: `spot serve` (or any server process) started and waited for, and killed
-//!   when dropped;
+//! - [`process`]: a tool run with piped stdin ([`process::run_with_stdin`]); `spot serve`
+//!   (or any server process) started and waited for, and killed when dropped;
 //! - `mosquitto` (feature `mqtt`): a real mosquitto on a free port with its own config, and
 //!   real MQTT subscribers.
 //!

@@ -3,9 +3,10 @@
 //! caller's `env!("CARGO_BIN_EXE_spot")`: Cargo gives it to spot-cli's tests only.
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fixtures::{localhost_cert, localhost_key};
@@ -18,6 +19,27 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs `program ARGS` with `stdin` piped in and its output captured (a command-line tool
+/// as an integrator runs it: real process, real pipes).
+pub fn run_with_stdin(program: impl AsRef<OsStr>, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the program");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The child may exit before reading everything (e.g. on a bad flag).
+        let _ = input.write_all(&stdin);
+    });
+    let output = child.wait_with_output().expect("wait for the program");
+    writer.join().expect("stdin writer");
+    output
 }
 
 /// Waits (30 s at most) until something accepts connections on `127.0.0.1:port`; panics
