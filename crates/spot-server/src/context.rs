@@ -15,7 +15,7 @@ use crate::{outlets, pipeline};
 pub struct Context {
     /// Sender to the pipeline.
     pub pipeline: pipeline::PipelineSender,
-    /// The live state (read side; the core writes).
+    /// The live state (read side; the pipeline writes).
     pub domain: Arc<RwLock<Domain>>,
     /// Counters.
     pub metrics: Arc<Metrics>,

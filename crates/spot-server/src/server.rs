@@ -343,7 +343,7 @@ impl Server {
     /// Graceful stop: the listeners close at once (the port is free), in-flight POSTs and
     /// TCP streams finish within [`crate::ServerLimits::shutdown_grace`]; after it, the remaining
     /// connections are dropped (their spots keep the unacknowledged events and resend
-    /// them). Then the core commits what it received and stops, and the data directory
+    /// them). Then the pipeline commits what it received and stops, and the data directory
     /// lock is released.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(Phase::Draining);

@@ -54,9 +54,9 @@ fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding,
         Err(NotAcceptable(text.to_string()))
     }
 }
-/// Ends the stream with the core if the handler is dropped mid-body (client went away).
+/// Ends the stream with the pipeline if the handler is dropped mid-body (client went away).
 struct StreamGuard {
-    core: crate::pipeline::PipelineSender,
+    pipeline: crate::pipeline::PipelineSender,
     serial: String,
     armed: bool,
 }
@@ -65,12 +65,12 @@ impl Drop for StreamGuard {
         if !self.armed {
             return;
         }
-        let core = self.core.clone();
+        let pipeline = self.pipeline.clone();
         let serial = std::mem::take(&mut self.serial);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let (reply, _rx) = oneshot::channel();
-                let _ = core
+                let _ = pipeline
                     .send(PipelineMsg::Sync {
                         serial,
                         end_stream: true,
@@ -161,7 +161,7 @@ where
         return unavailable();
     }
     let mut guard = StreamGuard {
-        core: shared.pipeline.clone(),
+        pipeline: shared.pipeline.clone(),
         serial: serial.clone(),
         armed: true,
     };
