@@ -159,6 +159,52 @@ struct Flags {
     /// The JSON summary on stdout: the totals, or the totals and every spot.
     #[arg(long, value_enum, default_value_t = SummaryKind::Total)]
     summary: SummaryKind,
+    /// The spots' secret, for a server with `--spot-admission secret` (sent as HTTP Basic
+    /// `serial:secret`; on raw TCP as `spot_secret` in the spot create). Every spot sends
+    /// it, so it fits one spot (`--spots 1`); for several use --spot-secrets.
+    #[arg(long, value_name = "SECRET", conflicts_with = "spot_secrets")]
+    spot_secret: Option<String>,
+    /// A file of `SERIAL SECRET` lines (what `spot spots enroll --secret` prints; `#`
+    /// starts a comment): each spot sends its own.
+    #[arg(long, value_name = "FILE")]
+    spot_secrets: Option<PathBuf>,
+}
+
+/// The secrets of `--spot-secret` (for each of `serials`) or `--spot-secrets`.
+fn spot_secrets(
+    one: Option<&str>,
+    file: Option<&std::path::Path>,
+    serials: std::ops::Range<u64>,
+) -> anyhow::Result<std::collections::HashMap<u64, String>> {
+    if let Some(secret) = one {
+        return Ok(serials.map(|s| (s, secret.to_string())).collect());
+    }
+    let Some(path) = file else {
+        return Ok(Default::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut secrets = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parsed = line
+            .split_once(char::is_whitespace)
+            .and_then(|(serial, secret)| Some((serial.parse::<u64>().ok()?, secret.trim())));
+        match parsed {
+            Some((serial, secret)) if !secret.is_empty() => {
+                secrets.insert(serial, secret.to_string());
+            }
+            _ => anyhow::bail!(
+                "{}:{}: expected `SERIAL SECRET` (a numeric serial, a space, the secret)",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(secrets)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -199,6 +245,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         uplink.tls = Some(TlsClient::new(trust.clone()).context("--ca-cert")?);
     }
     uplink.raw_tcp = args.raw_tcp.is_some();
+    uplink.secrets = std::sync::Arc::new(spot_secrets(
+        args.spot_secret.as_deref(),
+        args.spot_secrets.as_deref(),
+        args.first_serial..args.first_serial.saturating_add(args.spots),
+    )?);
     uplink.encoding = args.encoding.encoding();
     uplink.post_ms = args.post_ms;
     uplink.tick_ms = args.tick_ms;

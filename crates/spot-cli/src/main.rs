@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod access;
 mod decode;
 mod emulate;
 mod encode;
@@ -43,6 +44,12 @@ enum Command {
     Encode(encode::Args),
     /// Follow the server's event stream: one event per line (JSON lines when piped).
     Tail(tail::Args),
+    /// Manage the API keys of a server's data directory (stopped or running).
+    #[command(subcommand)]
+    Keys(access::KeysCommand),
+    /// Enrol spots for `--spot-admission enrolled|secret` (stopped or running server).
+    #[command(subcommand)]
+    Spots(access::SpotsCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
         Command::Decode(args) => decode::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Keys(command) => access::keys(command),
+        Command::Spots(command) => access::spots(command),
     };
     match result {
         Ok(code) => code,

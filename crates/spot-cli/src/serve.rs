@@ -156,6 +156,41 @@ pub struct Args {
     /// `always` or `never` [default: auto].
     #[arg(long, env = "SPOT_COLOR", value_parser = ["auto", "always", "never"])]
     color: Option<String>,
+    /// Which spots may stream events in: `open` (any serial, at most --max-spots spots),
+    /// `enrolled` (only serials enrolled with `spot spots enroll` or POST /api/spots) or
+    /// `secret` (enrolled, and each presents its own secret) [default: open].
+    #[arg(long, env = "SPOT_ADMISSION", value_parser = ["open", "enrolled", "secret"])]
+    spot_admission: Option<String>,
+    /// Most spots the server keeps; a new serial beyond it is refused (403) and creates
+    /// nothing [default: 10000].
+    #[arg(long, env = "SPOT_MAX_SPOTS")]
+    max_spots: Option<usize>,
+    /// With `enrolled` or `secret` admission: until this time a new serial that connects is
+    /// enrolled (with `secret`, bound to the secret it presents first). An ISO 8601 time
+    /// (`2026-12-02T12:00:00Z`) or a span from the start (`+30m`, `+2h`, `+90s`).
+    #[arg(long, env = "SPOT_ENROLL_UNTIL", value_name = "TIME")]
+    enroll_until: Option<String>,
+    /// Serve /metrics without an API key (for a Prometheus on a trusted network)
+    /// [default: false].
+    #[arg(
+        long,
+        env = "SPOT_METRICS_PUBLIC",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    metrics_public: Option<bool>,
+    /// Let browser pages of this origin (`https://dashboard.example`) call the API
+    /// (CORS); repeatable; the environment variable takes a comma-separated list, the file
+    /// a list [default: none].
+    #[arg(
+        long,
+        value_name = "ORIGIN",
+        env = "SPOT_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origin: Vec<String>,
 }
 
 impl Args {
@@ -199,6 +234,15 @@ impl Args {
             webhook_ca_cert: self.webhook_ca_cert.or(lower.webhook_ca_cert),
             log_format: self.log_format.or(lower.log_format),
             color: self.color.or(lower.color),
+            spot_admission: self.spot_admission.or(lower.spot_admission),
+            max_spots: self.max_spots.or(lower.max_spots),
+            enroll_until: self.enroll_until.or(lower.enroll_until),
+            metrics_public: self.metrics_public.or(lower.metrics_public),
+            cors_origin: if self.cors_origin.is_empty() {
+                lower.cors_origin
+            } else {
+                self.cors_origin
+            },
         }
     }
 
@@ -281,8 +325,90 @@ impl Args {
                 },
                 ..Default::default()
             },
+            access: access_config(
+                self.spot_admission.as_deref(),
+                self.max_spots,
+                self.enroll_until.as_deref(),
+                self.metrics_public.unwrap_or(false),
+                self.cors_origin,
+            )?,
         })
     }
+}
+
+/// The access-control settings.
+fn access_config(
+    admission: Option<&str>,
+    max_spots: Option<usize>,
+    enroll_until: Option<&str>,
+    metrics_public: bool,
+    cors_origins: Vec<String>,
+) -> anyhow::Result<spot_server::access::AccessConfig> {
+    use spot_server::access::{AccessConfig, AdmissionConfig, AdmissionMode};
+    let defaults = AdmissionConfig::default();
+    let mode: AdmissionMode = match admission {
+        Some(text) => text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("spot-admission: {e}"))?,
+        None => defaults.mode,
+    };
+    let enroll_until = enroll_until
+        .map(|text| enroll_time(text, spot_server::clock::now_ms()))
+        .transpose()?;
+    if enroll_until.is_some() && mode == AdmissionMode::Open {
+        anyhow::bail!(
+            "enroll-until needs --spot-admission enrolled or secret (with open admission \
+             every spot is admitted anyway)"
+        );
+    }
+    for origin in &cors_origins {
+        let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && !origin.trim_end_matches('/').contains(['?', '#'])
+            && origin.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            anyhow::bail!(
+                "cors-origin {origin:?}: an origin is scheme://host[:port], e.g. \
+                 https://dashboard.example"
+            );
+        }
+    }
+    Ok(AccessConfig {
+        admission: AdmissionConfig {
+            mode,
+            max_spots: max_spots.unwrap_or(defaults.max_spots),
+            enroll_until,
+        },
+        metrics_public,
+        cors_origins,
+        ..AccessConfig::default()
+    })
+}
+
+/// `--enroll-until`: an ISO 8601 time, or `+N[s|m|h]` from `now` (ms).
+fn enroll_time(text: &str, now: i64) -> anyhow::Result<i64> {
+    let bad = || {
+        anyhow::anyhow!(
+            "enroll-until {text:?}: give an ISO 8601 time (2026-12-02T12:00:00Z) or a span \
+             from now (+30m, +2h, +90s)"
+        )
+    };
+    if let Some(span) = text.strip_prefix('+') {
+        let (number, unit) = span.split_at(span.len().saturating_sub(1));
+        let factor = match unit {
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        if !(n.is_finite() && n >= 0.0) {
+            return Err(bad());
+        }
+        return Ok(now + (n * factor) as i64);
+    }
+    spot_protocol::Timestamp::parse(text)
+        .map(|t| t.as_millis())
+        .ok_or_else(bad)
 }
 
 /// Reads a `--config` file; unknown keys and wrong types are errors naming the key.

@@ -29,6 +29,8 @@ pub struct Args {
     /// Wait before reconnecting after the connection broke, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reconnect_delay_ms: u64,
+    #[command(flatten)]
+    key: crate::access::KeyArgs,
 }
 
 /// One event for a person: `#id topic payload` (`#-` for a raw spot event, which has no
@@ -58,6 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         topic_filter: args.topic_filter,
         after_id: args.after_id,
         reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
+        key: args.key.resolve()?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

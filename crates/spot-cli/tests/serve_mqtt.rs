@@ -94,6 +94,7 @@ fn the_broker_gets_only_the_events_matching_the_mqtt_filters() {
         .expect("spawn spot serve");
     let _server = KillOnDrop(server);
     wait_listening(port, "spot serve");
+    test_support::http::remember_key(port, &dir.path().join("data"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !get_text(port, "/metrics").contains("spot_push_mqtt_connected 1") {
         assert!(Instant::now() < deadline, "outlet did not connect");

@@ -367,6 +367,7 @@ fn serve_pulls_an_emulated_spots_telnet_stream() {
         assert!(Instant::now() < deadline, "no pulled events");
         assert!(emulator.try_wait().unwrap().is_none(), "emulator exited");
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            test_support::http::remember_key(port, dir.path());
             let spots = get_json(port, "/api/spots?serial_number=77&results_only=true");
             if spots[0]["event_counter"].as_u64().unwrap_or(0) >= 10 {
                 assert_eq!(spots[0]["is_online"], true);
@@ -398,6 +399,7 @@ fn a_second_sigterm_during_the_grace_period_exits_at_once() {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
+    test_support::http::remember_key(port, dir.path());
     // A POST that never ends keeps the first stop waiting for the (hour-long) grace.
     let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
     held.write_all(HEAD.as_bytes()).unwrap();

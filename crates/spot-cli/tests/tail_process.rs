@@ -21,7 +21,8 @@ fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
     let mut tail = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_spot"))
             .args(["tail", "--server", &format!("http://127.0.0.1:{port}")])
-            .args(["--after-id", "0", "presences/#"])
+            .args(["--after-id", "0", "presences/#", "--data"])
+            .arg(data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -77,6 +78,7 @@ fn tail_over_https_with_ca_cert_prints_the_derived_events() {
     let _server = spawn_tls_server(data.path(), port);
     let server = format!("https://localhost:{port}");
     let ca = localhost_cert();
+    let admin_key = std::fs::read_to_string(data.path().join("admin.key")).expect("admin.key");
     let emulate = Command::new(env!("CARGO_BIN_EXE_spot"))
         .args(["emulate", "--server", &server, "--ca-cert"])
         .arg(&ca)
@@ -102,6 +104,7 @@ fn tail_over_https_with_ca_cert_prints_the_derived_events() {
             .args(["tail", "--server", &server, "--ca-cert"])
             .arg(&ca)
             .args(["--after-id", "0", "#"])
+            .env("SPOT_KEY", admin_key.trim())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -110,15 +113,21 @@ fn tail_over_https_with_ca_cert_prints_the_derived_events() {
     let stdout = tail.0.stdout.take().expect("stdout");
     let events: Vec<serde_json::Value> = BufReader::new(stdout)
         .lines()
-        .take(3)
+        .take(4)
         .map(|line| serde_json::from_str(&line.expect("text")).expect("a JSON line"))
         .collect();
     let ids: Vec<u64> = events
         .iter()
         .map(|e| e["id"].as_u64().expect("id"))
         .collect();
-    assert_eq!(ids, [1, 2, 3], "{events:?}");
+    assert_eq!(ids, [1, 2, 3, 4], "{events:?}");
+    // First the audit entry of the first admin key, then the spot's events.
     let topic = events[0]["topic"].as_str().expect("topic");
+    assert!(
+        topic.starts_with("keys/") && topic.ends_with("/created"),
+        "{topic}"
+    );
+    let topic = events[1]["topic"].as_str().expect("topic");
     assert!(
         topic.starts_with("spots/") && topic.ends_with("/connected/830"),
         "{topic}"

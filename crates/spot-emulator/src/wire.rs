@@ -14,15 +14,25 @@ pub enum ChunkSplit {
     Random,
 }
 
-/// The head of one event POST, exactly the headers of spec §4.1.
+/// The head of one event POST, exactly the headers of spec §4.1, and with a `secret`
+/// HTTP Basic `serial:secret` (spot admission `secret`).
 pub fn request_head(
     path_prefix: &str,
     serial: u64,
     host: &str,
     version: &str,
     encoding: Encoding,
+    secret: Option<&str>,
 ) -> Vec<u8> {
+    use base64::Engine as _;
     let media = encoding.media_type();
+    let authorization = secret.map_or_else(String::new, |secret| {
+        let credentials = format!("{serial}:{secret}");
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    });
     format!(
         "POST {path_prefix}/api/spots/{serial}/events/ HTTP/1.1\r\n\
          Host: {host}\r\n\
@@ -30,6 +40,7 @@ pub fn request_head(
          Transfer-Encoding: chunked\r\n\
          Accept: {media}\r\n\
          Content-Type: {media}\r\n\
+         {authorization}\
          Cache-Control: no-cache\r\n\r\n"
     )
     .into_bytes()
@@ -354,7 +365,14 @@ mod tests {
 
     #[test]
     fn request_head_has_exactly_the_spec_headers() {
-        let head = request_head("", 203, "127.0.0.1", "35-42-g0388fd9-dirty", Encoding::Json);
+        let head = request_head(
+            "",
+            203,
+            "127.0.0.1",
+            "35-42-g0388fd9-dirty",
+            Encoding::Json,
+            None,
+        );
         let capture = include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../spot-protocol/tests/fixtures/vendor-http-spot203.http"
@@ -364,7 +382,8 @@ mod tests {
             String::from_utf8(head).unwrap(),
             String::from_utf8(capture[..end].to_vec()).unwrap()
         );
-        let pb = String::from_utf8(request_head("/x", 1, "h", "v", Encoding::Protobuf)).unwrap();
+        let pb =
+            String::from_utf8(request_head("/x", 1, "h", "v", Encoding::Protobuf, None)).unwrap();
         assert!(pb.starts_with("POST /x/api/spots/1/events/ HTTP/1.1\r\n"));
         assert!(pb.contains("\r\nContent-Type: application/x-intellifi-events-pb\r\n"));
         assert!(pb.contains("\r\nAccept: application/x-intellifi-events-pb\r\n"));

@@ -68,4 +68,6 @@ pub use hub::{
 };
 pub use mount::{call_router, is_push_path};
 pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos, UrlProblem};
-pub use stream::{stream_router, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON};
+pub use stream::{
+    stream_router, StreamEnd, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON,
+};

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +50,43 @@ const WS_EVENTS_PER_FLUSH: usize = 256;
 /// wakes for events: with the default 128 KiB, that fill was about a tenth of the CPU of
 /// pushing 100,000 events/s to one client.
 const WS_READ_BUFFER_BYTES: usize = 4096;
+
+/// Ends one stream from outside while it runs: the server closes the streams opened with
+/// an API key when that key is revoked. The layer in front of the router puts it into the
+/// request's extensions; [`StreamEnd::channel`]'s sender sets the reason. A WebSocket then
+/// gets a close frame `1008` (policy) with the reason, an SSE stream a last event
+/// `event: closed` with the reason.
+#[derive(Debug, Clone)]
+pub struct StreamEnd(tokio::sync::watch::Receiver<Option<String>>);
+
+impl StreamEnd {
+    /// A sender that ends the stream by sending `Some(reason)`, and the stream's side.
+    pub fn channel() -> (tokio::sync::watch::Sender<Option<String>>, StreamEnd) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, StreamEnd(rx))
+    }
+
+    /// Resolves with the reason once the stream must end (never if the sender is dropped
+    /// without one).
+    async fn ended(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.0.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Until a [`StreamEnd`] (if any) says why the stream must end.
+async fn ended(end: &mut Option<StreamEnd>) -> String {
+    match end {
+        Some(end) => end.ended().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Limits of the HTTP outlets.
 #[derive(Debug, Clone)]
@@ -193,6 +230,7 @@ struct StreamQuery {
 async fn sse_handler(
     State(state): State<StreamState>,
     Query(query): Query<StreamQuery>,
+    end: Option<Extension<StreamEnd>>,
     headers: HeaderMap,
 ) -> Response {
     let text = query.topic_filter.as_deref().unwrap_or("#");
@@ -227,14 +265,20 @@ async fn sse_handler(
     };
     let follower = Follower::new(sub, state.log.clone(), after_id);
     let shutdown = state.shutdown.clone();
+    let end = end.map(|Extension(end)| end);
     let events = futures_util::stream::unfold(Some(follower), move |follower| {
         let shutdown = shutdown.clone();
+        let mut end = end.clone();
         async move {
             let mut follower = follower?;
             let next = tokio::select! {
                 next = follower.next() => next,
                 () = shutdown.stopping() => {
                     let event = SseEvent::default().event("shutdown").data(SHUTDOWN_REASON);
+                    return Some((Ok(event), None));
+                }
+                reason = ended(&mut end) => {
+                    let event = SseEvent::default().event("closed").data(reason);
                     return Some((Ok(event), None));
                 }
             };
@@ -259,7 +303,11 @@ async fn sse_handler(
         .into_response()
 }
 
-async fn ws_handler(State(state): State<StreamState>, upgrade: WebSocketUpgrade) -> Response {
+async fn ws_handler(
+    State(state): State<StreamState>,
+    end: Option<Extension<StreamEnd>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     if state.shutdown.is_shut_down() {
         return stopping_response();
     }
@@ -276,7 +324,8 @@ async fn ws_handler(State(state): State<StreamState>, upgrade: WebSocketUpgrade)
         .max_message_size(limits.max_ws_message_bytes)
         .max_frame_size(limits.max_ws_message_bytes)
         .on_upgrade(move |socket| async move {
-            serve_ws(socket, follower, limits, shutdown).await;
+            let end = end.map(|Extension(end)| end);
+            serve_ws(socket, follower, limits, shutdown, end).await;
             drop(open);
         })
 }
@@ -340,19 +389,21 @@ fn apply_command(text: &str, follower: &mut Follower, limits: &StreamLimits) -> 
     }
 }
 
-/// Sends the close frame 1001 and waits for the client's close reply (both within
-/// `ws_close_timeout`).
-async fn close_going_away<S>(
+/// Sends a close frame (`code`, `reason`) and waits for the client's close reply (both
+/// within `ws_close_timeout`).
+async fn close_ws<S>(
     mut sink: S,
     incoming: &mut futures_util::stream::SplitStream<WebSocket>,
     limits: &StreamLimits,
+    code: u16,
+    reason: &str,
 ) where
     S: futures_util::Sink<Message> + Unpin,
 {
     let handshake = async {
         let frame = CloseFrame {
-            code: axum::extract::ws::close_code::AWAY,
-            reason: SHUTDOWN_REASON.into(),
+            code,
+            reason: reason.into(),
         };
         if sink.send(Message::Close(Some(frame))).await.is_err() {
             return;
@@ -377,13 +428,19 @@ async fn serve_ws(
     mut follower: Follower,
     limits: StreamLimits,
     shutdown: StreamShutdown,
+    mut end: Option<StreamEnd>,
 ) {
+    use axum::extract::ws::close_code::{AWAY, POLICY};
     let (mut sink, mut incoming) = socket.split();
     loop {
         tokio::select! {
             biased;
             () = shutdown.stopping() => {
-                close_going_away(&mut sink, &mut incoming, &limits).await;
+                close_ws(&mut sink, &mut incoming, &limits, AWAY, SHUTDOWN_REASON).await;
+                return;
+            }
+            reason = ended(&mut end) => {
+                close_ws(&mut sink, &mut incoming, &limits, POLICY, &reason).await;
                 return;
             }
             message = incoming.next() => {

@@ -199,6 +199,8 @@ pub struct TailOptions {
     pub after_id: Option<u64>,
     /// Wait before reconnecting after the connection broke.
     pub reconnect_delay: Duration,
+    /// The API key (sent as `X-Api-Key`), if the server needs one.
+    pub key: Option<String>,
 }
 
 /// Follows `GET /api/stream` and calls `on_event` for each event, in order, reconnecting
@@ -240,6 +242,9 @@ pub async fn follow(
     loop {
         let mut request =
             http::Request::get(stream_url.clone()).header("Accept", "text/event-stream");
+        if let Some(key) = &options.key {
+            request = request.header("X-Api-Key", key.as_str());
+        }
         if let Some(id) = last_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

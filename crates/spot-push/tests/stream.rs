@@ -378,6 +378,7 @@ async fn tail_follows_from_an_id_then_live() {
         after_id: Some(1),
         reconnect_delay: std::time::Duration::from_millis(10),
         ca_cert: None,
+        key: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let follow = tokio::spawn(async move {
@@ -436,6 +437,7 @@ async fn tail_reconnects_with_last_event_id() {
         after_id: Some(10),
         reconnect_delay: std::time::Duration::from_millis(1),
         ca_cert: None,
+        key: None,
     };
     let mut ids = Vec::new();
     let mut reasons = Vec::new();
@@ -464,6 +466,7 @@ async fn tail_reports_a_refused_filter() {
         after_id: None,
         reconnect_delay: std::time::Duration::from_millis(1),
         ca_cert: None,
+        key: None,
     };
     let err = spot_push::tail::follow(&options, |_| true, |_| {})
         .await

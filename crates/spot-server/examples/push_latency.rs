@@ -231,9 +231,10 @@ fn main() {
         });
         match (outlet, &broker) {
             (Outlet::WebSocket, _) => {
-                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
-                    .await
-                    .expect("ws");
+                let key = std::fs::read_to_string(dir.path().join("data/admin.key"))
+                    .expect("the first admin key");
+                let url = format!("ws://{addr}/api/ws?key={}", key.trim());
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
                 ws.send(Message::text(r#"{"subscribe":"items/+/created"}"#))
                     .await
                     .expect("subscribe");

@@ -1,12 +1,15 @@
 //! How to run the server: [`ServerConfig`] (addresses, data directory, [`Durability`],
-//! [`PushConfig`]) and [`ServerLimits`] (every bound, with its reason). Plain data, read by
-//! every layer; a leaf (it uses only the protocol and push crates' settings types).
+//! [`PushConfig`], [`AccessConfig`]) and [`ServerLimits`] (every bound, with its reason).
+//! Plain data, read by every layer; a leaf (it uses only settings types: the protocol's,
+//! the push crate's and access control's).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use spot_protocol::backoff::Backoff;
+
+use crate::access::AccessConfig;
 use spot_push::webhook::WebhookConfig;
 use spot_push::{HubConfig, MqttConfig, StreamLimits};
 
@@ -137,6 +140,8 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// Push to applications (WebSocket, SSE, webhooks, MQTT).
     pub push: PushConfig,
+    /// API keys, spot admission, CORS.
+    pub access: AccessConfig,
 }
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -153,6 +158,7 @@ impl Default for ServerConfig {
             repair_journal: false,
             limits: ServerLimits::default(),
             push: PushConfig::default(),
+            access: AccessConfig::default(),
         }
     }
 }

@@ -4,13 +4,14 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use tokio::sync::Semaphore;
 
+use crate::access::Access;
 use crate::config::ServerLimits;
 use crate::domain::Domain;
 use crate::metrics::Metrics;
 use crate::{outlets, pipeline};
 
 /// What every connection task holds: the way to the pipeline, the live state's read
-/// side, the counters, the bounds, the connection slots and the outlets.
+/// side, the counters, the bounds, the connection slots, the outlets and access control.
 #[derive(Debug)]
 pub struct Context {
     /// Sender to the pipeline.
@@ -27,6 +28,8 @@ pub struct Context {
     pub tcp_slots: Arc<Semaphore>,
     /// The push layer (hub, outlets, their router).
     pub outlets: outlets::Outlets,
+    /// API keys and spot admission.
+    pub access: Arc<Access>,
 }
 
 /// Why the live state is not served: its owner (the pipeline) failed, and what it holds may

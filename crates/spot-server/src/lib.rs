@@ -2,7 +2,8 @@
 //!
 //! The modules are layered; each uses only those above it in this list:
 //!
-//! - leaves: [`accept`] (the listeners' accept loop: connection slots, bounded refusals),
+//! - leaves: [`access`] (API keys with roles, spot admission, the failed-authentication
+//!   limit; `<data>/access.db`), [`accept`] (the listeners' accept loop: connection slots, bounded refusals),
 //!   [`clock`] (the one wall-clock read), [`config`] ([`ServerConfig`],
 //!   [`ServerLimits`]), [`ids`], [`metrics`], [`shutdown`] (the [`Phase`] connection tasks
 //!   watch).
@@ -19,7 +20,8 @@
 //! - [`context`]: what connection tasks share ([`Context`]).
 //! - [`ingest`]: spot streams over HTTP POSTs, raw TCP (`--tcp-listen`) and `--pull`,
 //!   sharing one stream session; [`api`]: the REST API and `/metrics`.
-//! - [`http`]: the listener: accept ([`accept`]), TLS, the router (a failed pipeline: `503`);
+//! - [`http`]: the listener: accept ([`accept`]), TLS, the router behind the check of who
+//!   may call what ([`http::auth`]; a failed pipeline: `503`);
 //!   [`response`]: the JSON error bodies.
 //! - [`server`]: wiring. [`Server::bind`] opens the store, loads the state (replaying the
 //!   journal written after the last checkpoint), binds the listeners and returns the bound
@@ -29,6 +31,7 @@
 //!   of shutdown.
 
 pub mod accept;
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod ids;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::access::{self, Access, AccessError, AdmissionMode};
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
 use crate::context::Context;
@@ -17,7 +18,7 @@ use crate::domain::{Domain, DomainConfig};
 use crate::ingest::{pull, tcp};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineMsg};
-use crate::shutdown::Phase;
+use crate::shutdown::{phase_reached, Phase};
 use crate::store::{self, SqliteStore, Store, StoreError};
 use crate::{http, outlets};
 
@@ -35,6 +36,9 @@ pub enum ServerError {
     /// The database could not be opened or loaded.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The access-control database (`access.db`) or the first admin key file failed.
+    #[error("access control: {0}")]
+    Access(#[from] AccessError),
     /// A stored row does not parse.
     #[error("corrupt stored state: {0}")]
     Corrupt(#[source] crate::domain::RestoreError),
@@ -137,6 +141,82 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Says in the log where the first admin key is (when this start created it) and whether
+/// spot admission is open.
+fn announce_access(access: &Access, bootstrapped: Option<&std::path::Path>) {
+    if let Some(path) = bootstrapped {
+        tracing::warn!(
+            "created the first admin API key in {} (mode 0600): send it as \
+             `X-Api-Key: $(cat {})` to call the API; make more with `spot keys create`",
+            path.display(),
+            path.display()
+        );
+    }
+    let admission = &access.config().admission;
+    if admission.mode == AdmissionMode::Open {
+        tracing::info!(
+            max_spots = admission.max_spots,
+            "spot admission is open: any serial may stream events in; close it with \
+             --spot-admission enrolled (or secret) and enrol spots with `spot spots enroll`"
+        );
+    }
+}
+
+/// Picks up changes other processes make to `access.db` (within
+/// [`access::REFRESH_INTERVAL`]) and writes the audit entries of every change into the
+/// events log through the pipeline (marked published after its commit: an entry is logged
+/// at least once, twice only if the server dies between the two).
+async fn watch_access(
+    access: Arc<Access>,
+    pipeline: pipeline::PipelineSender,
+    mut shutdown: watch::Receiver<Phase>,
+) {
+    let mut interval = tokio::time::interval(access::REFRESH_INTERVAL);
+    let mut snapshots = access.subscribe();
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = snapshots.changed() => {}
+            _ = phase_reached(&mut shutdown, Phase::Draining) => return,
+        }
+        let a = access.clone();
+        let pending = tokio::task::spawn_blocking(move || {
+            a.refresh()?;
+            a.read(|db| db.unpublished_audit())
+        })
+        .await;
+        let entries = match pending {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!("access control: {text}");
+                    last_error = text;
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            continue;
+        };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let entries = entries.into_iter().map(|e| (e.topic, e.data)).collect();
+        if pipeline
+            .send(PipelineMsg::Audit { entries, reply })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if done.await.is_ok() {
+            let a = access.clone();
+            let _ = tokio::task::spawn_blocking(move || a.read(|db| db.mark_published(last))).await;
+        }
+    }
+}
+
 /// The HTTPS acceptor of `config.tls`, if set: the files read and checked to match.
 fn tls_acceptor(config: &ServerConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, ServerError> {
     let Some(files) = &config.tls else {
@@ -218,6 +298,24 @@ impl Server {
         } else {
             domain.replay(Vec::new()).map_err(ServerError::Corrupt)?;
         }
+        let (access, bootstrapped) = Access::open(
+            &config.data_dir,
+            config.access.clone(),
+            domain.spot_serials().map(str::to_string),
+            now,
+        )?;
+        announce_access(&access, bootstrapped.as_deref());
+        // Access changes made while the server was stopped (and the first key's) are in
+        // the events log before anything else happens.
+        let audit = access.read(|db| db.unpublished_audit())?;
+        if let Some(last) = audit.last().map(|e| e.seq) {
+            for entry in &audit {
+                domain.log_audit(&entry.topic, &entry.data, now);
+            }
+            store.commit(&mut domain.take_changes(true))?;
+            access.read(|db| db.mark_published(last))?;
+        }
+        let access = Arc::new(access);
         let domain = Arc::new(RwLock::new(domain));
         let metrics = Arc::new(Metrics::default());
         let (core_tx, core_rx) =
@@ -257,6 +355,7 @@ impl Server {
             tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             limits: config.limits.clone(),
             outlets: push,
+            access: access.clone(),
         });
         let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let (done_tx, connections_done) = mpsc::channel(1);
@@ -286,6 +385,11 @@ impl Server {
             ));
         }
         drop(done_tx);
+        tasks.push(tokio::spawn(watch_access(
+            access,
+            shared.pipeline.clone(),
+            shutdown_rx.clone(),
+        )));
         {
             let core = shared.pipeline.clone();
             let mut shutdown_rx = shutdown_rx;

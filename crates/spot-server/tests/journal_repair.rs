@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use spot_server::{Durability, Server, ServerConfig};
+use spot_server::{Durability, ServerConfig};
 
 fn config(dir: &std::path::Path, repair_journal: bool) -> ServerConfig {
     ServerConfig {
@@ -35,7 +35,7 @@ async fn an_unreadable_journal_line_stops_the_start_unless_the_repair_drops_it()
     let batch = db.last_insert_rowid();
     drop(db);
 
-    let err = Server::bind(config(dir.path(), false))
+    let err = common::bind(config(dir.path(), false))
         .await
         .expect_err("an unreadable journal line refuses the start");
     let message = err.to_string();
@@ -47,7 +47,7 @@ async fn an_unreadable_journal_line_stops_the_start_unless_the_repair_drops_it()
         assert!(message.contains(&needle), "{needle:?} not in: {message}");
     }
 
-    let server = Server::bind(config(dir.path(), true))
+    let server = common::bind(config(dir.path(), true))
         .await
         .expect("the repair drops the line");
     let (status, _) = get(server.http_addr(), "/api/spots/77").await;
@@ -70,7 +70,7 @@ async fn a_journal_batch_that_does_not_unpack_stops_the_start_naming_it_unless_r
     let batch = db.last_insert_rowid();
     drop(db);
 
-    let message = Server::bind(config(dir.path(), false))
+    let message = common::bind(config(dir.path(), false))
         .await
         .expect_err("an undecodable journal batch refuses the start")
         .to_string();
@@ -81,7 +81,7 @@ async fn a_journal_batch_that_does_not_unpack_stops_the_start_naming_it_unless_r
     ] {
         assert!(message.contains(&needle), "{needle:?} not in: {message}");
     }
-    let server = Server::bind(config(dir.path(), true))
+    let server = common::bind(config(dir.path(), true))
         .await
         .expect("the repair drops the batch");
     server.shutdown().await;

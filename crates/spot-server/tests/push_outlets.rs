@@ -6,7 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{get, presence, spot_create, start, Raw};
+use common::{admin_key, get, presence, spot_create, start, Raw};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use spot_push::tail::SseParser;
@@ -19,9 +19,10 @@ type Ws =
 
 /// A WebSocket client subscribed to `filter` (after the server's acknowledgement).
 async fn ws_subscribe(addr: SocketAddr, filter: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
-        .await
-        .expect("WebSocket upgrade");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?key={}", admin_key(addr)))
+            .await
+            .expect("WebSocket upgrade");
     ws.send(Message::text(json!({ "subscribe": filter }).to_string()))
         .await
         .expect("send");
@@ -116,6 +117,7 @@ impl Sse {
             "http://{addr}/api/stream?topic_filter={}",
             filter.replace('#', "%23")
         ));
+        request = request.header("X-Api-Key", admin_key(addr));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
@@ -217,7 +219,10 @@ async fn a_real_mqtt_subscriber_receives_the_presence() {
 }
 
 async fn metrics(addr: SocketAddr) -> (u16, String) {
-    let response = reqwest::get(format!("http://{addr}/metrics"))
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .header("X-Api-Key", admin_key(addr))
+        .send()
         .await
         .expect("metrics");
     let status = response.status().as_u16();
@@ -258,6 +263,7 @@ async fn a_webhook_subscription_created_through_the_api_receives_the_presence() 
     let created = reqwest::Client::new()
         .post(format!("http://{addr}/api/subscriptions"))
         .header("content-type", "application/json")
+        .header("X-Api-Key", admin_key(addr))
         .body(
             json!({
                 "topic_filter": "presences/+/created/#",
@@ -283,7 +289,10 @@ async fn a_webhook_subscription_created_through_the_api_receives_the_presence() 
     let id = &subscription["id"];
     // The count is written after the target answered: poll the resource until it shows.
     let shown = loop {
-        let response = reqwest::get(format!("http://{addr}/api/subscriptions/{id}"))
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}/api/subscriptions/{id}"))
+            .header("X-Api-Key", admin_key(addr))
+            .send()
             .await
             .expect("get");
         let shown: Value =
@@ -313,7 +322,7 @@ async fn event_ids_keep_increasing_across_a_restart_and_resume_reads_the_stored_
         sync: spot_server::Durability::Normal,
         ..spot_server::ServerConfig::default()
     };
-    let server = spot_server::Server::bind(config).await.expect("restart");
+    let server = common::bind(config).await.expect("restart");
     let addr = server.http_addr();
     let mut sse = Sse::open(addr, "presences/#", Some(0)).await;
     let (id, replayed) = sse.next().await;

@@ -20,8 +20,11 @@ async fn refusals_past_their_bound_close_at_once_and_the_server_still_serves() {
     let addr = server.http_addr();
     // One connection is served and holds the only slot.
     let mut held = Raw::connect(addr).await;
-    held.send(b"GET /api/spots HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await;
+    let get = format!(
+        "GET /api/spots HTTP/1.1\r\nHost: test\r\nX-Api-Key: {}\r\n\r\n",
+        admin_key(addr)
+    );
+    held.send(get.as_bytes()).await;
     assert_eq!(held.response().await.expect("served").status, 200);
     // Two are answered 503 and kept open: both refusals are under way.
     let mut answered = Vec::new();
@@ -45,8 +48,7 @@ async fn refusals_past_their_bound_close_at_once_and_the_server_still_serves() {
     let mut served = None;
     for _ in 0..50 {
         let mut conn = Raw::connect(addr).await;
-        conn.send(b"GET /api/spots HTTP/1.1\r\nHost: test\r\n\r\n")
-            .await;
+        conn.send(get.as_bytes()).await;
         match conn.response().await {
             Some(resp) if resp.status == 200 => {
                 served = Some(conn);

@@ -157,7 +157,7 @@ async fn state_survives_a_restart() {
         sync: spot_server::Durability::Normal,
         ..spot_server::ServerConfig::default()
     };
-    let server = spot_server::Server::bind(config).await.unwrap();
+    let server = common::bind(config).await.unwrap();
     let (_, after) = get(server.http_addr(), "/api/items?sort=id").await;
     assert_eq!(before, after);
     let (_, spot) = get(server.http_addr(), "/api/spots/300").await;

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use spot_server::{Durability, Server, ServerConfig, ServerError};
+use spot_server::{Durability, ServerConfig, ServerError};
 
 fn config(dir: &std::path::Path, listen: &str) -> ServerConfig {
     ServerConfig {
@@ -23,7 +23,7 @@ async fn a_second_server_cannot_bind_an_address_in_use() {
     let port = first.http_addr().port();
     for listen in [format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")] {
         let other = tempfile::tempdir().unwrap();
-        match Server::bind(config(other.path(), &listen)).await {
+        match common::bind(config(other.path(), &listen)).await {
             Err(ServerError::Bind { addr, .. }) => assert_eq!(addr.port(), port),
             Err(e) => panic!("{listen}: wrong error {e}"),
             Ok(_) => panic!("{listen}: a second server bound the same port"),
@@ -35,7 +35,7 @@ async fn a_second_server_cannot_bind_an_address_in_use() {
 #[tokio::test]
 async fn a_data_directory_serves_one_server_at_a_time() {
     let (first, dir) = start(|_| {}).await;
-    let err = Server::bind(config(dir.path(), "127.0.0.1:0"))
+    let err = common::bind(config(dir.path(), "127.0.0.1:0"))
         .await
         .expect_err("the directory is locked");
     match &err {
@@ -46,7 +46,7 @@ async fn a_data_directory_serves_one_server_at_a_time() {
     }
     assert!(err.to_string().contains("in use by another spot server"));
     first.shutdown().await;
-    let second = Server::bind(config(dir.path(), "127.0.0.1:0"))
+    let second = common::bind(config(dir.path(), "127.0.0.1:0"))
         .await
         .expect("free after the first stopped");
     second.shutdown().await;
@@ -80,7 +80,7 @@ async fn a_post_outliving_the_grace_period_is_dropped_and_its_received_events_ke
         conn.closed_without_response().await,
         "the unfinished POST is closed, not acknowledged"
     );
-    let restarted = Server::bind(config(dir.path(), "127.0.0.1:0"))
+    let restarted = common::bind(config(dir.path(), "127.0.0.1:0"))
         .await
         .unwrap();
     let (_, items) = get(restarted.http_addr(), "/api/items?results_only=true").await;

@@ -64,6 +64,7 @@ async fn spots_post_and_applications_query_over_https() {
     // Keep-alive over TLS: the REST API on the same connection.
     let req = hyper::Request::get("/api/items?results_only=true")
         .header("host", "localhost")
+        .header("x-api-key", admin_key(server.http_addr()))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = send.send_request(req).await.unwrap();

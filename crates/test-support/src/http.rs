@@ -66,13 +66,41 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `GET path` from `127.0.0.1:port` over plain HTTP (`Connection: close`); asserts `200`
-/// and returns the body.
+/// The API key of each server a test started, by port ([`remember_key`]).
+static KEYS: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes [`get_text`] on `port` send the first admin key of the server whose data directory
+/// is `data` (`<data>/admin.key`, written by its first start). [`crate::process::spawn_serve`]
+/// calls it.
+pub fn remember_key(port: u16, data: &std::path::Path) {
+    let path = data.join("admin.key");
+    // A server may listen before it has written the file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let key = std::fs::read_to_string(&path).expect("<data>/admin.key");
+    let mut keys = KEYS.lock().unwrap();
+    keys.retain(|(p, _)| *p != port);
+    keys.push((port, key.trim().to_string()));
+}
+
+/// The key [`remember_key`] keeps for `port`.
+pub fn key_for(port: u16) -> Option<String> {
+    let keys = KEYS.lock().unwrap();
+    keys.iter()
+        .find(|(p, _)| *p == port)
+        .map(|(_, k)| k.clone())
+}
+
+/// `GET path` from `127.0.0.1:port` over plain HTTP (`Connection: close`) with the server's
+/// API key ([`remember_key`]); asserts `200` and returns the body.
 pub fn get_text(port: u16, path: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let key = key_for(port).map_or_else(String::new, |k| format!("X-Api-Key: {k}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: t\r\n{key}Connection: close\r\n\r\n"
     )
     .expect("write request");
     let mut raw = String::new();

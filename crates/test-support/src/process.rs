@@ -53,7 +53,8 @@ pub fn wait_listening(port: u16, what: &str) {
 }
 
 /// Starts `spot serve` (the binary at `spot`) on `127.0.0.1:port` with the data folder
-/// `data` plus `extra` arguments, output discarded, and waits until it accepts connections.
+/// `data` plus `extra` arguments, output discarded, and waits until it accepts connections;
+/// [`crate::http::get_text`] on `port` then sends its first admin key.
 pub fn spawn_serve(spot: impl AsRef<OsStr>, data: &Path, port: u16, extra: &[&OsStr]) -> Child {
     let child = Command::new(spot)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
@@ -64,6 +65,7 @@ pub fn spawn_serve(spot: impl AsRef<OsStr>, data: &Path, port: u16, extra: &[&Os
         .spawn()
         .expect("spawn spot serve");
     wait_listening(port, "spot serve");
+    crate::http::remember_key(port, data);
     child
 }
 

@@ -150,6 +150,9 @@ pub struct UplinkConfig {
     pub tls: Option<TlsClient>,
     /// Connection failures by kind, shared by every spot given (a clone of) this config.
     pub errors: Arc<ErrorTally>,
+    /// Each spot's secret, by serial, for a server with `--spot-admission secret`: sent as
+    /// HTTP Basic `serial:secret`, or on raw TCP as `spot_secret` in the `spot create`.
+    pub secrets: Arc<std::collections::HashMap<u64, String>>,
 }
 
 impl UplinkConfig {
@@ -178,6 +181,7 @@ impl UplinkConfig {
                     .expect("the ring provider supports the default protocol versions")
             }),
             errors: Arc::default(),
+            secrets: Arc::default(),
             server,
         }
     }

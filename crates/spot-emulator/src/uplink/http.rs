@@ -73,14 +73,16 @@ where
         let version = &driver.session.spot().counters().firmware_version;
         if scratch.head.1.is_empty() || scratch.head.0 != *version {
             let server = &driver.cfg.server;
+            let serial = driver.session.spot().serial();
             scratch.head = (
                 version.clone(),
                 wire::request_head(
                     &server.path_prefix,
-                    driver.session.spot().serial(),
+                    serial,
                     &server.host,
                     version,
                     driver.cfg.encoding,
+                    driver.cfg.secrets.get(&serial).map(String::as_str),
                 ),
             );
         }

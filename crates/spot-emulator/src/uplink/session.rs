@@ -411,7 +411,18 @@ impl Session {
     /// Appends what a connection starts with: `spot create` and `config create` (not
     /// buffered, never acknowledged).
     pub fn hello(&mut self, now: Instant, body: &mut Body) {
-        let spot_create = self.spot.spot_create(self.wall_clock(now));
+        let mut spot_create = self.spot.spot_create(self.wall_clock(now));
+        if self.cfg.raw_tcp {
+            // Spot admission `secret` on raw TCP: the secret rides in the spot create.
+            if let (Some(secret), spot_protocol::EventKind::Spot(_, status)) = (
+                self.cfg.secrets.get(&self.spot.serial()),
+                &mut spot_create.kind,
+            ) {
+                status
+                    .extra
+                    .insert("spot_secret".into(), secret.clone().into());
+            }
+        }
         self.encoder.encode(&spot_create, &mut body.bytes);
         body.event_ends.push(body.bytes.len());
         self.encoder

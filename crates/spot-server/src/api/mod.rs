@@ -1,13 +1,16 @@
 //! The REST API: `GET /api/{collection}` (filters, sort, paging: [`query`]),
 //! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}` (answered after commit) and
-//! `GET /metrics`.
+//! `GET /metrics`; [`access`]: `/api/keys` and spot enrolment (`POST /api/spots`).
 
+pub mod access;
 pub mod query;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+type Object = Map<String, Value>;
 use tokio::sync::oneshot;
 
 use crate::api::query::{Query, COLLECTIONS};
@@ -101,43 +104,9 @@ where
     B: hyper::body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let limit = shared.limits.max_api_body_bytes;
-    let bytes = match Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds {limit} bytes"),
-                Value::Null,
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("request body: {e}"),
-                Value::Null,
-            )
-        }
-    };
-    let body = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "body must be a JSON object",
-                Value::Null,
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not JSON: {e}"),
-                Value::Null,
-            )
-        }
+    let body = match json_body(req, shared.limits.max_api_body_bytes).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
     };
     let (reply, rx) = oneshot::channel();
     let msg = PipelineMsg::Put {
@@ -175,9 +144,51 @@ where
     }
 }
 
-/// The `/metrics` text: the server's counters, then the outlets'.
+/// The JSON object of a request body of at most `limit` bytes; otherwise the answer
+/// (`413`, `400`) saying what is wrong.
+pub async fn json_body<B>(req: Request<B>, limit: u64) -> Result<Object, Response<Body>>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let bytes = match Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {limit} bytes"),
+                Value::Null,
+            ))
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("request body: {e}"),
+                Value::Null,
+            ))
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "body must be a JSON object",
+            Value::Null,
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("body is not JSON: {e}"),
+            Value::Null,
+        )),
+    }
+}
+
+/// The `/metrics` text: the server's counters, then the outlets', then access control's.
 pub fn metrics_text(ctx: &Context) -> String {
-    ctx.metrics.render() + &ctx.outlets.render_metrics()
+    ctx.metrics.render() + &ctx.outlets.render_metrics() + &ctx.access.render_metrics()
 }
 
 /// `400` naming the query parameter that is wrong.

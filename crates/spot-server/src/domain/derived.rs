@@ -186,6 +186,22 @@ impl Domain {
         self.log_end(id, now, doc);
     }
 
+    /// Logs an audit event of access control (`keys/<id>/created`, …) with `data`, a JSON
+    /// document (`null` if it is not one). Not journaled: like a change through the API it
+    /// forces the next flush, which stores the ids taken.
+    pub fn log_audit(&mut self, topic: &str, data: &str, now: i64) {
+        let Some((id, mut doc)) = self.log_start(&Topic::Text(topic), None, now) else {
+            return;
+        };
+        if serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() {
+            doc.push_str(data);
+        } else {
+            doc.push_str("null");
+        }
+        self.log_end(id, now, doc);
+        self.must_flush = true;
+    }
+
     /// Takes the id of a derived event and starts its document ([`log_doc_head`]); the
     /// caller writes the data into it and hands it to [`Domain::log_end`]. `None` in a replay:
     /// the event is stored already, with the journal entry that caused it; only the id is

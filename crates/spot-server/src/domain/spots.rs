@@ -54,6 +54,11 @@ impl Domain {
         }
     }
 
+    /// The serial numbers of the spots that exist.
+    pub fn spot_serials(&self) -> impl Iterator<Item = &str> {
+        self.spot_by_serial.keys().map(String::as_str)
+    }
+
     pub(super) fn ensure_spot(&mut self, serial: &str, now: i64) -> Id {
         if let Some((last, id)) = &self.last_spot {
             if last == serial {

@@ -3,6 +3,7 @@
 //! one [`router`] (spot ingest, the REST API, `/metrics`, the push outlets' routes), or
 //! answered `503` once the pipeline has failed.
 
+pub mod auth;
 pub mod router;
 pub mod tls;
 
@@ -111,8 +112,9 @@ async fn serve_connection<I>(
 {
     let conn = builder.serve_connection(
         TokioIo::new(io),
-        service_fn(move |req| {
+        service_fn(move |mut req: Request<Incoming>| {
             let (router, shared) = (router.clone(), shared.clone());
+            req.extensions_mut().insert(auth::Peer(peer));
             async move { Ok::<_, Infallible>(dispatch(req, &router, &shared).await) }
         }),
     );
@@ -177,7 +179,12 @@ mod tests {
         .await
         .unwrap();
         let addr = server.http_addr();
-        let get = "GET /api/spots HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+        let get = format!(
+            "GET /api/spots HTTP/1.1\r\nHost: t\r\nX-Api-Key: {}\r\nConnection: close\r\n\r\n",
+            key.trim()
+        );
+        let get = get.as_str();
         assert!(exchange(addr, get).await.starts_with("HTTP/1.1 200"));
         let pipeline = &server.context().pipeline;
         pipeline.send(PipelineMsg::Panic).await.unwrap();
@@ -200,8 +207,8 @@ mod tests {
             assert!(answer.starts_with("HTTP/1.1 503"), "{request}: {answer}");
             assert!(answer.contains("injected by a test"), "{answer}");
         }
-        let metrics = "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-        assert!(exchange(addr, metrics).await.starts_with("HTTP/1.1 200"));
+        let metrics = get.replace("/api/spots", "/metrics");
+        assert!(exchange(addr, &metrics).await.starts_with("HTTP/1.1 200"));
         server.shutdown().await;
     }
 }

@@ -1,6 +1,7 @@
-//! The one router of everything under the listener: spot ingest, the REST API, `/metrics`
-//! and the outlets' routes (`/api/ws`, `/api/stream`, `/api/subscriptions[/{id}]`), in one
-//! axum [`Router`]. Unknown paths answer `404`, a known path with another method `405` with
+//! The one router of everything under the listener: spot ingest, the REST API, `/metrics`,
+//! access control (`/api/keys`, spot enrolment) and the outlets' routes (`/api/ws`,
+//! `/api/stream`, `/api/subscriptions[/{id}]`), in one axum [`Router`], behind the layer
+//! that checks who may call what ([`auth`]) and, when configured, CORS. Unknown paths answer `404`, a known path with another method `405` with
 //! `Allow`, both with the JSON error body. A trailing `/` is ignored (`/api/spots/` lists
 //! spots; spots POST to `/api/spots/{serial}/events/`).
 
@@ -17,6 +18,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{StatusCode, Uri};
 use serde_json::Value;
 
+use super::auth;
 use crate::context::Context;
 use crate::response::{error, method_not_allowed};
 use crate::{api, ingest};
@@ -26,20 +28,46 @@ type Ctx = State<Arc<Context>>;
 /// The router over `ctx`, the outlets' routes merged in.
 pub fn router(ctx: Arc<Context>) -> Router {
     let outlets = ctx.outlets.router().clone();
-    Router::new()
+    let router = Router::new()
         .route(
             "/api/{collection}/{id}/events",
             post(ingest).fallback(allow("POST")),
         )
         .route("/metrics", get(metrics).fallback(allow("GET")))
+        .route(
+            "/api/keys",
+            get(list_keys).post(create_key).fallback(allow("GET, POST")),
+        )
+        .route(
+            "/api/keys/{id}",
+            get(get_key)
+                .delete(revoke_key)
+                .fallback(allow("GET, DELETE")),
+        )
+        .route(
+            "/api/enrolments",
+            get(list_enrolments).fallback(allow("GET")),
+        )
+        .route(
+            "/api/spots",
+            get(list_spots).post(enrol).fallback(allow("GET, POST")),
+        )
         .route("/api/{collection}", get(list).fallback(allow("GET")))
         .route(
             "/api/{collection}/{id}",
             get(get_one).put(put).fallback(allow("GET, PUT")),
         )
         .fallback(not_found)
-        .with_state(ctx)
+        .with_state(ctx.clone())
         .merge(outlets)
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::check,
+        ));
+    match auth::cors(&ctx.access.config().cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// `req` with one trailing `/` of its path removed (the root excepted).
@@ -112,4 +140,33 @@ async fn put(
     req: Request,
 ) -> Response {
     full(api::put(req, collection, id, &ctx).await)
+}
+
+async fn list_spots(State(ctx): Ctx, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    full(api::list(&req, "spots", &path, &ctx))
+}
+
+async fn enrol(State(ctx): Ctx, req: Request) -> Response {
+    full(api::access::enrol(req, &ctx).await)
+}
+
+async fn list_enrolments(State(ctx): Ctx) -> Response {
+    full(api::access::list_enrolments(&ctx).await)
+}
+
+async fn list_keys(State(ctx): Ctx) -> Response {
+    full(api::access::list_keys(&ctx).await)
+}
+
+async fn create_key(State(ctx): Ctx, req: Request) -> Response {
+    full(api::access::create_key(req, &ctx).await)
+}
+
+async fn get_key(State(ctx): Ctx, Path(id): Path<String>) -> Response {
+    full(api::access::get_key(&ctx, id).await)
+}
+
+async fn revoke_key(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Response {
+    full(api::access::revoke_key(req, &ctx, id).await)
 }

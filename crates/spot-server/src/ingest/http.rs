@@ -8,17 +8,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_TYPE, USER_AGENT,
+    WWW_AUTHENTICATE,
+};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use spot_protocol::{Decoder, Encoder, Encoding, Limits};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::access::AdmissionRefusal;
 use crate::context::Context;
-use crate::ingest::{decoded_events, valid_serial};
+use crate::ingest::{admit, decoded_events, valid_serial};
 use crate::pipeline::{EndReply, PipelineMsg};
 use crate::response::{error, unavailable, unavailable_state, Body};
 
@@ -54,6 +59,50 @@ fn response_encoding(headers: &HeaderMap, request: Encoding) -> Result<Encoding,
         Err(NotAcceptable(text.to_string()))
     }
 }
+/// The secret of HTTP Basic `serial:secret`, if the spot sent one. Credentials of another
+/// serial are refused as a wrong secret: a secret binds to its serial.
+fn basic_secret(headers: &HeaderMap, serial: &str) -> Result<Option<String>, AdmissionRefusal> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let encoded = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Basic "))
+        .ok_or(AdmissionRefusal::SecretWrong)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .ok_or(AdmissionRefusal::SecretWrong)?;
+    match decoded.split_once(':') {
+        Some((user, secret)) if user == serial => Ok(Some(secret.to_string())),
+        _ => Err(AdmissionRefusal::SecretWrong),
+    }
+}
+
+/// The answer to a spot that admission refuses: `401` asking for Basic credentials when
+/// it sent none to a server that needs its secret, `403` otherwise. Nothing is stored.
+fn refused(refusal: AdmissionRefusal, serial: &str) -> Response<Body> {
+    tracing::debug!(spot = %serial, "spot refused: {refusal}");
+    let status = match refusal {
+        AdmissionRefusal::SecretMissing => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut resp = error(
+        status,
+        format!("spot {serial}: {refusal}"),
+        serde_json::json!({ "reason": refusal.as_str() }),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"spot\""),
+        );
+    }
+    resp
+}
+
 /// Ends the stream with the pipeline if the handler is dropped mid-body (client went away).
 struct StreamGuard {
     pipeline: crate::pipeline::PipelineSender,
@@ -95,6 +144,13 @@ where
             format!("bad spot serial {serial:?}: 1 to 64 letters, digits, '-' or '_'"),
             Value::Null,
         );
+    }
+    let secret = match basic_secret(req.headers(), &serial) {
+        Ok(secret) => secret,
+        Err(refusal) => return refused(refusal, &serial),
+    };
+    if let Err(refusal) = admit(shared, &serial, secret.as_deref()).await {
+        return refused(refusal, &serial);
     }
     let encoding = match req.headers().get(CONTENT_TYPE) {
         None => Encoding::Json,

@@ -11,6 +11,8 @@ use std::sync::atomic::Ordering;
 
 use spot_protocol::{Decoder, Event, EventKind, Limits};
 
+use crate::access::{AdmissionRefusal, Admitted};
+use crate::clock::now_ms;
 use crate::context::Context;
 use crate::domain::encode_json;
 
@@ -21,6 +23,25 @@ pub fn valid_serial(serial: &str) -> bool {
         && serial
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Spot admission ([`crate::access::admission`]) of a stream of `serial` presenting
+/// `secret`, before anything of it is applied; a spot the enrolment window admits is
+/// enrolled (stored) first.
+pub async fn admit(
+    shared: &Context,
+    serial: &str,
+    secret: Option<&str>,
+) -> Result<(), AdmissionRefusal> {
+    let now = now_ms();
+    if let Admitted::Enroll { secret_hash } = shared.access.admit(serial, secret, now)? {
+        let (access, serial) = (shared.access.clone(), serial.to_string());
+        let enrol = move || access.enrol_by_window(&serial, secret_hash, now);
+        if let Err(e) = tokio::task::spawn_blocking(enrol).await {
+            tracing::warn!("enrolment by the window failed: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// The JSON an event just returned by `decoder` is journaled with (see

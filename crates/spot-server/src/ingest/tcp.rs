@@ -1,7 +1,10 @@
 //! Raw TCP ingest (spec §4.2, delivery contract): a spot streams its encoding on a plain
 //! socket. Encoding detection: the first byte `0x00` (a zero-length protobuf frame, which the
 //! protobuf decoder skips) means protobuf; anything else is JSON. The first event must be a
-//! `spot create` naming the serial (`spot_id`); otherwise the connection is closed.
+//! `spot create` naming the serial (`spot_id`); otherwise the connection is closed. Spot
+//! admission applies to it; with `--spot-admission secret` it carries the spot's secret in
+//! [`SECRET_FIELD`] (taken out before anything is stored). A refused spot's connection is
+//! closed without an answer.
 //!
 //! Written back on the same socket, in the stream's encoding: after every commit covering
 //! the connection's events an `["ack","update",{"seq":N,"time":"…"}]`, and the spot's
@@ -66,6 +69,21 @@ fn serial_of(event: &Event) -> Option<(String, Option<String>)> {
     }
 }
 
+/// The field of the first `spot create` on raw TCP that carries the spot's secret
+/// (`--spot-admission secret`; the HTTP transport uses Basic authentication instead).
+pub const SECRET_FIELD: &str = "spot_secret";
+
+/// Removes the spot's secret from its `spot create`.
+fn take_secret(event: &mut Event) -> Option<String> {
+    match &mut event.kind {
+        EventKind::Spot(_, status) => match status.extra.shift_remove(SECRET_FIELD)? {
+            serde_json::Value::String(secret) => Some(secret),
+            _ => Some(String::new()),
+        },
+        _ => None,
+    }
+}
+
 /// Why a spot stream ended other than by the spot closing it after its spot create.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -93,6 +111,9 @@ pub enum StreamError {
     /// The spot's serial is not acceptable.
     #[error("bad spot_id {0:?}: 1 to 64 letters, digits, '-' or '_'")]
     BadSerial(String),
+    /// Spot admission refused the spot (nothing of the stream is stored).
+    #[error("spot refused: {0}")]
+    Refused(crate::access::AdmissionRefusal),
     /// Nothing arrived for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
@@ -178,11 +199,18 @@ where
         };
         d.feed(&buf[..n]);
         while let Some(next) = d.next_event() {
-            let event = next.map_err(StreamError::FirstMalformed)?;
+            let mut event = next.map_err(StreamError::FirstMalformed)?;
             if serial_and_version.is_none() {
                 let (serial, version) = serial_of(&event).ok_or(StreamError::NotSpotCreate)?;
                 if !crate::ingest::valid_serial(&serial) {
                     return Err(StreamError::BadSerial(serial));
+                }
+                // Taken out before the event is journaled: a secret is never stored.
+                let secret = take_secret(&mut event);
+                if write_back == WriteBack::AcksAndCommands {
+                    crate::ingest::admit(shared, &serial, secret.as_deref())
+                        .await
+                        .map_err(StreamError::Refused)?;
                 }
                 serial_and_version = Some((serial, version));
             }

@@ -349,6 +349,14 @@ pub enum PipelineMsg {
         /// The stream that attached.
         connection: u64,
     },
+    /// Audit entries of access control, each a derived event's topic and data (JSON), for
+    /// the events log; answered after the commit that stores them.
+    Audit {
+        /// `(topic, data)` of each entry, in order.
+        entries: Vec<(String, String)>,
+        /// The answer.
+        reply: oneshot::Sender<()>,
+    },
     /// Periodic housekeeping: offline sweep, retention.
     Tick,
     /// Commit what is queued before this and stop; later sends fail.
@@ -366,6 +374,7 @@ enum Waiter {
         Result<Value, PutError>,
     ),
     Ack(watch::Sender<u64>, u64),
+    Done(oneshot::Sender<()>),
 }
 
 /// The pipeline; returns after [`PipelineMsg::Shutdown`] or when every sender is gone, each
@@ -516,6 +525,12 @@ fn apply(
                         }
                         waiters.push(Waiter::Put(reply, result));
                     }
+                    PipelineMsg::Audit { entries, reply } => {
+                        for (topic, data) in &entries {
+                            domain.log_audit(topic, data, now);
+                        }
+                        waiters.push(Waiter::Done(reply));
+                    }
                     PipelineMsg::AttachCommands {
                         serial,
                         connection,
@@ -630,6 +645,9 @@ fn write(
                 }
                 Waiter::Ack(tx, seq) => {
                     tx.send_replace(seq);
+                }
+                Waiter::Done(tx) => {
+                    let _ = tx.send(());
                 }
             }
         }

@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// A server on 127.0.0.1:0 with a fresh data directory, configured by `tweak`.
+/// A server on 127.0.0.1:0 with a fresh data directory, configured by `tweak`. Its first
+/// admin key (from its data directory) is what [`call`] and [`get`] send.
 pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = ServerConfig {
@@ -31,7 +32,34 @@ pub async fn start(tweak: impl FnOnce(&mut ServerConfig)) -> (Server, tempfile::
     };
     tweak(&mut config);
     let server = Server::bind(config).await.expect("server starts");
+    remember_key(server.http_addr(), dir.path());
     (server, dir)
+}
+
+/// `Server::bind`, and [`remember_key`] of the server it started.
+pub async fn bind(config: ServerConfig) -> Result<Server, spot_server::ServerError> {
+    let data_dir = config.data_dir.clone();
+    let server = Server::bind(config).await?;
+    remember_key(server.http_addr(), &data_dir);
+    Ok(server)
+}
+
+/// The first admin key of each server started here, by address.
+static ADMIN_KEYS: std::sync::Mutex<Vec<(SocketAddr, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes [`call`] to `addr` send the first admin key in `data_dir`.
+pub fn remember_key(addr: SocketAddr, data_dir: &std::path::Path) {
+    let key = std::fs::read_to_string(data_dir.join("admin.key")).expect("admin.key");
+    let mut keys = ADMIN_KEYS.lock().unwrap();
+    keys.retain(|(a, _)| *a != addr);
+    keys.push((addr, key.trim().to_string()));
+}
+
+/// The first admin key of the server at `addr` (started by [`start`]).
+pub fn admin_key(addr: SocketAddr) -> String {
+    let keys = ADMIN_KEYS.lock().unwrap();
+    let found = keys.iter().find(|(a, _)| *a == addr);
+    found.expect("a server started by common::start").1.clone()
 }
 
 /// A self-signed certificate for `localhost`, written as PEM files into `dir` (created if
@@ -214,6 +242,7 @@ pub async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value
         .uri(path)
         .header("host", "test")
         .header("content-type", "application/json")
+        .header("x-api-key", admin_key(addr))
         .body(http_body_util::Full::new(Bytes::from(
             body.map(|b| b.to_string()).unwrap_or_default(),
         )))
