@@ -228,6 +228,11 @@ impl PipelineSender {
     pub fn room(&self) -> usize {
         self.inner.budget.available_permits()
     }
+
+    /// Events queued now, not yet applied (the queue depth `/metrics` shows).
+    pub fn queued_events(&self) -> usize {
+        self.inner.max_events.saturating_sub(self.room())
+    }
 }
 
 impl PipelineReceiver {
