@@ -59,6 +59,7 @@ use derived::DerivedEventDoc;
 pub use derived::LogEvent;
 
 use items::{CodeEntry, Technologies};
+pub use items::malformed;
 pub use journal::{
     decode_json_event, encode_json, Changes, JournalEntry, RestoreError, RowDoc, UpstreamRow,
 };
