@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc: the server allocates and frees across threads (ingest tasks decode, the core
 /// frees); glibc malloc spent about half of the core thread's time there.
@@ -46,7 +46,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` print and exit 0; errors name the environment variable
+            // a wrong value came from.
+            let e = with_env_name(e);
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Emulate(args) => emulate::run(args),
@@ -57,8 +66,67 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("spot: {e:#}");
+            eprintln!("spot: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// `e` and its causes joined by `: `, leaving out a cause whose text is said already (an
+/// error that puts its source's text into its own message prints it once).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// A clap error about an invalid value, saying which environment variable the value came
+/// from when it came from one (clap names only the flag).
+fn with_env_name(e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return e;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return e;
+    };
+    let cli = Cli::command();
+    let mut commands = vec![&cli];
+    commands.extend(cli.get_subcommands());
+    let from_env = commands
+        .iter()
+        .flat_map(|c| c.get_arguments())
+        .filter(|a| {
+            a.get_long()
+                .is_some_and(|long| arg.starts_with(&format!("--{long}")))
+        })
+        .filter_map(|a| a.get_env())
+        .find(|var| std::env::var_os(var).is_some_and(|v| v.to_string_lossy() == *value));
+    let Some(var) = from_env else {
+        return e;
+    };
+    let message = e.to_string().replacen(
+        &format!("'{arg}'"),
+        &format!(
+            "'{arg}' (from the environment variable {})",
+            var.to_string_lossy()
+        ),
+        1,
+    );
+    clap::Error::raw(e.kind(), message.trim_start_matches("error: "))
 }

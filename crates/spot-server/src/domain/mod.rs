@@ -58,8 +58,8 @@ mod views;
 use derived::DerivedEventDoc;
 pub use derived::LogEvent;
 
-use items::{CodeEntry, Technologies};
 pub use items::malformed;
+use items::{CodeEntry, Technologies};
 pub use journal::{
     decode_json_event, encode_json, Changes, JournalEntry, RestoreError, RowDoc, UpstreamRow,
 };
