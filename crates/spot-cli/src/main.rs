@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod color;
 mod decode;
 mod emulate;
 mod encode;
@@ -43,6 +44,18 @@ enum Command {
     Encode(encode::Args),
     /// Follow the server's event stream: one event per line (JSON lines when piped).
     Tail(tail::Args),
+    /// Print the shell completion script for SHELL on stdout, e.g.
+    /// `spot completions bash > /etc/bash_completion.d/spot`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of spot or of one of its commands on stdout, e.g.
+    /// `spot man serve | man -l -`.
+    Man {
+        /// The command (none: spot itself).
+        command: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +75,12 @@ fn main() -> ExitCode {
         Command::Decode(args) => decode::run(args),
         Command::Encode(args) => encode::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "spot", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { command } => man(command.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -69,6 +88,35 @@ fn main() -> ExitCode {
             eprintln!("spot: {}", error_text(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// Writes the manual page of `spot` or of `spot COMMAND` to stdout.
+fn man(command: Option<&str>) -> anyhow::Result<ExitCode> {
+    let spot = Cli::command();
+    let page = match command {
+        None => spot,
+        Some(name) => {
+            let Some(sub) = spot.find_subcommand(name) else {
+                let names: Vec<&str> = spot.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!("no command {name:?}; the commands: {}", names.join(", "));
+            };
+            sub.clone()
+                .display_name(format!("spot-{name}"))
+                .bin_name(format!("spot {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page).render(&mut out)?;
+    print_bytes(&out)
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is no error.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    match std::io::Write::write_all(&mut std::io::stdout(), bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

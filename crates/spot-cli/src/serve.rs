@@ -24,7 +24,7 @@ default."
 )]
 pub struct Args {
     /// TOML file with settings (keys = flag names); flags and environment variables win.
-    #[arg(long, env = "SPOT_CONFIG", value_name = "FILE")]
+    #[arg(short, long, env = "SPOT_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Check the settings (the --config file, TLS and CA files, MQTT URL) and exit: 0 when
@@ -34,12 +34,18 @@ pub struct Args {
     check_config: bool,
     /// HTTP address for spot POSTs and the REST API; a host name is resolved
     /// (`localhost:8080`) [default: 0.0.0.0:8080].
-    #[arg(long, env = "SPOT_LISTEN", value_name = "HOST:PORT", value_parser = host_port)]
+    #[arg(
+        short,
+        long,
+        env = "SPOT_LISTEN",
+        value_name = "HOST:PORT",
+        value_parser = host_port
+    )]
     listen: Option<String>,
     /// Data directory (SQLite databases `spot.db`: journal and events, `state.db`: resources),
     /// created on first start
     /// [default: spot-data].
-    #[arg(long, env = "SPOT_DATA")]
+    #[arg(short, long, env = "SPOT_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
     /// Raw TCP ingest address, like --listen (off unless given).
     #[arg(long, env = "SPOT_TCP_LISTEN", value_name = "HOST:PORT", value_parser = host_port)]
@@ -60,8 +66,17 @@ pub struct Args {
     )]
     pull: Vec<String>,
     /// Seconds without traffic after which a spot is offline [default: 10].
-    #[arg(long, env = "SPOT_OFFLINE_AFTER")]
-    #[serde(deserialize_with = "seconds")]
+    #[arg(
+        long = "offline-after-secs",
+        alias = "offline-after",
+        env = "SPOT_OFFLINE_AFTER",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "offline-after-secs",
+        alias = "offline-after",
+        deserialize_with = "seconds"
+    )]
     offline_after: Option<f64>,
     /// Hours of derived and upstream events kept [default: 24].
     #[arg(long, env = "SPOT_EVENTS_RETENTION_HOURS")]
@@ -92,13 +107,31 @@ pub struct Args {
     #[arg(long, env = "SPOT_MAX_HEADERS")]
     max_headers: Option<usize>,
     /// Seconds to receive request headers (also the keep-alive idle limit) [default: 30].
-    #[arg(long, env = "SPOT_HEADER_TIMEOUT")]
-    #[serde(deserialize_with = "seconds")]
+    #[arg(
+        long = "header-timeout-secs",
+        alias = "header-timeout",
+        env = "SPOT_HEADER_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "header-timeout-secs",
+        alias = "header-timeout",
+        deserialize_with = "seconds"
+    )]
     header_timeout: Option<f64>,
     /// Seconds allowed between two pieces of a request body (checked every quarter of it:
     /// a silent body is cut after 1 to 1.25 times this) [default: 30].
-    #[arg(long, env = "SPOT_BODY_IDLE_TIMEOUT")]
-    #[serde(deserialize_with = "seconds")]
+    #[arg(
+        long = "body-idle-timeout-secs",
+        alias = "body-idle-timeout",
+        env = "SPOT_BODY_IDLE_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "body-idle-timeout-secs",
+        alias = "body-idle-timeout",
+        deserialize_with = "seconds"
+    )]
     body_idle_timeout: Option<f64>,
     /// Most open connections (HTTP and raw TCP each) [default: 10000].
     #[arg(long, env = "SPOT_MAX_CONNECTIONS")]
@@ -114,8 +147,17 @@ pub struct Args {
     core_queue_events: Option<usize>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
     /// remaining connections; a second signal stops at once [default: 10].
-    #[arg(long, env = "SPOT_SHUTDOWN_GRACE")]
-    #[serde(deserialize_with = "seconds")]
+    #[arg(
+        long = "shutdown-grace-secs",
+        alias = "shutdown-grace",
+        env = "SPOT_SHUTDOWN_GRACE",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "shutdown-grace-secs",
+        alias = "shutdown-grace",
+        deserialize_with = "seconds"
+    )]
     shutdown_grace: Option<f64>,
     /// Publish every derived event to this MQTT broker:
     /// `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix]` (`mqtts`: TLS, port 8883 by
@@ -160,7 +202,7 @@ pub struct Args {
     log_format: Option<String>,
     /// Colour in text logs: `auto` (only when stderr is a terminal and `NO_COLOR` is unset),
     /// `always` or `never` [default: auto].
-    #[arg(long, env = "SPOT_COLOR", value_parser = ["auto", "always", "never"])]
+    #[arg(long, env = "SPOT_COLOR", value_parser = crate::color::CHOICES)]
     color: Option<String>,
 }
 
@@ -248,7 +290,11 @@ impl Args {
             pull: self.pull,
             pull_backoff: defaults.pull_backoff,
             data_dir: self.data.unwrap_or(defaults.data_dir),
-            offline_after: secs_or("offline-after", self.offline_after, defaults.offline_after)?,
+            offline_after: secs_or(
+                "offline-after-secs",
+                self.offline_after,
+                defaults.offline_after,
+            )?,
             events_retention: secs_or(
                 "events-retention-hours",
                 self.events_retention_hours.map(|h| h * 3600.0),
@@ -261,12 +307,12 @@ impl Args {
                 max_body_bytes: self.max_body_bytes.unwrap_or(limits.max_body_bytes),
                 max_headers: self.max_headers.unwrap_or(limits.max_headers),
                 header_read_timeout: secs_or(
-                    "header-timeout",
+                    "header-timeout-secs",
                     self.header_timeout,
                     limits.header_read_timeout,
                 )?,
                 body_idle_timeout: secs_or(
-                    "body-idle-timeout",
+                    "body-idle-timeout-secs",
                     self.body_idle_timeout,
                     limits.body_idle_timeout,
                 )?,
@@ -274,7 +320,7 @@ impl Args {
                 max_refusals: self.max_refusals.unwrap_or(limits.max_refusals),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 shutdown_grace: secs_or(
-                    "shutdown-grace",
+                    "shutdown-grace-secs",
                     self.shutdown_grace,
                     limits.shutdown_grace,
                 )?,
@@ -417,17 +463,10 @@ impl Logs {
             Some("json") => true,
             Some(other) => anyhow::bail!("log-format {other:?}: must be \"text\" or \"json\""),
         };
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        let ansi = match args.color.as_deref() {
-            None | Some("auto") => {
-                !no_color && std::io::IsTerminal::is_terminal(&std::io::stderr())
-            }
-            Some("always") => true,
-            Some("never") => false,
-            Some(other) => {
-                anyhow::bail!("color {other:?}: must be \"auto\", \"always\" or \"never\"")
-            }
-        };
+        let ansi = crate::color::enabled(
+            args.color.as_deref(),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )?;
         Ok(Logs {
             json,
             ansi: ansi && !json,
