@@ -179,7 +179,7 @@ impl Webhooks {
         config: WebhookConfig,
     ) -> Result<Arc<Self>, WebhookError> {
         let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
-        let client = client::HttpClient::new(tls, config.request_timeout);
+        let client = client::HttpClient::new(tls, config.request_timeout, config.ca_cert.is_some());
         let store = Arc::new(store);
         let matchers = store
             .matchers()?
