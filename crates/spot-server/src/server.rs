@@ -258,8 +258,7 @@ impl Server {
                 .map_err(ServerError::Corrupt)?;
         }
         tracing::info!(
-            // Whole microseconds (`ms=0.004`, not `ms=0.0040539999999999994`).
-            ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            ms = crate::clock::log_ms(started.elapsed()),
             "rows loaded into the live state"
         );
         let (journal, id_last) = store.unflushed_journal(config.repair_journal)?;

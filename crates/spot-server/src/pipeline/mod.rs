@@ -620,8 +620,8 @@ fn write(
                 rows,
                 log = changes.log.len(),
                 waiters = waiters.len(),
-                apply_ms = apply_time.as_secs_f64() * 1e3,
-                commit_ms = started.elapsed().as_secs_f64() * 1e3,
+                apply_ms = crate::clock::log_ms(apply_time),
+                commit_ms = crate::clock::log_ms(started.elapsed()),
                 "group commit"
             );
         }
