@@ -160,8 +160,12 @@ fn with_env_name(e: clap::Error) -> clap::Error {
         .iter()
         .flat_map(|c| c.get_arguments())
         .filter(|a| {
-            a.get_long()
-                .is_some_and(|long| arg.starts_with(&format!("--{long}")))
+            // `--listen <HOST:PORT>` names `listen`, not `--listen-x`'s argument.
+            a.get_long().is_some_and(|long| {
+                arg.strip_prefix("--")
+                    .and_then(|rest| rest.strip_prefix(long))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+            })
         })
         .filter_map(|a| a.get_env())
         .find(|var| std::env::var_os(var).is_some_and(|v| v.to_string_lossy() == *value));
