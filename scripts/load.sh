@@ -21,7 +21,7 @@ SERVER=$!
 until curl -sf -o /dev/null "http://127.0.0.1:$PORT/api/spots"; do sleep 0.1; done
 /usr/bin/time -o "$DIR/emulator.time" -f '%U %S' \
     "${EMULATOR:-$BIN}" emulate --server "http://127.0.0.1:$PORT" --spots "$SPOTS" --rate "$RATE" \
-    --duration "$SECONDS_" --quiet >"$OUT" || [ $? -eq 2 ] # 2: not all acked (overload)
+    --duration-secs "$SECONDS_" --quiet >"$OUT" || [ $? -eq 2 ] # 2: not all acked (overload)
 # Server CPU from /proc (clock ticks), read before the server stops.
 read -r UTIME STIME < <(awk '{print $14, $15}' "/proc/$SERVER/stat")
 RSS=$(ps -o rss= -p "$SERVER")

@@ -210,7 +210,7 @@ pub fn spots(command: SpotsCommand) -> anyhow::Result<ExitCode> {
 pub struct KeyArgs {
     /// The API key [env: SPOT_KEY]; without it, the first admin key of the server's data
     /// directory (`<data>/admin.key`) when there is one.
-    #[arg(long, env = "SPOT_KEY", hide_env_values = true)]
+    #[arg(long, short = 'k', env = "SPOT_KEY", hide_env_values = true)]
     key: Option<String>,
     /// The server's data directory whose `admin.key` to use [default: spot-data].
     #[arg(long, env = "SPOT_DATA", value_name = "DIR")]

@@ -30,7 +30,7 @@ enum Source {
 pub struct Args {
     /// Encoding of the input (default: json, or http when the input starts with a request
     /// line or a chunk-size line).
-    #[arg(long, value_enum)]
+    #[arg(short, long, value_enum)]
     from: Option<Source>,
     /// Print each message's text as received (JSON only), followed by a blank line, instead
     /// of the normalised event.

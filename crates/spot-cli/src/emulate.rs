@@ -60,7 +60,12 @@ pub struct Args {
 struct Flags {
     /// The server, `http://host[:port][/prefix]` or `https://...` (TLS; the public web PKI
     /// roots are trusted unless --ca-cert or --insecure says otherwise).
-    #[arg(long, required_unless_present = "raw_tcp", conflicts_with = "raw_tcp")]
+    #[arg(
+        short,
+        long,
+        required_unless_present = "raw_tcp",
+        conflicts_with = "raw_tcp"
+    )]
     server: Option<String>,
     /// For an https:// server: trust the certificates of this PEM file (a private CA or the
     /// server's self-signed certificate) instead of the public roots.
@@ -75,20 +80,30 @@ struct Flags {
     #[arg(long, value_name = "HOST:PORT")]
     raw_tcp: Option<String>,
     /// Number of spots.
-    #[arg(long, default_value_t = 1)]
+    #[arg(short = 'n', long, default_value_t = 1)]
     spots: u64,
     /// Serial number of the first spot; the others follow.
     #[arg(long, default_value_t = 1)]
     first_serial: u64,
     /// Events per second per spot; 0 = as fast as the server takes them.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(short, long, default_value_t = 10.0)]
     rate: f64,
-    /// Seconds to generate events (then buffered events are delivered, see --drain-s);
-    /// none = until Ctrl-C.
-    #[arg(long)]
+    /// Seconds to generate events (then buffered events are delivered, see
+    /// --drain-secs); none = until Ctrl-C.
+    #[arg(
+        short,
+        long = "duration-secs",
+        alias = "duration",
+        value_name = "SECONDS"
+    )]
     duration: Option<f64>,
     /// After generation stops, keep delivering for at most this many seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(
+        long = "drain-secs",
+        alias = "drain-s",
+        value_name = "SECONDS",
+        default_value_t = 10.0
+    )]
     drain_s: f64,
     /// How long each POST stays open, in milliseconds.
     #[arg(long, default_value_t = 1000)]
@@ -154,7 +169,7 @@ struct Flags {
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// No progress line on stderr.
-    #[arg(long)]
+    #[arg(short, long)]
     quiet: bool,
     /// The JSON summary on stdout: the totals, or the totals and every spot.
     #[arg(long, value_enum, default_value_t = SummaryKind::Total)]

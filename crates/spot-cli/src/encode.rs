@@ -37,7 +37,7 @@ impl Format {
 #[derive(clap::Args)]
 pub struct Args {
     /// Encoding to write.
-    #[arg(long, value_enum)]
+    #[arg(short, long, value_enum)]
     to: Format,
     /// Human-readable JSON (indented objects); only with `--to json`.
     #[arg(long)]

@@ -24,7 +24,7 @@ default."
 )]
 pub struct Args {
     /// TOML file with settings (keys = flag names); flags and environment variables win.
-    #[arg(long, env = "SPOT_CONFIG", value_name = "FILE")]
+    #[arg(short, long, env = "SPOT_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Check the settings (the --config file, TLS and CA files, MQTT URL) and exit: 0 when
@@ -32,17 +32,24 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     check_config: bool,
-    /// HTTP address for spot POSTs and the REST API [default: 0.0.0.0:8080].
-    #[arg(long, env = "SPOT_LISTEN")]
-    listen: Option<SocketAddr>,
+    /// HTTP address for spot POSTs and the REST API; a host name is resolved
+    /// (`localhost:8080`) [default: 0.0.0.0:8080].
+    #[arg(
+        short,
+        long,
+        env = "SPOT_LISTEN",
+        value_name = "HOST:PORT",
+        value_parser = host_port
+    )]
+    listen: Option<String>,
     /// Data directory (SQLite databases `spot.db`: journal and events, `state.db`: resources),
     /// created on first start
     /// [default: spot-data].
-    #[arg(long, env = "SPOT_DATA")]
+    #[arg(short, long, env = "SPOT_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Raw TCP ingest address (off unless given).
-    #[arg(long, env = "SPOT_TCP_LISTEN")]
-    tcp_listen: Option<SocketAddr>,
+    /// Raw TCP ingest address, like --listen (off unless given).
+    #[arg(long, env = "SPOT_TCP_LISTEN", value_name = "HOST:PORT", value_parser = host_port)]
+    tcp_listen: Option<String>,
     /// Serve HTTPS on --listen with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "SPOT_TLS_CERT", value_name = "PEM")]
     tls_cert: Option<PathBuf>,
@@ -59,10 +66,21 @@ pub struct Args {
     )]
     pull: Vec<String>,
     /// Seconds without traffic after which a spot is offline [default: 10].
-    #[arg(long, env = "SPOT_OFFLINE_AFTER")]
+    #[arg(
+        long = "offline-after-secs",
+        alias = "offline-after",
+        env = "SPOT_OFFLINE_AFTER",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "offline-after-secs",
+        alias = "offline-after",
+        deserialize_with = "seconds"
+    )]
     offline_after: Option<f64>,
     /// Hours of derived and upstream events kept [default: 24].
     #[arg(long, env = "SPOT_EVENTS_RETENTION_HOURS")]
+    #[serde(deserialize_with = "hours")]
     events_retention_hours: Option<f64>,
     /// Start even when the journal (`spot.db`) has unreadable lines: drop them, logging
     /// each one; without it the server refuses to start and names them [default: false].
@@ -89,11 +107,31 @@ pub struct Args {
     #[arg(long, env = "SPOT_MAX_HEADERS")]
     max_headers: Option<usize>,
     /// Seconds to receive request headers (also the keep-alive idle limit) [default: 30].
-    #[arg(long, env = "SPOT_HEADER_TIMEOUT")]
+    #[arg(
+        long = "header-timeout-secs",
+        alias = "header-timeout",
+        env = "SPOT_HEADER_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "header-timeout-secs",
+        alias = "header-timeout",
+        deserialize_with = "seconds"
+    )]
     header_timeout: Option<f64>,
     /// Seconds allowed between two pieces of a request body (checked every quarter of it:
     /// a silent body is cut after 1 to 1.25 times this) [default: 30].
-    #[arg(long, env = "SPOT_BODY_IDLE_TIMEOUT")]
+    #[arg(
+        long = "body-idle-timeout-secs",
+        alias = "body-idle-timeout",
+        env = "SPOT_BODY_IDLE_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "body-idle-timeout-secs",
+        alias = "body-idle-timeout",
+        deserialize_with = "seconds"
+    )]
     body_idle_timeout: Option<f64>,
     /// Most open connections (HTTP and raw TCP each) [default: 10000].
     #[arg(long, env = "SPOT_MAX_CONNECTIONS")]
@@ -109,7 +147,17 @@ pub struct Args {
     core_queue_events: Option<usize>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
     /// remaining connections; a second signal stops at once [default: 10].
-    #[arg(long, env = "SPOT_SHUTDOWN_GRACE")]
+    #[arg(
+        long = "shutdown-grace-secs",
+        alias = "shutdown-grace",
+        env = "SPOT_SHUTDOWN_GRACE",
+        value_name = "SECONDS"
+    )]
+    #[serde(
+        rename = "shutdown-grace-secs",
+        alias = "shutdown-grace",
+        deserialize_with = "seconds"
+    )]
     shutdown_grace: Option<f64>,
     /// Publish every derived event to this MQTT broker:
     /// `mqtt[s]://[USER[:PASSWORD]@]HOST[:PORT][/prefix]` (`mqtts`: TLS, port 8883 by
@@ -154,7 +202,7 @@ pub struct Args {
     log_format: Option<String>,
     /// Colour in text logs: `auto` (only when stderr is a terminal and `NO_COLOR` is unset),
     /// `always` or `never` [default: auto].
-    #[arg(long, env = "SPOT_COLOR", value_parser = ["auto", "always", "never"])]
+    #[arg(long, env = "SPOT_COLOR", value_parser = crate::color::CHOICES)]
     color: Option<String>,
     /// Which spots may stream events in: `open` (any serial, at most --max-spots spots),
     /// `enrolled` (only serials enrolled with `spot spots enroll` or POST /api/spots) or
@@ -273,13 +321,24 @@ impl Args {
             _ => anyhow::bail!("tls-cert and tls-key go together: give both or neither"),
         };
         Ok(ServerConfig {
-            listen: self.listen.unwrap_or(defaults.listen),
-            tcp_listen: self.tcp_listen,
+            listen: match &self.listen {
+                Some(listen) => resolve("listen", listen)?,
+                None => defaults.listen,
+            },
+            tcp_listen: self
+                .tcp_listen
+                .as_deref()
+                .map(|addr| resolve("tcp-listen", addr))
+                .transpose()?,
             tls,
             pull: self.pull,
             pull_backoff: defaults.pull_backoff,
             data_dir: self.data.unwrap_or(defaults.data_dir),
-            offline_after: secs_or("offline-after", self.offline_after, defaults.offline_after)?,
+            offline_after: secs_or(
+                "offline-after-secs",
+                self.offline_after,
+                defaults.offline_after,
+            )?,
             events_retention: secs_or(
                 "events-retention-hours",
                 self.events_retention_hours.map(|h| h * 3600.0),
@@ -292,12 +351,12 @@ impl Args {
                 max_body_bytes: self.max_body_bytes.unwrap_or(limits.max_body_bytes),
                 max_headers: self.max_headers.unwrap_or(limits.max_headers),
                 header_read_timeout: secs_or(
-                    "header-timeout",
+                    "header-timeout-secs",
                     self.header_timeout,
                     limits.header_read_timeout,
                 )?,
                 body_idle_timeout: secs_or(
-                    "body-idle-timeout",
+                    "body-idle-timeout-secs",
                     self.body_idle_timeout,
                     limits.body_idle_timeout,
                 )?,
@@ -305,7 +364,7 @@ impl Args {
                 max_refusals: self.max_refusals.unwrap_or(limits.max_refusals),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 shutdown_grace: secs_or(
-                    "shutdown-grace",
+                    "shutdown-grace-secs",
                     self.shutdown_grace,
                     limits.shutdown_grace,
                 )?,
@@ -450,6 +509,68 @@ fn mqtt_config(
     Ok(Some(config))
 }
 
+/// A number of seconds in the `--config` file (an integer or not); the error says so
+/// rather than serde's `expected f64`.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    d.deserialize_any(Number("a number of seconds, e.g. 2.5 (no unit)"))
+        .map(Some)
+}
+
+/// A number of hours in the `--config` file, as [`seconds`].
+fn hours<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    d.deserialize_any(Number("a number of hours, e.g. 24 (no unit)"))
+        .map(Some)
+}
+
+/// Reads an integer or a float as `f64`; expects what its text says.
+struct Number(&'static str);
+
+impl serde::de::Visitor<'_> for Number {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+        Ok(v as f64)
+    }
+}
+
+/// `HOST:PORT` (or `IP:PORT`, `[IPv6]:PORT`) in form; [`resolve`] looks the host up.
+fn host_port(addr: &str) -> Result<String, String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_string())
+        }
+        _ => Err("expected HOST:PORT, e.g. 0.0.0.0:8080 or localhost:8080".into()),
+    }
+}
+
+/// The address to listen on for `addr` (`IP:PORT`, or `HOST:PORT` resolved, IPv4 first).
+fn resolve(name: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(ip) = addr.parse() {
+        return Ok(ip);
+    }
+    let found: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .with_context(|| format!("{name} {addr:?}: the host name can't be resolved"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .with_context(|| format!("{name} {addr:?}: the host name has no address"))
+}
+
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("{name} {value}: not a duration"))
 }
@@ -468,17 +589,10 @@ impl Logs {
             Some("json") => true,
             Some(other) => anyhow::bail!("log-format {other:?}: must be \"text\" or \"json\""),
         };
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        let ansi = match args.color.as_deref() {
-            None | Some("auto") => {
-                !no_color && std::io::IsTerminal::is_terminal(&std::io::stderr())
-            }
-            Some("always") => true,
-            Some("never") => false,
-            Some(other) => {
-                anyhow::bail!("color {other:?}: must be \"auto\", \"always\" or \"never\"")
-            }
-        };
+        let ansi = crate::color::enabled(
+            args.color.as_deref(),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )?;
         Ok(Logs {
             json,
             ansi: ansi && !json,

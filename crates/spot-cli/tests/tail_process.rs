@@ -12,22 +12,8 @@ use test_support::process::{spawn_serve, spawn_serve_tls, KillOnDrop};
 
 const SPOT: &str = env!("CARGO_BIN_EXE_spot");
 
-#[test]
-fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _server = KillOnDrop(spawn_serve(SPOT, data.path(), port, &[]));
-    // From id 0: tail replays from the events log, so the POST may come before it listens.
-    let mut tail = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_spot"))
-            .args(["tail", "--server", &format!("http://127.0.0.1:{port}")])
-            .args(["--after-id", "0", "presences/#", "--data"])
-            .arg(data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn spot tail"),
-    );
+/// A spot's POST of a `presence create` (item `ab01`, proximity `immediate`), answered 200.
+fn post_presence(port: u16) {
     let mut spot = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let mut request = b"POST /api/spots/900/events/ HTTP/1.1\r\nHost: t\r\n\
         Transfer-Encoding: chunked\r\nContent-Type: text/x-intellifi-events\r\n\r\n"
@@ -45,6 +31,25 @@ fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
     let mut head = [0u8; 12];
     spot.read_exact(&mut head).expect("response");
     assert_eq!(&head, b"HTTP/1.1 200");
+}
+
+#[test]
+fn tail_prints_the_presence_a_spot_posts_as_a_json_line() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _server = KillOnDrop(spawn_serve(SPOT, data.path(), port, &[]));
+    // From id 0: tail replays from the events log, so the POST may come before it listens.
+    let mut tail = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_spot"))
+            .args(["tail", "--server", &format!("http://127.0.0.1:{port}")])
+            .args(["--after-id", "0", "presences/#", "--data"])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn spot tail"),
+    );
+    post_presence(port);
 
     let stdout = tail.0.stdout.take().expect("stdout");
     let line = BufReader::new(stdout)
@@ -157,7 +162,9 @@ fn tail_names_the_certificate_error_and_refuses_a_ca_for_plain_http() {
         .expect("a line")
         .expect("text");
     assert!(
-        line.contains("invalid peer certificate") && line.ends_with("; reconnecting"),
+        line.contains("the server's certificate is not signed by a CA this client trusts")
+            && line.contains("--ca-cert PEM")
+            && line.ends_with("; reconnecting"),
         "{line}"
     );
 
@@ -169,4 +176,102 @@ fn tail_names_the_certificate_error_and_refuses_a_ca_for_plain_http() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the server is not https://"), "{stderr}");
+}
+
+/// `-C N` ends tail after N events (exit 0), `--timestamps` puts the receive time before
+/// each JSON line.
+#[test]
+fn tail_with_a_count_exits_after_that_many_events_each_with_its_time() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _server = KillOnDrop(spawn_serve(SPOT, data.path(), port, &[]));
+    post_presence(port);
+    let out = Command::new(SPOT)
+        .args(["tail", "-s", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "-a",
+            "0",
+            "-C",
+            "2",
+            "-W",
+            "60",
+            "--timestamps",
+            "#",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .expect("run spot tail");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for line in lines {
+        let (time, json) = line.split_once(' ').expect("a time column");
+        assert!(
+            spot_protocol::Timestamp::parse(time).is_some() && time.ends_with('Z'),
+            "{line}"
+        );
+        let event: serde_json::Value = serde_json::from_str(json).expect("a JSON line");
+        assert!(event["id"].as_u64().is_some(), "{line}");
+    }
+}
+
+/// `-W` ends tail: status 1 when `-C` events had not arrived, 0 without `-C`.
+#[test]
+fn tail_with_a_timeout_exits_by_itself() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _server = KillOnDrop(spawn_serve(SPOT, data.path(), port, &[]));
+    let server = format!("http://127.0.0.1:{port}");
+    let out = Command::new(SPOT)
+        .args([
+            "tail",
+            "-s",
+            &server,
+            "-C",
+            "1",
+            "-W",
+            "0.5",
+            "nothing/#",
+            "--data",
+        ])
+        .arg(data.path())
+        .output()
+        .expect("run spot tail");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("before 1 events"), "{stderr}");
+    let out = Command::new(SPOT)
+        .args(["tail", "-s", &server, "-W", "0.5", "nothing/#", "--data"])
+        .arg(data.path())
+        .output()
+        .expect("run spot tail");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// `spot completions SHELL` and `spot man [COMMAND]` print what shells and `man` read.
+#[test]
+fn completions_and_manual_pages_are_printed() {
+    let out = Command::new(SPOT)
+        .args(["completions", "bash"])
+        .output()
+        .expect("run spot completions");
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_spot()") && script.contains("--timestamps"),
+        "{script}"
+    );
+    let out = Command::new(SPOT)
+        .args(["man", "tail"])
+        .output()
+        .expect("run spot man");
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH spot-tail"),
+        "{page}"
+    );
+    assert!(page.contains("\\-\\-count"), "{page}");
 }

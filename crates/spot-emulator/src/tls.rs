@@ -106,22 +106,20 @@ impl TlsClient {
                 name: name.to_string(),
                 reason: e.to_string(),
             })?;
-        self.connector.connect(server_name, tcp).await.map_err(|e| {
-            let bad_certificate = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-            HandshakeError::Failed {
+        self.connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| HandshakeError::Failed {
                 name: name.to_string(),
-                hint: if bad_certificate && self.trust == Trust::PublicRoots {
-                    " (only the public web PKI roots are trusted: pass --ca-cert PEM for a \
-                     private CA or self-signed certificate)"
-                } else {
-                    ""
-                },
-                source: e,
-            }
-        })
+                reason: spot_tls::explain(
+                    &e,
+                    spot_tls::Side::Client {
+                        ca_option: "--ca-cert",
+                        ca_given: matches!(self.trust, Trust::CaFile(_)),
+                    },
+                )
+                .unwrap_or_else(|| e.to_string()),
+            })
     }
 }
 
@@ -137,14 +135,12 @@ pub enum HandshakeError {
         reason: String,
     },
     /// The handshake itself failed (certificate, protocol, or the connection).
-    #[error("TLS handshake with {name}: {source}{hint}")]
+    #[error("TLS handshake with {name}: {reason}")]
     Failed {
         /// The server name.
         name: String,
-        /// What failed.
-        source: std::io::Error,
-        /// Advice for an untrusted certificate under the public roots; empty otherwise.
-        hint: &'static str,
+        /// What failed and what to do, in words ([`spot_tls::explain`]).
+        reason: String,
     },
 }
 

@@ -8,6 +8,7 @@
 //! - [`pb`]: this project's protobuf encoding (`application/x-intellifi-events-pb`).
 //! - [`ack`]: the raw-TCP acknowledgement both sides build and read.
 //! - [`backoff`]: reconnect and retry delays (doubling, capped, jittered), the one implementation.
+//! - [`lograte`]: log lines of a repeated condition at most once per (doubling) interval.
 //! - [`topics`]: the spec §7 topic names and event payload of the server's derived events.
 //! - [`codec`]: one [`Decoder`] / [`Encoder`] over either encoding, chosen by [`Encoding`].
 //!
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod event;
 pub mod hex;
 pub mod json;
+pub mod lograte;
 pub mod pb;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -18,8 +18,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// `error: cause: cause…` (a client error's own message hides e.g. why a TLS handshake
-/// failed).
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+/// failed); a TLS failure in words instead ([`spot_tls::explain`], from `side`'s view).
+pub(crate) fn with_causes(
+    error: &(dyn std::error::Error + 'static),
+    side: spot_tls::Side<'_>,
+) -> String {
+    if let Some(words) = spot_tls::explain(error, side) {
+        return words;
+    }
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

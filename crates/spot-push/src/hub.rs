@@ -363,23 +363,53 @@ pub struct HubStats {
 }
 
 impl HubStats {
-    /// Prometheus text lines: `spot_push_published_total`, `spot_push_raw_published_total`,
-    /// `spot_push_last_event_id`, and per outlet `spot_push_subscriptions`,
-    /// `spot_push_queued`, `spot_push_dropped_total`.
+    /// Prometheus text (each family with `# HELP` and `# TYPE`): `spot_push_published_total`,
+    /// `spot_push_raw_published_total`, `spot_push_last_event_id`, and per outlet
+    /// `spot_push_subscriptions`, `spot_push_queued`, `spot_push_dropped_total`.
     pub fn render_prometheus(&self) -> String {
         let mut out = format!(
-            "spot_push_published_total {}\nspot_push_raw_published_total {}\n\
+            "# HELP spot_push_published_total Derived events published to the outlets.\n\
+             # TYPE spot_push_published_total counter\n\
+             spot_push_published_total {}\n\
+             # HELP spot_push_raw_published_total Raw spot events published (--publish-raw).\n\
+             # TYPE spot_push_raw_published_total counter\n\
+             spot_push_raw_published_total {}\n\
+             # HELP spot_push_last_event_id Id of the last published event (0 before any).\n\
+             # TYPE spot_push_last_event_id gauge\n\
              spot_push_last_event_id {}\n",
             self.published_total, self.raw_published_total, self.last_id
         );
-        for o in &self.outlets {
-            let outlet = o.outlet.replace(['"', '\\', '\n'], "_");
-            out.push_str(&format!(
-                "spot_push_subscriptions{{outlet=\"{outlet}\"}} {}\n\
-                 spot_push_queued{{outlet=\"{outlet}\"}} {}\n\
-                 spot_push_dropped_total{{outlet=\"{outlet}\"}} {}\n",
-                o.subscriptions, o.queued, o.dropped_total
-            ));
+        let outlet = |o: &OutletStats| o.outlet.replace(['"', '\\', '\n'], "_");
+        type Per = fn(&OutletStats) -> u64;
+        let families: [(&str, &str, &str, Per); 3] = [
+            (
+                "spot_push_subscriptions",
+                "gauge",
+                "Live subscriptions per outlet.",
+                |o| o.subscriptions as u64,
+            ),
+            (
+                "spot_push_queued",
+                "gauge",
+                "Events queued per outlet.",
+                |o| o.queued as u64,
+            ),
+            (
+                "spot_push_dropped_total",
+                "counter",
+                "Events dropped per outlet because a queue was full.",
+                |o| o.dropped_total,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for o in &self.outlets {
+                out.push_str(&format!(
+                    "{name}{{outlet=\"{}\"}} {}\n",
+                    outlet(o),
+                    value(o)
+                ));
+            }
         }
         out
     }
@@ -843,12 +873,22 @@ mod tests {
                 dropped_total: 3
             }]
         );
+        let samples: Vec<String> = stats
+            .render_prometheus()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(String::from)
+            .collect();
         assert_eq!(
-            stats.render_prometheus(),
-            "spot_push_published_total 5\nspot_push_raw_published_total 0\n\
-             spot_push_last_event_id 5\n\
-             spot_push_subscriptions{outlet=\"sse\"} 1\nspot_push_queued{outlet=\"sse\"} 2\n\
-             spot_push_dropped_total{outlet=\"sse\"} 3\n"
+            samples,
+            [
+                "spot_push_published_total 5",
+                "spot_push_raw_published_total 0",
+                "spot_push_last_event_id 5",
+                "spot_push_subscriptions{outlet=\"sse\"} 1",
+                "spot_push_queued{outlet=\"sse\"} 2",
+                "spot_push_dropped_total{outlet=\"sse\"} 3",
+            ]
         );
         assert_eq!(sub.try_recv().map(|e| e.id()), Some(1));
         drop(sub);

@@ -239,6 +239,10 @@ pub async fn follow(
     let client: Client<Connector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(Connector::new(tls));
     let mut last_id = options.after_id;
+    let side = spot_tls::Side::Client {
+        ca_option: "--ca-cert",
+        ca_given: options.ca_cert.is_some(),
+    };
     loop {
         let mut request =
             http::Request::get(stream_url.clone()).header("Accept", "text/event-stream");
@@ -250,7 +254,7 @@ pub async fn follow(
         }
         let request = request.body(Empty::new())?;
         let broken = match client.request(request).await {
-            Err(e) => format!("{url}: {}", with_causes(&e)),
+            Err(e) => format!("{url}: {}", with_causes(&e, side)),
             Ok(response) if response.status().is_client_error() => {
                 let status = response.status().as_u16();
                 let body = Limited::new(response.into_body(), 64 * 1024)
@@ -269,7 +273,7 @@ pub async fn follow(
                 'stream: loop {
                     match body.frame().await {
                         None => break format!("{url}: stream ended"),
-                        Some(Err(e)) => break format!("{url}: {}", with_causes(&e)),
+                        Some(Err(e)) => break format!("{url}: {}", with_causes(&e, side)),
                         Some(Ok(frame)) => {
                             let Some(chunk) = frame.data_ref() else {
                                 continue;

@@ -23,8 +23,8 @@
 //! - [`http`]: the listener: accept ([`accept`]), TLS, the router behind the check of who
 //!   may call what ([`http::auth`]; a failed pipeline: `503`);
 //!   [`response`]: the JSON error bodies.
-//! - [`server`]: wiring. [`Server::bind`] opens the store, loads the state (replaying the
-//!   journal written after the last checkpoint), binds the listeners and returns the bound
+//! - [`server`]: wiring. [`Server::bind`] binds the listeners, opens the store, loads the
+//!   state (replaying the journal written after the last checkpoint) and returns the bound
 //!   addresses; tests bind port 0 and run it in-process. [`Server::shutdown`] stops
 //!   accepting, lets in-flight POSTs finish (bounded by [`ServerLimits::shutdown_grace`]),
 //!   commits and returns. The data directory is locked (`spot.lock`) from bind to the end

@@ -1,5 +1,12 @@
-//! Named counters and the acknowledgement-latency histogram, exported at `/metrics` in the
-//! Prometheus text format.
+//! Named counters and the acknowledgement-latency histogram, and the exposition of
+//! everything `/metrics` serves in the Prometheus text format (0.0.4): each family with its
+//! `# HELP` and `# TYPE` ([`family`]), the gauges read at scrape time ([`Gauges`]), the
+//! build info and the process metrics (CPU, memory, open fds, start time; Linux `/proc`).
+//!
+//! The hot path only adds to atomics; everything else is read when scraped. The exposition
+//! is written here rather than by a metrics crate: the counters are plain atomics bumped from
+//! the hot path, and the few lines of text around them cost less than adapting them to a
+//! registry's types.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +42,24 @@ pub struct Metrics {
     ack_sum_micros: AtomicU64,
 }
 
+/// Values read when `/metrics` is scraped (not counted on the hot path).
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Spots online now; `None` while the live state is unavailable (the series is left out).
+    pub spots_online: Option<usize>,
+    /// Open HTTP connections (TLS included).
+    pub connections_http: usize,
+    /// Open raw TCP connections.
+    pub connections_tcp: usize,
+    /// Events queued for the pipeline, not yet applied.
+    pub pipeline_queued_events: usize,
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of the family `name`; its samples follow.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 impl Metrics {
     /// Records the time from the end of a POST body to its `200`.
     pub fn observe_ack(&self, elapsed: Duration) {
@@ -49,7 +74,7 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition of the counters and the histogram.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters = [
@@ -91,15 +116,14 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP spot_ack_seconds End of POST body to 200.\n# TYPE spot_ack_seconds histogram"
+        family(
+            &mut out,
+            "spot_ack_seconds",
+            "histogram",
+            "End of POST body to 200.",
         );
         for (bucket, bound) in self.ack_buckets.iter().zip(ACK_BUCKETS) {
             let _ = writeln!(
@@ -120,6 +144,111 @@ impl Metrics {
     }
 }
 
+impl Gauges {
+    /// The gauges, then `spot_build_info`, in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        if let Some(online) = self.spots_online {
+            family(out, "spot_spots_online", "gauge", "Spots online now.");
+            let _ = writeln!(out, "spot_spots_online {online}");
+        }
+        family(
+            out,
+            "spot_connections_open",
+            "gauge",
+            "Open connections per transport (http includes TLS).",
+        );
+        let _ = writeln!(
+            out,
+            "spot_connections_open{{transport=\"http\"}} {}\n\
+             spot_connections_open{{transport=\"tcp\"}} {}",
+            self.connections_http, self.connections_tcp
+        );
+        family(
+            out,
+            "spot_pipeline_queued_events",
+            "gauge",
+            "Events queued for the pipeline, not yet applied.",
+        );
+        let _ = writeln!(
+            out,
+            "spot_pipeline_queued_events {}",
+            self.pipeline_queued_events
+        );
+        family(
+            out,
+            "spot_build_info",
+            "gauge",
+            "The server's version (the value is always 1).",
+        );
+        let _ = writeln!(
+            out,
+            "spot_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+}
+
+/// The standard process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_open_fds`, `process_start_time_seconds`), read
+/// from `/proc/self` with the `procfs` crate; nothing where `/proc` can't be read.
+#[cfg(target_os = "linux")]
+pub fn render_process(out: &mut String) {
+    let Ok(me) = procfs::process::Process::myself() else {
+        return;
+    };
+    if let Ok(stat) = me.stat() {
+        let ticks = procfs::ticks_per_second() as f64;
+        family(
+            out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {}",
+            (stat.utime + stat.stime) as f64 / ticks
+        );
+        family(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(
+            out,
+            "process_resident_memory_bytes {}",
+            stat.rss * procfs::page_size()
+        );
+        if let Ok(boot) = procfs::boot_time_secs() {
+            family(
+                out,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+            );
+            let _ = writeln!(
+                out,
+                "process_start_time_seconds {}",
+                boot as f64 + stat.starttime as f64 / ticks
+            );
+        }
+    }
+    if let Ok(fds) = me.fd_count() {
+        family(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_open_fds {fds}");
+    }
+}
+
+/// No process metrics where there is no `/proc`.
+#[cfg(not(target_os = "linux"))]
+pub fn render_process(_out: &mut String) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +266,22 @@ mod tests {
         assert!(text.contains("spot_ack_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("spot_ack_seconds_bucket{le=\"5\"} 1"));
         assert!(text.contains("spot_ack_seconds_count 1"));
+    }
+
+    #[test]
+    fn gauges_render_per_transport_and_leave_out_an_unknown_online_count() {
+        let mut out = String::new();
+        Gauges {
+            spots_online: None,
+            connections_http: 2,
+            connections_tcp: 1,
+            pipeline_queued_events: 7,
+        }
+        .render(&mut out);
+        assert!(!out.contains("spot_spots_online"), "{out}");
+        assert!(out.contains("spot_connections_open{transport=\"http\"} 2"));
+        assert!(out.contains("spot_connections_open{transport=\"tcp\"} 1"));
+        assert!(out.contains("spot_pipeline_queued_events 7"));
+        assert!(out.contains("spot_build_info{version=\""));
     }
 }

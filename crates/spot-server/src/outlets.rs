@@ -416,16 +416,42 @@ impl Outlets {
         let mut out = self.hub.stats().render_prometheus();
         if let Some(mqtt) = &self.mqtt {
             let s = mqtt.stats();
-            out.push_str(&format!(
-                "spot_push_mqtt_connected {}\nspot_push_mqtt_sent_total {}\n\
-                 spot_push_mqtt_acked_total {}\nspot_push_mqtt_connection_errors_total {}\n\
-                 spot_push_mqtt_too_large_total {}\n",
-                u8::from(s.connected),
-                s.sent_total,
-                s.acked_total,
-                s.connection_errors_total,
-                s.too_large_total
-            ));
+            let series = [
+                (
+                    "spot_push_mqtt_connected",
+                    "gauge",
+                    "1 while connected to the broker.",
+                    u64::from(s.connected),
+                ),
+                (
+                    "spot_push_mqtt_sent_total",
+                    "counter",
+                    "Events published to the broker.",
+                    s.sent_total,
+                ),
+                (
+                    "spot_push_mqtt_acked_total",
+                    "counter",
+                    "Publications the broker acknowledged.",
+                    s.acked_total,
+                ),
+                (
+                    "spot_push_mqtt_connection_errors_total",
+                    "counter",
+                    "Failed connections to the broker.",
+                    s.connection_errors_total,
+                ),
+                (
+                    "spot_push_mqtt_too_large_total",
+                    "counter",
+                    "Events too large for the broker, not sent.",
+                    s.too_large_total,
+                ),
+            ];
+            for (name, kind, help, value) in series {
+                crate::metrics::family(&mut out, name, kind, help);
+                out.push_str(&format!("{name} {value}\n"));
+            }
         }
         out
     }

@@ -67,8 +67,17 @@ pub enum ServerError {
     /// The CA file of `webhook-ca-cert` is unusable.
     #[error("webhook-ca-cert: {0}")]
     WebhookCa(#[source] spot_push::tls::TlsConfigError),
+    /// The data directory's path names something that is not a directory.
+    #[error(
+        "data directory {path}: is a file, not a directory; \
+         move it away or choose another --data"
+    )]
+    DataDirNotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// A listener could not be bound.
-    #[error("bind {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(.source))]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -76,6 +85,34 @@ pub enum ServerError {
         source: std::io::Error,
     },
 }
+/// What to do when a listener can't be bound, by the reason.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another program, perhaps another spot server, listens there: stop it or \
+             choose another address)"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            " (no network interface of this machine has that address: use one it has, or \
+             0.0.0.0 for all)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need privileges: use a port of 1024 or more)"
+        }
+        _ => "",
+    }
+}
+
+/// Fails when the data directory's path names something that is not a directory.
+fn check_data_dir(config: &ServerConfig) -> Result<(), ServerError> {
+    match std::fs::metadata(&config.data_dir) {
+        Ok(meta) if !meta.is_dir() => Err(ServerError::DataDirNotADirectory {
+            path: config.data_dir.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -240,18 +277,37 @@ fn check_webhook_ca(config: &ServerConfig) -> Result<(), ServerError> {
 
 impl Server {
     /// Checks what [`Server::bind`] can check without creating, opening or binding
-    /// anything: the TLS certificate and key (readable, matching) and the webhook CA file.
-    /// `bind` does these checks first too.
+    /// anything: the TLS certificate and key (readable, matching), the webhook CA file and
+    /// that the data directory is not a file. `bind` does these checks first too.
     pub fn check(config: &ServerConfig) -> Result<(), ServerError> {
         tls_acceptor(config)?;
-        check_webhook_ca(config)
+        check_webhook_ca(config)?;
+        check_data_dir(config)
     }
 
-    /// Opens the store, loads the state, binds the listeners and starts serving.
+    /// Binds the listeners, opens the store, loads the state and starts serving.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        // Everything checkable without side effects comes before the first thing created.
+        // Everything checkable without side effects comes before the first thing created,
+        // then the listeners (a port in use leaves nothing created behind); connections wait
+        // in the listen backlog while the state loads.
         let tls = tls_acceptor(&config)?;
         check_webhook_ca(&config)?;
+        check_data_dir(&config)?;
+        let http_listener = listen(config.listen).map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let tcp_listener = match config.tcp_listen {
+            Some(addr) => Some(listen(addr).map_err(|source| ServerError::Bind { addr, source })?),
+            None => None,
+        };
+        let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -282,7 +338,7 @@ impl Server {
                 .map_err(ServerError::Corrupt)?;
         }
         tracing::info!(
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = crate::clock::log_ms(started.elapsed()),
             "rows loaded into the live state"
         );
         let (journal, id_last) = store.unflushed_journal(config.repair_journal)?;
@@ -332,21 +388,6 @@ impl Server {
                     source,
                 })?
         };
-        let http_listener = listen(config.listen).map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let tcp_listener = match config.tcp_listen {
-            Some(addr) => Some(listen(addr).map_err(|source| ServerError::Bind { addr, source })?),
-            None => None,
-        };
-        let tcp_addr = tcp_listener.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Context {
             pipeline: core_tx,
             domain,

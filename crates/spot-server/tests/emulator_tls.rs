@@ -120,14 +120,14 @@ async fn an_untrusted_certificate_or_wrong_name_fails_as_reconnects_with_a_tls_e
             format!("https://localhost:{port}"),
             Trust::CaFile(other_ca),
             600,
-            "invalid peer certificate",
+            "the server's certificate is not signed by the key of the trusted CA",
         ),
         // The right CA, but the URL names 127.0.0.1 and the certificate only `localhost`.
         (
             format!("https://127.0.0.1:{port}"),
             Trust::CaFile(ca.clone()),
             610,
-            "certificate not valid for name \"127.0.0.1\"",
+            "the server's certificate is not valid for \"127.0.0.1\": it holds localhost",
         ),
     ] {
         let mut cfg = fleet_config(&url, trust, first_serial, 0.3);

@@ -166,6 +166,38 @@ async fn a_malformed_event_in_the_middle_is_skipped_counted_and_the_rest_acknowl
 }
 
 #[tokio::test]
+async fn an_item_code_that_is_not_hex_is_a_malformed_event_not_a_new_item() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    let mut conn = Raw::connect(addr).await;
+    let resp = conn
+        .post(
+            "10",
+            &[
+                &spot_create(10, 1),
+                &presence("create", "zz", "near", Some(1)),
+                &event("hit", "create", json!({"seq": 2, "item_code": ""})),
+                &presence("create", "00000000000000000000000a", "near", Some(3)),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-spot-rejected"), Some("2"));
+    assert_eq!(resp.header("x-spot-ack"), Some("3"));
+    let (_, text) = raw_get(addr, "/metrics").await;
+    assert!(text.contains("spot_events_malformed_total 2"), "{text}");
+    let (_, items) = get(addr, "/api/items").await;
+    let codes: Vec<&str> = items["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|i| i["code_hex"].as_str().expect("code_hex"))
+        .collect();
+    assert_eq!(codes, ["00000000000000000000000a"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn config_and_firmware_requests_are_delivered_once_in_the_next_response_then_cleared() {
     let (server, _dir) = start(|_| {}).await;
     let addr = server.http_addr();

@@ -6,7 +6,12 @@
 //! rustls with the ring provider ([`provider`]), the public web PKI roots compiled in
 //! (`webpki-roots`; no platform store is read) and the certificates of a PEM file
 //! ([`read_certificates`]: a private CA, or a self-signed server certificate), put together
-//! by [`root_store`]. Each user builds its `ClientConfig` from [`builder`].
+//! by [`root_store`]. Each user builds its `ClientConfig` from [`builder`]. [`explain`] says
+//! what a failed handshake means and what to do, in words.
+
+mod explain;
+
+pub use explain::{describe, explain, rustls_error, Side};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

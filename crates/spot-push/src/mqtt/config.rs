@@ -155,6 +155,8 @@ pub struct MqttConfig {
     /// TLS client settings (`mqtts://`: public roots, see [`MqttConfig::trust_ca_file`]);
     /// `None`: plain TCP. The host is the name checked against the certificate.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether [`MqttConfig::trust_ca_file`] added a CA file (for the words of a TLS failure).
+    pub ca_given: bool,
     /// Prepended to every topic as `prefix/topic` (none by default).
     pub prefix: Option<String>,
     /// QoS of the publishes (1 by default).
@@ -250,6 +252,7 @@ impl MqttConfig {
             Some(prefix.to_owned())
         };
         Ok(Self {
+            ca_given: false,
             host: host.to_owned(),
             port,
             username,
@@ -274,6 +277,7 @@ impl MqttConfig {
             return Err(MqttConfigError::CaWithoutTls(path.display().to_string()));
         }
         self.tls = Some(crate::tls::client_config(Some(path), &[])?);
+        self.ca_given = true;
         Ok(())
     }
 }

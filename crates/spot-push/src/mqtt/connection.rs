@@ -21,9 +21,10 @@ pub(super) enum ConnectionError {
     /// The broker's host is not a name TLS can check a certificate against.
     #[error("not a TLS server name: {0}")]
     ServerName(rustls_pki_types::InvalidDnsNameError),
-    /// The TLS handshake failed (e.g. an untrusted certificate).
-    #[error("TLS handshake: {0}")]
-    Tls(std::io::Error),
+    /// The TLS handshake failed (e.g. an untrusted certificate); said in words, the flag
+    /// telling whether `mqtt-ca-cert` was given.
+    #[error("TLS handshake: {}", tls_words(.0, *.1))]
+    Tls(std::io::Error, bool),
     /// No CONNACK within [`CONNECT_TIMEOUT`].
     #[error("no CONNACK within {CONNECT_TIMEOUT:?}")]
     ConnectTimeout,
@@ -64,6 +65,15 @@ pub(super) enum ConnectionError {
     /// Nothing heard from the broker for two keep-alive intervals.
     #[error("broker silent for {0:?}")]
     Silent(Duration),
+}
+
+/// A failed handshake in words ([`spot_tls::explain`]).
+fn tls_words(error: &std::io::Error, ca_given: bool) -> String {
+    let side = spot_tls::Side::Client {
+        ca_option: "mqtt-ca-cert",
+        ca_given,
+    };
+    spot_tls::explain(error, side).unwrap_or_else(|| error.to_string())
 }
 
 pub(super) fn encode(packet: &Packet, buffer: &mut BytesMut) -> Result<(), ConnectionError> {
@@ -140,7 +150,7 @@ pub(super) async fn connect(config: &MqttConfig) -> Result<Conn, ConnectionError
                 let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, stream)
                     .await
-                    .map_err(ConnectionError::Tls)?;
+                    .map_err(|e| ConnectionError::Tls(e, config.ca_given))?;
                 handshake(&mut stream, config).await?;
                 Ok(Conn::Tls(Box::new(stream)))
             }

@@ -48,6 +48,7 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use rumqttc::{Packet, PubRel, QoS};
 use serde::Serialize;
+use spot_protocol::lograte::LogRate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
@@ -193,12 +194,17 @@ impl Outbox {
     }
 }
 
+/// While the broker stays unreachable, the warning is repeated after 1, 2, 4 … reconnect
+/// delays, then at most once per this interval; each counts the failures since the last.
+pub const FAILURE_LOG_MAX_INTERVAL: Duration = Duration::from_secs(300);
+
 async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
     let mut outbox = Outbox {
         inflight: VecDeque::new(),
         resend: VecDeque::new(),
         next_pkid: 0,
     };
+    let mut failure_log = LogRate::backing_off(config.reconnect_delay, FAILURE_LOG_MAX_INTERVAL);
     loop {
         let error = match connect(&config).await {
             Ok(conn) => {
@@ -207,6 +213,7 @@ async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
                     host = %config.host,
                     port = config.port,
                     tls = config.tls.is_some(),
+                    failures_not_logged = failure_log.reset(),
                     "mqtt outlet: connected"
                 );
                 let error = match conn {
@@ -227,12 +234,17 @@ async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
         };
         let Some(error) = error else { return }; // the hub is gone
         counters.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            host = %config.host,
-            port = config.port,
-            error = %error,
-            "mqtt outlet: broker connection failed; retrying"
-        );
+        if let Some(more) = failure_log.admit(std::time::Instant::now()) {
+            tracing::warn!(
+                host = %config.host,
+                port = config.port,
+                error = %error,
+                more_since_last_line = more,
+                "mqtt outlet: broker connection failed; retrying every {:?} (this warning \
+                 less and less often while it lasts)",
+                config.reconnect_delay
+            );
+        }
         tokio::time::sleep(config.reconnect_delay).await;
     }
 }

@@ -25,9 +25,10 @@ pub(crate) enum PostError {
     /// The request could not be built (a header name or value that is not valid HTTP).
     #[error("bad request: {0}")]
     Request(#[from] http::Error),
-    /// Connecting, TLS or the exchange failed; the text carries the whole chain of causes.
-    #[error("{}", with_causes(.0))]
-    Exchange(hyper_util::client::legacy::Error),
+    /// Connecting, TLS or the exchange failed; the text carries the whole chain of causes
+    /// (a TLS failure in words; the flag says whether `webhook-ca-cert` was given).
+    #[error("{}", with_causes(.0, spot_tls::Side::Client { ca_option: "webhook-ca-cert", ca_given: *.1 }))]
+    Exchange(hyper_util::client::legacy::Error, bool),
     /// No response within the request timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -38,17 +39,24 @@ pub(crate) enum PostError {
 pub(crate) struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
     timeout: Duration,
+    /// Whether `webhook-ca-cert` was given (for the words of a TLS failure).
+    ca_given: bool,
 }
 
 impl HttpClient {
-    /// A client verifying `https://` targets with `tls`; each request (connection, TLS,
-    /// request, response) is bounded by `timeout`.
-    pub(crate) fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
+    /// A client verifying `https://` targets with `tls` (`ca_given`: with the certificates
+    /// of `webhook-ca-cert`); each request (connection, TLS, request, response) is bounded
+    /// by `timeout`.
+    pub(crate) fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration, ca_given: bool) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(Connector::new(tls));
-        Self { client, timeout }
+        Self {
+            client,
+            timeout,
+            ca_given,
+        }
     }
 
     /// POSTs `body` with `headers` to `url`; the response status, or why there is none.
@@ -69,7 +77,7 @@ impl HttpClient {
                 .client
                 .request(request)
                 .await
-                .map_err(PostError::Exchange)?;
+                .map_err(|e| PostError::Exchange(e, self.ca_given))?;
             let status = response.status();
             // Read a short body to completion so the connection is reused; ignore it.
             let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)

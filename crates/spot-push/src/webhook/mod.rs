@@ -25,7 +25,8 @@
 //! A 2xx counts as delivered. Otherwise, with `target_retry` the row stays and is retried
 //! with jittered exponential backoff (the next rows wait: order per subscription), until
 //! `database_hold_time_h` has passed since it was queued; without `target_retry` it is
-//! given up at once. Every failed attempt counts in `failed_count` and sets `last_error`.
+//! given up at once. Every failed attempt counts in `failed_count` and sets `last_error`;
+//! failures are logged at WARN, at most one line per subscription per [`FAILURE_LOG_EVERY`].
 
 mod api;
 mod client;
@@ -41,6 +42,7 @@ use futures_util::FutureExt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use spot_protocol::backoff::Backoff;
+use spot_protocol::lograte::LogRate;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -179,7 +181,7 @@ impl Webhooks {
         config: WebhookConfig,
     ) -> Result<Arc<Self>, WebhookError> {
         let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
-        let client = client::HttpClient::new(tls, config.request_timeout);
+        let client = client::HttpClient::new(tls, config.request_timeout, config.ca_cert.is_some());
         let store = Arc::new(store);
         let matchers = store
             .matchers()?
@@ -434,8 +436,15 @@ async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower, m
     }
 }
 
+/// A subscription's failed deliveries are logged at most once per this interval, each line
+/// counting the failures since the one before (`failed_count` and `last_error` of the
+/// subscription have every one).
+pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// Delivers the queue of one subscription, in order, until it is deleted.
 async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notify>) {
+    let mut failure_log = LogRate::every(FAILURE_LOG_EVERY);
+    let mut failing = false;
     loop {
         let Some(this) = webhooks.upgrade() else {
             return;
@@ -468,6 +477,8 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
                 "event {} given up: not delivered within database_hold_time_h",
                 delivery.event_id
             );
+            log_failure(&mut failure_log, id, &error, false);
+            failing = true;
             let _ = blocking(&this.store, move |s| s.failed(&delivery, &error, None)).await;
             continue;
         }
@@ -505,8 +516,20 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
             Err(e) => Err(format!("event {}: {}: {e}", delivery.event_id, target.url)),
         };
         let result = match outcome {
-            Ok(()) => blocking(&this.store, move |s| s.delivered(&delivery)).await,
+            Ok(()) => {
+                if std::mem::take(&mut failing) {
+                    let more = failure_log.reset();
+                    tracing::info!(
+                        subscription = id,
+                        more_failures_not_logged = more,
+                        "webhooks: delivering again"
+                    );
+                }
+                blocking(&this.store, move |s| s.delivered(&delivery)).await
+            }
             Err(error) => {
+                log_failure(&mut failure_log, id, &error, target.retry);
+                failing = true;
                 let retry_at = target.retry.then(|| {
                     store::now_ms()
                         + retry_delay(&this.config, delivery.attempts).as_millis() as i64
@@ -519,6 +542,18 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
             drop(this);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+/// Logs a failed delivery of subscription `id`, rate limited by `log`.
+fn log_failure(log: &mut LogRate, id: i64, error: &str, retried: bool) {
+    if let Some(more) = log.admit(std::time::Instant::now()) {
+        tracing::warn!(
+            subscription = id,
+            more_since_last_line = more,
+            "webhooks: delivery failed: {error}{}",
+            if retried { "; retrying" } else { "" }
+        );
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use crate::api::query::{Query, COLLECTIONS};
 use crate::context::Context;
 use crate::domain::PutError;
+use crate::metrics::{render_process, Gauges};
 use crate::pipeline::PipelineMsg;
 use crate::response::{error, json_response, unavailable, unavailable_state, Body};
 
@@ -186,9 +187,26 @@ where
     }
 }
 
-/// The `/metrics` text: the server's counters, then the outlets', then access control's.
+/// The `/metrics` text: the server's counters, the gauges read now, the outlets' metrics,
+/// access control's, then the process metrics.
 pub fn metrics_text(ctx: &Context) -> String {
-    ctx.metrics.render() + &ctx.outlets.render_metrics() + &ctx.access.render_metrics()
+    let open = |slots: &tokio::sync::Semaphore| {
+        ctx.limits
+            .max_connections
+            .saturating_sub(slots.available_permits())
+    };
+    let gauges = Gauges {
+        spots_online: ctx.live_state().ok().map(|d| d.spots_online()),
+        connections_http: open(&ctx.http_slots),
+        connections_tcp: open(&ctx.tcp_slots),
+        pipeline_queued_events: ctx.pipeline.queued_events(),
+    };
+    let mut out = ctx.metrics.render();
+    gauges.render(&mut out);
+    out.push_str(&ctx.outlets.render_metrics());
+    out.push_str(&ctx.access.render_metrics());
+    render_process(&mut out);
+    out
 }
 
 /// `400` naming the query parameter that is wrong.

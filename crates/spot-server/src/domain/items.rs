@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use spot_protocol::Event;
+
 use super::derived::Topic;
 use super::{Domain, Item, Table};
 use crate::ids::Id;
@@ -33,6 +35,19 @@ impl Technologies {
         }
         shared
     }
+}
+
+/// Why a decoded `event` is malformed for the domain, if it is: an item code that is not
+/// hex digits (`"zz"`, `""`) names no item, and would otherwise create one. Ingest counts
+/// such an event as malformed and skips it, as it does one that does not decode.
+pub fn malformed(event: &Event) -> Option<String> {
+    let code = event.item_code()?;
+    if !code.is_empty() && code.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!(
+        "item_code {code:?} is not a hex string (the digits 0-9 and a-f)"
+    ))
 }
 
 impl Domain {

@@ -201,6 +201,10 @@ impl Domain {
                     s.last_traffic = now;
                     self.last_spot = None;
                     self.spot_by_serial.insert(s.serial_number.clone(), s.id);
+                    if let Some(old) = self.spots.get(s.id) {
+                        self.spots_online -= usize::from(old.is_online);
+                    }
+                    self.spots_online += usize::from(s.is_online);
                     self.spots.insert(s.id, s);
                 }
                 Table::Locations => {

@@ -57,6 +57,8 @@ mod views;
 
 use derived::DerivedEventDoc;
 pub use derived::LogEvent;
+
+pub use items::malformed;
 use items::{CodeEntry, Technologies};
 pub use journal::{
     decode_json_event, encode_json, Changes, JournalEntry, RestoreError, RowDoc, UpstreamRow,
@@ -111,6 +113,8 @@ pub struct Domain {
     config: DomainConfig,
     ids: IdGen,
     spots: IdMap<Spot>,
+    /// How many of `spots` are online (kept as they go online and offline, for `/metrics`).
+    spots_online: usize,
     spot_by_serial: HashMap<String, Id>,
     /// The last spot [`Domain::ensure_spot`] found: a stream's events come one after the
     /// other (an entry of `spot_by_serial`; serial numbers never change their spot).
@@ -144,6 +148,7 @@ impl Domain {
             config,
             ids: IdGen::default(),
             spots: IdMap::new(),
+            spots_online: 0,
             spot_by_serial: HashMap::default(),
             last_spot: None,
             locations: IdMap::new(),

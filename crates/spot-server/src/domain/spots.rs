@@ -19,6 +19,11 @@ impl Domain {
             .and_then(|id| self.spots.get(*id))
     }
 
+    /// Spots online now.
+    pub fn spots_online(&self) -> usize {
+        self.spots_online
+    }
+
     /// The highest sequence stored for the spot in its current epoch (0: none or unknown).
     pub fn acked_seq(&self, serial: &str) -> u64 {
         self.spot_by_serial(serial).map_or(0, |s| s.acked_seq)
@@ -127,6 +132,7 @@ impl Domain {
             return;
         }
         spot.is_online = true;
+        self.spots_online += 1;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot connected");
         let topic = topics::spot_connected(spot.id, &spot.serial_number);
@@ -139,6 +145,9 @@ impl Domain {
             return;
         };
         self.must_flush = true;
+        if spot.is_online {
+            self.spots_online -= 1;
+        }
         spot.is_online = false;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
@@ -294,9 +303,11 @@ mod tests {
         d.end_stream("1", T0 + 1_000, true);
         d.sweep(T0 + 10_999);
         assert!(d.spot_by_serial("1").unwrap().is_online, "not yet 10 s");
+        assert_eq!(d.spots_online(), 1);
         d.sweep(T0 + 11_000);
         let spot = d.spot_by_serial("1").unwrap().clone();
         assert!(!spot.is_online);
+        assert_eq!(d.spots_online(), 0);
         assert!(d.presences.is_empty());
         assert!(!item(&d, code).is_present);
         assert!(topics_of(&d).contains(&format!("spots/{}/disconnected/1", spot.id)));

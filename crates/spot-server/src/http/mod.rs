@@ -1,5 +1,6 @@
 //! The listener: HTTP connections ([`crate::accept`]: the connection limit; hyper with a
-//! timer so header and idle timeouts work; TLS from [`tls`]), each request handed to the
+//! timer so header and idle timeouts work; TLS from [`tls`], failed handshakes logged in
+//! words at most once per [`HANDSHAKE_LOG_EVERY`]), each request handed to the
 //! one [`router`] (spot ingest, the REST API, `/metrics`, the push outlets' routes), or
 //! answered `503` once the pipeline has failed.
 
@@ -8,7 +9,9 @@ pub mod router;
 pub mod tls;
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -17,6 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use spot_protocol::lograte::LogRate;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -51,8 +55,10 @@ pub async fn serve(
     };
     let router = router::router(shared.clone());
     let handshake_timeout = limits.header_read_timeout;
+    let handshake_log = Arc::new(Mutex::new(LogRate::every(HANDSHAKE_LOG_EVERY)));
     let connection = |stream: TcpStream, peer| {
         let (router, builder, tls) = (router.clone(), builder.clone(), tls.clone());
+        let handshake_log = handshake_log.clone();
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
         async move {
@@ -68,8 +74,17 @@ pub async fn serve(
                                 serve_connection(stream, peer, builder, router, shared, shutdown)
                                     .await
                             }
-                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Ok(Err(e)) => handshake_failed(&handshake_log, peer, || {
+                                spot_tls::explain(&e, spot_tls::Side::Server)
+                                    .unwrap_or_else(|| e.to_string())
+                            }),
+                            Err(_) => handshake_failed(&handshake_log, peer, || {
+                                format!(
+                                    "no TLS handshake within {}s (a client that is not \
+                                     speaking, or not TLS)",
+                                    handshake_timeout.as_secs_f64()
+                                )
+                            }),
                         },
                         _ = phase_reached(&mut shutdown, Phase::Draining) => {}
                     }
@@ -79,6 +94,27 @@ pub async fn serve(
     };
     let metrics = shared.metrics.clone();
     accept::serve(listener, slots, metrics, shutdown.clone(), done, connection).await;
+}
+
+/// Failed TLS handshakes are logged at most once per this interval (a scanner or a fleet
+/// with the wrong CA would otherwise log a line per connection); each line counts the
+/// failures not logged since the one before.
+pub const HANDSHAKE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a failed handshake of `peer` (`reason` in words), rate limited by `log`.
+fn handshake_failed(log: &Mutex<LogRate>, peer: SocketAddr, reason: impl FnOnce() -> String) {
+    let admitted = log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(Instant::now());
+    if let Some(held_back) = admitted {
+        tracing::warn!(
+            %peer,
+            more_since_last_line = held_back,
+            "TLS handshake failed: {}",
+            reason()
+        );
+    }
 }
 
 /// Answers one HTTP request with the router (WebSocket upgrades included). Once the

@@ -69,7 +69,8 @@ pub fn journal_json(decoder: &Decoder, event: &Event) -> String {
 }
 
 /// The events `decoder` has ready, each with its journal text (HTTP and raw TCP ingest);
-/// malformed ones are logged, counted and skipped.
+/// malformed ones (not decoded, or malformed for the domain: [`crate::domain::malformed`])
+/// are logged, counted and skipped.
 pub fn decoded_events(
     decoder: &mut Decoder,
     serial: &str,
@@ -79,19 +80,23 @@ pub fn decoded_events(
     let mut events = Vec::new();
     while let Some(next) = decoder.next_event() {
         match next {
-            Ok(event) => {
-                let json = journal_json(decoder, &event);
-                events.push((event, json));
-            }
+            Ok(event) => match crate::domain::malformed(&event) {
+                None => {
+                    let json = journal_json(decoder, &event);
+                    events.push((event, json));
+                    continue;
+                }
+                Some(why) => tracing::warn!(spot = %serial, "malformed event skipped: {why}"),
+            },
             Err(e) => {
-                *malformed += 1;
-                shared
-                    .metrics
-                    .events_malformed
-                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(spot = %serial, offset = e.offset, "malformed event skipped: {}", e.kind);
             }
         }
+        *malformed += 1;
+        shared
+            .metrics
+            .events_malformed
+            .fetch_add(1, Ordering::Relaxed);
     }
     shared
         .metrics

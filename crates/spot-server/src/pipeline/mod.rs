@@ -228,6 +228,11 @@ impl PipelineSender {
     pub fn room(&self) -> usize {
         self.inner.budget.available_permits()
     }
+
+    /// Events queued now, not yet applied (the queue depth `/metrics` shows).
+    pub fn queued_events(&self) -> usize {
+        self.inner.max_events.saturating_sub(self.room())
+    }
 }
 
 impl PipelineReceiver {
@@ -630,8 +635,8 @@ fn write(
                 rows,
                 log = changes.log.len(),
                 waiters = waiters.len(),
-                apply_ms = apply_time.as_secs_f64() * 1e3,
-                commit_ms = started.elapsed().as_secs_f64() * 1e3,
+                apply_ms = crate::clock::log_ms(apply_time),
+                commit_ms = crate::clock::log_ms(started.elapsed()),
                 "group commit"
             );
         }

@@ -213,7 +213,7 @@ impl RowWriter {
         tracing::info!(
             rows = stats.live,
             stored = stats.stored,
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = crate::clock::log_ms(started.elapsed()),
             "rows read"
         );
         let flushed = Arc::new(AtomicI64::new(journal));
@@ -304,7 +304,7 @@ fn run(
         tracing::debug!(
             rows,
             journal = flush.journal,
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            ms = crate::clock::log_ms(started.elapsed()),
             "rows flushed"
         );
         drop(flush);
@@ -331,7 +331,7 @@ fn maybe_compact(
                 live = compacted.live,
                 converted = stats.legacy,
                 chunks = compacted.chunks,
-                ms = started.elapsed().as_secs_f64() * 1e3,
+                ms = crate::clock::log_ms(started.elapsed()),
                 "row deltas compacted"
             );
             *stats = compacted;
