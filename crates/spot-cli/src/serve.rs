@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use spot_server::{Durability, Server, ServerConfig, ServerLimits, TlsFiles};
+use spot_server::{Durability, Server, ServerConfig, ServerLimits, Stopped, TlsFiles};
 
 /// Settings of `spot serve`: the flags, and the keys of the `--config` file.
 #[derive(clap::Args, Deserialize, Debug, Default, Clone, PartialEq)]
@@ -437,10 +437,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             grace
         );
         tokio::select! {
-            _ = server.shutdown() => {
-                tracing::info!("stopped");
-                Ok(ExitCode::SUCCESS)
-            }
+            stopped = server.shutdown() => match stopped {
+                Stopped::Clean => {
+                    tracing::info!("stopped");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Stopped::CommitFailing => {
+                    tracing::error!(
+                        "stopped with the last commit failing (is the disk full?): its events \
+                         were not acknowledged, the spots resend them after the restart"
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            },
             r = stop.recv() => {
                 r?;
                 // Safe for the data: SQLite's WAL is crash-proof and spots keep every

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub requests_refused: AtomicU64,
     /// Group commits written.
     pub commits: AtomicU64,
+    /// Commit attempts that failed (each retried; e.g. a full disk).
+    pub commit_failures: AtomicU64,
+    /// 1 while commits fail (the last attempt failed), else 0.
+    pub store_failing: AtomicU64,
     /// Connections over `max-connections` (HTTP and raw TCP), answered or not.
     pub connections_refused: AtomicU64,
     /// Of those, HTTP connections closed without the `503` because `max-refusals`
@@ -80,6 +84,11 @@ impl Metrics {
             ),
             ("spot_commits_total", "Group commits.", &self.commits),
             (
+                "spot_commit_failures_total",
+                "Commit attempts that failed (retried; nothing acknowledged meanwhile).",
+                &self.commit_failures,
+            ),
+            (
                 "spot_connections_refused_total",
                 "Connections over the connection limit.",
                 &self.connections_refused,
@@ -97,6 +106,12 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP spot_store_failing 1 while commits fail (ingest answers 503).\n\
+             # TYPE spot_store_failing gauge\nspot_store_failing {}",
+            self.store_failing.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP spot_ack_seconds End of POST body to 200.\n# TYPE spot_ack_seconds histogram"
