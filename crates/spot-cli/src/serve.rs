@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
-use spot_server::{Durability, Server, ServerConfig, ServerLimits, TlsFiles};
+use spot_server::{Durability, Server, ServerConfig, ServerLimits, Stopped, TlsFiles};
 
 /// Settings of `spot serve`: the flags, and the keys of the `--config` file.
 #[derive(clap::Args, Deserialize, Debug, Default, Clone, PartialEq)]
@@ -196,6 +196,15 @@ pub struct Args {
     /// private CA or a self-signed certificate), besides the public roots.
     #[arg(long, env = "SPOT_WEBHOOK_CA_CERT", value_name = "PEM")]
     webhook_ca_cert: Option<PathBuf>,
+    /// Most deliveries queued per webhook subscription (a target that stops answering costs
+    /// at most this much disk); past it the subscription is `overflowed` and, once its
+    /// target takes deliveries again, reads on from the events log [default: 100000].
+    #[arg(long, env = "SPOT_WEBHOOK_MAX_QUEUED_EVENTS", value_name = "N")]
+    webhook_max_queued_events: Option<u64>,
+    /// Most bytes of deliveries queued per webhook subscription (as above)
+    /// [default: 67108864].
+    #[arg(long, env = "SPOT_WEBHOOK_MAX_QUEUED_BYTES", value_name = "BYTES")]
+    webhook_max_queued_bytes: Option<u64>,
     /// Log lines as `text` or as one JSON object per line (`json`, for log pipelines);
     /// levels and targets by `RUST_LOG` (e.g. `RUST_LOG=spot_server=debug`) [default: text].
     #[arg(long, env = "SPOT_LOG_FORMAT", value_parser = ["text", "json"])]
@@ -280,6 +289,12 @@ impl Args {
             },
             publish_raw: self.publish_raw.or(lower.publish_raw),
             webhook_ca_cert: self.webhook_ca_cert.or(lower.webhook_ca_cert),
+            webhook_max_queued_events: self
+                .webhook_max_queued_events
+                .or(lower.webhook_max_queued_events),
+            webhook_max_queued_bytes: self
+                .webhook_max_queued_bytes
+                .or(lower.webhook_max_queued_bytes),
             log_format: self.log_format.or(lower.log_format),
             color: self.color.or(lower.color),
             spot_admission: self.spot_admission.or(lower.spot_admission),
@@ -378,9 +393,18 @@ impl Args {
                     &self.mqtt_filter,
                 )?,
                 publish_raw: self.publish_raw.unwrap_or(false),
-                webhooks: spot_push::webhook::WebhookConfig {
-                    ca_cert: self.webhook_ca_cert,
-                    ..Default::default()
+                webhooks: {
+                    let defaults = spot_push::webhook::WebhookConfig::default();
+                    spot_push::webhook::WebhookConfig {
+                        ca_cert: self.webhook_ca_cert,
+                        max_queued_events: self
+                            .webhook_max_queued_events
+                            .unwrap_or(defaults.max_queued_events),
+                        max_queued_bytes: self
+                            .webhook_max_queued_bytes
+                            .unwrap_or(defaults.max_queued_bytes),
+                        ..defaults
+                    }
                 },
                 ..Default::default()
             },
@@ -653,10 +677,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             grace
         );
         tokio::select! {
-            _ = server.shutdown() => {
-                tracing::info!("stopped");
-                Ok(ExitCode::SUCCESS)
-            }
+            stopped = server.shutdown() => match stopped {
+                Stopped::Clean => {
+                    tracing::info!("stopped");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Stopped::CommitFailing => {
+                    tracing::error!(
+                        "stopped with the last commit failing (is the disk full?): its events \
+                         were not acknowledged, the spots resend them after the restart"
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            },
             r = stop.recv() => {
                 r?;
                 // Safe for the data: SQLite's WAL is crash-proof and spots keep every
@@ -859,6 +892,30 @@ mod tests {
             .and_then(Args::server_config)
             .expect_err("no broker");
         assert!(format!("{err:#}").contains("no mqtt broker"), "{err:#}");
+    }
+
+    #[test]
+    fn webhook_queue_bounds_from_the_flag_the_file_or_the_default() {
+        let (_f, path) = file("webhook-max-queued-events = 500\nwebhook-max-queued-bytes = 9\n");
+        let bounds = |flags: &[&str]| {
+            let w = parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .unwrap()
+                .push
+                .webhooks;
+            (w.max_queued_events, w.max_queued_bytes)
+        };
+        let defaults = spot_push::webhook::WebhookConfig::default();
+        assert_eq!(
+            bounds(&[]),
+            (defaults.max_queued_events, defaults.max_queued_bytes)
+        );
+        assert_eq!(bounds(&["--config", &path]), (500, 9));
+        assert_eq!(
+            bounds(&["--config", &path, "--webhook-max-queued-events", "7"]),
+            (7, 9)
+        );
     }
 
     #[test]

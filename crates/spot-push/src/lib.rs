@@ -31,7 +31,9 @@
 //!    `.with_upgrades()` (WebSocket) and set `TCP_NODELAY` (see [`mount`]).
 //! 5. With `--mqtt URL`: `MqttOutlet::spawn(MqttConfig::from_url(URL)?, &hub, Some(log))`
 //!    (set `qos` from a `--mqtt-qos` flag, `filters` from `--mqtt-filter`, `trust_ca_file`
-//!    from `--mqtt-ca-cert`; keep the returned handle alive). `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
+//!    from `--mqtt-ca-cert`; keep the returned handle alive). To resume after a restart
+//!    where it stopped: `MqttOutlet::spawn_durable(config, &hub, log, MqttPosition::open(path)?)`
+//!    and `shutdown()` it when stopping. `mqtts://` is TLS ([`tls`]), `user:password@` logs in.
 //! 6. Webhooks: `Webhooks::start(WebhookStore::open(path)?, &hub, log, WebhookConfig::default())`
 //!    and mount `webhooks.router()` (`/api/subscriptions[/{id}]`); `https://` targets are
 //!    verified with the public roots plus `WebhookConfig::ca_cert` (`--webhook-ca-cert`).
@@ -67,7 +69,10 @@ pub use hub::{
     Subscription,
 };
 pub use mount::{call_router, is_push_path};
-pub use mqtt::{MqttConfig, MqttConfigError, MqttOutlet, MqttStats, Qos, UrlProblem};
+pub use mqtt::{
+    MqttConfig, MqttConfigError, MqttOutlet, MqttPosition, MqttStartError, MqttStats,
+    PositionError, Qos, UrlProblem,
+};
 pub use stream::{
     stream_router, StreamEnd, StreamLimits, StreamShutdown, StreamState, SHUTDOWN_REASON,
 };

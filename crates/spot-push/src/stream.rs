@@ -44,6 +44,10 @@ use crate::hub::{Hub, HubError};
 /// syscall and TCP segment for a burst instead of one per event.
 const WS_EVENTS_PER_FLUSH: usize = 256;
 
+/// SSE events made ready ahead of the connection (besides the hub queue): few, so that a
+/// stalled client is noticed when its socket is full, not after a large buffer.
+const SSE_EVENTS_AHEAD: usize = 16;
+
 /// Read buffer of a WebSocket connection (clients send only small commands; a larger
 /// frame reserves its length). tungstenite zero-fills the free part of its read buffer
 /// before every read attempt, and the connection's loop polls for a command each time it
@@ -98,7 +102,8 @@ pub struct StreamLimits {
     /// Interval of SSE keep-alive comments (keeps proxies from closing idle streams).
     pub sse_keep_alive: Duration,
     /// A WebSocket client that takes longer than this to accept a burst of events (its
-    /// socket stays full) is disconnected; it can resume with `after_id`.
+    /// socket stays full) is disconnected; it can resume with `after_id`. The same holds
+    /// for an SSE client and one event: its stream ends (it resumes with `Last-Event-ID`).
     pub ws_send_timeout: Duration,
     /// When the server stops: time for sending the close frame and receiving the client's
     /// close reply, after which the connection is dropped.
@@ -264,43 +269,76 @@ async fn sse_handler(
         Err(e) => return hub_error_response(e),
     };
     let follower = Follower::new(sub, state.log.clone(), after_id);
-    let shutdown = state.shutdown.clone();
-    let end = end.map(|Extension(end)| end);
-    let events = futures_util::stream::unfold(Some(follower), move |follower| {
-        let shutdown = shutdown.clone();
-        let mut end = end.clone();
-        async move {
-            let mut follower = follower?;
-            let next = tokio::select! {
-                next = follower.next() => next,
-                () = shutdown.stopping() => {
-                    let event = SseEvent::default().event("shutdown").data(SHUTDOWN_REASON);
-                    return Some((Ok(event), None));
-                }
-                reason = ended(&mut end) => {
-                    let event = SseEvent::default().event("closed").data(reason);
-                    return Some((Ok(event), None));
-                }
-            };
-            match next {
-                Ok(Some(e)) => {
-                    let mut event = SseEvent::default().data(e.envelope_json());
-                    if !e.is_raw() {
-                        event = event.id(e.id().to_string());
-                    }
-                    Some((Ok::<_, Infallible>(event), Some(follower)))
-                }
-                Ok(None) => None,
-                Err(err) => {
-                    let event = SseEvent::default().event("error").data(err.to_string());
-                    Some((Ok(event), None))
-                }
-            }
-        }
+    let (tx, rx) = tokio::sync::mpsc::channel(SSE_EVENTS_AHEAD);
+    tokio::spawn(feed_sse(
+        follower,
+        state.shutdown.clone(),
+        end.map(|Extension(end)| end),
+        tx,
+        state.limits.ws_send_timeout,
+    ));
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), rx))
     });
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(state.limits.sse_keep_alive))
         .into_response()
+}
+
+/// Moves the follower's events into an SSE stream (`tx`) until the client goes away, the
+/// server stops (a last `shutdown` event), its [`StreamEnd`] fires (a last `closed` event
+/// with the reason) or the log fails (an `error` event). The same
+/// rule as for WebSocket: an event the connection does not take within `send_timeout` (its
+/// socket stays full, so the response body is not read) ends the stream and frees its hub
+/// subscription; the client resumes with `Last-Event-ID`. (The body is only polled when the
+/// connection can write: hence a task of its own, which can notice the stall.)
+async fn feed_sse(
+    mut follower: Follower,
+    shutdown: StreamShutdown,
+    mut end: Option<StreamEnd>,
+    tx: tokio::sync::mpsc::Sender<SseEvent>,
+    send_timeout: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            next = follower.next() => next,
+            () = shutdown.stopping() => {
+                let event = SseEvent::default().event("shutdown").data(SHUTDOWN_REASON);
+                let _ = tokio::time::timeout(send_timeout, tx.send(event)).await;
+                return;
+            }
+            reason = ended(&mut end) => {
+                let event = SseEvent::default().event("closed").data(reason);
+                let _ = tokio::time::timeout(send_timeout, tx.send(event)).await;
+                return;
+            }
+            () = tx.closed() => return, // the client went away
+        };
+        let (event, last) = match next {
+            Ok(Some(e)) => {
+                let mut event = SseEvent::default().data(e.envelope_json());
+                if !e.is_raw() {
+                    event = event.id(e.id().to_string());
+                }
+                (event, false)
+            }
+            Ok(None) => return,
+            Err(err) => (
+                SseEvent::default().event("error").data(err.to_string()),
+                true,
+            ),
+        };
+        match tokio::time::timeout(send_timeout, tx.send(event)).await {
+            Ok(Ok(())) if !last => {}
+            Ok(_) => return,
+            Err(_) => {
+                tracing::info!("SSE client too slow; disconnected");
+                return;
+            }
+        }
+    }
 }
 
 async fn ws_handler(

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use rumqttc::QoS;
 use serde_json::json;
-use spot_push::{Hub, HubConfig, MqttConfig, MqttOutlet, Published};
+use std::sync::Arc;
+
+use spot_push::{Hub, HubConfig, MemoryEventLog, MqttConfig, MqttOutlet, MqttPosition, Published};
 use test_support::fixtures::{localhost_cert, localhost_key};
 use test_support::free_port;
 use test_support::mosquitto::{subscriber, subscriber_as, Broker, Options};
@@ -200,4 +202,66 @@ async fn overflow_while_the_broker_is_away_is_counted() {
         .find(|o| o.outlet == "mqtt")
         .expect("mqtt outlet");
     assert_eq!((mqtt.queued, mqtt.dropped_total), (4, 46));
+}
+
+/// The server's order: the log, then the hub.
+fn commit(hub: &Hub, log: &MemoryEventLog, id: u64) {
+    log.append(event(id, "items/1/appeared"));
+    hub.publish(event(id, "items/1/appeared"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_outlet_publishes_after_a_restart_what_was_committed_while_the_broker_was_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let position = dir.path().join("mqtt.db");
+    let port = free_port();
+    let broker = Broker::start(dir.path(), port);
+    let mut received = subscriber(port, "#").await;
+    let log = Arc::new(MemoryEventLog::new(10_000));
+    let mut config = outlet_config(port, "p");
+    config.position_interval = Duration::from_millis(10);
+    let start = |hub: &Hub| {
+        let position = MqttPosition::open(&position).expect("position");
+        MqttOutlet::spawn_durable(config.clone(), hub, log.clone(), position).expect("outlet")
+    };
+    let hub = Hub::new(HubConfig::default());
+    let outlet = start(&hub);
+    for id in 1..=3 {
+        commit(&hub, &log, id);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let n = received.recv().await.expect("message").1["n"]
+            .as_u64()
+            .expect("n");
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    broker.stop();
+    for id in 4..=10 {
+        commit(&hub, &log, id);
+    }
+    // The server stops with 4..=10 unpublished, and starts again with the broker back.
+    outlet.shutdown();
+    drop((outlet, hub));
+    let _broker = Broker::start(dir.path(), port);
+    let hub = Hub::new(HubConfig::default());
+    let _outlet = start(&hub);
+    commit(&hub, &log, 11);
+    while seen.len() < 11 {
+        let next = tokio::time::timeout(Duration::from_secs(10), received.recv());
+        let message = next
+            .await
+            .unwrap_or_else(|_| panic!("only {seen:?} arrived"));
+        let n = message.expect("message").1["n"].as_u64().expect("n");
+        if !seen.contains(&n) {
+            seen.push(n); // QoS 1 may deliver twice
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=11).collect::<Vec<_>>(),
+        "all, once each, in order"
+    );
 }

@@ -522,6 +522,63 @@ async fn ws_stalled_reader_is_disconnected() {
     panic!("the stalled client was never disconnected");
 }
 
+/// An SSE client that stops reading: once an event waits `ws_send_timeout` for its full
+/// socket, the stream ends and its hub subscription (its queue of events) with it, as for
+/// WebSocket, instead of being held forever. (The connection itself waits for the socket:
+/// a client that reads again gets the end of the stream.)
+#[tokio::test]
+async fn sse_stalled_reader_has_its_stream_ended_and_its_subscription_freed() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start_with(
+        HubConfig::default(),
+        StreamLimits {
+            ws_send_timeout: std::time::Duration::from_millis(200),
+            ..StreamLimits::default()
+        },
+    )
+    .await;
+    let sse_subscriptions = |hub: &Hub| {
+        hub.stats()
+            .outlets
+            .iter()
+            .find(|o| o.outlet == "sse")
+            .map_or(0, |o| o.subscriptions)
+    };
+    let mut client = tokio::net::TcpStream::connect(&server.url)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: spot\r\n\r\n")
+        .await
+        .expect("request");
+    for _ in 0..1000 {
+        if sse_subscriptions(&server.hub) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(sse_subscriptions(&server.hub), 1, "the stream is open");
+    // 64 MiB in total, never read: more than loopback socket buffers hold.
+    let big = "x".repeat(64 * 1024);
+    for id in 1..=1024 {
+        let event =
+            Published::from_value(id, "items/1/created", &json!({ "big": big })).expect("event");
+        server.log.append(event.clone());
+        server.hub.publish(event);
+        if id % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..1000 {
+        if sse_subscriptions(&server.hub) == 0 {
+            drop(client);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the stalled SSE client was never disconnected");
+}
+
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams_with_a_shutdown_event() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -1,7 +1,7 @@
 //! Webhooks: REST API over loopback, deliveries to a real local HTTP receiver, retries,
 //! and a queue that survives a restart.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,8 +124,12 @@ fn fast_config() -> WebhookConfig {
 }
 
 async fn setup(store: WebhookStore, log: Arc<MemoryEventLog>) -> Setup {
+    setup_with(store, log, fast_config()).await
+}
+
+async fn setup_with(store: WebhookStore, log: Arc<MemoryEventLog>, config: WebhookConfig) -> Setup {
     let hub = Hub::new(HubConfig::default());
-    let webhooks = Webhooks::start(store, &hub, log.clone(), fast_config()).expect("start");
+    let webhooks = Webhooks::start(store, &hub, log.clone(), config).expect("start");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -672,4 +676,84 @@ fn a_bad_ca_file_stops_the_start_naming_it() {
     .err()
     .expect("refused");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
+
+/// Polls the subscription (bounded) until `done` holds for it; returns it.
+async fn wait_for(s: &Setup, id: &Value, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..2000 {
+        let shown = s.get(id).await;
+        if done(&shown) {
+            return shown;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("subscription {id} never got there: {}", s.get(id).await);
+}
+
+#[tokio::test]
+async fn a_dead_target_overflows_its_bounded_queue_then_catches_up_from_the_events_log() {
+    // The target answers 503 until `up`; then it takes every delivery.
+    let up = Arc::new(AtomicBool::new(false));
+    let (tx, mut received) = mpsc::unbounded_channel::<String>();
+    let router = {
+        let up = up.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap| {
+                let (up, tx) = (up.clone(), tx.clone());
+                async move {
+                    if !up.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let key = headers["idempotency-key"].to_str().expect("ascii");
+                    let _ = tx.send(key.to_owned());
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let s = setup_with(
+        WebhookStore::open_in_memory().expect("store"),
+        Arc::new(MemoryEventLog::new(1000)),
+        WebhookConfig {
+            max_queued_events: 5,
+            ..fast_config()
+        },
+    )
+    .await;
+    let sub = s
+        .create(json!({"topic_filter": "items/#", "target_url": target, "target_retry": true}))
+        .await;
+    assert_eq!(sub["state"], "active");
+    for id in 1..=20 {
+        s.commit(id, "items/1/created");
+    }
+    s.commit(21, "spots/1/connected/203"); // not wanted: neither queued nor counted
+    let shown = wait_for(&s, &sub["id"], |v| v["not_queued_count"] == 15).await;
+    assert_eq!(shown["state"], "overflowed", "{shown}");
+    assert_eq!(
+        shown["queued_count"], 5,
+        "the queue stops at its bound: {shown}"
+    );
+
+    up.store(true, Ordering::SeqCst);
+    let mut keys = Vec::new();
+    for _ in 1..=20 {
+        let next = tokio::time::timeout(Duration::from_secs(10), received.recv());
+        keys.push(next.await.expect("in time").expect("delivery"));
+    }
+    let expected: Vec<String> = (1..=20).map(|n| n.to_string()).collect();
+    assert_eq!(
+        keys, expected,
+        "the queue, then the rest from the log, in order, once"
+    );
+    let shown = wait_for(&s, &sub["id"], |v| v["state"] == "active").await;
+    assert_eq!(shown["queued_count"], 0, "{shown}");
+    s.commit(22, "items/2/created");
+    assert_eq!(received.recv().await.expect("delivery"), "22");
 }

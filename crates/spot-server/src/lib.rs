@@ -55,5 +55,5 @@ pub mod server;
 
 pub use config::{Durability, ServerConfig, ServerLimits, TlsFiles};
 pub use context::Context;
-pub use server::{Server, ServerError};
+pub use server::{Server, ServerError, Stopped};
 pub use shutdown::Phase;

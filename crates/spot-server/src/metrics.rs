@@ -32,6 +32,10 @@ pub struct Metrics {
     pub requests_refused: AtomicU64,
     /// Group commits written.
     pub commits: AtomicU64,
+    /// Commit attempts that failed (each retried; e.g. a full disk).
+    pub commit_failures: AtomicU64,
+    /// 1 while commits fail (the last attempt failed), else 0.
+    pub store_failing: AtomicU64,
     /// Connections over `max-connections` (HTTP and raw TCP), answered or not.
     pub connections_refused: AtomicU64,
     /// Of those, HTTP connections closed without the `503` because `max-refusals`
@@ -105,6 +109,11 @@ impl Metrics {
             ),
             ("spot_commits_total", "Group commits.", &self.commits),
             (
+                "spot_commit_failures_total",
+                "Commit attempts that failed (retried; nothing acknowledged meanwhile).",
+                &self.commit_failures,
+            ),
+            (
                 "spot_connections_refused_total",
                 "Connections over the connection limit.",
                 &self.connections_refused,
@@ -119,6 +128,17 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        family(
+            &mut out,
+            "spot_store_failing",
+            "gauge",
+            "1 while commits fail (ingest answers 503).",
+        );
+        let _ = writeln!(
+            out,
+            "spot_store_failing {}",
+            self.store_failing.load(Ordering::Relaxed)
+        );
         family(
             &mut out,
             "spot_ack_seconds",

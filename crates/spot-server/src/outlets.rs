@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use spot_push::webhook::{WebhookError, WebhookStore, Webhooks};
 use spot_push::{
-    stream_router, BoxFuture, EventLog, Hub, HubError, LogError, MqttOutlet, Published,
-    PublishedError, StreamShutdown, StreamState,
+    stream_router, BoxFuture, EventLog, Hub, HubError, LogError, MqttOutlet, MqttPosition,
+    MqttStartError, Published, PublishedError, StreamShutdown, StreamState,
 };
 
 /// Why the push layer could not start.
@@ -47,6 +47,9 @@ pub enum PushError {
     /// The hub refused an outlet.
     #[error("push: {0}")]
     Hub(#[from] HubError),
+    /// The MQTT outlet could not start (its position in `<data>/mqtt.db`).
+    #[error("push: mqtt: {0}")]
+    Mqtt(#[from] spot_push::MqttStartError),
 }
 
 /// The stored JSON of a derived event ([`crate::domain::LogEvent`]), borrowed.
@@ -356,7 +359,9 @@ impl std::fmt::Debug for Outlets {
 
 impl Outlets {
     /// Starts the hub and the outlets over the store's derived events log (`events`, for
-    /// resuming and catching up); webhook subscriptions live in `<data_dir>/webhooks.db`.
+    /// resuming and catching up); webhook subscriptions live in `<data_dir>/webhooks.db`, the
+    /// MQTT outlet's position (the last event acknowledged by the broker) in
+    /// `<data_dir>/mqtt.db`.
     /// Needs a tokio runtime.
     pub fn start(
         data_dir: &Path,
@@ -380,7 +385,12 @@ impl Outlets {
         })
         .merge(webhooks.router());
         let mqtt = match &config.mqtt {
-            Some(mqtt) => Some(MqttOutlet::spawn(mqtt.clone(), &hub, Some(log))?),
+            Some(mqtt) => Some(MqttOutlet::spawn_durable(
+                mqtt.clone(),
+                &hub,
+                log,
+                MqttPosition::open(&data_dir.join("mqtt.db")).map_err(MqttStartError::from)?,
+            )?),
             None => None,
         };
         Ok(Self {
@@ -471,9 +481,13 @@ impl Outlets {
         self.streams.closed().await;
     }
 
-    /// Stops the webhook workers (queued deliveries stay stored).
+    /// Stops the webhook workers (queued deliveries stay stored) and the MQTT outlet (its
+    /// position saved).
     pub fn shutdown(&self) {
         self.webhooks.shutdown();
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.shutdown();
+        }
     }
 }
 

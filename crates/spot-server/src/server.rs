@@ -489,8 +489,10 @@ impl Server {
     /// TCP streams finish within [`crate::ServerLimits::shutdown_grace`]; after it, the remaining
     /// connections are dropped (their spots keep the unacknowledged events and resend
     /// them). Then the pipeline commits what it received and stops, and the data directory
-    /// lock is released.
-    pub async fn shutdown(mut self) {
+    /// lock is released. A commit still failing (a full disk) after the grace again is given
+    /// up: its events are not acknowledged (the spots resend them), and the answer is
+    /// [`Stopped::CommitFailing`].
+    pub async fn shutdown(mut self) -> Stopped {
         let _ = self.shutdown.send(Phase::Draining);
         self.shared.outlets.close_streams();
         for task in self.tasks.drain(..) {
@@ -526,9 +528,40 @@ impl Server {
         // Nothing else sends now: the queued messages are applied and committed, then the
         // core stops.
         let _ = shared.pipeline.send(PipelineMsg::Shutdown).await;
+        let pipeline = shared.pipeline.clone();
         shared.outlets.shutdown();
         drop(shared);
-        let _ = tokio::task::spawn_blocking(move || core_thread.join()).await;
+        let mut core = tokio::task::spawn_blocking(move || core_thread.join());
+        let stopped = match tokio::time::timeout(grace, &mut core).await {
+            Ok(_) => Stopped::Clean,
+            Err(_) => {
+                let failing = pipeline.commit_failing();
+                tracing::warn!(
+                    "shutdown: the last commit is not done after {grace:?}{}; giving up on it",
+                    failing
+                        .as_deref()
+                        .map(|e| format!(" (failing: {e})"))
+                        .unwrap_or_default()
+                );
+                pipeline.give_up_commits();
+                let _ = core.await;
+                match pipeline.commit_failing() {
+                    Some(_) => Stopped::CommitFailing,
+                    None => Stopped::Clean,
+                }
+            }
+        };
         drop(_data_lock);
+        stopped
     }
+}
+
+/// How [`Server::shutdown`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything received was committed.
+    Clean,
+    /// The last commit kept failing (e.g. a full disk) and was given up after the grace:
+    /// its events were not acknowledged (the spots resend them).
+    CommitFailing,
 }

@@ -507,3 +507,43 @@ async fn without_publish_raw_no_raw_event_is_pushed() {
     drop(ws);
     server.shutdown().await;
 }
+
+/// The MQTT outlet's position is kept in the data directory: what was committed while the
+/// broker was down reaches it after a restart of the server (with the broker back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_the_broker_is_down_reach_it_after_a_server_restart() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let port = test_support::free_port();
+    let broker = mosquitto::Broker::start(broker_dir.path(), port);
+    let mut received = mosquitto::subscriber(port, "site/presences/+/created/#").await;
+    let config = |config: &mut spot_server::ServerConfig| {
+        let mut mqtt =
+            spot_push::MqttConfig::from_url(&format!("mqtt://127.0.0.1:{port}/site")).expect("url");
+        mqtt.client_id = "spot-server-restart-test".into();
+        mqtt.reconnect_delay = std::time::Duration::from_millis(20);
+        config.push.mqtt = Some(mqtt);
+    };
+    let (server, dir) = start(config).await;
+    post_presence(server.http_addr(), "203", "aa01").await;
+    let (first, _, _) = received.recv().await.expect("MQTT message");
+    broker.stop();
+    post_presence(server.http_addr(), "203", "bb02").await;
+    server.shutdown().await;
+
+    let _broker = mosquitto::Broker::start(broker_dir.path(), port);
+    let mut restarted = spot_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        data_dir: dir.path().to_path_buf(),
+        sync: spot_server::Durability::Normal,
+        ..spot_server::ServerConfig::default()
+    };
+    config(&mut restarted);
+    let server = spot_server::Server::bind(restarted).await.expect("restart");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), received.recv());
+    let (second, _, _) = next
+        .await
+        .expect("the event committed while the broker was down arrives")
+        .expect("MQTT message");
+    assert_ne!(first, second, "the presence of the second item");
+    server.shutdown().await;
+}

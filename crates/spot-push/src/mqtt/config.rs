@@ -178,6 +178,9 @@ pub struct MqttConfig {
     pub reconnect_delay: Duration,
     /// MQTT keep-alive interval.
     pub keep_alive: Duration,
+    /// How often a durable outlet ([`super::MqttOutlet::spawn_durable`]) saves its position
+    /// when it moved: after a crash, at most about this much is published again.
+    pub position_interval: Duration,
 }
 
 impl MqttConfig {
@@ -267,6 +270,7 @@ impl MqttConfig {
             max_payload_bytes: 256 * 1024,
             reconnect_delay: Duration::from_secs(1),
             keep_alive: Duration::from_secs(30),
+            position_interval: Duration::from_secs(1),
         })
     }
 

@@ -31,12 +31,21 @@
 //! further events are dropped *and counted* (outlet `mqtt` in [`crate::Hub::stats`]) — or,
 //! with a log, read back from it once the broker is back.
 //!
+//! Position: a durable outlet ([`MqttOutlet::spawn_durable`]) keeps the id up to which
+//! every event it took was acknowledged (QoS 1/2) or written (QoS 0) in a [`MqttPosition`],
+//! saved every [`MqttConfig::position_interval`] and at [`MqttOutlet::shutdown`]; after a
+//! restart it resumes from the events log after that id (page by page: [`Follower`]), so
+//! events committed while the broker or the server was down are published once it is back,
+//! as far as the log still holds them.
+//!
 //! Here: the outlet, its task and the session loop over one connection. Beside it:
 //! `config` (settings from the broker URL), `connection` (TCP/TLS, CONNECT, CONNACK, why a
-//! connection ended) and `publish` (the PUBLISH packet written in place).
+//! connection ended), `publish` (the PUBLISH packet written in place) and `position` (the
+//! stored position).
 
 mod config;
 mod connection;
+mod position;
 mod publish;
 
 use std::collections::VecDeque;
@@ -54,6 +63,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{MqttConfig, MqttConfigError, Qos, Secret, UrlProblem};
 use connection::{connect, encode, Conn, ConnectionError};
+pub use position::{MqttPosition, PositionError};
 use publish::write_publish;
 
 use crate::follow::{EventLog, Follower};
@@ -87,6 +97,44 @@ struct Counters {
 pub struct MqttOutlet {
     counters: Arc<Counters>,
     task: JoinHandle<()>,
+    /// The durable position and the settled id the task last reported.
+    position: Option<(Arc<MqttPosition>, Arc<AtomicU64>)>,
+}
+
+/// Why a durable MQTT outlet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttStartError {
+    /// The hub refused the subscription.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The position could not be read or first written.
+    #[error(transparent)]
+    Position(#[from] PositionError),
+}
+
+/// Where the task reports and saves its position.
+struct Tracker {
+    position: Arc<MqttPosition>,
+    /// Every event taken up to this id was acknowledged (or written, QoS 0).
+    settled: Arc<AtomicU64>,
+    saved: u64,
+}
+
+impl Tracker {
+    /// Saves the settled id if it moved (off the async threads; saves never move back).
+    fn save(&mut self) {
+        let settled = self.settled.load(Ordering::Relaxed);
+        if settled <= self.saved {
+            return;
+        }
+        self.saved = settled;
+        let position = self.position.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = position.save(settled) {
+                tracing::warn!(error = %e, "mqtt outlet: position not saved; a restart publishes again from the last one saved");
+            }
+        });
+    }
 }
 
 enum Source {
@@ -128,8 +176,58 @@ impl MqttOutlet {
             None => Source::Live(sub),
         };
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(source, config, counters.clone()));
-        Ok(Self { counters, task })
+        let task = tokio::spawn(run(source, config, counters.clone(), None));
+        Ok(Self {
+            counters,
+            task,
+            position: None,
+        })
+    }
+
+    /// Like [`MqttOutlet::spawn`] with a log, keeping its position in `position`: resumes
+    /// from the events log after the saved id (at the first start, from now on: the
+    /// position is saved at once).
+    pub fn spawn_durable(
+        config: MqttConfig,
+        hub: &Hub,
+        log: Arc<dyn EventLog>,
+        position: MqttPosition,
+    ) -> Result<Self, MqttStartError> {
+        let saved = position.load()?;
+        let sub =
+            hub.subscribe_with_capacity("mqtt", config.filters.clone(), config.queue_capacity)?;
+        let start = match saved {
+            Some(id) => id,
+            None => {
+                position.save(sub.start_id())?;
+                sub.start_id()
+            }
+        };
+        let source = Source::Follow(Box::new(Follower::new(sub, log, Some(start))));
+        let tracker = Tracker {
+            position: Arc::new(position),
+            settled: Arc::new(AtomicU64::new(start)),
+            saved: start,
+        };
+        let durable = (tracker.position.clone(), tracker.settled.clone());
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(run(source, config, counters.clone(), Some(tracker)));
+        Ok(Self {
+            counters,
+            task,
+            position: Some(durable),
+        })
+    }
+
+    /// Stops publishing and saves the position (a durable outlet; blocks for one small
+    /// write).
+    pub fn shutdown(&self) {
+        self.task.abort();
+        if let Some((position, settled)) = &self.position {
+            if let Err(e) = position.save(settled.load(Ordering::Relaxed)) {
+                tracing::warn!(error = %e, "mqtt outlet: position not saved at shutdown; a restart publishes again from the last one saved");
+            }
+        }
     }
 
     /// Current counters.
@@ -161,9 +259,23 @@ struct Outbox {
     inflight: VecDeque<(u16, Arc<Published>)>,
     resend: VecDeque<Arc<Published>>,
     next_pkid: u16,
+    /// Largest id taken from the source.
+    taken: u64,
 }
 
 impl Outbox {
+    /// Every event taken up to this id is acknowledged (or written, QoS 0): the one before
+    /// the oldest unacknowledged. Ids increase in both queues; raw events (id 0) are not
+    /// counted.
+    fn settled(&self) -> u64 {
+        let inflight = self.inflight.iter().map(|(_, e)| e.id()).find(|id| *id > 0);
+        let resend = self.resend.iter().map(|e| e.id()).find(|id| *id > 0);
+        match inflight.into_iter().chain(resend).min() {
+            Some(id) => id - 1,
+            None => self.taken,
+        }
+    }
+
     /// The packet id the next publish gets (1..=65535, then 1 again).
     fn peek_pkid(&self) -> u16 {
         self.next_pkid.checked_add(1).unwrap_or(1)
@@ -198,11 +310,19 @@ impl Outbox {
 /// delays, then at most once per this interval; each counts the failures since the last.
 pub const FAILURE_LOG_MAX_INTERVAL: Duration = Duration::from_secs(300);
 
-async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
+async fn run(
+    mut source: Source,
+    config: MqttConfig,
+    counters: Arc<Counters>,
+    mut tracker: Option<Tracker>,
+) {
     let mut outbox = Outbox {
         inflight: VecDeque::new(),
         resend: VecDeque::new(),
         next_pkid: 0,
+        taken: tracker
+            .as_ref()
+            .map_or(0, |t| t.settled.load(Ordering::Relaxed)),
     };
     let mut failure_log = LogRate::backing_off(config.reconnect_delay, FAILURE_LOG_MAX_INTERVAL);
     loop {
@@ -219,11 +339,28 @@ async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
                 let error = match conn {
                     Conn::Plain(stream) => {
                         let (reader, writer) = stream.into_split();
-                        session(reader, writer, &mut source, &mut outbox, &config, &counters).await
+                        let io = (reader, writer);
+                        session(
+                            io,
+                            &mut source,
+                            &mut outbox,
+                            &config,
+                            &counters,
+                            &mut tracker,
+                        )
+                        .await
                     }
                     Conn::Tls(stream) => {
-                        let (reader, writer) = tokio::io::split(*stream);
-                        session(reader, writer, &mut source, &mut outbox, &config, &counters).await
+                        let io = tokio::io::split(*stream);
+                        session(
+                            io,
+                            &mut source,
+                            &mut outbox,
+                            &config,
+                            &counters,
+                            &mut tracker,
+                        )
+                        .await
                     }
                 };
                 counters.connected.store(false, Ordering::Relaxed);
@@ -251,17 +388,19 @@ async fn run(mut source: Source, config: MqttConfig, counters: Arc<Counters>) {
 
 /// Serves one connection until it breaks (`Some(why)`) or the hub is gone (`None`).
 async fn session<R, W>(
-    mut reader: R,
-    mut writer: W,
+    (mut reader, mut writer): (R, W),
     source: &mut Source,
     outbox: &mut Outbox,
     config: &MqttConfig,
     counters: &Counters,
+    tracker: &mut Option<Tracker>,
 ) -> Option<ConnectionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut save = tokio::time::interval(config.position_interval);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let qos = QoS::from(config.qos);
     let max_inflight = usize::from(config.max_inflight.max(1));
     let mut incoming = BytesMut::with_capacity(16 * 1024);
@@ -320,6 +459,11 @@ where
                     }
                 }
             }
+            _ = save.tick(), if tracker.is_some() => {
+                if let Some(tracker) = tracker.as_mut() {
+                    tracker.save();
+                }
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > config.keep_alive * 2 {
                     return Some(ConnectionError::Silent(last_heard.elapsed()));
@@ -340,6 +484,9 @@ where
             outgoing.clear();
             counters.sent.fetch_add(sent_in_write, Ordering::Relaxed);
         }
+        if let Some(tracker) = tracker {
+            tracker.settled.store(outbox.settled(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -349,7 +496,9 @@ async fn next_event(source: &mut Source, outbox: &mut Outbox) -> Option<(Arc<Pub
     if let Some(e) = outbox.resend.pop_front() {
         return Some((e, true));
     }
-    source.next().await.map(|e| (e, false))
+    let e = source.next().await?;
+    outbox.taken = outbox.taken.max(e.id());
+    Some((e, false))
 }
 
 /// Encodes the publish of `event` into `outgoing` (and records it in flight with QoS 1 and

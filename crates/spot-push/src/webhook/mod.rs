@@ -27,6 +27,15 @@
 //! `database_hold_time_h` has passed since it was queued; without `target_retry` it is
 //! given up at once. Every failed attempt counts in `failed_count` and sets `last_error`;
 //! failures are logged at WARN, at most one line per subscription per [`FAILURE_LOG_EVERY`].
+//!
+//! Each subscription's queue is bounded ([`WebhookConfig::max_queued_events`],
+//! [`WebhookConfig::max_queued_bytes`]): a target that stops answering costs at most that
+//! much disk. Past it the subscription shows `"state": "overflowed"` and counts the matching
+//! events it did not queue (`not_queued_count`); once its queue has drained (the target
+//! accepts deliveries again, or they were given up), its worker reads the events after the
+//! last one queued from the events log, page by page within the bound, and when it has
+//! caught up with the dispatcher the subscription is `active` again. Events the log no
+//! longer holds (older than its retention) are not delivered.
 
 mod api;
 mod client;
@@ -50,8 +59,8 @@ use crate::filter::TopicFilter;
 use crate::follow::{EventLog, Follower};
 use crate::hub::{FilterHandle, Hub, HubError};
 pub use store::{
-    Delivery, InputError, StoreError, SubscriptionInput, WebhookStore, WebhookSubscription,
-    WriteError,
+    Backlog, Delivery, InputError, StoreError, SubscriptionInput, SubscriptionState, WebhookStore,
+    WebhookSubscription, WriteError,
 };
 
 /// Limits and timings of webhook delivery.
@@ -68,14 +77,31 @@ pub struct WebhookConfig {
     pub max_subscriptions: usize,
     /// Largest request body accepted by the REST handlers.
     pub max_api_body_bytes: usize,
-    /// Events matched and queued per transaction.
+    /// Events matched and queued per transaction (also the page read from the events log
+    /// when an overflowed subscription catches up).
     pub enqueue_batch: usize,
+    /// Most deliveries waiting per subscription; past it the subscription overflows (see
+    /// the module doc): bounds the disk a dead target costs.
+    pub max_queued_events: u64,
+    /// Most bytes of delivery bodies waiting per subscription; past it the subscription
+    /// overflows.
+    pub max_queued_bytes: u64,
     /// After this long without a matching event, the stored cursor moves past the events
     /// nobody wanted (one small write; bounds what a restart re-reads from the log).
     pub cursor_checkpoint: Duration,
     /// Also trust the certificates of this PEM file for `https://` targets (a private CA
     /// or a self-signed certificate); none by default (public roots only).
     pub ca_cert: Option<std::path::PathBuf>,
+}
+
+impl WebhookConfig {
+    /// The per-subscription queue bound.
+    pub fn backlog(&self) -> Backlog {
+        Backlog {
+            max_events: self.max_queued_events,
+            max_bytes: self.max_queued_bytes,
+        }
+    }
 }
 
 impl Default for WebhookConfig {
@@ -87,6 +113,11 @@ impl Default for WebhookConfig {
             max_subscriptions: 1000,
             max_api_body_bytes: 64 * 1024,
             enqueue_batch: 256,
+            // 100,000 events of a few hundred bytes (tens of MB, ~2 minutes of a site
+            // producing 1,000/s) ride out a target's restart in the queue; a longer outage
+            // is read back from the events log (within its retention).
+            max_queued_events: 100_000,
+            max_queued_bytes: 64 * 1024 * 1024,
             cursor_checkpoint: Duration::from_secs(1),
             ca_cert: None,
         }
@@ -133,6 +164,8 @@ struct Worker {
 /// The running webhook service: owns the dispatcher and the per-subscription workers.
 pub struct Webhooks {
     store: Arc<WebhookStore>,
+    /// The server's events log: where overflowed subscriptions catch up from.
+    log: Arc<dyn EventLog>,
     hub: Hub,
     config: WebhookConfig,
     client: client::HttpClient,
@@ -197,10 +230,11 @@ impl Webhooks {
         sub.set_receive_raw(false);
         let filters = sub.filter_handle();
         let cursor = store.cursor()?;
-        let follower = Follower::new(sub, log, cursor);
+        let follower = Follower::new(sub, log.clone(), cursor);
         let ids: Vec<i64> = matchers.iter().map(|m| m.id).collect();
         let this = Arc::new(Self {
             store,
+            log,
             hub: hub.clone(),
             config,
             client,
@@ -332,6 +366,46 @@ impl Webhooks {
         Ok(existed)
     }
 
+    /// Queues one page of the events after `after` matching `filter` from the events log
+    /// for the overflowed subscription `id` (see [`WebhookStore::refill`]).
+    async fn refill(&self, id: i64, filter: &str, after: u64) -> Result<(), String> {
+        let Ok(filter) = TopicFilter::new(filter) else {
+            return Ok(()); // validated when written: never
+        };
+        // Read before the log: every event up to it is in the log (or gone from it).
+        let cursor = blocking(&self.store, |s| s.cursor())
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        let page = (self.config.enqueue_batch as u64)
+            .min(self.config.max_queued_events)
+            .max(1) as usize;
+        let events = self
+            .log
+            .events_after(after, page)
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = events.last().map_or(after, |e| e.id());
+        let read_through = if events.len() < page {
+            last.max(cursor)
+        } else {
+            last
+        };
+        let rows: Vec<(u64, String)> = events
+            .iter()
+            .filter(|e| filter.matches(e.topic()))
+            .map(|e| (e.id(), e.envelope_json().to_owned()))
+            .collect();
+        let backlog = self.config.backlog();
+        blocking(&self.store, move |s| {
+            let refs: Vec<(u64, &str)> = rows.iter().map(|(i, b)| (*i, b.as_str())).collect();
+            s.refill(id, &refs, read_through, backlog)
+        })
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+
     fn notify(&self, ids: &[i64]) {
         let workers = lock(&self.workers);
         for id in ids {
@@ -369,7 +443,8 @@ async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower, m
                 let upto = this.hub.fanned_out_id();
                 if upto > saved && follower.caught_up() {
                     follower.advance_to(upto);
-                    match blocking(&this.store, move |s| s.enqueue(&[], upto)).await {
+                    let backlog = this.config.backlog();
+                    match blocking(&this.store, move |s| s.enqueue(&[], upto, backlog)).await {
                         Ok(()) => saved = upto,
                         Err(e) => tracing::warn!(error = %e, "webhooks: cannot store the cursor"),
                     }
@@ -413,12 +488,13 @@ async fn dispatch(webhooks: std::sync::Weak<Webhooks>, mut follower: Follower, m
         let mut ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         ids.sort_unstable();
         ids.dedup();
+        let backlog = this.config.backlog();
         loop {
             let rows = rows.clone();
             let result = blocking(&this.store, move |s| {
                 let refs: Vec<(i64, u64, &str)> =
                     rows.iter().map(|(a, b, c)| (*a, *b, c.as_str())).collect();
-                s.enqueue(&refs, cursor)
+                s.enqueue(&refs, cursor, backlog)
             })
             .await;
             match result {
@@ -458,7 +534,16 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
         .await;
         let (target, delivery) = match next {
             Ok(Some((target, Some(delivery)))) => (target, delivery),
-            Ok(Some((_, None))) => {
+            Ok(Some((target, None))) => {
+                if let Some(after) = target.resume_after {
+                    // Overflowed, and the queue has drained: read on from the events log.
+                    if let Err(e) = this.refill(id, &target.topic_filter, after).await {
+                        tracing::warn!(error = %e, subscription = id, "webhooks: cannot catch up from the events log; retrying in 1 s");
+                        drop(this);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
                 drop(this);
                 notify.notified().await;
                 continue;

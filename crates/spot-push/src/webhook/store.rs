@@ -4,6 +4,15 @@
 //! The queue survives restarts: a delivery row stays until the target accepted it (or it
 //! failed for good, or outlived the subscription's `database_hold_time_h`). Rows of one
 //! subscription are delivered in `seq` order.
+//!
+//! Each subscription's queue is bounded ([`Backlog`]: rows and body bytes, kept in the
+//! subscription's row by triggers). An event that would pass the bound is not queued: the
+//! subscription becomes [`SubscriptionState::Overflowed`], remembers where it stopped
+//! (`resume_after`) and counts the events it matches meanwhile (`not_queued_count`). Once
+//! its queue has drained, its worker reads on from the server's events log
+//! ([`WebhookStore::refill`]) and, having caught up with the dispatcher's cursor, it is
+//! `active` again; the dispatcher then skips the events up to `resume_after` (queued from
+//! the log already).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -63,6 +72,62 @@ pub struct WebhookSubscription {
     pub last_error: Option<String>,
     /// Deliveries waiting now.
     pub queued_count: i64,
+    /// Bytes of the bodies waiting now.
+    pub queued_bytes: i64,
+    /// `active`, or `overflowed`: the queue reached its bound and matching events are read
+    /// from the events log once it has drained.
+    pub state: SubscriptionState,
+    /// Matching events not queued when they came, the queue being full (each is read back
+    /// from the events log once the target accepts deliveries again, if the log still holds
+    /// it).
+    pub not_queued_count: i64,
+}
+
+/// Whether a subscription's matching events are queued as they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionState {
+    /// Matching events are queued as they come.
+    Active,
+    /// The queue reached its [`Backlog`] bound: matching events are not queued; once the
+    /// queue has drained they are read from the events log.
+    Overflowed,
+}
+
+impl SubscriptionState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Overflowed => "overflowed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        if text == "overflowed" {
+            Self::Overflowed
+        } else {
+            Self::Active
+        }
+    }
+}
+
+/// The bound of each subscription's queue: past either, it overflows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Most deliveries waiting.
+    pub max_events: u64,
+    /// Most bytes of delivery bodies waiting (an event larger than this is still queued
+    /// when the queue is empty).
+    pub max_bytes: u64,
+}
+
+impl Backlog {
+    /// Whether a body of `len` bytes fits a queue holding `events` rows of `bytes` bytes.
+    fn fits(&self, events: i64, bytes: i64, len: usize) -> bool {
+        events == 0
+            || ((events as u64) < self.max_events
+                && (bytes as u64).saturating_add(len as u64) <= self.max_bytes)
+    }
 }
 
 /// Fields written through the API (POST: all but the optional ones required; PUT: any).
@@ -209,6 +274,10 @@ pub struct Target {
     pub secret: Option<String>,
     /// Hold time in ms.
     pub hold_ms: i64,
+    /// Which events (read from the log when overflowed).
+    pub topic_filter: String,
+    /// While overflowed: the events log is read after this id.
+    pub resume_after: Option<u64>,
 }
 
 /// The webhook tables. Cheap to share (`Arc`); one connection behind a mutex.
@@ -231,7 +300,12 @@ CREATE TABLE IF NOT EXISTS push_subscriptions (
     start_event_id INTEGER NOT NULL,
     delivered_count INTEGER NOT NULL DEFAULT 0,
     failed_count INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    state TEXT NOT NULL DEFAULT 'active',
+    resume_after INTEGER NOT NULL DEFAULT 0,
+    not_queued_count INTEGER NOT NULL DEFAULT 0,
+    queued_events INTEGER NOT NULL DEFAULT 0,
+    queued_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS push_deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -249,10 +323,38 @@ CREATE TABLE IF NOT EXISTS push_cursor (
 );
 ";
 
+/// The columns added to `push_subscriptions` for the queue bound (a store made before them
+/// gets them at open).
+const BACKLOG_COLUMNS: &str = "
+ALTER TABLE push_subscriptions ADD COLUMN state TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE push_subscriptions ADD COLUMN resume_after INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE push_subscriptions ADD COLUMN not_queued_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE push_subscriptions ADD COLUMN queued_events INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE push_subscriptions ADD COLUMN queued_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE push_subscriptions SET
+    queued_events = (SELECT COUNT(*) FROM push_deliveries d WHERE d.subscription_id = id),
+    queued_bytes = (SELECT COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0)
+                    FROM push_deliveries d WHERE d.subscription_id = id);
+";
+
+/// Keep each subscription's `queued_events` and `queued_bytes` equal to its queue (read per
+/// enqueued event; counting the rows each time would cost a scan of the queue).
+const QUEUE_TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS push_deliveries_queued AFTER INSERT ON push_deliveries BEGIN
+    UPDATE push_subscriptions SET queued_events = queued_events + 1,
+        queued_bytes = queued_bytes + LENGTH(CAST(NEW.body AS BLOB))
+    WHERE id = NEW.subscription_id;
+END;
+CREATE TRIGGER IF NOT EXISTS push_deliveries_done AFTER DELETE ON push_deliveries BEGIN
+    UPDATE push_subscriptions SET queued_events = queued_events - 1,
+        queued_bytes = queued_bytes - LENGTH(CAST(OLD.body AS BLOB))
+    WHERE id = OLD.subscription_id;
+END;
+";
+
 const SELECT_SUBSCRIPTION: &str = "SELECT id, topic_filter, description, target_url, target_retry,
     database_hold_time_h, secret IS NOT NULL, time_created, time_updated, delivered_count,
-    failed_count, last_error,
-    (SELECT COUNT(*) FROM push_deliveries d WHERE d.subscription_id = s.id)
+    failed_count, last_error, queued_events, queued_bytes, state, not_queued_count
     FROM push_subscriptions s";
 
 fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubscription> {
@@ -270,6 +372,9 @@ fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubsc
         failed_count: row.get(10)?,
         last_error: row.get(11)?,
         queued_count: row.get(12)?,
+        queued_bytes: row.get(13)?,
+        state: SubscriptionState::parse(&row.get::<_, String>(14)?),
+        not_queued_count: row.get(15)?,
     })
 }
 
@@ -301,6 +406,20 @@ impl WebhookStore {
     /// Uses `conn` (e.g. the server's database), creating the tables if needed.
     pub fn with_connection(conn: Connection) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(err("create tables"))?;
+        let has_state: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('push_subscriptions')
+                 WHERE name = 'state'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err("read the subscriptions' columns"))?;
+        if !has_state {
+            conn.execute_batch(&format!("BEGIN; {BACKLOG_COLUMNS} COMMIT;"))
+                .map_err(err("add the queue bound's columns"))?;
+        }
+        conn.execute_batch(QUEUE_TRIGGERS)
+            .map_err(err("create the queue triggers"))?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -489,15 +608,19 @@ impl WebhookStore {
     pub fn target(&self, id: i64) -> Result<Option<Target>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT target_url, target_retry, secret, database_hold_time_h
-                 FROM push_subscriptions WHERE id = ?1",
+                "SELECT target_url, target_retry, secret, database_hold_time_h, topic_filter,
+                 state, resume_after FROM push_subscriptions WHERE id = ?1",
                 [id],
                 |r| {
+                    let overflowed = SubscriptionState::parse(&r.get::<_, String>(5)?)
+                        == SubscriptionState::Overflowed;
                     Ok(Target {
                         url: r.get(0)?,
                         retry: r.get(1)?,
                         secret: r.get(2)?,
                         hold_ms: (r.get::<_, f64>(3)? * 3_600_000.0) as i64,
+                        topic_filter: r.get(4)?,
+                        resume_after: overflowed.then_some(r.get::<_, i64>(6)? as u64),
                     })
                 },
             )
@@ -519,25 +642,39 @@ impl WebhookStore {
         Ok(id.map(|i| i as u64))
     }
 
-    /// Queues `(subscription, event id, body)` rows and moves the cursor to `cursor`, in one
-    /// transaction (so an event is queued once, even across a crash).
-    pub fn enqueue(&self, rows: &[(i64, u64, &str)], cursor: u64) -> Result<(), StoreError> {
+    /// Queues `(subscription, event id, body)` rows within each subscription's `backlog`
+    /// and moves the cursor to `cursor`, in one transaction (so an event is queued once,
+    /// even across a crash). A row past the bound overflows its subscription; the rows of an
+    /// overflowed subscription are counted, not queued; an active subscription's rows up to
+    /// its `resume_after` were queued from the log and are skipped.
+    pub fn enqueue(
+        &self,
+        rows: &[(i64, u64, &str)],
+        cursor: u64,
+        backlog: Backlog,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(err("begin enqueue"))?;
         {
             let now = now_ms();
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO push_deliveries
-                     (subscription_id, event_id, body, next_attempt_ms, queued_ms)
-                     SELECT ?1, ?2, ?3, ?4, ?4 WHERE EXISTS
-                     (SELECT 1 FROM push_subscriptions WHERE id = ?1)",
-                )
-                .map_err(err("prepare enqueue"))?;
+            let mut queue = Queue::new(&tx, now)?;
             for (sub, event_id, body) in rows {
-                insert
-                    .execute(params![sub, *event_id as i64, body, now])
-                    .map_err(err("enqueue delivery"))?;
+                let Some(mut s) = queue.state(*sub)? else {
+                    continue; // deleted meanwhile
+                };
+                match s.state {
+                    SubscriptionState::Overflowed => queue.not_queued(*sub)?,
+                    SubscriptionState::Active if *event_id <= s.resume_after => {}
+                    SubscriptionState::Active if backlog.fits(s.events, s.bytes, body.len()) => {
+                        queue.insert(*sub, *event_id, body)?;
+                    }
+                    SubscriptionState::Active => {
+                        s.state = SubscriptionState::Overflowed;
+                        s.resume_after = event_id - 1;
+                        queue.set_state(*sub, &s)?;
+                        queue.not_queued(*sub)?;
+                    }
+                }
             }
             tx.execute(
                 "INSERT INTO push_cursor (id, last_event_id) VALUES (1, ?1)
@@ -547,6 +684,62 @@ impl WebhookStore {
             .map_err(err("move cursor"))?;
         }
         tx.commit().map_err(err("commit enqueue"))
+    }
+
+    /// Queues, for an overflowed subscription, the matching `events` (id, body; increasing)
+    /// read from the events log after its `resume_after`, within `backlog`, where the read
+    /// covered the log up to `read_through`. When all fit and `read_through` reaches the
+    /// dispatcher's cursor, the subscription is active again (the dispatcher queues what
+    /// follows). Says whether it is.
+    pub fn refill(
+        &self,
+        subscription_id: i64,
+        events: &[(u64, &str)],
+        read_through: u64,
+        backlog: Backlog,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err("begin refill"))?;
+        let active = {
+            let mut queue = Queue::new(&tx, now_ms())?;
+            let Some(mut s) = queue.state(subscription_id)? else {
+                return Ok(false);
+            };
+            if s.state != SubscriptionState::Overflowed {
+                return Ok(true);
+            }
+            let mut full = false;
+            for (event_id, body) in events {
+                if *event_id <= s.resume_after {
+                    continue;
+                }
+                if !backlog.fits(s.events, s.bytes, body.len()) {
+                    full = true;
+                    break;
+                }
+                queue.insert(subscription_id, *event_id, body)?;
+                s.events += 1;
+                s.bytes += body.len() as i64;
+                s.resume_after = *event_id;
+            }
+            if !full {
+                s.resume_after = s.resume_after.max(read_through);
+                let cursor: i64 = tx
+                    .query_row(
+                        "SELECT COALESCE(MAX(last_event_id), 0) FROM push_cursor",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(err("read cursor"))?;
+                if s.resume_after >= cursor as u64 {
+                    s.state = SubscriptionState::Active;
+                }
+            }
+            queue.set_state(subscription_id, &s)?;
+            s.state == SubscriptionState::Active
+        };
+        tx.commit().map_err(err("commit refill"))?;
+        Ok(active)
     }
 
     /// The oldest queued delivery of a subscription.
@@ -612,6 +805,84 @@ impl WebhookStore {
         )
         .map_err(err("count failed"))?;
         tx.commit().map_err(err("commit failed"))
+    }
+}
+
+/// A subscription's queue state, as [`Queue::state`] reads it.
+struct QueueState {
+    state: SubscriptionState,
+    resume_after: u64,
+    events: i64,
+    bytes: i64,
+}
+
+/// The statements [`WebhookStore::enqueue`] and [`WebhookStore::refill`] share, in one
+/// transaction.
+struct Queue<'t> {
+    read: rusqlite::CachedStatement<'t>,
+    insert: rusqlite::CachedStatement<'t>,
+    not_queued: rusqlite::CachedStatement<'t>,
+    set_state: rusqlite::CachedStatement<'t>,
+    now: i64,
+}
+
+impl<'t> Queue<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>, now: i64) -> Result<Self, StoreError> {
+        let prepare = |sql| tx.prepare_cached(sql).map_err(err("prepare enqueue"));
+        Ok(Self {
+            read: prepare(
+                "SELECT state, resume_after, queued_events, queued_bytes
+                 FROM push_subscriptions WHERE id = ?1",
+            )?,
+            insert: prepare(
+                "INSERT OR IGNORE INTO push_deliveries
+                 (subscription_id, event_id, body, next_attempt_ms, queued_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?,
+            not_queued: prepare(
+                "UPDATE push_subscriptions SET not_queued_count = not_queued_count + 1
+                 WHERE id = ?1",
+            )?,
+            set_state: prepare(
+                "UPDATE push_subscriptions SET state = ?2, resume_after = ?3 WHERE id = ?1",
+            )?,
+            now,
+        })
+    }
+
+    fn state(&mut self, id: i64) -> Result<Option<QueueState>, StoreError> {
+        self.read
+            .query_row([id], |r| {
+                Ok(QueueState {
+                    state: SubscriptionState::parse(&r.get::<_, String>(0)?),
+                    resume_after: r.get::<_, i64>(1)? as u64,
+                    events: r.get(2)?,
+                    bytes: r.get(3)?,
+                })
+            })
+            .optional()
+            .map_err(err("read queue state"))
+    }
+
+    fn insert(&mut self, id: i64, event_id: u64, body: &str) -> Result<(), StoreError> {
+        self.insert
+            .execute(params![id, event_id as i64, body, self.now])
+            .map(drop)
+            .map_err(err("enqueue delivery"))
+    }
+
+    fn not_queued(&mut self, id: i64) -> Result<(), StoreError> {
+        self.not_queued
+            .execute([id])
+            .map(drop)
+            .map_err(err("count a not queued event"))
+    }
+
+    fn set_state(&mut self, id: i64, s: &QueueState) -> Result<(), StoreError> {
+        self.set_state
+            .execute(params![id, s.state.as_str(), s.resume_after as i64])
+            .map(drop)
+            .map_err(err("set queue state"))
     }
 }
 
@@ -706,16 +977,27 @@ mod tests {
         );
     }
 
+    const UNBOUNDED: Backlog = Backlog {
+        max_events: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+
     #[test]
     fn queue_is_ordered_deduplicated_and_counted() {
         let store = WebhookStore::open_in_memory().expect("store");
         let sub = store.create(input("#", "http://h/"), 0).expect("create").id;
         store
-            .enqueue(&[(sub, 5, "{\"a\":5}"), (sub, 6, "{\"a\":6}")], 6)
+            .enqueue(
+                &[(sub, 5, "{\"a\":5}"), (sub, 6, "{\"a\":6}")],
+                6,
+                UNBOUNDED,
+            )
             .expect("enqueue");
-        store.enqueue(&[(sub, 6, "{\"a\":6}")], 6).expect("again");
         store
-            .enqueue(&[(999, 7, "{}")], 7)
+            .enqueue(&[(sub, 6, "{\"a\":6}")], 6, UNBOUNDED)
+            .expect("again");
+        store
+            .enqueue(&[(999, 7, "{}")], 7, UNBOUNDED)
             .expect("unknown subscription is skipped");
         assert_eq!(store.cursor().expect("cursor"), Some(7));
         let first = store.next_delivery(sub).expect("read").expect("queued");
@@ -734,5 +1016,85 @@ mod tests {
         let s = store.get(sub).expect("get").expect("exists");
         assert_eq!((s.delivered_count, s.failed_count), (1, 2));
         assert_eq!(s.last_error.as_deref(), Some("refused"));
+    }
+
+    fn queued_ids(store: &WebhookStore, sub: i64) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Some(d) = store.next_delivery(sub).expect("read") {
+            ids.push(d.event_id);
+            store.delivered(&d).expect("delivered");
+        }
+        ids
+    }
+
+    #[test]
+    fn a_full_queue_overflows_counts_and_catches_up_from_the_log_then_is_active_again() {
+        let store = WebhookStore::open_in_memory().expect("store");
+        let sub = store.create(input("#", "http://h/"), 0).expect("create").id;
+        let two = Backlog {
+            max_events: 2,
+            max_bytes: u64::MAX,
+        };
+        let rows: Vec<(i64, u64, &str)> = (1..=4).map(|n| (sub, n, "{}")).collect();
+        store.enqueue(&rows, 4, two).expect("enqueue");
+        store.enqueue(&[(sub, 5, "{}")], 5, two).expect("enqueue");
+        let s = store.get(sub).expect("get").expect("exists");
+        assert_eq!(
+            (s.state, s.queued_count, s.queued_bytes, s.not_queued_count),
+            (SubscriptionState::Overflowed, 2, 4, 3)
+        );
+        assert_eq!(
+            store
+                .target(sub)
+                .expect("target")
+                .expect("exists")
+                .resume_after,
+            Some(2)
+        );
+        assert_eq!(queued_ids(&store, sub), [1, 2]);
+        // The log holds 3..=5; a page of two fills the queue and stays overflowed.
+        let active = store
+            .refill(sub, &[(3, "{}"), (4, "{}")], 4, two)
+            .expect("refill");
+        assert!(!active, "the dispatcher's cursor (5) is not reached");
+        assert_eq!(queued_ids(&store, sub), [3, 4]);
+        assert!(store.refill(sub, &[(5, "{}")], 5, two).expect("refill"));
+        assert_eq!(
+            store
+                .target(sub)
+                .expect("target")
+                .expect("exists")
+                .resume_after,
+            None
+        );
+        // What the log gave is not queued again by the dispatcher; what follows is.
+        store
+            .enqueue(&[(sub, 5, "{}"), (sub, 6, "{}")], 6, two)
+            .expect("enqueue");
+        assert_eq!(queued_ids(&store, sub), [5, 6]);
+        let s = store.get(sub).expect("get").expect("exists");
+        assert_eq!(
+            (s.state, s.not_queued_count),
+            (SubscriptionState::Active, 3)
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_overflows_but_one_large_event_still_fits_an_empty_queue() {
+        let store = WebhookStore::open_in_memory().expect("store");
+        let sub = store.create(input("#", "http://h/"), 0).expect("create").id;
+        let ten_bytes = Backlog {
+            max_events: u64::MAX,
+            max_bytes: 10,
+        };
+        let big = "x".repeat(20);
+        store
+            .enqueue(&[(sub, 1, &big), (sub, 2, "{}")], 2, ten_bytes)
+            .expect("enqueue");
+        let s = store.get(sub).expect("get").expect("exists");
+        assert_eq!(
+            (s.state, s.queued_count, s.queued_bytes, s.not_queued_count),
+            (SubscriptionState::Overflowed, 1, 20, 1)
+        );
     }
 }

@@ -29,6 +29,11 @@ use crate::response::{error, unavailable, unavailable_state, Body};
 
 /// The header carrying the highest sequence durably stored for the spot.
 pub const ACK_HEADER: &str = "x-spot-ack";
+
+/// `Retry-After` (seconds) of the `503` answered while commits fail
+/// ([`crate::pipeline::PipelineSender::commit_failing`]): a spot keeps its events and tries
+/// again later instead of reconnecting at once.
+pub const COMMIT_FAILING_RETRY_AFTER: &str = "5";
 /// The header counting the messages of this POST that were skipped as malformed.
 pub const REJECTED_HEADER: &str = "x-spot-rejected";
 /// The response encoding named by `Accept`; the request's when absent or a wildcard.
@@ -202,6 +207,23 @@ where
             Value::Null,
         );
         return close(with_ack(resp, &serial, shared, false).await);
+    }
+    if let Some(failing) = shared.pipeline.commit_failing() {
+        // At once: nothing of this POST could be acknowledged until commits succeed.
+        shared
+            .metrics
+            .requests_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the server cannot store events now ({failing}); nothing was acknowledged, send again later"),
+            Value::Null,
+        );
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            HeaderValue::from_static(COMMIT_FAILING_RETRY_AFTER),
+        );
+        return close(resp);
     }
     let version = req
         .headers()

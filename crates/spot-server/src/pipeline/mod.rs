@@ -18,10 +18,15 @@
 //! committed derived events to the outlets, then answers the batch's waiters — while the
 //! apply stage already works on the next batch. No lock is held across a wait on the writer.
 //! A failed commit keeps the batch and retries: nothing is acknowledged before it is on
-//! disk. A panic in either stage stops the pipeline for good and says why
+//! disk. While commits fail (a full disk), [`PipelineSender::commit_failing`] says why (ingest
+//! answers new POSTs `503` with `Retry-After` at once), `spot_commit_failures_total` counts
+//! the attempts and `spot_store_failing` is 1; the log says it when it starts, every
+//! [`COMMIT_FAILURE_LOG_EVERY`] while it lasts, and when it ends. A stop gives up on a
+//! failing commit once asked to ([`PipelineSender::give_up_commits`], after the shutdown
+//! grace): its batch is dropped unanswered (nothing acknowledged: the spots resend). A panic in either stage stops the pipeline for good and says why
 //! ([`PipelineSender::failure`]).
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -43,6 +48,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
 
 /// …or as soon as this many rows are waiting (bounds memory and the replay after a crash).
 pub const FLUSH_AT_DIRTY_ROWS: usize = 50_000;
+
+/// While commits keep failing, the log says so again this often (not at every attempt).
+pub const COMMIT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Wait between two attempts of a failing commit.
+const COMMIT_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// The sending side of the way to the pipeline (see the module docs). Cheap to clone.
 #[derive(Debug)]
@@ -73,6 +84,10 @@ struct Inner {
     senders: AtomicUsize,
     /// Why the pipeline stopped for good: a stage panicked ([`Inner::fail`]).
     failure: OnceLock<String>,
+    /// The error of the commit failing now, if one is.
+    commit_error: Mutex<Option<String>>,
+    /// A failing commit is given up instead of retried (the server is stopping).
+    give_up: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +138,8 @@ pub fn channel(messages: usize, events: usize) -> (PipelineSender, PipelineRecei
         max_events,
         senders: AtomicUsize::new(1),
         failure: OnceLock::new(),
+        commit_error: Mutex::new(None),
+        give_up: AtomicBool::new(false),
     });
     (
         PipelineSender {
@@ -222,6 +239,21 @@ impl PipelineSender {
     /// Why the pipeline stopped for good (a stage panicked), if it did.
     pub fn failure(&self) -> Option<&str> {
         self.inner.failure.get().map(String::as_str)
+    }
+
+    /// The store's error while commits fail (e.g. a full disk); `None` once one succeeds.
+    pub fn commit_failing(&self) -> Option<String> {
+        self.inner
+            .commit_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// From now on a failing commit is given up (its batch unanswered) instead of retried:
+    /// the server is stopping and its grace is over.
+    pub fn give_up_commits(&self) {
+        self.inner.give_up.store(true, Ordering::Relaxed);
     }
 
     /// Events that may still be queued before senders wait.
@@ -403,7 +435,7 @@ pub fn run(
             .name("spot-writer".into())
             .spawn_scoped(scope, move || {
                 let writing = catch_unwind(AssertUnwindSafe(|| {
-                    write(job_rx, store, publisher, writer_metrics)
+                    write(job_rx, store, publisher, writer_metrics, &inner)
                 }));
                 if let Err(panic) = writing {
                     inner.fail("writer", &*panic);
@@ -591,12 +623,52 @@ fn apply(
     }
 }
 
+/// What the writer knows of a run of failing commits (for the log and the metrics).
+#[derive(Default)]
+struct CommitFailures {
+    /// Attempts failed in a row, and when the last log line about them was written.
+    failed: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl CommitFailures {
+    fn failed(&mut self, error: &crate::store::StoreError, inner: &Inner, metrics: &Metrics) {
+        self.failed += 1;
+        metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+        metrics.store_failing.store(1, Ordering::Relaxed);
+        *inner.commit_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        if self
+            .logged
+            .is_none_or(|at| at.elapsed() >= COMMIT_FAILURE_LOG_EVERY)
+        {
+            self.logged = Some(std::time::Instant::now());
+            tracing::error!(
+                attempts = self.failed,
+                "commit failing, retrying every {COMMIT_RETRY_DELAY:?}; ingest answers 503 \
+                 meanwhile and nothing is acknowledged (free disk space if it is full): {error}"
+            );
+        }
+    }
+
+    fn succeeded(&mut self, inner: &Inner, metrics: &Metrics) {
+        if self.failed == 0 {
+            return;
+        }
+        tracing::info!(attempts = self.failed, "commits succeed again");
+        *self = Self::default();
+        metrics.store_failing.store(0, Ordering::Relaxed);
+        *inner.commit_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 fn write(
     jobs: std::sync::mpsc::Receiver<Job>,
     mut store: Box<dyn Store>,
     publisher: Publisher,
     metrics: Arc<Metrics>,
+    inner: &Inner,
 ) {
+    let mut failures = CommitFailures::default();
     for job in jobs {
         let (mut changes, waiters, apply_time) = match job {
             Job::Prune(cutoff) => {
@@ -618,13 +690,20 @@ fn write(
                 match store.commit(&mut changes) {
                     Ok(committed) => break committed,
                     Err(e) => {
-                        tracing::error!(
-                            "commit failed, retrying (nothing acknowledged meanwhile): {e}"
-                        );
-                        std::thread::sleep(Duration::from_millis(200));
+                        failures.failed(&e, inner, &metrics);
+                        if inner.give_up.load(Ordering::Relaxed) {
+                            tracing::error!(
+                                events = changes.journal.len(),
+                                "stopping with the commit failing: its events are not \
+                                 acknowledged (the spots resend them): {e}"
+                            );
+                            return;
+                        }
+                        std::thread::sleep(COMMIT_RETRY_DELAY);
                     }
                 }
             };
+            failures.succeeded(inner, &metrics);
             metrics.commits.fetch_add(1, Ordering::Relaxed);
             // Durable now: the outlets may see it (before the spots hear their answer).
             publisher.committed(&changes.log, committed.last_event_id);
@@ -760,6 +839,8 @@ mod tests {
     struct FaultyStore {
         inner: crate::store::SqliteStore,
         before_write: Box<dyn FnMut() + Send>,
+        /// While set, commits fail as on a full disk.
+        full: Arc<AtomicBool>,
     }
 
     impl Store for FaultyStore {
@@ -780,6 +861,15 @@ mod tests {
             changes: &mut crate::domain::Changes,
         ) -> Result<crate::store::Committed, crate::store::StoreError> {
             (self.before_write)();
+            if self.full.load(Ordering::Relaxed) {
+                return Err(crate::store::StoreError::Sqlite {
+                    context: "commit",
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some("database or disk is full".into()),
+                    ),
+                });
+            }
             self.inner.commit(changes)
         }
         fn prune(&mut self, cutoff: i64) -> Result<(), crate::store::StoreError> {
@@ -800,6 +890,19 @@ mod tests {
         domain: Arc<RwLock<Domain>>,
         before_write: Box<dyn FnMut() + Send>,
     ) -> std::thread::JoinHandle<()> {
+        let full = Arc::new(AtomicBool::new(false));
+        faulty_pipeline_with(dir, rx, domain, before_write, Arc::default(), full)
+    }
+
+    /// [`faulty_pipeline`] counting in `metrics`.
+    fn faulty_pipeline_with(
+        dir: &std::path::Path,
+        rx: PipelineReceiver,
+        domain: Arc<RwLock<Domain>>,
+        before_write: Box<dyn FnMut() + Send>,
+        metrics: Arc<Metrics>,
+        full: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
         let inner = crate::store::SqliteStore::open(dir, crate::store::Durability::Normal).unwrap();
         let outlets = crate::outlets::Outlets::start(
             dir,
@@ -813,14 +916,9 @@ mod tests {
             let store = FaultyStore {
                 inner,
                 before_write,
+                full,
             };
-            run(
-                rx,
-                domain,
-                Box::new(store),
-                publisher,
-                Arc::new(Metrics::default()),
-            )
+            run(rx, domain, Box::new(store), publisher, metrics)
         })
     }
 
@@ -910,6 +1008,100 @@ mod tests {
             "{failure}"
         );
         assert!(tx.send(PipelineMsg::Tick).await.is_err(), "sends fail");
+    }
+
+    /// A `Sync` of spot "5" (after its `Begin`): answered once its commit is done.
+    async fn sync(tx: &PipelineSender) -> oneshot::Receiver<EndReply> {
+        tx.send(PipelineMsg::Begin {
+            serial: "5".into(),
+            version: None,
+        })
+        .await
+        .unwrap();
+        let (reply, answer) = oneshot::channel();
+        tx.send(PipelineMsg::Sync {
+            serial: "5".into(),
+            end_stream: false,
+            take_commands: false,
+            reply,
+        })
+        .await
+        .unwrap();
+        answer
+    }
+
+    /// Issue 13 item 4: on a full disk nothing said commits failed; ingest waited.
+    #[tokio::test]
+    async fn failing_commits_are_said_counted_and_cleared_once_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = Arc::new(RwLock::new(Domain::new(Default::default())));
+        let (tx, rx) = channel(16, 16);
+        let (metrics, full) = (
+            Arc::new(Metrics::default()),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let core = faulty_pipeline_with(
+            dir.path(),
+            rx,
+            domain,
+            Box::new(|| {}),
+            metrics.clone(),
+            full.clone(),
+        );
+        let mut answer = sync(&tx).await;
+        for _ in 0..1000 {
+            if tx.commit_failing().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let error = tx.commit_failing().expect("the failing commit is said");
+        assert!(error.contains("disk is full"), "{error}");
+        let text = metrics.render();
+        assert!(text.contains("\nspot_store_failing 1\n"), "{text}");
+        assert!(!text.contains("\nspot_commit_failures_total 0\n"), "{text}");
+        assert!(answer.try_recv().is_err(), "nothing answered meanwhile");
+        full.store(false, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("answered once the commit succeeds")
+            .expect("an answer");
+        assert_eq!(tx.commit_failing(), None);
+        assert!(metrics.render().contains("\nspot_store_failing 0\n"));
+        tx.send(PipelineMsg::Shutdown).await.unwrap();
+        tokio::task::spawn_blocking(move || core.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stop_gives_up_a_failing_commit_when_told_and_acknowledges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = Arc::new(RwLock::new(Domain::new(Default::default())));
+        let (tx, rx) = channel(16, 16);
+        let full = Arc::new(AtomicBool::new(true));
+        let core = faulty_pipeline_with(
+            dir.path(),
+            rx,
+            domain,
+            Box::new(|| {}),
+            Arc::default(),
+            full,
+        );
+        let answer = sync(&tx).await;
+        tx.send(PipelineMsg::Shutdown).await.unwrap();
+        while tx.commit_failing().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.give_up_commits();
+        let join = tokio::task::spawn_blocking(move || core.join());
+        tokio::time::timeout(Duration::from_secs(10), join)
+            .await
+            .expect("the pipeline stops")
+            .unwrap()
+            .expect("without a panic");
+        assert!(answer.await.is_err(), "nothing acknowledged");
     }
 
     #[tokio::test]
