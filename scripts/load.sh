@@ -18,7 +18,8 @@ OUT=$(mktemp)
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$DIR" "$OUT"' EXIT
 "$BIN" serve --listen "127.0.0.1:$PORT" --data "$DIR/data" >"$DIR/serve.log" 2>&1 &
 SERVER=$!
-until curl -sf -o /dev/null "http://127.0.0.1:$PORT/api/spots"; do sleep 0.1; done
+until curl -s -o /dev/null "http://127.0.0.1:$PORT/"; do sleep 0.1; done
+KEY=$(cat "$DIR/data/admin.key") # the first admin key, written by the first start
 /usr/bin/time -o "$DIR/emulator.time" -f '%U %S' \
     "${EMULATOR:-$BIN}" emulate --server "http://127.0.0.1:$PORT" --spots "$SPOTS" --rate "$RATE" \
     --duration-secs "$SECONDS_" --quiet >"$OUT" || [ $? -eq 2 ] # 2: not all acked (overload)
@@ -39,7 +40,7 @@ print(f"cpu: server {server:.2f} s ({server / acked * 1e6:.1f} us/event), "
       f"load generator {emu:.2f} s ({emu / acked * 1e6:.1f} us/event); "
       f"server rss {int(sys.argv[6]) // 1024} MiB")
 PY
-curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^spot_ack_seconds_bucket/ {
+curl -s -H "X-Api-Key: $KEY" "http://127.0.0.1:$PORT/metrics" | awk '/^spot_ack_seconds_bucket/ {
     sub(/spot_ack_seconds_bucket/, ""); printf "%s %s  ", $1, $2 } END { print "" }'
 kill -TERM $SERVER
 wait $SERVER || true

@@ -106,6 +106,7 @@ fn serve_logging(extra: &[&str]) -> (KillOnDrop, tempfile::TempDir, u16, mpsc::R
         }
     });
     wait_listening(port, "spot serve");
+    test_support::http::remember_key(port, data.path());
     (KillOnDrop(child), data, port, rx)
 }
 
@@ -149,7 +150,8 @@ fn failed_webhook_deliveries_are_logged_once_per_minute_per_subscription() {
         port,
         &format!(
             "POST /api/subscriptions HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+             Content-Type: application/json\r\nX-Api-Key: {}\r\nContent-Length: {}\r\n\r\n",
+            test_support::http::key_for(port).expect("the server's key"),
             body.len()
         ),
         body.as_bytes(),

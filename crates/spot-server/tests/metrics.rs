@@ -97,6 +97,7 @@ async fn every_series_has_help_and_type_and_the_gauges_count_what_is_open() {
     let client = reqwest::Client::new();
     let response = client
         .get(format!("http://{addr}/metrics"))
+        .header("x-api-key", admin_key(addr))
         .send()
         .await
         .expect("scrape");
@@ -166,6 +167,7 @@ async fn every_series_has_help_and_type_and_the_gauges_count_what_is_open() {
 
     let head = client
         .head(format!("http://{addr}/metrics"))
+        .header("x-api-key", admin_key(addr))
         .send()
         .await
         .expect("HEAD");
