@@ -124,7 +124,13 @@ where
                 tokio::select! {
                     _ = sleep_until(driver.next_tick(post_end)) => {}
                     r = rd.read(&mut read_buf) => match r {
-                        Ok(0) => return Err(UplinkError::Closed("the connection during a POST")),
+                        Ok(0) => {
+                            // A refusal answered early (401, 403, 503 …) says why.
+                            if let Ok(Some(early)) = parser.poll() {
+                                return Err(UplinkError::Status(early.status));
+                            }
+                            return Err(UplinkError::Closed("the connection during a POST"));
+                        }
                         Ok(n) => parser.feed(&read_buf[..n]),
                         Err(source) => return Err(UplinkError::Read { what: "read during a POST", source }),
                     },
@@ -158,10 +164,14 @@ where
                 scratch.out.clear();
                 driver.session.push_chunks(&mut scratch.out, &scratch.body);
                 scratch.note_use();
-                driver.write(&mut wr, &scratch.out).await?;
+                if let Err(e) = driver.write(&mut wr, &scratch.out).await {
+                    return Err(early_answer(e, &mut rd, &mut parser, &mut read_buf).await);
+                }
             }
         }
-        driver.write(&mut wr, wire::LAST_CHUNK).await?;
+        if let Err(e) = driver.write(&mut wr, wire::LAST_CHUNK).await {
+            return Err(early_answer(e, &mut rd, &mut parser, &mut read_buf).await);
+        }
         let body_end = driver.now();
         driver.session.body_ended(body_end);
         driver.session.stats().posts.fetch_add(1, Relaxed);
@@ -188,6 +198,25 @@ where
         if driver.finished() {
             return Ok(ConnectionEnd::Finished);
         }
+    }
+}
+
+/// After a failed write of a POST body: the status of a response the server sent before it
+/// closed the connection (a refusal answered after the head: 401, 403, 413, 503 …), which
+/// says why better than the write error; else `error`.
+async fn early_answer<R: AsyncRead + Unpin>(
+    error: UplinkError,
+    rd: &mut R,
+    parser: &mut ResponseParser,
+    read_buf: &mut [u8],
+) -> UplinkError {
+    let read = tokio::time::timeout(Duration::from_millis(200), rd.read(read_buf)).await;
+    if let Ok(Ok(n)) = read {
+        parser.feed(&read_buf[..n]);
+    }
+    match parser.poll() {
+        Ok(Some(early)) => UplinkError::Status(early.status),
+        _ => error,
     }
 }
 
