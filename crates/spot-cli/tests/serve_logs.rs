@@ -3,7 +3,7 @@
 //! rounded, and repeated failures (webhook deliveries, an MQTT broker down) not logged once
 //! each.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -28,16 +28,8 @@ fn first_log_lines(extra: &[&str], n: usize) -> Vec<String> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn spot serve");
-    let stderr = child.stderr.take().unwrap();
+    let rx = test_support::process::stderr_lines(&mut child);
     let _server = KillOnDrop(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     (0..n)
         .map(|_| {
             rx.recv_timeout(Duration::from_secs(20))
@@ -96,15 +88,7 @@ fn serve_logging(extra: &[&str]) -> (KillOnDrop, tempfile::TempDir, u16, mpsc::R
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn spot serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = test_support::process::stderr_lines(&mut child);
     wait_listening(port, "spot serve");
     test_support::http::remember_key(port, data.path());
     (KillOnDrop(child), data, port, rx)

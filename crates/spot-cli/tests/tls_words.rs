@@ -7,9 +7,8 @@
 //! ec_paramgen_curve:P-256 -nodes -keyout ca-as-server-key.pem -out ca-as-server-cert.pem
 //! -days 36500 -subj /CN=localhost -addext subjectAltName=DNS:localhost`.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use test_support::free_port;
@@ -38,16 +37,8 @@ fn a_ca_certificate_served_as_the_servers_is_said_in_words_by_both_sides() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn spot serve");
-    let stderr = child.stderr.take().unwrap();
+    let lines = test_support::process::stderr_lines(&mut child);
     let _server = KillOnDrop(child);
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     wait_listening(port, "spot serve");
 
     let out = Command::new(SPOT)

@@ -5,7 +5,8 @@
 //! before: every resource of the collection to JSON under the lock, then the query over them.
 //!
 //! `cargo bench -p spot-server --bench rest` prints, per request, the milliseconds the read
-//! lock is held and in all (the median of 5).
+//! lock is held and in all (the median of 5); then what the API key check of every `/api`
+//! request ([`Access::authorize`]) costs beside the cheapest of those lists.
 
 use std::ops::Bound;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use serde_json::{json, Value};
 use spot_protocol::Timestamp;
+use spot_server::access::{Access, AccessConfig, Role};
 use spot_server::api::query::Query;
 use spot_server::domain::{Domain, DomainConfig, Row};
 use spot_server::ids::Id;
@@ -38,6 +40,7 @@ fn main() {
         })
         .collect();
     domain.load_events(docs).expect("events");
+    let mut cheapest = None;
     for (collection, q) in [
         ("spots", "limit=1"),
         ("spots", "limit=100"),
@@ -76,7 +79,34 @@ fn main() {
             ms(every_lock),
             ms(every_all)
         );
+        if q == "limit=1" {
+            cheapest.get_or_insert(paged_all);
+        }
     }
+    let cheapest = cheapest.expect("spots?limit=1 measured");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (access, _) =
+        Access::open(dir.path(), AccessConfig::default(), Vec::new(), T0).expect("access.db");
+    let (_, key) = access
+        .change(|db| db.create_key(Role::Read, "bench", "bench", T0))
+        .expect("a key");
+    let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (_, check) = median(|| {
+        const N: u32 = 100_000;
+        let start = Instant::now();
+        for _ in 0..N {
+            let caller = access.authorize(Some(&key), peer, Role::Read, T0);
+            std::hint::black_box(caller.expect("valid"));
+        }
+        let per = start.elapsed() / N;
+        (per, per)
+    });
+    println!(
+        "API key check: {:.3} us per request, {:.1} % of spots?limit=1 ({:.3} ms)",
+        check.as_secs_f64() * 1e6,
+        check.as_secs_f64() / cheapest.as_secs_f64() * 100.0,
+        ms(cheapest)
+    );
 }
 
 fn params(q: &str) -> Vec<(String, String)> {

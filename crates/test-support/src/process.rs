@@ -81,3 +81,22 @@ pub fn spawn_serve_tls(spot: impl AsRef<OsStr>, data: &Path, port: u16) -> Child
     ];
     spawn_serve(spot, data, port, &tls)
 }
+
+/// The lines `child` writes to its stderr (which must be piped), as they come: a thread
+/// forwards them until the stream ends or the receiver is dropped.
+pub fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
