@@ -416,7 +416,7 @@ async fn get_subscription(State(ctx): Ctx, req: Request) -> Response {
     outlet(&ctx, req).await
 }
 
-/// Replaces a webhook subscription's fields (an overflowed one becomes active again).
+/// Changes a webhook subscription's fields (those given; the rest stay).
 #[utoipa::path(put, path = "/api/subscriptions/{id}", tag = "push",
     params(("id" = i64, Path, description = "The subscription's id")),
     request_body(content = Object, description = "The subscription's fields (docs/push.md)"),
