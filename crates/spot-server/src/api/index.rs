@@ -8,8 +8,9 @@ use utoipa::ToSchema;
 
 use crate::shutdown::Phase;
 
-/// Name and version of this build.
+/// The server's name.
 const NAME: &str = "spot";
+/// This build's version.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `GET /`: what this server is and where to go from here.

@@ -356,9 +356,21 @@ async fn revoke_key(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Re
     full(api::access::revoke_key(req, &ctx, id).await)
 }
 
-/// Hands `req` to the outlets' router (spot-push serves these routes).
+/// Hands `req` to the outlets' router (spot-push serves these routes) with the extensions
+/// it reads: the connection's upgrade (WebSocket) and the [`spot_push::StreamEnd`] the check
+/// added. Not the others: this router's path parameters would be added to the outlets'
+/// router's own (`/api/subscriptions/{id}` would see two ids).
 async fn outlet(ctx: &Context, req: Request) -> Response {
-    spot_push::call_router(ctx.outlets.router(), req).await
+    let (mut parts, body) = req.into_parts();
+    let mut extensions = axum::http::Extensions::new();
+    if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        extensions.insert(upgrade);
+    }
+    if let Some(end) = parts.extensions.remove::<spot_push::StreamEnd>() {
+        extensions.insert(end);
+    }
+    parts.extensions = extensions;
+    spot_push::call_router(ctx.outlets.router(), Request::from_parts(parts, body)).await
 }
 
 /// WebSocket stream of derived events: send `{"subscribe": "<topic filter>"}` (with
