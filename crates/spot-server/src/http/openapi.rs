@@ -185,5 +185,24 @@ mod tests {
             doc["paths"]["/healthz"]["get"]["security"],
             serde_json::json!([])
         );
+        // The subscriptions' schemas are spot-push's own types.
+        let schemas = &doc["components"]["schemas"];
+        let shown = &schemas["WebhookSubscription"]["properties"];
+        for field in [
+            "state",
+            "not_queued_count",
+            "queued_count",
+            "delivered_count",
+            "has_secret",
+        ] {
+            assert!(shown.get(field).is_some(), "{field}: {shown}");
+        }
+        assert_eq!(
+            schemas["SubscriptionState"]["enum"],
+            serde_json::json!(["active", "overflowed"])
+        );
+        assert!(schemas["SubscriptionInput"]["properties"]
+            .get("secret")
+            .is_some());
     }
 }

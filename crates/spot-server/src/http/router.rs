@@ -24,6 +24,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{StatusCode, Uri};
 use serde_json::Value;
+use spot_push::webhook::{SubscriptionInput, WebhookSubscription};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
@@ -409,9 +410,10 @@ async fn list_subscriptions(State(ctx): Ctx, req: Request) -> Response {
 
 /// Creates a webhook subscription (`topic_filter`, `target_url`, …). docs/push.md.
 #[utoipa::path(post, path = "/api/subscriptions", tag = "push",
-    request_body(content = Object, description = "The subscription's fields (docs/push.md)"),
+    request_body(content = SubscriptionInput,
+        description = "topic_filter and target_url required (docs/push.md)"),
     responses(
-        (status = 201, description = "The subscription"),
+        (status = 201, description = "The subscription", body = WebhookSubscription),
         (status = 400, description = "A bad field", body = openapi::ErrorBody),
         (status = 409, description = "The limit of subscriptions is reached", body = openapi::ErrorBody)))]
 async fn create_subscription(State(ctx): Ctx, req: Request) -> Response {
@@ -422,7 +424,7 @@ async fn create_subscription(State(ctx): Ctx, req: Request) -> Response {
 #[utoipa::path(get, path = "/api/subscriptions/{id}", tag = "push",
     params(("id" = i64, Path, description = "The subscription's id")),
     responses(
-        (status = 200, description = "The subscription"),
+        (status = 200, description = "The subscription", body = WebhookSubscription),
         (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
 async fn get_subscription(State(ctx): Ctx, req: Request) -> Response {
     outlet(&ctx, req).await
@@ -431,9 +433,9 @@ async fn get_subscription(State(ctx): Ctx, req: Request) -> Response {
 /// Changes a webhook subscription's fields (those given; the rest stay).
 #[utoipa::path(put, path = "/api/subscriptions/{id}", tag = "push",
     params(("id" = i64, Path, description = "The subscription's id")),
-    request_body(content = Object, description = "The subscription's fields (docs/push.md)"),
+    request_body(content = SubscriptionInput, description = "The fields to change"),
     responses(
-        (status = 200, description = "The subscription"),
+        (status = 200, description = "The subscription", body = WebhookSubscription),
         (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
 async fn update_subscription(State(ctx): Ctx, req: Request) -> Response {
     outlet(&ctx, req).await
