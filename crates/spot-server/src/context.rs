@@ -2,16 +2,18 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::access::Access;
 use crate::config::ServerLimits;
 use crate::domain::Domain;
 use crate::metrics::Metrics;
+use crate::shutdown::Phase;
 use crate::{outlets, pipeline};
 
 /// What every connection task holds: the way to the pipeline, the live state's read
-/// side, the counters, the bounds, the connection slots, the outlets and access control.
+/// side, the counters, the bounds, the connection slots, the outlets, access control and
+/// the server's phase.
 #[derive(Debug)]
 pub struct Context {
     /// Sender to the pipeline.
@@ -30,6 +32,8 @@ pub struct Context {
     pub outlets: outlets::Outlets,
     /// API keys and spot admission.
     pub access: Arc<Access>,
+    /// The server's phase (`/readyz` says not ready once it is stopping).
+    pub phase: watch::Receiver<Phase>,
 }
 
 /// Why the live state is not served: its owner (the pipeline) failed, and what it holds may

@@ -19,8 +19,10 @@
 //!   leaves only after its events are committed.
 //! - [`context`]: what connection tasks share ([`Context`]).
 //! - [`ingest`]: spot streams over HTTP POSTs, raw TCP (`--tcp-listen`) and `--pull`,
-//!   sharing one stream session; [`api`]: the REST API and `/metrics`.
-//! - [`http`]: the listener: accept ([`accept`]), TLS, the router behind the check of who
+//!   sharing one stream session; [`api`]: the REST API, `/metrics`, the index and health
+//!   answers.
+//! - [`http`]: the listener: accept ([`accept`]), TLS, the router (its routes and their
+//!   OpenAPI document from one list) behind the check of who
 //!   may call what ([`http::auth`]; a failed pipeline: `503`);
 //!   [`response`]: the JSON error bodies.
 //! - [`server`]: wiring. [`Server::bind`] binds the listeners, opens the store, loads the

@@ -388,6 +388,7 @@ impl Server {
                     source,
                 })?
         };
+        let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let shared = Arc::new(Context {
             pipeline: core_tx,
             domain,
@@ -397,8 +398,8 @@ impl Server {
             limits: config.limits.clone(),
             outlets: push,
             access: access.clone(),
+            phase: shutdown_rx.clone(),
         });
-        let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let (done_tx, connections_done) = mpsc::channel(1);
         let mut tasks = vec![tokio::spawn(http::serve(
             http_listener,

@@ -69,6 +69,16 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
+/// Status and JSON body of `GET path` without a key (`/healthz`, `/readyz`).
+async fn check(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("answered");
+    let status = resp.status().as_u16();
+    let body = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("JSON");
+    (status, body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers() {
     let Some(disk) = SmallDisk::mount("8m") else {
@@ -112,6 +122,16 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
     }
     assert_eq!(metric(addr, "spot_store_failing").await, 1.0);
     assert!(metric(addr, "spot_commit_failures_total").await >= 1.0);
+    // Not ready, saying why; still alive (freeing space is enough, no restart).
+    let (status, ready) = check(addr, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    let reason = ready["error"].as_str().expect("a reason");
+    assert!(
+        reason.contains("commits to the store are failing"),
+        "{reason}"
+    );
+    assert!(reason.contains("full"), "{reason}");
+    assert_eq!(check(addr, "/healthz").await.0, 200);
     // A new POST is refused at once, saying why and when to come back.
     // One write: the server answers after the head and closes, which may be before a
     // later write of the body (EPIPE).
@@ -143,6 +163,10 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
         .expect("a response");
     assert_eq!(acknowledged.status, 200);
     assert_eq!(metric(addr, "spot_store_failing").await, 0.0);
+    assert_eq!(
+        check(addr, "/readyz").await,
+        (200, serde_json::json!({"ok": true}))
+    );
     let mut again = Raw::connect(addr).await;
     assert_eq!(again.post("204", &[&spot_create(204, 1)]).await.status, 200);
     server.shutdown().await;

@@ -44,7 +44,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// One subscription as the API shows it. The secret is never shown, only `has_secret`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WebhookSubscription {
     /// Id.
     pub id: i64,
@@ -84,7 +84,7 @@ pub struct WebhookSubscription {
 }
 
 /// Whether a subscription's matching events are queued as they come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SubscriptionState {
     /// Matching events are queued as they come.
@@ -131,7 +131,7 @@ impl Backlog {
 }
 
 /// Fields written through the API (POST: all but the optional ones required; PUT: any).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     /// See [`WebhookSubscription::topic_filter`].

@@ -1,8 +1,10 @@
 //! The REST API: `GET /api/{collection}` (filters, sort, paging: [`query`]),
 //! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}` (answered after commit) and
-//! `GET /metrics`; [`access`]: `/api/keys` and spot enrolment (`POST /api/spots`).
+//! `GET /metrics`; [`access`]: `/api/keys` and spot enrolment (`POST /api/spots`);
+//! [`index`]: what `/`, `/api`, `/healthz` and `/readyz` answer.
 
 pub mod access;
+pub mod index;
 pub mod query;
 
 use http_body_util::{BodyExt, Limited};

@@ -3,6 +3,7 @@
 //!
 //! | route | needs |
 //! |---|---|
+//! | `GET /`, `/healthz`, `/readyz`, `/api/openapi.json` | nothing |
 //! | `POST /api/spots/{serial}/events` (spot ingest) | spot admission, in ingest |
 //! | `/api/keys…`, `/api/subscriptions…` (any method) | `admin` |
 //! | other `/api…` with `GET` or `HEAD` (`/api/ws`, `/api/stream` included) | `read` |
@@ -52,6 +53,9 @@ pub enum Need {
 
 /// What `method path` needs (the table of the module's doc).
 pub fn need(method: &Method, path: &str, metrics_public: bool) -> Need {
+    if matches!(path, "/" | "/healthz" | "/readyz" | "/api/openapi.json") {
+        return Need::Public;
+    }
     if path == "/metrics" {
         return if metrics_public {
             Need::Public
@@ -289,6 +293,9 @@ mod tests {
             (Method::GET, "/", Need::Public),
             (Method::GET, "/apis", Need::Public),
             (Method::GET, "/healthz", Need::Public),
+            (Method::GET, "/readyz", Need::Public),
+            (Method::GET, "/api/openapi.json", Need::Public),
+            (Method::GET, "/api/openapi.yaml", Need::Key(Role::Read)),
         ];
         for (method, path, expected) in cases {
             assert_eq!(need(&method, path, false), expected, "{method} {path}");

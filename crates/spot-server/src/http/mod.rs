@@ -5,6 +5,7 @@
 //! answered `503` once the pipeline has failed.
 
 pub mod auth;
+pub mod openapi;
 pub mod router;
 pub mod tls;
 
@@ -119,15 +120,15 @@ fn handshake_failed(log: &Mutex<LogRate>, peer: SocketAddr, reason: impl FnOnce(
 
 /// Answers one HTTP request with the router (WebSocket upgrades included). Once the
 /// pipeline has failed (a panic in a state owner: the live state may be half-applied,
-/// nothing commits) only `/metrics` is served; everything else is answered `503`, saying
-/// why.
+/// nothing commits) only `/metrics`, `/healthz` and `/readyz` are served; everything else is
+/// answered `503`, saying why.
 async fn dispatch(
     req: Request<Incoming>,
     router: &axum::Router,
     shared: &Context,
 ) -> Response<axum::body::Body> {
     if let Some(failure) = shared.pipeline.failure() {
-        if req.uri().path().trim_matches('/') != "metrics" {
+        if !router::served_after_pipeline_failure(req.uri().path()) {
             return unavailable_state(&StateUnavailable(failure.to_string()))
                 .map(axum::body::Body::new);
         }

@@ -1,73 +1,119 @@
-//! The one router of everything under the listener: spot ingest, the REST API, `/metrics`,
-//! access control (`/api/keys`, spot enrolment) and the outlets' routes (`/api/ws`,
-//! `/api/stream`, `/api/subscriptions[/{id}]`), in one axum [`Router`], behind the layer
-//! that checks who may call what ([`auth`]) and, when configured, CORS. Unknown paths answer `404`, a known path with another method `405` with
-//! `Allow`, both with the JSON error body. A trailing `/` is ignored (`/api/spots/` lists
-//! spots; spots POST to `/api/spots/{serial}/events/`).
+//! The one router of everything under the listener: the index (`/`, `/api`), health
+//! (`/healthz`, `/readyz`), the OpenAPI document (`/api/openapi.json`, [`openapi`]), spot
+//! ingest, the REST API, `/metrics`, access control (`/api/keys`, spot enrolment) and the
+//! outlets' routes (`/api/ws`, `/api/stream`, `/api/subscriptions[/{id}]`, handed to the
+//! outlets' own router), in one axum [`Router`], behind the layer that checks who may call
+//! what ([`auth`]) and, when configured, CORS.
+//!
+//! Every route is a handler with its `#[utoipa::path]` operation, registered through one
+//! [`OpenApiRouter`] ([`routes`]): what the router serves and what the OpenAPI document
+//! lists are the same list. Unknown paths answer `404`, a known path with another method
+//! `405` with `Allow` (the methods of its operations), both with the JSON error body. A
+//! trailing `/` is ignored (`/api/spots/` lists spots; spots POST to
+//! `/api/spots/{serial}/events/`).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::MethodRouter;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{StatusCode, Uri};
 use serde_json::Value;
+use spot_push::webhook::{SubscriptionInput, WebhookSubscription};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
-use super::auth;
+use super::{auth, openapi};
+use crate::api::index::{self, ApiIndex, Health, Index, Status};
 use crate::context::Context;
-use crate::response::{error, method_not_allowed};
+use crate::response::{error, json_response};
 use crate::{api, ingest};
 
 type Ctx = State<Arc<Context>>;
 
-/// The router over `ctx`, the outlets' routes merged in.
+/// The router over `ctx`.
 pub fn router(ctx: Arc<Context>) -> Router {
-    let outlets = ctx.outlets.router().clone();
-    let router = Router::new()
-        .route(
-            "/api/{collection}/{id}/events",
-            post(ingest).fallback(allow("POST")),
-        )
-        .route("/metrics", get(metrics).fallback(allow("GET")))
-        .route(
-            "/api/keys",
-            get(list_keys).post(create_key).fallback(allow("GET, POST")),
-        )
-        .route(
-            "/api/keys/{id}",
-            get(get_key)
-                .delete(revoke_key)
-                .fallback(allow("GET, DELETE")),
-        )
-        .route(
-            "/api/enrolments",
-            get(list_enrolments).fallback(allow("GET")),
-        )
-        .route(
-            "/api/spots",
-            get(list_spots).post(enrol).fallback(allow("GET, POST")),
-        )
-        .route("/api/{collection}", get(list).fallback(allow("GET")))
-        .route(
-            "/api/{collection}/{id}",
-            get(get_one).put(put).fallback(allow("GET, PUT")),
-        )
-        .fallback(not_found)
-        .with_state(ctx.clone())
-        .merge(outlets)
-        .layer(axum::middleware::from_fn_with_state(
-            ctx.clone(),
-            auth::check,
-        ));
+    let (router, _) = routes().split_for_parts();
+    let router = router.fallback(not_found).with_state(ctx.clone()).layer(
+        axum::middleware::from_fn_with_state(ctx.clone(), auth::check),
+    );
     match auth::cors(&ctx.access.config().cors_origins) {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// Every route with its operations: what [`router`] serves and [`openapi::document`]
+/// lists.
+pub fn routes() -> OpenApiRouter<Arc<Context>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(allow(routes!(root)))
+        .routes(allow(routes!(healthz)))
+        .routes(allow(routes!(readyz)))
+        .routes(allow(routes!(metrics)))
+        .routes(allow(routes!(api_index)))
+        .routes(allow(routes!(openapi_json)))
+        .routes(allow(routes!(ingest)))
+        .routes(allow(routes!(list_keys, create_key)))
+        .routes(allow(routes!(get_key, revoke_key)))
+        .routes(allow(routes!(list_enrolments)))
+        .routes(allow(routes!(list_spots, enrol)))
+        .routes(allow(routes!(list)))
+        .routes(allow(routes!(get_one, put)))
+        .routes(allow(routes!(ws)))
+        .routes(allow(routes!(stream)))
+        .routes(allow(routes!(list_subscriptions, create_subscription)))
+        .routes(allow(routes!(
+            get_subscription,
+            update_subscription,
+            delete_subscription
+        )))
+}
+
+/// The paths still served once the pipeline has failed (everything else answers `503`):
+/// what operators look at to see why.
+pub fn served_after_pipeline_failure(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "/metrics" | "/healthz" | "/readyz"
+    )
+}
+
+/// `route` answering its other methods `405` with `Allow`: the methods of its operations.
+fn allow(route: UtoipaMethodRouter<Arc<Context>>) -> UtoipaMethodRouter<Arc<Context>> {
+    let (schemas, paths, method_router) = route;
+    let mut methods: Vec<&str> = Vec::new();
+    for item in paths.paths.values() {
+        let ops = [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+        ];
+        methods.extend(ops.iter().filter(|(_, op)| op.is_some()).map(|(m, _)| *m));
+    }
+    let allowed = HeaderValue::from_str(&methods.join(", ")).expect("method names are ASCII");
+    let method_router: MethodRouter<Arc<Context>> = method_router.fallback(move || {
+        let allowed = allowed.clone();
+        async move {
+            let mut resp = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method not allowed; allowed: {}",
+                    allowed.to_str().unwrap_or_default()
+                ),
+                Value::Null,
+            );
+            resp.headers_mut().insert(ALLOW, allowed);
+            full(resp)
+        }
+    });
+    (schemas, paths, method_router)
 }
 
 /// `req` with one trailing `/` of its path removed (the root excepted).
@@ -85,10 +131,6 @@ pub fn without_trailing_slash<B>(mut req: hyper::Request<B>) -> hyper::Request<B
     req
 }
 
-fn allow(methods: &'static str) -> MethodRouter<Arc<Context>> {
-    MethodRouter::new().fallback(move || async move { method_not_allowed(methods).map(Body::new) })
-}
-
 fn full(resp: hyper::Response<Full<Bytes>>) -> Response {
     resp.map(Body::new)
 }
@@ -96,22 +138,103 @@ fn full(resp: hyper::Response<Full<Bytes>>) -> Response {
 async fn not_found(req: Request) -> Response {
     full(error(
         StatusCode::NOT_FOUND,
-        format!("no such path: {}", req.uri().path()),
+        format!(
+            "no such path: {} (the routes: GET /api/openapi.json)",
+            req.uri().path()
+        ),
         Value::Null,
     ))
 }
 
-async fn ingest(
-    State(ctx): Ctx,
-    Path((collection, serial)): Path<(String, String)>,
-    req: Request,
-) -> Response {
-    if collection != "spots" {
-        return not_found(req).await;
+/// The `200` or `503` of a health check.
+fn health(health: &Health) -> Response {
+    let status = if health.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    full(json_response(
+        status,
+        &serde_json::to_value(health).unwrap_or(Value::Null),
+    ))
+}
+
+/// What the health checks look at, now.
+fn status<'a>(ctx: &'a Context, commit_failing: &'a Option<String>) -> Status<'a> {
+    Status {
+        failed: ctx.pipeline.failure(),
+        commit_failing: commit_failing.as_deref(),
+        phase: *ctx.phase.borrow(),
     }
+}
+
+/// What this server is, and where to go from here.
+#[utoipa::path(get, path = "/", tag = "index",
+    responses((status = 200, description = "Name, version, links", body = Index)))]
+async fn root() -> Response {
+    full(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(index::index()).unwrap_or(Value::Null),
+    ))
+}
+
+/// The API's collections and streams, with their paths.
+#[utoipa::path(get, path = "/api", tag = "index",
+    responses((status = 200, description = "The collections", body = ApiIndex)))]
+async fn api_index() -> Response {
+    full(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(index::api_index()).unwrap_or(Value::Null),
+    ))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "index",
+    responses((status = 200, description = "The OpenAPI document of every route",
+        content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(openapi::json().as_bytes())));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    full(resp)
+}
+
+/// Liveness: `200` while the server serves; `503` only once its pipeline has failed (only
+/// a restart helps; it recovers from its journal). Failing commits (a full disk) do not
+/// fail it.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses(
+    (status = 200, description = "Alive", body = Health),
+    (status = 503, description = "The pipeline failed: restart the server", body = Health)))]
+async fn healthz(State(ctx): Ctx) -> Response {
+    health(&index::alive(status(&ctx, &None)))
+}
+
+/// Readiness: `200` when the store takes commits and the listeners are up; `503` with the
+/// reasons otherwise (the pipeline failed, commits are failing, the server is stopping).
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready", body = Health),
+    (status = 503, description = "Not ready; `reasons` says why", body = Health)))]
+async fn readyz(State(ctx): Ctx) -> Response {
+    let commit_failing = ctx.pipeline.commit_failing();
+    health(&index::ready(status(&ctx, &commit_failing)))
+}
+
+/// A spot's event stream (spec §4.1): a chunked POST of events (JSON or protobuf by
+/// `Content-Type`); the answer, after the events are committed, carries the spot's pending
+/// commands and `X-Spot-Ack`.
+#[utoipa::path(post, path = "/api/spots/{serial}/events", tag = "ingest",
+    params(("serial" = String, Path, description = "The spot's serial number")),
+    request_body(content_type = "application/json", description = "The spot's events"),
+    responses(
+        (status = 200, description = "Committed; the body holds pending commands"),
+        (status = 503, description = "Commits are failing or the server is stopping (Retry-After)")))]
+async fn ingest(State(ctx): Ctx, Path(serial): Path<String>, req: Request) -> Response {
     full(ingest::http::ingest(req, serial, &ctx).await)
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "The metrics", content_type = "text/plain")))]
 async fn metrics(State(ctx): Ctx) -> Response {
     let mut resp = hyper::Response::new(Full::new(Bytes::from(api::metrics_text(&ctx))));
     resp.headers_mut().insert(
@@ -121,11 +244,28 @@ async fn metrics(State(ctx): Ctx) -> Response {
     full(resp)
 }
 
+/// A collection: filters by field (`?field=value`), `sort`, `limit`, `after_id`,
+/// `populate`; the page links the next one (`url_next`).
+#[utoipa::path(get, path = "/api/{collection}", tag = "resources",
+    params(("collection" = String, Path,
+        description = "locations, items, presences or events (spots: GET /api/spots)")),
+    responses(
+        (status = 200, description = "A page of documents"),
+        (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
+        (status = 404, description = "No such collection", body = openapi::ErrorBody)))]
 async fn list(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     full(api::list(&req, &collection, &path, &ctx))
 }
 
+/// One document (`?populate=` as on the collection).
+#[utoipa::path(get, path = "/api/{collection}/{id}", tag = "resources",
+    params(
+        ("collection" = String, Path, description = "spots, locations, items, presences or events"),
+        ("id" = String, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "The document"),
+        (status = 404, description = "No such document", body = openapi::ErrorBody)))]
 async fn get_one(
     State(ctx): Ctx,
     Path((collection, id)): Path<(String, String)>,
@@ -134,6 +274,16 @@ async fn get_one(
     full(api::get_one(&req, &collection, &id, &ctx))
 }
 
+/// Changes a document's writable fields (answered after commit).
+#[utoipa::path(put, path = "/api/{collection}/{id}", tag = "resources",
+    params(
+        ("collection" = String, Path, description = "spots, locations, items or presences"),
+        ("id" = String, Path, description = "The document's id")),
+    request_body(content = Object, description = "The fields to change"),
+    responses(
+        (status = 200, description = "The changed document"),
+        (status = 400, description = "A field that cannot be set", body = openapi::ErrorBody),
+        (status = 404, description = "No such document", body = openapi::ErrorBody)))]
 async fn put(
     State(ctx): Ctx,
     Path((collection, id)): Path<(String, String)>,
@@ -142,31 +292,220 @@ async fn put(
     full(api::put(req, collection, id, &ctx).await)
 }
 
+/// The spots, as `GET /api/{collection}`.
+#[utoipa::path(get, path = "/api/spots", tag = "resources",
+    responses((status = 200, description = "A page of spots")))]
 async fn list_spots(State(ctx): Ctx, req: Request) -> Response {
     let path = req.uri().path().to_string();
     full(api::list(&req, "spots", &path, &ctx))
 }
 
+/// Enrols a spot (`{"serial_number": "203"}`, `"secret": true` for a spot secret shown
+/// once): `201` when new, `200` when it was enrolled already.
+#[utoipa::path(post, path = "/api/spots", tag = "access",
+    request_body(content = Object, description = "serial_number, secret"),
+    responses(
+        (status = 201, description = "Enrolled"),
+        (status = 200, description = "Enrolled already"),
+        (status = 400, description = "A bad field", body = openapi::ErrorBody)))]
 async fn enrol(State(ctx): Ctx, req: Request) -> Response {
     full(api::access::enrol(req, &ctx).await)
 }
 
+/// The enrolled spots, without secrets.
+#[utoipa::path(get, path = "/api/enrolments", tag = "access",
+    responses((status = 200, description = "The enrolments")))]
 async fn list_enrolments(State(ctx): Ctx) -> Response {
     full(api::access::list_enrolments(&ctx).await)
 }
 
+/// Every API key, revoked ones included, without secrets.
+#[utoipa::path(get, path = "/api/keys", tag = "access",
+    responses((status = 200, description = "The keys")))]
 async fn list_keys(State(ctx): Ctx) -> Response {
     full(api::access::list_keys(&ctx).await)
 }
 
+/// Creates an API key (`{"role": "read|write|admin", "label": "…"}`); the answer holds the
+/// key itself, this once.
+#[utoipa::path(post, path = "/api/keys", tag = "access",
+    request_body(content = Object, description = "role, label"),
+    responses(
+        (status = 201, description = "The key record and the key"),
+        (status = 400, description = "A bad field", body = openapi::ErrorBody)))]
 async fn create_key(State(ctx): Ctx, req: Request) -> Response {
     full(api::access::create_key(req, &ctx).await)
 }
 
+/// One API key's record.
+#[utoipa::path(get, path = "/api/keys/{id}", tag = "access",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key record"),
+        (status = 404, description = "No such key", body = openapi::ErrorBody)))]
 async fn get_key(State(ctx): Ctx, Path(id): Path<String>) -> Response {
     full(api::access::get_key(&ctx, id).await)
 }
 
+/// Revokes an API key (in effect when answered; its open streams are closed).
+#[utoipa::path(delete, path = "/api/keys/{id}", tag = "access",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The revoked key's record"),
+        (status = 404, description = "No such key", body = openapi::ErrorBody)))]
 async fn revoke_key(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Response {
     full(api::access::revoke_key(req, &ctx, id).await)
+}
+
+/// Hands `req` to the outlets' router (spot-push serves these routes) with the extensions
+/// it reads: the connection's upgrade (WebSocket) and the [`spot_push::StreamEnd`] the check
+/// added. Not the others: this router's path parameters would be added to the outlets'
+/// router's own (`/api/subscriptions/{id}` would see two ids).
+async fn outlet(ctx: &Context, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let mut extensions = axum::http::Extensions::new();
+    if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        extensions.insert(upgrade);
+    }
+    if let Some(end) = parts.extensions.remove::<spot_push::StreamEnd>() {
+        extensions.insert(end);
+    }
+    parts.extensions = extensions;
+    spot_push::call_router(ctx.outlets.router(), Request::from_parts(parts, body)).await
+}
+
+/// WebSocket stream of derived events: send `{"subscribe": "<topic filter>"}` (with
+/// `"after_id"` to resume), `{"unsubscribe": "<topic filter>"}`. docs/push.md.
+#[utoipa::path(get, path = "/api/ws", tag = "push", responses(
+    (status = 101, description = "Switching to the WebSocket protocol"),
+    (status = 503, description = "The server is stopping", body = openapi::ErrorBody)))]
+async fn ws(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+/// Server-Sent Events stream of derived events; resumes after `Last-Event-ID`.
+/// docs/push.md.
+#[utoipa::path(get, path = "/api/stream", tag = "push",
+    params(
+        ("topic_filter" = Option<String>, Query,
+            description = "MQTT-style filter of topics (`+` one level, `#` the rest); default `#`"),
+        ("after_id" = Option<u64>, Query, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream"),
+        (status = 400, description = "A bad topic_filter or Last-Event-ID", body = openapi::ErrorBody)))]
+async fn stream(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+/// Webhook subscriptions, a page (`after_id`, `limit`). docs/push.md.
+#[utoipa::path(get, path = "/api/subscriptions", tag = "push",
+    params(
+        ("after_id" = Option<i64>, Query, description = "Subscriptions after this id"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)")),
+    responses((status = 200, description = "results, limit, is_limited, url_next")))]
+async fn list_subscriptions(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+/// Creates a webhook subscription (`topic_filter`, `target_url`, …). docs/push.md.
+#[utoipa::path(post, path = "/api/subscriptions", tag = "push",
+    request_body(content = SubscriptionInput,
+        description = "topic_filter and target_url required (docs/push.md)"),
+    responses(
+        (status = 201, description = "The subscription", body = WebhookSubscription),
+        (status = 400, description = "A bad field", body = openapi::ErrorBody),
+        (status = 409, description = "The limit of subscriptions is reached", body = openapi::ErrorBody)))]
+async fn create_subscription(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+/// One webhook subscription, with its state and counters.
+#[utoipa::path(get, path = "/api/subscriptions/{id}", tag = "push",
+    params(("id" = i64, Path, description = "The subscription's id")),
+    responses(
+        (status = 200, description = "The subscription", body = WebhookSubscription),
+        (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
+async fn get_subscription(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+/// Changes a webhook subscription's fields (those given; the rest stay).
+#[utoipa::path(put, path = "/api/subscriptions/{id}", tag = "push",
+    params(("id" = i64, Path, description = "The subscription's id")),
+    request_body(content = SubscriptionInput, description = "The fields to change"),
+    responses(
+        (status = 200, description = "The subscription", body = WebhookSubscription),
+        (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
+async fn update_subscription(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+/// Deletes a webhook subscription (its queued deliveries with it).
+#[utoipa::path(delete, path = "/api/subscriptions/{id}", tag = "push",
+    params(("id" = i64, Path, description = "The subscription's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
+async fn delete_subscription(State(ctx): Ctx, req: Request) -> Response {
+    outlet(&ctx, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::pipeline::PipelineMsg;
+    use crate::{Durability, Server, ServerConfig};
+
+    /// After a panic in the pipeline (a restart is needed) both checks fail, saying why,
+    /// without a key; the rest of the API stays refused.
+    #[tokio::test]
+    async fn healthz_and_readyz_fail_saying_why_once_the_pipeline_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            sync: Durability::Normal,
+            ..ServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let addr = server.http_addr();
+        let get = |path: &str| {
+            let url = format!("http://{addr}{path}");
+            async move {
+                let resp = reqwest::get(url).await.unwrap();
+                let status = resp.status().as_u16();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+                (status, body)
+            }
+        };
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(get(path).await, (200, serde_json::json!({"ok": true})));
+        }
+        let pipeline = &server.context().pipeline;
+        pipeline.send(PipelineMsg::Panic).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pipeline.failure().is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the pipeline says it failed");
+        for path in ["/healthz", "/readyz"] {
+            let (status, body) = get(path).await;
+            assert_eq!(
+                (status, &body["ok"]),
+                (503, &false.into()),
+                "{path}: {body}"
+            );
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("injected by a test"), "{path}: {error}");
+            assert!(error.contains("restart the server"), "{path}: {error}");
+        }
+        assert_eq!(get("/").await.0, 503);
+        server.shutdown().await;
+    }
 }
