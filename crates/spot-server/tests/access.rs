@@ -317,8 +317,16 @@ async fn a_revoked_key_stops_working_at_once_and_its_open_streams_are_closed() {
         .unwrap();
     assert!(text.contains("event: closed"), "{text}");
     assert!(text.contains("revoked"), "{text}");
-    // The audit: created and revoked, with the acting key's id.
-    let (_, events) = get_events(addr, &format!("keys/{id}")).await;
+    // The audit: created and revoked, with the acting key's id (written by the server's
+    // access watcher after the change: awaited).
+    let started = std::time::Instant::now();
+    let events = loop {
+        let (_, events) = get_events(addr, &format!("keys/{id}")).await;
+        if events.len() >= 2 || started.elapsed() > Duration::from_secs(2) {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let topics: Vec<&str> = events.iter().filter_map(|e| e["topic"].as_str()).collect();
     assert_eq!(
         topics,
