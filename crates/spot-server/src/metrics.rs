@@ -41,6 +41,15 @@ pub struct Metrics {
     /// Of those, HTTP connections closed without the `503` because `max-refusals`
     /// refusals were under way.
     pub connections_refused_unanswered: AtomicU64,
+    /// HTTP connections closed before their first request head to make room for a new
+    /// connection.
+    pub connections_evicted: AtomicU64,
+    /// HTTP connections closed for sending no request head within
+    /// `request_head_timeout`.
+    pub connections_head_timeouts: AtomicU64,
+    /// HTTP connections closed because their client took nothing written for the write
+    /// timeout (it stopped reading).
+    pub connections_write_stalled: AtomicU64,
     ack_buckets: [AtomicU64; ACK_BUCKETS.len()],
     ack_count: AtomicU64,
     ack_sum_micros: AtomicU64,
@@ -122,6 +131,21 @@ impl Metrics {
                 "spot_connections_refused_unanswered_total",
                 "Connections over the limit closed without an answer (refusals bounded).",
                 &self.connections_refused_unanswered,
+            ),
+            (
+                "spot_connections_evicted_total",
+                "Connections closed before their first request to make room for a new one.",
+                &self.connections_evicted,
+            ),
+            (
+                "spot_connections_head_timeouts_total",
+                "Connections closed for sending no request head in time.",
+                &self.connections_head_timeouts,
+            ),
+            (
+                "spot_connections_write_stalled_total",
+                "Connections closed because their client stopped reading.",
+                &self.connections_write_stalled,
             ),
         ];
         for (name, help, value) in counters {

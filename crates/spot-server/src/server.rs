@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
+use crate::accept::{Budget, Connections};
 use crate::access::{self, Access, AccessError, AdmissionMode};
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
@@ -392,8 +393,11 @@ impl Server {
             pipeline: core_tx,
             domain,
             metrics,
-            http_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-            tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            http_connections: Connections::new(http_budget(&config.limits)),
+            tcp_connections: Connections::new(Budget {
+                unidentified: 0,
+                ..http_budget(&config.limits)
+            }),
             limits: config.limits.clone(),
             outlets: push,
             access: access.clone(),
@@ -406,6 +410,7 @@ impl Server {
             shutdown_rx.clone(),
             done_tx.clone(),
             tls,
+            config.push.stream.ws_send_timeout,
         ))];
         if let Some(listener) = tcp_listener {
             tasks.push(tokio::spawn(tcp::serve(
@@ -503,9 +508,7 @@ impl Server {
             .await
             .is_err()
         {
-            let open = self.shared.limits.max_connections * 2
-                - self.shared.http_slots.available_permits()
-                - self.shared.tcp_slots.available_permits();
+            let open = self.shared.http_connections.open() + self.shared.tcp_connections.open();
             tracing::warn!("shutdown: {open} connections still open after {grace:?}; closing them");
             let _ = self.shutdown.send(Phase::Closing);
             // Dropped connection tasks release their slots at once.
@@ -564,4 +567,16 @@ pub enum Stopped {
     /// The last commit kept failing (e.g. a full disk) and was given up after the grace:
     /// its events were not acknowledged (the spots resend them).
     CommitFailing,
+}
+
+/// The HTTP listener's connection budget (the raw TCP listener's too: there every
+/// connection is a spot).
+fn http_budget(limits: &crate::ServerLimits) -> Budget {
+    Budget {
+        total: limits.max_connections,
+        per_address: limits.max_connections_per_address,
+        unidentified: limits.connection_share(limits.max_unidentified_connections),
+        streams: limits.connection_share(limits.max_stream_connections),
+        api: limits.connection_share(limits.max_api_connections),
+    }
 }
