@@ -167,6 +167,10 @@ pub struct Args {
     /// closed unanswered (a flood costs neither tasks nor descriptors) [default: 64].
     #[arg(long, env = "SPOT_MAX_REFUSALS")]
     max_refusals: Option<usize>,
+    /// The newest derived events kept in memory, which the REST API serves (/api/events,
+    /// a resource's events); see docs/memory.md [default: 100000].
+    #[arg(long, env = "SPOT_EVENTS_MAX_IN_MEMORY", value_name = "N")]
+    events_max_in_memory: Option<usize>,
     /// Upstream events waiting for the core before ingest stops reading (backpressure to
     /// the spots, which keep their events); bounds acknowledgement latency under overload
     /// [default: 4096].
@@ -313,6 +317,7 @@ impl Args {
             max_stream_connections: self.max_stream_connections.or(lower.max_stream_connections),
             max_api_connections: self.max_api_connections.or(lower.max_api_connections),
             max_refusals: self.max_refusals.or(lower.max_refusals),
+            events_max_in_memory: self.events_max_in_memory.or(lower.events_max_in_memory),
             core_queue_events: self.core_queue_events.or(lower.core_queue_events),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
@@ -424,6 +429,9 @@ impl Args {
                 max_stream_connections: self.max_stream_connections,
                 max_api_connections: self.max_api_connections,
                 max_refusals: self.max_refusals.unwrap_or(limits.max_refusals),
+                events_max_in_memory: self
+                    .events_max_in_memory
+                    .unwrap_or(limits.events_max_in_memory),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 shutdown_grace: secs_or(
                     "shutdown-grace-secs",

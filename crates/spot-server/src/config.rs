@@ -106,6 +106,10 @@ pub struct ServerLimits {
     pub tcp_idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests. Default 10 s.
     pub shutdown_grace: Duration,
+    /// The newest derived events kept in memory, which the REST API serves
+    /// (`/api/events`, a resource's events); the push outlets' resumption reads `spot.db`.
+    /// Default 100,000 (see `docs/memory.md` for what they cost).
+    pub events_max_in_memory: usize,
     /// Messages without events (stream begin and end, API changes, ticks) queued to the
     /// core before senders wait; messages with events count in `core_queue_events`.
     /// Default 4096.
@@ -136,6 +140,7 @@ impl Default for ServerLimits {
             max_refusals: 64,
             tcp_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            events_max_in_memory: 100_000,
             core_queue: 4096,
             core_queue_events: 4096,
         }

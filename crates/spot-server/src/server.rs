@@ -320,6 +320,7 @@ impl Server {
         let mut domain = Domain::new(DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
             events_retention_ms: config.events_retention.as_millis() as i64,
+            events_max_in_memory: config.limits.events_max_in_memory,
             ..DomainConfig::default()
         });
         let started = std::time::Instant::now();
@@ -345,7 +346,10 @@ impl Server {
         let (journal, id_last) = store.unflushed_journal(config.repair_journal)?;
         domain.restore_ids(id_last);
         domain
-            .load_events(store.load_events(domain.retention_cutoff(now))?)
+            .load_events(store.load_events(
+                domain.retention_cutoff(now),
+                config.limits.events_max_in_memory,
+            )?)
             .map_err(ServerError::Corrupt)?;
         if !journal.is_empty() {
             let entries = journal.len();
