@@ -60,6 +60,9 @@ pub struct Metrics {
 pub struct Gauges {
     /// Spots online now; `None` while the live state is unavailable (the series is left out).
     pub spots_online: Option<usize>,
+    /// Spots, items, presences and derived events in memory held by the live state
+    /// (`None` as for `spots_online`).
+    pub state_sizes: Option<[usize; 4]>,
     /// Open HTTP connections (TLS included).
     pub connections_http: usize,
     /// Open raw TCP connections.
@@ -195,6 +198,24 @@ impl Gauges {
             family(out, "spot_spots_online", "gauge", "Spots online now.");
             let _ = writeln!(out, "spot_spots_online {online}");
         }
+        if let Some(sizes) = self.state_sizes {
+            let names = [
+                ("spot_spots", "Spots the live state holds."),
+                (
+                    "spot_items",
+                    "Items the live state holds (every item ever seen).",
+                ),
+                ("spot_presences", "Presences the live state holds."),
+                (
+                    "spot_events_in_memory",
+                    "Derived events held in memory for the REST API (events-max-in-memory).",
+                ),
+            ];
+            for ((name, help), value) in names.into_iter().zip(sizes) {
+                family(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         family(
             out,
             "spot_connections_open",
@@ -317,6 +338,7 @@ mod tests {
         let mut out = String::new();
         Gauges {
             spots_online: None,
+            state_sizes: None,
             connections_http: 2,
             connections_tcp: 1,
             pipeline_queued_events: 7,

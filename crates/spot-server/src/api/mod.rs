@@ -192,6 +192,7 @@ where
 pub fn metrics_text(ctx: &Context) -> String {
     let gauges = Gauges {
         spots_online: ctx.live_state().ok().map(|d| d.spots_online()),
+        state_sizes: ctx.live_state().ok().map(|d| d.sizes()),
         connections_http: ctx.http_connections.open(),
         connections_tcp: ctx.tcp_connections.open(),
         pipeline_queued_events: ctx.pipeline.queued_events(),
