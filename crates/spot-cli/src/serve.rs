@@ -151,16 +151,16 @@ pub struct Args {
     max_connections_per_address: Option<usize>,
     /// Most HTTP connections that have not yet sent a request; past it (or at
     /// max-connections) the oldest of them is closed for a new one [default: a tenth of
-    /// max-connections].
+    /// max-connections, at least 64].
     #[arg(long, env = "SPOT_MAX_UNIDENTIFIED_CONNECTIONS")]
     max_unidentified_connections: Option<usize>,
     /// Most HTTP connections that are push streams (/api/ws, /api/stream); past it `503`
-    /// [default: a tenth of max-connections].
+    /// [default: a tenth of max-connections, at least 64].
     #[arg(long, env = "SPOT_MAX_STREAM_CONNECTIONS")]
     max_stream_connections: Option<usize>,
     /// Most HTTP connections that are API clients (neither a spot's POST nor a push
     /// stream); past it `503`. Spots are bounded by max-connections only
-    /// [default: a tenth of max-connections].
+    /// [default: a tenth of max-connections, at least 64].
     #[arg(long, env = "SPOT_MAX_API_CONNECTIONS")]
     max_api_connections: Option<usize>,
     /// Connections over max-connections answered `503` at the same time; past it they are

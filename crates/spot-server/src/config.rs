@@ -64,7 +64,8 @@ pub struct ServerLimits {
     /// connection between requests. Default 30 s. Past it: the connection is closed.
     pub header_read_timeout: Duration,
     /// Time from accepting an HTTP connection to the end of its first request head (the
-    /// TLS handshake included): a connection says what it is at once or goes. Default
+    /// TLS handshake included; never more than `header_read_timeout`): a connection says
+    /// what it is at once or goes. Default
     /// 10 s: a spot on a slow cellular or satellite link needs a few round trips (TCP,
     /// TLS, the head) of up to a second or two each. Past it: the connection is closed.
     pub request_head_timeout: Duration,
@@ -85,17 +86,18 @@ pub struct ServerLimits {
     /// Past it: as over `max_connections`.
     pub max_connections_per_address: usize,
     /// Most HTTP connections that have not yet sent their first request head. Default
-    /// (`None`): a tenth of `max_connections`. Past it, and when `max_connections` is
-    /// reached, a new connection takes the slot of the oldest of them, which is closed:
-    /// silent connections give way to clients that speak.
+    /// (`None`): a tenth of `max_connections`, at least 64. Past it, and when
+    /// `max_connections` is reached, a new connection takes the slot of the oldest of them,
+    /// which is closed: silent connections give way to clients that speak.
     pub max_unidentified_connections: Option<usize>,
     /// Most HTTP connections that are push streams (`/api/ws`, `/api/stream`, counted from
-    /// their first request). Default (`None`): a tenth of `max_connections`. Past it: `503`.
+    /// their first request). Default (`None`): a tenth of `max_connections`, at least 64.
+    /// Past it: `503`.
     pub max_stream_connections: Option<usize>,
     /// Most HTTP connections that are API clients (any first request other than a spot's
-    /// POST and a push stream). Default (`None`): a tenth of `max_connections`. Past it:
-    /// `503`. Spots are bounded by `max_connections` only: with the defaults, at least 70%
-    /// of the connections are theirs whatever the others do.
+    /// POST and a push stream). Default (`None`): a tenth of `max_connections`, at least
+    /// 64. Past it: `503`. Spots are bounded by `max_connections` only: with the defaults,
+    /// at least 70% of the connections are theirs whatever the others do.
     pub max_api_connections: Option<usize>,
     /// Most HTTP connections over `max_connections` being answered `503` at once (each
     /// for at most 5 s). Default 64. Past it: closed at once, unanswered, so that a flood
@@ -147,11 +149,17 @@ impl Default for ServerLimits {
     }
 }
 impl ServerLimits {
-    /// A share of `max_connections`: `configured`, else a tenth (at least 1), never more
-    /// than `max_connections`.
+    /// The time a new connection has for its TLS handshake and first request head.
+    pub fn first_head_timeout(&self) -> Duration {
+        self.request_head_timeout.min(self.header_read_timeout)
+    }
+
+    /// A share of `max_connections`: `configured`, else a tenth but at least 64 (a small
+    /// server's clients connecting at once do not crowd each other out); never more than
+    /// `max_connections`, never 0.
     pub fn connection_share(&self, configured: Option<usize>) -> usize {
         configured
-            .unwrap_or(self.max_connections / 10)
+            .unwrap_or((self.max_connections / 10).max(64))
             .clamp(1, self.max_connections.max(1))
     }
 }

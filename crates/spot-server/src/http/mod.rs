@@ -103,7 +103,7 @@ impl Listener {
         mut shutdown: watch::Receiver<Phase>,
     ) {
         let metrics = &self.shared.metrics;
-        let timeout = self.shared.limits.request_head_timeout;
+        let timeout = self.shared.limits.first_head_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
         let first = tokio::select! {
             r = self.first_head(stream, peer, deadline) => r,
@@ -141,7 +141,7 @@ impl Listener {
         peer: SocketAddr,
         deadline: tokio::time::Instant,
     ) -> Option<(Box<dyn Stream>, BytesMut)> {
-        let timeout = self.shared.limits.request_head_timeout;
+        let timeout = self.shared.limits.first_head_timeout();
         let mut stream: Box<dyn Stream> = match &self.tls {
             None => Box::new(stream),
             Some(acceptor) => {
