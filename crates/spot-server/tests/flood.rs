@@ -168,3 +168,35 @@ async fn an_address_past_its_cap_is_refused_and_another_address_is_served() {
     assert_eq!(get_status(addr, "/api/spots").await, Some(200));
     server.shutdown().await;
 }
+
+/// A WebSocket counts against the push streams' budget for as long as it is open (after
+/// the upgrade hyper no longer serves the connection, but its slot stays with the socket).
+#[tokio::test]
+async fn an_open_websocket_holds_its_stream_slot_until_it_closes() {
+    let (server, _dir) = start(|c| c.limits.max_stream_connections = Some(1)).await;
+    let addr = server.http_addr();
+    let key = admin_key(addr);
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?key={key}"))
+        .await
+        .expect("upgrade");
+    let sse_status = || async {
+        let mut conn = Raw::connect(addr).await;
+        let request = format!("GET /api/stream HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\n\r\n");
+        conn.send(request.as_bytes()).await;
+        let mut status = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut conn.stream, &mut status)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&status).into_owned()
+    };
+    assert_eq!(sse_status().await, "HTTP/1.1 503");
+    drop(ws);
+    for _ in 0..100 {
+        if sse_status().await == "HTTP/1.1 200" {
+            server.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the WebSocket's slot was not given back");
+}

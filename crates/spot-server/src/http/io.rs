@@ -2,7 +2,9 @@
 //! to identify the connection (its first request head) handed back first, and writes that
 //! make no progress for the write timeout failed, so a client that stops reading (an SSE
 //! stream whose socket stays full: hyper then waits for the socket and no longer polls the
-//! body) loses its connection and its slot instead of holding them.
+//! body) loses its connection and its slot instead of holding them. It holds the
+//! connection's slot ([`Admitted`]) as long as the socket lives, a WebSocket's too (hyper
+//! hands the IO on at the upgrade).
 //!
 //! Hand-written: the read-ahead and the write deadline are one small wrapper; the crates
 //! that offer either (`tokio-io-timeout`, hyper-util's private `Rewind`) offer only one.
@@ -17,6 +19,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::accept::Admitted;
+
 /// A connection's IO: `read_ahead` first, then `io`; a write pending for `write_timeout`
 /// fails with [`io::ErrorKind::TimedOut`].
 #[derive(Debug)]
@@ -27,6 +31,8 @@ pub struct ConnIo<I> {
     /// Since when writes have been pending (armed at the first `Pending`, cleared by
     /// progress).
     stalled: Option<Pin<Box<Sleep>>>,
+    /// The connection's slot, given back when the socket is dropped.
+    slot: Option<Admitted>,
 }
 
 impl<I> ConnIo<I> {
@@ -37,6 +43,15 @@ impl<I> ConnIo<I> {
             read_ahead,
             write_timeout,
             stalled: None,
+            slot: None,
+        }
+    }
+
+    /// Holds `slot` until the connection is dropped.
+    pub fn holding(self, slot: Admitted) -> ConnIo<I> {
+        ConnIo {
+            slot: Some(slot),
+            ..self
         }
     }
 

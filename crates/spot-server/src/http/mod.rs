@@ -127,9 +127,8 @@ impl Listener {
             let _ = tokio::time::timeout(accept::REFUSAL_TIMEOUT, refusal).await;
             return;
         }
-        let io = io::ConnIo::new(stream, head.freeze(), self.write_timeout);
+        let io = io::ConnIo::new(stream, head.freeze(), self.write_timeout).holding(admitted);
         self.serve_connection(io, peer, shutdown).await;
-        drop(admitted);
     }
 
     /// The TLS handshake (with `tls`) and the first request head (up to its blank line,
