@@ -32,7 +32,7 @@ pub struct ConnIo<I> {
     /// progress).
     stalled: Option<Pin<Box<Sleep>>>,
     /// The connection's slot, given back when the socket is dropped.
-    slot: Option<Admitted>,
+    _slot: Option<Admitted>,
 }
 
 impl<I> ConnIo<I> {
@@ -43,14 +43,14 @@ impl<I> ConnIo<I> {
             read_ahead,
             write_timeout,
             stalled: None,
-            slot: None,
+            _slot: None,
         }
     }
 
     /// Holds `slot` until the connection is dropped.
     pub fn holding(self, slot: Admitted) -> ConnIo<I> {
         ConnIo {
-            slot: Some(slot),
+            _slot: Some(slot),
             ..self
         }
     }
