@@ -9,10 +9,10 @@
 # Scenarios:
 #   kill9-soak    spot emulate (on-disk buffer, --buffer) streams while spot serve is killed
 #                 with SIGKILL CYCLES times at random points and restarted on the same data;
-#                 then every generated event must be acknowledged, and each spot's stored
-#                 events must be its sequence numbers 1..N once each (its highest stored
-#                 sequence is N and its stored count exceeds it only by the spot and config
-#                 creates that open each connection).
+#                 then every generated event must be acknowledged, each spot's highest
+#                 stored sequence must be its last generated one, and its stored count may
+#                 exceed that only by the spot and config creates that open each
+#                 connection (at most two per connection).
 #   idle-flood    max-connections 200 and 200 silent connections: a spot's events are all
 #                 acknowledged and REST answers 200 meanwhile (issue 13 item 1).
 #   stalled-sse   an SSE client that never reads: its connection is closed after the send
@@ -102,15 +102,16 @@ wrong = []
 for spot in summary["per_spot"]:
     serial = str(spot["serial"])
     row = stored.get(serial, {"event_counter": 0, "acked_seq": 0})
-    # Stored exactly once: every generated event acknowledged, the highest sequence stored
-    # is the last generated (the events are numbered from 1), and the stored events beyond
-    # those are the spot create and config create that open each connection (two per
-    # connection, at most one connection more than the reconnects): a tag event stored
-    # twice would show as an odd or larger excess.
+    # Every generated event acknowledged, the highest sequence stored is the last generated
+    # (the events are numbered from 1), and the stored events beyond those are at most the
+    # spot create and config create that open each connection (no sequence numbers, so not
+    # deduplicated; a kill between the two stores one of them). A tag event stored twice
+    # shows only if it takes the excess past that bound: the counters the server exposes
+    # cannot tell it from a create.
     creates = row["event_counter"] - row["acked_seq"]
     if (spot["events_acked"] != spot["events_generated"]
             or row["acked_seq"] != spot["events_generated"]
-            or creates % 2 != 0 or not 2 <= creates <= 2 * (1 + spot["reconnects"])):
+            or not 2 <= creates <= 2 * (1 + spot["reconnects"])):
         wrong.append(f"{serial}: generated {spot['events_generated']} acked "
                      f"{spot['events_acked']} stored {row['event_counter']} highest seq "
                      f"{row['acked_seq']} reconnects {spot['reconnects']}")
@@ -118,7 +119,7 @@ ok = status == 0 and not wrong
 print(f"kill9-soak   {'PASS' if ok else 'FAIL'}  {cycles} kill -9 cycles, "
       f"{t['events_generated']} generated, {t['events_acked']} acked, "
       f"{t['events_resent']} resent, {t['reconnects']} reconnects, "
-      f"stored exactly once for {len(summary['per_spot']) - len(wrong)} of "
+      f"stored as acknowledged for {len(summary['per_spot']) - len(wrong)} of "
       f"{len(summary['per_spot'])} spots, emulator exit {status}, server rss {rss} MiB"
       + ("; " + "; ".join(wrong[:5]) if wrong else ""))
 sys.exit(0 if ok else 1)
