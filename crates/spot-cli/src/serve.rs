@@ -133,13 +133,44 @@ pub struct Args {
         deserialize_with = "seconds"
     )]
     body_idle_timeout: Option<f64>,
+    /// Seconds from accepting an HTTP connection to the end of its first request head (TLS
+    /// handshake included); a connection that says nothing is closed [default: 10].
+    #[arg(
+        long = "request-head-timeout-secs",
+        env = "SPOT_REQUEST_HEAD_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(rename = "request-head-timeout-secs", deserialize_with = "seconds")]
+    request_head_timeout: Option<f64>,
     /// Most open connections (HTTP and raw TCP each) [default: 10000].
     #[arg(long, env = "SPOT_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Most open connections from one client address (HTTP and raw TCP each); a NAT with
+    /// hundreds of spots fits the default [default: 1000].
+    #[arg(long, env = "SPOT_MAX_CONNECTIONS_PER_ADDRESS")]
+    max_connections_per_address: Option<usize>,
+    /// Most HTTP connections that have not yet sent a request; past it (or at
+    /// max-connections) the oldest of them is closed for a new one [default: a tenth of
+    /// max-connections, at least 64].
+    #[arg(long, env = "SPOT_MAX_UNIDENTIFIED_CONNECTIONS")]
+    max_unidentified_connections: Option<usize>,
+    /// Most HTTP connections that are push streams (/api/ws, /api/stream); past it `503`
+    /// [default: a tenth of max-connections, at least 64].
+    #[arg(long, env = "SPOT_MAX_STREAM_CONNECTIONS")]
+    max_stream_connections: Option<usize>,
+    /// Most HTTP connections that are API clients (neither a spot's POST nor a push
+    /// stream); past it `503`. Spots are bounded by max-connections only
+    /// [default: a tenth of max-connections, at least 64].
+    #[arg(long, env = "SPOT_MAX_API_CONNECTIONS")]
+    max_api_connections: Option<usize>,
     /// Connections over max-connections answered `503` at the same time; past it they are
     /// closed unanswered (a flood costs neither tasks nor descriptors) [default: 64].
     #[arg(long, env = "SPOT_MAX_REFUSALS")]
     max_refusals: Option<usize>,
+    /// The newest derived events kept in memory, which the REST API serves (/api/events,
+    /// a resource's events); see docs/memory.md [default: 100000].
+    #[arg(long, env = "SPOT_EVENTS_MAX_IN_MEMORY", value_name = "N")]
+    events_max_in_memory: Option<usize>,
     /// Upstream events waiting for the core before ingest stops reading (backpressure to
     /// the spots, which keep their events); bounds acknowledgement latency under overload
     /// [default: 4096].
@@ -275,8 +306,18 @@ impl Args {
             max_headers: self.max_headers.or(lower.max_headers),
             header_timeout: self.header_timeout.or(lower.header_timeout),
             body_idle_timeout: self.body_idle_timeout.or(lower.body_idle_timeout),
+            request_head_timeout: self.request_head_timeout.or(lower.request_head_timeout),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(lower.max_connections_per_address),
+            max_unidentified_connections: self
+                .max_unidentified_connections
+                .or(lower.max_unidentified_connections),
+            max_stream_connections: self.max_stream_connections.or(lower.max_stream_connections),
+            max_api_connections: self.max_api_connections.or(lower.max_api_connections),
             max_refusals: self.max_refusals.or(lower.max_refusals),
+            events_max_in_memory: self.events_max_in_memory.or(lower.events_max_in_memory),
             core_queue_events: self.core_queue_events.or(lower.core_queue_events),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
@@ -375,8 +416,22 @@ impl Args {
                     self.body_idle_timeout,
                     limits.body_idle_timeout,
                 )?,
+                request_head_timeout: secs_or(
+                    "request-head-timeout-secs",
+                    self.request_head_timeout,
+                    limits.request_head_timeout,
+                )?,
                 max_connections: self.max_connections.unwrap_or(limits.max_connections),
+                max_connections_per_address: self
+                    .max_connections_per_address
+                    .unwrap_or(limits.max_connections_per_address),
+                max_unidentified_connections: self.max_unidentified_connections,
+                max_stream_connections: self.max_stream_connections,
+                max_api_connections: self.max_api_connections,
                 max_refusals: self.max_refusals.unwrap_or(limits.max_refusals),
+                events_max_in_memory: self
+                    .events_max_in_memory
+                    .unwrap_or(limits.events_max_in_memory),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 shutdown_grace: secs_or(
                     "shutdown-grace-secs",

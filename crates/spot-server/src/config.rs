@@ -63,6 +63,12 @@ pub struct ServerLimits {
     /// Time to receive a request's headers, also the idle time allowed on a keep-alive
     /// connection between requests. Default 30 s. Past it: the connection is closed.
     pub header_read_timeout: Duration,
+    /// Time from accepting an HTTP connection to the end of its first request head (the
+    /// TLS handshake included; never more than `header_read_timeout`): a connection says
+    /// what it is at once or goes. Default
+    /// 10 s: a spot on a slow cellular or satellite link needs a few round trips (TCP,
+    /// TLS, the head) of up to a second or two each. Past it: the connection is closed.
+    pub request_head_timeout: Duration,
     /// Longest gap between two pieces of a request body (slow senders). Default 30 s.
     /// Past it: `408`, connection closed.
     pub body_idle_timeout: Duration,
@@ -73,6 +79,26 @@ pub struct ServerLimits {
     /// file limit with both listeners full). Past it: HTTP gets `503` (see
     /// `max_refusals`) and is closed; TCP is closed.
     pub max_connections: usize,
+    /// Most open connections from one client address (HTTP and TCP each). Default 1,000:
+    /// a site with hundreds of spots behind one NAT address holds one connection per
+    /// spot (two while one reconnects), while one address cannot take more than a tenth
+    /// of the default `max_connections`. Raise it for more spots behind one address.
+    /// Past it: as over `max_connections`.
+    pub max_connections_per_address: usize,
+    /// Most HTTP connections that have not yet sent their first request head. Default
+    /// (`None`): a tenth of `max_connections`, at least 64. Past it, and when
+    /// `max_connections` is reached, a new connection takes the slot of the oldest of them,
+    /// which is closed: silent connections give way to clients that speak.
+    pub max_unidentified_connections: Option<usize>,
+    /// Most HTTP connections that are push streams (`/api/ws`, `/api/stream`, counted from
+    /// their first request). Default (`None`): a tenth of `max_connections`, at least 64.
+    /// Past it: `503`.
+    pub max_stream_connections: Option<usize>,
+    /// Most HTTP connections that are API clients (any first request other than a spot's
+    /// POST and a push stream). Default (`None`): a tenth of `max_connections`, at least
+    /// 64. Past it: `503`. Spots are bounded by `max_connections` only: with the defaults,
+    /// at least 70% of the connections are theirs whatever the others do.
+    pub max_api_connections: Option<usize>,
     /// Most HTTP connections over `max_connections` being answered `503` at once (each
     /// for at most 5 s). Default 64. Past it: closed at once, unanswered, so that a flood
     /// grows neither tasks nor file descriptors.
@@ -82,6 +108,10 @@ pub struct ServerLimits {
     pub tcp_idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests. Default 10 s.
     pub shutdown_grace: Duration,
+    /// The newest derived events kept in memory, which the REST API serves
+    /// (`/api/events`, a resource's events); the push outlets' resumption reads `spot.db`.
+    /// Default 100,000 (see `docs/memory.md` for what they cost).
+    pub events_max_in_memory: usize,
     /// Messages without events (stream begin and end, API changes, ticks) queued to the
     /// core before senders wait; messages with events count in `core_queue_events`.
     /// Default 4096.
@@ -101,17 +131,39 @@ impl Default for ServerLimits {
             max_headers: 64,
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            request_head_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             max_post_duration: Duration::from_secs(300),
             max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            max_unidentified_connections: None,
+            max_stream_connections: None,
+            max_api_connections: None,
             max_refusals: 64,
             tcp_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            events_max_in_memory: 100_000,
             core_queue: 4096,
             core_queue_events: 4096,
         }
     }
 }
+impl ServerLimits {
+    /// The time a new connection has for its TLS handshake and first request head.
+    pub fn first_head_timeout(&self) -> Duration {
+        self.request_head_timeout.min(self.header_read_timeout)
+    }
+
+    /// A share of `max_connections`: `configured`, else a tenth but at least 64 (a small
+    /// server's clients connecting at once do not crowd each other out); never more than
+    /// `max_connections`, never 0.
+    pub fn connection_share(&self, configured: Option<usize>) -> usize {
+        configured
+            .unwrap_or((self.max_connections / 10).max(64))
+            .clamp(1, self.max_connections.max(1))
+    }
+}
+
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use crate::accept::Connections;
 use crate::access::Access;
 use crate::config::ServerLimits;
 use crate::domain::Domain;
@@ -12,7 +13,7 @@ use crate::shutdown::Phase;
 use crate::{outlets, pipeline};
 
 /// What every connection task holds: the way to the pipeline, the live state's read
-/// side, the counters, the bounds, the connection slots, the outlets, access control and
+/// side, the counters, the bounds, the open connections, the outlets, access control and
 /// the server's phase.
 #[derive(Debug)]
 pub struct Context {
@@ -24,10 +25,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Bounds.
     pub limits: ServerLimits,
-    /// HTTP connection slots.
-    pub http_slots: Arc<Semaphore>,
-    /// TCP connection slots.
-    pub tcp_slots: Arc<Semaphore>,
+    /// The open HTTP connections and their budget.
+    pub http_connections: Arc<Connections>,
+    /// The open raw TCP connections and their budget.
+    pub tcp_connections: Arc<Connections>,
     /// The push layer (hub, outlets, their router).
     pub outlets: outlets::Outlets,
     /// API keys and spot admission.

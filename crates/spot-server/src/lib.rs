@@ -3,8 +3,9 @@
 //! The modules are layered; each uses only those above it in this list:
 //!
 //! - leaves: [`access`] (API keys with roles, spot admission, the failed-authentication
-//!   limit; `<data>/access.db`), [`accept`] (the listeners' accept loop: connection slots, bounded refusals),
-//!   [`clock`] (the one wall-clock read), [`config`] ([`ServerConfig`],
+//!   limit; `<data>/access.db`), [`accept`] (the listeners' accept loop: connection
+//!   budgets per class and address, silent connections evicted for new ones, bounded
+//!   refusals), [`clock`] (the one wall-clock read), [`config`] ([`ServerConfig`],
 //!   [`ServerLimits`]), [`ids`], [`metrics`], [`shutdown`] (the [`Phase`] connection tasks
 //!   watch).
 //! - [`domain`]: the sans-IO live state: spots, locations, items, presences, the derived

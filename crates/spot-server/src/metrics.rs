@@ -41,6 +41,15 @@ pub struct Metrics {
     /// Of those, HTTP connections closed without the `503` because `max-refusals`
     /// refusals were under way.
     pub connections_refused_unanswered: AtomicU64,
+    /// HTTP connections closed before their first request head to make room for a new
+    /// connection.
+    pub connections_evicted: AtomicU64,
+    /// HTTP connections closed for sending no request head within
+    /// `request_head_timeout`.
+    pub connections_head_timeouts: AtomicU64,
+    /// HTTP connections closed because their client took nothing written for the write
+    /// timeout (it stopped reading).
+    pub connections_write_stalled: AtomicU64,
     ack_buckets: [AtomicU64; ACK_BUCKETS.len()],
     ack_count: AtomicU64,
     ack_sum_micros: AtomicU64,
@@ -51,6 +60,9 @@ pub struct Metrics {
 pub struct Gauges {
     /// Spots online now; `None` while the live state is unavailable (the series is left out).
     pub spots_online: Option<usize>,
+    /// Spots, items, presences and derived events in memory held by the live state
+    /// (`None` as for `spots_online`).
+    pub state_sizes: Option<[usize; 4]>,
     /// Open HTTP connections (TLS included).
     pub connections_http: usize,
     /// Open raw TCP connections.
@@ -123,6 +135,21 @@ impl Metrics {
                 "Connections over the limit closed without an answer (refusals bounded).",
                 &self.connections_refused_unanswered,
             ),
+            (
+                "spot_connections_evicted_total",
+                "Connections closed before their first request to make room for a new one.",
+                &self.connections_evicted,
+            ),
+            (
+                "spot_connections_head_timeouts_total",
+                "Connections closed for sending no request head in time.",
+                &self.connections_head_timeouts,
+            ),
+            (
+                "spot_connections_write_stalled_total",
+                "Connections closed because their client stopped reading.",
+                &self.connections_write_stalled,
+            ),
         ];
         for (name, help, value) in counters {
             family(&mut out, name, "counter", help);
@@ -170,6 +197,24 @@ impl Gauges {
         if let Some(online) = self.spots_online {
             family(out, "spot_spots_online", "gauge", "Spots online now.");
             let _ = writeln!(out, "spot_spots_online {online}");
+        }
+        if let Some(sizes) = self.state_sizes {
+            let names = [
+                ("spot_spots", "Spots the live state holds."),
+                (
+                    "spot_items",
+                    "Items the live state holds (every item ever seen).",
+                ),
+                ("spot_presences", "Presences the live state holds."),
+                (
+                    "spot_events_in_memory",
+                    "Derived events held in memory for the REST API (events-max-in-memory).",
+                ),
+            ];
+            for ((name, help), value) in names.into_iter().zip(sizes) {
+                family(out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
         }
         family(
             out,
@@ -293,6 +338,7 @@ mod tests {
         let mut out = String::new();
         Gauges {
             spots_online: None,
+            state_sizes: None,
             connections_http: 2,
             connections_tcp: 1,
             pipeline_queued_events: 7,

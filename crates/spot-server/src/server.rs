@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
+use crate::accept::{Budget, Connections};
 use crate::access::{self, Access, AccessError, AdmissionMode};
 use crate::clock::now_ms;
 use crate::config::ServerConfig;
@@ -319,6 +320,7 @@ impl Server {
         let mut domain = Domain::new(DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
             events_retention_ms: config.events_retention.as_millis() as i64,
+            events_max_in_memory: config.limits.events_max_in_memory,
             ..DomainConfig::default()
         });
         let started = std::time::Instant::now();
@@ -344,7 +346,10 @@ impl Server {
         let (journal, id_last) = store.unflushed_journal(config.repair_journal)?;
         domain.restore_ids(id_last);
         domain
-            .load_events(store.load_events(domain.retention_cutoff(now))?)
+            .load_events(store.load_events(
+                domain.retention_cutoff(now),
+                config.limits.events_max_in_memory,
+            )?)
             .map_err(ServerError::Corrupt)?;
         if !journal.is_empty() {
             let entries = journal.len();
@@ -393,8 +398,11 @@ impl Server {
             pipeline: core_tx,
             domain,
             metrics,
-            http_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-            tcp_slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            http_connections: Connections::new(http_budget(&config.limits)),
+            tcp_connections: Connections::new(Budget {
+                unidentified: 0,
+                ..http_budget(&config.limits)
+            }),
             limits: config.limits.clone(),
             outlets: push,
             access: access.clone(),
@@ -407,6 +415,7 @@ impl Server {
             shutdown_rx.clone(),
             done_tx.clone(),
             tls,
+            config.push.stream.ws_send_timeout,
         ))];
         if let Some(listener) = tcp_listener {
             tasks.push(tokio::spawn(tcp::serve(
@@ -504,9 +513,7 @@ impl Server {
             .await
             .is_err()
         {
-            let open = self.shared.limits.max_connections * 2
-                - self.shared.http_slots.available_permits()
-                - self.shared.tcp_slots.available_permits();
+            let open = self.shared.http_connections.open() + self.shared.tcp_connections.open();
             tracing::warn!("shutdown: {open} connections still open after {grace:?}; closing them");
             let _ = self.shutdown.send(Phase::Closing);
             // Dropped connection tasks release their slots at once.
@@ -565,4 +572,16 @@ pub enum Stopped {
     /// The last commit kept failing (e.g. a full disk) and was given up after the grace:
     /// its events were not acknowledged (the spots resend them).
     CommitFailing,
+}
+
+/// The HTTP listener's connection budget (the raw TCP listener's too: there every
+/// connection is a spot).
+fn http_budget(limits: &crate::ServerLimits) -> Budget {
+    Budget {
+        total: limits.max_connections,
+        per_address: limits.max_connections_per_address,
+        unidentified: limits.connection_share(limits.max_unidentified_connections),
+        streams: limits.connection_share(limits.max_stream_connections),
+        api: limits.connection_share(limits.max_api_connections),
+    }
 }

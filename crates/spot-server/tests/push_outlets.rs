@@ -547,3 +547,78 @@ async fn events_committed_while_the_broker_is_down_reach_it_after_a_server_resta
     assert_ne!(first, second, "the presence of the second item");
     server.shutdown().await;
 }
+
+/// `spot_connections_open{transport="http"}` and `spot_connections_write_stalled_total`
+/// from a scrape (its own connection included in the first).
+async fn connection_gauges(addr: SocketAddr) -> (u64, u64) {
+    let (status, text) = metrics(addr).await;
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(prefix));
+        let line = line.unwrap_or_else(|| panic!("{prefix} in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (
+        value("spot_connections_open{transport=\"http\"} "),
+        value("spot_connections_write_stalled_total "),
+    )
+}
+
+/// Issue 13 item 6: a stalled SSE client's stream was ended after the send timeout, but
+/// its TCP connection (and its slot) stayed open: hyper waits for the full socket and no
+/// longer polls the body. A write pending for the send timeout now ends the connection.
+#[tokio::test]
+async fn a_stalled_sse_client_loses_its_connection_after_the_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _dir) = start(|c| {
+        c.push.stream.ws_send_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let addr = server.http_addr();
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /api/stream HTTP/1.1\r\nHost: spot\r\nX-Api-Key: {}\r\n\r\n",
+        admin_key(addr)
+    );
+    client.write_all(request.as_bytes()).await.expect("request");
+    let hub = server.context().outlets.hub();
+    let sse_subscriptions = || {
+        let stats = hub.stats();
+        let sse = stats.outlets.iter().find(|o| o.outlet == "sse");
+        sse.map_or(0, |o| o.subscriptions)
+    };
+    for _ in 0..500 {
+        if sse_subscriptions() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(sse_subscriptions(), 1, "the stream is open");
+    assert_eq!(
+        connection_gauges(addr).await,
+        (2, 0),
+        "the stream and the scrape"
+    );
+    // 64 MiB in all, never read: more than loopback socket buffers hold.
+    let big = "x".repeat(64 * 1024);
+    for id in 1..=1024 {
+        let event = spot_push::Published::from_value(id, "items/1/created", &json!({ "big": big }))
+            .expect("event");
+        hub.publish(event);
+        if id % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..500 {
+        if connection_gauges(addr).await == (1, 1) {
+            drop(client);
+            server.shutdown().await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the stalled client's connection is still open: {:?}",
+        connection_gauges(addr).await
+    );
+}

@@ -229,3 +229,42 @@ async fn one_router_serves_every_path_with_json_errors() {
     assert_eq!(status, 200);
     server.shutdown().await;
 }
+
+/// Issue 13 item 7: the derived events the REST API serves from memory are bounded by
+/// `events_max_in_memory`, also when they are loaded again at a restart.
+#[tokio::test]
+async fn events_kept_in_memory_are_at_most_events_max_in_memory_also_after_a_restart() {
+    let limits = spot_server::ServerLimits {
+        events_max_in_memory: 5,
+        ..spot_server::ServerLimits::default()
+    };
+    let (server, dir) = start(|c| c.limits = limits.clone()).await;
+    let mut conn = Raw::connect(server.http_addr()).await;
+    let mut body = spot_create(301, 1);
+    for i in 0..20 {
+        body.extend(presence("create", &format!("{i:024x}"), "near", None));
+    }
+    assert_eq!(conn.post("301", &[&body]).await.status, 200);
+    let newest = |events: &Value| -> Vec<String> {
+        let results = events["results"].as_array().expect("results");
+        let ids = results
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string());
+        ids.collect()
+    };
+    let (_, before) = get(server.http_addr(), "/api/events?limit=1000&sort=id").await;
+    assert_eq!(newest(&before).len(), 5, "{before}");
+    server.shutdown().await;
+    let server = common::bind(spot_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        sync: spot_server::Durability::Normal,
+        limits,
+        ..spot_server::ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let (_, after) = get(server.http_addr(), "/api/events?limit=1000&sort=id").await;
+    assert_eq!(newest(&after), newest(&before), "the same newest five");
+    server.shutdown().await;
+}

@@ -192,15 +192,11 @@ where
 /// The `/metrics` text: the server's counters, the gauges read now, the outlets' metrics,
 /// access control's, then the process metrics.
 pub fn metrics_text(ctx: &Context) -> String {
-    let open = |slots: &tokio::sync::Semaphore| {
-        ctx.limits
-            .max_connections
-            .saturating_sub(slots.available_permits())
-    };
     let gauges = Gauges {
         spots_online: ctx.live_state().ok().map(|d| d.spots_online()),
-        connections_http: open(&ctx.http_slots),
-        connections_tcp: open(&ctx.tcp_slots),
+        state_sizes: ctx.live_state().ok().map(|d| d.sizes()),
+        connections_http: ctx.http_connections.open(),
+        connections_tcp: ctx.tcp_connections.open(),
         pipeline_queued_events: ctx.pipeline.queued_events(),
     };
     let mut out = ctx.metrics.render();

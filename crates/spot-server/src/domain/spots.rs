@@ -24,6 +24,17 @@ impl Domain {
         self.spots_online
     }
 
+    /// How many spots, items and presences the live state holds, and derived events in
+    /// memory: what its memory grows with (`docs/memory.md`).
+    pub fn sizes(&self) -> [usize; 4] {
+        [
+            self.spots.len(),
+            self.items.len(),
+            self.presences.len(),
+            self.events.len(),
+        ]
+    }
+
     /// The highest sequence stored for the spot in its current epoch (0: none or unknown).
     pub fn acked_seq(&self, serial: &str) -> u64 {
         self.spot_by_serial(serial).map_or(0, |s| s.acked_seq)

@@ -196,7 +196,9 @@ mod tests {
             .collect();
         assert_eq!(texts, journaled, "the journal reads back line by line");
         let mut rebuilt = Domain::new(DomainConfig::default());
-        rebuilt.load_events(store.load_events(0).unwrap()).unwrap();
+        rebuilt
+            .load_events(store.load_events(0, usize::MAX).unwrap())
+            .unwrap();
         rebuilt.replay(journal).unwrap();
         for c in ["spots", "locations", "items", "presences", "events"] {
             let original = live.collection(c);

@@ -42,16 +42,18 @@ pub async fn serve(
     done: mpsc::Sender<()>,
 ) {
     let slots = accept::Slots {
-        connections: shared.tcp_slots.clone(),
+        connections: shared.tcp_connections.clone(),
+        class: Some(accept::Class::Spot),
         refusal: accept::Refusal::Close,
     };
-    let connection = |stream, peer: std::net::SocketAddr| {
+    let connection = |stream, peer: std::net::SocketAddr, admitted| {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         async move {
             if let Err(e) = ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
                 tracing::info!(%peer, "tcp stream ended: {e}");
             }
+            drop(admitted);
         }
     };
     let metrics = shared.metrics.clone();

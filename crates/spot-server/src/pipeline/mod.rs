@@ -847,8 +847,12 @@ mod tests {
         fn take_loaded_rows(&mut self) -> crate::store::checkpoint::LoadedRows {
             self.inner.take_loaded_rows()
         }
-        fn load_events(&self, since: i64) -> Result<Vec<String>, crate::store::StoreError> {
-            self.inner.load_events(since)
+        fn load_events(
+            &self,
+            since: i64,
+            max: usize,
+        ) -> Result<Vec<String>, crate::store::StoreError> {
+            self.inner.load_events(since, max)
         }
         fn unflushed_journal(
             &self,

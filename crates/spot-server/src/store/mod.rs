@@ -109,8 +109,9 @@ pub trait Store: Send {
     fn take_loaded_rows(&mut self) -> LoadedRows;
 
     /// The derived event documents of the batches whose newest event is at or after
-    /// `since` (Unix ms), oldest first, for the live state's in-memory log.
-    fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError>;
+    /// `since` (Unix ms), oldest first, at most the newest `max` of them, for the live
+    /// state's in-memory log.
+    fn load_events(&self, since: i64, max: usize) -> Result<Vec<String>, StoreError>;
 
     /// The journal entries written after the last checkpoint, in order, and the id
     /// generator's state at that checkpoint.
@@ -373,12 +374,13 @@ impl Store for SqliteStore {
         std::mem::take(&mut self.loaded)
     }
 
-    /// The derived events at or after `since` (Unix ms), oldest first.
+    /// The derived events at or after `since` (Unix ms), oldest first, at most the newest
+    /// `max` (older ones are let go while reading: a day of events is never held at once).
     ///
     /// A batch is returned whole when its newest event is at or after `since` (its older
     /// events are dropped by the domain's own retention sweep).
-    fn load_events(&self, since: i64) -> Result<Vec<String>, StoreError> {
-        let mut docs = Vec::new();
+    fn load_events(&self, since: i64, max: usize) -> Result<Vec<String>, StoreError> {
+        let mut docs = std::collections::VecDeque::new();
         for_each_batch(
             &self.conn,
             "SELECT id, docs FROM event_batches WHERE time_last >= ?1 ORDER BY id",
@@ -390,10 +392,13 @@ impl Store for SqliteStore {
                         .lines()
                         .map(str::to_string),
                 );
+                while docs.len() > max {
+                    docs.pop_front();
+                }
                 Ok(ControlFlow::Continue(()))
             },
         )?;
-        Ok(docs)
+        Ok(docs.into())
     }
 
     /// The journal batches the rows loaded at open do not cover, oldest first, and the id
@@ -645,17 +650,22 @@ mod tests {
             "a flush's rows, written by the row writer"
         );
         assert_eq!(
-            store.load_events(0).unwrap(),
+            store.load_events(0, usize::MAX).unwrap(),
             vec!["{\"x\":1}", "{\"x\":2}", "{\"x\":3}"]
         );
         assert_eq!(
-            store.load_events(1_001).unwrap().len(),
+            store.load_events(1_001, usize::MAX).unwrap().len(),
             3,
             "a batch with a recent event is loaded whole"
         );
+        assert_eq!(
+            store.load_events(0, 2).unwrap(),
+            vec!["{\"x\":2}", "{\"x\":3}"],
+            "the newest, at most max"
+        );
         store.prune(2_000).unwrap();
         assert_eq!(store.upstream_events("203").unwrap().len(), 1);
-        assert_eq!(store.load_events(0).unwrap(), vec!["{\"x\":3}"]);
+        assert_eq!(store.load_events(0, usize::MAX).unwrap(), vec!["{\"x\":3}"]);
     }
 
     #[test]
@@ -772,7 +782,7 @@ mod tests {
             assert_eq!(kind, "blob");
             assert!(size < 200, "2 kB of repetitive JSON stored in {size} bytes");
             assert_eq!(
-                store.load_events(0).unwrap(),
+                store.load_events(0, usize::MAX).unwrap(),
                 vec!["{\"old\":1}".to_string(), doc]
             );
         }
