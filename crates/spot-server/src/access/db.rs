@@ -467,8 +467,15 @@ impl AccessDb {
     }
 }
 
-/// Writes `text` to `path`, readable and writable by its owner only.
+/// Writes `text` to `path`, readable and writable by its owner only; whole or not at all
+/// (written beside it, then renamed: a reader never sees half a key).
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("key.partial");
+    write_private_file(&partial, text)?;
+    std::fs::rename(&partial, path)
+}
+
+fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
