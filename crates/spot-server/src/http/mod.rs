@@ -32,8 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::accept::{self, Admitted, Class};
-use crate::context::{Context, StateUnavailable};
-use crate::response::unavailable_state;
+use crate::context::Context;
 use crate::shutdown::{phase_reached, Phase};
 
 /// A connection's byte stream, plain or TLS.
@@ -222,21 +221,9 @@ fn handshake_failed(log: &Mutex<LogRate>, peer: SocketAddr, reason: impl FnOnce(
     }
 }
 
-/// Answers one HTTP request with the router (WebSocket upgrades included). Once the
-/// pipeline has failed (a panic in a state owner: the live state may be half-applied,
-/// nothing commits) only `/metrics`, `/healthz` and `/readyz` are served; everything else is
-/// answered `503`, saying why.
-async fn dispatch(
-    req: Request<Incoming>,
-    router: &axum::Router,
-    shared: &Context,
-) -> Response<axum::body::Body> {
-    if let Some(failure) = shared.pipeline.failure() {
-        if !router::served_after_pipeline_failure(req.uri().path()) {
-            return unavailable_state(&StateUnavailable(failure.to_string()))
-                .map(axum::body::Body::new);
-        }
-    }
+/// Answers one HTTP request with the router (WebSocket upgrades included; the router
+/// answers `503` once the pipeline has failed, behind the key check).
+async fn dispatch(req: Request<Incoming>, router: &axum::Router) -> Response<axum::body::Body> {
     spot_push::call_router(router, router::without_trailing_slash(req)).await
 }
 
@@ -260,9 +247,9 @@ impl Listener {
         let conn = builder.serve_connection(
             TokioIo::new(io),
             service_fn(move |mut req: Request<Incoming>| {
-                let (router, shared) = (router.clone(), shared.clone());
+                let router = router.clone();
                 req.extensions_mut().insert(auth::Peer(peer));
-                async move { Ok::<_, Infallible>(dispatch(req, &router, &shared).await) }
+                async move { Ok::<_, Infallible>(dispatch(req, &router).await) }
             }),
         );
         let conn = conn.with_upgrades(); // WebSocket (push)
@@ -361,6 +348,11 @@ mod tests {
             assert!(answer.starts_with("HTTP/1.1 503"), "{request}: {answer}");
             assert!(answer.contains("injected by a test"), "{answer}");
         }
+        // Without a key: 401, and nothing of the failure.
+        let anonymous = "GET /api/spots HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let answer = exchange(addr, anonymous).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(!answer.contains("injected by a test"), "{answer}");
         let metrics = get.replace("/api/spots", "/metrics");
         assert!(exchange(addr, &metrics).await.starts_with("HTTP/1.1 200"));
         server.shutdown().await;

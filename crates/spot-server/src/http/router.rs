@@ -39,9 +39,19 @@ type Ctx = State<Arc<Context>>;
 /// The router over `ctx`.
 pub fn router(ctx: Arc<Context>) -> Router {
     let (router, _) = routes().split_for_parts();
-    let router = router.fallback(not_found).with_state(ctx.clone()).layer(
-        axum::middleware::from_fn_with_state(ctx.clone(), auth::check),
-    );
+    // The last layer is the outermost: who may call comes before what the server says of
+    // its own failure.
+    let router = router
+        .fallback(not_found)
+        .with_state(ctx.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            failure_gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::check,
+        ));
     match auth::cors(&ctx.access.config().cors_origins) {
         Some(cors) => router.layer(cors),
         None => router,
@@ -82,6 +92,20 @@ pub fn served_after_pipeline_failure(path: &str) -> bool {
         path.trim_end_matches('/'),
         "/metrics" | "/healthz" | "/readyz"
     )
+}
+
+/// Once the pipeline has failed (a panic in a state owner: the live state may be
+/// half-applied, nothing commits), answers `503` saying why, except on the paths of
+/// [`served_after_pipeline_failure`]. Behind the key check: an unauthenticated caller learns
+/// nothing of the failure.
+async fn failure_gate(State(ctx): Ctx, req: Request, next: axum::middleware::Next) -> Response {
+    if let Some(failure) = ctx.pipeline.failure() {
+        if !served_after_pipeline_failure(req.uri().path()) {
+            let why = crate::context::StateUnavailable(failure.to_string());
+            return full(crate::response::unavailable_state(&why));
+        }
+    }
+    next.run(req).await
 }
 
 /// `route` answering its other methods `405` with `Allow`: the methods of its operations.
