@@ -97,7 +97,8 @@ fn presented_key(req: &Request) -> (Option<String>, Option<Uri>) {
                 .eq_ignore_ascii_case("bearer")
                 .then(|| token.trim().to_string())
         });
-    let Some(query) = req.uri().query() else {
+    // Most queries carry no key: they are not parsed and rebuilt.
+    let Some(query) = req.uri().query().filter(|q| q.contains("key=")) else {
         return (header_key, None);
     };
     let mut query_key = None;

@@ -479,13 +479,13 @@ async fn delete_subscription(State(ctx): Ctx, req: Request) -> Response {
 mod tests {
     use std::time::Duration;
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use crate::pipeline::PipelineMsg;
     use crate::{Durability, Server, ServerConfig};
 
-    /// After a panic in the pipeline (a restart is needed) both checks fail, saying why,
-    /// without a key; the rest of the API stays refused.
-    #[tokio::test]
-    async fn healthz_and_readyz_fail_saying_why_once_the_pipeline_failed() {
+    /// A server on port 0 with a fresh data directory (kept by the caller).
+    async fn server() -> (Server, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::bind(ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -495,6 +495,14 @@ mod tests {
         })
         .await
         .unwrap();
+        (server, dir)
+    }
+
+    /// After a panic in the pipeline (a restart is needed) both checks fail, saying why,
+    /// without a key; the rest of the API stays refused.
+    #[tokio::test]
+    async fn healthz_and_readyz_fail_saying_why_once_the_pipeline_failed() {
+        let (server, _dir) = server().await;
         let addr = server.http_addr();
         let get = |path: &str| {
             let url = format!("http://{addr}{path}");
@@ -530,6 +538,63 @@ mod tests {
             assert!(error.contains("restart the server"), "{path}: {error}");
         }
         assert_eq!(get("/").await.0, 503);
+        server.shutdown().await;
+    }
+
+    /// Sends `request` on a new connection and reads until the server closes it.
+    async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("answered")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Risk 7 of issue 11: after a panic in the pipeline, the poisoned live state was read
+    /// through and served, and ingest went on.
+    #[tokio::test]
+    async fn a_panic_in_the_pipeline_answers_503_saying_why_instead_of_serving_its_state() {
+        let (server, dir) = server().await;
+        let addr = server.http_addr();
+        let key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+        let get = format!(
+            "GET /api/spots HTTP/1.1\r\nHost: t\r\nX-Api-Key: {}\r\nConnection: close\r\n\r\n",
+            key.trim()
+        );
+        let get = get.as_str();
+        assert!(exchange(addr, get).await.starts_with("HTTP/1.1 200"));
+        let pipeline = &server.context().pipeline;
+        pipeline.send(PipelineMsg::Panic).await.unwrap();
+        for _ in 0..100 {
+            if pipeline.failure().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let failure = pipeline.failure().expect("the pipeline says it failed");
+        assert!(failure.contains("injected by a test"), "{failure}");
+        assert!(server.context().domain.is_poisoned());
+        for request in [
+            get.to_string(),
+            "POST /api/spots/9/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Content-Length: 0\r\n\r\n"
+                .to_string(),
+        ] {
+            let answer = exchange(addr, &request).await;
+            assert!(answer.starts_with("HTTP/1.1 503"), "{request}: {answer}");
+            assert!(answer.contains("injected by a test"), "{answer}");
+        }
+        // Without a key: 401, and nothing of the failure.
+        let anonymous = "GET /api/spots HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let answer = exchange(addr, anonymous).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(!answer.contains("injected by a test"), "{answer}");
+        let metrics = get.replace("/api/spots", "/metrics");
+        assert!(exchange(addr, &metrics).await.starts_with("HTTP/1.1 200"));
         server.shutdown().await;
     }
 }
