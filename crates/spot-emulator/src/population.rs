@@ -18,12 +18,9 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use spot_protocol::{Action, Event, EventKind, Hit, Presence, Proximity, Timestamp};
+use spot_protocol::{Action, Event, EventKind, Hit, Presence, Proximity, Timestamp, EPC_GEN2};
 
 use crate::rng::{mix, Rng};
-
-/// The code type every simulated item has.
-pub const EPC_GEN2: &str = "EPC Gen2";
 
 /// Shape of the population (fixed for a run).
 #[derive(Debug, Clone, PartialEq)]

@@ -9,10 +9,29 @@
 //! Equality is semantic: `2014-02-24T08:31:46.29Z` and `2014-02-24T08:31:46.290Z` are the
 //! same [`Timestamp`]; `"spot_id":"201"` and `"spot_id":201` are the same serial.
 
+use std::borrow::Cow;
+
 use crate::time::Timestamp;
 
 /// A JSON object whose key order is kept (serde_json with `preserve_order`).
 pub type Object = serde_json::Map<String, serde_json::Value>;
+
+/// The technology of an item code (`item_codetype`, e.g. `EPC Gen2`). Nearly every event
+/// carries one of a handful of names: [`codetype`] gives those without an allocation
+/// (decoders call it per event), any other is kept as sent.
+pub type CodeType = Cow<'static, str>;
+
+/// `EPC Gen2`, the code type of UHF RFID tags (almost every event's).
+pub const EPC_GEN2: &str = "EPC Gen2";
+
+/// The [`CodeType`] for `text`: borrowed from a static name where it is a common one
+/// (no allocation), else a copy.
+pub fn codetype(text: &str) -> CodeType {
+    match text {
+        EPC_GEN2 => Cow::Borrowed(EPC_GEN2),
+        other => Cow::Owned(other.to_owned()),
+    }
+}
 
 /// One event on a spot stream, upstream (spot → server) or downstream (a command).
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +192,7 @@ pub struct Presence {
     /// The item code as sent: hex digits (24 for EPC Gen2).
     pub item_code: Option<String>,
     /// The code's technology, e.g. `EPC Gen2`.
-    pub item_codetype: Option<String>,
+    pub item_codetype: Option<CodeType>,
     /// When the item was first seen in this presence.
     pub time_started: Option<Timestamp>,
     /// When the item was last seen.
@@ -194,7 +213,7 @@ pub struct Hit {
     /// The item code as sent.
     pub item_code: Option<String>,
     /// The code's technology.
-    pub item_codetype: Option<String>,
+    pub item_codetype: Option<CodeType>,
     /// The antenna that read it.
     pub antenna: Option<i64>,
     /// Received signal strength (e.g. `-428`, tenths of dBm).
@@ -281,6 +300,36 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_code_type_is_borrowed_and_any_other_kept_as_sent() {
+        assert!(matches!(codetype("EPC Gen2"), Cow::Borrowed(EPC_GEN2)));
+        assert!(matches!(codetype("BLE"), Cow::Owned(s) if s == "BLE"));
+        // The JSON and protobuf decoders both give the borrowed one.
+        for encoding in [crate::Encoding::Json, crate::Encoding::Protobuf] {
+            let event = Event::new(EventKind::Hit(
+                Action::Create,
+                Hit {
+                    item_code: Some("ab01".into()),
+                    item_codetype: Some(EPC_GEN2.into()),
+                    ..Hit::default()
+                },
+            ));
+            let mut bytes = Vec::new();
+            crate::Encoder::new(encoding).encode(&event, &mut bytes);
+            let mut decoder = crate::Decoder::new(encoding, crate::Limits::default());
+            decoder.feed(&bytes);
+            decoder.finish();
+            let decoded = decoder.next_event().unwrap().unwrap();
+            let EventKind::Hit(_, hit) = decoded.kind else {
+                panic!("{decoded:?}")
+            };
+            assert!(
+                matches!(hit.item_codetype, Some(Cow::Borrowed(_))),
+                "{encoding:?}"
+            );
+        }
+    }
 
     #[test]
     fn proximity_orders_far_near_immediate() {

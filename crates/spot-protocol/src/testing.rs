@@ -208,7 +208,7 @@ pub fn presence() -> BoxedStrategy<Presence> {
             )| {
                 Presence {
                     item_code,
-                    item_codetype,
+                    item_codetype: item_codetype.map(Into::into),
                     time_started,
                     time_last,
                     proximity,
@@ -234,7 +234,7 @@ pub fn hit() -> BoxedStrategy<Hit> {
             |(time, item_code, item_codetype, antenna, signal_strength, extra)| Hit {
                 time,
                 item_code,
-                item_codetype,
+                item_codetype: item_codetype.map(Into::into),
                 antenna,
                 signal_strength,
                 extra,

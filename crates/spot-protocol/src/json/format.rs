@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::codec::DecodeErrorKind;
 use crate::event::{
-    Action, Config, Event, EventKind, Firmware, Hit, Object, OtherEvent, Presence, Proximity,
-    SpotStatus,
+    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, Object, OtherEvent,
+    Presence, Proximity, SpotStatus,
 };
 use crate::time::Timestamp;
 
@@ -359,6 +359,14 @@ impl<'de> Scalar<'de> {
         }
     }
 
+    /// A string, as a [`CodeType`] (a common one without an allocation).
+    fn into_codetype(self) -> Result<CodeType, Self> {
+        match self {
+            Scalar::Str(s) => Ok(codetype(&s)),
+            other => Err(other),
+        }
+    }
+
     /// A number, or a string holding one (`"30"`).
     fn into_i64(self) -> Result<i64, Self> {
         let n = match &self {
@@ -519,7 +527,7 @@ impl TypedObject for Presence {
     fn take<'de>(&mut self, key: &str, v: Scalar<'de>) -> Result<(), Scalar<'de>> {
         match key {
             "item_code" => self.item_code = Some(v.into_string()?),
-            "item_codetype" => self.item_codetype = Some(v.into_string()?),
+            "item_codetype" => self.item_codetype = Some(v.into_codetype()?),
             "time_started" => self.time_started = Some(v.into_timestamp()?),
             "time_last" => self.time_last = Some(v.into_timestamp()?),
             "proximity" => self.proximity = Some(v.into_proximity()?),
@@ -547,7 +555,7 @@ impl TypedObject for Hit {
         match key {
             "time" => self.time = Some(v.into_timestamp()?),
             "item_code" => self.item_code = Some(v.into_string()?),
-            "item_codetype" => self.item_codetype = Some(v.into_string()?),
+            "item_codetype" => self.item_codetype = Some(v.into_codetype()?),
             "antenna" => self.antenna = Some(v.into_i64()?),
             "signal_strength" => self.signal_strength = Some(v.into_i64()?),
             _ => return Err(v),

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::error::FrameError;
 use super::items::ItemDecoderTable;
-use super::message::{hex_text, EPC_GEN2};
+use super::message::hex_text;
 use super::proto;
 use super::stream::{walk_envelope, walk_event, TimestampDelta};
 use super::wire::{zigzag_decode, Field, WIRE_LEN, WIRE_VARINT};
@@ -473,15 +473,15 @@ impl<'a> ItemFields<'a> {
         Ok(())
     }
 
-    /// `item_codetype`: the common one from field 6 (a fresh copy of its name), any other
-    /// from field 7.
+    /// `item_codetype`: the common one from field 6 (its static name), any other from
+    /// field 7.
     #[inline]
-    fn codetype(&self, message: &'static str) -> Result<Option<String>, FrameError> {
+    fn codetype(&self, message: &'static str) -> Result<Option<CodeType>, FrameError> {
         const UNSPECIFIED: i32 = proto::ItemCodeType::Unspecified as i32;
         const EPC: i32 = proto::ItemCodeType::EpcGen2 as i32;
         match (self.codetype, self.codetype_text) {
-            (UNSPECIFIED, text) => Ok(text.map(str::to_owned)),
-            (EPC, None) => Ok(Some(EPC_GEN2.to_owned())),
+            (UNSPECIFIED, text) => Ok(text.map(codetype)),
+            (EPC, None) => Ok(Some(CodeType::Borrowed(EPC_GEN2))),
             (EPC, Some(_)) => Err(FrameError::BothCodetypes { message }),
             (value, _) => Err(FrameError::UnknownCodetype { message, value }),
         }

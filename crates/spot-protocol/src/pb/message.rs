@@ -5,11 +5,11 @@
 
 use super::items::{CodeRef, ItemEncoderTable};
 use super::proto::{self, frame::Event as Msg};
+use crate::event::EPC_GEN2;
 use crate::event::*;
 use crate::time::Timestamp;
 
 /// The code type sent as [`proto::ItemCodeType::EpcGen2`].
-pub(super) const EPC_GEN2: &str = "EPC Gen2";
 
 /// An item code as carried by fields 1–3 of `Presence` and `Hit`.
 enum CodeForm {
