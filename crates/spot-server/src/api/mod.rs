@@ -6,6 +6,7 @@
 pub mod access;
 pub mod index;
 pub mod query;
+pub mod view;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{HeaderValue, ALLOW};
@@ -22,76 +23,239 @@ use crate::metrics::{render_process, Gauges};
 use crate::pipeline::PipelineMsg;
 use crate::response::{error, json_response, unavailable, unavailable_state, Body};
 
-pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context) -> Response<Body> {
-    let params: Vec<(String, String)> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let no_collection = || {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no collection {collection:?}"),
-            Value::Null,
-        )
-    };
-    if !COLLECTIONS.contains(&collection) {
-        return no_collection();
+/// How a document or a list is written: `.json` (the default) or `.csv` after the
+/// collection or the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON.
+    Json,
+    /// CSV: a header of the fields, a line per document (nested values as JSON).
+    Csv,
+}
+
+/// `name` without its `.json` or `.csv` suffix, and the format it asks for.
+pub fn format_of(name: &str) -> (&str, Format) {
+    if let Some(stem) = name.strip_suffix(".json") {
+        (stem, Format::Json)
+    } else if let Some(stem) = name.strip_suffix(".csv") {
+        (stem, Format::Csv)
+    } else {
+        (name, Format::Json)
     }
-    let query = match Query::parse(collection, &params) {
+}
+
+/// `scheme://host` as the client reached the server: `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` of a proxy (their first values), else the listener's scheme and
+/// `Host`.
+pub fn base_url<B>(req: &Request<B>) -> String {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let listener = req
+        .extensions()
+        .get::<crate::http::Scheme>()
+        .map_or("http", |s| s.0);
+    let scheme = header("x-forwarded-proto").unwrap_or(listener);
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+/// The query's parameters (`key` excepted: the key check took it).
+fn query_params<B>(req: &Request<B>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != "key")
+        .collect()
+}
+
+fn no_collection(collection: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no collection {collection:?}"),
+        Value::Null,
+    )
+}
+
+/// `GET /api/{collection}`: a page of documents. With `timeout_s`, an empty page waits
+/// (awaiting the derived events of each commit, holding no thread) until a document
+/// matches or the time is up.
+pub async fn list<B>(req: &Request<B>, collection: &str, shared: &Context) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let (collection, format) = format_of(collection);
+    if !COLLECTIONS.contains(&collection) {
+        return no_collection(collection);
+    }
+    let params = query_params(req);
+    let mut query = match Query::parse(collection, &params) {
         Ok(query) => query,
         Err(e) => return bad_parameter(&e),
     };
-    // Under the read lock only the rows the page needs, shared (no JSON): ingest waits for
-    // no list.
-    let rows = match shared.live_state() {
-        Ok(domain) => query.rows(&domain),
-        Err(why) => return unavailable_state(&why),
+    query.shape.base = base_url(req);
+    let path = req.uri().path().to_string();
+    // Subscribed before the first look: nothing committed in between is missed.
+    let mut changes = match query.timeout {
+        Some(_) => {
+            let all = spot_push::TopicFilter::new("#").expect("# is a topic filter");
+            match shared
+                .outlets
+                .hub()
+                .subscribe_with_capacity("long-poll", vec![all], 1)
+            {
+                Ok(subscription) => Some(subscription),
+                Err(e) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("timeout_s: cannot wait for changes now ({e})"),
+                        Value::Null,
+                    )
+                }
+            }
+        }
+        None => None,
     };
-    let Some(rows) = rows else {
-        return no_collection();
-    };
-    // A reference the state can no longer resolve stays an id.
-    let lookup = |collection: &str, id: &str| shared.live_state().ok()?.get(collection, id);
-    json_response(StatusCode::OK, &query.page(rows, path, &lookup))
+    let deadline = query.timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        // Under the read lock only the rows the page needs, shared (no JSON): ingest
+        // waits for no list.
+        let (rows, total) = match shared.live_state() {
+            Ok(domain) => {
+                query.shape.retention_ms = domain.events_retention_ms();
+                (query.rows(&domain), query.count(&domain))
+            }
+            Err(why) => return unavailable_state(&why),
+        };
+        let Some(rows) = rows else {
+            return no_collection(collection);
+        };
+        // A reference the state can no longer resolve stays an id.
+        let lookup = |collection: &str, id: &str| shared.live_state().ok()?.get(collection, id);
+        let mut page = query.page(rows, &path, total, &lookup);
+        let empty = page
+            .get("results")
+            .unwrap_or(&page)
+            .as_array()
+            .is_some_and(Vec::is_empty);
+        if let (true, Some(changes), Some(deadline)) = (empty, changes.as_mut(), deadline) {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                // Something committed: look again (drained: one look per wake-up).
+                Ok(Some(_)) => {
+                    while changes.try_recv().is_some() {}
+                    continue;
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
+        if let Some(envelope) = page.as_object_mut() {
+            let ms = started.elapsed().as_millis() as u64;
+            envelope.insert("query_duration_ms".into(), ms.into());
+        }
+        return match format {
+            Format::Json => json_response(StatusCode::OK, &page),
+            Format::Csv => csv_response(page.get("results").unwrap_or(&page)),
+        };
+    }
 }
 
-/// One document; `populate` works as on the collection.
+/// The parameters a single document's `GET` takes.
+const ONE_PARAMETERS: [&str; 4] = ["populate", "select", "id_only", "topic_format"];
+
+/// `GET /api/{collection}/{id}`: one document; `populate`, `select`, `id_only` and
+/// `topic_format` work as on the collection, any other parameter is a `400`.
 pub fn get_one<B>(
     req: &Request<B>,
     collection: &str,
     id: &str,
     shared: &Context,
 ) -> Response<Body> {
-    let mut fields = Vec::new();
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        if k == "populate" {
-            match crate::api::query::populate_fields(collection, &v) {
-                Ok(f) => fields.extend(f),
-                Err(e) => return bad_parameter(&e),
-            }
-        }
+    let (id, format) = format_of(id);
+    if !COLLECTIONS.contains(&collection) {
+        return no_collection(collection);
     }
+    let params = query_params(req);
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(k, _)| !ONE_PARAMETERS.contains(&k.as_str()))
+    {
+        return bad_parameter(&query::QueryError {
+            param: name.clone(),
+            reason: format!(
+                "a single document takes only {}",
+                ONE_PARAMETERS.join(", ")
+            ),
+        });
+    }
+    let mut query = match Query::parse(collection, &params) {
+        Ok(query) => query,
+        Err(e) => return bad_parameter(&e),
+    };
+    query.shape.base = base_url(req);
     let domain = match shared.live_state() {
         Ok(domain) => domain,
         Err(why) => return unavailable_state(&why),
     };
-    if !crate::api::query::COLLECTIONS.contains(&collection) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no collection {collection:?}"),
-            Value::Null,
-        );
-    }
+    query.shape.retention_ms = domain.events_retention_ms();
     match domain.get(collection, id) {
         Some(v) => {
-            let mut docs = [v];
-            crate::api::query::populate(&mut docs, &fields, &|c, id| domain.get(c, id));
-            let [v] = docs;
-            json_response(StatusCode::OK, &v)
+            let page = query.page(vec![v], "", None, &|c, id| domain.get(c, id));
+            let v = page["results"][0].clone();
+            match format {
+                Format::Json => json_response(StatusCode::OK, &v),
+                Format::Csv => csv_response(&Value::Array(vec![v])),
+            }
         }
         None => error(
             StatusCode::NOT_FOUND,
             format!("{collection} {id:?} not found"),
+            Value::Null,
+        ),
+    }
+}
+
+/// Documents as CSV: a header line of every top-level field (in the order first met),
+/// then a line per document; nested values are their JSON text.
+fn csv_response(docs: &Value) -> Response<Body> {
+    let docs = docs.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut columns: Vec<&str> = Vec::new();
+    for doc in docs {
+        for key in doc.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !columns.contains(&key.as_str()) {
+                columns.push(key);
+            }
+        }
+    }
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut write = || -> Result<Vec<u8>, csv::Error> {
+        out.write_record(&columns)?;
+        for doc in docs {
+            out.write_record(columns.iter().map(|c| match doc.get(*c) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            }))?;
+        }
+        out.flush()?;
+        Ok(out.get_ref().clone())
+    };
+    match write() {
+        Ok(bytes) => {
+            let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from(bytes)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            resp
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("writing CSV: {e}"),
             Value::Null,
         ),
     }

@@ -214,6 +214,37 @@ impl Domain {
         })
     }
 
+    /// How many rows of a collection have ids in `ids` and are kept by `keep`, counted
+    /// without copying them; `None` for an unknown collection.
+    pub fn count(
+        &self,
+        collection: &str,
+        ids: (Bound<Id>, Bound<Id>),
+        keep: &dyn Fn(&Row) -> bool,
+    ) -> Option<usize> {
+        Some(match collection {
+            "spots" => self.spots.range(ids).filter(|r| keep(&Row::Spot(Arc::clone(r)))).count(),
+            "locations" => self
+                .locations
+                .range(ids)
+                .filter(|r| keep(&Row::Location(Arc::clone(r))))
+                .count(),
+            "items" => self.items.range(ids).filter(|r| keep(&Row::Item(Arc::clone(r)))).count(),
+            "presences" => self
+                .presences
+                .range(ids)
+                .filter(|r| keep(&Row::Presence(Arc::clone(r))))
+                .count(),
+            "events" => self.rows(collection, ids, false, usize::MAX, keep)?.len(),
+            _ => return None,
+        })
+    }
+
+    /// How long the events log keeps an event (ms): an event's `time_expire`.
+    pub fn events_retention_ms(&self) -> i64 {
+        self.config.events_retention_ms
+    }
+
     /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
     #[cfg(test)]
     pub fn collection(&self, collection: &str) -> Option<Vec<Value>> {

@@ -278,8 +278,9 @@ async fn metrics(State(ctx): Ctx) -> Response {
         (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
         (status = 404, description = "No such collection", body = openapi::ErrorBody)))]
 async fn list(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    full(api::list(&req, &collection, &path, &ctx))
+    // Only the head is kept across the wait of a long poll (a body is not `Sync`).
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::list(&head, &collection, &ctx).await)
 }
 
 /// One document (`?populate=` as on the collection).
@@ -320,8 +321,8 @@ async fn put(
 #[utoipa::path(get, path = "/api/spots", tag = "resources",
     responses((status = 200, description = "A page of spots")))]
 async fn list_spots(State(ctx): Ctx, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    full(api::list(&req, "spots", &path, &ctx))
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::list(&head, "spots", &ctx).await)
 }
 
 /// Enrols a spot (`{"serial_number": "203"}`, `"secret": true` for a spot secret shown
