@@ -1,7 +1,10 @@
-//! The REST API: `GET /api/{collection}` (filters, sort, paging: [`query`]),
-//! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}` (answered after commit) and
+//! The REST API: `GET /api/{collection}` (filters, sort, paging, long poll: [`query`]),
+//! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}`, `POST /api/{collection}` and
+//! `DELETE /api/{collection}/{id}` (locations, items; answered after commit), each
+//! document shaped as the vendor's API has it ([`view`]), as JSON or (`.csv`) CSV, and
 //! `GET /metrics`; [`access`]: `/api/keys` and spot enrolment (`POST /api/spots`);
-//! [`index`]: what `/`, `/api`, `/healthz` and `/readyz` answer.
+//! [`index`]: what `/`, `/api`, `/healthz` and `/readyz` answer. docs/api-compatibility.md
+//! says where this API differs from the vendor's.
 
 pub mod access;
 pub mod index;
@@ -18,7 +21,8 @@ use tokio::sync::oneshot;
 
 use crate::api::query::{Query, COLLECTIONS};
 use crate::context::Context;
-use crate::domain::PutError;
+use crate::api::view::{Schema, Shape};
+use crate::domain::{PutError, Write};
 use crate::metrics::{render_process, Gauges};
 use crate::pipeline::PipelineMsg;
 use crate::response::{error, json_response, unavailable, unavailable_state, Body};
@@ -261,8 +265,14 @@ fn csv_response(docs: &Value) -> Response<Body> {
     }
 }
 
-pub async fn put<B>(
+/// `PUT`, `POST` or `DELETE` of a resource, answered after commit with the resource in the
+/// shape of a `GET` (for a `DELETE`: as it was), with the vendor's `resource` (`id`, `url`)
+/// besides. A `PUT` takes a document as a `GET` answered it: its read-only fields are
+/// accepted when unchanged (those the server changes on its own ignored), and a changed one
+/// is a `400` naming it.
+pub async fn write<B>(
     req: Request<B>,
+    method: Write,
     collection: String,
     id: String,
     shared: &Context,
@@ -271,13 +281,47 @@ where
     B: hyper::body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let body = match json_body(req, shared.limits.max_api_body_bytes).await {
-        Ok(body) => body,
-        Err(resp) => return resp,
+    let (collection, _) = format_of(&collection);
+    let collection = collection.to_string();
+    let Some(schema) = view::schema(&collection) else {
+        return no_collection(&collection);
+    };
+    let shape = Shape {
+        base: base_url(&req),
+        ..Shape::default()
+    };
+    let body = match method {
+        Write::Delete => Object::new(),
+        _ => match json_body(req, shared.limits.max_api_body_bytes).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        },
+    };
+    let body = match method {
+        Write::Put => {
+            let current = match shared.live_state() {
+                Ok(domain) => domain.get(&collection, &id),
+                Err(why) => return unavailable_state(&why),
+            };
+            match current {
+                Some(mut current) => {
+                    shape.derive(&collection, &mut current);
+                    shape.derive_ids(&collection, &mut current);
+                    match settable(schema, &current, body) {
+                        Ok(body) => body,
+                        Err(resp) => return resp,
+                    }
+                }
+                // The pipeline answers the 404 (or 405).
+                None => body,
+            }
+        }
+        _ => body,
     };
     let (reply, rx) = oneshot::channel();
     let msg = PipelineMsg::Put {
-        collection,
+        method,
+        collection: collection.clone(),
         id,
         body,
         reply,
@@ -286,29 +330,85 @@ where
         return unavailable();
     }
     match rx.await {
-        Ok(Ok(v)) => json_response(StatusCode::OK, &v),
+        Ok(Ok(mut v)) => {
+            if let Ok(domain) = shared.live_state() {
+                let shape = Shape {
+                    retention_ms: domain.events_retention_ms(),
+                    ..shape
+                };
+                shape.apply(&collection, &mut v);
+            }
+            if let Some(o) = v.as_object_mut() {
+                let resource = json!({"id": o.get("id"), "url": o.get("url")});
+                o.insert("resource".into(), resource);
+            }
+            let status = match method {
+                Write::Post => StatusCode::CREATED,
+                _ => StatusCode::OK,
+            };
+            json_response(status, &v)
+        }
         Ok(Err(e @ PutError::NotFound { .. })) => {
             error(StatusCode::NOT_FOUND, e.to_string(), Value::Null)
         }
+        Ok(Err(e @ PutError::Conflict(_))) => {
+            error(StatusCode::CONFLICT, e.to_string(), Value::Null)
+        }
         Ok(Err(e @ PutError::MethodNotAllowed(_))) => {
             let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, e.to_string(), Value::Null);
+            let allowed = match (collection.as_str(), method) {
+                ("spots", _) => "GET, PUT",
+                ("locations" | "items", Write::Post) => "GET, POST",
+                ("locations" | "items", _) => "GET, PUT, DELETE",
+                (_, Write::Post) => "GET",
+                _ => "GET",
+            };
             resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
+                .insert(ALLOW, HeaderValue::from_static(allowed));
             resp
         }
-        Ok(Err(e @ PutError::BadField { .. })) => {
-            let field = match &e {
-                PutError::BadField { field, .. } => field.clone(),
-                _ => String::new(),
-            };
-            error(
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-                json!({ "field": field }),
-            )
+        Ok(Err(PutError::BadField { field, reason })) => {
+            bad_field(&field, &format!("field {field:?}: {reason}"))
         }
         Err(_) => unavailable(),
     }
+}
+
+/// The fields of a `PUT` body the domain is to set: the writable ones; a read-only field
+/// is dropped when the server changes it on its own or when it is unchanged, else it is a
+/// `400` naming it.
+fn settable(schema: &Schema, current: &Value, body: Object) -> Result<Object, Response<Body>> {
+    let mut out = Object::new();
+    for (k, v) in body {
+        if schema.writable.contains(&k.as_str()) {
+            out.insert(k, v);
+        } else if schema.live.contains(&k.as_str()) || current.get(&k) == Some(&v) {
+            // Read-only, and unchanged (or the server's to change): a round trip.
+        } else if current.get(&k).is_some() {
+            return Err(bad_field(
+                &k,
+                &format!(
+                    "field {k:?} is read-only: send it unchanged or leave it out (settable: {})",
+                    schema.writable.join(", ")
+                ),
+            ));
+        } else {
+            return Err(bad_field(
+                &k,
+                &format!(
+                    "field {k:?} is not a field of {} (settable: {})",
+                    schema.name,
+                    schema.writable.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `400` naming the body field that is wrong.
+fn bad_field(field: &str, message: &str) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, message, json!({ "field": field }))
 }
 
 /// The JSON object of a request body of at most `limit` bytes; otherwise the answer

@@ -57,6 +57,12 @@ pub struct Schema {
     pub derived: &'static [Field],
     /// The fields `text=` searches.
     pub text: &'static [&'static str],
+    /// The fields a `PUT` sets.
+    pub writable: &'static [&'static str],
+    /// The read-only fields the server changes on its own: a `PUT` ignores them (a
+    /// GET-modify-PUT round trip must not race the spots). Other read-only fields must be
+    /// sent unchanged, if at all.
+    pub live: &'static [&'static str],
     /// Parameters of the vendor's API for this collection that this server cannot answer,
     /// with why: a `400` saying so (never a filter that silently matches nothing).
     pub unsupported: &'static [(&'static str, &'static str)],
@@ -91,6 +97,26 @@ const SPOTS: Schema = Schema {
         f("report_location_id", Id),
     ],
     text: &["serial_number", "version"],
+    writable: &[
+        "config_request",
+        "firmware_request",
+        "antenna_report_locations",
+        "report_location",
+    ],
+    live: &[
+        "status",
+        "config",
+        "is_online",
+        "request_counter",
+        "event_counter",
+        "version",
+        "seq_epoch",
+        "acked_seq",
+        "time_updated",
+        "time_last_request",
+        "report_location_url",
+        "report_location_id",
+    ],
     unsupported: &[],
 };
 
@@ -105,6 +131,8 @@ const LOCATIONS: Schema = Schema {
     ],
     derived: &[f("url", Text), f("metadata", Object)],
     text: &["label"],
+    writable: &["label", "custom"],
+    live: &["time_updated"],
     unsupported: &[],
 };
 
@@ -134,6 +162,16 @@ const ITEMS: Schema = Schema {
         f("metadata", Object),
     ],
     text: &["code_hex", "label"],
+    writable: &["label", "custom"],
+    live: &[
+        "is_present",
+        "location",
+        "location_url",
+        "location_id",
+        "move_count",
+        "time_moved",
+        "time_updated",
+    ],
     unsupported: &[(
         "time_last_present",
         "items here have no time_last_present (is_present and time_moved say when an item \
@@ -161,6 +199,8 @@ const PRESENCES: Schema = Schema {
         f("location_id", Id),
     ],
     text: &[],
+    writable: &[],
+    live: &[],
     unsupported: &[(
         "technology",
         "presences here carry no technology: filter the items (GET /api/items?technology=…) \
@@ -184,6 +224,8 @@ const EVENTS: Schema = Schema {
         f("topic_text", Text),
     ],
     text: &["topic"],
+    writable: &[],
+    live: &[],
     unsupported: &[],
 };
 
@@ -388,6 +430,30 @@ impl Shape {
             }
             "locations" => {
                 o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+            }
+            "spots" => {
+                // The vendor's form: an array of antenna number and report location.
+                if let Some(Value::Object(antennas)) = o.get("antenna_report_locations") {
+                    let entries: Vec<Value> = antennas
+                        .iter()
+                        .map(|(antenna, location)| {
+                            let mut entry = Map::new();
+                            let number = antenna.parse::<u64>().map_or(Value::Null, Value::from);
+                            entry.insert("antenna_number".into(), number);
+                            entry.insert("report_location".into(), location.clone());
+                            if let Some(id) = location.as_str() {
+                                let (key, value) = if self.id_only {
+                                    ("report_location_id", id.to_string())
+                                } else {
+                                    ("report_location_url", format!("{}/api/locations/{id}", self.base))
+                                };
+                                entry.insert(key.into(), value.into());
+                            }
+                            Value::Object(entry)
+                        })
+                        .collect();
+                    o.insert("antenna_report_locations".into(), entries.into());
+                }
             }
             "events" => {
                 if let Some(data) = o.get("data").cloned() {

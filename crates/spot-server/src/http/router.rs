@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 use super::{auth, openapi};
 use crate::api::index::{self, ApiIndex, Health, Index, Status};
 use crate::context::Context;
+use crate::domain::Write;
 use crate::response::{error, json_response};
 use crate::{api, ingest};
 
@@ -73,8 +74,8 @@ pub fn routes() -> OpenApiRouter<Arc<Context>> {
         .routes(allow(routes!(get_key, revoke_key)))
         .routes(allow(routes!(list_enrolments)))
         .routes(allow(routes!(list_spots, enrol)))
-        .routes(allow(routes!(list)))
-        .routes(allow(routes!(get_one, put)))
+        .routes(allow(routes!(list, create)))
+        .routes(allow(routes!(get_one, put, delete)))
         .routes(allow(routes!(ws)))
         .routes(allow(routes!(stream)))
         .routes(allow(routes!(list_subscriptions, create_subscription)))
@@ -314,7 +315,40 @@ async fn put(
     Path((collection, id)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    full(api::put(req, collection, id, &ctx).await)
+    full(api::write(req, Write::Put, collection, id, &ctx).await)
+}
+
+/// Creates a location (`label`, `custom`) or an item (`code_hex`, `technology` or
+/// `code_type`, `label`, `custom`); answered after commit.
+#[utoipa::path(post, path = "/api/{collection}", tag = "resources",
+    params(("collection" = String, Path, description = "locations or items")),
+    request_body(content = Object, description = "The new resource's fields"),
+    responses(
+        (status = 201, description = "The new document (with `resource`: its id and url)"),
+        (status = 400, description = "A field that cannot be set", body = openapi::ErrorBody),
+        (status = 405, description = "Not a collection that takes POST", body = openapi::ErrorBody),
+        (status = 409, description = "An item of that code exists", body = openapi::ErrorBody)))]
+async fn create(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
+    full(api::write(req, Write::Post, collection, String::new(), &ctx).await)
+}
+
+/// Deletes a location no spot reports to and no presence is at, or an item that is not
+/// present; answered after commit with the document as it was.
+#[utoipa::path(delete, path = "/api/{collection}/{id}", tag = "resources",
+    params(
+        ("collection" = String, Path, description = "locations or items"),
+        ("id" = String, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "The deleted document"),
+        (status = 404, description = "No such document", body = openapi::ErrorBody),
+        (status = 405, description = "Not a collection that takes DELETE", body = openapi::ErrorBody),
+        (status = 409, description = "Still in use (spots report to it, a presence is there, the item is present)", body = openapi::ErrorBody)))]
+async fn delete(
+    State(ctx): Ctx,
+    Path((collection, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::write(req, Write::Delete, collection, id, &ctx).await)
 }
 
 /// The spots, as `GET /api/{collection}`.
