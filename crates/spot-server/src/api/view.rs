@@ -456,9 +456,8 @@ impl Shape {
                 }
             }
             "events" => {
-                if let Some(data) = o.get("data").cloned() {
-                    o.insert("payload".into(), data);
-                }
+                let payload = o.get("data").cloned().unwrap_or(Value::Null);
+                o.insert("payload".into(), payload);
                 let created = o
                     .get("time_created")
                     .and_then(Value::as_str)
