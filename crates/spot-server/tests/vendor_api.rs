@@ -14,7 +14,10 @@ use serde_json::{json, Value};
 
 /// The table of the vendor's spec.
 fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vendor-api.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/vendor-api.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the fixture is JSON")
 }
 
@@ -64,7 +67,10 @@ fn compatibility_document(fixture: &Value) -> String {
          (SPOT_WRITE_DOCS=1 cargo test -p spot-server --test vendor_api); \
          edit the fixture, not this file. -->\n\n",
     );
-    out.push_str(&format!("Reference: {}\n\n", fixture["source"].as_str().unwrap()));
+    out.push_str(&format!(
+        "Reference: {}\n\n",
+        fixture["source"].as_str().unwrap()
+    ));
     out.push_str(
         "Every vendor path is served under `/api` here (`GET /items` is `GET /api/items`). \
          The conformance test (`every_documented_get_answers_the_documented_fields_and_\
@@ -90,7 +96,12 @@ fn compatibility_document(fixture: &Value) -> String {
             row("path", format!("`{method} /api{path}`"), op, "path");
         }
         for p in parameters(resource, fixture) {
-            row("parameter", format!("`{p}`"), &format!("param:{p}"), "param");
+            row(
+                "parameter",
+                format!("`{p}`"),
+                &format!("param:{p}"),
+                "param",
+            );
         }
         for (field, kind) in resource["fields"].as_object().unwrap() {
             let shown = format!("`{field}` ({})", kind.as_str().unwrap());
@@ -108,7 +119,10 @@ fn compatibility_document(fixture: &Value) -> String {
 
 #[test]
 fn the_compatibility_document_is_made_from_the_fixture() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api-compatibility.md");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/api-compatibility.md"
+    );
     let made = compatibility_document(&fixture());
     if std::env::var_os("SPOT_WRITE_DOCS").is_some() {
         std::fs::write(path, &made).unwrap();
@@ -231,7 +245,13 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
             fields.as_object().unwrap().clone()
         };
         let mut variants: Vec<Option<&str>> = vec![None];
-        variants.extend(resource["variants"].as_object().unwrap().keys().map(|k| Some(k.as_str())));
+        variants.extend(
+            resource["variants"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| Some(k.as_str())),
+        );
         for variant in variants {
             let query = variant.map(|v| format!("?{v}")).unwrap_or_default();
             let (status, page) = get(addr, &format!("/api{list}{query}")).await;
@@ -298,7 +318,10 @@ async fn call_with(
         .unwrap();
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// A server with spot 300 and `items` items present at its location.
@@ -326,21 +349,43 @@ async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
         ("/api/presences?technology=rfid", "technology"),
     ] {
         let (status, v) = get(addr, path).await;
-        assert_eq!((status, v["parameter"].as_str()), (400, Some(param)), "{path}: {v}");
+        assert_eq!(
+            (status, v["parameter"].as_str()),
+            (400, Some(param)),
+            "{path}: {v}"
+        );
     }
     // What the issue found read as filters now works.
     let (_, spot) = get(addr, "/api/spots/300").await;
     let location = spot["report_location"].as_str().unwrap().to_string();
     for (path, expected) in [
-        ("/api/items?select=code_hex&results_only=true".to_string(), 3),
+        (
+            "/api/items?select=code_hex&results_only=true".to_string(),
+            3,
+        ),
         ("/api/items?timeout_s=0.1&results_only=true".into(), 3),
-        ("/api/items?text=0000000000000001&results_only=true".into(), 1),
-        ("/api/items?text=-0000000000000001&results_only=true".into(), 2),
+        (
+            "/api/items?text=0000000000000001&results_only=true".into(),
+            1,
+        ),
+        (
+            "/api/items?text=-0000000000000001&results_only=true".into(),
+            2,
+        ),
         ("/api/items?metadata.x=1&results_only=true".into(), 0),
-        ("/api/events?topic.resource_type=items&topic.action=created&results_only=true".into(), 3),
+        (
+            "/api/events?topic.resource_type=items&topic.action=created&results_only=true".into(),
+            3,
+        ),
         ("/api/items?code_hex=*02&results_only=true".into(), 1),
-        ("/api/items?after_code=000000000000000000000000&results_only=true".into(), 2),
-        (format!("/api/items?location={location}&results_only=true"), 3),
+        (
+            "/api/items?after_code=000000000000000000000000&results_only=true".into(),
+            2,
+        ),
+        (
+            format!("/api/items?location={location}&results_only=true"),
+            3,
+        ),
         ("/api/locations?label=*POT3*&results_only=true".into(), 1),
     ] {
         let (status, v) = get(addr, &path).await;
@@ -348,7 +393,12 @@ async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
         assert_eq!(v.as_array().map(Vec::len), Some(expected), "{path}: {v}");
     }
     let (_, v) = get(addr, "/api/items?select=code_hex&results_only=true").await;
-    let keys: Vec<&str> = v[0].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = v[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(keys, ["id", "code_hex", "url"], "select keeps id and url");
     server.shutdown().await;
 }
@@ -360,11 +410,20 @@ async fn id_only_returns_objects_with_reference_ids_not_an_array_of_strings() {
     let (_, v) = get(addr, "/api/presences?id_only=true&results_only=true").await;
     let first = &v[0];
     assert!(first.is_object(), "{v}");
-    assert!(first["item_id"].is_string() && first["location_id"].is_string(), "{first}");
-    assert!(first.get("url").is_none() && first.get("item_url").is_none(), "{first}");
+    assert!(
+        first["item_id"].is_string() && first["location_id"].is_string(),
+        "{first}"
+    );
+    assert!(
+        first.get("url").is_none() && first.get("item_url").is_none(),
+        "{first}"
+    );
     let (_, v) = get(addr, "/api/presences?results_only=true").await;
     let first = &v[0];
-    assert!(first["url"].as_str().unwrap().starts_with("http://test/api/presences/"));
+    assert!(first["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://test/api/presences/"));
     assert!(first.get("item_id").is_none(), "{first}");
     server.shutdown().await;
 }
@@ -374,7 +433,10 @@ async fn next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative() {
     let (server, _dir) = seeded(3).await;
     let addr = server.http_addr();
     let (_, v) = get(addr, "/api/items?limit=1").await;
-    assert_eq!(v["next_url"].as_str().unwrap(), format!("http://test{}", v["url_next"].as_str().unwrap()));
+    assert_eq!(
+        v["next_url"].as_str().unwrap(),
+        format!("http://test{}", v["url_next"].as_str().unwrap())
+    );
     assert!(v["url_next"].as_str().unwrap().starts_with("/api/items?"));
     let proxied = [
         ("x-forwarded-proto", "https"),
@@ -383,10 +445,19 @@ async fn next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative() {
     ];
     let (_, v) = call_with(addr, "/api/items?limit=1", &proxied).await;
     let next = v["next_url"].as_str().unwrap();
-    assert!(next.starts_with("https://brain.example/api/items?"), "{next}");
-    assert!(v["results"][0]["url"].as_str().unwrap().starts_with("https://brain.example/api/items/"));
+    assert!(
+        next.starts_with("https://brain.example/api/items?"),
+        "{next}"
+    );
+    assert!(v["results"][0]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://brain.example/api/items/"));
     let (_, v) = call_with(addr, "/api/items?limit=1", &[("host", "h:1")]).await;
-    assert!(v["next_url"].as_str().unwrap().starts_with("http://h:1/api/items?"));
+    assert!(v["next_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://h:1/api/items?"));
     server.shutdown().await;
 }
 
@@ -399,8 +470,15 @@ async fn following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling(
     let last = loop {
         let (_, page) = get(addr, &path).await;
         let results = page["results"].as_array().unwrap().clone();
-        codes.extend(results.iter().map(|i| i["code_hex"].as_str().unwrap().to_string()));
-        let next = page["next_url"].as_str().expect("a link, also at the end").to_string();
+        codes.extend(
+            results
+                .iter()
+                .map(|i| i["code_hex"].as_str().unwrap().to_string()),
+        );
+        let next = page["next_url"]
+            .as_str()
+            .expect("a link, also at the end")
+            .to_string();
         path = next.strip_prefix("http://test").unwrap().to_string();
         if results.is_empty() {
             assert!(page["url_next"].is_null(), "the old link ends");
@@ -425,15 +503,24 @@ async fn count_and_count_current_are_in_the_envelope() {
     let (server, _dir) = seeded(5).await;
     let addr = server.http_addr();
     let (_, v) = get(addr, "/api/items?limit=2").await;
-    assert_eq!((v["count"].clone(), v["count_current"].clone()), (json!(5), json!(2)));
+    assert_eq!(
+        (v["count"].clone(), v["count_current"].clone()),
+        (json!(5), json!(2))
+    );
     let (_, v) = get(addr, "/api/items?limit=2&code_hex=0*").await;
     assert_eq!(v["count"], Value::Null, "a pass over all only when asked");
     let (_, v) = get(addr, "/api/items?limit=2&code_hex=0*&count=true").await;
     assert_eq!(v["count"], 5);
     let (_, v) = get(addr, "/api/items?limit=2&code_hex=*0").await;
-    assert_eq!(v["count"], 1, "known when the filter ran out before the page filled");
+    assert_eq!(
+        v["count"], 1,
+        "known when the filter ran out before the page filled"
+    );
     let (_, v) = get(addr, "/api/items?limit=2&sort=code_hex&is_present=true").await;
-    assert_eq!((v["count"].clone(), v["count_current"].clone()), (json!(5), json!(2)));
+    assert_eq!(
+        (v["count"].clone(), v["count_current"].clone()),
+        (json!(5), json!(2))
+    );
     server.shutdown().await;
 }
 
@@ -445,9 +532,15 @@ async fn resources_carry_url_and_a_url_beside_each_reference() {
     let location = spot["report_location"].as_str().unwrap();
     let id = spot["id"].as_str().unwrap();
     assert_eq!(spot["url"], format!("http://test/api/spots/{id}"));
-    assert_eq!(spot["report_location_url"], format!("http://test/api/locations/{location}"));
+    assert_eq!(
+        spot["report_location_url"],
+        format!("http://test/api/locations/{location}")
+    );
     let (_, items) = get(addr, "/api/items?results_only=true&populate=location").await;
-    assert_eq!(items[0]["location"]["url"], format!("http://test/api/locations/{location}"));
+    assert_eq!(
+        items[0]["location"]["url"],
+        format!("http://test/api/locations/{location}")
+    );
     assert_eq!(items[0]["location_url"], items[0]["location"]["url"]);
     server.shutdown().await;
 }
@@ -462,7 +555,10 @@ async fn events_offer_the_vendors_topic_object_payload_and_time_expire() {
     )
     .await;
     let text = &v[0];
-    assert!(text["topic"].as_str().unwrap().starts_with("items/"), "our text stays: {text}");
+    assert!(
+        text["topic"].as_str().unwrap().starts_with("items/"),
+        "our text stays: {text}"
+    );
     assert_eq!(text["payload"], text["data"]);
     assert!(text["time_expire"].is_string());
     let (_, v) = get(
@@ -475,9 +571,19 @@ async fn events_offer_the_vendors_topic_object_payload_and_time_expire() {
     assert_eq!(object["topic"]["action"], "created");
     assert_eq!(object["topic_text"], text["topic"]);
     let id = object["topic"]["resource_id"].as_str().unwrap();
-    assert_eq!(object["topic"]["resource_url"], format!("http://test/api/items/{id}"));
-    let (_, v) = get(addr, &format!("/api/events?topic.resource={id}&results_only=true")).await;
-    assert!(!v.as_array().unwrap().is_empty(), "topic.resource filters by the resource id");
+    assert_eq!(
+        object["topic"]["resource_url"],
+        format!("http://test/api/items/{id}")
+    );
+    let (_, v) = get(
+        addr,
+        &format!("/api/events?topic.resource={id}&results_only=true"),
+    )
+    .await;
+    assert!(
+        !v.as_array().unwrap().is_empty(),
+        "topic.resource filters by the resource id"
+    );
     server.shutdown().await;
 }
 
@@ -485,11 +591,20 @@ async fn events_offer_the_vendors_topic_object_payload_and_time_expire() {
 async fn locations_and_items_take_post_and_delete() {
     let (server, _dir) = seeded(1).await;
     let addr = server.http_addr();
-    let (status, location) = call(addr, "POST", "/api/locations", Some(json!({"label": "dock 7"}))).await;
+    let (status, location) = call(
+        addr,
+        "POST",
+        "/api/locations",
+        Some(json!({"label": "dock 7"})),
+    )
+    .await;
     assert_eq!(status, 201, "{location}");
     assert_eq!(location["label"], "dock 7");
     let id = location["id"].as_str().unwrap().to_string();
-    assert_eq!(location["resource"], json!({"id": id, "url": format!("http://test/api/locations/{id}")}));
+    assert_eq!(
+        location["resource"],
+        json!({"id": id, "url": format!("http://test/api/locations/{id}")})
+    );
     let (status, item) = call(
         addr,
         "POST",
@@ -498,8 +613,17 @@ async fn locations_and_items_take_post_and_delete() {
     )
     .await;
     assert_eq!(status, 201, "{item}");
-    assert_eq!((item["technology"].as_str(), item["is_present"].as_bool()), (Some("rfid"), Some(false)));
-    let (status, _) = call(addr, "POST", "/api/items", Some(json!({"code_hex": "abc123"}))).await;
+    assert_eq!(
+        (item["technology"].as_str(), item["is_present"].as_bool()),
+        (Some("rfid"), Some(false))
+    );
+    let (status, _) = call(
+        addr,
+        "POST",
+        "/api/items",
+        Some(json!({"code_hex": "abc123"})),
+    )
+    .await;
     assert_eq!(status, 409, "one item per code and code type");
     let item_id = item["id"].as_str().unwrap();
     let (status, _) = call(addr, "DELETE", &format!("/api/items/{item_id}"), None).await;
@@ -543,7 +667,11 @@ async fn get_modify_put_round_trips_and_a_changed_read_only_field_is_named() {
         assert_eq!(answered, now, "{collection}: PUT answers what GET answers");
         doc["id"] = json!("0000000000000001");
         let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
-        assert_eq!((status, v["field"].as_str()), (400, Some("id")), "{collection}: {v}");
+        assert_eq!(
+            (status, v["field"].as_str()),
+            (400, Some("id")),
+            "{collection}: {v}"
+        );
     }
     server.shutdown().await;
 }
@@ -560,7 +688,10 @@ async fn report_location_null_and_the_antenna_array_are_accepted() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["report_location"], Value::Null);
     assert_eq!(v["antenna_report_locations"][0]["antenna_number"], 2);
-    assert_eq!(v["antenna_report_locations"][0]["report_location"], location.as_str());
+    assert_eq!(
+        v["antenna_report_locations"][0]["report_location"],
+        location.as_str()
+    );
     let (status, v) = call(
         addr,
         "PUT",
@@ -568,7 +699,10 @@ async fn report_location_null_and_the_antenna_array_are_accepted() {
         Some(json!({"antenna_report_locations": [{"antenna_number": 1, "report_location": "nowhere"}]})),
     )
     .await;
-    assert_eq!((status, v["field"].as_str()), (400, Some("antenna_report_locations")));
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("antenna_report_locations"))
+    );
     server.shutdown().await;
 }
 
@@ -578,7 +712,11 @@ async fn serial_number_stays_a_string_and_technology_uses_the_vendors_values() {
     let addr = server.http_addr();
     let (_, spots) = get(addr, "/api/spots?serial_number=300&results_only=true").await;
     assert_eq!(spots[0]["serial_number"], "300");
-    let (_, items) = get(addr, "/api/items?technology=rfid&protocol=epcgen2&results_only=true").await;
+    let (_, items) = get(
+        addr,
+        "/api/items?technology=rfid&protocol=epcgen2&results_only=true",
+    )
+    .await;
     assert_eq!(items[0]["technology"], "rfid");
     assert_eq!(items[0]["code_type"], "EPC Gen2");
     assert_eq!(items[0]["type"], "tag");
@@ -603,7 +741,15 @@ async fn json_and_csv_suffixes_are_served() {
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "id,code_hex,url");
     assert_eq!(lines.len(), 3, "{text}");
@@ -616,11 +762,22 @@ async fn timeout_s_long_polls_until_a_result_exists_or_the_time_is_up() {
     let (server, _dir) = seeded(1).await;
     let addr = server.http_addr();
     let started = std::time::Instant::now();
-    let (status, v) = get(addr, "/api/items?code_hex=ff*&timeout_s=0.3&results_only=true").await;
+    let (status, v) = get(
+        addr,
+        "/api/items?code_hex=ff*&timeout_s=0.3&results_only=true",
+    )
+    .await;
     assert_eq!((status, v), (200, json!([])));
-    assert!(started.elapsed() >= Duration::from_millis(300), "waited the time out");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "waited the time out"
+    );
     let poll = tokio::spawn(async move {
-        get(addr, "/api/items?code_hex=ff*&timeout_s=30&results_only=true").await
+        get(
+            addr,
+            "/api/items?code_hex=ff*&timeout_s=30&results_only=true",
+        )
+        .await
     });
     // Gives the poll a moment to start waiting (were it late, it would still find the
     // item at its first look: the test cannot fail for it). Nothing matches before the
@@ -634,7 +791,10 @@ async fn timeout_s_long_polls_until_a_result_exists_or_the_time_is_up() {
     let (status, v) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(v[0]["code_hex"], format!("ff{:022x}", 1));
-    assert!(started.elapsed() < Duration::from_secs(5), "answered when the item came");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered when the item came"
+    );
     server.shutdown().await;
 }
 
@@ -647,5 +807,69 @@ async fn subscriptions_refuse_unknown_list_parameters() {
     let (status, v) = get(addr, "/api/subscriptions?topic_filter=x").await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("topic_filter"), "{v}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let body = json!({"topic_filter": "items/+/created", "target_url": "http://127.0.0.1:9/h"});
+    let (status, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    let id = sub["id"].as_i64().unwrap();
+    let (status, page) = get(addr, &format!("/api/subscriptions/{id}/events?sort=id")).await;
+    assert_eq!(status, 200, "{page}");
+    let topics: Vec<&str> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics.len(), 2, "{topics:?}");
+    assert!(topics
+        .iter()
+        .all(|t| t.starts_with("items/") && t.ends_with("/created")));
+    assert!(page["next_url"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("/api/subscriptions/{id}/events?")));
+    let (status, _) = get(addr, "/api/subscriptions/999/events").await;
+    assert_eq!(status, 404);
+    let (status, v) = get(addr, &format!("/api/subscriptions/{id}/events?colour=red")).await;
+    assert_eq!((status, v["parameter"].as_str()), (400, Some("colour")));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let base = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
+    let with = |field: &str, value: Value| {
+        let mut body = base.clone();
+        body[field] = value;
+        body
+    };
+    let mut body = with("verify_target_certificate", json!(true));
+    body["populate_events"] = json!(false);
+    let (status, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    assert_eq!(
+        (
+            sub["verify_target_certificate"].as_bool(),
+            sub["populate_events"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    for (field, value) in [
+        ("verify_target_certificate", json!(false)),
+        ("populate_events", json!(true)),
+        ("custom", json!({"a": 1})),
+    ] {
+        let (status, v) = call(addr, "POST", "/api/subscriptions", Some(with(field, value))).await;
+        assert_eq!(status, 400, "{field}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
+    }
     server.shutdown().await;
 }

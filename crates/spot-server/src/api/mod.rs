@@ -20,8 +20,8 @@ type Object = Map<String, Value>;
 use tokio::sync::oneshot;
 
 use crate::api::query::{Query, COLLECTIONS};
-use crate::context::Context;
 use crate::api::view::{Schema, Shape};
+use crate::context::Context;
 use crate::domain::{PutError, Write};
 use crate::metrics::{render_process, Gauges};
 use crate::pipeline::PipelineMsg;
@@ -92,16 +92,69 @@ fn no_collection(collection: &str) -> Response<Body> {
 /// (awaiting the derived events of each commit, holding no thread) until a document
 /// matches or the time is up.
 pub async fn list<B>(req: &Request<B>, collection: &str, shared: &Context) -> Response<Body> {
-    let started = std::time::Instant::now();
     let (collection, format) = format_of(collection);
     if !COLLECTIONS.contains(&collection) {
         return no_collection(collection);
     }
+    run_list(req, collection, format, None, shared).await
+}
+
+/// `GET /api/subscriptions/{id}/events`: the events log's events that the subscription's
+/// topic filter matches, as `GET /api/events` pages them (every parameter of it works).
+pub async fn subscription_events<B>(
+    req: &Request<B>,
+    id: &str,
+    shared: &Context,
+) -> Response<Body> {
+    let (id, format) = format_of(id);
+    let not_found = || {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("subscription {id:?} not found"),
+            Value::Null,
+        )
+    };
+    let Ok(number) = id.parse::<i64>() else {
+        return not_found();
+    };
+    let filter = match shared.outlets.subscription_filter(number) {
+        Ok(Some(filter)) => filter,
+        Ok(None) => return not_found(),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading subscription {id}: {e}"),
+                Value::Null,
+            )
+        }
+    };
+    match spot_push::TopicFilter::new(&filter) {
+        Ok(filter) => run_list(req, "events", format, Some(filter), shared).await,
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("subscription {id}: its topic filter {filter:?} is not one: {e}"),
+            Value::Null,
+        ),
+    }
+}
+
+/// A page of `collection` (events only those `topics` matches, when given).
+async fn run_list<B>(
+    req: &Request<B>,
+    collection: &str,
+    format: Format,
+    topics: Option<spot_push::TopicFilter>,
+    shared: &Context,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
     let params = query_params(req);
     let mut query = match Query::parse(collection, &params) {
         Ok(query) => query,
         Err(e) => return bad_parameter(&e),
     };
+    if let Some(topics) = topics {
+        query.only_topics(topics);
+    }
     query.shape.base = base_url(req);
     let path = req.uri().path().to_string();
     // Subscribed before the first look: nothing committed in between is missed.
@@ -190,10 +243,7 @@ pub fn get_one<B>(
     {
         return bad_parameter(&query::QueryError {
             param: name.clone(),
-            reason: format!(
-                "a single document takes only {}",
-                ONE_PARAMETERS.join(", ")
-            ),
+            reason: format!("a single document takes only {}", ONE_PARAMETERS.join(", ")),
         });
     }
     let mut query = match Query::parse(collection, &params) {

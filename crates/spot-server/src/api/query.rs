@@ -382,6 +382,8 @@ pub struct Query {
     text: Option<TextSearch>,
     /// `count=true`: count every match, even when that takes a pass over all.
     count_all: bool,
+    /// Only events whose topic this matches ([`Query::only_topics`]).
+    topic_filter: Option<spot_push::TopicFilter>,
     /// How long to wait for a first result (`timeout_s`), if at all.
     pub timeout: Option<std::time::Duration>,
     /// How the documents are shown; the caller sets where the server is reached.
@@ -407,6 +409,7 @@ impl Query {
             filters: Vec::new(),
             text: None,
             count_all: false,
+            topic_filter: None,
             timeout: None,
             shape: Shape::default(),
         };
@@ -456,8 +459,8 @@ impl Query {
                         .ok()
                         .filter(|s: &f64| s.is_finite() && *s >= 0.0)
                         .ok_or_else(|| bad(k, "must be a number of seconds, 0 or more"))?;
-                    q.timeout = (s > 0.0)
-                        .then(|| std::time::Duration::from_secs_f64(s.min(MAX_TIMEOUT_S)));
+                    q.timeout =
+                        (s > 0.0).then(|| std::time::Duration::from_secs_f64(s.min(MAX_TIMEOUT_S)));
                 }
                 "after_id" | "before_id" | "from_id" | "until_id" => {
                     q.id_bounds.push((Bounding::of(k), v.clone()))
@@ -521,7 +524,10 @@ impl Query {
     /// Whether the query reads fields of the documents (filters other than bounds on ids
     /// and times): then the rows past the page cannot be told apart without reading them.
     fn reads_fields(&self) -> bool {
-        !self.filters.is_empty() || !self.code_bounds.is_empty() || self.text.is_some()
+        !self.filters.is_empty()
+            || !self.code_bounds.is_empty()
+            || self.text.is_some()
+            || self.topic_filter.is_some()
     }
 
     /// Whether the id and time bounds keep a document.
@@ -576,6 +582,11 @@ impl Query {
         )
     }
 
+    /// Keeps only the events whose topic `filter` matches (a subscription's events).
+    pub fn only_topics(&mut self, filter: spot_push::TopicFilter) {
+        self.topic_filter = Some(filter);
+    }
+
     /// How many documents match, when that is cheap (no field filters: counted without
     /// reading them); for under the read lock. `None` otherwise ([`Query::page`] counts
     /// when it reads every match anyway).
@@ -596,8 +607,23 @@ impl Query {
             .iter()
             .map(|(f, _)| f.as_str())
             .chain(self.sort.iter().map(|(f, _)| f.as_str()))
-            .chain(self.schema.text.iter().copied().filter(|_| self.text.is_some()))
-            .chain(["code_hex"].into_iter().filter(|_| !self.code_bounds.is_empty()));
+            .chain(
+                self.schema
+                    .text
+                    .iter()
+                    .copied()
+                    .filter(|_| self.text.is_some()),
+            )
+            .chain(
+                ["code_hex"]
+                    .into_iter()
+                    .filter(|_| !self.code_bounds.is_empty()),
+            )
+            .chain(
+                ["topic"]
+                    .into_iter()
+                    .filter(|_| self.topic_filter.is_some()),
+            );
         for path in named {
             let sources = self.schema.sources(path);
             derived |= !sources.is_empty();
@@ -652,6 +678,12 @@ impl Query {
                     .text
                     .as_ref()
                     .is_none_or(|t| t.matches(fields, self.schema.text))
+                && self.topic_filter.as_ref().is_none_or(|filter| {
+                    let topic = fields.get("topic_text").or_else(|| fields.get("topic"));
+                    topic
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| filter.matches(t))
+                })
                 && self.code_bounds.iter().all(|(b, v)| {
                     fields
                         .get("code_hex")
@@ -722,7 +754,13 @@ impl Query {
         let page: Vec<D> = kept.into_iter().skip(self.skip).take(self.limit).collect();
         let last_id = page.last().map(|last| last.with_id(str::to_string));
         let url_next = match (&last_id, is_limited) {
-            (Some(id), true) => Some(next_url(path, &self.params, &self.sort, id, self.skip + self.limit)),
+            (Some(id), true) => Some(next_url(
+                path,
+                &self.params,
+                &self.sort,
+                id,
+                self.skip + self.limit,
+            )),
             _ => None,
         };
         // Following `sort=id` never ends: the last page links to what comes after it (a
@@ -916,9 +954,19 @@ mod tests {
             "/",
         )
         .unwrap();
-        let got: Vec<&str> = v.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+        let got: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
         assert_eq!(got, ["0002", "0008", "0004", "0000", "0006"]);
-        let v = run(docs(10), &params("move_count=1&after=2024-01-01T00:00:03Z"), "/").unwrap();
+        let v = run(
+            docs(10),
+            &params("move_count=1&after=2024-01-01T00:00:03Z"),
+            "/",
+        )
+        .unwrap();
         assert_eq!(ids(&v), vec!["0007", "0004"]);
     }
 

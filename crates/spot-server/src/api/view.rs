@@ -426,10 +426,12 @@ impl Shape {
                     o.insert("type".into(), kind);
                 }
                 o.entry("sets").or_insert_with(|| Value::Array(Vec::new()));
-                o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+                o.entry("metadata")
+                    .or_insert_with(|| Value::Object(Map::new()));
             }
             "locations" => {
-                o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+                o.entry("metadata")
+                    .or_insert_with(|| Value::Object(Map::new()));
             }
             "spots" => {
                 // The vendor's form: an array of antenna number and report location.
@@ -445,7 +447,10 @@ impl Shape {
                                 let (key, value) = if self.id_only {
                                     ("report_location_id", id.to_string())
                                 } else {
-                                    ("report_location_url", format!("{}/api/locations/{id}", self.base))
+                                    (
+                                        "report_location_url",
+                                        format!("{}/api/locations/{id}", self.base),
+                                    )
                                 };
                                 entry.insert(key.into(), value.into());
                             }
@@ -547,7 +552,12 @@ mod tests {
                 .rows(schema.name, all, false, usize::MAX, &|_| true)
                 .unwrap();
             let row = rows.first().expect(schema.name).value().unwrap();
-            let names: Vec<&str> = row.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+            let names: Vec<&str> = row
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
             let expected: Vec<&str> = schema.stored.iter().map(|f| f.name).collect();
             if schema.name == "events" {
                 // Not every event carries data.

@@ -98,12 +98,7 @@ impl Domain {
     }
 
     /// Logs the API change `action` of a resource with its document as the data.
-    fn log_api_change(
-        &mut self,
-        change: (&str, Id, &str, Write),
-        doc: &Value,
-        now: i64,
-    ) {
+    fn log_api_change(&mut self, change: (&str, Id, &str, Write), doc: &Value, now: i64) {
         let (collection, id, action, method) = change;
         let topic = topics::api_change(collection, id, action, method.method());
         if let Some((event_id, mut text)) = self.log_start(&Topic::Text(&topic), None, now) {
@@ -134,7 +129,10 @@ impl Domain {
         if let Some(field) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad(
                 field,
-                &format!("cannot be set on a new {collection} (only {})", allowed.join(", ")),
+                &format!(
+                    "cannot be set on a new {collection} (only {})",
+                    allowed.join(", ")
+                ),
             ));
         }
         let (table, id) = if collection == "locations" {
@@ -196,8 +194,7 @@ impl Domain {
                 let text = real_id.hex().to_string();
                 let reporting = self.spots.range(..).find(|s| {
                     s.report_location == Some(real_id)
-                        || s
-                            .antenna_report_locations
+                        || s.antenna_report_locations
                             .values()
                             .any(|v| v.as_str() == Some(text.as_str()))
                 });
@@ -476,13 +473,21 @@ impl Domain {
         keep: &dyn Fn(&Row) -> bool,
     ) -> Option<usize> {
         Some(match collection {
-            "spots" => self.spots.range(ids).filter(|r| keep(&Row::Spot(Arc::clone(r)))).count(),
+            "spots" => self
+                .spots
+                .range(ids)
+                .filter(|r| keep(&Row::Spot(Arc::clone(r))))
+                .count(),
             "locations" => self
                 .locations
                 .range(ids)
                 .filter(|r| keep(&Row::Location(Arc::clone(r))))
                 .count(),
-            "items" => self.items.range(ids).filter(|r| keep(&Row::Item(Arc::clone(r)))).count(),
+            "items" => self
+                .items
+                .range(ids)
+                .filter(|r| keep(&Row::Item(Arc::clone(r))))
+                .count(),
             "presences" => self
                 .presences
                 .range(ids)

@@ -84,6 +84,7 @@ pub fn routes() -> OpenApiRouter<Arc<Context>> {
             update_subscription,
             delete_subscription
         )))
+        .routes(allow(routes!(subscription_events)))
 }
 
 /// The paths still served once the pipeline has failed (everything else answers `503`):
@@ -508,6 +509,20 @@ async fn update_subscription(State(ctx): Ctx, req: Request) -> Response {
         (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
 async fn delete_subscription(State(ctx): Ctx, req: Request) -> Response {
     outlet(&ctx, req).await
+}
+
+/// The events of the log that a webhook subscription's topic filter matches, paged and
+/// filtered as `GET /api/events` (the vendor's `events_url`; this server keeps one events log
+/// for all, so a subscription's events are there with or without its target).
+#[utoipa::path(get, path = "/api/subscriptions/{id}/events", tag = "push",
+    params(("id" = i64, Path, description = "The subscription's id")),
+    responses(
+        (status = 200, description = "A page of events, as GET /api/events"),
+        (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
+        (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
+async fn subscription_events(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Response {
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::subscription_events(&head, &id, &ctx).await)
 }
 
 #[cfg(test)]
