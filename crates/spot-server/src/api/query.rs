@@ -5,14 +5,18 @@
 //! becomes JSON; a filter or a sort on a field reads each candidate once, and only the fields
 //! it names: an event's data only when the field is under `data`).
 //!
-//! Parameters: `limit` (default 100, at most [`MAX_LIMIT`]), `sort` (comma-separated
-//! fields, `-` prefix for descending, default `-id`; `id` is always the final tie-breaker),
-//! `results_only`, `id_only`, `after_id`/`before_id`/`from_id`/`until_id` on ids,
-//! `after`/`before`/`from`/`until` on `time_created`, `skip`, and equality filters on any
-//! other field (dotted paths reach nested fields: `status.version=…`). The wrapped answer
-//! carries `results`, `limit`, `is_limited` and `url_next`. `populate=f1,f2` replaces the id
-//! in each named reference field with the referenced document (see [`references`]), on the
-//! returned page only, after filters and sort (which see the ids).
+//! Parameters ([`CONTROL_PARAMETERS`]): `limit` (default 100, at most [`MAX_LIMIT`]), `sort`
+//! (comma-separated fields, `-` prefix for descending, default `-id`; `id` is always the
+//! final tie-breaker), `results_only`, `id_only`, `select`, `count`, `timeout_s` (a long poll,
+//! run by the caller), `topic_format`, `text`, `after_id`/`before_id`/`from_id`/`until_id` on
+//! ids, `after`/`before`/`from`/`until` on `time_created`, `after_code`… on `code_hex`,
+//! `skip`, and filters on the fields of the collection's table ([`view::schema`]: dotted paths
+//! reach into object fields, `*` in a value is a wildcard); anything else is a
+//! [`QueryError`] naming it. The wrapped answer carries `results`, `limit`, `is_limited`,
+//! `count`, `count_current`, `url`, `next_url` (absolute) and `url_next` (relative, the older
+//! name). `populate=f1,f2` replaces the id in each named reference field with the referenced
+//! document (see [`references`]), on the returned page only, after filters and sort (which
+//! see the ids); each document is then shaped by [`view::Shape`].
 
 use std::borrow::Cow;
 use std::cmp::Ordering;

@@ -274,9 +274,27 @@ async fn metrics(State(ctx): Ctx) -> Response {
 /// `populate`; the page links the next one (`url_next`).
 #[utoipa::path(get, path = "/api/{collection}", tag = "resources",
     params(("collection" = String, Path,
-        description = "locations, items, presences or events (spots: GET /api/spots)")),
+        description = "locations, items, presences or events (spots: GET /api/spots); \
+            `.json` or `.csv` after it for the format"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)"),
+        ("skip" = Option<usize>, Query, description = "Documents to skip (paging under any sort)"),
+        ("sort" = Option<String>, Query, description = "Fields, `-` for descending; default `-id`"),
+        ("results_only" = Option<bool>, Query, description = "Only the array of documents"),
+        ("id_only" = Option<bool>, Query, description = "No `url` fields; `<ref>_id` beside references"),
+        ("select" = Option<String>, Query, description = "The fields to answer (`id`, `url` always)"),
+        ("populate" = Option<String>, Query, description = "References to replace by their documents"),
+        ("count" = Option<bool>, Query, description = "Count every match (`count`), even when that takes a pass over all"),
+        ("timeout_s" = Option<f64>, Query, description = "Long poll: wait up to this long (at most 300 s) for a first match"),
+        ("topic_format" = Option<String>, Query, description = "Events: `object` for the vendor's topic object"),
+        ("text" = Option<String>, Query, description = "Words to search the text fields for (`-word` excludes)"),
+        ("after_id" = Option<String>, Query, description = "Ids after this one (also before_id, from_id, until_id)"),
+        ("after" = Option<String>, Query, description = "time_created after this (also before, from, until)"),
+        ("after_code" = Option<String>, Query, description = "Items: code_hex after this (also before_code, from_code, until_code)"),),
     responses(
-        (status = 200, description = "A page of documents"),
+        (status = 200, description = "A page of documents: results, limit, is_limited, count, \
+            count_current, url, next_url, url_next (any other parameter is a field filter of \
+            the collection, `*` a wildcard; an unknown one is a 400 naming it; \
+            docs/api-compatibility.md)"),
         (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
         (status = 404, description = "No such collection", body = openapi::ErrorBody)))]
 async fn list(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
@@ -354,7 +372,24 @@ async fn delete(
 
 /// The spots, as `GET /api/{collection}`.
 #[utoipa::path(get, path = "/api/spots", tag = "resources",
-    responses((status = 200, description = "A page of spots")))]
+    params(
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)"),
+        ("skip" = Option<usize>, Query, description = "Documents to skip (paging under any sort)"),
+        ("sort" = Option<String>, Query, description = "Fields, `-` for descending; default `-id`"),
+        ("results_only" = Option<bool>, Query, description = "Only the array of documents"),
+        ("id_only" = Option<bool>, Query, description = "No `url` fields; `<ref>_id` beside references"),
+        ("select" = Option<String>, Query, description = "The fields to answer (`id`, `url` always)"),
+        ("populate" = Option<String>, Query, description = "References to replace by their documents"),
+        ("count" = Option<bool>, Query, description = "Count every match (`count`), even when that takes a pass over all"),
+        ("timeout_s" = Option<f64>, Query, description = "Long poll: wait up to this long (at most 300 s) for a first match"),
+        ("topic_format" = Option<String>, Query, description = "Events: `object` for the vendor's topic object"),
+        ("text" = Option<String>, Query, description = "Words to search the text fields for (`-word` excludes)"),
+        ("after_id" = Option<String>, Query, description = "Ids after this one (also before_id, from_id, until_id)"),
+        ("after" = Option<String>, Query, description = "time_created after this (also before, from, until)"),
+        ("after_code" = Option<String>, Query, description = "Items: code_hex after this (also before_code, from_code, until_code)"),),
+    responses(
+        (status = 200, description = "A page of spots"),
+        (status = 400, description = "A bad parameter", body = openapi::ErrorBody)))]
 async fn list_spots(State(ctx): Ctx, req: Request) -> Response {
     let head = hyper::Request::from_parts(req.into_parts().0, ());
     full(api::list(&head, "spots", &ctx).await)
