@@ -201,13 +201,11 @@ async fn run_list<B>(
             .as_array()
             .is_some_and(Vec::is_empty);
         if let (true, Some(changes), Some(deadline)) = (empty, changes.as_mut(), deadline) {
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
-                // Something committed: look again (drained: one look per wake-up).
-                Ok(Some(_)) => {
-                    while changes.try_recv().is_some() {}
-                    continue;
-                }
-                Ok(None) | Err(_) => {}
+            // Something committed: look again (drained: one look per wake-up). The time
+            // up (or the hub gone): the empty page.
+            if let Ok(Some(_)) = tokio::time::timeout_at(deadline, changes.recv()).await {
+                while changes.try_recv().is_some() {}
+                continue;
             }
         }
         if let Some(envelope) = page.as_object_mut() {
@@ -359,7 +357,7 @@ where
                     shape.derive_ids(&collection, &mut current);
                     match settable(schema, &current, body) {
                         Ok(body) => body,
-                        Err(resp) => return resp,
+                        Err(refused) => return bad_field(&refused.field, &refused.message),
                     }
                 }
                 // The pipeline answers the 404 (or 405).
@@ -424,10 +422,19 @@ where
     }
 }
 
+/// A field of a `PUT` body that cannot be taken.
+#[derive(Debug)]
+struct Refused {
+    /// The field.
+    field: String,
+    /// Why, in a sentence.
+    message: String,
+}
+
 /// The fields of a `PUT` body the domain is to set: the writable ones; a read-only field
-/// is dropped when the server changes it on its own or when it is unchanged, else it is a
-/// `400` naming it.
-fn settable(schema: &Schema, current: &Value, body: Object) -> Result<Object, Response<Body>> {
+/// is dropped when the server changes it on its own or when it is unchanged, else it is
+/// refused.
+fn settable(schema: &Schema, current: &Value, body: Object) -> Result<Object, Refused> {
     let mut out = Object::new();
     for (k, v) in body {
         if schema.writable.contains(&k.as_str()) {
@@ -435,22 +442,18 @@ fn settable(schema: &Schema, current: &Value, body: Object) -> Result<Object, Re
         } else if schema.live.contains(&k.as_str()) || current.get(&k) == Some(&v) {
             // Read-only, and unchanged (or the server's to change): a round trip.
         } else if current.get(&k).is_some() {
-            return Err(bad_field(
-                &k,
-                &format!(
-                    "field {k:?} is read-only: send it unchanged or leave it out (settable: {})",
-                    schema.writable.join(", ")
-                ),
-            ));
+            let message = format!(
+                "field {k:?} is read-only: send it unchanged or leave it out (settable: {})",
+                schema.writable.join(", ")
+            );
+            return Err(Refused { field: k, message });
         } else {
-            return Err(bad_field(
-                &k,
-                &format!(
-                    "field {k:?} is not a field of {} (settable: {})",
-                    schema.name,
-                    schema.writable.join(", ")
-                ),
-            ));
+            let message = format!(
+                "field {k:?} is not a field of {} (settable: {})",
+                schema.name,
+                schema.writable.join(", ")
+            );
+            return Err(Refused { field: k, message });
         }
     }
     Ok(out)
