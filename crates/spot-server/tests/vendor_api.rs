@@ -703,6 +703,14 @@ async fn report_location_null_and_the_antenna_array_are_accepted() {
         (status, v["field"].as_str()),
         (400, Some("antenna_report_locations"))
     );
+    // As `id_only` shows it.
+    let body = json!({"report_location_id": location});
+    let (status, v) = call(addr, "PUT", "/api/spots/300", Some(body)).await;
+    assert_eq!(
+        (status, v["report_location"].as_str()),
+        (200, Some(location.as_str())),
+        "{v}"
+    );
     server.shutdown().await;
 }
 

@@ -352,6 +352,8 @@ where
                 Err(why) => return unavailable_state(&why),
             };
             match current {
+                // A collection that takes no PUT: the pipeline answers the 405.
+                Some(_) if schema.writable.is_empty() => body,
                 Some(mut current) => {
                     shape.derive(&collection, &mut current);
                     shape.derive_ids(&collection, &mut current);
@@ -436,8 +438,17 @@ struct Refused {
 /// refused.
 fn settable(schema: &Schema, current: &Value, body: Object) -> Result<Object, Refused> {
     let mut out = Object::new();
+    let aliased: Vec<String> = body
+        .keys()
+        .filter_map(|k| k.strip_suffix("_id"))
+        .filter(|base| schema.writable.contains(base) && !body.contains_key(*base))
+        .map(|base| format!("{base}_id"))
+        .collect();
     for (k, v) in body {
-        if schema.writable.contains(&k.as_str()) {
+        if aliased.contains(&k) {
+            // The vendor's `<ref>_id` (as `id_only` shows it) sets the reference.
+            out.insert(k.trim_end_matches("_id").to_string(), v);
+        } else if schema.writable.contains(&k.as_str()) {
             out.insert(k, v);
         } else if schema.live.contains(&k.as_str()) || current.get(&k) == Some(&v) {
             // Read-only, and unchanged (or the server's to change): a round trip.

@@ -115,7 +115,6 @@ const SPOTS: Schema = Schema {
         "time_updated",
         "time_last_request",
         "report_location_url",
-        "report_location_id",
     ],
     unsupported: &[],
 };

@@ -848,6 +848,95 @@ mod tests {
     use super::*;
     use crate::domain::testing::*;
 
+    /// POST and DELETE through the API: the rows are flushed at once (they are not in the
+    /// journal), a deleted item leaves the item index (a spot seeing its code again creates
+    /// a new one), and what is in use is refused.
+    #[test]
+    fn api_creates_and_deletes_are_flushed_at_once_and_refused_while_in_use() {
+        let mut d = Domain::new(DomainConfig::default());
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let location = d
+            .write(
+                Write::Post,
+                "locations",
+                "",
+                &body(json!({"label": "dock"})),
+                T0,
+            )
+            .unwrap();
+        let location = location["id"].as_str().unwrap().to_string();
+        let item = d
+            .write(
+                Write::Post,
+                "items",
+                "",
+                &body(json!({"code_hex": "ab", "technology": "rfid"})),
+                T0,
+            )
+            .unwrap();
+        assert_eq!(
+            item["technology"], "EPC Gen2",
+            "stored as the code type spots send"
+        );
+        let item_id = item["id"].as_str().unwrap().to_string();
+        let flush = d.take_changes(false);
+        assert!(flush.flush, "an API change is flushed with the next commit");
+        assert_eq!(flush.upserts.len(), 2);
+        let again = d.write(
+            Write::Post,
+            "items",
+            "",
+            &body(json!({"code_hex": "ab"})),
+            T0,
+        );
+        assert!(matches!(again, Err(PutError::Conflict(_))), "{again:?}");
+        d.write(Write::Delete, "items", &item_id, &Object::new(), T0 + 1)
+            .unwrap();
+        let flush = d.take_changes(false);
+        let id = Id::parse(&item_id).unwrap();
+        assert_eq!(flush.deletes, vec![(Table::Items, id)]);
+        // Seen again: a new item.
+        d.begin_stream("7", None, T0 + 2);
+        d.apply_event(
+            "7",
+            &presence(Action::Create, "ab", Proximity::Near),
+            T0 + 3,
+        );
+        let seen = d.collection("items").unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_ne!(seen[0]["id"], item_id.as_str());
+        let present = seen[0]["id"].as_str().unwrap().to_string();
+        let refused = d.write(Write::Delete, "items", &present, &Object::new(), T0 + 4);
+        assert!(
+            matches!(refused, Err(PutError::Conflict(_))),
+            "present: {refused:?}"
+        );
+        let spot_location = d.collection("spots").unwrap()[0]["report_location"].clone();
+        let spot_location = spot_location.as_str().unwrap();
+        let refused = d.write(
+            Write::Delete,
+            "locations",
+            spot_location,
+            &Object::new(),
+            T0 + 4,
+        );
+        assert!(
+            matches!(refused, Err(PutError::Conflict(_))),
+            "reported to: {refused:?}"
+        );
+        d.write(
+            Write::Delete,
+            "locations",
+            &location,
+            &Object::new(),
+            T0 + 4,
+        )
+        .unwrap();
+        assert!(d.get("locations", &location).is_none());
+        let refused = d.write(Write::Delete, "spots", "7", &Object::new(), T0 + 4);
+        assert!(matches!(refused, Err(PutError::MethodNotAllowed(_))));
+    }
+
     #[test]
     fn the_fields_of_a_row_are_those_of_its_json_that_the_paths_name() {
         let mut d = Domain::new(DomainConfig::default());
