@@ -411,6 +411,15 @@ impl Outlets {
         }
     }
 
+    /// The topic filter of webhook subscription `id` (`None`: no such subscription), for
+    /// `GET /api/subscriptions/{id}/events`.
+    pub fn subscription_filter(
+        &self,
+        id: i64,
+    ) -> Result<Option<String>, spot_push::webhook::StoreError> {
+        Ok(self.webhooks.store().get(id)?.map(|s| s.topic_filter))
+    }
+
     /// The hub (for tests and in-process consumers).
     pub fn hub(&self) -> &Hub {
         &self.hub

@@ -84,7 +84,9 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("id {id:?} is not a number")))
 }
 
+/// The parameters of the list (any other is a `400` naming it).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     after_id: Option<i64>,
     limit: Option<usize>,

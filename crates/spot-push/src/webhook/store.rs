@@ -77,6 +77,12 @@ pub struct WebhookSubscription {
     /// `active`, or `overflowed`: the queue reached its bound and matching events are read
     /// from the events log once it has drained.
     pub state: SubscriptionState,
+    /// Always `true`: the target's TLS certificate is verified (the vendor's field; to trust
+    /// a private CA, the server's `webhook-ca-cert`).
+    pub verify_target_certificate: bool,
+    /// Always `false`: events carry references as ids (and the changed resource's document
+    /// in `data`); the vendor's field.
+    pub populate_events: bool,
     /// Matching events not queued when they came, the queue being full (each is read back
     /// from the events log once the target accepts deliveries again, if the log still holds
     /// it).
@@ -146,6 +152,10 @@ pub struct SubscriptionInput {
     pub database_hold_time_h: Option<f64>,
     /// HMAC-SHA256 key; `""` removes it.
     pub secret: Option<String>,
+    /// The vendor's field: only `true` (certificates are always verified).
+    pub verify_target_certificate: Option<bool>,
+    /// The vendor's field: only `false` (events are not populated).
+    pub populate_events: Option<bool>,
 }
 
 /// A refused input: the field and why.
@@ -233,6 +243,20 @@ impl Definition {
                 ));
             }
             self.database_hold_time_h = h;
+        }
+        if input.verify_target_certificate == Some(false) {
+            return Err(bad(
+                "verify_target_certificate",
+                "targets' certificates are always verified: to trust a private CA, start the \
+                 server with webhook-ca-cert",
+            ));
+        }
+        if input.populate_events == Some(true) {
+            return Err(bad(
+                "populate_events",
+                "events are not populated here: an event's data is the changed resource's \
+                 document, and its references are ids",
+            ));
         }
         if let Some(s) = input.secret {
             if s.len() > MAX_TEXT_FIELD {
@@ -375,6 +399,8 @@ fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubsc
         queued_bytes: row.get(13)?,
         state: SubscriptionState::parse(&row.get::<_, String>(14)?),
         not_queued_count: row.get(15)?,
+        verify_target_certificate: true,
+        populate_events: false,
     })
 }
 

@@ -1,11 +1,15 @@
-//! The REST API: `GET /api/{collection}` (filters, sort, paging: [`query`]),
-//! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}` (answered after commit) and
+//! The REST API: `GET /api/{collection}` (filters, sort, paging, long poll: [`query`]),
+//! `GET /api/{collection}/{id}`, `PUT /api/{collection}/{id}`, `POST /api/{collection}` and
+//! `DELETE /api/{collection}/{id}` (locations, items; answered after commit), each
+//! document shaped as the vendor's API has it ([`view`]), as JSON or (`.csv`) CSV, and
 //! `GET /metrics`; [`access`]: `/api/keys` and spot enrolment (`POST /api/spots`);
-//! [`index`]: what `/`, `/api`, `/healthz` and `/readyz` answer.
+//! [`index`]: what `/`, `/api`, `/healthz` and `/readyz` answer. docs/api-compatibility.md
+//! says where this API differs from the vendor's.
 
 pub mod access;
 pub mod index;
 pub mod query;
+pub mod view;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{HeaderValue, ALLOW};
@@ -16,78 +20,248 @@ type Object = Map<String, Value>;
 use tokio::sync::oneshot;
 
 use crate::api::query::{Query, COLLECTIONS};
+use crate::api::view::{Schema, Shape};
 use crate::context::Context;
-use crate::domain::PutError;
+use crate::domain::{PutError, Write};
 use crate::metrics::{render_process, Gauges};
 use crate::pipeline::PipelineMsg;
 use crate::response::{error, json_response, unavailable, unavailable_state, Body};
 
-pub fn list<B>(req: &Request<B>, collection: &str, path: &str, shared: &Context) -> Response<Body> {
-    let params: Vec<(String, String)> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let no_collection = || {
+/// How a document or a list is written: `.json` (the default) or `.csv` after the
+/// collection or the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON.
+    Json,
+    /// CSV: a header of the fields, a line per document (nested values as JSON).
+    Csv,
+}
+
+/// `name` without its `.json` or `.csv` suffix, and the format it asks for.
+pub fn format_of(name: &str) -> (&str, Format) {
+    if let Some(stem) = name.strip_suffix(".json") {
+        (stem, Format::Json)
+    } else if let Some(stem) = name.strip_suffix(".csv") {
+        (stem, Format::Csv)
+    } else {
+        (name, Format::Json)
+    }
+}
+
+/// `scheme://host` as the client reached the server: `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` of a proxy (their first values), else the listener's scheme and
+/// `Host`.
+pub fn base_url<B>(req: &Request<B>) -> String {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let listener = req
+        .extensions()
+        .get::<crate::http::Scheme>()
+        .map_or("http", |s| s.0);
+    let scheme = header("x-forwarded-proto").unwrap_or(listener);
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+/// The query's parameters (`key` excepted: the key check took it).
+fn query_params<B>(req: &Request<B>) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .filter(|(k, _)| k != "key")
+        .collect()
+}
+
+fn no_collection(collection: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no collection {collection:?}"),
+        Value::Null,
+    )
+}
+
+/// `GET /api/{collection}`: a page of documents. With `timeout_s`, an empty page waits
+/// (awaiting the derived events of each commit, holding no thread) until a document
+/// matches or the time is up.
+pub async fn list<B>(req: &Request<B>, collection: &str, shared: &Context) -> Response<Body> {
+    let (collection, format) = format_of(collection);
+    if !COLLECTIONS.contains(&collection) {
+        return no_collection(collection);
+    }
+    run_list(req, collection, format, None, shared).await
+}
+
+/// `GET /api/subscriptions/{id}/events`: the events log's events that the subscription's
+/// topic filter matches, as `GET /api/events` pages them (every parameter of it works).
+pub async fn subscription_events<B>(
+    req: &Request<B>,
+    id: &str,
+    shared: &Context,
+) -> Response<Body> {
+    let (id, format) = format_of(id);
+    let not_found = || {
         error(
             StatusCode::NOT_FOUND,
-            format!("no collection {collection:?}"),
+            format!("subscription {id:?} not found"),
             Value::Null,
         )
     };
-    if !COLLECTIONS.contains(&collection) {
-        return no_collection();
+    let Ok(number) = id.parse::<i64>() else {
+        return not_found();
+    };
+    let filter = match shared.outlets.subscription_filter(number) {
+        Ok(Some(filter)) => filter,
+        Ok(None) => return not_found(),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading subscription {id}: {e}"),
+                Value::Null,
+            )
+        }
+    };
+    match spot_push::TopicFilter::new(&filter) {
+        Ok(filter) => run_list(req, "events", format, Some(filter), shared).await,
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("subscription {id}: its topic filter {filter:?} is not one: {e}"),
+            Value::Null,
+        ),
     }
-    let query = match Query::parse(collection, &params) {
+}
+
+/// A page of `collection` (events only those `topics` matches, when given).
+async fn run_list<B>(
+    req: &Request<B>,
+    collection: &str,
+    format: Format,
+    topics: Option<spot_push::TopicFilter>,
+    shared: &Context,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let params = query_params(req);
+    let mut query = match Query::parse(collection, &params) {
         Ok(query) => query,
         Err(e) => return bad_parameter(&e),
     };
-    // Under the read lock only the rows the page needs, shared (no JSON): ingest waits for
-    // no list.
-    let rows = match shared.live_state() {
-        Ok(domain) => query.rows(&domain),
-        Err(why) => return unavailable_state(&why),
+    if let Some(topics) = topics {
+        query.only_topics(topics);
+    }
+    query.shape.base = base_url(req);
+    let path = req.uri().path().to_string();
+    // Subscribed before the first look: nothing committed in between is missed.
+    let mut changes = match query.timeout {
+        Some(_) => {
+            let all = spot_push::TopicFilter::new("#").expect("# is a topic filter");
+            match shared
+                .outlets
+                .hub()
+                .subscribe_with_capacity("long-poll", vec![all], 1)
+            {
+                Ok(subscription) => Some(subscription),
+                Err(e) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("timeout_s: cannot wait for changes now ({e})"),
+                        Value::Null,
+                    )
+                }
+            }
+        }
+        None => None,
     };
-    let Some(rows) = rows else {
-        return no_collection();
-    };
-    // A reference the state can no longer resolve stays an id.
-    let lookup = |collection: &str, id: &str| shared.live_state().ok()?.get(collection, id);
-    json_response(StatusCode::OK, &query.page(rows, path, &lookup))
+    let deadline = query.timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        // Under the read lock only the rows the page needs, shared (no JSON): ingest
+        // waits for no list.
+        let (rows, total) = match shared.live_state() {
+            Ok(domain) => {
+                query.shape.retention_ms = domain.events_retention_ms();
+                (query.rows(&domain), query.count(&domain))
+            }
+            Err(why) => return unavailable_state(&why),
+        };
+        let Some(rows) = rows else {
+            return no_collection(collection);
+        };
+        // A reference the state can no longer resolve stays an id.
+        let lookup = |collection: &str, id: &str| shared.live_state().ok()?.get(collection, id);
+        let mut page = query.page(rows, &path, total, &lookup);
+        let empty = page
+            .get("results")
+            .unwrap_or(&page)
+            .as_array()
+            .is_some_and(Vec::is_empty);
+        if let (true, Some(changes), Some(deadline)) = (empty, changes.as_mut(), deadline) {
+            // Something committed: look again (drained: one look per wake-up). The time
+            // up (or the hub gone): the empty page.
+            if let Ok(Some(_)) = tokio::time::timeout_at(deadline, changes.recv()).await {
+                while changes.try_recv().is_some() {}
+                continue;
+            }
+        }
+        if let Some(envelope) = page.as_object_mut() {
+            let ms = started.elapsed().as_millis() as u64;
+            envelope.insert("query_duration_ms".into(), ms.into());
+        }
+        return match format {
+            Format::Json => json_response(StatusCode::OK, &page),
+            Format::Csv => csv_response(page.get("results").unwrap_or(&page)),
+        };
+    }
 }
 
-/// One document; `populate` works as on the collection.
+/// The parameters a single document's `GET` takes.
+const ONE_PARAMETERS: [&str; 4] = ["populate", "select", "id_only", "topic_format"];
+
+/// `GET /api/{collection}/{id}`: one document; `populate`, `select`, `id_only` and
+/// `topic_format` work as on the collection, any other parameter is a `400`.
 pub fn get_one<B>(
     req: &Request<B>,
     collection: &str,
     id: &str,
     shared: &Context,
 ) -> Response<Body> {
-    let mut fields = Vec::new();
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        if k == "populate" {
-            match crate::api::query::populate_fields(collection, &v) {
-                Ok(f) => fields.extend(f),
-                Err(e) => return bad_parameter(&e),
-            }
-        }
+    let (id, format) = format_of(id);
+    if !COLLECTIONS.contains(&collection) {
+        return no_collection(collection);
     }
+    let params = query_params(req);
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(k, _)| !ONE_PARAMETERS.contains(&k.as_str()))
+    {
+        return bad_parameter(&query::QueryError {
+            param: name.clone(),
+            reason: format!("a single document takes only {}", ONE_PARAMETERS.join(", ")),
+        });
+    }
+    let mut query = match Query::parse(collection, &params) {
+        Ok(query) => query,
+        Err(e) => return bad_parameter(&e),
+    };
+    query.shape.base = base_url(req);
     let domain = match shared.live_state() {
         Ok(domain) => domain,
         Err(why) => return unavailable_state(&why),
     };
-    if !crate::api::query::COLLECTIONS.contains(&collection) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no collection {collection:?}"),
-            Value::Null,
-        );
-    }
+    query.shape.retention_ms = domain.events_retention_ms();
     match domain.get(collection, id) {
         Some(v) => {
-            let mut docs = [v];
-            crate::api::query::populate(&mut docs, &fields, &|c, id| domain.get(c, id));
-            let [v] = docs;
-            json_response(StatusCode::OK, &v)
+            let page = query.page(vec![v], "", None, &|c, id| domain.get(c, id));
+            let v = page["results"][0].clone();
+            match format {
+                Format::Json => json_response(StatusCode::OK, &v),
+                Format::Csv => csv_response(&Value::Array(vec![v])),
+            }
         }
         None => error(
             StatusCode::NOT_FOUND,
@@ -97,8 +271,56 @@ pub fn get_one<B>(
     }
 }
 
-pub async fn put<B>(
+/// Documents as CSV: a header line of every top-level field (in the order first met),
+/// then a line per document; nested values are their JSON text.
+fn csv_response(docs: &Value) -> Response<Body> {
+    let docs = docs.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut columns: Vec<&str> = Vec::new();
+    for doc in docs {
+        for key in doc.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !columns.contains(&key.as_str()) {
+                columns.push(key);
+            }
+        }
+    }
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let mut write = || -> Result<Vec<u8>, csv::Error> {
+        out.write_record(&columns)?;
+        for doc in docs {
+            out.write_record(columns.iter().map(|c| match doc.get(*c) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            }))?;
+        }
+        out.flush()?;
+        Ok(out.get_ref().clone())
+    };
+    match write() {
+        Ok(bytes) => {
+            let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from(bytes)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            resp
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("writing CSV: {e}"),
+            Value::Null,
+        ),
+    }
+}
+
+/// `PUT`, `POST` or `DELETE` of a resource, answered after commit with the resource in the
+/// shape of a `GET` (for a `DELETE`: as it was), with the vendor's `resource` (`id`, `url`)
+/// besides. A `PUT` takes a document as a `GET` answered it: its read-only fields are
+/// accepted when unchanged (those the server changes on its own ignored), and a changed one
+/// is a `400` naming it.
+pub async fn write<B>(
     req: Request<B>,
+    method: Write,
     collection: String,
     id: String,
     shared: &Context,
@@ -107,13 +329,49 @@ where
     B: hyper::body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let body = match json_body(req, shared.limits.max_api_body_bytes).await {
-        Ok(body) => body,
-        Err(resp) => return resp,
+    let (collection, _) = format_of(&collection);
+    let collection = collection.to_string();
+    let Some(schema) = view::schema(&collection) else {
+        return no_collection(&collection);
+    };
+    let shape = Shape {
+        base: base_url(&req),
+        ..Shape::default()
+    };
+    let body = match method {
+        Write::Delete => Object::new(),
+        _ => match json_body(req, shared.limits.max_api_body_bytes).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        },
+    };
+    let body = match method {
+        Write::Put => {
+            let current = match shared.live_state() {
+                Ok(domain) => domain.get(&collection, &id),
+                Err(why) => return unavailable_state(&why),
+            };
+            match current {
+                // A collection that takes no PUT: the pipeline answers the 405.
+                Some(_) if schema.writable.is_empty() => body,
+                Some(mut current) => {
+                    shape.derive(&collection, &mut current);
+                    shape.derive_ids(&collection, &mut current);
+                    match settable(schema, &current, body) {
+                        Ok(body) => body,
+                        Err(refused) => return bad_field(&refused.field, &refused.message),
+                    }
+                }
+                // The pipeline answers the 404 (or 405).
+                None => body,
+            }
+        }
+        _ => body,
     };
     let (reply, rx) = oneshot::channel();
     let msg = PipelineMsg::Put {
-        collection,
+        method,
+        collection: collection.clone(),
         id,
         body,
         reply,
@@ -122,29 +380,99 @@ where
         return unavailable();
     }
     match rx.await {
-        Ok(Ok(v)) => json_response(StatusCode::OK, &v),
+        Ok(Ok(mut v)) => {
+            if let Ok(domain) = shared.live_state() {
+                let shape = Shape {
+                    retention_ms: domain.events_retention_ms(),
+                    ..shape
+                };
+                shape.apply(&collection, &mut v);
+            }
+            if let Some(o) = v.as_object_mut() {
+                let resource = json!({"id": o.get("id"), "url": o.get("url")});
+                o.insert("resource".into(), resource);
+            }
+            let status = match method {
+                Write::Post => StatusCode::CREATED,
+                _ => StatusCode::OK,
+            };
+            json_response(status, &v)
+        }
         Ok(Err(e @ PutError::NotFound { .. })) => {
             error(StatusCode::NOT_FOUND, e.to_string(), Value::Null)
         }
+        Ok(Err(e @ PutError::Conflict(_))) => {
+            error(StatusCode::CONFLICT, e.to_string(), Value::Null)
+        }
         Ok(Err(e @ PutError::MethodNotAllowed(_))) => {
             let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, e.to_string(), Value::Null);
+            let allowed = match (collection.as_str(), method) {
+                ("spots", _) => "GET, PUT",
+                ("locations" | "items", Write::Post) => "GET, POST",
+                ("locations" | "items", _) => "GET, PUT, DELETE",
+                (_, Write::Post) => "GET",
+                _ => "GET",
+            };
             resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
+                .insert(ALLOW, HeaderValue::from_static(allowed));
             resp
         }
-        Ok(Err(e @ PutError::BadField { .. })) => {
-            let field = match &e {
-                PutError::BadField { field, .. } => field.clone(),
-                _ => String::new(),
-            };
-            error(
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-                json!({ "field": field }),
-            )
+        Ok(Err(PutError::BadField { field, reason })) => {
+            bad_field(&field, &format!("field {field:?}: {reason}"))
         }
         Err(_) => unavailable(),
     }
+}
+
+/// A field of a `PUT` body that cannot be taken.
+#[derive(Debug)]
+struct Refused {
+    /// The field.
+    field: String,
+    /// Why, in a sentence.
+    message: String,
+}
+
+/// The fields of a `PUT` body the domain is to set: the writable ones; a read-only field
+/// is dropped when the server changes it on its own or when it is unchanged, else it is
+/// refused.
+fn settable(schema: &Schema, current: &Value, body: Object) -> Result<Object, Refused> {
+    let mut out = Object::new();
+    let aliased: Vec<String> = body
+        .keys()
+        .filter_map(|k| k.strip_suffix("_id"))
+        .filter(|base| schema.writable.contains(base) && !body.contains_key(*base))
+        .map(|base| format!("{base}_id"))
+        .collect();
+    for (k, v) in body {
+        if aliased.contains(&k) {
+            // The vendor's `<ref>_id` (as `id_only` shows it) sets the reference.
+            out.insert(k.trim_end_matches("_id").to_string(), v);
+        } else if schema.writable.contains(&k.as_str()) {
+            out.insert(k, v);
+        } else if schema.live.contains(&k.as_str()) || current.get(&k) == Some(&v) {
+            // Read-only, and unchanged (or the server's to change): a round trip.
+        } else if current.get(&k).is_some() {
+            let message = format!(
+                "field {k:?} is read-only: send it unchanged or leave it out (settable: {})",
+                schema.writable.join(", ")
+            );
+            return Err(Refused { field: k, message });
+        } else {
+            let message = format!(
+                "field {k:?} is not a field of {} (settable: {})",
+                schema.name,
+                schema.writable.join(", ")
+            );
+            return Err(Refused { field: k, message });
+        }
+    }
+    Ok(out)
+}
+
+/// `400` naming the body field that is wrong.
+fn bad_field(field: &str, message: &str) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, message, json!({ "field": field }))
 }
 
 /// The JSON object of a request body of at most `limit` bytes; otherwise the answer

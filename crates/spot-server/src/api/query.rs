@@ -5,14 +5,18 @@
 //! becomes JSON; a filter or a sort on a field reads each candidate once, and only the fields
 //! it names: an event's data only when the field is under `data`).
 //!
-//! Parameters: `limit` (default 100, at most [`MAX_LIMIT`]), `sort` (comma-separated
-//! fields, `-` prefix for descending, default `-id`; `id` is always the final tie-breaker),
-//! `results_only`, `id_only`, `after_id`/`before_id`/`from_id`/`until_id` on ids,
-//! `after`/`before`/`from`/`until` on `time_created`, `skip`, and equality filters on any
-//! other field (dotted paths reach nested fields: `status.version=…`). The wrapped answer
-//! carries `results`, `limit`, `is_limited` and `url_next`. `populate=f1,f2` replaces the id
-//! in each named reference field with the referenced document (see [`references`]), on the
-//! returned page only, after filters and sort (which see the ids).
+//! Parameters ([`CONTROL_PARAMETERS`]): `limit` (default 100, at most [`MAX_LIMIT`]), `sort`
+//! (comma-separated fields, `-` prefix for descending, default `-id`; `id` is always the
+//! final tie-breaker), `results_only`, `id_only`, `select`, `count`, `timeout_s` (a long poll,
+//! run by the caller), `topic_format`, `text`, `after_id`/`before_id`/`from_id`/`until_id` on
+//! ids, `after`/`before`/`from`/`until` on `time_created`, `after_code`… on `code_hex`,
+//! `skip`, and filters on the fields of the collection's table ([`view::schema`]: dotted paths
+//! reach into object fields, `*` in a value is a wildcard); anything else is a
+//! [`QueryError`] naming it. The wrapped answer carries `results`, `limit`, `is_limited`,
+//! `count`, `count_current`, `url`, `next_url` (absolute) and `url_next` (relative, the older
+//! name). `populate=f1,f2` replaces the id in each named reference field with the referenced
+//! document (see [`references`]), on the returned page only, after filters and sort (which
+//! see the ids); each document is then shaped by [`view::Shape`].
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -22,6 +26,7 @@ use std::ops::Bound;
 use serde_json::{json, Value};
 use spot_protocol::Timestamp;
 
+use crate::api::view::{self, Schema, Shape};
 use crate::domain::{Domain, Row};
 use crate::ids::Id;
 
@@ -170,8 +175,6 @@ pub fn populate(
 pub trait Doc {
     /// `f` of the id as text (`""` when it has none).
     fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R;
-    /// The id as returned by `id_only`.
-    fn id_value(&self) -> Value;
     /// `time_created`, where it is a time.
     fn time_created(&self) -> Option<Timestamp>;
     /// A JSON document with at least the fields at `paths` (filters and sorts look them up);
@@ -184,9 +187,6 @@ pub trait Doc {
 impl Doc for Value {
     fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         f(self.get("id").and_then(Value::as_str).unwrap_or(""))
-    }
-    fn id_value(&self) -> Value {
-        self.get("id").cloned().unwrap_or(Value::Null)
     }
     fn time_created(&self) -> Option<Timestamp> {
         self.get("time_created")
@@ -204,9 +204,6 @@ impl Doc for Value {
 impl Doc for Row {
     fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         f(&self.id().hex())
-    }
-    fn id_value(&self) -> Value {
-        Value::String(self.id().text())
     }
     fn time_created(&self) -> Option<Timestamp> {
         Some(Timestamp(Row::time_created(self)))
@@ -253,41 +250,174 @@ impl Bounding {
     }
 }
 
+/// What a filter wants of a field.
+#[derive(Debug, Clone)]
+enum Wanted {
+    /// The value's text equals this.
+    Exact(String),
+    /// The value's text matches this pattern (`*` anywhere: any text), ignoring case.
+    Wildcard(regex::Regex),
+}
+
+impl Wanted {
+    fn parse(param: &str, text: &str) -> Result<Wanted, QueryError> {
+        if !text.contains('*') {
+            return Ok(Wanted::Exact(text.to_string()));
+        }
+        let pattern: Vec<String> = text.split('*').map(regex::escape).collect();
+        regex::RegexBuilder::new(&format!("^{}$", pattern.join(".*")))
+            .case_insensitive(true)
+            .size_limit(1 << 20)
+            .build()
+            .map(Wanted::Wildcard)
+            .map_err(|e| bad(param, format!("not a usable wildcard pattern: {e}")))
+    }
+
+    fn matches(&self, value: Option<&Value>) -> bool {
+        match self {
+            Wanted::Exact(text) => matches(value, text),
+            Wanted::Wildcard(re) => match value {
+                Some(Value::String(s)) => re.is_match(s),
+                Some(Value::Number(n)) => re.is_match(&n.to_string()),
+                Some(Value::Bool(b)) => re.is_match(if *b { "true" } else { "false" }),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// `text=`: words any of which a document's text fields contain (ignoring case), `"…"`
+/// for words with spaces, `-word` for words none may contain.
+#[derive(Debug, Clone, Default)]
+struct TextSearch {
+    any: Vec<String>,
+    none: Vec<String>,
+}
+
+impl TextSearch {
+    fn parse(text: &str) -> TextSearch {
+        let mut search = TextSearch::default();
+        let mut rest = text.trim();
+        while !rest.is_empty() {
+            let (negated, after) = match rest.strip_prefix('-') {
+                Some(after) => (true, after),
+                None => (false, rest),
+            };
+            let (word, after) = match after.strip_prefix('"') {
+                Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+                None => after.split_once(char::is_whitespace).unwrap_or((after, "")),
+            };
+            if !word.is_empty() {
+                let word = word.to_lowercase();
+                if negated {
+                    search.none.push(word);
+                } else {
+                    search.any.push(word);
+                }
+            }
+            rest = after.trim_start();
+        }
+        search
+    }
+
+    fn matches(&self, fields: &Value, names: &[&str]) -> bool {
+        let texts: Vec<String> = names
+            .iter()
+            .filter_map(|n| match fields.get(*n) {
+                Some(Value::String(s)) => Some(s.to_lowercase()),
+                Some(Value::Null) | None => None,
+                Some(other) => Some(other.to_string().to_lowercase()),
+            })
+            .collect();
+        let has = |w: &String| texts.iter().any(|t| t.contains(w.as_str()));
+        (self.any.is_empty() || self.any.iter().any(has)) && !self.none.iter().any(has)
+    }
+}
+
+/// The parameters that shape a list rather than filter it.
+pub const CONTROL_PARAMETERS: [&str; 24] = [
+    "limit",
+    "skip",
+    "sort",
+    "results_only",
+    "id_only",
+    "populate",
+    "select",
+    "count",
+    "timeout_s",
+    "topic_format",
+    "text",
+    "after_id",
+    "before_id",
+    "from_id",
+    "until_id",
+    "after",
+    "before",
+    "from",
+    "until",
+    "after_code",
+    "before_code",
+    "from_code",
+    "until_code",
+    "key",
+];
+
+/// Largest `timeout_s` honoured (a long poll waits at most this long).
+pub const MAX_TIMEOUT_S: f64 = 300.0;
+
 /// A parsed collection query ([`Query::parse`]); [`Query::rows`] takes what it needs of the
 /// domain (under the read lock: cheap), [`Query::page`] builds the answer (after it).
 #[derive(Debug, Clone)]
 pub struct Query {
-    collection: String,
+    schema: &'static Schema,
     params: Vec<(String, String)>,
     limit: usize,
     skip: usize,
-    /// Fields and whether descending; `id` is always among them.
+    /// Fields (internal paths) and whether descending; `id` is always among them.
     sort: Vec<(String, bool)>,
     results_only: bool,
-    id_only: bool,
     populated: Vec<(&'static str, &'static str)>,
     id_bounds: Vec<(Bounding, String)>,
     time_bounds: Vec<(Bounding, Timestamp)>,
-    /// Equality filters: field path, wanted text.
-    filters: Vec<(String, String)>,
+    /// `after_code` …: bounds on `code_hex` (items).
+    code_bounds: Vec<(Bounding, String)>,
+    /// Field filters: internal path, what it wants.
+    filters: Vec<(String, Wanted)>,
+    text: Option<TextSearch>,
+    /// `count=true`: count every match, even when that takes a pass over all.
+    count_all: bool,
+    /// Only events whose topic this matches ([`Query::only_topics`]).
+    topic_filter: Option<spot_push::TopicFilter>,
+    /// How long to wait for a first result (`timeout_s`), if at all.
+    pub timeout: Option<std::time::Duration>,
+    /// How the documents are shown; the caller sets where the server is reached.
+    pub shape: Shape,
 }
 
 impl Query {
-    /// Reads the parameters of a query of `collection`; the first bad one is named.
+    /// Reads the parameters of a query of `collection`; the first bad one is named, and so
+    /// is every parameter that is neither a parameter of lists nor a field of `collection`.
     pub fn parse(collection: &str, params: &[(String, String)]) -> Result<Query, QueryError> {
+        let schema = view::schema(collection).ok_or_else(|| bad("", "no such collection"))?;
         let mut q = Query {
-            collection: collection.to_string(),
+            schema,
             params: params.to_vec(),
             limit: 100,
             skip: 0,
             sort: vec![("id".to_string(), true)],
             results_only: false,
-            id_only: false,
             populated: Vec::new(),
             id_bounds: Vec::new(),
             time_bounds: Vec::new(),
+            code_bounds: Vec::new(),
             filters: Vec::new(),
+            text: None,
+            count_all: false,
+            topic_filter: None,
+            timeout: None,
+            shape: Shape::default(),
         };
+        let mut select = None;
         for (k, v) in params {
             match k.as_str() {
                 "limit" => {
@@ -299,23 +429,52 @@ impl Query {
                 }
                 "skip" => q.skip = v.parse().map_err(|_| bad(k, "must be a number"))?,
                 "sort" => {
-                    q.sort = v
-                        .split(',')
-                        .filter(|f| !f.is_empty())
-                        .map(|f| match f.strip_prefix('-') {
-                            Some(name) => (name.to_string(), true),
-                            None => (f.trim_start_matches('+').to_string(), false),
-                        })
-                        .collect();
-                    if q.sort.is_empty() || q.sort.iter().any(|(f, _)| f.is_empty()) {
+                    q.sort = Vec::new();
+                    for f in v.split(',').filter(|f| !f.is_empty()) {
+                        let (name, desc) = match f.strip_prefix('-') {
+                            Some(name) => (name, true),
+                            None => (f.trim_start_matches('+'), false),
+                        };
+                        if !schema.knows(name) {
+                            return Err(unknown_field(k, name, schema));
+                        }
+                        q.sort.push((schema.internal_path(name), desc));
+                    }
+                    if q.sort.is_empty() {
                         return Err(bad(k, "must name fields, e.g. -time_created,id"));
                     }
                 }
                 "results_only" => q.results_only = parse_bool(k, v)?,
-                "id_only" => q.id_only = parse_bool(k, v)?,
+                "id_only" => q.shape.id_only = parse_bool(k, v)?,
+                "count" => q.count_all = parse_bool(k, v)?,
                 "populate" => q.populated.extend(populate_fields(collection, v)?),
+                "select" => select = Some(v.clone()),
+                "text" => q.text = Some(TextSearch::parse(v)),
+                "topic_format" => {
+                    q.shape.topic_object = match v.as_str() {
+                        "object" => true,
+                        "text" | "" => false,
+                        _ => return Err(bad(k, "must be text (the default) or object")),
+                    }
+                }
+                "timeout_s" => {
+                    let s: f64 = v
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                        .ok_or_else(|| bad(k, "must be a number of seconds, 0 or more"))?;
+                    q.timeout =
+                        (s > 0.0).then(|| std::time::Duration::from_secs_f64(s.min(MAX_TIMEOUT_S)));
+                }
                 "after_id" | "before_id" | "from_id" | "until_id" => {
                     q.id_bounds.push((Bounding::of(k), v.clone()))
+                }
+                "after_code" | "before_code" | "from_code" | "until_code" => {
+                    if schema.field("code_hex").is_none() {
+                        return Err(bad(k, format!("{collection} have no code_hex")));
+                    }
+                    q.code_bounds
+                        .push((Bounding::of(k.trim_end_matches("_code")), v.clone()))
                 }
                 "after" | "before" | "from" | "until" => {
                     let t = Timestamp::parse(v).ok_or_else(|| {
@@ -323,16 +482,28 @@ impl Query {
                     })?;
                     q.time_bounds.push((Bounding::of(k), t));
                 }
+                // Taken by the key check before the query is read; never a filter.
+                "key" => {}
                 name => {
-                    if name.is_empty()
-                        || !name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-                    {
-                        return Err(bad(name, "is not a field name"));
+                    if let Some((_, why)) = schema.unsupported.iter().find(|(p, _)| *p == name) {
+                        return Err(bad(name, format!("not supported by this server: {why}")));
                     }
-                    q.filters.push((name.to_string(), v.clone()));
+                    if !schema.knows(name) {
+                        return Err(unknown_field(name, name, schema));
+                    }
+                    q.filters
+                        .push((schema.internal_path(name), Wanted::parse(name, v)?));
                 }
+            }
+        }
+        if let Some(select) = select {
+            for name in select.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                let head = name.split('.').next().unwrap_or(name);
+                let populated = q.populated.iter().any(|(f, _)| *f == head);
+                if !(schema.knows(name) || populated && schema.knows(head)) {
+                    return Err(unknown_field("select", name, schema));
+                }
+                q.shape.select.push(name.to_string());
             }
         }
         if !q.sort.iter().any(|(f, _)| f == "id") {
@@ -341,12 +512,26 @@ impl Query {
         Ok(q)
     }
 
+    /// The collection.
+    pub fn collection(&self) -> &'static str {
+        self.schema.name
+    }
+
     /// `Some(descending)` when the order is by id alone (its first sort field).
     fn by_id(&self) -> Option<bool> {
         self.sort
             .first()
             .filter(|(f, _)| f == "id")
             .map(|(_, desc)| *desc)
+    }
+
+    /// Whether the query reads fields of the documents (filters other than bounds on ids
+    /// and times): then the rows past the page cannot be told apart without reading them.
+    fn reads_fields(&self) -> bool {
+        !self.filters.is_empty()
+            || !self.code_bounds.is_empty()
+            || self.text.is_some()
+            || self.topic_filter.is_some()
     }
 
     /// Whether the id and time bounds keep a document.
@@ -382,18 +567,18 @@ impl Query {
     }
 
     /// The rows of the collection the page needs (`None`: no such collection), in its order
-    /// when that is by id: without equality filters, only as many as the page needs (and one
+    /// when that is by id: without field filters, only as many as the page needs (and one
     /// more, to tell whether there are more). Cheap (no JSON): for under the read lock.
     pub fn rows(&self, domain: &Domain) -> Option<Vec<Row>> {
         let by_id = self.by_id();
         let take = match by_id {
-            Some(_) if self.filters.is_empty() => {
+            Some(_) if !self.reads_fields() && !self.count_all => {
                 self.skip.saturating_add(self.limit).saturating_add(1)
             }
             _ => usize::MAX,
         };
         domain.rows(
-            &self.collection,
+            self.collection(),
             self.id_range(),
             by_id.unwrap_or(false),
             take,
@@ -401,23 +586,116 @@ impl Query {
         )
     }
 
+    /// Keeps only the events whose topic `filter` matches (a subscription's events).
+    pub fn only_topics(&mut self, filter: spot_push::TopicFilter) {
+        self.topic_filter = Some(filter);
+    }
+
+    /// How many documents match, when that is cheap (no field filters: counted without
+    /// reading them); for under the read lock. `None` otherwise ([`Query::page`] counts
+    /// when it reads every match anyway).
+    pub fn count(&self, domain: &Domain) -> Option<usize> {
+        if self.reads_fields() {
+            return None;
+        }
+        domain.count(self.collection(), self.id_range(), &|row| self.keeps(row))
+    }
+
+    /// The paths of the stored fields filters, sorts and `text` read (derived fields by
+    /// their sources), and whether a derived field is among them.
+    fn read_paths(&self) -> (Vec<&str>, bool) {
+        let mut paths: Vec<&str> = Vec::new();
+        let mut derived = false;
+        let named = self
+            .filters
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .chain(self.sort.iter().map(|(f, _)| f.as_str()))
+            .chain(
+                self.schema
+                    .text
+                    .iter()
+                    .copied()
+                    .filter(|_| self.text.is_some()),
+            )
+            .chain(
+                ["code_hex"]
+                    .into_iter()
+                    .filter(|_| !self.code_bounds.is_empty()),
+            )
+            .chain(
+                ["topic"]
+                    .into_iter()
+                    .filter(|_| self.topic_filter.is_some()),
+            );
+        for path in named {
+            let sources = self.schema.sources(path);
+            derived |= !sources.is_empty();
+            paths.push(path);
+            paths.extend(sources);
+        }
+        (paths, derived)
+    }
+
     /// The answer over `docs` (the rows of [`Query::rows`], or any documents): filtered,
-    /// sorted, paged; only the page becomes JSON. `path` is the request path (for
-    /// `url_next`); `lookup(collection, id)` finds referenced documents for `populate`.
+    /// sorted, paged; only the page becomes JSON. `path` is the request path (for the
+    /// next page's link), `total` what [`Query::count`] counted; `lookup(collection, id)`
+    /// finds referenced documents for `populate`.
     pub fn page<D: Doc>(
         &self,
         docs: Vec<D>,
         path: &str,
+        total: Option<usize>,
         lookup: &dyn Fn(&str, &str) -> Option<Value>,
     ) -> Value {
         let mut docs: Vec<D> = docs.into_iter().filter(|d| self.keeps(d)).collect();
-        let wanted = self.skip.saturating_add(self.limit).saturating_add(1);
-        let mut paths: Vec<&str> = self.filters.iter().map(|(f, _)| f.as_str()).collect();
+        let wanted = if self.count_all {
+            usize::MAX
+        } else {
+            self.skip.saturating_add(self.limit).saturating_add(1)
+        };
+        let (paths, derived) = self.read_paths();
+        // Filters and sorts see the derived fields as a client does (the topic as an
+        // object, both kinds of reference links).
+        let filter_shape = Shape {
+            topic_object: true,
+            id_only: false,
+            select: Vec::new(),
+            ..self.shape.clone()
+        };
+        let collection = self.collection();
+        let read = |d: &D| -> Option<Value> {
+            let fields = d.fields(&paths)?;
+            if !derived {
+                return Some(fields.into_owned());
+            }
+            let mut fields = fields.into_owned();
+            filter_shape.derive(collection, &mut fields);
+            filter_shape.derive_ids(collection, &mut fields);
+            Some(fields)
+        };
         let passes = |fields: &Value| {
             self.filters
                 .iter()
-                .all(|(name, v)| matches(field(fields, name), v))
+                .all(|(name, wanted)| wanted.matches(field(fields, name)))
+                && self
+                    .text
+                    .as_ref()
+                    .is_none_or(|t| t.matches(fields, self.schema.text))
+                && self.topic_filter.as_ref().is_none_or(|filter| {
+                    let topic = fields.get("topic_text").or_else(|| fields.get("topic"));
+                    topic
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| filter.matches(t))
+                })
+                && self.code_bounds.iter().all(|(b, v)| {
+                    fields
+                        .get("code_hex")
+                        .and_then(Value::as_str)
+                        .is_some_and(|code| b.keeps(code.cmp(v.as_str())))
+                })
         };
+        let mut complete = true;
         let kept: Vec<D> = match self.by_id() {
             Some(desc) => {
                 // Sorted already when they come from `rows` (then this only checks).
@@ -429,24 +707,27 @@ impl Query {
                         o
                     }
                 });
-                if self.filters.is_empty() {
+                if !self.reads_fields() {
+                    complete = docs.len() < wanted;
                     docs.truncate(wanted);
                     docs
                 } else {
-                    docs.into_iter()
-                        .filter(|d| d.fields(&paths).is_some_and(|f| passes(&f)))
+                    let kept: Vec<D> = docs
+                        .into_iter()
+                        .filter(|d| read(d).is_some_and(|f| passes(&f)))
                         .take(wanted)
-                        .collect()
+                        .collect();
+                    complete = kept.len() < wanted;
+                    kept
                 }
             }
             None => {
-                paths.extend(self.sort.iter().map(|(f, _)| f.as_str()));
                 // Each document is read once: the filters, then its sort keys are kept.
                 let mut keyed: Vec<(Vec<Option<Value>>, D)> = docs
                     .into_iter()
                     .filter_map(|d| {
                         let keys = {
-                            let fields = d.fields(&paths)?;
+                            let fields = read(&d)?;
                             if !passes(&fields) {
                                 return None;
                             }
@@ -471,35 +752,84 @@ impl Query {
                 keyed.into_iter().map(|(_, d)| d).collect()
             }
         };
+        let count = total.or(complete.then_some(kept.len()));
         let total_after_skip = kept.len().saturating_sub(self.skip);
         let is_limited = total_after_skip > self.limit;
         let page: Vec<D> = kept.into_iter().skip(self.skip).take(self.limit).collect();
-        let url_next = if is_limited {
-            page.last().map(|last| {
-                last.with_id(|id| {
-                    next_url(path, &self.params, &self.sort, id, self.skip + self.limit)
-                })
-            })
-        } else {
-            None
+        let last_id = page.last().map(|last| last.with_id(str::to_string));
+        let url_next = match (&last_id, is_limited) {
+            (Some(id), true) => Some(next_url(
+                path,
+                &self.params,
+                &self.sort,
+                id,
+                self.skip + self.limit,
+            )),
+            _ => None,
         };
-        let results: Vec<Value> = if self.id_only {
-            page.iter().map(Doc::id_value).collect()
-        } else {
-            let mut page: Vec<Value> = page.into_iter().filter_map(Doc::into_value).collect();
-            populate(&mut page, &self.populated, lookup);
-            page
+        // Following `sort=id` never ends: the last page links to what comes after it (a
+        // worker polls it); other orders end where the documents end.
+        let next = match (self.by_id(), &url_next) {
+            (_, Some(next)) => Some(next.clone()),
+            (Some(false), None) => Some(match &last_id {
+                Some(id) => next_url(path, &self.params, &self.sort, id, 0),
+                None => this_url(path, &self.params),
+            }),
+            _ => None,
         };
+        let mut results: Vec<Value> = page.into_iter().filter_map(Doc::into_value).collect();
+        populate(&mut results, &self.populated, lookup);
+        for doc in &mut results {
+            self.shape.apply(collection, doc);
+        }
+        let count_current = results.len();
         if self.results_only {
             return Value::Array(results);
         }
+        let base = &self.shape.base;
         json!({
             "results": results,
             "limit": self.limit,
             "is_limited": is_limited,
+            "count": count,
+            "count_current": count_current,
+            "url": format!("{base}{}", this_url(path, &self.params)),
+            "next_url": next.map(|n| format!("{base}{n}")),
             "url_next": url_next,
         })
     }
+}
+
+/// The `400` of a parameter that names no field of the collection.
+fn unknown_field(param: &str, name: &str, schema: &Schema) -> QueryError {
+    let fields: Vec<&str> = schema
+        .stored
+        .iter()
+        .chain(schema.derived)
+        .map(|f| f.name)
+        .collect();
+    bad(
+        param,
+        format!(
+            "{name:?} is neither a parameter of lists nor a field of {}; the parameters: {}; \
+             the fields (filters, sort, select; dotted paths inside objects): {}",
+            schema.name,
+            CONTROL_PARAMETERS.join(", "),
+            fields.join(", ")
+        ),
+    )
+}
+
+/// The path with the query's own parameters (what `url` says).
+fn this_url(path: &str, params: &[(String, String)]) -> String {
+    if params.is_empty() {
+        return path.to_string();
+    }
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        out.append_pair(k, v);
+    }
+    format!("{path}?{}", out.finish())
 }
 
 /// The tighter of two bounds on one side: `Greater` for lower bounds, `Less` for upper ones.
@@ -558,7 +888,7 @@ mod tests {
     fn docs(n: usize) -> Vec<Value> {
         (0..n)
             .map(|i| {
-                json!({"id": format!("{i:04}"), "n": i % 3, "is_present": i % 2 == 0,
+                json!({"id": format!("{i:04}"), "move_count": i % 3, "is_present": i % 2 == 0,
                        "time_created": format!("2024-01-01T00:00:{:02}Z", i % 60)})
             })
             .collect()
@@ -572,7 +902,7 @@ mod tests {
         path: &str,
         lookup: &dyn Fn(&str, &str) -> Option<Value>,
     ) -> Result<Value, QueryError> {
-        Ok(Query::parse(collection, params)?.page(docs, path, lookup))
+        Ok(Query::parse(collection, params)?.page(docs, path, None, lookup))
     }
 
     /// A query over "items" whose lookups find nothing.
@@ -624,12 +954,23 @@ mod tests {
     fn filters_sort_by_several_fields_and_shapes() {
         let v = run(
             docs(10),
-            &params("is_present=true&sort=-n,id&results_only=true&id_only=true"),
+            &params("is_present=true&sort=-move_count,id&results_only=true&select=id"),
             "/",
         )
         .unwrap();
-        assert_eq!(v, json!(["0002", "0008", "0004", "0000", "0006"]));
-        let v = run(docs(10), &params("n=1&after=2024-01-01T00:00:03Z"), "/").unwrap();
+        let got: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, ["0002", "0008", "0004", "0000", "0006"]);
+        let v = run(
+            docs(10),
+            &params("move_count=1&after=2024-01-01T00:00:03Z"),
+            "/",
+        )
+        .unwrap();
         assert_eq!(ids(&v), vec!["0007", "0004"]);
     }
 
@@ -674,8 +1015,10 @@ mod tests {
             &lookup,
         )
         .unwrap();
-        assert_eq!(v[0]["item"], json!({"id": "i1", "code_hex": "c"}));
-        assert_eq!(v[1]["location"], json!({"id": "l1", "label": "dock"}));
+        assert_eq!(v[0]["item"]["code_hex"], "c");
+        assert_eq!(v[0]["item"]["url"], "/api/items/i1", "shaped as its own");
+        assert_eq!(v[0]["item_url"], "/api/items/i1");
+        assert_eq!(v[1]["location"]["label"], "dock");
         assert_eq!(v[2]["item"], "gone", "an id that finds nothing stays");
         assert_eq!(calls.get(), 4, "each id looked up once");
         let v = query(
@@ -723,7 +1066,8 @@ mod tests {
             let before = conversions();
             let rows = query.rows(&domain.read().unwrap()).unwrap();
             let under_lock = conversions() - before;
-            let page = query.page(rows, "/", &|c, id| domain.read().unwrap().get(c, id));
+            let total = query.count(&domain.read().unwrap());
+            let page = query.page(rows, "/", total, &|c, id| domain.read().unwrap().get(c, id));
             (page, under_lock, conversions() - before)
         }
 
@@ -753,7 +1097,8 @@ mod tests {
             assert_eq!((under_lock, all), (0, 1));
             let (v, _, all) = list(&domain, "spots", "limit=3&skip=2&id_only=true");
             assert_eq!(v["results"].as_array().unwrap().len(), 3);
-            assert_eq!(all, 0, "ids need no JSON");
+            assert_eq!(all, 3, "the page only");
+            assert!(v["results"][0].get("url").is_none(), "id_only: no urls");
         }
 
         #[test]
@@ -794,7 +1139,7 @@ mod tests {
             let domain = RwLock::new(spots(3));
             let query = Query::parse("locations", &params("sort=id&limit=1")).unwrap();
             let rows = query.rows(&domain.read().unwrap()).unwrap();
-            let oldest = ids(&query.page(rows.clone(), "/", &|_, _| None))[0].clone();
+            let oldest = ids(&query.page(rows.clone(), "/", None, &|_, _| None))[0].clone();
             {
                 let mut ingest = domain.try_write().expect("no list holds the lock");
                 let body = json!({"label": "dock"});
@@ -802,7 +1147,7 @@ mod tests {
                     .put("locations", &oldest, body.as_object().unwrap(), T0 + 10)
                     .unwrap();
             }
-            let page = query.page(rows, "/", &|_, _| None);
+            let page = query.page(rows, "/", None, &|_, _| None);
             assert_eq!(
                 page["results"][0]["label"], "spot100",
                 "the rows as they were taken"
@@ -861,7 +1206,8 @@ mod tests {
                         continue;
                     };
                     let lookup = |c: &str, id: &str| domain.read().unwrap().get(c, id);
-                    let expected = query.page(every.clone(), "/", &lookup);
+                    let total = query.count(&domain.read().unwrap());
+                    let expected = query.page(every.clone(), "/", total, &lookup);
                     let (got, _, _) = list(&domain, collection, &q);
                     assert_eq!(got, expected, "{collection}?{q}");
                 }

@@ -135,6 +135,18 @@ impl Domain {
         self.index_item_at(id, key, hash);
     }
 
+    /// Removes the item from [`Domain::item_by_code`] (before it is deleted).
+    pub(super) fn unindex_item(&mut self, id: Id) {
+        let Some(item) = self.items.get(id) else {
+            return;
+        };
+        let key = pack_code(&item.code_hex, self.technologies.index(&item.technology));
+        let hash = code_hash(key, &item.code_hex, &item.technology);
+        if let Ok(entry) = self.item_by_code.find_entry(hash, |e| e.id == id) {
+            entry.remove();
+        }
+    }
+
     /// [`Domain::index_item`] with the item's key and hash ([`pack_code`], [`code_hash`]).
     pub(super) fn index_item_at(&mut self, id: Id, key: u128, hash: u64) {
         let items = &self.items;

@@ -67,7 +67,7 @@ pub use model::{Item, Location, NamedProximity, PresenceResource, Reporters, Spo
 use presences::ItemPresences;
 #[cfg(test)]
 pub(crate) use views::conversions;
-pub use views::{PutError, Row};
+pub use views::{PutError, Row, Write};
 
 /// Settings of the domain.
 #[derive(Debug, Clone)]

@@ -30,6 +30,10 @@ pub enum PutError {
     /// The collection does not accept PUT.
     #[error("PUT is not allowed on {0}")]
     MethodNotAllowed(String),
+    /// The change would leave the state inconsistent (e.g. deleting a location spots
+    /// report to).
+    #[error("{0}")]
+    Conflict(String),
     /// A field that cannot be set, or a value of the wrong type.
     #[error("field {field:?}: {reason}")]
     BadField {
@@ -40,7 +44,203 @@ pub enum PutError {
     },
 }
 
+/// What a REST change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `PUT /api/<collection>/<id>`: changes settable fields.
+    Put,
+    /// `POST /api/<collection>`: creates a location or an item.
+    Post,
+    /// `DELETE /api/<collection>/<id>`: deletes a location or an item.
+    Delete,
+}
+
+impl Write {
+    /// The HTTP method's name.
+    pub fn method(self) -> &'static str {
+        match self {
+            Write::Put => "PUT",
+            Write::Post => "POST",
+            Write::Delete => "DELETE",
+        }
+    }
+}
+
+/// The code type an item created through the API gets for the vendor's `technology`
+/// (`rfid`: `EPC Gen2`, as spots send it); another text is taken as the code type itself.
+fn code_type_of(technology: &str) -> &str {
+    match technology {
+        "rfid" => "EPC Gen2",
+        "bluetooth" => "BLE",
+        "optical" => "Barcode",
+        other => other,
+    }
+}
+
 impl Domain {
+    /// A change through the API: `PUT` ([`Domain::put`]), `POST` (creates a location or an
+    /// item; `id` is not used) or `DELETE` (of a location no spot reports to and no presence
+    /// is at, or of an item that is not present). Returns the resource as it is now (as it
+    /// was, for a `DELETE`).
+    pub fn write(
+        &mut self,
+        method: Write,
+        collection: &str,
+        id: &str,
+        body: &Object,
+        now: i64,
+    ) -> Result<Value, PutError> {
+        match method {
+            Write::Put => self.put(collection, id, body, now),
+            Write::Post => self.create(collection, body, now),
+            Write::Delete => self.delete(collection, id, now),
+        }
+    }
+
+    /// Logs the API change `action` of a resource with its document as the data.
+    fn log_api_change(&mut self, change: (&str, Id, &str, Write), doc: &Value, now: i64) {
+        let (collection, id, action, method) = change;
+        let topic = topics::api_change(collection, id, action, method.method());
+        if let Some((event_id, mut text)) = self.log_start(&Topic::Text(&topic), None, now) {
+            text.push_str(&doc.to_string());
+            self.log_end(event_id, now, text);
+        }
+    }
+
+    /// `POST /api/locations` (`label`, `custom`) or `POST /api/items` (`code_hex`, and
+    /// `technology` or `code_type`, `label`, `custom`).
+    fn create(&mut self, collection: &str, body: &Object, now: i64) -> Result<Value, PutError> {
+        let bad = |field: &str, reason: &str| PutError::BadField {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        let text = |field: &str| -> Result<Option<&str>, PutError> {
+            match body.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(bad(field, "must be a string or null")),
+            }
+        };
+        let allowed: &[&str] = match collection {
+            "locations" => &["label", "custom"],
+            "items" => &["code_hex", "technology", "code_type", "label", "custom"],
+            _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
+        };
+        if let Some(field) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(bad(
+                field,
+                &format!(
+                    "cannot be set on a new {collection} (only {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        let (table, id) = if collection == "locations" {
+            let label = text("label")?.unwrap_or_default().to_string();
+            let id = self.ids.next(now);
+            self.locations.insert(
+                id,
+                Location {
+                    id,
+                    label,
+                    custom: body.get("custom").cloned().unwrap_or(Value::Null),
+                    time_created: now,
+                    time_updated: now,
+                },
+            );
+            (Table::Locations, id)
+        } else {
+            let code = text("code_hex")?
+                .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()))
+                .ok_or_else(|| bad("code_hex", "required: the item's code in hex digits"))?
+                .to_string();
+            let tech = match (text("code_type")?, text("technology")?) {
+                (Some(code_type), _) => code_type.to_string(),
+                (None, Some(technology)) => code_type_of(technology).to_string(),
+                (None, None) => "EPC Gen2".to_string(),
+            };
+            if let Some(existing) = self.item_id(&code, &tech) {
+                return Err(PutError::Conflict(format!(
+                    "an item with code_hex {code:?} and code type {tech:?} exists: {existing}"
+                )));
+            }
+            let id = self.ensure_item(&code, &tech, now, None);
+            if let Some(item) = self.items.get_mut(id) {
+                item.label = body.get("label").and_then(boxed);
+                item.custom = body.get("custom").and_then(boxed);
+            }
+            (Table::Items, id)
+        };
+        self.dirty.insert((table, id));
+        self.must_flush = true;
+        let value = self.get(collection, &id.hex()).unwrap_or(Value::Null);
+        self.log_api_change((collection, id, "created", Write::Post), &value, now);
+        Ok(value)
+    }
+
+    /// `DELETE /api/locations/{id}` or `DELETE /api/items/{id}`.
+    fn delete(&mut self, collection: &str, id: &str, now: i64) -> Result<Value, PutError> {
+        let not_found = || PutError::NotFound {
+            collection: collection.to_string(),
+            id: id.to_string(),
+        };
+        if !matches!(collection, "locations" | "items") {
+            return Err(PutError::MethodNotAllowed(collection.to_string()));
+        }
+        let real_id = Id::parse(id).ok_or_else(not_found)?;
+        let table = match collection {
+            "locations" => {
+                self.locations.get(real_id).ok_or_else(not_found)?;
+                let text = real_id.hex().to_string();
+                let reporting = self.spots.range(..).find(|s| {
+                    s.report_location == Some(real_id)
+                        || s.antenna_report_locations
+                            .values()
+                            .any(|v| v.as_str() == Some(text.as_str()))
+                });
+                if let Some(spot) = reporting {
+                    return Err(PutError::Conflict(format!(
+                        "spot {} (serial {}) reports to location {id}: point it elsewhere first",
+                        spot.id, spot.serial_number
+                    )));
+                }
+                if let Some(p) = self.presences.range(..).find(|p| p.location == real_id) {
+                    return Err(PutError::Conflict(format!(
+                        "presence {} is at location {id}: it ends when its spots stop seeing                          the item",
+                        p.id
+                    )));
+                }
+                Table::Locations
+            }
+            "items" => {
+                let item = self.items.get(real_id).ok_or_else(not_found)?;
+                if item.is_present {
+                    return Err(PutError::Conflict(format!(
+                        "item {id} is present: it can be deleted once no spot sees it"
+                    )));
+                }
+                Table::Items
+            }
+            _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
+        };
+        let value = self.get(collection, &real_id.hex()).ok_or_else(not_found)?;
+        match table {
+            Table::Locations => {
+                self.locations.remove(real_id);
+            }
+            _ => {
+                self.unindex_item(real_id);
+                self.items.remove(real_id);
+                self.presences_of_item.remove(&real_id);
+            }
+        }
+        self.dirty.remove(&(table, real_id));
+        self.deleted.insert((table, real_id));
+        self.must_flush = true;
+        self.log_api_change((collection, real_id, "deleted", Write::Delete), &value, now);
+        Ok(value)
+    }
+
     /// Changes a resource through the API (`PUT /api/<collection>/<id>`); returns it.
     pub fn put(
         &mut self,
@@ -60,17 +260,26 @@ impl Domain {
         let (table, real_id) = match collection {
             "spots" => {
                 let real_id = self.resolve_spot_id(id).ok_or_else(not_found)?;
+                let mut antennas = None;
                 // Validate everything before changing anything.
                 for (k, v) in body {
                     match k.as_str() {
-                        "config_request" | "firmware_request" | "antenna_report_locations"
-                            if v.is_object() || v.is_null() => {}
-                        "config_request" | "firmware_request" | "antenna_report_locations" => {
+                        "config_request" | "firmware_request" if v.is_object() || v.is_null() => {}
+                        "config_request" | "firmware_request" => {
                             return Err(bad(k, "must be an object or null"))
                         }
-                        "report_location" => match v.as_str() {
-                            Some(l) if self.locations.get_str(l).is_some() => {}
-                            _ => return Err(bad(k, "must be the id of an existing location")),
+                        "antenna_report_locations" => {
+                            antennas = Some(self.antenna_report_locations(v)?);
+                        }
+                        "report_location" => match v {
+                            Value::Null => {}
+                            Value::String(l) if self.locations.get_str(l).is_some() => {}
+                            _ => {
+                                return Err(bad(
+                                    k,
+                                    "must be the id of an existing location, or null",
+                                ))
+                            }
                         },
                         _ => return Err(bad(k, "cannot be set")),
                     }
@@ -81,8 +290,7 @@ impl Domain {
                         "config_request" => spot.config_request = v.as_object().cloned(),
                         "firmware_request" => spot.firmware_request = v.as_object().cloned(),
                         "antenna_report_locations" => {
-                            spot.antenna_report_locations =
-                                v.as_object().cloned().unwrap_or_default()
+                            spot.antenna_report_locations = antennas.take().unwrap_or_default()
                         }
                         "report_location" => spot.report_location = v.as_str().and_then(Id::parse),
                         _ => {}
@@ -128,13 +336,55 @@ impl Domain {
         self.dirty.insert((table, real_id));
         self.must_flush = true;
         let value = self.get(collection, &real_id.hex()).unwrap_or(Value::Null);
-        let data = value.to_string();
-        let topic = topics::api_change(collection, real_id, "updated", "PUT");
-        if let Some((id, mut doc)) = self.log_start(&Topic::Text(&topic), None, now) {
-            doc.push_str(&data);
-            self.log_end(id, now, doc);
-        }
+        self.log_api_change((collection, real_id, "updated", Write::Put), &value, now);
         Ok(value)
+    }
+
+    /// A spot's antenna report locations from a PUT: the object form (antenna number →
+    /// location id) or the vendor's array form (`[{"antenna_number": 1,
+    /// "report_location": "<id>"}]`, the id also as `report_location_id`), or null (none).
+    fn antenna_report_locations(&self, v: &Value) -> Result<Object, PutError> {
+        const FIELD: &str = "antenna_report_locations";
+        let bad = |reason: String| PutError::BadField {
+            field: FIELD.to_string(),
+            reason,
+        };
+        let location = |antenna: &str, v: Option<&Value>| -> Result<Value, PutError> {
+            match v {
+                None | Some(Value::Null) => Ok(Value::Null),
+                Some(Value::String(l)) if self.locations.get_str(l).is_some() => {
+                    Ok(Value::String(l.clone()))
+                }
+                Some(other) => Err(bad(format!(
+                    "antenna {antenna}: {other} is not the id of an existing location"
+                ))),
+            }
+        };
+        let mut out = Object::new();
+        match v {
+            Value::Null => {}
+            Value::Object(o) => {
+                for (antenna, l) in o {
+                    out.insert(antenna.clone(), location(antenna, Some(l))?);
+                }
+            }
+            Value::Array(entries) => {
+                for entry in entries {
+                    let number = entry
+                        .get("antenna_number")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| bad(format!("{entry}: needs an antenna_number")))?;
+                    let l = entry
+                        .get("report_location_id")
+                        .or_else(|| entry.get("report_location"));
+                    let antenna = number.to_string();
+                    let l = location(&antenna, l)?;
+                    out.insert(antenna, l);
+                }
+            }
+            _ => return Err(bad("must be an array, an object or null".into())),
+        }
+        Ok(out)
     }
 
     /// The rows of a collection whose ids are in `ids`, in id order (the newest first with
@@ -212,6 +462,45 @@ impl Domain {
             }
             _ => return None,
         })
+    }
+
+    /// How many rows of a collection have ids in `ids` and are kept by `keep`, counted
+    /// without copying them; `None` for an unknown collection.
+    pub fn count(
+        &self,
+        collection: &str,
+        ids: (Bound<Id>, Bound<Id>),
+        keep: &dyn Fn(&Row) -> bool,
+    ) -> Option<usize> {
+        Some(match collection {
+            "spots" => self
+                .spots
+                .range(ids)
+                .filter(|r| keep(&Row::Spot(Arc::clone(r))))
+                .count(),
+            "locations" => self
+                .locations
+                .range(ids)
+                .filter(|r| keep(&Row::Location(Arc::clone(r))))
+                .count(),
+            "items" => self
+                .items
+                .range(ids)
+                .filter(|r| keep(&Row::Item(Arc::clone(r))))
+                .count(),
+            "presences" => self
+                .presences
+                .range(ids)
+                .filter(|r| keep(&Row::Presence(Arc::clone(r))))
+                .count(),
+            "events" => self.rows(collection, ids, false, usize::MAX, keep)?.len(),
+            _ => return None,
+        })
+    }
+
+    /// How long the events log keeps an event (ms): an event's `time_expire`.
+    pub fn events_retention_ms(&self) -> i64 {
+        self.config.events_retention_ms
     }
 
     /// Every resource of a collection as JSON, in id order; `None` for an unknown collection.
@@ -558,6 +847,95 @@ fn boxed(value: &Value) -> Option<Box<Value>> {
 mod tests {
     use super::*;
     use crate::domain::testing::*;
+
+    /// POST and DELETE through the API: the rows are flushed at once (they are not in the
+    /// journal), a deleted item leaves the item index (a spot seeing its code again creates
+    /// a new one), and what is in use is refused.
+    #[test]
+    fn api_creates_and_deletes_are_flushed_at_once_and_refused_while_in_use() {
+        let mut d = Domain::new(DomainConfig::default());
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let location = d
+            .write(
+                Write::Post,
+                "locations",
+                "",
+                &body(json!({"label": "dock"})),
+                T0,
+            )
+            .unwrap();
+        let location = location["id"].as_str().unwrap().to_string();
+        let item = d
+            .write(
+                Write::Post,
+                "items",
+                "",
+                &body(json!({"code_hex": "ab", "technology": "rfid"})),
+                T0,
+            )
+            .unwrap();
+        assert_eq!(
+            item["technology"], "EPC Gen2",
+            "stored as the code type spots send"
+        );
+        let item_id = item["id"].as_str().unwrap().to_string();
+        let flush = d.take_changes(false);
+        assert!(flush.flush, "an API change is flushed with the next commit");
+        assert_eq!(flush.upserts.len(), 2);
+        let again = d.write(
+            Write::Post,
+            "items",
+            "",
+            &body(json!({"code_hex": "ab"})),
+            T0,
+        );
+        assert!(matches!(again, Err(PutError::Conflict(_))), "{again:?}");
+        d.write(Write::Delete, "items", &item_id, &Object::new(), T0 + 1)
+            .unwrap();
+        let flush = d.take_changes(false);
+        let id = Id::parse(&item_id).unwrap();
+        assert_eq!(flush.deletes, vec![(Table::Items, id)]);
+        // Seen again: a new item.
+        d.begin_stream("7", None, T0 + 2);
+        d.apply_event(
+            "7",
+            &presence(Action::Create, "ab", Proximity::Near),
+            T0 + 3,
+        );
+        let seen = d.collection("items").unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_ne!(seen[0]["id"], item_id.as_str());
+        let present = seen[0]["id"].as_str().unwrap().to_string();
+        let refused = d.write(Write::Delete, "items", &present, &Object::new(), T0 + 4);
+        assert!(
+            matches!(refused, Err(PutError::Conflict(_))),
+            "present: {refused:?}"
+        );
+        let spot_location = d.collection("spots").unwrap()[0]["report_location"].clone();
+        let spot_location = spot_location.as_str().unwrap();
+        let refused = d.write(
+            Write::Delete,
+            "locations",
+            spot_location,
+            &Object::new(),
+            T0 + 4,
+        );
+        assert!(
+            matches!(refused, Err(PutError::Conflict(_))),
+            "reported to: {refused:?}"
+        );
+        d.write(
+            Write::Delete,
+            "locations",
+            &location,
+            &Object::new(),
+            T0 + 4,
+        )
+        .unwrap();
+        assert!(d.get("locations", &location).is_none());
+        let refused = d.write(Write::Delete, "spots", "7", &Object::new(), T0 + 4);
+        assert!(matches!(refused, Err(PutError::MethodNotAllowed(_))));
+    }
 
     #[test]
     fn the_fields_of_a_row_are_those_of_its_json_that_the_paths_name() {

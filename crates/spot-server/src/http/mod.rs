@@ -227,6 +227,11 @@ async fn dispatch(req: Request<Incoming>, router: &axum::Router) -> Response<axu
     spot_push::call_router(router, router::without_trailing_slash(req)).await
 }
 
+/// The scheme a request came in with (`http`, or `https` on a TLS listener), put into each
+/// request's extensions: the REST API's links say it unless a proxy says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheme(pub &'static str);
+
 impl Listener {
     /// Serves one HTTP/1.1 connection (plain or TLS) until it ends or the server stops.
     async fn serve_connection<I>(
@@ -237,6 +242,7 @@ impl Listener {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let scheme = Scheme(if self.tls.is_some() { "https" } else { "http" });
         let Listener {
             builder,
             router,
@@ -249,6 +255,7 @@ impl Listener {
             service_fn(move |mut req: Request<Incoming>| {
                 let router = router.clone();
                 req.extensions_mut().insert(auth::Peer(peer));
+                req.extensions_mut().insert(scheme);
                 async move { Ok::<_, Infallible>(dispatch(req, &router).await) }
             }),
         );

@@ -175,6 +175,9 @@ mod tests {
         assert_eq!(role("/api/keys/{id}", "delete"), "admin");
         assert_eq!(role("/api/subscriptions", "get"), "admin");
         assert_eq!(role("/api/stream", "get"), "read");
+        assert_eq!(role("/api/{collection}", "post"), "write");
+        assert_eq!(role("/api/{collection}/{id}", "delete"), "write");
+        assert_eq!(role("/api/subscriptions/{id}/events", "get"), "admin");
         let put = &doc["paths"]["/api/{collection}/{id}"]["put"];
         assert_eq!(put["security"][0]["api_key"][0], "write");
         assert_eq!(

@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 use super::{auth, openapi};
 use crate::api::index::{self, ApiIndex, Health, Index, Status};
 use crate::context::Context;
+use crate::domain::Write;
 use crate::response::{error, json_response};
 use crate::{api, ingest};
 
@@ -73,8 +74,8 @@ pub fn routes() -> OpenApiRouter<Arc<Context>> {
         .routes(allow(routes!(get_key, revoke_key)))
         .routes(allow(routes!(list_enrolments)))
         .routes(allow(routes!(list_spots, enrol)))
-        .routes(allow(routes!(list)))
-        .routes(allow(routes!(get_one, put)))
+        .routes(allow(routes!(list, create)))
+        .routes(allow(routes!(get_one, put, delete)))
         .routes(allow(routes!(ws)))
         .routes(allow(routes!(stream)))
         .routes(allow(routes!(list_subscriptions, create_subscription)))
@@ -83,6 +84,7 @@ pub fn routes() -> OpenApiRouter<Arc<Context>> {
             update_subscription,
             delete_subscription
         )))
+        .routes(allow(routes!(subscription_events)))
 }
 
 /// The paths still served once the pipeline has failed (everything else answers `503`):
@@ -272,14 +274,33 @@ async fn metrics(State(ctx): Ctx) -> Response {
 /// `populate`; the page links the next one (`url_next`).
 #[utoipa::path(get, path = "/api/{collection}", tag = "resources",
     params(("collection" = String, Path,
-        description = "locations, items, presences or events (spots: GET /api/spots)")),
+        description = "locations, items, presences or events (spots: GET /api/spots); \
+            `.json` or `.csv` after it for the format"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)"),
+        ("skip" = Option<usize>, Query, description = "Documents to skip (paging under any sort)"),
+        ("sort" = Option<String>, Query, description = "Fields, `-` for descending; default `-id`"),
+        ("results_only" = Option<bool>, Query, description = "Only the array of documents"),
+        ("id_only" = Option<bool>, Query, description = "No `url` fields; `<ref>_id` beside references"),
+        ("select" = Option<String>, Query, description = "The fields to answer (`id`, `url` always)"),
+        ("populate" = Option<String>, Query, description = "References to replace by their documents"),
+        ("count" = Option<bool>, Query, description = "Count every match (`count`), even when that takes a pass over all"),
+        ("timeout_s" = Option<f64>, Query, description = "Long poll: wait up to this long (at most 300 s) for a first match"),
+        ("topic_format" = Option<String>, Query, description = "Events: `object` for the vendor's topic object"),
+        ("text" = Option<String>, Query, description = "Words to search the text fields for (`-word` excludes)"),
+        ("after_id" = Option<String>, Query, description = "Ids after this one (also before_id, from_id, until_id)"),
+        ("after" = Option<String>, Query, description = "time_created after this (also before, from, until)"),
+        ("after_code" = Option<String>, Query, description = "Items: code_hex after this (also before_code, from_code, until_code)"),),
     responses(
-        (status = 200, description = "A page of documents"),
+        (status = 200, description = "A page of documents: results, limit, is_limited, count, \
+            count_current, url, next_url, url_next (any other parameter is a field filter of \
+            the collection, `*` a wildcard; an unknown one is a 400 naming it; \
+            docs/api-compatibility.md)"),
         (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
         (status = 404, description = "No such collection", body = openapi::ErrorBody)))]
 async fn list(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    full(api::list(&req, &collection, &path, &ctx))
+    // Only the head is kept across the wait of a long poll (a body is not `Sync`).
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::list(&head, &collection, &ctx).await)
 }
 
 /// One document (`?populate=` as on the collection).
@@ -313,15 +334,65 @@ async fn put(
     Path((collection, id)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    full(api::put(req, collection, id, &ctx).await)
+    full(api::write(req, Write::Put, collection, id, &ctx).await)
+}
+
+/// Creates a location (`label`, `custom`) or an item (`code_hex`, `technology` or
+/// `code_type`, `label`, `custom`); answered after commit.
+#[utoipa::path(post, path = "/api/{collection}", tag = "resources",
+    params(("collection" = String, Path, description = "locations or items")),
+    request_body(content = Object, description = "The new resource's fields"),
+    responses(
+        (status = 201, description = "The new document (with `resource`: its id and url)"),
+        (status = 400, description = "A field that cannot be set", body = openapi::ErrorBody),
+        (status = 405, description = "Not a collection that takes POST", body = openapi::ErrorBody),
+        (status = 409, description = "An item of that code exists", body = openapi::ErrorBody)))]
+async fn create(State(ctx): Ctx, Path(collection): Path<String>, req: Request) -> Response {
+    full(api::write(req, Write::Post, collection, String::new(), &ctx).await)
+}
+
+/// Deletes a location no spot reports to and no presence is at, or an item that is not
+/// present; answered after commit with the document as it was.
+#[utoipa::path(delete, path = "/api/{collection}/{id}", tag = "resources",
+    params(
+        ("collection" = String, Path, description = "locations or items"),
+        ("id" = String, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "The deleted document"),
+        (status = 404, description = "No such document", body = openapi::ErrorBody),
+        (status = 405, description = "Not a collection that takes DELETE", body = openapi::ErrorBody),
+        (status = 409, description = "Still in use (spots report to it, a presence is there, the item is present)", body = openapi::ErrorBody)))]
+async fn delete(
+    State(ctx): Ctx,
+    Path((collection, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::write(req, Write::Delete, collection, id, &ctx).await)
 }
 
 /// The spots, as `GET /api/{collection}`.
 #[utoipa::path(get, path = "/api/spots", tag = "resources",
-    responses((status = 200, description = "A page of spots")))]
+    params(
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)"),
+        ("skip" = Option<usize>, Query, description = "Documents to skip (paging under any sort)"),
+        ("sort" = Option<String>, Query, description = "Fields, `-` for descending; default `-id`"),
+        ("results_only" = Option<bool>, Query, description = "Only the array of documents"),
+        ("id_only" = Option<bool>, Query, description = "No `url` fields; `<ref>_id` beside references"),
+        ("select" = Option<String>, Query, description = "The fields to answer (`id`, `url` always)"),
+        ("populate" = Option<String>, Query, description = "References to replace by their documents"),
+        ("count" = Option<bool>, Query, description = "Count every match (`count`), even when that takes a pass over all"),
+        ("timeout_s" = Option<f64>, Query, description = "Long poll: wait up to this long (at most 300 s) for a first match"),
+        ("topic_format" = Option<String>, Query, description = "Events: `object` for the vendor's topic object"),
+        ("text" = Option<String>, Query, description = "Words to search the text fields for (`-word` excludes)"),
+        ("after_id" = Option<String>, Query, description = "Ids after this one (also before_id, from_id, until_id)"),
+        ("after" = Option<String>, Query, description = "time_created after this (also before, from, until)"),
+        ("after_code" = Option<String>, Query, description = "Items: code_hex after this (also before_code, from_code, until_code)"),),
+    responses(
+        (status = 200, description = "A page of spots"),
+        (status = 400, description = "A bad parameter", body = openapi::ErrorBody)))]
 async fn list_spots(State(ctx): Ctx, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    full(api::list(&req, "spots", &path, &ctx))
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::list(&head, "spots", &ctx).await)
 }
 
 /// Enrols a spot (`{"serial_number": "203"}`, `"secret": true` for a spot secret shown
@@ -473,6 +544,20 @@ async fn update_subscription(State(ctx): Ctx, req: Request) -> Response {
         (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
 async fn delete_subscription(State(ctx): Ctx, req: Request) -> Response {
     outlet(&ctx, req).await
+}
+
+/// The events of the log that a webhook subscription's topic filter matches, paged and
+/// filtered as `GET /api/events` (the vendor's `events_url`; this server keeps one events log
+/// for all, so a subscription's events are there with or without its target).
+#[utoipa::path(get, path = "/api/subscriptions/{id}/events", tag = "push",
+    params(("id" = i64, Path, description = "The subscription's id")),
+    responses(
+        (status = 200, description = "A page of events, as GET /api/events"),
+        (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
+        (status = 404, description = "No such subscription", body = openapi::ErrorBody)))]
+async fn subscription_events(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Response {
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::subscription_events(&head, &id, &ctx).await)
 }
 
 #[cfg(test)]

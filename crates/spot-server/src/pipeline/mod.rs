@@ -360,6 +360,8 @@ pub enum PipelineMsg {
     },
     /// A change through the REST API, answered after commit.
     Put {
+        /// What it does (`PUT`, `POST`, `DELETE`).
+        method: crate::domain::Write,
         /// Collection.
         collection: String,
         /// Resource id.
@@ -551,12 +553,13 @@ fn apply(
                         ));
                     }
                     PipelineMsg::Put {
+                        method,
                         collection,
                         id,
                         body,
                         reply,
                     } => {
-                        let result = domain.put(&collection, &id, &body, now);
+                        let result = domain.write(method, &collection, &id, &body, now);
                         if collection == "spots" && result.is_ok() {
                             push_commands(&mut domain, &command_sinks, &id, now);
                         }

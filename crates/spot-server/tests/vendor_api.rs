@@ -1,0 +1,883 @@
+//! The REST API as a client of the vendor's API sees it (issue 16): a conformance test
+//! driven by the table of the vendor's spec (`fixtures/vendor-api.json`) against a real
+//! server fed by the emulator, the document `docs/api-compatibility.md` made from that table,
+//! and one test per difference the issue lists, named after it.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+/// The table of the vendor's spec.
+fn fixture() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/vendor-api.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("the fixture is JSON")
+}
+
+/// How this server stands to one thing of the spec: `works`, `differs` or `missing`, and
+/// why.
+fn status_of(resource: &Value, key: &str, kind: &str) -> (String, String) {
+    let differs = &resource["differs"];
+    let entry = differs
+        .get(key)
+        .or_else(|| differs.get(format!("{kind}:*")))
+        .or_else(|| differs.get("*"))
+        .and_then(Value::as_str)
+        .unwrap_or("works");
+    match entry.split_once(": ") {
+        Some((status, why)) => (status.to_string(), why.to_string()),
+        None => (entry.to_string(), String::new()),
+    }
+}
+
+/// The list parameters of a resource: the common ones (but those it has not) and its own.
+fn parameters(resource: &Value, fixture: &Value) -> Vec<String> {
+    let without: Vec<&str> = resource["without"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let common = fixture["list_parameters"].as_array().unwrap();
+    let listed = resource["list"].is_string();
+    common
+        .iter()
+        .filter(|_| listed)
+        .chain(resource["parameters"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .filter(|p| !without.contains(p))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `docs/api-compatibility.md` as the fixture makes it.
+fn compatibility_document(fixture: &Value) -> String {
+    let mut out = String::new();
+    out.push_str("# Compatibility with the vendor's REST API\n\n");
+    out.push_str(
+        "<!-- Made from crates/spot-server/tests/fixtures/vendor-api.json by the test \
+         `the_compatibility_document_is_made_from_the_fixture` \
+         (SPOT_WRITE_DOCS=1 cargo test -p spot-server --test vendor_api); \
+         edit the fixture, not this file. -->\n\n",
+    );
+    out.push_str(&format!(
+        "Reference: {}\n\n",
+        fixture["source"].as_str().unwrap()
+    ));
+    out.push_str(
+        "Every vendor path is served under `/api` here (`GET /items` is `GET /api/items`). \
+         The conformance test (`every_documented_get_answers_the_documented_fields_and_\
+         parameters`) checks each line marked `works` against a real server fed by the \
+         emulator: each field present with its type, each parameter answered `200`; a \
+         parameter marked `missing` must be a `400` saying so.\n\n## How this server answers\n\n",
+    );
+    for note in fixture["notes"].as_array().unwrap() {
+        out.push_str(&format!("- {}\n", note.as_str().unwrap()));
+    }
+    for resource in fixture["resources"].as_array().unwrap() {
+        let name = resource["name"].as_str().unwrap();
+        out.push_str(&format!(
+            "\n## {name}\n\n| what | name | here | why |\n|---|---|---|---|\n"
+        ));
+        let mut row = |what: &str, shown: String, key: &str, kind: &str| {
+            let (status, why) = status_of(resource, key, kind);
+            out.push_str(&format!("| {what} | {shown} | {status} | {why} |\n"));
+        };
+        for op in resource["operations"].as_array().unwrap() {
+            let op = op.as_str().unwrap();
+            let (method, path) = op.split_once(' ').unwrap();
+            row("path", format!("`{method} /api{path}`"), op, "path");
+        }
+        for p in parameters(resource, fixture) {
+            row(
+                "parameter",
+                format!("`{p}`"),
+                &format!("param:{p}"),
+                "param",
+            );
+        }
+        for (field, kind) in resource["fields"].as_object().unwrap() {
+            let shown = format!("`{field}` ({})", kind.as_str().unwrap());
+            row("field", shown, &format!("field:{field}"), "field");
+        }
+        for (variant, fields) in resource["variants"].as_object().unwrap() {
+            for (field, kind) in fields.as_object().unwrap() {
+                let shown = format!("`{field}` ({}) with `{variant}`", kind.as_str().unwrap());
+                row("field", shown, &format!("field:{field}"), "field");
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_compatibility_document_is_made_from_the_fixture() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/api-compatibility.md"
+    );
+    let made = compatibility_document(&fixture());
+    if std::env::var_os("SPOT_WRITE_DOCS").is_some() {
+        std::fs::write(path, &made).unwrap();
+    }
+    let written = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        written == made,
+        "docs/api-compatibility.md is not what the fixture makes: run \
+         SPOT_WRITE_DOCS=1 cargo test -p spot-server --test vendor_api"
+    );
+}
+
+/// Whether `value` has the fixture's type (`string`, `integer`, `boolean`, `object`,
+/// `array`, `number`, `any`; `?`: or null).
+fn has_type(value: Option<&Value>, kind: &str) -> bool {
+    let (kind, nullable) = match kind.strip_suffix('?') {
+        Some(kind) => (kind, true),
+        None => (kind, false),
+    };
+    match value {
+        None => false,
+        Some(Value::Null) => nullable || kind == "any",
+        Some(v) => match kind {
+            "any" => true,
+            "string" => v.is_string(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            other => panic!("the fixture's type {other:?} is unknown"),
+        },
+    }
+}
+
+/// Feeds a server the emulator's spots for a moment (items appear, move, leave).
+async fn feed(addr: std::net::SocketAddr) {
+    use spot_emulator::buffer::BufferLimits;
+    use spot_emulator::fleet::{self, FleetConfig};
+    use spot_emulator::population::PopulationParams;
+    use spot_emulator::uplink::{ServerAddr, UplinkConfig};
+    let mut uplink = UplinkConfig::new(ServerAddr::parse(&format!("http://{addr}")).unwrap());
+    uplink.post_ms = 100;
+    uplink.tick_ms = 5;
+    uplink.rate = 200.0;
+    uplink.drain_ms = 10_000;
+    let config = FleetConfig {
+        uplink,
+        spots: 2,
+        first_serial: 700,
+        duration: Some(Duration::from_millis(600)),
+        seed: 16,
+        population: PopulationParams::default(),
+        buffer_dir: None,
+        buffer_limits: BufferLimits::default(),
+        replay: None,
+    };
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let tasks = fleet::prepare(&config, &stop_rx).unwrap();
+    let summary = fleet::run(tasks, false).await;
+    assert!(summary.panics.is_empty(), "{:?}", summary.panics);
+}
+
+/// The id of the first document of a list.
+async fn first_id(addr: std::net::SocketAddr, list: &str) -> String {
+    let (status, v) = get(addr, &format!("{list}?limit=1")).await;
+    assert_eq!(status, 200, "{list}: {v}");
+    match &v["results"][0]["id"] {
+        Value::String(id) => id.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("{list}: no document ({other})"),
+    }
+}
+
+#[tokio::test]
+async fn every_documented_get_answers_the_documented_fields_and_parameters() {
+    let (server, _dir) = start(|_| {}).await;
+    let addr = server.http_addr();
+    feed(addr).await;
+    let (status, v) = call(
+        addr,
+        "POST",
+        "/api/subscriptions",
+        Some(json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/hook"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let mut ids = std::collections::HashMap::new();
+    for (name, list) in [
+        ("spot", "/api/spots"),
+        ("location", "/api/locations"),
+        ("item", "/api/items"),
+        ("presence", "/api/presences"),
+        ("event", "/api/events"),
+        ("subscription", "/api/subscriptions"),
+    ] {
+        ids.insert(name, first_id(addr, list).await);
+    }
+    let fill = |text: &str| {
+        let mut text = text.to_string();
+        for (name, id) in &ids {
+            text = text.replace(&format!("{{{name}}}"), id);
+        }
+        text
+    };
+    let fixture = fixture();
+    let mut checked = 0;
+    for resource in fixture["resources"].as_array().unwrap() {
+        let Some(list) = resource["list"].as_str() else {
+            continue;
+        };
+        let name = resource["name"].as_str().unwrap();
+        let one = fill(resource["one"].as_str().unwrap());
+        // Every documented field, with its type, in a list's documents and a single one.
+        let fields = |variant: Option<&str>| {
+            let fields = match variant {
+                Some(v) => &resource["variants"][v],
+                None => &resource["fields"],
+            };
+            fields.as_object().unwrap().clone()
+        };
+        let mut variants: Vec<Option<&str>> = vec![None];
+        variants.extend(
+            resource["variants"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| Some(k.as_str())),
+        );
+        for variant in variants {
+            let query = variant.map(|v| format!("?{v}")).unwrap_or_default();
+            let (status, page) = get(addr, &format!("/api{list}{query}")).await;
+            assert_eq!(status, 200, "{name}{query}: {page}");
+            let (status, single) = get(addr, &format!("/api{one}{query}")).await;
+            assert_eq!(status, 200, "{one}{query}: {single}");
+            let docs = page["results"].as_array().unwrap();
+            assert!(!docs.is_empty(), "{name}: the emulator made none");
+            for doc in docs.iter().take(3).chain([&single]) {
+                for (field, kind) in fields(variant) {
+                    let key = format!("field:{field}");
+                    let (status, _) = status_of(resource, &key, "field");
+                    let kind = kind.as_str().unwrap();
+                    match status.as_str() {
+                        "works" => assert!(
+                            has_type(doc.get(&field), kind),
+                            "{name}{query}: {field} is not {kind}: {doc}"
+                        ),
+                        "missing" => assert!(
+                            doc.get(&field).is_none(),
+                            "{name}: {field} is there: mark it in the fixture"
+                        ),
+                        _ => {}
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // Every documented parameter is answered (200), or refused saying so (400).
+        for param in parameters(resource, &fixture) {
+            let sample = fixture["samples"][&param]
+                .as_str()
+                .unwrap_or_else(|| panic!("no sample value for {param}"));
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair(&param, &fill(sample))
+                .finish();
+            let (status, v) = get(addr, &format!("/api{list}?{query}")).await;
+            let (claim, _) = status_of(resource, &format!("param:{param}"), "param");
+            let expected = if claim == "missing" { 400 } else { 200 };
+            assert_eq!(status, expected, "{name}?{query} ({claim}): {v}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "{checked} checks");
+    server.shutdown().await;
+}
+
+/// The request of [`call`] with more headers.
+async fn call_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut send = client::<http_body_util::Full<Bytes>>(addr).await;
+    let mut req = hyper::Request::builder()
+        .uri(path)
+        .header("x-api-key", admin_key(addr));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(http_body_util::Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// A server with spot 300 and `items` items present at its location.
+async fn seeded(items: usize) -> (spot_server::Server, tempfile::TempDir) {
+    let (server, dir) = start(|_| {}).await;
+    let mut conn = Raw::connect(server.http_addr()).await;
+    let mut body = spot_create(300, 1);
+    for i in 0..items {
+        body.extend(presence("create", &format!("{i:024x}"), "near", None));
+    }
+    assert_eq!(conn.post("300", &[&body]).await.status, 200);
+    (server, dir)
+}
+
+#[tokio::test]
+async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
+    let (server, _dir) = seeded(3).await;
+    let addr = server.http_addr();
+    for (path, param) in [
+        ("/api/items?colour=red", "colour"),
+        ("/api/items?location.label=x", "location.label"),
+        ("/api/spots?sort=-colour", "sort"),
+        ("/api/items?select=colour", "select"),
+        ("/api/items/x?limit=3", "limit"),
+        ("/api/presences?technology=rfid", "technology"),
+    ] {
+        let (status, v) = get(addr, path).await;
+        assert_eq!(
+            (status, v["parameter"].as_str()),
+            (400, Some(param)),
+            "{path}: {v}"
+        );
+    }
+    // What the issue found read as filters now works.
+    let (_, spot) = get(addr, "/api/spots/300").await;
+    let location = spot["report_location"].as_str().unwrap().to_string();
+    for (path, expected) in [
+        (
+            "/api/items?select=code_hex&results_only=true".to_string(),
+            3,
+        ),
+        ("/api/items?timeout_s=0.1&results_only=true".into(), 3),
+        (
+            "/api/items?text=0000000000000001&results_only=true".into(),
+            1,
+        ),
+        (
+            "/api/items?text=-0000000000000001&results_only=true".into(),
+            2,
+        ),
+        ("/api/items?metadata.x=1&results_only=true".into(), 0),
+        (
+            "/api/events?topic.resource_type=items&topic.action=created&results_only=true".into(),
+            3,
+        ),
+        ("/api/items?code_hex=*02&results_only=true".into(), 1),
+        (
+            "/api/items?after_code=000000000000000000000000&results_only=true".into(),
+            2,
+        ),
+        (
+            format!("/api/items?location={location}&results_only=true"),
+            3,
+        ),
+        ("/api/locations?label=*POT3*&results_only=true".into(), 1),
+    ] {
+        let (status, v) = get(addr, &path).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        assert_eq!(v.as_array().map(Vec::len), Some(expected), "{path}: {v}");
+    }
+    let (_, v) = get(addr, "/api/items?select=code_hex&results_only=true").await;
+    let keys: Vec<&str> = v[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys, ["id", "code_hex", "url"], "select keeps id and url");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn id_only_returns_objects_with_reference_ids_not_an_array_of_strings() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let (_, v) = get(addr, "/api/presences?id_only=true&results_only=true").await;
+    let first = &v[0];
+    assert!(first.is_object(), "{v}");
+    assert!(
+        first["item_id"].is_string() && first["location_id"].is_string(),
+        "{first}"
+    );
+    assert!(
+        first.get("url").is_none() && first.get("item_url").is_none(),
+        "{first}"
+    );
+    let (_, v) = get(addr, "/api/presences?results_only=true").await;
+    let first = &v[0];
+    assert!(first["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://test/api/presences/"));
+    assert!(first.get("item_id").is_none(), "{first}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative() {
+    let (server, _dir) = seeded(3).await;
+    let addr = server.http_addr();
+    let (_, v) = get(addr, "/api/items?limit=1").await;
+    assert_eq!(
+        v["next_url"].as_str().unwrap(),
+        format!("http://test{}", v["url_next"].as_str().unwrap())
+    );
+    assert!(v["url_next"].as_str().unwrap().starts_with("/api/items?"));
+    let proxied = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "brain.example, inner"),
+        ("host", "10.0.0.1:8080"),
+    ];
+    let (_, v) = call_with(addr, "/api/items?limit=1", &proxied).await;
+    let next = v["next_url"].as_str().unwrap();
+    assert!(
+        next.starts_with("https://brain.example/api/items?"),
+        "{next}"
+    );
+    assert!(v["results"][0]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://brain.example/api/items/"));
+    let (_, v) = call_with(addr, "/api/items?limit=1", &[("host", "h:1")]).await;
+    assert!(v["next_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://h:1/api/items?"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling() {
+    let (server, _dir) = seeded(5).await;
+    let addr = server.http_addr();
+    let mut path = "/api/items?sort=id&limit=2".to_string();
+    let mut codes = Vec::new();
+    let last = loop {
+        let (_, page) = get(addr, &path).await;
+        let results = page["results"].as_array().unwrap().clone();
+        codes.extend(
+            results
+                .iter()
+                .map(|i| i["code_hex"].as_str().unwrap().to_string()),
+        );
+        let next = page["next_url"]
+            .as_str()
+            .expect("a link, also at the end")
+            .to_string();
+        path = next.strip_prefix("http://test").unwrap().to_string();
+        if results.is_empty() {
+            assert!(page["url_next"].is_null(), "the old link ends");
+            break path;
+        }
+    };
+    let expected: Vec<String> = (0..5).map(|i| format!("{i:024x}")).collect();
+    assert_eq!(codes, expected, "no repeats, no gaps");
+    // A new item appears at the end of the followed list.
+    let mut conn = Raw::connect(addr).await;
+    let body = presence("create", &format!("{:024x}", 99), "near", None);
+    assert_eq!(conn.post("300", &[&body]).await.status, 200);
+    let (_, page) = get(addr, &last).await;
+    assert_eq!(page["results"][0]["code_hex"], format!("{:024x}", 99));
+    assert_eq!(page["count"], 1);
+    assert_eq!(page["count_current"], 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn count_and_count_current_are_in_the_envelope() {
+    let (server, _dir) = seeded(5).await;
+    let addr = server.http_addr();
+    let (_, v) = get(addr, "/api/items?limit=2").await;
+    assert_eq!(
+        (v["count"].clone(), v["count_current"].clone()),
+        (json!(5), json!(2))
+    );
+    let (_, v) = get(addr, "/api/items?limit=2&code_hex=0*").await;
+    assert_eq!(v["count"], Value::Null, "a pass over all only when asked");
+    let (_, v) = get(addr, "/api/items?limit=2&code_hex=0*&count=true").await;
+    assert_eq!(v["count"], 5);
+    let (_, v) = get(addr, "/api/items?limit=2&code_hex=*0").await;
+    assert_eq!(
+        v["count"], 1,
+        "known when the filter ran out before the page filled"
+    );
+    let (_, v) = get(addr, "/api/items?limit=2&sort=code_hex&is_present=true").await;
+    assert_eq!(
+        (v["count"].clone(), v["count_current"].clone()),
+        (json!(5), json!(2))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn resources_carry_url_and_a_url_beside_each_reference() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (_, spot) = get(addr, "/api/spots/300").await;
+    let location = spot["report_location"].as_str().unwrap();
+    let id = spot["id"].as_str().unwrap();
+    assert_eq!(spot["url"], format!("http://test/api/spots/{id}"));
+    assert_eq!(
+        spot["report_location_url"],
+        format!("http://test/api/locations/{location}")
+    );
+    let (_, items) = get(addr, "/api/items?results_only=true&populate=location").await;
+    assert_eq!(
+        items[0]["location"]["url"],
+        format!("http://test/api/locations/{location}")
+    );
+    assert_eq!(items[0]["location_url"], items[0]["location"]["url"]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_offer_the_vendors_topic_object_payload_and_time_expire() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (_, v) = get(
+        addr,
+        "/api/events?topic.resource_type=items&topic.action=created&results_only=true",
+    )
+    .await;
+    let text = &v[0];
+    assert!(
+        text["topic"].as_str().unwrap().starts_with("items/"),
+        "our text stays: {text}"
+    );
+    assert_eq!(text["payload"], text["data"]);
+    assert!(text["time_expire"].is_string());
+    let (_, v) = get(
+        addr,
+        "/api/events?topic.resource_type=items&topic.action=created&topic_format=object&results_only=true",
+    )
+    .await;
+    let object = &v[0];
+    assert_eq!(object["topic"]["resource_type"], "items");
+    assert_eq!(object["topic"]["action"], "created");
+    assert_eq!(object["topic_text"], text["topic"]);
+    let id = object["topic"]["resource_id"].as_str().unwrap();
+    assert_eq!(
+        object["topic"]["resource_url"],
+        format!("http://test/api/items/{id}")
+    );
+    let (_, v) = get(
+        addr,
+        &format!("/api/events?topic.resource={id}&results_only=true"),
+    )
+    .await;
+    assert!(
+        !v.as_array().unwrap().is_empty(),
+        "topic.resource filters by the resource id"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn locations_and_items_take_post_and_delete() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (status, location) = call(
+        addr,
+        "POST",
+        "/api/locations",
+        Some(json!({"label": "dock 7"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{location}");
+    assert_eq!(location["label"], "dock 7");
+    let id = location["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        location["resource"],
+        json!({"id": id, "url": format!("http://test/api/locations/{id}")})
+    );
+    let (status, item) = call(
+        addr,
+        "POST",
+        "/api/items",
+        Some(json!({"code_hex": "abc123", "technology": "rfid", "label": "pallet"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{item}");
+    assert_eq!(
+        (item["technology"].as_str(), item["is_present"].as_bool()),
+        (Some("rfid"), Some(false))
+    );
+    let (status, _) = call(
+        addr,
+        "POST",
+        "/api/items",
+        Some(json!({"code_hex": "abc123"})),
+    )
+    .await;
+    assert_eq!(status, 409, "one item per code and code type");
+    let item_id = item["id"].as_str().unwrap();
+    let (status, _) = call(addr, "DELETE", &format!("/api/items/{item_id}"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = get(addr, &format!("/api/items/{item_id}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(addr, "DELETE", &format!("/api/locations/{id}"), None).await;
+    assert_eq!(status, 200);
+    // In use: the spot's location, a present item, a spot.
+    let (_, spot) = get(addr, "/api/spots/300").await;
+    let in_use = spot["report_location"].as_str().unwrap();
+    let (status, v) = call(addr, "DELETE", &format!("/api/locations/{in_use}"), None).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("reports to"), "{v}");
+    let present = first_id(addr, "/api/items").await;
+    let (status, _) = call(addr, "DELETE", &format!("/api/items/{present}"), None).await;
+    assert_eq!(status, 409);
+    let (status, _) = call(addr, "DELETE", "/api/spots/300", None).await;
+    assert_eq!(status, 405, "spots are not deleted");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn get_modify_put_round_trips_and_a_changed_read_only_field_is_named() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    for collection in ["spots", "locations", "items"] {
+        let id = first_id(addr, &format!("/api/{collection}")).await;
+        let path = format!("/api/{collection}/{id}");
+        let (_, mut doc) = get(addr, &path).await;
+        if collection == "spots" {
+            doc["config_request"] = json!({"volume": 3});
+        } else {
+            doc["label"] = json!("renamed");
+        }
+        let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+        assert_eq!(status, 200, "{collection}: {put}");
+        let (_, now) = get(addr, &path).await;
+        let mut answered = put.clone();
+        answered.as_object_mut().unwrap().remove("resource");
+        assert_eq!(answered, now, "{collection}: PUT answers what GET answers");
+        doc["id"] = json!("0000000000000001");
+        let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+        assert_eq!(
+            (status, v["field"].as_str()),
+            (400, Some("id")),
+            "{collection}: {v}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn report_location_null_and_the_antenna_array_are_accepted() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (_, spot) = get(addr, "/api/spots/300").await;
+    let location = spot["report_location"].as_str().unwrap().to_string();
+    let body = json!({"report_location": null, "antenna_report_locations": [
+        {"antenna_number": 2, "report_location_id": location}]});
+    let (status, v) = call(addr, "PUT", "/api/spots/300", Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["report_location"], Value::Null);
+    assert_eq!(v["antenna_report_locations"][0]["antenna_number"], 2);
+    assert_eq!(
+        v["antenna_report_locations"][0]["report_location"],
+        location.as_str()
+    );
+    let (status, v) = call(
+        addr,
+        "PUT",
+        "/api/spots/300",
+        Some(json!({"antenna_report_locations": [{"antenna_number": 1, "report_location": "nowhere"}]})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("antenna_report_locations"))
+    );
+    // As `id_only` shows it.
+    let body = json!({"report_location_id": location});
+    let (status, v) = call(addr, "PUT", "/api/spots/300", Some(body)).await;
+    assert_eq!(
+        (status, v["report_location"].as_str()),
+        (200, Some(location.as_str())),
+        "{v}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn serial_number_stays_a_string_and_technology_uses_the_vendors_values() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let (_, spots) = get(addr, "/api/spots?serial_number=300&results_only=true").await;
+    assert_eq!(spots[0]["serial_number"], "300");
+    let (_, items) = get(
+        addr,
+        "/api/items?technology=rfid&protocol=epcgen2&results_only=true",
+    )
+    .await;
+    assert_eq!(items[0]["technology"], "rfid");
+    assert_eq!(items[0]["code_type"], "EPC Gen2");
+    assert_eq!(items[0]["type"], "tag");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn json_and_csv_suffixes_are_served() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let (status, v) = get(addr, "/api/items.json?results_only=true").await;
+    assert_eq!((status, v.as_array().map(Vec::len)), (200, Some(2)));
+    let id = v[0]["id"].as_str().unwrap();
+    let (status, one) = get(addr, &format!("/api/items/{id}.json")).await;
+    assert_eq!((status, one["id"].as_str()), (200, Some(id)));
+    let mut send = client::<http_body_util::Full<Bytes>>(addr).await;
+    let req = hyper::Request::builder()
+        .uri("/api/items.csv?select=code_hex&sort=id")
+        .header("host", "test")
+        .header("x-api-key", admin_key(addr))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "id,code_hex,url");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].contains(&format!("{:024x}", 0)), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeout_s_long_polls_until_a_result_exists_or_the_time_is_up() {
+    let (server, _dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let started = std::time::Instant::now();
+    let (status, v) = get(
+        addr,
+        "/api/items?code_hex=ff*&timeout_s=0.3&results_only=true",
+    )
+    .await;
+    assert_eq!((status, v), (200, json!([])));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "waited the time out"
+    );
+    let poll = tokio::spawn(async move {
+        get(
+            addr,
+            "/api/items?code_hex=ff*&timeout_s=30&results_only=true",
+        )
+        .await
+    });
+    // Gives the poll a moment to start waiting (were it late, it would still find the
+    // item at its first look: the test cannot fail for it). Nothing matches before the
+    // item comes, so it has not answered.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!poll.is_finished());
+    let started = std::time::Instant::now();
+    let mut conn = Raw::connect(addr).await;
+    let body = presence("create", &format!("ff{:022x}", 1), "near", None);
+    assert_eq!(conn.post("300", &[&body]).await.status, 200);
+    let (status, v) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(v[0]["code_hex"], format!("ff{:022x}", 1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered when the item came"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscriptions_refuse_unknown_list_parameters() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let (status, _) = get(addr, "/api/subscriptions?limit=5").await;
+    assert_eq!(status, 200);
+    let (status, v) = get(addr, "/api/subscriptions?topic_filter=x").await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("topic_filter"), "{v}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let body = json!({"topic_filter": "items/+/created", "target_url": "http://127.0.0.1:9/h"});
+    let (status, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    let id = sub["id"].as_i64().unwrap();
+    let (status, page) = get(addr, &format!("/api/subscriptions/{id}/events?sort=id")).await;
+    assert_eq!(status, 200, "{page}");
+    let topics: Vec<&str> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics.len(), 2, "{topics:?}");
+    assert!(topics
+        .iter()
+        .all(|t| t.starts_with("items/") && t.ends_with("/created")));
+    assert!(page["next_url"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("/api/subscriptions/{id}/events?")));
+    let (status, _) = get(addr, "/api/subscriptions/999/events").await;
+    assert_eq!(status, 404);
+    let (status, v) = get(addr, &format!("/api/subscriptions/{id}/events?colour=red")).await;
+    assert_eq!((status, v["parameter"].as_str()), (400, Some("colour")));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let base = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
+    let with = |field: &str, value: Value| {
+        let mut body = base.clone();
+        body[field] = value;
+        body
+    };
+    let mut body = with("verify_target_certificate", json!(true));
+    body["populate_events"] = json!(false);
+    let (status, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    assert_eq!(
+        (
+            sub["verify_target_certificate"].as_bool(),
+            sub["populate_events"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    for (field, value) in [
+        ("verify_target_certificate", json!(false)),
+        ("populate_events", json!(true)),
+        ("custom", json!({"a": 1})),
+    ] {
+        let (status, v) = call(addr, "POST", "/api/subscriptions", Some(with(field, value))).await;
+        assert_eq!(status, 400, "{field}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
+    }
+    server.shutdown().await;
+}
