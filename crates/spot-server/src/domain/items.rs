@@ -216,7 +216,7 @@ mod tests {
                 Action::Create,
                 spot_protocol::Hit {
                     item_code: Some(code.into()),
-                    item_codetype: Some(tech.into()),
+                    item_codetype: Some(spot_protocol::codetype(tech)),
                     ..Default::default()
                 },
             ))
