@@ -176,6 +176,24 @@ pub struct Args {
     /// [default: 4096].
     #[arg(long, env = "SPOT_CORE_QUEUE_EVENTS")]
     core_queue_events: Option<usize>,
+    /// SQLite's page cache of spot.db (the journal and the events log), in MiB; see
+    /// docs/memory.md [default: 64].
+    #[arg(long, env = "SPOT_STORE_CACHE_MIB", value_name = "MIB")]
+    store_cache_mib: Option<u64>,
+    /// Derived events queued per WebSocket or SSE client before further ones are dropped
+    /// for it (it then catches up from the events log); see docs/memory.md [default: 8192].
+    #[arg(long, env = "SPOT_PUSH_QUEUE_EVENTS", value_name = "N")]
+    push_queue_events: Option<usize>,
+    /// Seconds a WebSocket or SSE client may leave written data untaken (it stopped
+    /// reading) before its connection is closed; it resumes from its last event id
+    /// [default: 30].
+    #[arg(
+        long = "push-send-timeout-secs",
+        env = "SPOT_PUSH_SEND_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(rename = "push-send-timeout-secs", deserialize_with = "seconds")]
+    push_send_timeout: Option<f64>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
     /// remaining connections; a second signal stops at once [default: 10].
     #[arg(
@@ -319,6 +337,9 @@ impl Args {
             max_refusals: self.max_refusals.or(lower.max_refusals),
             events_max_in_memory: self.events_max_in_memory.or(lower.events_max_in_memory),
             core_queue_events: self.core_queue_events.or(lower.core_queue_events),
+            store_cache_mib: self.store_cache_mib.or(lower.store_cache_mib),
+            push_queue_events: self.push_queue_events.or(lower.push_queue_events),
+            push_send_timeout: self.push_send_timeout.or(lower.push_send_timeout),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
             mqtt_ca_cert: self.mqtt_ca_cert.or(lower.mqtt_ca_cert),
@@ -371,6 +392,7 @@ impl Args {
             Some(v) => secs(name, v),
             None => Ok(default),
         };
+        let push_defaults = spot_server::outlets::PushConfig::default();
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -433,6 +455,9 @@ impl Args {
                     .events_max_in_memory
                     .unwrap_or(limits.events_max_in_memory),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
+                store_cache_bytes: self
+                    .store_cache_mib
+                    .map_or(limits.store_cache_bytes, |mib| mib.saturating_mul(1024 * 1024)),
                 shutdown_grace: secs_or(
                     "shutdown-grace-secs",
                     self.shutdown_grace,
@@ -448,6 +473,20 @@ impl Args {
                     &self.mqtt_filter,
                 )?,
                 publish_raw: self.publish_raw.unwrap_or(false),
+                hub: spot_push::HubConfig {
+                    queue_capacity: self
+                        .push_queue_events
+                        .unwrap_or(push_defaults.hub.queue_capacity),
+                    ..push_defaults.hub.clone()
+                },
+                stream: spot_push::StreamLimits {
+                    ws_send_timeout: secs_or(
+                        "push-send-timeout-secs",
+                        self.push_send_timeout,
+                        push_defaults.stream.ws_send_timeout,
+                    )?,
+                    ..push_defaults.stream.clone()
+                },
                 webhooks: {
                     let defaults = spot_push::webhook::WebhookConfig::default();
                     spot_push::webhook::WebhookConfig {

@@ -315,6 +315,7 @@ impl Server {
         })?;
         let data_lock = lock_data_dir(&config.data_dir)?;
         let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
+        store.set_cache_bytes(config.limits.store_cache_bytes)?;
         let push = outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?;
         let now = now_ms();
         let mut domain = Domain::new(DomainConfig {
