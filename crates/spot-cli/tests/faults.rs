@@ -42,6 +42,10 @@ const SPOT: &str = env!("CARGO_BIN_EXE_spot");
 /// The bound `spot serve` keeps `spot.db-wal` under (the store's `WAL_SIZE_LIMIT`).
 const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The server's resident memory in these short runs stays under this: docs/memory.md's
+/// formula gives well under 100 MiB for their state (a few thousand items and events).
+const RSS_BOUND_MIB: u64 = 256;
+
 /// One scenario at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -376,7 +380,7 @@ fn kill9_soak_with_the_on_disk_buffer_stores_and_publishes_every_acknowledged_ev
     let total = &summary["total"];
     report(
         "kill9-soak",
-        exit == 0 && wrong.is_empty() && missing == 0 && right > 0,
+        exit == 0 && wrong.is_empty() && missing == 0 && right > 0 && rss <= RSS_BOUND_MIB,
         &format!(
             "{cycles} kill -9 cycles, {} generated, {} acked, {} resent, {} reconnects; \
              stored as acknowledged for {right} of {} spots; {} derived events, {missing} \
@@ -474,7 +478,9 @@ fn a_stalled_sse_reader_is_closed_after_the_send_timeout() {
     let rss = server.rss_mib();
     report(
         "stalled-sse",
-        stalled >= 1.0 && load["total"]["events_acked"] == load["total"]["events_generated"],
+        stalled >= 1.0
+            && load["total"]["events_acked"] == load["total"]["events_generated"]
+            && rss <= RSS_BOUND_MIB,
         &format!(
             "send timeout 2 s: the stalled SSE reader closed {closed_after:.1}s after it \
              connected (under load: {} events acked), write-stalled {stalled}, server rss \
@@ -665,7 +671,7 @@ fn after_a_broker_outage_and_a_server_restart_every_event_reaches_the_mqtt_subsc
     let rss = server.rss_mib();
     report(
         "mqtt-outage",
-        exit == 0 && clean_stop && missing == 0,
+        exit == 0 && clean_stop && missing == 0 && rss <= RSS_BOUND_MIB,
         &format!(
             "broker down 2.5 s, the server restarted meanwhile: {} events acked, {} derived \
              events, {missing} not published, {duplicates} published twice; server rss \
