@@ -1013,6 +1013,36 @@ mod tests {
     }
 
     #[test]
+    fn memory_bounds_from_the_flag_the_file_or_the_default() {
+        let (_f, path) = file(
+            "store-cache-mib = 8\npush-queue-events = 100\npush-send-timeout-secs = 2.5\n",
+        );
+        let bounds = |flags: &[&str]| {
+            let c = parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .unwrap();
+            (
+                c.limits.store_cache_bytes,
+                c.push.hub.queue_capacity,
+                c.push.stream.ws_send_timeout,
+            )
+        };
+        assert_eq!(
+            bounds(&[]),
+            (64 << 20, 8192, std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            bounds(&["--config", &path]),
+            (8 << 20, 100, std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(
+            bounds(&["--config", &path, "--push-send-timeout-secs", "1"]).2,
+            std::time::Duration::from_secs(1)
+        );
+    }
+
+    #[test]
     fn webhook_ca_cert_from_the_file() {
         let (_f, path) = file("webhook-ca-cert = \"/etc/spot/ca.pem\"\n");
         let config = parse(&["--config", &path])

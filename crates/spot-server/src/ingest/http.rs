@@ -3,6 +3,10 @@
 //! the pipeline at once (so they are visible before the body ends); at the end of the body
 //! the handler asks the pipeline to sync and answers `200` only after the commit, with
 //! `X-Spot-Ack`, the `Date` hyper adds, and the spot's pending commands encoded per `Accept`.
+//! While commits to the store fail (a full disk), a POST is answered `503` with `Retry-After`
+//! at once, also one already under way or waiting on the commit that fails: nothing is
+//! acknowledged that is not stored (what it sent may still commit later; its sequence keys
+//! keep the resend from being stored twice).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
