@@ -457,7 +457,9 @@ impl Args {
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
                 store_cache_bytes: self
                     .store_cache_mib
-                    .map_or(limits.store_cache_bytes, |mib| mib.saturating_mul(1024 * 1024)),
+                    .map_or(limits.store_cache_bytes, |mib| {
+                        mib.saturating_mul(1024 * 1024)
+                    }),
                 shutdown_grace: secs_or(
                     "shutdown-grace-secs",
                     self.shutdown_grace,
@@ -477,7 +479,7 @@ impl Args {
                     queue_capacity: self
                         .push_queue_events
                         .unwrap_or(push_defaults.hub.queue_capacity),
-                    ..push_defaults.hub.clone()
+                    ..push_defaults.hub
                 },
                 stream: spot_push::StreamLimits {
                     ws_send_timeout: secs_or(
@@ -485,7 +487,7 @@ impl Args {
                         self.push_send_timeout,
                         push_defaults.stream.ws_send_timeout,
                     )?,
-                    ..push_defaults.stream.clone()
+                    ..push_defaults.stream
                 },
                 webhooks: {
                     let defaults = spot_push::webhook::WebhookConfig::default();
@@ -500,7 +502,6 @@ impl Args {
                         ..defaults
                     }
                 },
-                ..Default::default()
             },
             access: access_config(
                 self.spot_admission.as_deref(),
@@ -1014,9 +1015,8 @@ mod tests {
 
     #[test]
     fn memory_bounds_from_the_flag_the_file_or_the_default() {
-        let (_f, path) = file(
-            "store-cache-mib = 8\npush-queue-events = 100\npush-send-timeout-secs = 2.5\n",
-        );
+        let (_f, path) =
+            file("store-cache-mib = 8\npush-queue-events = 100\npush-send-timeout-secs = 2.5\n");
         let bounds = |flags: &[&str]| {
             let c = parse(flags)
                 .with_file()

@@ -163,7 +163,14 @@ fn request(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, S
 /// `spot emulate` against `server` with `args`; its JSON summary comes from [`summary`].
 fn emulate(server: &Server, args: &[&str]) -> KillOnDrop {
     let child = Command::new(SPOT)
-        .args(["emulate", "-s", &server.url(), "-q", "--summary", "per-spot"])
+        .args([
+            "emulate",
+            "-s",
+            &server.url(),
+            "-q",
+            "--summary",
+            "per-spot",
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -276,11 +283,19 @@ fn compare(logged: &[String], received: &[String]) -> (usize, usize, Option<Stri
         .filter(|k| !counts.contains_key(k.as_str()))
         .collect();
     let duplicates = counts.values().map(|n| n - 1).sum();
-    (missing.len(), duplicates, missing.first().map(|k| k.to_string()))
+    (
+        missing.len(),
+        duplicates,
+        missing.first().map(|k| k.to_string()),
+    )
 }
 
 /// Waits (`within` at most) until `done()`, checking whenever `changed` is notified.
-fn wait_until(state: &(Mutex<Vec<String>>, Condvar), within: Duration, done: impl Fn(&[String]) -> bool) {
+fn wait_until(
+    state: &(Mutex<Vec<String>>, Condvar),
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) {
     let deadline = Instant::now() + within;
     let (lock, changed) = state;
     let mut received = lock.lock().unwrap();
@@ -357,8 +372,18 @@ fn kill9_soak_with_the_on_disk_buffer_stores_and_publishes_every_acknowledged_ev
     let emulator = emulate(
         &server,
         &[
-            "-n", "4", "-r", "25", "-d", &secs, "--drain-secs", "60",
-            "--backoff-max-ms", "500", "--buffer", buffer.to_str().expect("path"),
+            "-n",
+            "4",
+            "-r",
+            "25",
+            "-d",
+            &secs,
+            "--drain-secs",
+            "60",
+            "--backoff-max-ms",
+            "500",
+            "--buffer",
+            buffer.to_str().expect("path"),
         ],
     );
     let wal = server.data.join("spot.db-wal");
@@ -424,7 +449,18 @@ fn an_idle_flood_at_max_connections_leaves_a_spot_and_the_api_served() {
     let api_secs = started.elapsed().as_secs_f64();
     let (exit, summary) = summary(emulate(
         &server,
-        &["-n", "1", "--first-serial", "900", "-r", "50", "-d", "3", "--drain-secs", "10"],
+        &[
+            "-n",
+            "1",
+            "--first-serial",
+            "900",
+            "-r",
+            "50",
+            "-d",
+            "3",
+            "--drain-secs",
+            "10",
+        ],
     ));
     let evicted = server.metric("spot_connections_evicted_total");
     drop(silent);
@@ -450,8 +486,8 @@ fn a_stalled_sse_reader_is_closed_after_the_send_timeout() {
         &["--push-send-timeout-secs", "2"],
     );
     // A reader with a small receive buffer that never reads.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     socket
         .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], server.port)).into())
@@ -520,7 +556,11 @@ impl WebhookTarget {
         }
     }
 
-    fn serve(stream: TcpStream, hang: &(Mutex<bool>, Condvar), received: &(Mutex<Vec<String>>, Condvar)) {
+    fn serve(
+        stream: TcpStream,
+        hang: &(Mutex<bool>, Condvar),
+        received: &(Mutex<Vec<String>>, Condvar),
+    ) {
         let mut reader = BufReader::new(stream.try_clone().expect("clone"));
         let mut writer = stream;
         loop {
@@ -600,7 +640,12 @@ fn a_dead_webhook_target_costs_a_bounded_queue_and_gets_every_event_once_it_answ
         &["-n", "2", "-r", "50", "-d", "3", "--drain-secs", "10"],
     ));
     let subscription = || {
-        let (_, body) = request(server.port, "GET", &format!("/api/subscriptions/{id}"), None);
+        let (_, body) = request(
+            server.port,
+            "GET",
+            &format!("/api/subscriptions/{id}"),
+            None,
+        );
         serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
     };
     let hanging = subscription();
@@ -654,8 +699,18 @@ fn after_a_broker_outage_and_a_server_restart_every_event_reaches_the_mqtt_subsc
     let emulator = emulate(
         &server,
         &[
-            "-n", "4", "-r", "50", "-d", "6", "--drain-secs", "30", "--backoff-max-ms", "500",
-            "--buffer", buffer.to_str().expect("path"),
+            "-n",
+            "4",
+            "-r",
+            "50",
+            "-d",
+            "6",
+            "--drain-secs",
+            "30",
+            "--backoff-max-ms",
+            "500",
+            "--buffer",
+            buffer.to_str().expect("path"),
         ],
     );
     std::thread::sleep(Duration::from_millis(1500));
@@ -734,8 +789,18 @@ fn a_full_disk_acknowledges_nothing_unstored_and_every_event_is_stored_once_spac
     let emulator = emulate(
         &server,
         &[
-            "-n", "4", "-r", "50", "-d", "5", "--drain-secs", "30", "--backoff-max-ms", "500",
-            "--buffer", buffer.to_str().expect("path"),
+            "-n",
+            "4",
+            "-r",
+            "50",
+            "-d",
+            "5",
+            "--drain-secs",
+            "30",
+            "--backoff-max-ms",
+            "500",
+            "--buffer",
+            buffer.to_str().expect("path"),
         ],
     );
     std::thread::sleep(Duration::from_millis(1000));

@@ -85,7 +85,11 @@ async fn a_slow_client_mid_head_outlasts_a_flood_of_silent_connections_from_many
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(connections.unidentified(), (0, 1), "the server saw its first bytes");
+    assert_eq!(
+        connections.unidentified(),
+        (0, 1),
+        "the server saw its first bytes"
+    );
     let mut flood = Vec::new();
     for i in 0..64u8 {
         flood.push(connect_from([127, 0, 1, i + 1], addr).await);

@@ -150,7 +150,10 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
     let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
         .await
         .expect("the raw TCP stream is closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "closed, nothing written: {read:?}");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, nothing written: {read:?}"
+    );
     // A new POST is refused at once, saying why and when to come back.
     // One write: the server answers after the head and closes, which may be before a
     // later write of the body (EPIPE).
@@ -181,7 +184,12 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
     let mut resend = b"POST /api/spots/203/events/ HTTP/1.1\r\nHost: t\r\n\
         Transfer-Encoding: chunked\r\n\r\n"
         .to_vec();
-    resend.extend(test_support::http::chunk(&presence("create", "bb02", "near", Some(2))));
+    resend.extend(test_support::http::chunk(&presence(
+        "create",
+        "bb02",
+        "near",
+        Some(2),
+    )));
     resend.extend_from_slice(test_support::http::LAST_CHUNK);
     let mut acked = None;
     for _ in 0..500 {

@@ -59,7 +59,10 @@ pub async fn serve(
             match ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
                 Ok(()) => {}
                 Err(e @ StreamError::StoreFailing(_)) => {
-                    shared.metrics.requests_refused.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .requests_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "tcp stream closed: {e}");
                 }
                 Err(e) => tracing::info!(%peer, "tcp stream ended: {e}"),
