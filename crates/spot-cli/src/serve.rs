@@ -230,6 +230,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     mqtt_filter: Vec<String>,
+    /// Events the MQTT outlet holds in memory while the broker is slow or away; past it
+    /// the outlet reads them back from the events log; see docs/memory.md [default: 65536].
+    #[arg(long, env = "SPOT_MQTT_QUEUE_EVENTS", value_name = "N")]
+    mqtt_queue_events: Option<usize>,
     /// Also push every raw spot event, under `spots/<id>/events/<resource_type>/<action>`
     /// (MQTT, WebSocket, SSE; live only, no event id) [default: false].
     #[arg(
@@ -344,6 +348,7 @@ impl Args {
             mqtt: self.mqtt.or(lower.mqtt),
             mqtt_ca_cert: self.mqtt_ca_cert.or(lower.mqtt_ca_cert),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
+            mqtt_queue_events: self.mqtt_queue_events.or(lower.mqtt_queue_events),
             mqtt_filter: if self.mqtt_filter.is_empty() {
                 lower.mqtt_filter
             } else {
@@ -468,12 +473,23 @@ impl Args {
                 ..limits
             },
             push: spot_server::outlets::PushConfig {
-                mqtt: mqtt_config(
+                mqtt: match mqtt_config(
                     self.mqtt.as_deref(),
                     self.mqtt_qos.as_deref(),
                     self.mqtt_ca_cert.as_deref(),
                     &self.mqtt_filter,
-                )?,
+                )? {
+                    Some(mut mqtt) => {
+                        if let Some(n) = self.mqtt_queue_events {
+                            mqtt.queue_capacity = n.max(1);
+                        }
+                        Some(mqtt)
+                    }
+                    None => match self.mqtt_queue_events {
+                        Some(n) => anyhow::bail!("mqtt-queue-events {n}: no mqtt broker is set"),
+                        None => None,
+                    },
+                },
                 publish_raw: self.publish_raw.unwrap_or(false),
                 hub: spot_push::HubConfig {
                     queue_capacity: self
@@ -1028,6 +1044,16 @@ mod tests {
                 c.push.stream.ws_send_timeout,
             )
         };
+        let mqtt_queue = |flags: &[&str]| {
+            parse(flags)
+                .server_config()
+                .map(|c| c.push.mqtt.map(|m| m.queue_capacity))
+        };
+        assert_eq!(
+            mqtt_queue(&["--mqtt", "mqtt://b", "--mqtt-queue-events", "10"]).unwrap(),
+            Some(10)
+        );
+        assert!(mqtt_queue(&["--mqtt-queue-events", "10"]).is_err());
         assert_eq!(
             bounds(&[]),
             (64 << 20, 8192, std::time::Duration::from_secs(30))
