@@ -176,6 +176,24 @@ pub struct Args {
     /// [default: 4096].
     #[arg(long, env = "SPOT_CORE_QUEUE_EVENTS")]
     core_queue_events: Option<usize>,
+    /// SQLite's page cache of spot.db (the journal and the events log), in MiB; see
+    /// docs/memory.md [default: 64].
+    #[arg(long, env = "SPOT_STORE_CACHE_MIB", value_name = "MIB")]
+    store_cache_mib: Option<u64>,
+    /// Derived events queued per WebSocket or SSE client before further ones are dropped
+    /// for it (it then catches up from the events log); see docs/memory.md [default: 8192].
+    #[arg(long, env = "SPOT_PUSH_QUEUE_EVENTS", value_name = "N")]
+    push_queue_events: Option<usize>,
+    /// Seconds a WebSocket or SSE client may leave written data untaken (it stopped
+    /// reading) before its connection is closed; it resumes from its last event id
+    /// [default: 30].
+    #[arg(
+        long = "push-send-timeout-secs",
+        env = "SPOT_PUSH_SEND_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    #[serde(rename = "push-send-timeout-secs", deserialize_with = "seconds")]
+    push_send_timeout: Option<f64>,
     /// Seconds a stop (SIGTERM, Ctrl-C) waits for in-flight requests before closing the
     /// remaining connections; a second signal stops at once [default: 10].
     #[arg(
@@ -212,6 +230,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     mqtt_filter: Vec<String>,
+    /// Events the MQTT outlet holds in memory while the broker is slow or away; past it
+    /// the outlet reads them back from the events log; see docs/memory.md [default: 65536].
+    #[arg(long, env = "SPOT_MQTT_QUEUE_EVENTS", value_name = "N")]
+    mqtt_queue_events: Option<usize>,
     /// Also push every raw spot event, under `spots/<id>/events/<resource_type>/<action>`
     /// (MQTT, WebSocket, SSE; live only, no event id) [default: false].
     #[arg(
@@ -319,10 +341,14 @@ impl Args {
             max_refusals: self.max_refusals.or(lower.max_refusals),
             events_max_in_memory: self.events_max_in_memory.or(lower.events_max_in_memory),
             core_queue_events: self.core_queue_events.or(lower.core_queue_events),
+            store_cache_mib: self.store_cache_mib.or(lower.store_cache_mib),
+            push_queue_events: self.push_queue_events.or(lower.push_queue_events),
+            push_send_timeout: self.push_send_timeout.or(lower.push_send_timeout),
             shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
             mqtt: self.mqtt.or(lower.mqtt),
             mqtt_ca_cert: self.mqtt_ca_cert.or(lower.mqtt_ca_cert),
             mqtt_qos: self.mqtt_qos.or(lower.mqtt_qos),
+            mqtt_queue_events: self.mqtt_queue_events.or(lower.mqtt_queue_events),
             mqtt_filter: if self.mqtt_filter.is_empty() {
                 lower.mqtt_filter
             } else {
@@ -371,6 +397,7 @@ impl Args {
             Some(v) => secs(name, v),
             None => Ok(default),
         };
+        let push_defaults = spot_server::outlets::PushConfig::default();
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -433,6 +460,11 @@ impl Args {
                     .events_max_in_memory
                     .unwrap_or(limits.events_max_in_memory),
                 core_queue_events: self.core_queue_events.unwrap_or(limits.core_queue_events),
+                store_cache_bytes: self
+                    .store_cache_mib
+                    .map_or(limits.store_cache_bytes, |mib| {
+                        mib.saturating_mul(1024 * 1024)
+                    }),
                 shutdown_grace: secs_or(
                     "shutdown-grace-secs",
                     self.shutdown_grace,
@@ -441,13 +473,38 @@ impl Args {
                 ..limits
             },
             push: spot_server::outlets::PushConfig {
-                mqtt: mqtt_config(
+                mqtt: match mqtt_config(
                     self.mqtt.as_deref(),
                     self.mqtt_qos.as_deref(),
                     self.mqtt_ca_cert.as_deref(),
                     &self.mqtt_filter,
-                )?,
+                )? {
+                    Some(mut mqtt) => {
+                        if let Some(n) = self.mqtt_queue_events {
+                            mqtt.queue_capacity = n.max(1);
+                        }
+                        Some(mqtt)
+                    }
+                    None => match self.mqtt_queue_events {
+                        Some(n) => anyhow::bail!("mqtt-queue-events {n}: no mqtt broker is set"),
+                        None => None,
+                    },
+                },
                 publish_raw: self.publish_raw.unwrap_or(false),
+                hub: spot_push::HubConfig {
+                    queue_capacity: self
+                        .push_queue_events
+                        .unwrap_or(push_defaults.hub.queue_capacity),
+                    ..push_defaults.hub
+                },
+                stream: spot_push::StreamLimits {
+                    ws_send_timeout: secs_or(
+                        "push-send-timeout-secs",
+                        self.push_send_timeout,
+                        push_defaults.stream.ws_send_timeout,
+                    )?,
+                    ..push_defaults.stream
+                },
                 webhooks: {
                     let defaults = spot_push::webhook::WebhookConfig::default();
                     spot_push::webhook::WebhookConfig {
@@ -461,7 +518,6 @@ impl Args {
                         ..defaults
                     }
                 },
-                ..Default::default()
             },
             access: access_config(
                 self.spot_admission.as_deref(),
@@ -970,6 +1026,45 @@ mod tests {
         assert_eq!(
             bounds(&["--config", &path, "--webhook-max-queued-events", "7"]),
             (7, 9)
+        );
+    }
+
+    #[test]
+    fn memory_bounds_from_the_flag_the_file_or_the_default() {
+        let (_f, path) =
+            file("store-cache-mib = 8\npush-queue-events = 100\npush-send-timeout-secs = 2.5\n");
+        let bounds = |flags: &[&str]| {
+            let c = parse(flags)
+                .with_file()
+                .and_then(Args::server_config)
+                .unwrap();
+            (
+                c.limits.store_cache_bytes,
+                c.push.hub.queue_capacity,
+                c.push.stream.ws_send_timeout,
+            )
+        };
+        let mqtt_queue = |flags: &[&str]| {
+            parse(flags)
+                .server_config()
+                .map(|c| c.push.mqtt.map(|m| m.queue_capacity))
+        };
+        assert_eq!(
+            mqtt_queue(&["--mqtt", "mqtt://b", "--mqtt-queue-events", "10"]).unwrap(),
+            Some(10)
+        );
+        assert!(mqtt_queue(&["--mqtt-queue-events", "10"]).is_err());
+        assert_eq!(
+            bounds(&[]),
+            (64 << 20, 8192, std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            bounds(&["--config", &path]),
+            (8 << 20, 100, std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(
+            bounds(&["--config", &path, "--push-send-timeout-secs", "1"]).2,
+            std::time::Duration::from_secs(1)
         );
     }
 

@@ -10,7 +10,10 @@
 //! unidentified have a small budget of their own, and when the total or that budget is
 //! full, a new connection takes the slot of the oldest unidentified one, which is closed
 //! ([`Admitted::evicted`]). So silent connections cannot hold the server: a client that
-//! speaks at once is served, and an identified connection is never evicted.
+//! speaks at once is served, and an identified connection is never evicted. Of the
+//! unidentified, those that have sent nothing yet give way first ([`Admitted::spoke`]): a
+//! slow client part-way through its TLS handshake or request head is not evicted by a flood
+//! of silent connections, from however many addresses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -146,8 +149,12 @@ struct Counts {
     /// Open spots, streams, API connections.
     classes: [usize; 3],
     per_address: HashMap<IpAddr, usize>,
-    /// The unidentified, oldest first, each with the sender its eviction drops.
+    /// The unidentified that have sent nothing yet, oldest first, each with the sender its
+    /// eviction drops.
     unidentified: BTreeMap<u64, oneshot::Sender<()>>,
+    /// The unidentified that have sent something (their head is under way), likewise:
+    /// evicted only when no silent one is left.
+    speaking: BTreeMap<u64, oneshot::Sender<()>>,
     next: u64,
 }
 
@@ -194,7 +201,7 @@ impl Connections {
                 return Err(Refused::Class { class, limit });
             }
         }
-        if class.is_none() && counts.unidentified.len() >= self.budget.unidentified {
+        if class.is_none() && counts.unidentified() >= self.budget.unidentified {
             counts.evict_oldest();
         }
         if counts.open >= self.budget.total && !counts.evict_oldest() {
@@ -227,17 +234,34 @@ impl Connections {
     pub fn open(&self) -> usize {
         self.counts().open
     }
+
+    /// Unidentified connections now: (silent, speaking), see [`Admitted::spoke`].
+    pub fn unidentified(&self) -> (usize, usize) {
+        let counts = self.counts();
+        (counts.unidentified.len(), counts.speaking.len())
+    }
 }
 
 impl Counts {
-    /// Evicts the oldest unidentified connection: its slot is free now (its task closes it
-    /// when it sees the eviction). False if there is none.
+    /// Evicts the oldest unidentified connection that has sent nothing, else the oldest
+    /// unidentified one: its slot is free now (its task closes it when it sees the
+    /// eviction). False if there is none.
     fn evict_oldest(&mut self) -> bool {
-        if self.unidentified.pop_first().is_none() {
+        if self.unidentified.pop_first().is_none() && self.speaking.pop_first().is_none() {
             return false;
         }
         self.open -= 1;
         true
+    }
+
+    /// Unidentified connections, silent or speaking.
+    fn unidentified(&self) -> usize {
+        self.unidentified.len() + self.speaking.len()
+    }
+
+    /// Takes unidentified connection `id` out (silent or speaking); false if it was evicted.
+    fn remove_unidentified(&mut self, id: u64) -> bool {
+        self.unidentified.remove(&id).is_some() || self.speaking.remove(&id).is_some()
     }
 }
 
@@ -270,6 +294,18 @@ impl Admitted {
         }
     }
 
+    /// This unidentified connection has sent its first bytes: it gives way to a new
+    /// connection only after every silent one has.
+    pub fn spoke(&mut self) {
+        let Stage::Unidentified(id) = self.stage else {
+            return;
+        };
+        let mut counts = self.connections.counts();
+        if let Some(evicted) = counts.unidentified.remove(&id) {
+            counts.speaking.insert(id, evicted);
+        }
+    }
+
     /// Counts this connection as `class` from now on; refused when its budget is full (or
     /// when it has been evicted meanwhile: then as the total).
     pub fn identify(&mut self, class: Class) -> Result<(), Refused> {
@@ -279,7 +315,7 @@ impl Admitted {
         let budget = &self.connections.budget;
         let mut counts = self.connections.counts();
         self.evicted = None;
-        if counts.unidentified.remove(&id).is_none() {
+        if !counts.remove_unidentified(id) {
             self.stage = Stage::Out;
             return Err(Refused::Total(budget.total));
         }
@@ -300,7 +336,7 @@ impl Drop for Admitted {
         let mut counts = self.connections.counts();
         match self.stage {
             Stage::Unidentified(id) => {
-                if counts.unidentified.remove(&id).is_some() {
+                if counts.remove_unidentified(id) {
                     counts.open -= 1;
                 }
             }

@@ -120,6 +120,10 @@ pub struct ServerLimits {
     /// sockets: backpressure to the spots). Bounds the time an event waits to be applied,
     /// hence the acknowledgement latency under overload. Default 4096.
     pub core_queue_events: usize,
+    /// SQLite's page cache of `spot.db` on the writer's connection (the journal and the
+    /// events log), in bytes. Default 64 MiB: the pages a group commit and the outlets'
+    /// catch-up touch stay in memory. Smaller costs reads, not correctness.
+    pub store_cache_bytes: u64,
 }
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -145,6 +149,7 @@ impl Default for ServerLimits {
             events_max_in_memory: 100_000,
             core_queue: 4096,
             core_queue_events: 4096,
+            store_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

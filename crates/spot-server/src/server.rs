@@ -315,6 +315,7 @@ impl Server {
         })?;
         let data_lock = lock_data_dir(&config.data_dir)?;
         let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
+        store.set_cache_bytes(config.limits.store_cache_bytes)?;
         let push = outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?;
         let now = now_ms();
         let mut domain = Domain::new(DomainConfig {
@@ -354,7 +355,11 @@ impl Server {
         if !journal.is_empty() {
             let entries = journal.len();
             domain.replay(journal).map_err(ServerError::Corrupt)?;
-            store.commit(&mut domain.take_changes(true))?;
+            let mut changes = domain.take_changes(true);
+            let committed = store.commit(&mut changes)?;
+            // The outlets' positions are before these events: they are pushed like any.
+            push.publisher()
+                .committed(&changes.log, committed.last_event_id);
             tracing::info!("replayed {entries} journal entries written after the last flush");
         } else {
             domain.replay(Vec::new()).map_err(ServerError::Corrupt)?;
@@ -373,7 +378,11 @@ impl Server {
             for entry in &audit {
                 domain.log_audit(&entry.topic, &entry.data, now);
             }
-            store.commit(&mut domain.take_changes(true))?;
+            let mut changes = domain.take_changes(true);
+            let committed = store.commit(&mut changes)?;
+            // Pushed too (the first admin key's `keys/<id>/created` reached no outlet).
+            push.publisher()
+                .committed(&changes.log, committed.last_event_id);
             access.read(|db| db.mark_published(last))?;
         }
         let access = Arc::new(access);

@@ -70,6 +70,41 @@ async fn silent_connections_at_the_limit_leave_spots_and_the_api_served() {
     server.shutdown().await;
 }
 
+/// A slow client part-way through its request head is not evicted by a flood of silent
+/// connections from many addresses (issue 13 item 6): the silent ones give way first.
+#[tokio::test]
+async fn a_slow_client_mid_head_outlasts_a_flood_of_silent_connections_from_many_addresses() {
+    let (server, _dir) = start(|c| c.limits.max_unidentified_connections = Some(16)).await;
+    let addr = server.http_addr();
+    let mut slow = Raw::connect(addr).await;
+    slow.send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n").await;
+    let connections = &server.context().http_connections;
+    for _ in 0..500 {
+        if connections.unidentified().1 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        connections.unidentified(),
+        (0, 1),
+        "the server saw its first bytes"
+    );
+    let mut flood = Vec::new();
+    for i in 0..64u8 {
+        flood.push(connect_from([127, 0, 1, i + 1], addr).await);
+    }
+    let rest = format!("X-Api-Key: {}\r\n\r\n", admin_key(addr));
+    slow.send(rest.as_bytes()).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), slow.response()).await;
+    let answer = answer.expect("answered within 5 s");
+    assert_eq!(answer.map(|r| r.status), Some(200), "not evicted");
+    let metrics = &server.context().metrics;
+    assert!(metrics.connections_evicted.load(Ordering::Relaxed) >= 64 - 16);
+    drop(flood);
+    server.shutdown().await;
+}
+
 /// A connection that says nothing is closed after `request_head_timeout`, while one that
 /// sent a request may stay idle between requests for the longer header timeout.
 #[tokio::test]

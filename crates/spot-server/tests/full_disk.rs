@@ -1,5 +1,6 @@
 //! A full disk (issue 13 item 4): the data directory on a small tmpfs of its own, filled up
-//! by a file. Mounting needs root (as in CI); elsewhere the test says so and passes.
+//! by a file. A POST already waiting on the commit that fails is answered `503` at once
+//! too, and raw TCP streams are closed unread, so nothing unstored is acknowledged. Mounting needs root (as in CI); elsewhere the test says so and passes.
 
 mod common;
 
@@ -81,12 +82,14 @@ async fn check(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers() {
+    use tokio::io::AsyncReadExt;
     let Some(disk) = SmallDisk::mount("8m") else {
         eprintln!("full_disk: cannot mount a tmpfs (not root): not run");
         return;
     };
     let server = common::bind(ServerConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
+        tcp_listen: Some("127.0.0.1:0".parse().expect("address")),
         data_dir: disk.path().to_path_buf(),
         sync: Durability::Normal,
         ..ServerConfig::default()
@@ -107,7 +110,7 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
     assert_eq!(first.status, 200);
 
     let filler = disk.fill();
-    // This POST's commit fails: it waits, unacknowledged.
+    // This POST's commit fails: it is answered 503 at once, unacknowledged.
     let mut waiting = Raw::connect(addr).await;
     waiting.post_head("203", "").await;
     waiting
@@ -132,6 +135,25 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
     );
     assert!(reason.contains("full"), "{reason}");
     assert_eq!(check(addr, "/healthz").await.0, 200);
+    // The POST that was waiting on the failing commit is not left waiting for the disk.
+    let unstored = tokio::time::timeout(Duration::from_secs(5), waiting.response())
+        .await
+        .expect("the waiting POST is answered while the disk is full")
+        .expect("a response");
+    assert_eq!(unstored.status, 503);
+    assert_eq!(unstored.header("retry-after"), Some("5"));
+    // A raw TCP stream is closed before anything of it is read.
+    let mut tcp = tokio::net::TcpStream::connect(server.tcp_addr().expect("tcp listener"))
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+        .await
+        .expect("the raw TCP stream is closed at once");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, nothing written: {read:?}"
+    );
     // A new POST is refused at once, saying why and when to come back.
     // One write: the server answers after the head and closes, which may be before a
     // later write of the body (EPIPE).
@@ -157,11 +179,33 @@ async fn on_a_full_disk_ingest_answers_503_with_retry_after_at_once_and_recovers
     );
 
     std::fs::remove_file(filler).expect("free the disk");
-    let acknowledged = tokio::time::timeout(Duration::from_secs(10), waiting.response())
-        .await
-        .expect("the waiting POST is answered once commits succeed")
-        .expect("a response");
-    assert_eq!(acknowledged.status, 200);
+    // The spot sends the unacknowledged event again: stored once (its sequence), acked.
+    // (One write: a 503 comes after the head and closes.)
+    let mut resend = b"POST /api/spots/203/events/ HTTP/1.1\r\nHost: t\r\n\
+        Transfer-Encoding: chunked\r\n\r\n"
+        .to_vec();
+    resend.extend(test_support::http::chunk(&presence(
+        "create",
+        "bb02",
+        "near",
+        Some(2),
+    )));
+    resend.extend_from_slice(test_support::http::LAST_CHUNK);
+    let mut acked = None;
+    for _ in 0..500 {
+        let mut resent = Raw::connect(addr).await;
+        resent.send(&resend).await;
+        let resp = resent.response().await.expect("a response");
+        if resp.status == 200 {
+            acked = resp.header("x-spot-ack").map(str::to_string);
+            break;
+        }
+        assert_eq!(resp.status, 503);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(acked.as_deref(), Some("2"));
+    let (_, spots) = common::get(addr, "/api/spots?results_only=true").await;
+    assert_eq!(spots[0]["event_counter"], 3, "{spots}");
     assert_eq!(metric(addr, "spot_store_failing").await, 0.0);
     assert_eq!(
         check(addr, "/readyz").await,

@@ -59,9 +59,13 @@ impl Broker {
                  listener {port} 127.0.0.1\n"
             )
         } else {
+            // Deep queues: with mosquitto's default (1,000 QoS 1 messages per client) the
+            // broker drops what a busy test subscriber has not taken yet, which reads as an
+            // outlet losing events (a burst of resends after a kill -9 is thousands).
             format!(
                 "per_listener_settings false\npersistence true\npersistence_location {}/\n\
-                 log_dest stderr\nlog_type all\nuser root\nlistener {port} 127.0.0.1\n",
+                 log_dest stderr\nlog_type all\nuser root\nmax_queued_messages 1000000\n\
+                 listener {port} 127.0.0.1\n",
                 dir.display()
             )
         };

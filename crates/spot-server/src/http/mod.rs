@@ -105,6 +105,24 @@ impl Listener {
         let metrics = &self.shared.metrics;
         let timeout = self.shared.limits.first_head_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
+        // Its first bytes (a TLS ClientHello, the start of a head) move it behind the silent
+        // ones in the eviction order; silence past the deadline ends in `first_head`.
+        let mut first_byte = [0u8; 1];
+        let spoke = tokio::select! {
+            // Peeked, not read: `first_head` reads it (readiness alone can be spurious).
+            r = tokio::time::timeout_at(deadline, stream.peek(&mut first_byte)) => {
+                matches!(r, Ok(Ok(1..)))
+            }
+            () = admitted.evicted() => {
+                metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "no request yet, closed for a newer connection");
+                return;
+            }
+            _ = phase_reached(&mut shutdown, Phase::Draining) => return,
+        };
+        if spoke {
+            admitted.spoke();
+        }
         let first = tokio::select! {
             r = self.first_head(stream, peer, deadline) => r,
             () = admitted.evicted() => {

@@ -3,6 +3,10 @@
 //! the pipeline at once (so they are visible before the body ends); at the end of the body
 //! the handler asks the pipeline to sync and answers `200` only after the commit, with
 //! `X-Spot-Ack`, the `Date` hyper adds, and the spot's pending commands encoded per `Accept`.
+//! While commits to the store fail (a full disk), a POST is answered `503` with `Retry-After`
+//! at once, also one already under way or waiting on the commit that fails: nothing is
+//! acknowledged that is not stored (what it sent may still commit later; its sequence keys
+//! keep the resend from being stored twice).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -210,20 +214,7 @@ where
     }
     if let Some(failing) = shared.pipeline.commit_failing() {
         // At once: nothing of this POST could be acknowledged until commits succeed.
-        shared
-            .metrics
-            .requests_refused
-            .fetch_add(1, Ordering::Relaxed);
-        let mut resp = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the server cannot store events now ({failing}); nothing was acknowledged, send again later"),
-            Value::Null,
-        );
-        resp.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            HeaderValue::from_static(COMMIT_FAILING_RETRY_AFTER),
-        );
-        return close(resp);
+        return store_failing(shared, &failing);
     }
     let version = req
         .headers()
@@ -320,8 +311,10 @@ where
                 events,
                 ack: None,
             };
-            if shared.pipeline.send(msg).await.is_err() {
-                return unavailable();
+            match unless_store_fails(shared, shared.pipeline.send(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return unavailable(),
+                Err(failing) => return store_failing(shared, &failing),
             }
         }
     };
@@ -344,13 +337,17 @@ where
             events,
             ack: None,
         };
-        if shared.pipeline.send(msg).await.is_err() {
-            return unavailable();
+        match unless_store_fails(shared, shared.pipeline.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return unavailable(),
+            Err(failing) => return store_failing(shared, &failing),
         }
     }
     guard.armed = false;
-    let Some(reply) = sync(shared, &serial, true, true).await else {
-        return unavailable();
+    let reply = match unless_store_fails(shared, sync(shared, &serial, true, true)).await {
+        Ok(Some(reply)) => reply,
+        Ok(None) => return unavailable(),
+        Err(failing) => return store_failing(shared, &failing),
     };
     let mut out = Vec::new();
     let mut encoder = Encoder::new(response_encoding);
@@ -370,6 +367,40 @@ where
     shared.metrics.posts_ok.fetch_add(1, Ordering::Relaxed);
     shared.metrics.observe_ack(body_ended.elapsed());
     resp
+}
+
+/// `waiting`'s output, or the store's error if a commit fails first (or is failing now):
+/// a POST waiting on a commit is answered at once instead of for as long as the disk is
+/// full. What it queued commits later or never; it is not acknowledged either way.
+async fn unless_store_fails<T>(
+    shared: &Context,
+    waiting: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::select! {
+        biased;
+        // Polled first: when it is ready at once, the watch is never looked at.
+        done = waiting => Ok(done),
+        failing = shared.pipeline.commit_fails() => Err(failing),
+    }
+}
+
+/// `503` with `Retry-After` while commits fail: nothing of this POST is acknowledged; the
+/// connection is closed (the spot keeps its events and comes back later).
+fn store_failing(shared: &Context, failing: &str) -> Response<Body> {
+    shared
+        .metrics
+        .requests_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the server cannot store events now ({failing}); nothing was acknowledged, send again later"),
+        Value::Null,
+    );
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        HeaderValue::from_static(COMMIT_FAILING_RETRY_AFTER),
+    );
+    close(resp)
 }
 
 async fn sync(

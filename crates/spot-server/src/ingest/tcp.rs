@@ -6,6 +6,12 @@
 //! [`SECRET_FIELD`] (taken out before anything is stored). A refused spot's connection is
 //! closed without an answer.
 //!
+//! While commits to the store fail (a full disk), a new stream is closed before anything
+//! of it is read and an open one as soon as a commit fails (raw TCP has no status to
+//! answer; HTTP's equivalent is `503` with `Retry-After`): nothing unstored is acknowledged,
+//! and the spot reconnects with its backoff, keeping its events. Each is logged at `debug`
+//! (the pipeline logs the failing commits once per interval).
+//!
 //! Written back on the same socket, in the stream's encoding: after every commit covering
 //! the connection's events an `["ack","update",{"seq":N,"time":"…"}]`, and the spot's
 //! commands as soon as they are queued.
@@ -50,8 +56,16 @@ pub async fn serve(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         async move {
-            if let Err(e) = ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
-                tracing::info!(%peer, "tcp stream ended: {e}");
+            match ingest(stream, &shared, shutdown, WriteBack::AcksAndCommands).await {
+                Ok(()) => {}
+                Err(e @ StreamError::StoreFailing(_)) => {
+                    shared
+                        .metrics
+                        .requests_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "tcp stream closed: {e}");
+                }
+                Err(e) => tracing::info!(%peer, "tcp stream ended: {e}"),
             }
             drop(admitted);
         }
@@ -116,6 +130,11 @@ pub enum StreamError {
     /// Spot admission refused the spot (nothing of the stream is stored).
     #[error("spot refused: {0}")]
     Refused(crate::access::AdmissionRefusal),
+    /// Commits to the store fail (a full disk): the stream is closed before anything of it
+    /// is read, or as soon as a commit fails while it streams; what it sent since its last
+    /// ack is not acknowledged (the spot resends it once it reconnects).
+    #[error("the server cannot store events now: {0}")]
+    StoreFailing(String),
     /// Nothing arrived for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
@@ -164,6 +183,10 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let limits = &shared.limits;
+    if let Some(failing) = shared.pipeline.commit_failing() {
+        // Like HTTP's 503: closed before a byte is read, nothing acknowledged.
+        return Err(StreamError::StoreFailing(failing));
+    }
     let (mut reader, writer) = tokio::io::split(stream);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut first_read = true;
@@ -229,14 +252,14 @@ where
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let send = |msg| async {
-        shared
-            .pipeline
-            .send(msg)
-            .await
-            .map_err(|_| match shared.pipeline.failure() {
+        tokio::select! {
+            biased;
+            sent = shared.pipeline.send(msg) => sent.map_err(|_| match shared.pipeline.failure() {
                 Some(failure) => StreamError::Failed(failure.to_string()),
                 None => StreamError::Stopping,
-            })
+            }),
+            failing = shared.pipeline.commit_fails() => Err(StreamError::StoreFailing(failing)),
+        }
     };
     send(PipelineMsg::Begin {
         serial: serial.clone(),
@@ -274,6 +297,9 @@ where
                     .map_err(|_| StreamError::Idle(limits.tcp_idle_timeout))??,
                 // Draining: what was received is committed and acknowledged below.
                 _ = phase_reached(shutdown, Phase::Draining) => return Ok(()),
+                failing = shared.pipeline.commit_fails() => {
+                    return Err(StreamError::StoreFailing(failing));
+                }
             };
             if n == 0 {
                 decoder.finish();
@@ -312,7 +338,11 @@ where
         reply,
     })
     .await;
-    let _ = rx.await;
+    // Not for as long as commits fail: the stream ends unacknowledged then.
+    tokio::select! {
+        _ = rx => {}
+        _ = shared.pipeline.commit_fails() => {}
+    }
     drop(ack_tx);
     if let Some(writer_task) = writer_task {
         let _ = writer_task.await;

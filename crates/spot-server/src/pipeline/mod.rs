@@ -20,7 +20,9 @@
 //! A failed commit keeps the batch and retries: nothing is acknowledged before it is on
 //! disk. While commits fail (a full disk), [`PipelineSender::commit_failing`] says why (ingest
 //! answers new POSTs `503` with `Retry-After` at once), `spot_commit_failures_total` counts
-//! the attempts and `spot_store_failing` is 1; the log says it when it starts, every
+//! the attempts and `spot_store_failing` is 1, and requests already waiting on a commit
+//! are told at once ([`PipelineSender::commit_fails`]: a POST answers `503`, a raw TCP
+//! stream is closed, both unacknowledged); the log says it when it starts, every
 //! [`COMMIT_FAILURE_LOG_EVERY`] while it lasts, and when it ends. A stop gives up on a
 //! failing commit once asked to ([`PipelineSender::give_up_commits`], after the shutdown
 //! grace): its batch is dropped unanswered (nothing acknowledged: the spots resend). A panic in either stage stops the pipeline for good and says why
@@ -84,8 +86,9 @@ struct Inner {
     senders: AtomicUsize,
     /// Why the pipeline stopped for good: a stage panicked ([`Inner::fail`]).
     failure: OnceLock<String>,
-    /// The error of the commit failing now, if one is.
-    commit_error: Mutex<Option<String>>,
+    /// The error of the commit failing now, if one is; watched by requests waiting on a
+    /// commit ([`PipelineSender::commit_fails`]).
+    commit_error: watch::Sender<Option<String>>,
     /// A failing commit is given up instead of retried (the server is stopping).
     give_up: AtomicBool,
 }
@@ -138,7 +141,7 @@ pub fn channel(messages: usize, events: usize) -> (PipelineSender, PipelineRecei
         max_events,
         senders: AtomicUsize::new(1),
         failure: OnceLock::new(),
-        commit_error: Mutex::new(None),
+        commit_error: watch::Sender::new(None),
         give_up: AtomicBool::new(false),
     });
     (
@@ -243,11 +246,24 @@ impl PipelineSender {
 
     /// The store's error while commits fail (e.g. a full disk); `None` once one succeeds.
     pub fn commit_failing(&self) -> Option<String> {
-        self.inner
-            .commit_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.commit_error.borrow().clone()
+    }
+
+    /// Resolves with the store's error once a commit fails (at once if one is failing
+    /// now): a request waiting on a commit answers instead of waiting for the disk
+    /// (nothing of it is acknowledged; what is queued commits later or not at all).
+    pub async fn commit_fails(&self) -> String {
+        let mut rx = self.inner.commit_error.subscribe();
+        let failing = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|error| error.clone());
+        match failing {
+            Some(error) => error,
+            // The sender lives as long as `self`: not reached.
+            None => std::future::pending().await,
+        }
     }
 
     /// From now on a failing commit is given up (its batch unanswered) instead of retried:
@@ -639,7 +655,7 @@ impl CommitFailures {
         self.failed += 1;
         metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
         metrics.store_failing.store(1, Ordering::Relaxed);
-        *inner.commit_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        inner.commit_error.send_replace(Some(error.to_string()));
         if self
             .logged
             .is_none_or(|at| at.elapsed() >= COMMIT_FAILURE_LOG_EVERY)
@@ -660,7 +676,7 @@ impl CommitFailures {
         tracing::info!(attempts = self.failed, "commits succeed again");
         *self = Self::default();
         metrics.store_failing.store(0, Ordering::Relaxed);
-        *inner.commit_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        inner.commit_error.send_replace(None);
     }
 }
 

@@ -293,6 +293,15 @@ impl SqliteStore {
         })
     }
 
+    /// Sets SQLite's page cache of the writer's connection to `bytes` (at least one page);
+    /// [`SqliteStore::open`] starts with 64 MiB.
+    pub fn set_cache_bytes(&self, bytes: u64) -> Result<(), StoreError> {
+        let kib = (bytes / 1024).max(1);
+        self.conn
+            .execute_batch(&format!("PRAGMA cache_size=-{kib};"))
+            .map_err(ctx("set the page cache size"))
+    }
+
     /// Keeps `spot.db-wal` bounded. The background checkpoint ([`Checkpointer`]) copies the
     /// WAL into the database, but SQLite starts the file over only when a commit finds all
     /// of it copied and no reader in it, which commits arriving all the time rarely allow:
