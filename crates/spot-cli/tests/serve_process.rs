@@ -327,10 +327,12 @@ fn an_environment_variable_beats_the_config_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(TcpStream::connect(("127.0.0.1", file_port)).is_err());
-    assert!(
-        data.join("spot.db").exists(),
-        "data directory from the file"
-    );
+    // The port is bound before the data directory is opened: wait for the store.
+    while !data.join("spot.db").exists() {
+        assert!(Instant::now() < deadline, "data directory from the file");
+        assert!(server.try_wait().unwrap().is_none(), "server exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     server.kill().unwrap();
     server.wait().unwrap();
 }
