@@ -69,6 +69,7 @@ function setConnState(state) {
 
 function enqueue(event) {
   bus.received += 1;
+  event.receivedAt = Date.now();
   bus.queue.push(event);
   if (bus.queue.length > MAX_QUEUED) {
     const over = bus.queue.length - MAX_QUEUED;
@@ -294,9 +295,11 @@ function fmtTime(iso) {
   return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
 }
 
+/** Seconds as milliseconds, without the unit. */
 function fmtMs(secs) {
   if (secs === null || secs === undefined) return '—';
-  return secs < 0.01 ? `${(secs * 1000).toFixed(2)} ms` : `${(secs * 1000).toFixed(0)} ms`;
+  const ms = secs * 1000;
+  return ms < 10 ? ms.toFixed(1) : ms.toFixed(0);
 }
 
 const fmtNum = (n) => (n === undefined || n === null ? '—' : Number(n).toLocaleString());
@@ -341,7 +344,8 @@ function EventsPlot() {
       width: width(), height: 220,
       series: [{}, { label: 'spot events/s', stroke: '#0b5cad', width: 2 },
         { label: 'derived events/s', stroke: '#16794a', width: 1.5 }],
-      axes: [{}, { size: 60 }],
+      axes: [{ space: 90, values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString()) },
+        { size: 60 }],
       scales: { x: { time: true } },
     }, [[], [], []], el.current);
     const onResize = () => plot.current.setSize({ width: width(), height: 220 });
@@ -373,7 +377,7 @@ function Overview({ go }) {
       <div class="card"><div class="label">Spot events / s</div>
         <div class="value">${up === null ? '—' : fmtNum(Math.round(up))}</div></div>
       <div class="card"><div class="label">Ack latency p50 / p99</div>
-        <div class="value" id="ack-latency">${fmtMs(s.ack.p50)} / ${fmtMs(s.ack.p99)}</div>
+        <div class="value" id="ack-latency">${fmtMs(s.ack.p50)} / ${fmtMs(s.ack.p99)} ms</div>
         <div class="label">${s.ack.window || ''}</div></div>
     </div>
     <div class="grid2">
@@ -479,13 +483,16 @@ function SpotDetail({ id, role }) {
   const [cfgValue, setCfgValue] = useState('');
   const [fwUrl, setFwUrl] = useState('');
   const [fwVersion, setFwVersion] = useState('');
-  const error = usePoll(async () => setSpot(await api(`/api/spots/${enc(id)}`)), 1000, [id]);
+  const error = usePoll(async () => setSpot(await api(`/api/spots/${enc(id)}?populate=report_location`)), 1000, [id]);
+  // The location, populated (an id when it could not be).
+  const loc = spot && spot.report_location;
+  const locId = loc && typeof loc === 'object' ? loc.id : loc;
   const relevant = useCallback((ev) => {
     if (!spot) return false;
     if (ev.topic.startsWith(`spots/${spot.id}/`)) return true;
     const t = ev.topic.split('/');
-    return t[0] === 'presences' && spot.report_location && t[4] === spot.report_location;
-  }, [spot && spot.id, spot && spot.report_location]);
+    return t[0] === 'presences' && locId && t[4] === locId;
+  }, [spot && spot.id, locId]);
   useEffect(() => {
     if (spot) setEvents(bus.recent.filter(relevant).slice(-100).reverse());
   }, [relevant]);
@@ -500,7 +507,8 @@ function SpotDetail({ id, role }) {
     try {
       const merged = kind === 'config' && !body.reset && spot.config_request && !spot.config_request.reset
         ? { ...spot.config_request, ...body } : body;
-      setSpot(await api(`/api/spots/${enc(spot.id)}`, { method: 'PUT', body: { [field]: merged } }));
+      await api(`/api/spots/${enc(spot.id)}`, { method: 'PUT', body: { [field]: merged } });
+      setSpot(await api(`/api/spots/${enc(spot.id)}?populate=report_location`));
       setSent((s) => ({ ...s, [kind]: { kind, label, body, at: Date.now() } }));
     } catch (e) { setActionError(e.message); }
   };
@@ -532,8 +540,8 @@ function SpotDetail({ id, role }) {
           <dt>Last request</dt><dd>${fmtTime(spot.time_last_request)}</dd>
           <dt>Requests</dt><dd>${fmtNum(spot.request_counter)}</dd>
           <dt>Events</dt><dd>${fmtNum(spot.event_counter)}</dd>
-          <dt>Location</dt><dd>${spot.report_location
-            ? html`<a href=${`#/items?location=${spot.report_location}`}>${spot.report_location}</a>` : '—'}</dd>
+          <dt>Location</dt><dd>${locId
+            ? html`<a href=${`#/items?location=${locId}`}>${(loc && loc.label) || locId}</a>` : '—'}</dd>
           <dt>Created</dt><dd>${fmtTime(spot.time_created)}</dd>
           ${Object.entries(spot.status || {}).map(([k, v]) => html`<dt>${k}</dt><dd>${JSON.stringify(v)}</dd>`)}
         </dl>
@@ -720,7 +728,7 @@ function Live() {
       <span class="muted">${fmtNum(items.length)} shown${bus.dropped ? `, ${fmtNum(bus.dropped)} dropped while the tab was hidden` : ''}</span>
     </div>
     <${VirtualList} id="live-events" items=${items} height=${Math.max(240, window.innerHeight - 220)}
-      renderRow=${(e) => html`<span class="t">${e.id}</span>${e.topic}`} />`;
+      renderRow=${(e) => html`<span class="t">${new Date(e.receivedAt).toLocaleTimeString()}</span><span class="t">${e.id}</span>${e.topic}`} />`;
 }
 
 // ---------------------------------------------------------------- subscriptions
@@ -869,5 +877,7 @@ function App() {
     <main id="main" tabindex="-1">${page}</main>`;
 }
 
-render(html`<${App} />`, document.getElementById('app'));
+const root = document.getElementById('app');
+root.textContent = '';
+render(html`<${App} />`, root);
 window.__spotDashboardReady = performance.now();
