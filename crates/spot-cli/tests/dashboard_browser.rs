@@ -220,9 +220,12 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
         "spots online on the overview {:?} after the emulator started",
         started.elapsed()
     );
-    wait_text(&client, "#items-per-location tbody", "items per location", |t| {
-        t.contains("spot1")
-    })
+    wait_text(
+        &client,
+        "#items-per-location tbody",
+        "items per location",
+        |t| t.contains("spot1"),
+    )
     .await;
     wait_text(&client, "#ack-latency", "the ack latency", |t| {
         t.contains("ms")
@@ -233,9 +236,12 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
     screenshot(&client, "1-overview").await;
 
     go(&client, port, "#/spots").await;
-    wait_text(&client, "#spots-table tr[data-serial='1']", "spot 1 online", |t| {
-        t.contains("online")
-    })
+    wait_text(
+        &client,
+        "#spots-table tr[data-serial='1']",
+        "spot 1 online",
+        |t| t.contains("online"),
+    )
     .await;
     screenshot(&client, "2-spots").await;
 
@@ -246,16 +252,25 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
         port,
         &format!("/api/items?location={location}&is_present=true&limit=1"),
     );
-    let code = items["results"][0]["code_hex"].as_str().unwrap().to_string();
+    let code = items["results"][0]["code_hex"]
+        .as_str()
+        .unwrap()
+        .to_string();
     go(&client, port, &format!("#/items?location={location}")).await;
-    wait_text(&client, "table.items", "an item at spot 1's location", |t| {
-        t.contains(&code)
-    })
+    wait_text(
+        &client,
+        "table.items",
+        "an item at spot 1's location",
+        |t| t.contains(&code),
+    )
     .await;
     fill(&client, "#item-search", &code[..code.len() - 2]).await;
-    wait_text(&client, "#search-results", "the item found by code prefix", |t| {
-        t.contains(&code) && t.contains("spot1")
-    })
+    wait_text(
+        &client,
+        "#search-results",
+        "the item found by code prefix",
+        |t| t.contains(&code) && t.contains("spot1"),
+    )
     .await;
     screenshot(&client, "3-items").await;
 
@@ -291,19 +306,30 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
     let (hook_port, deliveries) = webhook_receiver();
     go(&client, port, "#/subscriptions").await;
     fill(&client, "#sub-filter", "presences/#").await;
-    fill(&client, "#sub-target", &format!("http://127.0.0.1:{hook_port}/hook")).await;
+    fill(
+        &client,
+        "#sub-target",
+        &format!("http://127.0.0.1:{hook_port}/hook"),
+    )
+    .await;
     click(&client, "#subscription-form button[type=submit]").await;
     let delivered = tokio::task::spawn_blocking(move || deliveries.recv_timeout(PATIENCE))
         .await
         .unwrap()
         .expect("a webhook delivery");
     assert!(
-        delivered["topic"].as_str().unwrap().starts_with("presences/"),
+        delivered["topic"]
+            .as_str()
+            .unwrap()
+            .starts_with("presences/"),
         "{delivered}"
     );
-    wait_text(&client, "#subscriptions-table td.delivered", "deliveries counted", |t| {
-        t.replace(',', "").parse::<u64>().is_ok_and(|n| n >= 1)
-    })
+    wait_text(
+        &client,
+        "#subscriptions-table td.delivered",
+        "deliveries counted",
+        |t| t.replace(',', "").parse::<u64>().is_ok_and(|n| n >= 1),
+    )
     .await;
     screenshot(&client, "5-subscriptions").await;
 
@@ -317,9 +343,12 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
     // At phone width the overview still reads.
     client.set_window_size(390, 844).await.unwrap();
     go(&client, port, "#/overview").await;
-    wait_text(&client, "#spots-online", "the overview at phone width", |t| {
-        t == "2"
-    })
+    wait_text(
+        &client,
+        "#spots-online",
+        "the overview at phone width",
+        |t| t == "2",
+    )
     .await;
     screenshot(&client, "7-overview-phone").await;
     client.set_window_size(1280, 800).await.unwrap();
@@ -331,7 +360,14 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
     })
     .await;
     let read_key = Command::new(SPOT)
-        .args(["keys", "create", "--role", "read", "--label", "dashboard-test"])
+        .args([
+            "keys",
+            "create",
+            "--role",
+            "read",
+            "--label",
+            "dashboard-test",
+        ])
         .arg("--data")
         .arg(data.path())
         .output()

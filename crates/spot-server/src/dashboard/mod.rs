@@ -258,16 +258,25 @@ mod tests {
     #[test]
     fn the_vendored_files_match_the_hashes_their_readme_records() {
         let readme = include_str!("../../web/vendor/README.md");
-        for asset in ASSETS.iter().filter(|a| readme.contains(&format!("`{}`", a.name))) {
+        for asset in ASSETS
+            .iter()
+            .filter(|a| readme.contains(&format!("`{}`", a.name)))
+        {
             let digest = ring::digest::digest(&ring::digest::SHA256, asset.bytes);
             let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
             let row = readme
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{}`", asset.name)))
                 .unwrap();
-            assert!(row.contains(&hex), "{}: sha256 {hex} not in {row}", asset.name);
+            assert!(
+                row.contains(&hex),
+                "{}: sha256 {hex} not in {row}",
+                asset.name
+            );
         }
-        let vendored = ASSETS.iter().filter(|a| readme.contains(&format!("`{}`", a.name)));
+        let vendored = ASSETS
+            .iter()
+            .filter(|a| readme.contains(&format!("`{}`", a.name)));
         assert_eq!(vendored.count(), 3);
     }
 

@@ -147,9 +147,13 @@ mod tests {
                 domain.apply_event(serial, &event, T0);
             }
         }
-        let item = domain.rows("items", ALL, false, usize::MAX, &|r| {
-            matches!(r, Row::Item(i) if &*i.code_hex == "ccdd03")
-        });
+        let item = domain.rows(
+            "items",
+            ALL,
+            false,
+            usize::MAX,
+            &|r| matches!(r, Row::Item(i) if &*i.code_hex == "ccdd03"),
+        );
         let id = item.unwrap()[0].id().hex();
         let mut label = spot_protocol::Object::new();
         label.insert("label".into(), "Blue Pallet".into());
@@ -166,7 +170,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| (l["label"].as_str().unwrap(), l["items_present"].as_u64().unwrap()))
+            .map(|l| {
+                (
+                    l["label"].as_str().unwrap(),
+                    l["items_present"].as_u64().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(counts, [("spot1", 2), ("spot2", 1)]);
         assert_eq!(overview["locations_listed_all"], true);
@@ -183,7 +192,10 @@ mod tests {
                 .map(|i| i["code_hex"].as_str().unwrap().to_string())
                 .collect()
         };
-        assert_eq!(codes(&search_items(&domain, "AABB", 10)), ["aabb01", "aabb02"]);
+        assert_eq!(
+            codes(&search_items(&domain, "AABB", 10)),
+            ["aabb01", "aabb02"]
+        );
         assert_eq!(codes(&search_items(&domain, "pallet", 10)), ["ccdd03"]);
         assert!(codes(&search_items(&domain, "bb01x", 10)).is_empty());
         let limited = search_items(&domain, "aa", 1);

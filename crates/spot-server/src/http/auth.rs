@@ -54,7 +54,8 @@ pub enum Need {
 
 /// What `method path` needs (the table of the module's doc).
 pub fn need(method: &Method, path: &str, metrics_public: bool) -> Need {
-    if matches!(path, "/" | "/healthz" | "/readyz" | "/api/openapi.json") || path.starts_with("/ui/")
+    if matches!(path, "/" | "/healthz" | "/readyz" | "/api/openapi.json")
+        || path.starts_with("/ui/")
     {
         return Need::Public;
     }
