@@ -231,8 +231,11 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
         t.contains("ms")
     })
     .await;
-    // The plot has had a few samples.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The plot has samples: the spot events per second of the last one are shown.
+    wait_text(&client, "#events-rate", "spot events per second", |t| {
+        t.parse::<u64>().is_ok_and(|n| n > 0)
+    })
+    .await;
     screenshot(&client, "1-overview").await;
 
     go(&client, port, "#/spots").await;

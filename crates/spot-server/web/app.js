@@ -375,7 +375,7 @@ function Overview({ go }) {
         <div class="value" id="items-present">${ov ? fmtNum(ov.items.present) : '—'}</div>
         <div class="label">of ${ov ? fmtNum(ov.items.total) : '—'} known</div></div>
       <div class="card"><div class="label">Spot events / s</div>
-        <div class="value">${up === null ? '—' : fmtNum(Math.round(up))}</div></div>
+        <div class="value" id="events-rate">${up === null ? '—' : fmtNum(Math.round(up))}</div></div>
       <div class="card"><div class="label">Ack latency p50 / p99</div>
         <div class="value" id="ack-latency">${fmtMs(s.ack.p50)} / ${fmtMs(s.ack.p99)} ms</div>
         <div class="label">${s.ack.window || ''}</div></div>
