@@ -21,7 +21,7 @@
 //! - [`context`]: what connection tasks share ([`Context`]).
 //! - [`ingest`]: spot streams over HTTP POSTs, raw TCP (`--tcp-listen`) and `--pull`,
 //!   sharing one stream session; [`api`]: the REST API, `/metrics`, the index and health
-//!   answers.
+//!   answers; [`dashboard`]: the web dashboard's embedded files and the routes it reads.
 //! - [`http`]: the listener: accept ([`accept`]), TLS, the router (its routes and their
 //!   OpenAPI document from one list) behind the check of who
 //!   may call what ([`http::auth`]; a failed pipeline: `503`);
@@ -50,6 +50,7 @@ pub mod pipeline;
 pub mod context;
 
 pub mod api;
+pub mod dashboard;
 pub mod ingest;
 
 pub mod http;

@@ -4,6 +4,7 @@
 //! | route | needs |
 //! |---|---|
 //! | `GET /`, `/healthz`, `/readyz`, `/api/openapi.json` | nothing |
+//! | `/ui/…` (the dashboard's files: no data) | nothing |
 //! | `POST /api/spots/{serial}/events` (spot ingest) | spot admission, in ingest |
 //! | `/api/keys…`, `/api/subscriptions…` (any method) | `admin` |
 //! | other `/api…` with `GET` or `HEAD` (`/api/ws`, `/api/stream` included) | `read` |
@@ -53,7 +54,9 @@ pub enum Need {
 
 /// What `method path` needs (the table of the module's doc).
 pub fn need(method: &Method, path: &str, metrics_public: bool) -> Need {
-    if matches!(path, "/" | "/healthz" | "/readyz" | "/api/openapi.json") {
+    if matches!(path, "/" | "/healthz" | "/readyz" | "/api/openapi.json")
+        || path.starts_with("/ui/")
+    {
         return Need::Public;
     }
     if path == "/metrics" {

@@ -33,7 +33,7 @@ use crate::api::index::{self, ApiIndex, Health, Index, Status};
 use crate::context::Context;
 use crate::domain::Write;
 use crate::response::{error, json_response};
-use crate::{api, ingest};
+use crate::{api, dashboard, ingest};
 
 type Ctx = State<Arc<Context>>;
 
@@ -85,6 +85,10 @@ pub fn routes() -> OpenApiRouter<Arc<Context>> {
             delete_subscription
         )))
         .routes(allow(routes!(subscription_events)))
+        .routes(allow(routes!(dashboard::ui_file)))
+        .routes(allow(routes!(dashboard::whoami)))
+        .routes(allow(routes!(dashboard::overview)))
+        .routes(allow(routes!(dashboard::search_items)))
 }
 
 /// The paths still served once the pipeline has failed (everything else answers `503`):
@@ -194,10 +198,15 @@ fn status<'a>(ctx: &'a Context, commit_failing: &'a Option<String>) -> Status<'a
     }
 }
 
-/// What this server is, and where to go from here.
+/// What this server is, and where to go from here; a browser (`Accept` preferring
+/// `text/html`) gets the dashboard's page instead ([`dashboard`]).
 #[utoipa::path(get, path = "/", tag = "index",
-    responses((status = 200, description = "Name, version, links", body = Index)))]
-async fn root() -> Response {
+    responses((status = 200, description = "Name, version, links; the dashboard's page (text/html) \
+        when Accept prefers text/html", body = Index)))]
+async fn root(headers: hyper::HeaderMap) -> Response {
+    if dashboard::prefers_html(&headers) {
+        return full(dashboard::index_page());
+    }
     full(json_response(
         StatusCode::OK,
         &serde_json::to_value(index::index()).unwrap_or(Value::Null),
