@@ -9,8 +9,6 @@ use crate::event::EPC_GEN2;
 use crate::event::*;
 use crate::time::Timestamp;
 
-/// The code type sent as [`proto::ItemCodeType::EpcGen2`].
-
 /// An item code as carried by fields 1–3 of `Presence` and `Hit`.
 enum CodeForm {
     Ref(u32),
