@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 type Object = Map<String, Value>;
 use tokio::sync::oneshot;
 
-use crate::api::query::{Query, COLLECTIONS};
+use crate::api::query::Query;
 use crate::api::view::{Schema, Shape};
 use crate::context::Context;
 use crate::domain::{PutError, Write};
@@ -93,7 +93,7 @@ fn no_collection(collection: &str) -> Response<Body> {
 /// matches or the time is up.
 pub async fn list<B>(req: &Request<B>, collection: &str, shared: &Context) -> Response<Body> {
     let (collection, format) = format_of(collection);
-    if !COLLECTIONS.contains(&collection) {
+    if crate::api::view::schema(collection).is_none() {
         return no_collection(collection);
     }
     run_list(req, collection, format, None, shared).await
@@ -231,7 +231,7 @@ pub fn get_one<B>(
     shared: &Context,
 ) -> Response<Body> {
     let (id, format) = format_of(id);
-    if !COLLECTIONS.contains(&collection) {
+    if crate::api::view::schema(collection).is_none() {
         return no_collection(collection);
     }
     let params = query_params(req);

@@ -30,9 +30,6 @@ use crate::api::view::{self, Schema, Shape};
 use crate::domain::{Domain, Row};
 use crate::ids::Id;
 
-/// The collections of the REST API (`/api/<collection>`).
-pub const COLLECTIONS: [&str; 5] = ["spots", "locations", "items", "presences", "events"];
-
 /// Largest `limit` accepted.
 pub const MAX_LIMIT: usize = 10_000;
 
@@ -1179,7 +1176,7 @@ mod tests {
                 d.end_stream(&serial, now, false);
             }
             let domain = RwLock::new(d);
-            for collection in super::super::COLLECTIONS {
+            for collection in crate::api::view::SCHEMAS.map(|s| s.name) {
                 let every = domain.read().unwrap().collection(collection).unwrap();
                 assert!(!every.is_empty(), "{collection}");
                 let middle = every[every.len() / 2]["id"].as_str().unwrap().to_string();
