@@ -285,20 +285,7 @@ async fn metrics(State(ctx): Ctx) -> Response {
     params(("collection" = String, Path,
         description = "locations, items, presences or events (spots: GET /api/spots); \
             `.json` or `.csv` after it for the format"),
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)"),
-        ("skip" = Option<usize>, Query, description = "Documents to skip (paging under any sort)"),
-        ("sort" = Option<String>, Query, description = "Fields, `-` for descending; default `-id`"),
-        ("results_only" = Option<bool>, Query, description = "Only the array of documents"),
-        ("id_only" = Option<bool>, Query, description = "No `url` fields; `<ref>_id` beside references"),
-        ("select" = Option<String>, Query, description = "The fields to answer (`id`, `url` always)"),
-        ("populate" = Option<String>, Query, description = "References to replace by their documents"),
-        ("count" = Option<bool>, Query, description = "Count every match (`count`), even when that takes a pass over all"),
-        ("timeout_s" = Option<f64>, Query, description = "Long poll: wait up to this long (at most 300 s) for a first match"),
-        ("topic_format" = Option<String>, Query, description = "Events: `object` for the vendor's topic object"),
-        ("text" = Option<String>, Query, description = "Words to search the text fields for (`-word` excludes)"),
-        ("after_id" = Option<String>, Query, description = "Ids after this one (also before_id, from_id, until_id)"),
-        ("after" = Option<String>, Query, description = "time_created after this (also before, from, until)"),
-        ("after_code" = Option<String>, Query, description = "Items: code_hex after this (also before_code, from_code, until_code)"),),
+        ListParams),
     responses(
         (status = 200, description = "A page of documents: results, limit, is_limited, count, \
             count_current, url, next_url, url_next (any other parameter is a field filter of \
@@ -379,23 +366,46 @@ async fn delete(
     full(api::write(req, Write::Delete, collection, id, &ctx).await)
 }
 
+/// The list parameters of every collection (`GET /api/{collection}`, `GET /api/spots`), for
+/// the OpenAPI document only: [`api::list`] reads them from the query.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    /// Page size, 1 to 10,000 (default 100)
+    limit: Option<usize>,
+    /// Documents to skip (paging under any sort)
+    skip: Option<usize>,
+    /// Fields, `-` for descending; default `-id`
+    sort: Option<String>,
+    /// Only the array of documents
+    results_only: Option<bool>,
+    /// No `url` fields; `<ref>_id` beside references
+    id_only: Option<bool>,
+    /// The fields to answer (`id`, `url` always)
+    select: Option<String>,
+    /// References to replace by their documents
+    populate: Option<String>,
+    /// Count every match (`count`), even when that takes a pass over all
+    count: Option<bool>,
+    /// Long poll: wait up to this long (at most 300 s) for a first match
+    timeout_s: Option<f64>,
+    /// Events: `object` for the vendor's topic object
+    topic_format: Option<String>,
+    /// Words to search the text fields for (`-word` excludes)
+    text: Option<String>,
+    /// Ids after this one (also before_id, from_id, until_id)
+    after_id: Option<String>,
+    /// time_created after this (also before, from, until)
+    after: Option<String>,
+    /// Items: code_hex after this (also before_code, from_code, until_code)
+    after_code: Option<String>,
+}
+
 /// The spots, as `GET /api/{collection}`.
 #[utoipa::path(get, path = "/api/spots", tag = "resources",
     params(
-        ("limit" = Option<usize>, Query, description = "Page size, 1 to 10,000 (default 100)"),
-        ("skip" = Option<usize>, Query, description = "Documents to skip (paging under any sort)"),
-        ("sort" = Option<String>, Query, description = "Fields, `-` for descending; default `-id`"),
-        ("results_only" = Option<bool>, Query, description = "Only the array of documents"),
-        ("id_only" = Option<bool>, Query, description = "No `url` fields; `<ref>_id` beside references"),
-        ("select" = Option<String>, Query, description = "The fields to answer (`id`, `url` always)"),
-        ("populate" = Option<String>, Query, description = "References to replace by their documents"),
-        ("count" = Option<bool>, Query, description = "Count every match (`count`), even when that takes a pass over all"),
-        ("timeout_s" = Option<f64>, Query, description = "Long poll: wait up to this long (at most 300 s) for a first match"),
-        ("topic_format" = Option<String>, Query, description = "Events: `object` for the vendor's topic object"),
-        ("text" = Option<String>, Query, description = "Words to search the text fields for (`-word` excludes)"),
-        ("after_id" = Option<String>, Query, description = "Ids after this one (also before_id, from_id, until_id)"),
-        ("after" = Option<String>, Query, description = "time_created after this (also before, from, until)"),
-        ("after_code" = Option<String>, Query, description = "Items: code_hex after this (also before_code, from_code, until_code)"),),
+        ListParams),
     responses(
         (status = 200, description = "A page of spots"),
         (status = 400, description = "A bad parameter", body = openapi::ErrorBody)))]
