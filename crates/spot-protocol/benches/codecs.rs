@@ -6,37 +6,10 @@
 //! benchmark processes the whole mix); the stream sizes printed first turn that into MB/s.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use spot_protocol::{Decoder, Encoder, Encoding, Event, Limits};
+mod common;
 
-const MIX: &[u8] = include_bytes!("../tests/fixtures/realistic-mix.events");
-
-fn decode_all(encoding: Encoding, bytes: &[u8]) -> Vec<Event> {
-    let mut decoder = Decoder::new(encoding, Limits::default());
-    decoder.feed(bytes);
-    decoder.finish();
-    let mut events = Vec::new();
-    while let Some(item) = decoder.next_event() {
-        events.push(item.expect("the realistic mix decodes"));
-    }
-    events
-}
-
-fn encode_all(encoding: Encoding, events: &[Event]) -> Vec<u8> {
-    let mut encoder = Encoder::new(encoding);
-    let mut out = Vec::with_capacity(1 << 20);
-    for event in events {
-        encoder.encode(event, &mut out);
-    }
-    out
-}
-
-/// The compact JSON frames of the mix, each without its separator: the baseline's input.
-fn frames(compact: &[u8]) -> Vec<&[u8]> {
-    compact
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .collect()
-}
+use common::{decode_all, encode_all, frames, MIX};
+use spot_protocol::Encoding;
 
 fn codecs(c: &mut Criterion) {
     let events = decode_all(Encoding::Json, MIX);

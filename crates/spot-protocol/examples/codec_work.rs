@@ -11,29 +11,11 @@
 //! ```
 //! A mode's instructions minus `setup`'s, divided by 20 × 5,002 events, is its cost per event.
 
-use spot_protocol::{Decoder, Encoder, Encoding, Event, Limits};
+#[path = "../benches/common/mod.rs"]
+mod common;
 
-const MIX: &[u8] = include_bytes!("../tests/fixtures/realistic-mix.events");
-
-fn decode_all(encoding: Encoding, bytes: &[u8]) -> Vec<Event> {
-    let mut decoder = Decoder::new(encoding, Limits::default());
-    decoder.feed(bytes);
-    decoder.finish();
-    let mut events = Vec::new();
-    while let Some(item) = decoder.next_event() {
-        events.push(item.expect("the realistic mix decodes"));
-    }
-    events
-}
-
-fn encode_all(encoding: Encoding, events: &[Event]) -> Vec<u8> {
-    let mut encoder = Encoder::new(encoding);
-    let mut out = Vec::with_capacity(1 << 20);
-    for event in events {
-        encoder.encode(event, &mut out);
-    }
-    out
-}
+use common::{decode_all, encode_all, frames, MIX};
+use spot_protocol::Encoding;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -42,10 +24,7 @@ fn main() {
     let events = decode_all(Encoding::Json, MIX);
     let compact = encode_all(Encoding::Json, &events);
     let pb = encode_all(Encoding::Protobuf, &events);
-    let frames: Vec<&[u8]> = compact
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .collect();
+    let frames = frames(&compact);
     let mut n = 0usize;
     for _ in 0..rounds {
         n += match mode.as_str() {
