@@ -5,17 +5,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-async fn seeded(items: usize) -> (spot_server::Server, tempfile::TempDir) {
-    let (server, dir) = start(|_| {}).await;
-    let mut conn = Raw::connect(server.http_addr()).await;
-    let mut body = spot_create(300, 1);
-    for i in 0..items {
-        body.extend(presence("create", &format!("{i:024x}"), "near", None));
-    }
-    assert_eq!(conn.post("300", &[&body]).await.status, 200);
-    (server, dir)
-}
-
 #[tokio::test]
 async fn following_url_next_with_sort_id_lists_every_item_once() {
     let (server, _dir) = seeded(25).await;

@@ -324,18 +324,6 @@ async fn call_with(
     )
 }
 
-/// A server with spot 300 and `items` items present at its location.
-async fn seeded(items: usize) -> (spot_server::Server, tempfile::TempDir) {
-    let (server, dir) = start(|_| {}).await;
-    let mut conn = Raw::connect(server.http_addr()).await;
-    let mut body = spot_create(300, 1);
-    for i in 0..items {
-        body.extend(presence("create", &format!("{i:024x}"), "near", None));
-    }
-    assert_eq!(conn.post("300", &[&body]).await.status, 200);
-    (server, dir)
-}
-
 #[tokio::test]
 async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
     let (server, _dir) = seeded(3).await;

@@ -286,3 +286,15 @@ pub fn presence(action: &str, code: &str, proximity: &str, seq: Option<u64>) -> 
     }
     event("presence", action, obj)
 }
+
+/// A server with spot 300 and `items` items present at its location (REST tests).
+pub async fn seeded(items: usize) -> (spot_server::Server, tempfile::TempDir) {
+    let (server, dir) = start(|_| {}).await;
+    let mut conn = Raw::connect(server.http_addr()).await;
+    let mut body = spot_create(300, 1);
+    for i in 0..items {
+        body.extend(presence("create", &format!("{i:024x}"), "near", None));
+    }
+    assert_eq!(conn.post("300", &[&body]).await.status, 200);
+    (server, dir)
+}
