@@ -34,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use test_support::disk::SmallDisk;
 use test_support::free_port;
 use test_support::http::{get_json, get_text, key_for};
 use test_support::mosquitto::{self, Broker};
@@ -749,44 +750,6 @@ fn after_a_broker_outage_and_a_server_restart_every_event_reaches_the_mqtt_subsc
     );
 }
 
-/// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// `None` when mounting is not allowed (not root).
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(SmallDisk { dir })
-    }
-
-    /// Writes a file until the disk is full; returns it.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.path().join("filler");
-        let mut file = std::fs::File::create(&path).expect("filler");
-        let block = vec![0x5a_u8; 64 * 1024];
-        while file.write_all(&block).is_ok() {}
-        let _ = file.sync_all();
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_acknowledges_nothing_unstored_and_every_event_is_stored_once_space_is_freed() {
     let _one = one_at_a_time();
@@ -795,7 +758,7 @@ fn a_full_disk_acknowledges_nothing_unstored_and_every_event_is_stored_once_spac
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Server::start(&disk.dir.path().join("data"), free_port(), &[]);
+    let mut server = Server::start(&disk.path().join("data"), free_port(), &[]);
     let buffer = dir.path().join("buffer");
     let emulator = emulate(
         &server,

@@ -15,6 +15,7 @@
 //! a decoder fed piecewise) stay in that crate's `tests/`.
 
 pub mod captures;
+pub mod disk;
 pub mod fixtures;
 pub mod http;
 #[cfg(feature = "mqtt")]
