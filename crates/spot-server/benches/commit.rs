@@ -97,7 +97,9 @@ fn batch(b: usize) -> Changes {
             ));
         }
         for _ in 0..(1 + e % 5 / 3) {
-            changes.log.push((1_764_000_000_000, log_doc.clone()));
+            changes
+                .log
+                .push((1_764_000_000_000, log_doc.as_str().into()));
         }
     }
     changes

@@ -303,7 +303,7 @@ pub struct Publisher {
 impl Publisher {
     /// `log` are the derived events of a commit (id, time, JSON document) in order;
     /// `last_id` the push id of the last one. Never blocks.
-    pub fn committed(&self, log: &[(i64, String)], last_id: u64) {
+    pub fn committed(&self, log: &[(i64, Arc<str>)], last_id: u64) {
         if self.hub.skip_unless_subscribed(last_id, log.len() as u64) {
             return;
         }
@@ -707,7 +707,10 @@ mod tests {
         let mut sub = hub
             .subscribe("test", vec![spot_push::TopicFilter::new("#").expect("f")])
             .expect("sub");
-        let log = vec![(0, doc("items/1/created")), (0, doc("items/1/appeared"))];
+        let log = vec![
+            (0, doc("items/1/created").into()),
+            (0, doc("items/1/appeared").into()),
+        ];
         Publisher {
             hub: hub.clone(),
             raw: false,

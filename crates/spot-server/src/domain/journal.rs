@@ -154,7 +154,7 @@ pub struct Changes {
     pub deletes: Vec<(Table, Id)>,
     /// Derived events, in id order: time_created, JSON document (which holds the id; the
     /// store numbers them as they come).
-    pub log: Vec<(i64, String)>,
+    pub log: Vec<(i64, Arc<str>)>,
 }
 
 impl Changes {
@@ -425,7 +425,7 @@ mod tests {
             step(&mut original, i);
         }
         let flushed = original.take_changes(true);
-        log.extend(flushed.log.iter().map(|(_, doc)| doc.clone()));
+        log.extend(flushed.log.iter().map(|(_, doc)| doc.to_string()));
         let mut journal = Vec::new();
         for i in 20..60 {
             step(&mut original, i);
@@ -435,7 +435,7 @@ mod tests {
                 "no flush was due"
             );
             journal.extend(changes.journal);
-            log.extend(changes.log.iter().map(|(_, doc)| doc.clone()));
+            log.extend(changes.log.iter().map(|(_, doc)| doc.to_string()));
         }
         assert!(journal
             .iter()

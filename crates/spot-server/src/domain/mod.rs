@@ -134,7 +134,7 @@ pub struct Domain {
     /// Rows deleted since the last flush.
     deleted: HashSet<(Table, Id)>,
     journal: Vec<JournalEntry>,
-    pending_log: Vec<(i64, String)>,
+    pending_log: Vec<(i64, std::sync::Arc<str>)>,
     /// A change not in the journal happened: the next commit must flush.
     must_flush: bool,
     /// [`Domain::replay`] is running: derived events are not logged again.
