@@ -201,7 +201,7 @@ pub fn raw_published(
     hub: &Hub,
 ) -> Result<Option<Published>, NotPublishable> {
     raw_payload(row, hub).map_err(|problem| NotPublishable::BadRaw {
-        serial: row.serial.clone(),
+        serial: row.serial.to_string(),
         seq: row.seq,
         problem,
     })
@@ -233,7 +233,7 @@ fn raw_payload(
     .map(RawValue::get)
     .filter(|t| t.starts_with('"'))
     .unwrap_or("null");
-    let serial = serde_json::to_string(&row.serial)?;
+    let serial = serde_json::to_string(&*row.serial)?;
     let seq = row
         .seq
         .map_or_else(|| "null".to_string(), |s| s.to_string());

@@ -13,8 +13,8 @@ use crate::ids::Id;
 /// One upstream event, as received and journaled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamRow {
-    /// The spot's serial number.
-    pub serial: String,
+    /// The spot's serial number (shared by the events of one stream).
+    pub serial: Arc<str>,
     /// The id of the spot resource (not stored; the raw events' push topic).
     pub spot_id: Id,
     /// Its sequence key, if any.
@@ -221,7 +221,7 @@ impl Domain {
     /// Journals an upstream event as received (see [`JournalEntry::Event`]).
     pub(super) fn journal_event(
         &mut self,
-        serial: &str,
+        serial: &Arc<str>,
         spot_id: Id,
         seq: Option<u64>,
         now: i64,
@@ -230,7 +230,7 @@ impl Domain {
     ) {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
-                serial: serial.to_string(),
+                serial: serial.clone(),
                 spot_id,
                 seq,
                 time_received: now,
@@ -261,7 +261,7 @@ impl Domain {
                     Some(Err(source)) => {
                         self.replaying = false;
                         return Err(RestoreError::JournalEvent {
-                            serial: row.serial,
+                            serial: row.serial.to_string(),
                             time: row.time_received,
                             source,
                         });

@@ -365,7 +365,7 @@ impl SqliteStore {
                         duplicate: false,
                     }) = parse_journal_line(line)
                     {
-                        if row.serial == serial {
+                        if *row.serial == *serial {
                             out.push((row.seq, row.event_json));
                         }
                     }
