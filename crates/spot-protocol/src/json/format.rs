@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::codec::DecodeErrorKind;
 use crate::event::{
-    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, Object, OtherEvent,
-    Presence, Proximity, SpotStatus,
+    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, ItemCode, Object,
+    OtherEvent, Presence, Proximity, SpotStatus,
 };
 use crate::time::Timestamp;
 
@@ -359,6 +359,14 @@ impl<'de> Scalar<'de> {
         }
     }
 
+    /// A string, as an [`ItemCode`] (inline, without an allocation, when short).
+    fn into_item_code(self) -> Result<ItemCode, Self> {
+        match self {
+            Scalar::Str(s) => Ok(ItemCode::from(s)),
+            other => Err(other),
+        }
+    }
+
     /// A string, as a [`CodeType`] (a common one without an allocation).
     fn into_codetype(self) -> Result<CodeType, Self> {
         match self {
@@ -526,7 +534,7 @@ impl TypedObject for Config {
 impl TypedObject for Presence {
     fn take<'de>(&mut self, key: &str, v: Scalar<'de>) -> Result<(), Scalar<'de>> {
         match key {
-            "item_code" => self.item_code = Some(v.into_string()?),
+            "item_code" => self.item_code = Some(v.into_item_code()?),
             "item_codetype" => self.item_codetype = Some(v.into_codetype()?),
             "time_started" => self.time_started = Some(v.into_timestamp()?),
             "time_last" => self.time_last = Some(v.into_timestamp()?),
@@ -554,7 +562,7 @@ impl TypedObject for Hit {
     fn take<'de>(&mut self, key: &str, v: Scalar<'de>) -> Result<(), Scalar<'de>> {
         match key {
             "time" => self.time = Some(v.into_timestamp()?),
-            "item_code" => self.item_code = Some(v.into_string()?),
+            "item_code" => self.item_code = Some(v.into_item_code()?),
             "item_codetype" => self.item_codetype = Some(v.into_codetype()?),
             "antenna" => self.antenna = Some(v.into_i64()?),
             "signal_strength" => self.signal_strength = Some(v.into_i64()?),

@@ -202,7 +202,7 @@ impl MessageDecoder {
         &mut self,
         item: &ItemFields<'_>,
         message: &'static str,
-    ) -> Result<Option<String>, FrameError> {
+    ) -> Result<Option<ItemCode>, FrameError> {
         let table_error = |error| FrameError::ItemTable { message, error };
         let code = match item.code {
             None if item.slot.is_some() => return Err(FrameError::SlotWithoutCode { message }),
@@ -212,12 +212,12 @@ impl MessageDecoder {
             }
             Some(CodeForm::Ref(slot)) => {
                 return match self.items.get(slot) {
-                    Ok(code) => Ok(Some(code.to_owned())),
+                    Ok(code) => Ok(Some(code.clone())),
                     Err(e) => Err(table_error(e)),
                 }
             }
             Some(CodeForm::Hex(bytes)) => hex_text(bytes, item.upper),
-            Some(CodeForm::Text(text)) => text.to_owned(),
+            Some(CodeForm::Text(text)) => ItemCode::from(text),
         };
         if let Some(slot) = item.slot {
             self.items.store(slot, &code).map_err(table_error)?;
