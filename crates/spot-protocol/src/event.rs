@@ -292,6 +292,20 @@ impl Event {
         }
     }
 
+    /// Levels of arrays and objects in the event's JSON form: its array and its object are
+    /// the first two, a typed list (`rfid_swr`) a third, then the nesting of extra values.
+    pub(crate) fn depth(&self) -> usize {
+        let (extra, typed_list) = match &self.kind {
+            EventKind::Spot(_, s) => (&s.extra, s.rfid_swr.is_some()),
+            EventKind::Config(_, c) => (&c.extra, false),
+            EventKind::Presence(_, p) => (&p.extra, false),
+            EventKind::Hit(_, h) => (&h.extra, false),
+            EventKind::Firmware(_, f) => (&f.extra, false),
+            EventKind::Other(o) => (&o.object, false),
+        };
+        object_depth(extra).max(2 + usize::from(typed_list))
+    }
+
     /// The item code of a presence or hit.
     pub fn item_code(&self) -> Option<&str> {
         match &self.kind {
@@ -299,6 +313,21 @@ impl Event {
             EventKind::Hit(_, h) => h.item_code.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// Levels of arrays and objects in an event whose object holds `object`, counting the
+/// event's array and object as the first two.
+pub(crate) fn object_depth(object: &Object) -> usize {
+    2 + object.values().map(value_depth).max().unwrap_or(0)
+}
+
+/// Levels of arrays and objects in `v` (a scalar is 0).
+fn value_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(value_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

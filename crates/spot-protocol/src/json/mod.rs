@@ -24,6 +24,8 @@ use framing::{Frame, Framer};
 #[derive(Debug)]
 pub struct JsonDecoder {
     framer: Framer,
+    /// [`Limits::max_depth`].
+    max_depth: usize,
     /// The last [`next_event`](Self::next_event) returned an event (see
     /// [`last_text`](Self::last_text)).
     last_ok: bool,
@@ -34,6 +36,7 @@ impl JsonDecoder {
     pub fn new(limits: Limits) -> Self {
         JsonDecoder {
             framer: Framer::new(limits),
+            max_depth: limits.max_depth,
             last_ok: false,
         }
     }
@@ -70,6 +73,12 @@ impl JsonDecoder {
                 } => (offset, tentative, format::decode_event(bytes)),
             };
             return Some(match decoded {
+                // A tentative frame's nesting is checked here, on the event (no bracket
+                // count of its bytes): too deep, the structural scan reports it.
+                Ok(event) if tentative && event.depth() > self.max_depth => {
+                    self.framer.rescan();
+                    continue;
+                }
                 Ok(event) => {
                     self.last_ok = true;
                     Ok(event)
@@ -116,5 +125,53 @@ impl JsonEncoder {
     /// Appends one message.
     pub fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
         format::encode_event(event, self.pretty, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DecodeErrorKind;
+
+    /// Every event or error kind of `input` fed in pieces of `step` bytes.
+    fn decode(limits: Limits, input: &[u8], step: usize) -> Vec<Result<(), DecodeErrorKind>> {
+        let mut decoder = JsonDecoder::new(limits);
+        let mut out = Vec::new();
+        for chunk in input.chunks(step) {
+            decoder.feed(chunk);
+            while let Some(item) = decoder.next_event() {
+                out.push(item.map(|_| ()).map_err(|e| e.kind));
+            }
+        }
+        decoder.finish();
+        while let Some(item) = decoder.next_event() {
+            out.push(item.map(|_| ()).map_err(|e| e.kind));
+        }
+        out
+    }
+
+    #[test]
+    fn nesting_beyond_the_depth_limit_is_too_deep_whole_or_split() {
+        let input = b"[\"x\",\"y\",{\"a\":[1]}]\n\n[\"x\",\"y\",{\"a\":[[1]]}]\n\n\
+            [\"spot\",\"update\",{\"rfid_swr\":[1]}]\n\n[\"hit\",\"create\",{\"z\":{\"b\":1}}]\n\n";
+        let limits = |max_depth| Limits {
+            max_depth,
+            ..Limits::default()
+        };
+        let too_deep = |limit| Err(DecodeErrorKind::TooDeep { limit });
+        // Whole (the tentative frames), and byte by byte (the structural scan).
+        for step in [input.len(), 1] {
+            assert_eq!(
+                decode(limits(3), input, step),
+                [Ok(()), too_deep(3), Ok(()), Ok(())],
+                "step {step}"
+            );
+            // A typed list and an extra object count as a level too.
+            assert_eq!(
+                decode(limits(2), input, step),
+                [too_deep(2), too_deep(2), too_deep(2), too_deep(2)],
+                "step {step}"
+            );
+        }
     }
 }

@@ -14,8 +14,6 @@
 //! unchanged; otherwise field 9 updates the timestamp state first, then field errors, then
 //! the action, then the item-code table (field 5), then the remaining model checks.
 
-use serde_json::Value;
-
 use super::error::FrameError;
 use super::items::ItemDecoderTable;
 use super::message::hex_text;
@@ -235,7 +233,7 @@ impl MessageDecoder {
             field,
             reason: e.to_string(),
         })?;
-        let depth = 2 + object.values().map(depth).max().unwrap_or(0);
+        let depth = object_depth(&object);
         if depth > self.max_depth {
             return Err(FrameError::TooDeep {
                 field,
@@ -547,15 +545,6 @@ impl<'a> Fields<'a> for HitFields<'a> {
 
     fn problem(&self) -> Option<Problem> {
         self.problem
-    }
-}
-
-/// Levels of arrays/objects in `v` (a scalar is 0).
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
     }
 }
 
