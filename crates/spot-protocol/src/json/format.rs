@@ -22,11 +22,11 @@ use crate::event::{
 };
 use crate::time::Timestamp;
 
-/// Decodes one complete message (the bytes from its `[` to its `]`).
-pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, DecodeErrorKind> {
-    // The visitors fill this event in place: an `Event` is a few hundred bytes, and
-    // returning it through every serde layer would copy it at each.
-    let mut event = Event::new(EventKind::Other(OtherEvent::default()));
+/// Decodes one complete message (the bytes from its `[` to its `]`) into `event`, in place:
+/// an `Event` is a few hundred bytes, and returning it through every serde layer would copy
+/// it at each. Whatever `event` held is replaced when this succeeds.
+pub(crate) fn decode_event(bytes: &[u8], event: &mut Event) -> Result<(), DecodeErrorKind> {
+    event.seq = None;
     // One UTF-8 check of the whole message is cheaper than serde_json's check of each string.
     let text = std::str::from_utf8(bytes).map_err(|e| {
         DecodeErrorKind::Syntax(format!(
@@ -36,10 +36,10 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, DecodeErrorKind> {
     })?;
     let mut de = serde_json::Deserializer::from_str(text);
     let decoded = (&mut de)
-        .deserialize_seq(EventVisitor { event: &mut event })
+        .deserialize_seq(EventVisitor { event })
         .and_then(|()| de.end());
     match decoded {
-        Ok(()) => Ok(event),
+        Ok(()) => Ok(()),
         Err(e) => Err(match e.classify() {
             serde_json::error::Category::Data => DecodeErrorKind::NotAnEvent(e.to_string()),
             _ => DecodeErrorKind::Syntax(e.to_string()),
@@ -686,7 +686,12 @@ mod tests {
     use super::*;
 
     fn decode(s: &str) -> Result<Event, DecodeErrorKind> {
-        decode_event(s.as_bytes())
+        decode_bytes(s.as_bytes())
+    }
+
+    fn decode_bytes(bytes: &[u8]) -> Result<Event, DecodeErrorKind> {
+        let mut event = Event::new(EventKind::Other(OtherEvent::default()));
+        decode_event(bytes, &mut event).map(|()| event)
     }
 
     fn compact(e: &Event) -> String {
@@ -813,7 +818,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            decode_event(b"[\"a\xff\",\"b\",{}]"),
+            decode_bytes(b"[\"a\xff\",\"b\",{}]"),
             Err(DecodeErrorKind::Syntax(_))
         ));
     }

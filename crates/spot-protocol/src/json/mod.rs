@@ -10,7 +10,7 @@ mod format;
 mod framing;
 
 use crate::codec::{DecodeError, Limits};
-use crate::event::Event;
+use crate::event::{Event, EventKind, OtherEvent};
 
 use framing::{Frame, Framer};
 
@@ -63,6 +63,12 @@ impl JsonDecoder {
     /// [`finish`](Self::finish), when the stream is exhausted).
     pub fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
         self.last_ok = false;
+        // The event is decoded in place, in the value this returns: an `Event` is a few
+        // hundred bytes, and each move would copy it.
+        let mut next = Some(Ok(Event::new(EventKind::Other(OtherEvent::default()))));
+        let Some(Ok(event)) = &mut next else {
+            unreachable!("just built")
+        };
         loop {
             let (offset, tentative, decoded) = match self.framer.next_frame()? {
                 Frame::Error(e) => return Some(Err(e)),
@@ -70,28 +76,22 @@ impl JsonDecoder {
                     offset,
                     bytes,
                     tentative,
-                } => (offset, tentative, format::decode_event(bytes)),
+                } => (offset, tentative, format::decode_event(bytes, event)),
             };
-            return Some(match decoded {
+            match decoded {
                 // A tentative frame's nesting is checked here, on the event (no bracket
                 // count of its bytes): too deep, the structural scan reports it.
-                Ok(event) if tentative && event.depth() > self.max_depth => {
-                    self.framer.rescan();
-                    continue;
-                }
-                Ok(event) => {
+                Ok(()) if tentative && event.depth() > self.max_depth => self.framer.rescan(),
+                Ok(()) => {
                     self.last_ok = true;
-                    Ok(event)
+                    return next;
                 }
-                Err(_) if tentative => {
-                    self.framer.rescan();
-                    continue;
-                }
+                Err(_) if tentative => self.framer.rescan(),
                 Err(kind) => {
                     self.framer.resync();
-                    Err(DecodeError { offset, kind })
+                    return Some(Err(DecodeError { offset, kind }));
                 }
-            });
+            }
         }
     }
 
