@@ -290,8 +290,10 @@ enum Scalar<'de> {
     U64(u64),
     F64(f64),
     Str(Cow<'de, str>),
-    /// An array or object.
-    Composite(Value),
+    /// An array or object: rare in events, and boxed so that the common values move in a few
+    /// words (an unboxed `Value`, whose map variant holds an `IndexMap`, would more than
+    /// double every `Scalar`: ~130 instr/event).
+    Composite(Box<Value>),
 }
 
 impl<'de> Deserialize<'de> for Scalar<'de> {
@@ -337,12 +339,12 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         while let Some(v) = seq.next_element::<Value>()? {
             items.push(v);
         }
-        Ok(Scalar::Composite(Value::Array(items)))
+        Ok(Scalar::Composite(Box::new(Value::Array(items))))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         OtherObjectVisitor
             .visit_map(map)
-            .map(|o| Scalar::Composite(Value::Object(o)))
+            .map(|o| Scalar::Composite(Box::new(Value::Object(o))))
     }
 }
 
@@ -355,7 +357,7 @@ impl<'de> Scalar<'de> {
             Scalar::U64(n) => Value::from(n),
             Scalar::F64(n) => Value::from(n),
             Scalar::Str(s) => Value::String(s.into_owned()),
-            Scalar::Composite(v) => v,
+            Scalar::Composite(v) => *v,
         }
     }
 
@@ -446,7 +448,10 @@ impl<'de> Scalar<'de> {
 
     /// An array of integers (each possibly a string of digits).
     fn into_i64_list(self) -> Result<Vec<i64>, Self> {
-        let Scalar::Composite(Value::Array(items)) = &self else {
+        let Scalar::Composite(value) = &self else {
+            return Err(self);
+        };
+        let Value::Array(items) = &**value else {
             return Err(self);
         };
         let list: Option<Vec<i64>> = items
