@@ -198,8 +198,10 @@ impl MessageDecoder {
         })
     }
 
-    /// The item code of fields 1–5: from the table (one copy of the stored text), or sent in
-    /// full (and then stored if field 5 says so).
+    /// The item code of fields 1–5: from the table (a copy of the stored code, inline when
+    /// short), or sent in full (and then stored if field 5 says so). Inlined into
+    /// [`MessageDecoder::event`] with the objects: ~70 instr/event less than a call.
+    #[inline(always)]
     fn code(
         &mut self,
         item: &ItemFields<'_>,
