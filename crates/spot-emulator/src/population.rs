@@ -363,7 +363,7 @@ impl Population {
                     Action::Create,
                     Hit {
                         time: Some(item.time_last),
-                        item_code: Some(code_hex(item.code)),
+                        item_code: Some(code_hex(item.code).into()),
                         item_codetype: Some(EPC_GEN2.into()),
                         antenna: Some(item.antenna),
                         signal_strength: Some(*signal),
@@ -439,7 +439,7 @@ fn presence_event(action: Action, item: &Item) -> Event {
     Event::new(EventKind::Presence(
         action,
         Presence {
-            item_code: Some(code_hex(item.code)),
+            item_code: Some(code_hex(item.code).into()),
             item_codetype: Some(EPC_GEN2.into()),
             time_started: Some(item.time_started),
             time_last: Some(item.time_last),
@@ -644,7 +644,8 @@ mod tests {
             },
             1,
         );
-        let mut live: std::collections::HashMap<String, Timestamp> = Default::default();
+        let mut live: std::collections::HashMap<spot_protocol::ItemCode, Timestamp> =
+            Default::default();
         let mut deletes = 0;
         for i in 0..20_000i64 {
             let now = Timestamp(i * 10);

@@ -8,7 +8,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 mod common;
 
-use common::{decode_all, encode_all, frames, MIX};
+use common::{decode_all, decode_each, encode_all, frames, MIX};
 use spot_protocol::Encoding;
 
 fn codecs(c: &mut Criterion) {
@@ -39,10 +39,10 @@ fn codecs(c: &mut Criterion) {
         })
     });
     group.bench_function("json decode", |b| {
-        b.iter(|| decode_all(Encoding::Json, black_box(&compact)))
+        b.iter(|| decode_each(Encoding::Json, black_box(&compact)))
     });
     group.bench_function("pb decode", |b| {
-        b.iter(|| decode_all(Encoding::Protobuf, black_box(&pb)))
+        b.iter(|| decode_each(Encoding::Protobuf, black_box(&pb)))
     });
     group.bench_function("json encode", |b| {
         b.iter(|| encode_all(Encoding::Json, black_box(&events)))

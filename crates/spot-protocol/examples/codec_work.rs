@@ -10,11 +10,13 @@
 //! done
 //! ```
 //! A mode's instructions minus `setup`'s, divided by 20 × 5,002 events, is its cost per event.
+//! Each mode hands out and drops one value (event) at a time, as a consumer does; add
+//! `--toggle-collect=codec_work::measured` for a profile of the mode alone.
 
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use common::{decode_all, encode_all, frames, MIX};
+use common::{decode_all, decode_each, encode_all, frames, MIX};
 use spot_protocol::Encoding;
 
 fn main() {
@@ -25,9 +27,16 @@ fn main() {
     let compact = encode_all(Encoding::Json, &events);
     let pb = encode_all(Encoding::Protobuf, &events);
     let frames = frames(&compact);
+    let n = measured(&mode, rounds, &frames, &compact, &pb);
+    println!("{mode}: {} events, {n} processed", events.len());
+}
+
+/// The counted work, apart from the setup (see the module doc for its profile).
+#[inline(never)]
+fn measured(mode: &str, rounds: usize, frames: &[&[u8]], compact: &[u8], pb: &[u8]) -> usize {
     let mut n = 0usize;
     for _ in 0..rounds {
-        n += match mode.as_str() {
+        n += match mode {
             "setup" => 0,
             "value" => frames
                 .iter()
@@ -35,10 +44,10 @@ fn main() {
                     std::hint::black_box(serde_json::from_slice::<serde_json::Value>(f).unwrap());
                 })
                 .count(),
-            "json" => std::hint::black_box(decode_all(Encoding::Json, &compact)).len(),
-            "pb" => std::hint::black_box(decode_all(Encoding::Protobuf, &pb)).len(),
+            "json" => decode_each(Encoding::Json, compact),
+            "pb" => decode_each(Encoding::Protobuf, pb),
             other => panic!("mode {other}: one of setup, value, json, pb"),
         };
     }
-    println!("{mode}: {} events, {n} processed", events.len());
+    n
 }

@@ -33,6 +33,11 @@ pub fn codetype(text: &str) -> CodeType {
     }
 }
 
+/// An item code (`item_code`): hex digits as sent, 24 for the EPC Gen2 tags of nearly every
+/// event. Kept inline up to 24 bytes (no allocation per event, and a clone is a copy);
+/// longer codes are stored on the heap.
+pub type ItemCode = compact_str::CompactString;
+
 /// One event on a spot stream, upstream (spot → server) or downstream (a command).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -190,7 +195,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Presence {
     /// The item code as sent: hex digits (24 for EPC Gen2).
-    pub item_code: Option<String>,
+    pub item_code: Option<ItemCode>,
     /// The code's technology, e.g. `EPC Gen2`.
     pub item_codetype: Option<CodeType>,
     /// When the item was first seen in this presence.
@@ -211,7 +216,7 @@ pub struct Hit {
     /// When the tag was read.
     pub time: Option<Timestamp>,
     /// The item code as sent.
-    pub item_code: Option<String>,
+    pub item_code: Option<ItemCode>,
     /// The code's technology.
     pub item_codetype: Option<CodeType>,
     /// The antenna that read it.
@@ -287,6 +292,20 @@ impl Event {
         }
     }
 
+    /// Levels of arrays and objects in the event's JSON form: its array and its object are
+    /// the first two, a typed list (`rfid_swr`) a third, then the nesting of extra values.
+    pub(crate) fn depth(&self) -> usize {
+        let (extra, typed_list) = match &self.kind {
+            EventKind::Spot(_, s) => (&s.extra, s.rfid_swr.is_some()),
+            EventKind::Config(_, c) => (&c.extra, false),
+            EventKind::Presence(_, p) => (&p.extra, false),
+            EventKind::Hit(_, h) => (&h.extra, false),
+            EventKind::Firmware(_, f) => (&f.extra, false),
+            EventKind::Other(o) => (&o.object, false),
+        };
+        object_depth(extra).max(2 + usize::from(typed_list))
+    }
+
     /// The item code of a presence or hit.
     pub fn item_code(&self) -> Option<&str> {
         match &self.kind {
@@ -294,6 +313,21 @@ impl Event {
             EventKind::Hit(_, h) => h.item_code.as_deref(),
             _ => None,
         }
+    }
+}
+
+/// Levels of arrays and objects in an event whose object holds `object`, counting the
+/// event's array and object as the first two.
+pub(crate) fn object_depth(object: &Object) -> usize {
+    2 + object.values().map(value_depth).max().unwrap_or(0)
+}
+
+/// Levels of arrays and objects in `v` (a scalar is 0).
+fn value_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(value_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -328,6 +362,36 @@ mod tests {
                 matches!(hit.item_codetype, Some(Cow::Borrowed(_))),
                 "{encoding:?}"
             );
+        }
+    }
+
+    #[test]
+    fn both_decoders_give_an_epc_item_code_without_an_allocation() {
+        let code = "303474d3702127ea4f78377d";
+        let event = Event::new(EventKind::Presence(
+            Action::Create,
+            Presence {
+                item_code: Some(code.into()),
+                ..Presence::default()
+            },
+        ));
+        for encoding in [crate::Encoding::Json, crate::Encoding::Protobuf] {
+            let mut encoder = crate::Encoder::new(encoding);
+            let mut bytes = Vec::new();
+            // Twice: protobuf sends the code in full, then by its table slot.
+            encoder.encode(&event, &mut bytes);
+            encoder.encode(&event, &mut bytes);
+            let mut decoder = crate::Decoder::new(encoding, crate::Limits::default());
+            decoder.feed(&bytes);
+            decoder.finish();
+            for _ in 0..2 {
+                let decoded = decoder.next_event().unwrap().unwrap();
+                assert_eq!(decoded, event, "{encoding:?}");
+                let EventKind::Presence(_, p) = decoded.kind else {
+                    panic!("{decoded:?}")
+                };
+                assert!(!p.item_code.unwrap().is_heap_allocated(), "{encoding:?}");
+            }
         }
     }
 

@@ -32,7 +32,7 @@ pub mod topics;
 
 pub use codec::{DecodeError, DecodeErrorKind, Decoder, Encoder, Encoding, Limits};
 pub use event::{
-    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, Object, OtherEvent,
-    Presence, Proximity, SpotStatus, EPC_GEN2,
+    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, ItemCode, Object,
+    OtherEvent, Presence, Proximity, SpotStatus, EPC_GEN2,
 };
 pub use time::Timestamp;

@@ -207,7 +207,7 @@ pub fn presence() -> BoxedStrategy<Presence> {
                 extra,
             )| {
                 Presence {
-                    item_code,
+                    item_code: item_code.map(Into::into),
                     item_codetype: item_codetype.map(Into::into),
                     time_started,
                     time_last,
@@ -233,7 +233,7 @@ pub fn hit() -> BoxedStrategy<Hit> {
         .prop_map(
             |(time, item_code, item_codetype, antenna, signal_strength, extra)| Hit {
                 time,
-                item_code,
+                item_code: item_code.map(Into::into),
                 item_codetype: item_codetype.map(Into::into),
                 antenna,
                 signal_strength,

@@ -8,8 +8,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use spot_protocol::json::JsonEncoder;
 use spot_protocol::testing;
-use spot_protocol::Event;
+use spot_protocol::{DecodeErrorKind, Event, Limits};
 use support::*;
+use test_support::split::split_at;
 
 /// Encodes `events`, each compact or pretty as `pretty[i]` says (cycled).
 fn encode_stream(events: &[Event], pretty: &[bool]) -> Vec<u8> {
@@ -56,6 +57,27 @@ fn any_split_of_a_stream_decodes_to_the_same_events() {
         let whole = oks(decode_whole(&bytes));
         prop_assert_eq!(&whole, &events);
         prop_assert_eq!(oks(decode_cut(&bytes, &cuts(bytes.len(), &fractions))), events);
+    });
+}
+
+/// The depth limit is checked on the decoded event when the message was framed at its blank
+/// line, and by the structural scan otherwise: both must agree, however the stream is split.
+#[test]
+fn a_tight_depth_limit_gives_the_same_results_whole_split_and_bytewise() {
+    proptest!(config(), |(events in testing::events(8), pretty in vec(any::<bool>(), 1..4), fractions in vec(0.0..1.0f64, 0..40), max_depth in 2usize..6)| {
+        let bytes = encode_stream(&events, &pretty);
+        let limits = Limits { max_depth, ..Limits::default() };
+        let whole = decode_pieces_with(limits, [&bytes[..]]);
+        prop_assert_eq!(whole.len(), events.len());
+        for (got, event) in whole.iter().zip(&events) {
+            match got {
+                Ok(decoded) => prop_assert_eq!(decoded, event),
+                Err(e) => prop_assert_eq!(&e.kind, &DecodeErrorKind::TooDeep { limit: max_depth }),
+            }
+        }
+        let split = decode_pieces_with(limits, split_at(&bytes, &cuts(bytes.len(), &fractions)));
+        prop_assert_eq!(&split, &whole);
+        prop_assert_eq!(&decode_pieces_with(limits, bytes.chunks(1)), &whole);
     });
 }
 

@@ -184,7 +184,7 @@ fn a_receiver_with_a_smaller_item_table_reports_the_slot_and_goes_on() {
         Event::new(spot_protocol::EventKind::Hit(
             spot_protocol::Action::Create,
             spot_protocol::Hit {
-                item_code: Some(code.to_string()),
+                item_code: Some(code.into()),
                 ..Default::default()
             },
         ))

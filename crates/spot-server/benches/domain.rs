@@ -95,7 +95,7 @@ fn presence(action: Action, code: u64) -> Event {
     Event::new(EventKind::Presence(
         action,
         Presence {
-            item_code: Some(format!("{code:024x}")),
+            item_code: Some(format!("{code:024x}").into()),
             item_codetype: Some("EPC Gen2".into()),
             proximity: Some(Proximity::Near),
             time_last: Some(Timestamp(1_764_000_000_000)),

@@ -17,29 +17,36 @@ use serde_json::Value;
 
 use crate::codec::DecodeErrorKind;
 use crate::event::{
-    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, Object, OtherEvent,
-    Presence, Proximity, SpotStatus,
+    codetype, Action, CodeType, Config, Event, EventKind, Firmware, Hit, ItemCode, Object,
+    OtherEvent, Presence, Proximity, SpotStatus,
 };
 use crate::time::Timestamp;
 
-/// Decodes one complete message (the bytes from its `[` to its `]`).
-pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, DecodeErrorKind> {
-    // The visitors fill this event in place: an `Event` is a few hundred bytes, and
-    // returning it through every serde layer would copy it at each.
-    let mut event = Event::new(EventKind::Other(OtherEvent::default()));
-    // One UTF-8 check of the whole message is cheaper than serde_json's check of each string.
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        DecodeErrorKind::Syntax(format!(
-            "invalid UTF-8 at byte {} of the message",
-            e.valid_up_to()
-        ))
-    })?;
+/// Decodes one complete message (the bytes from its `[` to its `]`) into `event`, in place:
+/// an `Event` is a few hundred bytes, and returning it through every serde layer would copy
+/// it at each. Whatever `event` held is replaced when this succeeds.
+pub(crate) fn decode_event(bytes: &[u8], event: &mut Event) -> Result<(), DecodeErrorKind> {
+    event.seq = None;
+    // One UTF-8 check of the whole message (vectorised) is cheaper than serde_json's check
+    // of each string.
+    let text = match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => text,
+        // The fast check does not say where: the standard one does, on this rare path.
+        Err(_) => {
+            let at = std::str::from_utf8(bytes)
+                .err()
+                .map_or(0, |e| e.valid_up_to());
+            return Err(DecodeErrorKind::Syntax(format!(
+                "invalid UTF-8 at byte {at} of the message"
+            )));
+        }
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     let decoded = (&mut de)
-        .deserialize_seq(EventVisitor { event: &mut event })
+        .deserialize_seq(EventVisitor { event })
         .and_then(|()| de.end());
     match decoded {
-        Ok(()) => Ok(event),
+        Ok(()) => Ok(()),
         Err(e) => Err(match e.classify() {
             serde_json::error::Category::Data => DecodeErrorKind::NotAnEvent(e.to_string()),
             _ => DecodeErrorKind::Syntax(e.to_string()),
@@ -283,8 +290,10 @@ enum Scalar<'de> {
     U64(u64),
     F64(f64),
     Str(Cow<'de, str>),
-    /// An array or object.
-    Composite(Value),
+    /// An array or object: rare in events, and boxed so that the common values move in a few
+    /// words (an unboxed `Value`, whose map variant holds an `IndexMap`, would more than
+    /// double every `Scalar`: ~130 instr/event).
+    Composite(Box<Value>),
 }
 
 impl<'de> Deserialize<'de> for Scalar<'de> {
@@ -330,12 +339,12 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         while let Some(v) = seq.next_element::<Value>()? {
             items.push(v);
         }
-        Ok(Scalar::Composite(Value::Array(items)))
+        Ok(Scalar::Composite(Box::new(Value::Array(items))))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         OtherObjectVisitor
             .visit_map(map)
-            .map(|o| Scalar::Composite(Value::Object(o)))
+            .map(|o| Scalar::Composite(Box::new(Value::Object(o))))
     }
 }
 
@@ -348,13 +357,21 @@ impl<'de> Scalar<'de> {
             Scalar::U64(n) => Value::from(n),
             Scalar::F64(n) => Value::from(n),
             Scalar::Str(s) => Value::String(s.into_owned()),
-            Scalar::Composite(v) => v,
+            Scalar::Composite(v) => *v,
         }
     }
 
     fn into_string(self) -> Result<String, Self> {
         match self {
             Scalar::Str(s) => Ok(s.into_owned()),
+            other => Err(other),
+        }
+    }
+
+    /// A string, as an [`ItemCode`] (inline, without an allocation, when short).
+    fn into_item_code(self) -> Result<ItemCode, Self> {
+        match self {
+            Scalar::Str(s) => Ok(ItemCode::from(s)),
             other => Err(other),
         }
     }
@@ -431,7 +448,10 @@ impl<'de> Scalar<'de> {
 
     /// An array of integers (each possibly a string of digits).
     fn into_i64_list(self) -> Result<Vec<i64>, Self> {
-        let Scalar::Composite(Value::Array(items)) = &self else {
+        let Scalar::Composite(value) = &self else {
+            return Err(self);
+        };
+        let Value::Array(items) = &**value else {
             return Err(self);
         };
         let list: Option<Vec<i64>> = items
@@ -526,7 +546,7 @@ impl TypedObject for Config {
 impl TypedObject for Presence {
     fn take<'de>(&mut self, key: &str, v: Scalar<'de>) -> Result<(), Scalar<'de>> {
         match key {
-            "item_code" => self.item_code = Some(v.into_string()?),
+            "item_code" => self.item_code = Some(v.into_item_code()?),
             "item_codetype" => self.item_codetype = Some(v.into_codetype()?),
             "time_started" => self.time_started = Some(v.into_timestamp()?),
             "time_last" => self.time_last = Some(v.into_timestamp()?),
@@ -554,7 +574,7 @@ impl TypedObject for Hit {
     fn take<'de>(&mut self, key: &str, v: Scalar<'de>) -> Result<(), Scalar<'de>> {
         match key {
             "time" => self.time = Some(v.into_timestamp()?),
-            "item_code" => self.item_code = Some(v.into_string()?),
+            "item_code" => self.item_code = Some(v.into_item_code()?),
             "item_codetype" => self.item_codetype = Some(v.into_codetype()?),
             "antenna" => self.antenna = Some(v.into_i64()?),
             "signal_strength" => self.signal_strength = Some(v.into_i64()?),
@@ -678,7 +698,12 @@ mod tests {
     use super::*;
 
     fn decode(s: &str) -> Result<Event, DecodeErrorKind> {
-        decode_event(s.as_bytes())
+        decode_bytes(s.as_bytes())
+    }
+
+    fn decode_bytes(bytes: &[u8]) -> Result<Event, DecodeErrorKind> {
+        let mut event = Event::new(EventKind::Other(OtherEvent::default()));
+        decode_event(bytes, &mut event).map(|()| event)
     }
 
     fn compact(e: &Event) -> String {
@@ -804,10 +829,12 @@ mod tests {
                 decode(bad)
             );
         }
-        assert!(matches!(
-            decode_event(b"[\"a\xff\",\"b\",{}]"),
-            Err(DecodeErrorKind::Syntax(_))
-        ));
+        assert_eq!(
+            decode_bytes(b"[\"a\xff\",\"b\",{}]"),
+            Err(DecodeErrorKind::Syntax(
+                "invalid UTF-8 at byte 3 of the message".into()
+            ))
+        );
     }
 
     #[test]

@@ -21,8 +21,9 @@ use crate::codec::{DecodeError, DecodeErrorKind, Limits};
 #[derive(Debug)]
 pub(crate) enum Frame<'a> {
     /// A message, from its `[` to its `]`, and its stream offset. A `tentative` message was
-    /// cut at the next `\n\n` without a structural scan: if it does not decode, call
-    /// [`Framer::rescan`] (it may have been framed wrongly) rather than [`Framer::resync`].
+    /// cut at the next `\n\n` without a structural scan: if it does not decode, or nests
+    /// deeper than [`Limits::max_depth`], call [`Framer::rescan`] (it may have been framed
+    /// wrongly) rather than [`Framer::resync`].
     Message {
         offset: u64,
         bytes: &'a [u8],
@@ -305,10 +306,11 @@ impl Framer {
 
     /// The fast path for a message whose `\n\n` has already arrived: the message is taken to
     /// end at the last non-space byte before the first `\n\n`, found with a vectorised
-    /// search instead of the byte-by-byte structural scan. Only offered when the structural
-    /// scan could not disagree if the bytes decode: they fit the size limit, and they hold
-    /// no more opening brackets than the depth limit. If they do not decode, the caller
-    /// asks for a [`Framer::rescan`].
+    /// search instead of the byte-by-byte structural scan. Only offered when the bytes fit
+    /// the size limit; their nesting is not checked here (the decoded event's depth is
+    /// cheaper to check than the bytes' brackets). If they do not decode, or nest deeper
+    /// than [`Limits::max_depth`], the caller asks for a [`Framer::rescan`]: the structural
+    /// scan then reports exactly what is wrong.
     fn tentative_end(&self, start: usize) -> Option<usize> {
         let window_end = self
             .buf
@@ -318,11 +320,7 @@ impl Framer {
         let blank = BLANK_LINE.find(window)?;
         let message = &window[..blank];
         let len = message.iter().rposition(|&b| !is_space(b))? + 1;
-        // `nth(max_depth)` is the first opening beyond the limit (the search stops there).
-        memchr::memchr2_iter(b'[', b'{', &message[..len])
-            .nth(self.limits.max_depth)
-            .is_none()
-            .then_some(start + len - 1)
+        Some(start + len - 1)
     }
 
     /// Everything up to `end` is scanned: the size limit is reached or more bytes are needed.
@@ -484,13 +482,22 @@ mod tests {
     }
 
     #[test]
-    fn no_tentative_frame_beyond_the_limits() {
+    fn no_tentative_frame_beyond_the_size_limit_and_a_rescan_finds_what_nests_too_deep() {
         let limits = Limits {
             max_message_bytes: 16,
             max_depth: 2,
         };
         let mut framer = Framer::new(limits);
         framer.feed(b"[[[1]]]\n\n[\"0123456789abcdef\"]\n\n");
+        // The nesting is the decoder's to check: it asks for a rescan.
+        assert!(matches!(
+            framer.next_frame(),
+            Some(Frame::Message {
+                tentative: true,
+                ..
+            })
+        ));
+        framer.rescan();
         assert!(matches!(
             framer.next_frame(),
             Some(Frame::Error(DecodeError {

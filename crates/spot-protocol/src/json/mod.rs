@@ -10,7 +10,7 @@ mod format;
 mod framing;
 
 use crate::codec::{DecodeError, Limits};
-use crate::event::Event;
+use crate::event::{Event, EventKind, OtherEvent};
 
 use framing::{Frame, Framer};
 
@@ -24,6 +24,8 @@ use framing::{Frame, Framer};
 #[derive(Debug)]
 pub struct JsonDecoder {
     framer: Framer,
+    /// [`Limits::max_depth`].
+    max_depth: usize,
     /// The last [`next_event`](Self::next_event) returned an event (see
     /// [`last_text`](Self::last_text)).
     last_ok: bool,
@@ -34,6 +36,7 @@ impl JsonDecoder {
     pub fn new(limits: Limits) -> Self {
         JsonDecoder {
             framer: Framer::new(limits),
+            max_depth: limits.max_depth,
             last_ok: false,
         }
     }
@@ -60,6 +63,12 @@ impl JsonDecoder {
     /// [`finish`](Self::finish), when the stream is exhausted).
     pub fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
         self.last_ok = false;
+        // The event is decoded in place, in the value this returns: an `Event` is a few
+        // hundred bytes, and each move would copy it.
+        let mut next = Some(Ok(Event::new(EventKind::Other(OtherEvent::default()))));
+        let Some(Ok(event)) = &mut next else {
+            unreachable!("just built")
+        };
         loop {
             let (offset, tentative, decoded) = match self.framer.next_frame()? {
                 Frame::Error(e) => return Some(Err(e)),
@@ -67,22 +76,22 @@ impl JsonDecoder {
                     offset,
                     bytes,
                     tentative,
-                } => (offset, tentative, format::decode_event(bytes)),
+                } => (offset, tentative, format::decode_event(bytes, event)),
             };
-            return Some(match decoded {
-                Ok(event) => {
+            match decoded {
+                // A tentative frame's nesting is checked here, on the event (no bracket
+                // count of its bytes): too deep, the structural scan reports it.
+                Ok(()) if tentative && event.depth() > self.max_depth => self.framer.rescan(),
+                Ok(()) => {
                     self.last_ok = true;
-                    Ok(event)
+                    return next;
                 }
-                Err(_) if tentative => {
-                    self.framer.rescan();
-                    continue;
-                }
+                Err(_) if tentative => self.framer.rescan(),
                 Err(kind) => {
                     self.framer.resync();
-                    Err(DecodeError { offset, kind })
+                    return Some(Err(DecodeError { offset, kind }));
                 }
-            });
+            }
         }
     }
 
@@ -116,5 +125,53 @@ impl JsonEncoder {
     /// Appends one message.
     pub fn encode(&mut self, event: &Event, out: &mut Vec<u8>) {
         format::encode_event(event, self.pretty, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DecodeErrorKind;
+
+    /// Every event or error kind of `input` fed in pieces of `step` bytes.
+    fn decode(limits: Limits, input: &[u8], step: usize) -> Vec<Result<(), DecodeErrorKind>> {
+        let mut decoder = JsonDecoder::new(limits);
+        let mut out = Vec::new();
+        for chunk in input.chunks(step) {
+            decoder.feed(chunk);
+            while let Some(item) = decoder.next_event() {
+                out.push(item.map(|_| ()).map_err(|e| e.kind));
+            }
+        }
+        decoder.finish();
+        while let Some(item) = decoder.next_event() {
+            out.push(item.map(|_| ()).map_err(|e| e.kind));
+        }
+        out
+    }
+
+    #[test]
+    fn nesting_beyond_the_depth_limit_is_too_deep_whole_or_split() {
+        let input = b"[\"x\",\"y\",{\"a\":[1]}]\n\n[\"x\",\"y\",{\"a\":[[1]]}]\n\n\
+            [\"spot\",\"update\",{\"rfid_swr\":[1]}]\n\n[\"hit\",\"create\",{\"z\":{\"b\":1}}]\n\n";
+        let limits = |max_depth| Limits {
+            max_depth,
+            ..Limits::default()
+        };
+        let too_deep = |limit| Err(DecodeErrorKind::TooDeep { limit });
+        // Whole (the tentative frames), and byte by byte (the structural scan).
+        for step in [input.len(), 1] {
+            assert_eq!(
+                decode(limits(3), input, step),
+                [Ok(()), too_deep(3), Ok(()), Ok(())],
+                "step {step}"
+            );
+            // A typed list and an extra object count as a level too.
+            assert_eq!(
+                decode(limits(2), input, step),
+                [too_deep(2), too_deep(2), too_deep(2), too_deep(2)],
+                "step {step}"
+            );
+        }
     }
 }

@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use crate::event::ItemCode;
+
 /// Default number of slots, on both sides: 4096 codes cover the items in range of a spot
 /// many times over, and bound the table to 4096 × [`MAX_TABLED_CODE_BYTES`] = 512 KiB.
 pub const DEFAULT_ITEM_TABLE_SLOTS: usize = 4096;
@@ -95,7 +97,7 @@ pub enum ItemTableError {
 /// The receiver's table: slot → code.
 #[derive(Debug, Clone)]
 pub(crate) struct ItemDecoderTable {
-    slots: Vec<Option<String>>,
+    slots: Vec<Option<ItemCode>>,
     capacity: usize,
 }
 
@@ -108,7 +110,7 @@ impl ItemDecoderTable {
     }
 
     /// Stores `code` in `slot`, replacing what was there.
-    pub(crate) fn store(&mut self, slot: u32, code: &str) -> Result<(), ItemTableError> {
+    pub(crate) fn store(&mut self, slot: u32, code: &ItemCode) -> Result<(), ItemTableError> {
         let i = slot as usize;
         if i >= self.capacity {
             return Err(ItemTableError::SlotBeyondTable {
@@ -125,12 +127,12 @@ impl ItemDecoderTable {
         if i >= self.slots.len() {
             self.slots.resize(i + 1, None);
         }
-        self.slots[i] = Some(code.to_string());
+        self.slots[i] = Some(code.clone());
         Ok(())
     }
 
     /// The code in `slot`.
-    pub(crate) fn get(&self, slot: u32) -> Result<&str, ItemTableError> {
+    pub(crate) fn get(&self, slot: u32) -> Result<&ItemCode, ItemTableError> {
         match self.slots.get(slot as usize) {
             Some(Some(code)) => Ok(code),
             _ => Err(ItemTableError::EmptySlot { slot }),
@@ -169,18 +171,22 @@ mod tests {
     #[test]
     fn the_receiver_enforces_its_own_bounds() {
         let mut t = ItemDecoderTable::new(8);
-        assert!(t.store(8, "a").unwrap_err().to_string().contains("beyond"));
+        assert!(t
+            .store(8, &"a".into())
+            .unwrap_err()
+            .to_string()
+            .contains("beyond"));
         let long = "0".repeat(MAX_TABLED_CODE_BYTES + 1);
         assert!(t
-            .store(0, &long)
+            .store(0, &long.as_str().into())
             .unwrap_err()
             .to_string()
             .contains("may not be tabled"));
         assert!(t.get(3).unwrap_err().to_string().contains("holds no code"));
-        t.store(3, "abc").unwrap();
-        assert_eq!(t.get(3), Ok("abc"));
-        t.store(3, "def").unwrap();
-        assert_eq!(t.get(3), Ok("def"));
+        t.store(3, &"abc".into()).unwrap();
+        assert_eq!(t.get(3).map(ItemCode::as_str), Ok("abc"));
+        t.store(3, &"def".into()).unwrap();
+        assert_eq!(t.get(3).map(ItemCode::as_str), Ok("def"));
         assert!(t.get(2).is_err());
     }
 }

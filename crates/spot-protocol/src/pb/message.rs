@@ -247,18 +247,23 @@ fn hex_bytes(code: &str) -> Option<(Vec<u8>, bool)> {
     Some((out, upper))
 }
 
-/// Bytes as hex digits in the given case.
-pub(super) fn hex_text(bytes: &[u8], upper: bool) -> String {
+/// Bytes as hex digits in the given case (inline, without an allocation, up to 12 bytes).
+pub(super) fn hex_text(bytes: &[u8], upper: bool) -> ItemCode {
     let digits: &[u8; 16] = if upper {
         b"0123456789ABCDEF"
     } else {
         b"0123456789abcdef"
     };
-    let mut text = Vec::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        text.extend_from_slice(&[digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
+    let mut text = ItemCode::with_capacity(bytes.len() * 2);
+    // 12 bytes at a time through a stack buffer: an EPC Gen2 code in one step.
+    for chunk in bytes.chunks(12) {
+        let mut buf = [0u8; 24];
+        for (pair, &b) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair.copy_from_slice(&[digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
+        }
+        text.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).expect("hex digits are ASCII"));
     }
-    String::from_utf8(text).expect("hex digits are ASCII")
+    text
 }
 
 #[cfg(test)]
@@ -271,6 +276,8 @@ mod tests {
             "303474d3702127ea4f78377d",
             "303474D3702127EA4F78377D",
             "0123",
+            // Longer than the 12 bytes hex_text converts at a time.
+            "303474d3702127ea4f78377d303474d3702127ea4f78377d0a",
         ] {
             let (bytes, upper) = hex_bytes(code).unwrap();
             assert_eq!(bytes.len(), code.len() / 2);

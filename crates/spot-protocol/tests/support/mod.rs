@@ -12,7 +12,15 @@ use test_support::split::split_at;
 pub fn decode_pieces<'a>(
     pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Vec<Result<Event, DecodeError>> {
-    let mut decoder = JsonDecoder::new(Limits::default());
+    decode_pieces_with(Limits::default(), pieces)
+}
+
+/// [`decode_pieces`] with the given limits.
+pub fn decode_pieces_with<'a>(
+    limits: Limits,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Result<Event, DecodeError>> {
+    let mut decoder = JsonDecoder::new(limits);
     let mut out = Vec::new();
     for piece in pieces {
         decoder.feed(piece);
