@@ -7,7 +7,7 @@ use std::sync::Arc;
 use spot_protocol::{Decoder, Encoder, Encoding, Event, Limits};
 
 use super::json::WriteJson;
-use super::{Domain, Item, Location, PresenceResource, Spot, Table};
+use super::{Domain, Item, ListKind, Location, MemberList, PresenceResource, Spot, Table};
 use crate::ids::Id;
 
 /// One upstream event, as received and journaled.
@@ -104,6 +104,8 @@ pub enum RowDoc {
     Item(Arc<Item>),
     /// A presence.
     Presence(Arc<PresenceResource>),
+    /// An item list or a spot list.
+    List(Arc<MemberList>),
 }
 
 impl RowDoc {
@@ -122,6 +124,7 @@ impl RowDoc {
             RowDoc::Location(r) => r.write_json(doc),
             RowDoc::Item(r) => r.write_json(doc),
             RowDoc::Presence(r) => r.write_json(doc),
+            RowDoc::List(r) => r.write_json(doc),
         }
     }
 }
@@ -213,6 +216,12 @@ impl Domain {
                 }
                 Table::Items => self.load_item(serde_json::from_str(&doc).map_err(bad)?),
                 Table::Presences => self.load_presence(serde_json::from_str(&doc).map_err(bad)?),
+                Table::ItemLists => {
+                    self.load_list(ListKind::Items, serde_json::from_str(&doc).map_err(bad)?)
+                }
+                Table::SpotLists => {
+                    self.load_list(ListKind::Spots, serde_json::from_str(&doc).map_err(bad)?)
+                }
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ use serde_json::Value;
 use spot_protocol::Object;
 
 use super::derived::Topic;
-use super::{topics, Domain, Item, Location, PresenceResource, Spot, Table};
+use super::{topics, Domain, Item, ListKind, Location, MemberList, PresenceResource, Spot, Table};
 use crate::ids::Id;
 
 /// A REST change that cannot be made.
@@ -51,8 +51,12 @@ pub enum Write {
     Put,
     /// `POST /api/<collection>`: creates a location or an item.
     Post,
-    /// `DELETE /api/<collection>/<id>`: deletes a location or an item.
+    /// `DELETE /api/<collection>/<id>`: deletes a location, an item or a list.
     Delete,
+    /// `POST /api/sets/<lists>/<id>/ids`: adds members to an item or spot list.
+    AddMembers,
+    /// `DELETE /api/sets/<lists>/<id>/ids/<member>`: removes a member from a list.
+    RemoveMember,
 }
 
 impl Write {
@@ -60,8 +64,8 @@ impl Write {
     pub fn method(self) -> &'static str {
         match self {
             Write::Put => "PUT",
-            Write::Post => "POST",
-            Write::Delete => "DELETE",
+            Write::Post | Write::AddMembers => "POST",
+            Write::Delete | Write::RemoveMember => "DELETE",
         }
     }
 }
@@ -80,8 +84,8 @@ fn code_type_of(technology: &str) -> &str {
 impl Domain {
     /// A change through the API: `PUT` ([`Domain::put`]), `POST` (creates a location or an
     /// item; `id` is not used) or `DELETE` (of a location no spot reports to and no presence
-    /// is at, or of an item that is not present). Returns the resource as it is now (as it
-    /// was, for a `DELETE`).
+    /// is at, or of an item that is not present); of an item or spot list, any [`Write`]
+    /// (`sets`). Returns the resource as it is now (as it was, for a `DELETE`).
     pub fn write(
         &mut self,
         method: Write,
@@ -90,15 +94,26 @@ impl Domain {
         body: &Object,
         now: i64,
     ) -> Result<Value, PutError> {
+        if let Some(kind) = ListKind::of(collection) {
+            return self.write_list(kind, method, id, body, now);
+        }
         match method {
             Write::Put => self.put(collection, id, body, now),
             Write::Post => self.create(collection, body, now),
             Write::Delete => self.delete(collection, id, now),
+            Write::AddMembers | Write::RemoveMember => {
+                Err(PutError::MethodNotAllowed(collection.to_string()))
+            }
         }
     }
 
     /// Logs the API change `action` of a resource with its document as the data.
-    fn log_api_change(&mut self, change: (&str, Id, &str, Write), doc: &Value, now: i64) {
+    pub(super) fn log_api_change(
+        &mut self,
+        change: (&str, Id, &str, Write),
+        doc: &Value,
+        now: i64,
+    ) {
         let (collection, id, action, method) = change;
         let topic = topics::api_change(collection, id, action, method.method());
         if let Some((event_id, mut text)) = self.log_start(&Topic::Text(&topic), None, now) {
@@ -232,6 +247,7 @@ impl Domain {
                 self.unindex_item(real_id);
                 self.items.remove(real_id);
                 self.presences_of_item.remove(&real_id);
+                self.leave_lists(real_id, now);
             }
         }
         self.dirty.remove(&(table, real_id));
@@ -427,11 +443,16 @@ impl Domain {
                 keep,
             ),
             "items" => pick(
-                self.items.range(ids).cloned().map(Row::Item),
+                self.items.range(ids).map(|i| self.item_row(i)),
                 newest_first,
                 take,
                 keep,
             ),
+            "itemlists" | "spotlists" => {
+                let kind = ListKind::of(collection)?;
+                let lists = self.lists(kind).range(ids).cloned().map(Row::List);
+                pick(lists, newest_first, take, keep)
+            }
             "presences" => pick(
                 self.presences.range(ids).cloned().map(Row::Presence),
                 newest_first,
@@ -486,7 +507,12 @@ impl Domain {
             "items" => self
                 .items
                 .range(ids)
-                .filter(|r| keep(&Row::Item(Arc::clone(r))))
+                .filter(|r| keep(&self.item_row(r)))
+                .count(),
+            "itemlists" | "spotlists" => self
+                .lists(ListKind::of(collection)?)
+                .range(ids)
+                .filter(|r| keep(&Row::List(Arc::clone(r))))
                 .count(),
             "presences" => self
                 .presences
@@ -496,6 +522,11 @@ impl Domain {
             "events" => self.rows(collection, ids, false, usize::MAX, keep)?.len(),
             _ => return None,
         })
+    }
+
+    /// The row of an item, with the item lists it is in.
+    fn item_row(&self, item: &Arc<Item>) -> Row {
+        Row::Item(Arc::clone(item), self.sets_of_item(item.id))
     }
 
     /// How long the events log keeps an event (ms): an event's `time_expire`.
@@ -523,7 +554,10 @@ impl Domain {
                 .map(Row::Location),
             "items" => Id::parse(id)
                 .and_then(|id| self.items.get_shared(id))
-                .map(Row::Item),
+                .map(|i| self.item_row(&i)),
+            "itemlists" | "spotlists" => Id::parse(id)
+                .and_then(|id| self.lists(ListKind::of(collection)?).get_shared(id))
+                .map(Row::List),
             "presences" => Id::parse(id)
                 .and_then(|id| self.presences.get_shared(id))
                 .map(Row::Presence),
@@ -548,10 +582,12 @@ pub enum Row {
     Spot(Arc<Spot>),
     /// A location.
     Location(Arc<Location>),
-    /// An item.
-    Item(Arc<Item>),
+    /// An item, and the item lists it is in (`None`: none).
+    Item(Arc<Item>, Option<Arc<[Id]>>),
     /// A presence.
     Presence(Arc<PresenceResource>),
+    /// An item list or a spot list.
+    List(Arc<MemberList>),
     /// A derived event: its id, its server time and its document (a [`super::LogEvent`]).
     Event {
         /// The event's id.
@@ -582,8 +618,9 @@ impl Row {
         match self {
             Row::Spot(r) => r.id,
             Row::Location(r) => r.id,
-            Row::Item(r) => r.id,
+            Row::Item(r, _) => r.id,
             Row::Presence(r) => r.id,
+            Row::List(r) => r.id,
             Row::Event { id, .. } => *id,
         }
     }
@@ -593,8 +630,9 @@ impl Row {
         match self {
             Row::Spot(r) => r.time_created,
             Row::Location(r) => r.time_created,
-            Row::Item(r) => r.time_created,
+            Row::Item(r, _) => r.time_created,
             Row::Presence(r) => r.time_created,
+            Row::List(r) => r.time_created,
             Row::Event { time_created, .. } => *time_created,
         }
     }
@@ -605,8 +643,9 @@ impl Row {
         match self {
             Row::Spot(r) => serde_json::to_value(&**r).ok(),
             Row::Location(r) => serde_json::to_value(&**r).ok(),
-            Row::Item(r) => serde_json::to_value(&**r).ok(),
+            Row::Item(r, sets) => with_sets(serde_json::to_value(&**r).ok(), sets.as_deref()),
             Row::Presence(r) => serde_json::to_value(&**r).ok(),
+            Row::List(r) => serde_json::to_value(r.doc()).ok(),
             Row::Event { doc, .. } => serde_json::from_str(doc).ok(),
         }
     }
@@ -636,10 +675,23 @@ impl Row {
             Row::Event { .. } => self.value(),
             Row::Spot(r) => picked(&**r, &named),
             Row::Location(r) => picked(&**r, &named),
-            Row::Item(r) => picked(&**r, &named),
+            Row::Item(r, sets) if named("sets") => with_sets(picked(&**r, &named), sets.as_deref()),
+            Row::Item(r, _) => picked(&**r, &named),
             Row::Presence(r) => picked(&**r, &named),
+            Row::List(r) => picked(&r.doc(), &named),
         }
     }
+}
+
+/// An item's document with the item lists it is in as `sets` (when in any; the REST view
+/// shows `[]` otherwise).
+fn with_sets(doc: Option<Value>, sets: Option<&[Id]>) -> Option<Value> {
+    let mut doc = doc?;
+    if let (Some(sets), Some(o)) = (sets, doc.as_object_mut()) {
+        let ids = sets.iter().map(|id| Value::String(id.text())).collect();
+        o.insert("sets".into(), Value::Array(ids));
+    }
+    Some(doc)
 }
 
 /// The fields of a resource that `named` names, as a JSON object: the others are skipped
