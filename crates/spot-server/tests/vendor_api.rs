@@ -210,6 +210,11 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
     )
     .await;
     assert_eq!(status, 201, "{v}");
+    for lists in ["/api/sets/itemlists", "/api/sets/spotlists"] {
+        let body = json!({"label": "dock", "metadata": {"x": 1}});
+        let (status, v) = call(addr, "POST", lists, Some(body)).await;
+        assert_eq!(status, 201, "{lists}: {v}");
+    }
     let mut ids = std::collections::HashMap::new();
     for (name, list) in [
         ("spot", "/api/spots"),
@@ -218,6 +223,8 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
         ("presence", "/api/presences"),
         ("event", "/api/events"),
         ("subscription", "/api/subscriptions"),
+        ("itemlist", "/api/sets/itemlists"),
+        ("spotlist", "/api/sets/spotlists"),
     ] {
         ids.insert(name, first_id(addr, list).await);
     }
@@ -867,5 +874,207 @@ async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
         assert_eq!(status, 400, "{field}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
     }
+    server.shutdown().await;
+}
+
+/// A server on the data directory of an earlier one (stopped), on another port.
+async fn restart(dir: &tempfile::TempDir) -> spot_server::Server {
+    let config = spot_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        sync: spot_server::Durability::Normal,
+        ..spot_server::ServerConfig::default()
+    };
+    bind(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
+    let (server, dir) = seeded(3).await;
+    let addr = server.http_addr();
+    let body = json!({"label": "pallets", "custom": {"owner": "a"}, "metadata": {"site": "A"}});
+    let (status, list) = call(addr, "POST", "/api/sets/itemlists", Some(body)).await;
+    assert_eq!(status, 201, "{list}");
+    let id = list["id"].as_str().unwrap().to_string();
+    let path = format!("/api/sets/itemlists/{id}");
+    assert_eq!(list["resource"]["url"], format!("http://test{path}"));
+    assert_eq!(list["list"], format!("http://test{path}/ids"));
+    assert_eq!(
+        (list["total"].as_u64(), list["label"].as_str()),
+        (Some(0), Some("pallets"))
+    );
+    let (_, items) = get(addr, "/api/items?sort=id&results_only=true").await;
+    let item_ids: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    let (status, v) = call(
+        addr,
+        "POST",
+        &format!("{path}/ids"),
+        Some(json!(item_ids[..2])),
+    )
+    .await;
+    assert_eq!(
+        (status, &v),
+        (200, &json!({"status": 200, "total": 2})),
+        "{v}"
+    );
+    let (status, v) = call(addr, "POST", &format!("{path}/ids"), Some(json!(["nope"]))).await;
+    assert_eq!(status, 400, "an id of no item: {v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    // GET-modify-PUT.
+    let (status, mut doc) = get(addr, &path).await;
+    assert_eq!(status, 200, "{doc}");
+    doc["label"] = json!("renamed");
+    doc["metadata"] = json!({"site": "B"});
+    let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, now) = get(addr, &path).await;
+    let mut answered = put.clone();
+    answered.as_object_mut().unwrap().remove("resource");
+    assert_eq!(answered, now, "PUT answers what GET answers");
+    assert_eq!(
+        (now["label"].as_str(), now["total"].as_u64()),
+        (Some("renamed"), Some(2))
+    );
+    doc["id"] = json!("0000000000000001");
+    let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("id")), "{v}");
+    // The list's query language.
+    let (status, page) = get(
+        addr,
+        "/api/sets/itemlists?label=*NAMED&total=2&select=label",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
+    for (query, found) in [
+        ("metadata=b", 1),
+        ("metadata=zz", 0),
+        ("metadata.site=B", 1),
+    ] {
+        let (_, page) = get(addr, &format!("/api/sets/itemlists?{query}")).await;
+        let results = page["results"].as_array().unwrap();
+        assert_eq!(results.len(), found, "{query}: {page}");
+    }
+    let (status, v) = get(addr, "/api/sets/itemlists?colour=red").await;
+    assert_eq!((status, v["parameter"].as_str()), (400, Some("colour")));
+    let (_, before) = get(addr, &path).await;
+    let (_, members) = get(addr, &format!("{path}/ids")).await;
+    assert_eq!(members, json!(item_ids[..2]));
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let addr = server.http_addr();
+    let (status, after) = get(addr, &format!("{path}?id_only=true")).await;
+    assert_eq!(status, 200, "{after}");
+    let mut before = before;
+    for field in ["url", "list"] {
+        before.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(after, before, "the list as it was before the restart");
+    let (_, members) = get(addr, &format!("{path}/ids")).await;
+    assert_eq!(members, json!(item_ids[..2]), "its members too");
+    let (status, v) = call(addr, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
+    assert_eq!(
+        (status, &v),
+        (200, &json!({"status": 200, "total": 1})),
+        "{v}"
+    );
+    let (status, _) = call(addr, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
+    assert_eq!(status, 404, "no longer a member");
+    let (status, deleted) = call(addr, "DELETE", &path, None).await;
+    assert_eq!((status, deleted["label"].as_str()), (200, Some("renamed")));
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let (status, _) = get(server.http_addr(), &path).await;
+    assert_eq!(status, 404, "the delete survives a restart too");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_items_sets_are_the_item_lists_it_is_in_and_filter_items() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let item = first_id(addr, "/api/items").await;
+    let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
+    assert_eq!(doc["sets"], json!([]), "in no list");
+    let mut lists = Vec::new();
+    for label in ["a", "b"] {
+        let body = json!({ "label": label });
+        let (_, list) = call(addr, "POST", "/api/sets/itemlists", Some(body)).await;
+        let id = list["id"].as_str().unwrap().to_string();
+        let path = format!("/api/sets/itemlists/{id}/ids");
+        let (status, v) = call(addr, "POST", &path, Some(json!([item]))).await;
+        assert_eq!(status, 200, "{v}");
+        lists.push(id);
+    }
+    let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
+    assert_eq!(doc["sets"], json!(lists), "{doc}");
+    let (status, page) = get(
+        addr,
+        &format!("/api/items?sets={}&results_only=true", lists[1]),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let found: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, [item.as_str()], "only the item in the list");
+    let path = format!("/api/sets/itemlists/{}", lists[0]);
+    let (status, _) = call(addr, "DELETE", &path, None).await;
+    assert_eq!(status, 200);
+    let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
+    assert_eq!(
+        doc["sets"],
+        json!([lists[1]]),
+        "a deleted list is gone from its items"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let spot = first_id(addr, "/api/spots").await;
+    let (status, list) = call(addr, "POST", "/api/sets/spotlists", Some(json!({}))).await;
+    assert_eq!(status, 201, "{list}");
+    let path = format!("/api/sets/spotlists/{}", list["id"].as_str().unwrap());
+    let (status, v) = call(
+        addr,
+        "POST",
+        &format!("{path}/ids"),
+        Some(json!(["300", spot])),
+    )
+    .await;
+    assert_eq!(
+        (status, &v),
+        (200, &json!({"status": 200, "total": 1})),
+        "one spot: {v}"
+    );
+    let (_, members) = get(addr, &format!("{path}/ids")).await;
+    assert_eq!(members, json!([spot]));
+    let (status, _) = call(
+        addr,
+        "POST",
+        &format!("{path}/ids"),
+        Some(json!({"ids": []})),
+    )
+    .await;
+    assert_eq!(status, 400, "the body is an array");
+    let (status, _) = call(addr, "POST", &format!("{path}/ids"), Some(json!(["999"]))).await;
+    assert_eq!(status, 400, "no such spot");
+    let (status, _) = get(addr, "/api/sets/other").await;
+    assert_eq!(status, 404);
+    let (status, _) = get(addr, "/api/itemlists").await;
+    assert_eq!(status, 404, "served under /api/sets only");
     server.shutdown().await;
 }

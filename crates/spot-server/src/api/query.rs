@@ -284,6 +284,21 @@ impl Wanted {
             },
         }
     }
+
+    /// `metadata=<text>`, the vendor's search of an object: whether any value inside it
+    /// contains the text (ignoring case), or matches the wildcard.
+    fn matches_inside(&self, value: Option<&Value>) -> bool {
+        match (value, self) {
+            (Some(Value::Object(o)), _) => o.values().any(|v| self.matches_inside(Some(v))),
+            (Some(Value::Array(a)), _) => a.iter().any(|v| self.matches_inside(Some(v))),
+            (None | Some(Value::Null), _) => false,
+            (Some(Value::String(s)), Wanted::Exact(text)) => {
+                s.to_lowercase().contains(&text.to_lowercase())
+            }
+            (Some(v), Wanted::Exact(text)) => v.to_string().contains(text.as_str()),
+            (Some(v), Wanted::Wildcard(_)) => self.matches(Some(v)),
+        }
+    }
 }
 
 /// `text=`: words any of which a document's text fields contain (ignoring case), `"…"`
@@ -677,7 +692,10 @@ impl Query {
         let passes = |fields: &Value| {
             self.filters
                 .iter()
-                .all(|(name, wanted)| wanted.matches(field(fields, name)))
+                .all(|(name, wanted)| match name.as_str() {
+                    "metadata" => wanted.matches_inside(field(fields, name)),
+                    _ => wanted.matches(field(fields, name)),
+                })
                 && self
                     .text
                     .as_ref()

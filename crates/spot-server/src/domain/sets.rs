@@ -311,8 +311,7 @@ impl Domain {
                 }
                 if list.members.len() > max {
                     return Err(PutError::Conflict(format!(
-                        "{collection} {id} would hold {} {}: a list holds at most {max} \
-                         (list-max-members)",
+                        "{collection} {id} would hold {} {}: a list holds at most {max}",
                         list.members.len(),
                         kind.members()
                     )));

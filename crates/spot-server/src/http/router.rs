@@ -482,7 +482,7 @@ async fn set_members(State(ctx): Ctx, Path((lists, id)): Path<(String, String)>)
         (status = 200, description = "status and total"),
         (status = 400, description = "Not an array, or an id of no item (spot)", body = openapi::ErrorBody),
         (status = 404, description = "No such list", body = openapi::ErrorBody),
-        (status = 409, description = "The list would hold more than list-max-members", body = openapi::ErrorBody)))]
+        (status = 409, description = "The list would hold more than 100,000 members", body = openapi::ErrorBody)))]
 async fn add_set_members(
     State(ctx): Ctx,
     Path((lists, id)): Path<(String, String)>,
