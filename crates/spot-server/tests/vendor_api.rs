@@ -868,7 +868,6 @@ async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
     for (field, value) in [
         ("verify_target_certificate", json!(false)),
         ("populate_events", json!(true)),
-        ("custom", json!({"a": 1})),
     ] {
         let (status, v) = call(addr, "POST", "/api/subscriptions", Some(with(field, value))).await;
         assert_eq!(status, 400, "{field}: {v}");
@@ -1076,5 +1075,93 @@ async fn a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids() {
     assert_eq!(status, 404);
     let (status, _) = get(addr, "/api/itemlists").await;
     assert_eq!(status, 404, "served under /api/sets only");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_only_subscription_keeps_its_events_without_a_target() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let body = json!({"topic_filter": "items/#", "target_url": null, "custom": {"app": 7}});
+    let (status, only) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{only}");
+    assert_eq!(
+        (&only["target_url"], &only["custom"]),
+        (&Value::Null, &json!({"app": 7}))
+    );
+    let id = only["id"].as_i64().unwrap();
+    let url = format!("http://test/api/subscriptions/{id}");
+    assert_eq!(only["url"], url.as_str());
+    assert_eq!(only["events_url"], format!("{url}/events"));
+    // One with a target that takes nothing, to see the dispatcher has handled the events.
+    let body = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
+    let (_, targeted) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    let targeted = targeted["id"].as_i64().unwrap();
+    for code in ["a1", "a2"] {
+        let body = json!({ "code_hex": code });
+        let (status, _) = call(addr, "POST", "/api/items", Some(body)).await;
+        assert_eq!(status, 201);
+    }
+    let handled = |s: &Value| {
+        ["delivered_count", "failed_count", "queued_count"]
+            .iter()
+            .map(|f| s[f].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (_, s) = get(addr, &format!("/api/subscriptions/{targeted}")).await;
+            // Two events per item: created, and created through the API.
+            if handled(&s) >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the targeted subscription got the events");
+    let (_, only) = get(addr, &format!("/api/subscriptions/{id}")).await;
+    assert_eq!(handled(&only), 0, "nothing queued or delivered: {only}");
+    let events_url = only["events_url"]
+        .as_str()
+        .unwrap()
+        .replace("http://test", "");
+    let (status, page) = get(addr, &format!("{events_url}?sort=id")).await;
+    assert_eq!(status, 200, "{page}");
+    let topics: Vec<&str> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics.len(), 4, "its events are kept: {topics:?}");
+    assert!(topics.iter().all(|t| t.starts_with("items/")), "{topics:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field_is_named() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let body = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
+    let (_, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    let path = format!("/api/subscriptions/{}", sub["id"]);
+    let (_, mut doc) = get(addr, &path).await;
+    doc["description"] = json!("dock doors");
+    doc["custom"] = json!(["x"]);
+    doc["target_url"] = Value::Null;
+    let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, now) = get(addr, &path).await;
+    assert_eq!(put, now, "PUT answers what GET answers");
+    assert_eq!(
+        (&now["description"], &now["custom"], &now["target_url"]),
+        (&json!("dock doors"), &json!(["x"]), &Value::Null)
+    );
+    let mut doc = now.clone();
+    doc["time_created"] = json!("2000-01-01T00:00:00Z");
+    let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("time_created"), "{v}");
     server.shutdown().await;
 }

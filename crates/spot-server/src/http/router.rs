@@ -614,12 +614,15 @@ async fn revoke_key(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Re
 }
 
 /// Hands `req` to the outlets' router (spot-push serves these routes) with the extensions
-/// it reads: the connection's upgrade (WebSocket) and the [`spot_push::StreamEnd`] the check
-/// added. Not the others: this router's path parameters would be added to the outlets'
-/// router's own (`/api/subscriptions/{id}` would see two ids).
+/// it reads: the connection's upgrade (WebSocket), the [`spot_push::StreamEnd`] the check
+/// added and where the client reached the server ([`spot_push::webhook::ApiBase`]: the
+/// subscriptions' `url` and `events_url`). Not the others: this router's path parameters
+/// would be added to the outlets' router's own (`/api/subscriptions/{id}` would see two ids).
 async fn outlet(ctx: &Context, req: Request) -> Response {
+    let base = spot_push::webhook::ApiBase(api::base_url(&req));
     let (mut parts, body) = req.into_parts();
     let mut extensions = axum::http::Extensions::new();
+    extensions.insert(base);
     if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         extensions.insert(upgrade);
     }
@@ -667,7 +670,7 @@ async fn list_subscriptions(State(ctx): Ctx, req: Request) -> Response {
 /// Creates a webhook subscription (`topic_filter`, `target_url`, …). docs/push.md.
 #[utoipa::path(post, path = "/api/subscriptions", tag = "push",
     request_body(content = SubscriptionInput,
-        description = "topic_filter and target_url required (docs/push.md)"),
+        description = "topic_filter required; without target_url (or null) a store-only subscription (docs/push.md)"),
     responses(
         (status = 201, description = "The subscription", body = WebhookSubscription),
         (status = 400, description = "A bad field", body = openapi::ErrorBody),
