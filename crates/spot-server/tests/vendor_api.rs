@@ -1165,3 +1165,70 @@ async fn a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field
     assert!(v["error"].as_str().unwrap().contains("time_created"), "{v}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart() {
+    let (server, dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let body = json!({"label": "dock", "metadata": {"floor": 2, "zone": "North"}});
+    let (status, location) = call(addr, "POST", "/api/locations", Some(body)).await;
+    assert_eq!(status, 201, "{location}");
+    assert_eq!(location["metadata"], json!({"floor": 2, "zone": "North"}));
+    let location = format!("/api/locations/{}", location["id"].as_str().unwrap());
+    let item = format!("/api/items/{}", first_id(addr, "/api/items").await);
+    // GET-modify-PUT of the metadata.
+    let (_, mut doc) = get(addr, &item).await;
+    assert_eq!(doc["metadata"], json!({}), "none yet");
+    doc["metadata"] = json!({"owner": "Ann"});
+    let (status, put) = call(addr, "PUT", &item, Some(doc)).await;
+    assert_eq!(
+        (status, &put["metadata"]),
+        (200, &json!({"owner": "Ann"})),
+        "{put}"
+    );
+    let (status, v) = call(addr, "PUT", &item, Some(json!({"metadata": 3}))).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("metadata")),
+        "{v}"
+    );
+    for (query, found) in [
+        ("/api/items?metadata=ann", 1),
+        ("/api/items?metadata.owner=Ann", 1),
+        ("/api/items?metadata=bob", 0),
+        ("/api/locations?metadata=north", 1),
+        ("/api/locations?metadata.floor=2", 1),
+    ] {
+        let (status, page) = get(addr, query).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert_eq!(
+            page["results"].as_array().unwrap().len(),
+            found,
+            "{query}: {page}"
+        );
+    }
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let addr = server.http_addr();
+    let (_, doc) = get(addr, &item).await;
+    assert_eq!(doc["metadata"], json!({"owner": "Ann"}), "{doc}");
+    let (_, doc) = get(addr, &location).await;
+    assert_eq!(
+        doc["metadata"],
+        json!({"floor": 2, "zone": "North"}),
+        "{doc}"
+    );
+    let (status, doc) = call(addr, "PUT", &item, Some(json!({"metadata": null}))).await;
+    assert_eq!(
+        (status, &doc["metadata"]),
+        (200, &json!({})),
+        "cleared: {doc}"
+    );
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let (_, doc) = get(server.http_addr(), &item).await;
+    assert_eq!(doc["metadata"], json!({}), "cleared for good: {doc}");
+    server.shutdown().await;
+}

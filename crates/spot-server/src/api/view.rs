@@ -130,7 +130,7 @@ const LOCATIONS: Schema = Schema {
     ],
     derived: &[f("url", Text), f("metadata", Object)],
     text: &["label"],
-    writable: &["label", "custom"],
+    writable: &["label", "custom", "metadata"],
     live: &["time_updated"],
     unsupported: &[],
 };
@@ -161,7 +161,7 @@ const ITEMS: Schema = Schema {
         f("metadata", Object),
     ],
     text: &["code_hex", "label"],
-    writable: &["label", "custom"],
+    writable: &["label", "custom", "metadata"],
     live: &[
         "is_present",
         "location",

@@ -57,7 +57,7 @@ pub fn overview(domain: &Domain) -> Value {
     let per_location = per_location.into_inner();
     let locations: RefCell<Vec<(usize, Id, String)>> = RefCell::default();
     walk(domain, "locations", &|row| {
-        if let Row::Location(location) = row {
+        if let Row::Location(location, _) = row {
             let count = per_location.get(&location.id).copied().unwrap_or(0);
             locations
                 .borrow_mut()

@@ -184,6 +184,7 @@ impl Domain {
             Table::Presences => write(&mut doc, self.presences.get(row)),
             Table::ItemLists => write(&mut doc, self.item_lists.get(row)),
             Table::SpotLists => write(&mut doc, self.spot_lists.get(row)),
+            Table::Metadata => write(&mut doc, self.metadata.get(row)),
         }
         self.log_end(id, now, doc);
     }

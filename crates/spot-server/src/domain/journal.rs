@@ -106,6 +106,8 @@ pub enum RowDoc {
     Presence(Arc<PresenceResource>),
     /// An item list or a spot list.
     List(Arc<MemberList>),
+    /// The metadata of an item or location.
+    Metadata(Arc<spot_protocol::Object>),
 }
 
 impl RowDoc {
@@ -125,6 +127,7 @@ impl RowDoc {
             RowDoc::Item(r) => r.write_json(doc),
             RowDoc::Presence(r) => r.write_json(doc),
             RowDoc::List(r) => r.write_json(doc),
+            RowDoc::Metadata(r) => r.write_json(doc),
         }
     }
 }
@@ -221,6 +224,12 @@ impl Domain {
                 }
                 Table::SpotLists => {
                     self.load_list(ListKind::Spots, serde_json::from_str(&doc).map_err(bad)?)
+                }
+                Table::Metadata => {
+                    let metadata = serde_json::from_str(&doc).map_err(bad)?;
+                    if let Some(id) = Id::parse(&id) {
+                        self.load_metadata(id, metadata);
+                    }
                 }
             }
         }

@@ -29,7 +29,8 @@
 //! online/offline, sequence dedupe, pending commands), `items` (the item index), `presences`
 //! (presence apply / withdraw / merge and where an item is), `derived` (§7 topics and the
 //! derived events log), `journal` (journal entries, changes, load and replay), `views` (REST
-//! reads and `PUT`s), `sets` (item lists and spot lists), `json` (the hand-written JSON writers of the hot documents).
+//! reads and `PUT`s), `sets` (item lists and spot lists), `metadata` (of items and
+//! locations), `json` (the hand-written JSON writers of the hot documents).
 
 use std::collections::VecDeque;
 
@@ -46,6 +47,7 @@ mod derived;
 mod items;
 mod journal;
 mod json;
+mod metadata;
 mod model;
 #[cfg(test)]
 mod model_check;
@@ -69,7 +71,7 @@ use presences::ItemPresences;
 pub use sets::{ListKind, MemberList};
 #[cfg(test)]
 pub(crate) use views::conversions;
-pub use views::{PutError, Row, Write};
+pub use views::{Extras, PutError, Row, Write};
 
 /// Settings of the domain.
 #[derive(Debug, Clone)]
@@ -141,6 +143,8 @@ pub struct Domain {
     spot_lists: IdMap<MemberList>,
     /// Item id → the item lists it is in, in id order (items in none have no entry).
     sets_of_item: HashMap<Id, std::sync::Arc<[Id]>>,
+    /// Item or location id → its `metadata` (those with none have no entry).
+    metadata: IdMap<spot_protocol::Object>,
     /// Rows changed since the last flush: table and id.
     dirty: HashSet<(Table, Id)>,
     /// Rows deleted since the last flush.
@@ -173,6 +177,7 @@ impl Domain {
             item_lists: IdMap::new(),
             spot_lists: IdMap::new(),
             sets_of_item: HashMap::default(),
+            metadata: IdMap::new(),
             dirty: HashSet::default(),
             deleted: HashSet::default(),
             journal: Vec::new(),
@@ -351,6 +356,7 @@ impl Domain {
                 Table::Presences => self.presences.get_shared(id).map(RowDoc::Presence),
                 Table::ItemLists => self.item_lists.get_shared(id).map(RowDoc::List),
                 Table::SpotLists => self.spot_lists.get_shared(id).map(RowDoc::List),
+                Table::Metadata => self.metadata.get_shared(id).map(RowDoc::Metadata),
             };
             if let Some(doc) = doc {
                 changes.upserts.push((table, id, doc));

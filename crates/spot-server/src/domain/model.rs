@@ -325,18 +325,21 @@ pub enum Table {
     ItemLists,
     /// Spot lists (the vendor's `sets/spotlists`).
     SpotLists,
+    /// The `metadata` of items and locations, by their id (see `metadata`).
+    Metadata,
 }
 
 impl Table {
     /// All tables, in load order. A table's index here is its tag in stored rows (see
     /// `store::checkpoint`): new tables go at the end.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Spots,
         Table::Locations,
         Table::Items,
         Table::Presences,
         Table::ItemLists,
         Table::SpotLists,
+        Table::Metadata,
     ];
 
     /// SQL table name.
@@ -348,6 +351,7 @@ impl Table {
             Table::Presences => "presences",
             Table::ItemLists => "item_lists",
             Table::SpotLists => "spot_lists",
+            Table::Metadata => "metadata",
         }
     }
 }

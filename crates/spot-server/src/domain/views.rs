@@ -137,8 +137,15 @@ impl Domain {
             }
         };
         let allowed: &[&str] = match collection {
-            "locations" => &["label", "custom"],
-            "items" => &["code_hex", "technology", "code_type", "label", "custom"],
+            "locations" => &["label", "custom", "metadata"],
+            "items" => &[
+                "code_hex",
+                "technology",
+                "code_type",
+                "label",
+                "custom",
+                "metadata",
+            ],
             _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
         };
         if let Some(field) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -149,6 +156,9 @@ impl Domain {
                     allowed.join(", ")
                 ),
             ));
+        }
+        if let Some(metadata) = body.get("metadata") {
+            Self::check_metadata(metadata)?;
         }
         let (table, id) = if collection == "locations" {
             let label = text("label")?.unwrap_or_default().to_string();
@@ -186,6 +196,9 @@ impl Domain {
             }
             (Table::Items, id)
         };
+        if let Some(metadata) = body.get("metadata") {
+            self.set_metadata(id, metadata);
+        }
         self.dirty.insert((table, id));
         self.must_flush = true;
         let value = self.get(collection, &id.hex()).unwrap_or(Value::Null);
@@ -250,6 +263,7 @@ impl Domain {
                 self.leave_lists(real_id, now);
             }
         }
+        self.drop_metadata(real_id);
         self.dirty.remove(&(table, real_id));
         self.deleted.insert((table, real_id));
         self.must_flush = true;
@@ -321,29 +335,39 @@ impl Domain {
                         "custom" => {}
                         "label" if v.is_string() || v.is_null() => {}
                         "label" => return Err(bad(k, "must be a string or null")),
+                        "metadata" => Self::check_metadata(v)?,
                         _ => return Err(bad(k, "cannot be set")),
                     }
                 }
                 let real_id = Id::parse(id).ok_or_else(not_found)?;
+                let metadata = body.get("metadata");
                 if collection == "locations" {
                     let l = self.locations.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => l.label = v.as_str().unwrap_or_default().to_string(),
-                            _ => l.custom = v.clone(),
+                            "custom" => l.custom = v.clone(),
+                            _ => {}
                         }
                     }
                     l.time_updated = now;
+                    if let Some(metadata) = metadata {
+                        self.set_metadata(real_id, metadata);
+                    }
                     (Table::Locations, real_id)
                 } else {
                     let i = self.items.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => i.label = boxed(v),
-                            _ => i.custom = boxed(v),
+                            "custom" => i.custom = boxed(v),
+                            _ => {}
                         }
                     }
                     i.time_updated = now;
+                    if let Some(metadata) = metadata {
+                        self.set_metadata(real_id, metadata);
+                    }
                     (Table::Items, real_id)
                 }
             }
@@ -437,7 +461,7 @@ impl Domain {
                 keep,
             ),
             "locations" => pick(
-                self.locations.range(ids).cloned().map(Row::Location),
+                self.locations.range(ids).map(|l| self.location_row(l)),
                 newest_first,
                 take,
                 keep,
@@ -502,7 +526,7 @@ impl Domain {
             "locations" => self
                 .locations
                 .range(ids)
-                .filter(|r| keep(&Row::Location(Arc::clone(r))))
+                .filter(|r| keep(&self.location_row(r)))
                 .count(),
             "items" => self
                 .items
@@ -524,9 +548,22 @@ impl Domain {
         })
     }
 
-    /// The row of an item, with the item lists it is in.
+    /// The row of an item, with the item lists it is in and its metadata.
     fn item_row(&self, item: &Arc<Item>) -> Row {
-        Row::Item(Arc::clone(item), self.sets_of_item(item.id))
+        let extras = Extras {
+            sets: self.sets_of_item(item.id),
+            metadata: self.metadata_of(item.id),
+        };
+        Row::Item(Arc::clone(item), extras)
+    }
+
+    /// The row of a location, with its metadata.
+    fn location_row(&self, location: &Arc<Location>) -> Row {
+        let extras = Extras {
+            sets: None,
+            metadata: self.metadata_of(location.id),
+        };
+        Row::Location(Arc::clone(location), extras)
     }
 
     /// How long the events log keeps an event (ms): an event's `time_expire`.
@@ -551,7 +588,7 @@ impl Domain {
                 .map(Row::Spot),
             "locations" => Id::parse(id)
                 .and_then(|id| self.locations.get_shared(id))
-                .map(Row::Location),
+                .map(|l| self.location_row(&l)),
             "items" => Id::parse(id)
                 .and_then(|id| self.items.get_shared(id))
                 .map(|i| self.item_row(&i)),
@@ -575,15 +612,26 @@ impl Domain {
     }
 }
 
+/// What the REST view of an item or a location shows beside its own row: the item lists it
+/// is in (`sets`) and its `metadata`, each `None` when it has none (kept by the domain apart
+/// from the resource: see `sets` and `metadata`).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The item lists an item is in.
+    pub sets: Option<Arc<[Id]>>,
+    /// Its metadata.
+    pub metadata: Option<Arc<Object>>,
+}
+
 /// A resource of a REST list, shared with the domain: what [`Domain::rows`] hands out.
 #[derive(Debug, Clone)]
 pub enum Row {
     /// A spot.
     Spot(Arc<Spot>),
-    /// A location.
-    Location(Arc<Location>),
-    /// An item, and the item lists it is in (`None`: none).
-    Item(Arc<Item>, Option<Arc<[Id]>>),
+    /// A location, and its metadata.
+    Location(Arc<Location>, Extras),
+    /// An item, the item lists it is in and its metadata.
+    Item(Arc<Item>, Extras),
     /// A presence.
     Presence(Arc<PresenceResource>),
     /// An item list or a spot list.
@@ -617,7 +665,7 @@ impl Row {
     pub fn id(&self) -> Id {
         match self {
             Row::Spot(r) => r.id,
-            Row::Location(r) => r.id,
+            Row::Location(r, _) => r.id,
             Row::Item(r, _) => r.id,
             Row::Presence(r) => r.id,
             Row::List(r) => r.id,
@@ -629,7 +677,7 @@ impl Row {
     pub fn time_created(&self) -> i64 {
         match self {
             Row::Spot(r) => r.time_created,
-            Row::Location(r) => r.time_created,
+            Row::Location(r, _) => r.time_created,
             Row::Item(r, _) => r.time_created,
             Row::Presence(r) => r.time_created,
             Row::List(r) => r.time_created,
@@ -642,8 +690,10 @@ impl Row {
         count_conversion();
         match self {
             Row::Spot(r) => serde_json::to_value(&**r).ok(),
-            Row::Location(r) => serde_json::to_value(&**r).ok(),
-            Row::Item(r, sets) => with_sets(serde_json::to_value(&**r).ok(), sets.as_deref()),
+            Row::Location(r, extras) => {
+                with_extras(serde_json::to_value(&**r).ok(), extras, &|_| true)
+            }
+            Row::Item(r, extras) => with_extras(serde_json::to_value(&**r).ok(), extras, &|_| true),
             Row::Presence(r) => serde_json::to_value(&**r).ok(),
             Row::List(r) => serde_json::to_value(r.doc()).ok(),
             Row::Event { doc, .. } => serde_json::from_str(doc).ok(),
@@ -674,22 +724,27 @@ impl Row {
             }
             Row::Event { .. } => self.value(),
             Row::Spot(r) => picked(&**r, &named),
-            Row::Location(r) => picked(&**r, &named),
-            Row::Item(r, sets) if named("sets") => with_sets(picked(&**r, &named), sets.as_deref()),
-            Row::Item(r, _) => picked(&**r, &named),
+            Row::Location(r, extras) => with_extras(picked(&**r, &named), extras, &named),
+            Row::Item(r, extras) => with_extras(picked(&**r, &named), extras, &named),
             Row::Presence(r) => picked(&**r, &named),
             Row::List(r) => picked(&r.doc(), &named),
         }
     }
 }
 
-/// An item's document with the item lists it is in as `sets` (when in any; the REST view
-/// shows `[]` otherwise).
-fn with_sets(doc: Option<Value>, sets: Option<&[Id]>) -> Option<Value> {
+/// A document with its [`Extras`] that `named` names: `sets` (the item lists an item is in)
+/// and `metadata`, where it has any (the REST view shows `[]` and `{}` otherwise).
+fn with_extras(doc: Option<Value>, extras: &Extras, named: &dyn Fn(&str) -> bool) -> Option<Value> {
     let mut doc = doc?;
-    if let (Some(sets), Some(o)) = (sets, doc.as_object_mut()) {
+    let Some(o) = doc.as_object_mut() else {
+        return Some(doc);
+    };
+    if let Some(sets) = extras.sets.as_deref().filter(|_| named("sets")) {
         let ids = sets.iter().map(|id| Value::String(id.text())).collect();
         o.insert("sets".into(), Value::Array(ids));
+    }
+    if let Some(metadata) = extras.metadata.as_deref().filter(|_| named("metadata")) {
+        o.insert("metadata".into(), Value::Object(metadata.clone()));
     }
     Some(doc)
 }
