@@ -239,9 +239,21 @@ fn handshake_failed(log: &Mutex<LogRate>, peer: SocketAddr, reason: impl FnOnce(
     }
 }
 
-/// Answers one HTTP request with the router (WebSocket upgrades included; the router
-/// answers `503` once the pipeline has failed, behind the key check).
-async fn dispatch(req: Request<Incoming>, router: &axum::Router) -> Response<axum::body::Body> {
+/// Answers one HTTP request: a spot's event stream by ingest directly
+/// ([`router::direct_ingest_serial`] says when), anything else with the router (WebSocket
+/// upgrades included; the router answers `503` once the pipeline has failed, behind the key
+/// check).
+async fn dispatch(
+    req: Request<Incoming>,
+    router: &axum::Router,
+    shared: &Context,
+) -> Response<axum::body::Body> {
+    let direct = shared.pipeline.failure().is_none();
+    if let Some(serial) = router::direct_ingest_serial(&req).filter(|_| direct) {
+        return crate::ingest::http::ingest(req, serial, shared)
+            .await
+            .map(axum::body::Body::new);
+    }
     spot_push::call_router(router, router::without_trailing_slash(req)).await
 }
 
@@ -271,10 +283,10 @@ impl Listener {
         let conn = builder.serve_connection(
             TokioIo::new(io),
             service_fn(move |mut req: Request<Incoming>| {
-                let router = router.clone();
+                let (router, shared) = (router.clone(), shared.clone());
                 req.extensions_mut().insert(auth::Peer(peer));
                 req.extensions_mut().insert(scheme);
-                async move { Ok::<_, Infallible>(dispatch(req, &router).await) }
+                async move { Ok::<_, Infallible>(dispatch(req, &router, &shared).await) }
             }),
         );
         let conn = conn.with_upgrades(); // WebSocket (push)
