@@ -484,27 +484,19 @@ impl WebhookStore {
     /// Uses `conn` (e.g. the server's database), creating the tables if needed.
     pub fn with_connection(conn: Connection) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(err("create tables"))?;
-        let has_state: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('push_subscriptions')
-                 WHERE name = 'state'",
-                [],
+        let has_column = |name: &str| -> Result<bool, StoreError> {
+            conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('push_subscriptions') WHERE name = ?1",
+                [name],
                 |r| r.get(0),
             )
-            .map_err(err("read the subscriptions' columns"))?;
-        if !has_state {
+            .map_err(err("read the subscriptions' columns"))
+        };
+        if !has_column("state")? {
             conn.execute_batch(&format!("BEGIN; {BACKLOG_COLUMNS} COMMIT;"))
                 .map_err(err("add the queue bound's columns"))?;
         }
-        let has_custom: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('push_subscriptions')
-                 WHERE name = 'custom'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(err("read the subscriptions' columns"))?;
-        if !has_custom {
+        if !has_column("custom")? {
             conn.execute_batch(CUSTOM_COLUMN)
                 .map_err(err("add the custom column"))?;
         }
@@ -1089,6 +1081,31 @@ mod tests {
             )),
             "custom"
         );
+    }
+
+    #[test]
+    fn a_store_made_before_custom_gets_the_column_and_keeps_its_subscriptions() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("schema");
+        conn.execute_batch(
+            "ALTER TABLE push_subscriptions DROP COLUMN custom;
+             INSERT INTO push_subscriptions (topic_filter, description, target_url,
+                 target_retry, database_hold_time_h, time_created, time_updated,
+                 start_event_id) VALUES ('#', 'old', 'http://h/', 0, 24, 0, 0, 0);",
+        )
+        .expect("an older store");
+        let store = WebhookStore::with_connection(conn).expect("opens");
+        let old = store.get(1).expect("get").expect("kept");
+        assert_eq!(
+            (old.description.as_str(), &old.custom),
+            ("old", &serde_json::Value::Null)
+        );
+        let custom = SubscriptionInput {
+            custom: Some(serde_json::json!({"a": 1})),
+            ..Default::default()
+        };
+        let updated = store.update(1, custom).expect("update").expect("exists");
+        assert_eq!(updated.custom, serde_json::json!({"a": 1}));
     }
 
     #[test]
