@@ -303,6 +303,15 @@ async fn a_person_sees_the_site_live_and_steers_a_spot_in_a_real_browser() {
         get_json(port, "/api/spots/1")["config"]["rfid_power_dbm"].to_string(),
         power
     );
+    // A u64 past 2^53 is shown with every digit, not as the nearest double.
+    let seq_epoch = get_json(port, "/api/spots/1")["status"]["seq_epoch"].to_string();
+    wait_text(
+        &client,
+        "#spot-status dd[data-key='seq_epoch']",
+        "the spot's seq_epoch, every digit",
+        |t| t == seq_epoch,
+    )
+    .await;
     screenshot(&client, "4-spot-detail").await;
 
     // A webhook created in the browser delivers.

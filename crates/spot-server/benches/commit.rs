@@ -64,7 +64,7 @@ fn batch(b: usize) -> Changes {
         rng ^= rng << 17;
         changes.journal.push(JournalEntry::Event {
             row: UpstreamRow {
-                serial: format!("{}", rng % 100),
+                serial: format!("{}", rng % 100).into(),
                 spot_id: spot_server::ids::Id(rng % 100),
                 seq: Some((b * EVENTS_PER_BATCH + e) as u64),
                 time_received: 1_764_000_000_000,
@@ -97,7 +97,9 @@ fn batch(b: usize) -> Changes {
             ));
         }
         for _ in 0..(1 + e % 5 / 3) {
-            changes.log.push((1_764_000_000_000, log_doc.clone()));
+            changes
+                .log
+                .push((1_764_000_000_000, log_doc.as_str().into()));
         }
     }
     changes

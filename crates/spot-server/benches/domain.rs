@@ -43,7 +43,8 @@ fn main() {
 
 /// µs per event of the emulator's load.
 fn events() {
-    let serials: Vec<String> = (0..SPOTS).map(|s| (1000 + s).to_string()).collect();
+    let serials: Vec<std::sync::Arc<str>> =
+        (0..SPOTS).map(|s| (1000 + s).to_string().into()).collect();
     let mut populations: Vec<Population> = (0..SPOTS)
         .map(|s| Population::new(PopulationParams::default(), s as u64 + 1))
         .collect();

@@ -201,7 +201,7 @@ pub fn raw_published(
     hub: &Hub,
 ) -> Result<Option<Published>, NotPublishable> {
     raw_payload(row, hub).map_err(|problem| NotPublishable::BadRaw {
-        serial: row.serial.clone(),
+        serial: row.serial.to_string(),
         seq: row.seq,
         problem,
     })
@@ -233,7 +233,7 @@ fn raw_payload(
     .map(RawValue::get)
     .filter(|t| t.starts_with('"'))
     .unwrap_or("null");
-    let serial = serde_json::to_string(&row.serial)?;
+    let serial = serde_json::to_string(&*row.serial)?;
     let seq = row
         .seq
         .map_or_else(|| "null".to_string(), |s| s.to_string());
@@ -303,7 +303,7 @@ pub struct Publisher {
 impl Publisher {
     /// `log` are the derived events of a commit (id, time, JSON document) in order;
     /// `last_id` the push id of the last one. Never blocks.
-    pub fn committed(&self, log: &[(i64, String)], last_id: u64) {
+    pub fn committed(&self, log: &[(i64, Arc<str>)], last_id: u64) {
         if self.hub.skip_unless_subscribed(last_id, log.len() as u64) {
             return;
         }
@@ -707,7 +707,10 @@ mod tests {
         let mut sub = hub
             .subscribe("test", vec![spot_push::TopicFilter::new("#").expect("f")])
             .expect("sub");
-        let log = vec![(0, doc("items/1/created")), (0, doc("items/1/appeared"))];
+        let log = vec![
+            (0, doc("items/1/created").into()),
+            (0, doc("items/1/appeared").into()),
+        ];
         Publisher {
             hub: hub.clone(),
             raw: false,

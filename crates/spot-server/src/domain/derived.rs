@@ -225,12 +225,14 @@ impl Domain {
     /// Ends and keeps the document of [`Domain::log_start`].
     pub(super) fn log_end(&mut self, id: Id, now: i64, mut doc: String) {
         doc.push('}');
-        // The events log in memory keeps a copy of the exact size (it keeps many); the
-        // document itself, with room to spare, is written and dropped by the writer.
+        // One copy of the exact size, shared by the events log in memory (it keeps many)
+        // and the writer; the document with room to spare is dropped here, on the thread
+        // that made it (freeing it on the writer's thread cost the allocator more).
+        let doc: Arc<str> = doc.into();
         self.events.push_back(DerivedEventDoc {
             id,
             time_created: now,
-            doc: doc.as_str().into(),
+            doc: doc.clone(),
         });
         self.pending_log.push((now, doc));
         while self.events.len() > self.config.events_max_in_memory {

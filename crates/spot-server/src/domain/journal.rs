@@ -13,8 +13,8 @@ use crate::ids::Id;
 /// One upstream event, as received and journaled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamRow {
-    /// The spot's serial number.
-    pub serial: String,
+    /// The spot's serial number (shared by the events of one stream).
+    pub serial: Arc<str>,
     /// The id of the spot resource (not stored; the raw events' push topic).
     pub spot_id: Id,
     /// Its sequence key, if any.
@@ -160,7 +160,7 @@ pub struct Changes {
     pub deletes: Vec<(Table, Id)>,
     /// Derived events, in id order: time_created, JSON document (which holds the id; the
     /// store numbers them as they come).
-    pub log: Vec<(i64, String)>,
+    pub log: Vec<(i64, Arc<str>)>,
 }
 
 impl Changes {
@@ -239,7 +239,7 @@ impl Domain {
     /// Journals an upstream event as received (see [`JournalEntry::Event`]).
     pub(super) fn journal_event(
         &mut self,
-        serial: &str,
+        serial: &Arc<str>,
         spot_id: Id,
         seq: Option<u64>,
         now: i64,
@@ -248,7 +248,7 @@ impl Domain {
     ) {
         self.journal.push(JournalEntry::Event {
             row: UpstreamRow {
-                serial: serial.to_string(),
+                serial: serial.clone(),
                 spot_id,
                 seq,
                 time_received: now,
@@ -279,7 +279,7 @@ impl Domain {
                     Some(Err(source)) => {
                         self.replaying = false;
                         return Err(RestoreError::JournalEvent {
-                            serial: row.serial,
+                            serial: row.serial.to_string(),
                             time: row.time_received,
                             source,
                         });
@@ -443,7 +443,7 @@ mod tests {
             step(&mut original, i);
         }
         let flushed = original.take_changes(true);
-        log.extend(flushed.log.iter().map(|(_, doc)| doc.clone()));
+        log.extend(flushed.log.iter().map(|(_, doc)| doc.to_string()));
         let mut journal = Vec::new();
         for i in 20..60 {
             step(&mut original, i);
@@ -453,7 +453,7 @@ mod tests {
                 "no flush was due"
             );
             journal.extend(changes.journal);
-            log.extend(changes.log.iter().map(|(_, doc)| doc.clone()));
+            log.extend(changes.log.iter().map(|(_, doc)| doc.to_string()));
         }
         assert!(journal
             .iter()

@@ -150,7 +150,7 @@ pub struct Domain {
     /// Rows deleted since the last flush.
     deleted: HashSet<(Table, Id)>,
     journal: Vec<JournalEntry>,
-    pending_log: Vec<(i64, String)>,
+    pending_log: Vec<(i64, std::sync::Arc<str>)>,
     /// A change not in the journal happened: the next commit must flush.
     must_flush: bool,
     /// [`Domain::replay`] is running: derived events are not logged again.
@@ -232,7 +232,7 @@ impl Domain {
     /// Applies one upstream event of the spot `serial` (which must have begun a stream or
     /// will be created now).
     pub fn apply_event(&mut self, serial: &str, event: &Event, now: i64) -> Applied {
-        self.apply_encoded(serial, event, encode_json(event), now)
+        self.apply_encoded(&serial.into(), event, encode_json(event), now)
     }
 
     /// [`Domain::apply_event`] with the event's JSON text made by the caller, which the
@@ -240,7 +240,7 @@ impl Domain {
     /// [`encode_json`]'s; it must decode to `event`.
     pub fn apply_encoded(
         &mut self,
-        serial: &str,
+        serial: &std::sync::Arc<str>,
         event: &Event,
         event_json: String,
         now: i64,

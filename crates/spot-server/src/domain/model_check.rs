@@ -356,7 +356,7 @@ proptest! {
         let mut original = Domain::new(DomainConfig::default());
         run(&mut original, None, &ops, |d, _, step| {
             let changes = d.take_changes(flushes[step]);
-            log.extend(changes.log.into_iter().map(|(_, doc)| doc));
+            log.extend(changes.log.into_iter().map(|(_, doc)| doc.to_string()));
             if changes.flush {
                 for (table, id, doc) in &changes.upserts {
                     rows.insert((*table, *id), doc.to_json());

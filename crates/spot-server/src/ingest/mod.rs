@@ -147,7 +147,7 @@ mod tests {
                     let json = journal_json(&decoder, &event);
                     assert!(!json.contains(['\n', '\r']), "one line: {json:?}");
                     journaled.push(json.clone());
-                    live.apply_encoded("7", &event, json, T0 + i as i64);
+                    live.apply_encoded(&"7".into(), &event, json, T0 + i as i64);
                 }
             }
             live.end_stream("7", T0 + 10_000, false);

@@ -116,7 +116,7 @@ mod tests {
 
     fn commit(store: &mut SqliteStore, topics: &[&str]) {
         let mut changes = crate::domain::Changes {
-            log: topics.iter().map(|t| (1, doc(t))).collect(),
+            log: topics.iter().map(|t| (1, doc(t).into())).collect(),
             ..Default::default()
         };
         store.commit(&mut changes).expect("commit");

@@ -92,7 +92,7 @@ pub fn parse_journal_line(line: &str) -> Option<JournalEntry> {
             };
             Some(JournalEntry::Event {
                 row: UpstreamRow {
-                    serial,
+                    serial: serial.into(),
                     // Not journaled: the raw events of a replay are not published again.
                     spot_id: Id::default(),
                     seq,

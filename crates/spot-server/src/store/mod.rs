@@ -365,7 +365,7 @@ impl SqliteStore {
                         duplicate: false,
                     }) = parse_journal_line(line)
                     {
-                        if row.serial == serial {
+                        if *row.serial == *serial {
                             out.push((row.seq, row.event_json));
                         }
                     }
@@ -583,8 +583,8 @@ mod tests {
         let wal = dir.path().join("spot.db-wal");
         let (mut largest, mut written) = (0, 0);
         for n in 0..3_000u64 {
-            let docs: Vec<(i64, String)> = (0..8)
-                .map(|i| (1, format!("{{\"n\":{n},\"i\":{i}}}").repeat(64)))
+            let docs: Vec<(i64, Arc<str>)> = (0..8)
+                .map(|i| (1, format!("{{\"n\":{n},\"i\":{i}}}").repeat(64).into()))
                 .collect();
             written += docs.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
             let mut changes = Changes {
@@ -776,7 +776,7 @@ mod tests {
                         2,
                         &format!("[\"{}\"]", "y".repeat(2_000)),
                     )],
-                    log: vec![(2, doc.clone())],
+                    log: vec![(2, doc.as_str().into())],
                     ..Changes::default()
                 })
                 .unwrap();
