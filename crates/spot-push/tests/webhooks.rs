@@ -535,7 +535,7 @@ async fn events_no_subscription_wants_are_not_queued_nor_reread_after_a_restart(
         .create(
             spot_push::webhook::SubscriptionInput {
                 topic_filter: Some("spots/#".into()),
-                target_url: Some(target),
+                target_url: Some(Some(target)),
                 ..Default::default()
             },
             1,
@@ -633,7 +633,7 @@ async fn https_targets_are_verified_and_a_ca_file_makes_a_private_certificate_tr
         .create(
             spot_push::webhook::SubscriptionInput {
                 topic_filter: Some("#".into()),
-                target_url: Some(target),
+                target_url: Some(Some(target)),
                 secret: Some("k".into()),
                 ..Default::default()
             },

@@ -216,6 +216,8 @@ async fn the_root_and_api_indexes_link_to_what_is_served() {
             "items",
             "presences",
             "events",
+            "itemlists",
+            "spotlists",
             "subscriptions",
             "keys",
             "enrolments",

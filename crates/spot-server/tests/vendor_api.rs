@@ -210,6 +210,11 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
     )
     .await;
     assert_eq!(status, 201, "{v}");
+    for lists in ["/api/sets/itemlists", "/api/sets/spotlists"] {
+        let body = json!({"label": "dock", "metadata": {"x": 1}});
+        let (status, v) = call(addr, "POST", lists, Some(body)).await;
+        assert_eq!(status, 201, "{lists}: {v}");
+    }
     let mut ids = std::collections::HashMap::new();
     for (name, list) in [
         ("spot", "/api/spots"),
@@ -218,6 +223,8 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
         ("presence", "/api/presences"),
         ("event", "/api/events"),
         ("subscription", "/api/subscriptions"),
+        ("itemlist", "/api/sets/itemlists"),
+        ("spotlist", "/api/sets/spotlists"),
     ] {
         ids.insert(name, first_id(addr, list).await);
     }
@@ -861,11 +868,367 @@ async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
     for (field, value) in [
         ("verify_target_certificate", json!(false)),
         ("populate_events", json!(true)),
-        ("custom", json!({"a": 1})),
     ] {
         let (status, v) = call(addr, "POST", "/api/subscriptions", Some(with(field, value))).await;
         assert_eq!(status, 400, "{field}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
     }
+    server.shutdown().await;
+}
+
+/// A server on the data directory of an earlier one (stopped), on another port.
+async fn restart(dir: &tempfile::TempDir) -> spot_server::Server {
+    let config = spot_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        sync: spot_server::Durability::Normal,
+        ..spot_server::ServerConfig::default()
+    };
+    bind(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
+    let (server, dir) = seeded(3).await;
+    let addr = server.http_addr();
+    let body = json!({"label": "pallets", "custom": {"owner": "a"}, "metadata": {"site": "A"}});
+    let (status, list) = call(addr, "POST", "/api/sets/itemlists", Some(body)).await;
+    assert_eq!(status, 201, "{list}");
+    let id = list["id"].as_str().unwrap().to_string();
+    let path = format!("/api/sets/itemlists/{id}");
+    assert_eq!(list["resource"]["url"], format!("http://test{path}"));
+    assert_eq!(list["list"], format!("http://test{path}/ids"));
+    assert_eq!(
+        (list["total"].as_u64(), list["label"].as_str()),
+        (Some(0), Some("pallets"))
+    );
+    let (_, items) = get(addr, "/api/items?sort=id&results_only=true").await;
+    let item_ids: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    let (status, v) = call(
+        addr,
+        "POST",
+        &format!("{path}/ids"),
+        Some(json!(item_ids[..2])),
+    )
+    .await;
+    assert_eq!(
+        (status, &v),
+        (200, &json!({"status": 200, "total": 2})),
+        "{v}"
+    );
+    let (status, v) = call(addr, "POST", &format!("{path}/ids"), Some(json!(["nope"]))).await;
+    assert_eq!(status, 400, "an id of no item: {v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
+    // GET-modify-PUT.
+    let (status, mut doc) = get(addr, &path).await;
+    assert_eq!(status, 200, "{doc}");
+    doc["label"] = json!("renamed");
+    doc["metadata"] = json!({"site": "B"});
+    let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, now) = get(addr, &path).await;
+    let mut answered = put.clone();
+    answered.as_object_mut().unwrap().remove("resource");
+    assert_eq!(answered, now, "PUT answers what GET answers");
+    assert_eq!(
+        (now["label"].as_str(), now["total"].as_u64()),
+        (Some("renamed"), Some(2))
+    );
+    doc["id"] = json!("0000000000000001");
+    let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("id")), "{v}");
+    // The list's query language.
+    let (status, page) = get(
+        addr,
+        "/api/sets/itemlists?label=*NAMED&total=2&select=label",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["results"].as_array().unwrap().len(), 1, "{page}");
+    for (query, found) in [
+        ("metadata=b", 1),
+        ("metadata=zz", 0),
+        ("metadata.site=B", 1),
+    ] {
+        let (_, page) = get(addr, &format!("/api/sets/itemlists?{query}")).await;
+        let results = page["results"].as_array().unwrap();
+        assert_eq!(results.len(), found, "{query}: {page}");
+    }
+    let (status, v) = get(addr, "/api/sets/itemlists?colour=red").await;
+    assert_eq!((status, v["parameter"].as_str()), (400, Some("colour")));
+    let (_, before) = get(addr, &path).await;
+    let (_, members) = get(addr, &format!("{path}/ids")).await;
+    assert_eq!(members, json!(item_ids[..2]));
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let addr = server.http_addr();
+    let (status, after) = get(addr, &format!("{path}?id_only=true")).await;
+    assert_eq!(status, 200, "{after}");
+    let mut before = before;
+    for field in ["url", "list"] {
+        before.as_object_mut().unwrap().remove(field);
+    }
+    assert_eq!(after, before, "the list as it was before the restart");
+    let (_, members) = get(addr, &format!("{path}/ids")).await;
+    assert_eq!(members, json!(item_ids[..2]), "its members too");
+    let (status, v) = call(addr, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
+    assert_eq!(
+        (status, &v),
+        (200, &json!({"status": 200, "total": 1})),
+        "{v}"
+    );
+    let (status, _) = call(addr, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
+    assert_eq!(status, 404, "no longer a member");
+    let (status, deleted) = call(addr, "DELETE", &path, None).await;
+    assert_eq!((status, deleted["label"].as_str()), (200, Some("renamed")));
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let (status, _) = get(server.http_addr(), &path).await;
+    assert_eq!(status, 404, "the delete survives a restart too");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_items_sets_are_the_item_lists_it_is_in_and_filter_items() {
+    let (server, _dir) = seeded(2).await;
+    let addr = server.http_addr();
+    let item = first_id(addr, "/api/items").await;
+    let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
+    assert_eq!(doc["sets"], json!([]), "in no list");
+    let mut lists = Vec::new();
+    for label in ["a", "b"] {
+        let body = json!({ "label": label });
+        let (_, list) = call(addr, "POST", "/api/sets/itemlists", Some(body)).await;
+        let id = list["id"].as_str().unwrap().to_string();
+        let path = format!("/api/sets/itemlists/{id}/ids");
+        let (status, v) = call(addr, "POST", &path, Some(json!([item]))).await;
+        assert_eq!(status, 200, "{v}");
+        lists.push(id);
+    }
+    let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
+    assert_eq!(doc["sets"], json!(lists), "{doc}");
+    let (status, page) = get(
+        addr,
+        &format!("/api/items?sets={}&results_only=true", lists[1]),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let found: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, [item.as_str()], "only the item in the list");
+    let path = format!("/api/sets/itemlists/{}", lists[0]);
+    let (status, _) = call(addr, "DELETE", &path, None).await;
+    assert_eq!(status, 200);
+    let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
+    assert_eq!(
+        doc["sets"],
+        json!([lists[1]]),
+        "a deleted list is gone from its items"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let spot = first_id(addr, "/api/spots").await;
+    let (status, list) = call(addr, "POST", "/api/sets/spotlists", Some(json!({}))).await;
+    assert_eq!(status, 201, "{list}");
+    let path = format!("/api/sets/spotlists/{}", list["id"].as_str().unwrap());
+    let (status, v) = call(
+        addr,
+        "POST",
+        &format!("{path}/ids"),
+        Some(json!(["300", spot])),
+    )
+    .await;
+    assert_eq!(
+        (status, &v),
+        (200, &json!({"status": 200, "total": 1})),
+        "one spot: {v}"
+    );
+    let (_, members) = get(addr, &format!("{path}/ids")).await;
+    assert_eq!(members, json!([spot]));
+    let (status, _) = call(
+        addr,
+        "POST",
+        &format!("{path}/ids"),
+        Some(json!({"ids": []})),
+    )
+    .await;
+    assert_eq!(status, 400, "the body is an array");
+    let (status, _) = call(addr, "POST", &format!("{path}/ids"), Some(json!(["999"]))).await;
+    assert_eq!(status, 400, "no such spot");
+    let (status, _) = get(addr, "/api/sets/other").await;
+    assert_eq!(status, 404);
+    let (status, _) = get(addr, "/api/itemlists").await;
+    assert_eq!(status, 404, "served under /api/sets only");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_only_subscription_keeps_its_events_without_a_target() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let body = json!({"topic_filter": "items/#", "target_url": null, "custom": {"app": 7}});
+    let (status, only) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{only}");
+    assert_eq!(
+        (&only["target_url"], &only["custom"]),
+        (&Value::Null, &json!({"app": 7}))
+    );
+    let id = only["id"].as_i64().unwrap();
+    let url = format!("http://test/api/subscriptions/{id}");
+    assert_eq!(only["url"], url.as_str());
+    assert_eq!(only["events_url"], format!("{url}/events"));
+    // One with a target that takes nothing, to see the dispatcher has handled the events.
+    let body = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
+    let (_, targeted) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    let targeted = targeted["id"].as_i64().unwrap();
+    for code in ["a1", "a2"] {
+        let body = json!({ "code_hex": code });
+        let (status, _) = call(addr, "POST", "/api/items", Some(body)).await;
+        assert_eq!(status, 201);
+    }
+    let handled = |s: &Value| {
+        ["delivered_count", "failed_count", "queued_count"]
+            .iter()
+            .map(|f| s[f].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (_, s) = get(addr, &format!("/api/subscriptions/{targeted}")).await;
+            // Two events per item: created, and created through the API.
+            if handled(&s) >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the targeted subscription got the events");
+    let (_, only) = get(addr, &format!("/api/subscriptions/{id}")).await;
+    assert_eq!(handled(&only), 0, "nothing queued or delivered: {only}");
+    let events_url = only["events_url"]
+        .as_str()
+        .unwrap()
+        .replace("http://test", "");
+    let (status, page) = get(addr, &format!("{events_url}?sort=id")).await;
+    assert_eq!(status, 200, "{page}");
+    let topics: Vec<&str> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics.len(), 4, "its events are kept: {topics:?}");
+    assert!(topics.iter().all(|t| t.starts_with("items/")), "{topics:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field_is_named() {
+    let (server, _dir) = seeded(0).await;
+    let addr = server.http_addr();
+    let body = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
+    let (_, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
+    let path = format!("/api/subscriptions/{}", sub["id"]);
+    let (_, mut doc) = get(addr, &path).await;
+    doc["description"] = json!("dock doors");
+    doc["custom"] = json!(["x"]);
+    doc["target_url"] = Value::Null;
+    let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, now) = get(addr, &path).await;
+    assert_eq!(put, now, "PUT answers what GET answers");
+    assert_eq!(
+        (&now["description"], &now["custom"], &now["target_url"]),
+        (&json!("dock doors"), &json!(["x"]), &Value::Null)
+    );
+    let mut doc = now.clone();
+    doc["time_created"] = json!("2000-01-01T00:00:00Z");
+    let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("time_created"), "{v}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart() {
+    let (server, dir) = seeded(1).await;
+    let addr = server.http_addr();
+    let body = json!({"label": "dock", "metadata": {"floor": 2, "zone": "North"}});
+    let (status, location) = call(addr, "POST", "/api/locations", Some(body)).await;
+    assert_eq!(status, 201, "{location}");
+    assert_eq!(location["metadata"], json!({"floor": 2, "zone": "North"}));
+    let location = format!("/api/locations/{}", location["id"].as_str().unwrap());
+    let item = format!("/api/items/{}", first_id(addr, "/api/items").await);
+    // GET-modify-PUT of the metadata.
+    let (_, mut doc) = get(addr, &item).await;
+    assert_eq!(doc["metadata"], json!({}), "none yet");
+    doc["metadata"] = json!({"owner": "Ann"});
+    let (status, put) = call(addr, "PUT", &item, Some(doc)).await;
+    assert_eq!(
+        (status, &put["metadata"]),
+        (200, &json!({"owner": "Ann"})),
+        "{put}"
+    );
+    let (status, v) = call(addr, "PUT", &item, Some(json!({"metadata": 3}))).await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("metadata")),
+        "{v}"
+    );
+    for (query, found) in [
+        ("/api/items?metadata=ann", 1),
+        ("/api/items?metadata.owner=Ann", 1),
+        ("/api/items?metadata=bob", 0),
+        ("/api/locations?metadata=north", 1),
+        ("/api/locations?metadata.floor=2", 1),
+    ] {
+        let (status, page) = get(addr, query).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert_eq!(
+            page["results"].as_array().unwrap().len(),
+            found,
+            "{query}: {page}"
+        );
+    }
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let addr = server.http_addr();
+    let (_, doc) = get(addr, &item).await;
+    assert_eq!(doc["metadata"], json!({"owner": "Ann"}), "{doc}");
+    let (_, doc) = get(addr, &location).await;
+    assert_eq!(
+        doc["metadata"],
+        json!({"floor": 2, "zone": "North"}),
+        "{doc}"
+    );
+    let (status, doc) = call(addr, "PUT", &item, Some(json!({"metadata": null}))).await;
+    assert_eq!(
+        (status, &doc["metadata"]),
+        (200, &json!({})),
+        "cleared: {doc}"
+    );
+    server.shutdown().await;
+
+    let server = restart(&dir).await;
+    let (_, doc) = get(server.http_addr(), &item).await;
+    assert_eq!(doc["metadata"], json!({}), "cleared for good: {doc}");
     server.shutdown().await;
 }

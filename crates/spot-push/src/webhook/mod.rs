@@ -38,6 +38,7 @@
 //! longer holds (older than its retention) are not delivered.
 
 mod api;
+pub use api::ApiBase;
 mod client;
 pub mod store;
 
@@ -310,7 +311,8 @@ impl Webhooks {
                     return Err(e.into());
                 }
             };
-            if let Ok(filter) = TopicFilter::new(&created.topic_filter) {
+            let filter = TopicFilter::new(&created.topic_filter);
+            if let (Some(_), Ok(filter)) = (&created.target_url, filter) {
                 matchers.push(Matcher {
                     id: created.id,
                     filter,
@@ -320,7 +322,9 @@ impl Webhooks {
             self.filters.set(union(&matchers, None));
             created
         };
-        self.spawn_worker(created.id);
+        if created.target_url.is_some() {
+            self.spawn_worker(created.id);
+        }
         Ok(created)
     }
 
@@ -335,22 +339,57 @@ impl Webhooks {
             .as_deref()
             .and_then(|t| TopicFilter::new(t).ok());
         self.filters.set(union(&matchers, filter.as_ref()));
+        // As at a create: the hub queues the filter's events before the start id is read.
+        let start_event_id = self.hub.last_id();
         let updated = self.store.update(id, input);
+        // (Whether it now has a target, and had one.)
+        let mut targeted = None;
         if let Ok(Some(updated)) = &updated {
-            if let (Some(m), Ok(filter)) = (
-                matchers.iter_mut().find(|m| m.id == id),
+            let had = matchers.iter().position(|m| m.id == id);
+            match (
                 TopicFilter::new(&updated.topic_filter),
+                &updated.target_url,
+                had,
             ) {
-                m.filter = filter;
+                (Ok(filter), Some(_), Some(at)) => matchers[at].filter = filter,
+                (Ok(filter), Some(_), None) => {
+                    matchers.push(Matcher {
+                        id,
+                        filter,
+                        start_event_id,
+                    });
+                    targeted = Some(true);
+                }
+                (_, None, Some(at)) => {
+                    matchers.remove(at);
+                    targeted = Some(false);
+                }
+                _ => {}
             }
         }
         self.filters.set(union(&matchers, None));
         drop(matchers);
         let updated = updated?;
-        if let Some(worker) = lock(&self.workers).get(&id) {
-            worker.notify.notify_one(); // the target may have changed: retry now
+        match targeted {
+            Some(true) => self.spawn_worker(id),
+            Some(false) => {
+                // Store-only now: nothing more is delivered, what was queued is dropped.
+                if let Some(worker) = lock(&self.workers).remove(&id) {
+                    worker.task.abort();
+                }
+                self.store.clear_queue(id)?;
+            }
+            None => {
+                if let Some(worker) = lock(&self.workers).get(&id) {
+                    worker.notify.notify_one(); // the target may have changed: retry now
+                }
+            }
         }
-        Ok(updated)
+        match updated {
+            // Its queue was dropped: as it is now.
+            Some(_) if targeted == Some(false) => Ok(self.store.get(id)?),
+            other => Ok(other),
+        }
     }
 
     fn delete(self: &Arc<Self>, id: i64) -> Result<bool, api::ApiError> {

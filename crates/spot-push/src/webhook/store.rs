@@ -1,6 +1,10 @@
 //! Persistence of webhooks: the `subscriptions` resource, the delivery queue and the
 //! dispatcher's cursor, in SQLite tables of their own (`push_*`).
 //!
+//! A subscription without a `target_url` (stored as `''`) is *store-only*, as the vendor's:
+//! nothing is queued or delivered for it; its events are those of the server's events log
+//! that its filter matches (`/api/subscriptions/{id}/events`).
+//!
 //! The queue survives restarts: a delivery row stays until the target accepted it (or it
 //! failed for good, or outlived the subscription's `database_hold_time_h`). Rows of one
 //! subscription are delivered in `seq` order.
@@ -52,8 +56,9 @@ pub struct WebhookSubscription {
     pub topic_filter: String,
     /// Free text.
     pub description: String,
-    /// Where events are POSTed (`http://…`).
-    pub target_url: String,
+    /// Where events are POSTed (`http://…`); `null`: a store-only subscription (nothing is
+    /// delivered; its events are at `events_url`).
+    pub target_url: Option<String>,
     /// Retry failed deliveries with backoff (else one attempt).
     pub target_retry: bool,
     /// How long undelivered events are kept queued, in hours.
@@ -87,6 +92,15 @@ pub struct WebhookSubscription {
     /// from the events log once the target accepts deliveries again, if the log still holds
     /// it).
     pub not_queued_count: i64,
+    /// Free-form application data (the vendor's field), as written.
+    pub custom: serde_json::Value,
+    /// Where this subscription is (`…/api/subscriptions/{id}`), as the client reached the
+    /// server; added by the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Where its events are (`…/api/subscriptions/{id}/events`); added by the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
 }
 
 /// Whether a subscription's matching events are queued as they come.
@@ -144,8 +158,11 @@ pub struct SubscriptionInput {
     pub topic_filter: Option<String>,
     /// See [`WebhookSubscription::description`].
     pub description: Option<String>,
-    /// See [`WebhookSubscription::target_url`].
-    pub target_url: Option<String>,
+    /// See [`WebhookSubscription::target_url`]: absent (unchanged; none for a new one),
+    /// `null` (none: store-only) or a URL.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub target_url: Option<Option<String>>,
     /// See [`WebhookSubscription::target_retry`].
     pub target_retry: Option<bool>,
     /// See [`WebhookSubscription::database_hold_time_h`].
@@ -156,6 +173,13 @@ pub struct SubscriptionInput {
     pub verify_target_certificate: Option<bool>,
     /// The vendor's field: only `false` (events are not populated).
     pub populate_events: Option<bool>,
+    /// See [`WebhookSubscription::custom`] (at most [`MAX_TEXT_FIELD`] bytes of JSON).
+    pub custom: Option<serde_json::Value>,
+}
+
+/// A field that is present: `null` is `Some(None)` (its absence, `None`, is the default).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// A refused input: the field and why.
@@ -210,10 +234,13 @@ fn check_url(url: &str) -> Result<(), InputError> {
 struct Definition {
     topic_filter: String,
     description: String,
+    /// `""`: none (store-only).
     target_url: String,
     target_retry: bool,
     database_hold_time_h: f64,
     secret: Option<String>,
+    /// JSON text, or `None`.
+    custom: Option<String>,
 }
 
 impl Definition {
@@ -228,9 +255,23 @@ impl Definition {
             }
             self.description = d;
         }
-        if let Some(u) = input.target_url {
-            check_url(&u)?;
-            self.target_url = u;
+        match input.target_url {
+            Some(Some(u)) => {
+                check_url(&u)?;
+                self.target_url = u;
+            }
+            Some(None) => self.target_url = String::new(),
+            None => {}
+        }
+        if let Some(custom) = input.custom {
+            let text = (!custom.is_null()).then(|| custom.to_string());
+            if text.as_ref().is_some_and(|t| t.len() > MAX_TEXT_FIELD) {
+                return Err(bad(
+                    "custom",
+                    format!("longer than {MAX_TEXT_FIELD} bytes of JSON"),
+                ));
+            }
+            self.custom = text;
         }
         if let Some(r) = input.target_retry {
             self.target_retry = r;
@@ -329,7 +370,8 @@ CREATE TABLE IF NOT EXISTS push_subscriptions (
     resume_after INTEGER NOT NULL DEFAULT 0,
     not_queued_count INTEGER NOT NULL DEFAULT 0,
     queued_events INTEGER NOT NULL DEFAULT 0,
-    queued_bytes INTEGER NOT NULL DEFAULT 0
+    queued_bytes INTEGER NOT NULL DEFAULT 0,
+    custom TEXT
 );
 CREATE TABLE IF NOT EXISTS push_deliveries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -361,6 +403,10 @@ UPDATE push_subscriptions SET
                     FROM push_deliveries d WHERE d.subscription_id = id);
 ";
 
+/// The column added to `push_subscriptions` for the vendor's `custom` (a store made before
+/// it gets it at open).
+const CUSTOM_COLUMN: &str = "ALTER TABLE push_subscriptions ADD COLUMN custom TEXT;";
+
 /// Keep each subscription's `queued_events` and `queued_bytes` equal to its queue (read per
 /// enqueued event; counting the rows each time would cost a scan of the queue).
 const QUEUE_TRIGGERS: &str = "
@@ -378,7 +424,7 @@ END;
 
 const SELECT_SUBSCRIPTION: &str = "SELECT id, topic_filter, description, target_url, target_retry,
     database_hold_time_h, secret IS NOT NULL, time_created, time_updated, delivered_count,
-    failed_count, last_error, queued_events, queued_bytes, state, not_queued_count
+    failed_count, last_error, queued_events, queued_bytes, state, not_queued_count, custom
     FROM push_subscriptions s";
 
 fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubscription> {
@@ -386,7 +432,7 @@ fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubsc
         id: row.get(0)?,
         topic_filter: row.get(1)?,
         description: row.get(2)?,
-        target_url: row.get(3)?,
+        target_url: Some(row.get::<_, String>(3)?).filter(|u| !u.is_empty()),
         target_retry: row.get(4)?,
         database_hold_time_h: row.get(5)?,
         has_secret: row.get(6)?,
@@ -401,6 +447,12 @@ fn row_to_subscription(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookSubsc
         not_queued_count: row.get(15)?,
         verify_target_certificate: true,
         populate_events: false,
+        custom: row
+            .get::<_, Option<String>>(16)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
+        url: None,
+        events_url: None,
     })
 }
 
@@ -432,17 +484,21 @@ impl WebhookStore {
     /// Uses `conn` (e.g. the server's database), creating the tables if needed.
     pub fn with_connection(conn: Connection) -> Result<Self, StoreError> {
         conn.execute_batch(SCHEMA).map_err(err("create tables"))?;
-        let has_state: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('push_subscriptions')
-                 WHERE name = 'state'",
-                [],
+        let has_column = |name: &str| -> Result<bool, StoreError> {
+            conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('push_subscriptions') WHERE name = ?1",
+                [name],
                 |r| r.get(0),
             )
-            .map_err(err("read the subscriptions' columns"))?;
-        if !has_state {
+            .map_err(err("read the subscriptions' columns"))
+        };
+        if !has_column("state")? {
             conn.execute_batch(&format!("BEGIN; {BACKLOG_COLUMNS} COMMIT;"))
                 .map_err(err("add the queue bound's columns"))?;
+        }
+        if !has_column("custom")? {
+            conn.execute_batch(CUSTOM_COLUMN)
+                .map_err(err("add the custom column"))?;
         }
         conn.execute_batch(QUEUE_TRIGGERS)
             .map_err(err("create the queue triggers"))?;
@@ -455,8 +511,8 @@ impl WebhookStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates a subscription (`topic_filter` and `target_url` required) that receives the
-    /// events with ids above `start_event_id`.
+    /// Creates a subscription (`topic_filter` required; without `target_url` it is
+    /// store-only) that receives the events with ids above `start_event_id`.
     pub fn create(
         &self,
         input: SubscriptionInput,
@@ -465,9 +521,6 @@ impl WebhookStore {
         if input.topic_filter.is_none() {
             return Err(bad("topic_filter", "required").into());
         }
-        if input.target_url.is_none() {
-            return Err(bad("target_url", "required").into());
-        }
         let d = Definition {
             topic_filter: String::new(),
             description: String::new(),
@@ -475,6 +528,7 @@ impl WebhookStore {
             target_retry: false,
             database_hold_time_h: DEFAULT_HOLD_TIME_H,
             secret: None,
+            custom: None,
         }
         .apply(input)?;
         let now = now_ms();
@@ -483,8 +537,8 @@ impl WebhookStore {
             conn.execute(
                 "INSERT INTO push_subscriptions (topic_filter, description, target_url,
                  target_retry, database_hold_time_h, secret, time_created, time_updated,
-                 start_event_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                 start_event_id, custom)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                 params![
                     d.topic_filter,
                     d.description,
@@ -493,7 +547,8 @@ impl WebhookStore {
                     d.database_hold_time_h,
                     d.secret,
                     now,
-                    start_event_id as i64
+                    start_event_id as i64,
+                    d.custom
                 ],
             )
             .map_err(err("insert subscription"))?;
@@ -515,7 +570,7 @@ impl WebhookStore {
             .conn()
             .query_row(
                 "SELECT topic_filter, description, target_url, target_retry,
-                 database_hold_time_h, secret FROM push_subscriptions WHERE id = ?1",
+                 database_hold_time_h, secret, custom FROM push_subscriptions WHERE id = ?1",
                 [id],
                 |r| {
                     Ok(Definition {
@@ -525,6 +580,7 @@ impl WebhookStore {
                         target_retry: r.get(3)?,
                         database_hold_time_h: r.get(4)?,
                         secret: r.get(5)?,
+                        custom: r.get(6)?,
                     })
                 },
             )
@@ -538,7 +594,7 @@ impl WebhookStore {
             .execute(
                 "UPDATE push_subscriptions SET topic_filter = ?2, description = ?3,
                  target_url = ?4, target_retry = ?5, database_hold_time_h = ?6, secret = ?7,
-                 time_updated = ?8 WHERE id = ?1",
+                 time_updated = ?8, custom = ?9 WHERE id = ?1",
                 params![
                     id,
                     d.topic_filter,
@@ -547,11 +603,30 @@ impl WebhookStore {
                     d.target_retry,
                     d.database_hold_time_h,
                     d.secret,
-                    now_ms()
+                    now_ms(),
+                    d.custom
                 ],
             )
             .map_err(err("update subscription"))?;
         Ok(self.get(id)?)
+    }
+
+    /// Drops the queued deliveries of a subscription (it became store-only) and makes it
+    /// `active` (nothing left to read from the events log for it).
+    pub fn clear_queue(&self, id: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err("begin clear queue"))?;
+        tx.execute(
+            "DELETE FROM push_deliveries WHERE subscription_id = ?1",
+            [id],
+        )
+        .map_err(err("clear queue"))?;
+        tx.execute(
+            "UPDATE push_subscriptions SET state = 'active', resume_after = 0 WHERE id = ?1",
+            [id],
+        )
+        .map_err(err("clear queue"))?;
+        tx.commit().map_err(err("commit clear queue"))
     }
 
     /// Deletes a subscription and its queue; says whether it existed.
@@ -594,11 +669,15 @@ impl WebhookStore {
             .map_err(err("list subscriptions"))
     }
 
-    /// Every subscription's id, filter and start event id (for matching).
+    /// The id, filter and start event id of every subscription with a target (for
+    /// matching: nothing is queued for a store-only one).
     pub fn matchers(&self) -> Result<Vec<(i64, TopicFilter, u64)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT id, topic_filter, start_event_id FROM push_subscriptions ORDER BY id")
+            .prepare(
+                "SELECT id, topic_filter, start_event_id FROM push_subscriptions
+                 WHERE target_url != '' ORDER BY id",
+            )
             .map_err(err("read filters"))?;
         let rows = stmt
             .query_map([], |r| {
@@ -630,12 +709,13 @@ impl WebhookStore {
             .map_err(err("count subscriptions"))
     }
 
-    /// Where and how to deliver for one subscription; `None` once deleted.
+    /// Where and how to deliver for one subscription; `None` once deleted or store-only.
     pub fn target(&self, id: i64) -> Result<Option<Target>, StoreError> {
         self.conn()
             .query_row(
                 "SELECT target_url, target_retry, secret, database_hold_time_h, topic_filter,
-                 state, resume_after FROM push_subscriptions WHERE id = ?1",
+                 state, resume_after FROM push_subscriptions WHERE id = ?1
+                 AND target_url != ''",
                 [id],
                 |r| {
                     let overflowed = SubscriptionState::parse(&r.get::<_, String>(5)?)
@@ -919,7 +999,7 @@ mod tests {
     fn input(filter: &str, url: &str) -> SubscriptionInput {
         SubscriptionInput {
             topic_filter: Some(filter.into()),
-            target_url: Some(url.into()),
+            target_url: Some(Some(url.into())),
             ..Default::default()
         }
     }
@@ -994,13 +1074,85 @@ mod tests {
         assert_eq!(
             field(store.create(
                 SubscriptionInput {
-                    target_url: None,
+                    custom: Some(serde_json::Value::String("x".repeat(MAX_TEXT_FIELD))),
                     ..input("a", "http://h/")
                 },
                 0
             )),
-            "target_url"
+            "custom"
         );
+    }
+
+    #[test]
+    fn a_store_made_before_custom_gets_the_column_and_keeps_its_subscriptions() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(SCHEMA).expect("schema");
+        conn.execute_batch(
+            "ALTER TABLE push_subscriptions DROP COLUMN custom;
+             INSERT INTO push_subscriptions (topic_filter, description, target_url,
+                 target_retry, database_hold_time_h, time_created, time_updated,
+                 start_event_id) VALUES ('#', 'old', 'http://h/', 0, 24, 0, 0, 0);",
+        )
+        .expect("an older store");
+        let store = WebhookStore::with_connection(conn).expect("opens");
+        let old = store.get(1).expect("get").expect("kept");
+        assert_eq!(
+            (old.description.as_str(), &old.custom),
+            ("old", &serde_json::Value::Null)
+        );
+        let custom = SubscriptionInput {
+            custom: Some(serde_json::json!({"a": 1})),
+            ..Default::default()
+        };
+        let updated = store.update(1, custom).expect("update").expect("exists");
+        assert_eq!(updated.custom, serde_json::json!({"a": 1}));
+    }
+
+    #[test]
+    fn a_subscription_without_a_target_is_store_only_and_matches_nothing_to_deliver() {
+        let store = WebhookStore::open_in_memory().expect("store");
+        let custom = serde_json::json!({"app": ["a", 1]});
+        let only = store
+            .create(
+                SubscriptionInput {
+                    target_url: Some(None),
+                    custom: Some(custom.clone()),
+                    ..input("items/#", "http://h/")
+                },
+                0,
+            )
+            .expect("create");
+        assert_eq!((only.target_url.as_deref(), &only.custom), (None, &custom));
+        let delivered = store.create(input("#", "http://h/"), 0).expect("create");
+        let ids: Vec<i64> = store
+            .matchers()
+            .expect("matchers")
+            .iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(
+            ids,
+            [delivered.id],
+            "only a subscription with a target is matched"
+        );
+        assert!(store.target(only.id).expect("target").is_none());
+        // A target later: matched; none again: not.
+        let with_target = SubscriptionInput {
+            target_url: Some(Some("http://h/2".into())),
+            ..Default::default()
+        };
+        store.update(only.id, with_target).expect("update");
+        assert_eq!(store.matchers().expect("matchers").len(), 2);
+        let none = SubscriptionInput {
+            target_url: Some(None),
+            ..Default::default()
+        };
+        let updated = store
+            .update(only.id, none)
+            .expect("update")
+            .expect("exists");
+        assert_eq!((updated.target_url, updated.custom), (None, custom));
+        assert_eq!(store.matchers().expect("matchers").len(), 1);
     }
 
     const UNBOUNDED: Backlog = Backlog {

@@ -86,7 +86,7 @@ pub struct ApiIndex {
 }
 
 /// The collections of `GET /api`, in the order a newcomer meets them.
-const COLLECTIONS: [(&str, &str, &str); 10] = [
+const COLLECTIONS: [(&str, &str, &str); 12] = [
     (
         "spots",
         "/api/spots",
@@ -107,6 +107,16 @@ const COLLECTIONS: [(&str, &str, &str); 10] = [
         "events",
         "/api/events",
         "The derived events log (what /api/ws, /api/stream and webhooks push).",
+    ),
+    (
+        "itemlists",
+        "/api/sets/itemlists",
+        "Lists of items that applications keep (an item's `sets`).",
+    ),
+    (
+        "spotlists",
+        "/api/sets/spotlists",
+        "Lists of spots that applications keep.",
     ),
     (
         "subscriptions",
@@ -277,7 +287,10 @@ mod tests {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
         for c in &index.collections {
-            assert_eq!(c.href, format!("/api/{}", c.name));
+            assert_eq!(
+                c.href,
+                format!("/api/{}", crate::api::view::path_of(c.name))
+            );
         }
     }
 }

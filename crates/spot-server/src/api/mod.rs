@@ -88,15 +88,15 @@ fn no_collection(collection: &str) -> Response<Body> {
     )
 }
 
-/// `GET /api/{collection}`: a page of documents. With `timeout_s`, an empty page waits
-/// (awaiting the derived events of each commit, holding no thread) until a document
-/// matches or the time is up.
+/// `GET /api/{collection}` (`collection` is the path under `/api/`, [`view::path_of`]): a
+/// page of documents. With `timeout_s`, an empty page waits (awaiting the derived events of
+/// each commit, holding no thread) until a document matches or the time is up.
 pub async fn list<B>(req: &Request<B>, collection: &str, shared: &Context) -> Response<Body> {
     let (collection, format) = format_of(collection);
-    if crate::api::view::schema(collection).is_none() {
+    let Some(schema) = view::schema_at(collection) else {
         return no_collection(collection);
-    }
-    run_list(req, collection, format, None, shared).await
+    };
+    run_list(req, schema.name, format, None, shared).await
 }
 
 /// `GET /api/subscriptions/{id}/events`: the events log's events that the subscription's
@@ -231,9 +231,10 @@ pub fn get_one<B>(
     shared: &Context,
 ) -> Response<Body> {
     let (id, format) = format_of(id);
-    if crate::api::view::schema(collection).is_none() {
+    let Some(schema) = view::schema_at(collection) else {
         return no_collection(collection);
-    }
+    };
+    let collection = schema.name;
     let params = query_params(req);
     if let Some((name, _)) = params
         .iter()
@@ -330,10 +331,10 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (collection, _) = format_of(&collection);
-    let collection = collection.to_string();
-    let Some(schema) = view::schema(&collection) else {
-        return no_collection(&collection);
+    let Some(schema) = view::schema_at(collection) else {
+        return no_collection(collection);
     };
+    let collection = schema.name;
     let shape = Shape {
         base: base_url(&req),
         ..Shape::default()
@@ -348,15 +349,15 @@ where
     let body = match method {
         Write::Put => {
             let current = match shared.live_state() {
-                Ok(domain) => domain.get(&collection, &id),
+                Ok(domain) => domain.get(collection, &id),
                 Err(why) => return unavailable_state(&why),
             };
             match current {
                 // A collection that takes no PUT: the pipeline answers the 405.
                 Some(_) if schema.writable.is_empty() => body,
                 Some(mut current) => {
-                    shape.derive(&collection, &mut current);
-                    shape.derive_ids(&collection, &mut current);
+                    shape.derive(collection, &mut current);
+                    shape.derive_ids(collection, &mut current);
                     match settable(schema, &current, body) {
                         Ok(body) => body,
                         Err(refused) => return bad_field(&refused.field, &refused.message),
@@ -368,36 +369,50 @@ where
         }
         _ => body,
     };
+    let mut v = match commit_write(method, collection, id, body, shared).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    if let Ok(domain) = shared.live_state() {
+        let shape = Shape {
+            retention_ms: domain.events_retention_ms(),
+            ..shape
+        };
+        shape.apply(collection, &mut v);
+    }
+    if let Some(o) = v.as_object_mut() {
+        let resource = json!({"id": o.get("id"), "url": o.get("url")});
+        o.insert("resource".into(), resource);
+    }
+    let status = match method {
+        Write::Post => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    json_response(status, &v)
+}
+
+/// Hands a change to the pipeline; its answer after the commit, or the error response
+/// saying why it was not made.
+async fn commit_write(
+    method: Write,
+    collection: &str,
+    id: String,
+    body: Object,
+    shared: &Context,
+) -> Result<Value, Response<Body>> {
     let (reply, rx) = oneshot::channel();
     let msg = PipelineMsg::Put {
         method,
-        collection: collection.clone(),
+        collection: collection.to_string(),
         id,
         body,
         reply,
     };
     if shared.pipeline.send(msg).await.is_err() {
-        return unavailable();
+        return Err(unavailable());
     }
-    match rx.await {
-        Ok(Ok(mut v)) => {
-            if let Ok(domain) = shared.live_state() {
-                let shape = Shape {
-                    retention_ms: domain.events_retention_ms(),
-                    ..shape
-                };
-                shape.apply(&collection, &mut v);
-            }
-            if let Some(o) = v.as_object_mut() {
-                let resource = json!({"id": o.get("id"), "url": o.get("url")});
-                o.insert("resource".into(), resource);
-            }
-            let status = match method {
-                Write::Post => StatusCode::CREATED,
-                _ => StatusCode::OK,
-            };
-            json_response(status, &v)
-        }
+    Err(match rx.await {
+        Ok(Ok(v)) => return Ok(v),
         Ok(Err(e @ PutError::NotFound { .. })) => {
             error(StatusCode::NOT_FOUND, e.to_string(), Value::Null)
         }
@@ -406,11 +421,10 @@ where
         }
         Ok(Err(e @ PutError::MethodNotAllowed(_))) => {
             let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, e.to_string(), Value::Null);
-            let allowed = match (collection.as_str(), method) {
+            let allowed = match (collection, method) {
                 ("spots", _) => "GET, PUT",
                 ("locations" | "items", Write::Post) => "GET, POST",
                 ("locations" | "items", _) => "GET, PUT, DELETE",
-                (_, Write::Post) => "GET",
                 _ => "GET",
             };
             resp.headers_mut()
@@ -421,6 +435,65 @@ where
             bad_field(&field, &format!("field {field:?}: {reason}"))
         }
         Err(_) => unavailable(),
+    })
+}
+
+/// `GET /api/sets/{lists}/{id}/ids`: the ids of a list's items (or spots), in id order.
+pub fn list_members(collection: &str, id: &str, shared: &Context) -> Response<Body> {
+    let Some(schema) = view::schema_at(collection) else {
+        return no_collection(collection);
+    };
+    let members = match shared.live_state() {
+        Ok(domain) => domain.list_members(schema.name, id),
+        Err(why) => return unavailable_state(&why),
+    };
+    match members {
+        Some(ids) => json_response(StatusCode::OK, &Value::from(ids)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("{} {id:?} not found", schema.name),
+            Value::Null,
+        ),
+    }
+}
+
+/// `POST /api/sets/{lists}/{id}/ids` (a JSON array of item or spot ids: adds those not in
+/// the list yet) or `DELETE /api/sets/{lists}/{id}/ids/{member}` (removes one), answered
+/// after commit with the vendor's `{"status": 200, "total": <members>}`.
+pub async fn write_members<B>(
+    req: Request<B>,
+    collection: &str,
+    id: String,
+    member: Option<String>,
+    shared: &Context,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some(schema) = view::schema_at(collection) else {
+        return no_collection(collection);
+    };
+    let (method, body) = match member {
+        Some(member) => (Write::RemoveMember, json!({ "id": member })),
+        None => match json_value(req, shared.limits.max_api_body_bytes).await {
+            Ok(ids @ Value::Array(_)) => (Write::AddMembers, json!({ "ids": ids })),
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be a JSON array of ids",
+                    Value::Null,
+                )
+            }
+            Err(resp) => return resp,
+        },
+    };
+    let Value::Object(body) = body else {
+        return unavailable();
+    };
+    match commit_write(method, schema.name, id, body, shared).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(resp) => resp,
     }
 }
 
@@ -482,6 +555,23 @@ where
     B: hyper::body::Body<Data = bytes::Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    match json_value(req, limit).await? {
+        Value::Object(o) => Ok(o),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "body must be a JSON object",
+            Value::Null,
+        )),
+    }
+}
+
+/// The JSON value of a request body of at most `limit` bytes; otherwise the answer
+/// (`413`, `400`) saying what is wrong.
+async fn json_value<B>(req: Request<B>, limit: u64) -> Result<Value, Response<Body>>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let bytes = match Limited::new(req.into_body(), limit as usize)
         .collect()
         .await
@@ -503,12 +593,7 @@ where
         }
     };
     match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "body must be a JSON object",
-            Value::Null,
-        )),
+        Ok(v) => Ok(v),
         Err(e) => Err(error(
             StatusCode::BAD_REQUEST,
             format!("body is not JSON: {e}"),

@@ -72,6 +72,8 @@ fn matches(value: Option<&Value>, wanted: &str) -> bool {
             (Some(a), Ok(b)) => a == b,
             _ => n.to_string() == wanted,
         },
+        // An array matches when one of its values does (an item's `sets=<list id>`).
+        Some(Value::Array(values)) if values.iter().any(|v| matches(Some(v), wanted)) => true,
         Some(other) => serde_json::to_string(other).is_ok_and(|text| text == wanted),
     }
 }
@@ -274,11 +276,27 @@ impl Wanted {
         match self {
             Wanted::Exact(text) => matches(value, text),
             Wanted::Wildcard(re) => match value {
+                Some(Value::Array(values)) => values.iter().any(|v| self.matches(Some(v))),
                 Some(Value::String(s)) => re.is_match(s),
                 Some(Value::Number(n)) => re.is_match(&n.to_string()),
                 Some(Value::Bool(b)) => re.is_match(if *b { "true" } else { "false" }),
                 _ => false,
             },
+        }
+    }
+
+    /// `metadata=<text>`, the vendor's search of an object: whether any value inside it
+    /// contains the text (ignoring case), or matches the wildcard.
+    fn matches_inside(&self, value: Option<&Value>) -> bool {
+        match (value, self) {
+            (Some(Value::Object(o)), _) => o.values().any(|v| self.matches_inside(Some(v))),
+            (Some(Value::Array(a)), _) => a.iter().any(|v| self.matches_inside(Some(v))),
+            (None | Some(Value::Null), _) => false,
+            (Some(Value::String(s)), Wanted::Exact(text)) => {
+                s.to_lowercase().contains(&text.to_lowercase())
+            }
+            (Some(v), Wanted::Exact(text)) => v.to_string().contains(text.as_str()),
+            (Some(v), Wanted::Wildcard(_)) => self.matches(Some(v)),
         }
     }
 }
@@ -674,7 +692,10 @@ impl Query {
         let passes = |fields: &Value| {
             self.filters
                 .iter()
-                .all(|(name, wanted)| wanted.matches(field(fields, name)))
+                .all(|(name, wanted)| match name.as_str() {
+                    "metadata" => wanted.matches_inside(field(fields, name)),
+                    _ => wanted.matches(field(fields, name)),
+                })
                 && self
                     .text
                     .as_ref()
@@ -1041,7 +1062,7 @@ mod tests {
 
         use super::params;
         use crate::api::query::Query;
-        use crate::domain::{conversions, Domain, DomainConfig};
+        use crate::domain::{conversions, Domain, DomainConfig, Write};
         use crate::ids::Id;
 
         const T0: i64 = 1_700_000_000_000;
@@ -1175,6 +1196,30 @@ mod tests {
                 d.apply_event(&serial, &event, now);
                 d.end_stream(&serial, now, false);
             }
+            // Lists of items and spots, the first item in two of them.
+            let items: Vec<String> = d.collection("items").unwrap()[..2]
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect();
+            let mut first_list = String::new();
+            for (collection, members) in [
+                ("itemlists", json!([items[0]])),
+                ("itemlists", json!(items)),
+                ("spotlists", json!(["100", "101"])),
+                ("spotlists", json!([])),
+            ] {
+                let list = d
+                    .write(Write::Post, collection, "", &Default::default(), T0 + 200)
+                    .unwrap();
+                let id = list["id"].as_str().unwrap().to_string();
+                let ids = json!({ "ids": members });
+                let ids = ids.as_object().unwrap();
+                d.write(Write::AddMembers, collection, &id, ids, T0 + 201)
+                    .unwrap();
+                if first_list.is_empty() {
+                    first_list = id;
+                }
+            }
             let domain = RwLock::new(d);
             for collection in crate::api::view::SCHEMAS.map(|s| s.name) {
                 let every = domain.read().unwrap().collection(collection).unwrap();
@@ -1198,6 +1243,8 @@ mod tests {
                     "sort=topic,-id&limit=4&skip=1".into(),
                     "sort=-location&populate=location&limit=3".into(),
                     "id_only=true&results_only=true&sort=time_updated".into(),
+                    format!("sets={first_list}&sort=code_hex"),
+                    "sort=-total,label&limit=3".into(),
                 ] {
                     let Ok(query) = Query::parse(collection, &params(&q)) else {
                         continue;

@@ -130,7 +130,7 @@ const LOCATIONS: Schema = Schema {
     ],
     derived: &[f("url", Text), f("metadata", Object)],
     text: &["label"],
-    writable: &["label", "custom"],
+    writable: &["label", "custom", "metadata"],
     live: &["time_updated"],
     unsupported: &[],
 };
@@ -161,7 +161,7 @@ const ITEMS: Schema = Schema {
         f("metadata", Object),
     ],
     text: &["code_hex", "label"],
-    writable: &["label", "custom"],
+    writable: &["label", "custom", "metadata"],
     live: &[
         "is_present",
         "location",
@@ -170,6 +170,7 @@ const ITEMS: Schema = Schema {
         "move_count",
         "time_moved",
         "time_updated",
+        "sets",
     ],
     unsupported: &[(
         "time_last_present",
@@ -228,12 +229,61 @@ const EVENTS: Schema = Schema {
     unsupported: &[],
 };
 
+/// The fields of the item lists and spot lists of `sets` (one shape: the members are at
+/// `…/{id}/ids`).
+const LIST_FIELDS: &[Field] = &[
+    f("id", Id),
+    f("label", Text),
+    f("custom", Object),
+    f("metadata", Object),
+    f("total", Number),
+    f("sha1", Text),
+    f("time_created", Time),
+    f("time_updated", Time),
+];
+
+/// The fields the view adds to a list: `list` is where its members are.
+const LIST_DERIVED: &[Field] = &[f("url", Text), f("list", Text)];
+
+/// The schema of the item lists or the spot lists.
+const fn member_lists(name: &'static str) -> Schema {
+    Schema {
+        name,
+        stored: LIST_FIELDS,
+        derived: LIST_DERIVED,
+        text: &["label"],
+        writable: &["label", "custom", "metadata"],
+        live: &["total", "sha1", "time_updated"],
+        unsupported: &[],
+    }
+}
+
+const ITEMLISTS: Schema = member_lists("itemlists");
+
+const SPOTLISTS: Schema = member_lists("spotlists");
+
 /// The collections of the REST API, each with its schema.
-pub const SCHEMAS: [&Schema; 5] = [&SPOTS, &LOCATIONS, &ITEMS, &PRESENCES, &EVENTS];
+pub const SCHEMAS: [&Schema; 7] = [
+    &SPOTS, &LOCATIONS, &ITEMS, &PRESENCES, &EVENTS, &ITEMLISTS, &SPOTLISTS,
+];
 
 /// The schema of `collection`, if it is one.
 pub fn schema(collection: &str) -> Option<&'static Schema> {
     SCHEMAS.iter().copied().find(|s| s.name == collection)
+}
+
+/// Where a collection is served, under `/api/`: its name, but `sets/<name>` for the item
+/// and spot lists (the vendor's paths).
+pub fn path_of(collection: &str) -> String {
+    match collection {
+        "itemlists" | "spotlists" => format!("sets/{collection}"),
+        other => other.to_string(),
+    }
+}
+
+/// The schema of the collection served at `/api/<path>` (see [`path_of`]), if any.
+pub fn schema_at(path: &str) -> Option<&'static Schema> {
+    SCHEMAS.iter().copied().find(|s| path_of(s.name) == path)
 }
 
 /// The parts of an event's topic as the vendor's API has them (`topic.*` filters).
@@ -342,7 +392,7 @@ pub fn topic_object(topic: &str, base: Option<&str>) -> Value {
     if let (Some(base), Some(id)) = (base, resource_id) {
         o.insert(
             "resource_url".into(),
-            format!("{base}/api/{resource_type}/{id}").into(),
+            format!("{base}/api/{}/{id}", path_of(resource_type)).into(),
         );
     }
     o.insert("action".into(), action.into());
@@ -383,10 +433,11 @@ impl Shape {
         };
         let id = o.get("id").and_then(Value::as_str).map(str::to_string);
         if let (Some(id), false) = (&id, self.id_only) {
-            o.insert(
-                "url".into(),
-                format!("{}/api/{collection}/{id}", self.base).into(),
-            );
+            let url = format!("{}/api/{}/{id}", self.base, path_of(collection));
+            if matches!(collection, "itemlists" | "spotlists") {
+                o.insert("list".into(), format!("{url}/ids").into());
+            }
+            o.insert("url".into(), url.into());
         }
         for (field, target) in crate::api::query::references(collection) {
             let Some(reference) = o.get_mut(*field) else {
@@ -545,6 +596,11 @@ mod tests {
         };
         let event = Event::new(EventKind::Presence(Action::Create, presence));
         d.apply_event("7", &event, T0 + 1);
+        for lists in ["itemlists", "spotlists"] {
+            let none = Default::default();
+            d.write(crate::domain::Write::Post, lists, "", &none, T0 + 2)
+                .unwrap();
+        }
         let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
         for schema in SCHEMAS {
             let rows = d

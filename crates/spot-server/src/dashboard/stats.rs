@@ -44,7 +44,7 @@ pub fn overview(domain: &Domain) -> Value {
     let (items, present) = (Cell::new(0usize), Cell::new(0usize));
     let per_location: RefCell<HashMap<Id, usize>> = RefCell::default();
     walk(domain, "items", &|row| {
-        if let Row::Item(item) = row {
+        if let Row::Item(item, _) = row {
             items.set(items.get() + 1);
             if item.is_present {
                 present.set(present.get() + 1);
@@ -57,7 +57,7 @@ pub fn overview(domain: &Domain) -> Value {
     let per_location = per_location.into_inner();
     let locations: RefCell<Vec<(usize, Id, String)>> = RefCell::default();
     walk(domain, "locations", &|row| {
-        if let Row::Location(location) = row {
+        if let Row::Location(location, _) = row {
             let count = per_location.get(&location.id).copied().unwrap_or(0);
             locations
                 .borrow_mut()
@@ -90,7 +90,7 @@ pub fn search_items(domain: &Domain, text: &str, limit: usize) -> Value {
     // Each row is looked at once; at most `limit` present and `limit` absent ones are kept.
     let absent: RefCell<Vec<Row>> = RefCell::default();
     walk(domain, "items", &|row| {
-        let Row::Item(item) = row else { return };
+        let Row::Item(item, _) = row else { return };
         let code = item.code_hex.len() >= wanted.len()
             && item.code_hex[..wanted.len()].eq_ignore_ascii_case(&wanted);
         let label = || {
@@ -152,7 +152,7 @@ mod tests {
             ALL,
             false,
             usize::MAX,
-            &|r| matches!(r, Row::Item(i) if &*i.code_hex == "ccdd03"),
+            &|r| matches!(r, Row::Item(i, _) if &*i.code_hex == "ccdd03"),
         );
         let id = item.unwrap()[0].id().hex();
         let mut label = spot_protocol::Object::new();

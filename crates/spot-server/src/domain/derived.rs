@@ -182,6 +182,9 @@ impl Domain {
             Table::Locations => write(&mut doc, self.locations.get(row)),
             Table::Items => write(&mut doc, self.items.get(row)),
             Table::Presences => write(&mut doc, self.presences.get(row)),
+            Table::ItemLists => write(&mut doc, self.item_lists.get(row)),
+            Table::SpotLists => write(&mut doc, self.spot_lists.get(row)),
+            Table::Metadata => write(&mut doc, self.metadata.get(row)),
         }
         self.log_end(id, now, doc);
     }

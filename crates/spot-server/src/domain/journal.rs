@@ -7,7 +7,7 @@ use std::sync::Arc;
 use spot_protocol::{Decoder, Encoder, Encoding, Event, Limits};
 
 use super::json::WriteJson;
-use super::{Domain, Item, Location, PresenceResource, Spot, Table};
+use super::{Domain, Item, ListKind, Location, MemberList, PresenceResource, Spot, Table};
 use crate::ids::Id;
 
 /// One upstream event, as received and journaled.
@@ -104,6 +104,10 @@ pub enum RowDoc {
     Item(Arc<Item>),
     /// A presence.
     Presence(Arc<PresenceResource>),
+    /// An item list or a spot list.
+    List(Arc<MemberList>),
+    /// The metadata of an item or location.
+    Metadata(Arc<spot_protocol::Object>),
 }
 
 impl RowDoc {
@@ -122,6 +126,8 @@ impl RowDoc {
             RowDoc::Location(r) => r.write_json(doc),
             RowDoc::Item(r) => r.write_json(doc),
             RowDoc::Presence(r) => r.write_json(doc),
+            RowDoc::List(r) => r.write_json(doc),
+            RowDoc::Metadata(r) => r.write_json(doc),
         }
     }
 }
@@ -213,6 +219,18 @@ impl Domain {
                 }
                 Table::Items => self.load_item(serde_json::from_str(&doc).map_err(bad)?),
                 Table::Presences => self.load_presence(serde_json::from_str(&doc).map_err(bad)?),
+                Table::ItemLists => {
+                    self.load_list(ListKind::Items, serde_json::from_str(&doc).map_err(bad)?)
+                }
+                Table::SpotLists => {
+                    self.load_list(ListKind::Spots, serde_json::from_str(&doc).map_err(bad)?)
+                }
+                Table::Metadata => {
+                    let metadata = serde_json::from_str(&doc).map_err(bad)?;
+                    if let Some(id) = Id::parse(&id) {
+                        self.load_metadata(id, metadata);
+                    }
+                }
             }
         }
         Ok(())

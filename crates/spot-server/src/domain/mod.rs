@@ -29,7 +29,8 @@
 //! online/offline, sequence dedupe, pending commands), `items` (the item index), `presences`
 //! (presence apply / withdraw / merge and where an item is), `derived` (§7 topics and the
 //! derived events log), `journal` (journal entries, changes, load and replay), `views` (REST
-//! reads and `PUT`s), `json` (the hand-written JSON writers of the hot documents).
+//! reads and `PUT`s), `sets` (item lists and spot lists), `metadata` (of items and
+//! locations), `json` (the hand-written JSON writers of the hot documents).
 
 use std::collections::VecDeque;
 
@@ -46,10 +47,12 @@ mod derived;
 mod items;
 mod journal;
 mod json;
+mod metadata;
 mod model;
 #[cfg(test)]
 mod model_check;
 mod presences;
+mod sets;
 mod spots;
 #[cfg(test)]
 mod testing;
@@ -65,9 +68,10 @@ pub use journal::{
 };
 pub use model::{Item, Location, NamedProximity, PresenceResource, Reporters, Spot, Table};
 use presences::ItemPresences;
+pub use sets::{ListKind, MemberList};
 #[cfg(test)]
 pub(crate) use views::conversions;
-pub use views::{PutError, Row, Write};
+pub use views::{Extras, PutError, Row, Write};
 
 /// Settings of the domain.
 #[derive(Debug, Clone)]
@@ -85,6 +89,9 @@ pub struct DomainConfig {
     /// that would take the config past this is not merged (the event is still stored and
     /// acknowledged) and a warning says so; a `config create` replaces the config whole.
     pub spot_config_max_bytes: usize,
+    /// Most members an item list or a spot list holds (default 100,000): a list is one row,
+    /// written whole with each change of it; adding past this is refused (`409`).
+    pub list_max_members: usize,
 }
 
 impl Default for DomainConfig {
@@ -94,6 +101,7 @@ impl Default for DomainConfig {
             events_retention_ms: 24 * 3600 * 1000,
             events_max_in_memory: 100_000,
             spot_config_max_bytes: 64 * 1024,
+            list_max_members: 100_000,
         }
     }
 }
@@ -129,6 +137,14 @@ pub struct Domain {
     /// Item id → its presences, one per location (see [`ItemPresences`]).
     presences_of_item: HashMap<Id, ItemPresences>,
     events: VecDeque<DerivedEventDoc>,
+    /// Item lists (`sets/itemlists`, see `sets`).
+    item_lists: IdMap<MemberList>,
+    /// Spot lists (`sets/spotlists`).
+    spot_lists: IdMap<MemberList>,
+    /// Item id → the item lists it is in, in id order (items in none have no entry).
+    sets_of_item: HashMap<Id, std::sync::Arc<[Id]>>,
+    /// Item or location id → its `metadata` (those with none have no entry).
+    metadata: IdMap<spot_protocol::Object>,
     /// Rows changed since the last flush: table and id.
     dirty: HashSet<(Table, Id)>,
     /// Rows deleted since the last flush.
@@ -158,6 +174,10 @@ impl Domain {
             presences: IdMap::new(),
             presences_of_item: HashMap::default(),
             events: VecDeque::new(),
+            item_lists: IdMap::new(),
+            spot_lists: IdMap::new(),
+            sets_of_item: HashMap::default(),
+            metadata: IdMap::new(),
             dirty: HashSet::default(),
             deleted: HashSet::default(),
             journal: Vec::new(),
@@ -334,6 +354,9 @@ impl Domain {
                 Table::Locations => self.locations.get_shared(id).map(RowDoc::Location),
                 Table::Items => self.items.get_shared(id).map(RowDoc::Item),
                 Table::Presences => self.presences.get_shared(id).map(RowDoc::Presence),
+                Table::ItemLists => self.item_lists.get_shared(id).map(RowDoc::List),
+                Table::SpotLists => self.spot_lists.get_shared(id).map(RowDoc::List),
+                Table::Metadata => self.metadata.get_shared(id).map(RowDoc::Metadata),
             };
             if let Some(doc) = doc {
                 changes.upserts.push((table, id, doc));

@@ -1,6 +1,6 @@
 //! The resources of spec §7 — [`Spot`], [`Location`], [`Item`], [`PresenceResource`] — and
 //! their serde shapes (times as ISO 8601 text, proximities by name), and the [`Table`] of
-//! each kind of resource.
+//! each kind of resource (the item and spot lists of `sets` are in `sets`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -321,15 +321,25 @@ pub enum Table {
     Items,
     /// Presences.
     Presences,
+    /// Item lists (the vendor's `sets/itemlists`).
+    ItemLists,
+    /// Spot lists (the vendor's `sets/spotlists`).
+    SpotLists,
+    /// The `metadata` of items and locations, by their id (see `metadata`).
+    Metadata,
 }
 
 impl Table {
-    /// All tables, in load order.
-    pub const ALL: [Table; 4] = [
+    /// All tables, in load order. A table's index here is its tag in stored rows (see
+    /// `store::checkpoint`): new tables go at the end.
+    pub const ALL: [Table; 7] = [
         Table::Spots,
         Table::Locations,
         Table::Items,
         Table::Presences,
+        Table::ItemLists,
+        Table::SpotLists,
+        Table::Metadata,
     ];
 
     /// SQL table name.
@@ -339,6 +349,9 @@ impl Table {
             Table::Locations => "locations",
             Table::Items => "items",
             Table::Presences => "presences",
+            Table::ItemLists => "item_lists",
+            Table::SpotLists => "spot_lists",
+            Table::Metadata => "metadata",
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use spot_protocol::Object;
 
 use super::derived::Topic;
-use super::{topics, Domain, Item, Location, PresenceResource, Spot, Table};
+use super::{topics, Domain, Item, ListKind, Location, MemberList, PresenceResource, Spot, Table};
 use crate::ids::Id;
 
 /// A REST change that cannot be made.
@@ -51,8 +51,12 @@ pub enum Write {
     Put,
     /// `POST /api/<collection>`: creates a location or an item.
     Post,
-    /// `DELETE /api/<collection>/<id>`: deletes a location or an item.
+    /// `DELETE /api/<collection>/<id>`: deletes a location, an item or a list.
     Delete,
+    /// `POST /api/sets/<lists>/<id>/ids`: adds members to an item or spot list.
+    AddMembers,
+    /// `DELETE /api/sets/<lists>/<id>/ids/<member>`: removes a member from a list.
+    RemoveMember,
 }
 
 impl Write {
@@ -60,8 +64,8 @@ impl Write {
     pub fn method(self) -> &'static str {
         match self {
             Write::Put => "PUT",
-            Write::Post => "POST",
-            Write::Delete => "DELETE",
+            Write::Post | Write::AddMembers => "POST",
+            Write::Delete | Write::RemoveMember => "DELETE",
         }
     }
 }
@@ -80,8 +84,8 @@ fn code_type_of(technology: &str) -> &str {
 impl Domain {
     /// A change through the API: `PUT` ([`Domain::put`]), `POST` (creates a location or an
     /// item; `id` is not used) or `DELETE` (of a location no spot reports to and no presence
-    /// is at, or of an item that is not present). Returns the resource as it is now (as it
-    /// was, for a `DELETE`).
+    /// is at, or of an item that is not present); of an item or spot list, any [`Write`]
+    /// (`sets`). Returns the resource as it is now (as it was, for a `DELETE`).
     pub fn write(
         &mut self,
         method: Write,
@@ -90,15 +94,26 @@ impl Domain {
         body: &Object,
         now: i64,
     ) -> Result<Value, PutError> {
+        if let Some(kind) = ListKind::of(collection) {
+            return self.write_list(kind, method, id, body, now);
+        }
         match method {
             Write::Put => self.put(collection, id, body, now),
             Write::Post => self.create(collection, body, now),
             Write::Delete => self.delete(collection, id, now),
+            Write::AddMembers | Write::RemoveMember => {
+                Err(PutError::MethodNotAllowed(collection.to_string()))
+            }
         }
     }
 
     /// Logs the API change `action` of a resource with its document as the data.
-    fn log_api_change(&mut self, change: (&str, Id, &str, Write), doc: &Value, now: i64) {
+    pub(super) fn log_api_change(
+        &mut self,
+        change: (&str, Id, &str, Write),
+        doc: &Value,
+        now: i64,
+    ) {
         let (collection, id, action, method) = change;
         let topic = topics::api_change(collection, id, action, method.method());
         if let Some((event_id, mut text)) = self.log_start(&Topic::Text(&topic), None, now) {
@@ -122,8 +137,15 @@ impl Domain {
             }
         };
         let allowed: &[&str] = match collection {
-            "locations" => &["label", "custom"],
-            "items" => &["code_hex", "technology", "code_type", "label", "custom"],
+            "locations" => &["label", "custom", "metadata"],
+            "items" => &[
+                "code_hex",
+                "technology",
+                "code_type",
+                "label",
+                "custom",
+                "metadata",
+            ],
             _ => return Err(PutError::MethodNotAllowed(collection.to_string())),
         };
         if let Some(field) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -134,6 +156,9 @@ impl Domain {
                     allowed.join(", ")
                 ),
             ));
+        }
+        if let Some(metadata) = body.get("metadata") {
+            Self::check_metadata(metadata)?;
         }
         let (table, id) = if collection == "locations" {
             let label = text("label")?.unwrap_or_default().to_string();
@@ -171,6 +196,9 @@ impl Domain {
             }
             (Table::Items, id)
         };
+        if let Some(metadata) = body.get("metadata") {
+            self.set_metadata(id, metadata);
+        }
         self.dirty.insert((table, id));
         self.must_flush = true;
         let value = self.get(collection, &id.hex()).unwrap_or(Value::Null);
@@ -232,8 +260,10 @@ impl Domain {
                 self.unindex_item(real_id);
                 self.items.remove(real_id);
                 self.presences_of_item.remove(&real_id);
+                self.leave_lists(real_id, now);
             }
         }
+        self.drop_metadata(real_id);
         self.dirty.remove(&(table, real_id));
         self.deleted.insert((table, real_id));
         self.must_flush = true;
@@ -305,29 +335,39 @@ impl Domain {
                         "custom" => {}
                         "label" if v.is_string() || v.is_null() => {}
                         "label" => return Err(bad(k, "must be a string or null")),
+                        "metadata" => Self::check_metadata(v)?,
                         _ => return Err(bad(k, "cannot be set")),
                     }
                 }
                 let real_id = Id::parse(id).ok_or_else(not_found)?;
+                let metadata = body.get("metadata");
                 if collection == "locations" {
                     let l = self.locations.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => l.label = v.as_str().unwrap_or_default().to_string(),
-                            _ => l.custom = v.clone(),
+                            "custom" => l.custom = v.clone(),
+                            _ => {}
                         }
                     }
                     l.time_updated = now;
+                    if let Some(metadata) = metadata {
+                        self.set_metadata(real_id, metadata);
+                    }
                     (Table::Locations, real_id)
                 } else {
                     let i = self.items.get_mut(real_id).ok_or_else(not_found)?;
                     for (k, v) in body {
                         match k.as_str() {
                             "label" => i.label = boxed(v),
-                            _ => i.custom = boxed(v),
+                            "custom" => i.custom = boxed(v),
+                            _ => {}
                         }
                     }
                     i.time_updated = now;
+                    if let Some(metadata) = metadata {
+                        self.set_metadata(real_id, metadata);
+                    }
                     (Table::Items, real_id)
                 }
             }
@@ -421,17 +461,22 @@ impl Domain {
                 keep,
             ),
             "locations" => pick(
-                self.locations.range(ids).cloned().map(Row::Location),
+                self.locations.range(ids).map(|l| self.location_row(l)),
                 newest_first,
                 take,
                 keep,
             ),
             "items" => pick(
-                self.items.range(ids).cloned().map(Row::Item),
+                self.items.range(ids).map(|i| self.item_row(i)),
                 newest_first,
                 take,
                 keep,
             ),
+            "itemlists" | "spotlists" => {
+                let kind = ListKind::of(collection)?;
+                let lists = self.lists(kind).range(ids).cloned().map(Row::List);
+                pick(lists, newest_first, take, keep)
+            }
             "presences" => pick(
                 self.presences.range(ids).cloned().map(Row::Presence),
                 newest_first,
@@ -481,12 +526,17 @@ impl Domain {
             "locations" => self
                 .locations
                 .range(ids)
-                .filter(|r| keep(&Row::Location(Arc::clone(r))))
+                .filter(|r| keep(&self.location_row(r)))
                 .count(),
             "items" => self
                 .items
                 .range(ids)
-                .filter(|r| keep(&Row::Item(Arc::clone(r))))
+                .filter(|r| keep(&self.item_row(r)))
+                .count(),
+            "itemlists" | "spotlists" => self
+                .lists(ListKind::of(collection)?)
+                .range(ids)
+                .filter(|r| keep(&Row::List(Arc::clone(r))))
                 .count(),
             "presences" => self
                 .presences
@@ -496,6 +546,24 @@ impl Domain {
             "events" => self.rows(collection, ids, false, usize::MAX, keep)?.len(),
             _ => return None,
         })
+    }
+
+    /// The row of an item, with the item lists it is in and its metadata.
+    fn item_row(&self, item: &Arc<Item>) -> Row {
+        let extras = Extras {
+            sets: self.sets_of_item(item.id),
+            metadata: self.metadata_of(item.id),
+        };
+        Row::Item(Arc::clone(item), extras)
+    }
+
+    /// The row of a location, with its metadata.
+    fn location_row(&self, location: &Arc<Location>) -> Row {
+        let extras = Extras {
+            sets: None,
+            metadata: self.metadata_of(location.id),
+        };
+        Row::Location(Arc::clone(location), extras)
     }
 
     /// How long the events log keeps an event (ms): an event's `time_expire`.
@@ -520,10 +588,13 @@ impl Domain {
                 .map(Row::Spot),
             "locations" => Id::parse(id)
                 .and_then(|id| self.locations.get_shared(id))
-                .map(Row::Location),
+                .map(|l| self.location_row(&l)),
             "items" => Id::parse(id)
                 .and_then(|id| self.items.get_shared(id))
-                .map(Row::Item),
+                .map(|i| self.item_row(&i)),
+            "itemlists" | "spotlists" => Id::parse(id)
+                .and_then(|id| self.lists(ListKind::of(collection)?).get_shared(id))
+                .map(Row::List),
             "presences" => Id::parse(id)
                 .and_then(|id| self.presences.get_shared(id))
                 .map(Row::Presence),
@@ -541,17 +612,30 @@ impl Domain {
     }
 }
 
+/// What the REST view of an item or a location shows beside its own row: the item lists it
+/// is in (`sets`) and its `metadata`, each `None` when it has none (kept by the domain apart
+/// from the resource: see `sets` and `metadata`).
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The item lists an item is in.
+    pub sets: Option<Arc<[Id]>>,
+    /// Its metadata.
+    pub metadata: Option<Arc<Object>>,
+}
+
 /// A resource of a REST list, shared with the domain: what [`Domain::rows`] hands out.
 #[derive(Debug, Clone)]
 pub enum Row {
     /// A spot.
     Spot(Arc<Spot>),
-    /// A location.
-    Location(Arc<Location>),
-    /// An item.
-    Item(Arc<Item>),
+    /// A location, and its metadata.
+    Location(Arc<Location>, Extras),
+    /// An item, the item lists it is in and its metadata.
+    Item(Arc<Item>, Extras),
     /// A presence.
     Presence(Arc<PresenceResource>),
+    /// An item list or a spot list.
+    List(Arc<MemberList>),
     /// A derived event: its id, its server time and its document (a [`super::LogEvent`]).
     Event {
         /// The event's id.
@@ -581,9 +665,10 @@ impl Row {
     pub fn id(&self) -> Id {
         match self {
             Row::Spot(r) => r.id,
-            Row::Location(r) => r.id,
-            Row::Item(r) => r.id,
+            Row::Location(r, _) => r.id,
+            Row::Item(r, _) => r.id,
             Row::Presence(r) => r.id,
+            Row::List(r) => r.id,
             Row::Event { id, .. } => *id,
         }
     }
@@ -592,9 +677,10 @@ impl Row {
     pub fn time_created(&self) -> i64 {
         match self {
             Row::Spot(r) => r.time_created,
-            Row::Location(r) => r.time_created,
-            Row::Item(r) => r.time_created,
+            Row::Location(r, _) => r.time_created,
+            Row::Item(r, _) => r.time_created,
             Row::Presence(r) => r.time_created,
+            Row::List(r) => r.time_created,
             Row::Event { time_created, .. } => *time_created,
         }
     }
@@ -604,9 +690,12 @@ impl Row {
         count_conversion();
         match self {
             Row::Spot(r) => serde_json::to_value(&**r).ok(),
-            Row::Location(r) => serde_json::to_value(&**r).ok(),
-            Row::Item(r) => serde_json::to_value(&**r).ok(),
+            Row::Location(r, extras) => {
+                with_extras(serde_json::to_value(&**r).ok(), extras, &|_| true)
+            }
+            Row::Item(r, extras) => with_extras(serde_json::to_value(&**r).ok(), extras, &|_| true),
             Row::Presence(r) => serde_json::to_value(&**r).ok(),
+            Row::List(r) => serde_json::to_value(r.doc()).ok(),
             Row::Event { doc, .. } => serde_json::from_str(doc).ok(),
         }
     }
@@ -635,11 +724,29 @@ impl Row {
             }
             Row::Event { .. } => self.value(),
             Row::Spot(r) => picked(&**r, &named),
-            Row::Location(r) => picked(&**r, &named),
-            Row::Item(r) => picked(&**r, &named),
+            Row::Location(r, extras) => with_extras(picked(&**r, &named), extras, &named),
+            Row::Item(r, extras) => with_extras(picked(&**r, &named), extras, &named),
             Row::Presence(r) => picked(&**r, &named),
+            Row::List(r) => picked(&r.doc(), &named),
         }
     }
+}
+
+/// A document with its [`Extras`] that `named` names: `sets` (the item lists an item is in)
+/// and `metadata`, where it has any (the REST view shows `[]` and `{}` otherwise).
+fn with_extras(doc: Option<Value>, extras: &Extras, named: &dyn Fn(&str) -> bool) -> Option<Value> {
+    let mut doc = doc?;
+    let Some(o) = doc.as_object_mut() else {
+        return Some(doc);
+    };
+    if let Some(sets) = extras.sets.as_deref().filter(|_| named("sets")) {
+        let ids = sets.iter().map(|id| Value::String(id.text())).collect();
+        o.insert("sets".into(), Value::Array(ids));
+    }
+    if let Some(metadata) = extras.metadata.as_deref().filter(|_| named("metadata")) {
+        o.insert("metadata".into(), Value::Object(metadata.clone()));
+    }
+    Some(doc)
 }
 
 /// The fields of a resource that `named` names, as a JSON object: the others are skipped

@@ -290,6 +290,28 @@ mod tests {
             (Method::GET, "/api/stream", Need::Key(Role::Read)),
             (Method::PUT, "/api/spots/1", Need::Key(Role::Write)),
             (Method::POST, "/api/spots", Need::Key(Role::Write)),
+            (Method::GET, "/api/sets/itemlists", Need::Key(Role::Read)),
+            (
+                Method::GET,
+                "/api/sets/spotlists/abc/ids",
+                Need::Key(Role::Read),
+            ),
+            (Method::POST, "/api/sets/itemlists", Need::Key(Role::Write)),
+            (
+                Method::PUT,
+                "/api/sets/itemlists/abc",
+                Need::Key(Role::Write),
+            ),
+            (
+                Method::POST,
+                "/api/sets/itemlists/abc/ids",
+                Need::Key(Role::Write),
+            ),
+            (
+                Method::DELETE,
+                "/api/sets/spotlists/abc/ids/1",
+                Need::Key(Role::Write),
+            ),
             (Method::GET, "/api/keys", Need::Key(Role::Admin)),
             (Method::DELETE, "/api/keys/abc", Need::Key(Role::Admin)),
             (Method::GET, "/api/subscriptions", Need::Key(Role::Admin)),

@@ -44,6 +44,7 @@ const SCHEMES: [&str; 3] = ["api_key", "key_query", "bearer"];
         (name = "health", description = "Liveness, readiness, metrics"),
         (name = "ingest", description = "Spots' event streams"),
         (name = "resources", description = "The live state"),
+        (name = "sets", description = "Item lists and spot lists that applications keep"),
         (name = "access", description = "API keys and spot enrolment"),
         (name = "push", description = "Derived events to applications (docs/push.md)"),
     )

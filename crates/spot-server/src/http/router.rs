@@ -76,6 +76,10 @@ pub fn routes() -> OpenApiRouter<Arc<Context>> {
         .routes(allow(routes!(list_spots, enrol)))
         .routes(allow(routes!(list, create)))
         .routes(allow(routes!(get_one, put, delete)))
+        .routes(allow(routes!(list_sets, create_set)))
+        .routes(allow(routes!(get_set, put_set, delete_set)))
+        .routes(allow(routes!(set_members, add_set_members)))
+        .routes(allow(routes!(remove_set_member)))
         .routes(allow(routes!(ws)))
         .routes(allow(routes!(stream)))
         .routes(allow(routes!(list_subscriptions, create_subscription)))
@@ -385,6 +389,144 @@ async fn delete(
     full(api::write(req, Write::Delete, collection, id, &ctx).await)
 }
 
+/// The item lists or the spot lists (the vendor's `sets`), as `GET /api/{collection}`:
+/// `label`, `custom`, `metadata`, `total` (members), `sha1` (of the members), `list` (where
+/// the members are).
+#[utoipa::path(get, path = "/api/sets/{lists}", tag = "sets",
+    params(("lists" = String, Path,
+        description = "itemlists or spotlists; `.json` or `.csv` after it for the format"),
+        ListParams),
+    responses(
+        (status = 200, description = "A page of lists, as GET /api/{collection} answers"),
+        (status = 400, description = "A bad parameter", body = openapi::ErrorBody),
+        (status = 404, description = "Neither itemlists nor spotlists", body = openapi::ErrorBody)))]
+async fn list_sets(State(ctx): Ctx, Path(lists): Path<String>, req: Request) -> Response {
+    let head = hyper::Request::from_parts(req.into_parts().0, ());
+    full(api::list(&head, &format!("sets/{lists}"), &ctx).await)
+}
+
+/// Creates an item list or a spot list (`label`, `custom`, `metadata`); answered after
+/// commit. Its members are added at `…/{id}/ids`.
+#[utoipa::path(post, path = "/api/sets/{lists}", tag = "sets",
+    params(("lists" = String, Path, description = "itemlists or spotlists")),
+    request_body(content = Object, description = "label, custom, metadata"),
+    responses(
+        (status = 201, description = "The new list (with `resource`: its id and url)"),
+        (status = 400, description = "A field that cannot be set", body = openapi::ErrorBody)))]
+async fn create_set(State(ctx): Ctx, Path(lists): Path<String>, req: Request) -> Response {
+    full(
+        api::write(
+            req,
+            Write::Post,
+            format!("sets/{lists}"),
+            String::new(),
+            &ctx,
+        )
+        .await,
+    )
+}
+
+/// One item list or spot list (`?select=`, `id_only` as on the collection).
+#[utoipa::path(get, path = "/api/sets/{lists}/{id}", tag = "sets",
+    params(
+        ("lists" = String, Path, description = "itemlists or spotlists"),
+        ("id" = String, Path, description = "The list's id")),
+    responses(
+        (status = 200, description = "The list"),
+        (status = 404, description = "No such list", body = openapi::ErrorBody)))]
+async fn get_set(
+    State(ctx): Ctx,
+    Path((lists, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::get_one(&req, &format!("sets/{lists}"), &id, &ctx))
+}
+
+/// Changes a list's `label`, `custom` and `metadata` (a document as GET answered it is
+/// taken); answered after commit.
+#[utoipa::path(put, path = "/api/sets/{lists}/{id}", tag = "sets",
+    params(
+        ("lists" = String, Path, description = "itemlists or spotlists"),
+        ("id" = String, Path, description = "The list's id")),
+    request_body(content = Object, description = "The fields to change"),
+    responses(
+        (status = 200, description = "The changed list"),
+        (status = 400, description = "A field that cannot be set", body = openapi::ErrorBody),
+        (status = 404, description = "No such list", body = openapi::ErrorBody)))]
+async fn put_set(
+    State(ctx): Ctx,
+    Path((lists, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::write(req, Write::Put, format!("sets/{lists}"), id, &ctx).await)
+}
+
+/// Deletes a list (its items and spots stay); answered after commit with the list as it was.
+#[utoipa::path(delete, path = "/api/sets/{lists}/{id}", tag = "sets",
+    params(
+        ("lists" = String, Path, description = "itemlists or spotlists"),
+        ("id" = String, Path, description = "The list's id")),
+    responses(
+        (status = 200, description = "The deleted list"),
+        (status = 404, description = "No such list", body = openapi::ErrorBody)))]
+async fn delete_set(
+    State(ctx): Ctx,
+    Path((lists, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::write(req, Write::Delete, format!("sets/{lists}"), id, &ctx).await)
+}
+
+/// The ids of a list's items (or spots), in id order: a JSON array.
+#[utoipa::path(get, path = "/api/sets/{lists}/{id}/ids", tag = "sets",
+    params(
+        ("lists" = String, Path, description = "itemlists or spotlists"),
+        ("id" = String, Path, description = "The list's id")),
+    responses(
+        (status = 200, description = "The member ids"),
+        (status = 404, description = "No such list", body = openapi::ErrorBody)))]
+async fn set_members(State(ctx): Ctx, Path((lists, id)): Path<(String, String)>) -> Response {
+    full(api::list_members(&format!("sets/{lists}"), &id, &ctx))
+}
+
+/// Adds items (or spots: by id or serial number) to a list: the body is a JSON array of
+/// their ids; those in it already stay once. Answered after commit with `status` and
+/// `total` (the members now).
+#[utoipa::path(post, path = "/api/sets/{lists}/{id}/ids", tag = "sets",
+    params(
+        ("lists" = String, Path, description = "itemlists or spotlists"),
+        ("id" = String, Path, description = "The list's id")),
+    request_body(content = Vec<String>, description = "Ids of items (item lists) or spots"),
+    responses(
+        (status = 200, description = "status and total"),
+        (status = 400, description = "Not an array, or an id of no item (spot)", body = openapi::ErrorBody),
+        (status = 404, description = "No such list", body = openapi::ErrorBody),
+        (status = 409, description = "The list would hold more than 100,000 members", body = openapi::ErrorBody)))]
+async fn add_set_members(
+    State(ctx): Ctx,
+    Path((lists, id)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    full(api::write_members(req, &format!("sets/{lists}"), id, None, &ctx).await)
+}
+
+/// Removes one item (or spot) from a list; answered after commit with `status` and `total`.
+#[utoipa::path(delete, path = "/api/sets/{lists}/{id}/ids/{member}", tag = "sets",
+    params(
+        ("lists" = String, Path, description = "itemlists or spotlists"),
+        ("id" = String, Path, description = "The list's id"),
+        ("member" = String, Path, description = "The item's (spot's) id")),
+    responses(
+        (status = 200, description = "status and total"),
+        (status = 404, description = "No such list, or not in it", body = openapi::ErrorBody)))]
+async fn remove_set_member(
+    State(ctx): Ctx,
+    Path((lists, id, member)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    full(api::write_members(req, &format!("sets/{lists}"), id, Some(member), &ctx).await)
+}
+
 /// The list parameters of every collection (`GET /api/{collection}`, `GET /api/spots`), for
 /// the OpenAPI document only: [`api::list`] reads them from the query.
 #[derive(utoipa::IntoParams)]
@@ -491,12 +633,15 @@ async fn revoke_key(State(ctx): Ctx, Path(id): Path<String>, req: Request) -> Re
 }
 
 /// Hands `req` to the outlets' router (spot-push serves these routes) with the extensions
-/// it reads: the connection's upgrade (WebSocket) and the [`spot_push::StreamEnd`] the check
-/// added. Not the others: this router's path parameters would be added to the outlets'
-/// router's own (`/api/subscriptions/{id}` would see two ids).
+/// it reads: the connection's upgrade (WebSocket), the [`spot_push::StreamEnd`] the check
+/// added and where the client reached the server ([`spot_push::webhook::ApiBase`]: the
+/// subscriptions' `url` and `events_url`). Not the others: this router's path parameters
+/// would be added to the outlets' router's own (`/api/subscriptions/{id}` would see two ids).
 async fn outlet(ctx: &Context, req: Request) -> Response {
+    let base = spot_push::webhook::ApiBase(api::base_url(&req));
     let (mut parts, body) = req.into_parts();
     let mut extensions = axum::http::Extensions::new();
+    extensions.insert(base);
     if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         extensions.insert(upgrade);
     }
@@ -544,7 +689,7 @@ async fn list_subscriptions(State(ctx): Ctx, req: Request) -> Response {
 /// Creates a webhook subscription (`topic_filter`, `target_url`, …). docs/push.md.
 #[utoipa::path(post, path = "/api/subscriptions", tag = "push",
     request_body(content = SubscriptionInput,
-        description = "topic_filter and target_url required (docs/push.md)"),
+        description = "topic_filter required; without target_url (or null) a store-only subscription (docs/push.md)"),
     responses(
         (status = 201, description = "The subscription", body = WebhookSubscription),
         (status = 400, description = "A bad field", body = openapi::ErrorBody),

@@ -18,8 +18,8 @@
 //! `tag: u8` (the table's index in [`Table::ALL`], plus [`DELETE`] for a delete and [`BINARY`]
 //! for an encoded row), `id: u64` (little-endian, the [`Id`]'s value), and for an upsert
 //! `len: u32` (little-endian) and the row: items and presences in their binary encoding
-//! ([`codec`]: a fraction of the bytes to render, compress and read back), spots and locations
-//! as their JSON document. Reading folds the deltas in order: the last record of a row wins, a
+//! ([`codec`]: a fraction of the bytes to render, compress and read back), spots, locations
+//! and the item and spot lists as their JSON document. Reading folds the deltas in order: the last record of a row wins, a
 //! delete removes it (`fold_live` goes newest first and keeps the first record of each row).
 //! A flush is encoded (and its rows' snapshots let go) before its transaction, which is then
 //! retried with the same blobs until it succeeds.
@@ -666,7 +666,7 @@ fn fold_live(
         context: "read row deltas",
         reason,
     };
-    let mut seen: [FxHashSet<u64>; 4] = Default::default();
+    let mut seen: [FxHashSet<u64>; Table::ALL.len()] = Default::default();
     let mut stats = Stats::default();
     let mut read = conn
         .prepare("SELECT blob FROM row_deltas WHERE id = ?1")
@@ -701,7 +701,7 @@ fn fold_live(
 
 /// Reads the rows of every table, and what the deltas hold.
 fn load(conn: &Connection) -> Result<(LoadedRows, Stats), StoreError> {
-    let mut rows: [Vec<(Id, StoredRow)>; 4] = Default::default();
+    let mut rows: [Vec<(Id, StoredRow)>; Table::ALL.len()] = Default::default();
     let (mut read, mut starts) = (Vec::new(), Vec::new());
     let stats = fold_live(conn, i64::MAX, &mut read, &mut starts, |record| {
         let id = Id(record.id);
