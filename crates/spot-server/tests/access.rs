@@ -686,7 +686,9 @@ async fn secret_admission_binds_each_secret_to_its_serial() {
 
 #[tokio::test]
 async fn the_enrolment_window_enrols_new_serials_until_it_closes() {
-    let until = spot_server::clock::now_ms() + 1_500;
+    // Long enough for a start and two requests on a loaded machine (a 1.5 s window closed
+    // before the first POST now and then).
+    let until = spot_server::clock::now_ms() + 5_000;
     let (server, _dir) = start(|c| {
         c.access.admission.mode = AdmissionMode::Enrolled;
         c.access.admission.enroll_until = Some(until);
