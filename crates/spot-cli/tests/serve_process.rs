@@ -1,5 +1,5 @@
 //! `spot serve` as a process: kill -9 loses no acknowledged event; SIGTERM finishes the
-//! in-flight POST and exits 0.
+//! in-flight POST and exits 0; it runs without transparent huge pages.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -421,4 +421,43 @@ fn a_second_sigterm_during_the_grace_period_exits_at_once() {
     sigterm(&server);
     let exit = server.wait().unwrap();
     assert_eq!(exit.code(), Some(1), "a forced stop is not a clean exit");
+}
+
+/// `spot serve` runs without transparent huge pages (they bloated its resident set), unless
+/// `MIMALLOC_ALLOW_THP` hands the choice to mimalloc.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_runs_without_transparent_huge_pages_unless_mimalloc_is_asked() {
+    let thp_enabled = |child: &std::process::Child| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_string())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = spawn_serve(SPOT, dir.path(), port, &[]);
+    let off = thp_enabled(&server);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let Some(off) = off else {
+        return; // a kernel without the THP_enabled line (before 5.0): nothing to check
+    };
+    assert_eq!(off, "0", "THP off by default");
+
+    let port = free_port();
+    let mut server = Command::new(SPOT)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.path())
+        .env("MIMALLOC_ALLOW_THP", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    test_support::process::wait_listening(port, "spot serve");
+    let on = thp_enabled(&server);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(on.as_deref(), Some("1"), "left to mimalloc when asked");
 }
