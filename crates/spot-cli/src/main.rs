@@ -65,23 +65,8 @@ enum Command {
     },
 }
 
-/// Transparent huge pages off for this process (Linux), unless `MIMALLOC_ALLOW_THP` is set
-/// (then mimalloc's own option decides). mimalloc asks for huge pages for its arenas, and the
-/// server's many small allocations from several threads left them partly used: the peak
-/// resident set at 1,000 spots × 200 events/s (the bench's spotload, 8 s) was 520–630 MB
-/// with them and 440–510 MB without, events/s and CPU per event within the runs' spread.
-/// Called first thing, so that nothing mapped before it faults in as huge pages.
-fn huge_pages_off() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory; it only
-        // sets a flag of the process (inherited by children). Failure leaves THP as it was.
-        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    }
-}
-
 fn main() -> ExitCode {
-    huge_pages_off();
+    spot_server::huge_pages::turn_off();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -37,6 +37,7 @@ pub mod accept;
 pub mod access;
 pub mod clock;
 pub mod config;
+pub mod huge_pages;
 pub mod ids;
 pub mod metrics;
 pub mod shutdown;
