@@ -27,7 +27,8 @@ const SECONDS: i64 = 15;
 const RATE: i64 = 1_000;
 
 fn main() {
-    spot_server::huge_pages::turn_off(); // as `spot serve` does
+    // As `spot serve` does.
+    spot_server::huge_pages::turn_off();
     // `cargo bench -p spot-server --bench domain -- stall` runs only what names "stall".
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));

@@ -175,7 +175,8 @@ enum Outlet {
 }
 
 fn main() {
-    spot_server::huge_pages::turn_off(); // as `spot serve` does
+    // As `spot serve` does.
+    spot_server::huge_pages::turn_off();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
     let rate: u64 = arg(0, "10000").parse().expect("RATE");
