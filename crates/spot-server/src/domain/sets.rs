@@ -255,14 +255,14 @@ impl Domain {
             }
             (_, None) => Err(not_found()),
             (Write::Put, Some(list_id)) => {
-                let mut list = self
-                    .lists(kind)
-                    .get(list_id)
-                    .cloned()
+                // In place (`set_fields` checks every field before it sets one): a change of
+                // a label does not copy the members.
+                let list = self
+                    .lists_mut(kind)
+                    .get_mut(list_id)
                     .ok_or_else(not_found)?;
-                set_fields(&mut list, body)?;
+                set_fields(list, body)?;
                 list.time_updated = now;
-                self.lists_mut(kind).insert(list_id, list);
                 self.changed_list(kind, list_id, "updated", Write::Put, now);
                 self.get(collection, &list_id.hex()).ok_or_else(not_found)
             }
@@ -297,29 +297,30 @@ impl Domain {
                     })?);
                 }
                 let max = self.config.list_max_members;
-                let mut list = self
-                    .lists(kind)
-                    .get(list_id)
-                    .cloned()
-                    .ok_or_else(not_found)?;
-                let mut added = Vec::new();
-                for member in found {
-                    if let Err(at) = list.members.binary_search(&member) {
-                        list.members.insert(at, member);
-                        added.push(member);
-                    }
-                }
-                if list.members.len() > max {
+                let list = self.lists(kind).get(list_id).ok_or_else(not_found)?;
+                // The new members, sorted once and merged in below: inserting each at its
+                // place moved the rest of the list per member (quadratic in a large body).
+                let mut added: Vec<Id> = found
+                    .into_iter()
+                    .filter(|member| list.members.binary_search(member).is_err())
+                    .collect();
+                added.sort_unstable();
+                added.dedup();
+                let total = list.members.len() + added.len();
+                if total > max {
                     return Err(PutError::Conflict(format!(
-                        "{collection} {id} would hold {} {}: a list holds at most {max}",
-                        list.members.len(),
+                        "{collection} {id} would hold {total} {}: a list holds at most {max}",
                         kind.members()
                     )));
                 }
-                let total = list.members.len();
                 if !added.is_empty() {
+                    let list = self
+                        .lists_mut(kind)
+                        .get_mut(list_id)
+                        .ok_or_else(not_found)?;
+                    list.members.extend_from_slice(&added);
+                    list.members.sort_unstable();
                     list.time_updated = now;
-                    self.lists_mut(kind).insert(list_id, list);
                     if kind == ListKind::Items {
                         for member in added {
                             self.index_membership(member, list_id, true);
@@ -332,10 +333,9 @@ impl Domain {
             (Write::RemoveMember, Some(list_id)) => {
                 let text = body.get("id").and_then(Value::as_str).unwrap_or_default();
                 let member = self.member_id(kind, text);
-                let mut list = self
-                    .lists(kind)
-                    .get(list_id)
-                    .cloned()
+                let list = self
+                    .lists_mut(kind)
+                    .get_mut(list_id)
                     .ok_or_else(not_found)?;
                 let at = member
                     .and_then(|m| list.members.binary_search(&m).ok())
@@ -346,7 +346,6 @@ impl Domain {
                 let member = list.members.remove(at);
                 list.time_updated = now;
                 let total = list.members.len();
-                self.lists_mut(kind).insert(list_id, list);
                 if kind == ListKind::Items {
                     self.index_membership(member, list_id, false);
                 }
@@ -382,8 +381,7 @@ fn set_fields(list: &mut MemberList, body: &Object) -> Result<(), PutError> {
         match (k.as_str(), v) {
             ("label", Value::String(_) | Value::Null) => {}
             ("label", _) => return Err(bad(k, "must be a string or null")),
-            ("metadata", Value::Object(_) | Value::Null) => {}
-            ("metadata", _) => return Err(bad(k, "must be an object")),
+            ("metadata", _) => Domain::check_metadata(v)?,
             ("custom", _) => {}
             _ => {
                 return Err(bad(
@@ -555,5 +553,37 @@ mod tests {
         );
         assert!(matches!(refused, Err(PutError::Conflict(_))), "{refused:?}");
         assert_eq!(d.get("spotlists", &list_id).unwrap()["total"], 0);
+    }
+
+    /// Members given out of order, twice, or already in the list are kept once, in id order.
+    #[test]
+    fn added_members_are_kept_once_in_id_order() {
+        let mut d = Domain::new(DomainConfig::default());
+        for serial in ["1", "2", "3", "4"] {
+            d.begin_stream(serial, None, T0);
+        }
+        let list = d
+            .write(Write::Post, "spotlists", "", &Object::new(), T0)
+            .unwrap();
+        let list_id = list["id"].as_str().unwrap().to_string();
+        let add = |d: &mut Domain, ids: Value| {
+            d.write(
+                Write::AddMembers,
+                "spotlists",
+                &list_id,
+                &body(json!({ "ids": ids })),
+                T0,
+            )
+            .unwrap()
+        };
+        assert_eq!(add(&mut d, json!(["3"]))["total"], 1);
+        assert_eq!(add(&mut d, json!(["4", "1", "3", "1", "2"]))["total"], 4);
+        let ids: Vec<String> = ["1", "2", "3", "4"]
+            .iter()
+            .map(|s| d.resolve_spot_id(s).unwrap().text())
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(d.list_members("spotlists", &list_id).unwrap(), sorted);
     }
 }
