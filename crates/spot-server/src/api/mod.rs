@@ -474,10 +474,17 @@ where
     let Some(schema) = view::schema_at(collection) else {
         return no_collection(collection);
     };
-    let (method, body) = match member {
-        Some(member) => (Write::RemoveMember, json!({ "id": member })),
+    let mut body = Object::new();
+    let method = match member {
+        Some(member) => {
+            body.insert("id".into(), member.into());
+            Write::RemoveMember
+        }
         None => match json_value(req, shared.limits.max_api_body_bytes).await {
-            Ok(ids @ Value::Array(_)) => (Write::AddMembers, json!({ "ids": ids })),
+            Ok(ids @ Value::Array(_)) => {
+                body.insert("ids".into(), ids);
+                Write::AddMembers
+            }
             Ok(_) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -487,9 +494,6 @@ where
             }
             Err(resp) => return resp,
         },
-    };
-    let Value::Object(body) = body else {
-        return unavailable();
     };
     match commit_write(method, schema.name, id, body, shared).await {
         Ok(v) => json_response(StatusCode::OK, &v),
