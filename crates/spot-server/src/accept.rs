@@ -36,6 +36,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 /// client still sends until it closes (so that it reads the answer rather than a reset).
 pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The serial of a spot's stream of events, if `method` and `path` (without the query) are
+/// one: `POST /api/spots/{serial}/events`, with or without a trailing `/`. The one test of
+/// it, for the connection budget ([`Class`]), who may call ([`crate::http::auth::need`])
+/// and the way to ingest ([`crate::http::router::direct_ingest_serial`]).
+pub fn spot_stream_serial<'a>(method: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix("/api/spots/")?;
+    let serial = rest
+        .strip_suffix('/')
+        .unwrap_or(rest)
+        .strip_suffix("/events")?;
+    (method == "POST" && !serial.is_empty() && !serial.contains('/')).then_some(serial)
+}
+
 /// What a connection is, told by its first request (raw TCP: always a spot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -61,13 +74,15 @@ impl Class {
         let mut parts = line.split(|&b| b == b' ');
         let (method, target) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
         let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
-        let segments: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        match segments.as_slice() {
-            [b"api", b"spots", _, b"events"] if method == b"POST" => Class::Spot,
-            [b"api", b"ws" | b"stream"] => Class::Stream,
+        let (Ok(method), Ok(path)) = (std::str::from_utf8(method), std::str::from_utf8(path))
+        else {
+            return Class::Api;
+        };
+        if spot_stream_serial(method, path).is_some() {
+            return Class::Spot;
+        }
+        match path.trim_end_matches('/') {
+            "/api/ws" | "/api/stream" => Class::Stream,
             _ => Class::Api,
         }
     }

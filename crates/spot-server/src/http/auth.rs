@@ -74,7 +74,7 @@ pub fn need(method: &Method, path: &str, metrics_public: bool) -> Need {
     }
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match segments.as_slice() {
-        ["spots", _, "events"] if method == Method::POST => Need::Spot,
+        _ if crate::accept::spot_stream_serial(method.as_str(), path).is_some() => Need::Spot,
         ["keys", ..] | ["subscriptions", ..] => Need::Key(Role::Admin),
         _ if method == Method::GET || method == Method::HEAD => Need::Key(Role::Read),
         _ => Need::Key(Role::Write),

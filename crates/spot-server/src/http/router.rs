@@ -159,14 +159,11 @@ fn allow(route: UtoipaMethodRouter<Arc<Context>>) -> UtoipaMethodRouter<Arc<Cont
 /// the CORS layer answers it), a percent-encoded serial (decoded by the `Path` extractor),
 /// and a failed pipeline (the failure gate answers).
 pub fn direct_ingest_serial<B>(req: &hyper::Request<B>) -> Option<String> {
-    if req.method() != hyper::Method::POST || req.headers().contains_key(hyper::header::ORIGIN) {
+    if req.headers().contains_key(hyper::header::ORIGIN) {
         return None;
     }
-    let path = req.uri().path();
-    let rest = path.strip_prefix("/api/spots/")?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let serial = rest.strip_suffix("/events")?;
-    (!serial.is_empty() && !serial.contains(['/', '%'])).then(|| serial.to_string())
+    let serial = crate::accept::spot_stream_serial(req.method().as_str(), req.uri().path())?;
+    (!serial.contains('%')).then(|| serial.to_string())
 }
 
 /// `req` with one trailing `/` of its path removed (the root excepted).
