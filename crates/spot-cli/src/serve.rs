@@ -301,6 +301,30 @@ pub struct Args {
         value_delimiter = ','
     )]
     cors_origin: Vec<String>,
+    /// Run as a node of a cluster on these NATS servers (JetStream; `nats://host:port`,
+    /// repeatable; the environment variable takes a comma-separated list, the file a
+    /// list); needs --postgres. See docs/cluster.md [default: none, the embedded server].
+    #[arg(long, value_name = "URL", env = "SPOT_NATS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// The cluster's PostgreSQL database (`postgres://user@host:port/db`); needs --nats.
+    #[arg(long, env = "SPOT_POSTGRES", value_name = "URL")]
+    postgres: Option<String>,
+    /// A cluster node's roles: any of `edge` (spot ingest), `stage` (partition owner),
+    /// `api` (REST), comma-separated [default: edge,stage,api].
+    #[arg(long, env = "SPOT_ROLE", value_name = "ROLES")]
+    role: Option<String>,
+    /// Partitions of a cluster's input log, fixed when the cluster is first created; a
+    /// node with another count refuses to start [default: 1, the only count for now].
+    #[arg(long, env = "SPOT_PARTITIONS")]
+    partitions: Option<u32>,
+    /// Seconds a cluster partition owner's lease lasts without renewal: a dead owner's
+    /// partitions are taken over after it [default: 5].
+    #[arg(long, env = "SPOT_LEASE_TTL_SECS", value_name = "SECONDS")]
+    #[serde(deserialize_with = "seconds")]
+    lease_ttl_secs: Option<f64>,
+    /// This cluster node's name, in leases and commits [default: host name and process id].
+    #[arg(long, env = "SPOT_NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 impl Args {
@@ -368,6 +392,16 @@ impl Args {
             max_spots: self.max_spots.or(lower.max_spots),
             enroll_until: self.enroll_until.or(lower.enroll_until),
             metrics_public: self.metrics_public.or(lower.metrics_public),
+            nats: if self.nats.is_empty() {
+                lower.nats
+            } else {
+                self.nats
+            },
+            postgres: self.postgres.or(lower.postgres),
+            role: self.role.or(lower.role),
+            partitions: self.partitions.or(lower.partitions),
+            lease_ttl_secs: self.lease_ttl_secs.or(lower.lease_ttl_secs),
+            node_name: self.node_name.or(lower.node_name),
             cors_origin: if self.cors_origin.is_empty() {
                 lower.cors_origin
             } else {
@@ -403,7 +437,34 @@ impl Args {
             (None, None) => None,
             _ => anyhow::bail!("tls-cert and tls-key go together: give both or neither"),
         };
+        let cluster = match (self.nats.is_empty(), self.postgres) {
+            (true, None) => {
+                if self.role.is_some() || self.partitions.is_some() {
+                    anyhow::bail!("role and partitions are settings of a cluster node: give nats and postgres too");
+                }
+                None
+            }
+            (false, Some(postgres)) => Some(spot_server::ClusterConfig {
+                nats: self.nats,
+                postgres,
+                roles: match &self.role {
+                    Some(roles) => roles
+                        .parse()
+                        .map_err(|e: String| anyhow::anyhow!("role: {e}"))?,
+                    None => spot_server::Roles::default(),
+                },
+                partitions: self.partitions.unwrap_or(1),
+                lease_ttl: secs_or(
+                    "lease-ttl-secs",
+                    self.lease_ttl_secs,
+                    Duration::from_secs(5),
+                )?,
+                node: self.node_name,
+            }),
+            _ => anyhow::bail!("nats and postgres go together: a cluster node needs both"),
+        };
         Ok(ServerConfig {
+            cluster,
             listen: match &self.listen {
                 Some(listen) => resolve("listen", listen)?,
                 None => defaults.listen,

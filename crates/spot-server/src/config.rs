@@ -199,6 +199,9 @@ pub struct ServerConfig {
     pub push: PushConfig,
     /// API keys, spot admission, CORS.
     pub access: AccessConfig,
+    /// Run as a node of a cluster (`--nats`, `--postgres`; [`crate::cluster`]); `None`:
+    /// the embedded server.
+    pub cluster: Option<ClusterConfig>,
 }
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -216,9 +219,85 @@ impl Default for ServerConfig {
             limits: ServerLimits::default(),
             push: PushConfig::default(),
             access: AccessConfig::default(),
+            cluster: None,
         }
     }
 }
+
+/// Which roles a node plays (`--role edge,stage,api`; all three by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Spot ingest into the input log.
+    pub edge: bool,
+    /// Partition owners.
+    pub stage: bool,
+    /// The REST API's replica.
+    pub api: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            edge: true,
+            stage: true,
+            api: true,
+        }
+    }
+}
+
+impl std::str::FromStr for Roles {
+    type Err = String;
+
+    /// `edge,stage,api` in any order and combination.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut roles = Roles {
+            edge: false,
+            stage: false,
+            api: false,
+        };
+        for role in s.split(',').map(str::trim) {
+            match role {
+                "edge" => roles.edge = true,
+                "stage" => roles.stage = true,
+                "api" => roles.api = true,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}: the roles are edge, stage and api"
+                    ))
+                }
+            }
+        }
+        if roles
+            == (Roles {
+                edge: false,
+                stage: false,
+                api: false,
+            })
+        {
+            return Err("no role given: the roles are edge, stage and api".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// How a node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS servers (`nats://host:port`), any of the cluster's.
+    pub nats: Vec<String>,
+    /// PostgreSQL (`postgres://user@host:port/db`).
+    pub postgres: String,
+    /// This node's roles.
+    pub roles: Roles,
+    /// Partitions of the input log, fixed when the cluster is created (1 for now).
+    pub partitions: u32,
+    /// A partition owner's lease lasts this long without renewal (default 5 s): the time a
+    /// dead owner's partitions wait before another node takes them.
+    pub lease_ttl: Duration,
+    /// This node's name (default: host name and process id).
+    pub node: Option<String>,
+}
+
 /// PEM files of the HTTPS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {

@@ -48,6 +48,8 @@ pub mod store;
 pub mod outlets;
 pub mod pipeline;
 
+pub mod cluster;
+
 pub mod context;
 
 pub mod api;
@@ -58,7 +60,7 @@ pub mod http;
 pub mod response;
 pub mod server;
 
-pub use config::{Durability, ServerConfig, ServerLimits, TlsFiles};
+pub use config::{ClusterConfig, Durability, Roles, ServerConfig, ServerLimits, TlsFiles};
 pub use context::Context;
 pub use server::{Server, ServerError, Stopped};
 pub use shutdown::Phase;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::accept::{Budget, Connections};
 use crate::access::{self, Access, AccessError, AdmissionMode};
 use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::config::ServerConfig;
 use crate::context::Context;
 use crate::domain::{Domain, DomainConfig};
@@ -77,6 +78,9 @@ pub enum ServerError {
         /// The path.
         path: PathBuf,
     },
+    /// The node cannot join its cluster (`--nats`, `--postgres`).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}{}", bind_hint(.source))]
     Bind {
@@ -318,12 +322,18 @@ impl Server {
         store.set_cache_bytes(config.limits.store_cache_bytes)?;
         let push = outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?;
         let now = now_ms();
-        let mut domain = Domain::new(DomainConfig {
+        let domain_config = DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
             events_retention_ms: config.events_retention.as_millis() as i64,
             events_max_in_memory: config.limits.events_max_in_memory,
             ..DomainConfig::default()
-        });
+        };
+        // A cluster node joins (and creates what is missing) before it serves anything.
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::connect(c.clone()).await?),
+            None => None,
+        };
+        let mut domain = Domain::new(domain_config.clone());
         let started = std::time::Instant::now();
         for (table, rows) in store.take_loaded_rows() {
             let mut json = Vec::new();
@@ -391,18 +401,44 @@ impl Server {
         let (core_tx, core_rx) =
             pipeline::channel(config.limits.core_queue, config.limits.core_queue_events);
         let publisher = push.publisher();
-        let core_thread = {
-            let domain = domain.clone();
-            let metrics = metrics.clone();
-            std::thread::Builder::new()
-                .name("spot-apply".into())
-                .spawn(move || pipeline::run(core_rx, domain, Box::new(store), publisher, metrics))
-                .map_err(|source| ServerError::DataDir {
-                    path: config.data_dir.clone(),
-                    source,
-                })?
-        };
         let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
+        let thread_error = |source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        };
+        let core_thread = match &cluster {
+            None => {
+                let domain = domain.clone();
+                let metrics = metrics.clone();
+                std::thread::Builder::new()
+                    .name("spot-apply".into())
+                    .spawn(move || {
+                        pipeline::run(core_rx, domain, Box::new(store), publisher, metrics)
+                    })
+                    .map_err(thread_error)?
+            }
+            // A cluster node: the edge drains the queue into the input log; the stage and
+            // the read replica take the place of the local pipeline and store.
+            Some(cluster) => {
+                let roles = cluster.roles();
+                if roles.stage {
+                    cluster.start_stage(domain_config.clone(), shutdown_rx.clone());
+                }
+                if roles.api {
+                    cluster.start_replica(domain.clone(), domain_config, shutdown_rx.clone());
+                }
+                if roles.edge {
+                    cluster.start_edge(core_rx).map_err(thread_error)?
+                } else {
+                    // No edge: the queue is closed, spot streams are answered `503`.
+                    drop(core_rx);
+                    std::thread::Builder::new()
+                        .name("spot-no-edge".into())
+                        .spawn(|| {})
+                        .map_err(thread_error)?
+                }
+            }
+        };
         let shared = Arc::new(Context {
             pipeline: core_tx,
             domain,

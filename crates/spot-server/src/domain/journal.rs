@@ -271,39 +271,58 @@ impl Domain {
     pub fn replay(&mut self, entries: Vec<JournalEntry>) -> Result<(), RestoreError> {
         self.replaying = true;
         for entry in entries {
-            match entry {
-                JournalEntry::Event { row, .. } => match decode_json_event(&row.event_json) {
-                    Some(Ok(event)) => {
-                        self.apply_encoded(&row.serial, &event, row.event_json, row.time_received);
-                    }
-                    Some(Err(source)) => {
-                        self.replaying = false;
-                        return Err(RestoreError::JournalEvent {
-                            serial: row.serial.to_string(),
-                            time: row.time_received,
-                            source,
-                        });
-                    }
-                    None => {}
-                },
-                JournalEntry::Begin {
-                    serial,
-                    version,
-                    time,
-                } => self.begin_stream(&serial, version.as_deref(), time),
-                JournalEntry::End { serial, time } => {
-                    self.end_stream(&serial, time, false);
-                }
+            if let Err(e) = self.apply_entry(entry) {
+                self.replaying = false;
+                return Err(e);
             }
         }
         self.replaying = false;
         self.journal.clear();
-        // No stream of the crashed run is open in this one.
+        self.close_all_streams();
+        for e in &self.events {
+            self.ids.observe_value(e.id.0);
+        }
+        Ok(())
+    }
+}
+
+impl Domain {
+    /// No stream of a crashed run (or of a partition's earlier owner) is open in this one:
+    /// every spot's open streams are forgotten, so that each goes offline after
+    /// `offline_after` without traffic.
+    pub fn close_all_streams(&mut self) {
         for spot in self.spots.values_mut_unordered() {
             spot.open_streams = 0;
         }
-        for e in &self.events {
-            self.ids.observe_value(e.id.0);
+    }
+
+    /// Applies one journal entry at its own time, as it was applied when it was received:
+    /// the one way back from an entry to the domain, shared by [`Domain::replay`] and a
+    /// cluster's stage, whose input log is made of these entries (`crate::cluster`).
+    /// An event whose JSON does not decode is an error naming the spot and the time.
+    pub fn apply_entry(&mut self, entry: JournalEntry) -> Result<(), RestoreError> {
+        match entry {
+            JournalEntry::Event { row, .. } => match decode_json_event(&row.event_json) {
+                Some(Ok(event)) => {
+                    self.apply_encoded(&row.serial, &event, row.event_json, row.time_received);
+                }
+                Some(Err(source)) => {
+                    return Err(RestoreError::JournalEvent {
+                        serial: row.serial.to_string(),
+                        time: row.time_received,
+                        source,
+                    });
+                }
+                None => {}
+            },
+            JournalEntry::Begin {
+                serial,
+                version,
+                time,
+            } => self.begin_stream(&serial, version.as_deref(), time),
+            JournalEntry::End { serial, time } => {
+                self.end_stream(&serial, time, false);
+            }
         }
         Ok(())
     }

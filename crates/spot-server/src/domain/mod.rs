@@ -329,6 +329,13 @@ impl Domain {
         self.dirty.len() + self.deleted.len()
     }
 
+    /// The derived events since the last call of this or [`Domain::take_changes`], alone
+    /// (a cluster's stage publishes them per input message; the rows stay dirty for the
+    /// batch's commit).
+    pub fn take_log(&mut self) -> Vec<(i64, std::sync::Arc<str>)> {
+        std::mem::take(&mut self.pending_log)
+    }
+
     /// The journal and derived events since the last call; with `flush` (or when
     /// [`Domain::must_flush`]) also every row changed since the last flush.
     pub fn take_changes(&mut self, flush: bool) -> Changes {

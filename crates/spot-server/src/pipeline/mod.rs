@@ -287,7 +287,7 @@ impl PipelineReceiver {
     /// Moves every queued message to the back of `into` (empty: it is swapped with the
     /// queue, so both keep their allocation). With `wait`, parks while nothing is queued.
     /// False when nothing was taken: nothing queued (without `wait`), or every sender gone.
-    fn take_all(&self, into: &mut VecDeque<PipelineMsg>, wait: bool) -> bool {
+    pub(crate) fn take_all(&self, into: &mut VecDeque<PipelineMsg>, wait: bool) -> bool {
         debug_assert!(into.is_empty());
         let mut queue = self.inner.lock();
         while queue.msgs.is_empty() {
@@ -306,8 +306,16 @@ impl PipelineReceiver {
         true
     }
 
+    /// Gives back the room `msg` took, once it is handed on (a cluster's edge: published).
+    pub(crate) fn give_back_for(&self, msg: &PipelineMsg) {
+        match share(msg, self.inner.max_events) {
+            0 => self.give_back(0, 1),
+            n => self.give_back(n, 0),
+        }
+    }
+
     /// Gives back the room taken by applied messages: `events` of the budget, `slots`.
-    fn give_back(&self, events: usize, slots: usize) {
+    pub(crate) fn give_back(&self, events: usize, slots: usize) {
         if events > 0 {
             self.inner.budget.add_permits(events);
         }

@@ -1,0 +1,262 @@
+//! The edge role: spot streams into the input log. The ingest of the embedded server runs
+//! unchanged and sends its [`PipelineMsg`]s to the pipeline's queue; on a cluster node the
+//! edge drains that queue instead of the apply stage, and publishes each stream's entries
+//! to `SPOT_IN` ([`super::wire`]).
+//!
+//! A POST's entries (its begin, its events, its end, each stamped with this node's time)
+//! go as **one** message when it ends, so a POST is stored whole or not at all. A POST
+//! larger than [`GROUP_MAX_BYTES`], and every read of a raw TCP stream (whose
+//! acknowledgement moves per read), go as several messages, published one after the other
+//! per serial: a group is published only after the one before it was acknowledged, so a
+//! failed publish never leaves a later group of the stream stored before it (which would
+//! mark the failed one's sequences as done). The answer to the spot (`200`, `X-Spot-Ack`)
+//! leaves only after JetStream acknowledged every group of the stream.
+//!
+//! Each group's `Nats-Msg-Id` is this node's run id and a counter, so a publish retried
+//! after a lost acknowledgement is dropped by JetStream's duplicate window. A spot's own
+//! retransmission (a new POST with events already stored) carries new times and is a new
+//! message: the stage drops its events by the spot's acknowledged sequence, as the
+//! embedded server does.
+//!
+//! Not on this path yet: commands to spots (the reply hands none over), REST changes
+//! (answered `409`, see [`super`]) and access control's audit events (not logged).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context as JetStream;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+
+use super::wire;
+use crate::clock::now_ms;
+use crate::domain::{JournalEntry, PutError, UpstreamRow};
+use crate::ids::Id;
+use crate::pipeline::{EndReply, PipelineMsg, PipelineReceiver};
+
+/// A POST's entries beyond this many bytes go as several messages (JetStream's default
+/// largest message is 1 MiB).
+pub const GROUP_MAX_BYTES: usize = 512 * 1024;
+
+/// Attempts of one publish before the stream is given up (answered `503`: the spot sends
+/// it again); the same message id each time.
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+/// Wait before the next attempt of a failed publish.
+const PUBLISH_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// The outcome of a group's publish, and of every group of the stream before it.
+type Published = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
+
+/// One open stream of a serial on this node.
+#[derive(Default)]
+struct Open {
+    /// Entries not published yet.
+    payload: String,
+    /// The last publish of the stream (each waits for the one before).
+    last: Option<Published>,
+    /// The stream's last sequence key.
+    last_seq: u64,
+}
+
+/// What publishing needs.
+#[derive(Clone)]
+struct Publisher {
+    js: JetStream,
+    partitions: u32,
+    /// This run's id (message ids).
+    run: Arc<str>,
+    counter: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// Publishes `payload` for `serial` after `before`, retrying with the same message id.
+    fn publish(&self, serial: &str, payload: String, before: Option<Published>) -> Published {
+        let this = self.clone();
+        let subject = wire::group_subject(serial, self.partitions);
+        let id = format!(
+            "{}.{}",
+            self.run,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let payload = bytes::Bytes::from(payload);
+        async move {
+            if let Some(before) = before {
+                before.await?;
+            }
+            let mut last_error = String::new();
+            for attempt in 0..PUBLISH_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(PUBLISH_RETRY_DELAY).await;
+                }
+                let message = PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(&id);
+                match this.js.send_publish(subject.clone(), message).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last_error = e.to_string(),
+                    },
+                    Err(e) => last_error = e.to_string(),
+                }
+                tracing::warn!(
+                    subject,
+                    id,
+                    attempt,
+                    "publish to {} failed: {last_error}",
+                    wire::IN_STREAM
+                );
+            }
+            Err(Arc::from(format!(
+                "{} did not acknowledge {subject} after {PUBLISH_ATTEMPTS} attempts: {last_error}",
+                wire::IN_STREAM
+            )))
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+/// Drains the pipeline's queue into `SPOT_IN` until every sender is gone or
+/// [`PipelineMsg::Shutdown`]; runs on a thread of its own, spawning the publishes on
+/// `runtime`.
+pub fn run(
+    rx: PipelineReceiver,
+    js: JetStream,
+    runtime: tokio::runtime::Handle,
+    partitions: u32,
+    run_id: String,
+) {
+    let publisher = Publisher {
+        js,
+        partitions,
+        run: run_id.into(),
+        counter: Arc::new(AtomicU64::new(0)),
+    };
+    let mut open: HashMap<String, Open> = HashMap::new();
+    let mut pending = VecDeque::new();
+    let _guard = runtime.enter();
+    'outer: while rx.take_all(&mut pending, true) {
+        while let Some(msg) = pending.pop_front() {
+            rx.give_back_for(&msg);
+            match msg {
+                PipelineMsg::Begin { serial, version } => {
+                    let o = open.entry(serial.clone()).or_default();
+                    wire::push_entry(
+                        &mut o.payload,
+                        &JournalEntry::Begin {
+                            serial,
+                            version,
+                            time: now_ms(),
+                        },
+                    );
+                }
+                PipelineMsg::Events {
+                    serial,
+                    events,
+                    ack,
+                } => {
+                    let o = open.entry(serial.to_string()).or_default();
+                    let now = now_ms();
+                    for (event, event_json) in events {
+                        if let Some(seq) = event.seq {
+                            o.last_seq = seq;
+                        }
+                        wire::push_entry(
+                            &mut o.payload,
+                            &JournalEntry::Event {
+                                row: UpstreamRow {
+                                    serial: serial.clone(),
+                                    spot_id: Id::default(),
+                                    seq: event.seq,
+                                    time_received: now,
+                                    event_json,
+                                },
+                                duplicate: false,
+                            },
+                        );
+                    }
+                    if ack.is_some() || o.payload.len() >= GROUP_MAX_BYTES {
+                        let payload = std::mem::take(&mut o.payload);
+                        let done = publisher.publish(&serial, payload, o.last.take());
+                        o.last = Some(done.clone());
+                        let seq = o.last_seq;
+                        tokio::spawn(async move {
+                            if done.await.is_ok() {
+                                if let Some(ack) = ack {
+                                    ack.send_replace(seq);
+                                }
+                            }
+                        });
+                    }
+                }
+                PipelineMsg::Sync {
+                    serial,
+                    end_stream,
+                    take_commands: _,
+                    reply,
+                } => {
+                    let mut o = if end_stream {
+                        open.remove(&serial).unwrap_or_default()
+                    } else {
+                        std::mem::take(open.entry(serial.clone()).or_default())
+                    };
+                    if end_stream {
+                        wire::push_entry(
+                            &mut o.payload,
+                            &JournalEntry::End {
+                                serial: serial.clone(),
+                                time: now_ms(),
+                            },
+                        );
+                    }
+                    let last = if o.payload.is_empty() {
+                        o.last.take()
+                    } else {
+                        let payload = std::mem::take(&mut o.payload);
+                        Some(publisher.publish(&serial, payload, o.last.take()))
+                    };
+                    let acked_seq = o.last_seq;
+                    if !end_stream {
+                        // The stream goes on: keep its chain and sequence.
+                        let kept = open.entry(serial).or_default();
+                        kept.last = last.clone();
+                        kept.last_seq = acked_seq;
+                    }
+                    tokio::spawn(async move {
+                        let outcome = match last {
+                            Some(done) => done.await,
+                            None => Ok(()),
+                        };
+                        match outcome {
+                            Ok(()) => {
+                                let _ = reply.send(EndReply {
+                                    acked_seq,
+                                    commands: Vec::new(),
+                                });
+                            }
+                            // Dropping the reply answers `503`: nothing acknowledged.
+                            Err(why) => tracing::warn!("a stream is not acknowledged: {why}"),
+                        }
+                    });
+                }
+                PipelineMsg::Put { reply, .. } => {
+                    let _ = reply.send(Err(PutError::Conflict(
+                        "changes through the REST API are not available in cluster mode yet".into(),
+                    )));
+                }
+                PipelineMsg::Audit { reply, .. } => {
+                    let _ = reply.send(());
+                }
+                PipelineMsg::AttachCommands { .. }
+                | PipelineMsg::DetachCommands { .. }
+                | PipelineMsg::Tick => {}
+                PipelineMsg::Shutdown => break 'outer,
+                #[cfg(test)]
+                PipelineMsg::Panic => panic!("asked to panic"),
+            }
+        }
+    }
+}

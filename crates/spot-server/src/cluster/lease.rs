@@ -1,0 +1,152 @@
+//! Partition ownership: a lease per partition in the JetStream KV bucket `spot_leases`,
+//! whose `max_age` is the lease's time to live. A node takes a free lease by creating its
+//! key (create-if-absent: one winner), keeps it by updating the key at the revision it
+//! holds (every third of the TTL), and gives it back by deleting it at that revision. A
+//! dead owner's key expires after the TTL and the next node to try takes the partition.
+//!
+//! The lease alone is not the guard of exactly-once: an owner that stalls past its TTL may
+//! still be running. Its commits are refused by PostgreSQL instead (the partition's
+//! position moved, [`super::pg::PgError::Fenced`]).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Store};
+
+use async_nats::jetstream::Context as JetStream;
+
+/// The bucket.
+pub const BUCKET: &str = "spot_leases";
+
+/// A lease failure (the caller logs it and tries again later).
+#[derive(Debug, thiserror::Error)]
+#[error("lease of partition {partition}: {what}: {reason}")]
+pub struct LeaseError {
+    /// The partition.
+    pub partition: u32,
+    /// What was being done.
+    pub what: &'static str,
+    /// The error.
+    pub reason: String,
+}
+
+/// Opens (creating it when missing) the lease bucket with `ttl` as its `max_age`.
+pub async fn bucket(js: &JetStream, ttl: Duration, replicas: usize) -> Result<Store, String> {
+    if let Ok(store) = js.get_key_value(BUCKET).await {
+        return Ok(store);
+    }
+    // The bucket's stream, made as the client's `create_key_value` makes it. That call
+    // first asks for the account's limits, whose answer from Debian's nats-server 2.9 the
+    // client cannot parse; the stream itself is the same.
+    let config = async_nats::jetstream::stream::Config {
+        name: format!("KV_{BUCKET}"),
+        description: Some("spot serve: which node owns which partition".into()),
+        subjects: vec![format!("$KV.{BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        duplicate_window: ttl.min(Duration::from_secs(120)),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    if let Err(e) = js.create_stream(config).await {
+        // Another node may have created it meanwhile: opening it says.
+        return js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|_| format!("cannot create the lease bucket {BUCKET}: {e}"));
+    }
+    js.get_key_value(BUCKET)
+        .await
+        .map_err(|e| format!("cannot open the lease bucket {BUCKET}: {e}"))
+}
+
+/// A held lease.
+#[derive(Debug)]
+pub struct Lease {
+    partition: u32,
+    revision: u64,
+    /// Held until this instant unless renewed (the TTL from the last write, less a margin).
+    valid_until: Instant,
+}
+
+fn key(p: u32) -> String {
+    format!("p{p}")
+}
+
+impl Lease {
+    /// Takes partition `p`'s lease for `owner` if nobody holds it.
+    pub async fn try_take(
+        store: &Store,
+        p: u32,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, LeaseError> {
+        let started = Instant::now();
+        match store.create(key(p), owner.to_string().into()).await {
+            Ok(revision) => Ok(Some(Lease {
+                partition: p,
+                revision,
+                valid_until: started + margin(ttl),
+            })),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(LeaseError {
+                partition: p,
+                what: "take",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Keeps the lease for another TTL; an error means it is lost (expired and taken, or
+    /// the bucket unreachable for longer than the lease lasts).
+    pub async fn renew(
+        &mut self,
+        store: &Store,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(), LeaseError> {
+        let started = Instant::now();
+        match store
+            .update(key(self.partition), owner.to_string().into(), self.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.revision = revision;
+                self.valid_until = started + margin(ttl);
+                Ok(())
+            }
+            Err(e) => Err(LeaseError {
+                partition: self.partition,
+                what: "renew",
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether the lease still holds by this node's clock.
+    pub fn valid(&self) -> bool {
+        Instant::now() < self.valid_until
+    }
+
+    /// Gives the lease back (a clean stop: the next owner need not wait for the TTL).
+    pub async fn release(self, store: &Store) {
+        if let Err(e) = store
+            .delete_expect_revision(key(self.partition), Some(self.revision))
+            .await
+        {
+            tracing::warn!(
+                partition = self.partition,
+                "giving the lease back failed: {e}"
+            );
+        }
+    }
+}
+
+/// How long a lease is trusted after a write: its TTL less a fifth (clock drift between
+/// this node and the NATS servers, and the write's own delay).
+fn margin(ttl: Duration) -> Duration {
+    ttl - ttl / 5
+}

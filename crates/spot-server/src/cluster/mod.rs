@@ -1,0 +1,204 @@
+//! Cluster mode (`spot serve --nats … --postgres …`): several nodes on NATS JetStream and
+//! PostgreSQL, each with any of three roles (see `docs/cluster.md`):
+//!
+//! - [`edge`]: the embedded ingest, whose streams go to the input log `SPOT_IN` instead of
+//!   the local pipeline; a spot's `200` leaves after JetStream acknowledged its events.
+//! - [`stage`]: per partition, the one owner ([`lease`]) applies the input log to the
+//!   sans-IO domain and commits rows and position in one PostgreSQL transaction
+//!   ([`pg`]); derived events go to `SPOT_OUT`.
+//! - [`replica`]: the REST API's read side, rebuilt from PostgreSQL's rows.
+//!
+//! [`wire`] is what the input log holds. [`Cluster::connect`] creates the streams, the
+//! lease bucket and the tables when they are missing (idempotent, any node may be first)
+//! and refuses a partition count other than the cluster's.
+//!
+//! Not built yet (see the issue's note): more than one partition — the merge of an item
+//! seen by spots of different partitions needs the item stage of the design, so a cluster
+//! has one partition (one stage owner at a time, any node taking over within the lease's
+//! TTL); commands to spots; REST changes; push outlets fed from `SPOT_OUT`; shared access
+//! control (each node has its own `access.db`).
+
+pub mod edge;
+pub mod lease;
+pub mod pg;
+pub mod replica;
+pub mod stage;
+pub mod wire;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use tokio::sync::watch;
+
+use crate::config::ClusterConfig;
+pub use crate::config::Roles;
+use crate::domain::{Domain, DomainConfig};
+use crate::pipeline::PipelineReceiver;
+use crate::shutdown::Phase;
+
+/// Input log retention: a partition without an owner for longer than this loses input.
+pub const IN_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// JetStream's duplicate window on both streams: a publish retried within it, and a
+/// derived event made again by a replay within it, is dropped.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Why a node cannot join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS unreachable or refusing.
+    #[error("NATS {what}: {reason}")]
+    Nats {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+    /// PostgreSQL.
+    #[error(transparent)]
+    Pg(#[from] pg::PgError),
+    /// A setting that cannot work.
+    #[error("cluster settings: {0}")]
+    Config(String),
+}
+
+fn nats(what: &'static str) -> impl FnOnce(String) -> ClusterError {
+    move |reason| ClusterError::Nats { what, reason }
+}
+
+/// A node's connections to the cluster's engines.
+pub struct Cluster {
+    config: ClusterConfig,
+    js: jetstream::Context,
+    leases: async_nats::jetstream::kv::Store,
+    node: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.node).finish()
+    }
+}
+
+impl Cluster {
+    /// Connects to NATS and PostgreSQL and creates what is missing of the streams, the
+    /// lease bucket and the tables.
+    pub async fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        if config.partitions != 1 {
+            return Err(ClusterError::Config(format!(
+                "{} partitions: a cluster has one partition for now (the item stage that \
+                 merges an item seen by spots of different partitions is not built yet)",
+                config.partitions
+            )));
+        }
+        if config.lease_ttl < Duration::from_secs(1) {
+            return Err(ClusterError::Config(
+                "the lease TTL must be at least 1 s".into(),
+            ));
+        }
+        let node = config.node.clone().unwrap_or_else(default_node_name);
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("spot serve {node}"))
+            .retry_on_initial_connect()
+            .connect(config.nats.join(","))
+            .await
+            .map_err(|e| nats("connect")(e.to_string()))?;
+        let js = jetstream::new(client.clone());
+        // Replicas: as many as the NATS cluster has servers, at most 3.
+        let servers = client
+            .server_info()
+            .connect_urls
+            .len()
+            .max(config.nats.len());
+        let replicas = servers.clamp(1, 3);
+        for (name, subjects, max_age) in [
+            (wire::IN_STREAM, "in.>", IN_MAX_AGE),
+            (wire::OUT_STREAM, "out.>", Duration::from_secs(24 * 3600)),
+        ] {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                max_age,
+                duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats("create the streams")(format!("{name}: {e}")))?;
+        }
+        let leases = lease::bucket(&js, config.lease_ttl, replicas)
+            .await
+            .map_err(nats("create the lease bucket"))?;
+        let mut pg = pg::PgState::connect(&config.postgres).await?;
+        pg.migrate(config.partitions).await?;
+        tracing::info!(
+            node,
+            roles = ?config.roles,
+            partitions = config.partitions,
+            replicas,
+            "joined the cluster"
+        );
+        Ok(Cluster {
+            config,
+            js,
+            leases,
+            node,
+        })
+    }
+
+    /// This node's roles.
+    pub fn roles(&self) -> Roles {
+        self.config.roles
+    }
+
+    /// Starts the edge on a thread of its own: it drains the pipeline's queue into the
+    /// input log.
+    pub fn start_edge(&self, rx: PipelineReceiver) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let (js, partitions) = (self.js.clone(), self.config.partitions);
+        let run_id = format!("{}.{}", self.node, crate::clock::now_ms());
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("spot-edge".into())
+            .spawn(move || edge::run(rx, js, runtime, partitions, run_id))
+    }
+
+    /// Starts the stage: one task per partition, each trying to own it.
+    pub fn start_stage(&self, domain: DomainConfig, phase: watch::Receiver<Phase>) {
+        let setup = stage::StageSetup {
+            js: self.js.clone(),
+            leases: self.leases.clone(),
+            postgres: self.config.postgres.clone(),
+            lease_ttl: self.config.lease_ttl,
+            node: self.node.clone(),
+            domain,
+        };
+        for p in 0..self.config.partitions {
+            tokio::spawn(stage::run(setup.clone(), p, phase.clone()));
+        }
+    }
+
+    /// Starts the read replica behind `domain`.
+    pub fn start_replica(
+        &self,
+        domain: Arc<RwLock<Domain>>,
+        config: DomainConfig,
+        phase: watch::Receiver<Phase>,
+    ) {
+        tokio::spawn(replica::run(
+            self.config.postgres.clone(),
+            domain,
+            config,
+            phase,
+        ));
+    }
+}
+
+/// `<host name>-<process id>`.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,237 @@
+//! The stage role: the owner of a partition applies its input log to the domain and
+//! commits the result. For each partition, at most one node at a time holds its lease
+//! ([`super::lease`]); the holder
+//!
+//! 1. loads the partition's rows and position from PostgreSQL ([`super::pg`]) into a fresh
+//!    [`Domain`] (at the time of the last entry applied: replay is deterministic);
+//! 2. reads `SPOT_IN` from the next sequence on (an ordered consumer filtered to the
+//!    partition's subjects), and applies each message's entries at their own times — the
+//!    same [`Domain::apply_entry`] the embedded server's journal replay uses — and each
+//!    tick's offline sweep ([`Domain::sweep`]);
+//! 3. per batch (what has arrived, at most [`BATCH_MESSAGES`]): publishes the batch's
+//!    derived events to `SPOT_OUT` with message ids made of the input sequence that caused
+//!    them (a replay after a crash makes the same ones, which JetStream drops), waits for
+//!    their acknowledgement, then commits the changed rows and the new position in one
+//!    transaction. A commit refused because the position moved means another node owns
+//!    the partition now: this owner stops at once, without its uncommitted batch;
+//! 4. renews its lease every third of the TTL, publishes a tick into its partition every
+//!    second, and gives the lease back when the node stops.
+//!
+//! Anything failing (NATS, PostgreSQL, the lease) ends the ownership; the node tries to
+//! take the partition again, from what PostgreSQL holds.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::kv::Store as Kv;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context as JetStream;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use super::lease::Lease;
+use super::pg::PgState;
+use super::wire::{self, InMessage};
+use crate::clock::now_ms;
+use crate::domain::{Domain, DomainConfig};
+use crate::shutdown::Phase;
+
+/// Input messages applied in one batch at most (one commit).
+pub const BATCH_MESSAGES: usize = 1024;
+
+/// How often an idle node tries to take a partition that has an owner.
+const TAKE_EVERY: Duration = Duration::from_millis(500);
+
+/// How often the owner publishes a tick into its partition.
+const TICK_EVERY: Duration = Duration::from_secs(1);
+
+/// What a stage needs.
+#[derive(Clone)]
+pub struct StageSetup {
+    /// JetStream.
+    pub js: JetStream,
+    /// The lease bucket.
+    pub leases: Kv,
+    /// The database's address (each ownership opens its own connection).
+    pub postgres: String,
+    /// The lease's time to live.
+    pub lease_ttl: Duration,
+    /// This node's name (the lease's value, the rows' committer).
+    pub node: String,
+    /// The domain's settings.
+    pub domain: DomainConfig,
+}
+
+/// Keeps trying to own partition `p` until the node stops.
+pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
+    loop {
+        if *phase.borrow() != Phase::Running {
+            return;
+        }
+        match Lease::try_take(&setup.leases, p, &setup.node, setup.lease_ttl).await {
+            Ok(Some(lease)) => {
+                tracing::info!(partition = p, node = setup.node, "took the partition");
+                match own(&setup, p, lease, &mut phase).await {
+                    Ok(()) => return,
+                    Err(why) => tracing::warn!(partition = p, "gave the partition up: {why}"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TAKE_EVERY) => {}
+            _ = phase.changed() => {}
+        }
+    }
+}
+
+/// Owns partition `p` until the node stops (`Ok`) or something fails (`Err`, why).
+async fn own(
+    setup: &StageSetup,
+    p: u32,
+    mut lease: Lease,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<(), String> {
+    let mut pg = PgState::connect(&setup.postgres)
+        .await
+        .map_err(|e| e.to_string())?;
+    let loaded = pg.load(p).await.map_err(|e| e.to_string())?;
+    let mut domain = Domain::new(setup.domain.clone());
+    for (table, rows) in loaded.rows {
+        domain
+            .load(table, rows, loaded.time_last)
+            .map_err(|e| format!("partition {p}: a stored row does not load: {e}"))?;
+    }
+    domain.restore_ids(loaded.id_last);
+    domain.close_all_streams();
+    let mut position = loaded.applied_seq;
+    let mut time_last = loaded.time_last;
+    let stream = setup
+        .js
+        .get_stream(wire::IN_STREAM)
+        .await
+        .map_err(|e| format!("{}: {e}", wire::IN_STREAM))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: wire::partition_filter(p),
+            deliver_policy: if position == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: position + 1,
+                }
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("a consumer of partition {p}: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("reading partition {p}: {e}"))?;
+    let mut renew = tokio::time::interval(setup.lease_ttl / 3);
+    renew.tick().await;
+    let mut tick = tokio::time::interval(TICK_EVERY);
+    tracing::info!(partition = p, from = position, "applying the input log");
+    loop {
+        let first = tokio::select! {
+            m = messages.next() => m,
+            _ = renew.tick() => {
+                lease.renew(&setup.leases, &setup.node, setup.lease_ttl).await.map_err(|e| e.to_string())?;
+                continue;
+            }
+            _ = tick.tick() => {
+                let message = PublishMessage::build().payload(wire::tick_payload(now_ms()).into());
+                // A lost tick only delays the sweep to the next one.
+                if let Ok(ack) = setup.js.send_publish(wire::tick_subject(p), message).await {
+                    drop(ack);
+                }
+                continue;
+            }
+            _ = phase.changed() => {
+                lease.release(&setup.leases).await;
+                return Ok(());
+            }
+        };
+        if !lease.valid() {
+            return Err(format!(
+                "the lease of partition {p} ran out before it was renewed"
+            ));
+        }
+        // The batch: this message and whatever else has arrived already.
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MESSAGES {
+            match messages.next().now_or_never() {
+                Some(m) => batch.push(m),
+                None => break,
+            }
+        }
+        let from = position;
+        let mut out = Vec::new();
+        for message in batch {
+            let message = match message {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(format!("reading partition {p}: {e}")),
+                None => return Err(format!("the reader of partition {p} ended")),
+            };
+            let seq = message
+                .info()
+                .map_err(|e| format!("a message of partition {p} without its position: {e}"))?
+                .stream_sequence;
+            match wire::read_message(message.subject.as_str(), &message.payload) {
+                Ok(InMessage::Group(entries)) => {
+                    for entry in entries {
+                        time_last = time_last.max(entry_time(&entry));
+                        if let Err(e) = domain.apply_entry(entry) {
+                            tracing::error!(partition = p, seq, "an entry is skipped: {e}");
+                        }
+                    }
+                }
+                Ok(InMessage::Tick(time)) => {
+                    time_last = time_last.max(time);
+                    domain.sweep(time);
+                }
+                Err(e) => tracing::error!(
+                    partition = p,
+                    seq,
+                    subject = message.subject.as_str(),
+                    "a message of the input log is skipped: {e}"
+                ),
+            }
+            for (k, (_, doc)) in domain.take_log().into_iter().enumerate() {
+                out.push((format!("{p}.{seq}.{k}"), doc));
+            }
+            position = seq;
+        }
+        // The derived events are stored before the position moves past what caused them.
+        let mut acks = Vec::with_capacity(out.len());
+        for (id, doc) in out {
+            let message = PublishMessage::build()
+                .payload(bytes::Bytes::from(doc.as_bytes().to_vec()))
+                .message_id(id);
+            let ack = setup
+                .js
+                .send_publish(wire::out_subject(p), message)
+                .await
+                .map_err(|e| format!("publishing derived events: {e}"))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| format!("{} did not store a derived event: {e}", wire::OUT_STREAM))?;
+        }
+        let changes = domain.take_changes(true);
+        pg.commit(p, &changes, (from, position), time_last, &setup.node)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+fn entry_time(entry: &crate::domain::JournalEntry) -> i64 {
+    use crate::domain::JournalEntry;
+    match entry {
+        JournalEntry::Event { row, .. } => row.time_received,
+        JournalEntry::Begin { time, .. } | JournalEntry::End { time, .. } => *time,
+    }
+}
