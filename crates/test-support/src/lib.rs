@@ -9,7 +9,11 @@
 //! - [`process`]: a tool run with piped stdin ([`process::run_with_stdin`]); `spot serve`
 //!   (or any server process) started and waited for, and killed when dropped;
 //! - `mosquitto` (feature `mqtt`): a real mosquitto on a free port with its own config, and
-//!   real MQTT subscribers.
+//!   real MQTT subscribers;
+//! - the cluster mode's engines, as plain child processes on free loopback ports:
+//!   [`nats`]: `n` clustered `nats-server -js`, killed and restarted one by one;
+//!   [`postgres`]: a fresh database per test on the machine's PostgreSQL (or a private one);
+//!   [`nginx`]: a streaming reverse proxy in front of the nodes.
 //!
 //! It depends on no crate of the workspace: each crate's own helpers (an in-process server,
 //! a decoder fed piecewise) stay in that crate's `tests/`.
@@ -20,6 +24,9 @@ pub mod fixtures;
 pub mod http;
 #[cfg(feature = "mqtt")]
 pub mod mosquitto;
+pub mod nats;
+pub mod nginx;
+pub mod postgres;
 pub mod process;
 pub mod split;
 
