@@ -368,8 +368,17 @@ impl Outlets {
         events: Arc<dyn EventPages>,
         config: &PushConfig,
     ) -> Result<Self, PushError> {
+        Self::start_on(data_dir, Arc::new(StoredEvents::new(events)), config)
+    }
+
+    /// [`Outlets::start`] over another derived events log (a cluster's `SPOT_OUT`,
+    /// [`crate::cluster::events`]).
+    pub fn start_on(
+        data_dir: &Path,
+        log: Arc<dyn EventLog>,
+        config: &PushConfig,
+    ) -> Result<Self, PushError> {
         let hub = Hub::new(config.hub.clone());
-        let log: Arc<dyn EventLog> = Arc::new(StoredEvents::new(events));
         let webhooks = Webhooks::start(
             WebhookStore::open(&data_dir.join("webhooks.db"))?,
             &hub,

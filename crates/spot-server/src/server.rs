@@ -320,18 +320,23 @@ impl Server {
         let data_lock = lock_data_dir(&config.data_dir)?;
         let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
         store.set_cache_bytes(config.limits.store_cache_bytes)?;
-        let push = outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?;
+        // A cluster node joins (and creates what is missing) before it serves anything.
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::connect(c.clone()).await?),
+            None => None,
+        };
+        let push = match &cluster {
+            None => outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?,
+            Some(cluster) => {
+                outlets::Outlets::start_on(&config.data_dir, cluster.events_log(), &config.push)?
+            }
+        };
         let now = now_ms();
         let domain_config = DomainConfig {
             offline_after_ms: config.offline_after.as_millis() as i64,
             events_retention_ms: config.events_retention.as_millis() as i64,
             events_max_in_memory: config.limits.events_max_in_memory,
             ..DomainConfig::default()
-        };
-        // A cluster node joins (and creates what is missing) before it serves anything.
-        let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::connect(c.clone()).await?),
-            None => None,
         };
         let mut domain = Domain::new(domain_config.clone());
         let started = std::time::Instant::now();
@@ -424,6 +429,8 @@ impl Server {
                 if roles.stage {
                     cluster.start_stage(domain_config.clone(), shutdown_rx.clone());
                 }
+                // Every node pushes what the stages store, whoever applied it.
+                cluster.start_feed(push.publisher(), shutdown_rx.clone());
                 if roles.api {
                     cluster.start_replica(domain.clone(), domain_config, shutdown_rx.clone());
                 }

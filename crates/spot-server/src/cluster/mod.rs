@@ -7,6 +7,8 @@
 //!   sans-IO domain and commits rows and position in one PostgreSQL transaction
 //!   ([`pg`]); derived events go to `SPOT_OUT`.
 //! - [`replica`]: the REST API's read side, rebuilt from PostgreSQL's rows.
+//! - [`events`]: every node's push outlets fed from `SPOT_OUT`, and resumed from it (an
+//!   event's id is its stream sequence).
 //!
 //! [`wire`] is what the input log holds. [`Cluster::connect`] creates the streams, the
 //! lease bucket and the tables when they are missing (idempotent, any node may be first)
@@ -15,10 +17,11 @@
 //! Not built yet (see the note): more than one partition — the merge of an item
 //! seen by spots of different partitions needs the item stage of the design, so a cluster
 //! has one partition (one stage owner at a time, any node taking over within the lease's
-//! TTL); commands to spots; REST changes; push outlets fed from `SPOT_OUT`; shared access
-//! control (each node has its own `access.db`).
+//! TTL); commands to spots; REST changes; shared access control and webhook subscriptions
+//! (each node has its own `access.db` and `webhooks.db`).
 
 pub mod edge;
+pub mod events;
 pub mod lease;
 pub mod pg;
 pub mod replica;
@@ -177,6 +180,16 @@ impl Cluster {
         for p in 0..self.config.partitions {
             tokio::spawn(stage::run(setup.clone(), p, phase.clone()));
         }
+    }
+
+    /// The derived events log the outlets resume from (`SPOT_OUT`).
+    pub fn events_log(&self) -> Arc<dyn spot_push::EventLog> {
+        Arc::new(events::JetStreamEvents::new(self.js.clone()))
+    }
+
+    /// Starts feeding this node's push hub from `SPOT_OUT`.
+    pub fn start_feed(&self, publisher: crate::outlets::Publisher, phase: watch::Receiver<Phase>) {
+        tokio::spawn(events::feed(self.js.clone(), publisher, phase));
     }
 
     /// Starts the read replica behind `domain`.

@@ -1,0 +1,174 @@
+//! `SPOT_OUT`, a cluster's derived events log, as this node's push layer sees it: the
+//! feed of its hub ([`feed`]: every event the stages store, live, to this node's
+//! WebSocket, SSE and MQTT outlets and webhooks) and the log its outlets resume and catch
+//! up from ([`JetStreamEvents`]). An event's push id is its `SPOT_OUT` stream sequence
+//! (dense: the stream holds derived events only, and a duplicate dropped by JetStream
+//! takes no sequence), so a client resumes with `Last-Event-ID` on any node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+use async_nats::jetstream::Context as JetStream;
+use futures_util::{FutureExt, StreamExt};
+use spot_push::{BoxFuture, EventLog, LogError, Published};
+use tokio::sync::watch;
+
+use super::wire;
+use crate::outlets::{to_published, Publisher};
+use crate::shutdown::Phase;
+
+/// Events handed to the hub at once at most.
+const FEED_BATCH: usize = 1024;
+
+/// Wait before the feed starts again after its reader failed.
+const FEED_RETRY: Duration = Duration::from_millis(500);
+
+/// Feeds `publisher` every event stored in `SPOT_OUT` from now on, until the node stops.
+/// A reader that fails starts again after the last event it handed over (the hub's
+/// subscribers never see a gap, or an event twice).
+pub async fn feed(js: JetStream, publisher: Publisher, mut phase: watch::Receiver<Phase>) {
+    let mut last: Option<u64> = None;
+    loop {
+        let reading = follow(&js, &publisher, &mut last);
+        tokio::select! {
+            why = reading => tracing::warn!("the push feed from {} stopped: {why}", wire::OUT_STREAM),
+            _ = phase.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FEED_RETRY) => {}
+            _ = phase.changed() => return,
+        }
+    }
+}
+
+/// Reads `SPOT_OUT` after `last` (from its end when `None`) into the hub; returns why it
+/// stopped.
+async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -> String {
+    let stream = match js.get_stream(wire::OUT_STREAM).await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let deliver_policy = match *last {
+        Some(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+        None => DeliverPolicy::New,
+    };
+    let consumer = match stream
+        .create_consumer(OrderedConfig {
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    let mut messages = match consumer.messages().await {
+        Ok(m) => m,
+        Err(e) => return e.to_string(),
+    };
+    loop {
+        let Some(first) = messages.next().await else {
+            return "the reader ended".into();
+        };
+        let mut batch = vec![first];
+        while batch.len() < FEED_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(m)) => batch.push(m),
+                _ => break,
+            }
+        }
+        let mut log = Vec::with_capacity(batch.len());
+        let mut batch_last = None;
+        for message in batch {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => return e.to_string(),
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(e) => return e.to_string(),
+            };
+            let doc: Arc<str> = String::from_utf8_lossy(&message.payload).into();
+            // Consecutive sequences: the hub numbers a batch back from its last id.
+            if batch_last.is_some_and(|l: u64| seq != l + 1) {
+                publisher.committed(&log, batch_last.unwrap_or(0));
+                log.clear();
+            }
+            log.push((0, doc));
+            batch_last = Some(seq);
+        }
+        if let Some(seq) = batch_last {
+            publisher.committed(&log, seq);
+            *last = Some(seq);
+        }
+    }
+}
+
+/// `SPOT_OUT` as the log the outlets resume and catch up from.
+pub struct JetStreamEvents {
+    js: JetStream,
+}
+
+impl JetStreamEvents {
+    /// Over `js`'s `SPOT_OUT`.
+    pub fn new(js: JetStream) -> Self {
+        JetStreamEvents { js }
+    }
+
+    async fn read(&self, after_id: u64, limit: usize) -> Result<Vec<Published>, String> {
+        let mut stream = self
+            .js
+            .get_stream(wire::OUT_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+        if last <= after_id || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after_id + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(message) = messages.next().await else {
+                break;
+            };
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            match to_published(seq, &String::from_utf8_lossy(&message.payload)) {
+                Ok(p) => out.push(p),
+                Err(e) => tracing::warn!("events log: skipped: {e}"),
+            }
+            if pending == 0 || seq >= last {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl EventLog for JetStreamEvents {
+    fn events_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Published>, LogError>> {
+        async move {
+            self.read(after_id, limit)
+                .await
+                .map_err(|e| LogError(format!("{} after {after_id}: {e}", wire::OUT_STREAM)))
+        }
+        .boxed()
+    }
+}
