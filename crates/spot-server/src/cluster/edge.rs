@@ -18,8 +18,13 @@
 //! message: the stage drops its events by the spot's acknowledged sequence, as the
 //! embedded server does.
 //!
-//! Not on this path yet: commands to spots (the reply hands none over), REST changes
-//! (answered `409`, see [`super`]) and access control's audit events (not logged).
+//! A REST change goes the same way ([`wire::WriteRequest`]); the stage's answer comes
+//! back on core NATS after its commit, and the change is answered once this node's
+//! replica holds it (so the caller reads what it wrote), or `503` after
+//! [`WRITE_ANSWER_WITHIN`] without a stage.
+//!
+//! Not on this path yet: commands to spots (the reply hands none over) and access
+//! control's audit events (not logged).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +34,10 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::Context as JetStream;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::StreamExt;
 
-use super::wire;
+use super::replica::Replica;
+use super::wire::{self, WriteAnswer, WriteRequest};
 use crate::clock::now_ms;
 use crate::domain::{JournalEntry, PutError, UpstreamRow};
 use crate::ids::Id;
@@ -119,6 +126,53 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Sends a REST change through the input log and waits for the stage's answer, then
+    /// for this node's replica to hold it (when the node has one).
+    async fn write(
+        &self,
+        mut request: WriteRequest,
+        replica: Option<Replica>,
+    ) -> Result<Result<serde_json::Value, PutError>, String> {
+        let client = self.js.client();
+        request.reply = client.new_inbox();
+        let mut answers = client
+            .subscribe(request.reply.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let payload = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+        let id = format!("{}.{}", self.run, self.counter.fetch_add(1, Ordering::Relaxed));
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(id);
+        // One partition: every change goes to partition 0 (see `super`).
+        self.js
+            .send_publish(wire::write_subject(0), message)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(WRITE_ANSWER_WITHIN, answers.next())
+            .await
+            .map_err(|_| {
+                format!(
+                    "no stage answered within {} s (the change is in the log and is applied when a stage owns the partition)",
+                    WRITE_ANSWER_WITHIN.as_secs()
+                )
+            })?
+            .ok_or("the answer's subscription ended")?;
+        let answer: WriteAnswer =
+            serde_json::from_slice(&answer.payload).map_err(|e| e.to_string())?;
+        if let Some(replica) = replica {
+            replica.reach(answer.position).await;
+        }
+        Ok(answer.result.map_err(Into::into))
+    }
+}
+
+/// How long a REST change waits for the stage's answer before it is answered `503`.
+const WRITE_ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
 /// Drains the pipeline's queue into `SPOT_IN` until every sender is gone or
 /// [`PipelineMsg::Shutdown`]; runs on a thread of its own, spawning the publishes on
 /// `runtime`.
@@ -128,6 +182,7 @@ pub fn run(
     runtime: tokio::runtime::Handle,
     partitions: u32,
     run_id: String,
+    replica: Option<Replica>,
 ) {
     let publisher = Publisher {
         js,
@@ -242,10 +297,31 @@ pub fn run(
                         }
                     });
                 }
-                PipelineMsg::Put { reply, .. } => {
-                    let _ = reply.send(Err(PutError::Conflict(
-                        "changes through the REST API are not available in cluster mode yet".into(),
-                    )));
+                PipelineMsg::Put {
+                    method,
+                    collection,
+                    id,
+                    body,
+                    reply,
+                } => {
+                    let request = WriteRequest {
+                        method: wire::write_name(method).into(),
+                        collection,
+                        id,
+                        body,
+                        time: now_ms(),
+                        reply: String::new(),
+                    };
+                    let (publisher, replica) = (publisher.clone(), replica.clone());
+                    tokio::spawn(async move {
+                        match publisher.write(request, replica).await {
+                            Ok(result) => {
+                                let _ = reply.send(result);
+                            }
+                            // Dropping the reply answers `503`.
+                            Err(why) => tracing::warn!("a REST change is not answered: {why}"),
+                        }
+                    });
                 }
                 PipelineMsg::Audit { reply, .. } => {
                     let _ = reply.send(());

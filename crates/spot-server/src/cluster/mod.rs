@@ -17,7 +17,7 @@
 //! Not built yet (see the note): more than one partition — the merge of an item
 //! seen by spots of different partitions needs the item stage of the design, so a cluster
 //! has one partition (one stage owner at a time, any node taking over within the lease's
-//! TTL); commands to spots; REST changes; shared access control and webhook subscriptions
+//! TTL); commands to spots; shared access control and webhook subscriptions
 //! (each node has its own `access.db` and `webhooks.db`).
 
 pub mod edge;
@@ -76,6 +76,8 @@ pub struct Cluster {
     js: jetstream::Context,
     leases: async_nats::jetstream::kv::Store,
     node: String,
+    /// The read replica's progress (REST changes wait for it), until the replica starts.
+    replica: (replica::Replica, std::sync::Mutex<Option<replica::Progress>>),
 }
 
 impl std::fmt::Debug for Cluster {
@@ -143,11 +145,13 @@ impl Cluster {
             replicas,
             "joined the cluster"
         );
+        let (replica, progress) = replica::progress();
         Ok(Cluster {
             config,
             js,
             leases,
             node,
+            replica: (replica, std::sync::Mutex::new(Some(progress))),
         })
     }
 
@@ -162,9 +166,10 @@ impl Cluster {
         let (js, partitions) = (self.js.clone(), self.config.partitions);
         let run_id = format!("{}.{}", self.node, crate::clock::now_ms());
         let runtime = tokio::runtime::Handle::current();
+        let replica = self.config.roles.api.then(|| self.replica.0.clone());
         std::thread::Builder::new()
             .name("spot-edge".into())
-            .spawn(move || edge::run(rx, js, runtime, partitions, run_id))
+            .spawn(move || edge::run(rx, js, runtime, partitions, run_id, replica))
     }
 
     /// Starts the stage: one task per partition, each trying to own it.
@@ -199,10 +204,15 @@ impl Cluster {
         config: DomainConfig,
         phase: watch::Receiver<Phase>,
     ) {
+        let progress = self.replica.1.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(progress) = progress else {
+            return;
+        };
         tokio::spawn(replica::run(
             self.config.postgres.clone(),
             domain,
             config,
+            progress,
             phase,
         ));
     }

@@ -11,7 +11,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::pg::PgState;
 use crate::clock::now_ms;
@@ -21,11 +21,53 @@ use crate::shutdown::Phase;
 /// How often the replica looks for a new commit.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(200);
 
+/// The replica's progress, for those who wait for it to hold a commit.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The position (sum of the partitions') the replica holds.
+    held: watch::Receiver<u64>,
+    /// Asks for a refresh now.
+    poke: Arc<Notify>,
+}
+
+/// The replica's side of [`Replica`].
+#[derive(Debug)]
+pub struct Progress {
+    held: watch::Sender<u64>,
+    poke: Arc<Notify>,
+}
+
+/// A [`Replica`] and its [`Progress`].
+pub fn progress() -> (Replica, Progress) {
+    let (held, rx) = watch::channel(0);
+    let poke = Arc::new(Notify::new());
+    (
+        Replica {
+            held: rx,
+            poke: poke.clone(),
+        },
+        Progress { held, poke },
+    )
+}
+
+/// How long [`Replica::reach`] waits at most.
+const REACH_WITHIN: Duration = Duration::from_secs(5);
+
+impl Replica {
+    /// Waits (at most [`REACH_WITHIN`]) until the replica holds position `position`.
+    pub async fn reach(mut self, position: u64) {
+        self.poke.notify_one();
+        let reached = self.held.wait_for(|held| *held >= position);
+        let _ = tokio::time::timeout(REACH_WITHIN, reached).await;
+    }
+}
+
 /// Keeps `domain` a replica of PostgreSQL's rows until the node stops.
 pub async fn run(
     postgres: String,
     domain: Arc<RwLock<Domain>>,
     config: DomainConfig,
+    progress: Progress,
     mut phase: watch::Receiver<Phase>,
 ) {
     let mut seen = None;
@@ -39,7 +81,10 @@ pub async fn run(
         }
         if let Some(conn) = pg.as_mut() {
             match refresh(conn, &domain, &config, seen).await {
-                Ok(version) => seen = Some(version),
+                Ok(version) => {
+                    seen = Some(version);
+                    progress.held.send_replace(version);
+                }
                 Err(e) => {
                     tracing::warn!("the read replica is not refreshed: {e}");
                     pg = None;
@@ -48,6 +93,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(REFRESH_EVERY) => {}
+            _ = progress.poke.notified() => {}
             _ = phase.changed() => {
                 if *phase.borrow() != Phase::Running {
                     return;

@@ -7,7 +7,8 @@
 //! 2. reads `SPOT_IN` from the next sequence on (an ordered consumer filtered to the
 //!    partition's subjects), and applies each message's entries at their own times — the
 //!    same [`Domain::apply_entry`] the embedded server's journal replay uses — and each
-//!    tick's offline sweep ([`Domain::sweep`]);
+//!    tick's offline sweep ([`Domain::sweep`]) and each REST change ([`Domain::write`],
+//!    answered on core NATS after the commit);
 //! 3. per batch (what has arrived, at most [`BATCH_MESSAGES`]): publishes the batch's
 //!    derived events to `SPOT_OUT` with message ids made of the input sequence that caused
 //!    them (a replay after a crash makes the same ones, which JetStream drops), waits for
@@ -31,7 +32,7 @@ use tokio::sync::watch;
 
 use super::lease::Lease;
 use super::pg::PgState;
-use super::wire::{self, InMessage};
+use super::wire::{self, InMessage, WriteAnswer, WriteRefusal};
 use crate::clock::now_ms;
 use crate::domain::{Domain, DomainConfig};
 use crate::shutdown::Phase;
@@ -169,6 +170,7 @@ async fn own(
         }
         let from = position;
         let mut out = Vec::new();
+        let mut answers = Vec::new();
         for message in batch {
             let message = match message {
                 Some(Ok(m)) => m,
@@ -191,6 +193,18 @@ async fn own(
                 Ok(InMessage::Tick(time)) => {
                     time_last = time_last.max(time);
                     domain.sweep(time);
+                }
+                Ok(InMessage::Write(w)) => {
+                    time_last = time_last.max(w.time);
+                    let result = match wire::write_method(&w.method) {
+                        Some(method) => domain
+                            .write(method, &w.collection, &w.id, &w.body, w.time)
+                            .map_err(Into::into),
+                        None => Err(WriteRefusal::Conflict {
+                            reason: format!("unknown change {:?}", w.method),
+                        }),
+                    };
+                    answers.push((w.reply, result));
                 }
                 Err(e) => tracing::error!(
                     partition = p,
@@ -225,6 +239,14 @@ async fn own(
         pg.commit(p, &changes, (from, position), time_last, &setup.node)
             .await
             .map_err(|e| e.to_string())?;
+        // Answers leave after the commit; one lost (the API node gave up) is only late.
+        let client = setup.js.client();
+        for (inbox, result) in answers {
+            let answer = WriteAnswer { result, position };
+            if let Ok(payload) = serde_json::to_vec(&answer) {
+                let _ = client.publish(inbox, payload.into()).await;
+            }
+        }
     }
 }
 

@@ -5,9 +5,16 @@
 //! events of one read, the stream's end, each with the edge's time. A message on
 //! `in.<P>.~tick` is a tick of partition P: the owner's time, in decimal milliseconds,
 //! for the offline sweep (time comes from the log, so a replay sweeps at the same points).
+//! A message on `in.<P>.~api` is a change through the REST API ([`WriteRequest`], JSON),
+//! applied in log order like the spots' events; its answer ([`WriteAnswer`]) goes back on
+//! core NATS to the request's inbox after the commit that holds it.
 //! `~` cannot occur in a serial ([`crate::ingest::valid_serial`]).
 
-use crate::domain::JournalEntry;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use spot_protocol::Object;
+
+use crate::domain::{JournalEntry, PutError, Write};
 use crate::store::journal::{parse_journal_line, write_journal_line};
 
 /// The input stream.
@@ -16,6 +23,8 @@ pub const IN_STREAM: &str = "SPOT_IN";
 pub const OUT_STREAM: &str = "SPOT_OUT";
 /// The last part of a tick's subject.
 const TICK: &str = "~tick";
+/// The last part of a REST change's subject.
+const API: &str = "~api";
 
 /// The partition of a serial number among `partitions` (FNV-1a: stable across builds and
 /// machines, unlike the standard library's hasher).
@@ -38,6 +47,11 @@ pub fn tick_subject(p: u32) -> String {
     format!("in.{p}.{TICK}")
 }
 
+/// The subject of partition `p`'s REST changes.
+pub fn write_subject(p: u32) -> String {
+    format!("in.{p}.{API}")
+}
+
 /// The subjects partition `p`'s owner consumes.
 pub fn partition_filter(p: u32) -> String {
     format!("in.{p}.>")
@@ -55,6 +69,111 @@ pub enum InMessage {
     Group(Vec<JournalEntry>),
     /// A tick at this time (ms).
     Tick(i64),
+    /// A change through the REST API.
+    Write(WriteRequest),
+}
+
+/// A change through the REST API, as [`crate::domain::Domain::write`] takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    /// `put`, `post`, `delete`, `add_members`, `remove_member`.
+    pub method: String,
+    /// The collection.
+    pub collection: String,
+    /// The resource id.
+    pub id: String,
+    /// The JSON body.
+    pub body: Object,
+    /// The API node's time (ms): the change's `now`.
+    pub time: i64,
+    /// Where the answer goes (a core NATS inbox).
+    pub reply: String,
+}
+
+/// [`Write`]'s name in a [`WriteRequest`].
+pub fn write_name(method: Write) -> &'static str {
+    match method {
+        Write::Put => "put",
+        Write::Post => "post",
+        Write::Delete => "delete",
+        Write::AddMembers => "add_members",
+        Write::RemoveMember => "remove_member",
+    }
+}
+
+/// The [`Write`] a [`WriteRequest`] names.
+pub fn write_method(name: &str) -> Option<Write> {
+    Some(match name {
+        "put" => Write::Put,
+        "post" => Write::Post,
+        "delete" => Write::Delete,
+        "add_members" => Write::AddMembers,
+        "remove_member" => Write::RemoveMember,
+        _ => return None,
+    })
+}
+
+/// The answer to a [`WriteRequest`]: the domain's, and the input log position whose
+/// commit holds the change (the API node waits for its replica to reach it, so that the
+/// caller reads what it wrote).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteAnswer {
+    /// The resource as it is now, or why the change was not made.
+    pub result: Result<Value, WriteRefusal>,
+    /// The position.
+    pub position: u64,
+}
+
+/// [`PutError`] on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WriteRefusal {
+    /// [`PutError::NotFound`].
+    NotFound {
+        /// The collection.
+        collection: String,
+        /// The id.
+        id: String,
+    },
+    /// [`PutError::MethodNotAllowed`].
+    MethodNotAllowed {
+        /// The collection.
+        collection: String,
+    },
+    /// [`PutError::Conflict`].
+    Conflict {
+        /// Why.
+        reason: String,
+    },
+    /// [`PutError::BadField`].
+    BadField {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<PutError> for WriteRefusal {
+    fn from(e: PutError) -> Self {
+        match e {
+            PutError::NotFound { collection, id } => WriteRefusal::NotFound { collection, id },
+            PutError::MethodNotAllowed(collection) => WriteRefusal::MethodNotAllowed { collection },
+            PutError::Conflict(reason) => WriteRefusal::Conflict { reason },
+            PutError::BadField { field, reason } => WriteRefusal::BadField { field, reason },
+        }
+    }
+}
+
+impl From<WriteRefusal> for PutError {
+    fn from(e: WriteRefusal) -> Self {
+        match e {
+            WriteRefusal::NotFound { collection, id } => PutError::NotFound { collection, id },
+            WriteRefusal::MethodNotAllowed { collection } => PutError::MethodNotAllowed(collection),
+            WriteRefusal::Conflict { reason } => PutError::Conflict(reason),
+            WriteRefusal::BadField { field, reason } => PutError::BadField { field, reason },
+        }
+    }
 }
 
 /// Why a message of the input log cannot be read (it is skipped and logged: it was
@@ -73,6 +192,9 @@ pub enum WireError {
     /// A tick whose time is not a number.
     #[error("a tick whose time is not a number")]
     Tick,
+    /// A REST change that does not parse.
+    #[error("a REST change that does not parse: {0}")]
+    Write(String),
 }
 
 /// Appends `entry` to a group's payload.
@@ -94,6 +216,11 @@ pub fn read_message(subject: &str, payload: &[u8]) -> Result<InMessage, WireErro
             .parse()
             .map(InMessage::Tick)
             .map_err(|_| WireError::Tick);
+    }
+    if subject.ends_with(API) {
+        return serde_json::from_str(text)
+            .map(InMessage::Write)
+            .map_err(|e| WireError::Write(e.to_string()));
     }
     let mut entries = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -149,6 +276,40 @@ mod tests {
         assert_eq!(
             read_message("in.0.7", b"7\t+\t1\t\nnot a line"),
             Err(WireError::Line { line: 2 })
+        );
+    }
+
+    #[test]
+    fn a_rest_change_and_its_refusal_round_trip() {
+        let request = WriteRequest {
+            method: write_name(Write::AddMembers).into(),
+            collection: "locations".into(),
+            id: "x".into(),
+            body: serde_json::from_str(r#"{"label":"dock"}"#).unwrap(),
+            time: 5,
+            reply: "_INBOX.1".into(),
+        };
+        let payload = serde_json::to_string(&request).unwrap();
+        assert_eq!(
+            read_message(&write_subject(0), payload.as_bytes()).unwrap(),
+            InMessage::Write(request)
+        );
+        assert_eq!(write_method("add_members"), Some(Write::AddMembers));
+        let refusal = PutError::BadField {
+            field: "label".into(),
+            reason: "not a string".into(),
+        };
+        let answer = WriteAnswer {
+            result: Err(refusal.into()),
+            position: 9,
+        };
+        let back: WriteAnswer =
+            serde_json::from_str(&serde_json::to_string(&answer).unwrap()).unwrap();
+        assert_eq!(back, answer);
+        let Err(refusal) = back.result else { panic!() };
+        assert_eq!(
+            PutError::from(refusal).to_string(),
+            "field \"label\": not a string"
         );
     }
 
