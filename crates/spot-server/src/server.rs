@@ -431,11 +431,14 @@ impl Server {
                 }
                 // Every node pushes what the stages store, whoever applied it.
                 cluster.start_feed(push.publisher(), shutdown_rx.clone());
-                if roles.api {
+                // The replica serves REST, and tells an edge a spot's pending commands.
+                if roles.api || roles.edge {
                     cluster.start_replica(domain.clone(), domain_config, shutdown_rx.clone());
                 }
                 if roles.edge {
-                    cluster.start_edge(core_rx).map_err(thread_error)?
+                    cluster
+                        .start_edge(core_rx, domain.clone())
+                        .map_err(thread_error)?
                 } else {
                     // No edge: the queue is closed, spot streams are answered `503`.
                     drop(core_rx);

@@ -23,12 +23,17 @@
 //! replica holds it (so the caller reads what it wrote), or `503` after
 //! [`WRITE_ANSWER_WITHIN`] without a stage.
 //!
-//! Not on this path yet: commands to spots (the reply hands none over) and access
-//! control's audit events (not logged).
+//! A stream that ends hands the spot its pending requests (`config_request`,
+//! `firmware_request`) as this node's replica holds them, then tells the owner which ones
+//! it handed over ([`wire::TAKE_COMMANDS`]); a request made meanwhile stays pending. So a
+//! command reaches its spot whichever node the spot reaches next, within the replica's
+//! refresh ([`super::replica::REFRESH_EVERY`]) of its `PUT`.
+//!
+//! Not on this path yet: access control's audit events (not logged).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
@@ -39,9 +44,10 @@ use futures_util::StreamExt;
 use super::replica::Replica;
 use super::wire::{self, WriteAnswer, WriteRequest};
 use crate::clock::now_ms;
-use crate::domain::{JournalEntry, PutError, UpstreamRow};
+use crate::domain::{Domain, JournalEntry, PutError, UpstreamRow};
 use crate::ids::Id;
 use crate::pipeline::{EndReply, PipelineMsg, PipelineReceiver};
+use serde_json::Value;
 
 /// A POST's entries beyond this many bytes go as several messages (JetStream's default
 /// largest message is 1 MiB).
@@ -127,6 +133,48 @@ impl Publisher {
 }
 
 impl Publisher {
+    /// Tells the partition's owner that `serial` was handed these requests.
+    async fn handed(
+        &self,
+        serial: &str,
+        (config, firmware): (Option<spot_protocol::Object>, Option<spot_protocol::Object>),
+    ) -> Result<(), String> {
+        let mut body = spot_protocol::Object::new();
+        body.insert("config".into(), config.map_or(Value::Null, Value::Object));
+        body.insert(
+            "firmware".into(),
+            firmware.map_or(Value::Null, Value::Object),
+        );
+        let request = WriteRequest {
+            method: wire::TAKE_COMMANDS.into(),
+            collection: "spots".into(),
+            id: serial.to_string(),
+            body,
+            time: now_ms(),
+            reply: String::new(),
+        };
+        let payload = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(self.next_id());
+        self.js
+            .send_publish(wire::write_subject(0), message)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next message id of this run.
+    fn next_id(&self) -> String {
+        format!(
+            "{}.{}",
+            self.run,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     /// Sends a REST change through the input log and waits for the stage's answer, then
     /// for this node's replica to hold it (when the node has one).
     async fn write(
@@ -141,10 +189,9 @@ impl Publisher {
             .await
             .map_err(|e| e.to_string())?;
         let payload = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        let id = format!("{}.{}", self.run, self.counter.fetch_add(1, Ordering::Relaxed));
         let message = PublishMessage::build()
             .payload(payload.into())
-            .message_id(id);
+            .message_id(self.next_id());
         // One partition: every change goes to partition 0 (see `super`).
         self.js
             .send_publish(wire::write_subject(0), message)
@@ -183,6 +230,7 @@ pub fn run(
     partitions: u32,
     run_id: String,
     replica: Option<Replica>,
+    state: Option<Arc<RwLock<Domain>>>,
 ) {
     let publisher = Publisher {
         js,
@@ -250,7 +298,7 @@ pub fn run(
                 PipelineMsg::Sync {
                     serial,
                     end_stream,
-                    take_commands: _,
+                    take_commands,
                     reply,
                 } => {
                     let mut o = if end_stream {
@@ -276,25 +324,43 @@ pub fn run(
                     let acked_seq = o.last_seq;
                     if !end_stream {
                         // The stream goes on: keep its chain and sequence.
-                        let kept = open.entry(serial).or_default();
+                        let kept = open.entry(serial.clone()).or_default();
                         kept.last = last.clone();
                         kept.last_seq = acked_seq;
                     }
+                    // The spot's pending requests, as the replica has them.
+                    let requests = match (&state, take_commands) {
+                        (Some(state), true) => state
+                            .read()
+                            .map(|d| d.pending_requests(&serial))
+                            .unwrap_or_default(),
+                        _ => (None, None),
+                    };
+                    let publisher = publisher.clone();
                     tokio::spawn(async move {
                         let outcome = match last {
                             Some(done) => done.await,
                             None => Ok(()),
                         };
-                        match outcome {
-                            Ok(()) => {
-                                let _ = reply.send(EndReply {
-                                    acked_seq,
-                                    commands: Vec::new(),
-                                });
-                            }
+                        if let Err(why) = outcome {
                             // Dropping the reply answers `503`: nothing acknowledged.
-                            Err(why) => tracing::warn!("a stream is not acknowledged: {why}"),
+                            tracing::warn!("a stream is not acknowledged: {why}");
+                            return;
                         }
+                        let commands = Domain::commands_of(&requests);
+                        if !commands.is_empty() {
+                            if let Err(why) = publisher.handed(&serial, requests).await {
+                                // They are handed over again with the next stream.
+                                tracing::warn!(
+                                    serial,
+                                    "handed commands not marked as taken: {why}"
+                                );
+                            }
+                        }
+                        let _ = reply.send(EndReply {
+                            acked_seq,
+                            commands,
+                        });
                     });
                 }
                 PipelineMsg::Put {

@@ -124,7 +124,12 @@ impl JetStreamEvents {
             .get_stream(wire::OUT_STREAM)
             .await
             .map_err(|e| e.to_string())?;
-        let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
         if last <= after_id || limit == 0 {
             return Ok(Vec::new());
         }

@@ -17,7 +17,7 @@
 //! Not built yet (see the note): more than one partition — the merge of an item
 //! seen by spots of different partitions needs the item stage of the design, so a cluster
 //! has one partition (one stage owner at a time, any node taking over within the lease's
-//! TTL); commands to spots; shared access control and webhook subscriptions
+//! TTL); shared access control and webhook subscriptions
 //! (each node has its own `access.db` and `webhooks.db`).
 
 pub mod edge;
@@ -77,7 +77,10 @@ pub struct Cluster {
     leases: async_nats::jetstream::kv::Store,
     node: String,
     /// The read replica's progress (REST changes wait for it), until the replica starts.
-    replica: (replica::Replica, std::sync::Mutex<Option<replica::Progress>>),
+    replica: (
+        replica::Replica,
+        std::sync::Mutex<Option<replica::Progress>>,
+    ),
 }
 
 impl std::fmt::Debug for Cluster {
@@ -162,14 +165,18 @@ impl Cluster {
 
     /// Starts the edge on a thread of its own: it drains the pipeline's queue into the
     /// input log.
-    pub fn start_edge(&self, rx: PipelineReceiver) -> std::io::Result<std::thread::JoinHandle<()>> {
+    pub fn start_edge(
+        &self,
+        rx: PipelineReceiver,
+        state: Arc<RwLock<Domain>>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let (js, partitions) = (self.js.clone(), self.config.partitions);
         let run_id = format!("{}.{}", self.node, crate::clock::now_ms());
         let runtime = tokio::runtime::Handle::current();
-        let replica = self.config.roles.api.then(|| self.replica.0.clone());
+        let replica = Some(self.replica.0.clone());
         std::thread::Builder::new()
             .name("spot-edge".into())
-            .spawn(move || edge::run(rx, js, runtime, partitions, run_id, replica))
+            .spawn(move || edge::run(rx, js, runtime, partitions, run_id, replica, Some(state)))
     }
 
     /// Starts the stage: one task per partition, each trying to own it.
@@ -204,7 +211,12 @@ impl Cluster {
         config: DomainConfig,
         phase: watch::Receiver<Phase>,
     ) {
-        let progress = self.replica.1.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let progress = self
+            .replica
+            .1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let Some(progress) = progress else {
             return;
         };

@@ -194,6 +194,12 @@ async fn own(
                     time_last = time_last.max(time);
                     domain.sweep(time);
                 }
+                Ok(InMessage::Write(w)) if w.method == wire::TAKE_COMMANDS => {
+                    time_last = time_last.max(w.time);
+                    let request = |key| w.body.get(key).and_then(|v| v.as_object()).cloned();
+                    let handed = (request("config"), request("firmware"));
+                    domain.take_handed_commands(&w.id, &handed, w.time);
+                }
                 Ok(InMessage::Write(w)) => {
                     time_last = time_last.max(w.time);
                     let result = match wire::write_method(&w.method) {
@@ -241,7 +247,7 @@ async fn own(
             .map_err(|e| e.to_string())?;
         // Answers leave after the commit; one lost (the API node gave up) is only late.
         let client = setup.js.client();
-        for (inbox, result) in answers {
+        for (inbox, result) in answers.into_iter().filter(|(inbox, _)| !inbox.is_empty()) {
             let answer = WriteAnswer { result, position };
             if let Ok(payload) = serde_json::to_vec(&answer) {
                 let _ = client.publish(inbox, payload.into()).await;

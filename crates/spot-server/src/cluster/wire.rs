@@ -90,6 +90,12 @@ pub struct WriteRequest {
     pub reply: String,
 }
 
+/// The method of the [`WriteRequest`] an edge sends after handing a spot its pending
+/// requests (body `{"config": …, "firmware": …}`, id the serial): the owner clears each
+/// that is still the pending one ([`crate::domain::Domain::take_handed_commands`]). It has
+/// no answer (`reply` empty).
+pub const TAKE_COMMANDS: &str = "take_commands";
+
 /// [`Write`]'s name in a [`WriteRequest`].
 pub fn write_name(method: Write) -> &'static str {
     match method {

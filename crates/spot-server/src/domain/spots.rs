@@ -63,6 +63,61 @@ impl Domain {
         commands
     }
 
+    /// The spot's pending requests, `(config, firmware)`, left pending (a cluster's edge
+    /// reads them from its replica, hands them over, then has the owner take them with
+    /// [`Domain::take_handed_commands`]).
+    pub fn pending_requests(&self, serial: &str) -> (Option<Object>, Option<Object>) {
+        let spot = self
+            .spot_by_serial
+            .get(serial)
+            .and_then(|&id| self.spots.get(id));
+        match spot {
+            Some(s) => (s.config_request.clone(), s.firmware_request.clone()),
+            None => (None, None),
+        }
+    }
+
+    /// The commands of `requests` (as [`Domain::pending_requests`] gave them), in the order
+    /// [`Domain::take_commands`] hands them over.
+    pub fn commands_of(requests: &(Option<Object>, Option<Object>)) -> Vec<Event> {
+        let (config, firmware) = requests;
+        let config = config.iter().map(|o| command_event("config", o.clone()));
+        let firmware = firmware
+            .iter()
+            .map(|o| command_event("firmware", o.clone()));
+        config.chain(firmware).collect()
+    }
+
+    /// Clears the requests that were handed over, each only if it is still the pending one
+    /// (a request made after the hand-over stays pending, for the next stream).
+    pub fn take_handed_commands(
+        &mut self,
+        serial: &str,
+        (config, firmware): &(Option<Object>, Option<Object>),
+        now: i64,
+    ) {
+        let Some(&id) = self.spot_by_serial.get(serial) else {
+            return;
+        };
+        let Some(spot) = self.spots.get_mut(id) else {
+            return;
+        };
+        let mut taken = false;
+        if config.is_some() && spot.config_request == *config {
+            spot.config_request = None;
+            taken = true;
+        }
+        if firmware.is_some() && spot.firmware_request == *firmware {
+            spot.firmware_request = None;
+            taken = true;
+        }
+        if taken {
+            spot.time_updated = now;
+            self.dirty.insert((Table::Spots, id));
+            self.must_flush = true;
+        }
+    }
+
     pub(super) fn resolve_spot_id(&self, id: &str) -> Option<Id> {
         match Id::parse(id) {
             Some(id) if self.spots.contains_key(id) => Some(id),
