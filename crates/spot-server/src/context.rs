@@ -35,6 +35,9 @@ pub struct Context {
     pub access: Arc<Access>,
     /// The server's phase (`/readyz` says not ready once it is stopping).
     pub phase: watch::Receiver<Phase>,
+    /// A cluster node: what a REST read waits for first (its replica holding everything
+    /// acknowledged before the read); `None` on the embedded server.
+    pub read_barrier: Option<crate::cluster::replica::ReadBarrier>,
 }
 
 /// Why the live state is not served: its owner (the pipeline) failed, and what it holds may

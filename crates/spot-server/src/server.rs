@@ -462,6 +462,7 @@ impl Server {
             outlets: push,
             access: access.clone(),
             phase: shutdown_rx.clone(),
+            read_barrier: cluster.as_ref().map(Cluster::read_barrier),
         });
         let (done_tx, connections_done) = mpsc::channel(1);
         let mut tasks = vec![tokio::spawn(http::serve(

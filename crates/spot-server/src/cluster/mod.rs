@@ -194,6 +194,14 @@ impl Cluster {
         }
     }
 
+    /// What makes this node's REST reads see everything acknowledged before them.
+    pub fn read_barrier(&self) -> replica::ReadBarrier {
+        replica::ReadBarrier {
+            js: self.js.clone(),
+            replica: self.replica.0.clone(),
+        }
+    }
+
     /// The derived events log the outlets resume from (`SPOT_OUT`).
     pub fn events_log(&self) -> Arc<dyn spot_push::EventLog> {
         Arc::new(events::JetStreamEvents::new(self.js.clone()))

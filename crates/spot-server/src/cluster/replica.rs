@@ -62,6 +62,56 @@ impl Replica {
     }
 }
 
+/// How long a read waits for the replica to catch up at most; past it, it is served from
+/// what the replica holds (and a warning says so).
+pub const CATCH_UP_WITHIN: Duration = Duration::from_secs(5);
+
+/// What makes a REST read see everything acknowledged before it (as on the embedded
+/// server, where a `200` means the state holds the events): the read waits until the
+/// replica holds the input log's last position at the time of the read.
+#[derive(Debug, Clone)]
+pub struct ReadBarrier {
+    /// The input log.
+    pub(super) js: async_nats::jetstream::Context,
+    /// The replica.
+    pub(super) replica: Replica,
+}
+
+impl ReadBarrier {
+    /// Waits until the replica holds what the input log holds now (at most
+    /// [`CATCH_UP_WITHIN`]).
+    pub async fn catch_up(&self) {
+        let last = match self.js.get_stream(super::wire::IN_STREAM).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => info.state.last_sequence,
+                Err(e) => {
+                    tracing::warn!("a read does not wait for the replica: {e}");
+                    return;
+                }
+            },
+            Err(e) => {
+                tracing::warn!("a read does not wait for the replica: {e}");
+                return;
+            }
+        };
+        let mut held = self.replica.held.clone();
+        if *held.borrow() >= last {
+            return;
+        }
+        self.replica.poke.notify_one();
+        if tokio::time::timeout(CATCH_UP_WITHIN, held.wait_for(|h| *h >= last))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                position = last,
+                "a read is served from a replica that is behind the input log (no stage applied it within {} s)",
+                CATCH_UP_WITHIN.as_secs()
+            );
+        }
+    }
+}
+
 /// Keeps `domain` a replica of PostgreSQL's rows until the node stops.
 pub async fn run(
     postgres: String,

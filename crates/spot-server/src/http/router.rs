@@ -22,7 +22,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use hyper::{StatusCode, Uri};
+use hyper::{Method, StatusCode, Uri};
 use serde_json::Value;
 use spot_push::webhook::{SubscriptionInput, WebhookSubscription};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
@@ -107,12 +107,20 @@ pub fn served_after_pipeline_failure(path: &str) -> bool {
 /// Once the pipeline has failed (a panic in a state owner: the live state may be
 /// half-applied, nothing commits), answers `503` saying why, except on the paths of
 /// [`served_after_pipeline_failure`]. Behind the key check: an unauthenticated caller learns
-/// nothing of the failure.
+/// nothing of the failure. On a cluster node, a REST read first waits for the node's
+/// replica to hold everything acknowledged before it ([`Context::read_barrier`]).
 async fn failure_gate(State(ctx): Ctx, req: Request, next: axum::middleware::Next) -> Response {
     if let Some(failure) = ctx.pipeline.failure() {
         if !served_after_pipeline_failure(req.uri().path()) {
             let why = crate::context::StateUnavailable(failure.to_string());
             return full(crate::response::unavailable_state(&why));
+        }
+    }
+    if let Some(barrier) = &ctx.read_barrier {
+        let path = req.uri().path();
+        let streaming = matches!(path, "/api/stream" | "/api/ws") || path.ends_with("/events/");
+        if req.method() == Method::GET && path.starts_with("/api/") && !streaming {
+            barrier.catch_up().await;
         }
     }
     next.run(req).await
