@@ -336,6 +336,16 @@ impl Server {
             offline_after_ms: config.offline_after.as_millis() as i64,
             events_retention_ms: config.events_retention.as_millis() as i64,
             events_max_in_memory: config.limits.events_max_in_memory,
+            // A cluster's log has no end for a stream whose edge died: such a stream counts
+            // as over once it sent nothing for as long as an edge waits for a body's next
+            // piece (after that, a living edge ends it itself).
+            stream_idle_ms: config.cluster.as_ref().map(|_| {
+                config
+                    .limits
+                    .body_idle_timeout
+                    .max(config.offline_after)
+                    .as_millis() as i64
+            }),
             ..DomainConfig::default()
         };
         let mut domain = Domain::new(domain_config.clone());

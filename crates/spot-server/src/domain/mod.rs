@@ -89,6 +89,11 @@ pub struct DomainConfig {
     /// that would take the config past this is not merged (the event is still stored and
     /// acknowledged) and a warning says so; a `config create` replaces the config whole.
     pub spot_config_max_bytes: usize,
+    /// A spot whose streams sent nothing for this long (ms) counts as having none open, when
+    /// set. A cluster sets it (its body idle timeout): a stream whose edge died never ends
+    /// in the log, and would keep its spot online for good. The embedded server ends every
+    /// stream it began (a restart forgets them all), so it leaves this `None`.
+    pub stream_idle_ms: Option<i64>,
     /// Most members an item list or a spot list holds (default 100,000): a list is one row,
     /// written whole with each change of it; adding past this is refused (`409`).
     pub list_max_members: usize,
@@ -101,6 +106,7 @@ impl Default for DomainConfig {
             events_retention_ms: 24 * 3600 * 1000,
             events_max_in_memory: 100_000,
             spot_config_max_bytes: 64 * 1024,
+            stream_idle_ms: None,
             list_max_members: 100_000,
         }
     }
@@ -305,8 +311,12 @@ impl Domain {
             .values()
             .filter(|s| {
                 s.is_online
-                    && s.open_streams == 0
                     && now - s.last_traffic >= self.config.offline_after_ms
+                    && (s.open_streams == 0
+                        || self
+                            .config
+                            .stream_idle_ms
+                            .is_some_and(|idle| now - s.last_traffic >= idle))
             })
             .map(|s| s.id)
             .collect();

@@ -215,6 +215,8 @@ impl Domain {
             self.spots_online -= 1;
         }
         spot.is_online = false;
+        // A stream left open (its edge died, see `DomainConfig::stream_idle_ms`) is over.
+        spot.open_streams = 0;
         spot.time_updated = now;
         tracing::info!(spot = %spot.serial_number, "spot disconnected (offline)");
         let topic = topics::spot_disconnected(spot.id, &spot.serial_number);
@@ -337,6 +339,27 @@ pub(super) fn command_event(resource: &str, object: Object) -> Event {
 mod tests {
     use super::*;
     use crate::domain::testing::*;
+
+    #[test]
+    fn a_stream_that_never_ends_keeps_its_spot_online_unless_streams_go_idle() {
+        for idle in [None, Some(30_000)] {
+            let mut d = Domain::new(DomainConfig {
+                stream_idle_ms: idle,
+                ..DomainConfig::default()
+            });
+            d.begin_stream("9", None, T0);
+            d.apply_event("9", &presence(Action::Create, "0a", Proximity::Near), T0);
+            // No end: the stream's edge died.
+            d.sweep(T0 + 29_000);
+            assert!(
+                d.spots.values().all(|s| s.is_online),
+                "{idle:?}: not idle yet"
+            );
+            d.sweep(T0 + 31_000);
+            let online = d.spots.values().all(|s| s.is_online);
+            assert_eq!(online, idle.is_none(), "{idle:?}");
+        }
+    }
     use spot_protocol::SpotStatus;
     #[test]
     fn a_spot_is_created_on_first_sight_with_its_own_location() {
