@@ -132,7 +132,7 @@ impl Lease {
     }
 
     /// Gives the lease back (a clean stop: the next owner need not wait for the TTL).
-    pub async fn release(self, store: &Store) {
+    pub async fn release(&self, store: &Store) {
         if let Err(e) = store
             .delete_expect_revision(key(self.partition), Some(self.revision))
             .await

@@ -70,9 +70,13 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
             return;
         }
         match Lease::try_take(&setup.leases, p, &setup.node, setup.lease_ttl).await {
-            Ok(Some(lease)) => {
+            Ok(Some(mut lease)) => {
                 tracing::info!(partition = p, node = setup.node, "took the partition");
-                match own(&setup, p, lease, &mut phase).await {
+                let owned = own(&setup, p, &mut lease, &mut phase).await;
+                // Given back either way: after a failure, the next owner (maybe this node,
+                // from what PostgreSQL holds) need not wait for the TTL.
+                lease.release(&setup.leases).await;
+                match owned {
                     Ok(()) => return,
                     Err(why) => tracing::warn!(partition = p, "gave the partition up: {why}"),
                 }
@@ -91,7 +95,7 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
 async fn own(
     setup: &StageSetup,
     p: u32,
-    mut lease: Lease,
+    lease: &mut Lease,
     phase: &mut watch::Receiver<Phase>,
 ) -> Result<(), String> {
     let mut pg = PgState::connect(&setup.postgres)
@@ -150,10 +154,7 @@ async fn own(
                 }
                 continue;
             }
-            _ = phase.changed() => {
-                lease.release(&setup.leases).await;
-                return Ok(());
-            }
+            _ = phase.changed() => return Ok(()),
         };
         if !lease.valid() {
             return Err(format!(
