@@ -35,7 +35,10 @@ ulimit -n 65536 2>/dev/null || true
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+wait_port() { # port [log]
+  for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "port $1 never opened" >&2; [[ -n ${2:-} ]] && tail -5 "$2" >&2; return 1
+}
 
 # NATS: three servers, routes between them.
 NP=() ; CP=() ; MP=()
@@ -79,7 +82,7 @@ esac
 UPSTREAMS=""
 for n in "${NODES[@]}"; do
   set -- $n
-  wait_port "$3"
+  wait_port "$3" "$DIR/$1.log"
   case $1 in stage) ;; *) UPSTREAMS+="server 127.0.0.1:$3; " ;; esac
 done
 NGINX_PORT=$(free_port)

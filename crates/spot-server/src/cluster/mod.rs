@@ -109,7 +109,8 @@ impl Cluster {
         let client = async_nats::ConnectOptions::new()
             .name(format!("spot serve {node}"))
             .retry_on_initial_connect()
-            .connect(config.nats.join(","))
+            // Every server given (the client tries them in turn and learns the others).
+            .connect(server_list(&config.nats))
             .await
             .map_err(|e| nats("connect")(e.to_string()))?;
         let js = jetstream::new(client.clone());
@@ -118,7 +119,7 @@ impl Cluster {
             .server_info()
             .connect_urls
             .len()
-            .max(config.nats.len());
+            .max(server_list(&config.nats).len());
         let replicas = servers.clamp(1, 3);
         for (name, subjects, max_age) in [
             (wire::IN_STREAM, "in.>", IN_MAX_AGE),
@@ -238,10 +239,37 @@ impl Cluster {
     }
 }
 
+/// The NATS servers of `nats`, whose entries may each hold several separated by commas.
+fn server_list(nats: &[String]) -> Vec<String> {
+    nats.iter()
+        .flat_map(|urls| urls.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// `<host name>-<process id>`.
 fn default_node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "node".into());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_nats_server_given_is_one_address() {
+        let given = [
+            "nats://a:4222,nats://b:4222".to_string(),
+            " nats://c:4222 ".into(),
+        ];
+        assert_eq!(
+            server_list(&given),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+    }
 }
