@@ -28,7 +28,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql -qX -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$DIR"
+  [[ -n ${KEEP:-} ]] && echo "kept $DIR" || rm -rf "$DIR"
 }
 trap cleanup EXIT INT TERM
 ulimit -n 65536 2>/dev/null || true
@@ -83,13 +83,13 @@ UPSTREAMS=""
 for n in "${NODES[@]}"; do
   set -- $n
   wait_port "$3" "$DIR/$1.log"
-  case $1 in stage) ;; *) UPSTREAMS+="server 127.0.0.1:$3; " ;; esac
+  case $1 in stage) ;; *) [[ -n ${ONE_UPSTREAM:-} && -n $UPSTREAMS ]] || UPSTREAMS+="server 127.0.0.1:$3; " ;; esac
 done
 NGINX_PORT=$(free_port)
 mkdir -p "$DIR/nginx"
 cat >"$DIR/nginx.conf" <<EOF
 daemon off; master_process on; worker_processes 1; user root;
-pid $DIR/nginx/pid; error_log $DIR/nginx/error.log;
+pid $DIR/nginx/pid; error_log $DIR/nginx/error.log info;
 events { worker_connections 8192; }
 http {
   access_log off;
@@ -126,7 +126,10 @@ for i in 0 1 2; do C0[nats$i]=$(cpu "${NATS_PIDS[$i]}"); done
 NGX_WORKERS=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
 C0[nginx]=0; for w in $NGX_WORKERS; do C0[nginx]=$(( ${C0[nginx]} + $(cpu "$w") )); done
 W0=$(wal); R0=$(rows)
-"$SPOTLOAD" --target "127.0.0.1:$NGINX_PORT" --spots "$SPOTS" --rate "$RATE" --duration "$SECS" >"$DIR/load.json" 2>"$DIR/load.log"
+TARGET=$NGINX_PORT
+# DIRECT=1: the load goes to the first node, not through nginx.
+if [[ -n ${DIRECT:-} ]]; then set -- ${NODES[0]}; TARGET=$3; fi
+"$SPOTLOAD" --target "127.0.0.1:$TARGET" --spots "$SPOTS" --rate "$RATE" --duration "$SECS" >"$DIR/load.json" 2>"$DIR/load.log"
 sleep 3 # the stage catches up
 W1=$(wal); R1=$(rows)
 ACKED=$(python3 -c "import json; print(json.load(open('$DIR/load.json'))['events_acked'])")

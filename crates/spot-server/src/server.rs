@@ -287,6 +287,9 @@ impl Server {
     pub fn check(config: &ServerConfig) -> Result<(), ServerError> {
         tls_acceptor(config)?;
         check_webhook_ca(config)?;
+        if let Some(cluster) = &config.cluster {
+            crate::cluster::check(cluster)?;
+        }
         check_data_dir(config)
     }
 
@@ -298,6 +301,12 @@ impl Server {
         let tls = tls_acceptor(&config)?;
         check_webhook_ca(&config)?;
         check_data_dir(&config)?;
+        // A cluster node joins (and creates what is missing) before it listens: a node that
+        // cannot reach its engines never takes a connection it cannot serve.
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::connect(c.clone()).await?),
+            None => None,
+        };
         let http_listener = listen(config.listen).map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,
@@ -320,11 +329,6 @@ impl Server {
         let data_lock = lock_data_dir(&config.data_dir)?;
         let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
         store.set_cache_bytes(config.limits.store_cache_bytes)?;
-        // A cluster node joins (and creates what is missing) before it serves anything.
-        let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::connect(c.clone()).await?),
-            None => None,
-        };
         let push = match &cluster {
             None => outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?,
             Some(cluster) => {

@@ -54,8 +54,9 @@ use serde_json::Value;
 pub const GROUP_MAX_BYTES: usize = 512 * 1024;
 
 /// Attempts of one publish before the stream is given up (answered `503`: the spot sends
-/// it again); the same message id each time.
-const PUBLISH_ATTEMPTS: u32 = 5;
+/// it again); the same message id each time. Twenty, half a second apart: a stream's
+/// leader election after a NATS server died took up to about 5 s here.
+const PUBLISH_ATTEMPTS: u32 = 20;
 
 /// Wait before the next attempt of a failed publish.
 const PUBLISH_RETRY_DELAY: Duration = Duration::from_millis(500);

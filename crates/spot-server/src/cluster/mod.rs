@@ -93,22 +93,13 @@ impl Cluster {
     /// Connects to NATS and PostgreSQL and creates what is missing of the streams, the
     /// lease bucket and the tables.
     pub async fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
-        if config.partitions != 1 {
-            return Err(ClusterError::Config(format!(
-                "{} partitions: a cluster has one partition for now (the item stage that \
-                 merges an item seen by spots of different partitions is not built yet)",
-                config.partitions
-            )));
-        }
-        if config.lease_ttl < Duration::from_secs(1) {
-            return Err(ClusterError::Config(
-                "the lease TTL must be at least 1 s".into(),
-            ));
-        }
+        check(&config)?;
         let node = config.node.clone().unwrap_or_else(default_node_name);
         let client = async_nats::ConnectOptions::new()
             .name(format!("spot serve {node}"))
-            .retry_on_initial_connect()
+            // No retry of the first connection: the node says at once that NATS is not
+            // reachable (and exits) instead of waiting without answering; the server's
+            // details are there once it returns (the replica count needs them).
             // Every server given (the client tries them in turn and learns the others).
             .connect(server_list(&config.nats))
             .await
@@ -237,6 +228,26 @@ impl Cluster {
             phase,
         ));
     }
+}
+
+/// Refuses settings a node cannot run with, before anything is created.
+pub fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
+    if config.partitions != 1 {
+        return Err(ClusterError::Config(format!(
+            "{} partitions: a cluster has one partition for now (the item stage that \
+             merges an item seen by spots of different partitions is not built yet)",
+            config.partitions
+        )));
+    }
+    if config.lease_ttl < Duration::from_secs(1) {
+        return Err(ClusterError::Config(
+            "the lease TTL must be at least 1 s".into(),
+        ));
+    }
+    if server_list(&config.nats).is_empty() {
+        return Err(ClusterError::Config("no NATS server given".into()));
+    }
+    Ok(())
 }
 
 /// The NATS servers of `nats`, whose entries may each hold several separated by commas.

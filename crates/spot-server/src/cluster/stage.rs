@@ -16,7 +16,8 @@
 //!    transaction. A commit refused because the position moved means another node owns
 //!    the partition now: this owner stops at once, without its uncommitted batch;
 //! 4. renews its lease every third of the TTL, publishes a tick into its partition every
-//!    second, and gives the lease back when the node stops.
+//!    second (and starts over when not even its ticks come back: its reader is gone), and
+//!    gives the lease back when it stops owning the partition.
 //!
 //! Anything failing (NATS, PostgreSQL, the lease) ends the ownership; the node tries to
 //! take the partition again, from what PostgreSQL holds.
@@ -45,6 +46,10 @@ const TAKE_EVERY: Duration = Duration::from_millis(500);
 
 /// How often the owner publishes a tick into its partition.
 const TICK_EVERY: Duration = Duration::from_secs(1);
+
+/// An owner that read nothing for this long (its ticks come back every [`TICK_EVERY`])
+/// gives the partition up and reads it again from PostgreSQL's position.
+const READER_SILENT_AFTER: Duration = Duration::from_secs(3);
 
 /// What a stage needs.
 #[derive(Clone)]
@@ -138,6 +143,7 @@ async fn own(
     let mut renew = tokio::time::interval(setup.lease_ttl / 3);
     renew.tick().await;
     let mut tick = tokio::time::interval(TICK_EVERY);
+    let mut heard = std::time::Instant::now();
     tracing::info!(partition = p, from = position, "applying the input log");
     loop {
         let first = tokio::select! {
@@ -147,6 +153,15 @@ async fn own(
                 continue;
             }
             _ = tick.tick() => {
+                // The owner's own ticks come back through the reader every second: silence
+                // means the reader is gone (its consumer lived on a NATS server that died,
+                // which the client notices only after missed heartbeats, 30 s).
+                if heard.elapsed() > READER_SILENT_AFTER {
+                    return Err(format!(
+                        "nothing read from partition {p} for {} s, not even its ticks: reading it again",
+                        READER_SILENT_AFTER.as_secs()
+                    ));
+                }
                 let message = PublishMessage::build().payload(wire::tick_payload(now_ms()).into());
                 // A lost tick only delays the sweep to the next one.
                 if let Ok(ack) = setup.js.send_publish(wire::tick_subject(p), message).await {
@@ -156,6 +171,7 @@ async fn own(
             }
             _ = phase.changed() => return Ok(()),
         };
+        heard = std::time::Instant::now();
         if !lease.valid() {
             return Err(format!(
                 "the lease of partition {p} ran out before it was renewed"
@@ -226,8 +242,14 @@ async fn own(
             position = seq;
         }
         // The derived events are stored before the position moves past what caused them.
-        let mut acks = Vec::with_capacity(out.len());
+        // At most `OUT_IN_FLIGHT` wait for their acknowledgement at once: the client holds
+        // a permit per unacknowledged publish (5,000), and a batch may derive more events
+        // than that; sending them all before awaiting any waited for a permit forever.
+        let mut acks = std::collections::VecDeque::with_capacity(OUT_IN_FLIGHT);
         for (id, doc) in out {
+            if acks.len() == OUT_IN_FLIGHT {
+                stored(acks.pop_front()).await?;
+            }
             let message = PublishMessage::build()
                 .payload(bytes::Bytes::from(doc.as_bytes().to_vec()))
                 .message_id(id);
@@ -236,11 +258,10 @@ async fn own(
                 .send_publish(wire::out_subject(p), message)
                 .await
                 .map_err(|e| format!("publishing derived events: {e}"))?;
-            acks.push(ack);
+            acks.push_back(ack);
         }
-        for ack in acks {
-            ack.await
-                .map_err(|e| format!("{} did not store a derived event: {e}", wire::OUT_STREAM))?;
+        while let Some(ack) = acks.pop_front() {
+            stored(Some(ack)).await?;
         }
         let changes = domain.take_changes(true);
         pg.commit(p, &changes, (from, position), time_last, &setup.node)
@@ -254,6 +275,22 @@ async fn own(
                 let _ = client.publish(inbox, payload.into()).await;
             }
         }
+    }
+}
+
+/// Derived events published and not yet acknowledged, at most.
+const OUT_IN_FLIGHT: usize = 1024;
+
+/// Waits for a derived event's acknowledgement.
+async fn stored(
+    ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+) -> Result<(), String> {
+    match ack {
+        Some(ack) => ack
+            .await
+            .map(drop)
+            .map_err(|e| format!("{} did not store a derived event: {e}", wire::OUT_STREAM)),
+        None => Ok(()),
     }
 }
 
