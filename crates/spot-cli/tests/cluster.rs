@@ -14,9 +14,8 @@
 //! - the `SPOT_IN` stream leader (one NATS server of three) killed mid-load: nothing lost;
 //! - settings a node cannot run (`--partitions 2`, `--nats` without `--postgres`, a lease
 //!   TTL under 1 s) end it with a non-zero exit naming the setting;
-//! - ignored until the server is fixed: a node given every NATS URL starts, and a node
-//!   creates its streams with a replica on each of the three servers. Meanwhile the sites
-//!   give each node one URL and create the streams themselves (three replicas).
+//! - a node given every NATS URL starts, and a node given one URL of three creates its
+//!   streams with a replica on each of the three servers.
 //!
 //! Figures (events, takeover time, how long the position stood still) go to stderr as
 //! `cluster: …` lines.
@@ -176,51 +175,6 @@ fn healthy(port: u16) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
-/// Workaround of two server bugs (the two ignored tests at the end): a node given one NATS
-/// URL creates its streams with one replica, and a node given several does not start. The
-/// streams and the lease bucket are created here first, as the node creates them but with
-/// three replicas; the nodes open them as they are.
-fn create_streams_replicated_three_times(nats: &NatsCluster) {
-    const SECOND: u64 = 1_000_000_000;
-    let ttl = LEASE_TTL_SECS * SECOND;
-    for (name, config) in [
-        (
-            "SPOT_IN",
-            format!(
-                r#"{{"name":"SPOT_IN","subjects":["in.>"],"max_age":{},"duplicate_window":{},"storage":"file","num_replicas":3}}"#,
-                7 * 24 * 3600 * SECOND,
-                120 * SECOND
-            ),
-        ),
-        (
-            "SPOT_OUT",
-            format!(
-                r#"{{"name":"SPOT_OUT","subjects":["out.>"],"max_age":{},"duplicate_window":{},"storage":"file","num_replicas":3}}"#,
-                24 * 3600 * SECOND,
-                120 * SECOND
-            ),
-        ),
-        (
-            "KV_spot_leases",
-            format!(
-                r#"{{"name":"KV_spot_leases","subjects":["$KV.spot_leases.>"],"max_msgs_per_subject":1,"max_age":{ttl},"duplicate_window":{ttl},"allow_rollup_hdrs":true,"deny_delete":true,"allow_direct":true,"discard":"new","storage":"file","num_replicas":3}}"#
-            ),
-        ),
-    ] {
-        let reply = nats
-            .request_json(
-                0,
-                &format!("$JS.API.STREAM.CREATE.{name}"),
-                config.as_bytes(),
-            )
-            .unwrap_or_else(|e| panic!("create the stream {name}: {e}"));
-        assert!(
-            reply.get("error").is_none(),
-            "create the stream {name}: {reply}"
-        );
-    }
-}
-
 /// A node's cluster flags: NATS at `nats_urls`, the database `db`, [`LEASE_TTL_SECS`].
 fn cluster_args(nats_urls: &str, db: &TestDb) -> Vec<String> {
     [
@@ -255,15 +209,12 @@ impl Site {
             .tempdir()
             .expect("tempdir");
         let nats = NatsCluster::start(3);
-        create_streams_replicated_three_times(&nats);
         let db = TestDb::create();
-        // Each node is given one server of the three (a on n0, b on n1) and finds the
-        // others from the server's INFO: a list of several `--nats` URLs does not start a
-        // node (see `a_node_given_every_nats_url_joins_the_cluster`).
+        // Both nodes are given every NATS server.
         let mut nodes: Vec<Node> = ["a", "b"]
             .iter()
             .enumerate()
-            .map(|(i, name)| Node::new(dir.path(), name, &cluster_args(&nats.url(i), &db)))
+            .map(|(_, name)| Node::new(dir.path(), name, &cluster_args(&nats.urls(), &db)))
             .collect();
         for node in &mut nodes {
             node.spawn();
@@ -806,8 +757,6 @@ fn a_cluster_node_refuses_settings_it_cannot_run() {
 }
 
 #[test]
-#[ignore = "server bug: Cluster::connect hands async-nats the --nats list joined with \
-            commas as one address, which does not parse (\"invalid port number\")"]
 fn a_node_given_every_nats_url_joins_the_cluster() {
     let nats = NatsCluster::start(3);
     let db = TestDb::create();
@@ -822,9 +771,6 @@ fn a_node_given_every_nats_url_joins_the_cluster() {
 }
 
 #[test]
-#[ignore = "server bug: Cluster::connect counts the NATS servers with server_info() right \
-            after a retry_on_initial_connect() connect, before the first INFO arrived (no \
-            connect_urls): streams get as many replicas as --nats URLs, one here"]
 fn a_node_given_one_nats_url_of_three_replicates_its_streams_on_all_three() {
     let nats = NatsCluster::start(3);
     let db = TestDb::create();
