@@ -220,10 +220,16 @@ impl Cluster {
         let Some(progress) = progress else {
             return;
         };
+        let scope = if self.config.roles.api {
+            replica::Scope::All
+        } else {
+            replica::Scope::Spots
+        };
         tokio::spawn(replica::run(
             self.config.postgres.clone(),
             domain,
             config,
+            scope,
             progress,
             phase,
         ));

@@ -185,10 +185,11 @@ impl PgState {
         })
     }
 
-    /// Every row of every partition (an API node's read replica), and the sum of the
-    /// partitions' positions it corresponds to.
+    /// Every row of every partition (an API node's read replica), or those of table `only`,
+    /// and the sum of the partitions' positions it corresponds to.
     pub async fn all_rows(
         &mut self,
+        only: Option<Table>,
     ) -> Result<(u64, Vec<(Table, Vec<(String, String)>)>), PgError> {
         // One snapshot: the position and the rows agree.
         let tx = self
@@ -207,10 +208,17 @@ impl PgState {
             .await
             .map_err(db("read the positions"))?
             .get::<_, i64>(0) as u64;
-        let rows = tx
-            .query("SELECT tbl, id, doc FROM spot_rows", &[])
-            .await
-            .map_err(db("read the rows"))?;
+        let rows = match only {
+            None => tx.query("SELECT tbl, id, doc FROM spot_rows", &[]).await,
+            Some(table) => {
+                tx.query(
+                    "SELECT tbl, id, doc FROM spot_rows WHERE tbl = $1",
+                    &[&table.name()],
+                )
+                .await
+            }
+        }
+        .map_err(db("read the rows"))?;
         tx.commit().await.map_err(db("end a read"))?;
         Ok((
             version,

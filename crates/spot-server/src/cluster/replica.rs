@@ -4,8 +4,10 @@
 //!
 //! The rebuild reads every row in one snapshot and swaps the new [`Domain`] in under the
 //! write lock: readers see one commit's state or the next one's, never a mix. It costs
-//! the whole state per change (at most one per [`REFRESH_EVERY`]); reading only the rows
-//! changed since the last refresh is the next step for large sites.
+//! the whole state per change: at most one per [`REFRESH_EVERY`], and one when a REST read
+//! waits for it ([`ReadBarrier`]); reading only the rows changed since the last refresh is
+//! the next step for large sites. A node without the api role keeps only the spots (what
+//! its edge reads a spot's pending commands from, [`Scope::Spots`]).
 //! Not in the replica yet: the derived events log (`/api/events` is empty on a cluster).
 
 use std::sync::{Arc, RwLock};
@@ -19,7 +21,17 @@ use crate::domain::{Domain, DomainConfig};
 use crate::shutdown::Phase;
 
 /// How often the replica looks for a new commit.
-pub const REFRESH_EVERY: Duration = Duration::from_millis(200);
+/// (A REST read does not wait for it: it asks for a refresh when the replica is behind.)
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the replica holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every row (the api role: REST).
+    All,
+    /// The spots only (an edge without the api role: pending commands).
+    Spots,
+}
 
 /// The replica's progress, for those who wait for it to hold a commit.
 #[derive(Debug, Clone)]
@@ -117,6 +129,7 @@ pub async fn run(
     postgres: String,
     domain: Arc<RwLock<Domain>>,
     config: DomainConfig,
+    scope: Scope,
     progress: Progress,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -130,7 +143,7 @@ pub async fn run(
             }
         }
         if let Some(conn) = pg.as_mut() {
-            match refresh(conn, &domain, &config, seen).await {
+            match refresh(conn, &domain, &config, scope, seen).await {
                 Ok(version) => {
                     seen = Some(version);
                     progress.held.send_replace(version);
@@ -158,13 +171,18 @@ async fn refresh(
     pg: &mut PgState,
     domain: &RwLock<Domain>,
     config: &DomainConfig,
+    scope: Scope,
     seen: Option<u64>,
 ) -> Result<u64, String> {
     let version = pg.version().await.map_err(|e| e.to_string())?;
     if seen == Some(version) {
         return Ok(version);
     }
-    let (version, tables) = pg.all_rows().await.map_err(|e| e.to_string())?;
+    let only = match scope {
+        Scope::All => None,
+        Scope::Spots => Some(crate::domain::Table::Spots),
+    };
+    let (version, tables) = pg.all_rows(only).await.map_err(|e| e.to_string())?;
     let mut replica = Domain::new(config.clone());
     let now = now_ms();
     for (table, rows) in tables {
