@@ -213,8 +213,7 @@ impl Site {
         // Both nodes are given every NATS server.
         let mut nodes: Vec<Node> = ["a", "b"]
             .iter()
-            .enumerate()
-            .map(|(_, name)| Node::new(dir.path(), name, &cluster_args(&nats.urls(), &db)))
+            .map(|name| Node::new(dir.path(), name, &cluster_args(&nats.urls(), &db)))
             .collect();
         for node in &mut nodes {
             node.spawn();
