@@ -130,7 +130,17 @@ TARGET=$NGINX_PORT
 # DIRECT=1: the load goes to the first node, not through nginx.
 if [[ -n ${DIRECT:-} ]]; then set -- ${NODES[0]}; TARGET=$3; fi
 "$SPOTLOAD" --target "127.0.0.1:$TARGET" --spots "$SPOTS" --rate "$RATE" --duration "$SECS" >"$DIR/load.json" 2>"$DIR/load.log"
-sleep 3 # the stage catches up
+# The stage catches up: how long after the load its position reaches the log's end.
+LOAD_END=$(date +%s.%N)
+in_last() { curl -s "http://127.0.0.1:${MP[0]}/jsz?streams=true" | python3 -c "
+import json,sys; d=json.load(sys.stdin)
+print(max([s['state']['last_seq'] for a in d.get('account_details',[]) for s in a.get('stream_detail',[]) if s['name']=='SPOT_IN'] or [0]))"; }
+applied() { psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select coalesce(sum(applied_seq),0) from spot_partitions"; }
+for _ in $(seq 1 600); do
+  [[ $(applied) -ge $(( $(in_last) - 2 )) ]] && break # ticks keep coming: within two of the end
+  sleep 0.2
+done
+CAUGHT_UP=$(python3 -c "print(f'{$(date +%s.%N) - $LOAD_END:.1f}')")
 W1=$(wal); R1=$(rows)
 ACKED=$(python3 -c "import json; print(json.load(open('$DIR/load.json'))['events_acked'])")
 echo "cluster ($LAYOUT) through nginx, $SPOTS spots x $RATE ev/s, $SECS s:"
@@ -146,7 +156,8 @@ python3 -c "
 import json; d=json.loads('$JS'); a=$ACKED
 for k,(b,m) in sorted(d.items()): print(f'  {k}: {b/a:.0f} bytes/event, {m} messages ({a/max(m,1):.1f} events/message)')
 print(f'  PostgreSQL: {($R1-$R0)/a:.2f} rows written/event, {($W1-$W0)/a:.0f} WAL bytes/event (the whole server)')"
-psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select 'applied_seq ' || applied_seq || ', owner ' || owner from spot_partitions"
+psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select '  stage: position ' || applied_seq || ', owner ' || owner from spot_partitions"
+echo "  the stage reached the end of the input log ${CAUGHT_UP} s after the load ended"
 
 for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
