@@ -1,14 +1,27 @@
-//! The REST API over loopback: collections, single resources, PUTs, errors, paging.
+//! The REST API over loopback: collections, single resources, PUTs, errors, paging; each
+//! test on the embedded server and on a two-node cluster (written to node A, read from
+//! node B), but those about the events kept in memory.
 
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn following_url_next_with_sort_id_lists_every_item_once() {
-    let (server, _dir) = seeded(25).await;
-    let addr = server.http_addr();
+on_backends! {
+    #[tokio::test]
+    following_url_next_with_sort_id_lists_every_item_once,
+    filters_results_only_and_id_only_shape_the_answer,
+    errors_are_json_with_the_right_status,
+    labels_and_custom_data_are_settable_and_logged_as_api_changes
+        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    state_survives_a_restart,
+    populate_replaces_ids_with_the_referenced_documents,
+    one_router_serves_every_path_with_json_errors,
+}
+
+async fn following_url_next_with_sort_id_lists_every_item_once(backend: Backend) {
+    let site = seeded_on(backend, 25).await;
+    let addr = site.b();
     let mut path = "/api/items?sort=id&limit=10".to_string();
     let mut codes = Vec::new();
     let mut pages = 0;
@@ -27,13 +40,12 @@ async fn following_url_next_with_sort_id_lists_every_item_once() {
     assert_eq!(pages, 3);
     let expected: Vec<String> = (0..25).map(|i| format!("{i:024x}")).collect();
     assert_eq!(codes, expected);
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn filters_results_only_and_id_only_shape_the_answer() {
-    let (server, _dir) = seeded(3).await;
-    let addr = server.http_addr();
+async fn filters_results_only_and_id_only_shape_the_answer(backend: Backend) {
+    let site = seeded_on(backend, 3).await;
+    let addr = site.b();
     let (_, ids) = get(addr, "/api/items?results_only=true&id_only=true").await;
     assert_eq!(ids.as_array().unwrap().len(), 3);
     assert!(ids[0]["id"].is_string(), "documents, with ids: {ids}");
@@ -49,13 +61,12 @@ async fn filters_results_only_and_id_only_shape_the_answer() {
     let (_, present) = get(addr, "/api/items?is_present=true&limit=2").await;
     assert_eq!(present["is_limited"], true);
     assert_eq!(present["limit"], 2);
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn errors_are_json_with_the_right_status() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn errors_are_json_with_the_right_status(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let (addr, a) = (site.b(), site.a());
     let (status, v) = get(addr, "/api/things").await;
     assert_eq!((status, v["error"].is_string()), (404, true));
     let (status, _) = get(addr, "/api/items/ffffffffffffffff").await;
@@ -63,12 +74,12 @@ async fn errors_are_json_with_the_right_status() {
     let (status, v) = get(addr, "/api/items?limit=lots").await;
     assert_eq!(status, 400);
     assert_eq!(v["parameter"], "limit");
-    let (status, _) = call(addr, "DELETE", "/api/items", None).await;
+    let (status, _) = call(a, "DELETE", "/api/items", None).await;
     assert_eq!(status, 405);
-    let (status, _) = call(addr, "PUT", "/api/presences/x", Some(json!({}))).await;
+    let (status, _) = call(a, "PUT", "/api/presences/x", Some(json!({}))).await;
     assert_eq!(status, 405);
     let (status, v) = call(
-        addr,
+        a,
         "PUT",
         "/api/spots/300",
         Some(json!({"serial_number": "1"})),
@@ -77,7 +88,7 @@ async fn errors_are_json_with_the_right_status() {
     assert_eq!(status, 400);
     assert_eq!(v["field"], "serial_number");
     let (status, v) = call(
-        addr,
+        a,
         "PUT",
         "/api/spots/300",
         Some(json!({"report_location": "nowhere"})),
@@ -87,17 +98,16 @@ async fn errors_are_json_with_the_right_status() {
         (status, v["field"].clone()),
         (400, json!("report_location"))
     );
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn labels_and_custom_data_are_settable_and_logged_as_api_changes() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn labels_and_custom_data_are_settable_and_logged_as_api_changes(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let (addr, a) = (site.b(), site.a());
     let (_, spot) = get(addr, "/api/spots/300").await;
     let location = spot["report_location"].as_str().unwrap().to_string();
     let (status, v) = call(
-        addr,
+        a,
         "PUT",
         &format!("/api/locations/{location}"),
         Some(json!({"label": "dock 1", "custom": {"floor": 2}})),
@@ -108,7 +118,7 @@ async fn labels_and_custom_data_are_settable_and_logged_as_api_changes() {
     let (_, items) = get(addr, "/api/items?results_only=true&id_only=true").await;
     let item = items[0]["id"].as_str().unwrap().to_string();
     let (status, v) = call(
-        addr,
+        a,
         "PUT",
         &format!("/api/items/{item}"),
         Some(json!({"label": "pallet"})),
@@ -133,36 +143,26 @@ async fn labels_and_custom_data_are_settable_and_logged_as_api_changes() {
     assert_eq!(one["custom"], json!({"floor": 2}));
     let (_, spots) = get(addr, "/api/spots?results_only=true").await;
     assert_eq!(spots[0]["is_online"], Value::Bool(true));
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn state_survives_a_restart() {
-    let (server, dir) = seeded(2).await;
-    let addr = server.http_addr();
-    // Without urls: the server comes back on another port.
-    let (_, before) = get(addr, "/api/items?sort=id&results_only=true&id_only=true").await;
-    server.shutdown().await;
-    let config = spot_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        sync: spot_server::Durability::Normal,
-        ..spot_server::ServerConfig::default()
-    };
-    let server = common::bind(config).await.unwrap();
+async fn state_survives_a_restart(backend: Backend) {
+    let mut site = seeded_on(backend, 2).await;
+    // Every node comes back on another port.
     let path = "/api/items?sort=id&results_only=true&id_only=true";
-    let (_, after) = get(server.http_addr(), path).await;
+    let (_, before) = get(site.b(), path).await;
+    site.restart().await;
+    let (_, after) = get(site.b(), path).await;
     assert_eq!(before, after);
-    let (_, spot) = get(server.http_addr(), "/api/spots/300").await;
+    let (_, spot) = get(site.b(), "/api/spots/300").await;
     assert_eq!(spot["request_counter"], 1);
     assert_eq!(spot["event_counter"], 3);
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn populate_replaces_ids_with_the_referenced_documents() {
-    let (server, _dir) = seeded(2).await;
-    let addr = server.http_addr();
+async fn populate_replaces_ids_with_the_referenced_documents(backend: Backend) {
+    let site = seeded_on(backend, 2).await;
+    let addr = site.b();
     let (status, items) = get(addr, "/api/items?populate=location&results_only=true").await;
     assert_eq!(status, 200, "{items}");
     for item in items.as_array().unwrap() {
@@ -193,16 +193,15 @@ async fn populate_replaces_ids_with_the_referenced_documents() {
         assert_eq!(status, 400, "{path}: {e}");
         assert_eq!(e["parameter"], "populate", "{path}: {e}");
     }
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
 /// Everything under the listener goes through one router: the REST routes, ingest, the
 /// outlets' routes and `/metrics` keep their paths (a trailing `/` included), and what
 /// matches none answers JSON with the right status.
-#[tokio::test]
-async fn one_router_serves_every_path_with_json_errors() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn one_router_serves_every_path_with_json_errors(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let addr = site.b();
     let (status, v) = get(addr, "/api/spots/").await;
     assert_eq!(
         (status, v["results"].as_array().map(Vec::len)),
@@ -220,7 +219,7 @@ async fn one_router_serves_every_path_with_json_errors() {
     assert_eq!(status, 200, "the outlets' routes are merged in");
     let (status, _) = get(addr, "/metrics/").await;
     assert_eq!(status, 200);
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
 /// Issue 13 item 7: the derived events the REST API serves from memory are bounded by

