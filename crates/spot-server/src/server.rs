@@ -288,7 +288,7 @@ impl Server {
         tls_acceptor(config)?;
         check_webhook_ca(config)?;
         if let Some(cluster) = &config.cluster {
-            crate::cluster::check(cluster)?;
+            crate::cluster::check(cluster, config.push.publish_raw)?;
         }
         check_data_dir(config)
     }
@@ -304,7 +304,7 @@ impl Server {
         // A cluster node joins (and creates what is missing) before it listens: a node that
         // cannot reach its engines never takes a connection it cannot serve.
         let cluster = match &config.cluster {
-            Some(c) => Some(Cluster::connect(c.clone()).await?),
+            Some(c) => Some(Cluster::connect(c.clone(), config.push.publish_raw).await?),
             None => None,
         };
         let http_listener = listen(config.listen).map_err(|source| ServerError::Bind {
@@ -402,7 +402,12 @@ impl Server {
         announce_access(&access, bootstrapped.as_deref());
         // Access changes made while the server was stopped (and the first key's) are in
         // the events log before anything else happens.
-        let audit = access.read(|db| db.unpublished_audit())?;
+        // Not on a cluster node: its push ids are `SPOT_OUT`'s sequence, which a local event
+        // would take too (access control's audit events are not logged there yet).
+        let audit = match cluster {
+            None => access.read(|db| db.unpublished_audit())?,
+            Some(_) => Vec::new(),
+        };
         if let Some(last) = audit.last().map(|e| e.seq) {
             for entry in &audit {
                 domain.log_audit(&entry.topic, &entry.data, now);

@@ -15,10 +15,8 @@ use test_support::captures::http_spot203_body;
 
 on_backends! {
     #[tokio::test]
-    config_and_firmware_requests_are_delivered_once_in_the_next_response_then_cleared
-        => #[ignore = "cluster: the edge hands over the requests its replica holds, without a read barrier: missed by a POST to node B just after the PUT on A, handed over again by a POST just after"],
-    a_protobuf_post_is_applied_and_commands_come_back_in_protobuf
-        => #[ignore = "cluster: the edge hands over the requests its replica holds, without a read barrier: missed by a POST to node B just after the PUT on A, handed over again by a POST just after"],
+    config_and_firmware_requests_are_delivered_once_in_the_next_response_then_cleared,
+    a_protobuf_post_is_applied_and_commands_come_back_in_protobuf,
 }
 
 fn decode_all(encoding: Encoding, bytes: &[u8]) -> Vec<Event> {

@@ -30,8 +30,7 @@ on_backends! {
     report_location_null_and_the_antenna_array_are_accepted,
     serial_number_stays_a_string_and_technology_uses_the_vendors_values,
     json_and_csv_suffixes_are_served,
-    timeout_s_long_polls_until_a_result_exists_or_the_time_is_up
-        => #[ignore = "cluster: a long poll wakes on SPOT_OUT before the replica holds the commit, then sleeps until the next event (server bug)"],
+    timeout_s_long_polls_until_a_result_exists_or_the_time_is_up,
     subscriptions_refuse_unknown_list_parameters,
     a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches
         => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],

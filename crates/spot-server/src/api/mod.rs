@@ -205,6 +205,10 @@ async fn run_list<B>(
             // up (or the hub gone): the empty page.
             if let Ok(Some(_)) = tokio::time::timeout_at(deadline, changes.recv()).await {
                 while changes.try_recv().is_some() {}
+                // A cluster node hears of a change before its replica holds it.
+                if let Some(barrier) = &shared.read_barrier {
+                    barrier.catch_up().await;
+                }
                 continue;
             }
         }

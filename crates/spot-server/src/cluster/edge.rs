@@ -25,9 +25,10 @@
 //!
 //! A stream that ends hands the spot its pending requests (`config_request`,
 //! `firmware_request`) as this node's replica holds them, then tells the owner which ones
-//! it handed over ([`wire::TAKE_COMMANDS`]); a request made meanwhile stays pending. So a
-//! command reaches its spot whichever node the spot reaches next, within the replica's
-//! refresh ([`super::replica::REFRESH_EVERY`]) of its `PUT`.
+//! it handed over ([`wire::TAKE_COMMANDS`]); a request made meanwhile stays pending. The
+//! replica is read only once it holds the serial's mark ([`CommandMarks`]): the commit of
+//! its newest request (the owner's [`wire::RequestNote`]) and this node's last hand-over.
+//! So a command reaches its spot whichever node the spot reaches next, once.
 //!
 //! Not on this path yet: access control's audit events (not logged).
 
@@ -134,12 +135,13 @@ impl Publisher {
 }
 
 impl Publisher {
-    /// Tells the partition's owner that `serial` was handed these requests.
+    /// Tells the partition's owner that `serial` was handed these requests; returns the
+    /// input log position of that message.
     async fn handed(
         &self,
         serial: &str,
         (config, firmware): (Option<spot_protocol::Object>, Option<spot_protocol::Object>),
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         let mut body = spot_protocol::Object::new();
         body.insert("config".into(), config.map_or(Value::Null, Value::Object));
         body.insert(
@@ -163,7 +165,7 @@ impl Publisher {
             .await
             .map_err(|e| e.to_string())?
             .await
-            .map(drop)
+            .map(|ack| ack.sequence)
             .map_err(|e| e.to_string())
     }
 
@@ -221,6 +223,65 @@ impl Publisher {
 /// How long a REST change waits for the stage's answer before it is answered `503`.
 const WRITE_ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
+/// Per serial, the input log position this node's replica must hold before the serial's
+/// pending requests are read from it: a request's commit (the owner says so on
+/// [`wire::COMMANDS_SUBJECT`]), or this node's last hand-over (so that the same request is
+/// not handed over twice while the replica still shows it).
+type CommandMarks = Arc<std::sync::Mutex<HashMap<String, u64>>>;
+
+/// The commands to hand `serial` now: its pending requests as the replica holds them once
+/// it reached the serial's mark; the owner is told which were handed over.
+async fn hand_over(
+    serial: &str,
+    state: &RwLock<Domain>,
+    replica: Option<Replica>,
+    marks: &CommandMarks,
+    publisher: &Publisher,
+) -> Vec<spot_protocol::Event> {
+    let mark = marks.lock().map(|m| m.get(serial).copied()).unwrap_or(None);
+    if let (Some(mark), Some(replica)) = (mark, replica) {
+        replica.reach(mark).await;
+    }
+    let requests = state
+        .read()
+        .map(|d| d.pending_requests(serial))
+        .unwrap_or_default();
+    let commands = Domain::commands_of(&requests);
+    if !commands.is_empty() {
+        match publisher.handed(serial, requests).await {
+            Ok(position) => {
+                if let Ok(mut m) = marks.lock() {
+                    let at = m.entry(serial.to_string()).or_default();
+                    *at = (*at).max(position);
+                }
+            }
+            // They are handed over again with the next stream.
+            Err(why) => tracing::warn!(serial, "handed commands not marked as taken: {why}"),
+        }
+    }
+    commands
+}
+
+/// Keeps `marks` up to date with the owners' word of new requests, until the node stops.
+async fn follow_requests(js: JetStream, marks: CommandMarks) {
+    let mut notes = match js.client().subscribe(wire::COMMANDS_SUBJECT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("commands are handed over without the owners' word: {e}");
+            return;
+        }
+    };
+    while let Some(note) = notes.next().await {
+        let Ok(note) = serde_json::from_slice::<wire::RequestNote>(&note.payload) else {
+            continue;
+        };
+        if let Ok(mut m) = marks.lock() {
+            let at = m.entry(note.serial).or_default();
+            *at = (*at).max(note.position);
+        }
+    }
+}
+
 /// Drains the pipeline's queue into `SPOT_IN` until every sender is gone or
 /// [`PipelineMsg::Shutdown`]; runs on a thread of its own, spawning the publishes on
 /// `runtime`.
@@ -242,6 +303,8 @@ pub fn run(
     let mut open: HashMap<String, Open> = HashMap::new();
     let mut pending = VecDeque::new();
     let _guard = runtime.enter();
+    let marks = CommandMarks::default();
+    tokio::spawn(follow_requests(publisher.js.clone(), marks.clone()));
     'outer: while rx.take_all(&mut pending, true) {
         while let Some(msg) = pending.pop_front() {
             rx.give_back_for(&msg);
@@ -329,15 +392,8 @@ pub fn run(
                         kept.last = last.clone();
                         kept.last_seq = acked_seq;
                     }
-                    // The spot's pending requests, as the replica has them.
-                    let requests = match (&state, take_commands) {
-                        (Some(state), true) => state
-                            .read()
-                            .map(|d| d.pending_requests(&serial))
-                            .unwrap_or_default(),
-                        _ => (None, None),
-                    };
                     let publisher = publisher.clone();
+                    let (state, replica, marks) = (state.clone(), replica.clone(), marks.clone());
                     tokio::spawn(async move {
                         let outcome = match last {
                             Some(done) => done.await,
@@ -348,16 +404,12 @@ pub fn run(
                             tracing::warn!("a stream is not acknowledged: {why}");
                             return;
                         }
-                        let commands = Domain::commands_of(&requests);
-                        if !commands.is_empty() {
-                            if let Err(why) = publisher.handed(&serial, requests).await {
-                                // They are handed over again with the next stream.
-                                tracing::warn!(
-                                    serial,
-                                    "handed commands not marked as taken: {why}"
-                                );
+                        let commands = match (state, take_commands) {
+                            (Some(state), true) => {
+                                hand_over(&serial, &state, replica, &marks, &publisher).await
                             }
-                        }
+                            _ => Vec::new(),
+                        };
                         let _ = reply.send(EndReply {
                             acked_seq,
                             commands,

@@ -92,8 +92,11 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Connects to NATS and PostgreSQL and creates what is missing of the streams, the
     /// lease bucket and the tables.
-    pub async fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
-        check(&config)?;
+    pub async fn connect(
+        config: ClusterConfig,
+        publish_raw: bool,
+    ) -> Result<Cluster, ClusterError> {
+        check(&config, publish_raw)?;
         let node = config.node.clone().unwrap_or_else(default_node_name);
         let client = async_nats::ConnectOptions::new()
             .name(format!("spot serve {node}"))
@@ -236,8 +239,16 @@ impl Cluster {
     }
 }
 
-/// Refuses settings a node cannot run with, before anything is created.
-pub fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
+/// Refuses settings a node cannot run with, before anything is created; `publish_raw`
+/// is the push layer's `--publish-raw`, not built for a cluster yet.
+pub fn check(config: &ClusterConfig, publish_raw: bool) -> Result<(), ClusterError> {
+    if publish_raw {
+        return Err(ClusterError::Config(
+            "publish-raw is not available on a cluster node yet (raw spot events reach no \
+             outlet there)"
+                .into(),
+        ));
+    }
     if config.partitions != 1 {
         return Err(ClusterError::Config(format!(
             "{} partitions: a cluster has one partition for now (the item stage that \
@@ -277,6 +288,31 @@ fn default_node_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_refuses_what_a_cluster_cannot_run() {
+        let config = ClusterConfig {
+            nats: vec!["nats://a:4222".into()],
+            postgres: "postgres://p@h/d".into(),
+            roles: Roles::default(),
+            partitions: 1,
+            lease_ttl: Duration::from_secs(5),
+            node: None,
+        };
+        assert!(check(&config, false).is_ok());
+        let refused = |c: &ClusterConfig, raw| check(c, raw).unwrap_err().to_string();
+        assert!(refused(&config, true).contains("publish-raw"));
+        let two = ClusterConfig {
+            partitions: 2,
+            ..config.clone()
+        };
+        assert!(refused(&two, false).contains("2 partitions"));
+        let none = ClusterConfig {
+            nats: vec![" ".into()],
+            ..config
+        };
+        assert!(refused(&none, false).contains("no NATS server"));
+    }
 
     #[test]
     fn every_nats_server_given_is_one_address() {

@@ -188,6 +188,7 @@ async fn own(
         let from = position;
         let mut out = Vec::new();
         let mut answers = Vec::new();
+        let mut notes = Vec::new();
         for message in batch {
             let message = match message {
                 Some(Ok(m)) => m,
@@ -227,6 +228,11 @@ async fn own(
                             reason: format!("unknown change {:?}", w.method),
                         }),
                     };
+                    if let (true, Ok(spot)) = (w.collection == "spots", &result) {
+                        if let Some(serial) = spot.get("serial_number").and_then(|s| s.as_str()) {
+                            notes.push(serial.to_string());
+                        }
+                    }
                     answers.push((w.reply, result));
                 }
                 Err(e) => tracing::error!(
@@ -269,6 +275,12 @@ async fn own(
             .map_err(|e| e.to_string())?;
         // Answers leave after the commit; one lost (the API node gave up) is only late.
         let client = setup.js.client();
+        for serial in notes {
+            let note = wire::RequestNote { serial, position };
+            if let Ok(payload) = serde_json::to_vec(&note) {
+                let _ = client.publish(wire::COMMANDS_SUBJECT, payload.into()).await;
+            }
+        }
         for (inbox, result) in answers.into_iter().filter(|(inbox, _)| !inbox.is_empty()) {
             let answer = WriteAnswer { result, position };
             if let Ok(payload) = serde_json::to_vec(&answer) {

@@ -96,6 +96,20 @@ pub struct WriteRequest {
 /// no answer (`reply` empty).
 pub const TAKE_COMMANDS: &str = "take_commands";
 
+/// The core NATS subject on which an owner says, after its commit, that a spot's pending
+/// requests changed ([`RequestNote`]): edges then read them only from a replica that holds
+/// that commit.
+pub const COMMANDS_SUBJECT: &str = "spot.requests";
+
+/// A spot's pending requests changed, in the commit that ends at `position`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestNote {
+    /// The spot's serial number.
+    pub serial: String,
+    /// The input log position of the commit.
+    pub position: u64,
+}
+
 /// [`Write`]'s name in a [`WriteRequest`].
 pub fn write_name(method: Write) -> &'static str {
     match method {
