@@ -156,10 +156,16 @@ impl Publisher {
             time: now_ms(),
             reply: String::new(),
         };
-        let payload = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+        self.send_write(&request).await
+    }
+
+    /// Publishes a REST change (or a hand-over) to the input log; its position there.
+    async fn send_write(&self, request: &WriteRequest) -> Result<u64, String> {
+        let payload = serde_json::to_string(request).map_err(|e| e.to_string())?;
         let message = PublishMessage::build()
             .payload(payload.into())
             .message_id(self.next_id());
+        // One partition: every change goes to partition 0 (see `super`).
         self.js
             .send_publish(wire::write_subject(0), message)
             .await
@@ -191,17 +197,7 @@ impl Publisher {
             .subscribe(request.reply.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let payload = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        let message = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(self.next_id());
-        // One partition: every change goes to partition 0 (see `super`).
-        self.js
-            .send_publish(wire::write_subject(0), message)
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        self.send_write(&request).await?;
         let answer = tokio::time::timeout(WRITE_ANSWER_WITHIN, answers.next())
             .await
             .map_err(|_| {

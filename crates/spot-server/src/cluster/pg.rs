@@ -102,6 +102,9 @@ CREATE TABLE IF NOT EXISTS spot_rows (
 CREATE INDEX IF NOT EXISTS spot_rows_partition ON spot_rows (partition);
 ";
 
+/// The sum of the partitions' positions: it moves with every commit.
+const POSITIONS: &str = "SELECT coalesce(sum(applied_seq), 0)::bigint FROM spot_partitions";
+
 /// The advisory lock key that serialises schema creation across nodes starting together
 /// (`CREATE TABLE IF NOT EXISTS` alone races on the catalog).
 const SCHEMA_LOCK: i64 = 0x5350_4f54; // "SPOT"
@@ -201,10 +204,7 @@ impl PgState {
             .await
             .map_err(db("begin a read"))?;
         let version = tx
-            .query_one(
-                "SELECT coalesce(sum(applied_seq), 0)::bigint FROM spot_partitions",
-                &[],
-            )
+            .query_one(POSITIONS, &[])
             .await
             .map_err(db("read the positions"))?
             .get::<_, i64>(0) as u64;
@@ -230,10 +230,7 @@ impl PgState {
     pub async fn version(&self) -> Result<u64, PgError> {
         Ok(self
             .client
-            .query_one(
-                "SELECT coalesce(sum(applied_seq), 0)::bigint FROM spot_partitions",
-                &[],
-            )
+            .query_one(POSITIONS, &[])
             .await
             .map_err(db("read the positions"))?
             .get::<_, i64>(0) as u64)
