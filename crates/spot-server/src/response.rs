@@ -36,10 +36,14 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
     resp
 }
 
+/// `503` when the way to the state's owner is closed or gave no answer: the server is
+/// stopping, or (a cluster node) it has no edge role, or no stage answered in time.
 pub fn unavailable() -> Response<Body> {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "server is shutting down",
+        "the server cannot take this now: it is stopping, or, on a cluster node, it has no \
+         edge role (spot streams) or no partition owner answered in time (REST changes: the \
+         change may still be applied); nothing of a spot stream was acknowledged, send it again",
         Value::Null,
     )
 }
