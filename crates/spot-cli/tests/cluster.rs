@@ -291,14 +291,20 @@ impl Site {
         let via = (0..self.nats.len())
             .find(|&i| self.nats.is_running(i))
             .expect("a running NATS server");
-        let value = self
+        // The stream API, not the direct one: the bucket is made without direct reads.
+        let reply = self
             .nats
-            .request(
+            .request_json(
                 via,
-                "$JS.API.DIRECT.GET.KV_spot_leases",
+                "$JS.API.STREAM.MSG.GET.KV_spot_leases",
                 br#"{"last_by_subj":"$KV.spot_leases.p0"}"#,
             )
             .unwrap_or_else(|e| panic!("read the lease of p0: {e}"));
+        let data = reply["message"]["data"].as_str().unwrap_or_default();
+        use base64::Engine as _;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap_or_else(|e| panic!("the lease of p0 is not base64 ({e}): {reply}"));
         String::from_utf8_lossy(&value).into_owned()
     }
 

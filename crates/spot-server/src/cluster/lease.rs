@@ -46,7 +46,10 @@ pub async fn bucket(js: &JetStream, ttl: Duration, replicas: usize) -> Result<St
         duplicate_window: ttl.min(Duration::from_secs(120)),
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Reads through the stream API: a read by the direct API (`DIRECT.GET.<stream>.<key>`)
+        // of a taken lease sometimes went unanswered until the client's 10 s timeout on
+        // Debian's nats-server 2.9, and a node waited that long before trying again.
+        allow_direct: false,
         discard: async_nats::jetstream::stream::DiscardPolicy::New,
         num_replicas: replicas,
         ..Default::default()
@@ -85,7 +88,16 @@ impl Lease {
         ttl: Duration,
     ) -> Result<Option<Lease>, LeaseError> {
         let started = Instant::now();
-        match store.create(key(p), owner.to_string().into()).await {
+        // Bounded: a try that hangs delays a takeover by as long (see `bucket`).
+        let within = (ttl / 3).max(Duration::from_secs(1));
+        let created = tokio::time::timeout(within, store.create(key(p), owner.to_string().into()))
+            .await
+            .map_err(|_| LeaseError {
+                partition: p,
+                what: "take",
+                reason: format!("no answer within {} ms", within.as_millis()),
+            })?;
+        match created {
             Ok(revision) => Ok(Some(Lease {
                 partition: p,
                 revision,

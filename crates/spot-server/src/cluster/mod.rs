@@ -119,17 +119,25 @@ impl Cluster {
             (wire::IN_STREAM, "in.>", IN_MAX_AGE),
             (wire::OUT_STREAM, "out.>", Duration::from_secs(24 * 3600)),
         ] {
-            js.get_or_create_stream(stream::Config {
-                name: name.into(),
-                subjects: vec![subjects.into()],
-                max_age,
-                duplicate_window: DUPLICATE_WINDOW,
-                num_replicas: replicas,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats("create the streams")(format!("{name}: {e}")))?;
+            let created = js
+                .get_or_create_stream(stream::Config {
+                    name: name.into(),
+                    subjects: vec![subjects.into()],
+                    max_age,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    num_replicas: replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await;
+            if let Err(e) = created {
+                // Nodes starting together: another one created it between this node's
+                // look and its creation. Opening it says whether it exists now.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                js.get_stream(name)
+                    .await
+                    .map_err(|_| nats("create the streams")(format!("{name}: {e}")))?;
+            }
         }
         let leases = lease::bucket(&js, config.lease_ttl, replicas)
             .await
