@@ -18,6 +18,9 @@
 //! - [`pipeline`]: the one owner of the domain and the store: the apply stage (domain)
 //!   and the writer stage (group commit, then the answers, then the outlets). A `200`
 //!   leaves only after its events are committed.
+//! - [`cluster`]: cluster mode (`--nats`, `--postgres`): the edge that sends the ingest's
+//!   streams to JetStream instead of the pipeline, the partition owner (stage) that applies
+//!   them and commits to PostgreSQL, the REST replica and the push feed (`docs/cluster.md`).
 //! - [`context`]: what connection tasks share ([`Context`]).
 //! - [`ingest`]: spot streams over HTTP POSTs, raw TCP (`--tcp-listen`) and `--pull`,
 //!   sharing one stream session; [`api`]: the REST API, `/metrics`, the index and health
