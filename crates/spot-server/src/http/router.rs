@@ -107,8 +107,8 @@ pub fn served_after_pipeline_failure(path: &str) -> bool {
 /// Once the pipeline has failed (a panic in a state owner: the live state may be
 /// half-applied, nothing commits), answers `503` saying why, except on the paths of
 /// [`served_after_pipeline_failure`]. Behind the key check: an unauthenticated caller learns
-/// nothing of the failure. On a cluster node, a REST read first waits for the node's
-/// replica to hold everything acknowledged before it ([`Context::read_barrier`]).
+/// nothing of the failure. On a cluster node, a REST read or change first waits for the
+/// node's replica to hold everything acknowledged before it ([`Context::read_barrier`]).
 async fn failure_gate(State(ctx): Ctx, req: Request, next: axum::middleware::Next) -> Response {
     if let Some(failure) = ctx.pipeline.failure() {
         if !served_after_pipeline_failure(req.uri().path()) {
@@ -118,8 +118,13 @@ async fn failure_gate(State(ctx): Ctx, req: Request, next: axum::middleware::Nex
     }
     if let Some(barrier) = &ctx.read_barrier {
         let path = req.uri().path();
-        let streaming = matches!(path, "/api/stream" | "/api/ws") || path.ends_with("/events/");
-        if req.method() == Method::GET && path.starts_with("/api/") && !streaming {
+        let streaming = matches!(path, "/api/stream" | "/api/ws");
+        let ingest = req.method() == Method::POST
+            && path.starts_with("/api/spots/")
+            && (path.ends_with("/events") || path.ends_with("/events/"));
+        // Changes too: a PUT compares what it was sent with what the replica holds (a
+        // GET-modify-PUT through two nodes found this node's replica behind the other's).
+        if path.starts_with("/api/") && !streaming && !ingest {
             barrier.catch_up().await;
         }
     }
