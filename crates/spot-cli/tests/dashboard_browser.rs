@@ -98,20 +98,30 @@ async fn wait_text(client: &Client, css: &str, what: &str, ok: impl Fn(&str) -> 
     }
 }
 
+/// The element `css` once the page has rendered it: a view renders after its
+/// navigation and its first fetch, so a person waits for the field to be there.
+async fn element(client: &Client, css: &str) -> fantoccini::elements::Element {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match client.find(Locator::Css(css)).await {
+            Ok(found) => return found,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{css} was not on the page within {PATIENCE:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn fill(client: &Client, css: &str, text: &str) {
-    let field = client.find(Locator::Css(css)).await.expect(css);
+    let field = element(client, css).await;
     field.clear().await.expect(css);
     field.send_keys(text).await.expect(css);
 }
 
 async fn click(client: &Client, css: &str) {
-    client
-        .find(Locator::Css(css))
-        .await
-        .expect(css)
-        .click()
-        .await
-        .expect(css);
+    element(client, css).await.click().await.expect(css);
 }
 
 async fn go(client: &Client, port: u16, hash: &str) {
