@@ -402,8 +402,8 @@ impl Server {
         announce_access(&access, bootstrapped.as_deref());
         // Access changes made while the server was stopped (and the first key's) are in
         // the events log before anything else happens.
-        // Not on a cluster node: its push ids are `SPOT_OUT`'s sequence, which a local event
-        // would take too (access control's audit events are not logged there yet).
+        // Not on a cluster node: its push ids come from `SPOT_OUT`, where a local event has
+        // no place (access control's audit events are not logged there yet).
         let audit = match cluster {
             None => access.read(|db| db.unpublished_audit())?,
             Some(_) => Vec::new(),

@@ -22,6 +22,7 @@ on_backends! {
     a_websocket_client_receives_the_presence_a_spot_posts,
     a_websocket_client_receives_every_derived_event_of_a_new_spot_in_order,
     an_sse_client_resumes_with_last_event_id_without_losses,
+    an_sse_client_resumes_between_two_events_of_one_post,
     a_real_mqtt_subscriber_receives_the_presence
         => #[ignore = "cluster: every node with --mqtt publishes every event to the broker (docs/cluster.md: give --mqtt to one node)"],
     a_webhook_subscription_created_through_the_api_receives_the_presence,
@@ -272,6 +273,40 @@ async fn an_sse_client_resumes_with_last_event_id_without_losses(backend: Backen
     let live = ws_next(&mut reference).await;
     assert_eq!(sse.next().await.1, live);
     drop((sse, reference));
+    site.shutdown().await;
+}
+
+/// A client that saw only some of the derived events of one POST (a cluster stores them in
+/// one `SPOT_OUT` message) gets the rest, and nothing twice, when it resumes after the last
+/// one it saw.
+async fn an_sse_client_resumes_between_two_events_of_one_post(backend: Backend) {
+    let site = start_on(backend, |_| {}).await;
+    let mut reference = ws_subscribe(site.b(), "#").await;
+    let mut spot = Raw::connect(site.a()).await;
+    let code = "000000000000000000000078";
+    let body = [
+        spot_create(78, 1),
+        presence("create", code, "far", Some(1)),
+        presence("update", code, "immediate", Some(2)),
+        presence("delete", code, "immediate", Some(3)),
+    ];
+    let chunks: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
+    assert_eq!(spot.post("78", &chunks).await.status, 200);
+    let mut all = Vec::new();
+    while all.len() < 7 {
+        all.push(ws_next(&mut reference).await);
+    }
+    let ids: Vec<u64> = all.iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+    for seen in [0, 2, 5] {
+        let mut sse = Sse::open(site.a(), "#", Some(ids[seen])).await;
+        for expected in &all[seen + 1..] {
+            let (id, event) = sse.next().await;
+            assert_eq!(&event, expected, "resumed after event {seen}");
+            assert_eq!(id, expected["id"].as_u64().expect("id"));
+        }
+    }
+    drop(reference);
     site.shutdown().await;
 }
 

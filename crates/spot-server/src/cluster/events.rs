@@ -1,9 +1,10 @@
 //! `SPOT_OUT`, a cluster's derived events log, as this node's push layer sees it: the
 //! feed of its hub ([`feed`]: every event the stages store, live, to this node's
 //! WebSocket, SSE and MQTT outlets and webhooks) and the log its outlets resume and catch
-//! up from ([`JetStreamEvents`]). An event's push id is its `SPOT_OUT` stream sequence
-//! (dense: the stream holds derived events only, and a duplicate dropped by JetStream
-//! takes no sequence), so a client resumes with `Last-Event-ID` on any node.
+//! up from ([`JetStreamEvents`]). A `SPOT_OUT` message holds the derived events of one
+//! input message; an event's push id is made of the message's stream sequence and the
+//! event's place in it ([`wire::out_event_id`]), so a client resumes with `Last-Event-ID`
+//! on any node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use super::wire;
 use crate::outlets::{to_published, Publisher};
 use crate::shutdown::Phase;
 
-/// Events handed to the hub at once at most.
-const FEED_BATCH: usize = 1024;
+/// `SPOT_OUT` messages read at once at most.
+const FEED_BATCH: usize = 256;
 
 /// Wait before the feed starts again after its reader failed.
 const FEED_RETRY: Duration = Duration::from_millis(500);
@@ -80,8 +81,6 @@ async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -
                 _ => break,
             }
         }
-        let mut log = Vec::with_capacity(batch.len());
-        let mut batch_last = None;
         for message in batch {
             let message = match message {
                 Ok(m) => m,
@@ -91,17 +90,13 @@ async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -
                 Ok(info) => info.stream_sequence,
                 Err(e) => return e.to_string(),
             };
-            let doc: Arc<str> = String::from_utf8_lossy(&message.payload).into();
-            // Consecutive sequences: the hub numbers a batch back from its last id.
-            if batch_last.is_some_and(|l: u64| seq != l + 1) {
-                publisher.committed(&log, batch_last.unwrap_or(0));
-                log.clear();
+            let log: Vec<(i64, Arc<str>)> = wire::out_docs(&message.payload)
+                .map(|doc| (0, Arc::from(doc)))
+                .collect();
+            // The hub numbers a message's events back from the last one's id.
+            if let Some(places) = log.len().checked_sub(1) {
+                publisher.committed(&log, wire::out_event_id(seq, places));
             }
-            log.push((0, doc));
-            batch_last = Some(seq);
-        }
-        if let Some(seq) = batch_last {
-            publisher.committed(&log, seq);
             *last = Some(seq);
         }
     }
@@ -130,13 +125,15 @@ impl JetStreamEvents {
             .map_err(|e| e.to_string())?
             .state
             .last_sequence;
-        if last <= after_id || limit == 0 {
+        // The message holding the event `after_id` may hold later ones too.
+        let (first, _) = wire::out_event_position(after_id);
+        if last < first.max(1) || limit == 0 {
             return Ok(Vec::new());
         }
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after_id + 1,
+                    start_sequence: first.max(1),
                 },
                 ..Default::default()
             })
@@ -151,9 +148,15 @@ impl JetStreamEvents {
             let message = message.map_err(|e| e.to_string())?;
             let info = message.info().map_err(|e| e.to_string())?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            match to_published(seq, &String::from_utf8_lossy(&message.payload)) {
-                Ok(p) => out.push(p),
-                Err(e) => tracing::warn!("events log: skipped: {e}"),
+            for (place, doc) in wire::out_docs(&message.payload).enumerate() {
+                let id = wire::out_event_id(seq, place);
+                if id <= after_id || out.len() == limit {
+                    continue;
+                }
+                match to_published(id, &doc) {
+                    Ok(p) => out.push(p),
+                    Err(e) => tracing::warn!("events log: skipped: {e}"),
+                }
             }
             if pending == 0 || seq >= last {
                 break;

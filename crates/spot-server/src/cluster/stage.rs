@@ -10,7 +10,8 @@
 //!    tick's offline sweep ([`Domain::sweep`]) and each REST change ([`Domain::write`],
 //!    answered on core NATS after the commit);
 //! 3. per batch (what has arrived, at most [`BATCH_MESSAGES`]): publishes the batch's
-//!    derived events to `SPOT_OUT` with message ids made of the input sequence that caused
+//!    derived events to `SPOT_OUT`, those of one input message in one message
+//!    ([`wire::out_groups`]), with message ids made of the input sequence that caused
 //!    them (a replay after a crash makes the same ones, which JetStream drops), waits for
 //!    their acknowledgement, then commits the changed rows and the new position in one
 //!    transaction. A commit refused because the position moved means another node owns
@@ -242,22 +243,25 @@ async fn own(
                     "a message of the input log is skipped: {e}"
                 ),
             }
-            for (k, (_, doc)) in domain.take_log().into_iter().enumerate() {
-                out.push((format!("{p}.{seq}.{k}"), doc));
+            let derived = domain.take_log();
+            let groups = wire::out_groups(derived.iter().map(|(_, doc)| doc));
+            for (k, group) in groups.into_iter().enumerate() {
+                out.push((format!("{p}.{seq}.{k}"), group));
             }
             position = seq;
         }
         // The derived events are stored before the position moves past what caused them.
-        // At most `OUT_IN_FLIGHT` wait for their acknowledgement at once: the client holds
-        // a permit per unacknowledged publish (5,000), and a batch may derive more events
-        // than that; sending them all before awaiting any waited for a permit forever.
+        // At most `OUT_IN_FLIGHT` messages wait for their acknowledgement at once: the
+        // client holds a permit per unacknowledged publish (5,000), and a batch may make
+        // more messages than that; sending them all before awaiting any waited for a
+        // permit forever.
         let mut acks = std::collections::VecDeque::with_capacity(OUT_IN_FLIGHT);
         for (id, doc) in out {
             if acks.len() == OUT_IN_FLIGHT {
                 stored(acks.pop_front()).await?;
             }
             let message = PublishMessage::build()
-                .payload(bytes::Bytes::from(doc.as_bytes().to_vec()))
+                .payload(bytes::Bytes::from(doc))
                 .message_id(id);
             let ack = setup
                 .js
@@ -290,7 +294,7 @@ async fn own(
     }
 }
 
-/// Derived events published and not yet acknowledged, at most.
+/// `SPOT_OUT` messages published and not yet acknowledged, at most.
 const OUT_IN_FLIGHT: usize = 1024;
 
 /// Waits for a derived event's acknowledgement.
@@ -298,10 +302,12 @@ async fn stored(
     ack: Option<async_nats::jetstream::context::PublishAckFuture>,
 ) -> Result<(), String> {
     match ack {
-        Some(ack) => ack
-            .await
-            .map(drop)
-            .map_err(|e| format!("{} did not store a derived event: {e}", wire::OUT_STREAM)),
+        Some(ack) => ack.await.map(drop).map_err(|e| {
+            format!(
+                "{} did not store a group of derived events: {e}",
+                wire::OUT_STREAM
+            )
+        }),
         None => Ok(()),
     }
 }

@@ -9,6 +9,10 @@
 //! applied in log order like the spots' events; its answer ([`WriteAnswer`]) goes back on
 //! core NATS to the request's inbox after the commit that holds it.
 //! `~` cannot occur in a serial ([`crate::ingest::valid_serial`]).
+//!
+//! A message of the derived events log `SPOT_OUT` (on `out.<P>`) is a group of the derived
+//! events one input message caused, one document a line ([`out_groups`]); an event's id is
+//! made of the message's stream sequence and its place in the group ([`out_event_id`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -60,6 +64,69 @@ pub fn partition_filter(p: u32) -> String {
 /// The subject of partition `p`'s derived events.
 pub fn out_subject(p: u32) -> String {
     format!("out.{p}")
+}
+
+/// Bits of a derived event's id that hold its place in its `SPOT_OUT` message: the id is
+/// `sequence << OUT_PLACE_BITS | place`.
+const OUT_PLACE_BITS: u32 = 12;
+
+/// Derived events in one `SPOT_OUT` message at most (the places its ids have room for).
+pub const OUT_GROUP_EVENTS: usize = 1 << OUT_PLACE_BITS;
+
+/// Bytes of one `SPOT_OUT` message at most (beyond one document larger than this alone):
+/// well under NATS's default largest payload (1 MiB).
+pub const OUT_GROUP_BYTES: usize = 512 * 1024;
+
+/// The id of the derived event at `place` in the `SPOT_OUT` message at `sequence`. Ids
+/// grow with the log's order, as push clients need (they resume after the last id they
+/// saw), and are unique across the cluster without a counter anyone must keep: they are
+/// not consecutive between messages. Below 2^53 (a JSON number read as a double) for the
+/// first 2^41 messages.
+pub fn out_event_id(sequence: u64, place: usize) -> u64 {
+    sequence << OUT_PLACE_BITS | place as u64
+}
+
+/// The `SPOT_OUT` sequence and place of a derived event's id ([`out_event_id`]).
+pub fn out_event_position(id: u64) -> (u64, usize) {
+    (
+        id >> OUT_PLACE_BITS,
+        (id & (OUT_GROUP_EVENTS as u64 - 1)) as usize,
+    )
+}
+
+/// The `SPOT_OUT` payloads of the derived events one input message caused, in order: one
+/// document a line, at most [`OUT_GROUP_EVENTS`] and (unless one document is larger)
+/// [`OUT_GROUP_BYTES`] each. Documents are compact JSON, where a line break only occurs
+/// escaped. The same documents give the same payloads, so a replay's messages carry the
+/// ids of the first try's.
+pub fn out_groups<S: AsRef<str>>(docs: impl IntoIterator<Item = S>) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    let mut count = 0;
+    for doc in docs {
+        let doc = doc.as_ref();
+        debug_assert!(
+            !doc.contains('\n'),
+            "a derived event's document is one line"
+        );
+        let fits = groups.last().is_some_and(|g| {
+            count < OUT_GROUP_EVENTS && g.len() + 1 + doc.len() <= OUT_GROUP_BYTES
+        });
+        if fits {
+            let group = groups.last_mut().expect("checked");
+            group.push('\n');
+            group.push_str(doc);
+            count += 1;
+        } else {
+            groups.push(doc.to_string());
+            count = 1;
+        }
+    }
+    groups
+}
+
+/// The documents of a `SPOT_OUT` message, in order ([`out_groups`]).
+pub fn out_docs(payload: &[u8]) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    payload.split(|b| *b == b'\n').map(String::from_utf8_lossy)
 }
 
 /// One message of the input log, read back.
@@ -251,6 +318,48 @@ pub fn read_message(subject: &str, payload: &[u8]) -> Result<InMessage, WireErro
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn derived_events_go_in_groups_whose_ids_grow_with_the_log() {
+        use super::*;
+        let docs: Vec<String> = (0..OUT_GROUP_EVENTS + 3)
+            .map(|i| format!("{{\"topic\":\"t/{i}\"}}"))
+            .collect();
+        let groups = out_groups(&docs);
+        assert_eq!(groups.len(), 2, "a group holds OUT_GROUP_EVENTS at most");
+        let back: Vec<String> = groups
+            .iter()
+            .flat_map(|g| out_docs(g.as_bytes()).map(|d| d.into_owned()))
+            .collect();
+        assert_eq!(back, docs, "every document, in order");
+        assert_eq!(out_docs(groups[1].as_bytes()).count(), 3);
+        assert_eq!(
+            out_groups(&docs),
+            groups,
+            "the same documents, the same groups"
+        );
+
+        let big = "x".repeat(OUT_GROUP_BYTES / 2);
+        let groups = out_groups([&big, &big, &big]);
+        assert_eq!(groups.len(), 3, "a group holds OUT_GROUP_BYTES at most");
+        let huge = "y".repeat(OUT_GROUP_BYTES + 1);
+        let alone = out_groups([&huge]);
+        assert!(
+            alone.len() == 1 && alone[0] == huge,
+            "a larger document alone"
+        );
+        assert!(out_groups(Vec::<String>::new()).is_empty());
+
+        let ids = [
+            out_event_id(7, 0),
+            out_event_id(7, OUT_GROUP_EVENTS - 1),
+            out_event_id(8, 0),
+        ];
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_eq!(out_event_position(ids[1]), (7, OUT_GROUP_EVENTS - 1));
+        assert_eq!(out_event_position(ids[2]), (8, 0));
+        assert_eq!(out_event_position(0), (0, 0));
+    }
+
     use super::*;
     use crate::domain::UpstreamRow;
     use crate::ids::Id;
