@@ -236,6 +236,64 @@ impl Domain {
         Ok(())
     }
 
+    /// Brings one row of a replica up to date with its stored state: `Some(doc)` is the
+    /// row as now stored (new or changed), `None` that it was deleted. A cluster's read
+    /// replica applies the rows changed since its last refresh with this (rows of one table
+    /// in any order; a presence before or after its item). Nothing is logged or marked
+    /// dirty for a deletion; a changed row goes through [`Domain::load`].
+    pub fn refresh_row(
+        &mut self,
+        table: Table,
+        id: &str,
+        doc: Option<String>,
+        now: i64,
+    ) -> Result<(), RestoreError> {
+        let Some(key) = Id::parse(id) else {
+            return Err(RestoreError::Row {
+                table: table.name(),
+                id: id.to_string(),
+                source: serde::de::Error::custom("not an id"),
+            });
+        };
+        // A list's old members leave its index before the new ones join.
+        if doc.is_none() || matches!(table, Table::ItemLists | Table::SpotLists) {
+            self.unload(table, key);
+        }
+        match doc {
+            Some(doc) => self.load(table, vec![(id.to_string(), doc)], now),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets row `id` of `table` and what indexes it (see [`Domain::refresh_row`]).
+    fn unload(&mut self, table: Table, id: Id) {
+        match table {
+            Table::Spots => {
+                if let Some(spot) = self.spots.remove(id) {
+                    self.spots_online -= usize::from(spot.is_online);
+                    self.spot_by_serial.remove(&spot.serial_number);
+                    self.last_spot = None;
+                }
+            }
+            Table::Locations => {
+                self.locations.remove(id);
+            }
+            Table::Items => {
+                self.unindex_item(id);
+                self.items.remove(id);
+            }
+            Table::Presences => {
+                if let Some(p) = self.presences.remove(id) {
+                    self.forget_presence_of_item(p.item, p.location, id);
+                }
+            }
+            Table::ItemLists | Table::SpotLists => self.unload_list(table, id),
+            Table::Metadata => {
+                self.metadata.remove(id);
+            }
+        }
+    }
+
     /// Journals an upstream event as received (see [`JournalEntry::Event`]).
     pub(super) fn journal_event(
         &mut self,
@@ -359,6 +417,113 @@ fn trim_separator(bytes: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
     use crate::domain::testing::*;
+    use crate::domain::Write;
+
+    /// A cluster's read replica applies each commit's changed and deleted rows one by one
+    /// (`refresh_row`); it must answer as a domain loaded whole from the same rows does.
+    #[test]
+    fn a_replica_refreshed_row_by_row_answers_as_one_loaded_from_all_rows() {
+        let mut d = Domain::new(DomainConfig::default());
+        let mut replica = Domain::new(DomainConfig::default());
+        let mut stored: std::collections::BTreeMap<(usize, String), String> = Default::default();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let body = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let tables = |d: &Domain| {
+            [
+                "spots",
+                "locations",
+                "items",
+                "presences",
+                "itemlists",
+                "spotlists",
+            ]
+            .map(|c| (c, d.collection(c).unwrap()))
+        };
+        let mut lists: Vec<String> = Vec::new();
+        for i in 0..2_000i64 {
+            let now = T0 + i * 10;
+            let items: Vec<String> = d.items.values().map(|i| i.id.text()).collect();
+            match next(40) {
+                0 => d.sweep(now + 60_000),
+                1 => {
+                    let list = d.write(Write::Post, "itemlists", "", &Object::new(), now);
+                    lists.push(list.unwrap()["id"].as_str().unwrap().to_string());
+                }
+                2 | 3 if !lists.is_empty() && !items.is_empty() => {
+                    let list = &lists[next(lists.len() as u64) as usize];
+                    let item = &items[next(items.len() as u64) as usize];
+                    let ids = body(json!({ "ids": [item] }));
+                    let _ = d.write(Write::AddMembers, "itemlists", list, &ids, now);
+                }
+                4 if !lists.is_empty() && !items.is_empty() => {
+                    let list = &lists[next(lists.len() as u64) as usize];
+                    let item = &items[next(items.len() as u64) as usize];
+                    let id = body(json!({ "id": item }));
+                    let _ = d.write(Write::RemoveMember, "itemlists", list, &id, now);
+                }
+                5 if !lists.is_empty() => {
+                    let list = lists.swap_remove(next(lists.len() as u64) as usize);
+                    d.write(Write::Delete, "itemlists", &list, &Object::new(), now)
+                        .unwrap();
+                }
+                6 if !items.is_empty() => {
+                    let item = &items[next(items.len() as u64) as usize];
+                    // Refused while the item is present.
+                    let _ = d.write(Write::Delete, "items", item, &Object::new(), now);
+                }
+                7 if !items.is_empty() => {
+                    let item = &items[next(items.len() as u64) as usize];
+                    let label = body(json!({ "label": format!("label {i}") }));
+                    d.write(Write::Put, "items", item, &label, now).unwrap();
+                }
+                _ => {
+                    let serial = (1 + next(4)).to_string();
+                    let code = format!("{:024x}", next(8));
+                    let action = [Action::Create, Action::Update, Action::Delete][next(3) as usize];
+                    let proximity =
+                        [Proximity::Far, Proximity::Near, Proximity::Immediate][next(3) as usize];
+                    d.apply_event(&serial, &presence(action, &code, proximity), now);
+                }
+            }
+            if i % 25 != 24 {
+                continue;
+            }
+            let commit = d.take_changes(true);
+            for (table, id) in &commit.deletes {
+                let at = Table::ALL.iter().position(|t| t == table).unwrap();
+                stored.remove(&(at, id.text()));
+                replica.refresh_row(*table, &id.text(), None, T0).unwrap();
+            }
+            for (table, id, doc) in &commit.upserts {
+                let at = Table::ALL.iter().position(|t| t == table).unwrap();
+                stored.insert((at, id.text()), doc.to_json());
+                replica
+                    .refresh_row(*table, &id.text(), Some(doc.to_json()), T0)
+                    .unwrap();
+            }
+            let mut whole = Domain::new(DomainConfig::default());
+            for ((at, id), doc) in &stored {
+                whole
+                    .load(Table::ALL[*at], vec![(id.clone(), doc.clone())], T0)
+                    .unwrap();
+            }
+            assert_eq!(tables(&replica), tables(&whole), "after step {i}");
+            assert_eq!(replica.spots_online, whole.spots_online, "after step {i}");
+            assert_item_presences_agree(&replica, &format!("after step {i}"));
+        }
+        assert!(
+            stored
+                .keys()
+                .any(|(at, _)| Table::ALL[*at] == Table::ItemLists),
+            "some lists were made"
+        );
+    }
     #[test]
     fn rows_written_by_earlier_versions_load_and_are_written_back_unchanged() {
         let rows = [

@@ -106,6 +106,21 @@ impl Domain {
         }
     }
 
+    /// Takes presence `presence_id` (of `item_id` at `location_id`) out of
+    /// [`Domain::presences_of_item`], if it is the one there.
+    pub(super) fn forget_presence_of_item(
+        &mut self,
+        item_id: Id,
+        location_id: Id,
+        presence_id: Id,
+    ) {
+        if let Some(at) = self.presences_of_item.get_mut(&item_id) {
+            if at.find(location_id) == Some(presence_id) && at.remove(location_id) {
+                self.presences_of_item.remove(&item_id);
+            }
+        }
+    }
+
     /// The spot no longer reports the presence: drop its contribution; delete the presence
     /// when nobody reports it any more.
     pub(super) fn withdraw(
@@ -127,11 +142,7 @@ impl Domain {
         let Some(p) = self.presences.remove(presence_id) else {
             return;
         };
-        if let Some(at) = self.presences_of_item.get_mut(&p.item) {
-            if at.remove(p.location) {
-                self.presences_of_item.remove(&p.item);
-            }
-        }
+        self.forget_presence_of_item(p.item, p.location, presence_id);
         self.dirty.remove(&(Table::Presences, presence_id));
         self.deleted.insert((Table::Presences, presence_id));
         let topic = Topic::Presence {

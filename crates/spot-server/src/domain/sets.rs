@@ -171,6 +171,23 @@ impl Domain {
         self.lists_mut(kind).insert(list.id, list);
     }
 
+    /// Forgets list `id` of `table` (item lists or spot lists) and its members' index
+    /// entries (a replica's refresh, [`Domain::refresh_row`]).
+    pub(super) fn unload_list(&mut self, table: Table, id: Id) {
+        let kind = match table {
+            Table::ItemLists => ListKind::Items,
+            _ => ListKind::Spots,
+        };
+        let Some(list) = self.lists_mut(kind).remove(id) else {
+            return;
+        };
+        if kind == ListKind::Items {
+            for &item in &list.members {
+                self.index_membership(item, id, false);
+            }
+        }
+    }
+
     /// Adds (`joined`) or removes `list` in the item's entry of `sets_of_item`.
     fn index_membership(&mut self, item: Id, list: Id, joined: bool) {
         let mut sets: Vec<Id> = self
