@@ -3,11 +3,16 @@
 //!
 //! - `spot_cluster (key, value)`: `partitions`, written by the first node; a node with
 //!   another count refuses to start ([`PgState::migrate`]).
-//! - `spot_partitions (partition, applied_seq, time_last, id_last, owner)`: the last
-//!   `SPOT_IN` stream sequence whose effects the rows hold, the time of the last entry
-//!   applied, the id generator's state and who committed it.
-//! - `spot_rows (tbl, id, partition, doc)`: the rows of the live state, as the embedded
-//!   store's checkpoints hold them (one JSON document each, [`crate::domain::RowDoc`]).
+//! - `spot_partitions (partition, applied_seq, time_last, id_last, owner, purged_through)`:
+//!   the last `SPOT_IN` stream sequence whose effects the rows hold, the time of the last
+//!   entry applied, the id generator's state, who committed it, and up to which position
+//!   deleted rows are forgotten.
+//! - `spot_rows (tbl, id, partition, doc, version)`: the rows of the live state, as the
+//!   embedded store's checkpoints hold them (one JSON document each,
+//!   [`crate::domain::RowDoc`]), each with the position of the commit that last wrote it.
+//!   A deleted row stays for a while as a *tombstone* (`doc` null), so that a read replica
+//!   catches up with the rows written since the positions it holds ([`PgState::rows_since`])
+//!   instead of reading them all; tombstones older than [`TOMBSTONES_KEPT`] are purged.
 //!
 //! A stage commits a partition's changed rows and its new position in **one transaction**
 //! that moves the position only from the value the stage loaded or last committed
@@ -74,6 +79,9 @@ pub struct PartitionState {
 /// A connection to the cluster's database.
 pub struct PgState {
     client: Client,
+    /// A stage's last purge of tombstones: when, and the position it committed then (the
+    /// next purge forgets tombstones up to it).
+    purge_mark: Option<(std::time::Instant, u64)>,
 }
 
 impl std::fmt::Debug for PgState {
@@ -90,17 +98,49 @@ CREATE TABLE IF NOT EXISTS spot_partitions (
     time_last bigint NOT NULL DEFAULT 0,
     id_last bigint NOT NULL DEFAULT 0,
     owner text,
-    time_committed timestamptz
+    time_committed timestamptz,
+    purged_through bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS spot_rows (
     tbl text NOT NULL,
     id text NOT NULL,
     partition integer NOT NULL,
-    doc text NOT NULL,
+    doc text,
+    version bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, id)
 );
 CREATE INDEX IF NOT EXISTS spot_rows_partition ON spot_rows (partition);
+CREATE INDEX IF NOT EXISTS spot_rows_version ON spot_rows (partition, version);
+DO $$ BEGIN
+    -- Tables of an earlier version (an ALTER TABLE locks the table whole: only when needed).
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'spot_partitions' AND column_name = 'purged_through') THEN
+        ALTER TABLE spot_partitions ADD COLUMN purged_through bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'spot_rows' AND column_name = 'version') THEN
+        ALTER TABLE spot_rows ADD COLUMN version bigint NOT NULL DEFAULT 0;
+        ALTER TABLE spot_rows ALTER COLUMN doc DROP NOT NULL;
+    END IF;
+END $$;
 ";
+
+/// How long a deleted row's tombstone is kept at least: a replica that last caught up
+/// longer ago than this reads every row again.
+pub const TOMBSTONES_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Each partition's position (`applied_seq`), by partition.
+pub type Positions = std::collections::BTreeMap<i32, u64>;
+
+/// What a read replica reads to catch up ([`PgState::rows_since`]).
+#[derive(Debug)]
+pub enum Rows {
+    /// Every row, per table in [`Table::ALL`] order (id, JSON document).
+    Whole(Vec<(Table, Vec<(String, String)>)>),
+    /// The rows written since the positions given, in [`Table::ALL`] order: (table, id,
+    /// the document, or `None` for a deleted row).
+    Changed(Vec<(Table, String, Option<String>)>),
+}
 
 /// The sum of the partitions' positions: it moves with every commit.
 const POSITIONS: &str = "SELECT coalesce(sum(applied_seq), 0)::bigint FROM spot_partitions";
@@ -120,7 +160,10 @@ impl PgState {
                 tracing::warn!("postgres connection ended: {e}");
             }
         });
-        Ok(PgState { client })
+        Ok(PgState {
+            client,
+            purge_mark: None,
+        })
     }
 
     /// Creates the tables if missing and fixes the partition count on first start; refuses
@@ -130,9 +173,23 @@ impl PgState {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
             .await
             .map_err(db("lock the schema"))?;
-        tx.batch_execute(SCHEMA)
+        // A node joining a running cluster finds the schema made and leaves it be: its
+        // statements would lock tables a running stage's commit locks too (a deadlock).
+        let made = tx
+            .query_one(
+                "SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = current_schema() \
+                 AND ((table_name = 'spot_rows' AND column_name = 'version') \
+                 OR (table_name = 'spot_partitions' AND column_name = 'purged_through'))",
+                &[],
+            )
             .await
-            .map_err(db("create the tables"))?;
+            .map_err(db("look for the tables"))?
+            .get::<_, bool>(0);
+        if !made {
+            tx.batch_execute(SCHEMA)
+                .await
+                .map_err(db("create the tables"))?;
+        }
         tx.execute(
             "INSERT INTO spot_cluster (key, value) VALUES ('partitions', $1) ON CONFLICT DO NOTHING",
             &[&partitions.to_string()],
@@ -153,12 +210,19 @@ impl PgState {
                 node: partitions,
             });
         }
-        tx.execute(
-            "INSERT INTO spot_partitions (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
-            &[&(partitions as i32)],
-        )
-        .await
-        .map_err(db("create the partitions"))?;
+        let have = tx
+            .query_one("SELECT count(*) FROM spot_partitions", &[])
+            .await
+            .map_err(db("count the partitions"))?
+            .get::<_, i64>(0);
+        if have != i64::from(partitions) {
+            tx.execute(
+                "INSERT INTO spot_partitions (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
+                &[&(partitions as i32)],
+            )
+            .await
+            .map_err(db("create the partitions"))?;
+        }
         tx.commit().await.map_err(db("commit the schema"))
     }
 
@@ -175,7 +239,7 @@ impl PgState {
         let rows = self
             .client
             .query(
-                "SELECT tbl, id, doc FROM spot_rows WHERE partition = $1",
+                "SELECT tbl, id, doc FROM spot_rows WHERE partition = $1 AND doc IS NOT NULL",
                 &[&(p as i32)],
             )
             .await
@@ -188,13 +252,16 @@ impl PgState {
         })
     }
 
-    /// Every row of every partition (an API node's read replica), or those of table `only`,
-    /// and the sum of the partitions' positions it corresponds to.
-    pub async fn all_rows(
+    /// What a read replica holding `seen` (each partition's position; `None`: nothing yet)
+    /// reads to hold the last commit: the rows written since (tombstones included), or
+    /// every row when it holds nothing or tombstones it would need were purged. Only the
+    /// rows of table `only` when given. Read in one snapshot with the positions it brings
+    /// the replica to.
+    pub async fn rows_since(
         &mut self,
+        seen: Option<&Positions>,
         only: Option<Table>,
-    ) -> Result<(u64, Vec<(Table, Vec<(String, String)>)>), PgError> {
-        // One snapshot: the position and the rows agree.
+    ) -> Result<(Positions, Rows), PgError> {
         let tx = self
             .client
             .build_transaction()
@@ -203,27 +270,66 @@ impl PgState {
             .start()
             .await
             .map_err(db("begin a read"))?;
-        let version = tx
-            .query_one(POSITIONS, &[])
+        let partitions = tx
+            .query(
+                "SELECT partition, applied_seq, purged_through FROM spot_partitions",
+                &[],
+            )
             .await
-            .map_err(db("read the positions"))?
-            .get::<_, i64>(0) as u64;
-        let rows = match only {
-            None => tx.query("SELECT tbl, id, doc FROM spot_rows", &[]).await,
-            Some(table) => {
-                tx.query(
-                    "SELECT tbl, id, doc FROM spot_rows WHERE tbl = $1",
-                    &[&table.name()],
-                )
-                .await
-            }
+            .map_err(db("read the positions"))?;
+        let mut positions = Positions::new();
+        let mut purged = false;
+        for row in &partitions {
+            let p: i32 = row.get(0);
+            let purged_through = row.get::<_, i64>(2) as u64;
+            positions.insert(p, row.get::<_, i64>(1) as u64);
+            purged |= seen.is_some_and(|s| s.get(&p).copied().unwrap_or(0) < purged_through);
         }
-        .map_err(db("read the rows"))?;
+        let only = only.map(|t| t.name());
+        let rows = match seen.filter(|_| !purged) {
+            None => {
+                let rows = tx
+                    .query(
+                        "SELECT tbl, id, doc FROM spot_rows \
+                         WHERE doc IS NOT NULL AND ($1::text IS NULL OR tbl = $1)",
+                        &[&only],
+                    )
+                    .await
+                    .map_err(db("read the rows"))?;
+                Rows::Whole(by_table(
+                    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))),
+                ))
+            }
+            Some(seen) => {
+                let (ps, since): (Vec<i32>, Vec<i64>) = positions
+                    .iter()
+                    .filter(|(p, at)| seen.get(p).copied().unwrap_or(0) < **at)
+                    .map(|(p, _)| (*p, seen.get(p).copied().unwrap_or(0) as i64))
+                    .unzip();
+                let rows = tx
+                    .query(
+                        "SELECT r.tbl, r.id, r.doc FROM spot_rows r \
+                         JOIN unnest($1::int[], $2::bigint[]) AS s(partition, since) \
+                         ON r.partition = s.partition AND r.version > s.since \
+                         WHERE $3::text IS NULL OR r.tbl = $3",
+                        &[&ps, &since, &only],
+                    )
+                    .await
+                    .map_err(db("read the rows changed"))?;
+                let mut changed: Vec<(Table, String, Option<String>)> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let table: String = r.get(0);
+                        let known = Table::ALL.iter().find(|t| t.name() == table);
+                        known.map(|t| (*t, r.get(1), r.get(2)))
+                    })
+                    .collect();
+                changed.sort_by_key(|(t, _, _)| Table::ALL.iter().position(|a| a == t));
+                Rows::Changed(changed)
+            }
+        };
         tx.commit().await.map_err(db("end a read"))?;
-        Ok((
-            version,
-            by_table(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2)))),
-        ))
+        Ok((positions, rows))
     }
 
     /// The sum of the partitions' positions: it moves with every commit.
@@ -284,9 +390,10 @@ impl PgState {
                 .map(|(t, id)| (t.name(), id.text()))
                 .unzip();
             tx.execute(
-                "DELETE FROM spot_rows r USING unnest($1::text[], $2::text[]) AS d(tbl, id) \
+                "UPDATE spot_rows r SET doc = NULL, version = $3 \
+                 FROM unnest($1::text[], $2::text[]) AS d(tbl, id) \
                  WHERE r.tbl = d.tbl AND r.id = d.id",
-                &[&tables, &ids],
+                &[&tables, &ids, &(to as i64)],
             )
             .await
             .map_err(db("delete rows"))?;
@@ -301,13 +408,34 @@ impl PgState {
                 docs.push(doc.to_json());
             }
             tx.execute(
-                "INSERT INTO spot_rows (tbl, id, partition, doc) \
-                 SELECT tbl, id, $4, doc FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tbl, id, doc) \
-                 ON CONFLICT (tbl, id) DO UPDATE SET doc = excluded.doc, partition = excluded.partition",
-                &[&tables, &ids, &docs, &(p as i32)],
+                "INSERT INTO spot_rows (tbl, id, partition, doc, version) \
+                 SELECT tbl, id, $4, doc, $5 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(tbl, id, doc) \
+                 ON CONFLICT (tbl, id) DO UPDATE SET doc = excluded.doc, \
+                 partition = excluded.partition, version = excluded.version",
+                &[&tables, &ids, &docs, &(p as i32), &(to as i64)],
             )
             .await
             .map_err(db("write rows"))?;
+        }
+        let now = std::time::Instant::now();
+        match self.purge_mark {
+            Some((at, through)) if now.duration_since(at) >= TOMBSTONES_KEPT => {
+                tx.execute(
+                    "DELETE FROM spot_rows WHERE partition = $1 AND doc IS NULL AND version <= $2",
+                    &[&(p as i32), &(through as i64)],
+                )
+                .await
+                .map_err(db("purge old tombstones"))?;
+                tx.execute(
+                    "UPDATE spot_partitions SET purged_through = $2 WHERE partition = $1",
+                    &[&(p as i32), &(through as i64)],
+                )
+                .await
+                .map_err(db("record the purge"))?;
+                self.purge_mark = Some((now, to));
+            }
+            Some(_) => {}
+            None => self.purge_mark = Some((now, to)),
         }
         tx.commit().await.map_err(db("commit"))
     }
@@ -328,4 +456,90 @@ fn by_table(
         }
     }
     grouped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::testing::{presence, T0};
+    use crate::domain::{Domain, DomainConfig};
+    use spot_protocol::{Action, Proximity};
+
+    fn presences_in(rows: &Rows) -> Vec<(String, bool)> {
+        match rows {
+            Rows::Whole(tables) => tables
+                .iter()
+                .filter(|(t, _)| *t == Table::Presences)
+                .flat_map(|(_, rows)| rows.iter().map(|(id, _)| (id.clone(), true)))
+                .collect(),
+            Rows::Changed(rows) => rows
+                .iter()
+                .filter(|(t, _, _)| *t == Table::Presences)
+                .map(|(_, id, doc)| (id.clone(), doc.is_some()))
+                .collect(),
+        }
+    }
+
+    /// A replica catches up with the rows written since its positions, a deleted row
+    /// included (a tombstone); once tombstones it would need are purged, it reads all.
+    #[tokio::test]
+    async fn a_replica_reads_the_rows_changed_since_its_positions_or_all_once_tombstones_are_purged(
+    ) {
+        let db = test_support::postgres::TestDb::create();
+        let mut pg = PgState::connect(db.url()).await.expect("connect");
+        pg.migrate(1).await.expect("migrate");
+        pg.migrate(1)
+            .await
+            .expect("a second migration changes nothing");
+        let mut d = Domain::new(DomainConfig::default());
+        let code = "0000000000000000000000aa";
+        let commit = async |pg: &mut PgState, d: &mut Domain, from: u64, action| {
+            d.apply_event("1", &presence(action, code, Proximity::Near), T0);
+            let changes = d.take_changes(true);
+            pg.commit(0, &changes, (from, from + 1), T0, "test")
+                .await
+                .expect("commit");
+        };
+        commit(&mut pg, &mut d, 0, Action::Create).await;
+        let (positions, rows) = pg.rows_since(None, None).await.expect("read");
+        assert_eq!(positions, Positions::from([(0, 1)]));
+        let created = presences_in(&rows);
+        assert!(
+            matches!(rows, Rows::Whole(_)) && created.len() == 1,
+            "{rows:?}"
+        );
+        let presence = created[0].0.clone();
+
+        commit(&mut pg, &mut d, 1, Action::Delete).await;
+        let (positions, rows) = pg.rows_since(Some(&positions), None).await.expect("read");
+        assert_eq!(positions, Positions::from([(0, 2)]));
+        assert!(matches!(rows, Rows::Changed(_)), "{rows:?}");
+        assert_eq!(
+            presences_in(&rows),
+            [(presence.clone(), false)],
+            "a tombstone"
+        );
+        let at_two = positions;
+
+        // The next commit purges the tombstones up to the last mark (forced old here).
+        let long_ago =
+            std::time::Instant::now() - TOMBSTONES_KEPT - std::time::Duration::from_secs(1);
+        pg.purge_mark = Some((long_ago, 2));
+        commit(&mut pg, &mut d, 2, Action::Create).await;
+        let stale = Positions::from([(0, 1)]);
+        let (_, rows) = pg.rows_since(Some(&stale), None).await.expect("read");
+        assert!(
+            matches!(rows, Rows::Whole(_)),
+            "behind the purge: every row ({rows:?})"
+        );
+        assert!(!presences_in(&rows).contains(&(presence.clone(), true)));
+        let (positions, rows) = pg.rows_since(Some(&at_two), None).await.expect("read");
+        assert_eq!(positions, Positions::from([(0, 3)]));
+        assert!(matches!(rows, Rows::Changed(_)), "{rows:?}");
+        let spots_only = pg.rows_since(Some(&at_two), Some(Table::Spots)).await;
+        let (_, Rows::Changed(rows)) = spots_only.expect("read") else {
+            panic!("changed rows")
+        };
+        assert!(rows.iter().all(|(t, _, _)| *t == Table::Spots) && !rows.is_empty());
+    }
 }

@@ -1,13 +1,15 @@
-//! The api role's read side: a replica of the live state, rebuilt from PostgreSQL's rows
-//! whenever a stage committed (the sum of the partitions' positions moved), so that the
-//! REST API answers from any node with the embedded server's own query code and results.
+//! The api role's read side: a replica of the live state, kept up to date from
+//! PostgreSQL's rows whenever a stage committed (the sum of the partitions' positions
+//! moved), so that the REST API answers from any node with the embedded server's own query
+//! code and results.
 //!
-//! The rebuild reads every row in one snapshot and swaps the new [`Domain`] in under the
-//! write lock: readers see one commit's state or the next one's, never a mix. It costs
-//! the whole state per change: at most one per [`REFRESH_EVERY`], and one when a REST read
-//! waits for it ([`ReadBarrier`]); reading only the rows changed since the last refresh is
-//! the next step for large sites. A node without the api role keeps only the spots (what
-//! its edge reads a spot's pending commands from, [`Scope::Spots`]).
+//! A refresh reads, in one snapshot, the rows written since the positions the replica
+//! holds (deleted ones as tombstones, [`super::pg`]) and applies them under the write lock
+//! ([`Domain::refresh_row`]): readers see one commit's state or a later one's, never a mix.
+//! The first refresh, and one whose tombstones were purged meanwhile, reads every row into
+//! a new [`Domain`] instead. At most one refresh per [`REFRESH_EVERY`], and one when a REST
+//! read waits for it ([`ReadBarrier`]). A node without the api role keeps only the spots
+//! (what its edge reads a spot's pending commands from, [`Scope::Spots`]).
 //! Not in the replica yet: the derived events log (`/api/events` is empty on a cluster).
 
 use std::sync::{Arc, RwLock};
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::pg::PgState;
+use super::pg::{PgState, Positions, Rows};
 use crate::clock::now_ms;
 use crate::domain::{Domain, DomainConfig};
 use crate::shutdown::Phase;
@@ -133,7 +135,7 @@ pub async fn run(
     progress: Progress,
     mut phase: watch::Receiver<Phase>,
 ) {
-    let mut seen = None;
+    let mut seen: Option<Positions> = None;
     let mut pg = None;
     loop {
         if pg.is_none() {
@@ -143,14 +145,16 @@ pub async fn run(
             }
         }
         if let Some(conn) = pg.as_mut() {
-            match refresh(conn, &domain, &config, scope, seen).await {
-                Ok(version) => {
-                    seen = Some(version);
-                    progress.held.send_replace(version);
+            match refresh(conn, &domain, &config, scope, seen.as_ref()).await {
+                Ok(Some(positions)) => {
+                    progress.held.send_replace(positions.values().sum());
+                    seen = Some(positions);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!("the read replica is not refreshed: {e}");
-                    pg = None;
+                    // It reads every row again.
+                    (pg, seen) = (None, None);
                 }
             }
         }
@@ -166,30 +170,40 @@ pub async fn run(
     }
 }
 
-/// Rebuilds the replica if the rows moved past `seen`; returns the version it holds.
+/// Brings the replica from `seen` to the last commit, if the rows moved past it; returns
+/// the positions it holds now (`None`: nothing moved).
 async fn refresh(
     pg: &mut PgState,
     domain: &RwLock<Domain>,
     config: &DomainConfig,
     scope: Scope,
-    seen: Option<u64>,
-) -> Result<u64, String> {
+    seen: Option<&Positions>,
+) -> Result<Option<Positions>, String> {
     let version = pg.version().await.map_err(|e| e.to_string())?;
-    if seen == Some(version) {
-        return Ok(version);
+    if seen.is_some_and(|s| s.values().sum::<u64>() == version) {
+        return Ok(None);
     }
     let only = match scope {
         Scope::All => None,
         Scope::Spots => Some(crate::domain::Table::Spots),
     };
-    let (version, tables) = pg.all_rows(only).await.map_err(|e| e.to_string())?;
-    let mut replica = Domain::new(config.clone());
+    let (positions, rows) = pg.rows_since(seen, only).await.map_err(|e| e.to_string())?;
     let now = now_ms();
-    for (table, rows) in tables {
-        replica
-            .load(table, rows, now)
-            .map_err(|e| format!("a stored row does not load: {e}"))?;
+    let bad = |e| format!("a stored row does not load: {e}");
+    match rows {
+        Rows::Whole(tables) => {
+            let mut replica = Domain::new(config.clone());
+            for (table, rows) in tables {
+                replica.load(table, rows, now).map_err(bad)?;
+            }
+            *domain.write().unwrap_or_else(|e| e.into_inner()) = replica;
+        }
+        Rows::Changed(rows) => {
+            let mut replica = domain.write().unwrap_or_else(|e| e.into_inner());
+            for (table, id, doc) in rows {
+                replica.refresh_row(table, &id, doc, now).map_err(bad)?;
+            }
+        }
     }
-    *domain.write().unwrap_or_else(|e| e.into_inner()) = replica;
-    Ok(version)
+    Ok(Some(positions))
 }

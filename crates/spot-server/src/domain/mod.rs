@@ -55,7 +55,7 @@ mod presences;
 mod sets;
 mod spots;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod views;
 
 use derived::DerivedEventDoc;
