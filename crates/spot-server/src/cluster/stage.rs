@@ -14,8 +14,10 @@
 //!    ([`wire::out_groups`]), with message ids made of the input sequence that caused
 //!    them (a replay after a crash makes the same ones, which JetStream drops), waits for
 //!    their acknowledgement, then commits the changed rows and the new position in one
-//!    transaction. A commit refused because the position moved means another node owns
-//!    the partition now: this owner stops at once, without its uncommitted batch;
+//!    transaction. The commit runs while the next batch is applied and published (one
+//!    commit at a time, in order: PostgreSQL's writes are the stage's largest cost). A
+//!    commit refused because the position moved means another node owns the partition
+//!    now: this owner stops at once, without its uncommitted batches;
 //! 4. renews its lease every third of the TTL, publishes a tick into its partition every
 //!    second (and starts over when not even its ticks come back: its reader is gone), and
 //!    gives the lease back when it stops owning the partition.
@@ -104,10 +106,13 @@ async fn own(
     lease: &mut Lease,
     phase: &mut watch::Receiver<Phase>,
 ) -> Result<(), String> {
-    let mut pg = PgState::connect(&setup.postgres)
+    let pg = PgState::connect(&setup.postgres)
         .await
         .map_err(|e| e.to_string())?;
     let loaded = pg.load(p).await.map_err(|e| e.to_string())?;
+    // The connection, or the batch whose commit holds it now.
+    let mut pg = Some(pg);
+    let mut committing: Option<Committing> = None;
     let mut domain = Domain::new(setup.domain.clone());
     for (table, rows) in loaded.rows {
         domain
@@ -170,7 +175,20 @@ async fn own(
                 }
                 continue;
             }
-            _ = phase.changed() => return Ok(()),
+            joined = async { (&mut committing.as_mut().expect("checked").task).await },
+                if committing.is_some() =>
+            {
+                let done = committing.take().expect("checked");
+                pg = Some(done.finish(setup, p, joined).await?);
+                continue;
+            }
+            _ = phase.changed() => {
+                // The last batch's answers leave, if it commits.
+                if let Some(last) = committing.take() {
+                    last.wait(setup, p).await?;
+                }
+                return Ok(());
+            }
         };
         heard = std::time::Instant::now();
         if !lease.valid() {
@@ -187,6 +205,7 @@ async fn own(
             }
         }
         let from = position;
+        let (started, messages_in) = (std::time::Instant::now(), batch.len());
         let mut out = Vec::new();
         let mut answers = Vec::new();
         let mut notes = Vec::new();
@@ -255,6 +274,7 @@ async fn own(
         // client holds a permit per unacknowledged publish (5,000), and a batch may make
         // more messages than that; sending them all before awaiting any waited for a
         // permit forever.
+        let (applied, messages_out) = (started.elapsed(), out.len());
         let mut acks = std::collections::VecDeque::with_capacity(OUT_IN_FLIGHT);
         for (id, doc) in out {
             if acks.len() == OUT_IN_FLIGHT {
@@ -273,24 +293,96 @@ async fn own(
         while let Some(ack) = acks.pop_front() {
             stored(Some(ack)).await?;
         }
+        let published = started.elapsed();
+        // Commits go one at a time, in order, each beside the next batch's apply and
+        // publish: the previous one has finished (and its answers left) before this one
+        // starts.
+        if let Some(previous) = committing.take() {
+            pg = Some(previous.wait(setup, p).await?);
+        }
         let changes = domain.take_changes(true);
-        pg.commit(p, &changes, (from, position), time_last, &setup.node)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = pg.take().expect("no commit is running");
+        let node = setup.node.clone();
+        let range = (from, position);
+        let task = tokio::spawn(async move {
+            let result = conn.commit(p, &changes, range, time_last, &node).await;
+            let rows = changes.upserts.len() + changes.deletes.len();
+            (conn, result.map(|()| rows))
+        });
+        tracing::debug!(
+            partition = p,
+            position,
+            messages_in,
+            messages_out,
+            apply_us = applied.as_micros() as u64,
+            publish_us = (published - applied).as_micros() as u64,
+            "a batch applied and published"
+        );
+        committing = Some(Committing {
+            task,
+            notes,
+            answers,
+            position,
+            started: std::time::Instant::now(),
+        });
+    }
+}
+
+/// A batch whose commit is running: what leaves once it has committed.
+struct Committing {
+    /// The commit, with the connection it gives back.
+    task: tokio::task::JoinHandle<(PgState, Result<usize, super::pg::PgError>)>,
+    /// Spots whose pending commands changed.
+    notes: Vec<String>,
+    /// REST changes' inboxes and answers.
+    answers: Vec<(String, Result<serde_json::Value, WriteRefusal>)>,
+    /// The position the commit moves to.
+    position: u64,
+    /// When the commit started.
+    started: std::time::Instant,
+}
+
+impl Committing {
+    /// Waits for the commit, then [`Committing::finish`].
+    async fn wait(mut self, setup: &StageSetup, p: u32) -> Result<PgState, String> {
+        let joined = (&mut self.task).await;
+        self.finish(setup, p, joined).await
+    }
+
+    /// After the commit (`joined`): the answers leave, the connection comes back. A failed
+    /// commit (another owner moved the position) ends the ownership.
+    async fn finish(
+        self,
+        setup: &StageSetup,
+        p: u32,
+        joined: Result<(PgState, Result<usize, super::pg::PgError>), tokio::task::JoinError>,
+    ) -> Result<PgState, String> {
+        let (pg, result) =
+            joined.map_err(|e| format!("partition {p}: the commit task failed: {e}"))?;
+        let rows = result.map_err(|e| e.to_string())?;
+        let position = self.position;
+        tracing::debug!(
+            partition = p,
+            position,
+            rows,
+            commit_us = self.started.elapsed().as_micros() as u64,
+            "a batch committed"
+        );
         // Answers leave after the commit; one lost (the API node gave up) is only late.
         let client = setup.js.client();
-        for serial in notes {
+        for serial in self.notes {
             let note = wire::RequestNote { serial, position };
             if let Ok(payload) = serde_json::to_vec(&note) {
                 let _ = client.publish(wire::COMMANDS_SUBJECT, payload.into()).await;
             }
         }
-        for (inbox, result) in answers.into_iter().filter(|(inbox, _)| !inbox.is_empty()) {
+        for (inbox, result) in self.answers.into_iter().filter(|(i, _)| !i.is_empty()) {
             let answer = WriteAnswer { result, position };
             if let Ok(payload) = serde_json::to_vec(&answer) {
                 let _ = client.publish(inbox, payload.into()).await;
             }
         }
+        Ok(pg)
     }
 }
 
