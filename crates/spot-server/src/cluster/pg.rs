@@ -109,8 +109,10 @@ CREATE TABLE IF NOT EXISTS spot_rows (
     version bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (tbl, id)
 );
-CREATE INDEX IF NOT EXISTS spot_rows_partition ON spot_rows (partition);
 CREATE INDEX IF NOT EXISTS spot_rows_version ON spot_rows (partition, version);
+-- Of an earlier version: `spot_rows_version` serves its queries, and each index costs
+-- every row written.
+DROP INDEX IF EXISTS spot_rows_partition;
 DO $$ BEGIN
     -- Tables of an earlier version (an ALTER TABLE locks the table whole: only when needed).
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
