@@ -79,6 +79,8 @@ case $LAYOUT in
   split) NODES+=("edge1 $(node edge1 edge)"); sleep 1; NODES+=("edge2 $(node edge2 edge)"); NODES+=("stage $(node stage stage)") ;;
   *) echo "LAYOUT is two or split" >&2; exit 2 ;;
 esac
+# `node` runs in a command substitution: its PIDS+= does not reach this shell.
+for n in "${NODES[@]}"; do set -- $n; PIDS+=("$2"); done
 UPSTREAMS=""
 for n in "${NODES[@]}"; do
   set -- $n
