@@ -131,21 +131,28 @@ async fn a_websocket_client_receives_the_presence_a_spot_posts(backend: Backend)
     site.shutdown().await;
 }
 
+/// A new spot's first POST: it comes online and sees item `code` appear, come closer and
+/// go. Its seven derived events: connected, item created, presence created, appeared,
+/// changed proximity, presence deleted, disappeared.
+async fn post_a_new_spots_item_lifecycle(addr: SocketAddr, serial: u64, code: &str) {
+    let mut spot = Raw::connect(addr).await;
+    let body = [
+        spot_create(serial, 1),
+        presence("create", code, "far", Some(1)),
+        presence("update", code, "immediate", Some(2)),
+        presence("delete", code, "immediate", Some(3)),
+    ];
+    let chunks: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
+    assert_eq!(spot.post(&serial.to_string(), &chunks).await.status, 200);
+}
+
 /// Every derived event of a new spot's first POST (to node A), in order with consecutive
 /// ids, to a client subscribed to everything (on node B) before it.
 async fn a_websocket_client_receives_every_derived_event_of_a_new_spot_in_order(backend: Backend) {
     let site = start_on(backend, |_| {}).await;
     let mut ws = ws_subscribe(site.b(), "#").await;
     let code = "000000000000000000000077";
-    let mut spot = Raw::connect(site.a()).await;
-    let body = [
-        spot_create(77, 1),
-        presence("create", code, "far", Some(1)),
-        presence("update", code, "immediate", Some(2)),
-        presence("delete", code, "immediate", Some(3)),
-    ];
-    let chunks: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
-    assert_eq!(spot.post("77", &chunks).await.status, 200);
+    post_a_new_spots_item_lifecycle(site.a(), 77, code).await;
     let mut events = Vec::new();
     while events.len() < 7 {
         events.push(ws_next(&mut ws).await);
@@ -282,16 +289,7 @@ async fn an_sse_client_resumes_with_last_event_id_without_losses(backend: Backen
 async fn an_sse_client_resumes_between_two_events_of_one_post(backend: Backend) {
     let site = start_on(backend, |_| {}).await;
     let mut reference = ws_subscribe(site.b(), "#").await;
-    let mut spot = Raw::connect(site.a()).await;
-    let code = "000000000000000000000078";
-    let body = [
-        spot_create(78, 1),
-        presence("create", code, "far", Some(1)),
-        presence("update", code, "immediate", Some(2)),
-        presence("delete", code, "immediate", Some(3)),
-    ];
-    let chunks: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
-    assert_eq!(spot.post("78", &chunks).await.status, 200);
+    post_a_new_spots_item_lifecycle(site.a(), 78, "000000000000000000000078").await;
     let mut all = Vec::new();
     while all.len() < 7 {
         all.push(ws_next(&mut reference).await);
