@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::partition::Partition;
+
 /// A resource id: its integer value. Text (`Display`, serde) is 16 lower-case hex digits, and
 /// integer order is text order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -112,17 +114,31 @@ impl<'de> Deserialize<'de> for Id {
 }
 
 /// Hands out strictly increasing ids. After a restart, [`IdGen::observe`] every stored id so
-/// new ids sort after them even if the clock went backwards.
+/// new ids sort after them even if the clock went backwards. The ids of a cluster's
+/// partition are all of that partition ([`Partition::owns`]): its owner's never meet
+/// another's.
 #[derive(Debug, Default, Clone)]
 pub struct IdGen {
     last: u64,
+    partition: Partition,
 }
 
 impl IdGen {
+    /// A generator of `partition`'s ids.
+    pub fn of(partition: Partition) -> IdGen {
+        IdGen { last: 0, partition }
+    }
+
     /// The next id for a resource created at `now_ms`.
     pub fn next(&mut self, now_ms: i64) -> Id {
         let base = (now_ms.max(0) as u64) << 16;
-        self.last = base.max(self.last + 1);
+        let mut next = base.max(self.last + 1);
+        let Partition { index, count } = self.partition;
+        if count > 1 {
+            let (index, count) = (u64::from(index), u64::from(count));
+            next += (index + count - next % count) % count;
+        }
+        self.last = next;
         Id(self.last)
     }
 
@@ -185,6 +201,21 @@ mod tests {
         let mut restarted = IdGen::default();
         restarted.observe(&d.to_string());
         assert!(restarted.next(5) > d);
+    }
+
+    #[test]
+    fn a_partitions_ids_are_its_own_and_still_in_creation_order() {
+        for index in 0..3 {
+            let partition = Partition { index, count: 3 };
+            let mut g = IdGen::of(partition);
+            let ids: Vec<Id> = [1_000, 1_000, 999, 2_000, 2_000]
+                .into_iter()
+                .map(|t| g.next(t))
+                .collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+            assert!(ids.iter().all(|&id| partition.owns(id)), "{ids:?}");
+            assert_eq!(ids[0].0 >> 16, 1_000, "an id still says when it was made");
+        }
     }
 }
 

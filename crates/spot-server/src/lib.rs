@@ -43,6 +43,7 @@ pub mod config;
 pub mod huge_pages;
 pub mod ids;
 pub mod metrics;
+pub mod partition;
 pub mod shutdown;
 
 pub mod domain;

@@ -19,6 +19,7 @@ use serde_json::Value;
 use spot_protocol::Object;
 
 use crate::domain::{JournalEntry, PutError, Write};
+use crate::partition::Partition;
 use crate::store::journal::{parse_journal_line, write_journal_line};
 
 /// The input stream.
@@ -30,20 +31,9 @@ const TICK: &str = "~tick";
 /// The last part of a REST change's subject.
 const API: &str = "~api";
 
-/// The partition of a serial number among `partitions` (FNV-1a: stable across builds and
-/// machines, unlike the standard library's hasher).
-pub fn partition_of(serial: &str, partitions: u32) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in serial.bytes() {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % partitions.max(1)
-}
-
 /// The subject of a group of `serial`'s entries.
 pub fn group_subject(serial: &str, partitions: u32) -> String {
-    format!("in.{}.{serial}", partition_of(serial, partitions))
+    format!("in.{}.{serial}", Partition::of_key(serial, partitions))
 }
 
 /// The subject of partition `p`'s ticks.
@@ -440,18 +430,5 @@ mod tests {
             PutError::from(refusal).to_string(),
             "field \"label\": not a string"
         );
-    }
-
-    #[test]
-    fn partitions_are_stable_and_in_range() {
-        assert_eq!(partition_of("anything", 1), 0);
-        // Fixed values: a change of the hash would move every spot to another partition.
-        assert_eq!(partition_of("7", 16), 6);
-        assert_eq!(partition_of("spot-0042", 16), 10);
-        let counts = (0..1000).fold([0u32; 4], |mut c, i| {
-            c[partition_of(&format!("{i:06}"), 4) as usize] += 1;
-            c
-        });
-        assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
     }
 }

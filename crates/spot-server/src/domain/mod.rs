@@ -42,6 +42,7 @@ use spot_protocol::{Action, Event, EventKind, Proximity};
 use spots::event_object;
 
 use crate::ids::{Id, IdGen, IdMap};
+use crate::partition::Partition;
 
 mod derived;
 mod items;
@@ -52,6 +53,7 @@ mod model;
 #[cfg(test)]
 mod model_check;
 mod presences;
+mod reports;
 mod sets;
 mod spots;
 #[cfg(test)]
@@ -68,6 +70,7 @@ pub use journal::{
 };
 pub use model::{Item, Location, NamedProximity, PresenceResource, Reporters, Spot, Table};
 use presences::ItemPresences;
+pub use reports::ItemReport;
 pub use sets::{ListKind, MemberList};
 #[cfg(test)]
 pub(crate) use views::conversions;
@@ -97,6 +100,10 @@ pub struct DomainConfig {
     /// Most members an item list or a spot list holds (default 100,000): a list is one row,
     /// written whole with each change of it; adding past this is refused (`409`).
     pub list_max_members: usize,
+    /// The share of the state this domain owns ([`crate::partition`]): a cluster's stage
+    /// owns one partition, and reports events about other partitions' items to them
+    /// ([`Domain::take_reports`]); everything else owns the whole.
+    pub partition: Partition,
 }
 
 impl Default for DomainConfig {
@@ -108,6 +115,7 @@ impl Default for DomainConfig {
             spot_config_max_bytes: 64 * 1024,
             stream_idle_ms: None,
             list_max_members: 100_000,
+            partition: Partition::WHOLE,
         }
     }
 }
@@ -161,14 +169,17 @@ pub struct Domain {
     must_flush: bool,
     /// [`Domain::replay`] is running: derived events are not logged again.
     replaying: bool,
+    /// Reports to other partitions not taken yet ([`Domain::take_reports`]).
+    reports: Vec<(u32, ItemReport)>,
 }
 
 impl Domain {
     /// An empty state.
     pub fn new(config: DomainConfig) -> Self {
+        let partition = config.partition;
         Domain {
             config,
-            ids: IdGen::default(),
+            ids: IdGen::of(partition),
             spots: IdMap::new(),
             spots_online: 0,
             spot_by_serial: HashMap::default(),
@@ -190,6 +201,7 @@ impl Domain {
             pending_log: Vec::new(),
             must_flush: false,
             replaying: false,
+            reports: Vec::new(),
         }
     }
 
@@ -284,17 +296,16 @@ impl Domain {
                     let tech = p.item_codetype.as_deref().unwrap_or_default();
                     let proximity = p.proximity.unwrap_or(Proximity::Far);
                     let time_event = p.time_last.map(|t| t.0);
-                    let item_id = self.ensure_item(code, tech, now, time_event);
-                    if let Some(location_id) = report_location {
-                        let at = (spot_id, location_id);
-                        self.apply_presence(at, *action, item_id, proximity, time_event, now);
-                    }
+                    let at = (spot_id, report_location);
+                    let presence = Some((*action, proximity));
+                    self.item_event(at, (code, tech), presence, time_event, now);
                 }
             }
             EventKind::Hit(_, h) => {
                 if let Some(code) = &h.item_code {
                     let tech = h.item_codetype.as_deref().unwrap_or_default();
-                    self.ensure_item(code, tech, now, h.time.map(|t| t.0));
+                    let at = (spot_id, report_location);
+                    self.item_event(at, (code, tech), None, h.time.map(|t| t.0), now);
                 }
             }
             _ => {}

@@ -222,6 +222,12 @@ impl Domain {
         let topic = topics::spot_disconnected(spot.id, &spot.serial_number);
         self.dirty.insert((Table::Spots, spot_id));
         self.log_row(Topic::Text(&topic), None, now, Table::Spots, spot_id);
+        self.withdraw_reports_of(spot_id, now);
+        self.report_offline(spot_id, now);
+    }
+
+    /// Ends every report of spot `spot_id` of this domain's items (it went offline).
+    pub(super) fn withdraw_reports_of(&mut self, spot_id: Id, now: i64) {
         let reported: Vec<Id> = self
             .presences
             .values()
