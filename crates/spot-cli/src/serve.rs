@@ -313,10 +313,20 @@ pub struct Args {
     /// `api` (REST), comma-separated [default: edge,stage,api].
     #[arg(long, env = "SPOT_ROLE", value_name = "ROLES")]
     role: Option<String>,
-    /// Partitions of a cluster's input log, fixed when the cluster is first created; a
-    /// node with another count refuses to start [default: 1, the only count for now].
+    /// Partitions of a cluster's input log (1 to 64), fixed when the cluster is first
+    /// created; a node with another count refuses to start [default: 1].
     #[arg(long, env = "SPOT_PARTITIONS")]
     partitions: Option<u32>,
+    /// The partitions this cluster node takes at once when they have no owner
+    /// (comma-separated); others it takes only after they stayed without an owner for a
+    /// lease TTL [default: all at once].
+    #[arg(
+        long,
+        env = "SPOT_PREFER_PARTITIONS",
+        value_name = "P",
+        value_delimiter = ','
+    )]
+    prefer_partitions: Vec<u32>,
     /// Seconds a cluster partition owner's lease lasts without renewal: a dead owner's
     /// partitions are taken over after it [default: 5].
     #[arg(long, env = "SPOT_LEASE_TTL_SECS", value_name = "SECONDS")]
@@ -400,6 +410,11 @@ impl Args {
             postgres: self.postgres.or(lower.postgres),
             role: self.role.or(lower.role),
             partitions: self.partitions.or(lower.partitions),
+            prefer_partitions: if self.prefer_partitions.is_empty() {
+                lower.prefer_partitions
+            } else {
+                self.prefer_partitions
+            },
             lease_ttl_secs: self.lease_ttl_secs.or(lower.lease_ttl_secs),
             node_name: self.node_name.or(lower.node_name),
             cors_origin: if self.cors_origin.is_empty() {
@@ -439,8 +454,11 @@ impl Args {
         };
         let cluster = match (self.nats.is_empty(), self.postgres) {
             (true, None) => {
-                if self.role.is_some() || self.partitions.is_some() {
-                    anyhow::bail!("role and partitions are settings of a cluster node: give nats and postgres too");
+                if self.role.is_some()
+                    || self.partitions.is_some()
+                    || !self.prefer_partitions.is_empty()
+                {
+                    anyhow::bail!("role, partitions and prefer-partitions are settings of a cluster node: give nats and postgres too");
                 }
                 None
             }
@@ -454,6 +472,7 @@ impl Args {
                     None => spot_server::Roles::default(),
                 },
                 partitions: self.partitions.unwrap_or(1),
+                prefer_partitions: self.prefer_partitions,
                 lease_ttl: secs_or(
                     "lease-ttl-secs",
                     self.lease_ttl_secs,

@@ -12,7 +12,7 @@
 //!   over (owner and position in `spot_partitions` move) within the lease TTL + 2 s, nothing
 //!   acknowledged is lost, and the killed node rejoins;
 //! - the `SPOT_IN` stream leader (one NATS server of three) killed mid-load: nothing lost;
-//! - settings a node cannot run (`--partitions 2`, `--nats` without `--postgres`, a lease
+//! - settings a node cannot run (`--partitions 65`, `--nats` without `--postgres`, a lease
 //!   TTL under 1 s) end it with a non-zero exit naming the setting;
 //! - a node given every NATS URL starts, and a node given one URL of three creates its
 //!   streams with a replica on each of the three servers.
@@ -729,7 +729,7 @@ fn a_cluster_node_refuses_settings_it_cannot_run() {
     let url = nats.url(0);
     for (args, named) in [
         (
-            vec!["--nats", &url, "--postgres", db.url(), "--partitions", "2"],
+            vec!["--nats", &url, "--postgres", db.url(), "--partitions", "65"],
             "partitions",
         ),
         (vec!["--nats", &url], "postgres"),

@@ -289,8 +289,12 @@ pub struct ClusterConfig {
     pub postgres: String,
     /// This node's roles.
     pub roles: Roles,
-    /// Partitions of the input log, fixed when the cluster is created (1 for now).
+    /// Partitions of the input log, fixed when the cluster is created.
     pub partitions: u32,
+    /// The partitions this node takes at once when they have no owner; others only after
+    /// they stayed without one for a lease TTL (empty: all at once). Spreads the
+    /// partitions over the nodes instead of leaving them to whoever is first.
+    pub prefer_partitions: Vec<u32>,
     /// A partition owner's lease lasts this long without renewal (default 5 s): the time a
     /// dead owner's partitions wait before another node takes them.
     pub lease_ttl: Duration,

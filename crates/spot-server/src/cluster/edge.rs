@@ -159,15 +159,16 @@ impl Publisher {
         self.send_write(&request).await
     }
 
-    /// Publishes a REST change (or a hand-over) to the input log; its position there.
+    /// Publishes a REST change (or a hand-over) to its partition's part of the input log
+    /// ([`wire::write_partition`]); its position there.
     async fn send_write(&self, request: &WriteRequest) -> Result<u64, String> {
         let payload = serde_json::to_string(request).map_err(|e| e.to_string())?;
         let message = PublishMessage::build()
             .payload(payload.into())
             .message_id(self.next_id());
-        // One partition: every change goes to partition 0 (see `super`).
+        let p = wire::write_partition(request, self.partitions);
         self.js
-            .send_publish(wire::write_subject(0), message)
+            .send_publish(wire::write_subject(p), message)
             .await
             .map_err(|e| e.to_string())?
             .await
@@ -210,7 +211,8 @@ impl Publisher {
         let answer: WriteAnswer =
             serde_json::from_slice(&answer.payload).map_err(|e| e.to_string())?;
         if let Some(replica) = replica {
-            replica.reach(answer.position).await;
+            let p = wire::write_partition(&request, self.partitions);
+            replica.reach(p, answer.position).await;
         }
         Ok(answer.result.map_err(Into::into))
     }
@@ -236,7 +238,8 @@ async fn hand_over(
 ) -> Vec<spot_protocol::Event> {
     let mark = marks.lock().map(|m| m.get(serial).copied()).unwrap_or(None);
     if let (Some(mark), Some(replica)) = (mark, replica) {
-        replica.reach(mark).await;
+        let p = crate::partition::Partition::of_key(serial, publisher.partitions);
+        replica.reach(p, mark).await;
     }
     let requests = state
         .read()
@@ -419,6 +422,14 @@ pub fn run(
                     body,
                     reply,
                 } => {
+                    // A spot named by serial number goes by its id, which says its partition
+                    // (as the serial does, but a serial may look like an id).
+                    let spot = |d: &Domain| d.resolve_spot_id(&id).map(|real| real.text());
+                    let id = match (&state, collection == "spots") {
+                        (Some(state), true) => state.read().ok().and_then(|d| spot(&d)),
+                        _ => None,
+                    }
+                    .unwrap_or(id);
                     let request = WriteRequest {
                         method: wire::write_name(method).into(),
                         collection,

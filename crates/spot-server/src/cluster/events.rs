@@ -90,7 +90,7 @@ async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -
                 Ok(info) => info.stream_sequence,
                 Err(e) => return e.to_string(),
             };
-            let log: Vec<(i64, Arc<str>)> = wire::out_docs(&message.payload)
+            let log: Vec<(i64, Arc<str>)> = wire::lines_of(&message.payload)
                 .map(|doc| (0, Arc::from(doc)))
                 .collect();
             // The hub numbers a message's events back from the last one's id.
@@ -148,7 +148,7 @@ impl JetStreamEvents {
             let message = message.map_err(|e| e.to_string())?;
             let info = message.info().map_err(|e| e.to_string())?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            for (place, doc) in wire::out_docs(&message.payload).enumerate() {
+            for (place, doc) in wire::lines_of(&message.payload).enumerate() {
                 let id = wire::out_event_id(seq, place);
                 if id <= after_id || out.len() == limit {
                     continue;

@@ -47,6 +47,10 @@ pub const IN_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// derived event made again by a replay within it, is dropped.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Most partitions a cluster has (each is a stage task on every node with the stage role,
+/// and a partition's ids share a millisecond's 65,536 with the others).
+pub const MAX_PARTITIONS: u32 = 64;
+
 /// Why a node cannot join the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -191,6 +195,8 @@ impl Cluster {
             lease_ttl: self.config.lease_ttl,
             node: self.node.clone(),
             domain,
+            partitions: self.config.partitions,
+            prefer: self.config.prefer_partitions.clone(),
         };
         for p in 0..self.config.partitions {
             tokio::spawn(stage::run(setup.clone(), p, phase.clone()));
@@ -202,6 +208,7 @@ impl Cluster {
         replica::ReadBarrier {
             js: self.js.clone(),
             replica: self.replica.0.clone(),
+            partitions: self.config.partitions,
         }
     }
 
@@ -257,10 +264,9 @@ pub fn check(config: &ClusterConfig, publish_raw: bool) -> Result<(), ClusterErr
                 .into(),
         ));
     }
-    if config.partitions != 1 {
+    if !(1..=MAX_PARTITIONS).contains(&config.partitions) {
         return Err(ClusterError::Config(format!(
-            "{} partitions: a cluster has one partition for now (the item stage that \
-             merges an item seen by spots of different partitions is not built yet)",
+            "{} partitions: a cluster has 1 to {MAX_PARTITIONS}",
             config.partitions
         )));
     }
@@ -304,17 +310,27 @@ mod tests {
             postgres: "postgres://p@h/d".into(),
             roles: Roles::default(),
             partitions: 1,
+            prefer_partitions: Vec::new(),
             lease_ttl: Duration::from_secs(5),
             node: None,
         };
         assert!(check(&config, false).is_ok());
         let refused = |c: &ClusterConfig, raw| check(c, raw).unwrap_err().to_string();
         assert!(refused(&config, true).contains("publish-raw"));
-        let two = ClusterConfig {
-            partitions: 2,
-            ..config.clone()
-        };
-        assert!(refused(&two, false).contains("2 partitions"));
+        for partitions in [2, MAX_PARTITIONS] {
+            let more = ClusterConfig {
+                partitions,
+                ..config.clone()
+            };
+            assert!(check(&more, false).is_ok());
+        }
+        for partitions in [0, MAX_PARTITIONS + 1] {
+            let wrong = ClusterConfig {
+                partitions,
+                ..config.clone()
+            };
+            assert!(refused(&wrong, false).contains(&format!("{partitions} partitions")));
+        }
         let none = ClusterConfig {
             nats: vec![" ".into()],
             ..config

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+
 use super::pg::{PgState, Positions, Rows};
 use crate::clock::now_ms;
 use crate::domain::{Domain, DomainConfig};
@@ -38,8 +40,8 @@ pub enum Scope {
 /// The replica's progress, for those who wait for it to hold a commit.
 #[derive(Debug, Clone)]
 pub struct Replica {
-    /// The position (sum of the partitions') the replica holds.
-    held: watch::Receiver<u64>,
+    /// The partitions' positions the replica holds.
+    held: watch::Receiver<Positions>,
     /// Asks for a refresh now.
     poke: Arc<Notify>,
 }
@@ -47,13 +49,13 @@ pub struct Replica {
 /// The replica's side of [`Replica`].
 #[derive(Debug)]
 pub struct Progress {
-    held: watch::Sender<u64>,
+    held: watch::Sender<Positions>,
     poke: Arc<Notify>,
 }
 
 /// A [`Replica`] and its [`Progress`].
 pub fn progress() -> (Replica, Progress) {
-    let (held, rx) = watch::channel(0);
+    let (held, rx) = watch::channel(Positions::new());
     let poke = Arc::new(Notify::new());
     (
         Replica {
@@ -68,12 +70,18 @@ pub fn progress() -> (Replica, Progress) {
 const REACH_WITHIN: Duration = Duration::from_secs(5);
 
 impl Replica {
-    /// Waits (at most [`REACH_WITHIN`]) until the replica holds position `position`.
-    pub async fn reach(mut self, position: u64) {
+    /// Waits (at most [`REACH_WITHIN`]) until the replica holds partition `p`'s commit at
+    /// `position`.
+    pub async fn reach(mut self, p: u32, position: u64) {
         self.poke.notify_one();
-        let reached = self.held.wait_for(|held| *held >= position);
+        let reached = self.held.wait_for(|held| holds(held, p, position));
         let _ = tokio::time::timeout(REACH_WITHIN, reached).await;
     }
+}
+
+/// Whether `held` holds partition `p`'s commit at `position`.
+fn holds(held: &Positions, p: u32, position: u64) -> bool {
+    held.get(&(p as i32)).is_some_and(|&at| at >= position)
 }
 
 /// How long a read waits for the replica to catch up at most; past it, it is served from
@@ -82,47 +90,66 @@ pub const CATCH_UP_WITHIN: Duration = Duration::from_secs(5);
 
 /// What makes a REST read see everything acknowledged before it (as on the embedded
 /// server, where a `200` means the state holds the events): the read waits until the
-/// replica holds the input log's last position at the time of the read.
+/// replica holds, of every partition, the last message the input log holds of it at the
+/// time of the read.
 #[derive(Debug, Clone)]
 pub struct ReadBarrier {
     /// The input log.
     pub(super) js: async_nats::jetstream::Context,
     /// The replica.
     pub(super) replica: Replica,
+    /// How many partitions the cluster has.
+    pub(super) partitions: u32,
 }
 
 impl ReadBarrier {
     /// Waits until the replica holds what the input log holds now (at most
     /// [`CATCH_UP_WITHIN`]).
     pub async fn catch_up(&self) {
-        let last = match self.js.get_stream(super::wire::IN_STREAM).await {
-            Ok(mut stream) => match stream.info().await {
-                Ok(info) => info.state.last_sequence,
-                Err(e) => {
-                    tracing::warn!("a read does not wait for the replica: {e}");
-                    return;
-                }
-            },
+        let last = match self.last_positions().await {
+            Ok(last) => last,
             Err(e) => {
                 tracing::warn!("a read does not wait for the replica: {e}");
                 return;
             }
         };
+        let caught_up = |held: &Positions| last.iter().all(|&(p, at)| holds(held, p, at));
         let mut held = self.replica.held.clone();
-        if *held.borrow() >= last {
+        if caught_up(&held.borrow()) {
             return;
         }
         self.replica.poke.notify_one();
-        if tokio::time::timeout(CATCH_UP_WITHIN, held.wait_for(|h| *h >= last))
+        if tokio::time::timeout(CATCH_UP_WITHIN, held.wait_for(caught_up))
             .await
             .is_err()
         {
             tracing::warn!(
-                position = last,
+                positions = ?last,
                 "a read is served from a replica that is behind the input log (no stage applied it within {} s)",
                 CATCH_UP_WITHIN.as_secs()
             );
         }
+    }
+
+    /// The position of each partition's last message in the input log (none: 0).
+    async fn last_positions(&self) -> Result<Vec<(u32, u64)>, String> {
+        let stream = self
+            .js
+            .get_stream(super::wire::IN_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let lasts = (0..self.partitions).map(|p| {
+            let stream = &stream;
+            async move {
+                let subject = super::wire::partition_filter(p);
+                match stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(message) => Ok((p, message.sequence)),
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((p, 0)),
+                    Err(e) => Err(format!("the last message of partition {p}: {e}")),
+                }
+            }
+        });
+        futures_util::future::try_join_all(lasts).await
     }
 }
 
@@ -147,7 +174,7 @@ pub async fn run(
         if let Some(conn) = pg.as_mut() {
             match refresh(conn, &domain, &config, scope, seen.as_ref()).await {
                 Ok(Some(positions)) => {
-                    progress.held.send_replace(positions.values().sum());
+                    progress.held.send_replace(positions.clone());
                     seen = Some(positions);
                 }
                 Ok(None) => {}

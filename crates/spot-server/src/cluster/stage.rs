@@ -7,11 +7,13 @@
 //! 2. reads `SPOT_IN` from the next sequence on (an ordered consumer filtered to the
 //!    partition's subjects), and applies each message's entries at their own times — the
 //!    same [`Domain::apply_entry`] the embedded server's journal replay uses — and each
-//!    tick's offline sweep ([`Domain::sweep`]) and each REST change ([`Domain::write`],
-//!    answered on core NATS after the commit);
+//!    tick's offline sweep ([`Domain::sweep`]), each REST change ([`Domain::write`],
+//!    answered on core NATS after the commit) and each other partition's reports about
+//!    its items ([`Domain::apply_report`]);
 //! 3. per batch (what has arrived, at most [`BATCH_MESSAGES`]): publishes the batch's
 //!    derived events to `SPOT_OUT`, those of one input message in one message
-//!    ([`wire::out_groups`]), with message ids made of the input sequence that caused
+//!    ([`wire::line_groups`]), and its reports to other partitions into their part of
+//!    `SPOT_IN` (`in.<Q>.~items`), with message ids made of the input sequence that caused
 //!    them (a replay after a crash makes the same ones, which JetStream drops), waits for
 //!    their acknowledgement, then commits the changed rows and the new position in one
 //!    transaction. The commit runs while the next batch is applied and published (one
@@ -39,6 +41,7 @@ use super::pg::PgState;
 use super::wire::{self, InMessage, WriteAnswer, WriteRefusal};
 use crate::clock::now_ms;
 use crate::domain::{Domain, DomainConfig};
+use crate::partition::Partition;
 use crate::shutdown::Phase;
 
 /// Input messages applied in one batch at most (one commit).
@@ -69,10 +72,27 @@ pub struct StageSetup {
     pub node: String,
     /// The domain's settings.
     pub domain: DomainConfig,
+    /// How many partitions the cluster has.
+    pub partitions: u32,
+    /// The partitions this node takes at once (empty: all).
+    pub prefer: Vec<u32>,
 }
 
-/// Keeps trying to own partition `p` until the node stops.
+/// Keeps trying to own partition `p` until the node stops: every [`TAKE_EVERY`] when the
+/// node prefers it, else every lease TTL, the first time too (a node that prefers it and
+/// is up takes it first).
 pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
+    let take_every = if setup.prefer.is_empty() || setup.prefer.contains(&p) {
+        TAKE_EVERY
+    } else {
+        setup.lease_ttl.max(TAKE_EVERY)
+    };
+    if take_every > TAKE_EVERY {
+        tokio::select! {
+            _ = tokio::time::sleep(take_every) => {}
+            _ = phase.changed() => {}
+        }
+    }
     loop {
         if *phase.borrow() != Phase::Running {
             return;
@@ -93,7 +113,7 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
             Err(e) => tracing::warn!("{e}"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(TAKE_EVERY) => {}
+            _ = tokio::time::sleep(take_every) => {}
             _ = phase.changed() => {}
         }
     }
@@ -113,7 +133,13 @@ async fn own(
     // The connection, or the batch whose commit holds it now.
     let mut pg = Some(pg);
     let mut committing: Option<Committing> = None;
-    let mut domain = Domain::new(setup.domain.clone());
+    let mut domain = Domain::new(DomainConfig {
+        partition: Partition {
+            index: p,
+            count: setup.partitions,
+        },
+        ..setup.domain.clone()
+    });
     for (table, rows) in loaded.rows {
         domain
             .load(table, rows, loaded.time_last)
@@ -228,6 +254,14 @@ async fn own(
                         }
                     }
                 }
+                Ok(InMessage::Reports(reports)) => {
+                    for report in reports {
+                        time_last = time_last.max(report.time());
+                        if let Err(e) = domain.apply_report(report) {
+                            tracing::error!(partition = p, seq, "a report is skipped: {e}");
+                        }
+                    }
+                }
                 Ok(InMessage::Tick(time)) => {
                     time_last = time_last.max(time);
                     domain.sweep(time);
@@ -263,20 +297,34 @@ async fn own(
                 ),
             }
             let derived = domain.take_log();
-            let groups = wire::out_groups(derived.iter().map(|(_, doc)| doc));
+            let groups = wire::line_groups(derived.iter().map(|(_, doc)| doc));
             for (k, group) in groups.into_iter().enumerate() {
-                out.push((format!("{p}.{seq}.{k}"), group));
+                out.push((wire::out_subject(p), format!("{p}.{seq}.{k}"), group));
+            }
+            // Reports to each other partition, in the order they were made.
+            let mut reports = std::collections::BTreeMap::<u32, Vec<String>>::new();
+            for (to, report) in domain.take_reports() {
+                let line = serde_json::to_string(&report)
+                    .map_err(|e| format!("a report of partition {p}: {e}"))?;
+                reports.entry(to).or_default().push(line);
+            }
+            for (to, lines) in reports {
+                for (k, group) in wire::line_groups(lines).into_iter().enumerate() {
+                    let id = format!("{p}.{seq}.r{to}.{k}");
+                    out.push((wire::reports_subject(to), id, group));
+                }
             }
             position = seq;
         }
-        // The derived events are stored before the position moves past what caused them.
+        // The derived events and the reports are stored before the position moves past
+        // what caused them.
         // At most `OUT_IN_FLIGHT` messages wait for their acknowledgement at once: the
         // client holds a permit per unacknowledged publish (5,000), and a batch may make
         // more messages than that; sending them all before awaiting any waited for a
         // permit forever.
         let (applied, messages_out) = (started.elapsed(), out.len());
         let mut acks = std::collections::VecDeque::with_capacity(OUT_IN_FLIGHT);
-        for (id, doc) in out {
+        for (subject, id, doc) in out {
             if acks.len() == OUT_IN_FLIGHT {
                 stored(acks.pop_front()).await?;
             }
@@ -285,9 +333,9 @@ async fn own(
                 .message_id(id);
             let ack = setup
                 .js
-                .send_publish(wire::out_subject(p), message)
+                .send_publish(subject, message)
                 .await
-                .map_err(|e| format!("publishing derived events: {e}"))?;
+                .map_err(|e| format!("publishing derived events and reports: {e}"))?;
             acks.push_back(ack);
         }
         while let Some(ack) = acks.pop_front() {
@@ -386,19 +434,16 @@ impl Committing {
     }
 }
 
-/// `SPOT_OUT` messages published and not yet acknowledged, at most.
+/// Messages of derived events and reports published and not yet acknowledged, at most.
 const OUT_IN_FLIGHT: usize = 1024;
 
-/// Waits for a derived event's acknowledgement.
+/// Waits for the acknowledgement of a group of derived events or reports.
 async fn stored(
     ack: Option<async_nats::jetstream::context::PublishAckFuture>,
 ) -> Result<(), String> {
     match ack {
         Some(ack) => ack.await.map(drop).map_err(|e| {
-            format!(
-                "{} did not store a group of derived events: {e}",
-                wire::OUT_STREAM
-            )
+            format!("JetStream did not store a group of derived events or reports: {e}")
         }),
         None => Ok(()),
     }

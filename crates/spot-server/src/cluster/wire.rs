@@ -8,17 +8,19 @@
 //! A message on `in.<P>.~api` is a change through the REST API ([`WriteRequest`], JSON),
 //! applied in log order like the spots' events; its answer ([`WriteAnswer`]) goes back on
 //! core NATS to the request's inbox after the commit that holds it.
+//! A message on `in.<P>.~items` holds the [`ItemReport`]s one input message of another
+//! partition made for P's items (JSON, one a line, in groups as [`line_groups`] makes them).
 //! `~` cannot occur in a serial ([`crate::ingest::valid_serial`]).
 //!
 //! A message of the derived events log `SPOT_OUT` (on `out.<P>`) is a group of the derived
-//! events one input message caused, one document a line ([`out_groups`]); an event's id is
+//! events one input message caused, one document a line ([`line_groups`]); an event's id is
 //! made of the message's stream sequence and its place in the group ([`out_event_id`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spot_protocol::Object;
 
-use crate::domain::{JournalEntry, PutError, Write};
+use crate::domain::{ItemReport, JournalEntry, PutError, Write};
 use crate::partition::Partition;
 use crate::store::journal::{parse_journal_line, write_journal_line};
 
@@ -30,6 +32,8 @@ pub const OUT_STREAM: &str = "SPOT_OUT";
 const TICK: &str = "~tick";
 /// The last part of a REST change's subject.
 const API: &str = "~api";
+/// The last part of the subject of reports about a partition's items.
+const ITEMS: &str = "~items";
 
 /// The subject of a group of `serial`'s entries.
 pub fn group_subject(serial: &str, partitions: u32) -> String {
@@ -44,6 +48,11 @@ pub fn tick_subject(p: u32) -> String {
 /// The subject of partition `p`'s REST changes.
 pub fn write_subject(p: u32) -> String {
     format!("in.{p}.{API}")
+}
+
+/// The subject of the reports about partition `p`'s items.
+pub fn reports_subject(p: u32) -> String {
+    format!("in.{p}.{ITEMS}")
 }
 
 /// The subjects partition `p`'s owner consumes.
@@ -84,12 +93,12 @@ pub fn out_event_position(id: u64) -> (u64, usize) {
     )
 }
 
-/// The `SPOT_OUT` payloads of the derived events one input message caused, in order: one
-/// document a line, at most [`OUT_GROUP_EVENTS`] and (unless one document is larger)
+/// The payloads of the documents one input message caused, in order (the derived events
+/// of a `SPOT_OUT` message, the reports to one partition): one document a line, at most [`OUT_GROUP_EVENTS`] and (unless one document is larger)
 /// [`OUT_GROUP_BYTES`] each. Documents are compact JSON, where a line break only occurs
 /// escaped. The same documents give the same payloads, so a replay's messages carry the
 /// ids of the first try's.
-pub fn out_groups<S: AsRef<str>>(docs: impl IntoIterator<Item = S>) -> Vec<String> {
+pub fn line_groups<S: AsRef<str>>(docs: impl IntoIterator<Item = S>) -> Vec<String> {
     let mut groups: Vec<String> = Vec::new();
     let mut count = 0;
     for doc in docs {
@@ -114,8 +123,8 @@ pub fn out_groups<S: AsRef<str>>(docs: impl IntoIterator<Item = S>) -> Vec<Strin
     groups
 }
 
-/// The documents of a `SPOT_OUT` message, in order ([`out_groups`]).
-pub fn out_docs(payload: &[u8]) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+/// The documents of a message made by [`line_groups`], in order.
+pub fn lines_of(payload: &[u8]) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     payload.split(|b| *b == b'\n').map(String::from_utf8_lossy)
 }
 
@@ -128,6 +137,8 @@ pub enum InMessage {
     Tick(i64),
     /// A change through the REST API.
     Write(WriteRequest),
+    /// Reports of another partition about this one's items.
+    Reports(Vec<ItemReport>),
 }
 
 /// A change through the REST API, as [`crate::domain::Domain::write`] takes it.
@@ -165,6 +176,30 @@ pub struct RequestNote {
     pub serial: String,
     /// The input log position of the commit.
     pub position: u64,
+}
+
+/// The partition whose owner makes the change `request` asks for: a new item's is its
+/// code's, any other new resource's partition 0's; a spot's hand-over is its serial's; a
+/// change of a resource goes to the partition that made it (its id says which, see
+/// [`crate::partition`]; a spot named by serial number, the serial's).
+pub fn write_partition(request: &WriteRequest, partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    if request.method == TAKE_COMMANDS {
+        return Partition::of_key(&request.id, partitions);
+    }
+    if request.method == write_name(Write::Post) {
+        return match (request.collection.as_str(), request.body.get("code_hex")) {
+            ("items", Some(Value::String(code))) => Partition::of_key(code, partitions),
+            _ => 0,
+        };
+    }
+    match crate::ids::Id::parse(&request.id) {
+        Some(id) => Partition::of_id(id, partitions),
+        None if request.collection == "spots" => Partition::of_key(&request.id, partitions),
+        None => 0,
+    }
 }
 
 /// [`Write`]'s name in a [`WriteRequest`].
@@ -272,6 +307,14 @@ pub enum WireError {
     /// A REST change that does not parse.
     #[error("a REST change that does not parse: {0}")]
     Write(String),
+    /// A line of reports that does not parse.
+    #[error("report {line} does not parse: {reason}")]
+    Report {
+        /// 1-based line number.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Appends `entry` to a group's payload.
@@ -294,6 +337,19 @@ pub fn read_message(subject: &str, payload: &[u8]) -> Result<InMessage, WireErro
             .map(InMessage::Tick)
             .map_err(|_| WireError::Tick);
     }
+    if subject.ends_with(ITEMS) {
+        return text
+            .lines()
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line).map_err(|e| WireError::Report {
+                    line: i + 1,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(InMessage::Reports);
+    }
     if subject.ends_with(API) {
         return serde_json::from_str(text)
             .map(InMessage::Write)
@@ -314,30 +370,30 @@ mod tests {
         let docs: Vec<String> = (0..OUT_GROUP_EVENTS + 3)
             .map(|i| format!("{{\"topic\":\"t/{i}\"}}"))
             .collect();
-        let groups = out_groups(&docs);
+        let groups = line_groups(&docs);
         assert_eq!(groups.len(), 2, "a group holds OUT_GROUP_EVENTS at most");
         let back: Vec<String> = groups
             .iter()
-            .flat_map(|g| out_docs(g.as_bytes()).map(|d| d.into_owned()))
+            .flat_map(|g| lines_of(g.as_bytes()).map(|d| d.into_owned()))
             .collect();
         assert_eq!(back, docs, "every document, in order");
-        assert_eq!(out_docs(groups[1].as_bytes()).count(), 3);
+        assert_eq!(lines_of(groups[1].as_bytes()).count(), 3);
         assert_eq!(
-            out_groups(&docs),
+            line_groups(&docs),
             groups,
             "the same documents, the same groups"
         );
 
         let big = "x".repeat(OUT_GROUP_BYTES / 2);
-        let groups = out_groups([&big, &big, &big]);
+        let groups = line_groups([&big, &big, &big]);
         assert_eq!(groups.len(), 3, "a group holds OUT_GROUP_BYTES at most");
         let huge = "y".repeat(OUT_GROUP_BYTES + 1);
-        let alone = out_groups([&huge]);
+        let alone = line_groups([&huge]);
         assert!(
             alone.len() == 1 && alone[0] == huge,
             "a larger document alone"
         );
-        assert!(out_groups(Vec::<String>::new()).is_empty());
+        assert!(line_groups(Vec::<String>::new()).is_empty());
 
         let ids = [
             out_event_id(7, 0),
@@ -353,6 +409,74 @@ mod tests {
     use super::*;
     use crate::domain::UpstreamRow;
     use crate::ids::Id;
+
+    #[test]
+    fn a_change_goes_to_the_partition_of_its_resource() {
+        let request = |method: &str, collection: &str, id: &str, body: Value| WriteRequest {
+            method: method.into(),
+            collection: collection.into(),
+            id: id.into(),
+            body: body.as_object().cloned().unwrap_or_default(),
+            time: 0,
+            reply: String::new(),
+        };
+        let none = Value::Null;
+        let at = |r: &WriteRequest| write_partition(r, 4);
+        let id = Id(0x0190_0000_0000_0006);
+        assert_eq!(at(&request("put", "items", &id.text(), none.clone())), 2);
+        assert_eq!(
+            at(&request("delete", "locations", &id.text(), none.clone())),
+            2
+        );
+        let add = request("add_members", "itemlists", &id.text(), none.clone());
+        assert_eq!(at(&add), 2);
+        let code = serde_json::json!({ "code_hex": "e2000001" });
+        let code_at = Partition::of_key("e2000001", 4);
+        assert_eq!(at(&request("post", "items", "", code)), code_at);
+        assert_eq!(at(&request("post", "locations", "", none.clone())), 0);
+        let serial_at = Partition::of_key("spot-7", 4);
+        assert_eq!(
+            at(&request("put", "spots", "spot-7", none.clone())),
+            serial_at
+        );
+        assert_eq!(
+            at(&request(TAKE_COMMANDS, "spots", "spot-7", none.clone())),
+            serial_at
+        );
+        assert_eq!(
+            write_partition(&request("put", "items", &id.text(), none), 1),
+            0
+        );
+    }
+
+    #[test]
+    fn reports_round_trip_one_a_line() {
+        let reports = vec![
+            ItemReport::Presence {
+                spot: Id(7),
+                location: Id(9),
+                action: "create".into(),
+                code: "e2\n01".into(),
+                tech: "EPC Gen2".into(),
+                proximity: "near".into(),
+                time_event: Some(5),
+                now: 6,
+            },
+            ItemReport::Offline {
+                spot: Id(7),
+                now: 8,
+            },
+        ];
+        let lines = reports.iter().map(|r| serde_json::to_string(r).unwrap());
+        let payload = line_groups(lines).remove(0);
+        assert_eq!(payload.lines().count(), 2);
+        let back = read_message(&reports_subject(3), payload.as_bytes()).unwrap();
+        assert_eq!(back, InMessage::Reports(reports));
+        assert!(matches!(
+            read_message(&reports_subject(3), b"{\"report\":\"nothing\"}"),
+            Err(WireError::Report { line: 1, .. })
+        ));
+    }
 
     #[test]
     fn a_group_round_trips_begin_events_and_end() {

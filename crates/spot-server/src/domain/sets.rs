@@ -372,11 +372,14 @@ impl Domain {
         }
     }
 
-    /// The id of the item (by id) or spot (by id or serial number) `text` names.
+    /// The id of the item (by id) or spot (by id or serial number) `text` names; another
+    /// partition's by id only (see [`Domain::foreign`]).
     fn member_id(&self, kind: ListKind, text: &str) -> Option<Id> {
         match kind {
-            ListKind::Items => Id::parse(text).filter(|id| self.items.contains_key(*id)),
-            ListKind::Spots => self.resolve_spot_id(text),
+            ListKind::Items => Id::parse(text)
+                .filter(|id| self.items.contains_key(*id))
+                .or_else(|| self.foreign(text)),
+            ListKind::Spots => self.resolve_spot_id(text).or_else(|| self.foreign(text)),
         }
     }
 

@@ -118,7 +118,8 @@ impl Domain {
         }
     }
 
-    pub(super) fn resolve_spot_id(&self, id: &str) -> Option<Id> {
+    /// The id of the spot `id` names: its id or its serial number.
+    pub fn resolve_spot_id(&self, id: &str) -> Option<Id> {
         match Id::parse(id) {
             Some(id) if self.spots.contains_key(id) => Some(id),
             _ => self.spot_by_serial.get(id).copied(),

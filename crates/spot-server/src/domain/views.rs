@@ -271,6 +271,17 @@ impl Domain {
         Ok(value)
     }
 
+    /// Whether `text` is the id of a location, or of another partition's resource (which
+    /// this partition cannot see: a cluster's API node checked it against its replica).
+    fn known_location(&self, text: &str) -> bool {
+        self.locations.get_str(text).is_some() || self.foreign(text).is_some()
+    }
+
+    /// The id `text` is, when it is one another partition made ([`crate::partition`]).
+    pub(super) fn foreign(&self, text: &str) -> Option<Id> {
+        Id::parse(text).filter(|&id| !self.config.partition.owns(id))
+    }
+
     /// Changes a resource through the API (`PUT /api/<collection>/<id>`); returns it.
     pub fn put(
         &mut self,
@@ -303,7 +314,7 @@ impl Domain {
                         }
                         "report_location" => match v {
                             Value::Null => {}
-                            Value::String(l) if self.locations.get_str(l).is_some() => {}
+                            Value::String(l) if self.known_location(l) => {}
                             _ => {
                                 return Err(bad(
                                     k,
@@ -392,9 +403,7 @@ impl Domain {
         let location = |antenna: &str, v: Option<&Value>| -> Result<Value, PutError> {
             match v {
                 None | Some(Value::Null) => Ok(Value::Null),
-                Some(Value::String(l)) if self.locations.get_str(l).is_some() => {
-                    Ok(Value::String(l.clone()))
-                }
+                Some(Value::String(l)) if self.known_location(l) => Ok(Value::String(l.clone())),
                 Some(other) => Err(bad(format!(
                     "antenna {antenna}: {other} is not the id of an existing location"
                 ))),

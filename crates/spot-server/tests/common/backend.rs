@@ -24,7 +24,9 @@ use super::{presence, remember_key, spot_create, Raw};
 pub enum Backend {
     /// One embedded server (`spot serve` without cluster settings).
     Embedded,
-    /// Two cluster nodes, A and B, with every role, on one NATS server and one database.
+    /// Two cluster nodes, A and B, with every role, on one NATS server and one database,
+    /// with [`PARTITIONS`] partitions: A owns partition 0 and B partition 1, so the
+    /// spots of a test fall in partitions of different owners, and so do their items.
     Cluster,
 }
 
@@ -36,6 +38,9 @@ impl Backend {
         self == Backend::Embedded
     }
 }
+
+/// A cluster's partitions in the tests.
+pub const PARTITIONS: u32 = 2;
 
 /// A cluster's lease TTL in the tests (a node that stops gives its lease back, so no test
 /// waits for it).
@@ -78,6 +83,16 @@ impl Site {
         self.engines.is_some()
     }
 
+    /// On a cluster, the node that last committed each partition, in partition order
+    /// (empty before its first commit); none on the embedded server.
+    pub fn partition_owners(&self) -> Vec<String> {
+        let Some((db, _)) = &self.engines else {
+            return Vec::new();
+        };
+        let owners = db.psql("SELECT coalesce(owner, '') FROM spot_partitions ORDER BY partition");
+        owners.lines().map(str::to_string).collect()
+    }
+
     /// Stops every node (together), then the engines.
     pub async fn shutdown(mut self) {
         self.stop().await;
@@ -112,7 +127,8 @@ impl Site {
                     nats: vec![nats.urls()],
                     postgres: db.url().to_string(),
                     roles: Roles::default(),
-                    partitions: 1,
+                    partitions: PARTITIONS,
+                    prefer_partitions: vec![i as u32 % PARTITIONS],
                     lease_ttl: LEASE_TTL,
                     node: Some(name.clone()),
                 });
