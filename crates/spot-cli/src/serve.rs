@@ -317,9 +317,9 @@ pub struct Args {
     /// created; a node with another count refuses to start [default: 1].
     #[arg(long, env = "SPOT_PARTITIONS")]
     partitions: Option<u32>,
-    /// The partitions this cluster node takes at once when they have no owner
-    /// (comma-separated); others it takes only after they stayed without an owner for a
-    /// lease TTL [default: all at once].
+    /// The partitions this cluster node takes at once when it starts (comma-separated);
+    /// others it tries to take only a lease TTL later, so that the nodes that prefer them
+    /// take them first [default: all at once].
     #[arg(
         long,
         env = "SPOT_PREFER_PARTITIONS",

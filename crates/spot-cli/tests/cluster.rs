@@ -7,11 +7,15 @@
 //! nothing stored twice beyond the `spot create` and `config create` of each connection.
 //!
 //! Scenarios, one at a time (two cores do not run two sites of six servers at once):
-//! - two nodes behind nginx store every acknowledged event once, and both replicas say so;
-//! - the partition owner killed with SIGKILL mid-load: the other node takes the partition
-//!   over (owner and position in `spot_partitions` move) within the lease TTL + 2 s, nothing
-//!   acknowledged is lost, and the killed node rejoins;
-//! - the `SPOT_IN` stream leader (one NATS server of three) killed mid-load: nothing lost;
+//! - two nodes behind nginx, one partition: every acknowledged event is stored once, and
+//!   both replicas say so;
+//! - two partitions, each owned by one node (`--prefer-partitions`), so that the
+//!   emulator's items are merged across owners: partition 0's owner killed with SIGKILL
+//!   mid-load, the other node takes it over (owner and position in `spot_partitions`
+//!   move) within the lease TTL + 2 s, nothing acknowledged is lost, and the killed node
+//!   rejoins;
+//! - two partitions: the `SPOT_IN` stream leader (one NATS server of three) killed
+//!   mid-load: nothing lost;
 //! - settings a node cannot run (`--partitions 65`, `--nats` without `--postgres`, a lease
 //!   TTL under 1 s) end it with a non-zero exit naming the setting;
 //! - a node given every NATS URL starts, and a node given one URL of three creates its
@@ -201,9 +205,10 @@ struct Site {
 }
 
 impl Site {
-    /// Starts everything; both nodes are started at once (either may create the tables
-    /// first).
-    fn start() -> Site {
+    /// Starts everything with `partitions` partitions, node `a` preferring partition 0
+    /// and `b` partition 1 (`--prefer-partitions`); both nodes are started at once (either
+    /// may create the tables first).
+    fn start(partitions: u32) -> Site {
         let dir = tempfile::Builder::new()
             .prefix("spot-cluster")
             .tempdir()
@@ -213,7 +218,14 @@ impl Site {
         // Both nodes are given every NATS server.
         let mut nodes: Vec<Node> = ["a", "b"]
             .iter()
-            .map(|name| Node::new(dir.path(), name, &cluster_args(&nats.urls(), &db)))
+            .enumerate()
+            .map(|(i, name)| {
+                let mut args = cluster_args(&nats.urls(), &db);
+                let prefer = (i as u32 % partitions).to_string();
+                args.extend(["--partitions".into(), partitions.to_string()]);
+                args.extend(["--prefer-partitions".into(), prefer]);
+                Node::new(dir.path(), name, &args)
+            })
             .collect();
         for node in &mut nodes {
             node.spawn();
@@ -283,6 +295,14 @@ impl Site {
             .split_once('|')
             .unwrap_or_else(|| panic!("spot_partitions has no partition 0: {row:?}"));
         (owner.to_string(), seq.parse().expect("applied_seq"))
+    }
+
+    /// The last committer of each partition, in partition order.
+    fn owners(&self) -> Vec<String> {
+        let owners = self
+            .db
+            .psql("SELECT coalesce(owner, '') FROM spot_partitions ORDER BY partition");
+        owners.lines().map(str::to_string).collect()
     }
 
     /// Who holds partition 0's lease in the KV bucket `spot_leases` (empty: nobody), as a
@@ -493,7 +513,7 @@ fn assert_stored_as_acknowledged_on(site: &Site, nodes: &[usize], summary: &Valu
 #[test]
 fn two_nodes_behind_nginx_store_every_acknowledged_event_once() {
     let _one = one_at_a_time();
-    let site = Site::start();
+    let site = Site::start(1);
     let started = Instant::now();
     let (exit, summary) = summary(emulate(&site.nginx.url(), &site.buffer(), 10, 20, 5));
     let run = started.elapsed();
@@ -519,7 +539,7 @@ fn two_nodes_behind_nginx_store_every_acknowledged_event_once() {
 fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_over_within_the_lease_ttl_plus_2s(
 ) {
     let _one = one_at_a_time();
-    let mut site = Site::start();
+    let mut site = Site::start(2);
     let emulator = emulate(&site.nginx.url(), &site.buffer(), 10, 20, 8);
     let load_started = Instant::now();
     // Under load for 2 s, with an owner that has committed.
@@ -534,6 +554,12 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
             site.nodes[owner].name.as_str()
         ),
         "the lease holder and the last committer are the same node"
+    );
+    assert_eq!(
+        site.owners(),
+        ["a", "b"],
+        "each node owns the partition it prefers, so items are merged across owners{}",
+        site.logs()
     );
     let survivor = 1 - owner;
     site.nodes[owner].kill9();
@@ -621,7 +647,7 @@ impl StillMeter {
 #[test]
 fn killing_one_of_three_nats_servers_mid_load_loses_nothing() {
     let _one = one_at_a_time();
-    let mut site = Site::start();
+    let mut site = Site::start(2);
     let mut emulator = emulate(&site.nginx.url(), &site.buffer(), 10, 20, 8);
     let load_started = Instant::now();
     site.wait_committed_above(0, Duration::from_secs(15));

@@ -291,9 +291,9 @@ pub struct ClusterConfig {
     pub roles: Roles,
     /// Partitions of the input log, fixed when the cluster is created.
     pub partitions: u32,
-    /// The partitions this node takes at once when they have no owner; others only after
-    /// they stayed without one for a lease TTL (empty: all at once). Spreads the
-    /// partitions over the nodes instead of leaving them to whoever is first.
+    /// The partitions this node takes at once when it starts; others only a lease TTL
+    /// later (empty: all at once). Spreads the partitions over the nodes instead of
+    /// leaving them to whoever is first; an owner that dies is replaced as fast either way.
     pub prefer_partitions: Vec<u32>,
     /// A partition owner's lease lasts this long without renewal (default 5 s): the time a
     /// dead owner's partitions wait before another node takes them.

@@ -29,8 +29,14 @@ pub struct LeaseError {
     pub reason: String,
 }
 
-/// Opens (creating it when missing) the lease bucket with `ttl` as its `max_age`.
-pub async fn bucket(js: &JetStream, ttl: Duration, replicas: usize) -> Result<Store, String> {
+/// Opens (creating it when missing, through `setup`'s short API timeout) the lease bucket
+/// with `ttl` as its `max_age`.
+pub async fn bucket(
+    js: &JetStream,
+    setup: &JetStream,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<Store, String> {
     if let Ok(store) = js.get_key_value(BUCKET).await {
         return Ok(store);
     }
@@ -54,7 +60,7 @@ pub async fn bucket(js: &JetStream, ttl: Duration, replicas: usize) -> Result<St
         num_replicas: replicas,
         ..Default::default()
     };
-    if let Err(e) = js.create_stream(config).await {
+    if let Err(e) = setup.create_stream(config).await {
         // Another node may have created it meanwhile: opening it says.
         return js
             .get_key_value(BUCKET)

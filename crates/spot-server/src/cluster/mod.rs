@@ -51,6 +51,11 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// and a partition's ids share a millisecond's 65,536 with the others).
 pub const MAX_PARTITIONS: u32 = 64;
 
+/// JetStream API requests that create the streams and the lease bucket wait this long
+/// for an answer, and are tried [`SETUP_ATTEMPTS`] times.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(1);
+const SETUP_ATTEMPTS: u32 = 10;
+
 /// Why a node cannot join the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -119,31 +124,39 @@ impl Cluster {
             .len()
             .max(server_list(&config.nats).len());
         let replicas = servers.clamp(1, 3);
+        // Made with short API timeouts: when nodes start together, the request of the one
+        // that loses the race to create a stream went unanswered until the client's 10 s
+        // timeout (seen with three NATS servers), and that node joined 10 s late.
+        let mut setup_js = js.clone();
+        setup_js.set_timeout(SETUP_TIMEOUT);
         for (name, subjects, max_age) in [
             (wire::IN_STREAM, "in.>", IN_MAX_AGE),
             (wire::OUT_STREAM, "out.>", Duration::from_secs(24 * 3600)),
         ] {
-            let created = js
-                .get_or_create_stream(stream::Config {
-                    name: name.into(),
-                    subjects: vec![subjects.into()],
-                    max_age,
-                    duplicate_window: DUPLICATE_WINDOW,
-                    num_replicas: replicas,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await;
-            if let Err(e) = created {
+            let config = stream::Config {
+                name: name.into(),
+                subjects: vec![subjects.into()],
+                max_age,
+                duplicate_window: DUPLICATE_WINDOW,
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            let mut attempt = 1;
+            while let Err(e) = setup_js.get_or_create_stream(config.clone()).await {
                 // Nodes starting together: another one created it between this node's
                 // look and its creation. Opening it says whether it exists now.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                js.get_stream(name)
-                    .await
-                    .map_err(|_| nats("create the streams")(format!("{name}: {e}")))?;
+                if setup_js.get_stream(name).await.is_ok() {
+                    break;
+                }
+                if attempt == SETUP_ATTEMPTS {
+                    return Err(nats("create the streams")(format!("{name}: {e}")));
+                }
+                attempt += 1;
             }
         }
-        let leases = lease::bucket(&js, config.lease_ttl, replicas)
+        let leases = lease::bucket(&js, &setup_js, config.lease_ttl, replicas)
             .await
             .map_err(nats("create the lease bucket"))?;
         let mut pg = pg::PgState::connect(&config.postgres).await?;

@@ -78,18 +78,13 @@ pub struct StageSetup {
     pub prefer: Vec<u32>,
 }
 
-/// Keeps trying to own partition `p` until the node stops: every [`TAKE_EVERY`] when the
-/// node prefers it, else every lease TTL, the first time too (a node that prefers it and
-/// is up takes it first).
+/// Keeps trying to own partition `p` until the node stops, every [`TAKE_EVERY`]; a
+/// partition the node does not prefer only after a lease TTL (a node that prefers it and
+/// is up takes it first; one that died is replaced as fast as by any other node).
 pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
-    let take_every = if setup.prefer.is_empty() || setup.prefer.contains(&p) {
-        TAKE_EVERY
-    } else {
-        setup.lease_ttl.max(TAKE_EVERY)
-    };
-    if take_every > TAKE_EVERY {
+    if !(setup.prefer.is_empty() || setup.prefer.contains(&p)) {
         tokio::select! {
-            _ = tokio::time::sleep(take_every) => {}
+            _ = tokio::time::sleep(setup.lease_ttl) => {}
             _ = phase.changed() => {}
         }
     }
@@ -113,7 +108,7 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
             Err(e) => tracing::warn!("{e}"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(take_every) => {}
+            _ = tokio::time::sleep(TAKE_EVERY) => {}
             _ = phase.changed() => {}
         }
     }
