@@ -18,6 +18,8 @@ on_backends! {
     populate_replaces_ids_with_the_referenced_documents,
     one_router_serves_every_path_with_json_errors,
     an_item_seen_by_spots_of_two_partitions_is_where_the_nearest_sees_it,
+    references_to_resources_of_another_partition_are_checked_as_on_one,
+    a_deleted_item_leaves_the_item_lists_of_every_partition,
 }
 
 async fn following_url_next_with_sort_id_lists_every_item_once(backend: Backend) {
@@ -280,13 +282,18 @@ async fn events_kept_in_memory_are_at_most_events_max_in_memory_also_after_a_res
 /// in partitions owned by different nodes, so one of them reports the item to the other
 /// partition's owner ([`spot_server::domain::ItemReport`]), which merges both spots'
 /// reports as the embedded server does.
-async fn an_item_seen_by_spots_of_two_partitions_is_where_the_nearest_sees_it(backend: Backend) {
+/// A serial number whose spot is in another partition than spot 300's on the cluster.
+fn serial_of_another_partition() -> u64 {
     use spot_server::partition::Partition;
-    let site = start_on(backend, |_| {}).await;
-    let count = common::backend::PARTITIONS;
-    let other = (301..)
+    let count = PARTITIONS;
+    (301..)
         .find(|s: &u64| Partition::of_key(&s.to_string(), count) != Partition::of_key("300", count))
-        .unwrap();
+        .unwrap()
+}
+
+async fn an_item_seen_by_spots_of_two_partitions_is_where_the_nearest_sees_it(backend: Backend) {
+    let site = start_on(backend, |_| {}).await;
+    let other = serial_of_another_partition();
     let code = "e20000000000000000000042";
     let post = |serial: u64, body: Vec<u8>| {
         let a = site.a();
@@ -327,5 +334,104 @@ async fn an_item_seen_by_spots_of_two_partitions_is_where_the_nearest_sees_it(ba
             "each node owns the partition it prefers"
         );
     }
+    site.shutdown().await;
+}
+
+/// On the cluster, locations and lists made through the API are partition 0's, spot 300
+/// is in one partition and the other spot in the other: the owner of one partition
+/// cannot see the other's resources, so the API node checks references on its replica.
+async fn references_to_resources_of_another_partition_are_checked_as_on_one(backend: Backend) {
+    let site = start_on(backend, |_| {}).await;
+    let other = serial_of_another_partition();
+    for serial in [300, other] {
+        let mut conn = Raw::connect(site.a()).await;
+        let resp = conn
+            .post(&serial.to_string(), &[&spot_create(serial, 1)])
+            .await;
+        assert_eq!(resp.status, 200);
+    }
+    let (a, b) = (site.a(), site.b());
+    let (status, location) =
+        call(a, "POST", "/api/locations", Some(json!({"label": "dock"}))).await;
+    assert_eq!(status, 201, "{location}");
+    let location = location["id"].as_str().unwrap().to_string();
+    for serial in [300, other] {
+        let path = format!("/api/spots/{serial}");
+        let body = json!({ "report_location": location });
+        let (status, spot) = call(a, "PUT", &path, Some(body)).await;
+        assert_eq!(
+            status, 200,
+            "spot {serial} reports to the new location: {spot}"
+        );
+        let (status, spot) = call(
+            a,
+            "PUT",
+            &path,
+            Some(json!({ "report_location": "0000000000000001" })),
+        )
+        .await;
+        assert_eq!(status, 400, "spot {serial}: no such location: {spot}");
+        assert!(spot.to_string().contains("report_location"), "{spot}");
+    }
+    let path = format!("/api/locations/{location}");
+    let (status, refused) = call(a, "DELETE", &path, None).await;
+    assert_eq!(status, 409, "the location is in use: {refused}");
+    let (status, _) = get(b, &path).await;
+    assert_eq!(status, 200, "still there");
+    let (status, list) = call(
+        a,
+        "POST",
+        "/api/sets/spotlists",
+        Some(json!({"label": "both"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{list}");
+    let list = list["id"].as_str().unwrap().to_string();
+    let members = format!("/api/sets/spotlists/{list}/ids");
+    let (status, added) = call(a, "POST", &members, Some(json!(["300", other.to_string()]))).await;
+    assert_eq!(status, 200, "spots by serial, of both partitions: {added}");
+    assert_eq!(added["total"], 2, "{added}");
+    let (status, refused) = call(a, "POST", &members, Some(json!(["999999"]))).await;
+    assert_eq!(status, 400, "no such spot: {refused}");
+    let (_, ids) = get(b, &members).await;
+    let (_, spot) = get(b, &format!("/api/spots/{other}")).await;
+    assert!(
+        ids.to_string().contains(spot["id"].as_str().unwrap()),
+        "{ids}"
+    );
+    let (status, removed) = call(a, "DELETE", &format!("{members}/{other}"), None).await;
+    assert_eq!(status, 200, "a member removed by serial: {removed}");
+    assert_eq!(removed["total"], 1, "{removed}");
+    site.shutdown().await;
+}
+
+/// On the cluster, item lists made through the API are partition 0's, and the item is
+/// made in the other partition (its code's): its deletion reaches the list's partition as
+/// a report.
+async fn a_deleted_item_leaves_the_item_lists_of_every_partition(backend: Backend) {
+    use spot_server::partition::Partition;
+    let site = start_on(backend, |_| {}).await;
+    let (a, b) = (site.a(), site.b());
+    let code = (0..)
+        .map(|i| format!("e2{i:022x}"))
+        .find(|c| Partition::of_key(c, PARTITIONS) != 0)
+        .unwrap();
+    let (status, item) = call(a, "POST", "/api/items", Some(json!({ "code_hex": code }))).await;
+    assert_eq!(status, 201, "{item}");
+    let item = item["id"].as_str().unwrap().to_string();
+    let (status, list) = call(a, "POST", "/api/sets/itemlists", Some(json!({}))).await;
+    assert_eq!(status, 201, "{list}");
+    let list = list["id"].as_str().unwrap().to_string();
+    let members = format!("/api/sets/itemlists/{list}/ids");
+    let (status, added) = call(a, "POST", &members, Some(json!([item]))).await;
+    assert_eq!((status, &added["total"]), (200, &json!(1)), "{added}");
+    let (_, sets) = get(b, &format!("/api/items/{item}")).await;
+    assert_eq!(sets["sets"], json!([list]), "{sets}");
+    let (status, deleted) = call(a, "DELETE", &format!("/api/items/{item}"), None).await;
+    assert_eq!(status, 200, "{deleted}");
+    // The report to the list's partition was stored before the deletion's commit: a
+    // read waits until every partition applied what the input log held at its start.
+    let (_, left) = get(b, &members).await;
+    assert_eq!(left, json!([]), "the deleted item left the list");
     site.shutdown().await;
 }

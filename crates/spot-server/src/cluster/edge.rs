@@ -419,9 +419,21 @@ pub fn run(
                     method,
                     collection,
                     id,
-                    body,
+                    mut body,
                     reply,
                 } => {
+                    // Several partitions: references to other partitions' resources are
+                    // checked here, on the whole state, and members named by id.
+                    if let (true, Some(state)) = (publisher.partitions > 1, &state) {
+                        let checked = match state.read() {
+                            Ok(d) => d.resolve_references(method, &collection, &id, &mut body),
+                            Err(_) => Ok(()),
+                        };
+                        if let Err(refused) = checked {
+                            let _ = reply.send(Err(refused));
+                            continue;
+                        }
+                    }
                     // A spot named by serial number goes by its id, which says its partition
                     // (as the serial does, but a serial may look like an id).
                     let spot = |d: &Domain| d.resolve_spot_id(&id).map(|real| real.text());

@@ -53,6 +53,7 @@ mod model;
 #[cfg(test)]
 mod model_check;
 mod presences;
+mod references;
 mod reports;
 mod sets;
 mod spots;

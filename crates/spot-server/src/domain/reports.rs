@@ -58,6 +58,13 @@ pub enum ItemReport {
         /// The input's time.
         now: i64,
     },
+    /// Item `item` was deleted (through the API): it leaves every item list.
+    Deleted {
+        /// The item.
+        item: Id,
+        /// The input's time.
+        now: i64,
+    },
 }
 
 impl ItemReport {
@@ -66,7 +73,8 @@ impl ItemReport {
         match self {
             ItemReport::Seen { now, .. }
             | ItemReport::Presence { now, .. }
-            | ItemReport::Offline { now, .. } => *now,
+            | ItemReport::Offline { now, .. }
+            | ItemReport::Deleted { now, .. } => *now,
         }
     }
 }
@@ -134,10 +142,19 @@ impl Domain {
 
     /// Spot `spot_id` went offline: its reports of items of other partitions end too.
     pub(super) fn report_offline(&mut self, spot_id: Id, now: i64) {
+        self.report_to_others(ItemReport::Offline { spot: spot_id, now });
+    }
+
+    /// Item `item_id` was deleted: it leaves the item lists of other partitions too.
+    pub(super) fn report_deleted(&mut self, item_id: Id, now: i64) {
+        self.report_to_others(ItemReport::Deleted { item: item_id, now });
+    }
+
+    /// Sends `report` to every other partition.
+    fn report_to_others(&mut self, report: ItemReport) {
         let Partition { index, count } = self.config.partition;
         for to in (0..count).filter(|&to| to != index) {
-            let report = ItemReport::Offline { spot: spot_id, now };
-            self.reports.push((to, report));
+            self.reports.push((to, report.clone()));
         }
     }
 
@@ -180,6 +197,7 @@ impl Domain {
                 );
             }
             ItemReport::Offline { spot, now } => self.withdraw_reports_of(spot, now),
+            ItemReport::Deleted { item, now } => self.leave_lists(item, now),
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ impl ListKind {
     }
 
     /// What its members are (for messages).
-    fn members(self) -> &'static str {
+    pub(super) fn members(self) -> &'static str {
         match self {
             ListKind::Items => "items",
             ListKind::Spots => "spots",
@@ -374,7 +374,7 @@ impl Domain {
 
     /// The id of the item (by id) or spot (by id or serial number) `text` names; another
     /// partition's by id only (see [`Domain::foreign`]).
-    fn member_id(&self, kind: ListKind, text: &str) -> Option<Id> {
+    pub(super) fn member_id(&self, kind: ListKind, text: &str) -> Option<Id> {
         match kind {
             ListKind::Items => Id::parse(text)
                 .filter(|id| self.items.contains_key(*id))

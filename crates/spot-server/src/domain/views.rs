@@ -219,25 +219,7 @@ impl Domain {
         let table = match collection {
             "locations" => {
                 self.locations.get(real_id).ok_or_else(not_found)?;
-                let text = real_id.hex().to_string();
-                let reporting = self.spots.range(..).find(|s| {
-                    s.report_location == Some(real_id)
-                        || s.antenna_report_locations
-                            .values()
-                            .any(|v| v.as_str() == Some(text.as_str()))
-                });
-                if let Some(spot) = reporting {
-                    return Err(PutError::Conflict(format!(
-                        "spot {} (serial {}) reports to location {id}: point it elsewhere first",
-                        spot.id, spot.serial_number
-                    )));
-                }
-                if let Some(p) = self.presences.range(..).find(|p| p.location == real_id) {
-                    return Err(PutError::Conflict(format!(
-                        "presence {} is at location {id}: it ends when its spots stop seeing                          the item",
-                        p.id
-                    )));
-                }
+                self.location_in_use(real_id)?;
                 Table::Locations
             }
             "items" => {
@@ -261,6 +243,7 @@ impl Domain {
                 self.items.remove(real_id);
                 self.presences_of_item.remove(&real_id);
                 self.leave_lists(real_id, now);
+                self.report_deleted(real_id, now);
             }
         }
         self.drop_metadata(real_id);
@@ -273,13 +256,38 @@ impl Domain {
 
     /// Whether `text` is the id of a location, or of another partition's resource (which
     /// this partition cannot see: a cluster's API node checked it against its replica).
-    fn known_location(&self, text: &str) -> bool {
+    pub(super) fn known_location(&self, text: &str) -> bool {
         self.locations.get_str(text).is_some() || self.foreign(text).is_some()
     }
 
     /// The id `text` is, when it is one another partition made ([`crate::partition`]).
     pub(super) fn foreign(&self, text: &str) -> Option<Id> {
         Id::parse(text).filter(|&id| !self.config.partition.owns(id))
+    }
+
+    /// Refuses the deletion of location `id` while a spot reports to it or a presence is
+    /// at it.
+    pub(super) fn location_in_use(&self, id: Id) -> Result<(), PutError> {
+        let text = id.hex();
+        let reporting = self.spots.range(..).find(|s| {
+            s.report_location == Some(id)
+                || s.antenna_report_locations
+                    .values()
+                    .any(|v| v.as_str() == Some(&*text))
+        });
+        if let Some(spot) = reporting {
+            return Err(PutError::Conflict(format!(
+                "spot {} (serial {}) reports to location {id}: point it elsewhere first",
+                spot.id, spot.serial_number
+            )));
+        }
+        if let Some(p) = self.presences.range(..).find(|p| p.location == id) {
+            return Err(PutError::Conflict(format!(
+                "presence {} is at location {id}: it ends when its spots stop seeing the item",
+                p.id
+            )));
+        }
+        Ok(())
     }
 
     /// Changes a resource through the API (`PUT /api/<collection>/<id>`); returns it.
@@ -394,7 +402,7 @@ impl Domain {
     /// A spot's antenna report locations from a PUT: the object form (antenna number →
     /// location id) or the vendor's array form (`[{"antenna_number": 1,
     /// "report_location": "<id>"}]`, the id also as `report_location_id`), or null (none).
-    fn antenna_report_locations(&self, v: &Value) -> Result<Object, PutError> {
+    pub(super) fn antenna_report_locations(&self, v: &Value) -> Result<Object, PutError> {
         const FIELD: &str = "antenna_report_locations";
         let bad = |reason: String| PutError::BadField {
             field: FIELD.to_string(),
