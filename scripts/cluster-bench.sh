@@ -8,6 +8,8 @@
 # Layouts (LAYOUT, default "two"):
 #   two    two nodes with every role, both behind nginx (the headline figure);
 #   split  two edge nodes behind nginx and one stage node (CPU per role).
+# PARTITIONS (default 1): the cluster's partitions; with "two", node a prefers the even
+# ones and node b the odd ones (--prefer-partitions), so each owns its share.
 # Prints spotload's figures (acked ev/s, ack p50/p99), CPU seconds per acknowledged event
 # of each process (spot nodes, NATS servers, nginx), JetStream bytes per event (SPOT_IN,
 # SPOT_OUT), PostgreSQL rows written and WAL bytes per event.
@@ -18,6 +20,7 @@ SPOTS=${1:-100}
 RATE=${2:-50}
 SECS=${3:-10}
 LAYOUT=${LAYOUT:-two}
+PARTITIONS=${PARTITIONS:-1}
 SPOT_BIN=${SPOT_BIN:?set SPOT_BIN to a release spot binary}
 SPOTLOAD=${SPOTLOAD:-${CARGO_TARGET_DIR:-/tmp/spot-bench-target}/release/spotload}
 DIR=$(mktemp -d /tmp/spot-cluster-bench.XXXXXX)
@@ -66,16 +69,19 @@ NATS_URLS="nats://127.0.0.1:${NP[0]},nats://127.0.0.1:${NP[1]},nats://127.0.0.1:
 psql -qX -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $DB" >/dev/null
 PG="postgres://postgres@127.0.0.1:5432/$DB"
 
-node() { # name roles
+node() { # name roles [preferred partitions]
   local port; port=$(free_port)
+  local prefer=(); [[ -n ${3:-} ]] && prefer=(--prefer-partitions "$3")
   "$SPOT_BIN" serve --listen "127.0.0.1:$port" --data "$DIR/$1" --nats "$NATS_URLS" --postgres "$PG" \
-    --role "$2" --node-name "$1" >"$DIR/$1.log" 2>&1 &
+    --role "$2" --node-name "$1" --partitions "$PARTITIONS" "${prefer[@]}" >"$DIR/$1.log" 2>&1 &
   PIDS+=($!)
   echo "$! $port"
 }
 NODES=()
 case $LAYOUT in
-  two) NODES+=("a $(node a edge,stage,api)"); sleep 1; NODES+=("b $(node b edge,stage,api)") ;;
+  two)
+    EVEN=$(seq -s, 0 2 $((PARTITIONS - 1))); ODD=$(seq -s, 1 2 $((PARTITIONS - 1)))
+    NODES+=("a $(node a edge,stage,api "$EVEN")"); sleep 1; NODES+=("b $(node b edge,stage,api "$ODD")") ;;
   split) NODES+=("edge1 $(node edge1 edge)"); sleep 1; NODES+=("edge2 $(node edge2 edge)"); NODES+=("stage $(node stage stage)") ;;
   *) echo "LAYOUT is two or split" >&2; exit 2 ;;
 esac
@@ -132,14 +138,16 @@ TARGET=$NGINX_PORT
 # DIRECT=1: the load goes to the first node, not through nginx.
 if [[ -n ${DIRECT:-} ]]; then set -- ${NODES[0]}; TARGET=$3; fi
 "$SPOTLOAD" --target "127.0.0.1:$TARGET" --spots "$SPOTS" --rate "$RATE" --duration "$SECS" >"$DIR/load.json" 2>"$DIR/load.log"
-# The stage catches up: how long after the load its position reaches the log's end.
+# The stage catches up: how long after the load every partition's position reaches the
+# input log's end at that time.
 LOAD_END=$(date +%s.%N)
 in_last() { curl -s "http://127.0.0.1:${MP[0]}/jsz?streams=true" | python3 -c "
 import json,sys; d=json.load(sys.stdin)
 print(max([s['state']['last_seq'] for a in d.get('account_details',[]) for s in a.get('stream_detail',[]) if s['name']=='SPOT_IN'] or [0]))"; }
-applied() { psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select coalesce(sum(applied_seq),0) from spot_partitions"; }
+applied() { psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select coalesce(min(applied_seq),0) from spot_partitions"; }
+IN_END=$(in_last)
 for _ in $(seq 1 600); do
-  [[ $(applied) -ge $(( $(in_last) - 2 )) ]] && break # ticks keep coming: within two of the end
+  [[ $(applied) -ge $IN_END ]] && break # each partition's ticks move it on once it is there
   sleep 0.2
 done
 CAUGHT_UP=$(python3 -c "print(f'{$(date +%s.%N) - $LOAD_END:.1f}')")
@@ -158,7 +166,7 @@ python3 -c "
 import json; d=json.loads('$JS'); a=$ACKED
 for k,(b,m) in sorted(d.items()): print(f'  {k}: {b/a:.0f} bytes/event, {m} messages ({a/max(m,1):.1f} events/message)')
 print(f'  PostgreSQL: {($R1-$R0)/a:.2f} rows written/event, {($W1-$W0)/a:.0f} WAL bytes/event (the whole server)')"
-psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select '  stage: position ' || applied_seq || ', owner ' || owner from spot_partitions"
+psql -qAtX -h 127.0.0.1 -U postgres -d "$DB" -c "select '  partition ' || partition || ': position ' || applied_seq || ', owner ' || owner from spot_partitions order by partition"
 echo "  the stage reached the end of the input log ${CAUGHT_UP} s after the load ended"
 
 for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

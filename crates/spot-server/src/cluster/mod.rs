@@ -5,7 +5,8 @@
 //!   the local pipeline; a spot's `200` leaves after JetStream acknowledged its events.
 //! - [`stage`]: per partition, the one owner ([`lease`]) applies the input log to the
 //!   sans-IO domain and commits rows and position in one PostgreSQL transaction
-//!   ([`pg`]); derived events go to `SPOT_OUT`.
+//!   ([`pg`]); derived events go to `SPOT_OUT`, reports about other partitions' items
+//!   ([`crate::partition`], [`crate::domain::ItemReport`]) to their part of `SPOT_IN`.
 //! - [`replica`]: the REST API's read side, rebuilt from PostgreSQL's rows.
 //! - [`events`]: every node's push outlets fed from `SPOT_OUT`, and resumed from it (an
 //!   event's id is its stream sequence).
@@ -14,11 +15,8 @@
 //! lease bucket and the tables when they are missing (idempotent, any node may be first)
 //! and refuses a partition count other than the cluster's.
 //!
-//! Not built yet (see the note): more than one partition — the merge of an item
-//! seen by spots of different partitions needs the item stage of the design, so a cluster
-//! has one partition (one stage owner at a time, any node taking over within the lease's
-//! TTL); shared access control and webhook subscriptions
-//! (each node has its own `access.db` and `webhooks.db`).
+//! Not built yet (see `docs/cluster.md`, "Not yet"): shared access control and webhook
+//! subscriptions (each node has its own `access.db` and `webhooks.db`).
 
 pub mod edge;
 pub mod events;
