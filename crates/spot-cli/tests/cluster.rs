@@ -12,8 +12,10 @@
 //! - two partitions, each owned by one node (`--prefer-partitions`), so that the
 //!   emulator's items are merged across owners: partition 0's owner killed with SIGKILL
 //!   mid-load, the other node takes it over (owner and position in `spot_partitions`
-//!   move) within the lease TTL + 2 s, nothing acknowledged is lost, and the killed node
-//!   rejoins;
+//!   move) within the lease TTL + 2 s, nothing acknowledged is lost, a push client
+//!   (`spot tail`) of the killed node resumes on the other node after the last event it
+//!   printed and, like the other node's own client, sees every event of the derived
+//!   events log once and in order, and the killed node rejoins;
 //! - two partitions: the `SPOT_IN` stream leader (one NATS server of three) killed
 //!   mid-load: nothing lost;
 //! - settings a node cannot run (`--partitions 65`, `--nats` without `--postgres`, a lease
@@ -541,6 +543,13 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
     let _one = one_at_a_time();
     let mut site = Site::start(2);
     let emulator = emulate(&site.nginx.url(), &site.buffer(), 10, 20, 8);
+    // A push client on each node: the one on the node to be killed resumes on the other.
+    let outs: Vec<PathBuf> = (0..2)
+        .map(|i| site.dir.path().join(format!("tail-{i}.jsonl")))
+        .collect();
+    let mut tails: Vec<KillOnDrop> = (0..2)
+        .map(|i| tail(&site.nodes[i], 0, &outs[i], None))
+        .collect();
     let load_started = Instant::now();
     // Under load for 2 s, with an owner that has committed.
     let (owner, _) = site.wait_committed_above(0, Duration::from_secs(15));
@@ -564,6 +573,13 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
     let survivor = 1 - owner;
     site.nodes[owner].kill9();
     let killed_at = Instant::now();
+    // The killed node's client goes on at the survivor, after the last event it printed.
+    let _ = tails[owner].0.kill();
+    let _ = tails[owner].0.wait();
+    let before_kill = tailed_ids(&outs[owner]);
+    let resumed_from = before_kill.last().copied().unwrap_or(0);
+    let resumed_out = site.dir.path().join("tail-resumed.jsonl");
+    let resumed = tail(&site.nodes[survivor], resumed_from, &resumed_out, None);
     let mut lease_taken = None;
     let takeover = loop {
         let elapsed = killed_at.elapsed();
@@ -611,11 +627,101 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
         site.logs()
     );
     assert_stored_as_acknowledged_on(&site, &[survivor, owner], &summary, exit);
+    // No gap: what the resumed client saw, joined to what it saw before the kill, is every
+    // event of the survivor's whole log (replayed from id 0); so is what the survivor's own
+    // client saw all along.
+    let replay_out = site.dir.path().join("tail-replay.jsonl");
+    let mut replay = tail(&site.nodes[survivor], 0, &replay_out, Some(3));
+    let _ = replay.0.wait();
+    let log = tailed_ids(&replay_out);
+    let last = *log.last().expect("the log holds events");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [&resumed_out, &outs[survivor]]
+        .iter()
+        .any(|out| tailed_ids(out).last().is_none_or(|&id| id < last))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(resumed);
+    for t in &mut tails {
+        let _ = t.0.kill();
+        let _ = t.0.wait();
+    }
+    let up_to_last =
+        |ids: Vec<u64>| -> Vec<u64> { ids.into_iter().filter(|&id| id <= last).collect() };
+    let mut seen = before_kill.clone();
+    seen.extend(tailed_ids(&resumed_out));
+    let seen = up_to_last(seen);
+    eprintln!(
+        "cluster: push: {} events before the kill on {}, {} after resuming on {} from id \
+         {resumed_from}; the log holds {} up to id {last}",
+        before_kill.len(),
+        site.nodes[owner].name,
+        seen.len() - before_kill.len(),
+        site.nodes[survivor].name,
+        log.len()
+    );
+    assert!(
+        log.len() > before_kill.len(),
+        "events after the kill were seen"
+    );
+    assert_eq!(
+        seen, log,
+        "the resumed client saw every event once, in order"
+    );
+    let all_along = up_to_last(tailed_ids(&outs[survivor]));
+    assert_eq!(
+        all_along, log,
+        "the survivor's own client saw every event once"
+    );
     let (owner_at_end, _) = site.partition();
     eprintln!(
         "cluster: after the restart of {}: partition 0 owned by {owner_at_end}",
         site.nodes[owner].name
     );
+}
+
+/// `spot tail` (JSON lines) against node `node` with its admin key, after event `after`,
+/// its output to `out`; stopped after `secs` seconds when given.
+fn tail(node: &Node, after: u64, out: &Path, secs: Option<u64>) -> KillOnDrop {
+    let mut command = Command::new(SPOT);
+    command
+        .args([
+            "tail",
+            "-j",
+            "--server",
+            &format!("http://127.0.0.1:{}", node.port),
+        ])
+        .arg("--data")
+        .arg(&node.data)
+        .args([
+            "--after-id",
+            &after.to_string(),
+            "--reconnect-delay-ms",
+            "100",
+        ]);
+    if let Some(secs) = secs {
+        command.args(["-W", &secs.to_string()]);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(File::create(out).expect("tail's output file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn spot tail");
+    KillOnDrop(child)
+}
+
+/// The event ids of a `spot tail -j` output file, in order.
+fn tailed_ids(out: &Path) -> Vec<u64> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        // The last line may be cut where tail was stopped.
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|event| event["id"].as_u64())
+        .collect()
 }
 
 /// The longest time a partition's position stood still, from samples (a healthy owner
