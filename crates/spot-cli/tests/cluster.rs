@@ -12,7 +12,8 @@
 //! - two partitions, each owned by one node (`--prefer-partitions`), so that the
 //!   emulator's items are merged across owners: partition 0's owner killed with SIGKILL
 //!   mid-load, the other node takes it over (owner and position in `spot_partitions`
-//!   move) within the lease TTL + 2 s, nothing acknowledged is lost, a push client
+//!   move) within the lease TTL + 2 s, nothing acknowledged is lost, a command made for
+//!   each spot just before the kill reaches it once, a push client
 //!   (`spot tail`) of the killed node resumes on the other node after the last event it
 //!   printed and, like the other node's own client, sees every event of the derived
 //!   events log once and in order, and the killed node rejoins;
@@ -571,6 +572,18 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
         site.logs()
     );
     let survivor = 1 - owner;
+    // A command for every spot, committed (answered) just before the kill: each must
+    // reach its spot once, through whichever node holds it afterwards.
+    let serials: Vec<String> = stored_counters(site.nodes[survivor].port)
+        .into_keys()
+        .collect();
+    assert_eq!(serials.len(), 10, "every spot has connected: {serials:?}");
+    let request = serde_json::json!({ "config_request": { "hostname": "after-the-kill" } });
+    for serial in &serials {
+        let path = format!("/api/spots/{serial}");
+        let (status, body) = put_json(site.nodes[survivor].port, &path, &request);
+        assert_eq!(status, 200, "PUT {path}: {body}");
+    }
     site.nodes[owner].kill9();
     let killed_at = Instant::now();
     // The killed node's client goes on at the survivor, after the last event it printed.
@@ -627,6 +640,24 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
         site.logs()
     );
     assert_stored_as_acknowledged_on(&site, &[survivor, owner], &summary, exit);
+    // No command lost: each spot applied its one command, and says so in its config.
+    for spot in summary["per_spot"].as_array().expect("per spot") {
+        assert_eq!(
+            spot["commands_applied"], 1,
+            "spot {}: {spot}",
+            spot["serial"]
+        );
+    }
+    for node in [survivor, owner] {
+        let spots = get_json(site.nodes[node].port, "/api/spots?results_only=true");
+        for spot in spots.as_array().expect("spots") {
+            assert_eq!(spot["config_request"], Value::Null, "handed over: {spot}");
+            assert_eq!(
+                spot["config"]["hostname"], "after-the-kill",
+                "applied: {spot}"
+            );
+        }
+    }
     // No gap: what the resumed client saw, joined to what it saw before the kill, is every
     // event of the survivor's whole log (replayed from id 0); so is what the survivor's own
     // client saw all along.
@@ -711,6 +742,29 @@ fn tail(node: &Node, after: u64, out: &Path, secs: Option<u64>) -> KillOnDrop {
         .spawn()
         .expect("spawn spot tail");
     KillOnDrop(child)
+}
+
+/// `PUT path` with a JSON body to `127.0.0.1:port` with the node's admin key; the status
+/// and the body.
+fn put_json(port: u16, path: &str, body: &Value) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let key = test_support::http::key_for(port).expect("the node's key");
+    let body = body.to_string();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read response");
+    let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }
 
 /// The event ids of a `spot tail -j` output file, in order.

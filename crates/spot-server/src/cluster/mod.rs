@@ -50,9 +50,12 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const MAX_PARTITIONS: u32 = 64;
 
 /// JetStream API requests that create the streams and the lease bucket wait this long
-/// for an answer, and are tried [`SETUP_ATTEMPTS`] times.
+/// for an answer, and are tried [`SETUP_ATTEMPTS`] times, [`SETUP_RETRY`] apart (a NATS
+/// cluster that has just started refuses to place a stream's replicas for a few seconds:
+/// "no suitable peers for placement").
 const SETUP_TIMEOUT: Duration = Duration::from_secs(1);
-const SETUP_ATTEMPTS: u32 = 10;
+const SETUP_ATTEMPTS: u32 = 20;
+const SETUP_RETRY: Duration = Duration::from_millis(500);
 
 /// Why a node cannot join the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -144,13 +147,14 @@ impl Cluster {
             while let Err(e) = setup_js.get_or_create_stream(config.clone()).await {
                 // Nodes starting together: another one created it between this node's
                 // look and its creation. Opening it says whether it exists now.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(SETUP_RETRY).await;
                 if setup_js.get_stream(name).await.is_ok() {
                     break;
                 }
                 if attempt == SETUP_ATTEMPTS {
                     return Err(nats("create the streams")(format!("{name}: {e}")));
                 }
+                tracing::info!(stream = name, attempt, "the stream is not there yet: {e}");
                 attempt += 1;
             }
         }
