@@ -757,3 +757,58 @@ async fn metrics_public_serves_metrics_without_a_key_and_nothing_else() {
     );
     server.shutdown().await;
 }
+
+/// Waits (10 s at most) until `GET /api/spots` with `key` through `addr` answers
+/// `status`; what it answered last.
+async fn wait_for_status(addr: SocketAddr, key: &str, status: u16) -> u16 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = call_with(addr, "GET", "/api/spots", Some((key, Form::Header)), None)
+            .await
+            .status;
+        if got == status || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A cluster's nodes share their API keys through PostgreSQL: a key made through node A
+/// works on node B (so does A's first admin key), and a revocation through B ends it on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_key_made_on_one_node_works_on_every_node_until_revoked_on_any() {
+    let site = start_on(Backend::Cluster, |_| {}).await;
+    let (a, b) = (site.a(), site.b());
+    let (id, read) = create_key(a, "read").await;
+    assert_eq!(
+        wait_for_status(b, &read, 200).await,
+        200,
+        "A's new key on B"
+    );
+    assert_eq!(
+        wait_for_status(b, &admin_key(a), 200).await,
+        200,
+        "A's first admin key on B"
+    );
+    let revoked = request(
+        b,
+        "DELETE",
+        &format!("/api/keys/{id}"),
+        &[("x-api-key", &admin_key(b))],
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(
+        wait_for_status(a, &read, 401).await,
+        401,
+        "revoked on A too"
+    );
+    let listed = request(a, "GET", "/api/keys", &[("x-api-key", &admin_key(a))], None).await;
+    let key = listed.body["data"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["id"] == id.as_str()).cloned())
+        .unwrap_or_else(|| panic!("the key listed on A: {}", listed.body));
+    assert!(key["time_revoked"].is_string(), "{key}");
+    site.shutdown().await;
+}

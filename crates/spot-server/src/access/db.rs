@@ -80,6 +80,16 @@ impl KeyRecord {
     }
 }
 
+/// An API key with its hash, as a cluster's nodes share it ([`AccessDb::shared_keys`],
+/// [`AccessDb::merge_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The key.
+    pub record: KeyRecord,
+    /// The hash of its token.
+    pub hash: Vec<u8>,
+}
+
 /// An enrolled spot as listed (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrolmentRecord {
@@ -291,6 +301,70 @@ impl AccessDb {
             .query_map([], key_row)
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
         rows.map_err(|e| self.err(e))
+    }
+
+    /// Every key with its hash, revoked ones included, in id order.
+    pub fn shared_keys(&self) -> Result<Vec<SharedKey>, AccessError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, role, label, created_ms, created_by, revoked_ms, revoked_by, hash \
+                 FROM api_keys ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(SharedKey {
+                    record: key_row(r)?,
+                    hash: r.get(7)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(|e| self.err(e))
+    }
+
+    /// Takes in keys made or revoked on other nodes: a key not here is added, a revocation
+    /// not here is made (a revoked key stays revoked). Writes only when something is new;
+    /// returns how many keys changed. Not audited: the node that made the change did.
+    pub fn merge_keys(&mut self, keys: &[SharedKey]) -> Result<usize, AccessError> {
+        let here: std::collections::HashMap<String, Option<i64>> = self
+            .shared_keys()?
+            .into_iter()
+            .map(|k| (k.record.id, k.record.revoked))
+            .collect();
+        let new: Vec<&SharedKey> = keys
+            .iter()
+            .filter(|k| match here.get(&k.record.id) {
+                None => true,
+                Some(revoked) => revoked.is_none() && k.record.revoked.is_some(),
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        self.in_tx(|tx| {
+            for k in &new {
+                let r = &k.record;
+                tx.execute(
+                    "INSERT INTO api_keys (id, role, label, hash, created_ms, created_by, \
+                     revoked_ms, revoked_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (id) DO UPDATE SET revoked_ms = excluded.revoked_ms, \
+                     revoked_by = excluded.revoked_by WHERE api_keys.revoked_ms IS NULL",
+                    params![
+                        r.id,
+                        r.role.as_str(),
+                        r.label,
+                        k.hash,
+                        r.created,
+                        r.created_by,
+                        r.revoked,
+                        r.revoked_by
+                    ],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(new.len())
     }
 
     /// The key `id`.
@@ -574,6 +648,27 @@ mod tests {
             db.revoke_key("000000000000", "x", 0),
             Err(AccessError::NoSuchKey(_))
         ));
+    }
+
+    /// What a cluster's nodes copy between them: a key made on one works on the other, a
+    /// revocation is taken in, and an older copy does not bring a revoked key back.
+    #[test]
+    fn merged_keys_are_added_and_their_revocations_taken_but_never_undone() {
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = AccessDb::open(one.path()).unwrap();
+        let mut b = AccessDb::open(other.path()).unwrap();
+        let (record, token) = a.create_key(Role::Read, "shared", "cli", 1_000).unwrap();
+        let before = a.shared_keys().unwrap();
+        assert_eq!(b.merge_keys(&before).unwrap(), 1);
+        assert_eq!(b.active_keys().unwrap()[0].2, hash_token(&token));
+        assert_eq!(b.keys().unwrap(), vec![record.clone()]);
+        assert_eq!(b.merge_keys(&before).unwrap(), 0, "nothing new: no write");
+        b.revoke_key(&record.id, "x", 2_000).unwrap();
+        assert_eq!(a.merge_keys(&b.shared_keys().unwrap()).unwrap(), 1);
+        assert!(a.active_keys().unwrap().is_empty(), "revoked on a too");
+        assert_eq!(b.merge_keys(&before).unwrap(), 0, "an older copy");
+        assert!(b.active_keys().unwrap().is_empty(), "still revoked");
+        assert_eq!(b.keys().unwrap()[0].revoked, Some(2_000));
     }
 
     #[test]

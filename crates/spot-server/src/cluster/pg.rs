@@ -22,6 +22,7 @@
 
 use tokio_postgres::{Client, NoTls};
 
+use crate::access::{KeyRecord, SharedKey};
 use crate::domain::{Changes, Table};
 
 /// A PostgreSQL failure, and what was being done.
@@ -110,6 +111,16 @@ CREATE TABLE IF NOT EXISTS spot_rows (
     PRIMARY KEY (tbl, id)
 );
 CREATE INDEX IF NOT EXISTS spot_rows_version ON spot_rows (partition, version);
+CREATE TABLE IF NOT EXISTS spot_api_keys (
+    id text PRIMARY KEY,
+    role text NOT NULL,
+    label text NOT NULL,
+    hash bytea NOT NULL,
+    created_ms bigint NOT NULL,
+    created_by text NOT NULL,
+    revoked_ms bigint,
+    revoked_by text
+);
 -- Of an earlier version: `spot_rows_version` serves its queries, and each index costs
 -- every row written.
 DROP INDEX IF EXISTS spot_rows_partition;
@@ -179,9 +190,10 @@ impl PgState {
         // statements would lock tables a running stage's commit locks too (a deadlock).
         let made = tx
             .query_one(
-                "SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = current_schema() \
+                "SELECT count(*) = 3 FROM information_schema.columns WHERE table_schema = current_schema() \
                  AND ((table_name = 'spot_rows' AND column_name = 'version') \
-                 OR (table_name = 'spot_partitions' AND column_name = 'purged_through'))",
+                 OR (table_name = 'spot_partitions' AND column_name = 'purged_through') \
+                 OR (table_name = 'spot_api_keys' AND column_name = 'revoked_by'))",
                 &[],
             )
             .await
@@ -226,6 +238,65 @@ impl PgState {
             .map_err(db("create the partitions"))?;
         }
         tx.commit().await.map_err(db("commit the schema"))
+    }
+
+    /// Every API key of the cluster, revoked ones included.
+    pub async fn api_keys(&self) -> Result<Vec<SharedKey>, PgError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, role, label, created_ms, created_by, revoked_ms, revoked_by, hash \
+                 FROM spot_api_keys",
+                &[],
+            )
+            .await
+            .map_err(db("read the API keys"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(SharedKey {
+                    record: KeyRecord {
+                        id: r.get(0),
+                        role: r.get::<_, String>(1).parse().ok()?,
+                        label: r.get(2),
+                        created: r.get(3),
+                        created_by: r.get(4),
+                        revoked: r.get(5),
+                        revoked_by: r.get(6),
+                    },
+                    hash: r.get(7),
+                })
+            })
+            .collect())
+    }
+
+    /// Adds a node's API keys to the cluster's, and their revocations (a revoked key stays
+    /// revoked).
+    pub async fn share_api_keys(&mut self, keys: &[SharedKey]) -> Result<(), PgError> {
+        let tx = self.client.transaction().await.map_err(db("begin"))?;
+        for k in keys {
+            let r = &k.record;
+            tx.execute(
+                "INSERT INTO spot_api_keys (id, role, label, hash, created_ms, created_by, \
+                 revoked_ms, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET revoked_ms = excluded.revoked_ms, \
+                 revoked_by = excluded.revoked_by \
+                 WHERE spot_api_keys.revoked_ms IS NULL AND excluded.revoked_ms IS NOT NULL",
+                &[
+                    &r.id,
+                    &r.role.as_str(),
+                    &r.label,
+                    &k.hash,
+                    &r.created,
+                    &r.created_by,
+                    &r.revoked,
+                    &r.revoked_by,
+                ],
+            )
+            .await
+            .map_err(db("share the API keys"))?;
+        }
+        tx.commit().await.map_err(db("commit the API keys"))
     }
 
     /// The state partition `p`'s new owner starts from.
