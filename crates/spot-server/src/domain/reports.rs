@@ -3,7 +3,8 @@
 //! item of another partition becomes an [`ItemReport`] to that partition, whose owner
 //! merges it with every other spot's reports of the item ([`Domain::apply_report`]), as
 //! one domain would have. A spot going offline withdraws its reports everywhere: in its
-//! own partition at once, in every other by a report.
+//! own partition at once, in every other by a report; a deleted item leaves the item lists
+//! of every partition the same way.
 //!
 //! Reports are made in input order from the input alone, so a replay makes the same ones;
 //! the embedded server's domain ([`crate::partition::Partition::WHOLE`]) makes none.
