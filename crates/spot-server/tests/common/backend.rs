@@ -115,6 +115,7 @@ impl Site {
     /// `embedded`, or cluster nodes `a` and `b`.
     pub async fn start_again(&mut self) {
         assert!(self.nodes.is_empty(), "the nodes are running");
+        let mut configs = Vec::new();
         for (i, dir) in self.dirs.iter().enumerate() {
             let name = match &self.engines {
                 None => "embedded".to_string(),
@@ -136,9 +137,19 @@ impl Site {
                     mqtt.client_id = format!("{}-{name}", mqtt.client_id);
                 }
             }
-            let server = Server::bind(config)
-                .await
-                .unwrap_or_else(|e| panic!("node {name} starts: {e}"));
+            configs.push((name, config));
+        }
+        // Together: each node takes the partition it prefers as it starts, and waits a
+        // lease TTL before it tries the other's (a node started after the first's wait
+        // would find its partition taken).
+        let started =
+            futures_util::future::join_all(configs.into_iter().map(|(name, config)| async move {
+                Server::bind(config)
+                    .await
+                    .unwrap_or_else(|e| panic!("node {name} starts: {e}"))
+            }))
+            .await;
+        for (server, dir) in started.into_iter().zip(&self.dirs) {
             remember_key(server.http_addr(), dir.path());
             self.nodes.push(server);
         }
