@@ -450,8 +450,8 @@ impl Server {
                 }
                 // Every node pushes what the stages store, whoever applied it.
                 cluster.start_feed(push.publisher(), shutdown_rx.clone());
-                // A key made on any node works on every node.
-                cluster.start_key_sharing(config.data_dir.clone(), shutdown_rx.clone());
+                // A key or an enrolment made on any node works on every node.
+                cluster.start_access_sharing(config.data_dir.clone(), shutdown_rx.clone());
                 // The replica serves REST, and tells an edge a spot's pending commands.
                 if roles.api || roles.edge {
                     cluster.start_replica(domain.clone(), domain_config, shutdown_rx.clone());

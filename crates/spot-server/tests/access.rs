@@ -812,3 +812,41 @@ async fn on_a_cluster_a_key_made_on_one_node_works_on_every_node_until_revoked_o
     assert!(key["time_revoked"].is_string(), "{key}");
     site.shutdown().await;
 }
+
+/// A cluster's nodes share their spot enrolments: a spot enrolled through node A streams
+/// in through node B, and once unenrolled on A (`spot spots unenroll`, another process on
+/// A's data directory) it is refused on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_spot_enrolled_on_one_node_is_admitted_on_every_node_until_unenrolled() {
+    let site = start_on(Backend::Cluster, |c| {
+        c.access.admission.mode = AdmissionMode::Enrolled;
+    })
+    .await;
+    let (a, b) = (site.a(), site.b());
+    let enrolled = request(
+        a,
+        "POST",
+        "/api/spots",
+        &[("x-api-key", &admin_key(a))],
+        Some(json!({"serial_number": "500"})),
+    )
+    .await;
+    assert_eq!(enrolled.status, 201, "{}", enrolled.body);
+    let wait_for = |status: u16| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = post_status(b, "500", None).await.status;
+            if got == status || std::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(wait_for(200).await, 200, "enrolled on A, admitted on B");
+    AccessDb::open(site.dir())
+        .unwrap()
+        .unenrol("500", "cli")
+        .unwrap();
+    assert_eq!(wait_for(403).await, 403, "unenrolled on A, refused on B");
+    site.shutdown().await;
+}

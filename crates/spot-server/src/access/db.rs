@@ -90,6 +90,20 @@ pub struct SharedKey {
     pub hash: Vec<u8>,
 }
 
+/// A spot's enrolment with its secret's hash, as a cluster's nodes share it
+/// ([`AccessDb::shared_enrolments`], [`AccessDb::merge_enrolments`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedEnrolment {
+    /// Serial number.
+    pub serial: String,
+    /// The hash of its secret, if it has one.
+    pub secret_hash: Option<Vec<u8>>,
+    /// Enrolled at (ms).
+    pub enrolled: i64,
+    /// Who enrolled it.
+    pub enrolled_by: String,
+}
+
 /// An enrolled spot as listed (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrolmentRecord {
@@ -222,7 +236,10 @@ impl AccessDb {
         f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<R>,
     ) -> Result<R, AccessError> {
         let run = |conn: &mut Connection| {
-            let tx = conn.transaction()?;
+            // The write lock first: a transaction that reads, then writes after another
+            // connection (a cluster node's sharing, `spot keys` in another process) wrote
+            // meanwhile fails at once with "database is locked", not after the busy wait.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let r = f(&tx)?;
             tx.commit()?;
             Ok(r)
@@ -470,6 +487,63 @@ impl AccessDb {
             .collect())
     }
 
+    /// Every enrolment with its secret's hash, by serial.
+    pub fn shared_enrolments(&self) -> Result<Vec<SharedEnrolment>, AccessError> {
+        enrolments_of(&self.conn).map_err(|e| self.err(e))
+    }
+
+    /// Takes in enrolments and removals made on other nodes, the later one winning: an
+    /// enrolment replaces this node's of the same serial when it was made later, a removal
+    /// (serial, when) removes one made before it. Writes only when something changes;
+    /// returns what it changed: (serial, its enrolment time now, or `None` if removed).
+    pub fn merge_enrolments(
+        &mut self,
+        enrolled: &[SharedEnrolment],
+        removed: &[(String, i64)],
+    ) -> Result<Vec<(String, Option<i64>)>, AccessError> {
+        // Most rounds bring nothing new: no write lock for them.
+        let stale = |here: &std::collections::HashMap<String, i64>| {
+            enrolled
+                .iter()
+                .any(|e| here.get(&e.serial).is_none_or(|&at| at < e.enrolled))
+                || removed
+                    .iter()
+                    .any(|(s, at)| here.get(s).is_some_and(|&enrolled| enrolled < *at))
+        };
+        let here: std::collections::HashMap<String, i64> = enrolments_of(&self.conn)
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .map(|e| (e.serial, e.enrolled))
+            .collect();
+        if !stale(&here) {
+            return Ok(Vec::new());
+        }
+        self.in_tx(|tx| {
+            let here: std::collections::HashMap<String, i64> = enrolments_of(tx)?
+                .into_iter()
+                .map(|e| (e.serial, e.enrolled))
+                .collect();
+            let mut changed = Vec::new();
+            for e in enrolled {
+                if here.get(&e.serial).is_none_or(|&at| at < e.enrolled) {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO spot_enrolments \
+                         (serial, secret_hash, enrolled_ms, enrolled_by) VALUES (?1, ?2, ?3, ?4)",
+                        params![e.serial, e.secret_hash, e.enrolled, e.enrolled_by],
+                    )?;
+                    changed.push((e.serial.clone(), Some(e.enrolled)));
+                }
+            }
+            for (serial, at) in removed {
+                if here.get(serial).is_some_and(|&enrolled| enrolled < *at) {
+                    tx.execute("DELETE FROM spot_enrolments WHERE serial = ?1", [serial])?;
+                    changed.push((serial.clone(), None));
+                }
+            }
+            Ok(changed)
+        })
+    }
+
     /// The enrolments as listed, by serial.
     pub fn enrolment_list(&self) -> Result<Vec<EnrolmentRecord>, AccessError> {
         let mut stmt = self
@@ -571,6 +645,22 @@ fn write_private_file(path: &Path, text: &str) -> std::io::Result<()> {
     }
 }
 
+/// Every enrolment, by serial.
+fn enrolments_of(conn: &Connection) -> rusqlite::Result<Vec<SharedEnrolment>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT serial, secret_hash, enrolled_ms, enrolled_by FROM spot_enrolments ORDER BY serial",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SharedEnrolment {
+            serial: r.get(0)?,
+            secret_hash: r.get(1)?,
+            enrolled: r.get(2)?,
+            enrolled_by: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
 const KEY_SELECT: &str =
     "SELECT id, role, label, created_ms, created_by, revoked_ms, revoked_by FROM api_keys";
 
@@ -669,6 +759,49 @@ mod tests {
         assert_eq!(b.merge_keys(&before).unwrap(), 0, "an older copy");
         assert!(b.active_keys().unwrap().is_empty(), "still revoked");
         assert_eq!(b.keys().unwrap()[0].revoked, Some(2_000));
+    }
+
+    /// Enrolments copied between nodes: the later change of a serial wins, an enrolment
+    /// or a removal alike.
+    #[test]
+    fn merged_enrolments_and_removals_win_when_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = AccessDb::open(dir.path()).unwrap();
+        db.enrol("1", None, "cli", 100).unwrap();
+        db.enrol("2", None, "cli", 100).unwrap();
+        let e = |serial: &str, at| SharedEnrolment {
+            serial: serial.into(),
+            secret_hash: Some(vec![7; 32]),
+            enrolled: at,
+            enrolled_by: "other".into(),
+        };
+        let changed = db
+            .merge_enrolments(&[e("1", 50), e("2", 200), e("3", 10)], &[])
+            .unwrap();
+        let taken = [("2".to_string(), Some(200)), ("3".to_string(), Some(10))];
+        assert_eq!(changed, taken, "an older one is not taken");
+        let now = db.shared_enrolments().unwrap();
+        let by: Vec<(&str, i64)> = now
+            .iter()
+            .map(|e| (e.serial.as_str(), e.enrolled))
+            .collect();
+        assert_eq!(by, [("1", 100), ("2", 200), ("3", 10)]);
+        assert_eq!(now[1].secret_hash.as_deref(), Some(&[7u8; 32][..]));
+        let removed = [("1".to_string(), 99), ("3".to_string(), 11)];
+        let changed = db.merge_enrolments(&[], &removed).unwrap();
+        let gone = [("3".to_string(), None)];
+        assert_eq!(
+            changed, gone,
+            "a removal older than the enrolment is not taken"
+        );
+        let serials: Vec<String> = db
+            .shared_enrolments()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.serial)
+            .collect();
+        assert_eq!(serials, ["1", "2"]);
+        assert!(db.merge_enrolments(&[e("2", 200)], &[]).unwrap().is_empty());
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use admission::{AdmissionConfig, AdmissionMode, AdmissionRefusal, Admitted, Enrolments};
-pub use db::{AccessDb, AccessError, AuditEntry, EnrolmentRecord, KeyRecord, SharedKey};
+pub use db::{
+    AccessDb, AccessError, AuditEntry, EnrolmentRecord, KeyRecord, SharedEnrolment, SharedKey,
+};
 pub use keys::{KeyRefusal, KeySet, Role};
 pub use limiter::FailureLimit;
 

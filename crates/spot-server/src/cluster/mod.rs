@@ -10,19 +10,19 @@
 //! - [`replica`]: the REST API's read side, rebuilt from PostgreSQL's rows.
 //! - [`events`]: every node's push outlets fed from `SPOT_OUT`, and resumed from it (an
 //!   event's id is its stream sequence).
-//! - [`keys`]: every node's API keys copied to and from PostgreSQL, so a key works on
-//!   every node.
+//! - [`access`]: every node's API keys and spot enrolments copied to and from
+//!   PostgreSQL, so a key and an enrolment work on every node.
 //!
 //! [`wire`] is what the input log holds. [`Cluster::connect`] creates the streams, the
 //! lease bucket and the tables when they are missing (idempotent, any node may be first)
 //! and refuses a partition count other than the cluster's.
 //!
-//! Not built yet (see `docs/cluster.md`, "Not yet"): shared spot enrolments and webhook
-//! subscriptions (each node has its own).
+//! Not built yet (see `docs/cluster.md`, "Not yet"): shared webhook subscriptions (each
+//! node has its own).
 
+pub mod access;
 pub mod edge;
 pub mod events;
-pub mod keys;
 pub mod lease;
 pub mod pg;
 pub mod replica;
@@ -235,9 +235,14 @@ impl Cluster {
         Arc::new(events::JetStreamEvents::new(self.js.clone()))
     }
 
-    /// Starts sharing this node's API keys (in `data_dir`) with the cluster's.
-    pub fn start_key_sharing(&self, data_dir: std::path::PathBuf, phase: watch::Receiver<Phase>) {
-        tokio::spawn(keys::run(self.config.postgres.clone(), data_dir, phase));
+    /// Starts sharing this node's API keys and spot enrolments (in `data_dir`) with the
+    /// cluster's.
+    pub fn start_access_sharing(
+        &self,
+        data_dir: std::path::PathBuf,
+        phase: watch::Receiver<Phase>,
+    ) {
+        tokio::spawn(access::run(self.config.postgres.clone(), data_dir, phase));
     }
 
     /// Starts feeding this node's push hub from `SPOT_OUT`.

@@ -22,7 +22,7 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::access::{KeyRecord, SharedKey};
+use crate::access::{KeyRecord, SharedEnrolment, SharedKey};
 use crate::domain::{Changes, Table};
 
 /// A PostgreSQL failure, and what was being done.
@@ -111,6 +111,13 @@ CREATE TABLE IF NOT EXISTS spot_rows (
     PRIMARY KEY (tbl, id)
 );
 CREATE INDEX IF NOT EXISTS spot_rows_version ON spot_rows (partition, version);
+CREATE TABLE IF NOT EXISTS spot_enrolments (
+    serial text PRIMARY KEY,
+    secret_hash bytea,
+    enrolled_ms bigint NOT NULL,
+    enrolled_by text NOT NULL,
+    removed_ms bigint
+);
 CREATE TABLE IF NOT EXISTS spot_api_keys (
     id text PRIMARY KEY,
     role text NOT NULL,
@@ -190,10 +197,11 @@ impl PgState {
         // statements would lock tables a running stage's commit locks too (a deadlock).
         let made = tx
             .query_one(
-                "SELECT count(*) = 3 FROM information_schema.columns WHERE table_schema = current_schema() \
+                "SELECT count(*) = 4 FROM information_schema.columns WHERE table_schema = current_schema() \
                  AND ((table_name = 'spot_rows' AND column_name = 'version') \
                  OR (table_name = 'spot_partitions' AND column_name = 'purged_through') \
-                 OR (table_name = 'spot_api_keys' AND column_name = 'revoked_by'))",
+                 OR (table_name = 'spot_api_keys' AND column_name = 'revoked_by') \
+                 OR (table_name = 'spot_enrolments' AND column_name = 'removed_ms'))",
                 &[],
             )
             .await
@@ -297,6 +305,65 @@ impl PgState {
             .map_err(db("share the API keys"))?;
         }
         tx.commit().await.map_err(db("commit the API keys"))
+    }
+
+    /// The cluster's spot enrolments, and its removals (serial, when).
+    pub async fn enrolments(&self) -> Result<(Vec<SharedEnrolment>, Vec<(String, i64)>), PgError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT serial, secret_hash, enrolled_ms, enrolled_by, removed_ms \
+                 FROM spot_enrolments",
+                &[],
+            )
+            .await
+            .map_err(db("read the enrolments"))?;
+        let (mut enrolled, mut removed) = (Vec::new(), Vec::new());
+        for r in &rows {
+            match r.get::<_, Option<i64>>(4) {
+                Some(at) => removed.push((r.get(0), at)),
+                None => enrolled.push(SharedEnrolment {
+                    serial: r.get(0),
+                    secret_hash: r.get(1),
+                    enrolled: r.get(2),
+                    enrolled_by: r.get(3),
+                }),
+            }
+        }
+        Ok((enrolled, removed))
+    }
+
+    /// Adds a node's enrolments and removals (serial, when) to the cluster's, the later
+    /// one winning.
+    pub async fn share_enrolments(
+        &mut self,
+        enrolled: &[SharedEnrolment],
+        removed: &[(String, i64)],
+    ) -> Result<(), PgError> {
+        let tx = self.client.transaction().await.map_err(db("begin"))?;
+        for e in enrolled {
+            tx.execute(
+                "INSERT INTO spot_enrolments (serial, secret_hash, enrolled_ms, enrolled_by) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (serial) DO UPDATE SET \
+                 secret_hash = excluded.secret_hash, enrolled_ms = excluded.enrolled_ms, \
+                 enrolled_by = excluded.enrolled_by, removed_ms = NULL \
+                 WHERE excluded.enrolled_ms > greatest(spot_enrolments.enrolled_ms, \
+                 coalesce(spot_enrolments.removed_ms, 0))",
+                &[&e.serial, &e.secret_hash, &e.enrolled, &e.enrolled_by],
+            )
+            .await
+            .map_err(db("share the enrolments"))?;
+        }
+        for (serial, at) in removed {
+            tx.execute(
+                "UPDATE spot_enrolments SET removed_ms = $2 WHERE serial = $1 \
+                 AND enrolled_ms < $2 AND (removed_ms IS NULL OR removed_ms < $2)",
+                &[serial, at],
+            )
+            .await
+            .map_err(db("share the removed enrolments"))?;
+        }
+        tx.commit().await.map_err(db("commit the enrolments"))
     }
 
     /// The state partition `p`'s new owner starts from.
