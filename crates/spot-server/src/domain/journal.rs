@@ -426,13 +426,7 @@ mod tests {
         let mut d = Domain::new(DomainConfig::default());
         let mut replica = Domain::new(DomainConfig::default());
         let mut stored: std::collections::BTreeMap<(usize, String), String> = Default::default();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) % n
-        };
+        let mut next = numbers(0x2545_f491_4f6c_dd1du64);
         let body = |v: Value| v.as_object().cloned().unwrap_or_default();
         let tables = |d: &Domain| {
             [

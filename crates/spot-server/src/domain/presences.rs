@@ -489,13 +489,7 @@ mod tests {
     #[test]
     fn an_items_presences_and_its_place_stay_in_step_with_the_item_through_any_events() {
         let mut d = Domain::new(DomainConfig::default());
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) % n
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15u64);
         for i in 0..3_000i64 {
             let now = T0 + i * 10;
             if next(200) == 0 {

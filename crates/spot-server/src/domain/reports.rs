@@ -305,13 +305,7 @@ mod tests {
         };
         assert_eq!(spread(&serials), 3, "spots of every partition");
         assert_eq!(spread(&codes), 3, "items of every partition");
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) % n
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15u64);
         let (mut reported, mut offline) = (0, 0);
         let mut now = T0;
         for _ in 0..3_000 {

@@ -9,6 +9,18 @@ pub(crate) use super::{
 pub(crate) use crate::ids::Id;
 use spot_protocol::Presence;
 
+/// A deterministic pseudo-random source for the domain's randomized tests: each call
+/// gives a number in `0..n` (a 64-bit LCG's high bits; the same `seed`, the same steps).
+pub(crate) fn numbers(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut x = seed;
+    move |n| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    }
+}
+
 /// A time of the tests (Unix ms).
 pub(crate) const T0: i64 = 1_700_000_000_000;
 
