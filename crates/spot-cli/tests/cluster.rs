@@ -43,6 +43,7 @@ use test_support::nats::NatsCluster;
 use test_support::nginx::Nginx;
 use test_support::postgres::TestDb;
 use test_support::process::KillOnDrop;
+use test_support::webhook::WebhookTarget;
 
 const SPOT: &str = env!("CARGO_BIN_EXE_spot");
 
@@ -308,9 +309,14 @@ impl Site {
         owners.lines().map(str::to_string).collect()
     }
 
-    /// Who holds partition 0's lease in the KV bucket `spot_leases` (empty: nobody), as a
-    /// running NATS server tells (JetStream's direct get of the key's last value).
+    /// Who holds partition 0's lease (empty: nobody).
     fn lease_holder(&self) -> String {
+        self.lease_holder_of("p0")
+    }
+
+    /// Who holds the lease `key` in the KV bucket `spot_leases` (empty: nobody), as a
+    /// running NATS server tells (the key's last value).
+    fn lease_holder_of(&self, key: &str) -> String {
         let via = (0..self.nats.len())
             .find(|&i| self.nats.is_running(i))
             .expect("a running NATS server");
@@ -320,14 +326,14 @@ impl Site {
             .request_json(
                 via,
                 "$JS.API.STREAM.MSG.GET.KV_spot_leases",
-                br#"{"last_by_subj":"$KV.spot_leases.p0"}"#,
+                format!(r#"{{"last_by_subj":"$KV.spot_leases.{key}"}}"#).as_bytes(),
             )
-            .unwrap_or_else(|e| panic!("read the lease of p0: {e}"));
+            .unwrap_or_else(|e| panic!("read the lease {key}: {e}"));
         let data = reply["message"]["data"].as_str().unwrap_or_default();
         use base64::Engine as _;
         let value = base64::engine::general_purpose::STANDARD
             .decode(data)
-            .unwrap_or_else(|e| panic!("the lease of p0 is not base64 ({e}): {reply}"));
+            .unwrap_or_else(|e| panic!("the lease {key} is not base64 ({e}): {reply}"));
         String::from_utf8_lossy(&value).into_owned()
     }
 
@@ -581,7 +587,7 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
     let request = serde_json::json!({ "config_request": { "hostname": "after-the-kill" } });
     for serial in &serials {
         let path = format!("/api/spots/{serial}");
-        let (status, body) = put_json(site.nodes[survivor].port, &path, &request);
+        let (status, body) = send_json(site.nodes[survivor].port, "PUT", &path, &request);
         assert_eq!(status, 200, "PUT {path}: {body}");
     }
     site.nodes[owner].kill9();
@@ -713,6 +719,105 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
     );
 }
 
+/// Each webhook subscription is delivered by one node at a time, from a position kept in
+/// PostgreSQL: when the node that delivers it dies mid-load, another takes its lease within
+/// the lease TTL + 2 s and goes on, and every event of the log reaches the target in order,
+/// at most one twice (the one whose delivery the dead node had not recorded).
+#[test]
+fn killing_the_node_that_delivers_a_webhook_mid_load_loses_no_event_and_another_goes_on() {
+    let _one = one_at_a_time();
+    let mut site = Site::start(1);
+    let target = WebhookTarget::start(false, |id, _| (id, Instant::now()));
+    let (status, body) = send_json(
+        site.nodes[0].port,
+        "POST",
+        "/api/subscriptions",
+        &serde_json::json!({ "topic_filter": "#", "target_url": target.url(), "target_retry": true }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).expect("JSON")["id"].clone();
+    let emulator = emulate(&site.nginx.url(), &site.buffer(), 5, 20, 6);
+    target.wait_until(Duration::from_secs(20), |r| r.len() >= 100);
+    let holder = site.lease_holder_of(&format!("w{id}"));
+    let holder = site
+        .nodes
+        .iter()
+        .position(|n| n.name == holder)
+        .unwrap_or_else(|| {
+            panic!(
+                "the subscription's lease is held by {holder:?}{}",
+                site.logs()
+            )
+        });
+    let survivor = 1 - holder;
+    site.nodes[holder].kill9();
+    let killed_at = Instant::now();
+    let (exit, summary) = summary(emulator);
+    assert_stored_as_acknowledged_on(&site, &[survivor], &summary, exit);
+    // The whole log, replayed from the survivor.
+    let replay_out = site.dir.path().join("tail-replay.jsonl");
+    let mut replay = tail(&site.nodes[survivor], 0, &replay_out, Some(3));
+    let _ = replay.0.wait();
+    let log = tailed_ids(&replay_out);
+    let last = *log.last().expect("the log holds events");
+    target.wait_until(Duration::from_secs(30), |r| {
+        r.iter().any(|&(id, _)| id >= last)
+    });
+    let received: Vec<(u64, Instant)> = target.received.0.lock().unwrap().clone();
+    let (before, after): (Vec<_>, Vec<_>) = received.iter().partition(|(_, at)| *at < killed_at);
+    let ids = |part: &[&(u64, Instant)]| part.iter().map(|(id, _)| *id).collect::<Vec<u64>>();
+    let (before, after) = (ids(&before), ids(&after));
+    let takeover = received
+        .iter()
+        .find(|(_, at)| *at > killed_at)
+        .map(|(_, at)| *at - killed_at);
+    let twice: Vec<&u64> = after.iter().filter(|id| before.contains(id)).collect();
+    eprintln!(
+        "cluster: webhook delivered by {} killed after {} deliveries; {} delivered {} more, \
+         the first {:.2}s after the kill; {} twice; the log holds {} events",
+        site.nodes[holder].name,
+        before.len(),
+        site.nodes[survivor].name,
+        after.len(),
+        takeover.map_or(f64::NAN, |t| t.as_secs_f64()),
+        twice.len(),
+        log.len()
+    );
+    let increasing = |ids: &[u64]| ids.windows(2).all(|w| w[0] < w[1]);
+    assert!(
+        increasing(&before),
+        "one node at a time, in order, before the kill: {before:?}"
+    );
+    assert!(
+        increasing(&after),
+        "one node at a time, in order, after the kill: {after:?}"
+    );
+    assert!(twice.len() <= 1, "delivered twice: {twice:?}");
+    let mut all: Vec<u64> = before
+        .iter()
+        .chain(&after)
+        .copied()
+        .filter(|&id| id <= last)
+        .collect();
+    all.dedup();
+    assert_eq!(
+        all, log,
+        "every event of the log reached the target, in order"
+    );
+    let takeover = takeover.expect("deliveries after the kill");
+    assert!(
+        takeover <= Duration::from_secs(LEASE_TTL_SECS + 2),
+        "the next delivery came {:.2}s after the kill, more than the lease TTL {LEASE_TTL_SECS} s + 2 s{}",
+        takeover.as_secs_f64(),
+        site.logs()
+    );
+    let shown = get_json(
+        site.nodes[survivor].port,
+        &format!("/api/subscriptions/{id}"),
+    );
+    assert_eq!(shown["failed_count"], 0, "{shown}");
+}
+
 /// `spot tail` (JSON lines) against node `node` with its admin key, after event `after`,
 /// its output to `out`; stopped after `secs` seconds when given.
 fn tail(node: &Node, after: u64, out: &Path, secs: Option<u64>) -> KillOnDrop {
@@ -744,15 +849,15 @@ fn tail(node: &Node, after: u64, out: &Path, secs: Option<u64>) -> KillOnDrop {
     KillOnDrop(child)
 }
 
-/// `PUT path` with a JSON body to `127.0.0.1:port` with the node's admin key; the status
-/// and the body.
-fn put_json(port: u16, path: &str, body: &Value) -> (u16, String) {
+/// `method path` with a JSON body to `127.0.0.1:port` with the node's admin key; the
+/// status and the body.
+fn send_json(port: u16, method: &str, path: &str, body: &Value) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let key = test_support::http::key_for(port).expect("the node's key");
     let body = body.to_string();
     write!(
         stream,
-        "PUT {path} HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )

@@ -26,8 +26,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -39,6 +39,7 @@ use test_support::free_port;
 use test_support::http::{get_json, get_text, key_for};
 use test_support::mosquitto::{self, Broker};
 use test_support::process::{spawn_serve, KillOnDrop};
+use test_support::webhook::WebhookTarget;
 
 const SPOT: &str = env!("CARGO_BIN_EXE_spot");
 
@@ -536,92 +537,6 @@ fn a_stalled_sse_reader_is_closed_after_the_send_timeout() {
     );
 }
 
-/// A webhook target on loopback: while `hang` is set it accepts requests and answers none
-/// (until `hang` is cleared: then it answers them); otherwise `200`. Collects the keys of
-/// the events it answered.
-struct WebhookTarget {
-    port: u16,
-    hang: Arc<(Mutex<bool>, Condvar)>,
-    received: Arc<(Mutex<Vec<String>>, Condvar)>,
-}
-
-impl WebhookTarget {
-    fn start() -> WebhookTarget {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let hang = Arc::new((Mutex::new(true), Condvar::new()));
-        let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let (h, r) = (hang.clone(), received.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let (h, r) = (h.clone(), r.clone());
-                std::thread::spawn(move || Self::serve(stream, &h, &r));
-            }
-        });
-        WebhookTarget {
-            port,
-            hang,
-            received,
-        }
-    }
-
-    fn serve(
-        stream: TcpStream,
-        hang: &(Mutex<bool>, Condvar),
-        received: &(Mutex<Vec<String>>, Condvar),
-    ) {
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut writer = stream;
-        loop {
-            let mut length = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
-            let mut hanging = hang.0.lock().unwrap();
-            while *hanging {
-                hanging = hang.1.wait(hanging).unwrap();
-            }
-            drop(hanging);
-            if writer
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                .is_err()
-            {
-                // The server gave up on this delivery (its timeout): it sends it again.
-                return;
-            }
-            let envelope: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let topic = envelope["topic"].as_str().unwrap_or("");
-            received
-                .0
-                .lock()
-                .unwrap()
-                .push(pushed_key(topic, &envelope["payload"]));
-            received.1.notify_all();
-        }
-    }
-
-    fn answer(&self) {
-        *self.hang.0.lock().unwrap() = false;
-        self.hang.1.notify_all();
-    }
-}
-
 #[test]
 fn a_dead_webhook_target_costs_a_bounded_queue_and_gets_every_event_once_it_answers() {
     let _one = one_at_a_time();
@@ -631,14 +546,19 @@ fn a_dead_webhook_target_costs_a_bounded_queue_and_gets_every_event_once_it_answ
         free_port(),
         &["--webhook-max-queued-events", "50"],
     );
-    let target = WebhookTarget::start();
+    let target = WebhookTarget::start(true, |_, envelope| {
+        pushed_key(
+            envelope["topic"].as_str().unwrap_or(""),
+            &envelope["payload"],
+        )
+    });
     let (status, created) = request(
         server.port,
         "POST",
         "/api/subscriptions",
         Some(&json!({
             "topic_filter": "presences/#",
-            "target_url": format!("http://127.0.0.1:{}/hook", target.port),
+            "target_url": target.url(),
             "target_retry": true,
         })),
     );

@@ -21,7 +21,7 @@ pub use crate::config::PushConfig;
 use crate::store::EventPages;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use spot_push::webhook::{WebhookError, WebhookStore, Webhooks};
+use spot_push::webhook::{ApiError, SubscriptionBook, WebhookError, WebhookStore, Webhooks};
 use spot_push::{
     stream_router, BoxFuture, EventLog, Hub, HubError, LogError, MqttOutlet, MqttPosition,
     MqttStartError, Published, PublishedError, StreamShutdown, StreamState,
@@ -342,7 +342,10 @@ impl std::fmt::Debug for Publisher {
 pub struct Outlets {
     hub: Hub,
     router: axum::Router,
-    webhooks: Arc<Webhooks>,
+    /// The embedded server's webhooks (a cluster node's are [`crate::cluster::webhooks`]).
+    webhooks: Option<Arc<Webhooks>>,
+    /// The subscriptions resource (`/api/subscriptions`).
+    subscriptions: Arc<dyn SubscriptionBook>,
     mqtt: Option<MqttOutlet>,
     publish_raw: bool,
     /// Ends the WebSocket connections and SSE streams when the server stops.
@@ -368,16 +371,7 @@ impl Outlets {
         events: Arc<dyn EventPages>,
         config: &PushConfig,
     ) -> Result<Self, PushError> {
-        Self::start_on(data_dir, Arc::new(StoredEvents::new(events)), config)
-    }
-
-    /// [`Outlets::start`] over another derived events log (a cluster's `SPOT_OUT`,
-    /// [`crate::cluster::events`]).
-    pub fn start_on(
-        data_dir: &Path,
-        log: Arc<dyn EventLog>,
-        config: &PushConfig,
-    ) -> Result<Self, PushError> {
+        let log: Arc<dyn EventLog> = Arc::new(StoredEvents::new(events));
         let hub = Hub::new(config.hub.clone());
         let webhooks = Webhooks::start(
             WebhookStore::open(&data_dir.join("webhooks.db"))?,
@@ -385,6 +379,36 @@ impl Outlets {
             log.clone(),
             config.webhooks.clone(),
         )?;
+        let subscriptions = webhooks.book();
+        Self::start_with(data_dir, hub, log, config, Some(webhooks), subscriptions)
+    }
+
+    /// [`Outlets::start`] over another derived events log (a cluster's `SPOT_OUT`,
+    /// [`crate::cluster::events`]), with webhook subscriptions kept and delivered elsewhere:
+    /// `subscriptions` makes them, given the hub and the log (a cluster's,
+    /// [`crate::cluster::webhooks`]).
+    pub fn start_shared(
+        data_dir: &Path,
+        log: Arc<dyn EventLog>,
+        config: &PushConfig,
+        subscriptions: impl FnOnce(
+            &Hub,
+            Arc<dyn EventLog>,
+        ) -> Result<Arc<dyn SubscriptionBook>, WebhookError>,
+    ) -> Result<Self, PushError> {
+        let hub = Hub::new(config.hub.clone());
+        let subscriptions = subscriptions(&hub, log.clone())?;
+        Self::start_with(data_dir, hub, log, config, None, subscriptions)
+    }
+
+    fn start_with(
+        data_dir: &Path,
+        hub: Hub,
+        log: Arc<dyn EventLog>,
+        config: &PushConfig,
+        webhooks: Option<Arc<Webhooks>>,
+        subscriptions: Arc<dyn SubscriptionBook>,
+    ) -> Result<Self, PushError> {
         let streams = StreamShutdown::new();
         let router = stream_router(StreamState {
             hub: hub.clone(),
@@ -392,7 +416,10 @@ impl Outlets {
             limits: config.stream.clone(),
             shutdown: streams.clone(),
         })
-        .merge(webhooks.router());
+        .merge(spot_push::webhook::router(
+            subscriptions.clone(),
+            config.webhooks.max_api_body_bytes,
+        ));
         let mqtt = match &config.mqtt {
             Some(mqtt) => Some(MqttOutlet::spawn_durable(
                 mqtt.clone(),
@@ -406,6 +433,7 @@ impl Outlets {
             hub,
             router,
             webhooks,
+            subscriptions,
             mqtt,
             publish_raw: config.publish_raw,
             streams,
@@ -422,11 +450,8 @@ impl Outlets {
 
     /// The topic filter of webhook subscription `id` (`None`: no such subscription), for
     /// `GET /api/subscriptions/{id}/events`.
-    pub fn subscription_filter(
-        &self,
-        id: i64,
-    ) -> Result<Option<String>, spot_push::webhook::StoreError> {
-        Ok(self.webhooks.store().get(id)?.map(|s| s.topic_filter))
+    pub async fn subscription_filter(&self, id: i64) -> Result<Option<String>, ApiError> {
+        Ok(self.subscriptions.get(id).await?.map(|s| s.topic_filter))
     }
 
     /// The hub (for tests and in-process consumers).
@@ -502,7 +527,9 @@ impl Outlets {
     /// Stops the webhook workers (queued deliveries stay stored) and the MQTT outlet (its
     /// position saved).
     pub fn shutdown(&self) {
-        self.webhooks.shutdown();
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.shutdown();
+        }
         if let Some(mqtt) = &self.mqtt {
             mqtt.shutdown();
         }

@@ -329,11 +329,22 @@ impl Server {
         let data_lock = lock_data_dir(&config.data_dir)?;
         let mut store = SqliteStore::open(&config.data_dir, config.sync)?;
         store.set_cache_bytes(config.limits.store_cache_bytes)?;
+        let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let push = match &cluster {
             None => outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?,
-            Some(cluster) => {
-                outlets::Outlets::start_on(&config.data_dir, cluster.events_log(), &config.push)?
-            }
+            Some(cluster) => outlets::Outlets::start_shared(
+                &config.data_dir,
+                cluster.events_log(),
+                &config.push,
+                |hub, log| {
+                    cluster.start_webhooks(
+                        hub,
+                        log,
+                        config.push.webhooks.clone(),
+                        shutdown_rx.clone(),
+                    )
+                },
+            )?,
         };
         let now = now_ms();
         let domain_config = DomainConfig {
@@ -425,7 +436,6 @@ impl Server {
         let (core_tx, core_rx) =
             pipeline::channel(config.limits.core_queue, config.limits.core_queue_events);
         let publisher = push.publisher();
-        let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let thread_error = |source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,

@@ -26,6 +26,7 @@ on_backends! {
     a_real_mqtt_subscriber_receives_the_presence
         => #[ignore = "cluster: every node with --mqtt publishes every event to the broker (docs/cluster.md: give --mqtt to one node)"],
     a_webhook_subscription_created_through_the_api_receives_the_presence,
+    every_event_a_webhook_matches_reaches_it_once_in_order,
     event_ids_keep_increasing_across_a_restart_and_resume_reads_the_stored_log,
     shutdown_ends_open_event_streams_instead_of_waiting_for_the_grace_period,
     with_publish_raw_the_spots_own_events_reach_websocket_sse_and_mqtt
@@ -386,8 +387,8 @@ async fn webhook_target() -> (String, mpsc::UnboundedReceiver<(String, Value)>) 
     (format!("http://{addr}/hook"), rx)
 }
 
-/// On the cluster, the subscription is node A's (each node has its own) and the spot posts
-/// to node B.
+/// On the cluster, the subscription is made through node A, the spot posts to node B, and
+/// the subscription (one for the cluster) shows its delivery through node B.
 async fn a_webhook_subscription_created_through_the_api_receives_the_presence(backend: Backend) {
     let site = start_on(backend, |_| {}).await;
     let addr = site.a();
@@ -422,8 +423,8 @@ async fn a_webhook_subscription_created_through_the_api_receives_the_presence(ba
     // The count is written after the target answered: poll the resource until it shows.
     let shown = loop {
         let response = reqwest::Client::new()
-            .get(format!("http://{addr}/api/subscriptions/{id}"))
-            .header("X-Api-Key", admin_key(addr))
+            .get(format!("http://{}/api/subscriptions/{id}", site.b()))
+            .header("X-Api-Key", admin_key(site.b()))
             .send()
             .await
             .expect("get");
@@ -435,6 +436,51 @@ async fn a_webhook_subscription_created_through_the_api_receives_the_presence(ba
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
     assert_eq!(shown["failed_count"], 0);
+    drop(ws);
+    site.shutdown().await;
+}
+
+/// On the cluster, both nodes run a worker for the subscription; only the holder of its
+/// lease delivers, so no event comes twice, and they come in the log's order.
+async fn every_event_a_webhook_matches_reaches_it_once_in_order(backend: Backend) {
+    let site = start_on(backend, |_| {}).await;
+    let (target, mut hooks) = webhook_target().await;
+    let created = reqwest::Client::new()
+        .post(format!("http://{}/api/subscriptions", site.b()))
+        .header("X-Api-Key", admin_key(site.b()))
+        .body(json!({ "topic_filter": "presences/+/created/#", "target_url": target }).to_string())
+        .send()
+        .await
+        .expect("create subscription");
+    assert_eq!(created.status(), 201);
+    let subscription: Value =
+        serde_json::from_str(&created.text().await.expect("body")).expect("JSON");
+    let mut ws = ws_subscribe(site.a(), "presences/+/created/#").await;
+    let codes: Vec<String> = (1..=8).map(|i| format!("ee{i:02}")).collect();
+    for (i, code) in codes.iter().enumerate() {
+        let node = if i % 2 == 0 { site.a() } else { site.b() };
+        post_presence(node, "204", code).await;
+    }
+    let mut pushed = Vec::new();
+    for _ in &codes {
+        pushed.push(ws_next(&mut ws).await["id"].to_string());
+    }
+    let mut delivered = Vec::new();
+    for _ in &codes {
+        delivered.push(hooks.recv().await.expect("webhook delivery").0);
+    }
+    assert_eq!(delivered, pushed, "each event once, in the log's order");
+    let id = &subscription["id"];
+    let shown = loop {
+        let (status, shown) = get(site.a(), &format!("/api/subscriptions/{id}")).await;
+        assert_eq!(status, 200);
+        if shown["delivered_count"] == codes.len() {
+            break shown;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(shown["failed_count"], 0);
+    assert!(hooks.try_recv().is_err(), "no event delivered twice");
     drop(ws);
     site.shutdown().await;
 }

@@ -10,6 +10,7 @@
 //!   (or any server process) started and waited for, and killed when dropped;
 //! - `mosquitto` (feature `mqtt`): a real mosquitto on a free port with its own config, and
 //!   real MQTT subscribers;
+//! - [`webhook`]: a webhook target on loopback that records what it answered;
 //! - the cluster mode's engines, as plain child processes on free loopback ports:
 //!   [`nats`]: `n` clustered `nats-server -js`, killed and restarted one by one;
 //!   [`postgres`]: a fresh database per test on the machine's PostgreSQL (or a private one);
@@ -29,6 +30,7 @@ pub mod nginx;
 pub mod postgres;
 pub mod process;
 pub mod split;
+pub mod webhook;
 
 /// A loopback port nobody listens on right now (the OS picks it; it stays free until
 /// someone binds it).

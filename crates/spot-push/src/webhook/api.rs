@@ -20,8 +20,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::store::{StoreError, SubscriptionInput, WebhookSubscription, WriteError};
-use super::Webhooks;
+use super::store::{InputError, StoreError, SubscriptionInput, WebhookSubscription, WriteError};
+use super::SubscriptionBook;
 
 /// Largest page.
 const MAX_LIMIT: usize = 10_000;
@@ -45,9 +45,9 @@ fn shown(mut s: WebhookSubscription, base: &Base) -> WebhookSubscription {
     s
 }
 
-/// An error of the subscriptions API.
+/// An error of the subscriptions API (what a [`SubscriptionBook`] answers).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ApiError {
+pub enum ApiError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
@@ -57,9 +57,18 @@ pub(crate) enum ApiError {
     /// 409.
     #[error("{0}")]
     Conflict(String),
-    /// 500.
+    /// 500: the embedded store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// 500: another store failed (what was being done, and why).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
 }
 
 impl From<WriteError> for ApiError {
@@ -77,8 +86,8 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Store(e) => {
-                tracing::error!(error = %e, "subscriptions API");
+            ApiError::Store(_) | ApiError::Failed(_) => {
+                tracing::error!(error = %self, "subscriptions API");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
@@ -86,8 +95,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub(crate) fn router(webhooks: Arc<Webhooks>) -> Router {
-    let limit = webhooks.config.max_api_body_bytes;
+/// The subscriptions API over `book`, taking bodies of up to `max_body_bytes`.
+pub fn router(book: Arc<dyn SubscriptionBook>, max_body_bytes: usize) -> Router {
+    let limit = max_body_bytes;
     Router::new()
         .route("/api/subscriptions", get(list).post(create))
         .route(
@@ -95,7 +105,7 @@ pub(crate) fn router(webhooks: Arc<Webhooks>) -> Router {
             get(read).put(update).delete(remove),
         )
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(webhooks)
+        .with_state(book)
 }
 
 fn parse_input(body: &[u8]) -> Result<SubscriptionInput, ApiError> {
@@ -171,7 +181,7 @@ struct ListQuery {
 }
 
 async fn list(
-    State(w): State<Arc<Webhooks>>,
+    State(w): State<Arc<dyn SubscriptionBook>>,
     base: Base,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -183,7 +193,7 @@ async fn list(
         )));
     }
     let after_id = query.after_id.unwrap_or(0);
-    let mut results = w.store.list(after_id, limit + 1)?;
+    let mut results = w.list(after_id, limit + 1).await?;
     let is_limited = results.len() > limit;
     results.truncate(limit);
     let results: Vec<WebhookSubscription> = results.into_iter().map(|s| shown(s, &base)).collect();
@@ -204,48 +214,48 @@ async fn list(
 }
 
 async fn create(
-    State(w): State<Arc<Webhooks>>,
+    State(w): State<Arc<dyn SubscriptionBook>>,
     base: Base,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let input = parse_input(&body)?;
-    let created = shown(w.create(input)?, &base);
+    let created = shown(w.create(input).await?, &base);
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn read(
-    State(w): State<Arc<Webhooks>>,
+    State(w): State<Arc<dyn SubscriptionBook>>,
     base: Base,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match w.store.get(id)? {
+    match w.get(id).await? {
         Some(s) => Ok(Json(shown(s, &base)).into_response()),
         None => Err(ApiError::NotFound(id)),
     }
 }
 
 async fn update(
-    State(w): State<Arc<Webhooks>>,
+    State(w): State<Arc<dyn SubscriptionBook>>,
     base: Base,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let current = w.store.get(id)?.ok_or(ApiError::NotFound(id))?;
+    let current = w.get(id).await?.ok_or(ApiError::NotFound(id))?;
     let input = put_input(&body, &shown(current, &base))?;
-    match w.update(id, input)? {
+    match w.update(id, input).await? {
         Some(s) => Ok(Json(shown(s, &base)).into_response()),
         None => Err(ApiError::NotFound(id)),
     }
 }
 
 async fn remove(
-    State(w): State<Arc<Webhooks>>,
+    State(w): State<Arc<dyn SubscriptionBook>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    if w.delete(id)? {
+    if w.delete(id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound(id))

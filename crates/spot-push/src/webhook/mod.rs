@@ -38,7 +38,7 @@
 //! longer holds (older than its retention) are not delivered.
 
 mod api;
-pub use api::ApiBase;
+pub use api::{router, ApiBase, ApiError};
 mod client;
 pub mod store;
 
@@ -57,12 +57,88 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::filter::TopicFilter;
-use crate::follow::{EventLog, Follower};
+use crate::follow::{BoxFuture, EventLog, Follower};
 use crate::hub::{FilterHandle, Hub, HubError};
 pub use store::{
-    Backlog, Delivery, InputError, StoreError, SubscriptionInput, SubscriptionState, WebhookStore,
-    WebhookSubscription, WriteError,
+    Backlog, Definition, Delivery, InputError, StoreError, SubscriptionInput, SubscriptionState,
+    WebhookStore, WebhookSubscription, WriteError,
 };
+
+/// The `subscriptions` resource the REST API ([`router`]) serves: the embedded server's
+/// [`Webhooks`] ([`Webhooks::book`]), or a cluster's subscriptions shared by its nodes.
+pub trait SubscriptionBook: Send + Sync + 'static {
+    /// Up to `limit` subscriptions with `id > after_id`, by id.
+    fn list(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<WebhookSubscription>, ApiError>>;
+    /// One subscription.
+    fn get(&self, id: i64) -> BoxFuture<'_, Result<Option<WebhookSubscription>, ApiError>>;
+    /// Creates one; it receives the events stored after its creation.
+    fn create(
+        &self,
+        input: SubscriptionInput,
+    ) -> BoxFuture<'_, Result<WebhookSubscription, ApiError>>;
+    /// Changes the given fields; `None` when there is no such subscription.
+    fn update(
+        &self,
+        id: i64,
+        input: SubscriptionInput,
+    ) -> BoxFuture<'_, Result<Option<WebhookSubscription>, ApiError>>;
+    /// Deletes one; says whether it existed.
+    fn delete(&self, id: i64) -> BoxFuture<'_, Result<bool, ApiError>>;
+}
+
+/// POSTs one event to a subscription's target: the envelope as the body, with
+/// `Idempotency-Key`, `X-Spot-Event-Id`, `X-Spot-Topic` and, with a secret,
+/// `X-Spot-Signature-256` (see the module doc). What every delivering worker sends through,
+/// the embedded server's and a cluster's.
+#[derive(Clone)]
+pub struct Sender {
+    client: client::HttpClient,
+}
+
+impl Sender {
+    /// A sender with `config`'s request timeout, verifying `https://` targets with the
+    /// public roots and `config.ca_cert`.
+    pub fn new(config: &WebhookConfig) -> Result<Self, crate::tls::TlsConfigError> {
+        let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
+        Ok(Sender {
+            client: client::HttpClient::new(tls, config.request_timeout, config.ca_cert.is_some()),
+        })
+    }
+
+    /// POSTs event `event_id`'s `envelope` to `url`: `Ok` when the target answered 2xx,
+    /// else what went wrong (naming the event and the target).
+    pub async fn send(
+        &self,
+        url: &str,
+        secret: Option<&str>,
+        event_id: u64,
+        envelope: &str,
+    ) -> Result<(), String> {
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("idempotency-key", event_id.to_string()),
+            ("x-spot-event-id", event_id.to_string()),
+        ];
+        if let Some(topic) = topic_of(envelope) {
+            headers.push(("x-spot-topic", topic));
+        }
+        if let Some(secret) = secret {
+            headers.push((
+                "x-spot-signature-256",
+                signature(secret, envelope.as_bytes()),
+            ));
+        }
+        match self.client.post(url, &headers, envelope.to_owned()).await {
+            Ok(status) if status.is_success() => Ok(()),
+            Ok(status) => Err(format!("event {event_id}: {url}: HTTP {status}")),
+            Err(e) => Err(format!("event {event_id}: {url}: {e}")),
+        }
+    }
+}
 
 /// Limits and timings of webhook delivery.
 #[derive(Debug, Clone)]
@@ -169,7 +245,7 @@ pub struct Webhooks {
     log: Arc<dyn EventLog>,
     hub: Hub,
     config: WebhookConfig,
-    client: client::HttpClient,
+    sender: Sender,
     /// Locked while a batch is matched and while subscriptions change, so a new
     /// subscription gets exactly the events published after its creation.
     matchers: Mutex<Vec<Matcher>>,
@@ -214,8 +290,7 @@ impl Webhooks {
         log: Arc<dyn EventLog>,
         config: WebhookConfig,
     ) -> Result<Arc<Self>, WebhookError> {
-        let tls = crate::tls::client_config(config.ca_cert.as_deref(), &[b"http/1.1"])?;
-        let client = client::HttpClient::new(tls, config.request_timeout, config.ca_cert.is_some());
+        let sender = Sender::new(&config)?;
         let store = Arc::new(store);
         let matchers = store
             .matchers()?
@@ -238,7 +313,7 @@ impl Webhooks {
             log,
             hub: hub.clone(),
             config,
-            client,
+            sender,
             matchers: Mutex::new(matchers),
             filters,
             workers: Mutex::new(HashMap::new()),
@@ -256,9 +331,14 @@ impl Webhooks {
         Ok(this)
     }
 
+    /// The subscriptions resource these webhooks deliver, for [`router`].
+    pub fn book(self: &Arc<Self>) -> Arc<dyn SubscriptionBook> {
+        Arc::new(Book(self.clone()))
+    }
+
     /// The REST router: `GET/POST /api/subscriptions`, `GET/PUT/DELETE /api/subscriptions/{id}`.
     pub fn router(self: &Arc<Self>) -> axum::Router {
-        api::router(self.clone())
+        router(self.book(), self.config.max_api_body_bytes)
     }
 
     /// The store (e.g. to list subscriptions elsewhere).
@@ -284,14 +364,11 @@ impl Webhooks {
         }
     }
 
-    fn create(
-        self: &Arc<Self>,
-        input: SubscriptionInput,
-    ) -> Result<WebhookSubscription, api::ApiError> {
+    fn create(self: &Arc<Self>, input: SubscriptionInput) -> Result<WebhookSubscription, ApiError> {
         let created = {
             let mut matchers = lock(&self.matchers);
             if matchers.len() >= self.config.max_subscriptions {
-                return Err(api::ApiError::Conflict(format!(
+                return Err(ApiError::Conflict(format!(
                     "the maximum of {} subscriptions is reached",
                     self.config.max_subscriptions
                 )));
@@ -332,7 +409,7 @@ impl Webhooks {
         self: &Arc<Self>,
         id: i64,
         input: SubscriptionInput,
-    ) -> Result<Option<WebhookSubscription>, api::ApiError> {
+    ) -> Result<Option<WebhookSubscription>, ApiError> {
         let mut matchers = lock(&self.matchers);
         let filter = input
             .topic_filter
@@ -392,7 +469,7 @@ impl Webhooks {
         }
     }
 
-    fn delete(self: &Arc<Self>, id: i64) -> Result<bool, api::ApiError> {
+    fn delete(self: &Arc<Self>, id: i64) -> Result<bool, ApiError> {
         let existed = {
             let mut matchers = lock(&self.matchers);
             matchers.retain(|m| m.id != id);
@@ -458,7 +535,7 @@ impl Webhooks {
 /// The wait before retrying a delivery that failed after `attempts` earlier attempts: the
 /// protocol crate's one backoff, jittered so that the retries of many deliveries that failed
 /// together spread out.
-fn retry_delay(config: &WebhookConfig, attempts: i64) -> Duration {
+pub fn retry_delay(config: &WebhookConfig, attempts: i64) -> Duration {
     let failures = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
     let backoff = Backoff {
         initial: config.retry_base,
@@ -613,32 +690,15 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
             let _ = tokio::time::timeout(wait, notify.notified()).await;
             continue;
         }
-        let mut headers = vec![
-            ("content-type", "application/json".to_string()),
-            ("idempotency-key", delivery.event_id.to_string()),
-            ("x-spot-event-id", delivery.event_id.to_string()),
-        ];
-        if let Some(topic) = topic_of(&delivery.body) {
-            headers.push(("x-spot-topic", topic));
-        }
-        if let Some(secret) = &target.secret {
-            headers.push((
-                "x-spot-signature-256",
-                signature(secret, delivery.body.as_bytes()),
-            ));
-        }
-        let sent = this
-            .client
-            .post(&target.url, &headers, delivery.body.clone())
+        let outcome = this
+            .sender
+            .send(
+                &target.url,
+                target.secret.as_deref(),
+                delivery.event_id,
+                &delivery.body,
+            )
             .await;
-        let outcome = match sent {
-            Ok(status) if status.is_success() => Ok(()),
-            Ok(status) => Err(format!(
-                "event {}: {}: HTTP {status}",
-                delivery.event_id, target.url
-            )),
-            Err(e) => Err(format!("event {}: {}: {e}", delivery.event_id, target.url)),
-        };
         let result = match outcome {
             Ok(()) => {
                 if std::mem::take(&mut failing) {
@@ -670,7 +730,7 @@ async fn deliver(webhooks: std::sync::Weak<Webhooks>, id: i64, notify: Arc<Notif
 }
 
 /// Logs a failed delivery of subscription `id`, rate limited by `log`.
-fn log_failure(log: &mut LogRate, id: i64, error: &str, retried: bool) {
+pub fn log_failure(log: &mut LogRate, id: i64, error: &str, retried: bool) {
     if let Some(more) = log.admit(std::time::Instant::now()) {
         tracing::warn!(
             subscription = id,
@@ -689,6 +749,46 @@ fn topic_of(envelope: &str) -> Option<String> {
     serde_json::from_str::<Topic>(envelope)
         .ok()
         .map(|t| t.topic)
+}
+
+/// [`Webhooks`] as the REST API's [`SubscriptionBook`] (SQLite answers at once: the
+/// futures are ready when made).
+struct Book(Arc<Webhooks>);
+
+impl SubscriptionBook for Book {
+    fn list(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<WebhookSubscription>, ApiError>> {
+        let listed = self.0.store.list(after_id, limit).map_err(ApiError::from);
+        Box::pin(std::future::ready(listed))
+    }
+
+    fn get(&self, id: i64) -> BoxFuture<'_, Result<Option<WebhookSubscription>, ApiError>> {
+        Box::pin(std::future::ready(
+            self.0.store.get(id).map_err(ApiError::from),
+        ))
+    }
+
+    fn create(
+        &self,
+        input: SubscriptionInput,
+    ) -> BoxFuture<'_, Result<WebhookSubscription, ApiError>> {
+        Box::pin(std::future::ready(self.0.create(input)))
+    }
+
+    fn update(
+        &self,
+        id: i64,
+        input: SubscriptionInput,
+    ) -> BoxFuture<'_, Result<Option<WebhookSubscription>, ApiError>> {
+        Box::pin(std::future::ready(self.0.update(id, input)))
+    }
+
+    fn delete(&self, id: i64) -> BoxFuture<'_, Result<bool, ApiError>> {
+        Box::pin(std::future::ready(self.0.delete(id)))
+    }
 }
 
 #[cfg(test)]

@@ -229,22 +229,48 @@ fn check_url(url: &str) -> Result<(), InputError> {
     Ok(())
 }
 
-/// A validated, complete subscription definition.
-#[derive(Debug, Clone)]
-struct Definition {
-    topic_filter: String,
-    description: String,
+/// A validated, complete subscription definition: what clients write, as both stores of
+/// subscriptions keep it (this SQLite store, and a cluster's PostgreSQL table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    /// See [`WebhookSubscription::topic_filter`].
+    pub topic_filter: String,
+    /// See [`WebhookSubscription::description`].
+    pub description: String,
     /// `""`: none (store-only).
-    target_url: String,
-    target_retry: bool,
-    database_hold_time_h: f64,
-    secret: Option<String>,
+    pub target_url: String,
+    /// See [`WebhookSubscription::target_retry`].
+    pub target_retry: bool,
+    /// See [`WebhookSubscription::database_hold_time_h`].
+    pub database_hold_time_h: f64,
+    /// The HMAC key, if any.
+    pub secret: Option<String>,
     /// JSON text, or `None`.
-    custom: Option<String>,
+    pub custom: Option<String>,
 }
 
 impl Definition {
-    fn apply(mut self, input: SubscriptionInput) -> Result<Self, InputError> {
+    /// A new subscription's definition: `topic_filter` is required, the other fields
+    /// default (no target: store-only; no retry; [`DEFAULT_HOLD_TIME_H`]).
+    pub fn new(input: SubscriptionInput) -> Result<Self, InputError> {
+        if input.topic_filter.is_none() {
+            return Err(bad("topic_filter", "required"));
+        }
+        Definition {
+            topic_filter: String::new(),
+            description: String::new(),
+            target_url: String::new(),
+            target_retry: false,
+            database_hold_time_h: DEFAULT_HOLD_TIME_H,
+            secret: None,
+            custom: None,
+        }
+        .apply(input)
+    }
+
+    /// This definition with `input`'s fields changed (each checked; the first bad one is
+    /// the error).
+    pub fn apply(mut self, input: SubscriptionInput) -> Result<Self, InputError> {
         if let Some(f) = input.topic_filter {
             TopicFilter::new(&f).map_err(|e| bad("topic_filter", e.to_string()))?;
             self.topic_filter = f;
@@ -518,19 +544,7 @@ impl WebhookStore {
         input: SubscriptionInput,
         start_event_id: u64,
     ) -> Result<WebhookSubscription, WriteError> {
-        if input.topic_filter.is_none() {
-            return Err(bad("topic_filter", "required").into());
-        }
-        let d = Definition {
-            topic_filter: String::new(),
-            description: String::new(),
-            target_url: String::new(),
-            target_retry: false,
-            database_hold_time_h: DEFAULT_HOLD_TIME_H,
-            secret: None,
-            custom: None,
-        }
-        .apply(input)?;
+        let d = Definition::new(input)?;
         let now = now_ms();
         let id = {
             let conn = self.conn();

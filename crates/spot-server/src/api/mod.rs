@@ -117,7 +117,7 @@ pub async fn subscription_events<B>(
     let Ok(number) = id.parse::<i64>() else {
         return not_found();
     };
-    let filter = match shared.outlets.subscription_filter(number) {
+    let filter = match shared.outlets.subscription_filter(number).await {
         Ok(Some(filter)) => filter,
         Ok(None) => return not_found(),
         Err(e) => {

@@ -1,4 +1,5 @@
-//! Partition ownership: a lease per partition in the JetStream KV bucket `spot_leases`,
+//! Ownership of what one node at a time may run: a lease per partition ([`partition_key`])
+//! and per webhook subscription ([`webhook_key`]) in the JetStream KV bucket `spot_leases`,
 //! whose `max_age` is the lease's time to live. A node takes a free lease by creating its
 //! key (create-if-absent: one winner), keeps it by updating the key at the revision it
 //! holds (every third of the TTL), and gives it back by deleting it at that revision. A
@@ -19,10 +20,10 @@ pub const BUCKET: &str = "spot_leases";
 
 /// A lease failure (the caller logs it and tries again later).
 #[derive(Debug, thiserror::Error)]
-#[error("lease of partition {partition}: {what}: {reason}")]
+#[error("lease {key}: {what}: {reason}")]
 pub struct LeaseError {
-    /// The partition.
-    pub partition: u32,
+    /// The lease's key.
+    pub key: String,
     /// What was being done.
     pub what: &'static str,
     /// The error.
@@ -75,43 +76,50 @@ pub async fn bucket(
 /// A held lease.
 #[derive(Debug)]
 pub struct Lease {
-    partition: u32,
+    key: String,
     revision: u64,
     /// Held until this instant unless renewed (the TTL from the last write, less a margin).
     valid_until: Instant,
 }
 
-fn key(p: u32) -> String {
+/// The key of partition `p`'s lease.
+pub fn partition_key(p: u32) -> String {
     format!("p{p}")
 }
 
+/// The key of webhook subscription `id`'s lease ([`super::webhooks`]).
+pub fn webhook_key(id: i64) -> String {
+    format!("w{id}")
+}
+
 impl Lease {
-    /// Takes partition `p`'s lease for `owner` if nobody holds it.
+    /// Takes the lease `key` ([`partition_key`], [`webhook_key`]) for `owner` if nobody
+    /// holds it.
     pub async fn try_take(
         store: &Store,
-        p: u32,
+        key: String,
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>, LeaseError> {
         let started = Instant::now();
         // Bounded: a try that hangs delays a takeover by as long (see `bucket`).
         let within = (ttl / 3).max(Duration::from_secs(1));
-        let created = tokio::time::timeout(within, store.create(key(p), owner.to_string().into()))
+        let created = tokio::time::timeout(within, store.create(&key, owner.to_string().into()))
             .await
             .map_err(|_| LeaseError {
-                partition: p,
+                key: key.clone(),
                 what: "take",
                 reason: format!("no answer within {} ms", within.as_millis()),
             })?;
         match created {
             Ok(revision) => Ok(Some(Lease {
-                partition: p,
+                key,
                 revision,
                 valid_until: started + margin(ttl),
             })),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(LeaseError {
-                partition: p,
+                key,
                 what: "take",
                 reason: e.to_string(),
             }),
@@ -128,7 +136,7 @@ impl Lease {
     ) -> Result<(), LeaseError> {
         let started = Instant::now();
         match store
-            .update(key(self.partition), owner.to_string().into(), self.revision)
+            .update(&self.key, owner.to_string().into(), self.revision)
             .await
         {
             Ok(revision) => {
@@ -137,7 +145,7 @@ impl Lease {
                 Ok(())
             }
             Err(e) => Err(LeaseError {
-                partition: self.partition,
+                key: self.key.clone(),
                 what: "renew",
                 reason: e.to_string(),
             }),
@@ -152,13 +160,10 @@ impl Lease {
     /// Gives the lease back (a clean stop: the next owner need not wait for the TTL).
     pub async fn release(&self, store: &Store) {
         if let Err(e) = store
-            .delete_expect_revision(key(self.partition), Some(self.revision))
+            .delete_expect_revision(&self.key, Some(self.revision))
             .await
         {
-            tracing::warn!(
-                partition = self.partition,
-                "giving the lease back failed: {e}"
-            );
+            tracing::warn!(lease = self.key, "giving the lease back failed: {e}");
         }
     }
 }

@@ -12,13 +12,12 @@
 //!   event's id is its stream sequence).
 //! - [`access`]: every node's API keys and spot enrolments copied to and from
 //!   PostgreSQL, so a key and an enrolment work on every node.
+//! - [`webhooks`]: the webhook subscriptions, in PostgreSQL, each delivered by the one node
+//!   holding its lease.
 //!
 //! [`wire`] is what the input log holds. [`Cluster::connect`] creates the streams, the
 //! lease bucket and the tables when they are missing (idempotent, any node may be first)
 //! and refuses a partition count other than the cluster's.
-//!
-//! Not built yet (see `docs/cluster.md`, "Not yet"): shared webhook subscriptions (each
-//! node has its own).
 
 pub mod access;
 pub mod edge;
@@ -27,6 +26,7 @@ pub mod lease;
 pub mod pg;
 pub mod replica;
 pub mod stage;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::{Arc, RwLock};
@@ -243,6 +243,34 @@ impl Cluster {
         phase: watch::Receiver<Phase>,
     ) {
         tokio::spawn(access::run(self.config.postgres.clone(), data_dir, phase));
+    }
+
+    /// The cluster's webhook subscriptions (for the REST API), and this node's part of
+    /// their delivery (started here, on `hub`, until the node stops).
+    pub fn start_webhooks(
+        &self,
+        hub: &spot_push::Hub,
+        log: Arc<dyn spot_push::EventLog>,
+        config: spot_push::webhook::WebhookConfig,
+        phase: watch::Receiver<Phase>,
+    ) -> Result<Arc<dyn spot_push::webhook::SubscriptionBook>, spot_push::webhook::WebhookError>
+    {
+        let delivery = webhooks::Delivery {
+            postgres: self.config.postgres.clone(),
+            leases: self.leases.clone(),
+            lease_ttl: self.config.lease_ttl,
+            node: self.node.clone(),
+            hub: hub.clone(),
+            log,
+            sender: spot_push::webhook::Sender::new(&config)?,
+            config: config.clone(),
+        };
+        tokio::spawn(webhooks::deliver(delivery, phase));
+        Ok(Arc::new(webhooks::SharedSubscriptions::new(
+            self.config.postgres.clone(),
+            self.js.clone(),
+            config.max_subscriptions,
+        )))
     }
 
     /// Starts feeding this node's push hub from `SPOT_OUT`.

@@ -64,6 +64,19 @@ fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
     move |source| PgError::Db { context, source }
 }
 
+/// A connection to `url`, driven by a task of its own (which logs why it ended).
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, PgError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(db("connect"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("postgres connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
 /// Where a partition's owner starts: the rows of the last commit and the position they hold.
 #[derive(Debug, Default)]
 pub struct PartitionState {
@@ -128,6 +141,25 @@ CREATE TABLE IF NOT EXISTS spot_api_keys (
     revoked_ms bigint,
     revoked_by text
 );
+-- Webhook subscriptions (`super::webhooks`): the definition as clients wrote it, and the
+-- position of its delivery in `SPOT_OUT` (every matching event up to `delivered_through`
+-- was delivered or given up).
+CREATE TABLE IF NOT EXISTS spot_webhooks (
+    id bigserial PRIMARY KEY,
+    topic_filter text NOT NULL,
+    description text NOT NULL,
+    target_url text NOT NULL,
+    target_retry boolean NOT NULL,
+    database_hold_time_h double precision NOT NULL,
+    secret text,
+    custom text,
+    time_created bigint NOT NULL,
+    time_updated bigint NOT NULL,
+    delivered_through bigint NOT NULL,
+    delivered_count bigint NOT NULL DEFAULT 0,
+    failed_count bigint NOT NULL DEFAULT 0,
+    last_error text
+);
 -- Of an earlier version: `spot_rows_version` serves its queries, and each index costs
 -- every row written.
 DROP INDEX IF EXISTS spot_rows_partition;
@@ -172,16 +204,8 @@ const SCHEMA_LOCK: i64 = 0x5350_4f54; // "SPOT"
 impl PgState {
     /// Connects (the connection is driven by a task on the current runtime).
     pub async fn connect(url: &str) -> Result<PgState, PgError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(db("connect"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!("postgres connection ended: {e}");
-            }
-        });
         Ok(PgState {
-            client,
+            client: connect(url).await?,
             purge_mark: None,
         })
     }
@@ -197,11 +221,12 @@ impl PgState {
         // statements would lock tables a running stage's commit locks too (a deadlock).
         let made = tx
             .query_one(
-                "SELECT count(*) = 4 FROM information_schema.columns WHERE table_schema = current_schema() \
+                "SELECT count(*) = 5 FROM information_schema.columns WHERE table_schema = current_schema() \
                  AND ((table_name = 'spot_rows' AND column_name = 'version') \
                  OR (table_name = 'spot_partitions' AND column_name = 'purged_through') \
                  OR (table_name = 'spot_api_keys' AND column_name = 'revoked_by') \
-                 OR (table_name = 'spot_enrolments' AND column_name = 'removed_ms'))",
+                 OR (table_name = 'spot_enrolments' AND column_name = 'removed_ms') \
+                 OR (table_name = 'spot_webhooks' AND column_name = 'delivered_through'))",
                 &[],
             )
             .await

@@ -36,7 +36,7 @@ use async_nats::jetstream::Context as JetStream;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use super::lease::Lease;
+use super::lease::{self, Lease};
 use super::pg::PgState;
 use super::wire::{self, InMessage, WriteAnswer, WriteRefusal};
 use crate::clock::now_ms;
@@ -92,7 +92,14 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
         if *phase.borrow() != Phase::Running {
             return;
         }
-        match Lease::try_take(&setup.leases, p, &setup.node, setup.lease_ttl).await {
+        match Lease::try_take(
+            &setup.leases,
+            lease::partition_key(p),
+            &setup.node,
+            setup.lease_ttl,
+        )
+        .await
+        {
             Ok(Some(mut lease)) => {
                 tracing::info!(partition = p, node = setup.node, "took the partition");
                 let owned = own(&setup, p, &mut lease, &mut phase).await;
