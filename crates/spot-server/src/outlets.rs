@@ -338,6 +338,13 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// The MQTT outlet, while it runs here.
+pub type MqttSlot = Arc<std::sync::Mutex<Option<MqttOutlet>>>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The running push layer.
 pub struct Outlets {
     hub: Hub,
@@ -346,7 +353,9 @@ pub struct Outlets {
     webhooks: Option<Arc<Webhooks>>,
     /// The subscriptions resource (`/api/subscriptions`).
     subscriptions: Arc<dyn SubscriptionBook>,
-    mqtt: Option<MqttOutlet>,
+    /// The MQTT outlet while this node runs it (always on the embedded server with
+    /// `--mqtt`; on a cluster, while this node holds its lease: [`crate::cluster::mqtt`]).
+    mqtt: MqttSlot,
     publish_raw: bool,
     /// Ends the WebSocket connections and SSE streams when the server stops.
     streams: StreamShutdown,
@@ -355,7 +364,7 @@ pub struct Outlets {
 impl std::fmt::Debug for Outlets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outlets")
-            .field("mqtt", &self.mqtt.is_some())
+            .field("mqtt", &lock(&self.mqtt).is_some())
             .finish_non_exhaustive()
     }
 }
@@ -380,15 +389,25 @@ impl Outlets {
             config.webhooks.clone(),
         )?;
         let subscriptions = webhooks.book();
-        Self::start_with(data_dir, hub, log, config, Some(webhooks), subscriptions)
+        let outlets = Self::start_with(hub, log.clone(), config, Some(webhooks), subscriptions);
+        if let Some(mqtt) = &config.mqtt {
+            let outlet = MqttOutlet::spawn_durable(
+                mqtt.clone(),
+                &outlets.hub,
+                log,
+                MqttPosition::open(&data_dir.join("mqtt.db")).map_err(MqttStartError::from)?,
+            )?;
+            *lock(&outlets.mqtt) = Some(outlet);
+        }
+        Ok(outlets)
     }
 
     /// [`Outlets::start`] over another derived events log (a cluster's `SPOT_OUT`,
     /// [`crate::cluster::events`]), with webhook subscriptions kept and delivered elsewhere:
     /// `subscriptions` makes them, given the hub and the log (a cluster's,
-    /// [`crate::cluster::webhooks`]).
+    /// [`crate::cluster::webhooks`]); no MQTT outlet runs until one is put in
+    /// [`Outlets::mqtt_slot`].
     pub fn start_shared(
-        data_dir: &Path,
         log: Arc<dyn EventLog>,
         config: &PushConfig,
         subscriptions: impl FnOnce(
@@ -398,17 +417,16 @@ impl Outlets {
     ) -> Result<Self, PushError> {
         let hub = Hub::new(config.hub.clone());
         let subscriptions = subscriptions(&hub, log.clone())?;
-        Self::start_with(data_dir, hub, log, config, None, subscriptions)
+        Ok(Self::start_with(hub, log, config, None, subscriptions))
     }
 
     fn start_with(
-        data_dir: &Path,
         hub: Hub,
         log: Arc<dyn EventLog>,
         config: &PushConfig,
         webhooks: Option<Arc<Webhooks>>,
         subscriptions: Arc<dyn SubscriptionBook>,
-    ) -> Result<Self, PushError> {
+    ) -> Self {
         let streams = StreamShutdown::new();
         let router = stream_router(StreamState {
             hub: hub.clone(),
@@ -420,24 +438,20 @@ impl Outlets {
             subscriptions.clone(),
             config.webhooks.max_api_body_bytes,
         ));
-        let mqtt = match &config.mqtt {
-            Some(mqtt) => Some(MqttOutlet::spawn_durable(
-                mqtt.clone(),
-                &hub,
-                log,
-                MqttPosition::open(&data_dir.join("mqtt.db")).map_err(MqttStartError::from)?,
-            )?),
-            None => None,
-        };
-        Ok(Self {
+        Self {
             hub,
             router,
             webhooks,
             subscriptions,
-            mqtt,
+            mqtt: MqttSlot::default(),
             publish_raw: config.publish_raw,
             streams,
-        })
+        }
+    }
+
+    /// Where the MQTT outlet runs while this node runs it.
+    pub fn mqtt_slot(&self) -> MqttSlot {
+        self.mqtt.clone()
     }
 
     /// The hook the pipeline calls after each commit.
@@ -467,8 +481,7 @@ impl Outlets {
     /// Prometheus lines of the hub (per-outlet queues and drops) and the MQTT outlet.
     pub fn render_metrics(&self) -> String {
         let mut out = self.hub.stats().render_prometheus();
-        if let Some(mqtt) = &self.mqtt {
-            let s = mqtt.stats();
+        if let Some(s) = lock(&self.mqtt).as_ref().map(MqttOutlet::stats) {
             let series = [
                 (
                     "spot_push_mqtt_connected",
@@ -530,7 +543,7 @@ impl Outlets {
         if let Some(webhooks) = &self.webhooks {
             webhooks.shutdown();
         }
-        if let Some(mqtt) = &self.mqtt {
+        if let Some(mqtt) = lock(&self.mqtt).take() {
             mqtt.shutdown();
         }
     }

@@ -332,19 +332,16 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(Phase::Running);
         let push = match &cluster {
             None => outlets::Outlets::start(&config.data_dir, store.event_pages()?, &config.push)?,
-            Some(cluster) => outlets::Outlets::start_shared(
-                &config.data_dir,
-                cluster.events_log(),
-                &config.push,
-                |hub, log| {
+            Some(cluster) => {
+                outlets::Outlets::start_shared(cluster.events_log(), &config.push, |hub, log| {
                     cluster.start_webhooks(
                         hub,
                         log,
                         config.push.webhooks.clone(),
                         shutdown_rx.clone(),
                     )
-                },
-            )?,
+                })?
+            }
         };
         let now = now_ms();
         let domain_config = DomainConfig {
@@ -460,6 +457,15 @@ impl Server {
                 }
                 // Every node pushes what the stages store, whoever applied it.
                 cluster.start_feed(push.publisher(), shutdown_rx.clone());
+                // One node at a time publishes to the MQTT broker.
+                if let Some(mqtt) = &config.push.mqtt {
+                    cluster.start_mqtt(
+                        push.hub(),
+                        push.mqtt_slot(),
+                        mqtt.clone(),
+                        shutdown_rx.clone(),
+                    );
+                }
                 // A key or an enrolment made on any node works on every node.
                 cluster.start_access_sharing(config.data_dir.clone(), shutdown_rx.clone());
                 // The replica serves REST, and tells an edge a spot's pending commands.

@@ -97,8 +97,10 @@ struct Counters {
 pub struct MqttOutlet {
     counters: Arc<Counters>,
     task: JoinHandle<()>,
-    /// The durable position and the settled id the task last reported.
-    position: Option<(Arc<MqttPosition>, Arc<AtomicU64>)>,
+    /// The settled id the task last reported (see [`MqttOutlet::settled`]).
+    settled: Arc<AtomicU64>,
+    /// Where a durable outlet saves it.
+    position: Option<Arc<MqttPosition>>,
 }
 
 /// Why a durable MQTT outlet could not start.
@@ -114,7 +116,8 @@ pub enum MqttStartError {
 
 /// Where the task reports and saves its position.
 struct Tracker {
-    position: Arc<MqttPosition>,
+    /// Where it is saved (`None`: the outlet's owner reads [`MqttOutlet::settled`]).
+    position: Option<Arc<MqttPosition>>,
     /// Every event taken up to this id was acknowledged (or written, QoS 0).
     settled: Arc<AtomicU64>,
     saved: u64,
@@ -127,8 +130,10 @@ impl Tracker {
         if settled <= self.saved {
             return;
         }
+        let Some(position) = self.position.clone() else {
+            return;
+        };
         self.saved = settled;
-        let position = self.position.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = position.save(settled) {
                 tracing::warn!(error = %e, "mqtt outlet: position not saved; a restart publishes again from the last one saved");
@@ -180,8 +185,53 @@ impl MqttOutlet {
         Ok(Self {
             counters,
             task,
+            settled: Arc::new(AtomicU64::new(0)),
             position: None,
         })
+    }
+
+    /// Like [`MqttOutlet::spawn`] with a log, publishing the events after `after` (read
+    /// from the log first); where it has got to ([`MqttOutlet::settled`]) is for the caller
+    /// to keep (a cluster keeps it in PostgreSQL for the next node to publish).
+    pub fn spawn_after(
+        config: MqttConfig,
+        hub: &Hub,
+        log: Arc<dyn EventLog>,
+        after: u64,
+    ) -> Result<Self, HubError> {
+        let sub =
+            hub.subscribe_with_capacity("mqtt", config.filters.clone(), config.queue_capacity)?;
+        Ok(Self::follow(config, sub, log, after, None))
+    }
+
+    fn follow(
+        config: MqttConfig,
+        sub: Subscription,
+        log: Arc<dyn EventLog>,
+        after: u64,
+        position: Option<Arc<MqttPosition>>,
+    ) -> Self {
+        let source = Source::Follow(Box::new(Follower::new(sub, log, Some(after))));
+        let settled = Arc::new(AtomicU64::new(after));
+        let tracker = Tracker {
+            position: position.clone(),
+            settled: settled.clone(),
+            saved: after,
+        };
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(run(source, config, counters.clone(), Some(tracker)));
+        Self {
+            counters,
+            task,
+            settled,
+            position,
+        }
+    }
+
+    /// Every event this outlet took up to this id was acknowledged by the broker (QoS 1/2)
+    /// or written to it (QoS 0); 0 for an outlet without a log.
+    pub fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Relaxed)
     }
 
     /// Like [`MqttOutlet::spawn`] with a log, keeping its position in `position`: resumes
@@ -203,28 +253,21 @@ impl MqttOutlet {
                 sub.start_id()
             }
         };
-        let source = Source::Follow(Box::new(Follower::new(sub, log, Some(start))));
-        let tracker = Tracker {
-            position: Arc::new(position),
-            settled: Arc::new(AtomicU64::new(start)),
-            saved: start,
-        };
-        let durable = (tracker.position.clone(), tracker.settled.clone());
-        let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(source, config, counters.clone(), Some(tracker)));
-        Ok(Self {
-            counters,
-            task,
-            position: Some(durable),
-        })
+        Ok(Self::follow(
+            config,
+            sub,
+            log,
+            start,
+            Some(Arc::new(position)),
+        ))
     }
 
     /// Stops publishing and saves the position (a durable outlet; blocks for one small
     /// write).
     pub fn shutdown(&self) {
         self.task.abort();
-        if let Some((position, settled)) = &self.position {
-            if let Err(e) = position.save(settled.load(Ordering::Relaxed)) {
+        if let Some(position) = &self.position {
+            if let Err(e) = position.save(self.settled()) {
                 tracing::warn!(error = %e, "mqtt outlet: position not saved at shutdown; a restart publishes again from the last one saved");
             }
         }

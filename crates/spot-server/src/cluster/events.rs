@@ -102,6 +102,22 @@ async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -
     }
 }
 
+/// The id of the last derived event `SPOT_OUT` holds now (a new webhook subscription, or
+/// the cluster's first MQTT outlet, starts after it).
+pub async fn last_event_id(js: &JetStream) -> Result<u64, String> {
+    let mut stream = js
+        .get_stream(wire::OUT_STREAM)
+        .await
+        .map_err(|e| format!("{}: {e}", wire::OUT_STREAM))?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| format!("{}: {e}", wire::OUT_STREAM))?
+        .state
+        .last_sequence;
+    Ok(wire::out_event_id(last + 1, 0) - 1)
+}
+
 /// `SPOT_OUT` as the log the outlets resume and catch up from.
 pub struct JetStreamEvents {
     js: JetStream,

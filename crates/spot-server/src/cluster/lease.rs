@@ -18,6 +18,12 @@ use async_nats::jetstream::Context as JetStream;
 /// The bucket.
 pub const BUCKET: &str = "spot_leases";
 
+/// How often a node tries to take a lease another node holds.
+pub const TAKE_EVERY: Duration = Duration::from_millis(500);
+
+/// The key of the MQTT outlet's lease ([`super::mqtt`]).
+pub const MQTT_KEY: &str = "mqtt";
+
 /// A lease failure (the caller logs it and tries again later).
 #[derive(Debug, thiserror::Error)]
 #[error("lease {key}: {what}: {reason}")]

@@ -14,6 +14,8 @@
 //!   PostgreSQL, so a key and an enrolment work on every node.
 //! - [`webhooks`]: the webhook subscriptions, in PostgreSQL, each delivered by the one node
 //!   holding its lease.
+//! - [`mqtt`]: the MQTT outlet, run by the one node (of those given `--mqtt`) holding its
+//!   lease, from a position in PostgreSQL.
 //!
 //! [`wire`] is what the input log holds. [`Cluster::connect`] creates the streams, the
 //! lease bucket and the tables when they are missing (idempotent, any node may be first)
@@ -23,6 +25,7 @@ pub mod access;
 pub mod edge;
 pub mod events;
 pub mod lease;
+pub mod mqtt;
 pub mod pg;
 pub mod replica;
 pub mod stage;
@@ -271,6 +274,29 @@ impl Cluster {
             self.js.clone(),
             config.max_subscriptions,
         )))
+    }
+
+    /// Starts this node's bid for the MQTT outlet: while it holds the outlet's lease, it
+    /// publishes `hub`'s events to `config`'s broker, the outlet in `slot`.
+    pub fn start_mqtt(
+        &self,
+        hub: &spot_push::Hub,
+        slot: crate::outlets::MqttSlot,
+        config: spot_push::MqttConfig,
+        phase: watch::Receiver<Phase>,
+    ) {
+        let setup = mqtt::MqttSetup {
+            postgres: self.config.postgres.clone(),
+            js: self.js.clone(),
+            leases: self.leases.clone(),
+            lease_ttl: self.config.lease_ttl,
+            node: self.node.clone(),
+            hub: hub.clone(),
+            log: self.events_log(),
+            config,
+            slot,
+        };
+        tokio::spawn(mqtt::run(setup, phase));
     }
 
     /// Starts feeding this node's push hub from `SPOT_OUT`.

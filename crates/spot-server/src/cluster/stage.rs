@@ -36,7 +36,7 @@ use async_nats::jetstream::Context as JetStream;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use super::lease::{self, Lease};
+use super::lease::{self, Lease, TAKE_EVERY};
 use super::pg::PgState;
 use super::wire::{self, InMessage, WriteAnswer, WriteRefusal};
 use crate::clock::now_ms;
@@ -46,9 +46,6 @@ use crate::shutdown::Phase;
 
 /// Input messages applied in one batch at most (one commit).
 pub const BATCH_MESSAGES: usize = 1024;
-
-/// How often an idle node tries to take a partition that has an owner.
-const TAKE_EVERY: Duration = Duration::from_millis(500);
 
 /// How often the owner publishes a tick into its partition.
 const TICK_EVERY: Duration = Duration::from_secs(1);

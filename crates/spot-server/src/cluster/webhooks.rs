@@ -37,16 +37,13 @@ use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use super::lease::{self, Lease};
-use super::{pg, wire};
+use super::lease::{self, Lease, TAKE_EVERY};
+use super::{events, pg};
 use crate::clock::now_ms;
 use crate::shutdown::Phase;
 
 /// How often each node looks for new, changed and deleted subscriptions.
 pub const SCAN_EVERY: Duration = Duration::from_millis(500);
-
-/// How often a worker tries to take its subscription's lease while another node holds it.
-pub const TAKE_EVERY: Duration = Duration::from_millis(500);
 
 /// The columns of a subscription as the API shows it.
 const SELECT: &str = "SELECT id, topic_filter, description, target_url, target_retry, \
@@ -94,18 +91,10 @@ impl SharedSubscriptions {
     /// The id of the last derived event `SPOT_OUT` holds: a subscription made (or given a
     /// target) now delivers the events after it.
     async fn end_of_events(&self) -> Result<i64, ApiError> {
-        let mut stream = self
-            .js
-            .get_stream(wire::OUT_STREAM)
+        let last = events::last_event_id(&self.js)
             .await
-            .map_err(|e| ApiError::Failed(format!("{}: {e}", wire::OUT_STREAM)))?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| ApiError::Failed(format!("{}: {e}", wire::OUT_STREAM)))?
-            .state
-            .last_sequence;
-        Ok(wire::out_event_id(last + 1, 0) as i64 - 1)
+            .map_err(ApiError::Failed)?;
+        Ok(last as i64)
     }
 
     async fn read(&self, id: i64) -> Result<Option<WebhookSubscription>, ApiError> {
