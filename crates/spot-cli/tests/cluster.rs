@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use test_support::free_port;
 use test_support::http::{get_json, get_text, remember_key};
+use test_support::mosquitto::{BlockingSubscriber, Broker};
 use test_support::nats::NatsCluster;
 use test_support::nginx::Nginx;
 use test_support::postgres::TestDb;
@@ -213,6 +214,11 @@ impl Site {
     /// and `b` partition 1 (`--prefer-partitions`); both nodes are started at once (either
     /// may create the tables first).
     fn start(partitions: u32) -> Site {
+        Self::start_with(partitions, &[])
+    }
+
+    /// [`Site::start`] with `extra` flags for both nodes.
+    fn start_with(partitions: u32, extra: &[&str]) -> Site {
         let dir = tempfile::Builder::new()
             .prefix("spot-cluster")
             .tempdir()
@@ -228,6 +234,7 @@ impl Site {
                 let prefer = (i as u32 % partitions).to_string();
                 args.extend(["--partitions".into(), partitions.to_string()]);
                 args.extend(["--prefer-partitions".into(), prefer]);
+                args.extend(extra.iter().map(|a| a.to_string()));
                 Node::new(dir.path(), name, &args)
             })
             .collect();
@@ -816,6 +823,121 @@ fn killing_the_node_that_delivers_a_webhook_mid_load_loses_no_event_and_another_
         &format!("/api/subscriptions/{id}"),
     );
     assert_eq!(shown["failed_count"], 0, "{shown}");
+}
+
+/// One node at a time publishes to the MQTT broker, from a position kept in PostgreSQL:
+/// when it dies mid-load, another takes the outlet's lease within the lease TTL + 2 s and
+/// publishes from the stored position. What the subscriber got before the kill is a run of
+/// the log in order; what it got after is the rest of the log to its end, starting after
+/// the first run's start (the position was carried over) and no later than where it
+/// stopped (no gap; what was published since the last stored position comes twice).
+#[test]
+fn killing_the_node_that_publishes_to_mqtt_mid_load_loses_no_event_and_another_goes_on() {
+    let _one = one_at_a_time();
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let broker_port = free_port();
+    let _broker = Broker::start(broker_dir.path(), broker_port);
+    let subscriber = BlockingSubscriber::start(broker_port, "site/#", "site", |topic, payload| {
+        ((topic.to_string(), payload.to_string()), Instant::now())
+    });
+    let mqtt = format!("mqtt://127.0.0.1:{broker_port}/site");
+    let mut site = Site::start_with(1, &["--mqtt", &mqtt]);
+    let emulator = emulate(&site.nginx.url(), &site.buffer(), 5, 20, 6);
+    subscriber.wait_until(Duration::from_secs(20), |r| r.len() >= 200);
+    // And the holder has stored a position past the cluster's first (the end of an empty
+    // log), so the next one starts after it.
+    let stored = || {
+        site.db
+            .psql("SELECT value FROM spot_cluster WHERE key = 'mqtt_position'")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let first = stored();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored() == first {
+        assert!(
+            Instant::now() < deadline,
+            "the MQTT position stayed {first}{}",
+            site.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let holder = site.lease_holder_of("mqtt");
+    let holder = site
+        .nodes
+        .iter()
+        .position(|n| n.name == holder)
+        .unwrap_or_else(|| panic!("the MQTT lease is held by {holder:?}{}", site.logs()));
+    let survivor = 1 - holder;
+    site.nodes[holder].kill9();
+    let killed_at = Instant::now();
+    let (exit, summary) = summary(emulator);
+    assert_stored_as_acknowledged_on(&site, &[survivor], &summary, exit);
+    let replay_out = site.dir.path().join("tail-replay.jsonl");
+    let mut replay = tail(&site.nodes[survivor], 0, &replay_out, Some(3));
+    let _ = replay.0.wait();
+    let log: Vec<(String, String)> = std::fs::read_to_string(&replay_out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|e| {
+            let topic = e["topic"].as_str().expect("topic").to_string();
+            (topic, e["payload"].to_string())
+        })
+        .collect();
+    let last = log.last().expect("the log holds events").clone();
+    subscriber.wait_until(Duration::from_secs(30), |r| {
+        r.iter().any(|(k, _)| *k == last)
+    });
+    let received = subscriber.received.0.lock().unwrap().clone();
+    let (before, after): (Vec<_>, Vec<_>) = received.iter().partition(|(_, at)| *at < killed_at);
+    let keys = |part: &[&((String, String), Instant)]| -> Vec<(String, String)> {
+        part.iter().map(|(k, _)| k.clone()).collect()
+    };
+    let (before, mut after) = (keys(&before), keys(&after));
+    // Up to the log's last event (what came later is not in the replay).
+    if let Some(end) = after.iter().rposition(|k| *k == last) {
+        after.truncate(end + 1);
+    }
+    let takeover = received
+        .iter()
+        .find(|(_, at)| *at > killed_at)
+        .map(|(_, at)| *at - killed_at);
+    let started = (0..=log.len()).find(|&k| log[k..].starts_with(&before));
+    let resumed = log.len().checked_sub(after.len());
+    eprintln!(
+        "cluster: MQTT published by {} killed after {} messages; {} published {} more, the \
+         first {:.2}s after the kill, from log place {resumed:?} (the first run: places \
+         {started:?} + {}); the log holds {} events",
+        site.nodes[holder].name,
+        before.len(),
+        site.nodes[survivor].name,
+        after.len(),
+        takeover.map_or(f64::NAN, |t| t.as_secs_f64()),
+        before.len(),
+        log.len()
+    );
+    let started = started.expect("before the kill: a run of the log, in order");
+    let resumed = resumed.expect("no more after the kill than the log holds");
+    assert_eq!(
+        log[resumed..],
+        after[..],
+        "after the kill: the rest of the log, in order"
+    );
+    assert!(
+        resumed > started && resumed <= started + before.len(),
+        "carried over, no gap: the second run starts at place {resumed}, the first ran \
+         over places {started}..{}",
+        started + before.len()
+    );
+    let takeover = takeover.expect("messages after the kill");
+    assert!(
+        takeover <= Duration::from_secs(LEASE_TTL_SECS + 2),
+        "the next message came {:.2}s after the kill, more than the lease TTL {LEASE_TTL_SECS} s + 2 s{}",
+        takeover.as_secs_f64(),
+        site.logs()
+    );
 }
 
 /// `spot tail` (JSON lines) against node `node` with its admin key, after event `after`,

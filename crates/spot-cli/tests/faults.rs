@@ -30,14 +30,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use test_support::disk::SmallDisk;
 use test_support::free_port;
 use test_support::http::{get_json, get_text, key_for};
-use test_support::mosquitto::{self, Broker};
+use test_support::mosquitto::{BlockingSubscriber, Broker};
 use test_support::process::{spawn_serve, KillOnDrop};
 use test_support::webhook::WebhookTarget;
 
@@ -296,61 +296,24 @@ fn compare(logged: &[String], received: &[String]) -> (usize, usize, Option<Stri
     )
 }
 
-/// Waits (`within` at most) until `done()`, checking whenever `changed` is notified.
-fn wait_until(
-    state: &(Mutex<Vec<String>>, Condvar),
-    within: Duration,
-    done: impl Fn(&[String]) -> bool,
-) {
-    let deadline = Instant::now() + within;
-    let (lock, changed) = state;
-    let mut received = lock.lock().unwrap();
-    while !done(&received) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        received = changed.wait_timeout(received, left).unwrap().0;
-    }
-}
-
-/// A real MQTT subscriber (persistent session, QoS 1) on `filter`, collecting the keys of
-/// what it receives (the prefix taken off the topics).
-struct MqttSubscriber {
-    received: Arc<(Mutex<Vec<String>>, Condvar)>,
-    _runtime: tokio::runtime::Runtime,
-}
+/// A real MQTT subscriber on `<prefix>/#`, collecting the keys of what it receives.
+struct MqttSubscriber(BlockingSubscriber<String>);
 
 impl MqttSubscriber {
     fn start(broker_port: u16, prefix: &str) -> MqttSubscriber {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let mut rx = runtime.block_on(mosquitto::subscriber(broker_port, &format!("{prefix}/#")));
-        let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = received.clone();
-        let prefix = format!("{prefix}/");
-        runtime.spawn(async move {
-            while let Some((topic, payload, _)) = rx.recv().await {
-                let topic = topic.strip_prefix(&prefix).unwrap_or(&topic).to_string();
-                sink.0.lock().unwrap().push(pushed_key(&topic, &payload));
-                sink.1.notify_all();
-            }
-        });
-        MqttSubscriber {
-            received,
-            _runtime: runtime,
-        }
+        MqttSubscriber(BlockingSubscriber::start(
+            broker_port,
+            &format!("{prefix}/#"),
+            prefix,
+            pushed_key,
+        ))
     }
 
     /// Waits (60 s at most) until every key of `logged` has arrived; (missing, duplicates).
     fn against(&self, logged: &[String]) -> (usize, usize, Option<String>) {
-        wait_until(&self.received, Duration::from_secs(60), |r| {
-            compare(logged, r).0 == 0
-        });
-        compare(logged, &self.received.0.lock().unwrap())
+        self.0
+            .wait_until(Duration::from_secs(60), |r| compare(logged, r).0 == 0);
+        compare(logged, &self.0.received.0.lock().unwrap())
     }
 }
 
@@ -582,9 +545,7 @@ fn a_dead_webhook_target_costs_a_bounded_queue_and_gets_every_event_once_it_answ
     let db_kib = std::fs::metadata(server.data.join("webhooks.db")).map_or(0, |m| m.len()) / 1024;
     target.answer();
     let logged = logged_events(server.port, "presences/");
-    wait_until(&target.received, Duration::from_secs(60), |r| {
-        compare(&logged, r).0 == 0
-    });
+    target.wait_until(Duration::from_secs(60), |r| compare(&logged, r).0 == 0);
     let (missing, duplicates, sample) = compare(&logged, &target.received.0.lock().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut after = subscription();

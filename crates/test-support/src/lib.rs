@@ -32,6 +32,32 @@ pub mod process;
 pub mod split;
 pub mod webhook;
 
+/// What a test's receiver (a webhook target, an MQTT subscriber) recorded, in order, and a
+/// wake-up for each record.
+pub type Received<T> = std::sync::Arc<(std::sync::Mutex<Vec<T>>, std::sync::Condvar)>;
+
+/// Waits (`within` at most) until `done` holds for what `received` holds, checking at each
+/// record.
+pub fn wait_until<T>(
+    received: &(std::sync::Mutex<Vec<T>>, std::sync::Condvar),
+    within: std::time::Duration,
+    done: impl Fn(&[T]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    let (lock, changed) = received;
+    let mut held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while !done(&held) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        held = changed
+            .wait_timeout(held, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
 /// A loopback port nobody listens on right now (the OS picks it; it stays free until
 /// someone binds it).
 pub fn free_port() -> u16 {

@@ -225,6 +225,51 @@ pub async fn subscriber_as(
     rx
 }
 
+/// A real MQTT subscriber (persistent session, QoS 1) on `filter` for tests without an
+/// async runtime of their own: each message, its topic with `prefix` taken off and its
+/// payload, recorded as `record` makes it.
+pub struct BlockingSubscriber<T> {
+    /// What it recorded, in arrival order.
+    pub received: crate::Received<T>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl<T: Send + 'static> BlockingSubscriber<T> {
+    /// Subscribes (returns once the broker acknowledged the subscription).
+    pub fn start(
+        port: u16,
+        filter: &str,
+        prefix: &str,
+        record: fn(&str, &Value) -> T,
+    ) -> BlockingSubscriber<T> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut rx = runtime.block_on(subscriber(port, filter));
+        let received: crate::Received<T> = Default::default();
+        let sink = received.clone();
+        let prefix = format!("{prefix}/");
+        runtime.spawn(async move {
+            while let Some((topic, payload, _)) = rx.recv().await {
+                let topic = topic.strip_prefix(&prefix).unwrap_or(&topic);
+                sink.0.lock().unwrap().push(record(topic, &payload));
+                sink.1.notify_all();
+            }
+        });
+        BlockingSubscriber {
+            received,
+            _runtime: runtime,
+        }
+    }
+
+    /// Waits (at most `within`) until `done` holds for what was recorded.
+    pub fn wait_until(&self, within: Duration, done: impl Fn(&[T]) -> bool) {
+        crate::wait_until(&self.received, within, done);
+    }
+}
+
 /// A lean subscriber for benchmarks: rumqttc's packet codec over one TCP stream, every
 /// ready packet decoded per read and the acks of a read written at once. Calls `on_payload`
 /// with each publish's payload. Returns once subscribed.

@@ -6,12 +6,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// What a target recorded, and a wake-up for each record.
-pub type Received<T> = Arc<(Mutex<Vec<T>>, Condvar)>;
+use crate::Received;
 
 /// The target; it stops with the test process.
 pub struct WebhookTarget<T> {
@@ -57,16 +56,7 @@ impl<T: Send + 'static> WebhookTarget<T> {
 
     /// Waits (at most `within`) until `done` holds for what was recorded.
     pub fn wait_until(&self, within: Duration, done: impl Fn(&[T]) -> bool) {
-        let deadline = Instant::now() + within;
-        let (lock, changed) = &*self.received;
-        let mut received = lock.lock().unwrap();
-        while !done(&received) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            received = changed.wait_timeout(received, left).unwrap().0;
-        }
+        crate::wait_until(&self.received, within, done);
     }
 }
 
