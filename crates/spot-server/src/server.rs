@@ -456,7 +456,12 @@ impl Server {
                     cluster.start_stage(domain_config.clone(), shutdown_rx.clone());
                 }
                 // Every node pushes what the stages store, whoever applied it.
-                cluster.start_feed(push.publisher(), shutdown_rx.clone());
+                cluster.start_feed(
+                    push.publisher(),
+                    domain.clone(),
+                    config.limits.events_max_in_memory,
+                    shutdown_rx.clone(),
+                );
                 // One node at a time publishes to the MQTT broker.
                 if let Some(mqtt) = &config.push.mqtt {
                     cluster.start_mqtt(

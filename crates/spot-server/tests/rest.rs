@@ -12,9 +12,9 @@ on_backends! {
     following_url_next_with_sort_id_lists_every_item_once,
     filters_results_only_and_id_only_shape_the_answer,
     errors_are_json_with_the_right_status,
-    labels_and_custom_data_are_settable_and_logged_as_api_changes
-        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    labels_and_custom_data_are_settable_and_logged_as_api_changes,
     state_survives_a_restart,
+    the_derived_events_are_listed_again_after_a_restart,
     populate_replaces_ids_with_the_referenced_documents,
     one_router_serves_every_path_with_json_errors,
     an_item_seen_by_spots_of_two_partitions_is_where_the_nearest_sees_it,
@@ -169,6 +169,23 @@ async fn state_survives_a_restart(backend: Backend) {
     let (_, spot) = get(site.b(), "/api/spots/300").await;
     assert_eq!(spot["request_counter"], 1);
     assert_eq!(spot["event_counter"], 3);
+    site.shutdown().await;
+}
+
+/// On a cluster, a node's `/api/events` reads the recent history from `SPOT_OUT` when it
+/// starts.
+async fn the_derived_events_are_listed_again_after_a_restart(backend: Backend) {
+    let mut site = seeded_on(backend, 2).await;
+    let path = "/api/events?sort=id&results_only=true&id_only=true&limit=1000";
+    let (status, before) = get(site.b(), path).await;
+    assert_eq!(status, 200, "{before}");
+    assert!(
+        before.as_array().is_some_and(|e| e.len() >= 4),
+        "the seed's events: {before}"
+    );
+    site.restart().await;
+    let (_, after) = get(site.b(), path).await;
+    assert_eq!(before, after);
     site.shutdown().await;
 }
 

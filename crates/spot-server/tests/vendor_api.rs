@@ -23,8 +23,7 @@ on_backends! {
     following_next_url_under_sort_id_keeps_its_link_at_the_end_for_polling,
     count_and_count_current_are_in_the_envelope,
     resources_carry_url_and_a_url_beside_each_reference,
-    events_offer_the_vendors_topic_object_payload_and_time_expire
-        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    events_offer_the_vendors_topic_object_payload_and_time_expire,
     locations_and_items_take_post_and_delete,
     get_modify_put_round_trips_and_a_changed_read_only_field_is_named,
     report_location_null_and_the_antenna_array_are_accepted,
@@ -32,14 +31,12 @@ on_backends! {
     json_and_csv_suffixes_are_served,
     timeout_s_long_polls_until_a_result_exists_or_the_time_is_up,
     subscriptions_refuse_unknown_list_parameters,
-    a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches
-        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    a_subscriptions_events_are_those_of_the_log_its_topic_filter_matches,
     the_vendors_subscription_fields_are_taken_or_refused_naming_them,
     an_item_list_round_trips_post_get_put_delete_and_survives_a_restart,
     an_items_sets_are_the_item_lists_it_is_in_and_filter_items,
     a_spot_list_takes_spots_by_id_or_serial_and_refuses_other_ids,
-    a_store_only_subscription_keeps_its_events_without_a_target
-        => #[ignore = "cluster: /api/events is empty on a cluster (replica.rs: not in the replica yet)"],
+    a_store_only_subscription_keeps_its_events_without_a_target,
     a_subscription_round_trips_get_modify_put_and_a_changed_read_only_field_is_named,
     metadata_is_stored_on_items_and_locations_and_survives_a_restart,
 }

@@ -1,12 +1,13 @@
-//! `SPOT_OUT`, a cluster's derived events log, as this node's push layer sees it: the
-//! feed of its hub ([`feed`]: every event the stages store, live, to this node's
-//! WebSocket, SSE and MQTT outlets and webhooks) and the log its outlets resume and catch
-//! up from ([`JetStreamEvents`]). A `SPOT_OUT` message holds the derived events of one
+//! `SPOT_OUT`, a cluster's derived events log, as this node's push layer and REST API see
+//! it: the feed of its hub ([`feed`]: every event the stages store, live, to this node's
+//! WebSocket, SSE and MQTT outlets and webhooks) and of its `/api/events` (the recent
+//! events kept in its replica's domain, [`EventsView`]), and the log its outlets resume and
+//! catch up from ([`JetStreamEvents`]). A `SPOT_OUT` message holds the derived events of one
 //! input message; an event's push id is made of the message's stream sequence and the
 //! event's place in it ([`wire::out_event_id`]), so a client resumes with `Last-Event-ID`
 //! on any node.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
@@ -16,6 +17,8 @@ use spot_push::{BoxFuture, EventLog, LogError, Published};
 use tokio::sync::watch;
 
 use super::wire;
+use crate::clock::now_ms;
+use crate::domain::Domain;
 use crate::outlets::{to_published, Publisher};
 use crate::shutdown::Phase;
 
@@ -25,13 +28,37 @@ const FEED_BATCH: usize = 256;
 /// Wait before the feed starts again after its reader failed.
 const FEED_RETRY: Duration = Duration::from_millis(500);
 
-/// Feeds `publisher` every event stored in `SPOT_OUT` from now on, until the node stops.
-/// A reader that fails starts again after the last event it handed over (the hub's
-/// subscribers never see a gap, or an event twice).
-pub async fn feed(js: JetStream, publisher: Publisher, mut phase: watch::Receiver<Phase>) {
+/// The derived events this node's REST API serves (`/api/events`): the replica's domain
+/// keeps the recent ones ([`Domain::keep_event`]), as the embedded server's domain keeps
+/// its own.
+pub struct EventsView {
+    /// The node's replica.
+    pub domain: Arc<RwLock<Domain>>,
+    /// At start, the last this many `SPOT_OUT` messages are read into it (each holds one
+    /// event at least: the domain's `events_max_in_memory`).
+    pub history: u64,
+    /// Every `SPOT_OUT` message up to this sequence is in the domain ([`events_held`]).
+    pub held: watch::Sender<u64>,
+}
+
+/// A reader of how far an [`EventsView`] holds `SPOT_OUT` (0 until its history is read).
+pub fn events_held() -> (watch::Sender<u64>, watch::Receiver<u64>) {
+    watch::channel(0)
+}
+
+/// Feeds `publisher` every event stored in `SPOT_OUT` from now on, and keeps them in
+/// `view` (first reading the recent history into it), until the node stops. A reader that
+/// fails starts again after the last event it handed over (the hub's subscribers never see
+/// a gap, or an event twice).
+pub async fn feed(
+    js: JetStream,
+    publisher: Publisher,
+    view: Option<EventsView>,
+    mut phase: watch::Receiver<Phase>,
+) {
     let mut last: Option<u64> = None;
     loop {
-        let reading = follow(&js, &publisher, &mut last);
+        let reading = follow(&js, &publisher, view.as_ref(), &mut last);
         tokio::select! {
             why = reading => tracing::warn!("the push feed from {} stopped: {why}", wire::OUT_STREAM),
             _ = phase.changed() => return,
@@ -43,13 +70,30 @@ pub async fn feed(js: JetStream, publisher: Publisher, mut phase: watch::Receive
     }
 }
 
-/// Reads `SPOT_OUT` after `last` (from its end when `None`) into the hub; returns why it
-/// stopped.
-async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -> String {
-    let stream = match js.get_stream(wire::OUT_STREAM).await {
+/// Reads `SPOT_OUT` after `last` (from its end when `None`, after reading the history
+/// into `view`) into the hub and `view`; returns why it stopped.
+async fn follow(
+    js: &JetStream,
+    publisher: &Publisher,
+    view: Option<&EventsView>,
+    last: &mut Option<u64>,
+) -> String {
+    let mut stream = match js.get_stream(wire::OUT_STREAM).await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
+    if let (None, Some(view)) = (*last, view) {
+        let (first, end) = match stream.info().await {
+            Ok(info) => (info.state.first_sequence, info.state.last_sequence),
+            Err(e) => return e.to_string(),
+        };
+        if let Err(e) = read_history(&stream, view, first, end).await {
+            return format!("reading the recent events: {e}");
+        }
+        // Pushed from there on: what came before is history (pushed when it came).
+        *last = Some(end);
+        view.held.send_replace(end);
+    }
     let deliver_policy = match *last {
         Some(seq) => DeliverPolicy::ByStartSequence {
             start_sequence: seq + 1,
@@ -93,11 +137,17 @@ async fn follow(js: &JetStream, publisher: &Publisher, last: &mut Option<u64>) -
             let log: Vec<(i64, Arc<str>)> = wire::lines_of(&message.payload)
                 .map(|doc| (0, Arc::from(doc)))
                 .collect();
+            if let Some(view) = view {
+                keep(view, log.iter().map(|(_, doc)| &**doc));
+            }
             // The hub numbers a message's events back from the last one's id.
             if let Some(places) = log.len().checked_sub(1) {
                 publisher.committed(&log, wire::out_event_id(seq, places));
             }
             *last = Some(seq);
+            if let Some(view) = view {
+                view.held.send_replace(seq);
+            }
         }
     }
 }
@@ -116,6 +166,58 @@ pub async fn last_event_id(js: &JetStream) -> Result<u64, String> {
         .state
         .last_sequence;
     Ok(wire::out_event_id(last + 1, 0) - 1)
+}
+
+/// Keeps `docs` in `view`'s domain (a document that does not parse is logged and skipped).
+fn keep<'a>(view: &EventsView, docs: impl Iterator<Item = &'a str>) {
+    let now = now_ms();
+    let mut domain = view.domain.write().unwrap_or_else(|e| e.into_inner());
+    for doc in docs {
+        if let Err(e) = domain.keep_event(doc, now) {
+            tracing::warn!(
+                "{}: an event does not parse, not kept: {e}",
+                wire::OUT_STREAM
+            );
+        }
+    }
+}
+
+/// Reads the last [`EventsView::history`] messages of `SPOT_OUT` up to `end` (the stream
+/// holding `first..=end`) into `view`.
+async fn read_history(
+    stream: &async_nats::jetstream::stream::Stream,
+    view: &EventsView,
+    first: u64,
+    end: u64,
+) -> Result<(), String> {
+    if end == 0 || first > end {
+        return Ok(());
+    }
+    let start = (end.saturating_sub(view.history.max(1)) + 1).max(first);
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| e.to_string())?;
+        let info = message.info().map_err(|e| e.to_string())?;
+        let seq = info.stream_sequence;
+        if seq > end {
+            break;
+        }
+        let docs: Vec<String> = wire::lines_of(&message.payload).map(String::from).collect();
+        keep(view, docs.iter().map(String::as_str));
+        if seq == end || info.pending == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// `SPOT_OUT` as the log the outlets resume and catch up from.

@@ -97,6 +97,8 @@ pub struct Cluster {
         replica::Replica,
         std::sync::Mutex<Option<replica::Progress>>,
     ),
+    /// How far the node's `/api/events` holds `SPOT_OUT` (written by the feed).
+    events_held: (watch::Sender<u64>, watch::Receiver<u64>),
 }
 
 impl std::fmt::Debug for Cluster {
@@ -183,6 +185,7 @@ impl Cluster {
             leases,
             node,
             replica: (replica, std::sync::Mutex::new(Some(progress))),
+            events_held: events::events_held(),
         })
     }
 
@@ -230,6 +233,7 @@ impl Cluster {
             js: self.js.clone(),
             replica: self.replica.0.clone(),
             partitions: self.config.partitions,
+            events: self.events_held.1.clone(),
         }
     }
 
@@ -299,9 +303,22 @@ impl Cluster {
         tokio::spawn(mqtt::run(setup, phase));
     }
 
-    /// Starts feeding this node's push hub from `SPOT_OUT`.
-    pub fn start_feed(&self, publisher: crate::outlets::Publisher, phase: watch::Receiver<Phase>) {
-        tokio::spawn(events::feed(self.js.clone(), publisher, phase));
+    /// Starts feeding this node's push hub from `SPOT_OUT`, and, on a node with the API
+    /// role, the derived events of its REST API (kept in `domain`, at most
+    /// `events_max_in_memory`).
+    pub fn start_feed(
+        &self,
+        publisher: crate::outlets::Publisher,
+        domain: Arc<RwLock<Domain>>,
+        events_max_in_memory: usize,
+        phase: watch::Receiver<Phase>,
+    ) {
+        let view = self.config.roles.api.then(|| events::EventsView {
+            domain,
+            history: events_max_in_memory as u64,
+            held: self.events_held.0.clone(),
+        });
+        tokio::spawn(events::feed(self.js.clone(), publisher, view, phase));
     }
 
     /// Starts the read replica behind `domain`.

@@ -100,6 +100,8 @@ pub struct ReadBarrier {
     pub(super) replica: Replica,
     /// How many partitions the cluster has.
     pub(super) partitions: u32,
+    /// How far the node's `/api/events` holds `SPOT_OUT` ([`super::events::EventsView`]).
+    pub(super) events: watch::Receiver<u64>,
 }
 
 impl ReadBarrier {
@@ -126,6 +128,40 @@ impl ReadBarrier {
             tracing::warn!(
                 positions = ?last,
                 "a read is served from a replica that is behind the input log (no stage applied it within {} s)",
+                CATCH_UP_WITHIN.as_secs()
+            );
+        }
+    }
+
+    /// Waits until the node's derived events (`/api/events`) hold what `SPOT_OUT` holds
+    /// now (at most [`CATCH_UP_WITHIN`]). After [`ReadBarrier::catch_up`]: a commit the
+    /// replica holds had its events stored in `SPOT_OUT` before it.
+    pub async fn catch_up_events(&self) {
+        let last = async {
+            let mut stream = self
+                .js
+                .get_stream(super::wire::OUT_STREAM)
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = stream.info().await.map_err(|e| e.to_string())?;
+            Ok::<u64, String>(info.state.last_sequence)
+        };
+        let last = match last.await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!("a read of the events does not wait for them: {e}");
+                return;
+            }
+        };
+        let mut held = self.events.clone();
+        if tokio::time::timeout(CATCH_UP_WITHIN, held.wait_for(|&at| at >= last))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sequence = last,
+                "a read of the events is served without the last ones of {} (not read within {} s)",
+                super::wire::OUT_STREAM,
                 CATCH_UP_WITHIN.as_secs()
             );
         }
@@ -223,7 +259,10 @@ async fn refresh(
             for (table, rows) in tables {
                 replica.load(table, rows, now).map_err(bad)?;
             }
-            *domain.write().unwrap_or_else(|e| e.into_inner()) = replica;
+            let mut held = domain.write().unwrap_or_else(|e| e.into_inner());
+            // The derived events are not rows: they come from `SPOT_OUT` (`events::feed`).
+            replica.take_events(&mut held);
+            *held = replica;
         }
         Rows::Changed(rows) => {
             let mut replica = domain.write().unwrap_or_else(|e| e.into_inner());

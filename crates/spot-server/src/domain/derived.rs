@@ -154,6 +154,39 @@ impl Domain {
         Ok(())
     }
 
+    /// Keeps a derived event made elsewhere (by a cluster's stage, read from `SPOT_OUT`) for
+    /// this domain's `/api/events`: in id order and once (an event held already is
+    /// skipped); the oldest beyond `events_max_in_memory`, or older than the retention at
+    /// `now`, are dropped.
+    pub fn keep_event(&mut self, doc: &str, now: i64) -> Result<(), serde_json::Error> {
+        let e: LogEvent = serde_json::from_str(doc)?;
+        // Events of several partitions come interleaved: mostly near the end.
+        let at = self.events.partition_point(|held| held.id < e.id);
+        if self.events.get(at).is_none_or(|held| held.id != e.id) {
+            self.events.insert(
+                at,
+                DerivedEventDoc {
+                    id: e.id,
+                    time_created: e.time_created,
+                    doc: doc.into(),
+                },
+            );
+        }
+        let cutoff = self.retention_cutoff(now);
+        while self.events.len() > self.config.events_max_in_memory
+            || self.events.front().is_some_and(|e| e.time_created < cutoff)
+        {
+            self.events.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Takes the derived events `other` holds (a replica rebuilt from its rows keeps the
+    /// events its predecessor held).
+    pub fn take_events(&mut self, other: &mut Domain) {
+        self.events = std::mem::take(&mut other.events);
+    }
+
     /// The cutoff below which stored derived and upstream events may be pruned.
     pub fn retention_cutoff(&self, now: i64) -> i64 {
         now - self.config.events_retention_ms

@@ -126,6 +126,12 @@ async fn failure_gate(State(ctx): Ctx, req: Request, next: axum::middleware::Nex
         // GET-modify-PUT through two nodes found this node's replica behind the other's).
         if path.starts_with("/api/") && !streaming && !ingest {
             barrier.catch_up().await;
+            // The derived events come from `SPOT_OUT`, not from the replica's rows.
+            let events = path.starts_with("/api/events")
+                || (path.starts_with("/api/subscriptions/") && path.contains("/events"));
+            if events && req.method() == Method::GET {
+                barrier.catch_up_events().await;
+            }
         }
     }
     next.run(req).await
