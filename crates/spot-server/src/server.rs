@@ -411,7 +411,7 @@ impl Server {
         // Access changes made while the server was stopped (and the first key's) are in
         // the events log before anything else happens.
         // Not on a cluster node: its push ids come from `SPOT_OUT`, where a local event has
-        // no place (access control's audit events are not logged there yet).
+        // no place; its edge sends them through the input log (`watch_access`).
         let audit = match cluster {
             None => access.read(|db| db.unpublished_audit())?,
             Some(_) => Vec::new(),

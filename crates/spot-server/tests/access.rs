@@ -774,7 +774,8 @@ async fn wait_for_status(addr: SocketAddr, key: &str, status: u16) -> u16 {
 }
 
 /// A cluster's nodes share their API keys through PostgreSQL: a key made through node A
-/// works on node B (so does A's first admin key), and a revocation through B ends it on A.
+/// works on node B (so does A's first admin key), and a revocation through B ends it on A;
+/// both are in the cluster's events log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_key_made_on_one_node_works_on_every_node_until_revoked_on_any() {
     let site = start_on(Backend::Cluster, |_| {}).await;
@@ -810,6 +811,23 @@ async fn on_a_cluster_a_key_made_on_one_node_works_on_every_node_until_revoked_o
         .and_then(|keys| keys.iter().find(|k| k["id"] == id.as_str()).cloned())
         .unwrap_or_else(|| panic!("the key listed on A: {}", listed.body));
     assert!(key["time_revoked"].is_string(), "{key}");
+    // Each node's audit entries reach the cluster's events log, once: the creation by A,
+    // the revocation by B (each node's watcher sends them after the change: awaited).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let (_, events) = get_events(a, &format!("keys/{id}")).await;
+        if events.len() >= 2 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let topics: Vec<&str> = events.iter().filter_map(|e| e["topic"].as_str()).collect();
+    assert_eq!(
+        topics,
+        [format!("keys/{id}/created"), format!("keys/{id}/revoked")]
+    );
+    let (_, on_b) = get_events(b, &format!("keys/{id}")).await;
+    assert_eq!(on_b, events, "the same events on B");
     site.shutdown().await;
 }
 

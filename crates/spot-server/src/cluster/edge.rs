@@ -461,8 +461,34 @@ pub fn run(
                         }
                     });
                 }
-                PipelineMsg::Audit { reply, .. } => {
-                    let _ = reply.send(());
+                PipelineMsg::Audit { entries, reply } => {
+                    let entries: Vec<Value> = entries
+                        .into_iter()
+                        .map(|(topic, data)| Value::from(vec![topic, data]))
+                        .collect();
+                    let mut body = spot_protocol::Object::new();
+                    body.insert("entries".into(), entries.into());
+                    let request = WriteRequest {
+                        method: wire::AUDIT.into(),
+                        collection: String::new(),
+                        id: String::new(),
+                        body,
+                        time: now_ms(),
+                        reply: String::new(),
+                    };
+                    let publisher = publisher.clone();
+                    tokio::spawn(async move {
+                        // Answered once the input log holds them (then they are logged as
+                        // surely as a change); unanswered, they are sent again later.
+                        match publisher.send_write(&request).await {
+                            Ok(_) => {
+                                let _ = reply.send(());
+                            }
+                            Err(e) => {
+                                tracing::warn!("audit entries not sent to the input log: {e}")
+                            }
+                        }
+                    });
                 }
                 PipelineMsg::AttachCommands { .. }
                 | PipelineMsg::DetachCommands { .. }

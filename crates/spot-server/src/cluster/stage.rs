@@ -271,6 +271,23 @@ async fn own(
                     let handed = (request("config"), request("firmware"));
                     domain.take_handed_commands(&w.id, &handed, w.time);
                 }
+                Ok(InMessage::Write(w)) if w.method == wire::AUDIT => {
+                    time_last = time_last.max(w.time);
+                    let entries = w.body.get("entries").and_then(|e| e.as_array());
+                    for entry in entries.into_iter().flatten() {
+                        match (
+                            entry.get(0).and_then(|t| t.as_str()),
+                            entry.get(1).and_then(|d| d.as_str()),
+                        ) {
+                            (Some(topic), Some(data)) => domain.log_audit(topic, data, w.time),
+                            _ => tracing::error!(
+                                partition = p,
+                                seq,
+                                "an audit entry is skipped: {entry}"
+                            ),
+                        }
+                    }
+                }
                 Ok(InMessage::Write(w)) => {
                     time_last = time_last.max(w.time);
                     let result = match wire::write_method(&w.method) {

@@ -164,6 +164,12 @@ pub struct WriteRequest {
 /// no answer (`reply` empty).
 pub const TAKE_COMMANDS: &str = "take_commands";
 
+/// The method of the [`WriteRequest`] an edge sends with access control's audit entries
+/// (body `{"entries": [[topic, data], …]}`, collection and id empty: partition 0): the
+/// owner logs each as a derived event at the request's time
+/// ([`crate::domain::Domain::log_audit`]). It has no answer.
+pub const AUDIT: &str = "audit";
+
 /// The core NATS subject on which an owner says, after its commit, that a spot's pending
 /// requests changed ([`RequestNote`]): edges then read them only from a replica that holds
 /// that commit.
