@@ -200,7 +200,25 @@ pub fn raw_published(
     row: &crate::domain::UpstreamRow,
     hub: &Hub,
 ) -> Result<Option<Published>, NotPublishable> {
-    raw_payload(row, hub).map_err(|problem| NotPublishable::BadRaw {
+    let Some((topic, payload)) = raw_event(row, |topic| hub.wants_raw(topic))? else {
+        return Ok(None);
+    };
+    Published::raw(&topic, payload)
+        .map(Some)
+        .map_err(|e| NotPublishable::BadRaw {
+            serial: row.serial.to_string(),
+            seq: row.seq,
+            problem: e.into(),
+        })
+}
+
+/// The topic and payload of the raw event of an accepted upstream row, or `None` when
+/// `wanted` refuses its topic (then no payload is built).
+pub fn raw_event(
+    row: &crate::domain::UpstreamRow,
+    wanted: impl FnOnce(&str) -> bool,
+) -> Result<Option<(String, String)>, NotPublishable> {
+    raw_payload(row, wanted).map_err(|problem| NotPublishable::BadRaw {
         serial: row.serial.to_string(),
         seq: row.seq,
         problem,
@@ -209,11 +227,11 @@ pub fn raw_published(
 
 fn raw_payload(
     row: &crate::domain::UpstreamRow,
-    hub: &Hub,
-) -> Result<Option<Published>, RawProblem> {
+    wanted: impl FnOnce(&str) -> bool,
+) -> Result<Option<(String, String)>, RawProblem> {
     let RawParts(resource_type, action, _) = serde_json::from_str(&row.event_json)?;
     let topic = spot_protocol::topics::raw_spot_event(row.spot_id.text(), &resource_type, &action);
-    if !hub.wants_raw(&topic) {
+    if !wanted(&topic) {
         return Ok(None);
     }
     // The journal keeps the event as the spot sent it (white space, lenient values such as
@@ -242,7 +260,7 @@ fn raw_payload(
         object.get(),
         spot_protocol::Timestamp(row.time_received)
     );
-    Ok(Some(Published::raw(&topic, payload)?))
+    Ok(Some((topic, payload)))
 }
 
 /// The derived events log as the push crate reads it: pages of the store's log (by push id)
@@ -313,6 +331,18 @@ impl Publisher {
                 Ok(event) => self.hub.publish(event),
                 Err(e) => tracing::warn!("push: event not published: {e}"),
             }
+        }
+    }
+
+    /// A raw spot event made elsewhere ([`raw_event`] on a cluster's stage), published when
+    /// `publish_raw` is on and someone wants its topic. Never blocks.
+    pub fn raw_made(&self, topic: &str, payload: String) {
+        if !self.raw || !self.hub.wants_raw(topic) {
+            return;
+        }
+        match Published::raw(topic, payload) {
+            Ok(event) => self.hub.publish(event),
+            Err(e) => tracing::warn!("push: raw event {topic}: {e}: not published"),
         }
     }
 

@@ -288,7 +288,7 @@ impl Server {
         tls_acceptor(config)?;
         check_webhook_ca(config)?;
         if let Some(cluster) = &config.cluster {
-            crate::cluster::check(cluster, config.push.publish_raw)?;
+            crate::cluster::check(cluster)?;
         }
         check_data_dir(config)
     }

@@ -28,8 +28,7 @@ on_backends! {
     every_event_a_webhook_matches_reaches_it_once_in_order,
     event_ids_keep_increasing_across_a_restart_and_resume_reads_the_stored_log,
     shutdown_ends_open_event_streams_instead_of_waiting_for_the_grace_period,
-    with_publish_raw_the_spots_own_events_reach_websocket_sse_and_mqtt
-        => #[ignore = "cluster: a node refuses publish-raw (not built for a cluster yet: cluster::check)"],
+    with_publish_raw_the_spots_own_events_reach_websocket_sse_and_mqtt,
     without_publish_raw_no_raw_event_is_pushed,
     events_committed_while_the_broker_is_down_reach_it_after_a_server_restart,
 }
@@ -154,7 +153,12 @@ async fn a_websocket_client_receives_every_derived_event_of_a_new_spot_in_order(
     post_a_new_spots_item_lifecycle(site.a(), 77, code).await;
     let mut events = Vec::new();
     while events.len() < 7 {
-        events.push(ws_next(&mut ws).await);
+        let event = ws_next(&mut ws).await;
+        // On a cluster, a node's first admin key's audit event reaches the log after the
+        // node started (the embedded server logs it before it serves).
+        if !event["topic"].as_str().unwrap_or("").starts_with("keys/") {
+            events.push(event);
+        }
     }
     let (_, spot) = get(site.b(), "/api/spots/77").await;
     let (_, items) = get(site.b(), &format!("/api/items?code_hex={code}")).await;

@@ -47,18 +47,20 @@ pub fn events_held() -> (watch::Sender<u64>, watch::Receiver<u64>) {
 }
 
 /// Feeds `publisher` every event stored in `SPOT_OUT` from now on, and keeps them in
-/// `view` (first reading the recent history into it), until the node stops. A reader that
+/// `view` (first reading the recent history into it), until the node stops; `fed` says up
+/// to which message it has pushed. A reader that
 /// fails starts again after the last event it handed over (the hub's subscribers never see
 /// a gap, or an event twice).
 pub async fn feed(
     js: JetStream,
     publisher: Publisher,
     view: Option<EventsView>,
+    fed: watch::Sender<u64>,
     mut phase: watch::Receiver<Phase>,
 ) {
     let mut last: Option<u64> = None;
     loop {
-        let reading = follow(&js, &publisher, view.as_ref(), &mut last);
+        let reading = follow(&js, &publisher, view.as_ref(), &fed, &mut last);
         tokio::select! {
             why = reading => tracing::warn!("the push feed from {} stopped: {why}", wire::OUT_STREAM),
             _ = phase.changed() => return,
@@ -76,29 +78,30 @@ async fn follow(
     js: &JetStream,
     publisher: &Publisher,
     view: Option<&EventsView>,
+    fed: &watch::Sender<u64>,
     last: &mut Option<u64>,
 ) -> String {
     let mut stream = match js.get_stream(wire::OUT_STREAM).await {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    if let (None, Some(view)) = (*last, view) {
+    if last.is_none() {
         let (first, end) = match stream.info().await {
             Ok(info) => (info.state.first_sequence, info.state.last_sequence),
             Err(e) => return e.to_string(),
         };
-        if let Err(e) = read_history(&stream, view, first, end).await {
-            return format!("reading the recent events: {e}");
+        if let Some(view) = view {
+            if let Err(e) = read_history(&stream, view, first, end).await {
+                return format!("reading the recent events: {e}");
+            }
+            view.held.send_replace(end);
         }
         // Pushed from there on: what came before is history (pushed when it came).
         *last = Some(end);
-        view.held.send_replace(end);
+        fed.send_replace(end);
     }
-    let deliver_policy = match *last {
-        Some(seq) => DeliverPolicy::ByStartSequence {
-            start_sequence: seq + 1,
-        },
-        None => DeliverPolicy::New,
+    let deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: last.unwrap_or(0) + 1,
     };
     let consumer = match stream
         .create_consumer(OrderedConfig {
@@ -145,9 +148,56 @@ async fn follow(
                 publisher.committed(&log, wire::out_event_id(seq, places));
             }
             *last = Some(seq);
+            fed.send_replace(seq);
             if let Some(view) = view {
                 view.held.send_replace(seq);
             }
+        }
+    }
+}
+
+/// How long raw spot events wait at most for the node's feed to push the derived events
+/// of their commit (see [`raw_feed`]).
+const RAW_WAITS_AT_MOST: Duration = Duration::from_secs(1);
+
+/// Hands `publisher` the raw spot events every partition's owner publishes after its
+/// commits (`--publish-raw`; live only, as on the embedded server), until the node stops;
+/// each message after the node's [`feed`] (`fed`) has pushed the derived events of its
+/// commit (at most [`RAW_WAITS_AT_MOST`] later), as the embedded server orders them.
+pub async fn raw_feed(
+    js: JetStream,
+    publisher: Publisher,
+    fed: watch::Receiver<u64>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    loop {
+        let reading = async {
+            let mut raw = js
+                .client()
+                .subscribe(wire::RAW_SUBJECTS)
+                .await
+                .map_err(|e| e.to_string())?;
+            while let Some(message) = raw.next().await {
+                let (after, events) = wire::read_raw(&message.payload);
+                let mut fed = fed.clone();
+                let _ =
+                    tokio::time::timeout(RAW_WAITS_AT_MOST, fed.wait_for(|&at| at >= after)).await;
+                for event in events {
+                    match event {
+                        Ok((topic, payload)) => publisher.raw_made(&topic, payload),
+                        Err(e) => tracing::warn!("a raw spot event does not parse: {e}"),
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            result = reading => tracing::warn!("the raw events feed stopped: {:?}", result.err()),
+            _ = phase.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FEED_RETRY) => {}
+            _ = phase.changed() => return,
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct Cluster {
     ),
     /// How far the node's `/api/events` holds `SPOT_OUT` (written by the feed).
     events_held: (watch::Sender<u64>, watch::Receiver<u64>),
+    /// `--publish-raw`: owners publish their spots' raw events, every node pushes them.
+    publish_raw: bool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -114,7 +116,7 @@ impl Cluster {
         config: ClusterConfig,
         publish_raw: bool,
     ) -> Result<Cluster, ClusterError> {
-        check(&config, publish_raw)?;
+        check(&config)?;
         let node = config.node.clone().unwrap_or_else(default_node_name);
         let client = async_nats::ConnectOptions::new()
             .name(format!("spot serve {node}"))
@@ -186,6 +188,7 @@ impl Cluster {
             node,
             replica: (replica, std::sync::Mutex::new(Some(progress))),
             events_held: events::events_held(),
+            publish_raw,
         })
     }
 
@@ -221,6 +224,7 @@ impl Cluster {
             domain,
             partitions: self.config.partitions,
             prefer: self.config.prefer_partitions.clone(),
+            publish_raw: self.publish_raw,
         };
         for p in 0..self.config.partitions {
             tokio::spawn(stage::run(setup.clone(), p, phase.clone()));
@@ -318,7 +322,16 @@ impl Cluster {
             history: events_max_in_memory as u64,
             held: self.events_held.0.clone(),
         });
-        tokio::spawn(events::feed(self.js.clone(), publisher, view, phase));
+        let (fed, fed_rx) = watch::channel(0);
+        if self.publish_raw {
+            tokio::spawn(events::raw_feed(
+                self.js.clone(),
+                publisher.clone(),
+                fed_rx,
+                phase.clone(),
+            ));
+        }
+        tokio::spawn(events::feed(self.js.clone(), publisher, view, fed, phase));
     }
 
     /// Starts the read replica behind `domain`.
@@ -353,16 +366,8 @@ impl Cluster {
     }
 }
 
-/// Refuses settings a node cannot run with, before anything is created; `publish_raw`
-/// is the push layer's `--publish-raw`, not built for a cluster yet.
-pub fn check(config: &ClusterConfig, publish_raw: bool) -> Result<(), ClusterError> {
-    if publish_raw {
-        return Err(ClusterError::Config(
-            "publish-raw is not available on a cluster node yet (raw spot events reach no \
-             outlet there)"
-                .into(),
-        ));
-    }
+/// Refuses settings a node cannot run with, before anything is created.
+pub fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
     if !(1..=MAX_PARTITIONS).contains(&config.partitions) {
         return Err(ClusterError::Config(format!(
             "{} partitions: a cluster has 1 to {MAX_PARTITIONS}",
@@ -413,28 +418,27 @@ mod tests {
             lease_ttl: Duration::from_secs(5),
             node: None,
         };
-        assert!(check(&config, false).is_ok());
-        let refused = |c: &ClusterConfig, raw| check(c, raw).unwrap_err().to_string();
-        assert!(refused(&config, true).contains("publish-raw"));
+        assert!(check(&config).is_ok());
+        let refused = |c: &ClusterConfig| check(c).unwrap_err().to_string();
         for partitions in [2, MAX_PARTITIONS] {
             let more = ClusterConfig {
                 partitions,
                 ..config.clone()
             };
-            assert!(check(&more, false).is_ok());
+            assert!(check(&more).is_ok());
         }
         for partitions in [0, MAX_PARTITIONS + 1] {
             let wrong = ClusterConfig {
                 partitions,
                 ..config.clone()
             };
-            assert!(refused(&wrong, false).contains(&format!("{partitions} partitions")));
+            assert!(refused(&wrong).contains(&format!("{partitions} partitions")));
         }
         let none = ClusterConfig {
             nats: vec![" ".into()],
             ..config
         };
-        assert!(refused(&none, false).contains("no NATS server"));
+        assert!(refused(&none).contains("no NATS server"));
     }
 
     #[test]

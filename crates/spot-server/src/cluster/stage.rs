@@ -73,6 +73,8 @@ pub struct StageSetup {
     pub partitions: u32,
     /// The partitions this node takes at once (empty: all).
     pub prefer: Vec<u32>,
+    /// Publish the raw spot events of each commit on core NATS (`--publish-raw`).
+    pub publish_raw: bool,
 }
 
 /// Keeps trying to own partition `p` until the node stops, every [`TAKE_EVERY`]; a
@@ -340,9 +342,11 @@ async fn own(
         // permit forever.
         let (applied, messages_out) = (started.elapsed(), out.len());
         let mut acks = std::collections::VecDeque::with_capacity(OUT_IN_FLIGHT);
+        // The last `SPOT_OUT` message of the batch (raw events follow it, `raw_lines`).
+        let mut out_seq = 0;
         for (subject, id, doc) in out {
             if acks.len() == OUT_IN_FLIGHT {
-                stored(acks.pop_front()).await?;
+                out_seq = out_seq.max(stored(acks.pop_front()).await?);
             }
             let message = PublishMessage::build()
                 .payload(bytes::Bytes::from(doc))
@@ -355,7 +359,7 @@ async fn own(
             acks.push_back(ack);
         }
         while let Some(ack) = acks.pop_front() {
-            stored(Some(ack)).await?;
+            out_seq = out_seq.max(stored(Some(ack)).await?);
         }
         let published = started.elapsed();
         // Commits go one at a time, in order, each beside the next batch's apply and
@@ -365,6 +369,12 @@ async fn own(
             pg = Some(previous.wait(setup, p).await?);
         }
         let changes = domain.take_changes(true);
+        let raw = if setup.publish_raw {
+            raw_lines(&changes.journal)
+        } else {
+            Vec::new()
+        };
+        let raw = (out_seq, raw);
         let mut conn = pg.take().expect("no commit is running");
         let node = setup.node.clone();
         let range = (from, position);
@@ -386,6 +396,7 @@ async fn own(
             task,
             notes,
             answers,
+            raw,
             position,
             started: std::time::Instant::now(),
         });
@@ -400,6 +411,9 @@ struct Committing {
     notes: Vec<String>,
     /// REST changes' inboxes and answers.
     answers: Vec<(String, Result<serde_json::Value, WriteRefusal>)>,
+    /// The raw spot events of the batch ([`raw_lines`]), published after the commit, and
+    /// the batch's last `SPOT_OUT` message, which they follow.
+    raw: (u64, Vec<String>),
     /// The position the commit moves to.
     position: u64,
     /// When the commit started.
@@ -446,22 +460,57 @@ impl Committing {
                 let _ = client.publish(inbox, payload.into()).await;
             }
         }
+        // Live only, as on the embedded server: a node that misses them misses them.
+        let (after, raw) = self.raw;
+        for group in wire::line_groups(raw) {
+            let payload = format!("{after}\n{group}");
+            let _ = client.publish(wire::raw_subject(p), payload.into()).await;
+        }
         Ok(pg)
     }
+}
+
+/// The raw spot events of a batch's journal (its new upstream events), each a line
+/// `[topic, payload]` ([`wire::read_raw`]).
+fn raw_lines(journal: &[crate::domain::JournalEntry]) -> Vec<String> {
+    use crate::domain::JournalEntry;
+    let mut lines = Vec::new();
+    for entry in journal {
+        let JournalEntry::Event {
+            row,
+            duplicate: false,
+        } = entry
+        else {
+            continue;
+        };
+        match crate::outlets::raw_event(row, |_| true) {
+            Ok(Some(event)) => lines.extend(serde_json::to_string(&event).ok()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("push: {e}: not published"),
+        }
+    }
+    lines
 }
 
 /// Messages of derived events and reports published and not yet acknowledged, at most.
 const OUT_IN_FLIGHT: usize = 1024;
 
-/// Waits for the acknowledgement of a group of derived events or reports.
+/// Waits for the acknowledgement of a group of derived events or reports: its `SPOT_OUT`
+/// sequence (0 for reports, which go to `SPOT_IN`).
 async fn stored(
     ack: Option<async_nats::jetstream::context::PublishAckFuture>,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     match ack {
-        Some(ack) => ack.await.map(drop).map_err(|e| {
-            format!("JetStream did not store a group of derived events or reports: {e}")
-        }),
-        None => Ok(()),
+        Some(ack) => ack
+            .await
+            .map(|ack| match ack.stream == wire::OUT_STREAM {
+                true => ack.sequence,
+                false => 0,
+            })
+            .map_err(|e| {
+                format!("JetStream did not store a group of derived events or reports: {e}")
+            }),
+        None => Ok(0),
     }
 }
 

@@ -55,6 +55,38 @@ pub fn reports_subject(p: u32) -> String {
     format!("in.{p}.{ITEMS}")
 }
 
+/// The core NATS subject of partition `p`'s raw spot events (`--publish-raw`), published
+/// by its owner after each commit; every node's push layer takes them ([`RAW_SUBJECTS`]).
+pub fn raw_subject(p: u32) -> String {
+    format!("raw.{p}")
+}
+
+/// Every partition's [`raw_subject`].
+pub const RAW_SUBJECTS: &str = "raw.>";
+
+/// A [`raw_subject`] message: the `SPOT_OUT` sequence its events follow (the last message
+/// of derived events of their commit: a node pushes them after it), then the raw spot
+/// events, `(topic, payload)`, one a line.
+pub fn read_raw(
+    payload: &[u8],
+) -> (
+    u64,
+    impl Iterator<Item = Result<(String, String), serde_json::Error>> + '_,
+) {
+    let mut lines = payload.split(|b| *b == b'\n');
+    let after = lines
+        .next()
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    (
+        after,
+        lines
+            .filter(|line| !line.is_empty())
+            .map(serde_json::from_slice),
+    )
+}
+
 /// The subjects partition `p`'s owner consumes.
 pub fn partition_filter(p: u32) -> String {
     format!("in.{p}.>")
