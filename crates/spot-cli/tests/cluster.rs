@@ -637,9 +637,11 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
         takeover.as_secs_f64(),
         LEASE_TTL_SECS + 2
     );
-    // The killed node comes back while the load goes on, and rejoins as a replica.
+    // The killed node comes back while the load goes on: it rejoins, and gets the
+    // partition it prefers back.
     site.nodes[owner].spawn();
     site.nodes[owner].wait_ready();
+    let restarted_at = Instant::now();
     let (exit, summary) = summary(emulator);
     eprintln!(
         "cluster: owner killed mid-load, 10 spots x 20 ev/s x 8 s: {} in {:.1}s",
@@ -719,10 +721,31 @@ fn killing_the_partition_owner_mid_load_loses_nothing_and_another_node_takes_ove
         all_along, log,
         "the survivor's own client saw every event once"
     );
-    let (owner_at_end, _) = site.partition();
+    // The restarted node prefers partition 0: the survivor hands it back (it checks every
+    // third of the TTL, then the restarted node takes it within TAKE_EVERY).
+    let back_by = restarted_at + Duration::from_secs(3 * LEASE_TTL_SECS + 5);
+    let owner_at_end = loop {
+        let (owner_now, _) = site.partition();
+        if owner_now == site.nodes[owner].name || Instant::now() > back_by {
+            break owner_now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     eprintln!(
-        "cluster: after the restart of {}: partition 0 owned by {owner_at_end}",
+        "cluster: {:.1}s after the restart of {}: partition 0 owned by {owner_at_end}",
+        restarted_at.elapsed().as_secs_f64(),
         site.nodes[owner].name
+    );
+    assert_eq!(
+        owner_at_end,
+        site.nodes[owner].name,
+        "the partition went back to the node that prefers it{}",
+        site.logs()
+    );
+    assert_eq!(
+        site.owners(),
+        ["a", "b"],
+        "each partition with its preferring node"
     );
 }
 

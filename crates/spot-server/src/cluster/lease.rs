@@ -1,6 +1,7 @@
 //! Ownership of what one node at a time may run: a lease per partition ([`partition_key`])
 //! and per webhook subscription ([`webhook_key`]) in the JetStream KV bucket `spot_leases`,
-//! whose `max_age` is the lease's time to live. A node takes a free lease by creating its
+//! whose `max_age` is the lease's time to live. The bucket also says which stage nodes are
+//! up and which partitions they prefer ([`Presence`]). A node takes a free lease by creating its
 //! key (create-if-absent: one winner), keeps it by updating the key at the revision it
 //! holds (every third of the TTL), and gives it back by deleting it at that revision. A
 //! dead owner's key expires after the TTL and the next node to try takes the partition.
@@ -178,4 +179,85 @@ impl Lease {
 /// this node and the NATS servers, and the write's own delay).
 fn margin(ttl: Duration) -> Duration {
     ttl - ttl / 5
+}
+
+/// A stage node's entry in the lease bucket, rewritten every third of the TTL while it
+/// runs (so it is gone a TTL after the node died): its name and the partitions it prefers
+/// (`--prefer-partitions`; empty: every one). A node holding a partition it does not
+/// prefer hands it back when a node that prefers it is up.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Presence {
+    /// The node's name.
+    pub node: String,
+    /// The partitions it prefers.
+    pub prefer: Vec<u32>,
+}
+
+impl Presence {
+    /// The key of `node`'s entry: `n` and the name, each character outside a KV key's
+    /// alphabet as `=` and its code in hex.
+    fn key(node: &str) -> String {
+        let mut key = String::from("n");
+        for c in node.chars() {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                key.push(c);
+            } else {
+                key.push_str(&format!("={:x}=", c as u32));
+            }
+        }
+        key
+    }
+
+    /// Writes this node's entry every third of `ttl` until the node stops, then deletes it.
+    pub async fn advertise(
+        self,
+        store: Store,
+        ttl: Duration,
+        mut phase: tokio::sync::watch::Receiver<crate::shutdown::Phase>,
+    ) {
+        let key = Self::key(&self.node);
+        let Ok(value) = serde_json::to_vec(&self) else {
+            return;
+        };
+        let mut every = tokio::time::interval(ttl / 3);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = store.put(&key, value.clone().into()).await {
+                        tracing::debug!("the node's presence is not written: {e}");
+                    }
+                }
+                _ = phase.changed() => {
+                    if *phase.borrow() != crate::shutdown::Phase::Running {
+                        let _ = store.delete(&key).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A node other than `node` that is up and prefers partition `p`, if any (`None` too
+    /// when the bucket cannot be read).
+    pub async fn preferring(store: &Store, p: u32, node: &str) -> Option<String> {
+        use futures_util::StreamExt;
+        let mut keys = store.keys().await.ok()?;
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else { continue };
+            if !key.starts_with('n') {
+                continue;
+            }
+            let Ok(Some(value)) = store.get(&key).await else {
+                continue;
+            };
+            let Ok(presence) = serde_json::from_slice::<Presence>(&value) else {
+                continue;
+            };
+            if presence.node != node && (presence.prefer.is_empty() || presence.prefer.contains(&p))
+            {
+                return Some(presence.node);
+            }
+        }
+        None
+    }
 }

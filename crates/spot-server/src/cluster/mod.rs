@@ -226,6 +226,11 @@ impl Cluster {
             prefer: self.config.prefer_partitions.clone(),
             publish_raw: self.publish_raw,
         };
+        let presence = lease::Presence {
+            node: self.node.clone(),
+            prefer: self.config.prefer_partitions.clone(),
+        };
+        tokio::spawn(presence.advertise(self.leases.clone(), self.config.lease_ttl, phase.clone()));
         for p in 0..self.config.partitions {
             tokio::spawn(stage::run(setup.clone(), p, phase.clone()));
         }

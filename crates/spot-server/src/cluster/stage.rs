@@ -77,17 +77,38 @@ pub struct StageSetup {
     pub publish_raw: bool,
 }
 
+/// Whether a node preferring `prefer` prefers partition `p` (an empty list: every one).
+fn prefers(prefer: &[u32], p: u32) -> bool {
+    prefer.is_empty() || prefer.contains(&p)
+}
+
+/// After handing a partition back, a node hands it back again only this much later (if
+/// the node that prefers it could not keep it, the partition is not passed to and fro).
+const HAND_BACK_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// How an ownership ended, when nothing failed.
+enum Ended {
+    /// The node stops.
+    Stopped,
+    /// A node that prefers the partition is up: it takes it over.
+    HandedBack,
+}
+
 /// Keeps trying to own partition `p` until the node stops, every [`TAKE_EVERY`]; a
 /// partition the node does not prefer only after a lease TTL (a node that prefers it and
-/// is up takes it first; one that died is replaced as fast as by any other node).
+/// is up takes it first; one that died is replaced as fast as by any other node), and, once
+/// owned, only while no node that prefers it is up ([`lease::Presence`]: it is handed back
+/// then, and tried again a TTL later).
 pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
-    if !(setup.prefer.is_empty() || setup.prefer.contains(&p)) {
-        tokio::select! {
-            _ = tokio::time::sleep(setup.lease_ttl) => {}
-            _ = phase.changed() => {}
-        }
-    }
+    let mut handed_back: Option<std::time::Instant> = None;
+    let mut wait = !prefers(&setup.prefer, p);
     loop {
+        if std::mem::take(&mut wait) {
+            tokio::select! {
+                _ = tokio::time::sleep(setup.lease_ttl) => {}
+                _ = phase.changed() => {}
+            }
+        }
         if *phase.borrow() != Phase::Running {
             return;
         }
@@ -101,12 +122,18 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
         {
             Ok(Some(mut lease)) => {
                 tracing::info!(partition = p, node = setup.node, "took the partition");
-                let owned = own(&setup, p, &mut lease, &mut phase).await;
+                let may_hand_back = !prefers(&setup.prefer, p)
+                    && handed_back.is_none_or(|at| at.elapsed() > HAND_BACK_AGAIN_AFTER);
+                let owned = own(&setup, p, &mut lease, may_hand_back, &mut phase).await;
                 // Given back either way: after a failure, the next owner (maybe this node,
                 // from what PostgreSQL holds) need not wait for the TTL.
                 lease.release(&setup.leases).await;
                 match owned {
-                    Ok(()) => return,
+                    Ok(Ended::Stopped) => return,
+                    Ok(Ended::HandedBack) => {
+                        handed_back = Some(std::time::Instant::now());
+                        wait = true;
+                    }
                     Err(why) => tracing::warn!(partition = p, "gave the partition up: {why}"),
                 }
             }
@@ -120,13 +147,15 @@ pub async fn run(setup: StageSetup, p: u32, mut phase: watch::Receiver<Phase>) {
     }
 }
 
-/// Owns partition `p` until the node stops (`Ok`) or something fails (`Err`, why).
+/// Owns partition `p` until the node stops, or (`may_hand_back`) a node that prefers it
+/// is up, or something fails (`Err`, why).
 async fn own(
     setup: &StageSetup,
     p: u32,
     lease: &mut Lease,
+    may_hand_back: bool,
     phase: &mut watch::Receiver<Phase>,
-) -> Result<(), String> {
+) -> Result<Ended, String> {
     let pg = PgState::connect(&setup.postgres)
         .await
         .map_err(|e| e.to_string())?;
@@ -183,6 +212,17 @@ async fn own(
             m = messages.next() => m,
             _ = renew.tick() => {
                 lease.renew(&setup.leases, &setup.node, setup.lease_ttl).await.map_err(|e| e.to_string())?;
+                if may_hand_back {
+                    let preferring = lease::Presence::preferring(&setup.leases, p, &setup.node).await;
+                    if let Some(node) = preferring {
+                        // Its last batch commits (and answers) first.
+                        if let Some(last) = committing.take() {
+                            last.wait(setup, p).await?;
+                        }
+                        tracing::info!(partition = p, to = node, "handing the partition back to a node that prefers it");
+                        return Ok(Ended::HandedBack);
+                    }
+                }
                 continue;
             }
             _ = tick.tick() => {
@@ -214,7 +254,7 @@ async fn own(
                 if let Some(last) = committing.take() {
                     last.wait(setup, p).await?;
                 }
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
         };
         heard = std::time::Instant::now();
