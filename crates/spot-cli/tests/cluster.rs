@@ -316,6 +316,30 @@ impl Site {
         owners.lines().map(str::to_string).collect()
     }
 
+    /// Kills (`kill -9`) the node holding the lease `key`; (its index, when).
+    fn kill_lease_holder(&mut self, key: &str) -> (usize, Instant) {
+        let holder = self.lease_holder_of(key);
+        let Some(i) = self.nodes.iter().position(|n| n.name == holder) else {
+            panic!("the lease {key} is held by {holder:?}{}", self.logs());
+        };
+        self.nodes[i].kill9();
+        (i, Instant::now())
+    }
+
+    /// The whole derived events log as node `i` replays it from id 0 (`spot tail -j`, 3 s),
+    /// one envelope a line.
+    fn replayed_log(&self, i: usize) -> Vec<Value> {
+        let out = self.dir.path().join(format!("tail-replay-{i}.jsonl"));
+        let mut replay = tail(&self.nodes[i], 0, &out, Some(3));
+        let _ = replay.0.wait();
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            // The last line may be cut where tail was stopped.
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .collect()
+    }
+
     /// Who holds partition 0's lease (empty: nobody).
     fn lease_holder(&self) -> String {
         self.lease_holder_of("p0")
@@ -772,31 +796,14 @@ fn killing_the_node_that_delivers_a_webhook_mid_load_loses_no_event_and_another_
     let id = serde_json::from_str::<Value>(&body).expect("JSON")["id"].clone();
     let emulator = emulate(&site.nginx.url(), &site.buffer(), 5, 20, 6);
     target.wait_until(Duration::from_secs(20), |r| r.len() >= 50);
-    let holder = site.lease_holder_of(&format!("w{id}"));
-    let holder = site
-        .nodes
-        .iter()
-        .position(|n| n.name == holder)
-        .unwrap_or_else(|| {
-            panic!(
-                "the subscription's lease is held by {holder:?}{}",
-                site.logs()
-            )
-        });
+    let (holder, killed_at) = site.kill_lease_holder(&format!("w{id}"));
     let survivor = 1 - holder;
-    site.nodes[holder].kill9();
-    let killed_at = Instant::now();
     let (exit, summary) = summary(emulator);
     assert_stored_as_acknowledged_on(&site, &[survivor], &summary, exit);
-    // The whole log, replayed from the survivor.
-    let replay_out = site.dir.path().join("tail-replay.jsonl");
-    let mut replay = tail(&site.nodes[survivor], 0, &replay_out, Some(3));
-    let _ = replay.0.wait();
     // The presences' events (what the subscription's filter matches).
-    let log: Vec<u64> = std::fs::read_to_string(&replay_out)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+    let log: Vec<u64> = site
+        .replayed_log(survivor)
+        .into_iter()
         .filter(|e| {
             e["topic"]
                 .as_str()
@@ -901,24 +908,13 @@ fn killing_the_node_that_publishes_to_mqtt_mid_load_loses_no_event_and_another_g
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let holder = site.lease_holder_of("mqtt");
-    let holder = site
-        .nodes
-        .iter()
-        .position(|n| n.name == holder)
-        .unwrap_or_else(|| panic!("the MQTT lease is held by {holder:?}{}", site.logs()));
+    let (holder, killed_at) = site.kill_lease_holder("mqtt");
     let survivor = 1 - holder;
-    site.nodes[holder].kill9();
-    let killed_at = Instant::now();
     let (exit, summary) = summary(emulator);
     assert_stored_as_acknowledged_on(&site, &[survivor], &summary, exit);
-    let replay_out = site.dir.path().join("tail-replay.jsonl");
-    let mut replay = tail(&site.nodes[survivor], 0, &replay_out, Some(3));
-    let _ = replay.0.wait();
-    let log: Vec<(String, String)> = std::fs::read_to_string(&replay_out)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+    let log: Vec<(String, String)> = site
+        .replayed_log(survivor)
+        .into_iter()
         .map(|e| {
             let topic = e["topic"].as_str().expect("topic").to_string();
             (topic, e["payload"].to_string())
