@@ -108,6 +108,15 @@ impl ReadBarrier {
     /// Waits until the replica holds what the input log holds now (at most
     /// [`CATCH_UP_WITHIN`]).
     pub async fn catch_up(&self) {
+        self.catch_up_once().await;
+        // With several partitions, a commit waited for may have reported to another
+        // partition's part of the log after its last position was read: once more.
+        if self.partitions > 1 {
+            self.catch_up_once().await;
+        }
+    }
+
+    async fn catch_up_once(&self) {
         let last = match self.last_positions().await {
             Ok(last) => last,
             Err(e) => {
